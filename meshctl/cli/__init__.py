@@ -1,0 +1,1 @@
+"""meshctl's command line: one module per command group, mounted in ``app``."""

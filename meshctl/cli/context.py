@@ -1,0 +1,87 @@
+"""The injectable context every command runs with.
+
+Consoles, environment, clock, prompt and workspace location come from here,
+so tests run commands in-process with recorded consoles and a fixed clock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from meshctl.workspace import Workspace
+from meshd.errors import ConfigError
+
+PASSPHRASE_ENV = "MESHCTL_CA_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
+DEFAULT_WORKSPACE = Path("mesh")
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _prompt(text: str, confirm: bool) -> str:
+    value: str = typer.prompt(text, hide_input=True, confirmation_prompt=confirm, err=True)
+    return value
+
+
+@dataclass
+class AppContext:
+    """What a command may use of the outside world."""
+
+    out: Console = field(default_factory=Console)
+    err: Console = field(default_factory=lambda: Console(stderr=True))
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    clock: Callable[[], dt.datetime] = _utcnow
+    prompt: Callable[[str, bool], str] = _prompt
+    interactive: bool = field(default_factory=sys.stdin.isatty)
+    workspace_path: Path | None = None
+    debug: bool = False
+
+    def workspace_dir(self) -> Path:
+        """The workspace directory: --workspace, MESHCTL_WORKSPACE, or ./mesh."""
+        if self.workspace_path is not None:
+            return self.workspace_path
+        return Path(self.environ.get("MESHCTL_WORKSPACE", str(DEFAULT_WORKSPACE)))
+
+    def workspace(self) -> Workspace:
+        """Load the workspace, with a hint when there is none."""
+        return Workspace.load(self.workspace_dir())
+
+    def passphrase(self, confirm: bool = False) -> str:
+        """The CA passphrase from MESHCTL_CA_PASSPHRASE or, in a terminal, a prompt."""
+        value = self.environ.get(PASSPHRASE_ENV)
+        if value is not None:
+            return value
+        if not self.interactive:
+            raise ConfigError(
+                f"the CA passphrase is needed but {PASSPHRASE_ENV} is not set "
+                "and there is no terminal to ask",
+                hint=f"export {PASSPHRASE_ENV}=... (or run meshctl in a terminal)",
+            )
+        return self.prompt("CA passphrase", confirm)
+
+    def print_json(self, data: Any) -> None:
+        """Machine-readable output: plain JSON on stdout, no colours, no wrapping."""
+        self.out.print(
+            json.dumps(data, indent=2, sort_keys=True),
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def app_context(ctx: typer.Context) -> AppContext:
+    """The AppContext that ``run`` placed on the click context."""
+    obj = ctx.find_root().obj
+    assert isinstance(obj, AppContext)
+    return obj

@@ -1,0 +1,1 @@
+"""Views: pure functions from models to rich renderables and JSON data."""

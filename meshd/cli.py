@@ -1,0 +1,76 @@
+"""meshd's command line: ``meshd keygen`` and ``meshd version``.
+
+Plain argparse, because meshd must not depend on typer or rich. Errors are
+one line on stderr with a hint, and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from meshd import __version__
+from meshd.errors import MeshError
+from meshd.identity import SpiffeId
+from meshd.pki import build_csr, generate_key, private_pem, write_private
+
+EXIT_ERROR = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meshd", description="The mesh's per-host proxy daemon.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("version", help="print meshd's version")
+    keygen = sub.add_parser(
+        "keygen",
+        help="make a private key (0600) and a CSR for SPIFFE IDs",
+        description="Example: meshd keygen --key /etc/meshd/key.pem --csr /tmp/host.csr "
+        "--id spiffe://prod.example/host/web1",
+    )
+    keygen.add_argument("--key", type=Path, required=True, help="where to write the private key")
+    keygen.add_argument(
+        "--csr", type=Path, required=True, help="where to write the CSR ('-': stdout)"
+    )
+    keygen.add_argument(
+        "--id", dest="ids", action="append", required=True, help="a SPIFFE ID (repeatable)"
+    )
+    keygen.add_argument("--force", action="store_true", help="replace an existing key")
+    return parser
+
+
+def keygen(key_path: Path, csr_path: Path, ids: Sequence[str], force: bool) -> None:
+    """Make a fresh key at ``key_path`` and write a CSR for ``ids``."""
+    parsed = [SpiffeId.parse(i) for i in ids]
+    if key_path.exists() and not force:
+        raise MeshError(f"{key_path} exists", hint="pass --force to replace the key")
+    key = generate_key()
+    csr = build_csr(key, parsed).public_bytes(serialization.Encoding.PEM)
+    write_private(key_path, private_pem(key))
+    if str(csr_path) == "-":
+        sys.stdout.write(csr.decode())
+    else:
+        csr_path.write_bytes(csr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``meshd`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "version":
+            print(f"meshd {__version__}")
+        elif args.command == "keygen":
+            keygen(args.key, args.csr, args.ids, args.force)
+    except MeshError as e:
+        print(f"meshd: error: {e.message}", file=sys.stderr)
+        if e.hint:
+            print(f"hint: {e.hint}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""mesh.toml parsing: every problem names the file and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import toml
+
+from meshctl.config import DefaultsConfig, MeshConfig
+from meshd.errors import ConfigError
+
+GOOD: dict[str, Any] = {
+    "mesh": {
+        "name": "prod",
+        "trust_domain": "prod.mesh",
+        "operator": "alice",
+        "ca_key_encrypted": True,
+    }
+}
+
+
+def _with(section: str, key: str, value: Any) -> dict[str, Any]:
+    doc = {k: dict(v) for k, v in GOOD.items()}
+    doc.setdefault(section, {})[key] = value
+    return doc
+
+
+def test_roundtrip() -> None:
+    config = MeshConfig("prod", "prod.mesh", "alice", True, DefaultsConfig(mesh_port=1443))
+    assert MeshConfig.from_dict(toml.loads(toml.dumps(config.to_toml_dict())), "m") == config
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({}, r"mesh.toml: \[mesh\]: missing table"),
+        ({"mesh": {"name": "prod"}}, "mesh.toml: mesh.trust_domain: missing field"),
+        (_with("mesh", "trust_domain", "Prod"), "mesh.trust_domain: trust domain 'Prod'"),
+        (_with("mesh", "ca_key_encrypted", "yes"), "mesh.ca_key_encrypted: expected bool"),
+        (_with("defaults", "mesh_port", True), "defaults.mesh_port: expected int"),
+        (_with("defaults", "admin_port", 70000), "defaults.admin_port: must be a port"),
+        (
+            _with("defaults", "fail_mode", "ajar"),
+            "defaults.fail_mode: 'ajar' is not one of open, closed",
+        ),
+        (_with("defaults", "mtls", "off"), "defaults.mtls"),
+        (_with("defaults", "leaf_lifetime_hours", 0), "defaults.leaf_lifetime_hours"),
+        (_with("defaults", "colour", "blue"), "defaults.colour: unknown field"),
+    ],
+)
+def test_invalid(doc: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        MeshConfig.from_dict(doc, "mesh.toml")
+
+
+def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "mesh.toml"
+    path.write_text("[mesh]\nname = \n")
+    with pytest.raises(ConfigError, match=r"mesh.toml: .*line 2"):
+        MeshConfig.from_toml(path)

@@ -1,0 +1,33 @@
+"""Rendering of the CA views."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from rich.console import Console
+
+from meshctl.views.ca import ca_table, summarize
+from tests.meshctl.helpers import NOW, make_ca
+
+
+def _render(renderable: object) -> str:
+    console = Console(record=True, width=100)
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_summary_and_table() -> None:
+    ca = make_ca()
+    certs = [summarize("root CA", ca.root.cert, NOW), summarize("issuing CA", ca.issuing.cert, NOW)]
+    assert certs[1].expires_in_days == 365
+    assert certs[0].spiffe_ids == ()
+    text = _render(ca_table("t", "t.mesh", certs))
+    assert "mesh t, trust domain t.mesh" in text
+    assert "CN=t issuing CA,O=mesh t" in text
+    assert "in 365 d" in text and "in 3650 d" in text
+
+
+def test_expiry_seen_from_later() -> None:
+    ca = make_ca()
+    later = summarize("issuing CA", ca.issuing.cert, NOW + dt.timedelta(days=340))
+    assert later.expires_in_days == 25

@@ -1,0 +1,54 @@
+"""``meshd keygen`` and ``meshd version`` through the real console script."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from meshd import __version__
+from meshd.identity import SpiffeId
+from meshd.pki import spiffe_ids
+
+MESHD = str(Path(sys.executable).with_name("meshd"))
+
+
+def _meshd(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([MESHD, *argv], capture_output=True, text=True, check=False)
+
+
+def test_version() -> None:
+    assert _meshd("version").stdout.strip() == f"meshd {__version__}"
+
+
+def test_keygen(tmp_path: Path) -> None:
+    key, csr = tmp_path / "key.pem", tmp_path / "req.csr"
+    ids = ["spiffe://t.mesh/host/h1", "spiffe://t.mesh/svc/api"]
+    result = _meshd("keygen", "--key", str(key), "--csr", str(csr), "--id", ids[0], "--id", ids[1])
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    request = x509.load_pem_x509_csr(csr.read_bytes())
+    assert request.is_signature_valid
+    assert spiffe_ids(request) == [SpiffeId.parse(i) for i in ids]
+    private = serialization.load_pem_private_key(key.read_bytes(), None)
+    assert private.public_key() == request.public_key()
+
+
+def test_keygen_refuses_to_replace_key(tmp_path: Path) -> None:
+    key = tmp_path / "key.pem"
+    key.write_text("existing")
+    result = _meshd("keygen", "--key", str(key), "--csr", "-", "--id", "spiffe://t.mesh/host/h1")
+    assert result.returncode == 1
+    assert "exists" in result.stderr and "--force" in result.stderr
+    assert key.read_text() == "existing"
+
+
+def test_keygen_bad_id(tmp_path: Path) -> None:
+    result = _meshd("keygen", "--key", str(tmp_path / "k"), "--csr", "-", "--id", "http://nope")
+    assert result.returncode == 1
+    assert "invalid SPIFFE ID" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "k").exists()

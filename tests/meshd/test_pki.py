@@ -1,0 +1,68 @@
+"""meshd's key, CSR and certificate helpers."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from meshd.errors import CertificateError
+from meshd.identity import SpiffeId
+from meshd.pki import (
+    build_csr,
+    fingerprint,
+    generate_key,
+    load_certs,
+    private_pem,
+    spiffe_ids,
+    write_private,
+)
+from tests.meshctl.helpers import make_ca
+
+A = SpiffeId.parse("spiffe://t.mesh/svc/a")
+B = SpiffeId.parse("spiffe://t.mesh/host/h1")
+
+
+def test_csr_carries_ids_and_verifies() -> None:
+    csr = build_csr(generate_key(), [B, A, A])
+    assert csr.is_signature_valid
+    assert spiffe_ids(csr) == sorted([A, B])
+
+
+def test_csr_needs_an_id() -> None:
+    with pytest.raises(CertificateError):
+        build_csr(generate_key(), [])
+
+
+def test_private_pem_encrypted_only_with_passphrase() -> None:
+    key = generate_key()
+    assert serialization.load_pem_private_key(private_pem(key), None)
+    encrypted = private_pem(key, b"secret-pass")
+    with pytest.raises(TypeError):
+        serialization.load_pem_private_key(encrypted, None)
+    with pytest.raises(ValueError, match=r"ncorrect password|Bad decrypt"):
+        serialization.load_pem_private_key(encrypted, b"wrong-pass")
+
+
+def test_write_private_is_0600(tmp_path: Path) -> None:
+    path = tmp_path / "key.pem"
+    write_private(path, b"x")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_bytes() == b"x"
+
+
+def test_load_certs_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pem"
+    bad.write_text("nope")
+    with pytest.raises(CertificateError, match=r"bad\.pem"):
+        load_certs(bad)
+    with pytest.raises(CertificateError, match="no such file"):
+        load_certs(tmp_path / "missing.pem")
+
+
+def test_fingerprint_format(tmp_path: Path) -> None:
+    cert = make_ca().root.cert
+    fp = fingerprint(cert)
+    assert len(fp) == 95 and fp.count(":") == 31
