@@ -13,6 +13,7 @@ from typing import Any
 
 from meshd.errors import ConfigError
 from meshd.identity import check_name, trust_domain_problem
+from meshd.schema import Fields
 
 FAIL_MODES = ("open", "closed")
 MTLS_MODES = ("strict", "permissive")
@@ -29,6 +30,20 @@ class DefaultsConfig:
     fail_mode: str = "closed"
     mtls: str = "strict"
     leaf_lifetime_hours: int = 24
+
+    @classmethod
+    def from_fields(cls, f: Fields) -> DefaultsConfig:
+        base = cls()
+        f.unknown(set(asdict(base)))
+        return cls(
+            mesh_port=f.port("mesh_port", base.mesh_port),
+            admin_port=f.port("admin_port", base.admin_port),
+            outbound_port=f.port("outbound_port", base.outbound_port),
+            inbound_port=f.port("inbound_port", base.inbound_port),
+            fail_mode=f.choice("fail_mode", FAIL_MODES, base.fail_mode),
+            mtls=f.choice("mtls", MTLS_MODES, base.mtls),
+            leaf_lifetime_hours=f.positive("leaf_lifetime_hours", int, base.leaf_lifetime_hours),
+        )
 
 
 @dataclass(frozen=True)
@@ -62,67 +77,16 @@ class MeshConfig:
     @classmethod
     def from_dict(cls, doc: dict[str, Any], source: str) -> MeshConfig:
         """Validate a parsed document; ``source`` names it in errors."""
-        fields = _Fields(doc, source)
-        mesh = fields.table("mesh")
-        defaults = fields.table("defaults", required=False)
+        top = Fields(doc, source)
+        mesh = top.table("mesh")
         config = cls(
-            name=check_name("mesh", fields.get(mesh, "mesh.name", str)),
-            trust_domain=fields.get(mesh, "mesh.trust_domain", str),
-            operator=fields.get(mesh, "mesh.operator", str),
-            ca_key_encrypted=fields.get(mesh, "mesh.ca_key_encrypted", bool),
-            defaults=_defaults(fields, defaults),
+            name=check_name("mesh", mesh.get("name", str)),
+            trust_domain=mesh.get("trust_domain", str),
+            operator=mesh.get("operator", str),
+            ca_key_encrypted=mesh.get("ca_key_encrypted", bool),
+            defaults=DefaultsConfig.from_fields(top.table("defaults", required=False)),
         )
         problem = trust_domain_problem(config.trust_domain)
         if problem:
-            raise ConfigError(f"{source}: mesh.trust_domain: {problem}")
+            raise mesh.fail("trust_domain", problem)
         return config
-
-
-def _defaults(fields: _Fields, table: dict[str, Any]) -> DefaultsConfig:
-    base = DefaultsConfig()
-    values: dict[str, Any] = {}
-    for name, default in asdict(base).items():
-        if name in table:
-            values[name] = fields.get(table, f"defaults.{name}", type(default))
-    unknown = sorted(set(table) - set(values))
-    if unknown:
-        raise ConfigError(f"{fields.source}: defaults.{unknown[0]}: unknown field")
-    result = DefaultsConfig(**values)
-    for port in ("mesh_port", "admin_port", "outbound_port", "inbound_port"):
-        if not 1 <= getattr(result, port) <= 65535:
-            raise ConfigError(f"{fields.source}: defaults.{port}: must be a port number 1-65535")
-    fields.choice(result.fail_mode, "defaults.fail_mode", FAIL_MODES)
-    fields.choice(result.mtls, "defaults.mtls", MTLS_MODES)
-    if result.leaf_lifetime_hours < 1:
-        raise ConfigError(f"{fields.source}: defaults.leaf_lifetime_hours: must be at least 1")
-    return result
-
-
-@dataclass(frozen=True)
-class _Fields:
-    doc: dict[str, Any]
-    source: str
-
-    def table(self, name: str, required: bool = True) -> dict[str, Any]:
-        value = self.doc.get(name)
-        if value is None and not required:
-            return {}
-        if not isinstance(value, dict):
-            raise ConfigError(f"{self.source}: [{name}]: missing table")
-        return value
-
-    def get(self, table: dict[str, Any], path: str, kind: type) -> Any:
-        key = path.rsplit(".", 1)[-1]
-        if key not in table:
-            raise ConfigError(f"{self.source}: {path}: missing field")
-        value = table[key]
-        # bool is a subclass of int: a port of `true` must not pass as 1
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ConfigError(f"{self.source}: {path}: expected {kind.__name__}, got {value!r}")
-        return value
-
-    def choice(self, value: str, path: str, allowed: tuple[str, ...]) -> None:
-        if value not in allowed:
-            raise ConfigError(
-                f"{self.source}: {path}: {value!r} is not one of {', '.join(allowed)}"
-            )

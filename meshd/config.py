@@ -1,0 +1,227 @@
+"""meshd's configuration file (TOML), parsed once into frozen dataclasses.
+
+Example (every table but ``[identity]`` is optional)::
+
+    [identity]
+    host = "web1"
+    trust_domain = "prod.mesh"
+    cert = "/etc/meshd/cert.pem"      # leaf first, then the issuing CA
+    key = "/etc/meshd/key.pem"
+    bundle = "/etc/meshd/bundle.pem"  # trusted root CA(s)
+
+    [listen]
+    outbound = "127.0.0.1:15001"      # where nat OUTPUT redirects the host's connections
+    inbound = "0.0.0.0:15006"         # where nat PREROUTING redirects outside plaintext
+    mesh = "0.0.0.0:15443"            # sidecar links (mTLS)
+    admin = "0.0.0.0:15000"           # admin API (mTLS, operators only)
+    admin_socket = "/run/meshd/admin.sock"
+
+    [mesh]
+    mtls = "strict"                   # or "permissive"
+    registry = "/etc/meshd/registry.json"
+
+    [[services]]                      # the local services this meshd fronts
+    name = "api"
+    port = 8080
+    outbound = "127.0.0.1:15101"      # optional: connections of this service's user
+
+    [[upstreams]]                     # optional: explicit local entry points to a service,
+    listen = "127.0.0.1:16001"        # for apps or hosts without iptables interception
+    service = "db"
+
+    [limits]                          # and [timeouts], in seconds; see the dataclasses
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from meshd.errors import ConfigError
+from meshd.identity import SpiffeId, check_name, make_id, trust_domain_problem
+from meshd.schema import Fields
+
+MTLS_MODES = ("strict", "permissive")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    host: str
+    trust_domain: str
+    cert: Path
+    key: Path
+    bundle: Path
+
+    @property
+    def host_id(self) -> SpiffeId:
+        return make_id(self.trust_domain, "host", self.host)
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    outbound: Address = ("127.0.0.1", 15001)
+    inbound: Address = ("0.0.0.0", 15006)
+    mesh: Address = ("0.0.0.0", 15443)
+    admin: Address = ("0.0.0.0", 15000)
+    admin_socket: Path | None = Path("/run/meshd/admin.sock")
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """A local service: its name, the port the app listens on, its own outbound listener."""
+
+    name: str
+    port: int
+    outbound: Address | None = None
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    """A plain local listener whose connections all go to one mesh service."""
+
+    listen: Address
+    service: str
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_connections: int = 20000
+    max_streams_per_link: int = 10000
+    max_header_bytes: int = 65536
+    stream_window: int = 256 * 1024
+    max_frame: int = 64 * 1024
+
+
+@dataclass(frozen=True)
+class TimeoutsConfig:
+    handshake: float = 5.0
+    connect: float = 5.0
+    header_read: float = 15.0
+    idle: float = 300.0
+    drain: float = 10.0
+    ping_interval: float = 15.0
+
+
+@dataclass(frozen=True)
+class MeshdConfig:
+    identity: IdentityConfig
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    mtls: str = "strict"
+    registry: Path | None = None
+    services: tuple[ServiceConfig, ...] = ()
+    upstreams: tuple[UpstreamConfig, ...] = ()
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
+    log_level: str = "info"
+    http: bool = True
+
+    def service_ids(self) -> dict[str, SpiffeId]:
+        return {s.name: make_id(self.identity.trust_domain, "svc", s.name) for s in self.services}
+
+    @classmethod
+    def load(cls, path: Path) -> MeshdConfig:
+        try:
+            doc = tomllib.loads(path.read_text())
+        except FileNotFoundError as e:
+            raise ConfigError(f"{path}: no such file") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: {e}") from e
+        return cls.from_dict(doc, str(path), path.parent)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], source: str, base: Path = Path("/")) -> MeshdConfig:
+        top = Fields(doc, source)
+        top.unknown({"identity", "listen", "mesh", "services", "upstreams", "limits", "timeouts", "log"})
+        mesh = top.table("mesh", required=False)
+        mesh.unknown({"mtls", "registry", "http"})
+        registry = mesh.optional("registry", str)
+        log = top.table("log", required=False)
+        log.unknown({"level"})
+        config = cls(
+            identity=_identity(top.table("identity"), base),
+            listen=_listen(top.table("listen", required=False)),
+            mtls=mesh.choice("mtls", MTLS_MODES, "strict"),
+            registry=base / registry if registry else None,
+            services=tuple(_service(f) for f in top.tables("services")),
+            upstreams=tuple(_upstream(f) for f in top.tables("upstreams")),
+            limits=_limits(top.table("limits", required=False)),
+            timeouts=_timeouts(top.table("timeouts", required=False)),
+            log_level=log.choice("level", LOG_LEVELS, "info"),
+            http=mesh.get("http", bool, True),
+        )
+        _check_services(top, config.services)
+        return config
+
+
+def _identity(f: Fields, base: Path) -> IdentityConfig:
+    f.unknown({"host", "trust_domain", "cert", "key", "bundle"})
+    domain = f.get("trust_domain", str)
+    problem = trust_domain_problem(domain)
+    if problem:
+        raise f.fail("trust_domain", problem)
+    host = f.get("host", str)
+    try:
+        check_name("host", host)
+    except ConfigError as e:
+        raise f.fail("host", e.message) from None
+    return IdentityConfig(
+        host=host, trust_domain=domain, cert=base / f.get("cert", str),
+        key=base / f.get("key", str), bundle=base / f.get("bundle", str),
+    )
+
+
+def _listen(f: Fields) -> ListenConfig:
+    d = ListenConfig()
+    f.unknown({"outbound", "inbound", "mesh", "admin", "admin_socket"})
+    socket = f.get("admin_socket", str, str(d.admin_socket))
+    return ListenConfig(
+        outbound=f.address("outbound", _fmt(d.outbound)),
+        inbound=f.address("inbound", _fmt(d.inbound)),
+        mesh=f.address("mesh", _fmt(d.mesh)),
+        admin=f.address("admin", _fmt(d.admin)),
+        admin_socket=Path(socket) if socket else None,
+    )
+
+
+def _fmt(address: Address) -> str:
+    return f"{address[0]}:{address[1]}"
+
+
+def _service(f: Fields) -> ServiceConfig:
+    f.unknown({"name", "port", "outbound"})
+    name = f.get("name", str)
+    try:
+        check_name("service", name)
+    except ConfigError as e:
+        raise f.fail("name", e.message) from None
+    outbound = f.address("outbound") if "outbound" in f.data else None
+    return ServiceConfig(name=name, port=f.port("port"), outbound=outbound)
+
+
+def _upstream(f: Fields) -> UpstreamConfig:
+    f.unknown({"listen", "service"})
+    return UpstreamConfig(listen=f.address("listen"), service=f.get("service", str))
+
+
+def _check_services(top: Fields, services: tuple[ServiceConfig, ...]) -> None:
+    seen: set[str] = set()
+    for i, s in enumerate(services):
+        if s.name in seen:
+            raise ConfigError(f"{top.source}: services[{i}].name: duplicate service {s.name!r}")
+        seen.add(s.name)
+
+
+def _limits(f: Fields) -> LimitsConfig:
+    d = LimitsConfig()
+    f.unknown(set(d.__dataclass_fields__))
+    return LimitsConfig(**{k: f.positive(k, int, getattr(d, k)) for k in d.__dataclass_fields__})
+
+
+def _timeouts(f: Fields) -> TimeoutsConfig:
+    d = TimeoutsConfig()
+    f.unknown(set(d.__dataclass_fields__))
+    return TimeoutsConfig(**{k: f.positive(k, float, getattr(d, k)) for k in d.__dataclass_fields__})

@@ -1,0 +1,104 @@
+"""Telemetry events and the bounded in-memory bus they travel on.
+
+The proxy publishes past-tense facts; metrics, access logs, traces and the
+``top`` feed are independent subscribers. Each subscriber has a bounded
+queue: when it falls behind, new events are dropped for it and counted, and
+traffic is never slowed. Publishing is a few appends, cheap enough for the
+relay's hot path; consumers drain in their own time.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+# direction of a connection or request as seen by this meshd
+OUTBOUND = "outbound"
+INBOUND = "inbound"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionOpened:
+    direction: str
+    source: str
+    destination: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    direction: str
+    source: str
+    destination: str
+    bytes_sent: int  # towards the destination
+    bytes_received: int  # from the destination
+    duration: float
+    error: str = ""  # empty when closed cleanly
+
+
+@dataclass(frozen=True, slots=True)
+class RequestCompleted:
+    direction: str
+    source: str
+    destination: str
+    method: str
+    status: int  # 0 when no response arrived
+    duration: float
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeFailed:
+    listener: str  # "mesh", "admin", "link" (outbound link to a peer)
+    peer: str  # address
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionRefused:
+    listener: str  # "outbound", "inbound", "mesh", "admin"
+    peer: str
+    reason: str  # short, stable, used as a metric label: "plaintext", "wrong_identity", ...
+
+
+Event = ConnectionOpened | ConnectionClosed | RequestCompleted | HandshakeFailed | ConnectionRefused
+
+
+class Subscription:
+    """One consumer's bounded queue."""
+
+    __slots__ = ("_capacity", "dropped", "queue")
+
+    def __init__(self, capacity: int) -> None:
+        self.queue: deque[Event] = deque()
+        self.dropped = 0
+        self._capacity = capacity
+
+    def offer(self, event: Event) -> None:
+        if len(self.queue) >= self._capacity:
+            self.dropped += 1
+        else:
+            self.queue.append(event)
+
+    def drain(self) -> Iterator[Event]:
+        """Yield and remove every queued event."""
+        queue = self.queue
+        while queue:
+            yield queue.popleft()
+
+
+class EventBus:
+    """Fan-out of events to subscriptions; never blocks the publisher."""
+
+    def __init__(self) -> None:
+        self._subscriptions: tuple[Subscription, ...] = ()
+        self.published = 0
+
+    def subscribe(self, capacity: int = 65536) -> Subscription:
+        sub = Subscription(capacity)
+        self._subscriptions = (*self._subscriptions, sub)
+        return sub
+
+    def publish(self, event: Event) -> None:
+        self.published += 1
+        for sub in self._subscriptions:
+            sub.offer(event)

@@ -1,0 +1,139 @@
+"""The service registry: which services exist, their virtual IPs and endpoints.
+
+meshctl writes it and pushes it to every meshd (JSON, versioned); meshd maps
+an intercepted connection's original destination to a service through it.
+Pure: parsing, validation and lookups, no I/O.
+
+    {"version": 3,
+     "services": {"api": {"vip": "10.255.0.2", "port": 8080,
+                          "endpoints": [{"host": "h2", "address": "10.77.0.12",
+                                         "port": 8080, "mesh_port": 15443,
+                                         "labels": {"version": "v1"}}]}}}
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshd.errors import ConfigError
+from meshd.identity import check_name
+from meshd.schema import Fields
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    address: str
+    port: int
+    mesh_port: int = 15443
+    labels: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def link_key(self) -> tuple[str, int]:
+        """Where this endpoint's meshd listens for sidecar links."""
+        return self.address, self.mesh_port
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    vip: str
+    port: int
+    endpoints: tuple[Endpoint, ...] = ()
+
+
+@dataclass(frozen=True)
+class Route:
+    """What an original destination resolves to: a service, and one endpoint if it was addressed directly."""
+
+    service: Service
+    endpoint: Endpoint | None = None
+
+
+@dataclass(frozen=True)
+class Registry:
+    version: int = 0
+    services: tuple[Service, ...] = ()
+    _routes: dict[tuple[str, int], Route] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for s in self.services:
+            self._routes[(s.vip, s.port)] = Route(s)
+            for e in s.endpoints:
+                self._routes[(e.address, e.port)] = Route(s, e)
+
+    def route(self, address: str, port: int) -> Route | None:
+        """The service behind ``address:port``, or None when it is not in the mesh."""
+        return self._routes.get((address, port))
+
+    def service(self, name: str) -> Service | None:
+        return next((s for s in self.services if s.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "services": {
+                s.name: {
+                    "vip": s.vip,
+                    "port": s.port,
+                    "endpoints": [
+                        {"host": e.host, "address": e.address, "port": e.port,
+                         "mesh_port": e.mesh_port, "labels": dict(e.labels)}
+                        for e in s.endpoints
+                    ],
+                }
+                for s in self.services
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], source: str) -> Registry:
+        top = Fields(doc, source)
+        top.unknown({"version", "services"})
+        version = top.get("version", int)
+        if version < 0:
+            raise top.fail("version", "must be 0 or more")
+        services = top.table("services", required=False)
+        parsed = tuple(_service(name, services.table(name)) for name in sorted(services.data))
+        _check_unique(top, parsed)
+        return cls(version, parsed)
+
+
+def _service(name: str, f: Fields) -> Service:
+    f.unknown({"vip", "port", "endpoints"})
+    try:
+        check_name("service", name)
+    except ConfigError as e:
+        raise f.fail("name", e.message) from None
+    return Service(name, _ip(f, "vip"), f.port("port"), tuple(_endpoint(e) for e in f.tables("endpoints")))
+
+
+def _endpoint(f: Fields) -> Endpoint:
+    f.unknown({"host", "address", "port", "mesh_port", "labels"})
+    labels = f.get("labels", dict, {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise f.fail("labels", "labels must map strings to strings")
+    return Endpoint(
+        host=f.get("host", str), address=_ip(f, "address"), port=f.port("port"),
+        mesh_port=f.port("mesh_port", 15443), labels=tuple(sorted(labels.items())),
+    )
+
+
+def _ip(f: Fields, key: str) -> str:
+    text = f.get(key, str)
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise f.fail(key, f"{text!r} is not an IP address") from None
+
+
+def _check_unique(top: Fields, services: tuple[Service, ...]) -> None:
+    seen: dict[tuple[str, int], str] = {}
+    for s in services:
+        keys = [(s.vip, s.port)] + [(e.address, e.port) for e in s.endpoints]
+        for key in keys:
+            other = seen.setdefault(key, s.name)
+            if other != s.name:
+                raise top.fail(f"services.{s.name}", f"{key[0]}:{key[1]} is also used by {other!r}")

@@ -1,0 +1,99 @@
+"""Reading validated values out of parsed TOML/JSON documents.
+
+One small reader shared by every config and document parser of the mesh, so
+all of them report problems the same way: ``SOURCE: field.path: problem``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from meshd.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Fields:
+    """Typed access to one table of a document, with the path for messages."""
+
+    data: dict[str, Any]
+    source: str
+    path: str = ""
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {self._at(key)}: {problem}")
+
+    def _at(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def table(self, key: str, required: bool = True) -> Fields:
+        value = self.data.get(key)
+        if value is None and not required:
+            return Fields({}, self.source, self._at(key))
+        if not isinstance(value, dict):
+            raise ConfigError(f"{self.source}: [{self._at(key)}]: missing table")
+        return Fields(value, self.source, self._at(key))
+
+    def tables(self, key: str) -> list[Fields]:
+        """An array of tables (``[[key]]``); empty when absent."""
+        value = self.data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise self.fail(key, "expected an array of tables")
+        return [Fields(v, self.source, f"{self._at(key)}[{i}]") for i, v in enumerate(value)]
+
+    def get(self, key: str, kind: type[T], default: T | None = None) -> T:
+        if key not in self.data:
+            if default is not None:
+                return default
+            raise self.fail(key, "missing field")
+        value = self.data[key]
+        # bool is a subclass of int: a port of `true` must not pass as 1
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
+            raise self.fail(key, f"expected {kind.__name__}, got {value!r}")
+        return value
+
+    def optional(self, key: str, kind: type[T]) -> T | None:
+        return self.get(key, kind) if key in self.data else None
+
+    def choice(self, key: str, allowed: tuple[str, ...], default: str) -> str:
+        value = self.get(key, str, default)
+        if value not in allowed:
+            raise self.fail(key, f"{value!r} is not one of {', '.join(allowed)}")
+        return value
+
+    def port(self, key: str, default: int | None = None) -> int:
+        value = self.get(key, int, default)
+        if not 1 <= value <= 65535:
+            raise self.fail(key, f"{value} is not a port number (1-65535)")
+        return value
+
+    def positive(self, key: str, kind: type[T], default: T) -> T:
+        value = self.get(key, kind, default)
+        if value <= 0:  # type: ignore[operator]
+            raise self.fail(key, f"must be greater than 0, got {value!r}")
+        return value
+
+    def address(self, key: str, default: str | None = None) -> tuple[str, int]:
+        """A ``host:port`` listen or connect address."""
+        text = self.get(key, str, default)
+        host, sep, port = text.rpartition(":")
+        host = host.strip("[]")
+        try:
+            ipaddress.ip_address(host)
+            number = int(port)
+        except ValueError:
+            raise self.fail(key, f"{text!r} is not an IP:port address") from None
+        if not sep or not 0 <= number <= 65535:
+            raise self.fail(key, f"{text!r} is not an IP:port address")
+        return host, number
+
+    def unknown(self, known: set[str]) -> None:
+        """Refuse keys this version does not understand (typos must not pass silently)."""
+        extra = sorted(set(self.data) - known)
+        if extra:
+            raise self.fail(extra[0], "unknown field")

@@ -1,0 +1,51 @@
+"""Real certificates for meshd tests: a mesh CA and leaves for any SPIFFE IDs."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshctl.ca import MeshCa, create_ca, sign_csr
+from meshd.identity import SpiffeId
+from meshd.pki import build_csr, cert_pem, generate_key, private_pem, write_private
+
+TD = "t.mesh"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Files of one identity, as meshd's config points at them."""
+
+    cert: Path
+    key: Path
+    bundle: Path
+    ids: tuple[SpiffeId, ...]
+
+
+class TestPki:
+    """A CA in a directory that issues identities on demand."""
+
+    __test__ = False  # not a test class, despite the name
+
+    def __init__(self, directory: Path, trust_domain: str = TD, ca: MeshCa | None = None) -> None:
+        self.dir = directory
+        self.trust_domain = trust_domain
+        self.ca = ca or create_ca("t", trust_domain, dt.datetime.now(dt.UTC))
+        directory.mkdir(parents=True, exist_ok=True)
+        self.bundle = directory / f"bundle-{id(self.ca)}.pem"
+        self.bundle.write_bytes(cert_pem(self.ca.root.cert))
+
+    def issue(
+        self, name: str, *paths: str, lifetime: dt.timedelta = dt.timedelta(hours=1),
+        now: dt.datetime | None = None,
+    ) -> Identity:
+        """Files for ``spiffe://TD/<path>`` for each path, e.g. issue("h1", "host/h1", "svc/api")."""
+        ids = tuple(SpiffeId(self.trust_domain, "/" + p) for p in paths)
+        key = generate_key()
+        when = now or dt.datetime.now(dt.UTC)
+        cert = sign_csr(build_csr(key, ids), ids, self.ca.issuing, when, lifetime)
+        cert_path, key_path = self.dir / f"{name}.pem", self.dir / f"{name}.key"
+        cert_path.write_bytes(cert_pem(cert, self.ca.issuing.cert))
+        write_private(key_path, private_pem(key))
+        return Identity(cert_path, key_path, self.bundle, ids)
