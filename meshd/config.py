@@ -46,6 +46,7 @@ from meshd.schema import Fields
 MTLS_MODES = ("strict", "permissive")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 Address = tuple[str, int]
+ANY = "0.0.0.0"  # noqa: S104 - meshd's mesh, inbound and admin ports serve other hosts by design
 
 
 @dataclass(frozen=True)
@@ -64,9 +65,9 @@ class IdentityConfig:
 @dataclass(frozen=True)
 class ListenConfig:
     outbound: Address = ("127.0.0.1", 15001)
-    inbound: Address = ("0.0.0.0", 15006)
-    mesh: Address = ("0.0.0.0", 15443)
-    admin: Address = ("0.0.0.0", 15000)
+    inbound: Address = (ANY, 15006)
+    mesh: Address = (ANY, 15443)
+    admin: Address = (ANY, 15000)
     admin_socket: Path | None = Path("/run/meshd/admin.sock")
 
 
@@ -135,7 +136,9 @@ class MeshdConfig:
     @classmethod
     def from_dict(cls, doc: dict[str, Any], source: str, base: Path = Path("/")) -> MeshdConfig:
         top = Fields(doc, source)
-        top.unknown({"identity", "listen", "mesh", "services", "upstreams", "limits", "timeouts", "log"})
+        top.unknown(
+            {"identity", "listen", "mesh", "services", "upstreams", "limits", "timeouts", "log"}
+        )
         mesh = top.table("mesh", required=False)
         mesh.unknown({"mtls", "registry", "http"})
         registry = mesh.optional("registry", str)
@@ -169,8 +172,11 @@ def _identity(f: Fields, base: Path) -> IdentityConfig:
     except ConfigError as e:
         raise f.fail("host", e.message) from None
     return IdentityConfig(
-        host=host, trust_domain=domain, cert=base / f.get("cert", str),
-        key=base / f.get("key", str), bundle=base / f.get("bundle", str),
+        host=host,
+        trust_domain=domain,
+        cert=base / f.get("cert", str),
+        key=base / f.get("key", str),
+        bundle=base / f.get("bundle", str),
     )
 
 
@@ -224,4 +230,6 @@ def _limits(f: Fields) -> LimitsConfig:
 def _timeouts(f: Fields) -> TimeoutsConfig:
     d = TimeoutsConfig()
     f.unknown(set(d.__dataclass_fields__))
-    return TimeoutsConfig(**{k: f.positive(k, float, getattr(d, k)) for k in d.__dataclass_fields__})
+    return TimeoutsConfig(
+        **{k: f.positive(k, float, getattr(d, k)) for k in d.__dataclass_fields__}
+    )

@@ -46,7 +46,7 @@ class Service:
 
 @dataclass(frozen=True)
 class Route:
-    """What an original destination resolves to: a service, and one endpoint if it was addressed directly."""
+    """What an original destination resolves to: a service, and the endpoint addressed, if any."""
 
     service: Service
     endpoint: Endpoint | None = None
@@ -79,8 +79,13 @@ class Registry:
                     "vip": s.vip,
                     "port": s.port,
                     "endpoints": [
-                        {"host": e.host, "address": e.address, "port": e.port,
-                         "mesh_port": e.mesh_port, "labels": dict(e.labels)}
+                        {
+                            "host": e.host,
+                            "address": e.address,
+                            "port": e.port,
+                            "mesh_port": e.mesh_port,
+                            "labels": dict(e.labels),
+                        }
                         for e in s.endpoints
                     ],
                 }
@@ -107,7 +112,9 @@ def _service(name: str, f: Fields) -> Service:
         check_name("service", name)
     except ConfigError as e:
         raise f.fail("name", e.message) from None
-    return Service(name, _ip(f, "vip"), f.port("port"), tuple(_endpoint(e) for e in f.tables("endpoints")))
+    return Service(
+        name, _ip(f, "vip"), f.port("port"), tuple(_endpoint(e) for e in f.tables("endpoints"))
+    )
 
 
 def _endpoint(f: Fields) -> Endpoint:
@@ -116,8 +123,11 @@ def _endpoint(f: Fields) -> Endpoint:
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
         raise f.fail("labels", "labels must map strings to strings")
     return Endpoint(
-        host=f.get("host", str), address=_ip(f, "address"), port=f.port("port"),
-        mesh_port=f.port("mesh_port", 15443), labels=tuple(sorted(labels.items())),
+        host=f.get("host", str),
+        address=_ip(f, "address"),
+        port=f.port("port"),
+        mesh_port=f.port("mesh_port", 15443),
+        labels=tuple(sorted(labels.items())),
     )
 
 

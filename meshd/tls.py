@@ -49,8 +49,12 @@ class TlsMaterial:
         )
 
 
-def _context(purpose: ssl.Purpose, cert: Path, key: Path, bundle: Path, alpn: list[str]) -> ssl.SSLContext:
-    side = ssl.PROTOCOL_TLS_SERVER if purpose is ssl.Purpose.CLIENT_AUTH else ssl.PROTOCOL_TLS_CLIENT
+def _context(
+    purpose: ssl.Purpose, cert: Path, key: Path, bundle: Path, alpn: list[str]
+) -> ssl.SSLContext:
+    side = (
+        ssl.PROTOCOL_TLS_SERVER if purpose is ssl.Purpose.CLIENT_AUTH else ssl.PROTOCOL_TLS_CLIENT
+    )
     ctx = ssl.SSLContext(side)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.check_hostname = False  # peers are identified by SPIFFE ID, checked after the handshake
@@ -59,8 +63,10 @@ def _context(purpose: ssl.Purpose, cert: Path, key: Path, bundle: Path, alpn: li
         ctx.load_verify_locations(cafile=str(bundle))
         ctx.load_cert_chain(str(cert), str(key))
     except (ssl.SSLError, OSError) as e:
-        raise CertificateError(f"cannot load {cert} / {key} / {bundle}: {e}",
-                               hint="check that the key matches the certificate") from e
+        raise CertificateError(
+            f"cannot load {cert} / {key} / {bundle}: {e}",
+            hint="check that the key matches the certificate",
+        ) from e
     ctx.set_alpn_protocols(alpn)
     return ctx
 

@@ -40,7 +40,10 @@ def test_roundtrip() -> None:
         (_with("mesh", "trust_domain", "Prod"), "mesh.trust_domain: trust domain 'Prod'"),
         (_with("mesh", "ca_key_encrypted", "yes"), "mesh.ca_key_encrypted: expected bool"),
         (_with("defaults", "mesh_port", True), "defaults.mesh_port: expected int"),
-        (_with("defaults", "admin_port", 70000), r"defaults.admin_port: 70000 is not a port number"),
+        (
+            _with("defaults", "admin_port", 70000),
+            r"defaults.admin_port: 70000 is not a port number",
+        ),
         (
             _with("defaults", "fail_mode", "ajar"),
             "defaults.fail_mode: 'ajar' is not one of open, closed",

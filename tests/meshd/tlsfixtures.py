@@ -37,10 +37,13 @@ class TestPki:
         self.bundle.write_bytes(cert_pem(self.ca.root.cert))
 
     def issue(
-        self, name: str, *paths: str, lifetime: dt.timedelta = dt.timedelta(hours=1),
+        self,
+        name: str,
+        *paths: str,
+        lifetime: dt.timedelta = dt.timedelta(hours=1),
         now: dt.datetime | None = None,
     ) -> Identity:
-        """Files for ``spiffe://TD/<path>`` for each path, e.g. issue("h1", "host/h1", "svc/api")."""
+        """Files for ``spiffe://TD/<path>`` per path, e.g. issue("h1", "host/h1", "svc/api")."""
         ids = tuple(SpiffeId(self.trust_domain, "/" + p) for p in paths)
         key = generate_key()
         when = now or dt.datetime.now(dt.UTC)
