@@ -1,0 +1,3 @@
+"""Suite-wide pytest setup: the testbed plugin (real hosts for end-to-end tests)."""
+
+pytest_plugins = ["meshctl.testbed.pytest_plugin"]
