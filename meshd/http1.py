@@ -1,0 +1,140 @@
+"""HTTP/1.1 awareness: watch a relayed connection's bytes and report each request.
+
+The observer never changes or holds bytes; it feeds copies to httptools' C
+parsers (llhttp) and publishes a ``RequestCompleted`` per response. It gives
+up (the connection goes on as opaque TCP) on anything it cannot follow:
+parse errors, Upgrade/CONNECT, HEAD (whose responses carry no body that the
+parser could know of), or a request head larger than the limit.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import deque
+from collections.abc import Callable
+
+import httptools
+
+from meshd.events import Event, RequestCompleted
+
+_REQUEST_START = re.compile(rb"^[A-Z]{3,12} ")
+
+
+def looks_like_http(first_bytes: bytes) -> bool:
+    """Does a connection's first chunk start an HTTP/1.x request?"""
+    return _REQUEST_START.match(first_bytes) is not None
+
+
+class _Response:
+    """Callbacks of the response parser."""
+
+    __slots__ = ("observer",)
+
+    def __init__(self, observer: HttpObserver) -> None:
+        self.observer = observer
+
+    def on_message_complete(self) -> None:
+        self.observer.response_complete()
+
+
+class HttpObserver:
+    """Follows requests (client → server) and responses (server → client) of one connection."""
+
+    __slots__ = (
+        "destination",
+        "direction",
+        "gave_up",
+        "head_bytes",
+        "max_head",
+        "pending",
+        "publish",
+        "requests",
+        "responses",
+        "source",
+    )
+
+    def __init__(
+        self,
+        publish: Callable[[Event], None],
+        direction: str,
+        source: str,
+        destination: str,
+        max_head: int,
+    ) -> None:
+        self.publish = publish
+        self.direction = direction
+        self.source = source
+        self.destination = destination
+        self.max_head = max_head
+        self.head_bytes = 0
+        self.pending: deque[tuple[str, float]] = deque()
+        self.gave_up = False
+        self.requests = httptools.HttpRequestParser(self)
+        self.responses = httptools.HttpResponseParser(_Response(self))
+
+    # request parser callbacks
+    def on_message_begin(self) -> None:
+        self.head_bytes = 0
+        self.pending.append(("", time.monotonic()))
+
+    def on_headers_complete(self) -> None:
+        method = self.requests.get_method().decode()
+        if method == "HEAD":
+            self.gave_up = True
+        started = self.pending.pop()[1]
+        self.pending.append((method, started))
+        self.head_bytes = -1  # head done: no limit on bodies
+
+    def response_complete(self) -> None:
+        status = self.responses.get_status_code()
+        if 100 <= status < 200:
+            return  # interim response; the final one follows
+        if self.pending:
+            method, started = self.pending.popleft()
+            self.publish(
+                RequestCompleted(
+                    self.direction,
+                    self.source,
+                    self.destination,
+                    method,
+                    status,
+                    time.monotonic() - started,
+                )
+            )
+
+    # Observer protocol
+    def outgoing(self, data: bytes | memoryview) -> bool:
+        if self.head_bytes >= 0:
+            self.head_bytes += len(data)
+            if self.head_bytes > self.max_head:
+                return self._give_up()
+        try:
+            self.requests.feed_data(data)
+        except (httptools.HttpParserUpgrade, httptools.HttpParserError):
+            return self._give_up()
+        return not self.gave_up or self._give_up()
+
+    def incoming(self, data: bytes | memoryview) -> bool:
+        try:
+            self.responses.feed_data(data)
+        except (httptools.HttpParserUpgrade, httptools.HttpParserError):
+            return self._give_up()
+        return True
+
+    def finished(self) -> None:
+        """The connection ended: requests still waiting got no response."""
+        now = time.monotonic()
+        while self.pending:
+            method, started = self.pending.popleft()
+            if method:
+                self.publish(
+                    RequestCompleted(
+                        self.direction, self.source, self.destination, method, 0, now - started
+                    )
+                )
+
+    def _give_up(self) -> bool:
+        self.gave_up = True
+        self.pending.clear()
+        return False

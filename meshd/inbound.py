@@ -1,0 +1,188 @@
+"""Inbound: sidecar links accepted on the mesh port, and plaintext from outside the mesh.
+
+Each stream a peer opens is checked (the peer's certificate must hold the
+source identity it claims; the service must be one of ours on its port) and
+delivered to the app on loopback. Connections that reach a meshed port from
+outside the mesh arrive redirected on the inbound listener: refused in
+``strict`` mode, relayed to the app as an unauthenticated peer in ``permissive``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import cast
+
+import anyio
+
+from meshd.errors import ConfigError
+from meshd.events import (
+    INBOUND,
+    ConnectionClosed,
+    ConnectionOpened,
+    ConnectionRefused,
+    HandshakeFailed,
+)
+from meshd.frames import RST, RST_CONNECT_FAILED, OpenRequest, frame, reset_payload
+from meshd.identity import SpiffeId
+from meshd.link import Link
+from meshd.netfacts import fmt, original_dst
+from meshd.relay import PipeEnd
+from meshd.runtime import Runtime
+from meshd.stream import AppProtocol, Stream
+
+log = logging.getLogger("meshd.inbound")
+
+UNAUTHENTICATED = "unauthenticated"
+LOCAL_APP_HOST = "127.0.0.1"
+
+
+class MeshPort:
+    """Accepts sidecar links and the streams opened over them."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.links: set[Link] = set()
+
+    def make_link(self) -> Link:
+        limits, timeouts = self.rt.config.limits, self.rt.config.timeouts
+        return Link(
+            dialer=False,
+            max_frame=limits.max_frame,
+            max_streams=limits.max_streams_per_link,
+            ping_interval=timeouts.ping_interval,
+            on_open=self.on_open,
+            on_ready=self.on_ready,
+            on_lost=self.on_lost,
+        )
+
+    def on_ready(self, link: Link) -> None:
+        hosts = [
+            i for i in link.peer_ids if i.kind == "host" and i.trust_domain == self.rt.trust_domain
+        ]
+        if not hosts:
+            log.warning(
+                "refused link from %s: no host identity of %s in its certificate",
+                link.peer_address,
+                self.rt.trust_domain,
+            )
+            self.rt.bus.publish(HandshakeFailed("mesh", link.peer_address, "wrong_identity"))
+            link.abort("peer is not a mesh host")
+            return
+        link.peer = hosts[0]
+        self.links.add(link)
+        log.info("link from %s (%s) up", link.peer, link.peer_address)
+
+    def on_lost(self, link: Link, reason: str) -> None:
+        self.links.discard(link)
+
+    def on_open(self, link: Link, sid: int, request: OpenRequest) -> Stream | None:
+        refusal = self._check(link, request)
+        if refusal is not None:
+            code, message = refusal
+            log.warning(
+                "refused stream from %s to %s:%d: %s",
+                link.peer,
+                request.service,
+                request.port,
+                message,
+            )
+            self.rt.bus.publish(ConnectionRefused("mesh", link.peer_address, code))
+            return None
+        if not self.rt.admit():
+            self.rt.bus.publish(ConnectionRefused("mesh", link.peer_address, "limit"))
+            return None
+        stream = Stream(
+            self.rt.config.limits.stream_window,
+            on_close=lambda s, error: self._closed(s, request, error),
+        )
+        self.rt.bus.publish(ConnectionOpened(INBOUND, request.source, request.service))
+        assert self.rt.tg is not None
+        self.rt.tg.start_soon(self._connect_app, stream, request.port)
+        return stream
+
+    def _check(self, link: Link, request: OpenRequest) -> tuple[str, str] | None:
+        try:
+            source = SpiffeId.parse(request.source)
+        except ConfigError:
+            return "bad_source", f"malformed source identity {request.source!r}"
+        if source not in link.peer_ids:
+            return "source_not_in_certificate", f"peer does not hold {source}"
+        service = next((s for s in self.rt.config.services if s.name == request.service), None)
+        if service is None or service.port != request.port:
+            return "unknown_service", f"no local service {request.service} on port {request.port}"
+        return None
+
+    async def _connect_app(self, stream: Stream, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            with anyio.fail_after(self.rt.config.timeouts.connect):
+                await loop.create_connection(lambda: AppProtocol(stream), LOCAL_APP_HOST, port)
+        except (OSError, TimeoutError) as e:
+            if stream.link is not None and not stream.closed:
+                stream.link.write(frame(RST, stream.sid, reset_payload(RST_CONNECT_FAILED, str(e))))
+            stream.reset(f"cannot reach the app on port {port}: {e}")
+
+    def _closed(self, stream: Stream, request: OpenRequest, error: str) -> None:
+        self.rt.release()
+        self.rt.bus.publish(
+            ConnectionClosed(
+                INBOUND,
+                request.source,
+                request.service,
+                stream.received,
+                stream.sent,
+                time.monotonic() - stream.opened_at,
+                error,
+            )
+        )
+
+    def goaway_all(self) -> None:
+        for link in list(self.links):
+            link.goaway()
+
+
+class PlainInbound(PipeEnd):
+    """A connection from outside the mesh, redirected to the inbound listener."""
+
+    def __init__(self, rt: Runtime) -> None:
+        super().__init__()
+        self.rt = rt
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+        super().connection_made(transport)
+        peer = fmt(transport.get_extra_info("peername"))
+        dst = original_dst(transport.get_extra_info("socket"))
+        service = next((s for s in self.rt.config.services if dst and s.port == dst[1]), None)
+        if self.rt.config.mtls == "strict" or service is None:
+            why = "mtls is strict" if service is not None else f"{fmt(dst)} is no local service"
+            log.warning("refused plaintext connection from %s to %s: %s", peer, fmt(dst), why)
+            self.rt.bus.publish(ConnectionRefused("inbound", peer, "plaintext"))
+            transport.abort()
+            return
+        if not self.rt.admit():
+            self.rt.bus.publish(ConnectionRefused("inbound", peer, "limit"))
+            transport.abort()
+            return
+        self.on_lost = self.rt.release
+        self.rt.bus.publish(ConnectionOpened(INBOUND, UNAUTHENTICATED, service.name))
+        assert self.rt.tg is not None
+        self.rt.tg.start_soon(self._connect_app, service.port)
+
+    async def _connect_app(self, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            with anyio.fail_after(self.rt.config.timeouts.connect):
+                _, app = await loop.create_connection(PipeEnd, LOCAL_APP_HOST, port)
+        except (OSError, TimeoutError) as e:
+            log.warning("cannot reach the app on port %d: %s", port, e)
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        if self.closed:
+            if app.transport is not None:
+                app.transport.close()
+            return
+        self.join(app)

@@ -1,0 +1,264 @@
+"""Outbound: the host's intercepted (or explicitly addressed) connections, sent over links.
+
+An accepted connection's original destination is mapped to a service through
+the registry; an endpoint is picked (least outstanding streams among the
+endpoints not recently failed); the stream goes over the persistent link to
+that endpoint's meshd, after checking that the peer holds the service's
+identity. Links are dialled on demand and shared by all streams to that peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import cast
+
+import anyio
+
+from meshd.events import (
+    OUTBOUND,
+    ConnectionClosed,
+    ConnectionOpened,
+    ConnectionRefused,
+    HandshakeFailed,
+)
+from meshd.frames import OpenRequest
+from meshd.http1 import HttpObserver, looks_like_http
+from meshd.identity import SpiffeId
+from meshd.link import Link
+from meshd.netfacts import fmt, original_dst
+from meshd.registry import Endpoint, Service
+from meshd.runtime import Runtime
+from meshd.stream import AppProtocol, Stream
+
+log = logging.getLogger("meshd.outbound")
+
+FAIL_BACKOFF = (1.0, 30.0)  # seconds: first and longest pause after an endpoint failed
+MAX_ATTEMPTS = 3
+
+
+@dataclass
+class _Waiting:
+    stream: Stream
+    request: OpenRequest
+    service: Service
+    tried: set[tuple[str, int]] = field(default_factory=set)
+
+
+class LinkPool:
+    """Links to peers, dialled on demand; endpoint health for the balancer."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.links: dict[tuple[str, int], Link] = {}
+        self.waiting: dict[tuple[str, int], list[_Waiting]] = {}
+        self.failed_until: dict[tuple[str, int], tuple[float, float]] = {}
+        self.outstanding: dict[tuple[str, int], int] = {}
+
+    def pick(self, service: Service, avoid: set[tuple[str, int]]) -> Endpoint | None:
+        """The healthy endpoint with the fewest open streams (failed ones as a last resort)."""
+        now = time.monotonic()
+        candidates = [e for e in service.endpoints if e.link_key not in avoid]
+        healthy = [e for e in candidates if self.failed_until.get(e.link_key, (0.0, 0.0))[0] <= now]
+        pool = healthy or candidates
+        if not pool:
+            return None
+        return min(pool, key=lambda e: self.outstanding.get(e.link_key, 0))
+
+    def send(self, waiting: _Waiting, endpoint: Endpoint) -> None:
+        key = endpoint.link_key
+        waiting.tried.add(key)
+        link = self.links.get(key)
+        if link is not None and link.usable:
+            self._open(link, waiting)
+            return
+        queue = self.waiting.setdefault(key, [])
+        queue.append(waiting)
+        if len(queue) == 1:
+            assert self.rt.tg is not None
+            self.rt.tg.start_soon(self._dial, endpoint)
+
+    def _open(self, link: Link, waiting: _Waiting) -> None:
+        wanted = self.rt.service_id(waiting.service.name)
+        if wanted not in link.peer_ids:
+            self._refuse(
+                waiting,
+                link.peer_address,
+                "wrong_identity",
+                f"peer {link.peer_address} does not hold {wanted}",
+            )
+            return
+        self.outstanding[link.key] = self.outstanding.get(link.key, 0) + 1
+        link.open_stream(waiting.stream, waiting.request)
+
+    def stream_done(self, stream: Stream) -> None:
+        if stream.link is not None:
+            key = stream.link.key
+            self.outstanding[key] = max(0, self.outstanding.get(key, 1) - 1)
+
+    async def _dial(self, endpoint: Endpoint) -> None:
+        key = endpoint.link_key
+        rt = self.rt
+        timeouts, limits = rt.config.timeouts, rt.config.limits
+        loop = asyncio.get_running_loop()
+        try:
+            with anyio.fail_after(timeouts.connect + timeouts.handshake):
+                _, link = await loop.create_connection(
+                    lambda: Link(
+                        dialer=True,
+                        max_frame=limits.max_frame,
+                        max_streams=limits.max_streams_per_link,
+                        ping_interval=timeouts.ping_interval,
+                        on_lost=self._lost,
+                    ),
+                    endpoint.address,
+                    endpoint.mesh_port,
+                    ssl=rt.tls.client,
+                    ssl_handshake_timeout=timeouts.handshake,
+                )
+        except (OSError, TimeoutError) as e:
+            self._dial_failed(endpoint, f"{type(e).__name__}: {e}")
+            return
+        expected = rt.host_id(endpoint.host)
+        if expected not in link.peer_ids:
+            link.abort(f"peer is not {expected}")
+            rt.bus.publish(HandshakeFailed("link", fmt(key), "wrong_identity"))
+            self._dial_failed(endpoint, f"peer does not hold {expected}")
+            return
+        self.failed_until.pop(key, None)
+        link.key = key
+        self.links[key] = link
+        log.info("link to %s (%s) up", endpoint.host, fmt(key))
+        for waiting in self.waiting.pop(key, []):
+            if not waiting.stream.closed:
+                self._open(link, waiting)
+
+    def _dial_failed(self, endpoint: Endpoint, reason: str) -> None:
+        key = endpoint.link_key
+        previous = self.failed_until.get(key, (0.0, 0.0))[1]
+        backoff = min(FAIL_BACKOFF[1], previous * 2) if previous else FAIL_BACKOFF[0]
+        self.failed_until[key] = (time.monotonic() + backoff, backoff)
+        log.warning(
+            "cannot link to %s (%s): %s; retrying after %.0fs",
+            endpoint.host,
+            fmt(key),
+            reason,
+            backoff,
+        )
+        self.rt.bus.publish(HandshakeFailed("link", fmt(key), "connect_failed"))
+        for waiting in self.waiting.pop(key, []):
+            if waiting.stream.closed:
+                continue
+            retry = self.pick(waiting.service, waiting.tried)
+            if retry is not None and len(waiting.tried) < MAX_ATTEMPTS:
+                self.send(waiting, retry)
+            else:
+                waiting.stream.reset(f"no reachable endpoint for {waiting.service.name}: {reason}")
+
+    def _lost(self, link: Link, reason: str) -> None:
+        for key, current in list(self.links.items()):
+            if current is link:
+                del self.links[key]
+                log.info("link to %s closed: %s", fmt(key), reason)
+
+    def _refuse(self, waiting: _Waiting, peer: str, code: str, message: str) -> None:
+        log.warning("refused outbound stream to %s: %s", waiting.service.name, message)
+        self.rt.bus.publish(ConnectionRefused("outbound", peer, code))
+        waiting.stream.reset(message)
+
+    def goaway_all(self) -> None:
+        for link in self.links.values():
+            link.draining = True
+
+
+class OutboundConn(AppProtocol):
+    """An app's connection accepted by an outbound listener."""
+
+    def __init__(self, rt: Runtime, pool: LinkPool, source: SpiffeId, fixed: str | None) -> None:
+        super().__init__(Stream(rt.config.limits.stream_window, on_close=self._closed))
+        self.rt = rt
+        self.pool = pool
+        self.source = source
+        self.fixed = fixed
+        self.service = ""
+        self.sniffed = not rt.config.http
+        self.admitted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+        self.stream.transport = transport
+        peer = fmt(transport.get_extra_info("peername"))
+        if not self.rt.admit():
+            self._refuse(transport, peer, "limit", "connection limit reached")
+            return
+        self.admitted = True
+        service, port, target = self._resolve(transport)
+        if service is None:
+            self._refuse(transport, peer, "unknown_destination", f"{target} is not a mesh service")
+            return
+        self.service = service.name
+        request = OpenRequest(service.name, port, str(self.source), target)
+        self.rt.bus.publish(ConnectionOpened(OUTBOUND, str(self.source), service.name))
+        endpoint = self.pool.pick(service, set())
+        if endpoint is None:
+            self.stream.reset(f"service {service.name} has no endpoints")
+            return
+        self.pool.send(_Waiting(self.stream, request, service), endpoint)
+
+    def _resolve(self, transport: asyncio.Transport) -> tuple[Service | None, int, str]:
+        registry = self.rt.registry
+        if self.fixed is not None:
+            service = registry.service(self.fixed)
+            return service, service.port if service else 0, f"upstream {self.fixed}"
+        dst = original_dst(transport.get_extra_info("socket"))
+        if dst is None:
+            return None, 0, "a connection that was not redirected"
+        route = registry.route(*dst)
+        if route is None:
+            return None, 0, fmt(dst)
+        port = route.endpoint.port if route.endpoint else route.service.port
+        return route.service, port, fmt(dst)
+
+    def _refuse(self, transport: asyncio.Transport, peer: str, code: str, message: str) -> None:
+        log.warning("refused outbound connection from %s: %s", peer, message)
+        self.rt.bus.publish(ConnectionRefused("outbound", peer, code))
+        self.stream.closed = True
+        if self.admitted:
+            self.admitted = False
+            self.rt.release()
+        transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.sniffed:
+            self.sniffed = True
+            if looks_like_http(data):
+                self.stream.observer = HttpObserver(
+                    self.rt.bus.publish,
+                    OUTBOUND,
+                    str(self.source),
+                    self.service,
+                    self.rt.config.limits.max_header_bytes,
+                )
+        self.stream.send(data)
+
+    def _closed(self, stream: Stream, error: str) -> None:
+        self.pool.stream_done(stream)
+        if self.admitted:
+            self.admitted = False
+            self.rt.release()
+        if self.service:
+            self.rt.bus.publish(
+                ConnectionClosed(
+                    OUTBOUND,
+                    str(self.source),
+                    self.service,
+                    stream.sent,
+                    stream.received,
+                    time.monotonic() - stream.opened_at,
+                    error,
+                )
+            )
+        if error:
+            log.debug("outbound stream to %s ended: %s", self.service, error)

@@ -1,0 +1,94 @@
+"""The daemon's shared, swappable state: config, TLS material, registry, events, counters.
+
+Components read the current values on every new connection, so a reload
+(SIGHUP or admin PUT) swaps a reference and connections made before keep
+what they started with.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from anyio.abc import TaskGroup
+
+from meshd import __version__
+from meshd.config import MeshdConfig
+from meshd.errors import ConfigError
+from meshd.events import EventBus
+from meshd.identity import SpiffeId, make_id
+from meshd.registry import Registry
+from meshd.tls import TlsMaterial
+
+log = logging.getLogger("meshd")
+
+
+def load_registry(path: Path | None) -> Registry:
+    """The registry file named by the config (an empty registry when there is none)."""
+    if path is None or not path.exists():
+        return Registry()
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: line {e.lineno}: {e.msg}") from e
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    return Registry.from_dict(doc, str(path))
+
+
+@dataclass
+class Runtime:
+    """Everything the components share. Mutable on purpose: reloads swap fields."""
+
+    config: MeshdConfig
+    tls: TlsMaterial
+    registry: Registry
+    bus: EventBus = field(default_factory=EventBus)
+    tg: TaskGroup | None = None
+    started: float = field(default_factory=time.time)
+    active: int = 0  # app connections being relayed, both directions
+    ready: bool = False
+    draining: bool = False
+    bound: dict[str, tuple[str, int]] = field(default_factory=dict)
+    version: str = __version__
+
+    @classmethod
+    def load(cls, config: MeshdConfig) -> Runtime:
+        ident = config.identity
+        tls = TlsMaterial.load(ident.cert, ident.key, ident.bundle)
+        check_identity(config, tls)
+        return cls(config=config, tls=tls, registry=load_registry(config.registry))
+
+    @property
+    def trust_domain(self) -> str:
+        return self.config.identity.trust_domain
+
+    def service_id(self, name: str) -> SpiffeId:
+        return make_id(self.trust_domain, "svc", name)
+
+    def host_id(self, host: str) -> SpiffeId:
+        return make_id(self.trust_domain, "host", host)
+
+    def admit(self) -> bool:
+        """Count a new app connection in, unless the limit is reached."""
+        if self.active >= self.config.limits.max_connections:
+            return False
+        self.active += 1
+        return True
+
+    def release(self) -> None:
+        self.active -= 1
+
+
+def check_identity(config: MeshdConfig, tls: TlsMaterial) -> None:
+    """The certificate must carry this host's identity."""
+    host = config.identity.host_id
+    if host not in tls.ids:
+        have = ", ".join(sorted(str(i) for i in tls.ids)) or "none"
+        raise ConfigError(
+            f"{config.identity.cert} does not carry {host} (it has: {have})",
+            hint="issue the host certificate for this host's name and trust domain",
+        )
