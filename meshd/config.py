@@ -19,6 +19,7 @@ Example (every table but ``[identity]`` is optional)::
     [mesh]
     mtls = "strict"                   # or "permissive"
     registry = "/etc/meshd/registry.json"
+    state_dir = "/var/lib/meshd"      # pushed documents survive restarts here
 
     [[services]]                      # the local services this meshd fronts
     name = "api"
@@ -113,6 +114,7 @@ class MeshdConfig:
     listen: ListenConfig = field(default_factory=ListenConfig)
     mtls: str = "strict"
     registry: Path | None = None
+    state_dir: Path | None = None  # where pushed documents are kept across restarts
     services: tuple[ServiceConfig, ...] = ()
     upstreams: tuple[UpstreamConfig, ...] = ()
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -140,8 +142,9 @@ class MeshdConfig:
             {"identity", "listen", "mesh", "services", "upstreams", "limits", "timeouts", "log"}
         )
         mesh = top.table("mesh", required=False)
-        mesh.unknown({"mtls", "registry", "http"})
+        mesh.unknown({"mtls", "registry", "http", "state_dir"})
         registry = mesh.optional("registry", str)
+        state_dir = mesh.optional("state_dir", str)
         log = top.table("log", required=False)
         log.unknown({"level"})
         config = cls(
@@ -149,6 +152,7 @@ class MeshdConfig:
             listen=_listen(top.table("listen", required=False)),
             mtls=mesh.choice("mtls", MTLS_MODES, "strict"),
             registry=base / registry if registry else None,
+            state_dir=base / state_dir if state_dir else None,
             services=tuple(_service(f) for f in top.tables("services")),
             upstreams=tuple(_upstream(f) for f in top.tables("upstreams")),
             limits=_limits(top.table("limits", required=False)),

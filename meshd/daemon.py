@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,18 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
+from meshd.admin import AdminServer
 from meshd.config import MeshdConfig
+from meshd.documents import Documents
 from meshd.errors import MeshError
+from meshd.handshake import TlsListener
 from meshd.inbound import MeshPort, PlainInbound
 from meshd.link import Link
+from meshd.metrics import Metrics
 from meshd.netfacts import fmt
 from meshd.outbound import LinkPool, OutboundConn
 from meshd.runtime import Runtime, check_identity, load_registry
+from meshd.store import DocumentStore
 from meshd.systemd import Notifier, watchdog
 from meshd.tls import TlsMaterial
 
@@ -44,15 +50,31 @@ class Daemon:
         self.rt = Runtime.load(config)
         self.pool = LinkPool(self.rt)
         self.mesh = MeshPort(self.rt)
+        self.mesh_listener = TlsListener(
+            "mesh",
+            lambda: self.rt.tls.server,
+            config.timeouts.handshake,
+            self.mesh.make_link,
+            self.rt.bus.publish,
+        )
         self.servers: list[asyncio.AbstractServer] = []
         self.notifier = Notifier.from_env(os.environ)
+        self.store = DocumentStore(config.state_dir)
+        self.documents = Documents(self.rt, config_path, self.store)
+        self.metrics = Metrics(self.rt.bus)
+        self.admin = AdminServer(_Backend(self), events=self.rt.bus)
         self._stop: anyio.Event | None = None
 
     async def run(self) -> None:
         self._stop = anyio.Event()
         async with anyio.create_task_group() as tg:
             self.rt.tg = tg
+            await anyio.to_thread.run_sync(self._load_documents)
             await self._start_listeners(tg)
+            self.rt.bound["admin"] = await tg.start(
+                self.admin.serve, self.rt.config.listen.admin, self.rt.config.listen.admin_socket
+            )
+            tg.start_soon(self.metrics.run)
             tg.start_soon(self._signals)
             tg.start_soon(self._sweep)
             await tg.start(watchdog, self.notifier)
@@ -65,11 +87,13 @@ class Daemon:
             await self._drain()
             tg.cancel_scope.cancel()
 
+    def _load_documents(self) -> None:
+        self.store.load_persisted()
+        self.documents.seed_registry()
+
     async def _start_listeners(self, tg: Any) -> None:
         cfg, rt = self.rt.config, self.rt
-        await tg.start(
-            self._listen, "mesh", cfg.listen.mesh, self.mesh.make_link, self._server_tls()
-        )
+        self.rt.bound["mesh"] = await tg.start(self.mesh_listener.serve, cfg.listen.mesh)
         await tg.start(
             self._listen,
             "outbound",
@@ -98,16 +122,6 @@ class Daemon:
 
     def _outbound(self, source: Any, fixed: str | None) -> Callable[[], asyncio.Protocol]:
         return lambda: OutboundConn(self.rt, self.pool, source, fixed)
-
-    def _server_tls(self) -> Any:
-        """The mesh port's TLS context; each handshake switches to the current material."""
-        ctx = self.rt.tls.server
-
-        def use_current(ssl_object: Any, server_name: str | None, _ctx: Any) -> None:
-            ssl_object.context = self.rt.tls.server
-
-        ctx.sni_callback = use_current
-        return ctx
 
     async def _listen(
         self,
@@ -155,7 +169,7 @@ class Daemon:
 
     async def reload(self) -> None:
         """Re-read config, certificates, trust bundle and registry; swap what changed."""
-        self.notifier.notify("RELOADING=1")
+        self.notifier.reloading()
         try:
             config = await anyio.to_thread.run_sync(MeshdConfig.load, self.config_path)
             self.apply_config(config)
@@ -182,6 +196,8 @@ class Daemon:
         tls = TlsMaterial.load(ident.cert, ident.key, ident.bundle)
         check_identity(config, tls)
         registry = load_registry(config.registry)
+        if registry.version < self.rt.registry.version:  # a pushed registry is newer: keep it
+            registry = self.rt.registry
         self.rt.config, self.rt.tls, self.rt.registry = config, tls, registry
 
     async def _drain(self) -> None:
@@ -189,6 +205,7 @@ class Daemon:
         self.notifier.notify("STOPPING=1")
         for server in self.servers:
             server.close()
+        self.mesh_listener.close()
         self.mesh.goaway_all()
         self.pool.goaway_all()
         with anyio.move_on_after(self.rt.config.timeouts.drain):
@@ -221,6 +238,60 @@ class Daemon:
 
     def _links(self) -> list[Link]:
         return [*self.pool.links.values(), *self.mesh.links]
+
+
+class _Backend:
+    """What the admin API sees of the daemon."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    @property
+    def store(self) -> DocumentStore:
+        return self.daemon.store
+
+    @property
+    def trust_domain(self) -> str:
+        return self.daemon.rt.trust_domain
+
+    def is_ready(self) -> bool:
+        return self.daemon.rt.ready and not self.daemon.rt.draining
+
+    def current_tls(self) -> TlsMaterial:
+        return self.daemon.rt.tls
+
+    def metrics_text(self) -> str:
+        d = self.daemon
+        d.metrics.set_certificate_expiry(d.rt.tls.not_after.timestamp())
+        for kind, version in d.store.versions().items():
+            d.metrics.set_document_version(kind, version)
+        d.metrics.collect()
+        return d.metrics.render()
+
+    def stats(self) -> dict[str, Any]:
+        d, rt = self.daemon, self.daemon.rt
+        return {
+            "version": rt.version,
+            "host": rt.config.identity.host,
+            "identities": sorted(str(i) for i in rt.tls.ids),
+            "certificate_not_after": rt.tls.not_after.isoformat(),
+            "uptime_seconds": round(time.time() - rt.started, 1),
+            "ready": rt.ready,
+            "draining": rt.draining,
+            "active_connections": rt.active,
+            "documents": d.store.versions(),
+            "registry_version": rt.registry.version,
+            "mtls": rt.config.mtls,
+            "links_out": [
+                {"peer": fmt(k), "streams": len(link.streams)} for k, link in d.pool.links.items()
+            ],
+            "links_in": [
+                {"peer": str(link.peer), "address": link.peer_address, "streams": len(link.streams)}
+                for link in d.mesh.links
+            ],
+            "events": {"published": rt.bus.published, "dropped": d.metrics.dropped()},
+            "listeners": {k: fmt(v) for k, v in rt.bound.items()},
+        }
 
 
 def run(config_path: Path) -> None:

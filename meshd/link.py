@@ -86,6 +86,7 @@ class Link(asyncio.Protocol):
         self._sid = 0
         self._remaining = -1  # -1: between frames
         self._control = bytearray()
+        self._early: list[bytes] = []  # data that beat connection_made (start_tls hands over late)
 
     # --- connection ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -97,6 +98,9 @@ class Link(asyncio.Protocol):
         self._schedule_ping()
         if self.on_ready is not None:
             self.on_ready(self)
+        early, self._early = self._early, []
+        for data in early:
+            self.data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -181,6 +185,9 @@ class Link(asyncio.Protocol):
 
     # --- reading ------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        if self.transport is None:
+            self._early.append(data)
+            return
         self.last_seen = time.monotonic()
         try:
             self._parse(data)

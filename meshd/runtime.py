@@ -12,6 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from anyio.abc import TaskGroup
 
@@ -54,6 +55,7 @@ class Runtime:
     draining: bool = False
     bound: dict[str, tuple[str, int]] = field(default_factory=dict)
     version: str = __version__
+    policy: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def load(cls, config: MeshdConfig) -> Runtime:

@@ -1,0 +1,128 @@
+"""The documents meshctl pushes over the admin API: how each is validated and applied.
+
+    registry  {"version": N, "services": {...}}                 (meshd.registry)
+    config    {"version": N, "toml": "<meshd.toml text>"}
+    certs     {"version": N, "cert_pem": "...", "bundle_pem": "..."}  (the key stays on the host)
+    policy    {"version": N, ...}                                 (kept; enforced by a later release)
+
+Validation builds everything the swap needs (parsed config, loaded TLS
+contexts) so that applying is writing files and swapping references.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from meshd.config import MeshdConfig
+from meshd.errors import CertificateError, ConfigError
+from meshd.pki import write_private
+from meshd.registry import Registry
+from meshd.runtime import Runtime, check_identity
+from meshd.schema import Fields
+from meshd.store import DocumentStore
+from meshd.tls import TlsMaterial
+
+
+@dataclass(frozen=True)
+class ConfigUpdate:
+    config: MeshdConfig
+    text: str
+    tls: TlsMaterial
+
+
+@dataclass(frozen=True)
+class CertsUpdate:
+    cert_pem: bytes
+    bundle_pem: bytes
+    tls: TlsMaterial
+
+
+class Documents:
+    """Validators and apply hooks for one daemon, registered on its DocumentStore."""
+
+    def __init__(self, rt: Runtime, config_path: Path, store: DocumentStore) -> None:
+        self.rt = rt
+        self.config_path = config_path
+        self.store = store
+        store.register("registry", self.validate_registry, self.apply_registry)
+        store.register("config", self.validate_config, self.apply_config)
+        store.register("certs", self.validate_certs, self.apply_certs)
+        store.register("policy", self.validate_policy, self.apply_policy)
+
+    # registry
+    def validate_registry(self, doc: dict[str, Any]) -> Registry:
+        return Registry.from_dict(doc, "registry")
+
+    def apply_registry(self, registry: Registry) -> None:
+        self.rt.registry = registry
+
+    # config
+    def validate_config(self, doc: dict[str, Any]) -> ConfigUpdate:
+        fields = Fields(doc, "config")
+        fields.unknown({"version", "toml"})
+        text = fields.get("toml", str)
+        try:
+            parsed = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config: toml: {e}") from e
+        config = MeshdConfig.from_dict(parsed, "config.toml", self.config_path.parent)
+        old = self.rt.config
+        if (config.listen, config.identity, config.upstreams) != (
+            old.listen,
+            old.identity,
+            old.upstreams,
+        ):
+            raise ConfigError(
+                "config: listen addresses, identity files or upstreams changed",
+                hint="change them on the host and restart meshd",
+            )
+        tls = TlsMaterial.load(config.identity.cert, config.identity.key, config.identity.bundle)
+        check_identity(config, tls)
+        return ConfigUpdate(config, text, tls)
+
+    def apply_config(self, update: ConfigUpdate) -> None:
+        _atomic_write(self.config_path, update.text.encode())
+        self.rt.config, self.rt.tls = update.config, update.tls
+
+    # certs
+    def validate_certs(self, doc: dict[str, Any]) -> CertsUpdate:
+        fields = Fields(doc, "certs")
+        fields.unknown({"version", "cert_pem", "bundle_pem"})
+        cert, bundle = fields.get("cert_pem", str).encode(), fields.get("bundle_pem", str).encode()
+        ident = self.rt.config.identity
+        with tempfile.TemporaryDirectory(prefix="meshd-certs-") as tmp:
+            cert_path, bundle_path = Path(tmp) / "cert.pem", Path(tmp) / "bundle.pem"
+            cert_path.write_bytes(cert)
+            bundle_path.write_bytes(bundle)
+            try:
+                tls = TlsMaterial.load(cert_path, ident.key, bundle_path)
+            except CertificateError as e:
+                raise CertificateError(f"certs: {e.message}", hint=e.hint) from e
+        check_identity(self.rt.config, tls)
+        return CertsUpdate(cert, bundle, tls)
+
+    def apply_certs(self, update: CertsUpdate) -> None:
+        ident = self.rt.config.identity
+        _atomic_write(ident.cert, update.cert_pem)
+        _atomic_write(ident.bundle, update.bundle_pem)
+        self.rt.tls = update.tls
+
+    # policy
+    def validate_policy(self, doc: dict[str, Any]) -> dict[str, Any]:
+        return dict(doc)
+
+    def apply_policy(self, policy: dict[str, Any]) -> None:
+        self.rt.policy = policy
+
+    def seed_registry(self) -> None:
+        """Offer the registry file to the store at start, so GET /registry shows it."""
+        if self.store.get("registry") is None and self.rt.registry.version > 0:
+            self.store.put("registry", self.rt.registry.to_dict())
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    write_private(path, data)

@@ -1,0 +1,132 @@
+"""TLS handshakes run by meshd itself, so that every failure is seen, logged and counted.
+
+A TLS server made with ``loop.create_server(ssl=...)`` drops handshake errors
+silently (they are OSErrors), and uvloop starts reading before ``start_tls``
+can take over an accepted connection; accepting sockets ourselves and
+handing each to ``connect_accepted_socket`` makes every handshake raise, so
+meshd can say who failed and why. ``classify`` turns OpenSSL's errors into the short,
+stable reasons used as metric labels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+
+import anyio
+from anyio.abc import TaskStatus
+
+from meshd.errors import ConnectError
+from meshd.events import Event, HandshakeFailed
+from meshd.netfacts import fmt
+
+log = logging.getLogger("meshd.tls")
+
+# OpenSSL X509_V_ERR_* codes we name
+_VERIFY_REASONS = {
+    9: "not_yet_valid",
+    10: "expired",
+    18: "untrusted",
+    19: "untrusted",
+    20: "untrusted",
+    21: "untrusted",
+}
+_REASONS = {
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "no_certificate",
+    "CERTIFICATE_REQUIRED": "no_certificate",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "no_certificate",
+    "WRONG_VERSION_NUMBER": "not_tls",
+    "HTTP_REQUEST": "not_tls",
+    "UNSUPPORTED_PROTOCOL": "old_tls",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "old_tls",
+    "TLSV1_ALERT_UNKNOWN_CA": "untrusted",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "expired",
+    "NO_PROTOCOLS_AVAILABLE": "old_tls",
+}
+
+
+def classify(error: BaseException) -> str:
+    """A short reason for a failed handshake: untrusted, expired, no_certificate, not_tls, ..."""
+    if isinstance(error, TimeoutError):
+        return "timeout"
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return _VERIFY_REASONS.get(error.verify_code, "verify_failed")
+    if isinstance(error, ssl.SSLError):
+        return _REASONS.get(error.reason or "", "tls_error")
+    if isinstance(error, ConnectionError | EOFError):
+        return "closed"
+    return "error"
+
+
+class TlsListener:
+    """Accepts TCP connections and runs each server handshake where its failure can be seen.
+
+    ``serve`` reports the bound address through ``task_status`` and runs until
+    cancelled or ``close`` is called; handshakes in flight live in its own
+    task group.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        context: Callable[[], ssl.SSLContext],
+        timeout: float,
+        factory: Callable[[], asyncio.Protocol],
+        publish: Callable[[Event], None],
+    ) -> None:
+        self.name = name
+        self.context = context
+        self.timeout = timeout
+        self.factory = factory
+        self.publish = publish
+        self._scope: anyio.CancelScope | None = None
+
+    async def serve(
+        self,
+        address: tuple[str, int],
+        *,
+        task_status: TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            sock = socket.create_server(address, backlog=4096)
+        except OSError as e:
+            raise ConnectError(
+                f"cannot listen on {fmt(address)} ({self.name}): {e.strerror}",
+                hint="is another meshd running, or the port taken?",
+            ) from e
+        sock.setblocking(False)
+        with sock, anyio.CancelScope() as self._scope:
+            task_status.started(sock.getsockname()[:2])
+            async with anyio.create_task_group() as tg:
+                while True:
+                    conn, _ = await loop.sock_accept(sock)
+                    tg.start_soon(self._handshake, conn)
+
+    def close(self) -> None:
+        """Stop accepting; links already up are not touched."""
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def _handshake(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        peer = fmt(conn.getpeername())
+        try:
+            with anyio.fail_after(self.timeout + 1):
+                await loop.connect_accepted_socket(
+                    self.factory, conn, ssl=self.context(), ssl_handshake_timeout=self.timeout
+                )
+        except (OSError, TimeoutError, EOFError) as e:
+            reason = classify(e)
+            log.warning(
+                "%s port: TLS handshake with %s failed (%s): %s",
+                self.name,
+                peer,
+                reason,
+                e or type(e).__name__,
+            )
+            self.publish(HandshakeFailed(self.name, peer, reason))
+            conn.close()
