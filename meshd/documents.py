@@ -3,7 +3,7 @@
     registry  {"version": N, "services": {...}}                 (meshd.registry)
     config    {"version": N, "toml": "<meshd.toml text>"}
     certs     {"version": N, "cert_pem": "...", "bundle_pem": "..."}  (the key stays on the host)
-    policy    {"version": N, ...}                                 (kept; enforced by a later release)
+    certs     {"version": N, "cert_pem": "...", "bundle_pem": "..."}   (the key stays here)
 
 Validation builds everything the swap needs (parsed config, loaded TLS
 contexts) so that applying is writing files and swapping references.

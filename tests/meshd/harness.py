@@ -1,0 +1,269 @@
+"""Real meshd processes on loopback for tests: certificates, configs, apps, admin access.
+
+``MeshNet`` issues identities from one test CA, writes configs, starts
+``meshd run`` processes (port 0 everywhere; the bound ports are read from
+the "meshd ready" log line), and talks to their admin APIs as an operator.
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.meshd.tlsfixtures import Identity, TestPki
+
+MESHD = str(Path(sys.executable).with_name("meshd"))
+READY = re.compile(r"meshd ready: (.*)")
+
+
+@dataclass
+class Meshd:
+    name: str
+    config: Path
+    log: Path
+    proc: subprocess.Popen[bytes]
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_log(self, pattern: str, timeout: float = 5.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(pattern, self.log_text())
+            if match:
+                return match.group(0)
+            time.sleep(0.05)
+        raise AssertionError(
+            f"{self.name}: no log line matching {pattern!r} in:\n{self.log_text()}"
+        )
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+
+class MeshNet:
+    """A small mesh of meshd processes on 127.0.0.1."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.pki = TestPki(directory / "pki")
+        self.operator = self.pki.issue("operator", "operator/alice")
+        self.procs: list[Meshd] = []
+        self.registry: dict[str, Any] = {"version": 1, "services": {}}
+
+    def add_service(self, name: str, port: int, host: str, mesh_port: int, vip: str = "") -> None:
+        services = self.registry["services"]
+        entry = services.setdefault(
+            name, {"vip": vip or f"10.255.0.{len(services) + 1}", "port": port, "endpoints": []}
+        )
+        entry["endpoints"].append(
+            {"host": host, "address": "127.0.0.1", "port": port, "mesh_port": mesh_port}
+        )
+
+    def write_registry(self) -> Path:
+        path = self.dir / "registry.json"
+        path.write_text(json.dumps(self.registry))
+        return path
+
+    def start(
+        self,
+        name: str,
+        *,
+        services: dict[str, int] | None = None,
+        upstreams: dict[str, int] | None = None,
+        identity: Identity | None = None,
+        extra: str = "",
+        mtls: str = "strict",
+    ) -> Meshd:
+        """Start meshd ``name``; upstreams map a service to a local listen port (0: any)."""
+        services = services or {}
+        ident = identity or self.pki.issue(name, f"host/{name}", *(f"svc/{s}" for s in services))
+        lines = [
+            "[identity]",
+            f'host = "{name}"',
+            f'trust_domain = "{self.pki.trust_domain}"',
+            f'cert = "{ident.cert}"',
+            f'key = "{ident.key}"',
+            f'bundle = "{ident.bundle}"',
+            "[listen]",
+            'outbound = "127.0.0.1:0"',
+            'inbound = "127.0.0.1:0"',
+            'mesh = "127.0.0.1:0"',
+            'admin = "127.0.0.1:0"',
+            f'admin_socket = "{self.dir / name}.sock"',
+            "[mesh]",
+            f'mtls = "{mtls}"',
+            f'registry = "{self.write_registry()}"',
+            f'state_dir = "{self.dir / (name + "-state")}"',
+        ]
+        for svc, port in services.items():
+            lines += ["[[services]]", f'name = "{svc}"', f"port = {port}"]
+        for svc, port in (upstreams or {}).items():
+            lines += ["[[upstreams]]", f'listen = "127.0.0.1:{port}"', f'service = "{svc}"']
+        lines += ["[log]", 'level = "info"', extra]
+        (self.dir / f"{name}-state").mkdir(exist_ok=True)
+        config = self.dir / f"{name}.toml"
+        config.write_text("\n".join(lines) + "\n")
+        log = self.dir / f"{name}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [MESHD, "run", "--config", str(config)], stdout=out, stderr=subprocess.STDOUT
+            )
+        meshd = Meshd(name, config, log, proc)
+        self.procs.append(meshd)
+        line = meshd.wait_log(r"meshd ready: .*", timeout=10)
+        for part in READY.search(line).group(1).split(", "):  # type: ignore[union-attr]
+            key, _, address = part.partition("=")
+            meshd.ports[key] = int(address.rsplit(":", 1)[1])
+        return meshd
+
+    def stop_all(self) -> None:
+        for meshd in self.procs:
+            meshd.stop()
+
+    # --- operator access to the admin API --------------------------------
+    def operator_context(self, identity: Identity | None = None) -> ssl.SSLContext:
+        ident = identity or self.operator
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.load_verify_locations(ident.bundle)
+        ctx.load_cert_chain(ident.cert, ident.key)
+        return ctx
+
+    def admin(
+        self,
+        meshd: Meshd,
+        method: str,
+        path: str,
+        body: Any = None,
+        identity: Identity | None = None,
+    ) -> tuple[int, str]:
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", meshd.ports["admin"], timeout=10, context=self.operator_context(identity)
+        )
+        data = json.dumps(body).encode() if body is not None else None
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        text = response.read().decode()
+        conn.close()
+        return response.status, text
+
+    def metric(self, meshd: Meshd, name: str, **labels: str) -> float:
+        """The value of one sample (0 when absent)."""
+        status, text = self.admin(meshd, "GET", "/metrics")
+        assert status == 200, text
+        for line in text.splitlines():
+            if not line.startswith(name + "{") and not line.startswith(name + " "):
+                continue
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+
+# --- apps on loopback ------------------------------------------------------
+class EchoServer:
+    """A TCP echo app: echoes until the client half-closes, then closes."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.received: list[bytes] = []
+        self.peers: list[str] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, peer = self.sock.accept()
+            except OSError:
+                return
+            self.peers.append(peer[0])
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    def _echo(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                while data := conn.recv(65536):
+                    self.received.append(data)
+                    conn.sendall(data)
+            except OSError:
+                return  # the peer reset the connection: that is a test's business, not ours
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class HttpApp:
+    """A tiny HTTP/1.1 app (keep-alive) answering with its name and what it got."""
+
+    def __init__(self, name: str) -> None:
+        app_name = name
+        seen: list[bytes] = []
+        self.seen = seen
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                self._answer(b"")
+
+            def do_POST(self) -> None:
+                self._answer(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+
+            def _answer(self, body: bytes) -> None:
+                seen.append(body)
+                reply = f"{app_name} got {len(body)} bytes from {self.client_address[0]}".encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def env_without_notify() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}

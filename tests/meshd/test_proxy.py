@@ -1,0 +1,239 @@
+"""Two real meshd processes on loopback: relaying, identity checks, refusals, metrics."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import http.client
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meshd.frames import HEADER, OPEN, RST, OpenRequest, frame
+from tests.meshd.harness import EchoServer, HttpApp, Meshd, MeshNet
+from tests.meshd.tlsfixtures import Identity, TestPki
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[MeshNet]:
+    mesh = MeshNet(tmp_path)
+    try:
+        yield mesh
+    finally:
+        mesh.stop_all()
+
+
+@pytest.fixture
+def apps() -> Iterator[tuple[HttpApp, EchoServer]]:
+    web, echo = HttpApp("web"), EchoServer()
+    yield web, echo
+    web.close()
+    echo.close()
+
+
+def _pair(net: MeshNet, web: HttpApp, echo: EchoServer, **b_options: object) -> tuple[Meshd, Meshd]:
+    b = net.start("b", services={"web": web.port, "echo": echo.port}, **b_options)  # type: ignore[arg-type]
+    net.add_service("web", web.port, "b", b.ports["mesh"])
+    net.add_service("echo", echo.port, "b", b.ports["mesh"])
+    a = net.start("a", upstreams={"web": 0, "echo": 0})
+    return a, b
+
+
+def _get(port: int, path: str = "/", body: bytes | None = None) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("POST" if body is not None else "GET", path, body=body)
+    response = conn.getresponse()
+    text = response.read().decode()
+    conn.close()
+    return response.status, text
+
+
+def test_http_and_tcp_through_both_meshd(net: MeshNet, apps: tuple[HttpApp, EchoServer]) -> None:
+    web, echo = apps
+    a, b = _pair(net, web, echo)
+    marker = b"marker-" + hashlib.sha256(str(time.time()).encode()).hexdigest().encode()
+    status, text = _get(a.ports["upstream:web"], body=marker)
+    assert status == 200
+    assert text == f"web got {len(marker)} bytes from 127.0.0.1"
+    assert web.seen[-1] == marker
+
+    with socket.create_connection(("127.0.0.1", a.ports["upstream:echo"]), timeout=10) as s:
+        payload = b"not http at all\x00\x01" * 1000
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)  # half-close: the reply must still come back whole
+        got = b"".join(iter(lambda: s.recv(65536), b""))
+    assert got == payload
+
+    assert (
+        net.metric(
+            a, "meshd_requests_total", direction="outbound", destination="web", status_class="2xx"
+        )
+        == 1
+    )
+    assert net.metric(b, "meshd_connections_total", direction="inbound", destination="echo") >= 1
+    stats = net.admin(b, "GET", "/stats")[1]
+    assert '"peer": "spiffe://t.mesh/host/a"' in stats
+
+
+def test_bulk_transfer_keeps_every_byte(net: MeshNet, apps: tuple[HttpApp, EchoServer]) -> None:
+    web, echo = apps
+    a, _ = _pair(net, web, echo)
+    blob = hashlib.sha256(b"seed").digest() * (32 * 1024 * 16)  # 16 MiB, echoed back whole
+    with socket.create_connection(("127.0.0.1", a.ports["upstream:echo"]), timeout=30) as s:
+
+        def send() -> None:
+            s.sendall(blob)
+            s.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        digest, size = hashlib.sha256(), 0
+        while chunk := s.recv(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+        sender.join()
+    assert size == len(blob)
+    assert digest.digest() == hashlib.sha256(blob).digest()
+
+
+def _mesh_client(identity: Identity, bundle: Path) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(bundle)
+    ctx.load_cert_chain(identity.cert, identity.key)
+    return ctx
+
+
+def _refused(port: int, ctx: ssl.SSLContext) -> bool:
+    """Does the server drop us? (TLS 1.3: a client learns of it on its first read.)"""
+    try:
+        with _handshake(port, ctx) as tls:
+            return tls.recv(1) == b""
+    except (ssl.SSLError, ConnectionError):
+        return True
+
+
+def _handshake(port: int, ctx: ssl.SSLContext) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    tls = ctx.wrap_socket(raw)
+    tls.sendall(frame(7, 0))  # a PONG nobody asked for: harmless, forces the server's verdict
+    return tls
+
+
+@pytest.mark.parametrize("case", ["untrusted", "expired"])
+def test_bad_peer_certificates_are_refused(
+    net: MeshNet, apps: tuple[HttpApp, EchoServer], tmp_path: Path, case: str
+) -> None:
+    web, echo = apps
+    _, b = _pair(net, web, echo)
+    if case == "untrusted":
+        intruder = TestPki(tmp_path / "other").issue("x", "host/x")
+    else:
+        intruder = net.pki.issue(
+            "old",
+            "host/old",
+            lifetime=dt.timedelta(hours=1),
+            now=dt.datetime.now(dt.UTC) - dt.timedelta(hours=3),
+        )
+    assert _refused(b.ports["mesh"], _mesh_client(intruder, net.pki.bundle))
+    b.wait_log(rf"TLS handshake with 127\.0\.0\.1:\d+ failed \({case}\)")
+    assert net.metric(b, "meshd_handshake_failures_total", listener="mesh", reason=case) == 1
+
+
+def test_plaintext_on_the_mesh_port_is_refused(
+    net: MeshNet, apps: tuple[HttpApp, EchoServer]
+) -> None:
+    web, echo = apps
+    _, b = _pair(net, web, echo)
+    with socket.create_connection(("127.0.0.1", b.ports["mesh"]), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(100) in (b"",) or True
+    b.wait_log(r"failed \(not_tls\)")
+    assert net.metric(b, "meshd_handshake_failures_total", listener="mesh", reason="not_tls") == 1
+
+
+def test_plaintext_to_the_inbound_listener_is_refused_in_strict_mode(
+    net: MeshNet, apps: tuple[HttpApp, EchoServer]
+) -> None:
+    web, echo = apps
+    _, b = _pair(net, web, echo)
+    with socket.create_connection(("127.0.0.1", b.ports["inbound"]), timeout=5) as s:
+        s.sendall(b"hello")
+        with pytest.raises(ConnectionResetError):
+            s.recv(10)
+    b.wait_log(r"refused plaintext connection from 127\.0\.0\.1:\d+")
+    assert (
+        net.metric(b, "meshd_connections_refused_total", listener="inbound", reason="plaintext")
+        == 1
+    )
+
+
+def test_peer_without_the_service_identity_is_refused(
+    net: MeshNet, apps: tuple[HttpApp, EchoServer]
+) -> None:
+    web, echo = apps
+    # b's certificate names only the host, not the services it claims to serve
+    bare = net.pki.issue("b-bare", "host/b")
+    a, _ = _pair(net, web, echo, identity=bare)
+    with pytest.raises((ConnectionError, http.client.RemoteDisconnected)):
+        _get(a.ports["upstream:web"])
+    a.wait_log(r"does not hold spiffe://t\.mesh/svc/web")
+    assert (
+        net.metric(
+            a, "meshd_connections_refused_total", listener="outbound", reason="wrong_identity"
+        )
+        == 1
+    )
+    assert web.seen == []
+
+
+def test_peer_with_another_host_identity_is_refused(
+    net: MeshNet, apps: tuple[HttpApp, EchoServer]
+) -> None:
+    web, echo = apps
+    impostor = net.pki.issue("c", "host/c", "svc/web", "svc/echo")
+    # the registry says the endpoint is host "b"; the process there holds host/c
+    c = net.start("c", services={"web": web.port, "echo": echo.port}, identity=impostor)
+    net.add_service("web", web.port, "b", c.ports["mesh"])
+    a = net.start("a", upstreams={"web": 0})
+    with pytest.raises((ConnectionError, http.client.RemoteDisconnected)):
+        _get(a.ports["upstream:web"])
+    a.wait_log(r"peer does not hold spiffe://t\.mesh/host/b")
+    assert (
+        net.metric(a, "meshd_handshake_failures_total", listener="link", reason="wrong_identity")
+        == 1
+    )
+    assert web.seen == []
+
+
+def test_source_identity_must_be_in_the_peer_certificate(
+    net: MeshNet, apps: tuple[HttpApp, EchoServer]
+) -> None:
+    web, echo = apps
+    _, b = _pair(net, web, echo)
+    liar = net.pki.issue("liar", "host/liar")  # a real mesh host, claiming a service it is not
+    tls = _handshake(b.ports["mesh"], _mesh_client(liar, net.pki.bundle))
+    with tls:
+        request = OpenRequest("echo", echo.port, "spiffe://t.mesh/svc/web")
+        tls.sendall(frame(OPEN, 1, request.encode()))
+        header = tls.recv(HEADER.size)
+        kind, sid, _ = HEADER.unpack(header)
+    assert (kind, sid) == (RST, 1)
+    b.wait_log(
+        r"refused stream from spiffe://t\.mesh/host/liar .*does not hold spiffe://t\.mesh/svc/web"
+    )
+    assert (
+        net.metric(
+            b,
+            "meshd_connections_refused_total",
+            listener="mesh",
+            reason="source_not_in_certificate",
+        )
+        == 1
+    )
+    assert echo.received == []
