@@ -20,7 +20,7 @@ say() { printf '==> %s\n' "$*"; }
 PYTHON=${PYTHON:-python3}
 
 # Debian packages the end-to-end tests and `meshctl demo` use on this machine.
-SYSTEM_PACKAGES="systemd-container debootstrap iproute2 util-linux iptables openssh-client openssl tcpdump ca-certificates"
+SYSTEM_PACKAGES="systemd-container debootstrap iproute2 util-linux iptables openssh-client openssl tcpdump ca-certificates wrk"
 
 apt_install() {
     missing=""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import socket
 import time
@@ -294,9 +295,18 @@ class _Backend:
         }
 
 
+def raise_fd_limit() -> int:
+    """Every relayed connection costs two descriptors: take all the kernel allows us."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
 def run(config_path: Path) -> None:
     """Load the config and run until SIGTERM."""
     config = MeshdConfig.load(config_path)
+    raise_fd_limit()
     logging.basicConfig(
         level=config.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )

@@ -8,7 +8,11 @@ from pathlib import Path
 
 from meshctl.ca import MeshCa, create_ca, sign_csr
 from meshd.identity import SpiffeId
-from meshd.pki import build_csr, cert_pem, generate_key, private_pem, write_private
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from meshd.pki import build_csr, cert_pem, generate_key, private_pem, spiffe_ids, write_private
 
 TD = "t.mesh"
 
@@ -48,7 +52,25 @@ class TestPki:
         key = generate_key()
         when = now or dt.datetime.now(dt.UTC)
         cert = sign_csr(build_csr(key, ids), ids, self.ca.issuing, when, lifetime)
+        return self._write(name, key, cert)
+
+    def reissue(self, identity: Identity, name: str) -> Identity:
+        """A fresh certificate for the same key and identities (rotation without a new key)."""
+        key = serialization.load_pem_private_key(identity.key.read_bytes(), None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        cert = sign_csr(
+            build_csr(key, identity.ids),
+            identity.ids,
+            self.ca.issuing,
+            dt.datetime.now(dt.UTC),
+            dt.timedelta(hours=2),
+        )
+        return self._write(name, key, cert)
+
+    def _write(
+        self, name: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate
+    ) -> Identity:
         cert_path, key_path = self.dir / f"{name}.pem", self.dir / f"{name}.key"
         cert_path.write_bytes(cert_pem(cert, self.ca.issuing.cert))
         write_private(key_path, private_pem(key))
-        return Identity(cert_path, key_path, self.bundle, ids)
+        return Identity(cert_path, key_path, self.bundle, tuple(spiffe_ids(cert)))
