@@ -6,12 +6,12 @@ import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshctl.ca import MeshCa, create_ca, sign_csr
-from meshd.identity import SpiffeId
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from meshctl.ca import MeshCa, create_ca, sign_csr
+from meshd.identity import SpiffeId
 from meshd.pki import build_csr, cert_pem, generate_key, private_pem, spiffe_ids, write_private
 
 TD = "t.mesh"
