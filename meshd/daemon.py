@@ -174,6 +174,8 @@ class Daemon:
         try:
             config = await anyio.to_thread.run_sync(MeshdConfig.load, self.config_path)
             self.apply_config(config)
+            for kind in ("config", "certs"):  # pushed documents stay on top of the files
+                await anyio.to_thread.run_sync(self.store.reapply, kind)
             log.info(
                 "reloaded %s (registry version %d)", self.config_path, self.rt.registry.version
             )

@@ -6,7 +6,10 @@
     certs     {"version": N, "cert_pem": "...", "bundle_pem": "..."}   (the key stays here)
 
 Validation builds everything the swap needs (parsed config, loaded TLS
-contexts) so that applying is writing files and swapping references.
+contexts) so that applying is swapping references. Pushed documents are kept
+by the store in the state directory, not written over the files in /etc:
+those are the host's bootstrap, and at start (and on SIGHUP, after the files
+are re-read) the pushed documents are applied on top of them.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from typing import Any
 
 from meshd.config import MeshdConfig
 from meshd.errors import CertificateError, ConfigError
-from meshd.pki import write_private
 from meshd.registry import Registry
 from meshd.runtime import Runtime, check_identity
 from meshd.schema import Fields
@@ -30,14 +32,6 @@ from meshd.tls import TlsMaterial
 @dataclass(frozen=True)
 class ConfigUpdate:
     config: MeshdConfig
-    text: str
-    tls: TlsMaterial
-
-
-@dataclass(frozen=True)
-class CertsUpdate:
-    cert_pem: bytes
-    bundle_pem: bytes
     tls: TlsMaterial
 
 
@@ -82,14 +76,13 @@ class Documents:
             )
         tls = TlsMaterial.load(config.identity.cert, config.identity.key, config.identity.bundle)
         check_identity(config, tls)
-        return ConfigUpdate(config, text, tls)
+        return ConfigUpdate(config, tls)
 
     def apply_config(self, update: ConfigUpdate) -> None:
-        _atomic_write(self.config_path, update.text.encode())
         self.rt.config, self.rt.tls = update.config, update.tls
 
     # certs
-    def validate_certs(self, doc: dict[str, Any]) -> CertsUpdate:
+    def validate_certs(self, doc: dict[str, Any]) -> TlsMaterial:
         fields = Fields(doc, "certs")
         fields.unknown({"version", "cert_pem", "bundle_pem"})
         cert, bundle = fields.get("cert_pem", str).encode(), fields.get("bundle_pem", str).encode()
@@ -103,13 +96,10 @@ class Documents:
             except CertificateError as e:
                 raise CertificateError(f"certs: {e.message}", hint=e.hint) from e
         check_identity(self.rt.config, tls)
-        return CertsUpdate(cert, bundle, tls)
+        return tls
 
-    def apply_certs(self, update: CertsUpdate) -> None:
-        ident = self.rt.config.identity
-        _atomic_write(ident.cert, update.cert_pem)
-        _atomic_write(ident.bundle, update.bundle_pem)
-        self.rt.tls = update.tls
+    def apply_certs(self, tls: TlsMaterial) -> None:
+        self.rt.tls = tls
 
     # policy
     def validate_policy(self, doc: dict[str, Any]) -> dict[str, Any]:
@@ -123,6 +113,3 @@ class Documents:
         if self.store.get("registry") is None and self.rt.registry.version > 0:
             self.store.put("registry", self.rt.registry.to_dict())
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    write_private(path, data)

@@ -149,6 +149,8 @@ class PlainInbound(PipeEnd):
     def __init__(self, rt: Runtime) -> None:
         super().__init__()
         self.rt = rt
+        self.service = ""
+        self.opened_at = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
@@ -166,10 +168,26 @@ class PlainInbound(PipeEnd):
             self.rt.bus.publish(ConnectionRefused("inbound", peer, "limit"))
             transport.abort()
             return
-        self.on_lost = self.rt.release
+        self.service = service.name
+        self.opened_at = time.monotonic()
+        self.on_lost = self._closed
         self.rt.bus.publish(ConnectionOpened(INBOUND, UNAUTHENTICATED, service.name))
         assert self.rt.tg is not None
         self.rt.tg.start_soon(self._connect_app, service.port)
+
+    def _closed(self) -> None:
+        self.rt.release()
+        received = self.peer.bytes_in if self.peer is not None else 0
+        self.rt.bus.publish(
+            ConnectionClosed(
+                INBOUND,
+                UNAUTHENTICATED,
+                self.service,
+                self.bytes_in,
+                received,
+                time.monotonic() - self.opened_at,
+            )
+        )
 
     async def _connect_app(self, port: int) -> None:
         loop = asyncio.get_running_loop()

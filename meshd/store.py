@@ -112,6 +112,13 @@ class DocumentStore:
             self._install(kind, slot, value, target, slot.current)
             return PutResult("applied", target["version"])
 
+    def reapply(self, kind: str) -> None:
+        """Validate and apply the current document again (after files under it were re-read)."""
+        with self._lock:
+            slot = self._slot(kind)
+            if slot.current is not None:
+                slot.apply(slot.validate(_copy_required(slot.current)))
+
     def load_persisted(self) -> dict[str, int]:
         """Validate and apply the stored document of each registered kind; return the versions."""
         if self.directory is None:
