@@ -38,8 +38,11 @@ MANYLINUX = ("manylinux_2_28", "manylinux_2_17", "manylinux2014")
 
 LAUNCHER = """#!/bin/sh
 # meshd, unpacked by meshctl; runs on the system python3 without touching its packages
-exec /usr/bin/python3 -I -c 'import sys; sys.path.insert(0, "{lib}"); from meshd.cli import main; sys.exit(main())' "$@"
+exec /usr/bin/python3 -I -c '{code}' "$@"
 """
+LAUNCH_CODE = (
+    'import sys; sys.path.insert(0, "{lib}"); from meshd.cli import main; sys.exit(main())'
+)
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,7 @@ def build(target: Target, cache: Path = DEFAULT_CACHE) -> Bundle:
 
 
 def _tar(lib: Path) -> bytes:
-    """A reproducible tar.gz of ``lib`` (sorted, no times or owners), so equal input hashes equal."""
+    """A reproducible tar.gz of ``lib`` (sorted, no times or owners): equal input, equal hash."""
     buffer = io.BytesIO()
     with (
         gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=6, mtime=0) as gz,
@@ -145,4 +148,4 @@ def _tar(lib: Path) -> bytes:
 
 def launcher(lib: str) -> str:
     """The ``/opt/meshd/bin/meshd`` script for a bundle unpacked with its ``lib`` at ``lib``."""
-    return LAUNCHER.format(lib=lib)
+    return LAUNCHER.format(code=LAUNCH_CODE.format(lib=lib))
