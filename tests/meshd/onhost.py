@@ -70,6 +70,9 @@ def enroll(host: TestbedHost, pki: TestPki, ids: list[SpiffeId]) -> None:
 class App:
     name: str
     port: int
+    outbound: int | None = (
+        None  # its own outbound listener: connections of its user get its identity
+    )
 
 
 def config_text(host: TestbedHost, trust_domain: str, apps: list[App], mtls: str = "strict") -> str:
@@ -93,6 +96,8 @@ def config_text(host: TestbedHost, trust_domain: str, apps: list[App], mtls: str
     ]
     for app in apps:
         lines += ["[[services]]", f'name = "{app.name}"', f"port = {app.port}"]
+        if app.outbound is not None:
+            lines.append(f'outbound = "127.0.0.1:{app.outbound}"')
     return "\n".join(lines) + "\n"
 
 
@@ -123,23 +128,32 @@ def run_app(host: TestbedHost, unit: str, script: str, *args: str) -> None:
     )
 
 
-def outbound_rules(service_ports: list[int], endpoints: list[str]) -> str:
-    """nat OUTPUT: this host's connections to VIPs and endpoints go to meshd (not meshd's own)."""
+def outbound_rules(service_ports: list[int], endpoints: list[str], users: dict[str, int]) -> str:
+    """nat OUTPUT: connections to VIPs and endpoints go to meshd (never meshd's own).
+
+    A service's run-as user goes to that service's outbound listener, so its
+    connections carry its identity; everyone else gets the host identity.
+    """
     ports = ",".join(str(p) for p in service_ports)
     lines = [
         "*nat",
         ":MESHD_OUTPUT - [0:0]",
+        ":MESHD_REDIRECT - [0:0]",
         "-A OUTPUT -p tcp -j MESHD_OUTPUT",
         "-A MESHD_OUTPUT -m owner --uid-owner meshd -j RETURN",
         "-A MESHD_OUTPUT -p tcp --sport 22 -j RETURN",
         "-A MESHD_OUTPUT -d 127.0.0.0/8 -j RETURN",
-        f"-A MESHD_OUTPUT -p tcp -d {VIP_RANGE} -j REDIRECT --to-ports {OUTBOUND_PORT}",
+        f"-A MESHD_OUTPUT -p tcp -d {VIP_RANGE} -j MESHD_REDIRECT",
     ]
     lines += [
-        f"-A MESHD_OUTPUT -p tcp -d {e} -m multiport --dports {ports} "
-        f"-j REDIRECT --to-ports {OUTBOUND_PORT}"
+        f"-A MESHD_OUTPUT -p tcp -d {e} -m multiport --dports {ports} -j MESHD_REDIRECT"
         for e in endpoints
     ]
+    lines += [
+        f"-A MESHD_REDIRECT -p tcp -m owner --uid-owner {user} -j REDIRECT --to-ports {port}"
+        for user, port in users.items()
+    ]
+    lines.append(f"-A MESHD_REDIRECT -p tcp -j REDIRECT --to-ports {OUTBOUND_PORT}")
     return "\n".join([*lines, "COMMIT", ""])
 
 

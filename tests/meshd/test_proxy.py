@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import http.client
+import signal
 import socket
 import ssl
 import threading
@@ -237,3 +238,59 @@ def test_source_identity_must_be_in_the_peer_certificate(
         == 1
     )
     assert echo.received == []
+
+
+def _tls_app(tmp_path: Path) -> tuple[socket.socket, threading.Thread, list[str]]:
+    """An app that speaks TLS itself, with its own certificate from outside the mesh."""
+    own = TestPki(tmp_path / "app-ca").issue("app", "svc/app")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(own.cert, own.key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen: list[str] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with ctx.wrap_socket(conn, server_side=True) as tls:
+            seen.append(tls.recv(100).decode())
+            tls.sendall(b"tls app says hi")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread, seen
+
+
+def test_tls_spoken_by_the_app_passes_untouched(net: MeshNet, tmp_path: Path) -> None:
+    listener, thread, seen = _tls_app(tmp_path)
+    port = listener.getsockname()[1]
+    b = net.start("b", services={"secure": port})
+    net.add_service("secure", port, "b", b.ports["mesh"])
+    a = net.start("a", upstreams={"secure": 0})
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE  # the app's own PKI is none of the mesh's business
+    with socket.create_connection(("127.0.0.1", a.ports["upstream:secure"]), timeout=10) as raw:
+        with client.wrap_socket(raw) as tls:
+            tls.sendall(b"hello app")
+            assert tls.recv(100) == b"tls app says hi"
+    thread.join(5)
+    listener.close()
+    assert seen == ["hello app"]
+
+
+def test_sigterm_drains_in_flight_connections(
+    net: MeshNet, apps: tuple[HttpApp, EchoServer]
+) -> None:
+    web, echo = apps
+    a, _ = _pair(net, web, echo)
+    with socket.create_connection(("127.0.0.1", a.ports["upstream:echo"]), timeout=10) as s:
+        s.sendall(b"before")
+        assert s.recv(100) == b"before"
+        a.proc.send_signal(signal.SIGTERM)
+        a.wait_log("received SIGTERM: draining")
+        s.sendall(b"during the drain")  # the open connection keeps working
+        assert s.recv(100) == b"during the drain"
+        with pytest.raises(OSError):  # but no new connection is taken
+            socket.create_connection(("127.0.0.1", a.ports["upstream:echo"]), timeout=2).close()
+        s.shutdown(socket.SHUT_WR)
+        assert s.recv(100) == b""
+    assert a.proc.wait(10) == 0

@@ -31,6 +31,7 @@ from tests.meshd.tlsfixtures import TestPki
 pytestmark = pytest.mark.testbed
 
 WEB, ECHO = App("web", 8080), App("echo", 9000)
+CLI = App("cli", 7000, outbound=15101)  # a client service on host 1, run as user "cli"
 WEB_VIP, ECHO_VIP = "10.255.0.10", "10.255.0.11"
 
 
@@ -83,7 +84,8 @@ def mesh(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         {"web": (WEB_VIP, WEB.port, server), "echo": (ECHO_VIP, ECHO.port, server)}
     )
     try:
-        for host, apps in ((client, []), (server, [WEB, ECHO])):
+        ok(client, "useradd --system --no-create-home cli")
+        for host, apps in ((client, [CLI]), (server, [WEB, ECHO])):
             onhost.install(host, bundle)
             ids = [make_id(pki.trust_domain, "host", host.name)]
             ids += [make_id(pki.trust_domain, "svc", a.name) for a in apps]
@@ -94,7 +96,9 @@ def mesh(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         for host in (client, server):
             onhost.start(host)
         onhost.route_vips(client)
-        onhost.apply_rules(client, onhost.outbound_rules([WEB.port, ECHO.port], [server.address]))
+        onhost.apply_rules(
+            client, onhost.outbound_rules([WEB.port, ECHO.port], [server.address], {"cli": 15101})
+        )
         onhost.apply_rules(server, onhost.inbound_rules([WEB.port, ECHO.port]))
         yield Mesh(testbed, pki, client, server, outsider)
     finally:
@@ -186,6 +190,26 @@ def test_http_and_tcp_cross_the_bridge_only_encrypted(mesh: Mesh, capture: Path)
         check=True,
     ).stdout
     assert links.count("\n") > 2, "no mesh link traffic captured"
+
+
+def test_a_service_user_connects_with_its_own_identity(mesh: Mesh) -> None:
+    fetch = (
+        f"import urllib.request; print(urllib.request.urlopen('http://{WEB_VIP}:{WEB.port}/', "
+        "timeout=10).read().decode())"
+    )
+    as_cli = ok(mesh.client, f"runuser -u cli -- python3 -c {fetch!r}").strip()
+    as_root = ok(mesh.client, f"python3 -c {fetch!r}").strip()
+    assert as_cli.startswith("web got 0 bytes") and as_root.startswith("web got 0 bytes")
+    time.sleep(0.3)
+    cli_id = f"spiffe://{mesh.pki.trust_domain}/svc/cli"
+    host_id = f"spiffe://{mesh.pki.trust_domain}/host/{mesh.client.name}"
+    assert (
+        mesh.metric(mesh.server, "meshd_connections_total", direction="inbound", source=cli_id) >= 1
+    )
+    assert (
+        mesh.metric(mesh.server, "meshd_connections_total", direction="inbound", source=host_id)
+        >= 1
+    )
 
 
 def test_outside_plaintext_refused_in_strict_and_admitted_in_permissive(mesh: Mesh) -> None:

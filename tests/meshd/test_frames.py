@@ -1,0 +1,187 @@
+"""The link's frames and the parser that reads them from arbitrarily cut input."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshd.frames import (
+    DATA,
+    FIN,
+    OPEN,
+    RST,
+    WINDOW,
+    WINDOW_CREDIT,
+    OpenRequest,
+    ProtocolError,
+    frame,
+    parse_reset,
+    reset_payload,
+)
+from meshd.link import Link
+from meshd.stream import Stream
+
+
+@given(
+    service=st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True),
+    port=st.integers(1, 65535),
+    source=st.from_regex(r"spiffe://[a-z.]{1,10}/svc/[a-z]{1,10}", fullmatch=True),
+    original=st.from_regex(r"(\d{1,3}\.){3}\d{1,3}:\d{1,5}", fullmatch=True),
+)
+def test_open_request_roundtrip(service: str, port: int, source: str, original: str) -> None:
+    request = OpenRequest(service, port, source, original)
+    assert OpenRequest.decode(request.encode()) == request
+
+
+@pytest.mark.parametrize(
+    "payload", [b"", b"web\x008080", b"web\x00port\x00src\x00dst", b"\xff\xfe"]
+)
+def test_malformed_open_is_a_protocol_error(payload: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        OpenRequest.decode(payload)
+
+
+def test_reset_payload() -> None:
+    assert parse_reset(reset_payload(3, "app down")) == (3, "app down")
+    assert parse_reset(b"")[0] == 5
+
+
+class FakeTransport(asyncio.Transport):
+    """Records what a link writes; never pauses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = bytearray()
+        self.aborted = False
+        self.closed = False
+
+    def write(self, data: Any) -> None:
+        self.out += data
+
+    def writelines(self, chunks: Any) -> None:
+        for chunk in chunks:
+            self.out += chunk
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.out += b"<EOF>"
+
+
+def _link_with_stream() -> tuple[Link, Stream, FakeTransport, FakeTransport]:
+    link = Link(dialer=True, max_frame=16, max_streams=10, ping_interval=3600)
+    link_transport = FakeTransport()
+    link.transport = link_transport  # connection_made would also start pinging
+    stream = Stream(window=64)
+    app = FakeTransport()
+    stream.transport = app
+    link.open_stream(stream, OpenRequest("web", 80, "spiffe://t/svc/a"))
+    return link, stream, link_transport, app
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    chunks=st.lists(st.binary(min_size=1, max_size=40), min_size=1, max_size=8),
+    cuts=st.lists(st.integers(1, 50), min_size=1, max_size=30),
+)
+def test_parser_delivers_data_in_order_however_the_input_is_cut(
+    chunks: list[bytes], cuts: list[int]
+) -> None:
+    link, stream, _, app = _link_with_stream()
+    wire = b"".join(frame(DATA, stream.sid, c) for c in chunks) + frame(FIN, stream.sid)
+    position = 0
+    for cut in cuts * (len(wire) // max(1, sum(cuts)) + 1):
+        if position >= len(wire):
+            break
+        link.data_received(wire[position : position + cut])
+        position += cut
+    if position < len(wire):
+        link.data_received(wire[position:])
+    assert bytes(app.out) == b"".join(chunks) + b"<EOF>"
+    assert stream.fin_received
+
+
+def test_sending_splits_frames_and_respects_the_window() -> None:
+    link, stream, link_transport, _ = _link_with_stream()
+    link_transport.out.clear()
+    stream.send(b"x" * 40)  # max_frame 16: three DATA frames
+    assert link_transport.out.count(b"x") == 40
+    assert stream.send_window == 24
+    stream.send(b"y" * 30)
+    assert stream.send_window == -6 and stream.reading_paused
+    link.data_received(frame(WINDOW, stream.sid, WINDOW_CREDIT.pack(64)))
+    assert stream.send_window == 58 and not stream.reading_paused
+
+
+def test_receiver_grants_credit_after_passing_data_on() -> None:
+    link, stream, link_transport, _ = _link_with_stream()
+    link_transport.out.clear()
+    link.data_received(frame(DATA, stream.sid, b"z" * 16))  # a quarter of the window
+    assert link_transport.out == frame(WINDOW, stream.sid, WINDOW_CREDIT.pack(16))
+
+
+def test_app_that_stops_reading_gets_no_more_credit() -> None:
+    link, stream, link_transport, _ = _link_with_stream()
+    link_transport.out.clear()
+    stream.app_write_paused(True)
+    link.data_received(frame(DATA, stream.sid, b"z" * 40))
+    assert link_transport.out == b""  # no credit while the app's buffer is full
+    stream.app_write_paused(False)
+    assert link_transport.out == frame(WINDOW, stream.sid, WINDOW_CREDIT.pack(40))
+
+
+def test_reset_aborts_the_app_side() -> None:
+    link, stream, _, app = _link_with_stream()
+    link.data_received(frame(RST, stream.sid, reset_payload(2, "no")))
+    assert app.aborted and stream.closed
+    assert stream.sid not in link.streams
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        frame(99, 0),  # unknown type
+        frame(DATA, 1, b"")[:5] + (2**31).to_bytes(4, "big"),  # absurd length
+        frame(OPEN, 1, b"web\x0080\x00s\x00d"),  # the dialling side never receives OPEN
+    ],
+)
+def test_protocol_errors_abort_the_link(wire: bytes) -> None:
+    link, _, link_transport, _ = _link_with_stream()
+    link.data_received(wire)
+    assert link_transport.aborted
+
+
+def test_server_side_refuses_streams_beyond_the_limit() -> None:
+    opened: list[int] = []
+
+    def on_open(link: Link, sid: int, request: OpenRequest) -> Stream | None:
+        opened.append(sid)
+        return Stream(window=64)
+
+    link = Link(dialer=False, max_frame=16, max_streams=1, ping_interval=3600, on_open=on_open)
+    transport = FakeTransport()
+    link.transport = transport
+    request = OpenRequest("web", 80, "spiffe://t/svc/a").encode()
+    link.data_received(frame(OPEN, 1, request) + frame(OPEN, 3, request))
+    assert opened == [1]
+    assert frame(RST, 3)[:5] in transport.out
