@@ -268,10 +268,10 @@ def test_tls_spoken_by_the_app_passes_untouched(net: MeshNet, tmp_path: Path) ->
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client.check_hostname = False
     client.verify_mode = ssl.CERT_NONE  # the app's own PKI is none of the mesh's business
-    with socket.create_connection(("127.0.0.1", a.ports["upstream:secure"]), timeout=10) as raw:
-        with client.wrap_socket(raw) as tls:
-            tls.sendall(b"hello app")
-            assert tls.recv(100) == b"tls app says hi"
+    raw = socket.create_connection(("127.0.0.1", a.ports["upstream:secure"]), timeout=10)
+    with client.wrap_socket(raw) as tls:
+        tls.sendall(b"hello app")
+        assert tls.recv(100) == b"tls app says hi"
     thread.join(5)
     listener.close()
     assert seen == ["hello app"]
