@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -94,3 +95,17 @@ def load_certs(path: Path) -> list[x509.Certificate]:
 def cert_pem(*certs: x509.Certificate) -> bytes:
     """PEM text of ``certs``, concatenated."""
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
+def keygen(key_path: Path, csr_path: Path, ids: Sequence[str], force: bool) -> None:
+    """Make a fresh key at ``key_path`` and write a CSR for ``ids``."""
+    parsed = [SpiffeId.parse(i) for i in ids]
+    if key_path.exists() and not force:
+        raise CertificateError(f"{key_path} exists", hint="pass --force to replace the key")
+    key = generate_key()
+    csr = build_csr(key, parsed).public_bytes(serialization.Encoding.PEM)
+    write_private(key_path, private_pem(key))
+    if str(csr_path) == "-":
+        sys.stdout.write(csr.decode())
+    else:
+        csr_path.write_bytes(csr)

@@ -14,11 +14,8 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-
 from meshd.errors import CertificateError, ConfigError
 from meshd.identity import SpiffeId
-from meshd.pki import load_certs, spiffe_ids
 
 ALPN_LINK = "meshd-link/1"
 ALPN_ADMIN = "http/1.1"
@@ -37,16 +34,54 @@ class TlsMaterial:
     @classmethod
     def load(cls, cert: Path, key: Path, bundle: Path) -> TlsMaterial:
         """Load and check the files; CertificateError naming the file on any problem."""
-        chain = load_certs(cert)
-        leaf = chain[0]
-        load_certs(bundle)  # a readable, non-empty bundle before OpenSSL sees it
+        for path in (cert, key, bundle):
+            if not path.is_file():
+                raise CertificateError(f"{path}: no such file")
+        server = _context(ssl.Purpose.CLIENT_AUTH, cert, key, bundle, [ALPN_LINK])
+        client = _context(ssl.Purpose.SERVER_AUTH, cert, key, bundle, [ALPN_LINK])
+        ids, not_after = _self_check(client, server, cert)
         return cls(
-            ids=frozenset(spiffe_ids(leaf)),
-            not_after=leaf.not_valid_after_utc,
-            server=_context(ssl.Purpose.CLIENT_AUTH, cert, key, bundle, [ALPN_LINK]),
-            client=_context(ssl.Purpose.SERVER_AUTH, cert, key, bundle, [ALPN_LINK]),
+            ids=ids,
+            not_after=not_after,
+            server=server,
+            client=client,
             admin=_context(ssl.Purpose.CLIENT_AUTH, cert, key, bundle, [ALPN_ADMIN]),
         )
+
+
+def _self_check(
+    client: ssl.SSLContext, server: ssl.SSLContext, cert: Path
+) -> tuple[frozenset[SpiffeId], dt.datetime]:
+    """Handshake with ourselves in memory: proves key, chain and bundle agree, reads our identity.
+
+    It also keeps the x509 parser (and its memory) out of the daemon: what we
+    need of our own certificate is what a peer would see.
+    """
+    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    near = client.wrap_bio(c_in, c_out, server_side=False)
+    far = server.wrap_bio(s_in, s_out, server_side=True)
+    done = {near: False, far: False}
+    for _ in range(10):
+        for obj, out, into in ((near, c_out, s_in), (far, s_out, c_in)):
+            try:
+                obj.do_handshake()
+                done[obj] = True
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLError as e:
+                why = getattr(e, "verify_message", None) or e.reason or str(e)
+                raise CertificateError(
+                    f"{cert} does not verify against the trust bundle: {why}",
+                    hint="check that the certificate is current and issued by the mesh CA",
+                ) from e
+            into.write(out.read())
+        if all(done.values()):
+            break
+    peer = near.getpeercert()
+    if not peer:
+        raise CertificateError(f"{cert}: the handshake with itself did not complete")
+    not_after = dt.datetime.fromtimestamp(ssl.cert_time_to_seconds(str(peer["notAfter"])), dt.UTC)
+    return peer_ids(near), not_after
 
 
 def _context(
@@ -87,7 +122,3 @@ def peer_ids(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> frozenset[Spif
             except ConfigError:
                 continue
     return frozenset(ids)
-
-
-def leaf_of(cert: Path) -> x509.Certificate:
-    return load_certs(cert)[0]
