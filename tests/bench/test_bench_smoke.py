@@ -1,0 +1,190 @@
+"""bench/run.py without running a benchmark: parsers, generated configs, the report.
+
+The configs are checked by the real tools (haproxy -c, envoy --mode validate,
+meshd's own config and registry parsers) where they are installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from meshd.config import MeshdConfig
+from meshd.registry import Registry
+
+RUN_PY = Path(__file__).resolve().parents[2] / "bench" / "run.py"
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_run", RUN_PY)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_run"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+run = _load()
+
+WRK_OUT = """\
+Running 3s test @ http://127.0.0.1:40000/small
+  1 threads and 50 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   450.12us  100.00us   5.00ms   90.00%
+    Req/Sec    50.00k     1.00k   52.00k    70.00%
+  Latency Distribution
+     50%  390.00us
+     75%  450.00us
+     90%  600.00us
+     99%    1.20ms
+  150000 requests in 3.00s, 170.00MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec:  49999.50
+Transfer/sec:     56.00MB
+"""
+
+H2LOAD_OUT = """\
+finished in 3.00s, 2000.00 req/s, 2.00MB/s
+requests: 6000 total, 6000 started, 6000 done, 5999 succeeded, 1 failed, 0 errored, 0 timeout
+"""
+
+
+def test_parse_wrk() -> None:
+    load = run.parse_wrk(WRK_OUT)
+    assert load.throughput == pytest.approx(49999.5)
+    assert load.units == 150000
+    assert load.p50_ms == pytest.approx(0.39)
+    assert load.p99_ms == pytest.approx(1.2)
+    assert load.errors == 7
+
+
+def test_parse_wrk_refuses_garbage() -> None:
+    with pytest.raises(run.LoadError):
+        run.parse_wrk("unable to connect to 127.0.0.1:1 Connection refused")
+
+
+def test_parse_h2load_percentiles_from_log() -> None:
+    log = "".join(f"1700000000{i:06d}\t{200 if i else 503}\t{(i + 1) * 1000}\n" for i in range(100))
+    load = run.parse_h2load(H2LOAD_OUT, log, 3.0)
+    assert load.throughput == pytest.approx(2000.0)
+    assert load.p50_ms == pytest.approx(50.0)
+    assert load.p99_ms == pytest.approx(99.0)
+    assert load.errors == 1
+
+
+def test_percentile_nearest_rank() -> None:
+    assert run.percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert run.percentile([5.0], 99) == 5.0
+    assert run.percentile(list(map(float, range(1, 1001))), 99) == 990.0
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> object:
+    return run.make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def test_haproxy_configs(pki: object, tmp_path: Path) -> None:
+    haproxy = shutil.which("haproxy") or (
+        "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None
+    )
+    for mode in ("tcp", "http"):
+        for role in ("a", "b"):
+            text = run.haproxy_config(role, mode, 40001, 40002, pki)
+            assert f"mode {mode}" in text
+            assert ("http-reuse always" in text) == (mode == "http")
+            assert "verify required" in text
+            if haproxy:
+                conf = tmp_path / f"{mode}-{role}.cfg"
+                conf.write_text(text)
+                check = subprocess.run(
+                    [haproxy, "-c", "-q", "-f", str(conf)],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_envoy_configs(pki: object, tmp_path: Path) -> None:
+    a = run.envoy_a_config(40001, 40002, pki)
+    b = run.envoy_b_config(40002, 40003, pki)
+    listener = a["static_resources"]["listeners"][0]
+    tcp_proxy = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    assert "hostname" in tcp_proxy["tunneling_config"]
+    hcm = b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert hcm["upgrade_configs"] == [{"upgrade_type": "CONNECT"}]
+    envoy = run.envoy_binary()
+    if envoy is None:
+        pytest.skip("envoy not installed (sh bench/setup.sh)")
+    for name, config in (("a", a), ("b", b)):
+        conf = tmp_path / f"envoy-{name}.json"
+        conf.write_text(json.dumps(config))
+        check = subprocess.run(
+            [str(envoy), "--mode", "validate", "-c", str(conf), "--disable-hot-restart"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
+
+
+def test_meshd_configs_parse(pki: object, tmp_path: Path) -> None:
+    ctx = run.Ctx(procs=None, ports=None, pki=pki, backend=40003)
+    config_a, config_b, registry = run.meshd_configs(ctx, 40004, 40005)
+    a = MeshdConfig.from_dict(tomllib.loads(config_a), "a.toml", tmp_path)
+    b = MeshdConfig.from_dict(tomllib.loads(config_b), "b.toml", tmp_path)
+    assert a.upstreams[0].listen == ("127.0.0.1", 40005)
+    assert a.upstreams[0].service == "web"
+    assert b.listen.mesh == ("127.0.0.1", 40004)
+    assert b.services[0].port == 40003
+    reg = Registry.from_dict(json.loads(registry), "registry.json")
+    web = reg.service("web")
+    assert web is not None
+    assert web.endpoints[0].mesh_port == 40004
+
+
+def _results() -> object:
+    settings = run.Settings.make(quick=True, pin=True)
+    chains = run.chains()
+    cells = {sc: {c.name: run.Cell() for c in chains} for sc in run.SCENARIOS}
+    for scenario in run.SCENARIOS:
+        for chain, thr in (
+            ("direct", 100.0),
+            ("haproxy-tcp", 40.0),
+            ("envoy", 50.0),
+            ("meshd", 20.0),
+        ):
+            proxied = chain != "direct"
+            cells[scenario][chain].samples.append(
+                run.Sample(
+                    thr, thr * 3, 1.0, 2.0, 0, 0.5 if proxied else None, 30.0 if proxied else None
+                )
+            )
+    results = run.Results(settings, chains, cells)
+    results.failed["haproxy-http"] = "did not start"
+    results.idle["meshd"] = {"meshd-a": 20.0, "meshd-b": 22.0}
+    return results
+
+
+def test_report_markdown_and_json() -> None:
+    results = _results()
+    head = run.header(results.settings)
+    text = run.to_markdown(results, head)
+    assert "| (a) | meshd |" in text
+    assert "haproxy-http" in text and "did not start" in text
+    assert "| (a) | haproxy-tcp | 0.50 |" in text  # meshd 20 req/s vs haproxy-tcp 40
+    assert "**42.0**" in text
+    doc = run.to_json(results, head)
+    json.dumps(doc)
+    assert doc["ratios_meshd"]["keepalive"]["envoy"]["throughput"] == pytest.approx(0.4)
+    assert doc["scenarios"]["bulk"]["unit"] == "MiB/s"
