@@ -35,6 +35,7 @@ Example (every table but ``[identity]`` is optional)::
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,8 +95,8 @@ class LimitsConfig:
     max_connections: int = 20000
     max_streams_per_link: int = 10000
     max_header_bytes: int = 65536
-    stream_window: int = 256 * 1024
-    max_frame: int = 64 * 1024
+    stream_window: int = 1024 * 1024  # per stream and direction: bounds what a slow reader costs
+    max_frame: int = 256 * 1024  # one frame per app read (uvloop reads up to 256 KiB)
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,11 @@ class MeshdConfig:
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
     log_level: str = "info"
     http: bool = True
+
+    @functools.cached_property
+    def local_services(self) -> dict[str, ServiceConfig]:
+        """This host's services by name (derived once; the config is frozen)."""
+        return {s.name: s for s in self.services}
 
     def service_ids(self) -> dict[str, SpiffeId]:
         return {s.name: make_id(self.identity.trust_domain, "svc", s.name) for s in self.services}

@@ -27,8 +27,10 @@ from anyio.abc import TaskStatus
 
 from meshd.admin import AdminServer
 from meshd.config import MeshdConfig
+from meshd.connect import Connector
 from meshd.documents import Documents
 from meshd.errors import MeshError
+from meshd.frames import RST, RST_CANCEL, frame, reset_payload
 from meshd.handshake import TlsListener
 from meshd.inbound import MeshPort, PlainInbound
 from meshd.link import Link
@@ -50,7 +52,8 @@ class Daemon:
         self.config_path = config_path
         self.rt = Runtime.load(config)
         self.pool = LinkPool(self.rt)
-        self.mesh = MeshPort(self.rt)
+        self.connector = Connector(config.timeouts.connect)
+        self.mesh = MeshPort(self.rt, self.connector)
         self.mesh_listener = TlsListener(
             "mesh",
             lambda: self.rt.tls.server,
@@ -71,6 +74,7 @@ class Daemon:
         async with anyio.create_task_group() as tg:
             self.rt.tg = tg
             await anyio.to_thread.run_sync(self._load_documents)
+            await tg.start(self.connector.serve)
             await self._start_listeners(tg)
             self.rt.bound["admin"] = await tg.start(
                 self.admin.serve, self.rt.config.listen.admin, self.rt.config.listen.admin_socket
@@ -122,7 +126,8 @@ class Daemon:
         await tg.start(self._listen, "inbound", cfg.listen.inbound, lambda: PlainInbound(rt), None)
 
     def _outbound(self, source: Any, fixed: str | None) -> Callable[[], asyncio.Protocol]:
-        return lambda: OutboundConn(self.rt, self.pool, source, fixed)
+        name = str(source)
+        return lambda: OutboundConn(self.rt, self.pool, name, fixed)
 
     async def _listen(
         self,
@@ -234,7 +239,9 @@ class Daemon:
                     if moved != last_moved:
                         since = now
                     elif now - since >= idle:
-                        stream.reset(f"idle for {idle:.0f}s")
+                        reason = f"idle for {idle:.0f}s"  # tell the peer, so its side ends too
+                        link.write(frame(RST, stream.sid, reset_payload(RST_CANCEL, reason)))
+                        stream.reset(reason)
                         continue
                     current[id(stream)] = (moved, since)
             seen = current

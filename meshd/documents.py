@@ -112,4 +112,3 @@ class Documents:
         """Offer the registry file to the store at start, so GET /registry shows it."""
         if self.store.get("registry") is None and self.rt.registry.version > 0:
             self.store.put("registry", self.rt.registry.to_dict())
-

@@ -16,7 +16,7 @@ from typing import cast
 
 import anyio
 
-from meshd.errors import ConfigError
+from meshd.connect import Connector
 from meshd.events import (
     INBOUND,
     ConnectionClosed,
@@ -25,7 +25,6 @@ from meshd.events import (
     HandshakeFailed,
 )
 from meshd.frames import RST, RST_CONNECT_FAILED, OpenRequest, frame, reset_payload
-from meshd.identity import SpiffeId
 from meshd.link import Link
 from meshd.netfacts import fmt, original_dst
 from meshd.relay import PipeEnd
@@ -41,8 +40,9 @@ LOCAL_APP_HOST = "127.0.0.1"
 class MeshPort:
     """Accepts sidecar links and the streams opened over them."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Runtime, connector: Connector) -> None:
         self.rt = rt
+        self.connector = connector
         self.links: set[Link] = set()
 
     def make_link(self) -> Link:
@@ -98,31 +98,29 @@ class MeshPort:
             on_close=lambda s, error: self._closed(s, request, error),
         )
         self.rt.bus.publish(ConnectionOpened(INBOUND, request.source, request.service))
-        assert self.rt.tg is not None
-        self.rt.tg.start_soon(self._connect_app, stream, request.port)
+        port = request.port
+        self.connector.connect(
+            LOCAL_APP_HOST,
+            port,
+            lambda: AppProtocol(stream),
+            lambda error: self._unreachable(stream, port, error),
+        )
         return stream
 
     def _check(self, link: Link, request: OpenRequest) -> tuple[str, str] | None:
-        try:
-            source = SpiffeId.parse(request.source)
-        except ConfigError:
-            return "bad_source", f"malformed source identity {request.source!r}"
-        if source not in link.peer_ids:
-            return "source_not_in_certificate", f"peer does not hold {source}"
-        service = next((s for s in self.rt.config.services if s.name == request.service), None)
+        # compared as strings: the peer's names were parsed and verified once, at the handshake
+        if request.source not in link.peer_names:
+            return "source_not_in_certificate", f"peer does not hold {request.source}"
+        service = self.rt.config.local_services.get(request.service)
         if service is None or service.port != request.port:
             return "unknown_service", f"no local service {request.service} on port {request.port}"
         return None
 
-    async def _connect_app(self, stream: Stream, port: int) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            with anyio.fail_after(self.rt.config.timeouts.connect):
-                await loop.create_connection(lambda: AppProtocol(stream), LOCAL_APP_HOST, port)
-        except (OSError, TimeoutError) as e:
-            if stream.link is not None and not stream.closed:
-                stream.link.write(frame(RST, stream.sid, reset_payload(RST_CONNECT_FAILED, str(e))))
-            stream.reset(f"cannot reach the app on port {port}: {e}")
+    def _unreachable(self, stream: Stream, port: int, error: BaseException) -> None:
+        if stream.link is not None and not stream.closed:
+            reason = reset_payload(RST_CONNECT_FAILED, str(error))
+            stream.link.write(frame(RST, stream.sid, reason))
+        stream.reset(f"cannot reach the app on port {port}: {error}")
 
     def _closed(self, stream: Stream, request: OpenRequest, error: str) -> None:
         self.rt.release()

@@ -43,6 +43,8 @@ from meshd.tls import peer_ids
 
 log = logging.getLogger("meshd.link")
 
+COPY_BELOW = 16 * 1024  # bytes: frames smaller than a TLS record are joined before writing
+FLUSH_AT = 256 * 1024  # bytes: write at once rather than wait for the loop turn to end
 OnOpen = Callable[["Link", int, OpenRequest], Stream | None]
 
 
@@ -70,6 +72,7 @@ class Link(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: SpiffeId | None = None
         self.peer_ids: frozenset[SpiffeId] = frozenset()
+        self.peer_names: frozenset[str] = frozenset()  # the same, as strings: checked per stream
         self.peer_address = ""
         self.key: tuple[str, int] = ("", 0)  # the pool's key for a dialled link
         self.streams: dict[int, Stream] = {}
@@ -86,13 +89,17 @@ class Link(asyncio.Protocol):
         self._sid = 0
         self._remaining = -1  # -1: between frames
         self._control = bytearray()
-        self._early: list[bytes] = []  # data that beat connection_made (start_tls hands over late)
+        self._early: list[bytes] = []
+        self._pending: list[bytes | memoryview] = []  # frames waiting for the end of this loop turn
+        self._pending_size = 0
+        self._flush_scheduled = False  # data that beat connection_made (start_tls hands over late)
 
     # --- connection ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
         self.transport = transport
         self.peer_ids = peer_ids(transport.get_extra_info("ssl_object"))
+        self.peer_names = frozenset(str(i) for i in self.peer_ids)
         peer = transport.get_extra_info("peername")
         self.peer_address = f"{peer[0]}:{peer[1]}" if peer else "?"
         self._schedule_ping()
@@ -116,6 +123,7 @@ class Link(asyncio.Protocol):
     def close(self, reason: str) -> None:
         if self.transport is not None and not self.closed:
             log.info("closing link to %s: %s", self.peer_address, reason)
+            self._flush()
             self.transport.close()
 
     def abort(self, reason: str) -> None:
@@ -124,22 +132,48 @@ class Link(asyncio.Protocol):
             self.transport.abort()
 
     # --- writing ------------------------------------------------------------
-    def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(data)
+    # Frames written during one turn of the event loop leave together: one TLS
+    # record and one send() for many streams, which is where a shared link wins.
+    def write(self, data: bytes | memoryview) -> None:
+        if self.transport is None or self.closed:
+            return
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size >= FLUSH_AT:
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._pending:
+            return
+        pending = self._pending
+        self._pending = []
+        size, self._pending_size = self._pending_size, 0
+        if self.transport is None or self.closed:
+            return
+        if len(pending) == 1:
+            self.transport.write(pending[0])
+        elif size < COPY_BELOW:  # small frames: one TLS record for all of them
+            self.transport.write(b"".join(pending))
+        else:  # bulk: a record per piece costs less than copying it
+            self.transport.writelines(pending)
 
     def send_data(self, stream: Stream, data: bytes) -> None:
         size = len(data)
-        transport = self.transport
-        if transport is None or self.closed:
+        if self.transport is None or self.closed:
             return
         if size <= self.max_frame:
-            transport.writelines((HEADER.pack(DATA, stream.sid, size), data))
+            self.write(HEADER.pack(DATA, stream.sid, size))
+            self.write(data)
         else:
             view = memoryview(data)
             for start in range(0, size, self.max_frame):
                 chunk = view[start : start + self.max_frame]
-                transport.writelines((HEADER.pack(DATA, stream.sid, len(chunk)), chunk))
+                self.write(HEADER.pack(DATA, stream.sid, len(chunk)))
+                self.write(chunk)
         stream.sent += size
         stream.send_window -= size
         if stream.send_window <= 0:
@@ -148,6 +182,7 @@ class Link(asyncio.Protocol):
     def grant(self, stream: Stream) -> None:
         """Give the peer credit for what this side has passed on to the app."""
         credit, stream.unacked = stream.unacked, 0
+        stream.credited += credit
         self.write(frame(WINDOW, stream.sid, WINDOW_CREDIT.pack(credit)))
 
     def pause_writing(self) -> None:
@@ -258,6 +293,8 @@ class Link(asyncio.Protocol):
             raise ProtocolError(f"unknown frame type {kind}")
 
     def _on_window(self, stream: Stream, payload: bytes) -> None:
+        if len(payload) != WINDOW_CREDIT.size:
+            raise ProtocolError(f"malformed WINDOW frame of {len(payload)} bytes")
         stream.send_window += WINDOW_CREDIT.unpack(payload)[0]
         if stream.send_window > 0 and not self.write_paused:
             stream.resume_reading()

@@ -26,7 +26,6 @@ from meshd.events import (
 )
 from meshd.frames import OpenRequest
 from meshd.http1 import HttpObserver, looks_like_http
-from meshd.identity import SpiffeId
 from meshd.link import Link
 from meshd.netfacts import fmt, original_dst
 from meshd.registry import Endpoint, Service
@@ -56,11 +55,15 @@ class LinkPool:
         self.waiting: dict[tuple[str, int], list[_Waiting]] = {}
         self.failed_until: dict[tuple[str, int], tuple[float, float]] = {}
         self.outstanding: dict[tuple[str, int], int] = {}
+        self._ids: dict[str, str] = {}  # service name -> its SPIFFE ID, as the links hold them
 
     def pick(self, service: Service, avoid: set[tuple[str, int]]) -> Endpoint | None:
         """The healthy endpoint with the fewest open streams (failed ones as a last resort)."""
+        endpoints = service.endpoints
+        if len(endpoints) == 1 and not avoid:  # the common case, without the bookkeeping
+            return endpoints[0]
         now = time.monotonic()
-        candidates = [e for e in service.endpoints if e.link_key not in avoid]
+        candidates = [e for e in endpoints if e.link_key not in avoid]
         healthy = [e for e in candidates if self.failed_until.get(e.link_key, (0.0, 0.0))[0] <= now]
         pool = healthy or candidates
         if not pool:
@@ -81,8 +84,11 @@ class LinkPool:
             self.rt.tg.start_soon(self._dial, endpoint)
 
     def _open(self, link: Link, waiting: _Waiting) -> None:
-        wanted = self.rt.service_id(waiting.service.name)
-        if wanted not in link.peer_ids:
+        name = waiting.service.name
+        wanted = self._ids.get(name)
+        if wanted is None:
+            wanted = self._ids[name] = str(self.rt.service_id(name))
+        if wanted not in link.peer_names:
             self._refuse(
                 waiting,
                 link.peer_address,
@@ -176,7 +182,7 @@ class LinkPool:
 class OutboundConn(AppProtocol):
     """An app's connection accepted by an outbound listener."""
 
-    def __init__(self, rt: Runtime, pool: LinkPool, source: SpiffeId, fixed: str | None) -> None:
+    def __init__(self, rt: Runtime, pool: LinkPool, source: str, fixed: str | None) -> None:
         super().__init__(Stream(rt.config.limits.stream_window, on_close=self._closed))
         self.rt = rt
         self.pool = pool
@@ -189,18 +195,17 @@ class OutboundConn(AppProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
         self.stream.transport = transport
-        peer = fmt(transport.get_extra_info("peername"))
         if not self.rt.admit():
-            self._refuse(transport, peer, "limit", "connection limit reached")
+            self._refuse(transport, "limit", "connection limit reached")
             return
         self.admitted = True
         service, port, target = self._resolve(transport)
         if service is None:
-            self._refuse(transport, peer, "unknown_destination", f"{target} is not a mesh service")
+            self._refuse(transport, "unknown_destination", f"{target} is not a mesh service")
             return
         self.service = service.name
-        request = OpenRequest(service.name, port, str(self.source), target)
-        self.rt.bus.publish(ConnectionOpened(OUTBOUND, str(self.source), service.name))
+        request = OpenRequest(service.name, port, self.source, target)
+        self.rt.bus.publish(ConnectionOpened(OUTBOUND, self.source, service.name))
         endpoint = self.pool.pick(service, set())
         if endpoint is None:
             self.stream.reset(f"service {service.name} has no endpoints")
@@ -221,7 +226,8 @@ class OutboundConn(AppProtocol):
         port = route.endpoint.port if route.endpoint else route.service.port
         return route.service, port, fmt(dst)
 
-    def _refuse(self, transport: asyncio.Transport, peer: str, code: str, message: str) -> None:
+    def _refuse(self, transport: asyncio.Transport, code: str, message: str) -> None:
+        peer = fmt(transport.get_extra_info("peername"))
         log.warning("refused outbound connection from %s: %s", peer, message)
         self.rt.bus.publish(ConnectionRefused("outbound", peer, code))
         self.stream.closed = True
@@ -237,7 +243,7 @@ class OutboundConn(AppProtocol):
                 self.stream.observer = HttpObserver(
                     self.rt.bus.publish,
                     OUTBOUND,
-                    str(self.source),
+                    self.source,
                     self.service,
                     self.rt.config.limits.max_header_bytes,
                 )
@@ -252,7 +258,7 @@ class OutboundConn(AppProtocol):
             self.rt.bus.publish(
                 ConnectionClosed(
                     OUTBOUND,
-                    str(self.source),
+                    self.source,
                     self.service,
                     stream.sent,
                     stream.received,

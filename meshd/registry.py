@@ -57,9 +57,11 @@ class Registry:
     version: int = 0
     services: tuple[Service, ...] = ()
     _routes: dict[tuple[str, int], Route] = field(default_factory=dict, compare=False, repr=False)
+    _by_name: dict[str, Service] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for s in self.services:
+            self._by_name[s.name] = s
             self._routes[(s.vip, s.port)] = Route(s)
             for e in s.endpoints:
                 self._routes[(e.address, e.port)] = Route(s, e)
@@ -69,7 +71,7 @@ class Registry:
         return self._routes.get((address, port))
 
     def service(self, name: str) -> Service | None:
-        return next((s for s in self.services if s.name == name), None)
+        return self._by_name.get(name)
 
     def to_dict(self) -> dict[str, Any]:
         return {

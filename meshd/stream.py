@@ -13,10 +13,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
-from meshd.frames import FIN, RST, RST_CANCEL, frame, reset_payload
+from meshd.frames import FIN, RST, RST_CANCEL, ProtocolError, frame, reset_payload
 
 if TYPE_CHECKING:
     from meshd.link import Link
+
+# A sender pauses its app only after a send takes its window to zero or below, so it may
+# overshoot by one read of the app socket; more than this beyond the window is a broken peer.
+WINDOW_SLACK = 1 << 20
 
 
 class Observer(Protocol):
@@ -33,6 +37,7 @@ class Stream:
     __slots__ = (
         "app_paused",
         "closed",
+        "credited",
         "fin_received",
         "fin_sent",
         "inbox",
@@ -59,6 +64,7 @@ class Stream:
         self.window = window
         self.send_window = window
         self.unacked = 0
+        self.credited = 0  # window credit granted to the peer so far
         self.app_paused = False
         self.reading_paused = False
         self.fin_sent = False
@@ -125,6 +131,8 @@ class Stream:
         """Bytes from the peer for the app."""
         size = len(data)
         self.received += size
+        if self.received - self.credited > self.window + WINDOW_SLACK:
+            raise ProtocolError(f"stream {self.sid}: the peer sent more than its window allows")
         transport = self.transport
         if transport is None:
             self.inbox.append(bytes(data))

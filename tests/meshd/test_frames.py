@@ -25,6 +25,13 @@ from meshd.frames import (
 from meshd.link import Link
 from meshd.stream import Stream
 
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
 
 @given(
     service=st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True),
@@ -88,6 +95,11 @@ class FakeTransport(asyncio.Transport):
         self.out += b"<EOF>"
 
 
+async def turn() -> None:
+    """Let the link's end-of-turn flush run."""
+    await asyncio.sleep(0)
+
+
 def _link_with_stream() -> tuple[Link, Stream, FakeTransport, FakeTransport]:
     link = Link(dialer=True, max_frame=16, max_streams=10, ping_interval=3600)
     link_transport = FakeTransport()
@@ -107,25 +119,46 @@ def _link_with_stream() -> tuple[Link, Stream, FakeTransport, FakeTransport]:
 def test_parser_delivers_data_in_order_however_the_input_is_cut(
     chunks: list[bytes], cuts: list[int]
 ) -> None:
-    link, stream, _, app = _link_with_stream()
-    wire = b"".join(frame(DATA, stream.sid, c) for c in chunks) + frame(FIN, stream.sid)
-    position = 0
-    for cut in cuts * (len(wire) // max(1, sum(cuts)) + 1):
-        if position >= len(wire):
-            break
-        link.data_received(wire[position : position + cut])
-        position += cut
-    if position < len(wire):
-        link.data_received(wire[position:])
-    assert bytes(app.out) == b"".join(chunks) + b"<EOF>"
-    assert stream.fin_received
+    async def body() -> None:
+        link, stream, _, app = _link_with_stream()
+        wire = b"".join(frame(DATA, stream.sid, c) for c in chunks) + frame(FIN, stream.sid)
+        position = 0
+        for cut in cuts * (len(wire) // max(1, sum(cuts)) + 1):
+            if position >= len(wire):
+                break
+            link.data_received(wire[position : position + cut])
+            position += cut
+        if position < len(wire):
+            link.data_received(wire[position:])
+        assert bytes(app.out) == b"".join(chunks) + b"<EOF>"
+        assert stream.fin_received
+
+    asyncio.run(body())
 
 
-def test_sending_splits_frames_and_respects_the_window() -> None:
+async def test_frames_of_one_turn_leave_in_one_write() -> None:
+    _, stream, link_transport, _ = _link_with_stream()
+    await turn()
+    writes: list[bytes] = []
+    link_transport.write = writes.append  # type: ignore[method-assign]
+    stream.send(b"a")
+    stream.send(b"b")
+    stream.send_fin()
+    assert writes == []
+    await turn()
+    assert writes == [
+        frame(DATA, stream.sid, b"a") + frame(DATA, stream.sid, b"b") + frame(FIN, stream.sid)
+    ]
+
+
+async def test_sending_splits_frames_and_respects_the_window() -> None:
     link, stream, link_transport, _ = _link_with_stream()
+    await turn()
     link_transport.out.clear()
     stream.send(b"x" * 40)  # max_frame 16: three DATA frames
+    await turn()
     assert link_transport.out.count(b"x") == 40
+    assert link_transport.out.count(frame(DATA, stream.sid, b"x" * 16)) == 2
     assert stream.send_window == 24
     stream.send(b"y" * 30)
     assert stream.send_window == -6 and stream.reading_paused
@@ -133,24 +166,29 @@ def test_sending_splits_frames_and_respects_the_window() -> None:
     assert stream.send_window == 58 and not stream.reading_paused
 
 
-def test_receiver_grants_credit_after_passing_data_on() -> None:
+async def test_receiver_grants_credit_after_passing_data_on() -> None:
     link, stream, link_transport, _ = _link_with_stream()
+    await turn()
     link_transport.out.clear()
     link.data_received(frame(DATA, stream.sid, b"z" * 16))  # a quarter of the window
+    await turn()
     assert link_transport.out == frame(WINDOW, stream.sid, WINDOW_CREDIT.pack(16))
 
 
-def test_app_that_stops_reading_gets_no_more_credit() -> None:
+async def test_app_that_stops_reading_gets_no_more_credit() -> None:
     link, stream, link_transport, _ = _link_with_stream()
+    await turn()
     link_transport.out.clear()
     stream.app_write_paused(True)
     link.data_received(frame(DATA, stream.sid, b"z" * 40))
+    await turn()
     assert link_transport.out == b""  # no credit while the app's buffer is full
     stream.app_write_paused(False)
+    await turn()
     assert link_transport.out == frame(WINDOW, stream.sid, WINDOW_CREDIT.pack(40))
 
 
-def test_reset_aborts_the_app_side() -> None:
+async def test_reset_aborts_the_app_side() -> None:
     link, stream, _, app = _link_with_stream()
     link.data_received(frame(RST, stream.sid, reset_payload(2, "no")))
     assert app.aborted and stream.closed
@@ -165,13 +203,13 @@ def test_reset_aborts_the_app_side() -> None:
         frame(OPEN, 1, b"web\x0080\x00s\x00d"),  # the dialling side never receives OPEN
     ],
 )
-def test_protocol_errors_abort_the_link(wire: bytes) -> None:
+async def test_protocol_errors_abort_the_link(wire: bytes) -> None:
     link, _, link_transport, _ = _link_with_stream()
     link.data_received(wire)
     assert link_transport.aborted
 
 
-def test_server_side_refuses_streams_beyond_the_limit() -> None:
+async def test_server_side_refuses_streams_beyond_the_limit() -> None:
     opened: list[int] = []
 
     def on_open(link: Link, sid: int, request: OpenRequest) -> Stream | None:
@@ -183,5 +221,6 @@ def test_server_side_refuses_streams_beyond_the_limit() -> None:
     link.transport = transport
     request = OpenRequest("web", 80, "spiffe://t/svc/a").encode()
     link.data_received(frame(OPEN, 1, request) + frame(OPEN, 3, request))
+    await turn()
     assert opened == [1]
     assert frame(RST, 3)[:5] in transport.out
