@@ -1,0 +1,192 @@
+"""Certificate rotation under load: wrk runs through A -> B while both swap certificates.
+
+B gets its new certificate pushed over the admin API (PUT /certs); A gets new
+files and a SIGHUP. Not one request may fail, and every new handshake must
+present the new certificate. An invalid push is refused and changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from meshctl.ca import sign_csr
+from meshd.identity import SpiffeId
+from meshd.pki import build_csr, cert_pem
+from tests.meshd.harness import Meshd, MeshNet
+from tests.meshd.test_abuse import LoopApps, Pair, make_web, mesh_client, start_pair
+from tests.meshd.tlsfixtures import Identity
+
+B_SERVICES = ("host/b", "svc/web", "svc/echo", "svc/fast")
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[MeshNet]:
+    mesh = MeshNet(tmp_path)
+    try:
+        yield mesh
+    finally:
+        mesh.stop_all()
+
+
+@pytest.fixture
+def make_pair(net: MeshNet) -> Iterator[Callable[..., Pair]]:
+    web, apps = make_web(), LoopApps()
+    try:
+        yield lambda **options: start_pair(net, web, apps, **options)
+    finally:
+        net.stop_all()
+        web.close()
+        apps.close()
+
+
+def leaf(identity: Identity) -> x509.Certificate:
+    return x509.load_pem_x509_certificates(identity.cert.read_bytes())[0]
+
+
+def presented_serial(net: MeshNet, meshd: Meshd) -> int:
+    """The serial of the certificate a new handshake with ``meshd``'s mesh port gets."""
+    prober = net.pki.issue("probe", "host/probe")
+    raw = socket.create_connection(("127.0.0.1", meshd.ports["mesh"]), timeout=5)
+    with mesh_client(net, prober).wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def stats(net: MeshNet, meshd: Meshd) -> dict[str, object]:
+    status, text = net.admin(meshd, "GET", "/stats")
+    assert status == 200, text
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+def certs_version(net: MeshNet, meshd: Meshd) -> int:
+    status, text = net.admin(meshd, "GET", "/certs")
+    assert status == 200, text
+    return int(json.loads(text)["version"])
+
+
+def push_certs(net: MeshNet, meshd: Meshd, version: int, cert: bytes) -> tuple[int, str]:
+    body = {
+        "version": version,
+        "cert_pem": cert.decode(),
+        "bundle_pem": net.pki.bundle.read_text(),
+    }
+    return net.admin(meshd, "PUT", "/certs", body)
+
+
+def test_certificates_swapped_under_load_without_a_failed_request(
+    net: MeshNet, make_pair: Callable[..., Pair]
+) -> None:
+    ident_a = net.pki.issue("a", "host/a")
+    ident_b = net.pki.issue("b", *B_SERVICES)
+    pair = make_pair(identity_a=ident_a, identity_b=ident_b)
+    a, b = pair.a, pair.b
+    assert presented_serial(net, b) == leaf(ident_b).serial_number
+    url = f"http://127.0.0.1:{a.ports['upstream:fast']}/"
+    wrk = subprocess.Popen(
+        ["wrk", "-t1", "-c20", "-d6s", "--timeout", "5s", url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        time.sleep(1.5)
+        # (a) B: a new certificate (same key) pushed over the admin API
+        new_b = net.pki.reissue(ident_b, "b-v2")
+        status, text = push_certs(net, b, 2, new_b.cert.read_bytes())
+        assert (status, json.loads(text)) == (200, {"status": "applied", "version": 2}), text
+        not_after = leaf(new_b).not_valid_after_utc
+        assert not_after != leaf(ident_b).not_valid_after_utc
+        assert stats(net, b)["certificate_not_after"] == not_after.isoformat()
+        assert certs_version(net, b) == 2
+        # (c) a new handshake with B gets the new certificate
+        assert presented_serial(net, b) == leaf(new_b).serial_number
+        time.sleep(1.0)
+        # (b) A: new files in place, then SIGHUP
+        new_a = net.pki.reissue(ident_a, "a")  # overwrites the files A's config names
+        assert new_a.cert == ident_a.cert
+        os.kill(a.proc.pid, signal.SIGHUP)
+        a.wait_log(rf"reloaded {re.escape(str(a.config))} \(registry version 1\)")
+        assert stats(net, a)["certificate_not_after"] == leaf(new_a).not_valid_after_utc.isoformat()
+        assert presented_serial(net, a) == leaf(new_a).serial_number
+        output, _ = wrk.communicate(timeout=20)
+    finally:
+        if wrk.poll() is None:
+            wrk.kill()
+            wrk.wait()
+    print("\n" + output)
+    assert wrk.returncode == 0, output
+    match = re.search(r"(\d+) requests in ([\d.]+)s", output)
+    assert match, output
+    requests = int(match[1])
+    print(
+        f"wrk: {requests} requests in {match[2]}s across both swaps, app counted {pair.apps.requests}"
+    )
+    assert requests > 0
+    assert "Socket errors" not in output, output
+    assert "Non-2xx or 3xx responses" not in output, output
+    # the swaps broke nothing: both still relay and log no failure
+    pair.get()
+    for meshd in (a, b):
+        assert "reload failed" not in meshd.log_text()
+        assert "Traceback" not in meshd.log_text()
+
+
+def _signed_for_key_of(
+    net: MeshNet, identity: Identity, *paths: str, hours_ago: float = 0.0
+) -> bytes:
+    """A 2-hour certificate for ``identity``'s key, naming ``paths``, issued ``hours_ago``."""
+    key = serialization.load_pem_private_key(identity.key.read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    ids = [SpiffeId(net.pki.trust_domain, "/" + p) for p in paths]
+    issuing = net.pki.ca.issuing
+    then = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours_ago)
+    cert = sign_csr(build_csr(key, ids), ids, issuing, then, dt.timedelta(hours=2))
+    return cert_pem(cert, issuing.cert)
+
+
+@pytest.mark.parametrize("case", ["another-key", "expired", "other-host"])
+def test_an_invalid_certificate_push_is_refused_and_changes_nothing(
+    net: MeshNet, make_pair: Callable[..., Pair], case: str
+) -> None:
+    ident_b = net.pki.issue("b", *B_SERVICES)
+    pair = make_pair(identity_b=ident_b)
+    b = pair.b
+    good = net.pki.reissue(ident_b, "b-v2")
+    assert push_certs(net, b, 2, good.cert.read_bytes())[0] == 200
+    on_disk = ident_b.cert.read_bytes()
+    before = stats(net, b)["certificate_not_after"]
+    if case == "another-key":
+        bad = net.pki.issue("b-other", *B_SERVICES).cert.read_bytes()
+    elif case == "expired":  # B's own key and names, but it expired an hour ago
+        bad = _signed_for_key_of(net, ident_b, *B_SERVICES, hours_ago=3)
+    else:  # B's own key, but another host's name
+        bad = _signed_for_key_of(net, ident_b, "host/c", "svc/web")
+    status, text = push_certs(net, b, 3, bad)
+    print(f"\n{case}: {status} {json.loads(text)['error']}")
+    assert status == 400, text
+    assert certs_version(net, b) == 2
+    assert stats(net, b)["certificate_not_after"] == before
+    assert ident_b.cert.read_bytes() == on_disk
+    assert presented_serial(net, b) == leaf(good).serial_number
+    pair.get()  # traffic still flows through the existing link...
+    with socket.create_connection(("127.0.0.1", pair.a.ports["upstream:fast"]), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reply = b"".join(iter(lambda: s.recv(65536), b""))
+    assert reply.startswith(b"HTTP/1.1 200 OK") and reply.endswith(b"hello\n")
+    b.stop()
+    assert b.proc.returncode == 0
