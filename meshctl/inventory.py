@@ -1,0 +1,204 @@
+"""``hosts.toml``: the inventory of meshed hosts and the services they run.
+
+    [hosts.web1]
+    address = "10.0.0.11"
+    user = "root"            # SSH user (non-root users go through sudo)
+    port = 22                # SSH port
+    fail_mode = "closed"     # or "open"
+    labels = { zone = "a" }
+
+    [[hosts.web1.services]]
+    name = "web"
+    port = 8080
+    run_as = "www-data"      # optional: its connections carry the service's identity
+
+    [vips]                   # allocated once per service, never reused for another
+    web = "10.255.0.1"
+
+Pure parsing, validation (with the field path in every message) and the
+derived documents meshctl pushes: the registry and each host's identities.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, replace
+from typing import Any
+
+from meshd.errors import ConfigError
+from meshd.identity import SpiffeId, check_name, make_id
+from meshd.schema import Fields
+
+VIP_RANGE = ipaddress.ip_network("10.255.0.0/16")
+FAIL_MODES = ("open", "closed")
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    port: int
+    run_as: str | None = None
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    name: str
+    address: str
+    user: str = "root"
+    port: int = 22
+    fail_mode: str = "closed"
+    labels: tuple[tuple[str, str], ...] = ()
+    services: tuple[ServiceSpec, ...] = ()
+
+    def identities(self, trust_domain: str) -> list[SpiffeId]:
+        """What this host's certificate must name: the host, then its services."""
+        ids = [make_id(trust_domain, "host", self.name)]
+        return ids + [make_id(trust_domain, "svc", s.name) for s in self.services]
+
+
+@dataclass(frozen=True)
+class Inventory:
+    hosts: tuple[HostSpec, ...] = ()
+    vips: tuple[tuple[str, str], ...] = ()  # service -> virtual IP, sorted by service
+
+    def host(self, name: str) -> HostSpec | None:
+        return next((h for h in self.hosts if h.name == name), None)
+
+    def with_host(self, host: HostSpec) -> Inventory:
+        """The inventory with ``host`` added or replaced, VIPs allocated for new services."""
+        hosts = tuple(h for h in self.hosts if h.name != host.name) + (host,)
+        updated = replace(self, hosts=tuple(sorted(hosts, key=lambda h: h.name)))
+        return updated.allocate_vips()
+
+    def without_host(self, name: str) -> Inventory:
+        """The inventory without ``name``; VIPs stay allocated (a service may come back)."""
+        return replace(self, hosts=tuple(h for h in self.hosts if h.name != name))
+
+    def allocate_vips(self) -> Inventory:
+        taken = dict(self.vips)
+        used = set(taken.values())
+        free = (str(ip) for ip in VIP_RANGE.hosts() if str(ip) not in used)
+        for service in sorted({s.name for h in self.hosts for s in h.services}):
+            if service not in taken:
+                taken[service] = next(free)
+        return replace(self, vips=tuple(sorted(taken.items())))
+
+    def registry(self, version: int, mesh_port: int) -> dict[str, Any]:
+        """The registry document every meshd gets (see meshd.registry)."""
+        vips = dict(self.vips)
+        services: dict[str, Any] = {}
+        for host in self.hosts:
+            for s in host.services:
+                entry = services.setdefault(
+                    s.name, {"vip": vips[s.name], "port": s.port, "endpoints": []}
+                )
+                entry["endpoints"].append(
+                    {
+                        "host": host.name,
+                        "address": host.address,
+                        "port": s.port,
+                        "mesh_port": mesh_port,
+                        "labels": dict(host.labels),
+                    }
+                )
+        return {"version": version, "services": dict(sorted(services.items()))}
+
+    def to_toml_dict(self) -> dict[str, Any]:
+        hosts: dict[str, Any] = {}
+        for h in self.hosts:
+            entry: dict[str, Any] = {
+                "address": h.address,
+                "user": h.user,
+                "port": h.port,
+                "fail_mode": h.fail_mode,
+                "labels": dict(h.labels),
+            }
+            entry["services"] = [
+                {"name": s.name, "port": s.port, **({"run_as": s.run_as} if s.run_as else {})}
+                for s in h.services
+            ]
+            hosts[h.name] = entry
+        return {"hosts": hosts, "vips": dict(self.vips)}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], source: str) -> Inventory:
+        top = Fields(doc, source)
+        top.unknown({"hosts", "vips"})
+        hosts_table = top.table("hosts", required=False)
+        hosts = tuple(_host(name, hosts_table.table(name)) for name in sorted(hosts_table.data))
+        vips_table = top.table("vips", required=False)
+        vips = tuple(sorted((name, _vip(vips_table, name)) for name in vips_table.data))
+        inventory = cls(hosts, vips)
+        _check(top, inventory)
+        return inventory
+
+
+def _host(name: str, f: Fields) -> HostSpec:
+    f.unknown({"address", "user", "port", "fail_mode", "labels", "services"})
+    try:
+        check_name("host", name)
+    except ConfigError as e:
+        raise f.fail("name", e.message) from None
+    labels = f.get("labels", dict, {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise f.fail("labels", "labels map strings to strings")
+    return HostSpec(
+        name=name,
+        address=f.get("address", str),
+        user=f.get("user", str, "root"),
+        port=f.port("port", 22),
+        fail_mode=f.choice("fail_mode", FAIL_MODES, "closed"),
+        labels=tuple(sorted(labels.items())),
+        services=tuple(_service(s) for s in f.tables("services")),
+    )
+
+
+def _service(f: Fields) -> ServiceSpec:
+    f.unknown({"name", "port", "run_as"})
+    name = f.get("name", str)
+    try:
+        check_name("service", name)
+    except ConfigError as e:
+        raise f.fail("name", e.message) from None
+    return ServiceSpec(name, f.port("port"), f.optional("run_as", str))
+
+
+def _vip(f: Fields, name: str) -> str:
+    text = f.get(name, str)
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        raise f.fail(name, f"{text!r} is not an IP address") from None
+    if ip not in VIP_RANGE:
+        raise f.fail(name, f"{text} is outside the virtual IP range {VIP_RANGE}")
+    return text
+
+
+def _check(top: Fields, inventory: Inventory) -> None:
+    seen_vips: dict[str, str] = {}
+    for service, vip in inventory.vips:
+        if vip in seen_vips:
+            raise top.fail(f"vips.{service}", f"{vip} is also the VIP of {seen_vips[vip]!r}")
+        seen_vips[vip] = service
+    ports: dict[str, int] = {}
+    for host in inventory.hosts:
+        for i, s in enumerate(host.services):
+            if ports.setdefault(s.name, s.port) != s.port:
+                raise top.fail(
+                    f"hosts.{host.name}.services[{i}].port",
+                    f"service {s.name!r} uses port {ports[s.name]} on other hosts",
+                )
+
+
+def parse_service(text: str) -> ServiceSpec:
+    """``NAME:PORT[:RUNAS]`` from the command line."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[1].isdigit():
+        raise ConfigError(
+            f"--service {text!r}: expected NAME:PORT or NAME:PORT:RUNAS",
+            hint="for example --service api:8080:www-data",
+        )
+    port = int(parts[1])
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--service {text!r}: {port} is not a port number")
+    return ServiceSpec(check_name("service", parts[0]), port, parts[2] if len(parts) == 3 else None)

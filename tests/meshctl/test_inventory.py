@@ -1,0 +1,106 @@
+"""hosts.toml: parsing with field paths, VIP allocation, the registry it yields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import toml
+
+from meshctl.inventory import HostSpec, Inventory, ServiceSpec, parse_service
+from meshd.errors import ConfigError
+from meshd.registry import Registry
+
+WEB1 = HostSpec("web1", "10.0.0.11", services=(ServiceSpec("web", 8080, "www-data"),))
+API1 = HostSpec(
+    "api1", "10.0.0.12", labels=(("version", "v1"),), services=(ServiceSpec("api", 9000),)
+)
+API2 = HostSpec("api2", "10.0.0.13", user="ops", port=2222, services=(ServiceSpec("api", 9000),))
+
+
+def test_roundtrip_through_toml() -> None:
+    inventory = Inventory().with_host(WEB1).with_host(API1).with_host(API2)
+    again = Inventory.from_dict(toml.loads(toml.dumps(inventory.to_toml_dict())), "hosts.toml")
+    assert again == inventory
+
+
+def test_vips_are_stable_and_never_reused() -> None:
+    inventory = Inventory().with_host(API1).with_host(WEB1)
+    vips = dict(inventory.vips)
+    assert vips == {"api": "10.255.0.1", "web": "10.255.0.2"}
+    smaller = inventory.without_host("api1")
+    assert dict(smaller.vips) == vips  # kept for when the service comes back
+    grown = smaller.with_host(HostSpec("db1", "10.0.0.20", services=(ServiceSpec("db", 5432),)))
+    assert dict(grown.vips)["db"] == "10.255.0.3"
+
+
+def test_registry_document_is_what_meshd_accepts() -> None:
+    inventory = Inventory().with_host(API1).with_host(API2).with_host(WEB1)
+    doc = inventory.registry(version=7, mesh_port=15443)
+    registry = Registry.from_dict(doc, "registry")
+    api = registry.service("api")
+    assert api is not None and [e.host for e in api.endpoints] == ["api1", "api2"]
+    assert api.endpoints[0].labels == (("version", "v1"),)
+    assert registry.route("10.0.0.12", 9000) is not None
+    assert registry.version == 7
+
+
+def test_identities() -> None:
+    assert [str(i) for i in WEB1.identities("t.mesh")] == [
+        "spiffe://t.mesh/host/web1",
+        "spiffe://t.mesh/svc/web",
+    ]
+
+
+def _doc(**host: Any) -> dict[str, Any]:
+    return {"hosts": {"h1": {"address": "10.0.0.1", **host}}}
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        (_doc(port=0), r"hosts.toml: hosts.h1.port: 0 is not a port"),
+        (_doc(fail_mode="ajar"), r"hosts.h1.fail_mode: 'ajar' is not one of"),
+        (
+            _doc(services=[{"name": "api", "port": "80"}]),
+            r"hosts.h1.services\[0\].port: expected int",
+        ),
+        (
+            _doc(services=[{"name": "API", "port": 80}]),
+            r"hosts.h1.services\[0\].name: invalid service name",
+        ),
+        (_doc(colour="red"), r"hosts.h1.colour: unknown field"),
+        ({"hosts": {"Bad_Name": {"address": "x"}}}, r"hosts.Bad_Name.name: invalid host name"),
+        ({"vips": {"api": "192.168.0.1"}}, r"vips.api: 192.168.0.1 is outside"),
+        (
+            {"vips": {"a": "10.255.0.1", "b": "10.255.0.1"}},
+            r"vips.b: 10.255.0.1 is also the VIP of 'a'",
+        ),
+        (
+            {
+                "hosts": {
+                    "h1": {"address": "a", "services": [{"name": "api", "port": 1}]},
+                    "h2": {"address": "b", "services": [{"name": "api", "port": 2}]},
+                }
+            },
+            r"hosts.h2.services\[0\].port: service 'api' uses port 1",
+        ),
+    ],
+)
+def test_invalid(doc: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Inventory.from_dict(doc, "hosts.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("api:8080", ServiceSpec("api", 8080)), ("api:8080:www", ServiceSpec("api", 8080, "www"))],
+)
+def test_parse_service(text: str, expected: ServiceSpec) -> None:
+    assert parse_service(text) == expected
+
+
+@pytest.mark.parametrize("text", ["api", "api:http", "api:0", "api:1:2:3", "API:80"])
+def test_parse_service_refuses(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_service(text)
