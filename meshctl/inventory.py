@@ -66,7 +66,7 @@ class Inventory:
 
     def with_host(self, host: HostSpec) -> Inventory:
         """The inventory with ``host`` added or replaced, VIPs allocated for new services."""
-        hosts = tuple(h for h in self.hosts if h.name != host.name) + (host,)
+        hosts = (*(h for h in self.hosts if h.name != host.name), host)
         updated = replace(self, hosts=tuple(sorted(hosts, key=lambda h: h.name)))
         return updated.allocate_vips()
 
