@@ -1,0 +1,1 @@
+"""Provisioning hosts: facts -> plan -> apply, and the files it renders."""

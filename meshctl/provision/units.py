@@ -1,0 +1,110 @@
+"""The systemd units meshctl installs on a host, rendered from a few values.
+
+``meshd.service`` runs the daemon as the unprivileged ``meshd`` user with
+only the capabilities it needs, Type=notify with a watchdog, restarted on
+failure. The redirect rules are applied by ``meshd-rules.service`` before
+the network comes up, so after a reboot no connection leaves before they
+are back. In ``closed`` fail mode the rules stay while meshd is down
+(intercepted traffic fails, nothing leaks in plaintext); in ``open`` mode
+meshd.service removes them when it stops and puts them back when it starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MESHD = "/opt/meshd/bin/meshd"
+CONFIG = "/etc/meshd/meshd.toml"
+
+
+@dataclass(frozen=True)
+class UnitOptions:
+    fail_mode: str  # "open" | "closed"
+    watchdog_seconds: int = 30
+    drain_seconds: int = 10
+
+
+def meshd_service(options: UnitOptions) -> str:
+    lines = [
+        "# Managed by meshctl: changes are overwritten by the next join.",
+        "[Unit]",
+        "Description=meshd, the service mesh proxy of this host",
+        "Wants=network-online.target meshd-rules.service",
+        "After=network-online.target meshd-rules.service",
+        "",
+        "[Service]",
+        "Type=notify",
+        "NotifyAccess=main",
+        f"ExecStart={MESHD} run --config {CONFIG}",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    ]
+    if options.fail_mode == "open":  # the "+" runs these with full privileges, not as meshd
+        lines += [
+            f"ExecStartPre=+{MESHD} rules apply --config {CONFIG}",
+            f"ExecStopPost=+{MESHD} rules remove",
+        ]
+    lines += [
+        "Restart=on-failure",
+        "RestartSec=1",
+        f"WatchdogSec={options.watchdog_seconds}",
+        f"TimeoutStopSec={options.drain_seconds + 5}",
+        "User=meshd",
+        "Group=meshd",
+        "RuntimeDirectory=meshd",
+        "StateDirectory=meshd",
+        "StateDirectoryMode=0700",
+        "LimitNOFILE=1048576",
+        "AmbientCapabilities=CAP_NET_ADMIN CAP_NET_BIND_SERVICE",
+        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "PrivateDevices=yes",
+        "ProtectKernelTunables=yes",
+        "ProtectKernelModules=yes",
+        "ProtectKernelLogs=yes",
+        "ProtectControlGroups=yes",
+        "ProtectClock=yes",
+        "ProtectHostname=yes",
+        "RestrictNamespaces=yes",
+        "RestrictRealtime=yes",
+        "RestrictSUIDSGID=yes",
+        "LockPersonality=yes",
+        "MemoryDenyWriteExecute=yes",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK",
+        "SystemCallArchitectures=native",
+        "SystemCallFilter=@system-service",
+        "ReadOnlyPaths=/etc/meshd",
+        "",
+        "[Install]",
+        "WantedBy=multi-user.target",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def rules_service(options: UnitOptions) -> str:
+    """Applies the redirect rules at boot, before the network (closed mode keeps them up)."""
+    stop = [] if options.fail_mode == "closed" else [f"ExecStop={MESHD} rules remove"]
+    return "\n".join(
+        [
+            "# Managed by meshctl: changes are overwritten by the next join.",
+            "[Unit]",
+            "Description=meshd's traffic redirection rules",
+            "DefaultDependencies=no",
+            "Wants=network-pre.target",
+            "Before=network-pre.target",
+            "After=local-fs.target",
+            "",
+            "[Service]",
+            "Type=oneshot",
+            "RemainAfterExit=yes",
+            f"ExecStart={MESHD} rules apply --config {CONFIG}",
+            *stop,
+            "",
+            "[Install]",
+            "WantedBy=multi-user.target",
+            "",
+        ]
+    )
