@@ -1,0 +1,252 @@
+"""One way to reach a host: run a command, put a file, get a file.
+
+``SshTransport`` (paramiko) pins host keys in the workspace's known_hosts:
+an unknown key is refused unless the operator accepts it (its fingerprint is
+shown), a changed key is always refused with the command that forgets the
+old one. ``LocalTransport`` runs on this machine, ``FakeTransport`` replays a
+script for unit tests. paramiko's and socket errors become ConnectError here
+and nowhere else.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shlex
+import socket
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import paramiko
+
+from meshd.errors import ConnectError, ProvisionError
+
+
+@dataclass(frozen=True)
+class Result:
+    status: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0
+
+
+class Transport(Protocol):
+    """What provisioning needs from a connection to a host."""
+
+    name: str
+
+    def run(self, command: str, *, timeout: float = 120, sudo: bool = False) -> Result: ...
+    def put(self, path: str, data: bytes, mode: int = 0o644) -> None: ...
+    def get(self, path: str) -> bytes | None: ...
+    def close(self) -> None: ...
+
+
+def check(result: Result, what: str, host: str) -> Result:
+    """``result`` if it succeeded, else a ProvisionError naming the host and the step."""
+    if not result.ok:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise ProvisionError(
+            f"{host}: {what} failed: {detail[-1] if detail else f'exit {result.status}'}"
+        )
+    return result
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where to connect: ``[user@]host[:port]``."""
+
+    host: str
+    user: str = "root"
+    port: int = 22
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        user, _, rest = text.rpartition("@")
+        host, _, port = rest.partition(":")
+        if not host or (port and not port.isdigit()):
+            raise ConnectError(f"{text!r} is not [USER@]HOST[:PORT]")
+        return cls(host, user or "root", int(port) if port else 22)
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH's SHA256 fingerprint of a host key."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def known_host_name(target: Target) -> str:
+    return target.host if target.port == 22 else f"[{target.host}]:{target.port}"
+
+
+class _Pinning(paramiko.MissingHostKeyPolicy):
+    """Unknown keys: remember (when accepted) or refuse with the fingerprint to check."""
+
+    def __init__(self, known_hosts: Path, accept_new: bool) -> None:
+        self.known_hosts = known_hosts
+        self.accept_new = accept_new
+
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
+        if not self.accept_new:
+            raise ConnectError(
+                f"unknown host key for {hostname}: {key.get_name()} {fingerprint(key)}",
+                hint="check the fingerprint on the host (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), "
+                "then run again with --accept-new-host-key",
+            )
+        keys = client.get_host_keys()
+        keys.add(hostname, key.get_name(), key)
+        keys.save(str(self.known_hosts))
+
+
+@dataclass
+class SshTransport:
+    """A paramiko connection to one host with a pinned host key."""
+
+    target: Target
+    known_hosts: Path
+    key_file: Path | None = None
+    accept_new: bool = False
+    use_sudo: bool = False
+    timeout: float = 10.0
+    client: paramiko.SSHClient = field(init=False)
+
+    @property
+    def name(self) -> str:
+        return self.target.host
+
+    def __post_init__(self) -> None:
+        self.client = paramiko.SSHClient()
+        if self.known_hosts.exists():
+            self.client.load_host_keys(str(self.known_hosts))
+        self.client.set_missing_host_key_policy(_Pinning(self.known_hosts, self.accept_new))
+        self._connect()
+
+    def _connect(self) -> None:
+        t = self.target
+        try:
+            self.client.connect(
+                t.host,
+                port=t.port,
+                username=t.user,
+                timeout=self.timeout,
+                banner_timeout=self.timeout,
+                auth_timeout=self.timeout,
+                key_filename=str(self.key_file) if self.key_file else None,
+                allow_agent=self.key_file is None,
+                look_for_keys=self.key_file is None,
+            )
+        except paramiko.BadHostKeyException as e:
+            raise ConnectError(
+                f"host key of {t.host} changed: it now offers {fingerprint(e.key)}",
+                hint=f"if that is expected (the host was reinstalled), run: "
+                f"meshctl hosts forget {known_host_name(t)}",
+            ) from e
+        except paramiko.AuthenticationException as e:
+            raise ConnectError(
+                f"{t.user}@{t.host}: authentication failed",
+                hint="pass -i KEYFILE or load the key into ssh-agent",
+            ) from e
+        except (TimeoutError, socket.timeout) as e:
+            raise ConnectError(
+                f"{t.host}:{t.port}: no answer within {self.timeout:g}s",
+                hint="is the host up and the SSH port open?",
+            ) from e
+        except (OSError, paramiko.SSHException) as e:
+            raise ConnectError(
+                f"{t.host}:{t.port}: cannot connect: {e}",
+                hint="is the host up and the SSH port open?",
+            ) from e
+
+    def run(self, command: str, *, timeout: float = 120, sudo: bool = False) -> Result:
+        if (sudo or self.use_sudo) and self.target.user != "root":
+            command = f"sudo -n sh -c {shlex.quote(command)}"
+        try:
+            _, stdout, stderr = self.client.exec_command(command, timeout=timeout)
+            status = stdout.channel.recv_exit_status()
+            return Result(
+                status,
+                stdout.read().decode(errors="replace"),
+                stderr.read().decode(errors="replace"),
+            )
+        except (OSError, paramiko.SSHException) as e:
+            raise ConnectError(f"{self.target.host}: lost the SSH connection: {e}") from e
+
+    def put(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        """Write ``path`` atomically (temp file + rename) with ``mode``."""
+        tmp = f"{path}.meshctl-tmp"
+        try:
+            with self.client.open_sftp() as sftp:
+                with sftp.open(tmp, "wb") as f:
+                    f.write(data)
+                sftp.chmod(tmp, mode)
+                sftp.posix_rename(tmp, path)
+        except (OSError, paramiko.SSHException) as e:
+            raise ProvisionError(f"{self.target.host}: cannot write {path}: {e}") from e
+
+    def get(self, path: str) -> bytes | None:
+        try:
+            with self.client.open_sftp() as sftp, sftp.open(path, "rb") as f:
+                return bytes(f.read())
+        except FileNotFoundError:
+            return None
+        except (OSError, paramiko.SSHException) as e:
+            raise ProvisionError(f"{self.target.host}: cannot read {path}: {e}") from e
+
+    def close(self) -> None:
+        self.client.close()
+
+
+@dataclass
+class LocalTransport:
+    """This machine, for local operations and tests."""
+
+    name: str = "localhost"
+
+    def run(self, command: str, *, timeout: float = 120, sudo: bool = False) -> Result:
+        done = subprocess.run(
+            ["sh", "-c", command], capture_output=True, text=True, timeout=timeout, check=False
+        )
+        return Result(done.returncode, done.stdout, done.stderr)
+
+    def put(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        target = Path(path)
+        tmp = target.with_name(target.name + ".meshctl-tmp")
+        tmp.write_bytes(data)
+        tmp.chmod(mode)
+        tmp.replace(target)
+
+    def get(self, path: str) -> bytes | None:
+        target = Path(path)
+        return target.read_bytes() if target.exists() else None
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class FakeTransport:
+    """A scripted host for unit tests: commands map to results; files live in a dict."""
+
+    name: str = "fake"
+    responses: dict[str, Result] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
+    commands: list[str] = field(default_factory=list)
+
+    def run(self, command: str, *, timeout: float = 120, sudo: bool = False) -> Result:
+        self.commands.append(command)
+        return self.responses.get(command, Result(127, "", f"fake: no response for {command!r}"))
+
+    def put(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        self.files[path] = data
+
+    def get(self, path: str) -> bytes | None:
+        return self.files.get(path)
+
+    def close(self) -> None:
+        pass
