@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import shlex
-import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,7 +95,7 @@ class _Pinning(paramiko.MissingHostKeyPolicy):
         if not self.accept_new:
             raise ConnectError(
                 f"unknown host key for {hostname}: {key.get_name()} {fingerprint(key)}",
-                hint="check the fingerprint on the host (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), "
+                hint="compare it with ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub on the host, "
                 "then run again with --accept-new-host-key",
             )
         keys = client.get_host_keys()
@@ -152,7 +151,7 @@ class SshTransport:
                 f"{t.user}@{t.host}: authentication failed",
                 hint="pass -i KEYFILE or load the key into ssh-agent",
             ) from e
-        except (TimeoutError, socket.timeout) as e:
+        except TimeoutError as e:
             raise ConnectError(
                 f"{t.host}:{t.port}: no answer within {self.timeout:g}s",
                 hint="is the host up and the SSH port open?",
