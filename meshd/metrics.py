@@ -124,20 +124,21 @@ class Metrics:
         """Count the drops of another consumer's subscription in meshd_events_dropped_total."""
         self._tracked[consumer] = subscription
 
-    def collect(self) -> int:
-        """Apply every queued event; return how many there were."""
+    def collect(self, limit: int | None = None) -> int:
+        """Apply queued events (all, or at most ``limit``); return how many."""
         handlers = self._handlers
-        n = 0
-        for event in self.subscription.drain():
+        queue = self.subscription.queue
+        n = len(queue) if limit is None else min(limit, len(queue))
+        for _ in range(n):
+            event = queue.popleft()
             handlers[type(event)](event)
-            n += 1
         return n
 
-    async def run(self, interval: float = 1.0) -> None:
-        """Collect periodically so the queue does not overflow between scrapes."""
+    async def run(self, interval: float = 0.05, batch: int = 1000) -> None:
+        """Collect often, in small batches: a long one would stall the relay sharing the loop."""
         while True:
-            self.collect()
-            await anyio.sleep(interval)
+            done = self.collect(batch)
+            await anyio.sleep(0 if done == batch else interval)
 
     def set_certificate_expiry(self, timestamp: float) -> None:
         self._families["cert_expiry"].set((), timestamp)

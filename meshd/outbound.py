@@ -40,9 +40,14 @@ MAX_ATTEMPTS = 3
 
 @dataclass
 class _Waiting:
+    """An app connection on its way to an endpoint (possibly waiting for the link)."""
+
     stream: Stream
-    request: OpenRequest
     service: Service
+    source: str
+    target: str  # the original destination, for the far side's logs
+    pinned: bool = False  # addressed to one endpoint directly: no other will do
+    endpoint: Endpoint | None = None
     tried: set[tuple[str, int]] = field(default_factory=set)
 
 
@@ -56,6 +61,7 @@ class LinkPool:
         self.failed_until: dict[tuple[str, int], tuple[float, float]] = {}
         self.outstanding: dict[tuple[str, int], int] = {}
         self._ids: dict[str, str] = {}  # service name -> its SPIFFE ID, as the links hold them
+        self._turn: dict[str, int] = {}  # service name -> round-robin position
 
     def pick(self, service: Service, avoid: set[tuple[str, int]]) -> Endpoint | None:
         """The healthy endpoint with the fewest open streams (failed ones as a last resort)."""
@@ -68,10 +74,15 @@ class LinkPool:
         pool = healthy or candidates
         if not pool:
             return None
-        return min(pool, key=lambda e: self.outstanding.get(e.link_key, 0))
+        # least outstanding streams; ties go round robin so idle endpoints share the load
+        turn = self._turn[service.name] = self._turn.get(service.name, -1) + 1
+        start = turn % len(pool)
+        rotated = pool[start:] + pool[:start]
+        return min(rotated, key=lambda e: self.outstanding.get(e.link_key, 0))
 
     def send(self, waiting: _Waiting, endpoint: Endpoint) -> None:
         key = endpoint.link_key
+        waiting.endpoint = endpoint
         waiting.tried.add(key)
         link = self.links.get(key)
         if link is not None and link.usable:
@@ -97,7 +108,9 @@ class LinkPool:
             )
             return
         self.outstanding[link.key] = self.outstanding.get(link.key, 0) + 1
-        link.open_stream(waiting.stream, waiting.request)
+        port = waiting.endpoint.port if waiting.endpoint else waiting.service.port
+        request = OpenRequest(name, port, waiting.source, waiting.target)
+        link.open_stream(waiting.stream, request)
 
     def stream_done(self, stream: Stream) -> None:
         if stream.link is not None:
@@ -157,7 +170,7 @@ class LinkPool:
         for waiting in self.waiting.pop(key, []):
             if waiting.stream.closed:
                 continue
-            retry = self.pick(waiting.service, waiting.tried)
+            retry = None if waiting.pinned else self.pick(waiting.service, waiting.tried)
             if retry is not None and len(waiting.tried) < MAX_ATTEMPTS:
                 self.send(waiting, retry)
             else:
@@ -199,32 +212,31 @@ class OutboundConn(AppProtocol):
             self._refuse(transport, "limit", "connection limit reached")
             return
         self.admitted = True
-        service, port, target = self._resolve(transport)
+        service, pinned, target = self._resolve(transport)
         if service is None:
             self._refuse(transport, "unknown_destination", f"{target} is not a mesh service")
             return
         self.service = service.name
-        request = OpenRequest(service.name, port, self.source, target)
         self.rt.bus.publish(ConnectionOpened(OUTBOUND, self.source, service.name))
-        endpoint = self.pool.pick(service, set())
+        endpoint = pinned or self.pool.pick(service, set())
         if endpoint is None:
             self.stream.reset(f"service {service.name} has no endpoints")
             return
-        self.pool.send(_Waiting(self.stream, request, service), endpoint)
+        waiting = _Waiting(self.stream, service, self.source, target, pinned=pinned is not None)
+        self.pool.send(waiting, endpoint)
 
-    def _resolve(self, transport: asyncio.Transport) -> tuple[Service | None, int, str]:
+    def _resolve(self, transport: asyncio.Transport) -> tuple[Service | None, Endpoint | None, str]:
+        """The service, the endpoint if one was addressed directly, and the original destination."""
         registry = self.rt.registry
         if self.fixed is not None:
-            service = registry.service(self.fixed)
-            return service, service.port if service else 0, f"upstream {self.fixed}"
+            return registry.service(self.fixed), None, f"upstream {self.fixed}"
         dst = original_dst(transport.get_extra_info("socket"))
         if dst is None:
-            return None, 0, "a connection that was not redirected"
+            return None, None, "a connection that was not redirected"
         route = registry.route(*dst)
         if route is None:
-            return None, 0, fmt(dst)
-        port = route.endpoint.port if route.endpoint else route.service.port
-        return route.service, port, fmt(dst)
+            return None, None, fmt(dst)
+        return route.service, route.endpoint, fmt(dst)
 
     def _refuse(self, transport: asyncio.Transport, code: str, message: str) -> None:
         peer = fmt(transport.get_extra_info("peername"))

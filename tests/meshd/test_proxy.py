@@ -294,3 +294,30 @@ def test_sigterm_drains_in_flight_connections(
         s.shutdown(socket.SHUT_WR)
         assert s.recv(100) == b""
     assert a.proc.wait(10) == 0
+
+
+def test_load_balancing_skips_a_failing_endpoint(net: MeshNet, tmp_path: Path) -> None:
+    first, second = HttpApp("first"), HttpApp("second")
+    try:
+        b1 = net.start("b1", services={"web": first.port})
+        b2 = net.start("b2", services={"web": second.port})
+        dead = socket.socket()
+        dead.bind(("127.0.0.1", 0))  # a port nobody listens on: that endpoint's meshd is down
+        dead_port = dead.getsockname()[1]
+        net.add_service("web", first.port, "b1", b1.ports["mesh"])
+        net.add_service("web", second.port, "b2", b2.ports["mesh"])
+        net.registry["services"]["web"]["endpoints"].append(
+            {"host": "b3", "address": "127.0.0.1", "port": first.port, "mesh_port": dead_port}
+        )
+        a = net.start("a", upstreams={"web": 0})
+        answers = [_get(a.ports["upstream:web"])[1].split()[0] for _ in range(30)]
+        dead.close()
+    finally:
+        first.close()
+        second.close()
+    assert set(answers) == {"first", "second"}  # both live endpoints served
+    a.wait_log(r"cannot link to b3 \(127\.0\.0\.1:\d+\)")  # the dead one was tried, then skipped
+    assert (
+        net.metric(a, "meshd_handshake_failures_total", listener="link", reason="connect_failed")
+        >= 1
+    )
