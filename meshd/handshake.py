@@ -19,6 +19,7 @@ from collections.abc import Callable
 import anyio
 from anyio.abc import TaskStatus
 
+from meshd import tlstransport
 from meshd.errors import ConnectError
 from meshd.events import Event, HandshakeFailed
 from meshd.netfacts import fmt
@@ -103,22 +104,23 @@ class TlsListener:
             task_status.started(sock.getsockname()[:2])
             async with anyio.create_task_group() as tg:
                 while True:
-                    conn, _ = await loop.sock_accept(sock)
-                    tg.start_soon(self._handshake, conn)
+                    try:
+                        conn, address = await loop.sock_accept(sock)
+                    except OSError as e:  # e.g. out of descriptors: back off, keep serving
+                        log.warning("%s port: accept failed: %s", self.name, e)
+                        await anyio.sleep(0.1)
+                        continue
+                    tg.start_soon(self._handshake, conn, address[:2])
 
     def close(self) -> None:
         """Stop accepting; links already up are not touched."""
         if self._scope is not None:
             self._scope.cancel()
 
-    async def _handshake(self, conn: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        peer = fmt(conn.getpeername())
+    async def _handshake(self, conn: socket.socket, address: tuple[str, int]) -> None:
+        peer = fmt(address)
         try:
-            with anyio.fail_after(self.timeout + 1):
-                await loop.connect_accepted_socket(
-                    self.factory, conn, ssl=self.context(), ssl_handshake_timeout=self.timeout
-                )
+            tls = await tlstransport.accept(conn, self.context(), self.timeout)
         except (OSError, TimeoutError, EOFError) as e:
             reason = classify(e)
             log.warning(
@@ -130,3 +132,9 @@ class TlsListener:
             )
             self.publish(HandshakeFailed(self.name, peer, reason))
             conn.close()
+            return
+        try:
+            tlstransport.TlsTransport(tls, self.factory(), address)
+        except Exception:  # one connection's trouble never reaches the listener
+            log.exception("%s port: connection from %s failed after its handshake", self.name, peer)
+            tls.close()

@@ -108,10 +108,26 @@ def mesh(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 @pytest.fixture
 def capture(mesh: Mesh, tmp_path: Path) -> Iterator[Path]:
-    """Everything that crosses the testbed bridge while the test runs."""
+    """Everything between the test hosts while the test runs (every root-namespace interface).
+
+    ``--immediate-mode``: without it libpcap hands packets over in blocks, on a
+    timeout, and a capture stopped soon after the traffic can come back empty.
+    """
     pcap = tmp_path / "bridge.pcap"
     proc = subprocess.Popen(
-        ["tcpdump", "-i", mesh.tb.bridge, "-U", "-w", str(pcap), "-s", "0"],
+        [
+            "tcpdump",
+            "-i",
+            "any",
+            "--immediate-mode",
+            "-U",
+            "-w",
+            str(pcap),
+            "-s",
+            "0",
+            "net",
+            mesh.tb.subnet,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
