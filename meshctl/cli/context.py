@@ -38,8 +38,9 @@ def _prompt(text: str, confirm: bool) -> str:
 class AppContext:
     """What a command may use of the outside world."""
 
-    out: Console = field(default_factory=Console)
-    err: Console = field(default_factory=lambda: Console(stderr=True))
+    # emoji off: ":cd:" inside a fingerprint must stay ":cd:"
+    out: Console = field(default_factory=lambda: Console(emoji=False))
+    err: Console = field(default_factory=lambda: Console(stderr=True, emoji=False))
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
     clock: Callable[[], dt.datetime] = _utcnow
     prompt: Callable[[str, bool], str] = _prompt
@@ -76,6 +77,7 @@ class AppContext:
             json.dumps(data, indent=2, sort_keys=True),
             markup=False,
             highlight=False,
+            emoji=False,
             soft_wrap=True,
         )
 

@@ -47,8 +47,9 @@ def summarize(role: str, cert: x509.Certificate, now: dt.datetime) -> CertSummar
 
 def ca_table(name: str, trust_domain: str, certs: list[CertSummary]) -> RenderableType:
     """The ``meshctl ca show`` listing: one block per certificate."""
+    # data goes in as Text: a fingerprint's ":CD:" is no emoji code, a subject's "[" no markup
     table = Table(
-        title=f"mesh {name}, trust domain {trust_domain}",
+        title=Text(f"mesh {name}, trust domain {trust_domain}"),
         title_justify="left",
         show_header=False,
         box=None,
@@ -57,11 +58,11 @@ def ca_table(name: str, trust_domain: str, certs: list[CertSummary]) -> Renderab
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     for c in certs:
-        table.add_row(c.role, c.subject)
+        table.add_row(Text(c.role), Text(c.subject))
         if c.spiffe_ids:
-            table.add_row("", "\n".join(c.spiffe_ids))
+            table.add_row("", Text("\n".join(c.spiffe_ids)))
         table.add_row("", Text.assemble("expires ", _expiry(c)))
-        table.add_row("", f"sha256 {c.fingerprint_sha256}")
+        table.add_row("", Text(f"sha256 {c.fingerprint_sha256}"))
         table.add_row("", "")
     return table
 

@@ -21,8 +21,8 @@ class Result:
 def meshctl(
     *argv: str, env: dict[str, str] | None = None, prompt_answer: str | None = None
 ) -> Result:
-    out = Console(record=True, width=100, force_terminal=False)
-    err = Console(record=True, width=100, force_terminal=False, stderr=True)
+    out = Console(record=True, width=100, force_terminal=False, emoji=False)
+    err = Console(record=True, width=100, force_terminal=False, stderr=True, emoji=False)
     asked: list[str] = []
 
     def prompt(text: str, confirm: bool) -> str:

@@ -6,7 +6,7 @@ import datetime as dt
 
 from rich.console import Console
 
-from meshctl.views.ca import ca_table, summarize
+from meshctl.views.ca import CertSummary, ca_table, summarize
 from tests.meshctl.helpers import NOW, make_ca
 
 
@@ -31,3 +31,12 @@ def test_expiry_seen_from_later() -> None:
     ca = make_ca()
     later = summarize("issuing CA", ca.issuing.cert, NOW + dt.timedelta(days=340))
     assert later.expires_in_days == 25
+
+
+def test_values_are_not_read_as_emoji_codes_or_markup() -> None:
+    summary = CertSummary("root CA", "CN=[bold]x[/bold]", (), "AA:CD:EF", "2026", "2036", 1)
+    console = Console(record=True, width=100)  # emoji and markup on, as by default
+    console.print(ca_table("t", "t.mesh", [summary]))
+    text = console.export_text()
+    assert "sha256 AA:CD:EF" in text
+    assert "CN=[bold]x[/bold]" in text
