@@ -36,6 +36,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Example: meshd check-config --config /etc/meshd/meshd.toml",
     )
     check.add_argument("--config", type=Path, required=True, help="meshd.toml")
+    rules = sub.add_parser(
+        "rules",
+        help="install or remove this host's traffic redirection (needs root)",
+        description="Example: meshd rules apply --config /etc/meshd/meshd.toml",
+    )
+    rules.add_argument("action", choices=("apply", "remove", "show"))
+    rules.add_argument("--config", type=Path, required=True, help="meshd.toml")
     keygen = sub.add_parser(
         "keygen",
         help="make a private key (0600) and a CSR for SPIFFE IDs",
@@ -51,6 +58,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     keygen.add_argument("--force", action="store_true", help="replace an existing key")
     return parser
+
+
+def rules(action: str, path: Path) -> None:
+    """``meshd rules apply|remove|show``."""
+    from meshd import interception  # noqa: PLC0415 - only this command runs iptables
+    from meshd.rules import apply_document  # noqa: PLC0415
+    from meshd.runtime import load_registry  # noqa: PLC0415
+
+    config = MeshdConfig.load(path)
+    if action == "show":
+        rule_set = interception.ruleset(config, load_registry(config.registry))
+        sys.stdout.write(apply_document(rule_set, saved=""))
+    elif action == "apply":
+        interception.apply(config)
+        print("meshd rules applied")
+    elif interception.remove(config):
+        print("meshd rules removed")
+    else:
+        print("no meshd rules were installed")
 
 
 def check_config(path: Path) -> None:
@@ -76,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from meshd.pki import keygen  # noqa: PLC0415 - the daemon must not load x509 code
 
             keygen(args.key, args.csr, args.ids, args.force)
+        elif args.command == "rules":
+            rules(args.action, args.config)
         elif args.command == "check-config":
             check_config(args.config)
         elif args.command == "run":

@@ -36,6 +36,7 @@ Example (every table but ``[identity]`` is optional)::
 from __future__ import annotations
 
 import functools
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,18 @@ class ServiceConfig:
     name: str
     port: int
     outbound: Address | None = None
+    run_as: str | None = (
+        None  # the user whose connections go to ``outbound`` (iptables owner match)
+    )
+
+
+@dataclass(frozen=True)
+class InterceptionConfig:
+    """What the redirect rules (``meshd rules apply``) need besides ports and services."""
+
+    vip_range: str = "10.255.0.0/16"
+    meshd_user: str = "meshd"
+    ssh_ports: tuple[int, ...] = (22,)  # never intercepted: the operator must keep SSH
 
 
 @dataclass(frozen=True)
@@ -118,6 +131,7 @@ class MeshdConfig:
     state_dir: Path | None = None  # where pushed documents are kept across restarts
     services: tuple[ServiceConfig, ...] = ()
     upstreams: tuple[UpstreamConfig, ...] = ()
+    interception: InterceptionConfig = field(default_factory=InterceptionConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
     log_level: str = "info"
@@ -145,7 +159,17 @@ class MeshdConfig:
     def from_dict(cls, doc: dict[str, Any], source: str, base: Path = Path("/")) -> MeshdConfig:
         top = Fields(doc, source)
         top.unknown(
-            {"identity", "listen", "mesh", "services", "upstreams", "limits", "timeouts", "log"}
+            {
+                "identity",
+                "listen",
+                "mesh",
+                "services",
+                "upstreams",
+                "interception",
+                "limits",
+                "timeouts",
+                "log",
+            }
         )
         mesh = top.table("mesh", required=False)
         mesh.unknown({"mtls", "registry", "http", "state_dir"})
@@ -161,6 +185,7 @@ class MeshdConfig:
             state_dir=base / state_dir if state_dir else None,
             services=tuple(_service(f) for f in top.tables("services")),
             upstreams=tuple(_upstream(f) for f in top.tables("upstreams")),
+            interception=_interception(top.table("interception", required=False)),
             limits=_limits(top.table("limits", required=False)),
             timeouts=_timeouts(top.table("timeouts", required=False)),
             log_level=log.choice("level", LOG_LEVELS, "info"),
@@ -208,14 +233,31 @@ def _fmt(address: Address) -> str:
 
 
 def _service(f: Fields) -> ServiceConfig:
-    f.unknown({"name", "port", "outbound"})
+    f.unknown({"name", "port", "outbound", "run_as"})
     name = f.get("name", str)
     try:
         check_name("service", name)
     except ConfigError as e:
         raise f.fail("name", e.message) from None
     outbound = f.address("outbound") if "outbound" in f.data else None
-    return ServiceConfig(name=name, port=f.port("port"), outbound=outbound)
+    run_as = f.optional("run_as", str)
+    if run_as is not None and outbound is None:
+        raise f.fail("run_as", "needs an outbound listener for that user's connections")
+    return ServiceConfig(name=name, port=f.port("port"), outbound=outbound, run_as=run_as)
+
+
+def _interception(f: Fields) -> InterceptionConfig:
+    d = InterceptionConfig()
+    f.unknown({"vip_range", "meshd_user", "ssh_ports"})
+    vip_range = f.get("vip_range", str, d.vip_range)
+    try:
+        ipaddress.ip_network(vip_range)
+    except ValueError:
+        raise f.fail("vip_range", f"{vip_range!r} is not a network like 10.255.0.0/16") from None
+    ports = f.get("ssh_ports", list, list(d.ssh_ports))
+    if not ports or not all(isinstance(p, int) and 1 <= p <= 65535 for p in ports):
+        raise f.fail("ssh_ports", "expected a non-empty list of port numbers")
+    return InterceptionConfig(vip_range, f.get("meshd_user", str, d.meshd_user), tuple(ports))
 
 
 def _upstream(f: Fields) -> UpstreamConfig:

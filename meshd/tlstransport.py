@@ -108,16 +108,20 @@ class TlsTransport(asyncio.Transport):
         self._paused = False
         self._reading = True
         self._peername = peername  # known to the caller; the peer may already be gone
+        # one buffer for all reads: recv(n) would allocate n bytes per call, and past
+        # 128 KiB glibc serves that with mmap/munmap: two syscalls and page faults a read
+        self._buffer = bytearray(READ_SIZE)
+        self._view = memoryview(self._buffer)
         protocol.connection_made(self)
         self._loop.add_reader(self._fd, self._readable)
         self._loop.call_soon(self._readable)  # OpenSSL may hold data from the handshake
 
     # reading
     def _readable(self) -> None:
-        sock, protocol = self._sock, self._protocol
+        sock, protocol, view = self._sock, self._protocol, self._view
         while self._reading and not self._closed:
             try:
-                data = sock.recv(READ_SIZE)
+                size = sock.recv_into(view)
             except (ssl.SSLWantReadError, BlockingIOError):
                 return
             except ssl.SSLWantWriteError:
@@ -125,10 +129,10 @@ class TlsTransport(asyncio.Transport):
             except (OSError, ssl.SSLError) as e:
                 self._fatal(e)
                 return
-            if not data:
+            if not size:
                 self._fatal(None)
                 return
-            protocol.data_received(data)
+            protocol.data_received(view[:size].tobytes())
 
     def pause_reading(self) -> None:
         if self._reading and not self._closed:

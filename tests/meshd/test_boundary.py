@@ -61,5 +61,7 @@ def test_checker_catches_a_forbidden_import(tmp_path: Path) -> None:
 def test_the_daemon_does_not_load_x509_code() -> None:
     """cryptography's x509 costs ~10 MB of RSS; only ``meshd keygen`` needs it."""
     script = "import sys, meshd.cli, meshd.daemon; print('cryptography' in sys.modules)"
-    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    loaded = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
     assert loaded.stdout.strip() == "False"

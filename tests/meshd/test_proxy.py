@@ -18,16 +18,8 @@ import pytest
 
 from meshd.frames import HEADER, OPEN, RST, OpenRequest, frame
 from tests.meshd.harness import EchoServer, HttpApp, Meshd, MeshNet
-from tests.meshd.tlsfixtures import Identity, TestPki
-
-
-@pytest.fixture
-def net(tmp_path: Path) -> Iterator[MeshNet]:
-    mesh = MeshNet(tmp_path)
-    try:
-        yield mesh
-    finally:
-        mesh.stop_all()
+from tests.meshd.pairs import mesh_client
+from tests.meshd.tlsfixtures import TestPki
 
 
 @pytest.fixture
@@ -103,14 +95,6 @@ def test_bulk_transfer_keeps_every_byte(net: MeshNet, apps: tuple[HttpApp, EchoS
     assert digest.digest() == hashlib.sha256(blob).digest()
 
 
-def _mesh_client(identity: Identity, bundle: Path) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.load_verify_locations(bundle)
-    ctx.load_cert_chain(identity.cert, identity.key)
-    return ctx
-
-
 def _refused(port: int, ctx: ssl.SSLContext) -> bool:
     """Does the server drop us? (TLS 1.3: a client learns of it on its first read.)"""
     try:
@@ -122,8 +106,16 @@ def _refused(port: int, ctx: ssl.SSLContext) -> bool:
 
 def _handshake(port: int, ctx: ssl.SSLContext) -> ssl.SSLSocket:
     raw = socket.create_connection(("127.0.0.1", port), timeout=5)
-    tls = ctx.wrap_socket(raw)
-    tls.sendall(frame(7, 0))  # a PONG nobody asked for: harmless, forces the server's verdict
+    try:
+        tls = ctx.wrap_socket(raw)
+    except BaseException:
+        raw.close()
+        raise
+    try:
+        tls.sendall(frame(7, 0))  # a PONG nobody asked for: harmless, forces the server's verdict
+    except BaseException:
+        tls.close()  # refused: do not leave the socket to the garbage collector
+        raise
     return tls
 
 
@@ -142,7 +134,7 @@ def test_bad_peer_certificates_are_refused(
             lifetime=dt.timedelta(hours=1),
             now=dt.datetime.now(dt.UTC) - dt.timedelta(hours=3),
         )
-    assert _refused(b.ports["mesh"], _mesh_client(intruder, net.pki.bundle))
+    assert _refused(b.ports["mesh"], mesh_client(net, intruder))
     b.wait_log(rf"TLS handshake with 127\.0\.0\.1:\d+ failed \({case}\)")
     assert net.metric(b, "meshd_handshake_failures_total", listener="mesh", reason=case) == 1
 
@@ -220,7 +212,7 @@ def test_source_identity_must_be_in_the_peer_certificate(
     web, echo = apps
     _, b = _pair(net, web, echo)
     liar = net.pki.issue("liar", "host/liar")  # a real mesh host, claiming a service it is not
-    tls = _handshake(b.ports["mesh"], _mesh_client(liar, net.pki.bundle))
+    tls = _handshake(b.ports["mesh"], mesh_client(net, liar))
     with tls:
         request = OpenRequest("echo", echo.port, "spiffe://t.mesh/svc/web")
         tls.sendall(frame(OPEN, 1, request.encode()))

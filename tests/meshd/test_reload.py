@@ -15,8 +15,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 from cryptography import x509
@@ -27,30 +26,10 @@ from meshctl.ca import sign_csr
 from meshd.identity import SpiffeId
 from meshd.pki import build_csr, cert_pem
 from tests.meshd.harness import Meshd, MeshNet
-from tests.meshd.test_abuse import LoopApps, Pair, make_web, mesh_client, start_pair
+from tests.meshd.pairs import Pair, mesh_client
 from tests.meshd.tlsfixtures import Identity
 
 B_SERVICES = ("host/b", "svc/web", "svc/echo", "svc/fast")
-
-
-@pytest.fixture
-def net(tmp_path: Path) -> Iterator[MeshNet]:
-    mesh = MeshNet(tmp_path)
-    try:
-        yield mesh
-    finally:
-        mesh.stop_all()
-
-
-@pytest.fixture
-def make_pair(net: MeshNet) -> Iterator[Callable[..., Pair]]:
-    web, apps = make_web(), LoopApps()
-    try:
-        yield lambda **options: start_pair(net, web, apps, **options)
-    finally:
-        net.stop_all()
-        web.close()
-        apps.close()
 
 
 def leaf(identity: Identity) -> x509.Certificate:

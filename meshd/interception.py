@@ -1,0 +1,74 @@
+"""``meshd rules apply|remove``: install this host's redirect rules from its config.
+
+Run by ``meshd-rules.service`` at boot (before the network is up) and by
+meshctl; needs root (iptables). The rule set is derived from the config and
+the registry (``meshd.rules`` renders it); applying is one ``iptables-restore
+--noflush`` after a ``--test`` of the same document, plus a route that sends
+virtual IPs to ``lo`` so that connect() reaches the nat hook at all (without
+the rules, such connections go nowhere: nothing leaks).
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+from meshd.config import MeshdConfig
+from meshd.errors import ProvisionError
+from meshd.registry import Registry
+from meshd.rules import RuleSet, ServiceRedirect, apply_document, remove_document
+from meshd.runtime import load_registry
+
+
+def ruleset(config: MeshdConfig, registry: Registry) -> RuleSet:
+    """This host's rules: its services inbound, every other host's endpoints outbound."""
+    me = config.identity.host
+    remote = tuple(
+        (e.address, e.port) for s in registry.services for e in s.endpoints if e.host != me
+    )
+    services = tuple(
+        ServiceRedirect(s.port, s.run_as, s.outbound[1] if s.outbound else None)
+        for s in config.services
+    )
+    listen, interception = config.listen, config.interception
+    return RuleSet(
+        meshd_user=interception.meshd_user,
+        outbound_port=listen.outbound[1],
+        inbound_port=listen.inbound[1],
+        mesh_port=listen.mesh[1],
+        admin_port=listen.admin[1],
+        ssh_ports=interception.ssh_ports,
+        vip_range=interception.vip_range,
+        remote_endpoints=remote,
+        services=services,
+    )
+
+
+def _run(argv: list[str], stdin: str | None = None) -> str:
+    try:
+        done = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+    except FileNotFoundError as e:
+        raise ProvisionError(f"{argv[0]} not found", hint="install iptables and iproute2") from e
+    if done.returncode != 0:
+        raise ProvisionError(f"{' '.join(argv[:2])} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def apply(config: MeshdConfig) -> str:
+    """Install (or replace) the rules; returns the document applied."""
+    rules = ruleset(config, load_registry(config.registry))
+    document = apply_document(rules, _run(["iptables-save", "-t", "nat"]))
+    _run(["iptables-restore", "--test", "--noflush"], document)
+    _run(["iptables-restore", "--noflush"], document)
+    _run(["ip", "route", "replace", rules.vip_range, "dev", "lo"])
+    return document
+
+
+def remove(config: MeshdConfig) -> bool:
+    """Take out our rules and route; False when there were none."""
+    document = remove_document(_run(["iptables-save", "-t", "nat"]))
+    if document is not None:
+        _run(["iptables-restore", "--noflush"], document)
+    routes = _run(["ip", "route", "show", config.interception.vip_range, "dev", "lo"])
+    if routes.strip():
+        _run(["ip", "route", "del", config.interception.vip_range, "dev", "lo"])
+    return document is not None

@@ -1,0 +1,147 @@
+"""``meshd rules``: the rule set derived from config + registry, applied for real in a netns."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meshd.config import MeshdConfig
+from meshd.interception import ruleset
+from meshd.registry import Registry
+
+MESHD = str(Path(sys.executable).with_name("meshd"))
+CONFIG = """
+[identity]
+host = "api1"
+trust_domain = "t.mesh"
+cert = "cert.pem"
+key = "key.pem"
+bundle = "bundle.pem"
+[mesh]
+registry = "registry.json"
+[interception]
+meshd_user = "65534"
+ssh_ports = [22, 2222]
+[[services]]
+name = "api"
+port = 8080
+[[services]]
+name = "reports"
+port = 8081
+outbound = "127.0.0.1:15101"
+run_as = "65533"
+"""
+REGISTRY = {
+    "version": 3,
+    "services": {
+        "api": {
+            "vip": "10.255.0.1",
+            "port": 8080,
+            "endpoints": [
+                {"host": "api1", "address": "10.0.0.11", "port": 8080},
+                {"host": "api2", "address": "10.0.0.12", "port": 8080},
+            ],
+        },
+        "db": {
+            "vip": "10.255.0.2",
+            "port": 5432,
+            "endpoints": [{"host": "db1", "address": "10.0.0.20", "port": 5432}],
+        },
+    },
+}
+
+
+@pytest.fixture
+def config_path(tmp_path: Path) -> Path:
+    (tmp_path / "meshd.toml").write_text(CONFIG)
+    (tmp_path / "registry.json").write_text(json.dumps(REGISTRY))
+    return tmp_path / "meshd.toml"
+
+
+def test_ruleset_from_config_and_registry(config_path: Path) -> None:
+    config = MeshdConfig.load(config_path)
+    rules = ruleset(config, Registry.from_dict(REGISTRY, "registry"))
+    assert sorted(rules.remote_endpoints) == [
+        ("10.0.0.12", 8080),
+        ("10.0.0.20", 5432),
+    ]  # not our own
+    assert rules.ssh_ports == (22, 2222) and rules.meshd_user == "65534"
+    assert [(s.port, s.run_as, s.outbound_port) for s in rules.services] == [
+        (8080, None, None),
+        (8081, "65533", 15101),
+    ]
+
+
+def test_run_as_needs_an_outbound_listener(tmp_path: Path) -> None:
+    from meshd.errors import ConfigError  # noqa: PLC0415
+
+    broken = CONFIG.replace('outbound = "127.0.0.1:15101"\n', "")
+    (tmp_path / "m.toml").write_text(broken)
+    with pytest.raises(ConfigError, match=r"services\[1\]\.run_as: needs an outbound listener"):
+        MeshdConfig.load(tmp_path / "m.toml")
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    if os.geteuid() != 0 or shutil.which("iptables-restore") is None:
+        pytest.skip("needs root and iptables")
+    name = f"mdint{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def _in(ns: str, *argv: str) -> str:
+    done = subprocess.run(
+        ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _ours(saved: str) -> list[str]:
+    return [line for line in saved.splitlines() if "MESHD" in line]
+
+
+def test_meshd_rules_apply_remove_for_real(netns: str, config_path: Path) -> None:
+    before = _in(netns, "iptables-save", "-t", "nat")
+    assert (
+        _in(netns, MESHD, "rules", "apply", "--config", str(config_path)).strip()
+        == "meshd rules applied"
+    )
+    once = _in(netns, "iptables-save", "-t", "nat")
+    assert "-A MESHD_OUTPUT -d 10.0.0.20/32 -p tcp -m tcp --dport 5432 -j MESHD_REDIRECT" in once
+    assert "--sport 2222 -j RETURN" in once and "--uid-owner 65533" in once
+    assert "10.255.0.0/16" in _in(netns, "ip", "route", "show", "dev", "lo")
+    _in(netns, MESHD, "rules", "apply", "--config", str(config_path))
+    assert _ours(_in(netns, "iptables-save", "-t", "nat")) == _ours(once)  # idempotent
+    assert (
+        _in(netns, MESHD, "rules", "remove", "--config", str(config_path)).strip()
+        == "meshd rules removed"
+    )
+    after = _in(netns, "iptables-save", "-t", "nat")
+    assert _ours(after) == [] and [x for x in after.splitlines() if x.startswith("-A")] == [
+        x for x in before.splitlines() if x.startswith("-A")
+    ]
+    assert "10.255.0.0/16" not in _in(netns, "ip", "route", "show", "dev", "lo")
+    assert "no meshd rules" in _in(netns, MESHD, "rules", "remove", "--config", str(config_path))
+
+
+def test_meshd_rules_show_needs_no_privileges(config_path: Path) -> None:
+    shown = subprocess.run(
+        [MESHD, "rules", "show", "--config", str(config_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert shown.startswith("*nat\n") and "REDIRECT --to-ports 15006" in shown
