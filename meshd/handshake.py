@@ -19,7 +19,6 @@ from collections.abc import Callable
 import anyio
 from anyio.abc import TaskStatus
 
-from meshd import tlstransport
 from meshd.errors import ConnectError
 from meshd.events import Event, HandshakeFailed
 from meshd.netfacts import fmt
@@ -119,8 +118,12 @@ class TlsListener:
 
     async def _handshake(self, conn: socket.socket, address: tuple[str, int]) -> None:
         peer = fmt(address)
+        loop = asyncio.get_running_loop()
         try:
-            tls = await tlstransport.accept(conn, self.context(), self.timeout)
+            with anyio.fail_after(self.timeout + 1):
+                await loop.connect_accepted_socket(
+                    self.factory, conn, ssl=self.context(), ssl_handshake_timeout=self.timeout
+                )
         except (OSError, TimeoutError, EOFError) as e:
             reason = classify(e)
             log.warning(
@@ -132,9 +135,6 @@ class TlsListener:
             )
             self.publish(HandshakeFailed(self.name, peer, reason))
             conn.close()
-            return
-        try:
-            tlstransport.TlsTransport(tls, self.factory(), address)
         except Exception:  # one connection's trouble never reaches the listener
-            log.exception("%s port: connection from %s failed after its handshake", self.name, peer)
-            tls.close()
+            log.exception("%s port: connection from %s failed", self.name, peer)
+            conn.close()

@@ -17,7 +17,6 @@ from typing import cast
 
 import anyio
 
-from meshd import tlstransport
 from meshd.events import (
     OUTBOUND,
     ConnectionClosed,
@@ -122,20 +121,25 @@ class LinkPool:
         key = endpoint.link_key
         rt = self.rt
         timeouts, limits = rt.config.timeouts, rt.config.limits
+        loop = asyncio.get_running_loop()
         try:
             with anyio.fail_after(timeouts.connect + timeouts.handshake):
-                tls = await tlstransport.dial(key, rt.tls.client, timeouts.handshake)
+                _, link = await loop.create_connection(
+                    lambda: Link(
+                        dialer=True,
+                        max_frame=limits.max_frame,
+                        max_streams=limits.max_streams_per_link,
+                        ping_interval=timeouts.ping_interval,
+                        on_lost=self._lost,
+                    ),
+                    endpoint.address,
+                    endpoint.mesh_port,
+                    ssl=rt.tls.client,
+                    ssl_handshake_timeout=timeouts.handshake,
+                )
         except (OSError, TimeoutError) as e:
             self._dial_failed(endpoint, f"{type(e).__name__}: {e}")
             return
-        link = Link(
-            dialer=True,
-            max_frame=limits.max_frame,
-            max_streams=limits.max_streams_per_link,
-            ping_interval=timeouts.ping_interval,
-            on_lost=self._lost,
-        )
-        tlstransport.TlsTransport(tls, link, key)
         expected = rt.host_id(endpoint.host)
         if expected not in link.peer_ids:
             link.abort(f"peer is not {expected}")
