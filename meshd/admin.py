@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import ssl
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -48,6 +46,15 @@ from anyio.streams.tls import TLSAttribute, TLSStream
 
 from meshd.errors import ConfigError, ConnectError, MeshError
 from meshd.events import ConnectionRefused, EventBus, HandshakeFailed
+from meshd.httpwire import (
+    HttpError,
+    Request,
+    Response,
+    content_length,
+    error_response,
+    json_response,
+    parse_head,
+)
 from meshd.identity import SpiffeId
 from meshd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from meshd.store import KINDS, ApplyError, DocumentStore, VersionConflictError
@@ -55,7 +62,6 @@ from meshd.tls import TlsMaterial, peer_ids
 
 log = logging.getLogger("meshd.admin")
 
-JSON = "application/json"
 LOCAL_PATHS = frozenset({"/healthz", "/ready", "/stats"})
 READ_PATHS = frozenset({"/healthz", "/ready", "/metrics", "/stats"})
 DOCUMENT_PATHS = {f"/{kind}": kind for kind in KINDS}
@@ -67,9 +73,6 @@ NETWORK_ERRORS = (
     OSError,
 )
 
-_REQUEST_LINE = re.compile(r"([A-Z]{1,16}) (/[!-~]*) HTTP/(1\.[01])")
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_DIGITS = re.compile(r"[0-9]{1,12}")
 
 COUNTERS = ("connections", "requests", "handshake_failures", "forbidden", "over_capacity")
 COUNTERS_MORE = ("bad_requests", "errors", "accept_errors")
@@ -115,95 +118,6 @@ class AdminLimits:
     idle_timeout: float = 60.0  # between requests on a kept-alive connection
     write_timeout: float = 10.0
     linger: float = 1.0  # reading what a refused client still sends, so it sees our answer
-
-
-@dataclass(frozen=True)
-class Request:
-    method: str
-    path: str
-    version: str
-    headers: dict[str, str]
-    body: bytes = b""
-
-    @property
-    def keep_alive(self) -> bool:
-        tokens = {t.strip().lower() for t in self.headers.get("connection", "").split(",")}
-        return "keep-alive" in tokens if self.version == "1.0" else "close" not in tokens
-
-
-@dataclass(frozen=True)
-class Response:
-    status: int
-    body: bytes
-    content_type: str = JSON
-    headers: tuple[tuple[str, str], ...] = ()
-    close: bool = False
-
-    def encode(self, keep_alive: bool) -> bytes:
-        lines = [
-            f"HTTP/1.1 {self.status} {HTTPStatus(self.status).phrase}",
-            f"Content-Type: {self.content_type}",
-            f"Content-Length: {len(self.body)}",
-            "Cache-Control: no-store",
-            f"Connection: {'keep-alive' if keep_alive else 'close'}",
-            *(f"{name}: {value}" for name, value in self.headers),
-        ]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body
-
-
-class HttpError(Exception):
-    """A request we answer with an error status and then close the connection."""
-
-    def __init__(self, status: int, message: str, hint: str = "") -> None:
-        super().__init__(message)
-        self.response = error_response(status, message, hint, close=True)
-
-
-def json_response(status: int, value: object, close: bool = False) -> Response:
-    body = json.dumps(value, indent=2, sort_keys=True, default=str).encode() + b"\n"
-    return Response(status, body, close=close)
-
-
-def error_response(
-    status: int,
-    message: str,
-    hint: str | None = "",
-    *,
-    close: bool = False,
-    headers: tuple[tuple[str, str], ...] = (),
-) -> Response:
-    body = json.dumps({"error": message, "hint": hint or ""}).encode() + b"\n"
-    return Response(status, body, headers=headers, close=close)
-
-
-def parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
-    """Method, path (query dropped), HTTP version and lower-cased headers of a request head."""
-    lines = head.decode("latin-1").lstrip("\r\n").split("\r\n")
-    match = _REQUEST_LINE.fullmatch(lines[0])
-    if match is None:
-        raise HttpError(400, "malformed request line", "send an HTTP/1.1 request")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep or not _TOKEN.fullmatch(name):
-            raise HttpError(400, "malformed header line")
-        key = name.lower()
-        if key in headers and key in ("content-length", "transfer-encoding"):
-            raise HttpError(400, f"duplicate {name} header")
-        headers[key] = value.strip(" \t")
-    method, target, version = match.groups()
-    return method, target.split("?", 1)[0], version, headers
-
-
-def content_length(headers: dict[str, str], limit: int) -> int:
-    if "transfer-encoding" in headers:
-        raise HttpError(501, "Transfer-Encoding is not supported", "send a Content-Length body")
-    value = headers.get("content-length", "0")
-    if not _DIGITS.fullmatch(value):
-        raise HttpError(400, f"invalid Content-Length {value!r}")
-    if int(value) > limit:
-        raise HttpError(413, f"body larger than {limit} bytes")
-    return int(value)
 
 
 class AdminServer:

@@ -142,9 +142,6 @@ class MeshdConfig:
         """This host's services by name (derived once; the config is frozen)."""
         return {s.name: s for s in self.services}
 
-    def service_ids(self) -> dict[str, SpiffeId]:
-        return {s.name: make_id(self.identity.trust_domain, "svc", s.name) for s in self.services}
-
     @classmethod
     def load(cls, path: Path) -> MeshdConfig:
         try:

@@ -18,9 +18,10 @@ from anyio.abc import ByteStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.tls import TLSAttribute
 
-from meshd.admin import AdminLimits, AdminServer, HttpError, parse_head
+from meshd.admin import AdminLimits, AdminServer
 from meshd.errors import ConfigError, ConnectError
 from meshd.events import ConnectionRefused, EventBus, HandshakeFailed
+from meshd.httpwire import HttpError, parse_head
 from meshd.metrics import Metrics
 from meshd.registry import Registry
 from meshd.store import DocumentStore
