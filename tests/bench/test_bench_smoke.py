@@ -1,4 +1,4 @@
-"""bench/run.py without running a benchmark: parsers, generated configs, the report.
+"""bench/ without running a benchmark: parsers, generated configs, the report.
 
 The configs are checked by the real tools (haproxy -c, envoy --mode validate,
 meshd's own config and registry parsers) where they are installed.
@@ -6,33 +6,35 @@ meshd's own config and registry parsers) where they are installed.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from meshd.config import MeshdConfig
 from meshd.registry import Registry
 
-RUN_PY = Path(__file__).resolve().parents[2] / "bench" / "run.py"
+# bench/run.py imports its sibling modules by name (bench/ is sys.path[0] when it runs)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_run", RUN_PY)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_run"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-run = _load()
+from backend import make_pki
+from chains import (
+    Ctx,
+    chains,
+    envoy_a_config,
+    envoy_b_config,
+    envoy_binary,
+    haproxy_config,
+    meshd_configs,
+)
+from common import SCENARIOS, LoadError, Settings
+from load import parse_h2load, parse_wrk, percentile
+from measure import Cell, Results, Sample
+from report import header, to_json, to_markdown
 
 WRK_OUT = """\
 Running 3s test @ http://127.0.0.1:40000/small
@@ -59,7 +61,7 @@ requests: 6000 total, 6000 started, 6000 done, 5999 succeeded, 1 failed, 0 error
 
 
 def test_parse_wrk() -> None:
-    load = run.parse_wrk(WRK_OUT)
+    load = parse_wrk(WRK_OUT)
     assert load.throughput == pytest.approx(49999.5)
     assert load.units == 150000
     assert load.p50_ms == pytest.approx(0.39)
@@ -68,13 +70,13 @@ def test_parse_wrk() -> None:
 
 
 def test_parse_wrk_refuses_garbage() -> None:
-    with pytest.raises(run.LoadError):
-        run.parse_wrk("unable to connect to 127.0.0.1:1 Connection refused")
+    with pytest.raises(LoadError):
+        parse_wrk("unable to connect to 127.0.0.1:1 Connection refused")
 
 
 def test_parse_h2load_percentiles_from_log() -> None:
     log = "".join(f"1700000000{i:06d}\t{200 if i else 503}\t{(i + 1) * 1000}\n" for i in range(100))
-    load = run.parse_h2load(H2LOAD_OUT, log, 3.0)
+    load = parse_h2load(H2LOAD_OUT, log, 3.0)
     assert load.throughput == pytest.approx(2000.0)
     assert load.p50_ms == pytest.approx(50.0)
     assert load.p99_ms == pytest.approx(99.0)
@@ -82,14 +84,14 @@ def test_parse_h2load_percentiles_from_log() -> None:
 
 
 def test_percentile_nearest_rank() -> None:
-    assert run.percentile([3.0, 1.0, 2.0], 50) == 2.0
-    assert run.percentile([5.0], 99) == 5.0
-    assert run.percentile(list(map(float, range(1, 1001))), 99) == 990.0
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile([5.0], 99) == 5.0
+    assert percentile(list(map(float, range(1, 1001))), 99) == 990.0
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> object:
-    return run.make_pki(tmp_path_factory.mktemp("pki"))
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def test_haproxy_configs(pki: object, tmp_path: Path) -> None:
@@ -98,7 +100,7 @@ def test_haproxy_configs(pki: object, tmp_path: Path) -> None:
     )
     for mode in ("tcp", "http"):
         for role in ("a", "b"):
-            text = run.haproxy_config(role, mode, 40001, 40002, pki)
+            text = haproxy_config(role, mode, 40001, 40002, pki)
             assert f"mode {mode}" in text
             assert ("http-reuse always" in text) == (mode == "http")
             assert "verify required" in text
@@ -115,14 +117,14 @@ def test_haproxy_configs(pki: object, tmp_path: Path) -> None:
 
 
 def test_envoy_configs(pki: object, tmp_path: Path) -> None:
-    a = run.envoy_a_config(40001, 40002, pki)
-    b = run.envoy_b_config(40002, 40003, pki)
+    a = envoy_a_config(40001, 40002, pki)
+    b = envoy_b_config(40002, 40003, pki)
     listener = a["static_resources"]["listeners"][0]
     tcp_proxy = listener["filter_chains"][0]["filters"][0]["typed_config"]
     assert "hostname" in tcp_proxy["tunneling_config"]
     hcm = b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     assert hcm["upgrade_configs"] == [{"upgrade_type": "CONNECT"}]
-    envoy = run.envoy_binary()
+    envoy = envoy_binary()
     if envoy is None:
         pytest.skip("envoy not installed (sh bench/setup.sh)")
     for name, config in (("a", a), ("b", b)):
@@ -139,8 +141,8 @@ def test_envoy_configs(pki: object, tmp_path: Path) -> None:
 
 
 def test_meshd_configs_parse(pki: object, tmp_path: Path) -> None:
-    ctx = run.Ctx(procs=None, ports=None, pki=pki, backend=40003)
-    config_a, config_b, registry = run.meshd_configs(ctx, 40004, 40005)
+    ctx = Ctx(procs=None, ports=None, pki=pki, backend=40003)
+    config_a, config_b, registry = meshd_configs(ctx, 40004, 40005)
     a = MeshdConfig.from_dict(tomllib.loads(config_a), "a.toml", tmp_path)
     b = MeshdConfig.from_dict(tomllib.loads(config_b), "b.toml", tmp_path)
     assert a.upstreams[0].listen == ("127.0.0.1", 40005)
@@ -154,10 +156,10 @@ def test_meshd_configs_parse(pki: object, tmp_path: Path) -> None:
 
 
 def _results() -> object:
-    settings = run.Settings.make(quick=True, pin=True)
-    chains = run.chains()
-    cells = {sc: {c.name: run.Cell() for c in chains} for sc in run.SCENARIOS}
-    for scenario in run.SCENARIOS:
+    settings = Settings.make(quick=True, pin=True)
+    selected = chains()
+    cells = {sc: {c.name: Cell() for c in selected} for sc in SCENARIOS}
+    for scenario in SCENARIOS:
         for chain, thr in (
             ("direct", 100.0),
             ("haproxy-tcp", 40.0),
@@ -166,11 +168,11 @@ def _results() -> object:
         ):
             proxied = chain != "direct"
             cells[scenario][chain].samples.append(
-                run.Sample(
+                Sample(
                     thr, thr * 3, 1.0, 2.0, 0, 0.5 if proxied else None, 30.0 if proxied else None
                 )
             )
-    results = run.Results(settings, chains, cells)
+    results = Results(settings, selected, cells)
     results.failed["haproxy-http"] = "did not start"
     results.idle["meshd"] = {"meshd-a": 20.0, "meshd-b": 22.0}
     return results
@@ -178,13 +180,13 @@ def _results() -> object:
 
 def test_report_markdown_and_json() -> None:
     results = _results()
-    head = run.header(results.settings)
-    text = run.to_markdown(results, head)
+    head = header(results.settings)
+    text = to_markdown(results, head)
     assert "| (a) | meshd |" in text
     assert "haproxy-http" in text and "did not start" in text
     assert "| (a) | haproxy-tcp | 0.50 |" in text  # meshd 20 req/s vs haproxy-tcp 40
     assert "**42.0**" in text
-    doc = run.to_json(results, head)
+    doc = to_json(results, head)
     json.dumps(doc)
     assert doc["ratios_meshd"]["keepalive"]["envoy"]["throughput"] == pytest.approx(0.4)
     assert doc["scenarios"]["bulk"]["unit"] == "MiB/s"
