@@ -37,7 +37,7 @@ from meshd.link import Link
 from meshd.metrics import Metrics
 from meshd.netfacts import fmt
 from meshd.outbound import LinkPool, OutboundConn
-from meshd.runtime import Runtime, check_identity, load_registry
+from meshd.runtime import Runtime, check_identity, load_registry, restart_needed
 from meshd.store import DocumentStore
 from meshd.systemd import Notifier, watchdog
 from meshd.tls import TlsMaterial
@@ -123,7 +123,13 @@ class Daemon:
                 self._outbound(rt.config.identity.host_id, up.service),
                 None,
             )
-        await tg.start(self._listen, "inbound", cfg.listen.inbound, lambda: PlainInbound(rt), None)
+        await tg.start(
+            self._listen,
+            "inbound",
+            cfg.listen.inbound,
+            lambda: PlainInbound(rt, self.connector),
+            None,
+        )
 
     def _outbound(self, source: Any, fixed: str | None) -> Callable[[], asyncio.Protocol]:
         name = str(source)
@@ -191,15 +197,9 @@ class Daemon:
 
     def apply_config(self, config: MeshdConfig) -> None:
         """Swap in a new config; listener addresses need a restart and are refused."""
-        old = self.rt.config
-        if (config.listen, config.identity.host, config.upstreams) != (
-            old.listen,
-            old.identity.host,
-            old.upstreams,
-        ) or [s.outbound for s in config.services] != [s.outbound for s in old.services]:
-            raise MeshError(
-                "listen addresses or host name changed", hint="restart meshd to apply them"
-            )
+        problem = restart_needed(self.rt.config, config)
+        if problem:
+            raise MeshError(problem, hint="restart meshd to apply it")
         ident = config.identity
         tls = TlsMaterial.load(ident.cert, ident.key, ident.bundle)
         check_identity(config, tls)

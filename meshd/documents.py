@@ -23,7 +23,7 @@ from typing import Any
 from meshd.config import MeshdConfig
 from meshd.errors import CertificateError, ConfigError
 from meshd.registry import Registry
-from meshd.runtime import Runtime, check_identity
+from meshd.runtime import Runtime, check_identity, restart_needed
 from meshd.schema import Fields
 from meshd.store import DocumentStore
 from meshd.tls import TlsMaterial
@@ -64,16 +64,11 @@ class Documents:
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config: toml: {e}") from e
         config = MeshdConfig.from_dict(parsed, "config.toml", self.config_path.parent)
-        old = self.rt.config
-        if (config.listen, config.identity, config.upstreams) != (
-            old.listen,
-            old.identity,
-            old.upstreams,
-        ):
-            raise ConfigError(
-                "config: listen addresses, identity files or upstreams changed",
-                hint="change them on the host and restart meshd",
-            )
+        problem = restart_needed(self.rt.config, config)
+        if problem is None and config.identity != self.rt.config.identity:
+            problem = "identity files changed"  # a push must not point meshd at other files
+        if problem:
+            raise ConfigError(f"config: {problem}", hint="change it on the host and restart meshd")
         tls = TlsMaterial.load(config.identity.cert, config.identity.key, config.identity.bundle)
         check_identity(config, tls)
         return ConfigUpdate(config, tls)

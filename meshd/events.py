@@ -10,7 +10,6 @@ relay's hot path; consumers drain in their own time.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 # direction of a connection or request as seen by this meshd
@@ -78,12 +77,6 @@ class Subscription:
             self.dropped += 1
         else:
             self.queue.append(event)
-
-    def drain(self) -> Iterator[Event]:
-        """Yield and remove every queued event."""
-        queue = self.queue
-        while queue:
-            yield queue.popleft()
 
 
 class EventBus:

@@ -14,8 +14,6 @@ import logging
 import time
 from typing import cast
 
-import anyio
-
 from meshd.connect import Connector
 from meshd.events import (
     INBOUND,
@@ -144,9 +142,10 @@ class MeshPort:
 class PlainInbound(PipeEnd):
     """A connection from outside the mesh, redirected to the inbound listener."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Runtime, connector: Connector) -> None:
         super().__init__()
         self.rt = rt
+        self.connector = connector
         self.service = ""
         self.opened_at = 0.0
 
@@ -170,8 +169,13 @@ class PlainInbound(PipeEnd):
         self.opened_at = time.monotonic()
         self.on_lost = self._closed
         self.rt.bus.publish(ConnectionOpened(INBOUND, UNAUTHENTICATED, service.name))
-        assert self.rt.tg is not None
-        self.rt.tg.start_soon(self._connect_app, service.port)
+        port = service.port
+        self.connector.connect(
+            LOCAL_APP_HOST,
+            port,
+            lambda: _AppEnd(self),
+            lambda error: self._unreachable(port, error),
+        )
 
     def _closed(self) -> None:
         self.rt.release()
@@ -187,18 +191,22 @@ class PlainInbound(PipeEnd):
             )
         )
 
-    async def _connect_app(self, port: int) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            with anyio.fail_after(self.rt.config.timeouts.connect):
-                _, app = await loop.create_connection(PipeEnd, LOCAL_APP_HOST, port)
-        except (OSError, TimeoutError) as e:
-            log.warning("cannot reach the app on port %d: %s", port, e)
-            if self.transport is not None:
-                self.transport.abort()
-            return
-        if self.closed:
-            if app.transport is not None:
-                app.transport.close()
-            return
-        self.join(app)
+    def _unreachable(self, port: int, error: BaseException) -> None:
+        log.warning("cannot reach the app on port %d: %s", port, error)
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class _AppEnd(PipeEnd):
+    """The app side of a permissive-mode relay: joins its client once connected."""
+
+    def __init__(self, client: PlainInbound) -> None:
+        super().__init__()
+        self.client = client
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.client.closed:
+            cast(asyncio.Transport, transport).close()
+        else:
+            self.client.join(self)

@@ -85,6 +85,17 @@ class Runtime:
         self.active -= 1
 
 
+def restart_needed(old: MeshdConfig, new: MeshdConfig) -> str | None:
+    """What in ``new`` cannot be applied to a running meshd (its sockets are bound), if anything."""
+    if new.identity.host != old.identity.host:
+        return "the host name changed"
+    if new.listen != old.listen or new.upstreams != old.upstreams:
+        return "listen addresses or upstream listeners changed"
+    if [s.outbound for s in new.services] != [s.outbound for s in old.services]:
+        return "a service's outbound listener changed"
+    return None
+
+
 def check_identity(config: MeshdConfig, tls: TlsMaterial) -> None:
     """The certificate must carry this host's identity."""
     host = config.identity.host_id
