@@ -19,7 +19,9 @@ def test_meshd_toml() -> None:
 
 
 def test_registry_json() -> None:
-    registry = Registry.from_dict(json.loads((EXAMPLES / "registry.json").read_text()), "registry.json")
+    registry = Registry.from_dict(
+        json.loads((EXAMPLES / "registry.json").read_text()), "registry.json"
+    )
     api = registry.service("api")
     assert api is not None and len(api.endpoints) == 2
     assert registry.route("10.255.0.2", 80) is not None

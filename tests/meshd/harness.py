@@ -150,12 +150,7 @@ class MeshNet:
 
     # --- operator access to the admin API --------------------------------
     def operator_context(self, identity: Identity | None = None) -> ssl.SSLContext:
-        ident = identity or self.operator
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.load_verify_locations(ident.bundle)
-        ctx.load_cert_chain(ident.cert, ident.key)
-        return ctx
+        return client_context(identity or self.operator)
 
     def admin(
         self,
@@ -165,15 +160,9 @@ class MeshNet:
         body: Any = None,
         identity: Identity | None = None,
     ) -> tuple[int, str]:
-        conn = http.client.HTTPSConnection(
-            "127.0.0.1", meshd.ports["admin"], timeout=10, context=self.operator_context(identity)
-        )
         data = json.dumps(body).encode() if body is not None else None
-        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
-        response = conn.getresponse()
-        text = response.read().decode()
-        conn.close()
-        return response.status, text
+        ctx = self.operator_context(identity)
+        return admin_call(("127.0.0.1", meshd.ports["admin"]), ctx, method, path, data)
 
     def metric(self, meshd: Meshd, name: str, **labels: str) -> float:
         """The value of one sample (0 when absent)."""
@@ -185,6 +174,29 @@ class MeshNet:
             if all(f'{k}="{v}"' in line for k, v in labels.items()):
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
+
+
+# --- admin API clients --------------------------------------------------------
+def client_context(identity: Identity) -> ssl.SSLContext:
+    """An mTLS client context presenting ``identity`` and trusting its bundle."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(identity.bundle)
+    ctx.load_cert_chain(identity.cert, identity.key)
+    return ctx
+
+
+def admin_call(
+    address: tuple[str, int], ctx: ssl.SSLContext, method: str, path: str, body: bytes | None = None
+) -> tuple[int, str]:
+    """One admin API request: (status, body text)."""
+    conn = http.client.HTTPSConnection(address[0], address[1], timeout=10, context=ctx)
+    try:
+        conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
 
 
 # --- apps on loopback ------------------------------------------------------

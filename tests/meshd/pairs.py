@@ -7,6 +7,7 @@ one loop in a thread); A has an upstream listener for each.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import http.client
 import ssl
 import threading
@@ -15,7 +16,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from tests.meshd.harness import HttpApp, Meshd, MeshNet
+from tests.meshd.harness import HttpApp, Meshd, MeshNet, client_context
 from tests.meshd.tlsfixtures import Identity
 
 T = TypeVar("T")
@@ -234,8 +235,5 @@ def make_web() -> HttpApp:
 
 
 def mesh_client(net: MeshNet, identity: Identity) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.load_verify_locations(net.pki.bundle)
-    ctx.load_cert_chain(identity.cert, identity.key)
-    return ctx
+    """A client presenting ``identity`` (maybe from another CA) and trusting ``net``'s CA."""
+    return client_context(dataclasses.replace(identity, bundle=net.pki.bundle))

@@ -7,7 +7,6 @@ Host 1 runs a client, host 2 runs an HTTP app and an echo app; both run meshd
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import secrets
@@ -25,6 +24,7 @@ from meshctl.bundle import Target, build
 from meshctl.testbed import Testbed, TestbedHost
 from meshd.identity import make_id
 from tests.meshd import onhost
+from tests.meshd.harness import admin_call, client_context
 from tests.meshd.onhost import ADMIN_PORT, App, ok
 from tests.meshd.tlsfixtures import TestPki
 
@@ -43,20 +43,12 @@ class Mesh:
     server: TestbedHost
     outsider: TestbedHost
 
+    operator: ssl.SSLContext
+
     def admin(
         self, host: TestbedHost, method: str, path: str, body: bytes | None = None
     ) -> tuple[int, str]:
-        operator = self.pki.issue("operator", "operator/ops")
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.load_verify_locations(operator.bundle)
-        ctx.load_cert_chain(operator.cert, operator.key)
-        conn = http.client.HTTPSConnection(host.address, ADMIN_PORT, timeout=10, context=ctx)
-        conn.request(method, path, body=body)
-        response = conn.getresponse()
-        text = response.read().decode()
-        conn.close()
-        return response.status, text
+        return admin_call((host.address, ADMIN_PORT), self.operator, method, path, body)
 
     def metric(self, host: TestbedHost, name: str, **labels: str) -> float:
         status, text = self.admin(host, "GET", "/metrics")
@@ -100,7 +92,8 @@ def mesh(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             client, onhost.outbound_rules([WEB.port, ECHO.port], [server.address], {"cli": 15101})
         )
         onhost.apply_rules(server, onhost.inbound_rules([WEB.port, ECHO.port]))
-        yield Mesh(testbed, pki, client, server, outsider)
+        operator = client_context(pki.issue("operator", "operator/ops"))
+        yield Mesh(testbed, pki, client, server, outsider, operator)
     finally:
         for host in (client, server, outsider):
             host.reset()
