@@ -158,9 +158,11 @@ def test_plaintext_to_the_inbound_listener_is_refused_in_strict_mode(
     web, echo = apps
     _, b = _pair(net, web, echo)
     with socket.create_connection(("127.0.0.1", b.ports["inbound"]), timeout=5) as s:
-        s.sendall(b"hello")
-        with pytest.raises(ConnectionResetError):
-            s.recv(10)
+        # closed without an answer: a reset if "hello" arrived before the abort, else a plain EOF
+        with contextlib.suppress(BrokenPipeError):
+            s.sendall(b"hello")
+        with contextlib.suppress(ConnectionResetError):
+            assert s.recv(10) == b""
     b.wait_log(r"refused plaintext connection from 127\.0\.0\.1:\d+")
     assert (
         net.metric(b, "meshd_connections_refused_total", listener="inbound", reason="plaintext")
