@@ -202,3 +202,78 @@ def parse_service(text: str) -> ServiceSpec:
     if not 1 <= port <= 65535:
         raise ConfigError(f"--service {text!r}: {port} is not a port number")
     return ServiceSpec(check_name("service", parts[0]), port, parts[2] if len(parts) == 3 else None)
+
+
+def parse_label(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` from ``--label``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--label {text!r}: expected KEY=VALUE", hint="e.g. --label zone=a")
+    return key, value
+
+
+@dataclass(frozen=True)
+class HostOverrides:
+    """What ``meshctl join`` options say about the hosts it names (None: keep what is there)."""
+
+    services: tuple[ServiceSpec, ...] | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    fail_mode: str | None = None
+    name: str | None = None
+
+
+def select_hosts(
+    inventory: Inventory,
+    targets: list[str],
+    all_hosts: bool,
+    overrides: HostOverrides,
+    default_fail_mode: str,
+) -> list[HostSpec]:
+    """The hosts a command acts on: inventory names, [USER@]HOST[:PORT] targets, or --all.
+
+    A target that is neither an inventory name nor a known address is a new
+    host; its name is ``--name`` or, if empty here, its hostname (read later).
+    """
+    if all_hosts and targets:
+        raise ConfigError("give hosts or --all, not both")
+    if overrides.name and len(targets) != 1:
+        raise ConfigError("--name names one host; give exactly one target with it")
+    if all_hosts:
+        if not inventory.hosts:
+            raise ConfigError(
+                "the inventory (hosts.toml) has no hosts",
+                hint="join one: meshctl join [USER@]HOST --service NAME:PORT",
+            )
+        return [_override(h, overrides) for h in inventory.hosts]
+    if not targets:
+        raise ConfigError("no hosts given", hint="name hosts ([USER@]HOST[:PORT]) or pass --all")
+    return [_target(inventory, t, overrides, default_fail_mode) for t in targets]
+
+
+def _target(inventory: Inventory, text: str, o: HostOverrides, fail_mode: str) -> HostSpec:
+    known = inventory.host(text)
+    if known is not None:
+        return _override(known, o)
+    user, _, rest = text.rpartition("@")
+    address, _, port_text = rest.partition(":")
+    if not address or (port_text and not port_text.isdigit()):
+        raise ConfigError(f"{text!r} is neither a host of hosts.toml nor [USER@]HOST[:PORT]")
+    known = next((h for h in inventory.hosts if h.address == address), None)
+    base = known or HostSpec(name=o.name or "", address=address, fail_mode=fail_mode)
+    base = replace(
+        base,
+        user=user or base.user,
+        port=int(port_text) if port_text else base.port,
+    )
+    return _override(base, o)
+
+
+def _override(host: HostSpec, o: HostOverrides) -> HostSpec:
+    labels = dict(host.labels) | dict(o.labels)
+    return replace(
+        host,
+        name=o.name or host.name,
+        services=o.services if o.services is not None else host.services,
+        labels=tuple(sorted(labels.items())),
+        fail_mode=o.fail_mode or host.fail_mode,
+    )

@@ -14,6 +14,7 @@ import base64
 import hashlib
 import shlex
 import subprocess
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -37,9 +38,10 @@ class Result:
 class Transport(Protocol):
     """What provisioning needs from a connection to a host."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
-    def run(self, command: str, *, timeout: float = 120, sudo: bool = False) -> Result: ...
+    def run(self, command: str, *, timeout: float = 120, root: bool = True) -> Result: ...
     def put(self, path: str, data: bytes, mode: int = 0o644) -> None: ...
     def get(self, path: str) -> bytes | None: ...
     def close(self) -> None: ...
@@ -82,6 +84,9 @@ def known_host_name(target: Target) -> str:
     return target.host if target.port == 22 else f"[{target.host}]:{target.port}"
 
 
+_KNOWN_HOSTS_LOCK = threading.Lock()
+
+
 class _Pinning(paramiko.MissingHostKeyPolicy):
     """Unknown keys: remember (when accepted) or refuse with the fingerprint to check."""
 
@@ -98,9 +103,13 @@ class _Pinning(paramiko.MissingHostKeyPolicy):
                 hint="compare it with ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub on the host, "
                 "then run again with --accept-new-host-key",
             )
-        keys = client.get_host_keys()
-        keys.add(hostname, key.get_name(), key)
-        keys.save(str(self.known_hosts))
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        with _KNOWN_HOSTS_LOCK:  # parallel joins: merge with what other threads saved
+            keys = paramiko.HostKeys()
+            if self.known_hosts.exists():
+                keys.load(str(self.known_hosts))
+            keys.add(hostname, key.get_name(), key)
+            keys.save(str(self.known_hosts))
 
 
 @dataclass
@@ -162,19 +171,30 @@ class SshTransport:
                 hint="is the host up and the SSH port open?",
             ) from e
 
-    def run(self, command: str, *, timeout: float = 120, sudo: bool = False) -> Result:
-        if (sudo or self.use_sudo) and self.target.user != "root":
+    def run(self, command: str, *, timeout: float = 120, root: bool = True) -> Result:
+        """Run ``command``; as root (through ``sudo -n`` for other users) unless ``root=False``."""
+        if root and self.target.user != "root":
+            if not self.use_sudo:
+                raise ProvisionError(
+                    f"{self.target.host}: this needs root, and {self.target.user} is not root",
+                    hint="pass --sudo (passwordless sudo) or connect as root@HOST",
+                )
             command = f"sudo -n sh -c {shlex.quote(command)}"
         try:
             _, stdout, stderr = self.client.exec_command(command, timeout=timeout)
-            status = stdout.channel.recv_exit_status()
+            channel = stdout.channel
+            out, err = stdout.read(), stderr.read()  # read first: a full pipe would block the exit
+            if not channel.status_event.wait(timeout):
+                raise TimeoutError(f"no exit status within {timeout:g}s")
             return Result(
-                status,
-                stdout.read().decode(errors="replace"),
-                stderr.read().decode(errors="replace"),
+                channel.recv_exit_status(),
+                out.decode(errors="replace"),
+                err.decode(errors="replace"),
             )
         except (OSError, paramiko.SSHException) as e:
-            raise ConnectError(f"{self.target.host}: lost the SSH connection: {e}") from e
+            raise ConnectError(
+                f"{self.target.host}: lost the SSH connection: {e or type(e).__name__}"
+            ) from e
 
     def put(self, path: str, data: bytes, mode: int = 0o644) -> None:
         """Write ``path`` atomically (temp file + rename) with ``mode``."""
@@ -207,7 +227,7 @@ class LocalTransport:
 
     name: str = "localhost"
 
-    def run(self, command: str, *, timeout: float = 120, sudo: bool = False) -> Result:
+    def run(self, command: str, *, timeout: float = 120, root: bool = True) -> Result:
         done = subprocess.run(
             ["sh", "-c", command], capture_output=True, text=True, timeout=timeout, check=False
         )
@@ -237,7 +257,7 @@ class FakeTransport:
     files: dict[str, bytes] = field(default_factory=dict)
     commands: list[str] = field(default_factory=list)
 
-    def run(self, command: str, *, timeout: float = 120, sudo: bool = False) -> Result:
+    def run(self, command: str, *, timeout: float = 120, root: bool = True) -> Result:
         self.commands.append(command)
         return self.responses.get(command, Result(127, "", f"fake: no response for {command!r}"))
 

@@ -1,4 +1,4 @@
-"""meshd's command line: ``run``, ``check-config``, ``keygen`` and ``version``.
+"""meshd's command line: ``run``, ``check-config``, ``rules``, ``hosts``, ``keygen``, ``version``.
 
 Plain argparse, because meshd must not depend on typer or rich. Errors are
 one line on stderr with a hint, and a non-zero exit code. Each command
@@ -18,6 +18,7 @@ from meshd.config import MeshdConfig
 from meshd.errors import MeshError
 
 EXIT_ERROR = 1
+HOSTS_FILE = Path("/etc/hosts")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,6 +44,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     rules.add_argument("action", choices=("apply", "remove", "show"))
     rules.add_argument("--config", type=Path, required=True, help="meshd.toml")
+    hosts = sub.add_parser(
+        "hosts",
+        help="write or remove the <service>.mesh names in /etc/hosts (needs root)",
+        description="Example: meshd hosts apply --config /etc/meshd/meshd.toml",
+    )
+    hosts.add_argument("action", choices=("apply", "remove", "show"))
+    hosts.add_argument("--config", type=Path, required=True, help="meshd.toml")
+    hosts.add_argument("--hosts-file", type=Path, default=HOSTS_FILE, help=argparse.SUPPRESS)
     keygen = sub.add_parser(
         "keygen",
         help="make a private key (0600) and a CSR for SPIFFE IDs",
@@ -64,11 +73,11 @@ def rules(action: str, path: Path) -> None:
     """``meshd rules apply|remove|show``."""
     from meshd import interception  # noqa: PLC0415 - only this command runs iptables
     from meshd.rules import apply_document  # noqa: PLC0415
-    from meshd.runtime import load_registry  # noqa: PLC0415
+    from meshd.runtime import effective_registry  # noqa: PLC0415
 
     config = MeshdConfig.load(path)
     if action == "show":
-        rule_set = interception.ruleset(config, load_registry(config.registry))
+        rule_set = interception.ruleset(config, effective_registry(config))
         sys.stdout.write(apply_document(rule_set, saved=""))
     elif action == "apply":
         interception.apply(config)
@@ -77,6 +86,29 @@ def rules(action: str, path: Path) -> None:
         print("meshd rules removed")
     else:
         print("no meshd rules were installed")
+
+
+def hosts(action: str, path: Path, hosts_file: Path) -> None:
+    """``meshd hosts apply|remove|show``."""
+    from meshd import hostnames  # noqa: PLC0415 - only this command writes /etc/hosts
+    from meshd.hostsfile import with_block  # noqa: PLC0415
+    from meshd.runtime import effective_registry  # noqa: PLC0415
+
+    config = MeshdConfig.load(path)
+    if action == "remove":
+        done = hostnames.remove(hosts_file)
+        print(f"meshd hosts: {'block removed from' if done else 'no meshd block in'} {hosts_file}")
+        return
+    registry = effective_registry(config)
+    names, version = len(registry.services), registry.version
+    if action == "show":
+        sys.stdout.write(with_block("", hostnames.service_vips(registry)))
+        if not names:
+            print(f"meshd hosts: registry version {version} has no services", file=sys.stderr)
+    elif hostnames.apply(registry, hosts_file):
+        print(f"meshd hosts: {hosts_file} updated ({names} names, registry version {version})")
+    else:
+        print(f"meshd hosts: {hosts_file} already up to date")
 
 
 def check_config(path: Path) -> None:
@@ -104,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             keygen(args.key, args.csr, args.ids, args.force)
         elif args.command == "rules":
             rules(args.action, args.config)
+        elif args.command == "hosts":
+            hosts(args.action, args.config, args.hosts_file)
         elif args.command == "check-config":
             check_config(args.config)
         elif args.command == "run":

@@ -93,6 +93,8 @@ class InterceptionConfig:
     vip_range: str = "10.255.0.0/16"
     meshd_user: str = "meshd"
     ssh_ports: tuple[int, ...] = (22,)  # never intercepted: the operator must keep SSH
+    # which rule set is installed; in /run so that it goes at reboot, like the rules
+    rules_record: Path = Path("/run/meshd-rules.sha256")
 
 
 @dataclass(frozen=True)
@@ -245,7 +247,7 @@ def _service(f: Fields) -> ServiceConfig:
 
 def _interception(f: Fields) -> InterceptionConfig:
     d = InterceptionConfig()
-    f.unknown({"vip_range", "meshd_user", "ssh_ports"})
+    f.unknown({"vip_range", "meshd_user", "ssh_ports", "rules_record"})
     vip_range = f.get("vip_range", str, d.vip_range)
     try:
         ipaddress.ip_network(vip_range)
@@ -254,7 +256,10 @@ def _interception(f: Fields) -> InterceptionConfig:
     ports = f.get("ssh_ports", list, list(d.ssh_ports))
     if not ports or not all(isinstance(p, int) and 1 <= p <= 65535 for p in ports):
         raise f.fail("ssh_ports", "expected a non-empty list of port numbers")
-    return InterceptionConfig(vip_range, f.get("meshd_user", str, d.meshd_user), tuple(ports))
+    record = Path(f.get("rules_record", str, str(d.rules_record)))
+    return InterceptionConfig(
+        vip_range, f.get("meshd_user", str, d.meshd_user), tuple(ports), record
+    )
 
 
 def _upstream(f: Fields) -> UpstreamConfig:

@@ -2,7 +2,8 @@
 
 Run by ``meshd-rules.service`` at boot (before the network is up) and by
 meshctl; needs root (iptables). The rule set is derived from the config and
-the registry (``meshd.rules`` renders it); applying is one ``iptables-restore
+the registry (the newer of the config's file and the last pushed one;
+``meshd.rules`` renders it); applying is one ``iptables-restore
 --noflush`` after a ``--test`` of the same document, plus a route that sends
 virtual IPs to ``lo`` so that connect() reaches the nat hook at all (without
 the rules, such connections go nowhere: nothing leaks).
@@ -11,12 +12,13 @@ the rules, such connections go nowhere: nothing leaks).
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 from meshd.config import MeshdConfig
 from meshd.errors import ProvisionError
 from meshd.registry import Registry
-from meshd.rules import RuleSet, ServiceRedirect, apply_document, remove_document
-from meshd.runtime import load_registry
+from meshd.rules import RuleSet, ServiceRedirect, apply_document, fingerprint, remove_document
+from meshd.runtime import effective_registry
 
 
 def ruleset(config: MeshdConfig, registry: Registry) -> RuleSet:
@@ -55,12 +57,29 @@ def _run(argv: list[str], stdin: str | None = None) -> str:
 
 def apply(config: MeshdConfig) -> str:
     """Install (or replace) the rules; returns the document applied."""
-    rules = ruleset(config, load_registry(config.registry))
+    rules = ruleset(config, effective_registry(config))
     document = apply_document(rules, _run(["iptables-save", "-t", "nat"]))
     _run(["iptables-restore", "--test", "--noflush"], document)
     _run(["iptables-restore", "--noflush"], document)
     _run(["ip", "route", "replace", rules.vip_range, "dev", "lo"])
+    _record(config.interception.rules_record, fingerprint(rules))
     return document
+
+
+def _record(path: Path, digest: str | None) -> None:
+    """Note which rule set is installed (in /run: gone at reboot, like the rules themselves).
+
+    meshctl compares it with the rule set it wants, to tell drift from a match.
+    """
+    try:
+        if digest is None:
+            path.unlink(missing_ok=True)
+        else:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(digest + "\n")
+            tmp.replace(path)
+    except OSError as e:
+        raise ProvisionError(f"cannot write {path}: {e.strerror}") from e
 
 
 def remove(config: MeshdConfig) -> bool:
@@ -71,4 +90,5 @@ def remove(config: MeshdConfig) -> bool:
     routes = _run(["ip", "route", "show", config.interception.vip_range, "dev", "lo"])
     if routes.strip():
         _run(["ip", "route", "del", config.interception.vip_range, "dev", "lo"])
+    _record(config.interception.rules_record, None)
     return document is not None

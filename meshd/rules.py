@@ -14,6 +14,7 @@ the session that installs it), the admin and mesh ports, loopback.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 OUTPUT_CHAIN, REDIRECT_CHAIN, INBOUND_CHAIN = "MESHD_OUTPUT", "MESHD_REDIRECT", "MESHD_INBOUND"
@@ -110,6 +111,11 @@ def apply_document(rules: RuleSet, saved: str) -> str:
         if wanted.replace('"', "") not in present:
             lines.append(wanted)
     return "\n".join([*lines, *_output(rules), *_inbound(rules), "COMMIT", ""])
+
+
+def fingerprint(rules: RuleSet) -> str:
+    """A digest of the rule set (not of the host's table): what ``rules apply`` records."""
+    return hashlib.sha256(apply_document(rules, saved="").encode()).hexdigest()
 
 
 def remove_document(saved: str) -> str | None:

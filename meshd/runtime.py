@@ -40,6 +40,32 @@ def load_registry(path: Path | None) -> Registry:
     return Registry.from_dict(doc, str(path))
 
 
+def pushed_registry_path(config: MeshdConfig) -> Path | None:
+    """Where meshd's DocumentStore keeps the pushed registry: ``<state_dir>/registry.json``."""
+    return None if config.state_dir is None else config.state_dir / "registry.json"
+
+
+def effective_registry(config: MeshdConfig) -> Registry:
+    """The newer (by version) of the config's registry file and the pushed one meshd persisted.
+
+    For root-run helpers (``meshd rules``, ``meshd hosts``) that must follow
+    pushes without a running daemon to ask. On a tie the pushed document wins:
+    it is the one meshd loads at start.
+    """
+    bootstrap = _readable_registry(config.registry)
+    pushed = _readable_registry(pushed_registry_path(config))
+    return pushed if pushed.version >= bootstrap.version else bootstrap
+
+
+def _readable_registry(path: Path | None) -> Registry:
+    try:
+        return load_registry(path)
+    except OSError as e:  # the state dir is meshd's own (0700): other users cannot look inside
+        raise ConfigError(
+            f"{path}: cannot read: {e.strerror}", hint="run this as root (or as meshd)"
+        ) from e
+
+
 @dataclass
 class Runtime:
     """Everything the components share. Mutable on purpose: reloads swap fields."""

@@ -18,6 +18,9 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from meshctl.bundle import DEFAULT_CACHE
+from meshctl.provision.apply import ROLLBACK_DEADLINE
+from meshctl.provision.rollout import Connector, ssh_connect
 from meshctl.workspace import Workspace
 from meshd.errors import ConfigError
 
@@ -47,6 +50,9 @@ class AppContext:
     interactive: bool = field(default_factory=sys.stdin.isatty)
     workspace_path: Path | None = None
     debug: bool = False
+    connect: Connector = ssh_connect  # how multi-host commands reach a host
+    bundle_cache: Path = DEFAULT_CACHE
+    rollback_deadline: float = ROLLBACK_DEADLINE
 
     def workspace_dir(self) -> Path:
         """The workspace directory: --workspace, MESHCTL_WORKSPACE, or ./mesh."""

@@ -1,4 +1,4 @@
-"""``meshctl hosts``: the workspace's pinned SSH host keys."""
+"""``meshctl hosts``: the inventory (hosts.toml) and the pinned SSH host keys."""
 
 from __future__ import annotations
 
@@ -7,11 +7,23 @@ from typing import Annotated
 import paramiko
 import typer
 
+from meshctl import state
 from meshctl.cli.context import app_context
+from meshctl.inventory import (
+    FAIL_MODES,
+    HostOverrides,
+    parse_label,
+    parse_service,
+    select_hosts,
+)
 from meshctl.transport import fingerprint
 from meshd.errors import ConfigError
+from meshd.identity import check_name
 
-app = typer.Typer(help="Manage the SSH host keys pinned in the workspace.", no_args_is_help=True)
+app = typer.Typer(
+    help="Manage the inventory and the SSH host keys pinned in the workspace.",
+    no_args_is_help=True,
+)
 
 
 @app.command("forget")
@@ -41,3 +53,49 @@ def forget(
     keys.save(str(path))
     path.chmod(0o600)
     actx.out.print(f"forgot the host key of {host} ({forgotten})", markup=False)
+
+
+@app.command("add")
+def add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="the host's name in the mesh")],
+    target: Annotated[
+        str, typer.Argument(metavar="[USER@]ADDRESS[:PORT]", help="how SSH reaches it")
+    ],
+    services: Annotated[
+        list[str] | None,
+        typer.Option("--service", "-s", help="NAME:PORT[:RUNAS] the host serves (repeat)"),
+    ] = None,
+    labels: Annotated[
+        list[str] | None, typer.Option("--label", "-l", help="KEY=VALUE label (repeat)")
+    ] = None,
+    fail_mode: Annotated[str | None, typer.Option("--fail-mode", help="open or closed")] = None,
+) -> None:
+    """Add a host to hosts.toml (or update it) without joining it yet.
+
+    Then join several at once with meshctl join --all (or by name).
+
+    Example: meshctl hosts add api1 root@10.0.0.12 --service api:8081
+    """
+    actx = app_context(ctx)
+    ws = actx.workspace()
+    inventory = state.load_inventory(ws)
+    overrides = HostOverrides(
+        services=tuple(parse_service(s) for s in services) if services else None,
+        labels=tuple(parse_label(label) for label in labels or ()),
+        fail_mode=fail_mode,
+        name=name,
+    )
+    if fail_mode not in (None, *FAIL_MODES):
+        raise ConfigError(f"--fail-mode {fail_mode!r}: expected open or closed")
+    check_name("host", name)
+    default = ws.config.defaults.fail_mode
+    (host,) = select_hosts(inventory, [target], False, overrides, default)
+    taken = inventory.host(name)
+    if taken is not None and taken.address != host.address:
+        raise ConfigError(f"host {name!r} already has address {taken.address} in hosts.toml")
+    state.save_inventory(ws, inventory.with_host(host))
+    services_text = ", ".join(f"{s.name}:{s.port}" for s in host.services) or "no services"
+    actx.out.print(
+        f"added {name} ({host.user}@{host.address}:{host.port}, {services_text})", markup=False
+    )

@@ -7,6 +7,11 @@ the network comes up, so after a reboot no connection leaves before they
 are back. In ``closed`` fail mode the rules stay while meshd is down
 (intercepted traffic fails, nothing leaks in plaintext); in ``open`` mode
 meshd.service removes them when it stops and puts them back when it starts.
+
+A registry pushed over the admin API lands in meshd's state directory;
+``meshd-sync.path`` watches that file and starts ``meshd-sync.service``, a
+root oneshot that re-applies the rules and the ``/etc/hosts`` block from the
+newer registry (meshd itself may write neither: /etc is read-only for it).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import dataclass
 
 MESHD = "/opt/meshd/bin/meshd"
 CONFIG = "/etc/meshd/meshd.toml"
+PUSHED_REGISTRY = "/var/lib/meshd/registry.json"  # meshd's DocumentStore keeps pushes here
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,50 @@ def rules_service(options: UnitOptions) -> str:
             "",
             "[Install]",
             "WantedBy=multi-user.target",
+            "",
+        ]
+    )
+
+
+def sync_path() -> str:
+    """Watches the pushed registry; each change starts meshd-sync.service."""
+    return "\n".join(
+        [
+            "# Managed by meshctl: changes are overwritten by the next join.",
+            "[Unit]",
+            "Description=Watch meshd's pushed registry",
+            "",
+            "[Path]",
+            f"PathChanged={PUSHED_REGISTRY}",
+            "Unit=meshd-sync.service",
+            "",
+            "[Install]",
+            "WantedBy=paths.target",
+            "",
+        ]
+    )
+
+
+def sync_service(options: UnitOptions) -> str:
+    """Re-applies the rules and the /etc/hosts block as root from the newest registry."""
+    # open mode: rules belong only to a running meshd; a skipped run is not a failure
+    condition = (
+        ["ExecCondition=/bin/systemctl is-active --quiet meshd.service"]
+        if options.fail_mode == "open"
+        else []
+    )
+    return "\n".join(
+        [
+            "# Managed by meshctl: changes are overwritten by the next join.",
+            "[Unit]",
+            "Description=Refresh meshd's redirection rules and /etc/hosts names from its registry",
+            "After=meshd-rules.service",
+            "",
+            "[Service]",
+            "Type=oneshot",
+            *condition,
+            f"ExecStart={MESHD} rules apply --config {CONFIG}",
+            f"ExecStart={MESHD} hosts apply --config {CONFIG}",
             "",
         ]
     )

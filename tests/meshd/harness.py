@@ -71,9 +71,10 @@ class Meshd:
 class MeshNet:
     """A small mesh of meshd processes on 127.0.0.1."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, pki: TestPki | None = None) -> None:
+        """``pki``: the CA to issue from (default: a fresh test CA in ``directory/pki``)."""
         self.dir = directory
-        self.pki = TestPki(directory / "pki")
+        self.pki = pki or TestPki(directory / "pki")
         self.operator = self.pki.issue("operator", "operator/alice")
         self.procs: list[Meshd] = []
         self.registry: dict[str, Any] = {"version": 1, "services": {}}

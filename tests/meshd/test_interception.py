@@ -15,6 +15,8 @@ import pytest
 from meshd.config import MeshdConfig
 from meshd.interception import ruleset
 from meshd.registry import Registry
+from meshd.rules import fingerprint
+from meshd.runtime import effective_registry
 
 MESHD = str(Path(sys.executable).with_name("meshd"))
 CONFIG = """
@@ -29,6 +31,7 @@ registry = "registry.json"
 [interception]
 meshd_user = "65534"
 ssh_ports = [22, 2222]
+rules_record = "@RECORD@"
 [[services]]
 name = "api"
 port = 8080
@@ -60,7 +63,7 @@ REGISTRY = {
 
 @pytest.fixture
 def config_path(tmp_path: Path) -> Path:
-    (tmp_path / "meshd.toml").write_text(CONFIG)
+    (tmp_path / "meshd.toml").write_text(CONFIG.replace("@RECORD@", str(tmp_path / "rules.sha256")))
     (tmp_path / "registry.json").write_text(json.dumps(REGISTRY))
     return tmp_path / "meshd.toml"
 
@@ -120,6 +123,9 @@ def test_meshd_rules_apply_remove_for_real(netns: str, config_path: Path) -> Non
         == "meshd rules applied"
     )
     once = _in(netns, "iptables-save", "-t", "nat")
+    config = MeshdConfig.load(config_path)
+    record = config.interception.rules_record
+    assert record.read_text().strip() == fingerprint(ruleset(config, effective_registry(config)))
     assert "-A MESHD_OUTPUT -d 10.0.0.20/32 -p tcp -m tcp --dport 5432 -j MESHD_REDIRECT" in once
     assert "--sport 2222 -j RETURN" in once and "--uid-owner 65533" in once
     assert "10.255.0.0/16" in _in(netns, "ip", "route", "show", "dev", "lo")
@@ -134,6 +140,7 @@ def test_meshd_rules_apply_remove_for_real(netns: str, config_path: Path) -> Non
         x for x in before.splitlines() if x.startswith("-A")
     ]
     assert "10.255.0.0/16" not in _in(netns, "ip", "route", "show", "dev", "lo")
+    assert not record.exists()
     assert "no meshd rules" in _in(netns, MESHD, "rules", "remove", "--config", str(config_path))
 
 

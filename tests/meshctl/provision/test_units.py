@@ -8,18 +8,37 @@ from pathlib import Path
 
 import pytest
 
-from meshctl.provision.units import UnitOptions, meshd_service, rules_service
+from meshctl.provision.units import (
+    UnitOptions,
+    meshd_service,
+    rules_service,
+    sync_path,
+    sync_service,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 
 
 @pytest.mark.parametrize("mode", ["closed", "open"])
 @pytest.mark.parametrize(
-    ("name", "render"), [("meshd.service", meshd_service), ("meshd-rules.service", rules_service)]
+    ("name", "render"),
+    [
+        ("meshd.service", meshd_service),
+        ("meshd-rules.service", rules_service),
+        ("meshd-sync.service", sync_service),
+    ],
 )
 def test_units_match_golden(mode: str, name: str, render: Callable[[UnitOptions], str]) -> None:
     text = render(UnitOptions(fail_mode=mode))
     golden = GOLDEN / f"{mode}-{name}"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text()
+
+
+def test_sync_path_matches_golden() -> None:
+    text = sync_path()
+    golden = GOLDEN / "meshd-sync.path"
     if os.environ.get("UPDATE_GOLDEN"):
         golden.write_text(text)
     assert text == golden.read_text()
@@ -31,3 +50,22 @@ def test_closed_mode_never_removes_rules() -> None:
     assert "ExecStopPost=+/opt/meshd/bin/meshd rules remove" in meshd_service(
         UnitOptions(fail_mode="open")
     )
+
+
+@pytest.mark.parametrize(("mode", "gated"), [("closed", False), ("open", True)])
+def test_sync_reinstalls_rules_only_while_meshd_runs_in_open_mode(mode: str, gated: bool) -> None:
+    text = sync_service(UnitOptions(fail_mode=mode))
+    condition = "ExecCondition=/bin/systemctl is-active --quiet meshd.service"
+    assert (condition in text) is gated
+    starts = [line for line in text.splitlines() if line.startswith("ExecStart=")]
+    assert starts == [
+        "ExecStart=/opt/meshd/bin/meshd rules apply --config /etc/meshd/meshd.toml",
+        "ExecStart=/opt/meshd/bin/meshd hosts apply --config /etc/meshd/meshd.toml",
+    ]
+    assert "User=" not in text  # root: iptables and /etc/hosts
+
+
+def test_sync_path_watches_the_pushed_registry() -> None:
+    lines = sync_path().splitlines()
+    assert "PathChanged=/var/lib/meshd/registry.json" in lines
+    assert "Unit=meshd-sync.service" in lines and "WantedBy=paths.target" in lines

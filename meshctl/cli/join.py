@@ -1,0 +1,213 @@
+"""``meshctl join`` and ``meshctl leave``: put hosts into the mesh over SSH and take them out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from meshctl import state
+from meshctl.cli.context import AppContext, app_context
+from meshctl.cli.errors import ExitCode, exit_code_for, render_error
+from meshctl.inventory import HostOverrides, parse_label, parse_service, select_hosts
+from meshctl.provision import rollout
+from meshctl.provision.rollout import Outcome, Rollout, SshOptions
+from meshctl.views.rollout import outcome_json, outcomes_table, plan_view
+
+KeyOption = Annotated[
+    Path | None,
+    typer.Option("--identity", "-i", help="SSH private key file (default: agent, ~/.ssh)"),
+]
+SudoOption = Annotated[
+    bool, typer.Option("--sudo", help="the SSH user is not root: run root commands with sudo -n")
+]
+AcceptOption = Annotated[
+    bool,
+    typer.Option("--accept-new-host-key", help="pin the host key of hosts seen for the first time"),
+]
+DryRunOption = Annotated[
+    bool, typer.Option("--dry-run", help="show the plan (files, unit, rules) and change nothing")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+TimeoutOption = Annotated[float, typer.Option("--connect-timeout", help="SSH connect timeout, s")]
+
+
+@contextmanager
+def progress_display(actx: AppContext, json_out: bool) -> Iterator[Callable[[str, str], None]]:
+    """A live line per host on stderr (terminals only; --json stays quiet)."""
+    if json_out or not actx.err.is_terminal:
+        yield lambda host, what: None
+        return
+    columns = (
+        SpinnerColumn(),
+        TextColumn("[bold]{task.fields[host]}"),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=actx.err, transient=True) as bar:
+        tasks: dict[str, object] = {}
+
+        def report(host: str, what: str) -> None:
+            if host not in tasks:
+                tasks[host] = bar.add_task(what, host=host, total=None)
+            bar.update(tasks[host], description=what)  # type: ignore[arg-type]
+
+        yield report
+
+
+def make_rollout(actx: AppContext, ssh: SshOptions) -> Rollout:
+    ws = actx.workspace()
+    return Rollout(
+        ws,
+        ssh,
+        connect=actx.connect,
+        passphrase=lambda: actx.passphrase() if ws.config.ca_key_encrypted else None,
+        now=actx.clock,
+        bundle_cache=actx.bundle_cache,
+        rollback_deadline=actx.rollback_deadline,
+    )
+
+
+def finish(actx: AppContext, title: str, outcomes: list[Outcome], json_out: bool) -> None:
+    """Render the result table (or JSON) and exit with OK, the error's code, or PARTIAL."""
+    if json_out:
+        actx.print_json({"hosts": [outcome_json(o) for o in outcomes]})
+    else:
+        actx.out.print(outcomes_table(title, outcomes))
+    failed = [o for o in outcomes if o.error is not None]
+    for o in failed:
+        assert o.error is not None
+        render_error(actx.err, o.error, actx.debug)
+    if not failed:
+        return
+    if len(failed) < len(outcomes):
+        raise typer.Exit(ExitCode.PARTIAL)
+    assert failed[0].error is not None
+    raise typer.Exit(exit_code_for(failed[0].error))
+
+
+def join(
+    ctx: typer.Context,
+    targets: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="[HOST]...", help="[USER@]HOST[:PORT], or a host of hosts.toml"),
+    ] = None,
+    services: Annotated[
+        list[str] | None,
+        typer.Option("--service", "-s", help="NAME:PORT[:RUNAS] the host serves (repeat)"),
+    ] = None,
+    labels: Annotated[
+        list[str] | None, typer.Option("--label", "-l", help="KEY=VALUE label (repeat)")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="host name (default: hostname)")
+    ] = None,
+    all_hosts: Annotated[bool, typer.Option("--all", help="every host of hosts.toml")] = False,
+    fail_mode: Annotated[
+        str | None,
+        typer.Option(
+            "--fail-mode",
+            help="closed: while meshd is down intercepted traffic fails; open: it goes around",
+        ),
+    ] = None,
+    key_file: KeyOption = None,
+    sudo: SudoOption = False,
+    accept_new_host_key: AcceptOption = False,
+    dry_run: DryRunOption = False,
+    json_out: JsonOption = False,
+    connect_timeout: TimeoutOption = 10.0,
+) -> None:
+    """Join hosts to the mesh over SSH: install meshd, its identity, unit and redirect rules.
+
+    Re-running on a joined host changes nothing unless something differs.
+
+    Examples:
+      meshctl join root@10.0.0.11 --service api:8080 --accept-new-host-key
+      meshctl join web1 api1 db1
+      meshctl join --all --dry-run
+    """
+    actx = app_context(ctx)
+    if fail_mode not in (None, "open", "closed"):
+        raise typer.BadParameter("--fail-mode is open or closed")
+    ro = make_rollout(actx, SshOptions(key_file, sudo, accept_new_host_key, connect_timeout))
+    overrides = HostOverrides(
+        services=tuple(parse_service(s) for s in services) if services else None,
+        labels=tuple(parse_label(label) for label in labels or ()),
+        fail_mode=fail_mode,
+        name=name,
+    )
+    inventory = state.load_inventory(ro.ws)
+    default_mode = ro.ws.config.defaults.fail_mode
+    hosts = select_hosts(inventory, targets or [], all_hosts, overrides, default_mode)
+    with progress_display(actx, json_out) as report:
+        ro.progress = report
+        outcomes = rollout.join(ro, hosts, dry_run)
+        pushes = [] if dry_run else rollout.push_registry(ro, state.joined(ro.ws))
+    if dry_run and not json_out:
+        for o in outcomes:
+            if o.plan is not None:
+                actx.out.print(plan_view(o.plan))
+    _merge_pushes(outcomes, pushes)
+    finish(actx, "dry run" if dry_run else "join", outcomes + _others(outcomes, pushes), json_out)
+
+
+def _merge_pushes(outcomes: list[Outcome], pushes: list[Outcome]) -> None:
+    """A failed registry push to a host that just joined is that host's failure."""
+    by_host = {o.host: o for o in outcomes}
+    for push in pushes:
+        mine = by_host.get(push.host)
+        if mine is not None and mine.ok:
+            mine.done += push.done
+            if push.error is not None:
+                mine.status, mine.error = "failed", push.error
+
+
+def _others(outcomes: list[Outcome], pushes: list[Outcome]) -> list[Outcome]:
+    """Pushes to hosts this command did not join (they got the new registry)."""
+    mine = {o.host for o in outcomes}
+    return [p for p in pushes if p.host not in mine]
+
+
+def leave(
+    ctx: typer.Context,
+    hosts: Annotated[list[str], typer.Argument(metavar="HOST...", help="hosts of hosts.toml")],
+    forget_unreachable: Annotated[
+        bool,
+        typer.Option(
+            "--forget-unreachable",
+            help="drop hosts that cannot be reached from the inventory anyway (nothing removed)",
+        ),
+    ] = False,
+    key_file: KeyOption = None,
+    sudo: SudoOption = False,
+    dry_run: DryRunOption = False,
+    json_out: JsonOption = False,
+    connect_timeout: TimeoutOption = 10.0,
+) -> None:
+    """Take hosts out of the mesh: stop meshd, remove its rules, files, user, unit and names.
+
+    Works when meshd is broken or already gone; running it twice is harmless.
+    The other hosts then get a registry without them.
+
+    Example: meshctl leave api2
+    """
+    actx = app_context(ctx)
+    ro = make_rollout(actx, SshOptions(key_file, sudo, False, connect_timeout))
+    inventory = state.load_inventory(ro.ws)
+    specs = select_hosts(inventory, hosts, False, HostOverrides(), "closed")
+    unknown = [h.address for h in specs if not h.name]
+    if unknown:
+        raise typer.BadParameter(f"not in hosts.toml: {', '.join(unknown)}")
+    with progress_display(actx, json_out) as report:
+        ro.progress = report
+        outcomes = rollout.leave(ro, specs, dry_run, forget_unreachable)
+        pushes = [] if dry_run else rollout.push_registry(ro, state.joined(ro.ws))
+    if dry_run and not json_out:
+        for o in outcomes:
+            if o.plan is not None:
+                actx.out.print(plan_view(o.plan))
+    finish(actx, "dry run" if dry_run else "leave", outcomes + pushes, json_out)

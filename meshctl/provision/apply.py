@@ -1,0 +1,276 @@
+"""Carry out a plan on one host: the only provisioning code that changes a host.
+
+Files travel to a staging directory owned by the SSH user and are moved into
+place by one root command each batch (atomically: a temp file next to the
+target, then rename), so non-root users work through sudo. Redirect rules go
+in under a dead-man switch: a transient systemd timer on the host restores
+the previous nat table unless a *new* SSH connection confirms in time.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from meshctl.provision import layout
+from meshctl.provision.desired import FileSpec
+from meshctl.provision.plan import (
+    ApplyRules,
+    CreateUser,
+    EnableUnits,
+    Enroll,
+    InstallBundle,
+    Plan,
+    PruneBundles,
+    ReloadSystemd,
+    RemovePaths,
+    RemoveRules,
+    RemoveUser,
+    StartMeshd,
+    Step,
+    StopUnits,
+    WriteFile,
+    WriteHostsBlock,
+)
+from meshctl.transport import Transport, check
+from meshd.errors import MeshError, ProvisionError
+from meshd.identity import SpiffeId
+
+Signer = Callable[[bytes, tuple[SpiffeId, ...], int], bytes]  # CSR PEM, ids, hours -> chain PEM
+APPLY_RULES = f"{layout.LAUNCHER} rules apply --config {layout.CONFIG}"
+ROLLBACK_DEADLINE = 20.0
+
+
+@dataclass
+class Applier:
+    """Runs plans over one transport. ``reconnect`` opens a new SSH connection to the host."""
+
+    transport: Transport
+    reconnect: Callable[[], Transport]
+    bundle: Path | None = None
+    sign: Signer | None = None
+    report: Callable[[str], None] = lambda _: None
+    rollback_deadline: float = ROLLBACK_DEADLINE
+    rules_command: str = APPLY_RULES
+    done: list[str] = field(default_factory=list)
+
+    @property
+    def host(self) -> str:
+        return self.transport.name
+
+    def apply(self, plan: Plan) -> list[str]:
+        """Run every step in order; stop at the first failure (later steps depend on it)."""
+        steps = list(plan.steps)
+        while steps:
+            step = steps.pop(0)
+            if isinstance(step, WriteFile):  # one upload and one root command for a run of files
+                batch = [step.file]
+                while steps and isinstance(steps[0], WriteFile):
+                    batch.append(steps.pop(0).file)  # type: ignore[attr-defined]
+                self.report(f"writing {len(batch)} file(s)")
+                self.write_files(batch)
+                self.done += [f"write {f.path}" for f in batch]
+                continue
+            self.report(step.title)
+            self.run_step(step)
+            self.done.append(step.title)
+        return self.done
+
+    def root(self, command: str, what: str, timeout: float = 120) -> str:
+        return check(self.transport.run(command, timeout=timeout), what, self.host).stdout
+
+    def run_step(self, step: Step) -> None:
+        handlers: dict[type[Step], Callable[[Step], None]] = {
+            InstallBundle: self._install_bundle,  # type: ignore[dict-item]
+            CreateUser: lambda _: self._create_user(),
+            Enroll: self._enroll,  # type: ignore[dict-item]
+            ReloadSystemd: lambda _: self._daemon_reload(),
+            EnableUnits: self._enable,  # type: ignore[dict-item]
+            StartMeshd: self._start,  # type: ignore[dict-item]
+            ApplyRules: lambda _: self.apply_rules_guarded(self.rules_command),
+            WriteHostsBlock: self._hosts,  # type: ignore[dict-item]
+            PruneBundles: self._prune,  # type: ignore[dict-item]
+            StopUnits: self._stop,  # type: ignore[dict-item]
+            RemoveRules: self._remove_rules,  # type: ignore[dict-item]
+            RemovePaths: self._remove_paths,  # type: ignore[dict-item]
+            RemoveUser: lambda _: self._remove_user(),
+        }
+        handlers[type(step)](step)
+
+    # files
+    def staging(self) -> str:
+        result = self.transport.run("mktemp -d /tmp/meshctl.XXXXXXXX", root=False, timeout=30)
+        return check(result, "creating a staging directory", self.host).stdout.strip()
+
+    def write_files(self, files: list[FileSpec]) -> None:
+        stage = self.staging()
+        commands = ["set -e"]
+        for i, spec in enumerate(files):
+            self.transport.put(f"{stage}/{i}", spec.content, 0o600)
+            tmp = shlex.quote(f"{spec.path}.meshctl-tmp")
+            commands += [
+                f"mkdir -p {shlex.quote(str(Path(spec.path).parent))}",
+                f"cp {stage}/{i} {tmp}",
+                f"chmod {spec.mode:o} {tmp}",
+                f"chown {spec.owner}:{spec.owner} {tmp}",
+                f"mv -f {tmp} {shlex.quote(spec.path)}",
+            ]
+        commands.append(f"rm -rf {stage}")
+        self.root("\n".join(commands), "writing files")
+
+    # steps
+    def _install_bundle(self, step: InstallBundle) -> None:
+        if self.bundle is None:
+            raise ProvisionError(f"{self.host}: no meshd bundle was built for this host")
+        stage = self.staging()
+        self.transport.put(f"{stage}/meshd.tar.gz", self.bundle.read_bytes(), 0o600)
+        target = f"{layout.OPT}/{step.version}"
+        self.root(
+            f"set -e; rm -rf {target}.tmp; mkdir -p {target}.tmp {layout.OPT}/bin; "
+            f"tar -xzf {stage}/meshd.tar.gz -C {target}.tmp; rm -rf {stage}; "
+            f"python3 -I -m compileall -q {target}.tmp/lib >/dev/null 2>&1 || true; "
+            f"rm -rf {target}; mv {target}.tmp {target}",
+            "unpacking meshd",
+            timeout=300,
+        )
+
+    def _daemon_reload(self) -> None:
+        self.root("systemctl daemon-reload", "daemon-reload")
+
+    def _create_user(self) -> None:
+        self.root(
+            f"id -u {layout.USER} >/dev/null 2>&1 || useradd --system --no-create-home "
+            f"--home-dir {layout.STATE} --shell /usr/sbin/nologin {layout.USER}",
+            "creating the meshd user",
+        )
+
+    def _enroll(self, step: Enroll) -> None:
+        if self.sign is None:
+            raise ProvisionError(f"{self.host}: a certificate is needed but no signer was given")
+        ids = " ".join(f"--id {shlex.quote(str(i))}" for i in step.identities)
+        csr = self.root(
+            f"set -e; mkdir -p {layout.ETC}; umask 077; "
+            f"{layout.LAUNCHER} keygen --force --key {layout.KEY} --csr - {ids}; "
+            f"chown {layout.USER}:{layout.USER} {layout.KEY}; chmod 600 {layout.KEY}",
+            "making the host's key",
+        )
+        chain = self.sign(csr.encode(), step.identities, step.lifetime_hours)
+        self.write_files([FileSpec(layout.CERT, chain)])
+
+    def _enable(self, step: EnableUnits) -> None:
+        self.root(
+            f"systemctl enable --quiet {' '.join(step.units)} && systemctl start meshd-sync.path",
+            "enabling units",
+        )
+
+    def _start(self, step: StartMeshd) -> None:
+        result = self.transport.run(f"systemctl {step.action} meshd.service", timeout=60)
+        if not result.ok:
+            log = self.transport.run("journalctl -u meshd.service -n 8 --no-pager -o cat").stdout
+            last = [line for line in log.splitlines() if line.strip()][-3:]
+            raise ProvisionError(
+                f"{self.host}: meshd did not {step.action}: {' / '.join(last) or result.stderr}",
+                hint=f"see journalctl -u meshd on {self.host}",
+            )
+
+    def _hosts(self, step: WriteHostsBlock) -> None:
+        stage = self.staging()
+        self.transport.put(f"{stage}/hosts", step.content.encode(), 0o600)
+        hosts, tmp = layout.HOSTS_FILE, f"{layout.HOSTS_FILE}.meshctl-tmp"
+        self.root(
+            f"set -e; cp {stage}/hosts {tmp}; chmod --reference={hosts} {tmp}; "
+            f"chown --reference={hosts} {tmp}; mv -f {tmp} {hosts}; rm -rf {stage}",
+            f"writing {hosts}",
+        )
+
+    def _prune(self, step: PruneBundles) -> None:
+        paths = " ".join(shlex.quote(f"{layout.OPT}/{v}") for v in step.versions)
+        self.root(f"rm -rf {paths}", "removing old meshd versions")
+
+    def _stop(self, step: StopUnits) -> None:
+        units = " ".join(step.units)
+        self.root(
+            f"systemctl disable --now --quiet {units} 2>/dev/null; "
+            f"systemctl reset-failed {units} 2>/dev/null; true",
+            "stopping meshd",
+        )
+
+    def _remove_rules(self, step: RemoveRules) -> None:
+        commands = ["set -e"]
+        if step.document:
+            stage = self.staging()
+            self.transport.put(f"{stage}/remove.rules", step.document.encode(), 0o600)
+            commands += [f"iptables-restore --noflush {stage}/remove.rules", f"rm -rf {stage}"]
+        if step.route:
+            commands.append("ip route del 10.255.0.0/16 dev lo")
+        self.root("\n".join(commands), "removing the redirect rules")
+
+    def _remove_paths(self, step: RemovePaths) -> None:
+        paths = " ".join(shlex.quote(p) for p in step.paths)
+        self.root(f"rm -rf {paths} && systemctl daemon-reload", "removing meshd's files")
+
+    def _remove_user(self) -> None:
+        self.root(
+            f"userdel {layout.USER}; getent group {layout.USER} >/dev/null && "
+            f"groupdel {layout.USER}; true",
+            "removing the meshd user",
+        )
+
+    # the dead-man switch
+    def apply_rules_guarded(self, command: str) -> None:
+        """Run ``command`` (which changes the nat table) so that it undoes itself unless confirmed.
+
+        Before: the nat table is saved on the host and a transient timer is set
+        to restore it after ``rollback_deadline`` seconds. After: a *new* SSH
+        connection must succeed and cancel the timer; the one that applied the
+        rules proves nothing (conntrack keeps established flows alive).
+        """
+        unit = f"meshd-rules-rollback-{secrets.token_hex(4)}"
+        restore = (
+            f"if grep -q '^\\*nat' {layout.ROLLBACK}; then iptables-restore < {layout.ROLLBACK}; "
+            f"else iptables -t nat -F; iptables -t nat -X; fi; rm -f {layout.RULES_RECORD}"
+        )
+        self.root(
+            f"set -e; umask 077; iptables-save -t nat > {layout.ROLLBACK}; "
+            f"systemd-run --quiet --unit={unit} --on-active={self.rollback_deadline:g}s "
+            f"--timer-property=AccuracySec=100ms /bin/sh -c {shlex.quote(restore)}",
+            "arming the rules rollback",
+        )
+        armed = time.monotonic()
+        try:
+            result = self.transport.run(command, timeout=60)
+        except MeshError as e:  # the rules cut the session that applied them
+            raise self._rolled_back(armed, e.message) from e
+        if not result.ok:
+            self._disarm(self.transport, unit)
+            check(result, "applying the redirect rules", self.host)
+        try:
+            confirm = self.reconnect()
+        except MeshError as e:
+            raise self._rolled_back(armed, str(e.message)) from e
+        try:
+            self._disarm(confirm, unit)
+        finally:
+            confirm.close()
+
+    def _disarm(self, transport: Transport, unit: str) -> None:
+        result = transport.run(f"systemctl stop {unit}.timer; rm -f {layout.ROLLBACK}", timeout=30)
+        check(result, "cancelling the rules rollback", self.host)
+
+    def _rolled_back(self, armed: float, why: str) -> ProvisionError:
+        """Wait for the host's timer to undo the rules, and say whether it is reachable again."""
+        time.sleep(max(0.0, armed + self.rollback_deadline + 2 - time.monotonic()))
+        try:
+            self.reconnect().close()
+            after = "they were rolled back and the host is reachable again"
+        except MeshError as e:
+            after = f"they should have been rolled back, but the host is still unreachable ({e})"
+        return ProvisionError(
+            f"{self.host}: a new SSH connection failed after the redirect rules were applied "
+            f"({why}); {after}",
+            hint="check the rule set (meshctl join --dry-run shows it) and the SSH port in use",
+        )

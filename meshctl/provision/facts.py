@@ -1,0 +1,182 @@
+"""What a host is like now, read in one SSH round trip.
+
+``SCRIPT`` prints sections (``@@name`` lines followed by their text); the
+pure ``parse`` turns that output into ``HostFacts``. The planner compares
+facts with the desired state; nothing here changes the host.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+
+from meshctl.provision import layout
+from meshctl.transport import Transport
+from meshd.errors import ProvisionError
+
+SUPPORTED_OS = {"debian": ("12", "13"), "ubuntu": ("24.04",)}
+MIN_PYTHON = (3, 11)  # meshd uses tomllib and datetime.UTC
+
+
+def script(vip_range: str) -> str:
+    """The shell script that prints every fact (read-only, runs as root)."""
+    files = " ".join(shlex.quote(p) for p in layout.MANAGED_FILES)
+    units = " ".join(layout.UNITS)
+    return f"""
+s() {{ printf '\\n@@%s\\n' "$1"; }}
+s os; cat /etc/os-release 2>/dev/null
+s machine; uname -m
+s hostname; hostname
+s python; python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null
+s systemd; [ -d /run/systemd/system ] && echo yes
+s iptables; iptables -V 2>/dev/null
+s user; id -u {layout.USER} 2>/dev/null
+s sha256; for f in {files}; do [ -f "$f" ] && sha256sum "$f"; done
+s key; stat -c '%a %U' {layout.KEY} 2>/dev/null
+s cert; cat {layout.CERT} 2>/dev/null
+s enabled; for u in {units}; do
+  printf '%s %s\\n' "$u" "$(systemctl is-enabled "$u" 2>/dev/null)"; done
+s meshd; systemctl show meshd.service -p ActiveState -p NRestarts \
+  -p ActiveEnterTimestampMonotonic -p MainPID 2>/dev/null
+printf 'Now=%s\\n' "$(cut -d' ' -f1 /proc/uptime)"
+s rules; cat {layout.RULES_RECORD} 2>/dev/null
+s nat; iptables-save -t nat 2>/dev/null
+s route; ip route show {vip_range} dev lo 2>/dev/null
+s hosts; cat /etc/hosts 2>/dev/null
+s versions; ls {layout.OPT} 2>/dev/null
+s end
+"""
+
+
+@dataclass(frozen=True)
+class MeshdState:
+    """``systemctl show meshd``: state, restarts and uptime in seconds."""
+
+    active: str = "inactive"
+    restarts: int = 0
+    uptime: float | None = None
+    pid: int = 0
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    os_id: str
+    os_version: str
+    os_name: str
+    machine: str
+    hostname: str
+    python: str | None
+    systemd: bool
+    iptables: str  # "nft", "legacy" or "" when iptables is missing
+    user_exists: bool
+    hashes: dict[str, str] = field(default_factory=dict)  # managed path -> sha256
+    key_mode: str | None = None  # "600 meshd"
+    cert_pem: str = ""
+    enabled: dict[str, str] = field(default_factory=dict)  # unit -> is-enabled
+    meshd: MeshdState = field(default_factory=MeshdState)
+    rules_record: str = ""  # sha256 of the rule set meshd last applied (in /run)
+    nat: str = ""
+    route: bool = False
+    hosts: str = ""
+    versions: tuple[str, ...] = ()  # entries under /opt/meshd
+
+    @property
+    def installed(self) -> bool:
+        """Anything of ours on the host."""
+        return bool(
+            self.hashes
+            or self.user_exists
+            or self.versions
+            or any(v not in ("", "not-found") for v in self.enabled.values())
+        )
+
+
+def split_sections(text: str) -> dict[str, str]:
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("@@"):
+            current = sections.setdefault(line[2:].strip(), [])
+        elif current is not None:
+            current.append(line)
+    return {name: "\n".join(lines).strip("\n") for name, lines in sections.items()}
+
+
+def _keyvalues(text: str, sep: str = "=") -> dict[str, str]:
+    pairs = (line.split(sep, 1) for line in text.splitlines() if sep in line)
+    return {k.strip(): v.strip().strip('"') for k, v in pairs}
+
+
+def _meshd(text: str) -> MeshdState:
+    kv = _keyvalues(text)
+    started = int(kv.get("ActiveEnterTimestampMonotonic", "0") or 0)
+    now = float(kv.get("Now", "0") or 0)
+    active = kv.get("ActiveState", "inactive")
+    uptime = now - started / 1e6 if active == "active" and started and now else None
+    return MeshdState(
+        active, int(kv.get("NRestarts", "0") or 0), uptime, int(kv.get("MainPID", "0"))
+    )
+
+
+def parse(text: str) -> HostFacts:
+    """Facts from the output of ``script``."""
+    s = split_sections(text)
+    if "end" not in s:
+        raise ProvisionError("reading the host's facts stopped early (incomplete output)")
+    os_release = _keyvalues(s.get("os", ""))
+    hashes = {}
+    for line in s.get("sha256", "").splitlines():
+        digest, _, path = line.partition("  ")
+        hashes[path.strip()] = digest
+    backend = s.get("iptables", "")
+    enabled = dict(line.split(" ", 1) for line in s.get("enabled", "").splitlines() if " " in line)
+    return HostFacts(
+        os_id=os_release.get("ID", ""),
+        os_version=os_release.get("VERSION_ID", ""),
+        os_name=os_release.get("PRETTY_NAME", "unknown OS"),
+        machine=s.get("machine", ""),
+        hostname=s.get("hostname", ""),
+        python=s.get("python") or None,
+        systemd=s.get("systemd") == "yes",
+        iptables="nft" if "nf_tables" in backend else "legacy" if backend else "",
+        user_exists=bool(s.get("user")),
+        hashes=hashes,
+        key_mode=s.get("key") or None,
+        cert_pem=s.get("cert", ""),
+        enabled={k: v.strip() for k, v in enabled.items()},
+        meshd=_meshd(s.get("meshd", "")),
+        rules_record=s.get("rules", "").strip(),
+        nat=s.get("nat", "") + "\n" if s.get("nat") else "",
+        route=bool(s.get("route")),
+        hosts=s.get("hosts", "") + "\n" if s.get("hosts") else "",
+        versions=tuple(s.get("versions", "").split()),
+    )
+
+
+def check_supported(host: str, facts: HostFacts) -> None:
+    """Refuse hosts meshd cannot run on, saying what is missing."""
+    if not facts.python:
+        raise ProvisionError(
+            f"{host}: python3 is missing", hint="install it first (apt-get install python3)"
+        )
+    if tuple(int(p) for p in facts.python.split(".")) < MIN_PYTHON:
+        raise ProvisionError(f"{host}: python3 is {facts.python}; meshd needs 3.11 or newer")
+    versions = SUPPORTED_OS.get(facts.os_id)
+    if versions is None or facts.os_version not in versions:
+        names = ", ".join(f"{os} {'/'.join(v)}" for os, v in SUPPORTED_OS.items())
+        raise ProvisionError(
+            f"{host}: {facts.os_name} is not supported", hint=f"supported: {names}"
+        )
+    if not facts.systemd:
+        raise ProvisionError(f"{host}: systemd is not running; meshd needs it as PID 1")
+    if not facts.iptables:
+        raise ProvisionError(f"{host}: iptables is missing", hint="apt-get install iptables")
+
+
+def gather(transport: Transport, vip_range: str) -> HostFacts:
+    """Read the host's facts over ``transport``."""
+    result = transport.run(script(vip_range), timeout=60)
+    if result.status != 0 and "@@end" not in result.stdout:
+        detail = (result.stderr.strip().splitlines() or [f"exit {result.status}"])[-1]
+        raise ProvisionError(f"{transport.name}: cannot read the host's facts: {detail}")
+    return parse(result.stdout)

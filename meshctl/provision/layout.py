@@ -1,0 +1,34 @@
+"""Where meshctl puts things on a host (DESIGN.md, "Host layout"), in one place.
+
+``meshctl leave`` removes exactly these; facts read exactly these.
+"""
+
+from __future__ import annotations
+
+USER = "meshd"
+OPT = "/opt/meshd"
+LAUNCHER = f"{OPT}/bin/meshd"
+ETC = "/etc/meshd"
+CONFIG = f"{ETC}/meshd.toml"
+REGISTRY = f"{ETC}/registry.json"
+TRUST_BUNDLE = f"{ETC}/bundle.pem"
+CERT = f"{ETC}/cert.pem"
+KEY = f"{ETC}/key.pem"
+STATE = "/var/lib/meshd"
+RULES_RECORD = "/run/meshd-rules.sha256"  # gone at reboot, like the rules it describes
+ROLLBACK = "/run/meshd-rules.rollback"
+HOSTS_FILE = "/etc/hosts"
+UNIT_DIR = "/etc/systemd/system"
+
+UNIT_FILES = {
+    "meshd.service": f"{UNIT_DIR}/meshd.service",
+    "meshd-rules.service": f"{UNIT_DIR}/meshd-rules.service",
+    "meshd-sync.service": f"{UNIT_DIR}/meshd-sync.service",
+    "meshd-sync.path": f"{UNIT_DIR}/meshd-sync.path",
+}
+UNITS = tuple(UNIT_FILES)
+# enabled at join: meshd itself, the boot-time rules, the registry watcher
+ENABLED_UNITS = ("meshd.service", "meshd-rules.service", "meshd-sync.path")
+
+MANAGED_FILES = (LAUNCHER, CONFIG, REGISTRY, TRUST_BUNDLE, CERT, KEY, *UNIT_FILES.values())
+REMOVED_PATHS = (OPT, ETC, STATE, RULES_RECORD, ROLLBACK, "/run/meshd", *UNIT_FILES.values())

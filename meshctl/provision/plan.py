@@ -1,0 +1,318 @@
+"""Facts + desired state -> the steps that make a host match. Pure.
+
+A plan is empty when the host already matches, so re-running ``join`` on a
+converged host changes nothing. Steps are imperatives (``InstallBundle``);
+each says what it does and why, and ``--dry-run`` prints them with the
+rendered files and the rules document.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from meshctl.provision import layout
+from meshctl.provision.desired import DesiredHost, FileSpec
+from meshctl.provision.facts import HostFacts
+from meshd import hostsfile
+from meshd.identity import SpiffeId
+from meshd.pki import spiffe_ids
+from meshd.rules import apply_document, remove_document
+
+RENEW_AT = 2 / 3  # renew a certificate once two thirds of its life have passed
+
+
+@dataclass(frozen=True)
+class Step:
+    why: str
+
+    @property
+    def title(self) -> str:
+        raise NotImplementedError
+
+    def detail(self) -> str:
+        """What a dry run shows beneath the title (a rendered file, a rules document)."""
+        return ""
+
+
+@dataclass(frozen=True)
+class InstallBundle(Step):
+    version: str
+
+    @property
+    def title(self) -> str:
+        return f"install meshd {self.version} into {layout.OPT}/{self.version}"
+
+
+@dataclass(frozen=True)
+class CreateUser(Step):
+    @property
+    def title(self) -> str:
+        return f"create the system user {layout.USER}"
+
+
+@dataclass(frozen=True)
+class Enroll(Step):
+    identities: tuple[SpiffeId, ...]
+    lifetime_hours: int
+
+    @property
+    def title(self) -> str:
+        return "make a key on the host, sign its CSR, install the certificate"
+
+    def detail(self) -> str:
+        return "\n".join(str(i) for i in self.identities)
+
+
+@dataclass(frozen=True)
+class WriteFile(Step):
+    file: FileSpec
+
+    @property
+    def title(self) -> str:
+        return f"write {self.file.path} ({self.file.mode:o}, {self.file.owner})"
+
+    def detail(self) -> str:
+        text = self.file.content.decode(errors="replace")
+        return text if len(text) < 4000 and "\0" not in text else f"{len(text)} bytes"
+
+
+@dataclass(frozen=True)
+class ReloadSystemd(Step):
+    @property
+    def title(self) -> str:
+        return "systemctl daemon-reload"
+
+
+@dataclass(frozen=True)
+class EnableUnits(Step):
+    units: tuple[str, ...]
+
+    @property
+    def title(self) -> str:
+        return f"enable {' '.join(self.units)}"
+
+
+@dataclass(frozen=True)
+class StartMeshd(Step):
+    action: str  # "start" | "restart" | "reload"
+
+    @property
+    def title(self) -> str:
+        return f"systemctl {self.action} meshd (and wait until it is ready)"
+
+
+@dataclass(frozen=True)
+class ApplyRules(Step):
+    document: str
+
+    @property
+    def title(self) -> str:
+        return "apply the redirect rules (rolled back unless a new SSH connection confirms them)"
+
+    def detail(self) -> str:
+        return self.document
+
+
+@dataclass(frozen=True)
+class WriteHostsBlock(Step):
+    content: str  # the whole new /etc/hosts
+    block: str  # our part of it ("" when it is taken out)
+
+    @property
+    def title(self) -> str:
+        return f"update the meshd block of {layout.HOSTS_FILE}"
+
+    def detail(self) -> str:
+        return self.block or "(block removed)"
+
+
+@dataclass(frozen=True)
+class PruneBundles(Step):
+    versions: tuple[str, ...]
+
+    @property
+    def title(self) -> str:
+        return f"remove old meshd versions {', '.join(self.versions)}"
+
+
+# leave
+@dataclass(frozen=True)
+class StopUnits(Step):
+    units: tuple[str, ...]
+
+    @property
+    def title(self) -> str:
+        return f"stop and disable {' '.join(self.units)}"
+
+
+@dataclass(frozen=True)
+class RemoveRules(Step):
+    document: str | None
+    route: bool
+
+    @property
+    def title(self) -> str:
+        return "remove the redirect rules" + (" and the virtual-IP route" if self.route else "")
+
+    def detail(self) -> str:
+        return self.document or ""
+
+
+@dataclass(frozen=True)
+class RemovePaths(Step):
+    paths: tuple[str, ...]
+
+    @property
+    def title(self) -> str:
+        return f"remove {' '.join(self.paths)}"
+
+
+@dataclass(frozen=True)
+class RemoveUser(Step):
+    @property
+    def title(self) -> str:
+        return f"remove the system user {layout.USER}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    host: str
+    steps: tuple[Step, ...] = field(default_factory=tuple)
+
+    @property
+    def empty(self) -> bool:
+        return not self.steps
+
+    def has(self, kind: type[Step]) -> bool:
+        return any(isinstance(s, kind) for s in self.steps)
+
+
+def cert_problem(
+    facts: HostFacts, desired: DesiredHost, issuer: x509.Certificate, now: dt.datetime
+) -> str | None:
+    """Why the host needs a new certificate, or None when its certificate is good."""
+    if not facts.key_mode:
+        return "no key on the host yet"
+    if facts.key_mode != f"600 {layout.USER}":
+        return f"the key has mode/owner {facts.key_mode}"
+    if not facts.cert_pem:
+        return "no certificate yet"
+    try:
+        cert = x509.load_pem_x509_certificate(facts.cert_pem.encode())
+    except ValueError:
+        return "the certificate cannot be read"
+    if set(spiffe_ids(cert)) != set(desired.identities):
+        return "its identities differ from the inventory's"
+    if not _issued(cert, issuer):
+        return "it was not issued by this mesh's issuing CA"
+    life = cert.not_valid_after_utc - cert.not_valid_before_utc
+    if now >= cert.not_valid_before_utc + life * RENEW_AT:
+        return f"it expires {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC (past 2/3 of its life)"
+    return None
+
+
+def _issued(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _files(facts: HostFacts, desired: DesiredHost) -> list[WriteFile]:
+    steps = []
+    for spec in desired.files:
+        current = facts.hashes.get(spec.path)
+        if current != spec.sha256:
+            why = "missing" if current is None else "content differs"
+            steps.append(WriteFile(why, spec))
+    return steps
+
+
+def plan_join(
+    facts: HostFacts, desired: DesiredHost, issuer: x509.Certificate, now: dt.datetime
+) -> Plan:
+    """The steps that turn ``facts`` into ``desired``; empty when they match."""
+    steps: list[Step] = []
+    launcher = desired.file(layout.LAUNCHER)
+    new_bundle = desired.bundle_version not in facts.versions or (
+        facts.hashes.get(layout.LAUNCHER) != launcher.sha256
+    )
+    if desired.bundle_version not in facts.versions:
+        steps.append(InstallBundle("not installed yet", desired.bundle_version))
+    writes = _files(facts, desired)
+    steps += [w for w in writes if w.file.path == layout.LAUNCHER]  # keygen runs it
+    if not facts.user_exists:
+        steps.append(CreateUser("missing"))
+    problem = _cert_problem(facts, desired, issuer, now)
+    if problem:
+        steps.append(Enroll(problem, desired.identities, desired.leaf_lifetime_hours))
+    steps += [w for w in writes if w.file.path != layout.LAUNCHER]
+    written = {w.file.path for w in writes}
+    units_changed = bool(written & set(layout.UNIT_FILES.values()))
+    if units_changed:
+        steps.append(ReloadSystemd("unit files changed"))
+    disabled = tuple(u for u in layout.ENABLED_UNITS if facts.enabled.get(u) != "enabled")
+    if disabled:
+        steps.append(EnableUnits("not enabled", disabled))
+    steps += _meshd_action(facts, written, bool(problem), new_bundle)
+    if facts.rules_record != desired.rules_fingerprint or not _rules_present(facts):
+        why = "not installed" if not _rules_present(facts) else "rule set changed"
+        steps.append(ApplyRules(why, apply_document(desired.rules, facts.nat)))
+    hosts = hostsfile.with_block(facts.hosts, desired.vips)
+    if hosts != facts.hosts:
+        block = hostsfile.render_block(desired.vips) if desired.vips else ""
+        steps.append(WriteHostsBlock("service names changed", hosts, block))
+    old = tuple(v for v in facts.versions if v not in ("bin", desired.bundle_version))
+    if old:
+        steps.append(PruneBundles("superseded", old))
+    return Plan(desired.name, tuple(steps))
+
+
+def _cert_problem(
+    facts: HostFacts, desired: DesiredHost, issuer: x509.Certificate, now: dt.datetime
+) -> str | None:
+    try:
+        return cert_problem(facts, desired, issuer, now)
+    except Exception as e:  # a malformed certificate on the host: replace it
+        return f"the certificate is unusable ({e})"
+
+
+def _meshd_action(
+    facts: HostFacts, written: set[str], enrolled: bool, new_bundle: bool
+) -> list[Step]:
+    if facts.meshd.active != "active":
+        return [StartMeshd(f"meshd is {facts.meshd.active}", "start")]
+    restart_on = {layout.CONFIG, layout.LAUNCHER, layout.UNIT_FILES["meshd.service"]}
+    if new_bundle or written & restart_on:
+        return [StartMeshd("its program, config or unit changed", "restart")]
+    if enrolled or written & {layout.REGISTRY, layout.TRUST_BUNDLE}:
+        return [StartMeshd("certificate, trust bundle or registry changed", "reload")]
+    return []
+
+
+def _rules_present(facts: HostFacts) -> bool:
+    return facts.route and remove_document(facts.nat) is not None
+
+
+def plan_leave(facts: HostFacts) -> Plan:
+    """The steps that take everything of ours off the host; empty when nothing is left."""
+    steps: list[Step] = []
+    active_units = tuple(u for u, state in facts.enabled.items() if state not in ("", "not-found"))
+    if active_units or facts.meshd.active not in ("inactive", ""):
+        steps.append(StopUnits("meshd is installed", layout.UNITS))
+    removal = remove_document(facts.nat)
+    if removal is not None or facts.route:
+        steps.append(RemoveRules("rules installed", removal, facts.route))
+    hosts = hostsfile.without_block(facts.hosts)
+    if hosts != facts.hosts:
+        steps.append(WriteHostsBlock("service names of the mesh", hosts, ""))
+    if facts.installed:
+        steps.append(RemovePaths("files of meshd", layout.REMOVED_PATHS))
+    if facts.user_exists:
+        steps.append(RemoveUser("created at join"))
+    return Plan(facts.hostname, tuple(steps))

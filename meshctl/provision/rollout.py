@@ -1,0 +1,365 @@
+"""Join, leave and survey many hosts at once: facts -> plan -> apply per host, in parallel.
+
+Each host's work ends in an ``Outcome`` (never an exception): the commands
+render one table and exit non-zero on partial failure. After hosts join or
+leave, every joined host gets the new registry over its admin API.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cryptography import x509
+
+from meshctl import bundle as bundles
+from meshctl import state
+from meshctl.admin_client import AdminClient, AdminEndpoint
+from meshctl.ca import sign_csr
+from meshctl.inventory import HostSpec, Inventory
+from meshctl.provision import facts as facts_mod
+from meshctl.provision.apply import ROLLBACK_DEADLINE, Applier
+from meshctl.provision.desired import DesiredHost, desired_host
+from meshctl.provision.facts import HostFacts
+from meshctl.provision.plan import Enroll, Plan, plan_join, plan_leave
+from meshctl.transport import SshTransport, Target, Transport
+from meshctl.workspace import Workspace
+from meshd.errors import ConnectError, MeshError, ProvisionError
+from meshd.identity import SpiffeId, check_name
+from meshd.pki import cert_pem, load_certs
+
+T = TypeVar("T")
+Progress = Callable[[str, str], None]  # host, what is happening
+MAX_PARALLEL = 16
+
+
+@dataclass(frozen=True)
+class SshOptions:
+    key_file: Path | None = None
+    sudo: bool = False
+    accept_new_host_key: bool = False
+    timeout: float = 10.0
+
+
+Connector = Callable[[Workspace, HostSpec, SshOptions], Transport]
+
+
+def ssh_connect(ws: Workspace, host: HostSpec, options: SshOptions) -> Transport:
+    return SshTransport(
+        Target(host.address, host.user, host.port),
+        ws.root / "known_hosts",
+        key_file=options.key_file,
+        accept_new=options.accept_new_host_key,
+        use_sudo=options.sudo,
+        timeout=options.timeout,
+    )
+
+
+@dataclass
+class Outcome:
+    host: str
+    address: str
+    status: str = "pending"  # joined | converged | planned | left | gone | failed
+    plan: Plan | None = None
+    done: list[str] = field(default_factory=list)
+    error: MeshError | None = None
+    facts: HostFacts | None = None
+    desired: DesiredHost | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class Rollout:
+    """Everything a multi-host command needs from the outside world."""
+
+    ws: Workspace
+    ssh: SshOptions
+    connect: Connector = ssh_connect
+    progress: Progress = lambda host, what: None
+    passphrase: Callable[[], str | None] = lambda: None
+    now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+    bundle_cache: Path = bundles.DEFAULT_CACHE
+    rollback_deadline: float = ROLLBACK_DEADLINE
+    admin_timeout: float = 5.0
+    _bundles: dict[bundles.Target, bundles.Bundle] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- helpers
+    def bundle_for(self, facts: HostFacts) -> bundles.Bundle:
+        target = bundles.Target(facts.python or "", facts.machine)
+        with self._lock:  # one build per Python/machine, shared by every host like it
+            if target not in self._bundles:
+                self._bundles[target] = bundles.build(target, self.bundle_cache)
+            return self._bundles[target]
+
+    def signer(self) -> Callable[[bytes, tuple[SpiffeId, ...], int], bytes]:
+        issuer = self.ws.issuer(self.passphrase())
+
+        def sign(csr_pem: bytes, ids: tuple[SpiffeId, ...], hours: int) -> bytes:
+            csr = x509.load_pem_x509_csr(csr_pem)
+            cert = sign_csr(csr, list(ids), issuer, self.now(), dt.timedelta(hours=hours))
+            return cert_pem(cert, issuer.cert)
+
+        return sign
+
+    def admin(self) -> AdminClient:
+        return AdminClient.for_workspace(self.ws, timeout=self.admin_timeout)
+
+    def endpoint(self, host: HostSpec) -> AdminEndpoint:
+        return AdminEndpoint(host.name, host.address, self.ws.config.defaults.admin_port)
+
+
+def parallel(fn: Callable[[T], Outcome], items: Iterable[T]) -> list[Outcome]:
+    items = list(items)
+    if not items:
+        return []
+    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+def _guard(outcome: Outcome, fn: Callable[[], None]) -> Outcome:
+    """Run ``fn``; any error ends up on the outcome, never escapes (one host fails alone)."""
+    try:
+        fn()
+    except MeshError as e:
+        outcome.status, outcome.error = "failed", e
+    except Exception as e:  # a bug or an unexpected answer: still one host's failure
+        outcome.status = "failed"
+        outcome.error = ProvisionError(f"{outcome.host}: {type(e).__name__}: {e}")
+    return outcome
+
+
+# -- join
+@dataclass
+class _Session:
+    host: HostSpec
+    outcome: Outcome
+    transport: Transport | None = None
+
+
+def services_of(inventory: Inventory, names: Iterable[str]) -> dict[str, Any]:
+    """The registry's services for the hosts ``names`` of ``inventory``."""
+    subset = Inventory(tuple(h for h in inventory.hosts if h.name in set(names)), inventory.vips)
+    services: dict[str, Any] = subset.registry(0, 0)["services"]
+    return services
+
+
+def registry_for(ro: Rollout, inventory: Inventory, names: Iterable[str]) -> dict[str, Any]:
+    services = services_of(inventory, names)
+    mesh_port = ro.ws.config.defaults.mesh_port
+    for service in services.values():
+        for endpoint in service["endpoints"]:
+            endpoint["mesh_port"] = mesh_port
+    return state.versioned_registry(ro.ws, services)
+
+
+def join(ro: Rollout, hosts: list[HostSpec], dry_run: bool) -> list[Outcome]:
+    """Join ``hosts`` (inventory entries, new or updated); returns one outcome per host."""
+    sessions = [_Session(h, Outcome(h.name or h.address, h.address)) for h in hosts]
+    try:
+        parallel(lambda s: _guard(s.outcome, lambda: _survey(ro, s)), sessions)
+        inventory = _name_hosts(ro, sessions)
+        ready = [s for s in sessions if s.outcome.ok]
+        members = set(state.joined(ro.ws)) | {s.host.name for s in ready}
+        registry = registry_for(ro, inventory, members)
+        vips = {name: svc["vip"] for name, svc in registry["services"].items()}
+        parallel(lambda s: _guard(s.outcome, lambda: _plan(ro, s, registry, vips)), ready)
+        if dry_run:
+            for s in ready:
+                s.outcome.status = "planned" if s.outcome.ok else s.outcome.status
+            return [s.outcome for s in sessions]
+        state.save_inventory(ro.ws, inventory)
+        state.record_registry(ro.ws, registry)
+        needs_ca = any(s.outcome.plan and s.outcome.plan.has(Enroll) for s in ready)
+        sign = ro.signer() if needs_ca else None
+        parallel(lambda s: _guard(s.outcome, lambda: _apply(ro, s, sign)), ready)
+        for s in ready:
+            if s.outcome.ok:
+                state.record_join(ro.ws, s.host.name, _record(s, registry["version"], ro.now()))
+        return [s.outcome for s in sessions]
+    finally:
+        for s in sessions:
+            if s.transport is not None:
+                s.transport.close()
+
+
+def _survey(ro: Rollout, s: _Session) -> None:
+    ro.progress(s.outcome.host, "connecting")
+    s.transport = ro.connect(ro.ws, s.host, ro.ssh)
+    ro.progress(s.outcome.host, "reading facts")
+    s.outcome.facts = facts_mod.gather(s.transport, "10.255.0.0/16")
+    facts_mod.check_supported(s.outcome.host, s.outcome.facts)
+
+
+def _name_hosts(ro: Rollout, sessions: list[_Session]) -> Inventory:
+    """Give unnamed hosts their hostname and put every reachable host into the inventory."""
+    inventory = state.load_inventory(ro.ws)
+    for s in sessions:
+        if not s.outcome.ok:
+            continue
+        if not s.host.name:
+            assert s.outcome.facts is not None
+            name = s.outcome.facts.hostname.split(".")[0].lower()
+            try:
+                check_name("host", name)
+            except MeshError:
+                s.outcome.status = "failed"
+                s.outcome.error = ProvisionError(
+                    f"{s.host.address}: its hostname {name!r} is not a valid host name",
+                    hint="pass --name NAME",
+                )
+                continue
+            s.host = replace(s.host, name=name)
+            s.outcome.host = name
+        taken = inventory.host(s.host.name)
+        if taken is not None and taken.address != s.host.address:
+            s.outcome.status = "failed"
+            s.outcome.error = ProvisionError(
+                f"host name {s.host.name!r} is already used by {taken.address}",
+                hint="pass --name with another name, or meshctl leave the other host first",
+            )
+            continue
+        inventory = inventory.with_host(s.host)
+    return inventory
+
+
+def _plan(ro: Rollout, s: _Session, registry: dict[str, Any], vips: dict[str, str]) -> None:
+    facts = s.outcome.facts
+    assert facts is not None and s.transport is not None
+    ro.progress(s.outcome.host, "preparing meshd for its Python")
+    bundle = ro.bundle_for(facts)
+    desired = desired_host(
+        ro.ws.config,
+        s.host,
+        registry,
+        vips,
+        bundle.version,
+        ro.ws.trust_bundle.read_bytes(),
+        s.host.port,
+    )
+    s.outcome.desired = desired
+    issuer = load_certs(ro.ws.issuing_ca_cert)[0]
+    s.outcome.plan = plan_join(facts, desired, issuer, ro.now())
+
+
+def _apply(ro: Rollout, s: _Session, sign: Callable[..., bytes] | None) -> None:
+    plan, facts, desired = s.outcome.plan, s.outcome.facts, s.outcome.desired
+    assert plan is not None and facts is not None and desired is not None
+    assert s.transport is not None
+    if plan.empty:
+        s.outcome.status = "converged"
+        return
+    applier = Applier(
+        s.transport,
+        reconnect=lambda: ro.connect(ro.ws, s.host, ro.ssh),
+        bundle=ro.bundle_for(facts).path,
+        sign=sign,
+        report=lambda what: ro.progress(s.outcome.host, what),
+        rollback_deadline=ro.rollback_deadline,
+    )
+    s.outcome.done = applier.apply(plan)
+    ro.progress(s.outcome.host, "checking the result")
+    after = facts_mod.gather(s.transport, "10.255.0.0/16")
+    issuer = load_certs(ro.ws.issuing_ca_cert)[0]
+    left = plan_join(after, desired, issuer, ro.now())
+    if not left.empty:
+        raise ProvisionError(
+            f"{s.outcome.host}: still differs after the join: "
+            + "; ".join(step.title for step in left.steps),
+            hint="run meshctl join again; if it persists, see journalctl -u meshd on the host",
+        )
+    s.outcome.facts, s.outcome.status = after, "joined"
+
+
+def _record(s: _Session, registry_version: int, now: dt.datetime) -> dict[str, Any]:
+    desired = s.outcome.desired
+    assert desired is not None
+    return {
+        "address": s.host.address,
+        "bundle_version": desired.bundle_version,
+        "registry_version": registry_version,
+        "fail_mode": s.host.fail_mode,
+        "joined_at": now.isoformat(timespec="seconds"),
+    }
+
+
+# -- registry push
+def push_registry(ro: Rollout, names: Iterable[str]) -> list[Outcome]:
+    """Send the current registry (of the joined hosts) to each of ``names``."""
+    inventory = state.load_inventory(ro.ws)
+    members = set(state.joined(ro.ws))
+    registry = registry_for(ro, inventory, members)
+    state.record_registry(ro.ws, registry)
+    client = ro.admin()
+
+    def push(host: HostSpec) -> Outcome:
+        outcome = Outcome(host.name, host.address, "registry")
+
+        def send() -> None:
+            ro.progress(host.name, f"pushing registry version {registry['version']}")
+            result = client.put_document(ro.endpoint(host), "registry", registry)
+            if result.get("status") == "applied":
+                outcome.done.append(f"registry version {result.get('version')} applied")
+
+        return _guard(outcome, send)
+
+    targets = [h for h in inventory.hosts if h.name in set(names) and h.name in members]
+    return parallel(push, targets)
+
+
+# -- leave
+def leave(ro: Rollout, hosts: list[HostSpec], dry_run: bool, forget: bool) -> list[Outcome]:
+    """Take everything of ours off ``hosts``; drop them from the inventory when done."""
+
+    def one(host: HostSpec) -> Outcome:
+        outcome = Outcome(host.name, host.address)
+
+        def work() -> None:
+            ro.progress(host.name, "connecting")
+            transport = ro.connect(ro.ws, host, ro.ssh)
+            try:
+                ro.progress(host.name, "reading facts")
+                outcome.facts = facts_mod.gather(transport, "10.255.0.0/16")
+                outcome.plan = replace(plan_leave(outcome.facts), host=host.name)
+                if dry_run:
+                    outcome.status = "planned"
+                    return
+                applier = Applier(
+                    transport,
+                    reconnect=lambda: ro.connect(ro.ws, host, ro.ssh),
+                    report=lambda what: ro.progress(host.name, what),
+                )
+                outcome.done = applier.apply(outcome.plan)
+                left = plan_leave(facts_mod.gather(transport, "10.255.0.0/16"))
+                if not left.empty:
+                    raise ProvisionError(
+                        f"{host.name}: still has meshd's "
+                        + "; ".join(step.title for step in left.steps)
+                    )
+                outcome.status = "left"
+            finally:
+                transport.close()
+
+        _guard(outcome, work)
+        if forget and isinstance(outcome.error, ConnectError) and not dry_run:
+            outcome.status, outcome.error = "forgotten", None
+            outcome.done.append("unreachable: dropped from the inventory, nothing removed")
+        return outcome
+
+    outcomes = parallel(one, hosts)
+    if not dry_run:
+        inventory = state.load_inventory(ro.ws)
+        for outcome in outcomes:
+            if outcome.ok:
+                inventory = inventory.without_host(outcome.host)
+                state.forget_host(ro.ws, outcome.host)
+        state.save_inventory(ro.ws, inventory)
+    return outcomes

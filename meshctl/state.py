@@ -1,0 +1,88 @@
+"""The workspace's inventory (``hosts.toml``) and its record of what was applied where.
+
+``applied/hosts/<name>.json`` says a host joined (and with what bundle,
+registry version and certificate); ``applied/registry.json`` holds the last
+registry pushed, so its version only moves when its content changes. All
+writes are atomic (temp file + rename) and 0600.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import toml
+
+from meshctl.inventory import Inventory
+from meshctl.workspace import HOSTS_HEADER, Workspace
+from meshd.errors import ConfigError
+
+
+def inventory_path(ws: Workspace) -> Path:
+    return ws.root / "hosts.toml"
+
+
+def load_inventory(ws: Workspace) -> Inventory:
+    path = inventory_path(ws)
+    try:
+        doc = tomllib.loads(path.read_text()) if path.exists() else {}
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: {e}", hint="fix the TOML syntax") from e
+    return Inventory.from_dict(doc, str(path))
+
+
+def save_inventory(ws: Workspace, inventory: Inventory) -> None:
+    write_atomic(inventory_path(ws), HOSTS_HEADER + toml.dumps(inventory.to_toml_dict()))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        Path(tmp).chmod(0o600)
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _records(ws: Workspace) -> Path:
+    return ws.root / "applied" / "hosts"
+
+
+def joined(ws: Workspace) -> dict[str, dict[str, Any]]:
+    """The record of every joined host, by name."""
+    directory = _records(ws)
+    if not directory.is_dir():
+        return {}
+    return {p.stem: json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))}
+
+
+def record_join(ws: Workspace, name: str, record: dict[str, Any]) -> None:
+    write_atomic(_records(ws) / f"{name}.json", json.dumps(record, indent=2, sort_keys=True))
+
+
+def forget_host(ws: Workspace, name: str) -> None:
+    (_records(ws) / f"{name}.json").unlink(missing_ok=True)
+
+
+def versioned_registry(ws: Workspace, services: dict[str, Any]) -> dict[str, Any]:
+    """The registry document for ``services``: same version when unchanged, else the next one."""
+    path = ws.root / "applied" / "registry.json"
+    last: dict[str, Any] = (
+        json.loads(path.read_text()) if path.exists() else {"version": 0, "services": None}
+    )
+    if last["services"] == services:
+        return dict(last)
+    return {"version": int(last["version"]) + 1, "services": services}
+
+
+def record_registry(ws: Workspace, registry: dict[str, Any]) -> None:
+    path = ws.root / "applied" / "registry.json"
+    write_atomic(path, json.dumps(registry, indent=2, sort_keys=True))

@@ -1,0 +1,99 @@
+"""effective_registry: the newer of /etc's registry and the one meshd persisted from a push."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshd.cli import main
+from meshd.config import MeshdConfig
+from meshd.errors import ConfigError
+from meshd.registry import Registry
+from meshd.runtime import effective_registry, pushed_registry_path
+from meshd.store import DocumentStore
+
+CONFIG = """
+[identity]
+host = "web1"
+trust_domain = "t.mesh"
+cert = "cert.pem"
+key = "key.pem"
+bundle = "bundle.pem"
+[mesh]
+registry = "registry.json"
+"""
+STATE = 'state_dir = "state"\n'
+
+
+def registry_doc(version: int, service: str, address: str = "10.0.0.20") -> dict[str, Any]:
+    endpoint = {"host": "db1", "address": address, "port": 5432}
+    return {
+        "version": version,
+        "services": {service: {"vip": "10.255.0.9", "port": 5432, "endpoints": [endpoint]}},
+    }
+
+
+def make_config(tmp_path: Path, etc: int | None, pushed: int | None, state: bool = True) -> Path:
+    """A config in ``tmp_path``; registry files only for the versions given."""
+    (tmp_path / "meshd.toml").write_text(CONFIG + (STATE if state else ""))
+    if etc is not None:
+        (tmp_path / "registry.json").write_text(json.dumps(registry_doc(etc, "frometc")))
+    if pushed is not None:
+        store = DocumentStore(tmp_path / "state")  # written exactly as meshd writes it
+        (tmp_path / "state").mkdir()
+        store.register("registry", lambda d: Registry.from_dict(d, "registry"), lambda r: None)
+        store.put("registry", registry_doc(pushed, "fromstate", "10.0.0.21"))
+    return tmp_path / "meshd.toml"
+
+
+@pytest.mark.parametrize(
+    ("etc", "pushed", "state", "version", "service"),
+    [
+        (None, None, True, 0, None),  # neither: an empty registry
+        (None, None, False, 0, None),  # no state_dir configured
+        (3, None, True, 3, "frometc"),  # only /etc (nothing pushed yet)
+        (3, None, False, 3, "frometc"),
+        (None, 4, True, 4, "fromstate"),  # only the pushed one
+        (3, 7, True, 7, "fromstate"),  # a push after join
+        (9, 7, True, 9, "frometc"),  # a re-join wrote a newer file than the last push
+        (5, 5, True, 5, "fromstate"),  # a tie: the pushed one, as meshd loads at start
+    ],
+)
+def test_effective_registry(
+    tmp_path: Path,
+    etc: int | None,
+    pushed: int | None,
+    state: bool,
+    version: int,
+    service: str | None,
+) -> None:
+    registry = effective_registry(MeshdConfig.load(make_config(tmp_path, etc, pushed, state)))
+    assert registry.version == version
+    assert [s.name for s in registry.services] == ([service] if service else [])
+
+
+def test_pushed_registry_path_is_where_the_store_writes(tmp_path: Path) -> None:
+    config = MeshdConfig.load(make_config(tmp_path, None, 2))
+    assert pushed_registry_path(config) == tmp_path / "state" / "registry.json"
+    assert pushed_registry_path(MeshdConfig.load(make_config(tmp_path, 1, None, False))) is None
+
+
+def test_a_broken_pushed_registry_is_named(tmp_path: Path) -> None:
+    path = make_config(tmp_path, 3, None)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "registry.json").write_text("{nope")
+    with pytest.raises(ConfigError, match=r"state/registry\.json: line 1"):
+        effective_registry(MeshdConfig.load(path))
+
+
+@pytest.mark.parametrize(("etc", "pushed", "address"), [(3, 7, "10.0.0.21"), (9, 7, "10.0.0.20")])
+def test_rules_show_follows_the_newer_registry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], etc: int, pushed: int, address: str
+) -> None:
+    assert main(["rules", "show", "--config", str(make_config(tmp_path, etc, pushed))]) == 0
+    shown = capsys.readouterr().out
+    assert f"-d {address}/32" in shown
+    assert shown.count("--dport 5432") == 1  # only the newer document's endpoint

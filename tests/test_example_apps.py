@@ -1,0 +1,178 @@
+"""The sample apps of `meshctl demo` (examples/apps): the web -> api -> db chain, run for real.
+
+Each app runs as its own process on loopback, the way systemd runs it on a host,
+with its upstream pointed at 127.0.0.1 instead of a .mesh name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+APPS = Path(__file__).resolve().parent.parent / "examples" / "apps"
+HOST = socket.gethostname()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _request(
+    port: int, method: str, path: str, body: bytes | None = None
+) -> tuple[int, str, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, body=body)
+        response = conn.getresponse()
+        return response.status, response.getheader("Content-Type", ""), response.read()
+    finally:
+        conn.close()
+
+
+def _json(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    status, content_type, answer = _request(port, method, path, data)
+    assert content_type == "application/json", (status, content_type, answer)
+    return status, json.loads(answer)
+
+
+@contextlib.contextmanager
+def _running(name: str, port: int, log: Path, upstream: int | None = None) -> Iterator[int]:
+    """Run examples/apps/<name>.py until it answers /healthz; always stop it."""
+    argv = [sys.executable, str(APPS / f"{name}.py"), "--port", str(port)]
+    if upstream is not None:
+        argv += ["--upstream", f"http://127.0.0.1:{upstream}"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            assert proc.poll() is None, f"{name} exited:\n{log.read_text()}"
+            with contextlib.suppress(OSError):
+                if _request(port, "GET", "/healthz")[0] == 200:
+                    break
+            assert time.monotonic() < deadline, f"{name} never got healthy:\n{log.read_text()}"
+            time.sleep(0.02)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
+    """db, api and web, each pointed at the next; their ports by name."""
+    logs = tmp_path_factory.mktemp("apps")
+    with contextlib.ExitStack() as stack:
+        db = stack.enter_context(_running("db", _free_port(), logs / "db.log"))
+        api = stack.enter_context(_running("api", _free_port(), logs / "api.log", db))
+        web = stack.enter_context(_running("web", _free_port(), logs / "web.log", api))
+        yield {"web": web, "api": api, "db": db}
+
+
+def test_healthz_on_each_app_over_one_keepalive_connection(chain: dict[str, int]) -> None:
+    for name, port in chain.items():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        sockets = []
+        try:
+            for _ in range(2):
+                conn.request("GET", "/healthz")
+                response = conn.getresponse()
+                assert response.status == 200, name
+                assert json.loads(response.read()) == {"status": "ok", "served_by": HOST}
+                assert not response.will_close, name  # HTTP/1.1 keep-alive
+                sockets.append(conn.sock)
+            assert sockets[0] is sockets[1] is not None, f"{name} closed the connection"
+        finally:
+            conn.close()
+
+
+def test_web_page_shows_all_three_hops(chain: dict[str, int]) -> None:
+    status, content_type, page = _request(chain["web"], "GET", "/")
+    assert (status, content_type) == (200, "text/plain; charset=utf-8")
+    assert f"web@{HOST} -> api@{HOST} -> db@{HOST}" in page.decode()
+    assert "espresso" in page.decode()
+
+
+def test_web_proxies_api_products_as_json(chain: dict[str, int]) -> None:
+    status, answer = _json(chain["web"], "GET", "/api/products")
+    assert status == 200 and answer["served_by"] == HOST
+    assert answer["db"]["served_by"] == HOST
+    assert {"id": 1, "name": "espresso", "price": 2.5} in answer["db"]["items"]
+
+
+def test_an_order_body_travels_web_api_db(chain: dict[str, int]) -> None:
+    marker = f"order-{uuid.uuid4()}"
+    status, answer = _json(chain["web"], "POST", "/order", {"product": 1, "marker": marker})
+    assert status == 201, answer
+    item = answer["db"]["item"]
+    assert item["marker"] == marker and answer["served_by"] == answer["db"]["served_by"] == HOST
+    _, listing = _json(chain["db"], "GET", "/items")
+    assert item in listing["items"]
+    assert _json(chain["db"], "GET", f"/items/{item['id']}") == (
+        200,
+        {"served_by": HOST, "item": item},
+    )
+
+
+def test_bad_requests_get_json_errors(chain: dict[str, int]) -> None:
+    status, content_type, answer = _request(chain["web"], "POST", "/order", b"not json")
+    assert (status, content_type) == (400, "application/json")  # db's verdict, via api and web
+    assert "JSON object" in answer.decode()
+    assert _json(chain["db"], "GET", "/items/999")[0] == 404
+    assert _json(chain["api"], "GET", "/nowhere")[0] == 404
+
+
+def test_api_and_web_answer_502_json_naming_a_down_upstream(tmp_path: Path) -> None:
+    down = _free_port()  # nothing listens there
+    with _running("api", _free_port(), tmp_path / "api.log", down) as api:
+        status, answer = _json(api, "GET", "/products")
+        assert status == 502 and answer["upstream"] == f"http://127.0.0.1:{down}"
+        assert answer["upstream"] in answer["error"] and "Traceback" not in answer["error"]
+        with _running("web", _free_port(), tmp_path / "web.log", api) as web:
+            status, answer = _json(web, "GET", "/")
+            assert status == 502 and answer["upstream"] == f"http://127.0.0.1:{api}"
+            assert answer["answer"]["upstream"] == f"http://127.0.0.1:{down}"
+    with _running("web", _free_port(), tmp_path / "web2.log", down) as web:
+        status, answer = _json(web, "POST", "/order", {"marker": "lost"})
+        assert status == 502 and answer["upstream"] == f"http://127.0.0.1:{down}"
+
+
+def test_sigterm_stops_cleanly_after_logging_each_request(tmp_path: Path) -> None:
+    log = tmp_path / "db.log"
+    argv = [sys.executable, str(APPS / "db.py"), "--port", str(_free_port())]
+    port = int(argv[-1])
+    with log.open("w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while "listening" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.02)
+        assert _request(port, "GET", "/items/1")[0] == 200
+        proc.terminate()
+        assert proc.wait(timeout=5) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    output = log.read_text()
+    assert re.search(r"^GET /items/1 200 \d+\.\dms$", output, re.MULTILINE), output
+    assert "Traceback" not in output and output.endswith("db stopped\n")
