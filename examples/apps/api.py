@@ -6,7 +6,8 @@ TLS or identities, meshd on each host adds them. Every answer names the host
 that served it and nests what db said, so one request shows the whole path.
 
     GET  /healthz    {"status": "ok", "served_by": HOST}
-    GET  /products   {"served_by": HOST, "db": <db's answer to GET /items>}
+    GET  /products   {"served_by": HOST, "peer": CLIENT_IP, "db": <db's answer to GET /items>}
+                     (on a meshed host the peer is 127.0.0.1: the local meshd)
     POST /orders     forwards the JSON body to db's POST /items:
                      {"served_by": HOST, "db": <db's answer>}
 
@@ -78,7 +79,7 @@ class Handler(BaseHTTPRequestHandler):
             return 200, {"status": "ok", "served_by": HOST}
         if self.command == "GET" and path == "/products":
             status, answer = self.db.call("GET", "/items")
-            return status, {"served_by": HOST, "db": answer}
+            return status, {"served_by": HOST, "peer": self.client_address[0], "db": answer}
         if self.command == "POST" and path == "/orders":
             status, answer = self.db.call("POST", "/items", body)
             return status, {"served_by": HOST, "db": answer}

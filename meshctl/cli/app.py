@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 
 from meshctl import __version__
-from meshctl.cli import ca, hosts, init, join
+from meshctl.cli import ca, hosts, init, join, status
 from meshctl.cli.context import AppContext, app_context
 from meshctl.cli.errors import ExitCode, exit_code_for, render_error
 from meshd.errors import MeshError
@@ -30,6 +30,7 @@ app = typer.Typer(
 app.command("init")(init.init)
 app.command("join")(join.join)
 app.command("leave")(join.leave)
+app.command("status")(status.status)
 app.add_typer(ca.app, name="ca")
 app.add_typer(hosts.app, name="hosts")
 

@@ -43,6 +43,17 @@ from meshd.identity import SpiffeId
 Signer = Callable[[bytes, tuple[SpiffeId, ...], int], bytes]  # CSR PEM, ids, hours -> chain PEM
 APPLY_RULES = f"{layout.LAUNCHER} rules apply --config {layout.CONFIG}"
 ROLLBACK_DEADLINE = 20.0
+# Our first rules made the nft backend create the nat table; once it is empty again
+# (no rules, no chains of anyone's, ACCEPT policies) it goes too, so that leave
+# restores iptables-save to what it was. Legacy tables cannot be unloaded: they stay.
+DROP_EMPTY_NAT = """\
+if iptables -V 2>/dev/null | grep -q nf_tables && command -v nft >/dev/null; then
+  nat=$(iptables-save -t nat)
+  if [ -n "$nat" ] && ! printf '%s\\n' "$nat" | grep -q '^-A ' && ! printf '%s\\n' "$nat" |
+      grep '^:' | grep -qvE '^:(PREROUTING|INPUT|OUTPUT|POSTROUTING) ACCEPT '; then
+    nft delete table ip nat
+  fi
+fi"""
 
 
 @dataclass
@@ -207,6 +218,7 @@ class Applier:
             commands += [f"iptables-restore --noflush {stage}/remove.rules", f"rm -rf {stage}"]
         if step.route:
             commands.append("ip route del 10.255.0.0/16 dev lo")
+        commands.append(DROP_EMPTY_NAT)
         self.root("\n".join(commands), "removing the redirect rules")
 
     def _remove_paths(self, step: RemovePaths) -> None:

@@ -58,6 +58,7 @@ class DesiredHost:
     rules: RuleSet
     rules_document: str  # as it would apply to an empty nat table (shown by --dry-run)
     rules_fingerprint: str
+    registry: dict[str, Any]
     vips: dict[str, str]  # service -> virtual IP, for the /etc/hosts block
     fail_mode: str
     leaf_lifetime_hours: int
@@ -145,6 +146,7 @@ def desired_host(
         rules=rules,
         rules_document=apply_document(rules, saved=""),
         rules_fingerprint=fingerprint(rules),
+        registry=registry,
         vips=vips,
         fail_mode=host.fail_mode,
         leaf_lifetime_hours=mesh.defaults.leaf_lifetime_hours,

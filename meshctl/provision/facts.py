@@ -7,8 +7,10 @@ facts with the desired state; nothing here changes the host.
 
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import dataclass, field
+from typing import Any
 
 from meshctl.provision import layout
 from meshctl.transport import Transport
@@ -39,6 +41,8 @@ s enabled; for u in {units}; do
 s meshd; systemctl show meshd.service -p ActiveState -p NRestarts \
   -p ActiveEnterTimestampMonotonic -p MainPID 2>/dev/null
 printf 'Now=%s\\n' "$(cut -d' ' -f1 /proc/uptime)"
+s registry_etc; cat {layout.REGISTRY} 2>/dev/null
+s registry_state; cat {layout.STATE}/registry.json 2>/dev/null
 s rules; cat {layout.RULES_RECORD} 2>/dev/null
 s nat; iptables-save -t nat 2>/dev/null
 s route; ip route show {vip_range} dev lo 2>/dev/null
@@ -74,6 +78,7 @@ class HostFacts:
     cert_pem: str = ""
     enabled: dict[str, str] = field(default_factory=dict)  # unit -> is-enabled
     meshd: MeshdState = field(default_factory=MeshdState)
+    registry: dict[str, Any] | None = None  # the newer of /etc's and the pushed one
     rules_record: str = ""  # sha256 of the rule set meshd last applied (in /run)
     nat: str = ""
     route: bool = False
@@ -118,6 +123,19 @@ def _meshd(text: str) -> MeshdState:
     )
 
 
+def _newest_registry(etc: str, pushed: str) -> dict[str, Any] | None:
+    """What meshd and its rules use: the higher version (a tie goes to the pushed one)."""
+    docs = []
+    for text in (pushed, etc):
+        try:
+            doc = json.loads(text) if text else None
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict) and isinstance(doc.get("version"), int):
+            docs.append(doc)
+    return max(docs, key=lambda d: int(d["version"])) if docs else None
+
+
 def parse(text: str) -> HostFacts:
     """Facts from the output of ``script``."""
     s = split_sections(text)
@@ -145,6 +163,7 @@ def parse(text: str) -> HostFacts:
         cert_pem=s.get("cert", ""),
         enabled={k: v.strip() for k, v in enabled.items()},
         meshd=_meshd(s.get("meshd", "")),
+        registry=_newest_registry(s.get("registry_etc", ""), s.get("registry_state", "")),
         rules_record=s.get("rules", "").strip(),
         nat=s.get("nat", "") + "\n" if s.get("nat") else "",
         route=bool(s.get("route")),

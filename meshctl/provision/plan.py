@@ -168,7 +168,10 @@ class RemovePaths(Step):
 
     @property
     def title(self) -> str:
-        return f"remove {' '.join(self.paths)}"
+        return "remove meshd's program, configuration, state and units"
+
+    def detail(self) -> str:
+        return "\n".join(self.paths)
 
 
 @dataclass(frozen=True)
@@ -227,6 +230,10 @@ def _files(facts: HostFacts, desired: DesiredHost) -> list[WriteFile]:
     steps = []
     for spec in desired.files:
         current = facts.hashes.get(spec.path)
+        if spec.path == layout.REGISTRY:  # pushed registries supersede the file: compare those
+            if facts.registry != desired.registry:
+                steps.append(WriteFile("registry changed", spec))
+            continue
         if current != spec.sha256:
             why = "missing" if current is None else "content differs"
             steps.append(WriteFile(why, spec))

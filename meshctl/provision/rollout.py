@@ -34,6 +34,7 @@ from meshd.identity import SpiffeId, check_name
 from meshd.pki import cert_pem, load_certs
 
 T = TypeVar("T")
+R = TypeVar("R")
 Progress = Callable[[str, str], None]  # host, what is happening
 MAX_PARALLEL = 16
 
@@ -117,7 +118,8 @@ class Rollout:
         return AdminEndpoint(host.name, host.address, self.ws.config.defaults.admin_port)
 
 
-def parallel(fn: Callable[[T], Outcome], items: Iterable[T]) -> list[Outcome]:
+def parallel(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """``fn`` over ``items`` in threads (SSH is I/O bound), results in input order."""
     items = list(items)
     if not items:
         return []

@@ -1,0 +1,144 @@
+"""``meshctl status``: what every host of the inventory is like now.
+
+Two looks per host, in parallel: SSH facts (meshd's unit state, rules,
+certificate, drift from the workspace, computed by the same planner as
+``join``) and meshd's admin API over mTLS (readiness, versions, uptime).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+
+from meshctl import state
+from meshctl.inventory import HostSpec
+from meshctl.provision import facts as facts_mod
+from meshctl.provision.desired import desired_host
+from meshctl.provision.plan import plan_join
+from meshctl.provision.rollout import Rollout, parallel, registry_for
+from meshd.errors import MeshError
+from meshd.pki import load_certs
+
+WARN_LIFE_LEFT = 1 / 3  # warn when less than a third of the certificate's life is left
+
+
+@dataclass
+class HostStatus:
+    host: str
+    address: str
+    joined: bool
+    reachable: bool = False
+    error: str | None = None
+    meshd: str = "unknown"  # systemd ActiveState
+    restarts: int = 0
+    ready: bool = False
+    version: str | None = None  # meshd's own version
+    bundle: str | None = None  # installed bundle version
+    uptime_seconds: float | None = None
+    registry_version: int | None = None
+    config_version: int | None = None  # a pushed config document, None: the file
+    cert_not_after: dt.datetime | None = None
+    cert_life_left: float | None = None  # share of the certificate's life still ahead
+    rules: bool = False
+    drift: list[str] = field(default_factory=list)
+    admin_error: str | None = None
+
+    @property
+    def cert_warning(self) -> bool:
+        return self.cert_life_left is not None and self.cert_life_left < WARN_LIFE_LEFT
+
+    @property
+    def healthy(self) -> bool:
+        return (
+            self.joined
+            and self.reachable
+            and self.meshd == "active"
+            and self.ready
+            and self.rules
+            and not self.drift
+            and not self.cert_warning
+            and self.admin_error is None
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.__dict__.items() if k != "cert_not_after"}
+        data["cert_not_after"] = self.cert_not_after.isoformat() if self.cert_not_after else None
+        data["cert_warning"] = self.cert_warning
+        data["healthy"] = self.healthy
+        return data
+
+
+def survey(ro: Rollout) -> list[HostStatus]:
+    """The status of every host in the inventory."""
+    inventory = state.load_inventory(ro.ws)
+    members = state.joined(ro.ws)
+    registry = registry_for(ro, inventory, members)
+    vips = {name: svc["vip"] for name, svc in registry["services"].items()}
+    client = ro.admin()
+
+    def one(host: HostSpec) -> HostStatus:
+        status = HostStatus(host.name, host.address, host.name in members)
+        try:
+            _ssh_look(ro, host, status, registry, vips)
+        except MeshError as e:
+            status.error = e.message
+        if status.meshd == "active" or not status.reachable:
+            try:
+                _admin_look(client.stats(ro.endpoint(host)), status)
+            except MeshError as e:
+                status.admin_error = e.message
+        return status
+
+    return parallel(one, inventory.hosts)
+
+
+def _ssh_look(
+    ro: Rollout, host: HostSpec, status: HostStatus, registry: dict[str, Any], vips: dict[str, str]
+) -> None:
+    transport = ro.connect(ro.ws, host, ro.ssh)
+    try:
+        facts = facts_mod.gather(transport, "10.255.0.0/16")
+    finally:
+        transport.close()
+    status.reachable = True
+    status.meshd, status.restarts = facts.meshd.active, facts.meshd.restarts
+    status.bundle = next((v for v in facts.versions if v != "bin"), None)
+    status.rules = bool(facts.rules_record) and "MESHD_OUTPUT" in facts.nat
+    _cert_look(facts.cert_pem, ro.now(), status)
+    if not status.joined or not facts.python:
+        return
+    bundle = ro.bundle_for(facts)
+    desired = desired_host(
+        ro.ws.config,
+        host,
+        registry,
+        vips,
+        bundle.version,
+        ro.ws.trust_bundle.read_bytes(),
+        host.port,
+    )
+    issuer = load_certs(ro.ws.issuing_ca_cert)[0]
+    status.drift = [step.title for step in plan_join(facts, desired, issuer, ro.now()).steps]
+
+
+def _cert_look(pem: str, now: dt.datetime, status: HostStatus) -> None:
+    if not pem:
+        return
+    try:
+        cert = x509.load_pem_x509_certificate(pem.encode())
+    except ValueError:
+        return
+    life = cert.not_valid_after_utc - cert.not_valid_before_utc
+    status.cert_not_after = cert.not_valid_after_utc
+    status.cert_life_left = max(0.0, (cert.not_valid_after_utc - now) / life)
+
+
+def _admin_look(stats: dict[str, Any], status: HostStatus) -> None:
+    status.ready = bool(stats.get("ready")) and not stats.get("draining")
+    status.version = stats.get("version")
+    status.uptime_seconds = stats.get("uptime_seconds")
+    status.registry_version = stats.get("registry_version")
+    status.config_version = stats.get("documents", {}).get("config")

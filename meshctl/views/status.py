@@ -1,0 +1,84 @@
+"""The fleet table of ``meshctl status``: one row per host, problems in colour."""
+
+from __future__ import annotations
+
+from rich.markup import escape
+from rich.table import Table
+
+from meshctl.provision.status import HostStatus
+
+
+def _uptime(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, hours, days = int(seconds // 60), int(seconds // 3600), int(seconds // 86400)
+    return (
+        f"{days}d"
+        if days
+        else f"{hours}h"
+        if hours
+        else f"{minutes}m"
+        if minutes
+        else f"{int(seconds)}s"
+    )
+
+
+def _meshd(s: HostStatus) -> str:
+    """State, readiness, version and uptime in one cell."""
+    if not s.reachable and s.admin_error:
+        return "[red]unreachable[/]"
+    ok = s.meshd == "active" and s.ready
+    text = "active, ready" if ok else "active, not ready" if s.meshd == "active" else s.meshd
+    lines = [f"[{'green' if ok else 'red'}]{escape(text)}[/]"]
+    if s.version:
+        lines.append(f"{escape(s.version)}, up {_uptime(s.uptime_seconds)}")
+    if s.restarts:
+        lines.append(f"[yellow]{s.restarts} restart(s)[/]")
+    return "\n".join(lines)
+
+
+def _cert(s: HostStatus) -> str:
+    if s.cert_not_after is None:
+        return "[red]none[/]"
+    text = f"{s.cert_not_after:%Y-%m-%d %H:%M}"
+    return f"[yellow]{text} (renew)[/]" if s.cert_warning else text
+
+
+def _problems(s: HostStatus) -> str:
+    notes = []
+    if not s.joined:
+        notes.append("[yellow]not joined: run meshctl join " + escape(s.host) + "[/]")
+    if s.error:
+        notes.append(f"[red]{escape(s.error)}[/]")
+    if s.admin_error and s.reachable:
+        notes.append(f"[red]admin API: {escape(s.admin_error)}[/]")
+    if s.drift:
+        notes.append(
+            f"[yellow]drift: {len(s.drift)} change(s) pending; "
+            f"see meshctl join {escape(s.host)} --dry-run[/]"
+        )
+    return "\n".join(notes) or "[green]healthy[/]"
+
+
+def status_table(statuses: list[HostStatus], registry_version: int) -> Table:
+    """One row per host: reachability, meshd, versions, certificate, rules, drift."""
+    table = Table(
+        title=f"mesh status (workspace registry version {registry_version})", title_justify="left"
+    )
+    for column in ("host", "address", "meshd", "registry", "certificate until", "rules"):
+        table.add_column(column, no_wrap=column in ("host", "address"))
+    table.add_column("notes", overflow="fold", ratio=1)
+    for s in statuses:
+        registry = "-" if s.registry_version is None else str(s.registry_version)
+        if s.registry_version is not None and s.registry_version != registry_version:
+            registry = f"[yellow]{registry}[/]"
+        table.add_row(
+            escape(s.host),
+            escape(s.address),
+            _meshd(s),
+            registry,
+            _cert(s),
+            "[green]yes[/]" if s.rules else "[red]no[/]",
+            _problems(s),
+        )
+    return table
