@@ -30,6 +30,7 @@ class DefaultsConfig:
     fail_mode: str = "closed"
     mtls: str = "strict"
     leaf_lifetime_hours: int = 24
+    ssh_key: str = ""  # SSH private key for every host ("": ssh-agent and ~/.ssh)
 
     @classmethod
     def from_fields(cls, f: Fields) -> DefaultsConfig:
@@ -43,6 +44,7 @@ class DefaultsConfig:
             fail_mode=f.choice("fail_mode", FAIL_MODES, base.fail_mode),
             mtls=f.choice("mtls", MTLS_MODES, base.mtls),
             leaf_lifetime_hours=f.positive("leaf_lifetime_hours", int, base.leaf_lifetime_hours),
+            ssh_key=f.get("ssh_key", str, base.ssh_key),
         )
 
 

@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 
 from meshctl import __version__
-from meshctl.cli import ca, hosts, init, join, status
+from meshctl.cli import ca, demo, hosts, init, join, status
 from meshctl.cli.context import AppContext, app_context
 from meshctl.cli.errors import ExitCode, exit_code_for, render_error
 from meshd.errors import MeshError
@@ -33,6 +33,7 @@ app.command("leave")(join.leave)
 app.command("status")(status.status)
 app.add_typer(ca.app, name="ca")
 app.add_typer(hosts.app, name="hosts")
+app.add_typer(demo.app, name="demo")
 
 
 def _version(value: bool) -> None:

@@ -51,10 +51,11 @@ Connector = Callable[[Workspace, HostSpec, SshOptions], Transport]
 
 
 def ssh_connect(ws: Workspace, host: HostSpec, options: SshOptions) -> Transport:
+    default_key = ws.config.defaults.ssh_key
     return SshTransport(
         Target(host.address, host.user, host.port),
         ws.root / "known_hosts",
-        key_file=options.key_file,
+        key_file=options.key_file or (Path(default_key) if default_key else None),
         accept_new=options.accept_new_host_key,
         use_sudo=options.sudo,
         timeout=options.timeout,
