@@ -169,7 +169,7 @@ def _merge_pushes(outcomes: list[Outcome], pushes: list[Outcome]) -> None:
 def _others(outcomes: list[Outcome], pushes: list[Outcome]) -> list[Outcome]:
     """Pushes to hosts this command did not join (they got the new registry)."""
     mine = {o.host for o in outcomes}
-    return [p for p in pushes if p.host not in mine]
+    return [p for p in pushes if p.host not in mine and (p.done or p.error)]
 
 
 def leave(
@@ -210,4 +210,4 @@ def leave(
         for o in outcomes:
             if o.plan is not None:
                 actx.out.print(plan_view(o.plan))
-    finish(actx, "dry run" if dry_run else "leave", outcomes + pushes, json_out)
+    finish(actx, "dry run" if dry_run else "leave", outcomes + _others(outcomes, pushes), json_out)

@@ -8,9 +8,7 @@ Host 1 runs a client, host 2 runs an HTTP app and an echo app; both run meshd
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import signal
 import ssl
 import subprocess
 import time
@@ -23,6 +21,7 @@ import pytest
 from meshctl.bundle import Target, build
 from meshctl.testbed import Testbed, TestbedHost
 from meshd.identity import make_id
+from tests import wire
 from tests.meshd import onhost
 from tests.meshd.harness import admin_call, client_context
 from tests.meshd.onhost import ADMIN_PORT, App, ok
@@ -101,38 +100,9 @@ def mesh(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 @pytest.fixture
 def capture(mesh: Mesh, tmp_path: Path) -> Iterator[Path]:
-    """Everything between the test hosts while the test runs (every root-namespace interface).
-
-    ``--immediate-mode``: without it libpcap hands packets over in blocks, on a
-    timeout, and a capture stopped soon after the traffic can come back empty.
-    """
-    pcap = tmp_path / "bridge.pcap"
-    proc = subprocess.Popen(
-        [
-            "tcpdump",
-            "-i",
-            "any",
-            "--immediate-mode",
-            "-U",
-            "-w",
-            str(pcap),
-            "-s",
-            "0",
-            "net",
-            mesh.tb.subnet,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    proc.stderr.readline()  # "listening on ..." once the capture runs
-    try:
+    """Everything between the test hosts while the test runs."""
+    with wire.capture(mesh.tb.subnet, tmp_path / "bridge.pcap") as pcap:
         yield pcap
-    finally:
-        time.sleep(0.5)
-        os.kill(proc.pid, signal.SIGINT)
-        proc.wait(10)
-        proc.stderr.close()
 
 
 def _python(host: TestbedHost, code: str) -> str:

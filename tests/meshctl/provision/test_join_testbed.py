@@ -1,0 +1,348 @@
+"""meshctl join / leave / status on real hosts (systemd, sshd, iptables), end to end.
+
+Three testbed hosts run the sample apps web -> api -> db as systemd units;
+meshctl joins them over SSH exactly as an operator would (in-process CLI,
+real paramiko, real host keys). Checks are made from outside: what the hosts'
+systemd and iptables say, what the apps received, what crossed the bridge.
+The tests run in file order and build on each other; the hosts are reset
+afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import shlex
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from meshctl import demo
+from meshctl.admin_client import AdminClient, AdminEndpoint
+from meshctl.cli.app import run
+from meshctl.cli.context import AppContext
+from meshctl.provision.apply import APPLY_RULES, Applier
+from meshctl.testbed import Testbed, TestbedHost
+from meshctl.testbed.keys import known_hosts_entry
+from meshctl.transport import SshTransport, Target
+from meshctl.workspace import Workspace
+from meshd.errors import ProvisionError
+from tests import wire
+from tests.meshd.onhost import ok
+
+pytestmark = pytest.mark.testbed
+
+PASSPHRASE = "an end-to-end passphrase"
+MANAGED = "/opt/meshd/bin/meshd /etc/meshd/* /etc/systemd/system/meshd*"
+SNAPSHOT = r"""
+iptables-save | grep -v '^#' | sed 's/\[[0-9]*:[0-9]*\]//'
+echo @@units; systemctl list-unit-files --no-legend --no-pager | sort
+echo @@users; getent passwd; getent group
+echo @@hosts; cat /etc/hosts
+echo @@routes; ip route show table all
+echo @@files; find /etc /opt /usr/local /var/lib /root /run -xdev \
+  \( -path /var/lib/systemd -o -path /var/lib/private -o -path /run/systemd -o -path /run/user \
+     -o -path /run/log -o -path /run/sshd -o -path /run/utmp -o -path /run/credentials \) -prune \
+  -o -printf '%p %m %u\n' | sort
+echo @@sums; find /etc /opt /usr/local -xdev -type f ! -name '*-' -exec sha256sum {} + | sort
+"""
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@dataclass
+class Fleet:
+    tb: Testbed
+    ws: Path
+    web: TestbedHost
+    api: TestbedHost
+    db: TestbedHost
+    pristine_api: str
+
+    def meshctl(self, *argv: str, workspace: Path | None = None) -> Result:
+        out = Console(record=True, width=200, force_terminal=False, emoji=False)
+        err = Console(record=True, width=200, force_terminal=False, stderr=True, emoji=False)
+        context = AppContext(
+            out=out,
+            err=err,
+            environ={"MESHCTL_CA_PASSPHRASE": PASSPHRASE},
+            interactive=False,
+            workspace_path=workspace or self.ws,
+        )
+        code = run(list(argv), context)
+        return Result(code, out.export_text(), err.export_text())
+
+    def ssh(self, host: TestbedHost) -> SshTransport:
+        target = Target(host.address)
+        return SshTransport(target, self.tb.known_hosts, key_file=self.tb.client_key)
+
+    @property
+    def key(self) -> str:
+        return str(self.tb.client_key)
+
+    def admin(self, host: TestbedHost, name: str) -> AdminEndpoint:
+        return AdminEndpoint(name, host.address, 15000)
+
+
+def snapshot(host: TestbedHost) -> str:
+    return ok(host, SNAPSHOT)
+
+
+def until(check: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll ``check`` until true; return how long it took."""
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < timeout, f"{what}: not within {timeout}s"
+        time.sleep(0.2)
+    return time.monotonic() - start
+
+
+def python(host: TestbedHost, code: str, timeout: float = 30) -> str:
+    return ok(host, f"python3 -c {shlex.quote(code)}", timeout).strip()
+
+
+def fetch(host: TestbedHost, url: str, body: str | None = None) -> str:
+    data = f", data={body!r}.encode()" if body is not None else ""
+    return python(
+        host,
+        "import urllib.request as u; "
+        f"print(u.urlopen(u.Request({url!r}{data}), timeout=10).read().decode())",
+    )
+
+
+@pytest.fixture(scope="module")
+def fleet(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    web, api, db = testbed.hosts[:3]
+    root = tmp_path_factory.mktemp("join") / "ws"
+    f = Fleet(testbed, root, web, api, db, "")
+    try:
+        assert f.meshctl("init", str(root), "--name", "e2e").code == 0
+        for app, host in zip(demo.APPS, (web, api, db), strict=True):
+            with_transport(f, host, lambda t, app=app: demo.install_app(t, app))
+        f.pristine_api = snapshot(api)
+        yield f
+    finally:
+        for host in (web, api, db):
+            host.reset()
+
+
+def with_transport(f: Fleet, host: TestbedHost, fn: Callable[[SshTransport], None]) -> None:
+    transport = f.ssh(host)
+    try:
+        fn(transport)
+    finally:
+        transport.close()
+
+
+def nat(host: TestbedHost) -> list[str]:
+    saved = ok(host, "iptables-save -t nat").splitlines()
+    return [re.sub(r"\[\d+:\d+\]", "", line) for line in saved if line.startswith(("-A", ":"))]
+
+
+def test_join_three_hosts_in_one_command(fleet: Fleet, tmp_path: Path) -> None:
+    for name, host, service in (
+        ("web1", fleet.web, "web:8080"),
+        ("api1", fleet.api, "api:8081"),
+        ("db1", fleet.db, "db:8082"),
+    ):
+        assert fleet.meshctl("hosts", "add", name, host.address, "--service", service).code == 0
+    joined = fleet.meshctl("join", "web1", "api1", "db1", "-i", fleet.key, "--accept-new-host-key")
+    assert joined.code == 0, joined.out + joined.err
+    assert joined.out.count(" joined ") == 3, joined.out
+    for host in (fleet.web, fleet.api, fleet.db):
+        assert ok(host, "systemctl is-active meshd").strip() == "active"
+        rules = ok(host, "iptables-save -t nat")
+        assert '--comment "meshd:output" -j MESHD_OUTPUT' in rules
+        assert "api.mesh" in ok(host, "cat /etc/hosts")
+        assert ok(host, "ls /tmp | grep -c meshctl || true").strip() == "0"  # staging cleaned
+    marker = f"MARKER-{secrets.token_hex(12)}"
+    control = f"CONTROL-{secrets.token_hex(12)}"
+    with wire.capture(fleet.tb.subnet, tmp_path / "bridge.pcap") as pcap:
+        python(  # a plaintext control packet: proves the capture sees payload bytes
+            fleet.web,
+            "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
+            f".sendto(b'{control}', ('{fleet.api.address}', 9999))",
+        )
+        products = json.loads(fetch(fleet.web, "http://api.mesh:8081/products"))
+        order = json.loads(
+            fetch(fleet.web, "http://localhost:8080/order", json.dumps({"name": marker}))
+        )
+    assert products["served_by"] == fleet.api.name and products["peer"] == "127.0.0.1"
+    assert products["db"]["served_by"] == fleet.db.name
+    assert order["served_by"] == fleet.api.name, order
+    assert marker in fetch(fleet.db, "http://localhost:8082/items")  # it reached db
+    captured = pcap.read_bytes()
+    assert control.encode() in captured, "the capture saw no payload at all"
+    assert marker.encode() not in captured
+    assert b"api.mesh" not in captured  # not even the Host header
+
+
+def test_a_second_join_changes_nothing(fleet: Fleet) -> None:
+    def state(host: TestbedHost) -> str:
+        return ok(host, f"sha256sum {MANAGED}; systemctl show meshd -p MainPID -p NRestarts")
+
+    before = [state(h) for h in (fleet.web, fleet.api, fleet.db)]
+    again = fleet.meshctl("join", "--all", "-i", fleet.key)
+    assert again.code == 0, again.out + again.err
+    assert again.out.count(" converged ") == 3 and " joined " not in again.out, again.out
+    assert [state(h) for h in (fleet.web, fleet.api, fleet.db)] == before
+    dry = fleet.meshctl("join", "api1", "-i", fleet.key, "--dry-run")
+    assert dry.code == 0 and "api1: nothing to do" in dry.out, dry.out
+
+
+def test_dry_run_shows_the_unit_and_the_rules(fleet: Fleet) -> None:
+    assert fleet.meshctl("hosts", "add", "db1", fleet.db.address, "--service", "db:8082").code == 0
+    dry = fleet.meshctl("join", "db1", "-i", fleet.key, "--dry-run", "--fail-mode", "open")
+    assert dry.code == 0, dry.out + dry.err
+    assert "ExecStopPost=+/opt/meshd/bin/meshd rules remove" in dry.out  # the rendered unit
+    assert "rules apply" in dry.out and " planned " in dry.out
+    assert 'fail_mode = "closed"' in (fleet.ws / "hosts.toml").read_text()  # nothing saved
+
+
+def test_status_shows_healthy_hosts(fleet: Fleet) -> None:
+    status = fleet.meshctl("status", "--json", "-i", fleet.key)
+    assert status.code == 0, status.out + status.err
+    hosts = json.loads(status.out)["hosts"]
+    assert [(h["host"], h["healthy"], h["meshd"], h["rules"]) for h in hosts] == [
+        ("api1", True, "active", True),
+        ("db1", True, "active", True),
+        ("web1", True, "active", True),
+    ]
+    assert all(h["registry_version"] == json.loads(status.out)["registry_version"] for h in hosts)
+
+
+def test_kill_9_restarts_meshd_and_closed_mode_leaks_nothing(fleet: Fleet, tmp_path: Path) -> None:
+    def main_pid() -> str:
+        return ok(fleet.web, "systemctl show -p MainPID --value meshd").strip()
+
+    old = main_pid()
+    marker = f"MARKER-{secrets.token_hex(12)}"
+    attempt = (
+        f"import socket\nfor address in ('api.mesh', '{fleet.api.address}'):\n"
+        "    try:\n"
+        "        s = socket.create_connection((address, 8081), timeout=2)\n"
+        f"        s.sendall(b'{marker}'); print('sent')\n"
+        "    except OSError as e:\n"
+        "        print('refused', type(e).__name__)\n"
+    )
+    with wire.capture(fleet.tb.subnet, tmp_path / "down.pcap") as pcap:
+        tried = ok(fleet.web, f"kill -9 {old}; python3 -c {shlex.quote(attempt)}")
+    assert tried.split("\n")[:2] == ["refused ConnectionRefusedError"] * 2, tried
+    assert marker.encode() not in pcap.read_bytes()
+    took = until(
+        lambda: (
+            main_pid() not in ("0", old)
+            and ok(fleet.web, "systemctl is-active meshd || true").strip() == "active"
+        ),
+        15,
+        "meshd restarted",
+    )
+    assert took < 10
+    assert json.loads(fetch(fleet.web, "http://api.mesh:8081/products"))["peer"] == "127.0.0.1"
+
+
+def test_reboot_brings_meshd_and_rules_back_without_meshctl(fleet: Fleet) -> None:
+    fleet.api.reboot()
+    until(
+        lambda: ok(fleet.api, "systemctl is-active meshd || true").strip() == "active",
+        30,
+        "meshd active after reboot",
+    )
+    assert "MESHD_INBOUND" in ok(fleet.api, "iptables-save -t nat")
+    assert "10.255.0.0/16" in ok(fleet.api, "ip route show dev lo")
+    boot = ok(fleet.api, "systemctl show -p ActiveEnterTimestampMonotonic --value meshd-rules")
+    assert int(boot.strip()) > 0  # the rules came from meshd-rules.service at boot
+
+    def flows() -> bool:
+        status, out, _ = fleet.web.run(
+            'python3 -c "import urllib.request as u; '
+            "print(u.urlopen('http://api.mesh:8081/products', timeout=3).read().decode())\""
+        )
+        return status == 0 and fleet.api.name in out
+
+    until(flows, 30, "traffic web -> api after the reboot")
+
+
+def test_a_broken_rule_set_is_rolled_back(fleet: Fleet) -> None:
+    before = nat(fleet.db)
+    transport = fleet.ssh(fleet.db)
+    applier = Applier(transport, reconnect=lambda: fleet.ssh(fleet.db), rollback_deadline=4)
+    try:
+        applier.apply_rules_guarded(APPLY_RULES)  # the real rules: confirmed, kept
+        assert transport.run("echo still here").stdout == "still here\n"  # session survived
+        assert (
+            ok(fleet.db, "systemctl list-timers --all --no-legend | grep -c rollback || true")[0]
+            == "0"
+        )
+        # new SSH connections to port 22 go nowhere: the confirmation must fail
+        broken = "iptables -t nat -I PREROUTING -p tcp --dport 22 -j REDIRECT --to-ports 1"
+        with pytest.raises(ProvisionError, match="rolled back and the host is reachable again"):
+            applier.apply_rules_guarded(broken)
+    finally:
+        transport.close()
+    assert nat(fleet.db) == before
+    with_transport(fleet, fleet.db, lambda t: None)  # reachable over a new connection
+
+
+def test_leave_restores_the_host_and_updates_the_others(fleet: Fleet) -> None:
+    left = fleet.meshctl("leave", "api1", "-i", fleet.key)
+    assert left.code == 0, left.out + left.err
+    after = snapshot(fleet.api)
+    assert after == fleet.pristine_api, _diff(fleet.pristine_api, after)
+    client = AdminClient.for_workspace(Workspace.load(fleet.ws))
+    for host, name in ((fleet.web, "web1"), (fleet.db, "db1")):
+        registry = client.get_document(fleet.admin(host, name), "registry")
+        assert registry is not None and "api" not in registry["services"]
+        until(lambda h=host: "api.mesh" not in ok(h, "cat /etc/hosts"), 10, "hosts block")
+        until(lambda h=host: fleet.api.address not in ok(h, "iptables-save -t nat"), 10, "rules")
+    assert "[hosts.api1]" not in (fleet.ws / "hosts.toml").read_text()
+
+
+def test_an_unreachable_host_fails_alone(fleet: Fleet) -> None:
+    ghost = fleet.tb.subnet.rsplit(".", 1)[0] + ".250"
+    assert fleet.meshctl("hosts", "add", "ghost", ghost, "--service", "ghost:9999").code == 0
+    add = fleet.meshctl("hosts", "add", "api1", fleet.api.address, "--service", "api:8081")
+    assert add.code == 0
+    both = fleet.meshctl("join", "api1", "ghost", "-i", fleet.key, "--connect-timeout", "2")
+    assert both.code == 8, both.out + both.err  # partial
+    assert " joined " in both.out and " failed " in both.out
+    assert f"{ghost}:22" in both.err
+    assert ok(fleet.api, "systemctl is-active meshd").strip() == "active"
+    assert (
+        fleet.api.name in json.loads(fetch(fleet.web, "http://api.mesh:8081/products"))["served_by"]
+    )
+    forgot = fleet.meshctl("leave", "ghost", "--forget-unreachable", "--connect-timeout", "2")
+    assert forgot.code == 0, forgot.out + forgot.err
+    assert "[hosts.ghost]" not in (fleet.ws / "hosts.toml").read_text()
+
+
+def test_unknown_and_changed_host_keys_are_refused(fleet: Fleet, tmp_path: Path) -> None:
+    ws = tmp_path / "other"
+    assert fleet.meshctl("init", str(ws), "--name", "other").code == 0
+    assert fleet.meshctl("hosts", "add", "x", fleet.db.address, workspace=ws).code == 0
+    unknown = fleet.meshctl("join", "x", "-i", fleet.key, workspace=ws)
+    assert unknown.code == 4, unknown.out + unknown.err
+    assert f"unknown host key for {fleet.db.address}: ssh-ed25519 SHA256:" in unknown.err
+    assert "--accept-new-host-key" in unknown.err
+    impostor = (fleet.web.dir / "ssh_host_ed25519_key.pub").read_text()
+    (ws / "known_hosts").write_text(known_hosts_entry(fleet.db.address, impostor))
+    changed = fleet.meshctl("join", "x", "-i", fleet.key, "--accept-new-host-key", workspace=ws)
+    assert changed.code == 4, changed.out + changed.err
+    assert f"host key of {fleet.db.address} changed" in changed.err
+    assert f"meshctl hosts forget {fleet.db.address}" in changed.err
+
+
+def _diff(a: str, b: str) -> str:
+    import difflib  # noqa: PLC0415
+
+    return "\n".join(difflib.unified_diff(a.splitlines(), b.splitlines(), lineterm=""))
