@@ -1,9 +1,9 @@
 #!/bin/sh
 # Set up meshctl and meshd in ./.venv. Idempotent: run it again at any time.
 #
-#   ./install.sh          the toolkit (meshctl, meshd) into .venv
-#   ./install.sh --dev    plus the test tools and, as root, the system packages
-#                         that the tests and the local demo need
+#   ./install.sh          the toolkit (meshctl, meshd) into .venv and, as root,
+#                         the Debian packages `meshctl demo` needs
+#   ./install.sh --dev    plus the test tools and the packages the tests need
 set -eu
 
 cd "$(dirname "$0")"
@@ -19,8 +19,10 @@ done
 say() { printf '==> %s\n' "$*"; }
 PYTHON=${PYTHON:-python3}
 
-# Debian packages the end-to-end tests and `meshctl demo` use on this machine.
-SYSTEM_PACKAGES="systemd-container debootstrap iproute2 util-linux iptables openssh-client openssl tcpdump ca-certificates wrk"
+# Debian packages `meshctl demo` uses on this machine (local hosts with systemd-nspawn),
+# and those the tests add (captures, certificates, load).
+DEMO_PACKAGES="systemd-container debootstrap iproute2 util-linux iptables openssh-client ca-certificates"
+TEST_PACKAGES="openssl tcpdump wrk"
 
 apt_install() {
     missing=""
@@ -57,18 +59,21 @@ say "installing meshctl and meshd into .venv"
 .venv/bin/python -m pip install --quiet --upgrade pip
 if [ "$DEV" -eq 1 ]; then
     .venv/bin/python -m pip install --quiet -e '.[dev]'
-    if [ "$(id -u)" -eq 0 ]; then
-        apt_install $SYSTEM_PACKAGES
-    else
-        say "not root: skipping Debian packages ($SYSTEM_PACKAGES); the end-to-end tests need them and root"
-    fi
 else
     .venv/bin/python -m pip install --quiet -e .
+fi
+PACKAGES=$DEMO_PACKAGES
+if [ "$DEV" -eq 1 ]; then PACKAGES="$PACKAGES $TEST_PACKAGES"; fi
+if [ "$(id -u)" -eq 0 ]; then
+    # shellcheck disable=SC2086 # word splitting of the package list is intended
+    apt_install $PACKAGES
+else
+    say "not root: skipping Debian packages ($PACKAGES); meshctl demo and the end-to-end tests need them and root"
 fi
 
 say "done: $(.venv/bin/meshctl --version), $(.venv/bin/meshd version)"
 if [ "$DEV" -eq 1 ]; then
     say "next: .venv/bin/pytest    (end-to-end tests boot real hosts and need root)"
 else
-    say "next: .venv/bin/meshctl init --help"
+    say "next: .venv/bin/meshctl demo up    (as root), or .venv/bin/meshctl init --help"
 fi

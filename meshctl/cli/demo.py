@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import uuid
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -27,8 +28,13 @@ def _root(actx: AppContext) -> Path:
     return actx.workspace_path or DEFAULT_WORKSPACE
 
 
+PrefixOption = Annotated[
+    str, typer.Option("--testbed-prefix", hidden=True, help="the testbed's prefix (tests)")
+]
+
+
 @app.command("up")
-def up(ctx: typer.Context) -> None:
+def up(ctx: typer.Context, prefix: PrefixOption = demo.PREFIX) -> None:
     """Start 3 local hosts (systemd-nspawn), join them, run web -> api -> db, send traffic.
 
     Needs root on a Debian machine (install.sh installs what it needs). The
@@ -40,13 +46,13 @@ def up(ctx: typer.Context) -> None:
     actx = app_context(ctx)
     root = _root(actx)
     say = actx.err.print
-    if (default_state_root() / demo.PREFIX).exists():
+    if (default_state_root() / prefix).exists():
         raise ConfigError(
             "a demo is already running", hint="meshctl demo down, then meshctl demo up again"
         )
-    say(f"[bold]1/5[/] starting 3 hosts (testbed {demo.PREFIX})")
+    say(f"[bold]1/5[/] starting 3 hosts (testbed {prefix})")
     tb = Testbed.up(
-        hosts=3, prefix=demo.PREFIX, persistent=True, progress=lambda m: say(f"    {escape(m)}")
+        hosts=3, prefix=prefix, persistent=True, progress=lambda m: say(f"    {escape(m)}")
     )
     try:
         _up(actx, root, tb)
@@ -124,7 +130,7 @@ def _next_steps(actx: AppContext, root: Path, tb: Testbed) -> None:
 
 
 @app.command("down")
-def down(ctx: typer.Context) -> None:
+def down(ctx: typer.Context, prefix: PrefixOption = demo.PREFIX) -> None:
     """Stop the demo hosts and remove the demo workspace. Harmless when there is no demo.
 
     Example: meshctl demo down
@@ -132,8 +138,8 @@ def down(ctx: typer.Context) -> None:
     actx = app_context(ctx)
     say = actx.err.print
     try:
-        Testbed.attach(demo.PREFIX).down()
-        say(f"stopped the demo hosts (testbed {demo.PREFIX})")
+        Testbed.attach(prefix).down()
+        say(f"stopped the demo hosts (testbed {prefix})")
     except ProvisionError:
         say("no demo hosts are running")
     demo.remove_workspace(_root(actx), lambda m: say(escape(m)))

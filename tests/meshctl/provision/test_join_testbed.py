@@ -70,17 +70,7 @@ class Fleet:
     pristine_api: str
 
     def meshctl(self, *argv: str, workspace: Path | None = None) -> Result:
-        out = Console(record=True, width=200, force_terminal=False, emoji=False)
-        err = Console(record=True, width=200, force_terminal=False, stderr=True, emoji=False)
-        context = AppContext(
-            out=out,
-            err=err,
-            environ={"MESHCTL_CA_PASSPHRASE": PASSPHRASE},
-            interactive=False,
-            workspace_path=workspace or self.ws,
-        )
-        code = run(list(argv), context)
-        return Result(code, out.export_text(), err.export_text())
+        return in_process(list(argv), workspace or self.ws, {"MESHCTL_CA_PASSPHRASE": PASSPHRASE})
 
     def ssh(self, host: TestbedHost) -> SshTransport:
         target = Target(host.address)
@@ -92,6 +82,17 @@ class Fleet:
 
     def admin(self, host: TestbedHost, name: str) -> AdminEndpoint:
         return AdminEndpoint(name, host.address, 15000)
+
+
+def in_process(argv: list[str], workspace: Path, environ: dict[str, str]) -> Result:
+    """meshctl in this process, as the operator runs it (real SSH, real clock)."""
+    out = Console(record=True, width=200, force_terminal=False, emoji=False)
+    err = Console(record=True, width=200, force_terminal=False, stderr=True, emoji=False)
+    context = AppContext(
+        out=out, err=err, environ=environ, interactive=False, workspace_path=workspace
+    )
+    code = run(argv, context)
+    return Result(code, out.export_text(), err.export_text())
 
 
 def snapshot(host: TestbedHost) -> str:
@@ -308,12 +309,23 @@ def test_leave_restores_the_host_and_updates_the_others(fleet: Fleet) -> None:
     assert "[hosts.api1]" not in (fleet.ws / "hosts.toml").read_text()
 
 
-def test_an_unreachable_host_fails_alone(fleet: Fleet) -> None:
+def test_an_unreachable_host_fails_alone_and_sudo_works(fleet: Fleet) -> None:
+    """api1 joins again, this time as a non-root user through sudo, next to a dead host."""
+    ok(
+        fleet.api,
+        "useradd -m -s /bin/sh ops && install -d -m 700 -o ops -g ops ~ops/.ssh && "
+        "install -m 600 -o ops -g ops /root/.ssh/authorized_keys ~ops/.ssh/ && "
+        "echo 'ops ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/ops",
+    )
     ghost = fleet.tb.subnet.rsplit(".", 1)[0] + ".250"
     assert fleet.meshctl("hosts", "add", "ghost", ghost, "--service", "ghost:9999").code == 0
-    add = fleet.meshctl("hosts", "add", "api1", fleet.api.address, "--service", "api:8081")
+    add = fleet.meshctl("hosts", "add", "api1", f"ops@{fleet.api.address}", "-s", "api:8081")
     assert add.code == 0
-    both = fleet.meshctl("join", "api1", "ghost", "-i", fleet.key, "--connect-timeout", "2")
+    no_sudo = fleet.meshctl("join", "api1", "-i", fleet.key)
+    assert no_sudo.code == 5 and "pass --sudo" in no_sudo.err, no_sudo.err
+    both = fleet.meshctl(
+        "join", "api1", "ghost", "-i", fleet.key, "--sudo", "--connect-timeout", "2"
+    )
     assert both.code == 8, both.out + both.err  # partial
     assert " joined " in both.out and " failed " in both.out
     assert f"{ghost}:22" in both.err
