@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -16,7 +17,7 @@ from meshctl.cli.errors import ExitCode, exit_code_for, render_error
 from meshctl.inventory import HostOverrides, parse_label, parse_service, select_hosts
 from meshctl.provision import rollout
 from meshctl.provision.rollout import Outcome, Rollout, SshOptions
-from meshctl.views.rollout import outcome_json, outcomes_table, plan_view
+from meshctl.views.rollout import facts_line, outcome_json, outcomes_table, plan_view
 
 KeyOption = Annotated[
     Path | None,
@@ -150,6 +151,7 @@ def join(
     if dry_run and not json_out:
         for o in outcomes:
             if o.plan is not None:
+                actx.out.print(facts_line(o), markup=False)
                 actx.out.print(plan_view(o.plan))
     _merge_pushes(outcomes, pushes)
     finish(actx, "dry run" if dry_run else "join", outcomes + _others(outcomes, pushes), json_out)
@@ -174,7 +176,10 @@ def _others(outcomes: list[Outcome], pushes: list[Outcome]) -> list[Outcome]:
 
 def leave(
     ctx: typer.Context,
-    hosts: Annotated[list[str], typer.Argument(metavar="HOST...", help="hosts of hosts.toml")],
+    hosts: Annotated[
+        list[str],
+        typer.Argument(metavar="HOST...", help="hosts of hosts.toml, or [USER@]ADDRESS[:PORT]"),
+    ],
     forget_unreachable: Annotated[
         bool,
         typer.Option(
@@ -198,10 +203,11 @@ def leave(
     actx = app_context(ctx)
     ro = make_rollout(actx, SshOptions(key_file, sudo, False, connect_timeout))
     inventory = state.load_inventory(ro.ws)
-    specs = select_hosts(inventory, hosts, False, HostOverrides(), "closed")
-    unknown = [h.address for h in specs if not h.name]
-    if unknown:
-        raise typer.BadParameter(f"not in hosts.toml: {', '.join(unknown)}")
+    # a host not (or no longer) in hosts.toml can still be cleaned up by its address
+    specs = [
+        h if h.name else replace(h, name=h.address)
+        for h in select_hosts(inventory, hosts, False, HostOverrides(), "closed")
+    ]
     with progress_display(actx, json_out) as report:
         ro.progress = report
         outcomes = rollout.leave(ro, specs, dry_run, forget_unreachable)

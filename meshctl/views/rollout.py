@@ -37,6 +37,19 @@ def plan_view(plan: Plan, details: bool = True) -> RenderableType:
     return Group(*parts)
 
 
+def facts_line(o: Outcome) -> str:
+    """What meshctl found on the host, in one line (shown above its plan)."""
+    f = o.facts
+    if f is None:
+        return f"{o.host} ({o.address})"
+    installed = next((v for v in f.versions if v != "bin"), None)
+    return (
+        f"{o.host} ({o.address}): {f.os_name}, {f.machine}, Python {f.python}, "
+        f"iptables {f.iptables or 'missing'}, meshd {installed or 'not installed'} "
+        f"({f.meshd.active})"
+    )
+
+
 def outcomes_table(title: str, outcomes: list[Outcome]) -> Table:
     """One row per host: what happened to it, and the error when it failed."""
     table = Table(title=title, title_justify="left")
@@ -59,6 +72,10 @@ def _detail(o: Outcome) -> str:
         return f"[red]{escape(o.error.message)}[/]{hint}"
     if o.status == "converged":
         return "already matched: nothing changed"
+    if o.status == "left" and not o.done:
+        return "nothing of meshd was left"
+    if o.status == "joined" and o.desired is not None:
+        return f"meshd {escape(o.desired.bundle_version)} active, rules and names in place"
     if o.status == "planned" and o.plan is not None:
         return f"{len(o.plan.steps)} step(s) planned" if o.plan.steps else "nothing to do"
     return escape("; ".join(o.done[-2:])) if o.done else ""

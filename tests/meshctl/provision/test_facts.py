@@ -71,7 +71,12 @@ def output(**changes: str | None) -> str:
 def test_parse_realistic_output() -> None:
     f = facts.parse(output())
     assert (f.os_id, f.os_version, f.os_name) == ("debian", "12", "Debian GNU/Linux 12 (bookworm)")
-    assert (f.machine, f.hostname, f.python, f.systemd) == ("x86_64", "web1.example.net", "3.11", True)
+    assert (f.machine, f.hostname, f.python, f.systemd) == (
+        "x86_64",
+        "web1.example.net",
+        "3.11",
+        True,
+    )
     assert f.iptables == "nft"
     assert f.user_exists
     assert f.hashes == {layout.CONFIG: "a" * 64, layout.LAUNCHER: "b" * 64}
@@ -156,7 +161,10 @@ GOOD = facts.parse(output())
         ({"python": None}, "web1: python3 is missing"),
         ({"python": "3.9"}, "web1: python3 is 3.9; meshd needs 3.11"),
         ({"python": "3.10"}, "web1: python3 is 3.10"),
-        ({"os_id": "centos", "os_name": "CentOS Stream 9"}, "web1: CentOS Stream 9 is not supported"),
+        (
+            {"os_id": "centos", "os_name": "CentOS Stream 9"},
+            "web1: CentOS Stream 9 is not supported",
+        ),
         ({"os_version": "11"}, "web1: Debian GNU/Linux 12 (bookworm) is not supported"),
         ({"systemd": False}, "web1: systemd is not running"),
         ({"iptables": ""}, "web1: iptables is missing"),

@@ -296,10 +296,19 @@ def test_a_broken_rule_set_is_rolled_back(fleet: Fleet) -> None:
 
 
 def test_leave_restores_the_host_and_updates_the_others(fleet: Fleet) -> None:
+    ok(fleet.api, "rm -rf /opt/meshd/*; systemctl kill -s KILL meshd")  # meshd broken for good
+    until(
+        lambda: ok(fleet.api, "systemctl is-active meshd || true").strip() != "active",
+        10,
+        "meshd failing",
+    )
     left = fleet.meshctl("leave", "api1", "-i", fleet.key)
     assert left.code == 0, left.out + left.err
     after = snapshot(fleet.api)
     assert after == fleet.pristine_api, _diff(fleet.pristine_api, after)
+    again = fleet.meshctl("leave", fleet.api.address, "-i", fleet.key)  # harmless twice
+    assert again.code == 0 and "nothing of meshd was left" in again.out, again.out + again.err
+    assert snapshot(fleet.api) == fleet.pristine_api
     client = AdminClient.for_workspace(Workspace.load(fleet.ws))
     for host, name in ((fleet.web, "web1"), (fleet.db, "db1")):
         registry = client.get_document(fleet.admin(host, name), "registry")

@@ -1,0 +1,194 @@
+"""Applying plans over a scripted transport: commands sent, files staged, errors, rollback."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from meshctl.provision import apply as apply_mod
+from meshctl.provision import layout
+from meshctl.provision.apply import Applier
+from meshctl.provision.desired import FileSpec
+from meshctl.provision.plan import (
+    CreateUser,
+    Enroll,
+    Plan,
+    PruneBundles,
+    ReloadSystemd,
+    StartMeshd,
+    Step,
+    StopUnits,
+    WriteFile,
+)
+from meshctl.transport import FakeTransport, Result, Transport
+from meshd.errors import ConnectError, ProvisionError
+from meshd.identity import SpiffeId, make_id
+
+STAGE = "/tmp/meshctl.stage123"
+OK = Result(0, "", "")
+MKTEMP = {"mktemp -d": Result(0, f"{STAGE}\n", "")}
+ARM = {"set -e; umask 077; iptables-save -t nat": OK}
+DISARM = {"systemctl stop meshd-rules-rollback-": OK}
+RULES = "meshd rules apply"
+
+
+@dataclass
+class Host(FakeTransport):
+    """A FakeTransport answering by command prefix, remembering root and close."""
+
+    name: str = "web1"
+    prefixes: dict[str, Result] = field(default_factory=dict)
+    roots: list[bool] = field(default_factory=list)
+    closed: bool = False
+
+    def run(self, command: str, *, timeout: float = 120, root: bool = True) -> Result:
+        self.roots.append(root)
+        exact = super().run(command, timeout=timeout, root=root)
+        if command in self.responses:
+            return exact
+        return next((r for p, r in self.prefixes.items() if command.startswith(p)), exact)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def never() -> Transport:
+    raise AssertionError("no reconnect expected")
+
+
+def test_write_files_stages_then_moves_each_file_as_root() -> None:
+    host = Host(prefixes=MKTEMP | {"set -e\n": OK})
+    files = [FileSpec(layout.CONFIG, b"config"), FileSpec(layout.LAUNCHER, b"#!/bin/sh\n", 0o755)]
+    Applier(host, never).write_files(files)
+    assert host.files == {f"{STAGE}/0": b"config", f"{STAGE}/1": b"#!/bin/sh\n"}
+    assert len(host.commands) == 2 and host.roots == [False, True]  # mktemp as the SSH user
+    script = host.commands[1].splitlines()
+    tmp = f"{layout.LAUNCHER}.meshctl-tmp"
+    assert script[0] == "set -e" and script[-1] == f"rm -rf {STAGE}"
+    assert script[6:11] == [
+        "mkdir -p /opt/meshd/bin",
+        f"cp {STAGE}/1 {tmp}",
+        f"chmod 755 {tmp}",
+        f"chown root:root {tmp}",
+        f"mv -f {tmp} {layout.LAUNCHER}",
+    ]
+    assert f"mv -f {layout.CONFIG}.meshctl-tmp {layout.CONFIG}" in script
+
+
+def test_a_run_of_file_steps_is_one_batch() -> None:
+    host = Host(prefixes=MKTEMP | {"set -e\n": OK, "systemctl daemon-reload": OK})
+    plan = Plan(
+        "web1",
+        (
+            WriteFile("missing", FileSpec("/etc/a", b"a")),
+            WriteFile("missing", FileSpec("/etc/b", b"b")),
+            ReloadSystemd("unit files changed"),
+        ),
+    )
+    done = Applier(host, never).apply(plan)
+    assert done == ["write /etc/a", "write /etc/b", "systemctl daemon-reload"]
+    assert len(host.commands) == 3
+
+
+@pytest.mark.parametrize(
+    ("step", "what"),
+    [
+        (ReloadSystemd("x"), "daemon-reload"),
+        (CreateUser("x"), "creating the meshd user"),
+        (PruneBundles("x", ("0.1",)), "removing old meshd versions"),
+        (StopUnits("x", layout.UNITS), "stopping meshd"),
+        (WriteFile("x", FileSpec(layout.CONFIG, b"")), "writing files"),
+    ],
+)
+def test_a_failing_command_names_host_and_step(step: Step, what: str) -> None:
+    host = Host(prefixes=MKTEMP | {"": Result(1, "", "something\ndisk full")})
+    with pytest.raises(ProvisionError) as caught:
+        Applier(host, never).apply(Plan("web1", (step, ReloadSystemd("later"))))
+    assert caught.value.message == f"web1: {what} failed: disk full"
+    assert not any(c == "systemctl daemon-reload" for c in host.commands[1:])  # stopped
+
+
+def test_meshd_that_does_not_start_shows_its_journal() -> None:
+    journal = Result(0, "starting\n\nbad config: services[0]\nexiting\n", "")
+    host = Host(
+        prefixes={"systemctl start": Result(1, "", "failed"), "journalctl -u meshd": journal}
+    )
+    with pytest.raises(ProvisionError) as caught:
+        Applier(host, never).run_step(StartMeshd("x", "start"))
+    assert caught.value.message == (
+        "web1: meshd did not start: starting / bad config: services[0] / exiting"
+    )
+    assert caught.value.hint == "see journalctl -u meshd on web1"
+
+
+def test_enroll_signs_the_hosts_csr_and_installs_the_chain() -> None:
+    ids = (make_id("t.mesh", "host", "web1"), make_id("t.mesh", "svc", "web"))
+    keygen = Result(0, "-----BEGIN CERTIFICATE REQUEST-----\n", "")
+    host = Host(prefixes=MKTEMP | {"set -e; mkdir -p /etc/meshd": keygen, "set -e\n": OK})
+    signed: list[tuple[bytes, tuple[SpiffeId, ...], int]] = []
+
+    def sign(csr: bytes, identities: tuple[SpiffeId, ...], hours: int) -> bytes:
+        signed.append((csr, identities, hours))
+        return b"chain"
+
+    Applier(host, never, sign=sign).run_step(Enroll("x", ids, 24))
+    assert signed == [(keygen.stdout.encode(), ids, 24)]
+    assert "--id spiffe://t.mesh/host/web1 --id spiffe://t.mesh/svc/web" in host.commands[0]
+    assert host.files == {f"{STAGE}/0": b"chain"}
+    assert f"mv -f {layout.CERT}.meshctl-tmp {layout.CERT}" in host.commands[-1]
+
+
+def test_rules_confirmed_by_a_new_connection() -> None:
+    host, confirm = Host(prefixes=ARM | {RULES: OK}), Host(prefixes=DISARM)
+    Applier(host, lambda: confirm).apply_rules_guarded(RULES)
+    assert "--on-active=20s" in host.commands[0]
+    assert host.commands[1] == RULES
+    (disarm,) = confirm.commands
+    assert disarm.startswith("systemctl stop meshd-rules-rollback-")
+    unit = disarm.split()[2].removesuffix(".timer;")
+    assert f"--unit={unit} " in host.commands[0]
+    assert confirm.closed
+
+
+@pytest.mark.parametrize(
+    ("reachable_after", "after"),
+    [
+        (True, "they were rolled back and the host is reachable again"),
+        (False, "they should have been rolled back, but the host is still unreachable"),
+    ],
+)
+def test_rules_that_cut_ssh_are_rolled_back(
+    monkeypatch: pytest.MonkeyPatch, reachable_after: bool, after: str
+) -> None:
+    waits: list[float] = []
+    monkeypatch.setattr(apply_mod.time, "sleep", waits.append)
+    attempts: list[int] = []
+
+    def reconnect() -> Transport:
+        attempts.append(1)
+        if len(attempts) == 1 or not reachable_after:
+            raise ConnectError("10.0.0.11:22: no answer within 10s")
+        return Host()
+
+    host = Host(prefixes=ARM | {RULES: OK})
+    with pytest.raises(ProvisionError) as caught:
+        Applier(host, reconnect, rollback_deadline=0).apply_rules_guarded(RULES)
+    message = caught.value.message
+    assert message.startswith("web1: a new SSH connection failed after the redirect rules")
+    assert "(10.0.0.11:22: no answer within 10s)" in message and after in message
+    assert len(attempts) == 2
+    assert len(waits) == 1 and 0 < waits[0] <= 2  # deadline + 2 s of slack, from arming
+    assert not any(c.startswith("systemctl stop") for c in host.commands)  # left armed
+
+
+def test_a_failing_rules_command_disarms_the_rollback() -> None:
+    failed = Result(2, "", "iptables-restore: line 7 failed")
+    host = Host(prefixes=ARM | DISARM | {RULES: failed})
+    with pytest.raises(ProvisionError) as caught:
+        Applier(host, never).apply_rules_guarded(RULES)
+    assert caught.value.message == (
+        "web1: applying the redirect rules failed: iptables-restore: line 7 failed"
+    )
+    assert host.commands[-1].startswith("systemctl stop meshd-rules-rollback-")
+    assert host.commands[-1].split(";")[0].endswith(".timer")

@@ -1,0 +1,278 @@
+"""Planning join and leave: from facts and the desired state to steps; empty when converged."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from meshctl.ca import MeshCa, issue_identity
+from meshctl.config import MeshConfig
+from meshctl.inventory import HostSpec, Inventory, ServiceSpec
+from meshctl.provision import layout
+from meshctl.provision.desired import desired_host, registry_json
+from meshctl.provision.facts import HostFacts, MeshdState
+from meshctl.provision.plan import (
+    ApplyRules,
+    Enroll,
+    Plan,
+    RemovePaths,
+    RemoveRules,
+    RemoveUser,
+    StartMeshd,
+    StopUnits,
+    WriteFile,
+    WriteHostsBlock,
+    plan_join,
+    plan_leave,
+)
+from meshd import hostsfile
+from meshd.identity import SpiffeId, make_id
+from meshd.pki import cert_pem
+from meshd.rules import remove_document
+from tests.meshctl.helpers import NOW, TD, make_ca
+
+CA = make_ca()
+MESH = MeshConfig("t", TD, "alice", ca_key_encrypted=False)
+WEB1 = HostSpec(
+    "web1",
+    "10.0.0.11",
+    port=2222,
+    services=(ServiceSpec("web", 8080), ServiceSpec("admin", 9000, run_as="www-data")),
+)
+DB1 = HostSpec("db1", "10.0.0.12", services=(ServiceSpec("db", 5432),))
+INVENTORY = Inventory().with_host(WEB1).with_host(DB1)
+REGISTRY = INVENTORY.registry(3, MESH.defaults.mesh_port)
+VIPS = dict(INVENTORY.vips)
+VERSION = "0.3.0-py3.11-x86_64-0123abcd"
+DESIRED = desired_host(MESH, WEB1, REGISTRY, VIPS, VERSION, b"trust bundle\n", 2222)
+HOSTS = "127.0.0.1\tlocalhost\n10.0.0.12\tdb1\n"
+
+
+def certificate(
+    ids: list[SpiffeId] | None = None, ca: MeshCa = CA, issued: dt.datetime = NOW
+) -> str:
+    """A host certificate chain as the host has it in /etc/meshd/cert.pem."""
+    ids = list(DESIRED.identities) if ids is None else ids
+    _, cert = issue_identity(ids, ca.issuing, issued, dt.timedelta(hours=24))
+    return cert_pem(cert, ca.issuing.cert).decode()
+
+
+PRISTINE = HostFacts(
+    os_id="debian",
+    os_version="12",
+    os_name="Debian GNU/Linux 12 (bookworm)",
+    machine="x86_64",
+    hostname="web1",
+    python="3.11",
+    systemd=True,
+    iptables="nft",
+    user_exists=False,
+    hosts=HOSTS,
+)
+CONVERGED = replace(
+    PRISTINE,
+    user_exists=True,
+    hashes={f.path: f.sha256 for f in DESIRED.files},
+    key_mode="600 meshd",
+    cert_pem=certificate(),
+    enabled={u: "enabled" for u in layout.ENABLED_UNITS} | {"meshd-sync.service": "static"},
+    meshd=MeshdState("active", 0, 3600.0, 4242),
+    registry=json.loads(registry_json(REGISTRY)),  # as read back from the host
+    rules_record=DESIRED.rules_fingerprint,
+    nat=DESIRED.rules_document,
+    route=True,
+    hosts=hostsfile.with_block(HOSTS, VIPS),
+    versions=("bin", VERSION),
+)
+
+
+def summary(plan: Plan) -> list[str]:
+    """Step types, with the file written or the action on meshd."""
+    names = []
+    for step in plan.steps:
+        name = type(step).__name__
+        if isinstance(step, WriteFile):
+            name += f" {step.file.path}"
+        elif isinstance(step, StartMeshd):
+            name += f" {step.action}"
+        names.append(name)
+    return names
+
+
+def join(facts: HostFacts) -> Plan:
+    return plan_join(facts, DESIRED, CA.issuing.cert, NOW)
+
+
+def test_pristine_host_gets_everything_in_order() -> None:
+    plan = join(PRISTINE)
+    assert summary(plan) == [
+        "InstallBundle",
+        f"WriteFile {layout.LAUNCHER}",  # before keygen, which runs it
+        "CreateUser",
+        "Enroll",
+        f"WriteFile {layout.CONFIG}",
+        f"WriteFile {layout.REGISTRY}",
+        f"WriteFile {layout.TRUST_BUNDLE}",
+        *(f"WriteFile {path}" for path in layout.UNIT_FILES.values()),
+        "ReloadSystemd",
+        "EnableUnits",
+        "StartMeshd start",
+        "ApplyRules",
+        "WriteHostsBlock",
+    ]
+    assert plan.host == "web1"
+
+
+def test_pristine_host_steps_carry_what_they_install() -> None:
+    steps = {type(s).__name__: s for s in join(PRISTINE).steps}
+    assert steps["Enroll"].detail().splitlines() == [
+        f"spiffe://{TD}/host/web1",
+        f"spiffe://{TD}/svc/web",
+        f"spiffe://{TD}/svc/admin",
+    ]
+    assert steps["EnableUnits"].units == layout.ENABLED_UNITS  # type: ignore[attr-defined]
+    assert steps["ApplyRules"].detail() == DESIRED.rules_document
+    hosts = steps["WriteHostsBlock"]
+    assert hosts.content == HOSTS + hostsfile.render_block(VIPS)  # type: ignore[attr-defined]
+
+
+def test_converged_host_has_an_empty_plan() -> None:
+    assert join(CONVERGED).empty
+
+
+def _with_hash(path: str) -> dict[str, str]:
+    return CONVERGED.hashes | {path: "0" * 64}
+
+
+OTHER_CA = make_ca()
+CHANGES: list[tuple[str, dict[str, Any], list[str]]] = [
+    (
+        "config differs",
+        {"hashes": _with_hash(layout.CONFIG)},
+        [f"WriteFile {layout.CONFIG}", "StartMeshd restart"],
+    ),
+    (
+        "meshd unit differs",
+        {"hashes": _with_hash(layout.UNIT_FILES["meshd.service"])},
+        [f"WriteFile {layout.UNIT_FILES['meshd.service']}", "ReloadSystemd", "StartMeshd restart"],
+    ),
+    (
+        "sync path unit differs",
+        {"hashes": _with_hash(layout.UNIT_FILES["meshd-sync.path"])},
+        [f"WriteFile {layout.UNIT_FILES['meshd-sync.path']}", "ReloadSystemd"],
+    ),
+    (
+        "trust bundle differs",
+        {"hashes": _with_hash(layout.TRUST_BUNDLE)},
+        [f"WriteFile {layout.TRUST_BUNDLE}", "StartMeshd reload"],
+    ),
+    (
+        "launcher differs",
+        {"hashes": _with_hash(layout.LAUNCHER)},
+        [f"WriteFile {layout.LAUNCHER}", "StartMeshd restart"],
+    ),
+    (
+        "registry differs",
+        {"registry": {**REGISTRY, "version": 2}},
+        [f"WriteFile {layout.REGISTRY}", "StartMeshd reload"],
+    ),
+    (
+        "registry file stale but pushed one current",  # the pushed one is what meshd uses
+        {"hashes": _with_hash(layout.REGISTRY)},
+        [],
+    ),
+    (
+        "certificate past 2/3 of its life",
+        {"cert_pem": certificate(issued=NOW - dt.timedelta(hours=17))},
+        ["Enroll", "StartMeshd reload"],
+    ),
+    (
+        "certificate before 2/3 of its life",
+        {"cert_pem": certificate(issued=NOW - dt.timedelta(hours=15))},
+        [],
+    ),
+    (
+        "certificate with other identities",
+        {"cert_pem": certificate(ids=[make_id(TD, "host", "web1")])},
+        ["Enroll", "StartMeshd reload"],
+    ),
+    (
+        "certificate from another CA",
+        {"cert_pem": certificate(ca=OTHER_CA)},
+        ["Enroll", "StartMeshd reload"],
+    ),
+    ("certificate unreadable", {"cert_pem": "garbage"}, ["Enroll", "StartMeshd reload"]),
+    ("key readable by others", {"key_mode": "644 root"}, ["Enroll", "StartMeshd reload"]),
+    ("meshd failed", {"meshd": MeshdState("failed", 5)}, ["StartMeshd start"]),
+    ("unit disabled", {"enabled": {"meshd.service": "enabled"}}, ["EnableUnits"]),
+    ("rules record differs", {"rules_record": "f" * 64}, ["ApplyRules"]),
+    ("route gone", {"route": False}, ["ApplyRules"]),
+    ("rules gone (reboot)", {"nat": "", "rules_record": ""}, ["ApplyRules"]),
+    ("hosts block missing", {"hosts": HOSTS}, ["WriteHostsBlock"]),
+    ("old bundle present", {"versions": ("0.2.0-old", "bin", VERSION)}, ["PruneBundles"]),
+    (
+        "new bundle",
+        {"versions": ("0.2.0-old", "bin")},
+        ["InstallBundle", "StartMeshd restart", "PruneBundles"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("changes", "expected"), [c[1:] for c in CHANGES], ids=[c[0] for c in CHANGES])
+def test_one_change_gives_only_its_steps(changes: dict[str, Any], expected: list[str]) -> None:
+    assert summary(join(replace(CONVERGED, **changes))) == expected
+
+
+def test_rules_are_reapplied_without_adding_the_jumps_again() -> None:
+    plan = join(replace(CONVERGED, rules_record="f" * 64))
+    (step,) = plan.steps
+    assert isinstance(step, ApplyRules)
+    assert ":MESHD_OUTPUT - [0:0]" in step.document
+    assert "-A OUTPUT" not in step.document and "-A PREROUTING" not in step.document
+
+
+@pytest.mark.parametrize(
+    ("cert", "problem"),
+    [
+        (certificate(issued=NOW - dt.timedelta(hours=17)), "past 2/3 of its life"),
+        (certificate(ids=[make_id(TD, "host", "web1")]), "identities differ"),
+        (certificate(ca=OTHER_CA), "not issued by this mesh's issuing CA"),
+        ("", "no certificate yet"),
+    ],
+)
+def test_enroll_says_why(cert: str, problem: str) -> None:
+    (enroll,) = [s for s in join(replace(CONVERGED, cert_pem=cert)).steps if isinstance(s, Enroll)]
+    assert problem in enroll.why
+    assert enroll.lifetime_hours == MESH.defaults.leaf_lifetime_hours
+
+
+def test_leave_on_a_pristine_host_does_nothing() -> None:
+    pristine = replace(PRISTINE, enabled={u: "not-found" for u in layout.UNITS})
+    assert plan_leave(pristine).empty
+
+
+def test_leave_on_a_joined_host_removes_everything() -> None:
+    plan = plan_leave(CONVERGED)
+    assert [type(s) for s in plan.steps] == [
+        StopUnits,
+        RemoveRules,
+        WriteHostsBlock,
+        RemovePaths,
+        RemoveUser,
+    ]
+    stop, rules, hosts, paths, _ = plan.steps
+    assert isinstance(stop, StopUnits) and stop.units == layout.UNITS
+    assert isinstance(rules, RemoveRules)
+    assert rules.route and rules.document == remove_document(CONVERGED.nat)
+    assert isinstance(hosts, WriteHostsBlock)
+    assert (hosts.content, hosts.block) == (HOSTS, "")
+    assert isinstance(paths, RemovePaths) and paths.paths == layout.REMOVED_PATHS
+
+
+def test_leave_after_a_half_finished_join() -> None:
+    half = replace(PRISTINE, user_exists=True, versions=(VERSION,))
+    assert [type(s) for s in plan_leave(half).steps] == [RemovePaths, RemoveUser]
