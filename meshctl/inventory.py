@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from meshd.errors import ConfigError
-from meshd.identity import SpiffeId, check_name, make_id
+from meshd.identity import SpiffeId, check_name, check_user, make_id
 from meshd.schema import Fields
 
 VIP_RANGE = ipaddress.ip_network("10.255.0.0/16")
@@ -142,9 +142,14 @@ def _host(name: str, f: Fields) -> HostSpec:
     labels = f.get("labels", dict, {})
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
         raise f.fail("labels", "labels map strings to strings")
+    address = f.get("address", str)
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise f.fail("address", f"{address!r} is not an IP address") from None
     return HostSpec(
         name=name,
-        address=f.get("address", str),
+        address=address,
         user=f.get("user", str, "root"),
         port=f.port("port", 22),
         fail_mode=f.choice("fail_mode", FAIL_MODES, "closed"),
@@ -160,7 +165,13 @@ def _service(f: Fields) -> ServiceSpec:
         check_name("service", name)
     except ConfigError as e:
         raise f.fail("name", e.message) from None
-    return ServiceSpec(name, f.port("port"), f.optional("run_as", str))
+    run_as = f.optional("run_as", str)
+    if run_as is not None:
+        try:
+            check_user(run_as)
+        except ConfigError as e:
+            raise f.fail("run_as", e.message) from None
+    return ServiceSpec(name, f.port("port"), run_as)
 
 
 def _vip(f: Fields, name: str) -> str:
@@ -201,7 +212,8 @@ def parse_service(text: str) -> ServiceSpec:
     port = int(parts[1])
     if not 1 <= port <= 65535:
         raise ConfigError(f"--service {text!r}: {port} is not a port number")
-    return ServiceSpec(check_name("service", parts[0]), port, parts[2] if len(parts) == 3 else None)
+    run_as = check_user(parts[2]) if len(parts) == 3 else None
+    return ServiceSpec(check_name("service", parts[0]), port, run_as)
 
 
 def parse_label(text: str) -> tuple[str, str]:
@@ -258,7 +270,20 @@ def _target(inventory: Inventory, text: str, o: HostOverrides, fail_mode: str) -
     address, _, port_text = rest.partition(":")
     if not address or (port_text and not port_text.isdigit()):
         raise ConfigError(f"{text!r} is neither a host of hosts.toml nor [USER@]HOST[:PORT]")
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise ConfigError(
+            f"{text!r}: the mesh needs the host's IP address (its rules and registry use it)",
+            hint=f"give the address instead, e.g. meshctl join root@10.0.0.11; {address} "
+            "is no host of hosts.toml either",
+        ) from None
     known = next((h for h in inventory.hosts if h.address == address), None)
+    if known is not None and o.name and o.name != known.name:
+        raise ConfigError(
+            f"{address} is already {known.name!r} in hosts.toml; a host cannot be renamed",
+            hint=f"meshctl leave {known.name} first, then join it as {o.name}",
+        )
     base = known or HostSpec(name=o.name or "", address=address, fail_mode=fail_mode)
     base = replace(
         base,

@@ -40,7 +40,9 @@ def save_inventory(ws: Workspace, inventory: Inventory) -> None:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for directory in reversed(path.parents):  # mkdir's mode only applies to the last one
+        if not directory.exists():
+            directory.mkdir(mode=0o700)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from meshd.errors import ConfigError
-from meshd.identity import SpiffeId, check_name, make_id, trust_domain_problem
+from meshd.identity import SpiffeId, check_name, check_user, make_id, trust_domain_problem
 from meshd.schema import Fields
 
 MTLS_MODES = ("strict", "permissive")
@@ -240,6 +240,11 @@ def _service(f: Fields) -> ServiceConfig:
         raise f.fail("name", e.message) from None
     outbound = f.address("outbound") if "outbound" in f.data else None
     run_as = f.optional("run_as", str)
+    if run_as is not None:
+        try:
+            check_user(run_as)
+        except ConfigError as e:
+            raise f.fail("run_as", e.message) from None
     if run_as is not None and outbound is None:
         raise f.fail("run_as", "needs an outbound listener for that user's connections")
     return ServiceConfig(name=name, port=f.port("port"), outbound=outbound, run_as=run_as)

@@ -104,6 +104,19 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
+_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}|[0-9]{1,10}")
+
+
+def check_user(user: str) -> str:
+    """Validate a Unix user name or numeric uid (it ends up in iptables rules); return it."""
+    if not _USER.fullmatch(user):
+        raise ConfigError(
+            f"invalid user {user!r}",
+            hint="a Unix user name (lowercase letters, digits, '_', '-') or a numeric uid",
+        )
+    return user
+
+
 def make_id(trust_domain: str, kind: str, name: str) -> SpiffeId:
     """The mesh's ID for a service ("svc"), host or operator called ``name``."""
     if kind not in KINDS:

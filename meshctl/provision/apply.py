@@ -9,6 +9,7 @@ the previous nat table unless a *new* SSH connection confirms in time.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import shlex
 import time
@@ -257,8 +258,9 @@ class Applier:
             result = self.transport.run(command, timeout=60)
         except MeshError as e:  # the rules cut the session that applied them
             raise self._rolled_back(armed, e.message) from e
-        if not result.ok:
-            self._disarm(self.transport, unit)
+        if not result.ok:  # iptables-restore changed nothing; the timer would restore the same
+            with contextlib.suppress(MeshError):  # the rules' error is the one to report
+                self._disarm(self.transport, unit)
             check(result, "applying the redirect rules", self.host)
         try:
             confirm = self.reconnect()

@@ -52,12 +52,20 @@ def _problems(s: HostStatus) -> str:
         notes.append(f"[red]{escape(s.error)}[/]")
     if s.admin_error and s.reachable:
         notes.append(f"[red]admin API: {escape(s.admin_error)}[/]")
+    if s.reachable and s.meshd == "active" and not s.ready:
+        notes.append("[red]meshd is not ready[/]")
+    if s.reachable and s.joined and not s.rules:
+        notes.append("[red]redirect rules missing: run meshctl join " + escape(s.host) + "[/]")
+    if s.cert_warning:
+        notes.append("[yellow]certificate past 2/3 of its life: run meshctl join[/]")
     if s.drift:
         notes.append(
             f"[yellow]drift: {len(s.drift)} change(s) pending; "
             f"see meshctl join {escape(s.host)} --dry-run[/]"
         )
-    return "\n".join(notes) or "[green]healthy[/]"
+    if s.healthy:
+        return "[green]healthy[/]"
+    return "\n".join(notes) or "[red]unhealthy[/]"
 
 
 def status_table(statuses: list[HostStatus], registry_version: int) -> Table:

@@ -71,6 +71,18 @@ def _doc(**host: Any) -> dict[str, Any]:
         ),
         (_doc(colour="red"), r"hosts.h1.colour: unknown field"),
         ({"hosts": {"Bad_Name": {"address": "x"}}}, r"hosts.Bad_Name.name: invalid host name"),
+        ({"hosts": {"h": {"address": "web.example"}}}, r"hosts.h.address: 'web.example' is not"),
+        (
+            {
+                "hosts": {
+                    "h": {
+                        "address": "10.0.0.1",
+                        "services": [{"name": "a", "port": 1, "run_as": "a b"}],
+                    }
+                }
+            },
+            r"hosts.h.services\[0\].run_as: invalid user 'a b'",
+        ),
         ({"vips": {"api": "192.168.0.1"}}, r"vips.api: 192.168.0.1 is outside"),
         (
             {"vips": {"a": "10.255.0.1", "b": "10.255.0.1"}},
@@ -79,8 +91,8 @@ def _doc(**host: Any) -> dict[str, Any]:
         (
             {
                 "hosts": {
-                    "h1": {"address": "a", "services": [{"name": "api", "port": 1}]},
-                    "h2": {"address": "b", "services": [{"name": "api", "port": 2}]},
+                    "h1": {"address": "10.0.0.1", "services": [{"name": "api", "port": 1}]},
+                    "h2": {"address": "10.0.0.2", "services": [{"name": "api", "port": 2}]},
                 }
             },
             r"hosts.h2.services\[0\].port: service 'api' uses port 1",

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import pytest
 
-from meshctl.provision import apply as apply_mod
 from meshctl.provision import layout
 from meshctl.provision.apply import Applier
 from meshctl.provision.desired import FileSpec
@@ -162,7 +162,7 @@ def test_rules_that_cut_ssh_are_rolled_back(
     monkeypatch: pytest.MonkeyPatch, reachable_after: bool, after: str
 ) -> None:
     waits: list[float] = []
-    monkeypatch.setattr(apply_mod.time, "sleep", waits.append)
+    monkeypatch.setattr(time, "sleep", waits.append)  # apply waits for the host's timer
     attempts: list[int] = []
 
     def reconnect() -> Transport:
@@ -180,6 +180,22 @@ def test_rules_that_cut_ssh_are_rolled_back(
     assert len(attempts) == 2
     assert len(waits) == 1 and 0 < waits[0] <= 2  # deadline + 2 s of slack, from arming
     assert not any(c.startswith("systemctl stop") for c in host.commands)  # left armed
+
+
+@dataclass
+class CutByRules(Host):
+    def run(self, command: str, *, timeout: float = 120, root: bool = True) -> Result:
+        if command == RULES:
+            raise ConnectError("web1: lost the SSH connection: EOF")
+        return super().run(command, timeout=timeout, root=root)
+
+
+def test_rules_that_cut_the_applying_session_are_rolled_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(time, "sleep", lambda _: None)
+    with pytest.raises(ProvisionError, match=r"\(web1: lost the SSH connection: EOF\); they were"):
+        Applier(CutByRules(prefixes=ARM), Host, rollback_deadline=0).apply_rules_guarded(RULES)
 
 
 def test_a_failing_rules_command_disarms_the_rollback() -> None:

@@ -57,7 +57,9 @@ def test_meshd_config_is_what_meshd_reads() -> None:
     assert config.registry == Path(layout.REGISTRY)
 
 
-@pytest.mark.parametrize(("ssh_port", "ports"), [(2222, (22, 2222)), (22, (22,)), (8022, (22, 8022))])
+@pytest.mark.parametrize(
+    ("ssh_port", "ports"), [(2222, (22, 2222)), (22, (22,)), (8022, (22, 8022))]
+)
 def test_ssh_ports_keep_the_one_in_use_and_22(ssh_port: int, ports: tuple[int, ...]) -> None:
     assert parsed(desired(ssh_port)).interception.ssh_ports == ports
 

@@ -222,7 +222,9 @@ CHANGES: list[tuple[str, dict[str, Any], list[str]]] = [
 ]
 
 
-@pytest.mark.parametrize(("changes", "expected"), [c[1:] for c in CHANGES], ids=[c[0] for c in CHANGES])
+@pytest.mark.parametrize(
+    ("changes", "expected"), [c[1:] for c in CHANGES], ids=[c[0] for c in CHANGES]
+)
 def test_one_change_gives_only_its_steps(changes: dict[str, Any], expected: list[str]) -> None:
     assert summary(join(replace(CONVERGED, **changes))) == expected
 

@@ -29,7 +29,7 @@ FAILED = Outcome(
 def render(renderable: RenderableType) -> str:
     console = Console(record=True, width=100)
     console.print(renderable)
-    return console.export_text()
+    return "\n".join(line.rstrip() for line in console.export_text().splitlines())
 
 
 def test_failed_outcome_shows_message_and_hint() -> None:

@@ -1,0 +1,89 @@
+"""The workspace's record of what was applied where: registry versions, joined hosts, inventory."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+from meshctl import state
+from meshctl.config import MeshConfig
+from meshctl.inventory import HostSpec, Inventory, ServiceSpec
+from meshctl.workspace import HOSTS_HEADER, Workspace, init_workspace
+from tests.meshctl.helpers import NOW, TD
+
+CONFIG = MeshConfig("t", TD, "alice", ca_key_encrypted=False)
+WEB = {"web": {"vip": "10.255.0.1", "port": 8080, "endpoints": []}}
+DB = {"db": {"vip": "10.255.0.2", "port": 5432, "endpoints": []}}
+
+
+def workspace(tmp_path: Path) -> Workspace:
+    return init_workspace(tmp_path / "ws", CONFIG, None, NOW)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_registry_version_moves_only_when_content_changes(tmp_path: Path) -> None:
+    ws = workspace(tmp_path)
+    first = state.versioned_registry(ws, WEB)
+    assert first == {"version": 1, "services": WEB}
+    state.record_registry(ws, first)
+    assert state.versioned_registry(ws, dict(WEB)) == first
+    second = state.versioned_registry(ws, WEB | DB)
+    assert second == {"version": 2, "services": WEB | DB}
+    state.record_registry(ws, second)
+    assert state.versioned_registry(ws, WEB)["version"] == 3  # back to old content: still new
+    assert mode(ws.root / "applied" / "registry.json") == 0o600
+
+
+def test_unrecorded_registry_keeps_its_version(tmp_path: Path) -> None:
+    ws = workspace(tmp_path)
+    assert state.versioned_registry(ws, WEB)["version"] == 1
+    assert state.versioned_registry(ws, WEB | DB)["version"] == 1  # nothing recorded yet
+
+
+def test_join_records_round_trip(tmp_path: Path) -> None:
+    ws = workspace(tmp_path)
+    assert state.joined(ws) == {}
+    record = {"address": "10.0.0.11", "bundle_version": "v1", "registry_version": 2}
+    state.record_join(ws, "web1", record)
+    state.record_join(ws, "db1", {"address": "10.0.0.12"})
+    assert state.joined(ws) == {"db1": {"address": "10.0.0.12"}, "web1": record}
+    assert mode(ws.root / "applied" / "hosts" / "web1.json") == 0o600
+    state.forget_host(ws, "web1")
+    state.forget_host(ws, "never-joined")
+    assert list(state.joined(ws)) == ["db1"]
+
+
+def test_inventory_round_trip(tmp_path: Path) -> None:
+    ws = workspace(tmp_path)
+    assert state.load_inventory(ws) == Inventory()
+    inventory = (
+        Inventory()
+        .with_host(
+            HostSpec(
+                "web1",
+                "10.0.0.11",
+                user="admin",
+                port=2222,
+                fail_mode="open",
+                labels=(("zone", "a"),),
+                services=(ServiceSpec("web", 8080, "www-data"), ServiceSpec("metrics", 9100)),
+            )
+        )
+        .with_host(HostSpec("db1", "10.0.0.12"))
+    )
+    state.save_inventory(ws, inventory)
+    assert state.load_inventory(ws) == inventory
+    path = state.inventory_path(ws)
+    assert path.read_text().startswith(HOSTS_HEADER)
+    assert mode(path) == 0o600
+    assert [p.name for p in ws.root.iterdir() if p.name.startswith(".hosts.toml.")] == []
+
+
+def test_record_directories_are_private(tmp_path: Path) -> None:
+    ws = workspace(tmp_path)
+    state.record_join(ws, "web1", {})
+    assert mode(ws.root / "applied") == 0o700
+    assert mode(ws.root / "applied" / "hosts") == 0o700

@@ -1,0 +1,112 @@
+"""Rendering of the ``meshctl status`` fleet table."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import replace
+
+import pytest
+from rich.console import Console
+
+from meshctl.provision.status import HostStatus
+from meshctl.views.status import status_table
+from tests.meshctl.helpers import NOW
+
+HEALTHY = HostStatus(
+    "web1",
+    "10.0.0.11",
+    joined=True,
+    reachable=True,
+    meshd="active",
+    ready=True,
+    version="0.3.0",
+    uptime_seconds=7200,
+    registry_version=4,
+    cert_not_after=NOW + dt.timedelta(hours=20),
+    cert_life_left=0.8,
+    rules=True,
+)
+
+
+def render(*statuses: HostStatus) -> str:
+    console = Console(record=True, width=100)
+    console.print(status_table(list(statuses), registry_version=4))
+    return console.export_text()
+
+
+def rows(text: str) -> list[dict[str, str]]:
+    """The table's cells by column, with text wrapped inside a cell joined again."""
+    header = next(line for line in text.splitlines() if line.startswith("┃"))
+    columns = [c.strip() for c in header.split("┃")[1:-1]]
+    found: list[dict[str, str]] = []
+    for line in text.splitlines():
+        if not line.startswith("│"):
+            continue
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if cells[0]:  # a host name starts a row
+            found.append(dict.fromkeys(columns, ""))
+        for column, cell in zip(columns, cells, strict=True):
+            found[-1][column] = f"{found[-1][column]} {cell}".strip()
+    return found
+
+
+def test_healthy_host() -> None:
+    assert HEALTHY.healthy
+    text = render(HEALTHY)
+    assert text.startswith("mesh status (workspace registry version 4)")
+    assert rows(text) == [
+        {
+            "host": "web1",
+            "address": "10.0.0.11",
+            "meshd": "active, ready 0.3.0, up 2h",
+            "registry": "4",
+            "certificate until": "2026-11-28 08:00",
+            "rules": "yes",
+            "notes": "healthy",
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("changes", "column", "shown"),
+    [
+        (
+            {"drift": ["write a", "apply b"]},
+            "notes",
+            "drift: 2 change(s) pending; see meshctl join web1 --dry-run",
+        ),
+        ({"cert_life_left": 0.2}, "certificate until", "2026-11-28 08:00 (renew)"),
+        ({"cert_not_after": None, "cert_life_left": None}, "certificate until", "none"),
+        ({"joined": False}, "notes", "not joined: run meshctl join web1"),
+        (
+            {"meshd": "failed", "ready": False, "restarts": 3},
+            "meshd",
+            "failed 0.3.0, up 2h 3 restart(s)",
+        ),
+        ({"ready": False}, "meshd", "active, not ready 0.3.0, up 2h"),
+        ({"rules": False}, "rules", "no"),
+        ({"registry_version": 3}, "registry", "3"),
+        ({"admin_error": "connection refused"}, "notes", "admin API: connection refused"),
+        (
+            {"reachable": False, "error": "web1:22: no answer", "admin_error": "timed out"},
+            "meshd",
+            "unreachable",
+        ),
+        (
+            {"reachable": False, "error": "web1:22: no answer", "admin_error": "timed out"},
+            "notes",
+            "web1:22: no answer",  # the admin API's error says nothing more then
+        ),
+    ],
+)
+def test_problems_are_shown(changes: dict[str, object], column: str, shown: str) -> None:
+    (row,) = rows(render(replace(HEALTHY, **changes)))  # type: ignore[arg-type]
+    assert row[column] == shown
+
+
+@pytest.mark.parametrize("changes", [{"ready": False}, {"rules": False}, {"cert_life_left": 0.2}])
+def test_only_healthy_hosts_are_called_healthy(changes: dict[str, object]) -> None:
+    status = replace(HEALTHY, **changes)  # type: ignore[arg-type]
+    assert not status.healthy
+    (row,) = rows(render(status))
+    assert row["notes"] != "healthy"
