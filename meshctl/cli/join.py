@@ -6,10 +6,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from meshctl import state
 from meshctl.cli.context import AppContext, app_context
@@ -33,15 +33,40 @@ AcceptOption = Annotated[
 DryRunOption = Annotated[
     bool, typer.Option("--dry-run", help="show the plan (files, unit, rules) and change nothing")
 ]
+T = TypeVar("T")
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 TimeoutOption = Annotated[float, typer.Option("--connect-timeout", help="SSH connect timeout, s")]
 
 
+class HostProgress:
+    """A live line per host on stderr (terminals only; --json and pipes stay quiet)."""
+
+    def __init__(self, bar: Progress | None) -> None:
+        self.bar = bar
+        self.tasks: dict[str, TaskID] = {}
+
+    def __call__(self, host: str, what: str) -> None:
+        if self.bar is None:
+            return
+        if host not in self.tasks:
+            self.tasks[host] = self.bar.add_task(what, host=host, total=None)
+        self.bar.update(self.tasks[host], description=what)
+
+    def paused(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` (a prompt) with the live display stopped."""
+        if self.bar is None:
+            return fn()
+        self.bar.stop()
+        try:
+            return fn()
+        finally:
+            self.bar.start()
+
+
 @contextmanager
-def progress_display(actx: AppContext, json_out: bool) -> Iterator[Callable[[str, str], None]]:
-    """A live line per host on stderr (terminals only; --json stays quiet)."""
+def progress_display(actx: AppContext, json_out: bool) -> Iterator[HostProgress]:
     if json_out or not actx.err.is_terminal:
-        yield lambda host, what: None
+        yield HostProgress(None)
         return
     columns = (
         SpinnerColumn(),
@@ -50,14 +75,17 @@ def progress_display(actx: AppContext, json_out: bool) -> Iterator[Callable[[str
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=actx.err, transient=True) as bar:
-        tasks: dict[str, object] = {}
+        yield HostProgress(bar)
 
-        def report(host: str, what: str) -> None:
-            if host not in tasks:
-                tasks[host] = bar.add_task(what, host=host, total=None)
-            bar.update(tasks[host], description=what)  # type: ignore[arg-type]
 
-        yield report
+@contextmanager
+def rollout_progress(ro: Rollout, actx: AppContext, json_out: bool) -> Iterator[None]:
+    """Show ``ro``'s progress; a passphrase prompt pauses the display."""
+    ask = ro.passphrase
+    with progress_display(actx, json_out) as report:
+        ro.progress = report
+        ro.passphrase = lambda: report.paused(ask)
+        yield
 
 
 def make_rollout(actx: AppContext, ssh: SshOptions) -> Rollout:
@@ -144,8 +172,7 @@ def join(
     inventory = state.load_inventory(ro.ws)
     default_mode = ro.ws.config.defaults.fail_mode
     hosts = select_hosts(inventory, targets or [], all_hosts, overrides, default_mode)
-    with progress_display(actx, json_out) as report:
-        ro.progress = report
+    with rollout_progress(ro, actx, json_out):
         outcomes = rollout.join(ro, hosts, dry_run)
         pushes = [] if dry_run else rollout.push_registry(ro, state.joined(ro.ws))
     if dry_run and not json_out:
@@ -208,8 +235,7 @@ def leave(
         h if h.name else replace(h, name=h.address)
         for h in select_hosts(inventory, hosts, False, HostOverrides(), "closed")
     ]
-    with progress_display(actx, json_out) as report:
-        ro.progress = report
+    with rollout_progress(ro, actx, json_out):
         outcomes = rollout.leave(ro, specs, dry_run, forget_unreachable)
         pushes = [] if dry_run else rollout.push_registry(ro, state.joined(ro.ws))
     if dry_run and not json_out:
