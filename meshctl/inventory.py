@@ -144,9 +144,9 @@ def _host(name: str, f: Fields) -> HostSpec:
         raise f.fail("labels", "labels map strings to strings")
     address = f.get("address", str)
     try:
-        ipaddress.ip_address(address)
+        ipaddress.IPv4Address(address)
     except ValueError:
-        raise f.fail("address", f"{address!r} is not an IP address") from None
+        raise f.fail("address", f"{address!r} is not an IPv4 address") from None
     return HostSpec(
         name=name,
         address=address,
@@ -271,10 +271,10 @@ def _target(inventory: Inventory, text: str, o: HostOverrides, fail_mode: str) -
     if not address or (port_text and not port_text.isdigit()):
         raise ConfigError(f"{text!r} is neither a host of hosts.toml nor [USER@]HOST[:PORT]")
     try:
-        ipaddress.ip_address(address)
+        ipaddress.IPv4Address(address)
     except ValueError:
         raise ConfigError(
-            f"{text!r}: the mesh needs the host's IP address (its rules and registry use it)",
+            f"{text!r}: the mesh needs the host's IPv4 address (its rules and registry use it)",
             hint=f"give the address instead, e.g. meshctl join root@10.0.0.11; {address} "
             "is no host of hosts.toml either",
         ) from None

@@ -90,9 +90,10 @@ _KNOWN_HOSTS_LOCK = threading.Lock()
 class _Pinning(paramiko.MissingHostKeyPolicy):
     """Unknown keys: remember (when accepted) or refuse with the fingerprint to check."""
 
-    def __init__(self, known_hosts: Path, accept_new: bool) -> None:
+    def __init__(self, known_hosts: Path, accept_new: bool, remember: bool = True) -> None:
         self.known_hosts = known_hosts
         self.accept_new = accept_new
+        self.remember = remember  # False for dry runs: accept for this connection only
 
     def missing_host_key(
         self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
@@ -104,12 +105,30 @@ class _Pinning(paramiko.MissingHostKeyPolicy):
                 "then run again with --accept-new-host-key",
             )
         client.get_host_keys().add(hostname, key.get_name(), key)
-        with _KNOWN_HOSTS_LOCK:  # parallel joins: merge with what other threads saved
-            keys = paramiko.HostKeys()
-            if self.known_hosts.exists():
-                keys.load(str(self.known_hosts))
-            keys.add(hostname, key.get_name(), key)
-            keys.save(str(self.known_hosts))
+        if self.remember:
+            pin(self.known_hosts, hostname, key)
+
+
+def load_known_hosts(path: Path) -> paramiko.HostKeys:
+    """The pinned keys (under the lock: another thread may be saving them)."""
+    keys = paramiko.HostKeys()
+    with _KNOWN_HOSTS_LOCK:
+        if path.exists():
+            keys.load(str(path))
+    return keys
+
+
+def pin(path: Path, hostname: str, key: paramiko.PKey) -> None:
+    """Add a host key to known_hosts: merged with what other threads saved, written atomically."""
+    with _KNOWN_HOSTS_LOCK:
+        keys = paramiko.HostKeys()
+        if path.exists():
+            keys.load(str(path))
+        keys.add(hostname, key.get_name(), key)
+        tmp = path.with_name(f".{path.name}.tmp")
+        keys.save(str(tmp))
+        tmp.chmod(0o600)
+        tmp.replace(path)
 
 
 @dataclass
@@ -122,6 +141,7 @@ class SshTransport:
     accept_new: bool = False
     use_sudo: bool = False
     timeout: float = 10.0
+    remember_new: bool = True  # save an accepted new host key into known_hosts
     client: paramiko.SSHClient = field(init=False)
 
     @property
@@ -130,9 +150,13 @@ class SshTransport:
 
     def __post_init__(self) -> None:
         self.client = paramiko.SSHClient()
-        if self.known_hosts.exists():
-            self.client.load_host_keys(str(self.known_hosts))
-        self.client.set_missing_host_key_policy(_Pinning(self.known_hosts, self.accept_new))
+        known = self.client.get_host_keys()
+        for hostname, entry in load_known_hosts(self.known_hosts).items():
+            for kind, key in entry.items():
+                known.add(hostname, kind, key)
+        self.client.set_missing_host_key_policy(
+            _Pinning(self.known_hosts, self.accept_new, self.remember_new)
+        )
         self._connect()
 
     def _connect(self) -> None:

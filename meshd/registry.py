@@ -136,9 +136,9 @@ def _endpoint(f: Fields) -> Endpoint:
 def _ip(f: Fields, key: str) -> str:
     text = f.get(key, str)
     try:
-        return str(ipaddress.ip_address(text))
+        return str(ipaddress.IPv4Address(text))
     except ValueError:
-        raise f.fail(key, f"{text!r} is not an IP address") from None
+        raise f.fail(key, f"{text!r} is not an IPv4 address (the mesh is IPv4 for now)") from None
 
 
 def _check_unique(top: Fields, services: tuple[Service, ...]) -> None:

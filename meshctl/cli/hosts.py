@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import paramiko
 import typer
 
 from meshctl import state
@@ -16,7 +15,7 @@ from meshctl.inventory import (
     parse_service,
     select_hosts,
 )
-from meshctl.transport import fingerprint
+from meshctl.transport import fingerprint, load_known_hosts
 from meshd.errors import ConfigError
 from meshd.identity import check_name
 
@@ -40,8 +39,7 @@ def forget(
     """
     actx = app_context(ctx)
     path = actx.workspace().root / "known_hosts"
-    keys = paramiko.HostKeys()
-    keys.load(str(path))
+    keys = load_known_hosts(path)
     entry = keys.lookup(host)
     if not entry:
         raise ConfigError(
@@ -50,8 +48,10 @@ def forget(
         )
     forgotten = ", ".join(f"{kind} {fingerprint(key)}" for kind, key in entry.items())
     del keys[host]
-    keys.save(str(path))
-    path.chmod(0o600)
+    tmp = path.with_name(f".{path.name}.tmp")
+    keys.save(str(tmp))
+    tmp.chmod(0o600)
+    tmp.replace(path)
     actx.out.print(f"forgot the host key of {host} ({forgotten})", markup=False)
 
 

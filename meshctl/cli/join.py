@@ -162,7 +162,8 @@ def join(
     actx = app_context(ctx)
     if fail_mode not in (None, "open", "closed"):
         raise typer.BadParameter("--fail-mode is open or closed")
-    ro = make_rollout(actx, SshOptions(key_file, sudo, accept_new_host_key, connect_timeout))
+    ssh = SshOptions(key_file, sudo, accept_new_host_key, connect_timeout, not dry_run)
+    ro = make_rollout(actx, ssh)
     overrides = HostOverrides(
         services=tuple(parse_service(s) for s in services) if services else None,
         labels=tuple(parse_label(label) for label in labels or ()),

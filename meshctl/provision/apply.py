@@ -44,6 +44,25 @@ from meshd.identity import SpiffeId
 Signer = Callable[[bytes, tuple[SpiffeId, ...], int], bytes]  # CSR PEM, ids, hours -> chain PEM
 APPLY_RULES = f"{layout.LAUNCHER} rules apply --config {layout.CONFIG}"
 ROLLBACK_DEADLINE = 20.0
+ROLLBACK_UNIT = "meshd-rules-rollback"
+# What the host's timer runs when meshctl does not confirm new rules in time: the
+# saved nat table comes back (or, if there was none, just our chains go), and the
+# units that would re-apply the refused rule set unguarded are disabled.
+ROLLBACK_SCRIPT = f"""\
+[ -f {layout.ROLLBACK} ] || exit 0
+if grep -q '^\\*nat' {layout.ROLLBACK}; then
+  iptables-restore < {layout.ROLLBACK}
+else
+  iptables -t nat -D OUTPUT -p tcp -m comment --comment meshd:output -j MESHD_OUTPUT
+  iptables -t nat -D PREROUTING -p tcp -m comment --comment meshd:inbound -j MESHD_INBOUND
+  for c in MESHD_OUTPUT MESHD_REDIRECT MESHD_INBOUND; do
+    iptables -t nat -F $c; iptables -t nat -X $c
+  done
+fi 2>/dev/null
+rm -f {layout.ROLLBACK} {layout.RULES_RECORD}
+systemctl disable --now meshd-sync.path 2>/dev/null
+systemctl disable meshd-rules.service 2>/dev/null
+true"""
 # Our first rules made the nft backend create the nat table; once it is empty again
 # (no rules, no chains of anyone's, ACCEPT policies) it goes too, so that leave
 # restores iptables-save to what it was. Legacy tables cannot be unloaded: they stay.
@@ -206,6 +225,7 @@ class Applier:
     def _stop(self, step: StopUnits) -> None:
         units = " ".join(step.units)
         self.root(
+            f"systemctl stop '{ROLLBACK_UNIT}-*.timer' 2>/dev/null; "  # a join cut short
             f"systemctl disable --now --quiet {units} 2>/dev/null; "
             f"systemctl reset-failed {units} 2>/dev/null; true",
             "stopping meshd",
@@ -242,15 +262,11 @@ class Applier:
         connection must succeed and cancel the timer; the one that applied the
         rules proves nothing (conntrack keeps established flows alive).
         """
-        unit = f"meshd-rules-rollback-{secrets.token_hex(4)}"
-        restore = (
-            f"if grep -q '^\\*nat' {layout.ROLLBACK}; then iptables-restore < {layout.ROLLBACK}; "
-            f"else iptables -t nat -F; iptables -t nat -X; fi; rm -f {layout.RULES_RECORD}"
-        )
+        unit = f"{ROLLBACK_UNIT}-{secrets.token_hex(4)}"
         self.root(
             f"set -e; umask 077; iptables-save -t nat > {layout.ROLLBACK}; "
             f"systemd-run --quiet --unit={unit} --on-active={self.rollback_deadline:g}s "
-            f"--timer-property=AccuracySec=100ms /bin/sh -c {shlex.quote(restore)}",
+            f"--timer-property=AccuracySec=100ms /bin/sh -c {shlex.quote(ROLLBACK_SCRIPT)}",
             "arming the rules rollback",
         )
         armed = time.monotonic()
@@ -272,7 +288,18 @@ class Applier:
             confirm.close()
 
     def _disarm(self, transport: Transport, unit: str) -> None:
-        result = transport.run(f"systemctl stop {unit}.timer; rm -f {layout.ROLLBACK}", timeout=30)
+        """Cancel the rollback; if its timer already fired, the rules are gone: say so."""
+        result = transport.run(
+            f"systemctl is-active --quiet {unit}.timer || exit 3; "
+            f"systemctl stop {unit}.timer && rm -f {layout.ROLLBACK}",
+            timeout=30,
+        )
+        if result.status == 3:
+            raise ProvisionError(
+                f"{self.host}: the redirect rules were rolled back before meshctl could "
+                f"confirm them (deadline {self.rollback_deadline:g}s)",
+                hint="a slow link? run meshctl join again",
+            )
         check(result, "cancelling the rules rollback", self.host)
 
     def _rolled_back(self, armed: float, why: str) -> ProvisionError:
@@ -280,7 +307,10 @@ class Applier:
         time.sleep(max(0.0, armed + self.rollback_deadline + 2 - time.monotonic()))
         try:
             self.reconnect().close()
-            after = "they were rolled back and the host is reachable again"
+            after = (
+                "they were rolled back and the host is reachable again (meshd-rules.service "
+                "is disabled until a join succeeds)"
+            )
         except MeshError as e:
             after = f"they should have been rolled back, but the host is still unreachable ({e})"
         return ProvisionError(

@@ -20,7 +20,7 @@ from meshctl.provision.facts import HostFacts
 from meshd import hostsfile
 from meshd.identity import SpiffeId
 from meshd.pki import spiffe_ids
-from meshd.rules import apply_document, remove_document
+from meshd.rules import CHAINS, JUMPS, apply_document, our_jumps, remove_document
 
 RENEW_AT = 2 / 3  # renew a certificate once two thirds of its life have passed
 
@@ -266,10 +266,11 @@ def plan_join(
     disabled = tuple(u for u in layout.ENABLED_UNITS if facts.enabled.get(u) != "enabled")
     if disabled:
         steps.append(EnableUnits("not enabled", disabled))
-    steps += _meshd_action(facts, written, bool(problem), new_bundle)
-    if facts.rules_record != desired.rules_fingerprint or not _rules_present(facts):
-        why = "not installed" if not _rules_present(facts) else "rule set changed"
+    # rules before meshd (re)starts: only the guarded apply may install a new rule set
+    if facts.rules_record != desired.rules_fingerprint or not _rules_present(facts, desired):
+        why = "not installed" if not _rules_present(facts, desired) else "rule set changed"
         steps.append(ApplyRules(why, apply_document(desired.rules, facts.nat)))
+    steps += _meshd_action(facts, written, bool(problem), new_bundle)
     hosts = hostsfile.with_block(facts.hosts, desired.vips)
     if hosts != facts.hosts:
         block = hostsfile.render_block(desired.vips) if desired.vips else ""
@@ -302,8 +303,23 @@ def _meshd_action(
     return []
 
 
-def _rules_present(facts: HostFacts) -> bool:
-    return facts.route and remove_document(facts.nat) is not None
+def _rules_present(facts: HostFacts, desired: DesiredHost | None = None) -> bool:
+    """Our jumps and chains are in the nat table (with as many rules as ``desired`` has)."""
+    if not facts.route or len(our_jumps(facts.nat)) != len(JUMPS):
+        return False
+    if desired is None:
+        return True
+    return _rule_counts(facts.nat) == _rule_counts(desired.rules_document)
+
+
+def _rule_counts(nat: str) -> dict[str, int]:
+    """Rules per meshd chain: iptables-save rewrites rule text, but not how many there are."""
+    counts = dict.fromkeys(CHAINS, 0)
+    for line in nat.splitlines():
+        chain = line.split(" ", 2)[1] if line.startswith("-A ") else ""
+        if chain in counts:
+            counts[chain] += 1
+    return counts
 
 
 def plan_leave(facts: HostFacts) -> Plan:

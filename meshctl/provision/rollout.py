@@ -45,6 +45,7 @@ class SshOptions:
     sudo: bool = False
     accept_new_host_key: bool = False
     timeout: float = 10.0
+    remember_new_host_keys: bool = True  # False for --dry-run: it changes nothing
 
 
 Connector = Callable[[Workspace, HostSpec, SshOptions], Transport]
@@ -59,6 +60,7 @@ def ssh_connect(ws: Workspace, host: HostSpec, options: SshOptions) -> Transport
         accept_new=options.accept_new_host_key,
         use_sudo=options.sudo,
         timeout=options.timeout,
+        remember_new=options.remember_new_host_keys,
     )
 
 

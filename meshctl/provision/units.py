@@ -35,8 +35,11 @@ def meshd_service(options: UnitOptions) -> str:
         "# Managed by meshctl: changes are overwritten by the next join.",
         "[Unit]",
         "Description=meshd, the service mesh proxy of this host",
-        "Wants=network-online.target meshd-rules.service",
+        # ordered after the boot-time rules, but starting meshd never applies them
+        # unguarded: meshctl applies them itself under its dead-man switch
+        "Wants=network-online.target",
         "After=network-online.target meshd-rules.service",
+        "StartLimitIntervalSec=0",  # keep restarting: closed mode must not give up
         "",
         "[Service]",
         "Type=notify",
@@ -47,7 +50,7 @@ def meshd_service(options: UnitOptions) -> str:
     if options.fail_mode == "open":  # the "+" runs these with full privileges, not as meshd
         lines += [
             f"ExecStartPre=+{MESHD} rules apply --config {CONFIG}",
-            f"ExecStopPost=+{MESHD} rules remove",
+            f"ExecStopPost=+{MESHD} rules remove --config {CONFIG}",
         ]
     lines += [
         "Restart=on-failure",
@@ -92,7 +95,11 @@ def meshd_service(options: UnitOptions) -> str:
 
 def rules_service(options: UnitOptions) -> str:
     """Applies the redirect rules at boot, before the network (closed mode keeps them up)."""
-    stop = [] if options.fail_mode == "closed" else [f"ExecStop={MESHD} rules remove"]
+    stop = (
+        []
+        if options.fail_mode == "closed"
+        else [f"ExecStop={MESHD} rules remove --config {CONFIG}"]
+    )
     return "\n".join(
         [
             "# Managed by meshctl: changes are overwritten by the next join.",

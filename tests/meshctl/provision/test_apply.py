@@ -29,7 +29,8 @@ STAGE = "/tmp/meshctl.stage123"
 OK = Result(0, "", "")
 MKTEMP = {"mktemp -d": Result(0, f"{STAGE}\n", "")}
 ARM = {"set -e; umask 077; iptables-save -t nat": OK}
-DISARM = {"systemctl stop meshd-rules-rollback-": OK}
+DISARM = {"systemctl is-active --quiet meshd-rules-rollback-": OK}
+FIRED = {"systemctl is-active --quiet meshd-rules-rollback-": Result(3, "", "")}
 RULES = "meshd rules apply"
 
 
@@ -145,10 +146,17 @@ def test_rules_confirmed_by_a_new_connection() -> None:
     assert "--on-active=20s" in host.commands[0]
     assert host.commands[1] == RULES
     (disarm,) = confirm.commands
-    assert disarm.startswith("systemctl stop meshd-rules-rollback-")
-    unit = disarm.split()[2].removesuffix(".timer;")
+    assert disarm.startswith("systemctl is-active --quiet meshd-rules-rollback-")
+    unit = disarm.split()[3].removesuffix(".timer")
     assert f"--unit={unit} " in host.commands[0]
+    assert f"systemctl stop {unit}.timer" in disarm
     assert confirm.closed
+
+
+def test_a_rollback_that_fired_before_the_confirmation_is_reported() -> None:
+    host, confirm = Host(prefixes=ARM | {RULES: OK}), Host(prefixes=FIRED)
+    with pytest.raises(ProvisionError, match="rolled back before meshctl could confirm them"):
+        Applier(host, lambda: confirm).apply_rules_guarded(RULES)
 
 
 @pytest.mark.parametrize(
@@ -206,5 +214,5 @@ def test_a_failing_rules_command_disarms_the_rollback() -> None:
     assert caught.value.message == (
         "web1: applying the redirect rules failed: iptables-restore: line 7 failed"
     )
-    assert host.commands[-1].startswith("systemctl stop meshd-rules-rollback-")
-    assert host.commands[-1].split(";")[0].endswith(".timer")
+    assert host.commands[-1].startswith("systemctl is-active --quiet meshd-rules-rollback-")
+    assert "systemctl stop meshd-rules-rollback-" in host.commands[-1]

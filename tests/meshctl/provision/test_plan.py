@@ -120,8 +120,8 @@ def test_pristine_host_gets_everything_in_order() -> None:
         *(f"WriteFile {path}" for path in layout.UNIT_FILES.values()),
         "ReloadSystemd",
         "EnableUnits",
+        "ApplyRules",  # under the dead-man switch, before meshd could apply anything
         "StartMeshd start",
-        "ApplyRules",
         "WriteHostsBlock",
     ]
     assert plan.host == "web1"
