@@ -10,15 +10,20 @@ system python3 in isolated mode.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import hashlib
 import io
+import json
+import os
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,11 +69,18 @@ class Bundle:
     target: Target
 
 
-def wheels(target: Target, cache: Path = DEFAULT_CACHE, pip: str | None = None) -> Path:
+def wheels(
+    target: Target, cache: Path = DEFAULT_CACHE, pip: str | None = None, offline: bool = False
+) -> Path:
     """The cached wheel directory for ``target``; downloaded through pip the first time."""
     directory = cache / "wheels" / target.tag
     if (directory / ".complete").exists():
         return directory
+    if offline:
+        raise ProvisionError(
+            f"meshd's dependencies for Python {target.python} on {target.machine} are not cached",
+            hint="meshctl join fetches them once (it needs the package index that time)",
+        )
     directory.mkdir(parents=True, exist_ok=True)
     command = [
         pip or sys.executable,
@@ -105,9 +117,29 @@ def wheels(target: Target, cache: Path = DEFAULT_CACHE, pip: str | None = None) 
     return directory
 
 
-def build(target: Target, cache: Path = DEFAULT_CACHE) -> Bundle:
-    """A tarball holding ``lib/`` (meshd + dependencies); cached by content."""
-    wheel_dir = wheels(target, cache)
+def build(target: Target, cache: Path = DEFAULT_CACHE, offline: bool = False) -> Bundle:
+    """A tarball holding ``lib/`` (meshd + dependencies); built once per content, then reused.
+
+    Serialized by a lock file, so parallel meshctl runs neither race on the
+    cache nor publish half a tarball; old tarballs of a target are pruned.
+    """
+    cache.mkdir(parents=True, exist_ok=True)
+    with _locked(cache / ".lock"):
+        wheel_dir = wheels(target, cache, offline=offline)
+        key = _content_key(wheel_dir)
+        index_path = cache / "index.json"
+        index = json.loads(index_path.read_text()) if index_path.exists() else {}
+        known = index.get(key)
+        if known and (cache / known["file"]).exists():
+            return Bundle(cache / known["file"], known["version"], target)
+        bundle = _build(target, cache, wheel_dir)
+        index[key] = {"file": bundle.path.name, "version": bundle.version}
+        _prune(cache, target, index)
+        _write_atomic(index_path, json.dumps(index, indent=1, sort_keys=True).encode())
+        return bundle
+
+
+def _build(target: Target, cache: Path, wheel_dir: Path) -> Bundle:
     with tempfile.TemporaryDirectory(prefix="meshd-bundle-") as tmp:
         lib = Path(tmp) / "lib"
         lib.mkdir()
@@ -122,10 +154,49 @@ def build(target: Target, cache: Path = DEFAULT_CACHE) -> Bundle:
     version = f"{meshd.__version__}-{digest}"
     path = cache / f"meshd-{version}-{target.tag}.tar.gz"
     if not path.exists():
-        tmp_path = path.with_suffix(".tmp")
-        tmp_path.write_bytes(data)
-        tmp_path.replace(path)
+        _write_atomic(path, data)
     return Bundle(path, version, target)
+
+
+def _content_key(wheel_dir: Path) -> str:
+    """What a bundle is made of: the wheels (name, size) and meshd's source files."""
+    digest = hashlib.sha256()
+    for wheel in sorted(wheel_dir.glob("*.whl")):
+        digest.update(f"{wheel.name}:{wheel.stat().st_size}\n".encode())
+    source = Path(meshd.__file__).parent
+    for path in sorted(source.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(source)).encode() + b"\0" + path.read_bytes())
+    return f"{wheel_dir.name}:{digest.hexdigest()}"
+
+
+def _prune(cache: Path, target: Target, index: dict[str, dict[str, str]], keep: int = 3) -> None:
+    """Keep the newest ``keep`` tarballs of ``target``; drop the rest and their index entries."""
+    tarballs = sorted(
+        cache.glob(f"meshd-*-{target.tag}.tar.gz"), key=lambda p: p.stat().st_mtime, reverse=True
+    )
+    for old in tarballs[keep:]:
+        old.unlink(missing_ok=True)
+        for key in [k for k, v in index.items() if v["file"] == old.name]:
+            del index[key]
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    Path(tmp).chmod(0o644)
+    Path(tmp).replace(path)
 
 
 def _tar(lib: Path) -> bytes:

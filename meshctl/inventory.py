@@ -250,6 +250,13 @@ def select_hosts(
         raise ConfigError("give hosts or --all, not both")
     if overrides.name and len(targets) != 1:
         raise ConfigError("--name names one host; give exactly one target with it")
+    if overrides.name:
+        check_name("host", overrides.name)
+    if all_hosts and (overrides.services is not None or overrides.labels):
+        raise ConfigError(
+            "--service and --label with --all would give every host the same ones",
+            hint="name the hosts to change, or edit hosts.toml",
+        )
     if all_hosts:
         if not inventory.hosts:
             raise ConfigError(
@@ -265,6 +272,11 @@ def select_hosts(
 def _target(inventory: Inventory, text: str, o: HostOverrides, fail_mode: str) -> HostSpec:
     known = inventory.host(text)
     if known is not None:
+        if o.name and o.name != known.name:
+            raise ConfigError(
+                f"{text!r} is a host of hosts.toml; a host cannot be renamed",
+                hint=f"meshctl leave {text} first, then join its address as {o.name}",
+            )
         return _override(known, o)
     user, _, rest = text.rpartition("@")
     address, _, port_text = rest.partition(":")

@@ -8,10 +8,13 @@ writes are atomic (temp file + rename) and 0600.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,31 @@ import toml
 from meshctl.inventory import Inventory
 from meshctl.workspace import HOSTS_HEADER, Workspace
 from meshd.errors import ConfigError
+
+
+@contextlib.contextmanager
+def locked(ws: Workspace) -> Iterator[None]:
+    """Hold the workspace's lock: one command at a time changes hosts.toml and applied/."""
+    path = ws.root / ".lock"
+    with path.open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise ConfigError(
+                f"another meshctl command is changing {ws.root} ({holder})",
+                hint="wait for it to finish, then run this again",
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def inventory_path(ws: Workspace) -> Path:

@@ -24,6 +24,10 @@ import paramiko
 from meshd.errors import ConnectError, ProvisionError
 
 
+class UnreachableError(ConnectError):
+    """Nothing answered at the host's SSH address (as opposed to a refused key or login)."""
+
+
 @dataclass(frozen=True)
 class Result:
     status: int
@@ -50,10 +54,10 @@ class Transport(Protocol):
 def check(result: Result, what: str, host: str) -> Result:
     """``result`` if it succeeded, else a ProvisionError naming the host and the step."""
     if not result.ok:
-        detail = (result.stderr or result.stdout).strip().splitlines()
-        raise ProvisionError(
-            f"{host}: {what} failed: {detail[-1] if detail else f'exit {result.status}'}"
-        )
+        lines = [line.strip() for line in (result.stderr or result.stdout).splitlines()]
+        useful = [line for line in lines if line and not line.startswith("Try `")][-3:]
+        detail = " / ".join(useful) or f"exit {result.status}"
+        raise ProvisionError(f"{host}: {what} failed: {detail}")
     return result
 
 
@@ -185,11 +189,16 @@ class SshTransport:
                 hint="pass -i KEYFILE or load the key into ssh-agent",
             ) from e
         except TimeoutError as e:
-            raise ConnectError(
+            raise UnreachableError(
                 f"{t.host}:{t.port}: no answer within {self.timeout:g}s",
                 hint="is the host up and the SSH port open?",
             ) from e
-        except (OSError, paramiko.SSHException) as e:
+        except OSError as e:
+            raise UnreachableError(
+                f"{t.host}:{t.port}: cannot connect: {e}",
+                hint="is the host up and the SSH port open?",
+            ) from e
+        except paramiko.SSHException as e:
             raise ConnectError(
                 f"{t.host}:{t.port}: cannot connect: {e}",
                 hint="is the host up and the SSH port open?",
@@ -208,17 +217,25 @@ class SshTransport:
             _, stdout, stderr = self.client.exec_command(command, timeout=timeout)
             channel = stdout.channel
             out, err = stdout.read(), stderr.read()  # read first: a full pipe would block the exit
-            if not channel.status_event.wait(timeout):
-                raise TimeoutError(f"no exit status within {timeout:g}s")
-            return Result(
-                channel.recv_exit_status(),
-                out.decode(errors="replace"),
-                err.decode(errors="replace"),
-            )
+            finished = channel.status_event.wait(timeout)
+        except TimeoutError as e:
+            raise self._stalled(command, timeout) from e
         except (OSError, paramiko.SSHException) as e:
             raise ConnectError(
                 f"{self.target.host}: lost the SSH connection: {e or type(e).__name__}"
             ) from e
+        if not finished:
+            raise self._stalled(command, timeout)
+        return Result(
+            channel.recv_exit_status(), out.decode(errors="replace"), err.decode(errors="replace")
+        )
+
+    def _stalled(self, command: str, timeout: float) -> ConnectError:
+        return ConnectError(
+            f"{self.target.host}: no answer from the host within {timeout:g}s "
+            f"(running: {command[:60]!r})",
+            hint="the host may be overloaded or the connection stalled; run again",
+        )
 
     def put(self, path: str, data: bytes, mode: int = 0o644) -> None:
         """Write ``path`` atomically (temp file + rename) with ``mode``."""

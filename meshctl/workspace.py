@@ -170,7 +170,7 @@ def _populate(ws: Workspace, passphrase: str | None, now: dt.datetime) -> None:
     _write(ws.mesh_toml, (HEADER + toml.dumps(config.to_toml_dict())).encode())
     _write(ws.root / "hosts.toml", HOSTS_HEADER.encode())
     _write(ws.root / "known_hosts", b"")
-    _write(ws.root / ".gitignore", b"secrets/\n")
+    _write(ws.root / ".gitignore", b"secrets/\n.lock\n")
 
 
 def _write_ca(ws: Workspace, ca: MeshCa, secret: bytes | None) -> None:

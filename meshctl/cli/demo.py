@@ -12,7 +12,7 @@ from rich.markup import escape
 
 from meshctl import demo, state
 from meshctl.cli.context import AppContext, app_context
-from meshctl.cli.join import finish
+from meshctl.cli.join import finish, make_rollout
 from meshctl.provision import rollout
 from meshctl.provision.rollout import Rollout, SshOptions, parallel
 from meshctl.testbed import Testbed
@@ -50,14 +50,19 @@ def up(ctx: typer.Context, prefix: PrefixOption = demo.PREFIX) -> None:
         raise ConfigError(
             "a demo is already running", hint="meshctl demo down, then meshctl demo up again"
         )
+    if root.exists() and any(root.iterdir()):
+        raise ConfigError(
+            f"{root} already exists",
+            hint="meshctl demo down removes a previous demo's; or pass another --workspace",
+        )
     say(f"[bold]1/5[/] starting 3 hosts (testbed {prefix})")
     tb = Testbed.up(
         hosts=3, prefix=prefix, persistent=True, progress=lambda m: say(f"    {escape(m)}")
     )
     try:
         _up(actx, root, tb)
-    except BaseException:
-        say("[red]the demo failed; cleaning up[/]")
+    except BaseException:  # nothing half-made stays behind: the hosts and this workspace go
+        say("[red]the demo failed; removing its hosts and workspace[/]")
         tb.down()
         if (root / demo.MARKER).exists():
             demo.remove_workspace(root, lambda m: None)
@@ -70,7 +75,8 @@ def _up(actx: AppContext, root: Path, tb: Testbed) -> None:
     ws = demo.create_workspace(
         root, [h.address for h in tb.hosts], tb.client_key, tb.known_hosts.read_text()
     )
-    ro = Rollout(ws, SshOptions(), connect=actx.connect, now=actx.clock)
+    actx.workspace_path = ws.root
+    ro = make_rollout(actx, SshOptions())
     inventory = state.load_inventory(ws)
     say("[bold]3/5[/] installing the sample apps (examples/apps) as systemd units")
 
@@ -87,8 +93,8 @@ def _up(actx: AppContext, root: Path, tb: Testbed) -> None:
     say("[bold]4/5[/] meshctl join web1 api1 db1")
     ro.progress = lambda host, what: say(f"    {escape(host)}: {escape(what)}")
     outcomes = rollout.join(ro, list(inventory.hosts), dry_run=False)
-    rollout.push_registry(ro, state.joined(ws))
-    finish(actx, "join", outcomes, json_out=False)
+    pushes = [p for p in rollout.push_registry(ro, state.joined(ws)) if not p.ok]
+    finish(actx, "join", outcomes + pushes, json_out=False)
     say("[bold]5/5[/] sending traffic web -> api -> db")
     _traffic(actx, ro, ws)
     _next_steps(actx, root, tb)

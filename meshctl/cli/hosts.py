@@ -79,7 +79,6 @@ def add(
     """
     actx = app_context(ctx)
     ws = actx.workspace()
-    inventory = state.load_inventory(ws)
     overrides = HostOverrides(
         services=tuple(parse_service(s) for s in services) if services else None,
         labels=tuple(parse_label(label) for label in labels or ()),
@@ -90,11 +89,13 @@ def add(
         raise ConfigError(f"--fail-mode {fail_mode!r}: expected open or closed")
     check_name("host", name)
     default = ws.config.defaults.fail_mode
-    (host,) = select_hosts(inventory, [target], False, overrides, default)
-    taken = inventory.host(name)
-    if taken is not None and taken.address != host.address:
-        raise ConfigError(f"host {name!r} already has address {taken.address} in hosts.toml")
-    state.save_inventory(ws, inventory.with_host(host))
+    with state.locked(ws):
+        inventory = state.load_inventory(ws)
+        (host,) = select_hosts(inventory, [target], False, overrides, default)
+        taken = inventory.host(name)
+        if taken is not None and taken.address != host.address:
+            raise ConfigError(f"host {name!r} already has address {taken.address} in hosts.toml")
+        state.save_inventory(ws, inventory.with_host(host))
     services_text = ", ".join(f"{s.name}:{s.port}" for s in host.services) or "no services"
     actx.out.print(
         f"added {name} ({host.user}@{host.address}:{host.port}, {services_text})", markup=False

@@ -173,7 +173,7 @@ def join(
     inventory = state.load_inventory(ro.ws)
     default_mode = ro.ws.config.defaults.fail_mode
     hosts = select_hosts(inventory, targets or [], all_hosts, overrides, default_mode)
-    with rollout_progress(ro, actx, json_out):
+    with state.locked(ro.ws), rollout_progress(ro, actx, json_out):
         outcomes = rollout.join(ro, hosts, dry_run)
         pushes = [] if dry_run else rollout.push_registry(ro, state.joined(ro.ws))
     if dry_run and not json_out:
@@ -236,7 +236,7 @@ def leave(
         h if h.name else replace(h, name=h.address)
         for h in select_hosts(inventory, hosts, False, HostOverrides(), "closed")
     ]
-    with rollout_progress(ro, actx, json_out):
+    with state.locked(ro.ws), rollout_progress(ro, actx, json_out):
         outcomes = rollout.leave(ro, specs, dry_run, forget_unreachable)
         pushes = [] if dry_run else rollout.push_registry(ro, state.joined(ro.ws))
     if dry_run and not json_out:

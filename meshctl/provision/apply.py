@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from meshctl.inventory import VIP_RANGE
 from meshctl.provision import layout
 from meshctl.provision.desired import FileSpec
 from meshctl.provision.plan import (
@@ -183,14 +184,18 @@ class Applier:
         if self.sign is None:
             raise ProvisionError(f"{self.host}: a certificate is needed but no signer was given")
         ids = " ".join(f"--id {shlex.quote(str(i))}" for i in step.identities)
+        key, cert = f"{layout.KEY}.new", f"{layout.CERT}.new"  # the old pair stays until both exist
         csr = self.root(
             f"set -e; mkdir -p {layout.ETC}; umask 077; "
-            f"{layout.LAUNCHER} keygen --force --key {layout.KEY} --csr - {ids}; "
-            f"chown {layout.USER}:{layout.USER} {layout.KEY}; chmod 600 {layout.KEY}",
+            f"{layout.LAUNCHER} keygen --force --key {key} --csr - {ids}; "
+            f"chown {layout.USER}:{layout.USER} {key}; chmod 600 {key}",
             "making the host's key",
         )
         chain = self.sign(csr.encode(), step.identities, step.lifetime_hours)
-        self.write_files([FileSpec(layout.CERT, chain)])
+        self.write_files([FileSpec(cert, chain)])
+        self.root(
+            f"mv -f {key} {layout.KEY} && mv -f {cert} {layout.CERT}", "installing the identity"
+        )
 
     def _enable(self, step: EnableUnits) -> None:
         self.root(
@@ -209,13 +214,16 @@ class Applier:
             )
 
     def _hosts(self, step: WriteHostsBlock) -> None:
+        """Replace /etc/hosts atomically (through a symlink; in place if it is bind-mounted)."""
         stage = self.staging()
-        self.transport.put(f"{stage}/hosts", step.content.encode(), 0o600)
-        hosts, tmp = layout.HOSTS_FILE, f"{layout.HOSTS_FILE}.meshctl-tmp"
+        data = step.content.encode("utf-8", "surrogateescape")
+        self.transport.put(f"{stage}/hosts", data, 0o600)
         self.root(
-            f"set -e; cp {stage}/hosts {tmp}; chmod --reference={hosts} {tmp}; "
-            f"chown --reference={hosts} {tmp}; mv -f {tmp} {hosts}; rm -rf {stage}",
-            f"writing {hosts}",
+            f'set -e; h=$(readlink -f {layout.HOSTS_FILE}); t="$h.meshctl-tmp"\n'
+            f'cp {stage}/hosts "$t"; chmod --reference="$h" "$t"; chown --reference="$h" "$t"\n'
+            f'mv -f "$t" "$h" 2>/dev/null || {{ cat "$t" > "$h"; rm -f "$t"; }}\n'
+            f"rm -rf {stage}",
+            f"writing {layout.HOSTS_FILE}",
         )
 
     def _prune(self, step: PruneBundles) -> None:
@@ -238,7 +246,7 @@ class Applier:
             self.transport.put(f"{stage}/remove.rules", step.document.encode(), 0o600)
             commands += [f"iptables-restore --noflush {stage}/remove.rules", f"rm -rf {stage}"]
         if step.route:
-            commands.append("ip route del 10.255.0.0/16 dev lo")
+            commands.append(f"ip route del {VIP_RANGE} dev lo")
         commands.append(DROP_EMPTY_NAT)
         self.root("\n".join(commands), "removing the redirect rules")
 

@@ -7,6 +7,7 @@ facts with the desired state; nothing here changes the host.
 
 from __future__ import annotations
 
+import base64
 import json
 import shlex
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ s registry_state; cat {layout.STATE}/registry.json 2>/dev/null
 s rules; cat {layout.RULES_RECORD} 2>/dev/null
 s nat; iptables-save -t nat 2>/dev/null
 s route; ip route show {vip_range} dev lo 2>/dev/null
-s hosts; cat /etc/hosts 2>/dev/null
+s hosts; base64 -w0 /etc/hosts 2>/dev/null  # exact bytes: leave must restore them
 s versions; ls {layout.OPT} 2>/dev/null
 s end
 """
@@ -136,6 +137,14 @@ def _newest_registry(etc: str, pushed: str) -> dict[str, Any] | None:
     return max(docs, key=lambda d: int(d["version"])) if docs else None
 
 
+def _exact(b64: str) -> str:
+    """A file's text from base64, byte for byte (undecodable bytes survive the round trip)."""
+    try:
+        return base64.b64decode(b64.strip(), validate=True).decode("utf-8", "surrogateescape")
+    except ValueError as e:
+        raise ProvisionError(f"reading the host's facts: a file came back garbled ({e})") from e
+
+
 def parse(text: str) -> HostFacts:
     """Facts from the output of ``script``."""
     s = split_sections(text)
@@ -167,7 +176,7 @@ def parse(text: str) -> HostFacts:
         rules_record=s.get("rules", "").strip(),
         nat=s.get("nat", "") + "\n" if s.get("nat") else "",
         route=bool(s.get("route")),
-        hosts=s.get("hosts", "") + "\n" if s.get("hosts") else "",
+        hosts=_exact(s.get("hosts", "")),
         versions=tuple(s.get("versions", "").split()),
     )
 

@@ -21,15 +21,15 @@ from meshctl import bundle as bundles
 from meshctl import state
 from meshctl.admin_client import AdminClient, AdminEndpoint
 from meshctl.ca import sign_csr
-from meshctl.inventory import HostSpec, Inventory
+from meshctl.inventory import VIP_RANGE, HostSpec, Inventory
 from meshctl.provision import facts as facts_mod
 from meshctl.provision.apply import ROLLBACK_DEADLINE, Applier
 from meshctl.provision.desired import DesiredHost, desired_host
 from meshctl.provision.facts import HostFacts
 from meshctl.provision.plan import Enroll, Plan, plan_join, plan_leave
-from meshctl.transport import SshTransport, Target, Transport
+from meshctl.transport import SshTransport, Target, Transport, UnreachableError
 from meshctl.workspace import Workspace
-from meshd.errors import ConnectError, MeshError, ProvisionError
+from meshd.errors import MeshError, ProvisionError
 from meshd.identity import SpiffeId, check_name
 from meshd.pki import cert_pem, load_certs
 
@@ -37,6 +37,8 @@ T = TypeVar("T")
 R = TypeVar("R")
 Progress = Callable[[str, str], None]  # host, what is happening
 MAX_PARALLEL = 16
+
+VIP = str(VIP_RANGE)
 
 
 @dataclass(frozen=True)
@@ -97,11 +99,12 @@ class Rollout:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- helpers
-    def bundle_for(self, facts: HostFacts) -> bundles.Bundle:
+    def bundle_for(self, facts: HostFacts, offline: bool = False) -> bundles.Bundle:
+        """The meshd bundle for the host's Python and machine (``offline``: only if cached)."""
         target = bundles.Target(facts.python or "", facts.machine)
         with self._lock:  # one build per Python/machine, shared by every host like it
             if target not in self._bundles:
-                self._bundles[target] = bundles.build(target, self.bundle_cache)
+                self._bundles[target] = bundles.build(target, self.bundle_cache, offline)
             return self._bundles[target]
 
     def signer(self) -> Callable[[bytes, tuple[SpiffeId, ...], int], bytes]:
@@ -181,10 +184,10 @@ def join(ro: Rollout, hosts: list[HostSpec], dry_run: bool) -> list[Outcome]:
             for s in ready:
                 s.outcome.status = "planned" if s.outcome.ok else s.outcome.status
             return [s.outcome for s in sessions]
+        needs_ca = any(s.outcome.plan and s.outcome.plan.has(Enroll) for s in ready)
+        sign = ro.signer() if needs_ca else None  # a wrong passphrase stops here: nothing changed
         state.save_inventory(ro.ws, inventory)
         state.record_registry(ro.ws, registry)
-        needs_ca = any(s.outcome.plan and s.outcome.plan.has(Enroll) for s in ready)
-        sign = ro.signer() if needs_ca else None
         parallel(lambda s: _guard(s.outcome, lambda: _apply(ro, s, sign)), ready)
         for s in ready:
             if s.outcome.ok:
@@ -200,7 +203,7 @@ def _survey(ro: Rollout, s: _Session) -> None:
     ro.progress(s.outcome.host, "connecting")
     s.transport = ro.connect(ro.ws, s.host, ro.ssh)
     ro.progress(s.outcome.host, "reading facts")
-    s.outcome.facts = facts_mod.gather(s.transport, "10.255.0.0/16")
+    s.outcome.facts = facts_mod.gather(s.transport, VIP)
     facts_mod.check_supported(s.outcome.host, s.outcome.facts)
 
 
@@ -272,7 +275,7 @@ def _apply(ro: Rollout, s: _Session, sign: Callable[..., bytes] | None) -> None:
     )
     s.outcome.done = applier.apply(plan)
     ro.progress(s.outcome.host, "checking the result")
-    after = facts_mod.gather(s.transport, "10.255.0.0/16")
+    after = facts_mod.gather(s.transport, VIP)
     issuer = load_certs(ro.ws.issuing_ca_cert)[0]
     left = plan_join(after, desired, issuer, ro.now())
     if not left.empty:
@@ -332,7 +335,7 @@ def leave(ro: Rollout, hosts: list[HostSpec], dry_run: bool, forget: bool) -> li
             transport = ro.connect(ro.ws, host, ro.ssh)
             try:
                 ro.progress(host.name, "reading facts")
-                outcome.facts = facts_mod.gather(transport, "10.255.0.0/16")
+                outcome.facts = facts_mod.gather(transport, VIP)
                 outcome.plan = replace(plan_leave(outcome.facts), host=host.name)
                 if dry_run:
                     outcome.status = "planned"
@@ -343,7 +346,7 @@ def leave(ro: Rollout, hosts: list[HostSpec], dry_run: bool, forget: bool) -> li
                     report=lambda what: ro.progress(host.name, what),
                 )
                 outcome.done = applier.apply(outcome.plan)
-                left = plan_leave(facts_mod.gather(transport, "10.255.0.0/16"))
+                left = plan_leave(facts_mod.gather(transport, VIP))
                 if not left.empty:
                     raise ProvisionError(
                         f"{host.name}: still has meshd's "
@@ -354,9 +357,10 @@ def leave(ro: Rollout, hosts: list[HostSpec], dry_run: bool, forget: bool) -> li
                 transport.close()
 
         _guard(outcome, work)
-        if forget and isinstance(outcome.error, ConnectError) and not dry_run:
+        if forget and isinstance(outcome.error, UnreachableError) and not dry_run:
+            why = outcome.error.message
             outcome.status, outcome.error = "forgotten", None
-            outcome.done.append("unreachable: dropped from the inventory, nothing removed")
+            outcome.done.append(f"{why}: dropped from the inventory, nothing removed on it")
         return outcome
 
     outcomes = parallel(one, hosts)

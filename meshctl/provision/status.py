@@ -14,15 +14,17 @@ from typing import Any
 from cryptography import x509
 
 from meshctl import state
-from meshctl.inventory import HostSpec
+from meshctl.inventory import VIP_RANGE, HostSpec
 from meshctl.provision import facts as facts_mod
 from meshctl.provision.desired import desired_host
 from meshctl.provision.plan import plan_join
 from meshctl.provision.rollout import Rollout, parallel, registry_for
-from meshd.errors import MeshError
+from meshd.errors import MeshError, ProvisionError
 from meshd.pki import load_certs
 
 WARN_LIFE_LEFT = 1 / 3  # warn when less than a third of the certificate's life is left
+
+VIP = str(VIP_RANGE)
 
 
 @dataclass
@@ -30,6 +32,7 @@ class HostStatus:
     host: str
     address: str
     joined: bool
+    fail_mode: str = "closed"
     reachable: bool = False
     error: str | None = None
     meshd: str = "unknown"  # systemd ActiveState
@@ -80,7 +83,7 @@ def survey(ro: Rollout) -> list[HostStatus]:
     client = ro.admin()
 
     def one(host: HostSpec) -> HostStatus:
-        status = HostStatus(host.name, host.address, host.name in members)
+        status = HostStatus(host.name, host.address, host.name in members, host.fail_mode)
         try:
             _ssh_look(ro, host, status, registry, vips)
         except MeshError as e:
@@ -100,7 +103,7 @@ def _ssh_look(
 ) -> None:
     transport = ro.connect(ro.ws, host, ro.ssh)
     try:
-        facts = facts_mod.gather(transport, "10.255.0.0/16")
+        facts = facts_mod.gather(transport, VIP)
     finally:
         transport.close()
     status.reachable = True
@@ -110,13 +113,16 @@ def _ssh_look(
     _cert_look(facts.cert_pem, ro.now(), status)
     if not status.joined or not facts.python:
         return
-    bundle = ro.bundle_for(facts)
+    try:  # status never downloads: without cached wheels the installed version counts
+        version = ro.bundle_for(facts, offline=True).version
+    except ProvisionError:
+        version = status.bundle or ""
     desired = desired_host(
         ro.ws.config,
         host,
         registry,
         vips,
-        bundle.version,
+        version,
         ro.ws.trust_bundle.read_bytes(),
         host.port,
     )

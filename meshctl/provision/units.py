@@ -18,9 +18,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MESHD = "/opt/meshd/bin/meshd"
-CONFIG = "/etc/meshd/meshd.toml"
-PUSHED_REGISTRY = "/var/lib/meshd/registry.json"  # meshd's DocumentStore keeps pushes here
+from meshctl.provision import layout
+
+MESHD = layout.LAUNCHER
+CONFIG = layout.CONFIG
+PUSHED_REGISTRY = f"{layout.STATE}/registry.json"  # meshd's DocumentStore keeps pushes here
 
 
 @dataclass(frozen=True)

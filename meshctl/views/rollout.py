@@ -84,6 +84,16 @@ def _detail(o: Outcome) -> str:
 def outcome_json(o: Outcome) -> dict[str, Any]:
     data: dict[str, Any] = {"host": o.host, "address": o.address, "status": o.status}
     data["done"] = list(o.done)
+    if o.facts is not None:
+        f = o.facts
+        data["facts"] = {
+            "os": f.os_name,
+            "machine": f.machine,
+            "python": f.python,
+            "iptables": f.iptables,
+            "meshd_installed": [v for v in f.versions if v != "bin"],
+            "meshd_state": f.meshd.active,
+        }
     if o.plan is not None:
         data["plan"] = [
             {"step": type(s).__name__, "title": s.title, "why": s.why, "detail": s.detail()}

@@ -116,6 +116,15 @@ def test_empty_services_override_removes_services() -> None:
             HostOverrides(name="web9"),
             "10.0.0.11 is already 'web1' in hosts.toml; a host cannot be renamed",
         ),
+        (INVENTORY, ["web1"], False, HostOverrides(name="web9"), "a host cannot be renamed"),
+        (INVENTORY, ["10.0.0.9"], False, HostOverrides(name='Bad"x'), "invalid host name"),
+        (
+            INVENTORY,
+            [],
+            True,
+            HostOverrides(services=()),
+            "--service and --label with --all would give every host the same ones",
+        ),
     ],
 )
 def test_selection_errors(

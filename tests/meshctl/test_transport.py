@@ -41,8 +41,11 @@ def test_target_parse_refuses(text: str) -> None:
 
 
 def test_check_names_host_and_step() -> None:
-    with pytest.raises(ProvisionError, match="h1: install failed: no space left"):
+    with pytest.raises(ProvisionError, match="h1: install failed: progress / no space left"):
         check(Result(1, "", "progress\nno space left\n"), "install", "h1")
+    restore = "iptables-restore: line 7 failed\nTry `iptables-restore -h' for more information.\n"
+    with pytest.raises(ProvisionError, match=r"rules failed: iptables-restore: line 7 failed$"):
+        check(Result(2, "", restore), "rules", "h1")  # the useless last line is dropped
 
 
 def test_local_and_fake_transports(tmp_path: Path) -> None:

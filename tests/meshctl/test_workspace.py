@@ -46,7 +46,7 @@ def test_layout_and_reload(ws: Workspace) -> None:
         "policies",
     } <= names
     assert Workspace.load(ws.root).config == CONFIG
-    assert (ws.root / ".gitignore").read_text() == "secrets/\n"
+    assert (ws.root / ".gitignore").read_text() == "secrets/\n.lock\n"
 
 
 def test_keys_need_the_passphrase(ws: Workspace) -> None:

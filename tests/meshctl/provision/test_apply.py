@@ -106,7 +106,7 @@ def test_a_failing_command_names_host_and_step(step: Step, what: str) -> None:
     host = Host(prefixes=MKTEMP | {"": Result(1, "", "something\ndisk full")})
     with pytest.raises(ProvisionError) as caught:
         Applier(host, never).apply(Plan("web1", (step, ReloadSystemd("later"))))
-    assert caught.value.message == f"web1: {what} failed: disk full"
+    assert caught.value.message == f"web1: {what} failed: something / disk full"
     assert not any(c == "systemctl daemon-reload" for c in host.commands[1:])  # stopped
 
 
@@ -126,7 +126,9 @@ def test_meshd_that_does_not_start_shows_its_journal() -> None:
 def test_enroll_signs_the_hosts_csr_and_installs_the_chain() -> None:
     ids = (make_id("t.mesh", "host", "web1"), make_id("t.mesh", "svc", "web"))
     keygen = Result(0, "-----BEGIN CERTIFICATE REQUEST-----\n", "")
-    host = Host(prefixes=MKTEMP | {"set -e; mkdir -p /etc/meshd": keygen, "set -e\n": OK})
+    host = Host(
+        prefixes=MKTEMP | {"set -e; mkdir -p /etc/meshd": keygen, "set -e\n": OK, "mv -f": OK}
+    )
     signed: list[tuple[bytes, tuple[SpiffeId, ...], int]] = []
 
     def sign(csr: bytes, identities: tuple[SpiffeId, ...], hours: int) -> bytes:
@@ -136,8 +138,12 @@ def test_enroll_signs_the_hosts_csr_and_installs_the_chain() -> None:
     Applier(host, never, sign=sign).run_step(Enroll("x", ids, 24))
     assert signed == [(keygen.stdout.encode(), ids, 24)]
     assert "--id spiffe://t.mesh/host/web1 --id spiffe://t.mesh/svc/web" in host.commands[0]
+    assert f"keygen --force --key {layout.KEY}.new" in host.commands[0]  # old key kept so far
     assert host.files == {f"{STAGE}/0": b"chain"}
-    assert f"mv -f {layout.CERT}.meshctl-tmp {layout.CERT}" in host.commands[-1]
+    assert f"mv -f {layout.CERT}.new.meshctl-tmp {layout.CERT}.new" in host.commands[-2]
+    assert host.commands[-1] == (  # the new pair replaces the old one only once both exist
+        f"mv -f {layout.KEY}.new {layout.KEY} && mv -f {layout.CERT}.new {layout.CERT}"
+    )
 
 
 def test_rules_confirmed_by_a_new_connection() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 from dataclasses import replace
@@ -36,6 +37,8 @@ VERSION="12 (bookworm)"
 ID=debian
 HOME_URL="https://www.debian.org/\""""
 
+# blank lines at both ends and a byte that is not UTF-8: all must survive
+HOSTS = b"\n127.0.0.1\tlocalhost\n::1\tlocalhost\n10.0.0.9\tcaf\xe9\n\n"
 SECTIONS = {
     "os": OS_RELEASE,
     "machine": "x86_64",
@@ -56,10 +59,15 @@ SECTIONS = {
     "rules": "c" * 64,
     "nat": NAT,
     "route": "10.255.0.0/16 scope link",
-    "hosts": "127.0.0.1\tlocalhost\n::1\tlocalhost",
+    "hosts": base64.b64encode(HOSTS).decode(),
     "versions": "0.3.0-py3.11-x86_64\nbin",
     "end": "",
 }
+
+
+def test_a_garbled_file_is_an_error() -> None:
+    with pytest.raises(ProvisionError, match="a file came back garbled"):
+        facts.parse(output(hosts="not base64!"))
 
 
 def output(**changes: str | None) -> str:
@@ -92,7 +100,7 @@ def test_parse_realistic_output() -> None:
     assert f.rules_record == "c" * 64
     assert f.nat == NAT + "\n"
     assert f.route
-    assert f.hosts == "127.0.0.1\tlocalhost\n::1\tlocalhost\n"
+    assert f.hosts.encode("utf-8", "surrogateescape") == HOSTS  # byte for byte
     assert f.versions == ("0.3.0-py3.11-x86_64", "bin")
     assert f.installed
 

@@ -261,8 +261,13 @@ def test_reboot_brings_meshd_and_rules_back_without_meshctl(fleet: Fleet) -> Non
     )
     assert "MESHD_INBOUND" in ok(fleet.api, "iptables-save -t nat")
     assert "10.255.0.0/16" in ok(fleet.api, "ip route show dev lo")
-    boot = ok(fleet.api, "systemctl show -p ActiveEnterTimestampMonotonic --value meshd-rules")
-    assert int(boot.strip()) > 0  # the rules came from meshd-rules.service at boot
+
+    def monotonic(unit: str, prop: str) -> int:
+        return int(ok(fleet.api, f"systemctl show -p {prop} --value {unit}").strip())
+
+    rules_done = monotonic("meshd-rules", "ActiveEnterTimestampMonotonic")
+    network_up = monotonic("systemd-networkd", "InactiveExitTimestampMonotonic")
+    assert 0 < rules_done <= network_up  # the rules were in before the network came up
 
     def flows() -> bool:
         status, out, _ = fleet.web.run(
@@ -293,6 +298,24 @@ def test_a_broken_rule_set_is_rolled_back(fleet: Fleet) -> None:
         transport.close()
     assert nat(fleet.db) == before
     with_transport(fleet, fleet.db, lambda t: None)  # reachable over a new connection
+
+
+def test_open_fail_mode_takes_the_rules_away_while_meshd_is_down(fleet: Fleet) -> None:
+    def rules() -> bool:
+        return "MESHD_OUTPUT" in ok(fleet.db, "iptables-save -t nat")
+
+    opened = fleet.meshctl("join", "db1", "-i", fleet.key, "--fail-mode", "open")
+    assert opened.code == 0, opened.out + opened.err
+    assert rules()
+    ok(fleet.db, "systemctl stop meshd")
+    assert not rules()  # open: traffic goes around a stopped meshd
+    ok(fleet.db, "systemctl start meshd")
+    assert rules()
+    closed = fleet.meshctl("join", "db1", "-i", fleet.key, "--fail-mode", "closed")
+    assert closed.code == 0, closed.out + closed.err
+    ok(fleet.db, "systemctl stop meshd")
+    assert rules()  # closed: the rules stay, intercepted traffic fails instead of leaking
+    ok(fleet.db, "systemctl start meshd")
 
 
 def test_leave_restores_the_host_and_updates_the_others(fleet: Fleet) -> None:
