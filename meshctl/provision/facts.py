@@ -21,8 +21,12 @@ SUPPORTED_OS = {"debian": ("12", "13"), "ubuntu": ("24.04",)}
 MIN_PYTHON = (3, 11)  # meshd uses tomllib and datetime.UTC
 
 
-def script(vip_range: str) -> str:
-    """The shell script that prints every fact (read-only, runs as root)."""
+def script(vip_range: str, users: tuple[str, ...] = ()) -> str:
+    """The shell script that prints every fact (read-only, runs as root).
+
+    ``users``: the services' run-as users, whose existence is checked (they are
+    validated names, see meshd.identity.check_user, so they are safe unquoted).
+    """
     files = " ".join(shlex.quote(p) for p in layout.MANAGED_FILES)
     units = " ".join(layout.UNITS)
     return f"""
@@ -34,6 +38,7 @@ s python; python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/
 s systemd; [ -d /run/systemd/system ] && echo yes
 s iptables; iptables -V 2>/dev/null
 s user; id -u {layout.USER} 2>/dev/null
+s run_as; for u in {" ".join(users)}; do id -u "$u" >/dev/null 2>&1 && echo "$u"; done
 s sha256; for f in {files}; do [ -f "$f" ] && sha256sum "$f"; done
 s key; stat -c '%a %U' {layout.KEY} 2>/dev/null
 s cert; cat {layout.CERT} 2>/dev/null
@@ -74,6 +79,7 @@ class HostFacts:
     systemd: bool
     iptables: str  # "nft", "legacy" or "" when iptables is missing
     user_exists: bool
+    run_as_users: tuple[str, ...] = ()  # of the users asked about, those that exist
     hashes: dict[str, str] = field(default_factory=dict)  # managed path -> sha256
     key_mode: str | None = None  # "600 meshd"
     cert_pem: str = ""
@@ -167,6 +173,7 @@ def parse(text: str) -> HostFacts:
         systemd=s.get("systemd") == "yes",
         iptables="nft" if "nf_tables" in backend else "legacy" if backend else "",
         user_exists=bool(s.get("user")),
+        run_as_users=tuple(s.get("run_as", "").split()),
         hashes=hashes,
         key_mode=s.get("key") or None,
         cert_pem=s.get("cert", ""),
@@ -201,9 +208,9 @@ def check_supported(host: str, facts: HostFacts) -> None:
         raise ProvisionError(f"{host}: iptables is missing", hint="apt-get install iptables")
 
 
-def gather(transport: Transport, vip_range: str) -> HostFacts:
-    """Read the host's facts over ``transport``."""
-    result = transport.run(script(vip_range), timeout=60)
+def gather(transport: Transport, vip_range: str, users: tuple[str, ...] = ()) -> HostFacts:
+    """Read the host's facts over ``transport`` (and whether ``users`` exist there)."""
+    result = transport.run(script(vip_range, users), timeout=60)
     if result.status != 0 and "@@end" not in result.stdout:
         detail = (result.stderr.strip().splitlines() or [f"exit {result.status}"])[-1]
         raise ProvisionError(f"{transport.name}: cannot read the host's facts: {detail}")

@@ -203,8 +203,16 @@ def _survey(ro: Rollout, s: _Session) -> None:
     ro.progress(s.outcome.host, "connecting")
     s.transport = ro.connect(ro.ws, s.host, ro.ssh)
     ro.progress(s.outcome.host, "reading facts")
-    s.outcome.facts = facts_mod.gather(s.transport, VIP)
+    users = tuple(sorted({svc.run_as for svc in s.host.services if svc.run_as}))
+    s.outcome.facts = facts_mod.gather(s.transport, VIP, users)
     facts_mod.check_supported(s.outcome.host, s.outcome.facts)
+    missing = [u for u in users if u not in s.outcome.facts.run_as_users]
+    if missing:
+        raise ProvisionError(
+            f"{s.outcome.host}: no user {', '.join(missing)} on the host, "
+            "though services run as it (--service NAME:PORT:RUNAS)",
+            hint="create the user first, or fix the service's run-as user",
+        )
 
 
 def _name_hosts(ro: Rollout, sessions: list[_Session]) -> Inventory:

@@ -65,6 +65,11 @@ SECTIONS = {
 }
 
 
+def test_run_as_users_found_on_the_host() -> None:
+    assert facts.parse(output(run_as="www-data\nreports")).run_as_users == ("www-data", "reports")
+    assert facts.parse(output()).run_as_users == ()
+
+
 def test_a_garbled_file_is_an_error() -> None:
     with pytest.raises(ProvisionError, match="a file came back garbled"):
         facts.parse(output(hosts="not base64!"))
