@@ -45,6 +45,17 @@ from meshd.identity import SpiffeId
 Signer = Callable[[bytes, tuple[SpiffeId, ...], int], bytes]  # CSR PEM, ids, hours -> chain PEM
 APPLY_RULES = f"{layout.LAUNCHER} rules apply --config {layout.CONFIG}"
 ROLLBACK_DEADLINE = 20.0
+# systemctl reload only sends SIGHUP (systemd 252 has no notify-reload): meshd's log says
+# how the reload went ("reloaded ..." or "reload failed, keeping ...")
+RELOAD = """\
+t=$(date +%s.%N); systemctl reload meshd.service || exit 1
+for i in $(seq 100); do
+  v=$(journalctl -u meshd.service --since "@$t" -o cat --no-pager |
+      sed -n 's/^[A-Z]* meshd: \\(reload\\(ed\\| failed\\).*\\)/\\1/p' | tail -n 1)
+  [ -n "$v" ] && break; sleep 0.1
+done
+echo "$v"
+"""
 ROLLBACK_UNIT = "meshd-rules-rollback"
 # What the host's timer runs when meshctl does not confirm new rules in time: the
 # saved nat table comes back (or, if there was none, just our chains go), and the
@@ -204,6 +215,9 @@ class Applier:
         )
 
     def _start(self, step: StartMeshd) -> None:
+        if step.action == "reload":
+            self._reload()
+            return
         result = self.transport.run(f"systemctl {step.action} meshd.service", timeout=60)
         if not result.ok:
             log = self.transport.run("journalctl -u meshd.service -n 8 --no-pager -o cat").stdout
@@ -211,6 +225,15 @@ class Applier:
             raise ProvisionError(
                 f"{self.host}: meshd did not {step.action}: {' / '.join(last) or result.stderr}",
                 hint=f"see journalctl -u meshd on {self.host}",
+            )
+
+    def _reload(self) -> None:
+        """SIGHUP meshd and wait for its verdict: a reload it refused keeps the old state."""
+        verdict = self.root(RELOAD, "reloading meshd", timeout=30).strip()
+        if not verdict.startswith("reloaded"):
+            raise ProvisionError(
+                f"{self.host}: meshd refused the new files: {verdict or 'no answer within 10s'}",
+                hint=f"meshd runs on with the previous ones; see journalctl -u meshd on {self.host}",
             )
 
     def _hosts(self, step: WriteHostsBlock) -> None:

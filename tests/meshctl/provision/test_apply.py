@@ -222,3 +222,26 @@ def test_a_failing_rules_command_disarms_the_rollback() -> None:
     )
     assert host.commands[-1].startswith("systemctl is-active --quiet meshd-rules-rollback-")
     assert "systemctl stop meshd-rules-rollback-" in host.commands[-1]
+
+
+@pytest.mark.parametrize(
+    ("verdict", "error"),
+    [
+        ("reloaded /etc/meshd/meshd.toml (registry version 4)\n", None),
+        (
+            "reload failed, keeping the running configuration: cert.pem: expired\n",
+            "web1: meshd refused the new files: reload failed, keeping the running "
+            "configuration: cert.pem: expired",
+        ),
+        ("\n", "web1: meshd refused the new files: no answer within 10s"),
+    ],
+)
+def test_a_reload_waits_for_meshds_verdict(verdict: str, error: str | None) -> None:
+    host = Host(prefixes={"t=$(date +%s.%N); systemctl reload meshd": Result(0, verdict, "")})
+    applier = Applier(host, never)
+    if error is None:
+        applier.run_step(StartMeshd("registry changed", "reload"))
+    else:
+        with pytest.raises(ProvisionError) as caught:
+            applier.run_step(StartMeshd("registry changed", "reload"))
+        assert caught.value.message == error
