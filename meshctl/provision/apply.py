@@ -233,7 +233,7 @@ class Applier:
         if not verdict.startswith("reloaded"):
             raise ProvisionError(
                 f"{self.host}: meshd refused the new files: {verdict or 'no answer within 10s'}",
-                hint=f"meshd runs on with the previous ones; see journalctl -u meshd on {self.host}",
+                hint=f"meshd runs on with the old ones; see journalctl -u meshd on {self.host}",
             )
 
     def _hosts(self, step: WriteHostsBlock) -> None:
