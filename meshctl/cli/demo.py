@@ -129,9 +129,12 @@ def _next_steps(actx: AppContext, root: Path, tb: Testbed) -> None:
         f"  {ssh} \\\n"
         "      python3 -c 'import urllib.request as u; "
         'print(u.urlopen("http://api.mesh:8081/products").read().decode())\'\n'
-        f"  .venv/bin/meshctl {ws_opt} leave api1          # and join it again\n"
+        f"  .venv/bin/meshctl {ws_opt} leave api1          # take api1 out of the mesh\n"
+        f"  .venv/bin/meshctl {ws_opt} join {tb.hosts[1].address} --name api1 --service api:8081"
+        "   # and back in\n"
         f"  .venv/bin/meshctl {ws_opt} demo down           # remove hosts and workspace\n",
         markup=False,
+        soft_wrap=True,  # commands to copy: never broken over lines
     )
 
 

@@ -73,7 +73,7 @@ def status_table(statuses: list[HostStatus], registry_version: int) -> Table:
     table = Table(
         title=f"mesh status (workspace registry version {registry_version})", title_justify="left"
     )
-    for column in ("host", "address", "meshd", "registry", "certificate until", "rules"):
+    for column in ("host", "address", "meshd", "registry", "cert until", "rules"):
         table.add_column(column, no_wrap=column in ("host", "address"))
     table.add_column("notes", overflow="fold", ratio=1)
     for s in statuses:

@@ -60,7 +60,7 @@ def test_healthy_host() -> None:
             "address": "10.0.0.11",
             "meshd": "active, ready 0.3.0, up 2h",
             "registry": "4",
-            "certificate until": "2026-11-28 08:00",
+            "cert until": "2026-11-28 08:00",
             "rules": "yes",
             "notes": "healthy",
         }
@@ -75,8 +75,8 @@ def test_healthy_host() -> None:
             "notes",
             "drift: 2 change(s) pending; see meshctl join web1 --dry-run",
         ),
-        ({"cert_life_left": 0.2}, "certificate until", "2026-11-28 08:00 (renew)"),
-        ({"cert_not_after": None, "cert_life_left": None}, "certificate until", "none"),
+        ({"cert_life_left": 0.2}, "cert until", "2026-11-28 08:00 (renew)"),
+        ({"cert_not_after": None, "cert_life_left": None}, "cert until", "none"),
         ({"joined": False}, "notes", "not joined: run meshctl join web1"),
         (
             {"meshd": "failed", "ready": False, "restarts": 3},
