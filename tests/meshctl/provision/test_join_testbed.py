@@ -10,10 +10,12 @@ afterwards.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import secrets
 import shlex
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from meshctl import bundle as bundles
 from meshctl import demo
 from meshctl.admin_client import AdminClient, AdminEndpoint
 from meshctl.cli.app import run
@@ -199,6 +202,40 @@ def test_a_second_join_changes_nothing(fleet: Fleet) -> None:
     assert [state(h) for h in (fleet.web, fleet.api, fleet.db)] == before
     dry = fleet.meshctl("join", "api1", "-i", fleet.key, "--dry-run")
     assert dry.code == 0 and "api1: nothing to do" in dry.out, dry.out
+
+
+def test_an_upgrade_replaces_meshd_in_place(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A new bundle: unpacked next to the old one, meshd restarted on it, the old one pruned."""
+    real_build = bundles.build
+
+    def newer(target: bundles.Target, cache: Path, offline: bool = False) -> bundles.Bundle:
+        current = real_build(target, cache, offline)
+        path = tmp_path / "meshd-next.tar.gz"
+        with tarfile.open(current.path) as old, tarfile.open(path, "w:gz") as new:
+            for member in old.getmembers():
+                new.addfile(member, old.extractfile(member) if member.isfile() else None)
+            marker = tarfile.TarInfo("lib/meshd/NEXT")
+            new.addfile(marker, io.BytesIO(b""))
+        return bundles.Bundle(path, f"{current.version}-next", target)
+
+    def installed() -> list[str]:
+        return sorted(ok(fleet.web, "ls /opt/meshd").split())
+
+    before = installed()
+    old_pid = ok(fleet.web, "systemctl show -p MainPID --value meshd").strip()
+    monkeypatch.setattr(bundles, "build", newer)
+    upgraded = fleet.meshctl("join", "web1", "-i", fleet.key)
+    assert upgraded.code == 0, upgraded.out + upgraded.err
+    (version,) = [v for v in before if v != "bin"]
+    assert installed() == sorted(["bin", f"{version}-next"])  # the old version is gone
+    assert ok(fleet.web, "systemctl show -p MainPID --value meshd").strip() != old_pid
+    assert ok(fleet.web, "ls /opt/meshd/*/lib/meshd/NEXT").strip()  # running the new files
+    assert json.loads(fetch(fleet.web, "http://api.mesh:8081/products"))["peer"] == "127.0.0.1"
+    monkeypatch.undo()
+    back = fleet.meshctl("join", "web1", "-i", fleet.key)  # and back to this checkout's meshd
+    assert back.code == 0 and installed() == before, back.out + back.err
 
 
 def test_dry_run_shows_the_unit_and_the_rules(fleet: Fleet) -> None:
