@@ -2,7 +2,8 @@
 
 Hosts have python3 but maybe no pip, no venv module and no route to a package
 index. meshctl therefore fetches binary wheels for the host's Python version
-and architecture once (through pip, cached per target), unpacks them with
+and architecture once (through pip, pinned and hash-checked by bundle.lock,
+cached per target), unpacks them with
 meshd's own package into ``lib/``, and ships a tarball. On the host it lands
 in ``/opt/meshd/<version>/`` and ``/opt/meshd/bin/meshd`` runs it with the
 system python3 in isolated mode.
@@ -19,7 +20,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 import zipfile
@@ -28,19 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import meshd
+from meshctl import bundle_lock
 from meshd.errors import ProvisionError
 
 DEFAULT_CACHE = Path("/var/cache/meshctl/bundles")
-# what meshd imports at run time; pip resolves what these need in turn
-RUNTIME_REQUIREMENTS = (
-    "anyio>=4.3",
-    "cryptography>=42",
-    "psutil>=5.9",
-    "uvloop>=0.19",
-    "httptools>=0.6",
-)
-MANYLINUX = ("manylinux_2_28", "manylinux_2_17", "manylinux2014")
-
 LAUNCHER = """#!/bin/sh
 # meshd, unpacked by meshctl; runs on the system python3 without touching its packages
 exec /usr/bin/python3 -I -c '{code}' "$@"
@@ -72,8 +63,14 @@ class Bundle:
 def wheels(
     target: Target, cache: Path = DEFAULT_CACHE, pip: str | None = None, offline: bool = False
 ) -> Path:
-    """The cached wheel directory for ``target``; downloaded through pip the first time."""
-    directory = cache / "wheels" / target.tag
+    """The cached wheel directory for ``target``: the lock's pinned, hash-checked wheels.
+
+    Downloaded through pip the first time (``--require-hashes`` against
+    bundle.lock); keyed by the lock's content, so a new lock fetches anew.
+    """
+    lock_text = bundle_lock.LOCK.read_text()
+    lock_id = hashlib.sha256(lock_text.encode()).hexdigest()[:12]
+    directory = cache / "wheels" / f"{target.tag}-{lock_id}"
     if (directory / ".complete").exists():
         return directory
     if offline:
@@ -82,37 +79,18 @@ def wheels(
             hint="meshctl join fetches them once (it needs the package index that time)",
         )
     directory.mkdir(parents=True, exist_ok=True)
-    command = [
-        pip or sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--quiet",
-        "--only-binary=:all:",
-        "--dest",
-        str(directory),
-        "--python-version",
-        target.python,
-        "--implementation",
-        "cp",
-        "--abi",
-        f"cp{target.python.replace('.', '')}",
-        "--abi",
-        "abi3",
-        "--abi",
-        "none",
-    ]
-    for platform in MANYLINUX:
-        command += ["--platform", f"{platform}_{target.machine}"]
-    result = subprocess.run(
-        [*command, *RUNTIME_REQUIREMENTS], capture_output=True, text=True, check=False
-    )
+    command = bundle_lock.download_command(target.python, target.machine, directory, pip)
+    command += ["--no-deps", "--require-hashes", "-r", str(bundle_lock.LOCK)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
+        lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
         raise ProvisionError(
             f"cannot fetch meshd's dependencies for Python {target.python} on {target.machine}: "
-            f"{result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'pip failed'}",
-            hint=f"this needs the package index once; afterwards {directory} is reused offline",
+            f"{lines[-1] if lines else 'pip failed'}",
+            hint=f"this needs the package index once; afterwards {directory} is reused offline"
+            " (only CPython 3.11-3.13 on x86_64/aarch64 are pinned in bundle.lock)",
         )
+    bundle_lock.check_wheels(directory, lock_text)
     (directory / ".complete").touch()
     return directory
 
@@ -126,14 +104,16 @@ def build(target: Target, cache: Path = DEFAULT_CACHE, offline: bool = False) ->
     cache.mkdir(parents=True, exist_ok=True)
     with _locked(cache / ".lock"):
         wheel_dir = wheels(target, cache, offline=offline)
+        bundle_lock.check_wheels(wheel_dir, bundle_lock.LOCK.read_text())  # the cache, too
         key = _content_key(wheel_dir)
         index_path = cache / "index.json"
         index = json.loads(index_path.read_text()) if index_path.exists() else {}
         known = index.get(key)
-        if known and (cache / known["file"]).exists():
+        if known and _intact(cache / known["file"], known.get("sha256")):
             return Bundle(cache / known["file"], known["version"], target)
         bundle = _build(target, cache, wheel_dir)
-        index[key] = {"file": bundle.path.name, "version": bundle.version}
+        digest = hashlib.sha256(bundle.path.read_bytes()).hexdigest()
+        index[key] = {"file": bundle.path.name, "version": bundle.version, "sha256": digest}
         _prune(cache, target, index)
         _write_atomic(index_path, json.dumps(index, indent=1, sort_keys=True).encode())
         return bundle
@@ -153,9 +133,13 @@ def _build(target: Target, cache: Path, wheel_dir: Path) -> Bundle:
     digest = hashlib.sha256(data).hexdigest()[:12]
     version = f"{meshd.__version__}-{digest}"
     path = cache / f"meshd-{version}-{target.tag}.tar.gz"
-    if not path.exists():
-        _write_atomic(path, data)
+    _write_atomic(path, data)  # also over a damaged copy
     return Bundle(path, version, target)
+
+
+def _intact(path: Path, sha256: str | None) -> bool:
+    """A cached tarball exists and is what was built (it is uploaded to hosts as root)."""
+    return path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() == sha256
 
 
 def _content_key(wheel_dir: Path) -> str:
