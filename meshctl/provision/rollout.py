@@ -334,44 +334,7 @@ def push_registry(ro: Rollout, names: Iterable[str]) -> list[Outcome]:
 # -- leave
 def leave(ro: Rollout, hosts: list[HostSpec], dry_run: bool, forget: bool) -> list[Outcome]:
     """Take everything of ours off ``hosts``; drop them from the inventory when done."""
-
-    def one(host: HostSpec) -> Outcome:
-        outcome = Outcome(host.name, host.address)
-
-        def work() -> None:
-            ro.progress(host.name, "connecting")
-            transport = ro.connect(ro.ws, host, ro.ssh)
-            try:
-                ro.progress(host.name, "reading facts")
-                outcome.facts = facts_mod.gather(transport, VIP)
-                outcome.plan = replace(plan_leave(outcome.facts), host=host.name)
-                if dry_run:
-                    outcome.status = "planned"
-                    return
-                applier = Applier(
-                    transport,
-                    reconnect=lambda: ro.connect(ro.ws, host, ro.ssh),
-                    report=lambda what: ro.progress(host.name, what),
-                )
-                outcome.done = applier.apply(outcome.plan)
-                left = plan_leave(facts_mod.gather(transport, VIP))
-                if not left.empty:
-                    raise ProvisionError(
-                        f"{host.name}: still has meshd's "
-                        + "; ".join(step.title for step in left.steps)
-                    )
-                outcome.status = "left"
-            finally:
-                transport.close()
-
-        _guard(outcome, work)
-        if forget and isinstance(outcome.error, UnreachableError) and not dry_run:
-            why = outcome.error.message
-            outcome.status, outcome.error = "forgotten", None
-            outcome.done.append(f"{why}: dropped from the inventory, nothing removed on it")
-        return outcome
-
-    outcomes = parallel(one, hosts)
+    outcomes = parallel(lambda host: _leave_one(ro, host, dry_run, forget), hosts)
     if not dry_run:
         inventory = state.load_inventory(ro.ws)
         for outcome in outcomes:
@@ -380,3 +343,39 @@ def leave(ro: Rollout, hosts: list[HostSpec], dry_run: bool, forget: bool) -> li
                 state.forget_host(ro.ws, outcome.host)
         state.save_inventory(ro.ws, inventory)
     return outcomes
+
+
+def _leave_one(ro: Rollout, host: HostSpec, dry_run: bool, forget: bool) -> Outcome:
+    outcome = Outcome(host.name, host.address)
+    _guard(outcome, lambda: _clean(ro, host, outcome, dry_run))
+    if forget and isinstance(outcome.error, UnreachableError) and not dry_run:
+        why = outcome.error.message
+        outcome.status, outcome.error = "forgotten", None
+        outcome.done.append(f"{why}: dropped from the inventory, nothing removed on it")
+    return outcome
+
+
+def _clean(ro: Rollout, host: HostSpec, outcome: Outcome, dry_run: bool) -> None:
+    """Facts, the leave plan, apply it, and check that nothing of ours is left."""
+    ro.progress(host.name, "connecting")
+    transport = ro.connect(ro.ws, host, ro.ssh)
+    try:
+        ro.progress(host.name, "reading facts")
+        outcome.facts = facts_mod.gather(transport, VIP)
+        outcome.plan = replace(plan_leave(outcome.facts), host=host.name)
+        if dry_run:
+            outcome.status = "planned"
+            return
+        applier = Applier(
+            transport,
+            reconnect=lambda: ro.connect(ro.ws, host, ro.ssh),
+            report=lambda what: ro.progress(host.name, what),
+        )
+        outcome.done = applier.apply(outcome.plan)
+        left = plan_leave(facts_mod.gather(transport, VIP))
+        if not left.empty:
+            steps = "; ".join(step.title for step in left.steps)
+            raise ProvisionError(f"{host.name}: still has meshd's {steps}")
+        outcome.status = "left"
+    finally:
+        transport.close()
