@@ -31,7 +31,17 @@ import meshd
 from meshctl import bundle_lock
 from meshd.errors import ProvisionError
 
-DEFAULT_CACHE = Path("/var/cache/meshctl/bundles")
+def default_cache() -> Path:
+    """$MESHCTL_CACHE, or /var/cache/meshctl/bundles for root, or the user's cache dir."""
+    if os.environ.get("MESHCTL_CACHE"):
+        return Path(os.environ["MESHCTL_CACHE"])
+    if os.geteuid() == 0:
+        return Path("/var/cache/meshctl/bundles")
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "meshctl" / "bundles"
+
+
+DEFAULT_CACHE = default_cache()
 LAUNCHER = """#!/bin/sh
 # meshd, unpacked by meshctl; runs on the system python3 without touching its packages
 exec /usr/bin/python3 -I -c '{code}' "$@"

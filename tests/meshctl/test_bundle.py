@@ -88,3 +88,23 @@ def test_old_tarballs_are_pruned(cache: Path) -> None:
     left = sorted(p.name for p in cache.glob(f"meshd-*-{TARGET.tag}.tar.gz"))
     assert built.path.name in left and len(left) == 3
     assert f"meshd-0.0.3-000000000000-{TARGET.tag}.tar.gz" in left  # the newest old ones stay
+
+
+@pytest.mark.parametrize(
+    ("env", "euid", "expected"),
+    [
+        ({"MESHCTL_CACHE": "/srv/c"}, 1000, "/srv/c"),
+        ({}, 0, "/var/cache/meshctl/bundles"),
+        ({"XDG_CACHE_HOME": "/home/o/.xdg"}, 1000, "/home/o/.xdg/meshctl/bundles"),
+        ({"HOME": "/home/o"}, 1000, "/home/o/.cache/meshctl/bundles"),
+    ],
+)
+def test_the_cache_of_a_non_root_operator_is_their_own(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], euid: int, expected: str
+) -> None:
+    for name in ("MESHCTL_CACHE", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(os, "geteuid", lambda: euid)
+    assert bundle.default_cache() == Path(expected)
