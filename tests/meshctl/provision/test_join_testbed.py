@@ -182,6 +182,8 @@ def test_join_three_hosts_in_one_command(fleet: Fleet, tmp_path: Path) -> None:
             fetch(fleet.web, "http://localhost:8080/order", json.dumps({"name": marker}))
         )
     assert products["served_by"] == fleet.api.name and products["peer"] == "127.0.0.1"
+    page = fetch(fleet.web, "http://localhost:8080/")  # the web app calls api.mesh itself
+    assert f"web@{fleet.web.name} -> api@{fleet.api.name} -> db@{fleet.db.name}" in page
     assert products["db"]["served_by"] == fleet.db.name
     assert order["served_by"] == fleet.api.name, order
     assert marker in fetch(fleet.db, "http://localhost:8082/items")  # it reached db
