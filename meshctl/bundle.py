@@ -31,6 +31,7 @@ import meshd
 from meshctl import bundle_lock
 from meshd.errors import ProvisionError
 
+
 def default_cache() -> Path:
     """$MESHCTL_CACHE, or /var/cache/meshctl/bundles for root, or the user's cache dir."""
     if os.environ.get("MESHCTL_CACHE"):
