@@ -27,9 +27,11 @@ def status(
     json_out: JsonOption = False,
     connect_timeout: TimeoutOption = 5.0,
 ) -> None:
-    """Show every host: reachable, meshd state and version, uptime, registry version,
-    certificate expiry (a warning under a third of its life), rules, drift.
+    """Show the health of every host: meshd, versions, certificate, rules, drift.
 
+    One row per host of hosts.toml: reachable, meshd state, version and
+    uptime, registry version, certificate expiry (a warning under a third of
+    its life), redirect rules installed, and drift from the workspace.
     Exits 0 when every host is healthy, 8 when some are not.
 
     Example: meshctl status --json
