@@ -153,19 +153,11 @@ class _Session:
     transport: Transport | None = None
 
 
-def services_of(inventory: Inventory, names: Iterable[str]) -> dict[str, Any]:
-    """The registry's services for the hosts ``names`` of ``inventory``."""
-    subset = Inventory(tuple(h for h in inventory.hosts if h.name in set(names)), inventory.vips)
-    services: dict[str, Any] = subset.registry(0, 0)["services"]
-    return services
-
-
 def registry_for(ro: Rollout, inventory: Inventory, names: Iterable[str]) -> dict[str, Any]:
-    services = services_of(inventory, names)
-    mesh_port = ro.ws.config.defaults.mesh_port
-    for service in services.values():
-        for endpoint in service["endpoints"]:
-            endpoint["mesh_port"] = mesh_port
+    """The versioned registry of the hosts ``names`` (the joined ones) of ``inventory``."""
+    wanted = set(names)
+    subset = Inventory(tuple(h for h in inventory.hosts if h.name in wanted), inventory.vips)
+    services: dict[str, Any] = subset.registry(0, ro.ws.config.defaults.mesh_port)["services"]
     return state.versioned_registry(ro.ws, services)
 
 
