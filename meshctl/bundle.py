@@ -195,7 +195,11 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def _tar(lib: Path) -> bytes:
-    """A reproducible tar.gz of ``lib`` (sorted, no times or owners): equal input, equal hash."""
+    """A reproducible tar.gz of ``lib``: equal input, equal hash, on any operator machine.
+
+    Sorted, no times or owners, and modes normalised (0755 directories and
+    executables, 0644 files): the operator's umask must not change the version.
+    """
     buffer = io.BytesIO()
     with (
         gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=6, mtime=0) as gz,
@@ -204,6 +208,7 @@ def _tar(lib: Path) -> bytes:
         for path in sorted(lib.rglob("*")):
             info = tar.gettarinfo(str(path), arcname=str(path.relative_to(lib.parent)))
             info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            info.mode = 0o755 if path.is_dir() or info.mode & 0o100 else 0o644
             if path.is_file():
                 with path.open("rb") as f:
                     tar.addfile(info, f)

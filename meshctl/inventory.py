@@ -193,6 +193,10 @@ def _check(top: Fields, inventory: Inventory) -> None:
         seen_vips[vip] = service
     ports: dict[str, int] = {}
     for host in inventory.hosts:
+        try:
+            _check_ports(host)
+        except ConfigError as e:
+            raise top.fail(f"hosts.{host.name}.services", e.message) from None
         for i, s in enumerate(host.services):
             if ports.setdefault(s.name, s.port) != s.port:
                 raise top.fail(
@@ -266,7 +270,26 @@ def select_hosts(
         return [_override(h, overrides) for h in inventory.hosts]
     if not targets:
         raise ConfigError("no hosts given", hint="name hosts ([USER@]HOST[:PORT]) or pass --all")
-    return [_target(inventory, t, overrides, default_fail_mode) for t in targets]
+    hosts = [_target(inventory, t, overrides, default_fail_mode) for t in targets]
+    addresses = [h.address for h in hosts]
+    twice = sorted({a for a in addresses if addresses.count(a) > 1})
+    if twice:
+        raise ConfigError(f"{', '.join(twice)} given twice (by name and by address?)")
+    for host in hosts:
+        _check_ports(host)
+    return hosts
+
+
+def _check_ports(host: HostSpec) -> None:
+    """Two services of one host cannot share a port (meshd routes by address and port)."""
+    seen: dict[int, str] = {}
+    for service in host.services:
+        if seen.setdefault(service.port, service.name) != service.name:
+            raise ConfigError(
+                f"{host.name or host.address}: services {seen[service.port]!r} and "
+                f"{service.name!r} both use port {service.port}",
+                hint="give each service of a host its own port",
+            )
 
 
 def _target(inventory: Inventory, text: str, o: HostOverrides, fail_mode: str) -> HostSpec:

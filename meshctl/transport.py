@@ -54,11 +54,15 @@ class Transport(Protocol):
 def check(result: Result, what: str, host: str) -> Result:
     """``result`` if it succeeded, else a ProvisionError naming the host and the step."""
     if not result.ok:
-        lines = [line.strip() for line in (result.stderr or result.stdout).splitlines()]
-        useful = [line for line in lines if line and not line.startswith("Try `")][-3:]
-        detail = " / ".join(useful) or f"exit {result.status}"
-        raise ProvisionError(f"{host}: {what} failed: {detail}")
+        raise ProvisionError(f"{host}: {what} failed: {failure_detail(result)}")
     return result
+
+
+def failure_detail(result: Result) -> str:
+    """The useful end of a failed command's output (not iptables' "Try ... -h" line)."""
+    lines = [line.strip() for line in (result.stderr or result.stdout).splitlines()]
+    useful = [line for line in lines if line and not line.startswith("Try `")][-3:]
+    return " / ".join(useful) or f"exit {result.status}"
 
 
 @dataclass(frozen=True)

@@ -93,8 +93,9 @@ class Daemon:
             tg.cancel_scope.cancel()
 
     def _load_documents(self) -> None:
+        from_file = self.rt.registry  # what the config's registry file says
         self.store.load_persisted()
-        self.documents.seed_registry()
+        self.documents.seed_registry(from_file)
 
     async def _start_listeners(self, tg: Any) -> None:
         cfg, rt = self.rt.config, self.rt

@@ -103,7 +103,10 @@ class Documents:
     def apply_policy(self, policy: dict[str, Any]) -> None:
         self.rt.policy = policy
 
-    def seed_registry(self) -> None:
-        """Offer the registry file to the store at start, so GET /registry shows it."""
-        if self.store.get("registry") is None and self.rt.registry.version > 0:
-            self.store.put("registry", self.rt.registry.to_dict())
+    def seed_registry(self, from_file: Registry) -> None:
+        """Offer the registry file to the store at start: when none was pushed, or when the
+        file is newer than what was (meshctl rewrote it), the file's version is the one."""
+        pushed = self.store.get("registry")
+        newer = pushed is None or from_file.version > int(pushed.get("version", 0))
+        if newer and from_file.version > 0:
+            self.store.put("registry", from_file.to_dict())

@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 
 from meshctl.bundle import DEFAULT_CACHE
-from meshctl.provision.apply import ROLLBACK_DEADLINE
+from meshctl.provision.guard import ROLLBACK_DEADLINE
 from meshctl.provision.rollout import Connector, ssh_connect
 from meshctl.workspace import Workspace
 from meshd.errors import ConfigError

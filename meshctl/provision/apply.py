@@ -9,16 +9,13 @@ the previous nat table unless a *new* SSH connection confirms in time.
 
 from __future__ import annotations
 
-import contextlib
-import secrets
 import shlex
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshctl.inventory import VIP_RANGE
-from meshctl.provision import layout
+from meshctl.provision import guard, layout
 from meshctl.provision.desired import FileSpec
 from meshctl.provision.plan import (
     ApplyRules,
@@ -39,12 +36,12 @@ from meshctl.provision.plan import (
     WriteHostsBlock,
 )
 from meshctl.transport import Transport, check
-from meshd.errors import MeshError, ProvisionError
+from meshd.errors import ProvisionError
 from meshd.identity import SpiffeId
+from meshd.rules import remove_document
 
 Signer = Callable[[bytes, tuple[SpiffeId, ...], int], bytes]  # CSR PEM, ids, hours -> chain PEM
 APPLY_RULES = f"{layout.LAUNCHER} rules apply --config {layout.CONFIG}"
-ROLLBACK_DEADLINE = 20.0
 # systemctl reload only sends SIGHUP (systemd 252 has no notify-reload): meshd's log says
 # how the reload went ("reloaded ..." or "reload failed, keeping ...")
 RELOAD = """\
@@ -56,33 +53,16 @@ for i in $(seq 100); do
 done
 echo "$v"
 """
-ROLLBACK_UNIT = "meshd-rules-rollback"
-# What the host's timer runs when meshctl does not confirm new rules in time: the
-# saved nat table comes back (or, if there was none, just our chains go), and the
-# units that would re-apply the refused rule set unguarded are disabled.
-ROLLBACK_SCRIPT = f"""\
-[ -f {layout.ROLLBACK} ] || exit 0
-if grep -q '^\\*nat' {layout.ROLLBACK}; then
-  iptables-restore < {layout.ROLLBACK}
-else
-  iptables -t nat -D OUTPUT -p tcp -m comment --comment meshd:output -j MESHD_OUTPUT
-  iptables -t nat -D PREROUTING -p tcp -m comment --comment meshd:inbound -j MESHD_INBOUND
-  for c in MESHD_OUTPUT MESHD_REDIRECT MESHD_INBOUND; do
-    iptables -t nat -F $c; iptables -t nat -X $c
-  done
-fi 2>/dev/null
-rm -f {layout.ROLLBACK} {layout.RULES_RECORD}
-systemctl disable --now meshd-sync.path 2>/dev/null
-systemctl disable meshd-rules.service 2>/dev/null
-true"""
-# Our first rules made the nft backend create the nat table; once it is empty again
-# (no rules, no chains of anyone's, ACCEPT policies) it goes too, so that leave
-# restores iptables-save to what it was. Legacy tables cannot be unloaded: they stay.
+# Our first rules made the nft backend create the nat table (the guard noted it); once
+# it is empty again (an iptables nat table with no rules and no chains of anyone's,
+# ACCEPT policies) it goes too, so that leave restores iptables-save to what it was.
+# Legacy tables cannot be unloaded: they stay.
 DROP_EMPTY_NAT = """\
 if iptables -V 2>/dev/null | grep -q nf_tables && command -v nft >/dev/null; then
   nat=$(iptables-save -t nat)
-  if [ -n "$nat" ] && ! printf '%s\\n' "$nat" | grep -q '^-A ' && ! printf '%s\\n' "$nat" |
-      grep '^:' | grep -qvE '^:(PREROUTING|INPUT|OUTPUT|POSTROUTING) ACCEPT '; then
+  if printf '%s\\n' "$nat" | grep -q '^\\*nat' && ! printf '%s\\n' "$nat" | grep -q '^-A ' &&
+      ! printf '%s\\n' "$nat" | grep '^:' |
+        grep -qvE '^:(PREROUTING|INPUT|OUTPUT|POSTROUTING) ACCEPT '; then
     nft delete table ip nat
   fi
 fi"""
@@ -97,7 +77,7 @@ class Applier:
     bundle: Path | None = None
     sign: Signer | None = None
     report: Callable[[str], None] = lambda _: None
-    rollback_deadline: float = ROLLBACK_DEADLINE
+    rollback_deadline: float = guard.ROLLBACK_DEADLINE
     rules_command: str = APPLY_RULES
     done: list[str] = field(default_factory=list)
 
@@ -134,7 +114,7 @@ class Applier:
             ReloadSystemd: lambda _: self._daemon_reload(),
             EnableUnits: self._enable,  # type: ignore[dict-item]
             StartMeshd: self._start,  # type: ignore[dict-item]
-            ApplyRules: lambda _: self.apply_rules_guarded(self.rules_command),
+            ApplyRules: lambda step: self.apply_rules_guarded(self.rules_command, step.files),  # type: ignore[attr-defined]
             WriteHostsBlock: self._hosts,  # type: ignore[dict-item]
             PruneBundles: self._prune,  # type: ignore[dict-item]
             StopUnits: self._stop,  # type: ignore[dict-item]
@@ -151,7 +131,7 @@ class Applier:
 
     def write_files(self, files: list[FileSpec]) -> None:
         stage = self.staging()
-        commands = ["set -e"]
+        commands = ["set -e", f"trap 'rm -rf {stage}' EXIT"]
         for i, spec in enumerate(files):
             self.transport.put(f"{stage}/{i}", spec.content, 0o600)
             tmp = shlex.quote(f"{spec.path}.meshctl-tmp")
@@ -162,7 +142,6 @@ class Applier:
                 f"chown {spec.owner}:{spec.owner} {tmp}",
                 f"mv -f {tmp} {shlex.quote(spec.path)}",
             ]
-        commands.append(f"rm -rf {stage}")
         self.root("\n".join(commands), "writing files")
 
     # steps
@@ -173,8 +152,9 @@ class Applier:
         self.transport.put(f"{stage}/meshd.tar.gz", self.bundle.read_bytes(), 0o600)
         target = f"{layout.OPT}/{step.version}"
         self.root(
-            f"set -e; rm -rf {target}.tmp; mkdir -p {target}.tmp {layout.OPT}/bin; "
-            f"tar -xzf {stage}/meshd.tar.gz -C {target}.tmp; rm -rf {stage}; "
+            f"set -e; trap 'rm -rf {stage}' EXIT; rm -rf {target}.tmp; "
+            f"mkdir -p {target}.tmp {layout.OPT}/bin; "
+            f"tar -xzf {stage}/meshd.tar.gz -C {target}.tmp; "
             f"python3 -I -m compileall -q {target}.tmp/lib >/dev/null 2>&1 || true; "
             f"rm -rf {target}; mv {target}.tmp {target}",
             "unpacking meshd",
@@ -241,13 +221,22 @@ class Applier:
         stage = self.staging()
         data = step.content.encode("utf-8", "surrogateescape")
         self.transport.put(f"{stage}/hosts", data, 0o600)
-        self.root(
-            f'set -e; h=$(readlink -f {layout.HOSTS_FILE}); t="$h.meshctl-tmp"\n'
-            f'cp {stage}/hosts "$t"; chmod --reference="$h" "$t"; chown --reference="$h" "$t"\n'
-            f'mv -f "$t" "$h" 2>/dev/null || {{ cat "$t" > "$h"; rm -f "$t"; }}\n'
-            f"rm -rf {stage}",
-            f"writing {layout.HOSTS_FILE}",
+        result = self.transport.run(
+            f"set -e; trap 'rm -rf {stage}' EXIT; h=$(readlink -f {layout.HOSTS_FILE})\n"
+            # someone changed the file since meshctl read it: write nothing, say so
+            f'[ "$(sha256sum < "$h" | cut -d" " -f1)" = {step.before} ] || exit 3\n'
+            f't="$h.meshctl-tmp"; cp {stage}/hosts "$t"\n'
+            'chmod --reference="$h" "$t"; chown --reference="$h" "$t"\n'
+            'mv -f "$t" "$h" 2>/dev/null || { cat "$t" > "$h"; rm -f "$t"; }',
+            timeout=60,
         )
+        if result.status == 3:
+            raise ProvisionError(
+                f"{self.host}: {layout.HOSTS_FILE} changed while meshctl was working; "
+                "it was left as it is",
+                hint="run the command again",
+            )
+        check(result, f"writing {layout.HOSTS_FILE}", self.host)
 
     def _prune(self, step: PruneBundles) -> None:
         paths = " ".join(shlex.quote(f"{layout.OPT}/{v}") for v in step.versions)
@@ -256,21 +245,27 @@ class Applier:
     def _stop(self, step: StopUnits) -> None:
         units = " ".join(step.units)
         self.root(
-            f"systemctl stop '{ROLLBACK_UNIT}-*.timer' 2>/dev/null; "  # a join cut short
+            f"systemctl stop '{guard.ROLLBACK_UNIT}-*.timer' 2>/dev/null; "  # a join cut short
             f"systemctl disable --now --quiet {units} 2>/dev/null; "
             f"systemctl reset-failed {units} 2>/dev/null; true",
             "stopping meshd",
         )
 
     def _remove_rules(self, step: RemoveRules) -> None:
+        """Take out what of ours is in the nat table *now* (stopping meshd may have taken some)."""
+        saved = self.root("iptables-save -t nat", "reading the nat table")
+        document = remove_document(saved)
         commands = ["set -e"]
-        if step.document:
+        if document:
             stage = self.staging()
-            self.transport.put(f"{stage}/remove.rules", step.document.encode(), 0o600)
-            commands += [f"iptables-restore --noflush {stage}/remove.rules", f"rm -rf {stage}"]
-        if step.route:
-            commands.append(f"ip route del {VIP_RANGE} dev lo")
-        commands.append(DROP_EMPTY_NAT)
+            self.transport.put(f"{stage}/remove.rules", document.encode(), 0o600)
+            commands += [
+                f"trap 'rm -rf {stage}' EXIT",
+                f"iptables-restore -w 5 --noflush {stage}/remove.rules",
+            ]
+        commands.append(f"ip route del {VIP_RANGE} dev lo 2>/dev/null || true")
+        if step.drop_nat_table:
+            commands.append(DROP_EMPTY_NAT)
         self.root("\n".join(commands), "removing the redirect rules")
 
     def _remove_paths(self, step: RemovePaths) -> None:
@@ -284,68 +279,13 @@ class Applier:
             "removing the meshd user",
         )
 
-    # the dead-man switch
-    def apply_rules_guarded(self, command: str) -> None:
-        """Run ``command`` (which changes the nat table) so that it undoes itself unless confirmed.
-
-        Before: the nat table is saved on the host and a transient timer is set
-        to restore it after ``rollback_deadline`` seconds. After: a *new* SSH
-        connection must succeed and cancel the timer; the one that applied the
-        rules proves nothing (conntrack keeps established flows alive).
-        """
-        unit = f"{ROLLBACK_UNIT}-{secrets.token_hex(4)}"
-        self.root(
-            f"set -e; umask 077; iptables-save -t nat > {layout.ROLLBACK}; "
-            f"systemd-run --quiet --unit={unit} --on-active={self.rollback_deadline:g}s "
-            f"--timer-property=AccuracySec=100ms /bin/sh -c {shlex.quote(ROLLBACK_SCRIPT)}",
-            "arming the rules rollback",
-        )
-        armed = time.monotonic()
-        try:
-            result = self.transport.run(command, timeout=60)
-        except MeshError as e:  # the rules cut the session that applied them
-            raise self._rolled_back(armed, e.message) from e
-        if not result.ok:  # iptables-restore changed nothing; the timer would restore the same
-            with contextlib.suppress(MeshError):  # the rules' error is the one to report
-                self._disarm(self.transport, unit)
-            check(result, "applying the redirect rules", self.host)
-        try:
-            confirm = self.reconnect()
-        except MeshError as e:
-            raise self._rolled_back(armed, str(e.message)) from e
-        try:
-            self._disarm(confirm, unit)
-        finally:
-            confirm.close()
-
-    def _disarm(self, transport: Transport, unit: str) -> None:
-        """Cancel the rollback; if its timer already fired, the rules are gone: say so."""
-        result = transport.run(
-            f"systemctl is-active --quiet {unit}.timer || exit 3; "
-            f"systemctl stop {unit}.timer && rm -f {layout.ROLLBACK}",
-            timeout=30,
-        )
-        if result.status == 3:
-            raise ProvisionError(
-                f"{self.host}: the redirect rules were rolled back before meshctl could "
-                f"confirm them (deadline {self.rollback_deadline:g}s)",
-                hint="a slow link? run meshctl join again",
-            )
-        check(result, "cancelling the rules rollback", self.host)
-
-    def _rolled_back(self, armed: float, why: str) -> ProvisionError:
-        """Wait for the host's timer to undo the rules, and say whether it is reachable again."""
-        time.sleep(max(0.0, armed + self.rollback_deadline + 2 - time.monotonic()))
-        try:
-            self.reconnect().close()
-            after = (
-                "they were rolled back and the host is reachable again (meshd-rules.service "
-                "is disabled until a join succeeds)"
-            )
-        except MeshError as e:
-            after = f"they should have been rolled back, but the host is still unreachable ({e})"
-        return ProvisionError(
-            f"{self.host}: a new SSH connection failed after the redirect rules were applied "
-            f"({why}); {after}",
-            hint="check the rule set (meshctl join --dry-run shows it) and the SSH port in use",
+    # the dead-man switch (provision/guard.py)
+    def apply_rules_guarded(self, command: str, files: tuple[FileSpec, ...] = ()) -> None:
+        """Write ``files`` and run ``command`` so that they undo themselves unless confirmed."""
+        guard.guarded(
+            self.transport,
+            self.reconnect,
+            command,
+            lambda: self.write_files(list(files)) if files else None,
+            self.rollback_deadline,
         )

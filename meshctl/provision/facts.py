@@ -50,6 +50,9 @@ printf 'Now=%s\\n' "$(cut -d' ' -f1 /proc/uptime)"
 s registry_etc; cat {layout.REGISTRY} 2>/dev/null
 s registry_state; cat {layout.STATE}/registry.json 2>/dev/null
 s rules; cat {layout.RULES_RECORD} 2>/dev/null
+s pending; [ -f {layout.ROLLBACK} ] && echo yes
+s nat_created; [ -f {layout.NAT_CREATED} ] && echo yes
+s iproute; command -v ip
 s nat; iptables-save -t nat 2>/dev/null
 s route; ip route show {vip_range} dev lo 2>/dev/null
 s hosts; base64 -w0 /etc/hosts 2>/dev/null  # exact bytes: leave must restore them
@@ -87,6 +90,9 @@ class HostFacts:
     meshd: MeshdState = field(default_factory=MeshdState)
     registry: dict[str, Any] | None = None  # the newer of /etc's and the pushed one
     rules_record: str = ""  # sha256 of the rule set meshd last applied (in /run)
+    rollback_pending: bool = False  # a join's rules are waiting for their confirmation
+    nat_created: bool = False  # our first rules created the nat table
+    iproute: bool = True
     nat: str = ""
     route: bool = False
     hosts: str = ""
@@ -181,6 +187,9 @@ def parse(text: str) -> HostFacts:
         meshd=_meshd(s.get("meshd", "")),
         registry=_newest_registry(s.get("registry_etc", ""), s.get("registry_state", "")),
         rules_record=s.get("rules", "").strip(),
+        rollback_pending=s.get("pending") == "yes",
+        nat_created=s.get("nat_created") == "yes",
+        iproute=bool(s.get("iproute")),
         nat=s.get("nat", "") + "\n" if s.get("nat") else "",
         route=bool(s.get("route")),
         hosts=_exact(s.get("hosts", "")),
@@ -206,6 +215,8 @@ def check_supported(host: str, facts: HostFacts) -> None:
         raise ProvisionError(f"{host}: systemd is not running; meshd needs it as PID 1")
     if not facts.iptables:
         raise ProvisionError(f"{host}: iptables is missing", hint="apt-get install iptables")
+    if not facts.iproute:
+        raise ProvisionError(f"{host}: ip (iproute2) is missing", hint="apt-get install iproute2")
 
 
 def gather(transport: Transport, vip_range: str, users: tuple[str, ...] = ()) -> HostFacts:

@@ -16,7 +16,9 @@ CERT = f"{ETC}/cert.pem"
 KEY = f"{ETC}/key.pem"
 STATE = "/var/lib/meshd"
 RULES_RECORD = "/run/meshd-rules.sha256"  # gone at reboot, like the rules it describes
-ROLLBACK = "/run/meshd-rules.rollback"
+ROLLBACK = "/run/meshd-rules.rollback"  # the nat table to go back to (see provision/guard.py)
+ROLLBACK_PREV = "/run/meshd-rules.prev"  # ... and the config and route that went with it
+NAT_CREATED = f"{ETC}/nat-table-created"  # our first rules created the nat table: leave drops it
 HOSTS_FILE = "/etc/hosts"
 UNIT_DIR = "/etc/systemd/system"
 
@@ -31,4 +33,14 @@ UNITS = tuple(UNIT_FILES)
 ENABLED_UNITS = ("meshd.service", "meshd-rules.service", "meshd-sync.path")
 
 MANAGED_FILES = (LAUNCHER, CONFIG, REGISTRY, TRUST_BUNDLE, CERT, KEY, *UNIT_FILES.values())
-REMOVED_PATHS = (OPT, ETC, STATE, RULES_RECORD, ROLLBACK, "/run/meshd", *UNIT_FILES.values())
+REMOVED_PATHS = (
+    OPT,
+    ETC,
+    STATE,
+    RULES_RECORD,
+    ROLLBACK,
+    f"{ROLLBACK}.lock",
+    ROLLBACK_PREV,
+    "/run/meshd",
+    *UNIT_FILES.values(),
+)

@@ -9,6 +9,7 @@ rendered files and the rules document.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -108,10 +109,12 @@ class StartMeshd(Step):
 @dataclass(frozen=True)
 class ApplyRules(Step):
     document: str
+    files: tuple[FileSpec, ...] = ()  # the config/registry they come from, written under the guard
 
     @property
     def title(self) -> str:
-        return "apply the redirect rules (rolled back unless a new SSH connection confirms them)"
+        what = " with " + ", ".join(f.path for f in self.files) if self.files else ""
+        return f"apply the redirect rules{what} (undone unless a new SSH connection confirms)"
 
     def detail(self) -> str:
         return self.document
@@ -121,6 +124,7 @@ class ApplyRules(Step):
 class WriteHostsBlock(Step):
     content: str  # the whole new /etc/hosts
     block: str  # our part of it ("" when it is taken out)
+    before: str = ""  # sha256 of the file it replaces: a file changed meanwhile is left alone
 
     @property
     def title(self) -> str:
@@ -151,8 +155,9 @@ class StopUnits(Step):
 
 @dataclass(frozen=True)
 class RemoveRules(Step):
-    document: str | None
+    document: str | None  # as the facts saw it (shown); removal reads the table again
     route: bool
+    drop_nat_table: bool = False  # our first rules created the nat table
 
     @property
     def title(self) -> str:
@@ -258,7 +263,9 @@ def plan_join(
     problem = _cert_problem(facts, desired, issuer, now)
     if problem:
         steps.append(Enroll(problem, desired.identities, desired.leaf_lifetime_hours))
-    steps += [w for w in writes if w.file.path != layout.LAUNCHER]
+    rules_due = _rules_due(facts, desired)
+    guarded = (layout.CONFIG, layout.REGISTRY) if rules_due else ()  # written by ApplyRules
+    steps += [w for w in writes if w.file.path != layout.LAUNCHER and w.file.path not in guarded]
     written = {w.file.path for w in writes}
     units_changed = bool(written & set(layout.UNIT_FILES.values()))
     if units_changed:
@@ -267,14 +274,14 @@ def plan_join(
     if disabled:
         steps.append(EnableUnits("not enabled", disabled))
     # rules before meshd (re)starts: only the guarded apply may install a new rule set
-    if facts.rules_record != desired.rules_fingerprint or not _rules_present(facts, desired):
-        why = "not installed" if not _rules_present(facts, desired) else "rule set changed"
-        steps.append(ApplyRules(why, apply_document(desired.rules, facts.nat)))
+    if rules_due:
+        files = tuple(w.file for w in writes if w.file.path in guarded)
+        steps.append(ApplyRules(rules_due, apply_document(desired.rules, facts.nat), files))
     steps += _meshd_action(facts, written, bool(problem), new_bundle)
     hosts = hostsfile.with_block(facts.hosts, desired.vips)
     if hosts != facts.hosts:
         block = hostsfile.render_block(desired.vips) if desired.vips else ""
-        steps.append(WriteHostsBlock("service names changed", hosts, block))
+        steps.append(WriteHostsBlock("service names changed", hosts, block, _sha(facts.hosts)))
     old = tuple(v for v in facts.versions if v not in ("bin", desired.bundle_version))
     if old:
         steps.append(PruneBundles("superseded", old))
@@ -303,6 +310,21 @@ def _meshd_action(
     return []
 
 
+def _rules_due(facts: HostFacts, desired: DesiredHost) -> str:
+    """Why the rules must be applied (under the guard), or "" when they are in place."""
+    if facts.rollback_pending:
+        return "a join was cut short before it confirmed its rules"
+    if not _rules_present(facts, desired):
+        return "not installed"
+    if facts.rules_record != desired.rules_fingerprint:
+        return "rule set changed"
+    return ""
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
 def _rules_present(facts: HostFacts, desired: DesiredHost | None = None) -> bool:
     """Our jumps and chains are in the nat table (with as many rules as ``desired`` has)."""
     if not facts.route or len(our_jumps(facts.nat)) != len(JUMPS):
@@ -329,11 +351,11 @@ def plan_leave(facts: HostFacts) -> Plan:
     if active_units or facts.meshd.active not in ("inactive", ""):
         steps.append(StopUnits("meshd is installed", layout.UNITS))
     removal = remove_document(facts.nat)
-    if removal is not None or facts.route:
-        steps.append(RemoveRules("rules installed", removal, facts.route))
+    if removal is not None or facts.route or facts.nat_created:
+        steps.append(RemoveRules("rules installed", removal, facts.route, facts.nat_created))
     hosts = hostsfile.without_block(facts.hosts)
     if hosts != facts.hosts:
-        steps.append(WriteHostsBlock("service names of the mesh", hosts, ""))
+        steps.append(WriteHostsBlock("service names of the mesh", hosts, "", _sha(facts.hosts)))
     if facts.installed:
         steps.append(RemovePaths("files of meshd", layout.REMOVED_PATHS))
     if facts.user_exists:

@@ -23,9 +23,10 @@ from meshctl.admin_client import AdminClient, AdminEndpoint
 from meshctl.ca import sign_csr
 from meshctl.inventory import VIP_RANGE, HostSpec, Inventory
 from meshctl.provision import facts as facts_mod
-from meshctl.provision.apply import ROLLBACK_DEADLINE, Applier
+from meshctl.provision.apply import Applier
 from meshctl.provision.desired import DesiredHost, desired_host
 from meshctl.provision.facts import HostFacts
+from meshctl.provision.guard import ROLLBACK_DEADLINE
 from meshctl.provision.plan import Enroll, Plan, plan_join, plan_leave
 from meshctl.transport import SshTransport, Target, Transport, UnreachableError
 from meshctl.workspace import Workspace
@@ -180,10 +181,13 @@ def join(ro: Rollout, hosts: list[HostSpec], dry_run: bool) -> list[Outcome]:
         sign = ro.signer() if needs_ca else None  # a wrong passphrase stops here: nothing changed
         state.save_inventory(ro.ws, inventory)
         state.record_registry(ro.ws, registry)
-        parallel(lambda s: _guard(s.outcome, lambda: _apply(ro, s, sign)), ready)
-        for s in ready:
-            if s.outcome.ok:
-                state.record_join(ro.ws, s.host.name, _record(s, registry["version"], ro.now()))
+        try:
+            parallel(lambda s: _guard(s.outcome, lambda: _apply(ro, s, sign)), ready)
+        finally:  # also on Ctrl-C: the hosts that finished are joined, and recorded as such
+            for s in ready:
+                if s.outcome.status in {"joined", "converged"}:
+                    record = _record(s, registry["version"], ro.now())
+                    state.record_join(ro.ws, s.host.name, record)
         return [s.outcome for s in sessions]
     finally:
         for s in sessions:
@@ -254,6 +258,13 @@ def _plan(ro: Rollout, s: _Session, registry: dict[str, Any], vips: dict[str, st
         s.host.port,
     )
     s.outcome.desired = desired
+    seen = facts.registry.get("version", 0) if facts.registry else 0
+    if isinstance(seen, int) and seen > registry["version"]:
+        raise ProvisionError(
+            f"{s.outcome.host} has registry version {seen}, newer than this workspace's "
+            f"{registry['version']}: another copy of the workspace changed the mesh",
+            hint="bring this workspace up to date (git pull) and run the command again",
+        )
     issuer = load_certs(ro.ws.issuing_ca_cert)[0]
     s.outcome.plan = plan_join(facts, desired, issuer, ro.now())
 

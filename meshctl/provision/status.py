@@ -42,6 +42,7 @@ class HostStatus:
     bundle: str | None = None  # installed bundle version
     uptime_seconds: float | None = None
     registry_version: int | None = None
+    expected_registry: int | None = None  # the workspace's current registry version
     config_version: int | None = None  # a pushed config document, None: the file
     cert_not_after: dt.datetime | None = None
     cert_life_left: float | None = None  # share of the certificate's life still ahead
@@ -64,6 +65,7 @@ class HostStatus:
             and not self.drift
             and not self.cert_warning
             and self.admin_error is None
+            and self.registry_version == self.expected_registry
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -84,6 +86,7 @@ def survey(ro: Rollout) -> list[HostStatus]:
 
     def one(host: HostSpec) -> HostStatus:
         status = HostStatus(host.name, host.address, host.name in members, host.fail_mode)
+        status.expected_registry = registry["version"]
         try:
             _ssh_look(ro, host, status, registry, vips)
         except MeshError as e:

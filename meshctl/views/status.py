@@ -56,6 +56,11 @@ def _problems(s: HostStatus) -> str:
         notes.append("[red]meshd is not ready[/]")
     if s.reachable and s.joined and not s.rules:
         notes.append("[red]redirect rules missing: run meshctl join " + escape(s.host) + "[/]")
+    if s.registry_version is not None and s.registry_version != s.expected_registry:
+        notes.append(
+            f"[yellow]registry version {s.registry_version}, the workspace's is "
+            f"{s.expected_registry}: run meshctl join {escape(s.host)}[/]"
+        )
     if s.cert_warning:
         notes.append("[yellow]certificate past 2/3 of its life: run meshctl join[/]")
     if s.drift:

@@ -108,3 +108,14 @@ def test_the_cache_of_a_non_root_operator_is_their_own(
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(os, "geteuid", lambda: euid)
     assert bundle.default_cache() == Path(expected)
+
+
+def test_the_bundle_does_not_depend_on_the_operators_umask(cache: Path) -> None:
+    first = bundle.build(TARGET, cache)
+    (cache / "index.json").unlink()  # force a rebuild
+    old = os.umask(0o002)
+    try:
+        again = bundle.build(TARGET, cache)
+    finally:
+        os.umask(old)
+    assert again.version == first.version

@@ -77,6 +77,17 @@ def _doc(**host: Any) -> dict[str, Any]:
                 "hosts": {
                     "h": {
                         "address": "10.0.0.1",
+                        "services": [{"name": "a", "port": 80}, {"name": "b", "port": 80}],
+                    }
+                }
+            },
+            r"hosts.h.services: h: services 'a' and 'b' both use port 80",
+        ),
+        (
+            {
+                "hosts": {
+                    "h": {
+                        "address": "10.0.0.1",
                         "services": [{"name": "a", "port": 1, "run_as": "a b"}],
                     }
                 }

@@ -109,6 +109,14 @@ def test_empty_services_override_removes_services() -> None:
         (INVENTORY, ["10.0.0.99:ssh"], False, NONE, "is neither a host of hosts.toml nor"),
         (INVENTORY, ["bob@"], False, NONE, "is neither a host of hosts.toml nor"),
         (INVENTORY, ["root@web1.example.org"], False, NONE, "the mesh needs the host's IP"),
+        (INVENTORY, ["web1", "10.0.0.11"], False, NONE, "10.0.0.11 given twice"),
+        (
+            INVENTORY,
+            ["10.0.0.9"],
+            False,
+            HostOverrides(services=(ServiceSpec("a", 80), ServiceSpec("b", 80))),
+            "10.0.0.9: services 'a' and 'b' both use port 80",
+        ),
         (
             INVENTORY,
             ["10.0.0.11"],

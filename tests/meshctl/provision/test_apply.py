@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -22,7 +21,7 @@ from meshctl.provision.plan import (
     WriteFile,
 )
 from meshctl.transport import FakeTransport, Result, Transport
-from meshd.errors import ConnectError, ProvisionError
+from meshd.errors import ProvisionError
 from meshd.identity import SpiffeId, make_id
 
 STAGE = "/tmp/meshctl.stage123"
@@ -66,8 +65,8 @@ def test_write_files_stages_then_moves_each_file_as_root() -> None:
     assert len(host.commands) == 2 and host.roots == [False, True]  # mktemp as the SSH user
     script = host.commands[1].splitlines()
     tmp = f"{layout.LAUNCHER}.meshctl-tmp"
-    assert script[0] == "set -e" and script[-1] == f"rm -rf {STAGE}"
-    assert script[6:11] == [
+    assert script[:2] == ["set -e", f"trap 'rm -rf {STAGE}' EXIT"]  # cleaned up, even on errors
+    assert script[7:12] == [
         "mkdir -p /opt/meshd/bin",
         f"cp {STAGE}/1 {tmp}",
         f"chmod 755 {tmp}",
@@ -144,84 +143,6 @@ def test_enroll_signs_the_hosts_csr_and_installs_the_chain() -> None:
     assert host.commands[-1] == (  # the new pair replaces the old one only once both exist
         f"mv -f {layout.KEY}.new {layout.KEY} && mv -f {layout.CERT}.new {layout.CERT}"
     )
-
-
-def test_rules_confirmed_by_a_new_connection() -> None:
-    host, confirm = Host(prefixes=ARM | {RULES: OK}), Host(prefixes=DISARM)
-    Applier(host, lambda: confirm).apply_rules_guarded(RULES)
-    assert "--on-active=20s" in host.commands[0]
-    assert host.commands[1] == RULES
-    (disarm,) = confirm.commands
-    assert disarm.startswith("systemctl is-active --quiet meshd-rules-rollback-")
-    unit = disarm.split()[3].removesuffix(".timer")
-    assert f"--unit={unit} " in host.commands[0]
-    assert f"systemctl stop {unit}.timer" in disarm
-    assert confirm.closed
-
-
-def test_a_rollback_that_fired_before_the_confirmation_is_reported() -> None:
-    host, confirm = Host(prefixes=ARM | {RULES: OK}), Host(prefixes=FIRED)
-    with pytest.raises(ProvisionError, match="rolled back before meshctl could confirm them"):
-        Applier(host, lambda: confirm).apply_rules_guarded(RULES)
-
-
-@pytest.mark.parametrize(
-    ("reachable_after", "after"),
-    [
-        (True, "they were rolled back and the host is reachable again"),
-        (False, "they should have been rolled back, but the host is still unreachable"),
-    ],
-)
-def test_rules_that_cut_ssh_are_rolled_back(
-    monkeypatch: pytest.MonkeyPatch, reachable_after: bool, after: str
-) -> None:
-    waits: list[float] = []
-    monkeypatch.setattr(time, "sleep", waits.append)  # apply waits for the host's timer
-    attempts: list[int] = []
-
-    def reconnect() -> Transport:
-        attempts.append(1)
-        if len(attempts) == 1 or not reachable_after:
-            raise ConnectError("10.0.0.11:22: no answer within 10s")
-        return Host()
-
-    host = Host(prefixes=ARM | {RULES: OK})
-    with pytest.raises(ProvisionError) as caught:
-        Applier(host, reconnect, rollback_deadline=0).apply_rules_guarded(RULES)
-    message = caught.value.message
-    assert message.startswith("web1: a new SSH connection failed after the redirect rules")
-    assert "(10.0.0.11:22: no answer within 10s)" in message and after in message
-    assert len(attempts) == 2
-    assert len(waits) == 1 and 0 < waits[0] <= 2  # deadline + 2 s of slack, from arming
-    assert not any(c.startswith("systemctl stop") for c in host.commands)  # left armed
-
-
-@dataclass
-class CutByRules(Host):
-    def run(self, command: str, *, timeout: float = 120, root: bool = True) -> Result:
-        if command == RULES:
-            raise ConnectError("web1: lost the SSH connection: EOF")
-        return super().run(command, timeout=timeout, root=root)
-
-
-def test_rules_that_cut_the_applying_session_are_rolled_back(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(time, "sleep", lambda _: None)
-    with pytest.raises(ProvisionError, match=r"\(web1: lost the SSH connection: EOF\); they were"):
-        Applier(CutByRules(prefixes=ARM), Host, rollback_deadline=0).apply_rules_guarded(RULES)
-
-
-def test_a_failing_rules_command_disarms_the_rollback() -> None:
-    failed = Result(2, "", "iptables-restore: line 7 failed")
-    host = Host(prefixes=ARM | DISARM | {RULES: failed})
-    with pytest.raises(ProvisionError) as caught:
-        Applier(host, never).apply_rules_guarded(RULES)
-    assert caught.value.message == (
-        "web1: applying the redirect rules failed: iptables-restore: line 7 failed"
-    )
-    assert host.commands[-1].startswith("systemctl is-active --quiet meshd-rules-rollback-")
-    assert "systemctl stop meshd-rules-rollback-" in host.commands[-1]
 
 
 @pytest.mark.parametrize(

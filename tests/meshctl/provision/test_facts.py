@@ -57,12 +57,21 @@ SECTIONS = {
     "registry_etc": json.dumps({"version": 3, "services": {"from": "etc"}}),
     "registry_state": json.dumps({"version": 4, "services": {"from": "state"}}),
     "rules": "c" * 64,
+    "pending": "",
+    "nat_created": "yes",
+    "iproute": "/usr/bin/ip",
     "nat": NAT,
     "route": "10.255.0.0/16 scope link",
     "hosts": base64.b64encode(HOSTS).decode(),
     "versions": "0.3.0-py3.11-x86_64\nbin",
     "end": "",
 }
+
+
+def test_rollback_and_nat_table_facts() -> None:
+    assert not GOOD.rollback_pending and GOOD.nat_created and GOOD.iproute
+    cut_short = facts.parse(output(pending="yes", nat_created="", iproute=""))
+    assert cut_short.rollback_pending and not cut_short.nat_created and not cut_short.iproute
 
 
 def test_run_as_users_found_on_the_host() -> None:
@@ -181,6 +190,7 @@ GOOD = facts.parse(output())
         ({"os_version": "11"}, "web1: Debian GNU/Linux 12 (bookworm) is not supported"),
         ({"systemd": False}, "web1: systemd is not running"),
         ({"iptables": ""}, "web1: iptables is missing"),
+        ({"iproute": False}, "web1: ip (iproute2) is missing"),
     ],
 )
 def test_unsupported_hosts_are_refused(changes: dict[str, object], message: str) -> None:

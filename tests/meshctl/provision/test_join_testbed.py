@@ -333,11 +333,13 @@ def test_a_broken_rule_set_is_rolled_back(fleet: Fleet) -> None:
         )
         # new SSH connections to port 22 go nowhere: the confirmation must fail
         broken = "iptables -t nat -I PREROUTING -p tcp --dport 22 -j REDIRECT --to-ports 1"
-        with pytest.raises(ProvisionError, match="rolled back and the host is reachable again"):
+        with pytest.raises(ProvisionError, match="rolled back with the previous configuration"):
             applier.apply_rules_guarded(broken)
     finally:
         transport.close()
     assert nat(fleet.db) == before
+    assert ok(fleet.db, "systemctl is-enabled meshd-rules").strip() == "enabled"  # not a 1st join
+    assert ok(fleet.db, "ls /run | grep -c meshd-rules.prev || true").strip() == "0"
     with_transport(fleet, fleet.db, lambda t: None)  # reachable over a new connection
 
 

@@ -97,6 +97,8 @@ def summary(plan: Plan) -> list[str]:
         name = type(step).__name__
         if isinstance(step, WriteFile):
             name += f" {step.file.path}"
+        elif isinstance(step, ApplyRules):
+            name += "".join(f" {f.path}" for f in step.files)
         elif isinstance(step, StartMeshd):
             name += f" {step.action}"
         names.append(name)
@@ -114,13 +116,12 @@ def test_pristine_host_gets_everything_in_order() -> None:
         f"WriteFile {layout.LAUNCHER}",  # before keygen, which runs it
         "CreateUser",
         "Enroll",
-        f"WriteFile {layout.CONFIG}",
-        f"WriteFile {layout.REGISTRY}",
         f"WriteFile {layout.TRUST_BUNDLE}",
         *(f"WriteFile {path}" for path in layout.UNIT_FILES.values()),
         "ReloadSystemd",
         "EnableUnits",
-        "ApplyRules",  # under the dead-man switch, before meshd could apply anything
+        # under the dead-man switch, with the config the rules come from, before meshd starts
+        f"ApplyRules {layout.CONFIG} {layout.REGISTRY}",
         "StartMeshd start",
         "WriteHostsBlock",
     ]
@@ -210,6 +211,12 @@ CHANGES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("meshd failed", {"meshd": MeshdState("failed", 5)}, ["StartMeshd start"]),
     ("unit disabled", {"enabled": {"meshd.service": "enabled"}}, ["EnableUnits"]),
     ("rules record differs", {"rules_record": "f" * 64}, ["ApplyRules"]),
+    (  # the config the new rules come from is written under their guard, not before
+        "config and rule set differ",
+        {"hashes": _with_hash(layout.CONFIG), "rules_record": "f" * 64},
+        [f"ApplyRules {layout.CONFIG}", "StartMeshd restart"],
+    ),
+    ("a join was cut short before confirming", {"rollback_pending": True}, ["ApplyRules"]),
     ("route gone", {"route": False}, ["ApplyRules"]),
     ("rules gone (reboot)", {"nat": "", "rules_record": ""}, ["ApplyRules"]),
     ("hosts block missing", {"hosts": HOSTS}, ["WriteHostsBlock"]),

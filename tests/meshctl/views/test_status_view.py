@@ -22,6 +22,7 @@ HEALTHY = HostStatus(
     version="0.3.0",
     uptime_seconds=7200,
     registry_version=4,
+    expected_registry=4,
     cert_not_after=NOW + dt.timedelta(hours=20),
     cert_life_left=0.8,
     rules=True,
@@ -86,6 +87,11 @@ def test_healthy_host() -> None:
         ({"ready": False}, "meshd", "active, not ready 0.3.0, up 2h"),
         ({"rules": False}, "rules", "no"),
         ({"registry_version": 3}, "registry", "3"),
+        (
+            {"registry_version": 3},
+            "notes",
+            "registry version 3, the workspace's is 4: run meshctl join web1",
+        ),
         ({"admin_error": "connection refused"}, "notes", "admin API: connection refused"),
         (
             {"reachable": False, "error": "web1:22: no answer", "admin_error": "timed out"},
@@ -104,7 +110,10 @@ def test_problems_are_shown(changes: dict[str, object], column: str, shown: str)
     assert row[column] == shown
 
 
-@pytest.mark.parametrize("changes", [{"ready": False}, {"rules": False}, {"cert_life_left": 0.2}])
+@pytest.mark.parametrize(
+    "changes",
+    [{"ready": False}, {"rules": False}, {"cert_life_left": 0.2}, {"registry_version": 3}],
+)
 def test_only_healthy_hosts_are_called_healthy(changes: dict[str, object]) -> None:
     status = replace(HEALTHY, **changes)  # type: ignore[arg-type]
     assert not status.healthy

@@ -1,0 +1,154 @@
+"""The dead-man switch around new redirect rules: they undo themselves unless confirmed.
+
+New rules (and the config and registry they are made from) go in only
+through ``guarded``:
+
+1. arm: the host saves its nat table, its VIP route and its current
+   ``meshd.toml``/``registry.json``, and a transient systemd timer is set to
+   put all of that back after the deadline. A snapshot left by a join that
+   was cut short is kept: it is the last confirmed state.
+2. the new config files are written and ``meshd rules apply`` runs.
+3. confirm: a *new* SSH connection (the one that applied the rules proves
+   nothing: conntrack keeps established flows alive) stops the timer and
+   drops the snapshot. If that connection fails, or the timer fired first,
+   the host goes back by itself and meshctl says so.
+
+The rollback and the confirmation take one lock on the host, so they never
+interleave. With the previous config restored, nothing re-applies the
+refused rules later (boot, open-mode restarts, registry pushes); on a first
+join there was no previous config and meshd's rule units are disabled.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shlex
+import time
+from collections.abc import Callable
+
+from meshctl.inventory import VIP_RANGE
+from meshctl.provision import layout
+from meshctl.transport import Transport, check, failure_detail
+from meshd.errors import MeshError, ProvisionError
+
+ROLLBACK_DEADLINE = 20.0
+ROLLBACK_UNIT = "meshd-rules-rollback"
+CONFIG_FILES = ("meshd.toml", "registry.json")  # what the rules are made from, in /etc/meshd
+SNAPSHOT, PREV, LOCK = layout.ROLLBACK, layout.ROLLBACK_PREV, f"{layout.ROLLBACK}.lock"
+# our jumps and chains, taken out one by one (used when there is no nat table to restore)
+REMOVE_OURS = """\
+iptables -w 5 -t nat -D OUTPUT -p tcp -m comment --comment meshd:output -j MESHD_OUTPUT
+iptables -w 5 -t nat -D PREROUTING -p tcp -m comment --comment meshd:inbound -j MESHD_INBOUND
+for c in MESHD_OUTPUT MESHD_REDIRECT MESHD_INBOUND; do
+  iptables -w 5 -t nat -F $c; iptables -w 5 -t nat -X $c
+done"""
+ARM = f"""\
+set -e; umask 077
+systemctl stop '{ROLLBACK_UNIT}-*.timer' 2>/dev/null || true
+if [ ! -f {SNAPSHOT} ]; then
+  rm -rf {PREV}; mkdir -p {PREV}
+  iptables-save -t nat > {PREV}/nat
+  ip route show {VIP_RANGE} dev lo | grep -q . && touch {PREV}/route || true
+  for f in {" ".join(CONFIG_FILES)}; do
+    if [ -f {layout.ETC}/$f ]; then cp -p {layout.ETC}/$f {PREV}/$f; else touch {PREV}/$f.absent; fi
+  done
+  if iptables -V | grep -q nf_tables && ! nft list tables 2>/dev/null | grep -qx 'table ip nat'
+  then mkdir -p {layout.ETC}; touch {layout.NAT_CREATED}; fi  # ours to drop at leave
+  mv {PREV}/nat {SNAPSHOT}
+fi
+"""
+ROLLBACK = f"""\
+exec 9>{LOCK}; flock 9
+[ -f {SNAPSHOT} ] || exit 0
+{{ if grep -q '^\\*nat' {SNAPSHOT}; then iptables-restore -w 5 < {SNAPSHOT} || {{
+{REMOVE_OURS}
+}}; else
+{REMOVE_OURS}
+fi; }} 2>/dev/null
+[ -f {PREV}/route ] || ip route del {VIP_RANGE} dev lo 2>/dev/null
+for f in {" ".join(CONFIG_FILES)}; do
+  if [ -f {PREV}/$f ]; then cp -p {PREV}/$f {layout.ETC}/$f
+  elif [ -f {PREV}/$f.absent ]; then rm -f {layout.ETC}/$f; fi
+done
+if [ -f {PREV}/meshd.toml.absent ]; then  # a first join: nothing of it may start at boot
+  systemctl disable --now meshd-sync.path 2>/dev/null
+  systemctl disable meshd-rules.service meshd.service 2>/dev/null
+fi
+rm -rf {SNAPSHOT} {PREV} {layout.RULES_RECORD}
+true"""
+
+
+def disarm_command(unit: str) -> str:
+    """Stop the timer and drop the snapshot, unless the rollback already ran (exit 3)."""
+    inner = (
+        f"systemctl is-active --quiet {unit}.timer || exit 3; "
+        f"systemctl stop {unit}.timer && rm -rf {SNAPSHOT} {PREV}"
+    )
+    return f"flock {LOCK} sh -c {shlex.quote(inner)}"
+
+
+def arm_command(unit: str, deadline: float) -> str:
+    return ARM + (
+        f"systemd-run --quiet --unit={unit} --on-active={deadline:g}s "
+        f"--timer-property=AccuracySec=100ms /bin/sh -c {shlex.quote(ROLLBACK)}"
+    )
+
+
+def guarded(
+    transport: Transport,
+    reconnect: Callable[[], Transport],
+    command: str,
+    write_config: Callable[[], None],
+    deadline: float = ROLLBACK_DEADLINE,
+) -> None:
+    """Arm, write the config, run ``command``, confirm over a new connection (see above)."""
+    host, unit = transport.name, f"{ROLLBACK_UNIT}-{secrets.token_hex(4)}"
+    check(transport.run(arm_command(unit, deadline), timeout=30), "arming the rollback", host)
+    armed = time.monotonic()
+    try:
+        write_config()
+        result = transport.run(command, timeout=60)
+    except MeshError as e:  # the rules cut the session that applied them (or it broke)
+        raise _rolled_back(host, reconnect, armed, deadline, e.message) from e
+    if not result.ok:  # the timer stays armed: the previous rules and config come back
+        raise ProvisionError(
+            f"{host}: applying the redirect rules failed: {failure_detail(result)}; "
+            f"the previous rules and configuration come back by themselves within {deadline:g}s",
+            hint="meshctl join --dry-run shows the rule set; fix the cause and join again",
+        )
+    try:
+        confirm = reconnect()
+    except MeshError as e:
+        raise _rolled_back(host, reconnect, armed, deadline, e.message) from e
+    try:
+        _disarm(confirm, host, unit, deadline)
+    finally:
+        confirm.close()
+
+
+def _disarm(transport: Transport, host: str, unit: str, deadline: float) -> None:
+    result = transport.run(disarm_command(unit), timeout=30)
+    if result.status == 3:
+        raise ProvisionError(
+            f"{host}: the redirect rules were rolled back before meshctl could confirm them "
+            f"(deadline {deadline:g}s)",
+            hint="a slow link? run meshctl join again",
+        )
+    check(result, "cancelling the rules rollback", host)
+
+
+def _rolled_back(
+    host: str, reconnect: Callable[[], Transport], armed: float, deadline: float, why: str
+) -> ProvisionError:
+    """Wait for the host's timer to undo the rules, and say whether it is reachable again."""
+    time.sleep(max(0.0, armed + deadline + 2 - time.monotonic()))
+    try:
+        reconnect().close()
+        after = "they were rolled back with the previous configuration; the host is reachable"
+    except MeshError as e:
+        after = f"they should have been rolled back, but the host is still unreachable ({e})"
+    return ProvisionError(
+        f"{host}: a new SSH connection failed after the redirect rules were applied "
+        f"({why}); {after}",
+        hint="check the rule set (meshctl join --dry-run shows it) and the SSH port in use",
+    )
