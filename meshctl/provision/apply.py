@@ -165,9 +165,10 @@ class Applier:
         self.root("systemctl daemon-reload", "daemon-reload")
 
     def _create_user(self) -> None:
-        self.root(
-            f"id -u {layout.USER} >/dev/null 2>&1 || useradd --system --no-create-home "
-            f"--home-dir {layout.STATE} --shell /usr/sbin/nologin {layout.USER}",
+        self.root(  # the marker: leave removes the user only if it was ours
+            f"id -u {layout.USER} >/dev/null 2>&1 || {{ useradd --system --no-create-home "
+            f"--home-dir {layout.STATE} --shell /usr/sbin/nologin {layout.USER} && "
+            f"mkdir -p {layout.ETC} && touch {layout.USER_CREATED}; }}",
             "creating the meshd user",
         )
 

@@ -52,6 +52,7 @@ s registry_state; cat {layout.STATE}/registry.json 2>/dev/null
 s rules; cat {layout.RULES_RECORD} 2>/dev/null
 s pending; [ -f {layout.ROLLBACK} ] && echo yes
 s nat_created; [ -f {layout.NAT_CREATED} ] && echo yes
+s user_created; [ -f {layout.USER_CREATED} ] && echo yes
 s iproute; command -v ip
 s nat; iptables-save -t nat 2>/dev/null
 s route; ip route show {vip_range} dev lo 2>/dev/null
@@ -92,6 +93,7 @@ class HostFacts:
     rules_record: str = ""  # sha256 of the rule set meshd last applied (in /run)
     rollback_pending: bool = False  # a join's rules are waiting for their confirmation
     nat_created: bool = False  # our first rules created the nat table
+    user_created: bool = False  # join created the meshd user (one that was there stays)
     iproute: bool = True
     nat: str = ""
     route: bool = False
@@ -189,6 +191,7 @@ def parse(text: str) -> HostFacts:
         rules_record=s.get("rules", "").strip(),
         rollback_pending=s.get("pending") == "yes",
         nat_created=s.get("nat_created") == "yes",
+        user_created=s.get("user_created") == "yes",
         iproute=bool(s.get("iproute")),
         nat=s.get("nat", "") + "\n" if s.get("nat") else "",
         route=bool(s.get("route")),

@@ -19,6 +19,7 @@ RULES_RECORD = "/run/meshd-rules.sha256"  # gone at reboot, like the rules it de
 ROLLBACK = "/run/meshd-rules.rollback"  # the nat table to go back to (see provision/guard.py)
 ROLLBACK_PREV = "/run/meshd-rules.prev"  # ... and the config and route that went with it
 NAT_CREATED = f"{ETC}/nat-table-created"  # our first rules created the nat table: leave drops it
+USER_CREATED = f"{ETC}/user-created"  # join created the meshd user: leave removes it
 HOSTS_FILE = "/etc/hosts"
 UNIT_DIR = "/etc/systemd/system"
 

@@ -358,6 +358,6 @@ def plan_leave(facts: HostFacts) -> Plan:
         steps.append(WriteHostsBlock("service names of the mesh", hosts, "", _sha(facts.hosts)))
     if facts.installed:
         steps.append(RemovePaths("files of meshd", layout.REMOVED_PATHS))
-    if facts.user_exists:
+    if facts.user_exists and facts.user_created:
         steps.append(RemoveUser("created at join"))
     return Plan(facts.hostname, tuple(steps))

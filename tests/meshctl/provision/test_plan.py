@@ -265,7 +265,7 @@ def test_leave_on_a_pristine_host_does_nothing() -> None:
 
 
 def test_leave_on_a_joined_host_removes_everything() -> None:
-    plan = plan_leave(CONVERGED)
+    plan = plan_leave(replace(CONVERGED, user_created=True))
     assert [type(s) for s in plan.steps] == [
         StopUnits,
         RemoveRules,
@@ -283,5 +283,10 @@ def test_leave_on_a_joined_host_removes_everything() -> None:
 
 
 def test_leave_after_a_half_finished_join() -> None:
-    half = replace(PRISTINE, user_exists=True, versions=(VERSION,))
+    half = replace(PRISTINE, user_exists=True, user_created=True, versions=(VERSION,))
     assert [type(s) for s in plan_leave(half).steps] == [RemovePaths, RemoveUser]
+
+
+def test_leave_keeps_a_meshd_user_that_was_there_before_the_join() -> None:
+    steps = plan_leave(replace(CONVERGED, user_created=False)).steps
+    assert RemovePaths in [type(s) for s in steps] and RemoveUser not in [type(s) for s in steps]
