@@ -72,12 +72,12 @@ def _parser() -> argparse.ArgumentParser:
 def rules(action: str, path: Path) -> None:
     """``meshd rules apply|remove|show``."""
     from meshd import interception  # noqa: PLC0415 - only this command runs iptables
-    from meshd.rules import apply_document  # noqa: PLC0415
+    from meshd.rules import apply_document, ruleset  # noqa: PLC0415
     from meshd.runtime import effective_registry  # noqa: PLC0415
 
     config = MeshdConfig.load(path)
     if action == "show":
-        rule_set = interception.ruleset(config, effective_registry(config))
+        rule_set = ruleset(config, effective_registry(config))
         sys.stdout.write(apply_document(rule_set, saved=""))
     elif action == "apply":
         interception.apply(config)

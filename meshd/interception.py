@@ -16,33 +16,8 @@ from pathlib import Path
 
 from meshd.config import MeshdConfig
 from meshd.errors import ProvisionError
-from meshd.registry import Registry
-from meshd.rules import RuleSet, ServiceRedirect, apply_document, fingerprint, remove_document
+from meshd.rules import apply_document, fingerprint, remove_document, ruleset
 from meshd.runtime import effective_registry
-
-
-def ruleset(config: MeshdConfig, registry: Registry) -> RuleSet:
-    """This host's rules: its services inbound, every other host's endpoints outbound."""
-    me = config.identity.host
-    remote = tuple(
-        (e.address, e.port) for s in registry.services for e in s.endpoints if e.host != me
-    )
-    services = tuple(
-        ServiceRedirect(s.port, s.run_as, s.outbound[1] if s.outbound else None)
-        for s in config.services
-    )
-    listen, interception = config.listen, config.interception
-    return RuleSet(
-        meshd_user=interception.meshd_user,
-        outbound_port=listen.outbound[1],
-        inbound_port=listen.inbound[1],
-        mesh_port=listen.mesh[1],
-        admin_port=listen.admin[1],
-        ssh_ports=interception.ssh_ports,
-        vip_range=interception.vip_range,
-        remote_endpoints=remote,
-        services=services,
-    )
 
 
 def _run(argv: list[str], stdin: str | None = None) -> str:

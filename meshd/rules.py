@@ -17,6 +17,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from meshd.config import MeshdConfig
+from meshd.registry import Registry
+
 OUTPUT_CHAIN, REDIRECT_CHAIN, INBOUND_CHAIN = "MESHD_OUTPUT", "MESHD_REDIRECT", "MESHD_INBOUND"
 CHAINS = (OUTPUT_CHAIN, REDIRECT_CHAIN, INBOUND_CHAIN)
 COMMENT = "meshd"
@@ -48,6 +51,30 @@ class RuleSet:
     vip_range: str
     remote_endpoints: tuple[tuple[str, int], ...]  # (address, port) of other hosts' services
     services: tuple[ServiceRedirect, ...]
+
+
+def ruleset(config: MeshdConfig, registry: Registry) -> RuleSet:
+    """This host's rules: its services inbound, every other host's endpoints outbound."""
+    me = config.identity.host
+    remote = tuple(
+        (e.address, e.port) for s in registry.services for e in s.endpoints if e.host != me
+    )
+    services = tuple(
+        ServiceRedirect(s.port, s.run_as, s.outbound[1] if s.outbound else None)
+        for s in config.services
+    )
+    listen, interception = config.listen, config.interception
+    return RuleSet(
+        meshd_user=interception.meshd_user,
+        outbound_port=listen.outbound[1],
+        inbound_port=listen.inbound[1],
+        mesh_port=listen.mesh[1],
+        admin_port=listen.admin[1],
+        ssh_ports=interception.ssh_ports,
+        vip_range=interception.vip_range,
+        remote_endpoints=remote,
+        services=services,
+    )
 
 
 def _jump(chain: str, target: str, comment: str, op: str = "-A") -> str:

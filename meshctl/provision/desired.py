@@ -3,7 +3,7 @@
 Built from the workspace (mesh settings, inventory, registry, trust bundle)
 and the bundle version; the planner compares it with the host's facts. The
 redirect rules are derived exactly as the host derives them (``meshd rules
-apply`` runs ``meshd.interception.ruleset`` over the same config and
+apply`` runs ``meshd.rules.ruleset`` over the same config and
 registry), so what ``--dry-run`` shows is what the host installs.
 """
 
@@ -29,9 +29,8 @@ from meshctl.provision.units import (
 )
 from meshd.config import MeshdConfig
 from meshd.identity import SpiffeId
-from meshd.interception import ruleset
 from meshd.registry import Registry
-from meshd.rules import RuleSet, apply_document, fingerprint
+from meshd.rules import RuleSet, apply_document, fingerprint, ruleset
 
 SERVICE_OUTBOUND_BASE = 15100  # a run-as service gets its own outbound listener: 15100 + i
 

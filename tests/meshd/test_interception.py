@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from meshd.config import MeshdConfig
-from meshd.interception import ruleset
 from meshd.registry import Registry
-from meshd.rules import fingerprint
+from meshd.rules import fingerprint, ruleset
 from meshd.runtime import effective_registry
 
 MESHD = str(Path(sys.executable).with_name("meshd"))
