@@ -247,6 +247,11 @@ def test_dry_run_shows_the_unit_and_the_rules(fleet: Fleet) -> None:
     assert "ExecStopPost=+/opt/meshd/bin/meshd rules remove" in dry.out  # the rendered unit
     assert "rules apply" in dry.out and " planned " in dry.out
     assert 'fail_mode = "closed"' in (fleet.ws / "hosts.toml").read_text()  # nothing saved
+    scripted = fleet.meshctl("join", "db1", "-i", fleet.key, "--dry-run", "--json", "-s", "db:9")
+    assert scripted.code == 0, scripted.err
+    (host,) = json.loads(scripted.out)["hosts"]  # stdout is JSON and nothing else
+    assert host["status"] == "planned" and host["facts"]["iptables"] in ("nft", "legacy")
+    assert "ApplyRules" in [step["step"] for step in host["plan"]]  # a new port: new rules
     nouser = fleet.meshctl("join", "db1", "-i", fleet.key, "--dry-run", "-s", "db:8082:nobodyx")
     assert nouser.code == 5 and "db1: no user nobodyx on the host" in nouser.err, nouser.err
 
