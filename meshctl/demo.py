@@ -90,6 +90,7 @@ def install_app(transport: Transport, app: DemoApp) -> None:
     applier = Applier(transport, reconnect=lambda: transport)
     applier.write_files(
         [
+            FileSpec(f"{APP_DIR}/meshapp.py", app_script("meshapp")),  # what the apps share
             FileSpec(f"{APP_DIR}/{app.name}.py", app_script(app.name)),
             FileSpec(f"/etc/systemd/system/{app.unit}", app_unit(app).encode()),
         ]

@@ -2,7 +2,7 @@
 
 The page a user opens. It calls api over plain HTTP/1.1 to a mesh name
 (`http://api.mesh:8081` by default), and api calls db; meshd on each host
-adds mutual TLS, identities, policy and metrics without the apps knowing.
+adds mutual TLS and identities without the apps knowing.
 The page shows which host served each hop, e.g. `web@web1 -> api@api2 ->
 db@db1`, and POST /order carries a request body through all three hops.
 
@@ -21,53 +21,9 @@ Standard library only: runs on a stock `python3` (3.11+).
 
 from __future__ import annotations
 
-import argparse
-import http.client
-import json
-import signal
-import socket
-import sys
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
 
-HOST = socket.gethostname()
-MAX_BODY = 1 << 20  # 1 MiB
-TIMEOUT = 3.0  # seconds, for connecting to and for each read from the upstream
-
-
-class HTTPError(Exception):
-    """An answer other than 2xx, sent to the client as {"error": ..., **extra}."""
-
-    def __init__(self, status: int, error: str, **extra: Any) -> None:
-        super().__init__(error)
-        self.status, self.extra = status, extra
-
-
-class Upstream:
-    """The next hop, e.g. http://api.mesh:8081 (a fresh connection per call)."""
-
-    def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"the upstream must look like http://host:port, not {url!r}")
-        self.url, self.host, self.port = url.rstrip("/"), parts.hostname, parts.port or 80
-        self.prefix = parts.path.rstrip("/")
-
-    def call(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
-        """Return the upstream's (status, JSON answer), or raise a 502 naming it."""
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=TIMEOUT)
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        try:
-            conn.request(method, self.prefix + path, body=body, headers=headers)
-            response = conn.getresponse()
-            return response.status, json.loads(response.read())
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            error = f"{method} {self.url}{path} failed: {str(exc) or type(exc).__name__}"
-            raise HTTPError(502, error, upstream=self.url) from exc
-        finally:
-            conn.close()
+from meshapp import HOST, HTTPError, JsonHandler, Upstream, options, serve
 
 
 def render(answer: Any) -> str:
@@ -78,12 +34,10 @@ def render(answer: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: every answer carries a Content-Length
+class Handler(JsonHandler):
     api: Upstream  # set by main()
 
     def route(self, path: str, body: bytes) -> tuple[int, Any]:
-        """Answer one request: (status, payload); a str payload is sent as text/plain."""
         if self.command == "GET" and path == "/healthz":
             return 200, {"status": "ok", "served_by": HOST}
         if self.command == "GET" and path == "/":
@@ -97,75 +51,13 @@ class Handler(BaseHTTPRequestHandler):
             return self.api.call("GET", "/products")
         if self.command == "POST" and path == "/order":
             return self.api.call("POST", "/orders", body)
-        raise HTTPError(404, f"no route for {self.command} {path}")
-
-    def do_GET(self) -> None:
-        self.respond()
-
-    def do_POST(self) -> None:
-        self.respond()
-
-    def respond(self) -> None:
-        started = time.monotonic()
-        try:
-            status, payload = self.route(urlsplit(self.path).path, self.read_body())
-        except HTTPError as exc:
-            status, payload = exc.status, {"error": str(exc), **exc.extra, "served_by": HOST}
-        except Exception as exc:  # never a traceback to the client
-            self.log_error("internal error: %r", exc)
-            status, payload = 500, {"error": "internal error", "served_by": HOST}
-        if isinstance(payload, str):
-            body, content_type = payload.encode(), "text/plain; charset=utf-8"
-        else:
-            body, content_type = json.dumps(payload).encode() + b"\n", "application/json"
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except OSError:  # the client went away
-            self.close_connection = True
-        elapsed = (time.monotonic() - started) * 1000
-        print(f"{self.command} {self.path} {status} {elapsed:.1f}ms", flush=True)
-
-    def read_body(self) -> bytes:
-        length = self.headers.get("Content-Length", "0")
-        if not length.isdigit() or "Transfer-Encoding" in self.headers:
-            self.close_connection = True  # we cannot tell where the next request starts
-            raise HTTPError(411, "send the body with a Content-Length")
-        if int(length) > MAX_BODY:
-            self.close_connection = True
-            raise HTTPError(413, f"the body is over {MAX_BODY} bytes")
-        return self.rfile.read(int(length))
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        """Silence the default access log: respond() prints its own line."""
+        return super().route(path, body)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
-    parser.add_argument(
-        "--upstream", default="http://api.mesh:8081", help="api's URL (%(default)s)"
-    )
-    args = parser.parse_args()
-    try:
-        Handler.api = Upstream(args.upstream)
-    except ValueError as exc:
-        parser.error(str(exc))
-    server = ThreadingHTTPServer(("0.0.0.0", args.port), Handler)  # noqa: S104 -- a mesh service
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # systemctl stop: exit cleanly
-    print(f"web listening on 0.0.0.0:{args.port} as {HOST}, api at {args.upstream}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-        print("web stopped", flush=True)
+    args = options(__doc__, 8080, upstream="http://api.mesh:8081")
+    Handler.api = args.upstream
+    serve("web", Handler, args.port, f", api at {args.upstream.url}")
 
 
 if __name__ == "__main__":

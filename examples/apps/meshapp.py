@@ -1,0 +1,140 @@
+"""What the three sample apps share: a JSON-over-HTTP/1.1 handler, an upstream, serving.
+
+Each app (web.py, api.py, db.py) only says which routes it answers. Standard
+library only, so it runs on a stock `python3` (3.11+); it sits next to the
+apps and is imported by them (Python puts a script's directory on sys.path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import signal
+import socket
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+HOST = socket.gethostname()
+MAX_BODY = 1 << 20  # 1 MiB
+TIMEOUT = 3.0  # seconds, for connecting to and for each read from an upstream
+
+
+class HTTPError(Exception):
+    """An answer other than 2xx, sent to the client as {"error": ..., **extra}."""
+
+    def __init__(self, status: int, error: str, **extra: Any) -> None:
+        super().__init__(error)
+        self.status, self.extra = status, extra
+
+
+class Upstream:
+    """The next hop, e.g. http://db.mesh:8082 (a fresh connection per call)."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"the upstream must look like http://host:port, not {url!r}")
+        self.url, self.host, self.port = url.rstrip("/"), parts.hostname, parts.port or 80
+        self.prefix = parts.path.rstrip("/")
+
+    def call(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
+        """Return the upstream's (status, JSON answer), or raise a 502 naming it."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=TIMEOUT)
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        try:
+            conn.request(method, self.prefix + path, body=body, headers=headers)
+            response = conn.getresponse()
+            return response.status, json.loads(response.read())
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            error = f"{method} {self.url}{path} failed: {str(exc) or type(exc).__name__}"
+            raise HTTPError(502, error, upstream=self.url) from exc
+        finally:
+            conn.close()
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """Answers GET and POST through ``route``; logs one line per request on stdout."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive: every answer carries a Content-Length
+
+    def route(self, path: str, body: bytes) -> tuple[int, Any]:
+        """Answer one request: (status, payload); a str payload is sent as text/plain."""
+        raise HTTPError(404, f"no route for {self.command} {path}")
+
+    def do_GET(self) -> None:
+        self.respond()
+
+    def do_POST(self) -> None:
+        self.respond()
+
+    def respond(self) -> None:
+        started = time.monotonic()
+        try:
+            status, payload = self.route(urlsplit(self.path).path, self.read_body())
+        except HTTPError as exc:
+            status, payload = exc.status, {"error": str(exc), **exc.extra, "served_by": HOST}
+        except Exception as exc:  # never a traceback to the client
+            self.log_error("internal error: %r", exc)
+            status, payload = 500, {"error": "internal error", "served_by": HOST}
+        if isinstance(payload, str):
+            body, content_type = payload.encode(), "text/plain; charset=utf-8"
+        else:
+            body, content_type = json.dumps(payload).encode() + b"\n", "application/json"
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:  # the client went away
+            self.close_connection = True
+        elapsed = (time.monotonic() - started) * 1000
+        print(f"{self.command} {self.path} {status} {elapsed:.1f}ms", flush=True)
+
+    def read_body(self) -> bytes:
+        length = self.headers.get("Content-Length", "0")
+        if not length.isdigit() or "Transfer-Encoding" in self.headers:
+            self.close_connection = True  # we cannot tell where the next request starts
+            raise HTTPError(411, "send the body with a Content-Length")
+        if int(length) > MAX_BODY:
+            self.close_connection = True
+            raise HTTPError(413, f"the body is over {MAX_BODY} bytes")
+        return self.rfile.read(int(length))
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """Silence the default access log: respond() prints its own line."""
+
+
+def options(doc: str | None, port: int, upstream: str | None = None) -> argparse.Namespace:
+    """``--port`` (and ``--upstream`` when the app has one, parsed into an Upstream)."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--port", type=int, default=port, help="port to listen on (%(default)s)")
+    if upstream is not None:
+        parser.add_argument("--upstream", default=upstream, help="next hop (%(default)s)")
+    args = parser.parse_args()
+    if upstream is not None:
+        try:
+            args.upstream = Upstream(args.upstream)
+        except ValueError as exc:
+            parser.error(str(exc))
+    return args
+
+
+def serve(name: str, handler: type[JsonHandler], port: int, note: str = "") -> None:
+    """Serve until SIGTERM (systemctl stop) or Ctrl-C, then exit cleanly."""
+    server = ThreadingHTTPServer(("0.0.0.0", port), handler)  # noqa: S104 -- a mesh service
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"{name} listening on 0.0.0.0:{port} as {HOST}{note}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        print(f"{name} stopped", flush=True)
