@@ -11,8 +11,6 @@ system python3 in isolated mode.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import gzip
 import hashlib
 import io
@@ -23,12 +21,12 @@ import subprocess
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import meshd
 from meshctl import bundle_lock
+from meshctl.files import locked, write_atomic
 from meshd.errors import ProvisionError
 
 
@@ -113,7 +111,7 @@ def build(target: Target, cache: Path = DEFAULT_CACHE, offline: bool = False) ->
     cache nor publish half a tarball; old tarballs of a target are pruned.
     """
     cache.mkdir(parents=True, exist_ok=True)
-    with _locked(cache / ".lock"):
+    with locked(cache / ".lock"):
         wheel_dir = wheels(target, cache, offline=offline)
         bundle_lock.check_wheels(wheel_dir, bundle_lock.LOCK.read_text())  # the cache, too
         key = _content_key(wheel_dir)
@@ -126,7 +124,7 @@ def build(target: Target, cache: Path = DEFAULT_CACHE, offline: bool = False) ->
         digest = hashlib.sha256(bundle.path.read_bytes()).hexdigest()
         index[key] = {"file": bundle.path.name, "version": bundle.version, "sha256": digest}
         _prune(cache, target, index)
-        _write_atomic(index_path, json.dumps(index, indent=1, sort_keys=True).encode())
+        write_atomic(index_path, json.dumps(index, indent=1, sort_keys=True).encode(), 0o644)
         return bundle
 
 
@@ -144,7 +142,7 @@ def _build(target: Target, cache: Path, wheel_dir: Path) -> Bundle:
     digest = hashlib.sha256(data).hexdigest()[:12]
     version = f"{meshd.__version__}-{digest}"
     path = cache / f"meshd-{version}-{target.tag}.tar.gz"
-    _write_atomic(path, data)  # also over a damaged copy
+    write_atomic(path, data, 0o644)  # also over a damaged copy
     return Bundle(path, version, target)
 
 
@@ -174,24 +172,6 @@ def _prune(cache: Path, target: Target, index: dict[str, dict[str, str]], keep: 
         old.unlink(missing_ok=True)
         for key in [k for k, v in index.items() if v["file"] == old.name]:
             del index[key]
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with path.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    Path(tmp).chmod(0o644)
-    Path(tmp).replace(path)
 
 
 def _tar(lib: Path) -> bytes:

@@ -12,7 +12,6 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import toml
 
+from meshctl import files
 from meshctl.inventory import Inventory
 from meshctl.workspace import HOSTS_HEADER, Workspace
 from meshd.errors import ConfigError
@@ -68,18 +68,11 @@ def save_inventory(ws: Workspace, inventory: Inventory) -> None:
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """A workspace file: 0600, in directories made 0700."""
     for directory in reversed(path.parents):  # mkdir's mode only applies to the last one
         if not directory.exists():
             directory.mkdir(mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        Path(tmp).chmod(0o600)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    files.write_atomic(path, text.encode())
 
 
 def _records(ws: Workspace) -> Path:

@@ -21,6 +21,7 @@ from typing import Protocol
 
 import paramiko
 
+from meshctl.files import write_atomic
 from meshd.errors import ConnectError, ProvisionError
 
 
@@ -279,11 +280,7 @@ class LocalTransport:
         return Result(done.returncode, done.stdout, done.stderr)
 
     def put(self, path: str, data: bytes, mode: int = 0o644) -> None:
-        target = Path(path)
-        tmp = target.with_name(target.name + ".meshctl-tmp")
-        tmp.write_bytes(data)
-        tmp.chmod(mode)
-        tmp.replace(target)
+        write_atomic(Path(path), data, mode)
 
     def get(self, path: str) -> bytes | None:
         target = Path(path)

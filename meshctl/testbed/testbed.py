@@ -8,7 +8,6 @@ always be found and cleaned up by `cleanup_leftovers`.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import ipaddress
 import os
 import random
@@ -20,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
+from meshctl.files import locked, write_atomic
 from meshd.errors import ProvisionError
 
 from . import keys, plan, system
@@ -106,7 +106,7 @@ class Testbed:
             spec = _new_spec(count, prefix, subnet, persistent, root)
             state_dir = root / spec.prefix
             state_dir.mkdir(mode=0o700)
-            _write_atomic(state_dir / "testbed.json", spec.to_json())
+            write_atomic(state_dir / "testbed.json", spec.to_json().encode(), 0o644)
             net = ipaddress.IPv4Network(spec.subnet)
             system.create_bridge(spec.bridge, plan.gateway_address(net), net.prefixlen)
         system.allow_bridge_forwarding(spec.bridge, spec.prefix)
@@ -225,18 +225,8 @@ def _parallel(fn: Callable[[TestbedHost], T], hosts: list[TestbedHost]) -> list[
 @contextlib.contextmanager
 def _state_lock(root: Path) -> Iterator[None]:
     root.mkdir(parents=True, exist_ok=True, mode=0o755)
-    with (root / ".lock").open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.rename(path)
+    with locked(root / ".lock"):
+        yield
 
 
 def purge(prefix: str, state_dir: Path) -> list[str]:
