@@ -34,6 +34,7 @@ from meshctl.workspace import Workspace
 from meshd.errors import CertificateError, ConfigError, ConnectError, ProvisionError
 from meshd.identity import make_id
 from meshd.store import KINDS
+from meshd.tls import ALPN_ADMIN, mutual_context
 
 DEFAULT_TIMEOUT = 5.0
 MAX_HEAD_BYTES = 64 * 1024
@@ -199,24 +200,11 @@ class AdminClient:
 
 
 def _client_context(cert: Path, key: Path, bundle: Path) -> ssl.SSLContext:
+    """meshd's own mutual TLS 1.3 context, on the client side, speaking the admin API."""
     for path in (cert, key, bundle):
         if not path.is_file():
             raise CertificateError(f"{path}: no such file", hint="run meshctl init first")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.check_hostname = False  # meshd is identified by its SPIFFE ID, checked after the handshake
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    try:
-        ctx.load_verify_locations(cafile=str(bundle))
-        ctx.load_cert_chain(str(cert), str(key))
-    except (ssl.SSLError, OSError) as e:
-        raise CertificateError(
-            f"cannot load {cert} / {key} / {bundle}: {e}",
-            hint="check that the operator key matches its certificate (the key must not be "
-            "encrypted)",
-        ) from e
-    ctx.set_alpn_protocols(["http/1.1"])
-    return ctx
+    return mutual_context(ssl.Purpose.SERVER_AUTH, cert, key, bundle, [ALPN_ADMIN])
 
 
 def _check_peer(tls: ssl.SSLSocket, expected: str, endpoint: AdminEndpoint) -> dt.datetime:

@@ -37,15 +37,15 @@ class TlsMaterial:
         for path in (cert, key, bundle):
             if not path.is_file():
                 raise CertificateError(f"{path}: no such file")
-        server = _context(ssl.Purpose.CLIENT_AUTH, cert, key, bundle, [ALPN_LINK])
-        client = _context(ssl.Purpose.SERVER_AUTH, cert, key, bundle, [ALPN_LINK])
+        server = mutual_context(ssl.Purpose.CLIENT_AUTH, cert, key, bundle, [ALPN_LINK])
+        client = mutual_context(ssl.Purpose.SERVER_AUTH, cert, key, bundle, [ALPN_LINK])
         ids, not_after = _self_check(client, server, cert)
         return cls(
             ids=ids,
             not_after=not_after,
             server=server,
             client=client,
-            admin=_context(ssl.Purpose.CLIENT_AUTH, cert, key, bundle, [ALPN_ADMIN]),
+            admin=mutual_context(ssl.Purpose.CLIENT_AUTH, cert, key, bundle, [ALPN_ADMIN]),
         )
 
 
@@ -84,9 +84,13 @@ def _self_check(
     return peer_ids(near), not_after
 
 
-def _context(
+def mutual_context(
     purpose: ssl.Purpose, cert: Path, key: Path, bundle: Path, alpn: list[str]
 ) -> ssl.SSLContext:
+    """A mesh TLS 1.3 context: our certificate, peers verified against the bundle.
+
+    Peers are identified by SPIFFE ID after the handshake, not by host name.
+    """
     side = (
         ssl.PROTOCOL_TLS_SERVER if purpose is ssl.Purpose.CLIENT_AUTH else ssl.PROTOCOL_TLS_CLIENT
     )
