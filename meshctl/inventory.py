@@ -237,6 +237,24 @@ class HostOverrides:
     fail_mode: str | None = None
     name: str | None = None
 
+    @classmethod
+    def parse(
+        cls,
+        services: list[str] | None,
+        labels: list[str] | None,
+        fail_mode: str | None,
+        name: str | None = None,
+    ) -> HostOverrides:
+        """From the command line's ``--service``, ``--label``, ``--fail-mode``, ``--name``."""
+        if fail_mode not in (None, *FAIL_MODES):
+            raise ConfigError(f"--fail-mode {fail_mode!r}: expected open or closed")
+        return cls(
+            services=tuple(parse_service(s) for s in services) if services else None,
+            labels=tuple(parse_label(label) for label in labels or ()),
+            fail_mode=fail_mode,
+            name=name,
+        )
+
 
 def select_hosts(
     inventory: Inventory,

@@ -8,16 +8,13 @@ import typer
 
 from meshctl import state
 from meshctl.cli.context import app_context
+from meshctl.cli.join import FailModeOption, LabelsOption, ServicesOption
 from meshctl.inventory import (
-    FAIL_MODES,
     HostOverrides,
-    parse_label,
-    parse_service,
     select_hosts,
 )
 from meshctl.transport import fingerprint, load_known_hosts
 from meshd.errors import ConfigError
-from meshd.identity import check_name
 
 app = typer.Typer(
     help="Manage the inventory and the SSH host keys pinned in the workspace.",
@@ -62,14 +59,9 @@ def add(
     target: Annotated[
         str, typer.Argument(metavar="[USER@]ADDRESS[:PORT]", help="how SSH reaches it")
     ],
-    services: Annotated[
-        list[str] | None,
-        typer.Option("--service", "-s", help="NAME:PORT[:RUNAS] the host serves (repeat)"),
-    ] = None,
-    labels: Annotated[
-        list[str] | None, typer.Option("--label", "-l", help="KEY=VALUE label (repeat)")
-    ] = None,
-    fail_mode: Annotated[str | None, typer.Option("--fail-mode", help="open or closed")] = None,
+    services: ServicesOption = None,
+    labels: LabelsOption = None,
+    fail_mode: FailModeOption = None,
 ) -> None:
     """Add a host to hosts.toml (or update it) without joining it yet.
 
@@ -79,15 +71,7 @@ def add(
     """
     actx = app_context(ctx)
     ws = actx.workspace()
-    overrides = HostOverrides(
-        services=tuple(parse_service(s) for s in services) if services else None,
-        labels=tuple(parse_label(label) for label in labels or ()),
-        fail_mode=fail_mode,
-        name=name,
-    )
-    if fail_mode not in (None, *FAIL_MODES):
-        raise ConfigError(f"--fail-mode {fail_mode!r}: expected open or closed")
-    check_name("host", name)
+    overrides = HostOverrides.parse(services, labels, fail_mode, name)
     default = ws.config.defaults.fail_mode
     with state.locked(ws):
         inventory = state.load_inventory(ws)

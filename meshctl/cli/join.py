@@ -14,7 +14,7 @@ from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElaps
 from meshctl import state
 from meshctl.cli.context import AppContext, app_context
 from meshctl.cli.errors import ExitCode, exit_code_for, render_error
-from meshctl.inventory import HostOverrides, parse_label, parse_service, select_hosts
+from meshctl.inventory import HostOverrides, select_hosts
 from meshctl.provision import rollout
 from meshctl.provision.rollout import Outcome, Rollout, SshOptions
 from meshctl.views.rollout import facts_line, outcome_json, outcomes_table, plan_view
@@ -36,6 +36,20 @@ DryRunOption = Annotated[
 T = TypeVar("T")
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 TimeoutOption = Annotated[float, typer.Option("--connect-timeout", help="SSH connect timeout, s")]
+ServicesOption = Annotated[
+    list[str] | None,
+    typer.Option("--service", "-s", help="NAME:PORT[:RUNAS] the host serves (repeat)"),
+]
+LabelsOption = Annotated[
+    list[str] | None, typer.Option("--label", "-l", help="KEY=VALUE label (repeat)")
+]
+FailModeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--fail-mode",
+        help="closed: while meshd is down intercepted traffic fails; open: it goes around",
+    ),
+]
 
 
 class HostProgress:
@@ -125,24 +139,13 @@ def join(
         list[str] | None,
         typer.Argument(metavar="[HOST]...", help="[USER@]HOST[:PORT], or a host of hosts.toml"),
     ] = None,
-    services: Annotated[
-        list[str] | None,
-        typer.Option("--service", "-s", help="NAME:PORT[:RUNAS] the host serves (repeat)"),
-    ] = None,
-    labels: Annotated[
-        list[str] | None, typer.Option("--label", "-l", help="KEY=VALUE label (repeat)")
-    ] = None,
+    services: ServicesOption = None,
+    labels: LabelsOption = None,
     name: Annotated[
         str | None, typer.Option("--name", help="host name (default: hostname)")
     ] = None,
     all_hosts: Annotated[bool, typer.Option("--all", help="every host of hosts.toml")] = False,
-    fail_mode: Annotated[
-        str | None,
-        typer.Option(
-            "--fail-mode",
-            help="closed: while meshd is down intercepted traffic fails; open: it goes around",
-        ),
-    ] = None,
+    fail_mode: FailModeOption = None,
     key_file: KeyOption = None,
     sudo: SudoOption = False,
     accept_new_host_key: AcceptOption = False,
@@ -160,16 +163,9 @@ def join(
       meshctl join --all --dry-run
     """
     actx = app_context(ctx)
-    if fail_mode not in (None, "open", "closed"):
-        raise typer.BadParameter("--fail-mode is open or closed")
+    overrides = HostOverrides.parse(services, labels, fail_mode, name)
     ssh = SshOptions(key_file, sudo, accept_new_host_key, connect_timeout, not dry_run)
     ro = make_rollout(actx, ssh)
-    overrides = HostOverrides(
-        services=tuple(parse_service(s) for s in services) if services else None,
-        labels=tuple(parse_label(label) for label in labels or ()),
-        fail_mode=fail_mode,
-        name=name,
-    )
     inventory = state.load_inventory(ro.ws)
     default_mode = ro.ws.config.defaults.fail_mode
     hosts = select_hosts(inventory, targets or [], all_hosts, overrides, default_mode)

@@ -181,3 +181,13 @@ def test_parse_service_refuses_bad_users(text: str) -> None:
     """run_as ends up in iptables rules and TOML: anything but a user name is refused."""
     with pytest.raises(ConfigError, match="invalid user"):
         parse_service(text)
+
+
+def test_overrides_from_the_command_line() -> None:
+    parsed = HostOverrides.parse(["api:8081:www-data"], ["zone=a"], "open", "api1")
+    assert parsed == HostOverrides(
+        (ServiceSpec("api", 8081, "www-data"),), (("zone", "a"),), "open", "api1"
+    )
+    assert HostOverrides.parse(None, None, None).services is None  # keep the host's services
+    with pytest.raises(ConfigError, match="--fail-mode 'shut': expected open or closed"):
+        HostOverrides.parse(None, None, "shut")
