@@ -113,7 +113,6 @@ def desired_host(
     mesh: MeshConfig,
     host: HostSpec,
     registry: dict[str, Any],
-    vips: dict[str, str],
     bundle_version: str,
     trust_bundle: bytes,
     ssh_port: int,
@@ -146,7 +145,7 @@ def desired_host(
         rules_document=apply_document(rules, saved=""),
         rules_fingerprint=fingerprint(rules),
         registry=registry,
-        vips=vips,
+        vips={name: service["vip"] for name, service in registry["services"].items()},
         fail_mode=host.fail_mode,
         leaf_lifetime_hours=mesh.defaults.leaf_lifetime_hours,
     )

@@ -314,7 +314,7 @@ def _rules_due(facts: HostFacts, desired: DesiredHost) -> str:
     """Why the rules must be applied (under the guard), or "" when they are in place."""
     if facts.rollback_pending:
         return "a join was cut short before it confirmed its rules"
-    if not _rules_present(facts, desired):
+    if not rules_present(facts, desired):
         return "not installed"
     if facts.rules_record != desired.rules_fingerprint:
         return "rule set changed"
@@ -325,7 +325,7 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def _rules_present(facts: HostFacts, desired: DesiredHost | None = None) -> bool:
+def rules_present(facts: HostFacts, desired: DesiredHost | None = None) -> bool:
     """Our jumps and chains are in the nat table (with as many rules as ``desired`` has)."""
     if not facts.route or len(our_jumps(facts.nat)) != len(JUMPS):
         return False

@@ -8,6 +8,7 @@ leave, every joined host gets the new registry over its admin API.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -118,6 +119,18 @@ class Rollout:
 
         return sign
 
+    @functools.cached_property
+    def issuing_ca(self) -> x509.Certificate:
+        return load_certs(self.ws.issuing_ca_cert)[0]
+
+    def desired(self, host: HostSpec, registry: dict[str, Any], version: str) -> DesiredHost:
+        """What ``host`` should look like with this registry and meshd bundle version."""
+        trust = self.ws.trust_bundle.read_bytes()
+        return desired_host(self.ws.config, host, registry, version, trust, host.port)
+
+    def plan(self, facts: HostFacts, desired: DesiredHost) -> Plan:
+        return plan_join(facts, desired, self.issuing_ca, self.now())
+
     def admin(self) -> AdminClient:
         return AdminClient.for_workspace(self.ws, timeout=self.admin_timeout)
 
@@ -171,8 +184,7 @@ def join(ro: Rollout, hosts: list[HostSpec], dry_run: bool) -> list[Outcome]:
         ready = [s for s in sessions if s.outcome.ok]
         members = set(state.joined(ro.ws)) | {s.host.name for s in ready}
         registry = registry_for(ro, inventory, members)
-        vips = {name: svc["vip"] for name, svc in registry["services"].items()}
-        parallel(lambda s: _guard(s.outcome, lambda: _plan(ro, s, registry, vips)), ready)
+        parallel(lambda s: _guard(s.outcome, lambda: _plan(ro, s, registry)), ready)
         if dry_run:
             for s in ready:
                 s.outcome.status = "planned" if s.outcome.ok else s.outcome.status
@@ -243,21 +255,11 @@ def _name_hosts(ro: Rollout, sessions: list[_Session]) -> Inventory:
     return inventory
 
 
-def _plan(ro: Rollout, s: _Session, registry: dict[str, Any], vips: dict[str, str]) -> None:
+def _plan(ro: Rollout, s: _Session, registry: dict[str, Any]) -> None:
     facts = s.outcome.facts
     assert facts is not None and s.transport is not None
     ro.progress(s.outcome.host, "preparing meshd for its Python")
-    bundle = ro.bundle_for(facts)
-    desired = desired_host(
-        ro.ws.config,
-        s.host,
-        registry,
-        vips,
-        bundle.version,
-        ro.ws.trust_bundle.read_bytes(),
-        s.host.port,
-    )
-    s.outcome.desired = desired
+    s.outcome.desired = ro.desired(s.host, registry, ro.bundle_for(facts).version)
     seen = facts.registry.get("version", 0) if facts.registry else 0
     if isinstance(seen, int) and seen > registry["version"]:
         raise ProvisionError(
@@ -265,8 +267,7 @@ def _plan(ro: Rollout, s: _Session, registry: dict[str, Any], vips: dict[str, st
             f"{registry['version']}: another copy of the workspace changed the mesh",
             hint="bring this workspace up to date (git pull) and run the command again",
         )
-    issuer = load_certs(ro.ws.issuing_ca_cert)[0]
-    s.outcome.plan = plan_join(facts, desired, issuer, ro.now())
+    s.outcome.plan = ro.plan(facts, s.outcome.desired)
 
 
 def _apply(ro: Rollout, s: _Session, sign: Callable[..., bytes] | None) -> None:
@@ -287,8 +288,7 @@ def _apply(ro: Rollout, s: _Session, sign: Callable[..., bytes] | None) -> None:
     s.outcome.done = applier.apply(plan)
     ro.progress(s.outcome.host, "checking the result")
     after = facts_mod.gather(s.transport, VIP)
-    issuer = load_certs(ro.ws.issuing_ca_cert)[0]
-    left = plan_join(after, desired, issuer, ro.now())
+    left = ro.plan(after, desired)
     if not left.empty:
         raise ProvisionError(
             f"{s.outcome.host}: still differs after the join: "

@@ -16,11 +16,9 @@ from cryptography import x509
 from meshctl import state
 from meshctl.inventory import VIP_RANGE, HostSpec
 from meshctl.provision import facts as facts_mod
-from meshctl.provision.desired import desired_host
-from meshctl.provision.plan import plan_join
+from meshctl.provision.plan import rules_present
 from meshctl.provision.rollout import Rollout, parallel, registry_for
 from meshd.errors import MeshError, ProvisionError
-from meshd.pki import load_certs
 
 WARN_LIFE_LEFT = 1 / 3  # warn when less than a third of the certificate's life is left
 
@@ -81,14 +79,13 @@ def survey(ro: Rollout) -> list[HostStatus]:
     inventory = state.load_inventory(ro.ws)
     members = state.joined(ro.ws)
     registry = registry_for(ro, inventory, members)
-    vips = {name: svc["vip"] for name, svc in registry["services"].items()}
     client = ro.admin()
 
     def one(host: HostSpec) -> HostStatus:
         status = HostStatus(host.name, host.address, host.name in members, host.fail_mode)
         status.expected_registry = registry["version"]
         try:
-            _ssh_look(ro, host, status, registry, vips)
+            _ssh_look(ro, host, status, registry)
         except MeshError as e:
             status.error = e.message
         if status.meshd == "active" or not status.reachable:
@@ -101,9 +98,7 @@ def survey(ro: Rollout) -> list[HostStatus]:
     return parallel(one, inventory.hosts)
 
 
-def _ssh_look(
-    ro: Rollout, host: HostSpec, status: HostStatus, registry: dict[str, Any], vips: dict[str, str]
-) -> None:
+def _ssh_look(ro: Rollout, host: HostSpec, status: HostStatus, registry: dict[str, Any]) -> None:
     transport = ro.connect(ro.ws, host, ro.ssh)
     try:
         facts = facts_mod.gather(transport, VIP)
@@ -112,7 +107,7 @@ def _ssh_look(
     status.reachable = True
     status.meshd, status.restarts = facts.meshd.active, facts.meshd.restarts
     status.bundle = next((v for v in facts.versions if v != "bin"), None)
-    status.rules = bool(facts.rules_record) and "MESHD_OUTPUT" in facts.nat
+    status.rules = bool(facts.rules_record) and rules_present(facts)
     _cert_look(facts.cert_pem, ro.now(), status)
     if not status.joined or not facts.python:
         return
@@ -120,17 +115,8 @@ def _ssh_look(
         version = ro.bundle_for(facts, offline=True).version
     except ProvisionError:
         version = status.bundle or ""
-    desired = desired_host(
-        ro.ws.config,
-        host,
-        registry,
-        vips,
-        version,
-        ro.ws.trust_bundle.read_bytes(),
-        host.port,
-    )
-    issuer = load_certs(ro.ws.issuing_ca_cert)[0]
-    status.drift = [step.title for step in plan_join(facts, desired, issuer, ro.now()).steps]
+    desired = ro.desired(host, registry, version)
+    status.drift = [step.title for step in ro.plan(facts, desired).steps]
 
 
 def _cert_look(pem: str, now: dt.datetime, status: HostStatus) -> None:

@@ -33,7 +33,7 @@ def parsed(text: str) -> MeshdConfig:
 
 def desired(ssh_port: int) -> str:
     registry = INVENTORY.registry(1, 15443)
-    host = desired_host(MESH, WEB1, registry, dict(INVENTORY.vips), "v1", b"", ssh_port)
+    host = desired_host(MESH, WEB1, registry, "v1", b"", ssh_port)
     return host.file(layout.CONFIG).content.decode()
 
 
@@ -65,7 +65,7 @@ def test_ssh_ports_keep_the_one_in_use_and_22(ssh_port: int, ports: tuple[int, .
 
 
 def test_desired_files_are_the_managed_files_but_key_and_cert() -> None:
-    host = desired_host(MESH, WEB1, INVENTORY.registry(1, 15443), {}, "v1", b"pem", 22)
+    host = desired_host(MESH, WEB1, INVENTORY.registry(1, 15443), "v1", b"pem", 22)
     assert {f.path for f in host.files} | {layout.KEY, layout.CERT} == set(layout.MANAGED_FILES)
     assert host.file(layout.LAUNCHER).mode == 0o755
     assert f"{layout.OPT}/v1/lib" in host.file(layout.LAUNCHER).content.decode()
@@ -73,7 +73,7 @@ def test_desired_files_are_the_managed_files_but_key_and_cert() -> None:
 
 
 def test_rules_send_to_other_hosts_only() -> None:
-    host = desired_host(MESH, WEB1, INVENTORY.registry(1, 15443), {}, "v1", b"", 22)
+    host = desired_host(MESH, WEB1, INVENTORY.registry(1, 15443), "v1", b"", 22)
     assert host.rules.remote_endpoints == (("10.0.0.12", 5432),)
     assert host.rules_fingerprint == fingerprint(host.rules)
     assert "--uid-owner www-data -j REDIRECT --to-ports 15101" in host.rules_document

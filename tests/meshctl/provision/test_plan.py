@@ -48,7 +48,7 @@ INVENTORY = Inventory().with_host(WEB1).with_host(DB1)
 REGISTRY = INVENTORY.registry(3, MESH.defaults.mesh_port)
 VIPS = dict(INVENTORY.vips)
 VERSION = "0.3.0-py3.11-x86_64-0123abcd"
-DESIRED = desired_host(MESH, WEB1, REGISTRY, VIPS, VERSION, b"trust bundle\n", 2222)
+DESIRED = desired_host(MESH, WEB1, REGISTRY, VERSION, b"trust bundle\n", 2222)
 HOSTS = "127.0.0.1\tlocalhost\n10.0.0.12\tdb1\n"
 
 
