@@ -135,10 +135,7 @@ class Inventory:
 
 def _host(name: str, f: Fields) -> HostSpec:
     f.unknown({"address", "user", "port", "fail_mode", "labels", "services"})
-    try:
-        check_name("host", name)
-    except ConfigError as e:
-        raise f.fail("name", e.message) from None
+    f.checked("name", name, lambda n: check_name("host", n))
     labels = f.get("labels", dict, {})
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
         raise f.fail("labels", "labels map strings to strings")
@@ -160,17 +157,10 @@ def _host(name: str, f: Fields) -> HostSpec:
 
 def _service(f: Fields) -> ServiceSpec:
     f.unknown({"name", "port", "run_as"})
-    name = f.get("name", str)
-    try:
-        check_name("service", name)
-    except ConfigError as e:
-        raise f.fail("name", e.message) from None
+    name = f.checked("name", f.get("name", str), lambda n: check_name("service", n))
     run_as = f.optional("run_as", str)
     if run_as is not None:
-        try:
-            check_user(run_as)
-        except ConfigError as e:
-            raise f.fail("run_as", e.message) from None
+        f.checked("run_as", run_as, check_user)
     return ServiceSpec(name, f.port("port"), run_as)
 
 
@@ -193,10 +183,7 @@ def _check(top: Fields, inventory: Inventory) -> None:
         seen_vips[vip] = service
     ports: dict[str, int] = {}
     for host in inventory.hosts:
-        try:
-            _check_ports(host)
-        except ConfigError as e:
-            raise top.fail(f"hosts.{host.name}.services", e.message) from None
+        top.checked(f"hosts.{host.name}.services", host, _check_ports)
         for i, s in enumerate(host.services):
             if ports.setdefault(s.name, s.port) != s.port:
                 raise top.fail(

@@ -200,11 +200,7 @@ def _identity(f: Fields, base: Path) -> IdentityConfig:
     problem = trust_domain_problem(domain)
     if problem:
         raise f.fail("trust_domain", problem)
-    host = f.get("host", str)
-    try:
-        check_name("host", host)
-    except ConfigError as e:
-        raise f.fail("host", e.message) from None
+    host = f.checked("host", f.get("host", str), lambda n: check_name("host", n))
     return IdentityConfig(
         host=host,
         trust_domain=domain,
@@ -233,18 +229,11 @@ def _fmt(address: Address) -> str:
 
 def _service(f: Fields) -> ServiceConfig:
     f.unknown({"name", "port", "outbound", "run_as"})
-    name = f.get("name", str)
-    try:
-        check_name("service", name)
-    except ConfigError as e:
-        raise f.fail("name", e.message) from None
+    name = f.checked("name", f.get("name", str), lambda n: check_name("service", n))
     outbound = f.address("outbound") if "outbound" in f.data else None
     run_as = f.optional("run_as", str)
     if run_as is not None:
-        try:
-            check_user(run_as)
-        except ConfigError as e:
-            raise f.fail("run_as", e.message) from None
+        f.checked("run_as", run_as, check_user)
     if run_as is not None and outbound is None:
         raise f.fail("run_as", "needs an outbound listener for that user's connections")
     return ServiceConfig(name=name, port=f.port("port"), outbound=outbound, run_as=run_as)

@@ -17,7 +17,6 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshd.errors import ConfigError
 from meshd.identity import check_name
 from meshd.schema import Fields
 
@@ -110,10 +109,7 @@ class Registry:
 
 def _service(name: str, f: Fields) -> Service:
     f.unknown({"vip", "port", "endpoints"})
-    try:
-        check_name("service", name)
-    except ConfigError as e:
-        raise f.fail("name", e.message) from None
+    f.checked("name", name, lambda n: check_name("service", n))
     return Service(
         name, _ip(f, "vip"), f.port("port"), tuple(_endpoint(e) for e in f.tables("endpoints"))
     )

@@ -7,6 +7,7 @@ all of them report problems the same way: ``SOURCE: field.path: problem``.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -25,6 +26,14 @@ class Fields:
 
     def fail(self, key: str, problem: str) -> ConfigError:
         return ConfigError(f"{self.source}: {self._at(key)}: {problem}")
+
+    def checked(self, key: str, value: T, check: Callable[[T], object]) -> T:
+        """``value`` if ``check`` accepts it; its ConfigError, placed at ``key``, if not."""
+        try:
+            check(value)
+        except ConfigError as e:
+            raise self.fail(key, e.message) from None
+        return value
 
     def _at(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
