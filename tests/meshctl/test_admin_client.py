@@ -12,7 +12,6 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +27,6 @@ from meshctl.workspace import init_workspace
 from meshd.errors import ConnectError, ProvisionError
 from tests.meshd.harness import HttpApp, Meshd, MeshNet, free_port
 from tests.meshd.tlsfixtures import TD, Identity, TestPki
-
-
-@pytest.fixture
-def net(tmp_path: Path) -> Iterator[MeshNet]:
-    mesh = MeshNet(tmp_path)
-    try:
-        yield mesh
-    finally:
-        mesh.stop_all()
 
 
 def client_for(identity: Identity, bundle: Path | None = None, timeout: float = 5.0) -> AdminClient:

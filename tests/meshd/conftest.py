@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.meshd.harness import MeshNet
 from tests.meshd.pairs import LoopApps, Pair, make_web, start_pair
-
-
-@pytest.fixture
-def net(tmp_path: Path) -> Iterator[MeshNet]:
-    mesh = MeshNet(tmp_path)
-    try:
-        yield mesh
-    finally:
-        mesh.stop_all()
 
 
 @pytest.fixture

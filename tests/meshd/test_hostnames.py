@@ -17,19 +17,10 @@ from meshd.cli import main
 from meshd.errors import ProvisionError
 from meshd.hostsfile import BEGIN, END
 from meshd.registry import Registry
+from tests.meshd import configs
 
 MESHD = str(Path(sys.executable).with_name("meshd"))
-CONFIG = """
-[identity]
-host = "web1"
-trust_domain = "t.mesh"
-cert = "cert.pem"
-key = "key.pem"
-bundle = "bundle.pem"
-[mesh]
-registry = "registry.json"
-state_dir = "state"
-"""
+CONFIG = configs.minimal() + 'state_dir = "state"\n'
 # CRLF, a tab, a byte that is not UTF-8 and no final newline: all must survive as they were
 ORIGINAL = b"127.0.0.1\tlocalhost\r\n::1 localhost ip6-localhost\n10.0.0.5 caf\xe9.internal"
 

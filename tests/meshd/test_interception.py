@@ -16,18 +16,12 @@ from meshd.config import MeshdConfig
 from meshd.registry import Registry
 from meshd.rules import fingerprint, ruleset
 from meshd.runtime import effective_registry
+from tests.meshd import configs
 
 MESHD = str(Path(sys.executable).with_name("meshd"))
-CONFIG = """
-[identity]
-host = "api1"
-trust_domain = "t.mesh"
-cert = "cert.pem"
-key = "key.pem"
-bundle = "bundle.pem"
-[mesh]
-registry = "registry.json"
-[interception]
+CONFIG = (
+    configs.minimal("api1")
+    + """[interception]
 meshd_user = "65534"
 ssh_ports = [22, 2222]
 rules_record = "@RECORD@"
@@ -40,6 +34,7 @@ port = 8081
 outbound = "127.0.0.1:15101"
 run_as = "65533"
 """
+)
 REGISTRY = {
     "version": 3,
     "services": {

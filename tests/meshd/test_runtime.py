@@ -14,17 +14,9 @@ from meshd.errors import ConfigError
 from meshd.registry import Registry
 from meshd.runtime import effective_registry, pushed_registry_path
 from meshd.store import DocumentStore
+from tests.meshd import configs
 
-CONFIG = """
-[identity]
-host = "web1"
-trust_domain = "t.mesh"
-cert = "cert.pem"
-key = "key.pem"
-bundle = "bundle.pem"
-[mesh]
-registry = "registry.json"
-"""
+CONFIG = configs.minimal()
 STATE = 'state_dir = "state"\n'
 
 

@@ -8,23 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from meshctl.config import MeshConfig
-from meshctl.inventory import HostSpec, Inventory, ServiceSpec
 from meshctl.provision import layout
 from meshctl.provision.desired import desired_host, meshd_config
 from meshd.config import MeshdConfig
 from meshd.rules import fingerprint
+from tests.meshctl.helpers import INVENTORY, MESH, WEB1
 
 GOLDEN = Path(__file__).parent / "golden"
-MESH = MeshConfig("t", "t.mesh", "alice", ca_key_encrypted=False)
-WEB1 = HostSpec(
-    "web1",
-    "10.0.0.11",
-    port=2222,
-    services=(ServiceSpec("web", 8080), ServiceSpec("admin", 9000, run_as="www-data")),
-)
-DB1 = HostSpec("db1", "10.0.0.12", services=(ServiceSpec("db", 5432),))
-INVENTORY = Inventory().with_host(WEB1).with_host(DB1)
 
 
 def parsed(text: str) -> MeshdConfig:

@@ -10,8 +10,6 @@ from typing import Any
 import pytest
 
 from meshctl.ca import MeshCa, issue_identity
-from meshctl.config import MeshConfig
-from meshctl.inventory import HostSpec, Inventory, ServiceSpec
 from meshctl.provision import layout
 from meshctl.provision.desired import desired_host, registry_json
 from meshctl.provision.facts import HostFacts, MeshdState
@@ -33,18 +31,9 @@ from meshd import hostsfile
 from meshd.identity import SpiffeId, make_id
 from meshd.pki import cert_pem
 from meshd.rules import remove_document
-from tests.meshctl.helpers import NOW, TD, make_ca
+from tests.meshctl.helpers import INVENTORY, MESH, NOW, TD, WEB1, make_ca
 
 CA = make_ca()
-MESH = MeshConfig("t", TD, "alice", ca_key_encrypted=False)
-WEB1 = HostSpec(
-    "web1",
-    "10.0.0.11",
-    port=2222,
-    services=(ServiceSpec("web", 8080), ServiceSpec("admin", 9000, run_as="www-data")),
-)
-DB1 = HostSpec("db1", "10.0.0.12", services=(ServiceSpec("db", 5432),))
-INVENTORY = Inventory().with_host(WEB1).with_host(DB1)
 REGISTRY = INVENTORY.registry(3, MESH.defaults.mesh_port)
 VIPS = dict(INVENTORY.vips)
 VERSION = "0.3.0-py3.11-x86_64-0123abcd"
