@@ -72,7 +72,7 @@ def ssh_connect(ws: Workspace, host: HostSpec, options: SshOptions) -> Transport
 class Outcome:
     host: str
     address: str
-    status: str = "pending"  # joined | converged | planned | left | gone | failed
+    status: str = "pending"  # joined | converged | planned | left | forgotten | registry | failed
     plan: Plan | None = None
     done: list[str] = field(default_factory=list)
     error: MeshError | None = None
