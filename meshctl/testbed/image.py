@@ -8,15 +8,14 @@ post-processing changes: the cache name carries it, so the next run rebuilds.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
+from meshctl.files import locked
 from meshd.errors import ProvisionError
 
 from .plan import parse_apt_mirror
@@ -55,7 +54,7 @@ def build_image(progress: Progress = print, path: Path | None = None) -> Path:
     if (target / READY_MARK).exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.with_name(target.name + ".lock")):
+    with locked(target.with_name(target.name + ".lock")):
         if (target / READY_MARK).exists():
             return target
         _require_tools("debootstrap", "chroot")
@@ -72,16 +71,6 @@ def build_image(progress: Progress = print, path: Path | None = None) -> Path:
                 shutil.rmtree(tmp, ignore_errors=True)
     progress(f"testbed image ready: {target}")
     return target
-
-
-@contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    with lock_path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _require_tools(*tools: str) -> None:
