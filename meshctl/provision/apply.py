@@ -92,8 +92,9 @@ class Applier:
             step = steps.pop(0)
             if isinstance(step, WriteFile):  # one upload and one root command for a run of files
                 batch = [step.file]
-                while steps and isinstance(steps[0], WriteFile):
-                    batch.append(steps.pop(0).file)  # type: ignore[attr-defined]
+                while steps and isinstance(following := steps[0], WriteFile):
+                    batch.append(following.file)
+                    steps.pop(0)
                 self.report(f"writing {len(batch)} file(s)")
                 self.write_files(batch)
                 self.done += [f"write {f.path}" for f in batch]
@@ -106,34 +107,56 @@ class Applier:
     def root(self, command: str, what: str, timeout: float = 120) -> str:
         return check(self.transport.run(command, timeout=timeout), what, self.host).stdout
 
-    def run_step(self, step: Step) -> None:
-        handlers: dict[type[Step], Callable[[Step], None]] = {
-            InstallBundle: self._install_bundle,  # type: ignore[dict-item]
-            CreateUser: lambda _: self._create_user(),
-            Enroll: self._enroll,  # type: ignore[dict-item]
-            ReloadSystemd: lambda _: self._daemon_reload(),
-            EnableUnits: self._enable,  # type: ignore[dict-item]
-            StartMeshd: self._start,  # type: ignore[dict-item]
-            ApplyRules: lambda step: self.apply_rules_guarded(self.rules_command, step.files),  # type: ignore[attr-defined]
-            WriteHostsBlock: self._hosts,  # type: ignore[dict-item]
-            PruneBundles: self._prune,  # type: ignore[dict-item]
-            StopUnits: self._stop,  # type: ignore[dict-item]
-            RemoveRules: self._remove_rules,  # type: ignore[dict-item]
-            RemovePaths: self._remove_paths,  # type: ignore[dict-item]
-            RemoveUser: lambda _: self._remove_user(),
-        }
-        handlers[type(step)](step)
+    def run_step(self, step: Step) -> None:  # noqa: PLR0912 - one flat case per kind of step
+        match step:
+            case InstallBundle():
+                self._install_bundle(step)
+            case CreateUser():
+                self._create_user()
+            case Enroll():
+                self._enroll(step)
+            case WriteFile():
+                self.write_files([step.file])
+            case ReloadSystemd():
+                self._daemon_reload()
+            case EnableUnits():
+                self._enable(step)
+            case StartMeshd():
+                self._start(step)
+            case ApplyRules():
+                self.apply_rules_guarded(self.rules_command, step.files)
+            case WriteHostsBlock():
+                self._hosts(step)
+            case PruneBundles():
+                self._prune(step)
+            case StopUnits():
+                self._stop(step)
+            case RemoveRules():
+                self._remove_rules(step)
+            case RemovePaths():
+                self._remove_paths(step)
+            case RemoveUser():
+                self._remove_user()
+            case _:
+                raise ProvisionError(f"{self.host}: no way to carry out {type(step).__name__}")
 
     # files
-    def staging(self) -> str:
+    def upload(self, files: dict[str, bytes]) -> tuple[str, str]:
+        """Put ``files`` (name -> content) into a new staging directory owned by the SSH user.
+
+        Returns the directory and the shell line that removes it when the root
+        command using it exits, however it exits.
+        """
         result = self.transport.run("mktemp -d /tmp/meshctl.XXXXXXXX", root=False, timeout=30)
-        return check(result, "creating a staging directory", self.host).stdout.strip()
+        stage = check(result, "creating a staging directory", self.host).stdout.strip()
+        for name, data in files.items():
+            self.transport.put(f"{stage}/{name}", data, 0o600)
+        return stage, f"trap 'rm -rf {stage}' EXIT"
 
     def write_files(self, files: list[FileSpec]) -> None:
-        stage = self.staging()
-        commands = ["set -e", f"trap 'rm -rf {stage}' EXIT"]
+        stage, cleanup = self.upload({str(i): spec.content for i, spec in enumerate(files)})
+        commands = ["set -e", cleanup]
         for i, spec in enumerate(files):
-            self.transport.put(f"{stage}/{i}", spec.content, 0o600)
             tmp = shlex.quote(f"{spec.path}.meshctl-tmp")
             commands += [
                 f"mkdir -p {shlex.quote(str(Path(spec.path).parent))}",
@@ -148,11 +171,10 @@ class Applier:
     def _install_bundle(self, step: InstallBundle) -> None:
         if self.bundle is None:
             raise ProvisionError(f"{self.host}: no meshd bundle was built for this host")
-        stage = self.staging()
-        self.transport.put(f"{stage}/meshd.tar.gz", self.bundle.read_bytes(), 0o600)
+        stage, cleanup = self.upload({"meshd.tar.gz": self.bundle.read_bytes()})
         target = f"{layout.OPT}/{step.version}"
         self.root(
-            f"set -e; trap 'rm -rf {stage}' EXIT; rm -rf {target}.tmp; "
+            f"set -e; {cleanup}; rm -rf {target}.tmp; "
             f"mkdir -p {target}.tmp {layout.OPT}/bin; "
             f"tar -xzf {stage}/meshd.tar.gz -C {target}.tmp; "
             f"python3 -I -m compileall -q {target}.tmp/lib >/dev/null 2>&1 || true; "
@@ -219,11 +241,9 @@ class Applier:
 
     def _hosts(self, step: WriteHostsBlock) -> None:
         """Replace /etc/hosts atomically (through a symlink; in place if it is bind-mounted)."""
-        stage = self.staging()
-        data = step.content.encode("utf-8", "surrogateescape")
-        self.transport.put(f"{stage}/hosts", data, 0o600)
+        stage, cleanup = self.upload({"hosts": step.content.encode("utf-8", "surrogateescape")})
         result = self.transport.run(
-            f"set -e; trap 'rm -rf {stage}' EXIT; h=$(readlink -f {layout.HOSTS_FILE})\n"
+            f"set -e; {cleanup}; h=$(readlink -f {layout.HOSTS_FILE})\n"
             # someone changed the file since meshctl read it: write nothing, say so
             f'[ "$(sha256sum < "$h" | cut -d" " -f1)" = {step.before} ] || exit 3\n'
             f't="$h.meshctl-tmp"; cp {stage}/hosts "$t"\n'
@@ -258,10 +278,9 @@ class Applier:
         document = remove_document(saved)
         commands = ["set -e"]
         if document:
-            stage = self.staging()
-            self.transport.put(f"{stage}/remove.rules", document.encode(), 0o600)
+            stage, cleanup = self.upload({"remove.rules": document.encode()})
             commands += [
-                f"trap 'rm -rf {stage}' EXIT",
+                cleanup,
                 f"iptables-restore -w 5 --noflush {stage}/remove.rules",
             ]
         commands.append(f"ip route del {VIP_RANGE} dev lo 2>/dev/null || true")
