@@ -147,7 +147,7 @@ def parallel(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         return list(pool.map(fn, items))
 
 
-def _guard(outcome: Outcome, fn: Callable[[], None]) -> Outcome:
+def _contained(outcome: Outcome, fn: Callable[[], None]) -> Outcome:
     """Run ``fn``; any error ends up on the outcome, never escapes (one host fails alone)."""
     try:
         fn()
@@ -179,12 +179,12 @@ def join(ro: Rollout, hosts: list[HostSpec], dry_run: bool) -> list[Outcome]:
     """Join ``hosts`` (inventory entries, new or updated); returns one outcome per host."""
     sessions = [_Session(h, Outcome(h.name or h.address, h.address)) for h in hosts]
     try:
-        parallel(lambda s: _guard(s.outcome, lambda: _survey(ro, s)), sessions)
+        parallel(lambda s: _contained(s.outcome, lambda: _survey(ro, s)), sessions)
         inventory = _name_hosts(ro, sessions)
         ready = [s for s in sessions if s.outcome.ok]
         members = set(state.joined(ro.ws)) | {s.host.name for s in ready}
         registry = registry_for(ro, inventory, members)
-        parallel(lambda s: _guard(s.outcome, lambda: _plan(ro, s, registry)), ready)
+        parallel(lambda s: _contained(s.outcome, lambda: _plan(ro, s, registry)), ready)
         if dry_run:
             for s in ready:
                 s.outcome.status = "planned" if s.outcome.ok else s.outcome.status
@@ -194,7 +194,7 @@ def join(ro: Rollout, hosts: list[HostSpec], dry_run: bool) -> list[Outcome]:
         state.save_inventory(ro.ws, inventory)
         state.record_registry(ro.ws, registry)
         try:
-            parallel(lambda s: _guard(s.outcome, lambda: _apply(ro, s, sign)), ready)
+            parallel(lambda s: _contained(s.outcome, lambda: _apply(ro, s, sign)), ready)
         finally:  # also on Ctrl-C: the hosts that finished are joined, and recorded as such
             for s in ready:
                 if s.outcome.status in {"joined", "converged"}:
@@ -328,7 +328,7 @@ def push_registry(ro: Rollout, names: Iterable[str]) -> list[Outcome]:
             if result.get("status") == "applied":
                 outcome.done.append(f"registry version {result.get('version')} applied")
 
-        return _guard(outcome, send)
+        return _contained(outcome, send)
 
     targets = [h for h in inventory.hosts if h.name in set(names) and h.name in members]
     return parallel(push, targets)
@@ -350,7 +350,7 @@ def leave(ro: Rollout, hosts: list[HostSpec], dry_run: bool, forget: bool) -> li
 
 def _leave_one(ro: Rollout, host: HostSpec, dry_run: bool, forget: bool) -> Outcome:
     outcome = Outcome(host.name, host.address)
-    _guard(outcome, lambda: _clean(ro, host, outcome, dry_run))
+    _contained(outcome, lambda: _clean(ro, host, outcome, dry_run))
     if forget and isinstance(outcome.error, UnreachableError) and not dry_run:
         why = outcome.error.message
         outcome.status, outcome.error = "forgotten", None
