@@ -25,6 +25,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
+from meshd import allocator
 from meshd.admin import AdminServer
 from meshd.config import MeshdConfig
 from meshd.connect import Connector
@@ -317,6 +318,7 @@ def run(config_path: Path) -> None:
     """Load the config and run until SIGTERM."""
     config = MeshdConfig.load(config_path)
     raise_fd_limit()
+    allocator.tune()
     logging.basicConfig(
         level=config.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )

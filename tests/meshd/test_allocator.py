@@ -1,0 +1,69 @@
+"""meshd's malloc settings: 256 KiB chunks come from a heap that is kept, not from fresh pages."""
+
+from __future__ import annotations
+
+import ctypes.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+from meshd import allocator
+
+PROBE = """
+import ctypes, json, sys
+from meshd import allocator
+applied = allocator.tune() if sys.argv[1] == "tuned" else []
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+        "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+before = libc.mallinfo2()
+chunks = [bytes(256 * 1024) for _ in range(16)]
+during = libc.mallinfo2()
+del chunks
+after = libc.mallinfo2()
+print(json.dumps({"applied": applied, "mmapped": during.hblks - before.hblks, "heap_after_free": after.arena}))
+"""
+
+
+def probe(mode: str, env: dict[str, str] | None = None) -> dict[str, object]:
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    ).stdout
+    return dict(json.loads(out))
+
+
+@pytest.fixture(scope="module")
+def glibc() -> None:
+    if ctypes.util.find_library("c") is None:
+        pytest.skip("no libc found")
+
+
+def test_defaults_map_each_chunk_and_return_the_heap(glibc: None) -> None:
+    # the baseline this module exists to change: without it, every chunk is its own mapping
+    found = probe("default", env={"PATH": "/usr/bin:/bin"})
+    assert found["mmapped"] >= 8  # type: ignore[operator]
+
+
+def test_tuned_chunks_come_from_a_heap_that_is_kept(glibc: None) -> None:
+    found = probe("tuned", env={"PATH": "/usr/bin:/bin"})
+    assert set(found["applied"]) == set(allocator.SETTINGS)  # type: ignore[arg-type]
+    assert found["mmapped"] == 0
+    assert found["heap_after_free"] >= 4 * 1024 * 1024  # type: ignore[operator]
+
+
+def test_operator_environment_wins(glibc: None) -> None:
+    env = {"PATH": "/usr/bin:/bin", "MALLOC_MMAP_THRESHOLD_": "131072"}
+    found = probe("tuned", env=env)
+    assert "MALLOC_MMAP_THRESHOLD_" not in found["applied"]  # type: ignore[operator]
+    assert found["mmapped"] >= 8  # type: ignore[operator]
