@@ -84,6 +84,7 @@ class Daemon:
             tg.start_soon(self._signals)
             tg.start_soon(self._sweep)
             await tg.start(watchdog, self.notifier)
+            allocator.settle_gc()
             self.rt.ready = True
             self.notifier.notify("READY=1")
             log.info(

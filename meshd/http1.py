@@ -13,6 +13,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import httptools
 
@@ -26,22 +27,23 @@ def looks_like_http(first_bytes: bytes) -> bool:
     return _REQUEST_START.match(first_bytes) is not None
 
 
-class _Response:
-    """Callbacks of the response parser."""
-
-    __slots__ = ("observer",)
-
-    def __init__(self, observer: HttpObserver) -> None:
-        self.observer = observer
-
-    def on_message_complete(self) -> None:
-        self.observer.response_complete()
+# the methods we meet, as str without a decode per request
+_METHODS = {
+    m.encode(): m
+    for m in ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE")
+}
 
 
 class HttpObserver:
-    """Follows requests (client → server) and responses (server → client) of one connection."""
+    """Follows requests (client → server) and responses (server → client) of one connection.
+
+    This runs for every request meshd relays, so it does little per request: two
+    parser callbacks for the request (begin, end of head), one for the response,
+    and the clock read once per chunk of bytes rather than per callback.
+    """
 
     __slots__ = (
+        "chunk_time",
         "destination",
         "direction",
         "gave_up",
@@ -52,6 +54,7 @@ class HttpObserver:
         "requests",
         "responses",
         "source",
+        "started",
     )
 
     def __init__(
@@ -68,22 +71,26 @@ class HttpObserver:
         self.destination = destination
         self.max_head = max_head
         self.head_bytes = 0
+        self.chunk_time = self.started = 0.0
         self.pending: deque[tuple[str, float]] = deque()
         self.gave_up = False
         self.requests = httptools.HttpRequestParser(self)
-        self.responses = httptools.HttpResponseParser(_Response(self))
+        # the response parser calls our method directly (no forwarding object in between)
+        self.responses = httptools.HttpResponseParser(
+            SimpleNamespace(on_message_complete=self.response_complete)
+        )
 
     # request parser callbacks
     def on_message_begin(self) -> None:
         self.head_bytes = 0
-        self.pending.append(("", time.monotonic()))
+        self.started = self.chunk_time  # when the chunk that starts this request arrived
 
     def on_headers_complete(self) -> None:
-        method = self.requests.get_method().decode()
+        raw = self.requests.get_method()
+        method = _METHODS.get(raw) or raw.decode()
         if method == "HEAD":
             self.gave_up = True
-        started = self.pending.pop()[1]
-        self.pending.append((method, started))
+        self.pending.append((method, self.started))
         self.head_bytes = -1  # head done: no limit on bodies
 
     def response_complete(self) -> None:
@@ -105,6 +112,7 @@ class HttpObserver:
 
     # Observer protocol
     def outgoing(self, data: bytes | memoryview) -> bool:
+        self.chunk_time = time.monotonic()
         if self.head_bytes >= 0:
             self.head_bytes += len(data)
             if self.head_bytes > self.max_head:

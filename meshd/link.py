@@ -89,10 +89,11 @@ class Link(asyncio.Protocol):
         self._sid = 0
         self._remaining = -1  # -1: between frames
         self._control = bytearray()
-        self._early: list[bytes] = []
+        self._early: list[bytes] = []  # data that beat connection_made (start_tls hands over late)
         self._pending: list[bytes | memoryview] = []  # frames waiting for the end of this loop turn
         self._pending_size = 0
-        self._flush_scheduled = False  # data that beat connection_made (start_tls hands over late)
+        self._flush_scheduled = False
+        self._loop = asyncio.get_running_loop()  # looked up once: each lookup costs a getpid()
 
     # --- connection ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -139,11 +140,14 @@ class Link(asyncio.Protocol):
             return
         self._pending.append(data)
         self._pending_size += len(data)
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
         if self._pending_size >= FLUSH_AT:
             self._flush()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -165,9 +169,12 @@ class Link(asyncio.Protocol):
         size = len(data)
         if self.transport is None or self.closed:
             return
-        if size <= self.max_frame:
-            self.write(HEADER.pack(DATA, stream.sid, size))
-            self.write(data)
+        pending = self._pending
+        if size <= self.max_frame:  # the usual case: one frame, written inline
+            pending.append(HEADER.pack(DATA, stream.sid, size))
+            pending.append(data)
+            self._pending_size += HEADER_SIZE + size
+            self._flush_soon()
         else:
             view = memoryview(data)
             for start in range(0, size, self.max_frame):
@@ -235,6 +242,16 @@ class Link(asyncio.Protocol):
         offset = 0
         while offset < end:
             if self._remaining < 0:
+                if not self._header and end - offset >= HEADER_SIZE:
+                    # fast path, most frames: a whole DATA frame in this chunk goes straight out
+                    kind, sid, length = HEADER.unpack_from(data, offset)
+                    if kind == DATA and 0 < length <= end - offset - HEADER_SIZE:
+                        offset += HEADER_SIZE
+                        stream = self.streams.get(sid)
+                        if stream is not None:
+                            stream.deliver(view[offset : offset + length])
+                        offset += length
+                        continue
                 offset = self._read_header(data, offset, end)
                 continue
             take = min(self._remaining, end - offset)
@@ -326,8 +343,7 @@ class Link(asyncio.Protocol):
 
     # --- liveness -----------------------------------------------------------
     def _schedule_ping(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self.ping_interval, self._ping)
+        self._timer = self._loop.call_later(self.ping_interval, self._ping)
 
     def _ping(self) -> None:
         if self.closed:

@@ -186,7 +186,9 @@ class Metrics:
 
     def _request(self, e: RequestCompleted) -> None:
         edge = (e.direction, e.source, e.destination)
-        self._req.inc((*edge, status_class(e.status)))
+        counts = self._req.values
+        key = (*edge, _STATUS_CLASSES.get(e.status // 100, "none"))
+        counts[key] = counts.get(key, 0.0) + 1.0
         self._req_duration.observe(edge, e.duration)
 
     def _handshake(self, e: HandshakeFailed) -> None:
@@ -265,9 +267,12 @@ def _histogram(family: Family) -> Histogram:
     return family
 
 
+_STATUS_CLASSES = {n: f"{n}xx" for n in range(1, 6)}
+
+
 def status_class(status: int) -> str:
     """``2xx`` for 200..299 and so on; ``none`` when no (valid) response arrived."""
-    return f"{status // 100}xx" if 100 <= status <= 599 else "none"
+    return _STATUS_CLASSES.get(status // 100, "none")
 
 
 def sample(name: str, names: Labels, values: Labels, value: float) -> str:

@@ -68,3 +68,16 @@ def test_operator_environment_wins(glibc: None) -> None:
     found = probe("tuned", env=env)
     assert "MALLOC_MMAP_THRESHOLD_" not in found["applied"]
     assert found["mmapped"] >= 8
+
+
+def test_settle_gc_freezes_startup_objects_and_collects_young_ones_less_often() -> None:
+    code = (
+        "import gc, json; from meshd import allocator; before = gc.get_threshold();"
+        " allocator.settle_gc();"
+        " print(json.dumps([before, gc.get_threshold(), gc.get_freeze_count()]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    before, after, frozen = json.loads(out.stdout)
+    assert tuple(after) == allocator.GC_THRESHOLDS
+    assert after[0] > before[0]
+    assert frozen > 1000  # the imported modules' objects, no longer walked by collections
