@@ -140,7 +140,7 @@ async def test_frames_of_one_turn_leave_in_one_write() -> None:
     _, stream, link_transport, _ = _link_with_stream()
     await turn()
     writes: list[bytes] = []
-    link_transport.write = writes.append  # type: ignore[method-assign]
+    link_transport.write = writes.append  # type: ignore[method-assign,assignment]
     stream.send(b"a")
     stream.send(b"b")
     stream.send_fin()
