@@ -74,7 +74,7 @@ class TlsListener:
         name: str,
         context: Callable[[], ssl.SSLContext],
         timeout: float,
-        factory: Callable[[], asyncio.Protocol],
+        factory: Callable[[], asyncio.BaseProtocol],
         publish: Callable[[Event], None],
     ) -> None:
         self.name = name

@@ -45,10 +45,11 @@ log = logging.getLogger("meshd.link")
 
 COPY_BELOW = 16 * 1024  # bytes: frames smaller than a TLS record are joined before writing
 FLUSH_AT = 256 * 1024  # bytes: write at once rather than wait for the loop turn to end
+READ_BUFFER = 256 * 1024  # bytes: what uvloop may decrypt into the link at once
 OnOpen = Callable[["Link", int, OpenRequest], Stream | None]
 
 
-class Link(asyncio.Protocol):
+class Link(asyncio.BufferedProtocol):
     """Both ends of a sidecar link (``dialer`` says which one this is)."""
 
     def __init__(
@@ -89,6 +90,8 @@ class Link(asyncio.Protocol):
         self._sid = 0
         self._remaining = -1  # -1: between frames
         self._control = bytearray()
+        self.lent = False  # an app transport holds a view of _buffer (see get_buffer)
+        self._buffer = memoryview(bytearray(READ_BUFFER))
         self._early: list[bytes] = []  # data that beat connection_made (start_tls hands over late)
         self._pending: list[bytes | memoryview] = []  # frames waiting for the end of this loop turn
         self._pending_size = 0
@@ -226,9 +229,23 @@ class Link(asyncio.Protocol):
         self.write(frame(GOAWAY, 0))
 
     # --- reading ------------------------------------------------------------
-    def data_received(self, data: bytes) -> None:
+    # uvloop decrypts straight into the buffer that get_buffer hands out: no bytes object
+    # per TLS record and no joining of records. Frames are parsed from it in place, and
+    # DATA is written to the app's socket from it. A socket that cannot take all of it
+    # keeps a view of the buffer (uvloop does not copy), so the buffer is then lent:
+    # the next read gets a fresh one rather than overwriting bytes still queued.
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.lent:
+            self.lent = False
+            self._buffer = memoryview(bytearray(READ_BUFFER))
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._buffer[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         if self.transport is None:
-            self._early.append(data)
+            self._early.append(bytes(data))
             return
         self.last_seen = time.monotonic()
         try:
@@ -236,7 +253,7 @@ class Link(asyncio.Protocol):
         except ProtocolError as e:
             self.abort(f"protocol error: {e.message}")
 
-    def _parse(self, data: bytes) -> None:
+    def _parse(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         end = len(data)
         offset = 0
@@ -270,7 +287,7 @@ class Link(asyncio.Protocol):
                     self._control.clear()
                     self._dispatch(self._kind, self._sid, payload)
 
-    def _read_header(self, data: bytes, offset: int, end: int) -> int:
+    def _read_header(self, data: bytes | memoryview, offset: int, end: int) -> int:
         if not self._header and end - offset >= HEADER_SIZE:
             kind, sid, length = HEADER.unpack_from(data, offset)
             offset += HEADER_SIZE

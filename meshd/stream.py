@@ -138,6 +138,8 @@ class Stream:
             self.inbox.append(bytes(data))
             return
         transport.write(data)
+        if transport.get_write_buffer_size() and self.link is not None:
+            self.link.lent = True  # the transport queued a view of the link's read buffer
         observer = self.observer
         if observer is not None and not observer.incoming(data):
             self.observer = None

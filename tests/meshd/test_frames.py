@@ -91,6 +91,9 @@ class FakeTransport(asyncio.Transport):
     def can_write_eof(self) -> bool:
         return True
 
+    def get_write_buffer_size(self) -> int:
+        return 0
+
     def write_eof(self) -> None:
         self.out += b"<EOF>"
 
@@ -224,3 +227,43 @@ async def test_server_side_refuses_streams_beyond_the_limit() -> None:
     await turn()
     assert opened == [1]
     assert frame(RST, 3)[:5] in transport.out
+
+
+class HoldingTransport(FakeTransport):
+    """Like uvloop when the socket is full: keeps the written object itself (a view), no copy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[Any] = []
+
+    def write(self, data: Any) -> None:
+        self.held.append(data)
+
+    def get_write_buffer_size(self) -> int:
+        return sum(len(d) for d in self.held)
+
+
+async def test_read_buffer_is_not_reused_while_an_app_socket_holds_a_view_of_it() -> None:
+    link, stream, _, _ = _link_with_stream()
+    app = HoldingTransport()
+    stream.transport = app
+    first = link.get_buffer(65536)
+    wire = frame(DATA, stream.sid, b"hello")
+    first[: len(wire)] = wire
+    link.buffer_updated(len(wire))
+    assert link.lent
+    second = link.get_buffer(65536)
+    assert second.obj is not first.obj  # a fresh buffer: the held view stays intact
+    second[: len(wire)] = frame(DATA, stream.sid, b"XXXXX")
+    assert bytes(app.held[0]) == b"hello"
+    assert not link.lent
+
+
+async def test_read_buffer_is_reused_when_the_app_socket_took_everything() -> None:
+    link, stream, _, app = _link_with_stream()
+    first = link.get_buffer(65536)
+    wire = frame(DATA, stream.sid, b"hello")
+    first[: len(wire)] = wire
+    link.buffer_updated(len(wire))
+    assert bytes(app.out) == b"hello"
+    assert link.get_buffer(65536).obj is first.obj
