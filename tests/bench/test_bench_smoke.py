@@ -22,6 +22,8 @@ from meshd.registry import Registry
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 from backend import make_pki
+from breakdown import categorize
+from breakdown import to_markdown as breakdown_markdown
 from chains import (
     Ctx,
     chains,
@@ -190,3 +192,38 @@ def test_report_markdown_and_json() -> None:
     json.dumps(doc)
     assert doc["ratios_meshd"]["keepalive"]["envoy"]["throughput"] == pytest.approx(0.4)
     assert doc["scenarios"]["bulk"]["unit"] == "MiB/s"
+
+
+PERF_REPORT = """\
+# Samples: 9K of event 'cpu-clock:pppH'
+#
+# Overhead  Shared Object
+# ........  ..........................
+#
+    42.10%  [kernel.kallsyms]
+    33.33%  libpython3.11.so.1.0
+     7.67%  libc.so.6
+     6.46%  libcrypto.so.3
+     3.93%  loop.cpython-311-x86_64-linux-gnu.so
+     3.72%  parser.cpython-311-x86_64-linux-gnu.so
+     1.86%  libssl.so.3
+     0.28%  [vdso]
+     0.26%  _ssl.cpython-311-x86_64-linux-gnu.so
+"""
+
+
+def test_breakdown_splits_perf_samples_by_category() -> None:
+    shares = categorize(PERF_REPORT)
+    assert shares["kernel"] == pytest.approx(42.10)
+    assert shares["OpenSSL"] == pytest.approx(6.46 + 1.86 + 0.26)
+    assert shares["Python interpreter"] == pytest.approx(33.33)
+    assert shares["uvloop"] == pytest.approx(3.93)
+    assert shares["httptools"] == pytest.approx(3.72)
+    assert shares["other"] == pytest.approx(0.28)
+    assert sum(shares.values()) == pytest.approx(99.61)
+    table = breakdown_markdown(
+        [{"chain": "meshd", "scenario": "keepalive", "cost": 20.0, "cost_unit": "us/req",
+          "shares": shares}]
+    )  # fmt: skip
+    assert "| kernel | 8.42 (42%) |" in table
+    assert "| **total** | **20.00** |" in table
