@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import http.client
+import random
 import signal
 import socket
 import ssl
@@ -77,7 +78,10 @@ def test_http_and_tcp_through_both_meshd(net: MeshNet, apps: tuple[HttpApp, Echo
 def test_bulk_transfer_keeps_every_byte(net: MeshNet, apps: tuple[HttpApp, EchoServer]) -> None:
     web, echo = apps
     a, _ = _pair(net, web, echo)
-    blob = hashlib.sha256(b"seed").digest() * (32 * 1024 * 16)  # 16 MiB, echoed back whole
+    # 16 MiB that never repeats, echoed back whole. The client reads nothing for a while,
+    # so every socket and window on the way fills up: meshd's app sockets then queue
+    # views of the link's read buffer, which must not be overwritten by the next read.
+    blob = random.Random(7).randbytes(16 << 20)
     with socket.create_connection(("127.0.0.1", a.ports["upstream:echo"]), timeout=30) as s:
 
         def send() -> None:
@@ -86,6 +90,7 @@ def test_bulk_transfer_keeps_every_byte(net: MeshNet, apps: tuple[HttpApp, EchoS
 
         sender = threading.Thread(target=send)
         sender.start()
+        time.sleep(1.0)
         digest, size = hashlib.sha256(), 0
         while chunk := s.recv(1 << 20):
             digest.update(chunk)
