@@ -10,8 +10,8 @@ faults and brk calls. Keeping up to ``TRIM_THRESHOLD`` of freed heap and
 serving chunks below ``MMAP_THRESHOLD`` from the heap lets them reuse warm
 memory; the cost is that much memory kept after a burst, bounded.
 
-The environment's MALLOC_*_ variables still win (glibc reads them first,
-and we do not override a setting the operator made).
+Settings the operator made win: a MALLOC_*_ variable keeps its own parameter,
+and any glibc.malloc tunable in GLIBC_TUNABLES leaves malloc alone entirely.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ SETTINGS = {
 
 def tune() -> list[str]:
     """Apply the settings not already chosen in the environment; return the ones applied."""
+    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        return []
     name = ctypes.util.find_library("c")
     if name is None:
         return []
@@ -65,6 +67,8 @@ def tune() -> list[str]:
 # ran a collection every few connections, and each full one walked every object that
 # imports left behind (tens of thousands). Freezing what exists at startup takes those out
 # of every later collection, and a higher gen0 threshold makes young collections rarer.
+# (Frozen objects are never examined for cycles again: if one of them later became cyclic
+# garbage it would stay. That is at most the startup set, once; reloads make new objects.)
 GC_THRESHOLDS = (20_000, 20, 20)
 
 

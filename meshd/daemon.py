@@ -319,9 +319,9 @@ def run(config_path: Path) -> None:
     """Load the config and run until SIGTERM."""
     config = MeshdConfig.load(config_path)
     raise_fd_limit()
-    allocator.tune()
     logging.basicConfig(
         level=config.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
+    allocator.tune()
     daemon = Daemon(config_path, config)
     anyio.run(daemon.run, backend="asyncio", backend_options={"use_uvloop": True})

@@ -54,7 +54,6 @@ class HttpObserver:
         "requests",
         "responses",
         "source",
-        "started",
     )
 
     def __init__(
@@ -71,7 +70,7 @@ class HttpObserver:
         self.destination = destination
         self.max_head = max_head
         self.head_bytes = 0
-        self.chunk_time = self.started = 0.0
+        self.chunk_time = 0.0
         self.pending: deque[tuple[str, float]] = deque()
         self.gave_up = False
         self.requests = httptools.HttpRequestParser(self)
@@ -83,14 +82,17 @@ class HttpObserver:
     # request parser callbacks
     def on_message_begin(self) -> None:
         self.head_bytes = 0
-        self.started = self.chunk_time  # when the chunk that starts this request arrived
+        # queued now, not when the head is complete: a server may answer early (413, 431)
+        # and that answer belongs to this request, not to the next one
+        self.pending.append(("", self.chunk_time))  # when the chunk that starts it arrived
 
     def on_headers_complete(self) -> None:
         raw = self.requests.get_method()
         method = _METHODS.get(raw) or raw.decode()
         if method == "HEAD":
             self.gave_up = True
-        self.pending.append((method, self.started))
+        if self.pending and not self.pending[-1][0]:
+            self.pending[-1] = (method, self.pending[-1][1])
         self.head_bytes = -1  # head done: no limit on bodies
 
     def response_complete(self) -> None:

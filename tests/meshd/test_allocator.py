@@ -81,3 +81,10 @@ def test_settle_gc_freezes_startup_objects_and_collects_young_ones_less_often() 
     assert tuple(after) == allocator.GC_THRESHOLDS
     assert after[0] > before[0]
     assert frozen > 1000  # the imported modules' objects, no longer walked by collections
+
+
+def test_glibc_tunables_for_malloc_leave_it_alone(glibc: None) -> None:
+    env = {"PATH": "/usr/bin:/bin", "GLIBC_TUNABLES": "glibc.malloc.trim_threshold=131072"}
+    found = probe("tuned", env=env)
+    assert found["applied"] == []
+    assert found["mmapped"] >= 8

@@ -84,3 +84,17 @@ def test_unanswered_requests_are_reported_when_the_connection_ends() -> None:
     observer.outgoing(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     observer.finished()
     assert _statuses(events) == [("GET", 0)]
+
+
+def test_an_early_answer_belongs_to_the_request_still_being_sent() -> None:
+    # the server refuses a request whose head is not complete yet (413, 431): that answer
+    # must not be paired with the next request on the connection
+    observer, events = _observer()
+    observer.outgoing(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n")
+    observer.incoming(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n")
+    observer.outgoing(b"X-More: 1\r\n\r\n")
+    observer.outgoing(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+    observer.incoming(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    statuses = _statuses(events)
+    assert statuses[0][1] == 413
+    assert ("POST", 200) not in statuses
