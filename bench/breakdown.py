@@ -65,24 +65,21 @@ def categorize(report: str) -> dict[str, float]:
 def run_load(scenario: str, port: int, seconds: int, pin: bool) -> float:
     """Run one load against the chain; return the units done (requests, or MiB for bulk)."""
     if scenario == "bulk":
-        argv = ["curl", "-s", "-o", "/dev/null", "-w", "%{size_download}"]
-        out = subprocess.run(
-            loadgen_argv([*argv, f"http://{LOCAL}:{port}/bulk"], pin),
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        return int(out) / MIB
-    argv = ["wrk", "-t1", "-c50", f"-d{seconds}s", "--latency"]
-    if scenario == "close":
-        argv += ["-H", "Connection: close"]
-    out = subprocess.run(
-        loadgen_argv([*argv, f"http://{LOCAL}:{port}{SMALL_PATH}"], pin),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return parse_wrk(out).units
+        argv = [
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+            f"http://{LOCAL}:{port}/bulk",
+        ]
+    else:
+        close = ["-H", "Connection: close"] if scenario == "close" else []
+        argv = ["wrk", "-t1", "-c50", f"-d{seconds}s", "--latency", *close]
+        argv.append(f"http://{LOCAL}:{port}{SMALL_PATH}")
+    out = subprocess.run(loadgen_argv(argv, pin), capture_output=True, text=True, check=True).stdout
+    return int(out) / MIB if scenario == "bulk" else parse_wrk(out).units
 
 
 def profile_chain(name: str, scenario: str, seconds: int, settings: Settings) -> dict[str, object]:

@@ -186,9 +186,7 @@ class Metrics:
 
     def _request(self, e: RequestCompleted) -> None:
         edge = (e.direction, e.source, e.destination)
-        counts = self._req.values
-        key = (*edge, _STATUS_CLASSES.get(e.status // 100, "none"))
-        counts[key] = counts.get(key, 0.0) + 1.0
+        self._req.inc((*edge, status_class(e.status)))
         self._req_duration.observe(edge, e.duration)
 
     def _handshake(self, e: HandshakeFailed) -> None:
