@@ -176,3 +176,35 @@ def test_sigterm_stops_cleanly_after_logging_each_request(tmp_path: Path) -> Non
     output = log.read_text()
     assert re.search(r"^GET /items/1 200 \d+\.\dms$", output, re.MULTILINE), output
     assert "Traceback" not in output and output.endswith("db stopped\n")
+
+
+def test_sigterm_waits_for_a_request_being_answered(tmp_path: Path) -> None:
+    """SIGTERM while a POST body is still arriving: the request is answered and
+    logged before the app stops (an app stopped by systemd loses no answer)."""
+    log = tmp_path / "db.log"
+    port = _free_port()
+    argv = [sys.executable, str(APPS / "db.py"), "--port", str(port)]
+    with log.open("w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while "listening" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.02)
+        body = json.dumps({"marker": "drain"}).encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            head = f"POST /items HTTP/1.1\r\nHost: db\r\nContent-Length: {len(body)}\r\n\r\n"
+            conn.sendall(head.encode() + body[:5])
+            time.sleep(0.5)  # the handler is now reading the rest of the body
+            proc.terminate()
+            time.sleep(0.5)
+            assert proc.poll() is None, "the app stopped with a request half-read"
+            conn.sendall(body[5:])
+            answer = conn.makefile("rb").readline()
+        assert answer.startswith(b"HTTP/1.1 201 "), answer
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    output = log.read_text()
+    assert re.search(r"^POST /items 201 \d+\.\dms\ndb stopped\n$", output, re.MULTILINE), output

@@ -13,6 +13,7 @@ import json
 import signal
 import socket
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -29,6 +30,32 @@ class HTTPError(Exception):
     def __init__(self, status: int, error: str, **extra: Any) -> None:
         super().__init__(error)
         self.status, self.extra = status, extra
+
+
+class InFlight:
+    """Requests being answered, so that a stop waits for each one's log line."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._count = 0
+
+    def __enter__(self) -> None:
+        with self._changed:
+            self._count += 1
+
+    def __exit__(self, *_: object) -> None:
+        with self._changed:
+            self._count -= 1
+            self._changed.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once no request is being answered; False if ``timeout`` passed first."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._count == 0, timeout)
+
+
+IN_FLIGHT = InFlight()
+DRAIN = 5.0  # seconds a stop waits for requests being answered
 
 
 class Upstream:
@@ -72,6 +99,10 @@ class JsonHandler(BaseHTTPRequestHandler):
         self.respond()
 
     def respond(self) -> None:
+        with IN_FLIGHT:
+            self._respond()
+
+    def _respond(self) -> None:
         started = time.monotonic()
         try:
             status, payload = self.route(urlsplit(self.path).path, self.read_body())
@@ -93,7 +124,10 @@ class JsonHandler(BaseHTTPRequestHandler):
         except OSError:  # the client went away
             self.close_connection = True
         elapsed = (time.monotonic() - started) * 1000
-        print(f"{self.command} {self.path} {status} {elapsed:.1f}ms", flush=True)
+        # One write per line: a line printed in two parts (text, then end) could
+        # be split by another thread's line.
+        sys.stdout.write(f"{self.command} {self.path} {status} {elapsed:.1f}ms\n")
+        sys.stdout.flush()
 
     def read_body(self) -> bytes:
         length = self.headers.get("Content-Length", "0")
@@ -136,5 +170,7 @@ def serve(name: str, handler: type[JsonHandler], port: int, note: str = "") -> N
     except KeyboardInterrupt:
         pass
     finally:
-        server.server_close()
+        server.server_close()  # no new connections; answers under way still get logged
+        if not IN_FLIGHT.wait_idle(DRAIN):
+            print(f"{name}: requests still being answered after {DRAIN:.0f}s", flush=True)
         print(f"{name} stopped", flush=True)
