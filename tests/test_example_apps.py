@@ -193,18 +193,29 @@ def test_sigterm_waits_for_a_request_being_answered(tmp_path: Path) -> None:
             time.sleep(0.02)
         body = json.dumps({"marker": "drain"}).encode()
         with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            replies = conn.makefile("rb")
+            # a first request on this connection: its handler thread exists and waits for more
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: db\r\n\r\n")
+            assert replies.readline().startswith(b"HTTP/1.1 200 ")
+            length = 0
+            while (line := replies.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            replies.read(length)
             head = f"POST /items HTTP/1.1\r\nHost: db\r\nContent-Length: {len(body)}\r\n\r\n"
             conn.sendall(head.encode() + body[:5])
-            time.sleep(0.5)  # the handler is now reading the rest of the body
+            time.sleep(1)  # the waiting handler is now reading the rest of the body
             proc.terminate()
             time.sleep(0.5)
             assert proc.poll() is None, "the app stopped with a request half-read"
             conn.sendall(body[5:])
-            answer = conn.makefile("rb").readline()
+            answer = replies.readline()
         assert answer.startswith(b"HTTP/1.1 201 "), answer
         assert proc.wait(timeout=10) == 0
     finally:
         proc.kill()
         proc.wait()
     output = log.read_text()
-    assert re.search(r"^POST /items 201 \d+\.\dms\ndb stopped\n$", output, re.MULTILINE), output
+    assert re.search(
+        r"^GET /healthz 200 \d+\.\dms\nPOST /items 201 \d+\.\dms\ndb stopped\n$", output, re.M
+    ), output

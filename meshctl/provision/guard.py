@@ -32,6 +32,7 @@ from meshctl.transport import Transport, check, failure_detail
 from meshd.errors import MeshError, ProvisionError
 
 ROLLBACK_DEADLINE = 20.0
+ROLLBACK_GRACE = 15.0  # seconds past the deadline meshctl keeps trying to reach a rolled-back host
 ROLLBACK_UNIT = "meshd-rules-rollback"
 CONFIG_FILES = ("meshd.toml", "registry.json")  # what the rules are made from, in /etc/meshd
 SNAPSHOT, PREV, LOCK = layout.ROLLBACK, layout.ROLLBACK_PREV, f"{layout.ROLLBACK}.lock"
@@ -140,13 +141,27 @@ def _disarm(transport: Transport, host: str, unit: str, deadline: float) -> None
 def _rolled_back(
     host: str, reconnect: Callable[[], Transport], armed: float, deadline: float, why: str
 ) -> ProvisionError:
-    """Wait for the host's timer to undo the rules, and say whether it is reachable again."""
+    """Wait for the host's timer to undo the rules, and say whether it is reachable again.
+
+    The first try comes 2 s after the deadline; a loaded host may take longer to
+    run the rollback, so meshctl keeps trying, once a second, for ROLLBACK_GRACE.
+    """
     time.sleep(max(0.0, armed + deadline + 2 - time.monotonic()))
-    try:
-        reconnect().close()
-        after = "they were rolled back with the previous configuration; the host is reachable"
-    except MeshError as e:
-        after = f"they should have been rolled back, but the host is still unreachable ({e})"
+    give_up = armed + deadline + ROLLBACK_GRACE
+    while True:
+        try:
+            reconnect().close()
+        except MeshError as e:
+            if time.monotonic() < give_up:
+                time.sleep(1)
+                continue
+            after = (
+                "they should have been rolled back, but the host is still unreachable "
+                f"{ROLLBACK_GRACE:g}s after the deadline ({e})"
+            )
+        else:
+            after = "they were rolled back with the previous configuration; the host is reachable"
+        break
     return ProvisionError(
         f"{host}: a new SSH connection failed after the redirect rules were applied "
         f"({why}); {after}",

@@ -149,7 +149,7 @@ def test_silent_port_times_out(operator: Identity) -> None:
             ConnectError, match=r"web1 \(127\.0\.0\.1:\d+\): no answer within 0\.5s"
         ):
             client_for(operator, timeout=0.5).stats(AdminEndpoint("web1", "127.0.0.1", port))
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 5  # 0.5 s, with room for a loaded machine
 
 
 def test_plain_http_on_the_port(operator: Identity) -> None:
@@ -203,7 +203,7 @@ def test_deadline_covers_the_whole_exchange(tmp_path: Path) -> None:
             client.stats(AdminEndpoint("web1", "127.0.0.1", server.port))
     finally:
         server.close()
-    assert 0.9 < time.monotonic() - started < 3
+    assert 0.9 < time.monotonic() - started < 5  # 1 s, with room for a loaded machine
 
 
 def test_peer_not_after_matches_the_certificate(net: MeshNet) -> None:

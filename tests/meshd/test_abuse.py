@@ -328,8 +328,13 @@ def test_a_peer_ignoring_flow_control_is_cut_off(pair: Pair) -> None:
 
 
 # --- 3. idle connections ---------------------------------------------------------------
-def _open_echoes(port: int, count: int) -> list[socket.socket]:
-    """``count`` connections through A to the echo app, each proven alive by one round trip."""
+def _open_echoes(
+    port: int, count: int, sent_at: dict[socket.socket, float] | None = None
+) -> list[socket.socket]:
+    """``count`` connections through A to the echo app, each proven alive by one round trip.
+
+    ``sent_at`` gets when each one's round trip started: meshd saw its last activity after that.
+    """
     socks = []
     for _ in range(count):
         s = socket.socket()
@@ -348,6 +353,8 @@ def _open_echoes(port: int, count: int) -> list[socket.socket]:
             assert isinstance(conn, socket.socket)
             if events & selectors.EVENT_WRITE:
                 conn.send(b"hi")
+                if sent_at is not None:
+                    sent_at[conn] = time.monotonic()
                 sel.modify(conn, selectors.EVENT_READ)
             else:
                 assert conn.recv(10) == b"hi"
@@ -402,14 +409,16 @@ def test_idle_connections_are_closed_after_the_idle_timeout(
     """
     idle = "[timeouts]\nidle = 2.0"
     pair = make_pair(extra_a=idle, extra_b=idle if where == "both" else "")
-    socks = _open_echoes(pair.a.ports["upstream:echo"], 21)
+    sent_at: dict[socket.socket, float] = {}
+    socks = _open_echoes(pair.a.ports["upstream:echo"], 21, sent_at)
     try:
         last_use = time.monotonic()
         busy = socks[-1]
         busy.setblocking(True)
         busy.settimeout(5)
         idle_socks = socks[:-1]
-        closed_after: dict[socket.socket, float] = {}
+        closed_after: dict[socket.socket, float] = {}  # seconds after last_use
+        idle_for: list[float] = []  # seconds after the socket's own last round trip began
         while len(closed_after) < len(idle_socks) and time.monotonic() - last_use < 6:
             busy.sendall(b"still here")  # a connection in use is not idle
             assert busy.recv(100) == b"still here"
@@ -418,14 +427,18 @@ def test_idle_connections_are_closed_after_the_idle_timeout(
             for s in readable:
                 with contextlib.suppress(ConnectionResetError):
                     assert s.recv(10) == b""
-                closed_after[s] = time.monotonic() - last_use
+                now = time.monotonic()
+                closed_after[s] = now - last_use
+                idle_for.append(now - sent_at[s])
         times = sorted(closed_after.values()) or [0.0]
         print(
             f"\nidle timeout 2.0s ({where}): {len(closed_after)} of {len(idle_socks)} idle "
             f"connections closed after {times[0]:.2f}-{times[-1]:.2f}s; the busy one still works"
         )
         assert len(closed_after) == len(idle_socks)
-        assert all(1.9 <= t <= 4.0 for t in times), times
+        # closed once idle for 2 s (a sweep runs every 0.5 s), not before, not long after
+        assert all(t >= 1.95 for t in idle_for), sorted(idle_for)
+        assert all(t <= 4.0 for t in times), times
         busy.sendall(b"ok")
         assert busy.recv(10) == b"ok"
         # the far side lets go as well: B's streams and B's connections to the app

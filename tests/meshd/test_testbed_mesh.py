@@ -12,7 +12,7 @@ import secrets
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +105,14 @@ def capture(mesh: Mesh, tmp_path: Path) -> Iterator[Path]:
         yield pcap
 
 
+def _eventually(check: Callable[[], bool], what: str, timeout: float = 15) -> None:
+    """Poll ``check``: meshd counts a connection when it closes, journald stores lines late."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:g}s"
+        time.sleep(0.2)
+
+
 def _python(host: TestbedHost, code: str) -> str:
     return ok(host, f"python3 -c {code!r}").strip()
 
@@ -133,21 +141,20 @@ def test_http_and_tcp_cross_the_bridge_only_encrypted(mesh: Mesh, capture: Path)
             "print(b''.join(iter(lambda: s.recv(4096), b'')).decode())"
         ),
     )
-    time.sleep(0.5)
     # the apps got the marker, from their local meshd
     assert http_reply == f"web got {len(marker) + 5} bytes from 127.0.0.1"
     assert echo_reply == f"{marker}-tcp"
     assert f"{marker}-http" in mesh.server.exec(["cat", "/tmp/web.seen"]).stdout
     assert f"{marker}-tcp" in mesh.server.exec(["cat", "/tmp/echo.seen"]).stdout
-    # both meshds carried both connections
+    # both meshds carried both connections (counted when they close)
     for host, direction in ((mesh.client, "outbound"), (mesh.server, "inbound")):
         for service in ("web", "echo"):
-            assert (
-                mesh.metric(
-                    host, "meshd_connections_total", direction=direction, destination=service
-                )
-                >= 1
-            ), (host.name, service)
+            _eventually(
+                lambda h=host, d=direction, s=service: (
+                    mesh.metric(h, "meshd_connections_total", direction=d, destination=s) >= 1
+                ),
+                f"{host.name}: a {direction} connection to {service} counted",
+            )
     assert (
         mesh.metric(
             mesh.client,
@@ -179,16 +186,16 @@ def test_a_service_user_connects_with_its_own_identity(mesh: Mesh) -> None:
     as_cli = ok(mesh.client, f"runuser -u cli -- python3 -c {fetch!r}").strip()
     as_root = ok(mesh.client, f"python3 -c {fetch!r}").strip()
     assert as_cli.startswith("web got 0 bytes") and as_root.startswith("web got 0 bytes")
-    time.sleep(0.3)
     cli_id = f"spiffe://{mesh.pki.trust_domain}/svc/cli"
     host_id = f"spiffe://{mesh.pki.trust_domain}/host/{mesh.client.name}"
-    assert (
-        mesh.metric(mesh.server, "meshd_connections_total", direction="inbound", source=cli_id) >= 1
-    )
-    assert (
-        mesh.metric(mesh.server, "meshd_connections_total", direction="inbound", source=host_id)
-        >= 1
-    )
+    for source in (cli_id, host_id):
+        _eventually(
+            lambda s=source: (
+                mesh.metric(mesh.server, "meshd_connections_total", direction="inbound", source=s)
+                >= 1
+            ),
+            f"an inbound connection from {source} counted",
+        )
 
 
 def test_outside_plaintext_refused_in_strict_and_admitted_in_permissive(mesh: Mesh) -> None:
@@ -199,8 +206,11 @@ def test_outside_plaintext_refused_in_strict_and_admitted_in_permissive(mesh: Me
     )
     status, out, _ = mesh.outsider.run(f"python3 -c {probe!r}")
     assert status != 0 or out.strip() == "CLOSED", out
-    journal = ok(mesh.server, "journalctl -u meshd-e2e --no-pager -o cat")
-    assert f"refused plaintext connection from {mesh.outsider.address}" in journal
+    refused = f"refused plaintext connection from {mesh.outsider.address}"
+    _eventually(
+        lambda: refused in ok(mesh.server, "journalctl -u meshd-e2e --no-pager -o cat"),
+        f"'{refused}' in meshd's journal",
+    )
     assert (
         mesh.metric(
             mesh.server, "meshd_connections_refused_total", listener="inbound", reason="plaintext"
@@ -218,15 +228,18 @@ def test_outside_plaintext_refused_in_strict_and_admitted_in_permissive(mesh: Me
     try:
         out = ok(mesh.outsider, f"python3 -c {probe!r}")
         assert "200 OK" in out
-        assert (
-            mesh.metric(
-                mesh.server,
-                "meshd_connections_total",
-                direction="inbound",
-                source="unauthenticated",
-                destination="web",
-            )
-            >= 1
+        _eventually(
+            lambda: (
+                mesh.metric(
+                    mesh.server,
+                    "meshd_connections_total",
+                    direction="inbound",
+                    source="unauthenticated",
+                    destination="web",
+                )
+                >= 1
+            ),
+            "an unauthenticated inbound connection counted",
         )
     finally:
         strict = onhost.config_text(mesh.server, mesh.pki.trust_domain, [WEB, ECHO])

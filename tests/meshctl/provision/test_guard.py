@@ -59,22 +59,31 @@ def test_a_rollback_that_fired_before_the_confirmation_is_reported() -> None:
 
 
 @pytest.mark.parametrize(
-    ("reachable_after", "after"),
+    ("unreachable_tries", "after"),
     [
-        (True, "they were rolled back with the previous configuration; the host is reachable"),
-        (False, "they should have been rolled back, but the host is still unreachable"),
+        (0, "they were rolled back with the previous configuration; the host is reachable"),
+        (3, "they were rolled back with the previous configuration; the host is reachable"),
+        (99, "they should have been rolled back, but the host is still unreachable 15s after"),
     ],
+    ids=["back-at-once", "back-after-a-slow-rollback", "never-back"],
 )
 def test_rules_that_cut_ssh_are_rolled_back(
-    monkeypatch: pytest.MonkeyPatch, reachable_after: bool, after: str
+    monkeypatch: pytest.MonkeyPatch, unreachable_tries: int, after: str
 ) -> None:
+    clock = [1000.0]
     waits: list[float] = []
-    monkeypatch.setattr(time, "sleep", waits.append)  # meshctl waits for the host's timer
+
+    def sleep(seconds: float) -> None:  # meshctl waits for the host's timer: no real sleep
+        waits.append(seconds)
+        clock[0] += seconds
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     attempts: list[int] = []
 
     def reconnect() -> Transport:
         attempts.append(1)
-        if len(attempts) == 1 or not reachable_after:
+        if len(attempts) <= 1 + unreachable_tries:  # the first one is the confirmation
             raise ConnectError("10.0.0.11:22: no answer within 10s")
         return Host()
 
@@ -84,8 +93,11 @@ def test_rules_that_cut_ssh_are_rolled_back(
     message = caught.value.message
     assert message.startswith("web1: a new SSH connection failed after the redirect rules")
     assert "(10.0.0.11:22: no answer within 10s)" in message and after in message
-    assert len(attempts) == 2
-    assert len(waits) == 1 and 0 < waits[0] <= 2  # deadline + 2 s of slack, from arming
+    assert waits[0] == 2  # deadline + 2 s of slack, from arming
+    if unreachable_tries < 99:
+        assert len(attempts) == 2 + unreachable_tries and waits[1:] == [1] * unreachable_tries
+    else:  # tries once a second until ROLLBACK_GRACE past the deadline, then gives up
+        assert clock[0] - 1000.0 == guard.ROLLBACK_GRACE
     assert not any(c.startswith("flock ") for c in host.commands)  # left armed
 
 

@@ -328,7 +328,7 @@ def test_reboot_brings_meshd_and_rules_back_without_meshctl(fleet: Fleet) -> Non
 def test_a_broken_rule_set_is_rolled_back(fleet: Fleet) -> None:
     before = nat(fleet.db)
     transport = fleet.ssh(fleet.db)
-    applier = Applier(transport, reconnect=lambda: fleet.ssh(fleet.db), rollback_deadline=4)
+    applier = Applier(transport, reconnect=lambda: fleet.ssh(fleet.db))
     try:
         applier.apply_rules_guarded(APPLY_RULES)  # the real rules: confirmed, kept
         assert transport.run("echo still here").stdout == "still here\n"  # session survived
@@ -338,6 +338,7 @@ def test_a_broken_rule_set_is_rolled_back(fleet: Fleet) -> None:
         )
         # new SSH connections to port 22 go nowhere: the confirmation must fail
         broken = "iptables -t nat -I PREROUTING -p tcp --dport 22 -j REDIRECT --to-ports 1"
+        applier.rollback_deadline = 4  # short, so the test does not wait 20 s for the timer
         with pytest.raises(ProvisionError, match="rolled back with the previous configuration"):
             applier.apply_rules_guarded(broken)
     finally:
@@ -410,6 +411,8 @@ def test_an_unreachable_host_fails_alone_and_sudo_works(fleet: Fleet) -> None:
     assert " joined " in both.out and " failed " in both.out
     assert f"{ghost}:22" in both.err
     assert ok(fleet.api, "systemctl is-active meshd").strip() == "active"
+    # web takes the pushed registry into /etc/hosts by itself (meshd-sync.path), just after
+    until(lambda: "api.mesh" in ok(fleet.web, "cat /etc/hosts"), 10, "api.mesh on web")
     assert (
         fleet.api.name in json.loads(fetch(fleet.web, "http://api.mesh:8081/products"))["served_by"]
     )
