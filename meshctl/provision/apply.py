@@ -9,6 +9,7 @@ the previous nat table unless a *new* SSH connection confirms in time.
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -241,11 +242,15 @@ class Applier:
 
     def _hosts(self, step: WriteHostsBlock) -> None:
         """Replace /etc/hosts atomically (through a symlink; in place if it is bind-mounted)."""
-        stage, cleanup = self.upload({"hosts": step.content.encode("utf-8", "surrogateescape")})
+        content = step.content.encode("utf-8", "surrogateescape")
+        stage, cleanup = self.upload({"hosts": content})
         result = self.transport.run(
-            f"set -e; {cleanup}; h=$(readlink -f {layout.HOSTS_FILE})\n"
-            # someone changed the file since meshctl read it: write nothing, say so
-            f'[ "$(sha256sum < "$h" | cut -d" " -f1)" = {step.before} ] || exit 3\n'
+            f"set -e; {cleanup}; h=$(readlink -f {shlex.quote(step.path)})\n"
+            'now=$(sha256sum < "$h" | cut -d" " -f1)\n'
+            # it already says what we want (meshd-sync wrote the same block meanwhile)
+            f'[ "$now" != {hashlib.sha256(content).hexdigest()} ] || exit 0\n'
+            # someone else changed the file since meshctl read it: write nothing, say so
+            f'[ "$now" = {step.before} ] || exit 3\n'
             f't="$h.meshctl-tmp"; cp {stage}/hosts "$t"\n'
             'chmod --reference="$h" "$t"; chown --reference="$h" "$t"\n'
             'mv -f "$t" "$h" 2>/dev/null || { cat "$t" > "$h"; rm -f "$t"; }',
@@ -253,11 +258,10 @@ class Applier:
         )
         if result.status == 3:
             raise ProvisionError(
-                f"{self.host}: {layout.HOSTS_FILE} changed while meshctl was working; "
-                "it was left as it is",
+                f"{self.host}: {step.path} changed while meshctl was working; it was left as it is",
                 hint="run the command again",
             )
-        check(result, f"writing {layout.HOSTS_FILE}", self.host)
+        check(result, f"writing {step.path}", self.host)
 
     def _prune(self, step: PruneBundles) -> None:
         paths = " ".join(shlex.quote(f"{layout.OPT}/{v}") for v in step.versions)

@@ -125,6 +125,7 @@ class WriteHostsBlock(Step):
     content: str  # the whole new /etc/hosts
     block: str  # our part of it ("" when it is taken out)
     before: str = ""  # sha256 of the file it replaces: a file changed meanwhile is left alone
+    path: str = layout.HOSTS_FILE
 
     @property
     def title(self) -> str:

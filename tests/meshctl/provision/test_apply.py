@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -19,8 +21,9 @@ from meshctl.provision.plan import (
     Step,
     StopUnits,
     WriteFile,
+    WriteHostsBlock,
 )
-from meshctl.transport import FakeTransport, Result, Transport
+from meshctl.transport import FakeTransport, LocalTransport, Result, Transport
 from meshd.errors import ProvisionError
 from meshd.identity import SpiffeId, make_id
 
@@ -166,3 +169,38 @@ def test_a_reload_waits_for_meshds_verdict(verdict: str, error: str | None) -> N
         with pytest.raises(ProvisionError) as caught:
             applier.run_step(StartMeshd("registry changed", "reload"))
         assert caught.value.message == error
+
+
+@pytest.mark.parametrize(
+    ("meanwhile", "error"),
+    [
+        (None, None),  # unchanged since meshctl read it: replaced
+        ("NEW", None),  # meshd-sync wrote the same block meanwhile: fine as it is
+        ("127.0.0.1 localhost\n10.0.0.9 mine\n", "changed while meshctl was working"),
+    ],
+    ids=["unchanged", "already-as-wanted", "changed-by-someone"],
+)
+def test_the_hosts_file_is_written_only_over_what_meshctl_read(
+    tmp_path: Path, meanwhile: str | None, error: str | None
+) -> None:
+    """Real sh and sha256sum on a real file (the testbed runs it on /etc/hosts)."""
+    old = "127.0.0.1 localhost\n"
+    new = old + "# BEGIN meshd\n10.255.0.1\tapi.mesh\n# END meshd\n"
+    hosts = tmp_path / "hosts"
+    hosts.write_text(old)
+    hosts.chmod(0o644)
+    before = hashlib.sha256(old.encode()).hexdigest()
+    if meanwhile is not None:
+        hosts.write_text(new if meanwhile == "NEW" else meanwhile)
+    on_disk = hosts.read_text()
+    step = WriteHostsBlock("service names changed", new, "10.255.0.1\tapi.mesh", before, str(hosts))
+    applier = Applier(LocalTransport(), never)
+    if error is None:
+        applier.apply(Plan("web1", (step,)))
+        assert hosts.read_text() == new
+        assert hosts.stat().st_mode & 0o777 == 0o644
+    else:
+        with pytest.raises(ProvisionError, match=error):
+            applier.apply(Plan("web1", (step,)))
+        assert hosts.read_text() == on_disk  # left as it is
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hosts"]  # no temporary file left
