@@ -1,4 +1,4 @@
-"""meshd's command line: ``run``, ``check-config``, ``rules``, ``hosts``, ``keygen``, ``version``.
+"""meshd's command line: run, check-config, rules, hosts, sync, keygen, version.
 
 Plain argparse, because meshd must not depend on typer or rich. Errors are
 one line on stderr with a hint, and a non-zero exit code. Each command
@@ -52,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     hosts.add_argument("action", choices=("apply", "remove", "show"))
     hosts.add_argument("--config", type=Path, required=True, help="meshd.toml")
     hosts.add_argument("--hosts-file", type=Path, default=HOSTS_FILE, help=argparse.SUPPRESS)
+    sync = sub.add_parser(
+        "sync",
+        help="apply the rules and names of the newest registry, and note it (needs root)",
+        description="Run by meshd-sync.service when a registry is pushed. "
+        "Example: meshd sync --config /etc/meshd/meshd.toml",
+    )
+    sync.add_argument("--config", type=Path, required=True, help="meshd.toml")
+    sync.add_argument("--hosts-file", type=Path, default=HOSTS_FILE, help=argparse.SUPPRESS)
     keygen = sub.add_parser(
         "keygen",
         help="make a private key (0600) and a CSR for SPIFFE IDs",
@@ -111,6 +119,24 @@ def hosts(action: str, path: Path, hosts_file: Path) -> None:
         print(f"meshd hosts: {hosts_file} already up to date")
 
 
+def sync(path: Path, hosts_file: Path) -> None:
+    """``meshd sync``: the rules and /etc/hosts names of the newest registry, then note it.
+
+    What meshd-sync.service runs (as root) each time a registry is pushed;
+    meshctl waits for the note (meshd reports it on /stats) before it says a
+    push is in place.
+    """
+    from meshd import hostnames, interception  # noqa: PLC0415 - root-only work
+    from meshd.runtime import effective_registry, mark_synced  # noqa: PLC0415
+
+    config = MeshdConfig.load(path)
+    registry = effective_registry(config)  # one snapshot for both, and for the note
+    interception.apply(config, registry)
+    hostnames.apply(registry, hosts_file)
+    mark_synced(config, registry.version)
+    print(f"meshd sync: rules and {hosts_file} names of registry version {registry.version}")
+
+
 def check_config(path: Path) -> None:
     """Load everything ``meshd run`` would load, and say what it found."""
     from meshd.runtime import Runtime  # noqa: PLC0415 - keygen must not load the daemon
@@ -138,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             rules(args.action, args.config)
         elif args.command == "hosts":
             hosts(args.action, args.config, args.hosts_file)
+        elif args.command == "sync":
+            sync(args.config, args.hosts_file)
         elif args.command == "check-config":
             check_config(args.config)
         elif args.command == "run":

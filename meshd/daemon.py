@@ -38,7 +38,7 @@ from meshd.link import Link
 from meshd.metrics import Metrics
 from meshd.netfacts import fmt
 from meshd.outbound import LinkPool, OutboundConn
-from meshd.runtime import Runtime, check_identity, load_registry, restart_needed
+from meshd.runtime import Runtime, check_identity, load_registry, restart_needed, synced_version
 from meshd.store import DocumentStore
 from meshd.systemd import Notifier, watchdog
 from meshd.tls import TlsMaterial
@@ -294,6 +294,8 @@ class _Backend:
             "active_connections": rt.active,
             "documents": d.store.versions(),
             "registry_version": rt.registry.version,
+            # the registry whose rules and /etc/hosts names meshd-sync.service put in place
+            "synced_registry_version": synced_version(rt.config),
             "mtls": rt.config.mtls,
             "links_out": [
                 {"peer": fmt(k), "streams": len(link.streams)} for k, link in d.pool.links.items()

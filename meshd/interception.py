@@ -16,8 +16,9 @@ from pathlib import Path
 
 from meshd.config import MeshdConfig
 from meshd.errors import ProvisionError
+from meshd.registry import Registry
 from meshd.rules import apply_document, fingerprint, remove_document, ruleset
-from meshd.runtime import effective_registry
+from meshd.runtime import effective_registry, synced_path
 
 
 def _run(argv: list[str], stdin: str | None = None) -> str:
@@ -30,9 +31,9 @@ def _run(argv: list[str], stdin: str | None = None) -> str:
     return done.stdout
 
 
-def apply(config: MeshdConfig) -> str:
-    """Install (or replace) the rules; returns the document applied."""
-    rules = ruleset(config, effective_registry(config))
+def apply(config: MeshdConfig, registry: Registry | None = None) -> str:
+    """Install (or replace) the rules for ``registry`` (default: the effective one)."""
+    rules = ruleset(config, registry if registry is not None else effective_registry(config))
     document = apply_document(rules, _run(["iptables-save", "-t", "nat"]))
     _run(["iptables-restore", "--test", "--noflush"], document)
     _run(["iptables-restore", "--noflush"], document)
@@ -66,4 +67,8 @@ def remove(config: MeshdConfig) -> bool:
     if routes.strip():
         _run(["ip", "route", "del", config.interception.vip_range, "dev", "lo"])
     _record(config.interception.rules_record, None)
+    try:  # without the rules, no registry is "in place" any more
+        synced_path(config).unlink(missing_ok=True)
+    except OSError as e:
+        raise ProvisionError(f"cannot remove {synced_path(config)}: {e.strerror}") from e
     return document is not None

@@ -7,6 +7,7 @@ what they started with.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import time
@@ -43,6 +44,44 @@ def load_registry(path: Path | None) -> Registry:
 def pushed_registry_path(config: MeshdConfig) -> Path | None:
     """Where meshd's DocumentStore keeps the pushed registry: ``<state_dir>/registry.json``."""
     return None if config.state_dir is None else config.state_dir / "registry.json"
+
+
+def synced_path(config: MeshdConfig) -> Path:
+    """Where ``meshd sync`` notes the registry version it applied: next to the rules record.
+
+    In /run like that record (gone at reboot, as the rules are until
+    meshd-rules.service puts them back), and not in the state directory:
+    meshd-sync.path watches that directory until the first registry is pushed,
+    so a note written there would start the sync again.
+    """
+    return config.interception.rules_record.with_name("meshd-synced.json")
+
+
+def mark_synced(config: MeshdConfig, version: int) -> None:
+    """Note that the rules and /etc/hosts names of registry ``version`` are in place.
+
+    Written by root (meshd-sync.service), 0644 so that meshd can report it on
+    /stats, where meshctl waits for it after a push.
+    """
+    path = synced_path(config)
+    doc = {"registry_version": version, "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(doc) + "\n")
+        tmp.chmod(0o644)
+        tmp.replace(path)
+    except OSError as e:
+        raise ConfigError(f"cannot write {path}: {e.strerror}", hint="run this as root") from e
+
+
+def synced_version(config: MeshdConfig) -> int | None:
+    """The registry version ``meshd sync`` last applied; None when it never ran (or unreadable)."""
+    try:
+        doc = json.loads(synced_path(config).read_text())
+    except (OSError, ValueError):
+        return None
+    version = doc.get("registry_version") if isinstance(doc, dict) else None
+    return version if isinstance(version, int) and not isinstance(version, bool) else None
 
 
 def effective_registry(config: MeshdConfig) -> Registry:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -97,6 +98,7 @@ class Rollout:
     bundle_cache: Path = bundles.DEFAULT_CACHE
     rollback_deadline: float = ROLLBACK_DEADLINE
     admin_timeout: float = 5.0
+    sync_wait: float = 15.0  # seconds a pushed registry may take to reach a host's rules and names
     _bundles: dict[bundles.Target, bundles.Bundle] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -323,15 +325,51 @@ def push_registry(ro: Rollout, names: Iterable[str]) -> list[Outcome]:
         outcome = Outcome(host.name, host.address, "registry")
 
         def send() -> None:
+            endpoint = ro.endpoint(host)
             ro.progress(host.name, f"pushing registry version {registry['version']}")
-            result = client.put_document(ro.endpoint(host), "registry", registry)
-            if result.get("status") == "applied":
-                outcome.done.append(f"registry version {result.get('version')} applied")
+            result = client.put_document(endpoint, "registry", registry)
+            if result.get("status") != "applied":
+                return  # meshd had it already: no new version for the host to follow
+            version = result.get("version")
+            ro.progress(host.name, "waiting for its rules and names to follow")
+            if _wait_synced(ro, client, endpoint, host.name, version):
+                outcome.done.append(f"registry version {version} applied, rules and names follow")
+            else:  # a meshd from before ``meshd sync`` does not say
+                outcome.done.append(f"registry version {version} applied")
 
         return _contained(outcome, send)
 
     targets = [h for h in inventory.hosts if h.name in set(names) and h.name in members]
     return parallel(push, targets)
+
+
+def _wait_synced(
+    ro: Rollout, client: AdminClient, endpoint: AdminEndpoint, host: str, version: object
+) -> bool:
+    """Wait until meshd-sync.service has put ``version``'s rules and names in place.
+
+    meshd takes a pushed registry at once, but the redirect rules and the
+    /etc/hosts names follow through a root unit a moment later: until then a
+    new service's name does not resolve on the host. False when the host's
+    meshd does not report it (a version from before ``meshd sync``).
+    """
+    deadline = time.monotonic() + ro.sync_wait
+    while True:
+        stats = client.stats(endpoint)
+        if "synced_registry_version" not in stats:
+            return False
+        seen = stats["synced_registry_version"]
+        if isinstance(seen, int) and isinstance(version, int) and seen >= version:
+            return True
+        if time.monotonic() >= deadline:
+            raise ProvisionError(
+                f"{host}: meshd took registry version {version}, but the host's redirect "
+                f"rules and /etc/hosts names did not follow within {ro.sync_wait:g}s "
+                f"(they follow version {seen if seen is not None else 'none yet'})",
+                hint=f"see journalctl -u meshd-sync on {host}; "
+                f"meshctl join {host} puts everything in place again",
+            )
+        time.sleep(0.2)
 
 
 # -- leave

@@ -10,8 +10,9 @@ meshd.service removes them when it stops and puts them back when it starts.
 
 A registry pushed over the admin API lands in meshd's state directory;
 ``meshd-sync.path`` watches that file and starts ``meshd-sync.service``, a
-root oneshot that re-applies the rules and the ``/etc/hosts`` block from the
-newer registry (meshd itself may write neither: /etc is read-only for it).
+root oneshot (``meshd sync``) that re-applies the rules and the ``/etc/hosts``
+block from the newer registry (meshd itself may write neither: /etc is
+read-only for it) and notes the version, which meshctl waits for.
 """
 
 from __future__ import annotations
@@ -162,8 +163,8 @@ def sync_service(options: UnitOptions) -> str:
             "[Service]",
             "Type=oneshot",
             *condition,
-            f"ExecStart={MESHD} rules apply --config {CONFIG}",
-            f"ExecStart={MESHD} hosts apply --config {CONFIG}",
+            # rules and names, then a note of the registry version meshctl waits for
+            f"ExecStart={MESHD} sync --config {CONFIG}",
             "",
         ]
     )

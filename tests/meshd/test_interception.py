@@ -15,7 +15,7 @@ import pytest
 from meshd.config import MeshdConfig
 from meshd.registry import Registry
 from meshd.rules import fingerprint, ruleset
-from meshd.runtime import effective_registry
+from meshd.runtime import effective_registry, synced_version
 from tests.meshd import configs
 
 MESHD = str(Path(sys.executable).with_name("meshd"))
@@ -146,3 +146,41 @@ def test_meshd_rules_show_needs_no_privileges(config_path: Path) -> None:
         check=True,
     ).stdout
     assert shown.startswith("*nat\n") and "REDIRECT --to-ports 15006" in shown
+
+
+def test_meshd_sync_applies_rules_and_names_of_the_pushed_registry_then_notes_it(
+    netns: str, config_path: Path
+) -> None:
+    """What meshd-sync.service runs after a push: rules and names of the newest registry."""
+    state = config_path.parent / "state"
+    state.mkdir(mode=0o700)
+    text = config_path.read_text()
+    mesh = '[mesh]\nregistry = "registry.json"\n'
+    assert mesh in text
+    config_path.write_text(text.replace(mesh, mesh + f'state_dir = "{state}"\n', 1))
+    pushed = json.loads(json.dumps(REGISTRY))
+    pushed["version"] = 5
+    pushed["services"]["cache"] = {
+        "vip": "10.255.0.9",
+        "port": 6379,
+        "endpoints": [{"host": "cache1", "address": "10.0.0.30", "port": 6379}],
+    }
+    (state / "registry.json").write_text(json.dumps(pushed))
+    hosts = config_path.parent / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n")
+    config = MeshdConfig.load(config_path)
+    assert synced_version(config) is None  # never synced
+    try:
+        out = _in(netns, MESHD, "sync", "--config", str(config_path), "--hosts-file", str(hosts))
+        assert "registry version 5" in out
+        saved = _in(netns, "iptables-save", "-t", "nat")
+        assert "-A MESHD_OUTPUT -d 10.0.0.30/32 -p tcp -m tcp --dport 6379" in saved  # pushed one
+        assert "10.255.0.9\tcache.mesh\n" in hosts.read_text()
+        assert hosts.read_text().startswith("127.0.0.1 localhost\n")
+        assert synced_version(config) == 5
+        assert sorted(p.name for p in state.iterdir()) == [
+            "registry.json"
+        ]  # not in the watched dir
+    finally:
+        _in(netns, MESHD, "rules", "remove", "--config", str(config_path))
+    assert synced_version(config) is None  # the rules are gone, so is the note

@@ -23,8 +23,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshctl.ca import sign_csr
+from meshd.config import MeshdConfig
 from meshd.identity import SpiffeId
 from meshd.pki import build_csr, cert_pem
+from meshd.runtime import mark_synced, synced_version
 from tests.meshd.harness import Meshd, MeshNet
 from tests.meshd.pairs import Pair, mesh_client
 from tests.meshd.tlsfixtures import Identity
@@ -169,3 +171,14 @@ def test_an_invalid_certificate_push_is_refused_and_changes_nothing(
     assert reply.startswith(b"HTTP/1.1 200 OK") and reply.endswith(b"hello\n")
     b.stop()
     assert b.proc.returncode == 0
+
+
+def test_stats_report_the_registry_version_meshd_sync_applied(net: MeshNet) -> None:
+    """meshctl waits on this after a push: the host's rules and names follow that version."""
+    record = f'[interception]\nrules_record = "{net.dir / "rules.sha256"}"'
+    meshd = net.start("solo", services={"web": 1}, extra=record)
+    assert stats(net, meshd)["synced_registry_version"] is None  # meshd-sync never ran
+    config = MeshdConfig.load(meshd.config)
+    mark_synced(config, 7)  # as ``meshd sync`` (root) notes it
+    assert stats(net, meshd)["synced_registry_version"] == 7
+    assert synced_version(config) == 7

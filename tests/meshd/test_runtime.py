@@ -12,7 +12,7 @@ from meshd.cli import main
 from meshd.config import MeshdConfig
 from meshd.errors import ConfigError
 from meshd.registry import Registry
-from meshd.runtime import effective_registry, pushed_registry_path
+from meshd.runtime import effective_registry, mark_synced, pushed_registry_path, synced_version
 from meshd.store import DocumentStore
 from tests.meshd import configs
 
@@ -89,3 +89,40 @@ def test_rules_show_follows_the_newer_registry(
     shown = capsys.readouterr().out
     assert f"-d {address}/32" in shown
     assert shown.count("--dport 5432") == 1  # only the newer document's endpoint
+
+
+def synced_config(tmp_path: Path) -> MeshdConfig:
+    """A config whose rules record (and so the sync note) lives in ``tmp_path/run``."""
+    (tmp_path / "run").mkdir()
+    record = f'[interception]\nrules_record = "{tmp_path / "run" / "rules.sha256"}"\n'
+    (tmp_path / "meshd.toml").write_text(CONFIG + STATE + record)
+    return MeshdConfig.load(tmp_path / "meshd.toml")
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, None),  # meshd sync never ran
+        ('{"registry_version": 4, "at": "2026-11-27T18:00:00+00:00"}', 4),
+        ('{"registry_version": true}', None),
+        ('{"registry_version": "4"}', None),
+        ("[4]", None),
+        ("not json", None),
+    ],
+)
+def test_synced_version_reads_only_a_well_formed_note(
+    tmp_path: Path, content: str | None, expected: int | None
+) -> None:
+    config = synced_config(tmp_path)
+    if content is not None:
+        (tmp_path / "run" / "meshd-synced.json").write_text(content)
+    assert synced_version(config) == expected
+
+
+def test_mark_synced_replaces_the_note_beside_the_rules_record(tmp_path: Path) -> None:
+    config = synced_config(tmp_path)
+    mark_synced(config, 3)
+    mark_synced(config, 5)
+    assert synced_version(config) == 5
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["meshd-synced.json"]  # no tmp
+    assert (tmp_path / "run" / "meshd-synced.json").stat().st_mode & 0o777 == 0o644

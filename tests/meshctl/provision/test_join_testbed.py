@@ -374,8 +374,13 @@ def test_leave_restores_the_host_and_updates_the_others(fleet: Fleet) -> None:
         10,
         "meshd failing",
     )
-    left = fleet.meshctl("leave", "api1", "-i", fleet.key)
+    left = fleet.meshctl("leave", "api1", "-i", fleet.key, "--json")
     assert left.code == 0, left.out + left.err
+    others = {h["host"]: h for h in json.loads(left.out)["hosts"] if h["host"] != "api1"}
+    assert sorted(others) == ["db1", "web1"]
+    for other in others.values():
+        assert other["status"] == "registry", other
+        assert any(d.endswith("applied, rules and names follow") for d in other["done"]), other
     after = snapshot(fleet.api)
     assert after == fleet.pristine_api, _diff(fleet.pristine_api, after)
     again = fleet.meshctl("leave", fleet.api.address, "-i", fleet.key)  # harmless twice
@@ -385,8 +390,9 @@ def test_leave_restores_the_host_and_updates_the_others(fleet: Fleet) -> None:
     for host, name in ((fleet.web, "web1"), (fleet.db, "db1")):
         registry = client.get_document(fleet.admin(host, name), "registry")
         assert registry is not None and "api" not in registry["services"]
-        until(lambda h=host: "api.mesh" not in ok(h, "cat /etc/hosts"), 10, "hosts block")
-        until(lambda h=host: fleet.api.address not in ok(h, "iptables-save -t nat"), 10, "rules")
+        # meshctl waited for the others' rules and names to follow: no polling here
+        assert "api.mesh" not in ok(host, "cat /etc/hosts")
+        assert fleet.api.address not in ok(host, "iptables-save -t nat")
     assert "[hosts.api1]" not in (fleet.ws / "hosts.toml").read_text()
 
 
@@ -411,8 +417,7 @@ def test_an_unreachable_host_fails_alone_and_sudo_works(fleet: Fleet) -> None:
     assert " joined " in both.out and " failed " in both.out
     assert f"{ghost}:22" in both.err
     assert ok(fleet.api, "systemctl is-active meshd").strip() == "active"
-    # web takes the pushed registry into /etc/hosts by itself (meshd-sync.path), just after
-    until(lambda: "api.mesh" in ok(fleet.web, "cat /etc/hosts"), 10, "api.mesh on web")
+    assert "api.mesh" in ok(fleet.web, "cat /etc/hosts")  # meshctl waited for web to follow
     assert (
         fleet.api.name in json.loads(fetch(fleet.web, "http://api.mesh:8081/products"))["served_by"]
     )

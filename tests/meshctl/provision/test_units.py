@@ -58,10 +58,7 @@ def test_sync_reinstalls_rules_only_while_meshd_runs_in_open_mode(mode: str, gat
     condition = "ExecCondition=/bin/systemctl is-active --quiet meshd.service"
     assert (condition in text) is gated
     starts = [line for line in text.splitlines() if line.startswith("ExecStart=")]
-    assert starts == [
-        "ExecStart=/opt/meshd/bin/meshd rules apply --config /etc/meshd/meshd.toml",
-        "ExecStart=/opt/meshd/bin/meshd hosts apply --config /etc/meshd/meshd.toml",
-    ]
+    assert starts == ["ExecStart=/opt/meshd/bin/meshd sync --config /etc/meshd/meshd.toml"]
     assert "User=" not in text  # root: iptables and /etc/hosts
 
 

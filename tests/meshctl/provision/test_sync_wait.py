@@ -1,0 +1,85 @@
+"""After a registry push meshctl waits until the host's rules and names follow it
+(meshd reports what ``meshd sync`` applied on /stats). The real thing runs in
+tests/meshctl/provision/test_join_testbed.py; here a scripted meshd and a fake clock."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+
+from meshctl.admin_client import AdminClient, AdminEndpoint
+from meshctl.provision import rollout
+from meshd.errors import ProvisionError
+
+ENDPOINT = AdminEndpoint("web1", "10.0.0.11", 15001)
+
+
+class ScriptedMeshd:
+    """Answers /stats with each of ``synced`` in turn (the last one from then on)."""
+
+    def __init__(self, *synced: Any, key: bool = True) -> None:
+        self.synced = list(synced)
+        self.key = key
+        self.asked = 0
+
+    def stats(self, endpoint: AdminEndpoint) -> dict[str, Any]:
+        assert endpoint == ENDPOINT
+        self.asked += 1
+        answer = self.synced.pop(0) if len(self.synced) > 1 else self.synced[0]
+        return {"registry_version": 9, **({"synced_registry_version": answer} if self.key else {})}
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    now = [100.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    return now
+
+
+def wait(meshd: ScriptedMeshd, version: int = 9) -> bool:
+    ro = cast(rollout.Rollout, SimpleNamespace(sync_wait=15.0))
+    return rollout._wait_synced(ro, cast(AdminClient, meshd), ENDPOINT, "web1", version)
+
+
+def test_returns_once_the_rules_and_names_follow_the_pushed_version(clock: list[float]) -> None:
+    meshd = ScriptedMeshd(None, 8, 9)
+    assert wait(meshd) is True
+    assert meshd.asked == 3 and clock[0] == pytest.approx(100.4)
+
+
+def test_a_newer_synced_version_also_counts(clock: list[float]) -> None:
+    assert wait(ScriptedMeshd(12)) is True
+
+
+def test_a_meshd_that_does_not_report_it_is_not_waited_for(clock: list[float]) -> None:
+    meshd = ScriptedMeshd(None, key=False)
+    assert wait(meshd) is False
+    assert meshd.asked == 1 and clock[0] == 100.0
+
+
+def test_a_host_whose_rules_never_follow_is_an_error_saying_where_to_look(
+    clock: list[float],
+) -> None:
+    with pytest.raises(ProvisionError) as caught:
+        wait(ScriptedMeshd(8))
+    assert caught.value.message == (
+        "web1: meshd took registry version 9, but the host's redirect rules and /etc/hosts "
+        "names did not follow within 15s (they follow version 8)"
+    )
+    assert caught.value.hint is not None
+    assert "journalctl -u meshd-sync on web1" in caught.value.hint
+    assert "meshctl join web1" in caught.value.hint
+    assert clock[0] >= 115.0
+
+
+def test_never_synced_says_none_yet(clock: list[float]) -> None:
+    with pytest.raises(ProvisionError, match=r"\(they follow version none yet\)"):
+        wait(ScriptedMeshd(None))
