@@ -75,7 +75,7 @@ if [ -f {PREV}/meshd.toml.absent ]; then  # a first join: nothing of it may star
   systemctl disable --now meshd-sync.path 2>/dev/null
   systemctl disable meshd-rules.service meshd.service 2>/dev/null
 fi
-rm -rf {SNAPSHOT} {PREV} {layout.RULES_RECORD}
+rm -rf {SNAPSHOT} {PREV} {layout.RULES_RECORD} {layout.SYNCED}
 true"""
 
 

@@ -16,6 +16,7 @@ CERT = f"{ETC}/cert.pem"
 KEY = f"{ETC}/key.pem"
 STATE = "/var/lib/meshd"
 RULES_RECORD = "/run/meshd-rules.sha256"  # gone at reboot, like the rules it describes
+SYNCED = "/run/meshd-synced.json"  # the registry version meshd-sync last put in place
 ROLLBACK = "/run/meshd-rules.rollback"  # the nat table to go back to (see provision/guard.py)
 ROLLBACK_PREV = "/run/meshd-rules.prev"  # ... and the config and route that went with it
 NAT_CREATED = f"{ETC}/nat-table-created"  # our first rules created the nat table: leave drops it
@@ -39,6 +40,7 @@ REMOVED_PATHS = (
     ETC,
     STATE,
     RULES_RECORD,
+    SYNCED,
     ROLLBACK,
     f"{ROLLBACK}.lock",
     ROLLBACK_PREV,

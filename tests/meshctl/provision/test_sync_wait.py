@@ -11,8 +11,10 @@ from typing import Any, cast
 import pytest
 
 from meshctl.admin_client import AdminClient, AdminEndpoint
-from meshctl.provision import rollout
+from meshctl.provision import layout, rollout
+from meshd.config import InterceptionConfig, MeshdConfig
 from meshd.errors import ProvisionError
+from meshd.runtime import synced_path
 
 ENDPOINT = AdminEndpoint("web1", "10.0.0.11", 15001)
 
@@ -83,3 +85,11 @@ def test_a_host_whose_rules_never_follow_is_an_error_saying_where_to_look(
 def test_never_synced_says_none_yet(clock: list[float]) -> None:
     with pytest.raises(ProvisionError, match=r"\(they follow version none yet\)"):
         wait(ScriptedMeshd(None))
+
+
+def test_meshctl_and_meshd_agree_on_where_the_note_lives() -> None:
+    """leave and a rollback remove it by meshctl's path; meshd writes it by its own."""
+    config = cast(MeshdConfig, SimpleNamespace(interception=InterceptionConfig()))
+    assert str(synced_path(config)) == layout.SYNCED
+    assert str(InterceptionConfig().rules_record) == layout.RULES_RECORD
+    assert layout.SYNCED in layout.REMOVED_PATHS
