@@ -142,7 +142,17 @@ def test_bad_requests_get_json_errors(chain: dict[str, int]) -> None:
 
 
 def test_api_and_web_answer_502_json_naming_a_down_upstream(tmp_path: Path) -> None:
-    down = _free_port()  # nothing listens there
+    # bound but not listening for the whole test: refused, and no app can be given the port
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    down = int(held.getsockname()[1])
+    try:
+        _down_upstream_answers(tmp_path, down)
+    finally:
+        held.close()
+
+
+def _down_upstream_answers(tmp_path: Path, down: int) -> None:
     with _running("api", _free_port(), tmp_path / "api.log", down) as api:
         status, answer = _json(api, "GET", "/products")
         assert status == 502 and answer["upstream"] == f"http://127.0.0.1:{down}"

@@ -25,7 +25,7 @@ from meshctl.ca import Authority, MeshCa
 from meshctl.config import MeshConfig
 from meshctl.workspace import init_workspace
 from meshd.errors import ConnectError, ProvisionError
-from tests.meshd.harness import HttpApp, Meshd, MeshNet, free_port
+from tests.meshd.harness import HttpApp, Meshd, MeshNet
 from tests.meshd.tlsfixtures import TD, Identity, TestPki
 
 
@@ -134,9 +134,11 @@ def operator(tmp_path: Path) -> Identity:
 
 
 def test_nothing_listening(operator: Identity) -> None:
-    port = free_port()
-    with pytest.raises(ConnectError) as info:
-        client_for(operator).stats(AdminEndpoint("web1", "127.0.0.1", port))
+    with socket.socket() as held:  # bound, never listening: refused, and nobody else gets it
+        held.bind(("127.0.0.1", 0))
+        port = int(held.getsockname()[1])
+        with pytest.raises(ConnectError) as info:
+            client_for(operator).stats(AdminEndpoint("web1", "127.0.0.1", port))
     assert info.value.message == f"meshd on web1 (127.0.0.1:{port}): connection refused"
     assert info.value.hint == "is meshd running? check systemctl status meshd on the host"
 
