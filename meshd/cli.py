@@ -131,10 +131,15 @@ def sync(path: Path, hosts_file: Path) -> None:
 
     config = MeshdConfig.load(path)
     registry = effective_registry(config)  # one snapshot for both, and for the note
-    interception.apply(config, registry)
-    hostnames.apply(registry, hosts_file)
-    mark_synced(config, registry.version)
-    print(f"meshd sync: rules and {hosts_file} names of registry version {registry.version}")
+    for _ in range(3):  # a push that lands meanwhile does not start another run: look again
+        interception.apply(config, registry)
+        hostnames.apply(registry, hosts_file)
+        mark_synced(config, registry.version)
+        print(f"meshd sync: rules and {hosts_file} names of registry version {registry.version}")
+        newest = effective_registry(config)
+        if newest.version == registry.version:
+            break
+        registry = newest
 
 
 def check_config(path: Path) -> None:

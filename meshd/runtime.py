@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,13 +67,21 @@ def mark_synced(config: MeshdConfig, version: int) -> None:
     """
     path = synced_path(config)
     doc = {"registry_version": version, "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-    tmp = path.with_name(path.name + ".tmp")
+    data = (json.dumps(doc) + "\n").encode()
+    tmp = None
     try:
-        tmp.write_text(json.dumps(doc) + "\n")
-        tmp.chmod(0o644)
-        tmp.replace(path)
+        # a fresh name (O_EXCL): root never writes through a link someone else planted
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), 0o644)
+            out.write(data)
+        Path(tmp).replace(path)
+        tmp = None
     except OSError as e:
         raise ConfigError(f"cannot write {path}: {e.strerror}", hint="run this as root") from e
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def synced_version(config: MeshdConfig) -> int | None:

@@ -220,7 +220,11 @@ def test_sigterm_waits_for_a_request_being_answered(tmp_path: Path) -> None:
             assert proc.poll() is None, "the app stopped with a request half-read"
             conn.sendall(body[5:])
             answer = replies.readline()
+            headers = []
+            while (line := replies.readline()) not in (b"\r\n", b""):
+                headers.append(line.lower().strip())
         assert answer.startswith(b"HTTP/1.1 201 "), answer
+        assert b"connection: close" in headers  # the app is stopping: no next request here
         assert proc.wait(timeout=10) == 0
     finally:
         proc.kill()

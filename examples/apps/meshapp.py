@@ -55,6 +55,7 @@ class InFlight:
 
 
 IN_FLIGHT = InFlight()
+STOPPING = threading.Event()  # set at SIGTERM: answers then close their connection
 DRAIN = 5.0  # seconds a stop waits for requests being answered
 
 
@@ -119,6 +120,9 @@ class JsonHandler(BaseHTTPRequestHandler):
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
+            if STOPPING.is_set():  # no next request on this connection: we are going away
+                self.send_header("Connection", "close")
+                self.close_connection = True
             self.end_headers()
             self.wfile.write(body)
         except OSError:  # the client went away
@@ -170,7 +174,8 @@ def serve(name: str, handler: type[JsonHandler], port: int, note: str = "") -> N
     except KeyboardInterrupt:
         pass
     finally:
+        STOPPING.set()
         server.server_close()  # no new connections; answers under way still get logged
         if not IN_FLIGHT.wait_idle(DRAIN):
-            print(f"{name}: requests still being answered after {DRAIN:.0f}s", flush=True)
+            sys.stdout.write(f"{name}: requests still being answered after {DRAIN:.0f}s\n")
         print(f"{name} stopped", flush=True)

@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 from meshctl.inventory import VIP_RANGE
 from meshctl.provision import layout
-from meshctl.transport import Transport, check, failure_detail
+from meshctl.transport import Transport, UnreachableError, check, failure_detail
 from meshd.errors import MeshError, ProvisionError
 
 ROLLBACK_DEADLINE = 20.0
@@ -144,21 +144,26 @@ def _rolled_back(
     """Wait for the host's timer to undo the rules, and say whether it is reachable again.
 
     The first try comes 2 s after the deadline; a loaded host may take longer to
-    run the rollback, so meshctl keeps trying, once a second, for ROLLBACK_GRACE.
+    run the rollback, so while the host is unreachable meshctl keeps trying, once
+    a second, until ROLLBACK_GRACE past the deadline. Other errors (a changed
+    host key, refused authentication) will not go away by waiting: said at once.
     """
     time.sleep(max(0.0, armed + deadline + 2 - time.monotonic()))
     give_up = armed + deadline + ROLLBACK_GRACE
     while True:
         try:
             reconnect().close()
-        except MeshError as e:
+        except UnreachableError as e:
             if time.monotonic() < give_up:
                 time.sleep(1)
                 continue
+            waited = time.monotonic() - armed - deadline
             after = (
                 "they should have been rolled back, but the host is still unreachable "
-                f"{ROLLBACK_GRACE:g}s after the deadline ({e})"
+                f"{waited:.0f}s after the deadline ({e})"
             )
+        except MeshError as e:
+            after = f"they should have been rolled back, but reconnecting failed ({e})"
         else:
             after = "they were rolled back with the previous configuration; the host is reachable"
         break

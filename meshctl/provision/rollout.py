@@ -328,9 +328,12 @@ def push_registry(ro: Rollout, names: Iterable[str]) -> list[Outcome]:
             endpoint = ro.endpoint(host)
             ro.progress(host.name, f"pushing registry version {registry['version']}")
             result = client.put_document(endpoint, "registry", registry)
-            if result.get("status") != "applied":
-                return  # meshd had it already: no new version for the host to follow
             version = result.get("version")
+            if result.get("status") != "applied":
+                # meshd had it already: nothing new to wait for, but an earlier push whose
+                # rules and names never followed must not pass unnoticed on a second run
+                _check_not_behind(client.stats(endpoint), host.name, version)
+                return
             ro.progress(host.name, "waiting for its rules and names to follow")
             if _wait_synced(ro, client, endpoint, host.name, version):
                 outcome.done.append(f"registry version {version} applied, rules and names follow")
@@ -362,14 +365,33 @@ def _wait_synced(
         if isinstance(seen, int) and isinstance(version, int) and seen >= version:
             return True
         if time.monotonic() >= deadline:
-            raise ProvisionError(
-                f"{host}: meshd took registry version {version}, but the host's redirect "
-                f"rules and /etc/hosts names did not follow within {ro.sync_wait:g}s "
-                f"(they follow version {seen if seen is not None else 'none yet'})",
-                hint=f"see journalctl -u meshd-sync on {host}; "
-                f"meshctl join {host} puts everything in place again",
-            )
+            raise _not_followed(host, version, seen, f"within {ro.sync_wait:g}s")
         time.sleep(0.2)
+
+
+def _check_not_behind(stats: dict[str, Any], host: str, version: object) -> None:
+    """For a push meshd already had: fail if its sync is known to lag behind it.
+
+    No note at all (none since boot, or a meshd from before ``meshd sync``) is
+    not a failure here: the boot-time rules come from the same registry.
+    """
+    seen = stats.get("synced_registry_version")
+    if isinstance(seen, int) and isinstance(version, int) and seen < version:
+        raise _not_followed(host, version, seen, "since it was pushed")
+
+
+def _not_followed(host: str, version: object, seen: object, when: str) -> ProvisionError:
+    state = (
+        f"they follow version {seen}"
+        if seen is not None
+        else "no meshd sync has run since the host booted or meshd was installed"
+    )
+    return ProvisionError(
+        f"{host}: meshd took registry version {version}, but the host's redirect rules "
+        f"and /etc/hosts names did not follow {when} ({state})",
+        hint=f"on {host}: systemctl status meshd-sync.path meshd-sync.service and "
+        f"journalctl -u meshd-sync; meshctl join {host} puts everything in place again",
+    )
 
 
 # -- leave

@@ -126,3 +126,16 @@ def test_mark_synced_replaces_the_note_beside_the_rules_record(tmp_path: Path) -
     assert synced_version(config) == 5
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["meshd-synced.json"]  # no tmp
     assert (tmp_path / "run" / "meshd-synced.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_mark_synced_replaces_a_planted_link_and_never_writes_through_it(tmp_path: Path) -> None:
+    """Root writes the note: a link where it goes is replaced, its target left alone."""
+    config = synced_config(tmp_path)
+    target = tmp_path / "precious"
+    target.write_text("keep me\n")
+    target.chmod(0o600)
+    (tmp_path / "run" / "meshd-synced.json").symlink_to(target)
+    mark_synced(config, 4)
+    assert target.read_text() == "keep me\n" and target.stat().st_mode & 0o777 == 0o600
+    note = tmp_path / "run" / "meshd-synced.json"
+    assert not note.is_symlink() and synced_version(config) == 4

@@ -11,7 +11,7 @@ import pytest
 from meshctl.provision import guard, layout
 from meshctl.provision.apply import Applier
 from meshctl.provision.desired import FileSpec
-from meshctl.transport import Result, Transport
+from meshctl.transport import Result, Transport, UnreachableError
 from meshd.errors import ConnectError, ProvisionError
 from tests.meshctl.provision.test_apply import MKTEMP, OK, STAGE, Host, never
 
@@ -64,8 +64,9 @@ def test_a_rollback_that_fired_before_the_confirmation_is_reported() -> None:
         (0, "they were rolled back with the previous configuration; the host is reachable"),
         (3, "they were rolled back with the previous configuration; the host is reachable"),
         (99, "they should have been rolled back, but the host is still unreachable 15s after"),
+        (-1, "but reconnecting failed (host key of 10.0.0.11 changed: it now offers SHA256:x)"),
     ],
-    ids=["back-at-once", "back-after-a-slow-rollback", "never-back"],
+    ids=["back-at-once", "back-after-a-slow-rollback", "never-back", "not-worth-waiting-for"],
 )
 def test_rules_that_cut_ssh_are_rolled_back(
     monkeypatch: pytest.MonkeyPatch, unreachable_tries: int, after: str
@@ -83,8 +84,12 @@ def test_rules_that_cut_ssh_are_rolled_back(
 
     def reconnect() -> Transport:
         attempts.append(1)
-        if len(attempts) <= 1 + unreachable_tries:  # the first one is the confirmation
-            raise ConnectError("10.0.0.11:22: no answer within 10s")
+        if len(attempts) == 1:  # the confirmation
+            raise UnreachableError("10.0.0.11:22: no answer within 10s")
+        if unreachable_tries < 0:
+            raise ConnectError("host key of 10.0.0.11 changed: it now offers SHA256:x")
+        if len(attempts) <= 1 + unreachable_tries:
+            raise UnreachableError("10.0.0.11:22: no answer within 10s")
         return Host()
 
     host = Host(prefixes=ARM | {RULES: OK})
@@ -94,7 +99,9 @@ def test_rules_that_cut_ssh_are_rolled_back(
     assert message.startswith("web1: a new SSH connection failed after the redirect rules")
     assert "(10.0.0.11:22: no answer within 10s)" in message and after in message
     assert waits[0] == 2  # deadline + 2 s of slack, from arming
-    if unreachable_tries < 99:
+    if unreachable_tries < 0:  # asked once more, not waited for
+        assert len(attempts) == 2 and waits[1:] == []
+    elif unreachable_tries < 99:
         assert len(attempts) == 2 + unreachable_tries and waits[1:] == [1] * unreachable_tries
     else:  # tries once a second until ROLLBACK_GRACE past the deadline, then gives up
         assert clock[0] - 1000.0 == guard.ROLLBACK_GRACE

@@ -5,6 +5,7 @@ tests/meshctl/provision/test_join_testbed.py; here a scripted meshd and a fake c
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -12,11 +13,12 @@ import pytest
 
 from meshctl.admin_client import AdminClient, AdminEndpoint
 from meshctl.provision import layout, rollout
-from meshd.config import InterceptionConfig, MeshdConfig
+from meshd.config import MeshdConfig
 from meshd.errors import ProvisionError
 from meshd.runtime import synced_path
 
 ENDPOINT = AdminEndpoint("web1", "10.0.0.11", 15001)
+GOLDEN = Path(__file__).parent / "golden"
 
 
 class ScriptedMeshd:
@@ -77,19 +79,39 @@ def test_a_host_whose_rules_never_follow_is_an_error_saying_where_to_look(
         "names did not follow within 15s (they follow version 8)"
     )
     assert caught.value.hint is not None
-    assert "journalctl -u meshd-sync on web1" in caught.value.hint
+    assert "systemctl status meshd-sync.path meshd-sync.service" in caught.value.hint
+    assert "journalctl -u meshd-sync" in caught.value.hint
     assert "meshctl join web1" in caught.value.hint
     assert clock[0] >= 115.0
 
 
-def test_never_synced_says_none_yet(clock: list[float]) -> None:
-    with pytest.raises(ProvisionError, match=r"\(they follow version none yet\)"):
+def test_never_synced_says_so(clock: list[float]) -> None:
+    with pytest.raises(ProvisionError, match=r"\(no meshd sync has run since the host booted"):
         wait(ScriptedMeshd(None))
 
 
 def test_meshctl_and_meshd_agree_on_where_the_note_lives() -> None:
-    """leave and a rollback remove it by meshctl's path; meshd writes it by its own."""
-    config = cast(MeshdConfig, SimpleNamespace(interception=InterceptionConfig()))
-    assert str(synced_path(config)) == layout.SYNCED
-    assert str(InterceptionConfig().rules_record) == layout.RULES_RECORD
+    """leave and a rollback remove it by meshctl's path; meshd writes it by the config's."""
+    joined = MeshdConfig.load(GOLDEN / "meshd.toml")  # the meshd.toml join writes (golden)
+    assert str(synced_path(joined)) == layout.SYNCED
+    assert str(joined.interception.rules_record) == layout.RULES_RECORD
     assert layout.SYNCED in layout.REMOVED_PATHS
+
+
+@pytest.mark.parametrize(
+    ("synced", "fails"),
+    [(9, False), (12, False), (None, False), (8, True)],
+    ids=["followed", "newer", "no-note-since-boot", "behind"],
+)
+def test_a_push_meshd_already_had_fails_only_if_its_sync_is_behind(
+    synced: int | None, fails: bool
+) -> None:
+    """A second run after a failed wait must not pass a host whose names never followed."""
+    stats = {"registry_version": 9, "synced_registry_version": synced}
+    if not fails:
+        rollout._check_not_behind(stats, "web1", 9)
+        return
+    with pytest.raises(
+        ProvisionError, match=r"did not follow since it was pushed \(they follow version 8\)"
+    ):
+        rollout._check_not_behind(stats, "web1", 9)
