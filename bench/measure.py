@@ -119,44 +119,82 @@ def run_all(
         ctx = Ctx(procs, ports, pki, backend, meshd)
         run_bulk(backend, s)  # fault the sparse file into the page cache once
         for round_no in range(1, s.rounds + 1):
-            for chain in selected:
-                if chain.name in results.failed:
-                    continue
-                log(f"round {round_no}/{s.rounds}: {chain.name}")
-                _run_chain(chain, ctx, s, results, round_no, log)
+            _run_round(selected, ctx, s, results, round_no, log)
     finally:
         procs.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
     return results
 
 
-def _run_chain(
-    chain: Chain, ctx: Ctx, s: Settings, results: Results, round_no: int, log: Callable[[str], None]
+def _run_round(
+    selected: Sequence[Chain],
+    ctx: Ctx,
+    s: Settings,
+    results: Results,
+    round_no: int,
+    log: Callable[[str], None],
 ) -> None:
-    running: Running | None = None
+    """Start every chain afresh, then measure scenario by scenario, the chains back to back.
+
+    The figures that a ratio compares are taken seconds apart, not minutes: drift
+    in the machine's speed hits both alike. The chain order rotates each round.
+    """
+    running: dict[str, Running] = {}
     try:
-        try:
-            running = chain.start(ctx)
-            probe(running.port, running.procs)
-        except (ChainError, OSError) as e:
-            results.failed[chain.name] = str(e)
-            log(f"    {chain.name} failed: {e}")
-            return
-        if round_no == 1 and running.procs:
-            results.idle[chain.name] = idle_rss(running)
-        for scenario in chain.scenarios:
-            cell = results.cells[scenario][chain.name]
-            try:
-                cell.samples.append(measure(scenario, running, s, ctx.procs.workdir, log))
-            except LoadError as e:
-                cell.errors.append(f"round {round_no}: {e}")
-                log(f"    {scenario} failed: {e}")
-            dead = [p for p in running.procs if p.popen.poll() is not None]
-            if dead:
-                why = f"{dead[0].name} died during {scenario}: {dead[0].log_tail()}"
-                results.failed[chain.name] = why
-                log(f"    {why}")
-                return
+        for chain in selected:
+            started = _start(chain, ctx, results, round_no, log)
+            if started is not None:
+                running[chain.name] = started
+        names = list(running)
+        shift = (round_no - 1) % max(1, len(names))
+        order = names[shift:] + names[:shift]
+        by_name = {c.name: c for c in selected}
+        for scenario in SCENARIOS:
+            for name in order:
+                if scenario not in by_name[name].scenarios or name in results.failed:
+                    continue
+                log(f"round {round_no}/{s.rounds}: {scenario} {name}")
+                _measure_one(scenario, by_name[name], running[name], ctx, s, results, round_no, log)
     finally:
-        if running is not None:
-            ctx.procs.stop(running.procs)
+        for started in running.values():
+            ctx.procs.stop(started.procs)
+
+
+def _start(
+    chain: Chain, ctx: Ctx, results: Results, round_no: int, log: Callable[[str], None]
+) -> Running | None:
+    if chain.name in results.failed:
+        return None
+    try:
+        running = chain.start(ctx)
+        probe(running.port, running.procs)
+    except (ChainError, OSError) as e:
+        results.failed[chain.name] = str(e)
+        log(f"    {chain.name} failed: {e}")
+        return None
+    if round_no == 1 and running.procs:
+        results.idle[chain.name] = idle_rss(running)
+    return running
+
+
+def _measure_one(
+    scenario: str,
+    chain: Chain,
+    running: Running,
+    ctx: Ctx,
+    s: Settings,
+    results: Results,
+    round_no: int,
+    log: Callable[[str], None],
+) -> None:
+    cell = results.cells[scenario][chain.name]
+    try:
+        cell.samples.append(measure(scenario, running, s, ctx.procs.workdir, log))
+    except LoadError as e:
+        cell.errors.append(f"round {round_no}: {e}")
+        log(f"    {scenario} failed: {e}")
+    dead = [p for p in running.procs if p.popen.poll() is not None]
+    if dead:
+        why = f"{dead[0].name} died during {scenario}: {dead[0].log_tail()}"
+        results.failed[chain.name] = why
+        log(f"    {why}")

@@ -83,8 +83,9 @@ def header(s: Settings) -> dict[str, Any]:
             else "none (fewer than 2 CPUs or --no-pin)"
         ),
         "method": [
-            "Each round starts each chain afresh, checks one request returns the backend's "
-            "200, then runs the scenarios in order; rounds interleave the chains.",
+            "Each round starts every chain afresh and checks one request returns the "
+            "backend's 200; then each scenario runs on the chains back to back (the order "
+            "rotates each round), so the figures a ratio compares are seconds apart.",
             f"(a)/(b): wrk -t1 -c{s.connections} -d{s.duration}s --latency after a "
             f"{s.warmup}s warm-up; (b) sends Connection: close, so req/s = new client "
             "connections/s through the chain.",
