@@ -139,3 +139,36 @@ def test_mark_synced_replaces_a_planted_link_and_never_writes_through_it(tmp_pat
     assert target.read_text() == "keep me\n" and target.stat().st_mode & 0o777 == 0o600
     note = tmp_path / "run" / "meshd-synced.json"
     assert not note.is_symlink() and synced_version(config) == 4
+
+
+def test_sync_looks_again_when_a_push_lands_during_its_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """systemd folds a push that arrives mid-run into the running sync: it must look again.
+
+    Only iptables is replaced (the netns test in test_interception runs it for real):
+    the first rules apply is where the second push lands.
+    """
+    from meshd import interception  # noqa: PLC0415
+
+    config_path = make_config(tmp_path, 3, 5)
+    record = f'[interception]\nrules_record = "{tmp_path / "rules.sha256"}"\n'
+    config_path.write_text(config_path.read_text() + record)
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n")
+    applied: list[int] = []
+
+    def apply(config: MeshdConfig, registry: Registry | None = None) -> str:
+        assert registry is not None
+        applied.append(registry.version)
+        if len(applied) == 1:  # a push lands now, written as meshd writes it
+            (tmp_path / "state" / "registry.json").write_text(
+                json.dumps(registry_doc(6, "pushedmeanwhile", "10.0.0.22"))
+            )
+        return ""
+
+    monkeypatch.setattr(interception, "apply", apply)
+    assert main(["sync", "--config", str(config_path), "--hosts-file", str(hosts)]) == 0
+    assert applied == [5, 6]
+    assert synced_version(MeshdConfig.load(config_path)) == 6
+    assert "pushedmeanwhile.mesh" in hosts.read_text()
