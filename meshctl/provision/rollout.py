@@ -389,8 +389,9 @@ def _not_followed(host: str, version: object, seen: object, when: str) -> Provis
     return ProvisionError(
         f"{host}: meshd took registry version {version}, but the host's redirect rules "
         f"and /etc/hosts names did not follow {when} ({state})",
-        hint=f"on {host}: systemctl status meshd-sync.path meshd-sync.service and "
-        f"journalctl -u meshd-sync; meshctl join {host} puts everything in place again",
+        hint=f"on {host}, systemctl status meshd-sync.path meshd-sync.service and "
+        "journalctl -u meshd-sync say why; once fixed, systemctl start meshd-sync.service "
+        "there puts them in place",
     )
 
 

@@ -455,6 +455,34 @@ def test_unknown_and_changed_host_keys_are_refused(fleet: Fleet, tmp_path: Path)
     assert f"meshctl hosts forget {fleet.db.address}" in changed.err
 
 
+def test_a_host_whose_names_lag_a_push_is_a_failure_until_its_sync_runs(fleet: Fleet) -> None:
+    """web1's registry watcher is stopped: the push it takes is a failure naming what to do, and
+    so is every later run of meshctl until web1's rules and names follow. (Last: it leaves
+    db1 with one more service.)"""
+    ok(fleet.web, "systemctl stop meshd-sync.path")  # pushes no longer start meshd-sync
+    try:
+        bumped = fleet.meshctl(
+            "join", "db1", "-i", fleet.key, "-s", "db:8082", "-s", "cache:6379", "--json"
+        )
+        assert bumped.code == 8, bumped.out + bumped.err  # partial: web1's push failed
+        hosts = {h["host"]: h for h in json.loads(bumped.out)["hosts"]}
+        assert hosts["db1"]["status"] == "joined" and "error" not in hosts["db1"]
+        assert "error" not in hosts["api1"]
+        error = hosts["web1"]["error"]
+        assert "names did not follow within 15s" in error["message"], error
+        assert "systemctl start meshd-sync.service" in error["hint"], error
+        assert "cache.mesh" in ok(fleet.api, "cat /etc/hosts")  # the others did follow
+        assert "cache.mesh" not in ok(fleet.web, "cat /etc/hosts")
+        again = fleet.meshctl("join", "db1", "-i", fleet.key)  # nothing new to push
+        assert again.code == 8 and "did not follow since it was pushed" in again.err, again.err
+    finally:
+        ok(fleet.web, "systemctl start meshd-sync.path")
+    ok(fleet.web, "systemctl start meshd-sync.service")  # what the hint says
+    assert "cache.mesh" in ok(fleet.web, "cat /etc/hosts")
+    fixed = fleet.meshctl("join", "db1", "-i", fleet.key)
+    assert fixed.code == 0, fixed.out + fixed.err
+
+
 def _diff(a: str, b: str) -> str:
     import difflib  # noqa: PLC0415
 
