@@ -11,13 +11,10 @@ taking our block out restores the original file exactly.
 
 from __future__ import annotations
 
-import errno
-import os
-import stat
-import tempfile
 from pathlib import Path
 
 from meshd.errors import ProvisionError
+from meshd.files import write_atomic
 from meshd.hostsfile import with_block, without_block
 from meshd.registry import Registry
 
@@ -55,43 +52,9 @@ def _replace(path: Path, old: str, new: str) -> bool:
     if new == old:
         return False
     try:
-        _write_atomic(path.resolve(), new.encode(*_CODEC))  # through a symlink, not over it
+        write_atomic(path.resolve(), new.encode(*_CODEC))  # through a symlink, not over it
     except OSError as e:
         raise ProvisionError(
             f"cannot write {path}: {e.strerror}", hint="run meshd hosts as root"
         ) from e
     return True
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    try:
-        st = path.stat()
-        mode, owner = stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid)
-    except FileNotFoundError:
-        mode, owner = 0o644, None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".meshd", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            os.fchmod(f.fileno(), mode)
-            if owner is not None:
-                os.fchown(f.fileno(), *owner)
-            f.flush()
-            os.fsync(f.fileno())
-        _rename(tmp, path, data)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def _rename(tmp: str, path: Path, data: bytes) -> None:
-    try:
-        Path(tmp).replace(path)
-    except OSError as e:
-        # a container runtime may bind-mount /etc/hosts: it cannot be replaced, only rewritten
-        if e.errno != errno.EBUSY:
-            raise
-        with path.open("r+b") as f:
-            f.write(data)
-            f.truncate()
-            f.flush()
-            os.fsync(f.fileno())

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from meshd.config import MeshdConfig
 from meshd.errors import ProvisionError
+from meshd.files import write_atomic
 from meshd.registry import Registry
 from meshd.rules import apply_document, fingerprint, remove_document, ruleset
 from meshd.runtime import effective_registry, synced_path
@@ -51,9 +52,7 @@ def _record(path: Path, digest: str | None) -> None:
         if digest is None:
             path.unlink(missing_ok=True)
         else:
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(digest + "\n")
-            tmp.replace(path)
+            write_atomic(path, (digest + "\n").encode(), 0o644)
     except OSError as e:
         raise ProvisionError(f"cannot write {path}: {e.strerror}") from e
 

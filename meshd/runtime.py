@@ -10,8 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ from meshd import __version__
 from meshd.config import MeshdConfig
 from meshd.errors import ConfigError
 from meshd.events import EventBus
+from meshd.files import write_atomic
 from meshd.identity import SpiffeId, make_id
 from meshd.registry import Registry
 from meshd.tls import TlsMaterial
@@ -67,21 +66,10 @@ def mark_synced(config: MeshdConfig, version: int) -> None:
     """
     path = synced_path(config)
     doc = {"registry_version": version, "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-    data = (json.dumps(doc) + "\n").encode()
-    tmp = None
     try:
-        # a fresh name (O_EXCL): root never writes through a link someone else planted
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), 0o644)
-            out.write(data)
-        Path(tmp).replace(path)
-        tmp = None
+        write_atomic(path, (json.dumps(doc) + "\n").encode(), 0o644)
     except OSError as e:
         raise ConfigError(f"cannot write {path}: {e.strerror}", hint="run this as root") from e
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def synced_version(config: MeshdConfig) -> int | None:
