@@ -25,41 +25,37 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshd", description="The mesh's per-host proxy daemon.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("version", help="print meshd's version")
-    run = sub.add_parser(
-        "run",
-        help="run the proxy daemon",
-        description="Example: meshd run --config /etc/meshd/meshd.toml",
-    )
-    run.add_argument("--config", type=Path, required=True, help="meshd.toml")
-    check = sub.add_parser(
+    config = "--config /etc/meshd/meshd.toml"
+    _config_command(sub, "run", "run the proxy daemon", f"meshd run {config}")
+    _config_command(
+        sub,
         "check-config",
-        help="validate a config file and the files it names",
-        description="Example: meshd check-config --config /etc/meshd/meshd.toml",
+        "validate a config file and the files it names",
+        f"meshd check-config {config}",
     )
-    check.add_argument("--config", type=Path, required=True, help="meshd.toml")
-    rules = sub.add_parser(
+    _config_command(
+        sub,
         "rules",
-        help="install or remove this host's traffic redirection (needs root)",
-        description="Example: meshd rules apply --config /etc/meshd/meshd.toml",
+        "install or remove this host's traffic redirection (needs root)",
+        f"meshd rules apply {config}",
+        actions=("apply", "remove", "show"),
     )
-    rules.add_argument("action", choices=("apply", "remove", "show"))
-    rules.add_argument("--config", type=Path, required=True, help="meshd.toml")
-    hosts = sub.add_parser(
+    _config_command(
+        sub,
         "hosts",
-        help="write or remove the <service>.mesh names in /etc/hosts (needs root)",
-        description="Example: meshd hosts apply --config /etc/meshd/meshd.toml",
+        "write or remove the <service>.mesh names in /etc/hosts (needs root)",
+        f"meshd hosts apply {config}",
+        actions=("apply", "remove", "show"),
+        hosts_file=True,
     )
-    hosts.add_argument("action", choices=("apply", "remove", "show"))
-    hosts.add_argument("--config", type=Path, required=True, help="meshd.toml")
-    hosts.add_argument("--hosts-file", type=Path, default=HOSTS_FILE, help=argparse.SUPPRESS)
-    sync = sub.add_parser(
+    _config_command(
+        sub,
         "sync",
-        help="apply the rules and names of the newest registry, and note it (needs root)",
-        description="Run by meshd-sync.service when a registry is pushed. "
-        "Example: meshd sync --config /etc/meshd/meshd.toml",
+        "apply the rules and names of the newest registry, and note it (needs root)",
+        f"meshd sync {config}",
+        hosts_file=True,
+        note="Run by meshd-sync.service when a registry is pushed. ",
     )
-    sync.add_argument("--config", type=Path, required=True, help="meshd.toml")
-    sync.add_argument("--hosts-file", type=Path, default=HOSTS_FILE, help=argparse.SUPPRESS)
     keygen = sub.add_parser(
         "keygen",
         help="make a private key (0600) and a CSR for SPIFFE IDs",
@@ -75,6 +71,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     keygen.add_argument("--force", action="store_true", help="replace an existing key")
     return parser
+
+
+def _config_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help_text: str,
+    example: str,
+    *,
+    actions: tuple[str, ...] = (),
+    hosts_file: bool = False,
+    note: str = "",
+) -> None:
+    """A subcommand that takes ``--config`` (and an action, and the hidden ``--hosts-file``)."""
+    command = sub.add_parser(name, help=help_text, description=f"{note}Example: {example}")
+    if actions:
+        command.add_argument("action", choices=actions)
+    command.add_argument("--config", type=Path, required=True, help="meshd.toml")
+    if hosts_file:
+        command.add_argument("--hosts-file", type=Path, default=HOSTS_FILE, help=argparse.SUPPRESS)
 
 
 def rules(action: str, path: Path) -> None:
