@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 
@@ -166,17 +166,39 @@ def _down_upstream_answers(tmp_path: Path, down: int) -> None:
         assert status == 502 and answer["upstream"] == f"http://127.0.0.1:{down}"
 
 
+def _start_db(log: Path, port: int) -> subprocess.Popen[bytes]:
+    """db.py on ``port``, its output in ``log``, once it says it is listening (the caller stops it)."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(APPS / "db.py"), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 10
+    while "listening" not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"db.py did not start:\n{log.read_text()}")
+        time.sleep(0.02)
+    return proc
+
+
+def _read_head(replies: BinaryIO) -> tuple[bytes, dict[bytes, bytes]]:
+    """An HTTP/1.1 response's status line and headers (names lower-case)."""
+    status = replies.readline()
+    headers = {}
+    while (line := replies.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers
+
+
 def test_sigterm_stops_cleanly_after_logging_each_request(tmp_path: Path) -> None:
     log = tmp_path / "db.log"
-    argv = [sys.executable, str(APPS / "db.py"), "--port", str(_free_port())]
-    port = int(argv[-1])
-    with log.open("w") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    port = _free_port()
+    proc = _start_db(log, port)
     try:
-        deadline = time.monotonic() + 10
-        while "listening" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.02)
         assert _request(port, "GET", "/items/1")[0] == 200
         proc.terminate()
         assert proc.wait(timeout=5) == 0
@@ -193,25 +215,16 @@ def test_sigterm_waits_for_a_request_being_answered(tmp_path: Path) -> None:
     logged before the app stops (an app stopped by systemd loses no answer)."""
     log = tmp_path / "db.log"
     port = _free_port()
-    argv = [sys.executable, str(APPS / "db.py"), "--port", str(port)]
-    with log.open("w") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    proc = _start_db(log, port)
     try:
-        deadline = time.monotonic() + 10
-        while "listening" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.02)
         body = json.dumps({"marker": "drain"}).encode()
         with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
             replies = conn.makefile("rb")
             # a first request on this connection: its handler thread exists and waits for more
             conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: db\r\n\r\n")
-            assert replies.readline().startswith(b"HTTP/1.1 200 ")
-            length = 0
-            while (line := replies.readline()) not in (b"\r\n", b""):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            replies.read(length)
+            status, headers = _read_head(replies)
+            assert status.startswith(b"HTTP/1.1 200 ")
+            replies.read(int(headers[b"content-length"]))
             head = f"POST /items HTTP/1.1\r\nHost: db\r\nContent-Length: {len(body)}\r\n\r\n"
             conn.sendall(head.encode() + body[:5])
             time.sleep(1)  # the waiting handler is now reading the rest of the body
@@ -219,12 +232,9 @@ def test_sigterm_waits_for_a_request_being_answered(tmp_path: Path) -> None:
             time.sleep(0.5)
             assert proc.poll() is None, "the app stopped with a request half-read"
             conn.sendall(body[5:])
-            answer = replies.readline()
-            headers = []
-            while (line := replies.readline()) not in (b"\r\n", b""):
-                headers.append(line.lower().strip())
+            answer, headers = _read_head(replies)
         assert answer.startswith(b"HTTP/1.1 201 "), answer
-        assert b"connection: close" in headers  # the app is stopping: no next request here
+        assert headers.get(b"connection") == b"close"  # the app is stopping: no next request
         assert proc.wait(timeout=10) == 0
     finally:
         proc.kill()

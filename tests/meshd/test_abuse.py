@@ -33,6 +33,7 @@ import pytest
 from meshd.frames import DATA, HEADER, OPEN, WINDOW, OpenRequest, frame
 from tests.meshd.harness import Meshd, MeshNet
 from tests.meshd.pairs import BIG, Pair, mesh_client
+from tests.poll import until
 
 RSS_GROWTH_KIB = 40 * 1024  # what one abuse may add to a meshd's RSS
 RSS_MAX_KIB = 100 * 1024  # a meshd's RSS, whatever happens
@@ -131,10 +132,7 @@ def _active(pair: Pair, meshd: Meshd) -> int:
 
 
 def wait_for(what: str, condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+    until(condition, timeout, what, every=0.1)
 
 
 # --- 1. slowloris ------------------------------------------------------------------

@@ -11,8 +11,7 @@ import json
 import secrets
 import ssl
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from tests.meshd import onhost
 from tests.meshd.harness import admin_call, client_context
 from tests.meshd.onhost import ADMIN_PORT, App, ok
 from tests.meshd.tlsfixtures import TestPki
+from tests.poll import until
 
 pytestmark = pytest.mark.testbed
 
@@ -105,14 +105,6 @@ def capture(mesh: Mesh, tmp_path: Path) -> Iterator[Path]:
         yield pcap
 
 
-def _eventually(check: Callable[[], bool], what: str, timeout: float = 15) -> None:
-    """Poll ``check``: meshd counts a connection when it closes, journald stores lines late."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout:g}s"
-        time.sleep(0.2)
-
-
 def _python(host: TestbedHost, code: str) -> str:
     return ok(host, f"python3 -c {code!r}").strip()
 
@@ -149,11 +141,12 @@ def test_http_and_tcp_cross_the_bridge_only_encrypted(mesh: Mesh, capture: Path)
     # both meshds carried both connections (counted when they close)
     for host, direction in ((mesh.client, "outbound"), (mesh.server, "inbound")):
         for service in ("web", "echo"):
-            _eventually(
+            until(
                 lambda h=host, d=direction, s=service: (
                     mesh.metric(h, "meshd_connections_total", direction=d, destination=s) >= 1
                 ),
-                f"{host.name}: a {direction} connection to {service} counted",
+                timeout=15,
+                what=f"{host.name}: a {direction} connection to {service} counted",
             )
     assert (
         mesh.metric(
@@ -189,12 +182,13 @@ def test_a_service_user_connects_with_its_own_identity(mesh: Mesh) -> None:
     cli_id = f"spiffe://{mesh.pki.trust_domain}/svc/cli"
     host_id = f"spiffe://{mesh.pki.trust_domain}/host/{mesh.client.name}"
     for source in (cli_id, host_id):
-        _eventually(
+        until(
             lambda s=source: (
                 mesh.metric(mesh.server, "meshd_connections_total", direction="inbound", source=s)
                 >= 1
             ),
-            f"an inbound connection from {source} counted",
+            timeout=15,
+            what=f"an inbound connection from {source} counted",
         )
 
 
@@ -207,9 +201,10 @@ def test_outside_plaintext_refused_in_strict_and_admitted_in_permissive(mesh: Me
     status, out, _ = mesh.outsider.run(f"python3 -c {probe!r}")
     assert status != 0 or out.strip() == "CLOSED", out
     refused = f"refused plaintext connection from {mesh.outsider.address}"
-    _eventually(
+    until(
         lambda: refused in ok(mesh.server, "journalctl -u meshd-e2e --no-pager -o cat"),
-        f"'{refused}' in meshd's journal",
+        timeout=15,
+        what=f"'{refused}' in meshd's journal",
     )
     assert (
         mesh.metric(
@@ -228,7 +223,7 @@ def test_outside_plaintext_refused_in_strict_and_admitted_in_permissive(mesh: Me
     try:
         out = ok(mesh.outsider, f"python3 -c {probe!r}")
         assert "200 OK" in out
-        _eventually(
+        until(
             lambda: (
                 mesh.metric(
                     mesh.server,
@@ -239,7 +234,8 @@ def test_outside_plaintext_refused_in_strict_and_admitted_in_permissive(mesh: Me
                 )
                 >= 1
             ),
-            "an unauthenticated inbound connection counted",
+            timeout=15,
+            what="an unauthenticated inbound connection counted",
         )
     finally:
         strict = onhost.config_text(mesh.server, mesh.pki.trust_domain, [WEB, ECHO])

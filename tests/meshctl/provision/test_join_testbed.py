@@ -16,7 +16,6 @@ import re
 import secrets
 import shlex
 import tarfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from meshctl.workspace import Workspace
 from meshd.errors import ProvisionError
 from tests import wire
 from tests.meshd.onhost import ok
+from tests.poll import until
 
 pytestmark = pytest.mark.testbed
 
@@ -100,15 +100,6 @@ def in_process(argv: list[str], workspace: Path, environ: dict[str, str]) -> Res
 
 def snapshot(host: TestbedHost) -> str:
     return ok(host, SNAPSHOT)
-
-
-def until(check: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll ``check`` until true; return how long it took."""
-    start = time.monotonic()
-    while not check():
-        assert time.monotonic() - start < timeout, f"{what}: not within {timeout}s"
-        time.sleep(0.2)
-    return time.monotonic() - start
 
 
 def python(host: TestbedHost, code: str, timeout: float = 30) -> str:
