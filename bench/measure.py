@@ -118,83 +118,74 @@ def run_all(
         backend, _nginx = start_nginx(procs, ports, s)
         ctx = Ctx(procs, ports, pki, backend, meshd)
         run_bulk(backend, s)  # fault the sparse file into the page cache once
+        run = _Run(ctx, s, results, log)
         for round_no in range(1, s.rounds + 1):
-            _run_round(selected, ctx, s, results, round_no, log)
+            run.round(selected, round_no)
     finally:
         procs.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
     return results
 
 
-def _run_round(
-    selected: Sequence[Chain],
-    ctx: Ctx,
-    s: Settings,
-    results: Results,
-    round_no: int,
-    log: Callable[[str], None],
-) -> None:
-    """Start every chain afresh, then measure scenario by scenario, the chains back to back.
+@dataclass
+class _Run:
+    """What every round of one run shares."""
 
-    The figures that a ratio compares are taken seconds apart, not minutes: drift
-    in the machine's speed hits both alike. The chain order rotates each round.
-    """
-    running: dict[str, Running] = {}
-    try:
-        for chain in selected:
-            started = _start(chain, ctx, results, round_no, log)
-            if started is not None:
-                running[chain.name] = started
-        names = list(running)
-        shift = (round_no - 1) % max(1, len(names))
-        order = names[shift:] + names[:shift]
-        by_name = {c.name: c for c in selected}
-        for scenario in SCENARIOS:
-            for name in order:
-                if scenario not in by_name[name].scenarios or name in results.failed:
-                    continue
-                log(f"round {round_no}/{s.rounds}: {scenario} {name}")
-                _measure_one(scenario, by_name[name], running[name], ctx, s, results, round_no, log)
-    finally:
-        for started in running.values():
-            ctx.procs.stop(started.procs)
+    ctx: Ctx
+    s: Settings
+    results: Results
+    log: Callable[[str], None]
 
+    def round(self, selected: Sequence[Chain], round_no: int) -> None:
+        """Start every chain afresh, then measure scenario by scenario, chains back to back.
 
-def _start(
-    chain: Chain, ctx: Ctx, results: Results, round_no: int, log: Callable[[str], None]
-) -> Running | None:
-    if chain.name in results.failed:
-        return None
-    try:
-        running = chain.start(ctx)
-        probe(running.port, running.procs)
-    except (ChainError, OSError) as e:
-        results.failed[chain.name] = str(e)
-        log(f"    {chain.name} failed: {e}")
-        return None
-    if round_no == 1 and running.procs:
-        results.idle[chain.name] = idle_rss(running)
-    return running
+        The figures that a ratio compares are taken seconds apart, not minutes:
+        drift in the machine's speed hits both alike. The chain order rotates
+        each round.
+        """
+        running: dict[str, Running] = {}
+        try:
+            for chain in selected:
+                started = self._start(chain, round_no)
+                if started is not None:
+                    running[chain.name] = started
+            names = list(running)
+            shift = (round_no - 1) % max(1, len(names))
+            by_name = {c.name: c for c in selected}
+            for scenario in SCENARIOS:
+                for name in names[shift:] + names[:shift]:
+                    if scenario in by_name[name].scenarios and name not in self.results.failed:
+                        self.log(f"round {round_no}/{self.s.rounds}: {scenario} {name}")
+                        self._measure(scenario, name, running[name], round_no)
+        finally:
+            for started in running.values():
+                self.ctx.procs.stop(started.procs)
 
+    def _start(self, chain: Chain, round_no: int) -> Running | None:
+        if chain.name in self.results.failed:
+            return None
+        try:
+            running = chain.start(self.ctx)
+            probe(running.port, running.procs)
+        except (ChainError, OSError) as e:
+            self.results.failed[chain.name] = str(e)
+            self.log(f"    {chain.name} failed: {e}")
+            return None
+        if round_no == 1 and running.procs:
+            self.results.idle[chain.name] = idle_rss(running)
+        return running
 
-def _measure_one(
-    scenario: str,
-    chain: Chain,
-    running: Running,
-    ctx: Ctx,
-    s: Settings,
-    results: Results,
-    round_no: int,
-    log: Callable[[str], None],
-) -> None:
-    cell = results.cells[scenario][chain.name]
-    try:
-        cell.samples.append(measure(scenario, running, s, ctx.procs.workdir, log))
-    except LoadError as e:
-        cell.errors.append(f"round {round_no}: {e}")
-        log(f"    {scenario} failed: {e}")
-    dead = [p for p in running.procs if p.popen.poll() is not None]
-    if dead:
-        why = f"{dead[0].name} died during {scenario}: {dead[0].log_tail()}"
-        results.failed[chain.name] = why
-        log(f"    {why}")
+    def _measure(self, scenario: str, name: str, running: Running, round_no: int) -> None:
+        cell = self.results.cells[scenario][name]
+        try:
+            cell.samples.append(
+                measure(scenario, running, self.s, self.ctx.procs.workdir, self.log)
+            )
+        except LoadError as e:
+            cell.errors.append(f"round {round_no}: {e}")
+            self.log(f"    {scenario} failed: {e}")
+        dead = [p for p in running.procs if p.popen.poll() is not None]
+        if dead:
+            why = f"{dead[0].name} died during {scenario}: {dead[0].log_tail()}"
+            self.results.failed[name] = why
+            self.log(f"    {why}")
