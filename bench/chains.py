@@ -354,6 +354,26 @@ def start_meshd(ctx: Ctx) -> Running:
     return Running(upstream, started)
 
 
+def start_floor(ctx: Ctx) -> Running:
+    """bench/floor.py as A and B: the thinnest Python relay with meshd's architecture."""
+    pki = ctx.pki
+    port_a, port_b = ctx.ports.take(), ctx.ports.take()
+    started: list[Proc] = []
+    roles = (
+        ("b", port_b, ctx.backend, pki.b_cert, pki.b_key),
+        ("a", port_a, port_b, pki.a_cert, pki.a_key),
+    )
+    for role, listen, target, cert, key in roles:
+        argv = [
+            sys.executable, str(REPO / "bench" / "floor.py"), role, str(listen), LOCAL,
+            str(target), str(cert), str(key), str(pki.bundle),
+        ]  # fmt: skip
+        proc = ctx.procs.start(f"python-floor-{role}", argv, PROXY_CPU)
+        started.append(proc)
+        wait_port(listen, started)
+    return Running(port_a, started)
+
+
 def chains() -> list[Chain]:
     return [
         Chain("direct", "no proxy", SCENARIOS, start_direct),
@@ -367,4 +387,5 @@ def chains() -> list[Chain]:
         ),
         Chain("envoy", "tcp_proxy, H2 CONNECT tunnel", SCENARIOS, start_envoy),
         Chain("meshd", "upstream listener, mTLS link", SCENARIOS, start_meshd),
+        Chain("python-floor", "bench/floor.py: meshd's link, no features", SCENARIOS, start_floor),
     ]  # fmt: skip

@@ -144,14 +144,20 @@ def _cell_value(cell: Cell, attr: str) -> float | None:
     return cell.median(attr)
 
 
+FLOOR = "python-floor"  # bench/floor.py: what meshd's architecture costs in Python without features
+
+
 def ratios(results: Results, subject: str = "meshd") -> dict[str, dict[str, Any]]:
+    """``subject`` / the best chain of each other family, per scenario and metric."""
     out: dict[str, dict[str, Any]] = {}
     if not any(c.name == subject for c in results.chains):
         return out
     for scenario in SCENARIOS:
         mine = results.cells[scenario][subject]
         row: dict[str, Any] = {}
-        for family in ("haproxy", "envoy"):
+        for family in ("haproxy", "envoy", FLOOR):
+            if family == subject:
+                continue
             base = baseline_of(results, scenario, family)
             if base is None:
                 continue
@@ -196,6 +202,7 @@ def to_json(results: Results, head: dict[str, Any]) -> dict[str, Any]:
         "idle_rss_mib": results.idle,
         "scenarios": scenarios,
         "ratios_meshd": ratios(results),
+        "ratios_python_floor": ratios(results, FLOOR),
     }
 
 
@@ -203,18 +210,24 @@ def _fmt(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
-def _ratio_lines(results: Results) -> list[str]:
+RATIO_TITLES = {
+    "meshd": "## meshd vs HAProxy, Envoy and the Python floor (same run)",
+    FLOOR: "## The Python floor (bench/floor.py) vs HAProxy and Envoy (same run)",
+}
+
+
+def _ratio_lines(results: Results, subject: str = "meshd") -> list[str]:
     s = results.settings
-    table = ratios(results)
-    lines = ["## meshd vs HAProxy and Envoy (same run)", ""]
-    meshd_ran = any(c.name == "meshd" for c in results.chains) and any(
-        results.cells[x]["meshd"].samples for x in SCENARIOS
+    table = ratios(results, subject)
+    lines = [RATIO_TITLES[subject], ""]
+    ran = any(c.name == subject for c in results.chains) and any(
+        results.cells[x][subject].samples for x in SCENARIOS
     )
-    if not table or not meshd_ran:
-        return [*lines, "meshd did not run, so there are no ratios.", ""]
+    if not table or not ran:
+        return [*lines, f"{subject} did not run, so there are no ratios.", ""]
     lines += [
-        "Ratio = meshd / baseline. Throughput: >1 is better for meshd; p99, CPU per "
-        "request/MiB and peak RSS: <1 is better for meshd. Baseline = the best HAProxy "
+        f"Ratio = {subject} / baseline. Throughput: >1 is better for {subject}; p99, CPU per "
+        f"request/MiB and peak RSS: <1 is better for {subject}. Baseline = the best HAProxy "
         "mode in that scenario (by throughput; by p99 for the fixed rate).",
         "",
         "| scenario | vs | throughput x | p99 x | CPU/unit x | peak RSS x |",
@@ -290,6 +303,8 @@ def to_markdown(results: Results, head: dict[str, Any]) -> str:
     lines += [f"- {scenario_title(x, s)}" for x in SCENARIOS]
     lines.append("")
     lines += _ratio_lines(results)
+    if any(c.name == FLOOR for c in results.chains):
+        lines += _ratio_lines(results, FLOOR)
     if results.idle:
         lines += ["## Idle RSS (just started, after one request, no traffic)", ""]
         lines += ["| chain | process | RSS MiB |", "|---|---|--:|"]

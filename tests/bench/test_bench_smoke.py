@@ -167,6 +167,7 @@ def _results() -> object:
             ("haproxy-tcp", 40.0),
             ("envoy", 50.0),
             ("meshd", 20.0),
+            ("python-floor", 32.0),
         ):
             proxied = chain != "direct"
             cells[scenario][chain].samples.append(
@@ -191,6 +192,11 @@ def test_report_markdown_and_json() -> None:
     doc = to_json(results, head)
     json.dumps(doc)
     assert doc["ratios_meshd"]["keepalive"]["envoy"]["throughput"] == pytest.approx(0.4)
+    assert doc["ratios_meshd"]["keepalive"]["python-floor"]["throughput"] == pytest.approx(0.625)
+    assert doc["ratios_python_floor"]["bulk"]["haproxy"]["throughput"] == pytest.approx(0.8)
+    assert "python-floor" not in doc["ratios_python_floor"]["bulk"]
+    assert "## The Python floor (bench/floor.py) vs HAProxy and Envoy" in text
+    assert "| (d) | haproxy-tcp | 0.80 |" in text  # the floor's 32 MiB/s vs haproxy-tcp's 40
     assert doc["scenarios"]["bulk"]["unit"] == "MiB/s"
 
 
