@@ -48,13 +48,19 @@ def _parser() -> argparse.ArgumentParser:
         actions=("apply", "remove", "show"),
         hosts_file=True,
     )
-    _config_command(
+    sync_command = _config_command(
         sub,
         "sync",
         "apply the rules and names of the newest registry, and note it (needs root)",
         f"meshd sync {config}",
         hosts_file=True,
         note="Run by meshd-sync.service when a registry is pushed. ",
+    )
+    sync_command.add_argument(
+        "--while-active",
+        metavar="UNIT",
+        help="do nothing unless this systemd unit is active, checked under the rules lock "
+        "(open fail mode: the rules belong to a running meshd)",
     )
     keygen = sub.add_parser(
         "keygen",
@@ -82,7 +88,7 @@ def _config_command(
     actions: tuple[str, ...] = (),
     hosts_file: bool = False,
     note: str = "",
-) -> None:
+) -> argparse.ArgumentParser:
     """A subcommand that takes ``--config`` (and an action, and the hidden ``--hosts-file``)."""
     command = sub.add_parser(name, help=help_text, description=f"{note}Example: {example}")
     if actions:
@@ -90,6 +96,7 @@ def _config_command(
     command.add_argument("--config", type=Path, required=True, help="meshd.toml")
     if hosts_file:
         command.add_argument("--hosts-file", type=Path, default=HOSTS_FILE, help=argparse.SUPPRESS)
+    return command
 
 
 def rules(action: str, path: Path) -> None:
@@ -134,27 +141,35 @@ def hosts(action: str, path: Path, hosts_file: Path) -> None:
         print(f"meshd hosts: {hosts_file} already up to date")
 
 
-def sync(path: Path, hosts_file: Path) -> None:
+def sync(path: Path, hosts_file: Path, while_active: str | None = None) -> None:
     """``meshd sync``: the rules and /etc/hosts names of the newest registry, then note it.
 
     What meshd-sync.service runs (as root) each time a registry is pushed;
     meshctl waits for the note (meshd reports it on /stats) before it says a
-    push is in place.
+    push is in place. All of it happens under the rules lock, and so does the
+    ``--while-active`` check: meshd's stop removes the rules under the same
+    lock, so a sync cannot put them back behind it.
     """
     from meshd import hostnames, interception  # noqa: PLC0415 - root-only work
     from meshd.runtime import effective_registry, mark_synced  # noqa: PLC0415
 
     config = MeshdConfig.load(path)
-    registry = effective_registry(config)  # one snapshot for both, and for the note
-    for _ in range(3):  # a push that lands meanwhile does not start another run: look again
-        interception.apply(config, registry)
-        hostnames.apply(registry, hosts_file)
-        mark_synced(config, registry.version)
-        print(f"meshd sync: rules and {hosts_file} names of registry version {registry.version}")
-        newest = effective_registry(config)
-        if newest.version == registry.version:
-            break
-        registry = newest
+    with interception.rules_lock(config):
+        if while_active is not None and not interception.unit_active(while_active):
+            print(f"meshd sync: {while_active} is not active, so nothing was applied")
+            return
+        registry = effective_registry(config)  # one snapshot for both, and for the note
+        for _ in range(3):  # a push that lands meanwhile does not start another run: look again
+            interception.apply(config, registry)
+            hostnames.apply(registry, hosts_file)
+            mark_synced(config, registry.version)
+            print(
+                f"meshd sync: rules and {hosts_file} names of registry version {registry.version}"
+            )
+            newest = effective_registry(config)
+            if newest.version == registry.version:
+                break
+            registry = newest
 
 
 def check_config(path: Path) -> None:
@@ -185,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "hosts":
             hosts(args.action, args.config, args.hosts_file)
         elif args.command == "sync":
-            sync(args.config, args.hosts_file)
+            sync(args.config, args.hosts_file, args.while_active)
         elif args.command == "check-config":
             check_config(args.config)
         elif args.command == "run":

@@ -7,11 +7,22 @@ the registry (the newer of the config's file and the last pushed one;
 --noflush`` after a ``--test`` of the same document, plus a route that sends
 virtual IPs to ``lo`` so that connect() reaches the nat hook at all (without
 the rules, such connections go nowhere: nothing leaks).
+
+Every writer of the rules on the host takes one lock first (``flock`` on
+``meshd-rules.lock`` beside the rules record): ``rules apply``, ``rules
+remove``, ``meshd sync`` and meshctl's rollback script. A change is then never
+made from a stale ``iptables-save``, and in open fail mode a sync that checks
+"is meshd running?" cannot apply rules after meshd's stop removed them.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from meshd.config import MeshdConfig
@@ -32,8 +43,63 @@ def _run(argv: list[str], stdin: str | None = None) -> str:
     return done.stdout
 
 
+LOCK_WAIT = 30.0  # seconds: every holder is a short rules command, so waiting longer means trouble
+_held: set[Path] = set()  # locks this process holds: taking one again is a no-op
+
+
+def lock_path(config: MeshdConfig) -> Path:
+    return config.interception.rules_record.with_name("meshd-rules.lock")
+
+
+@contextmanager
+def rules_lock(config: MeshdConfig, wait: float = LOCK_WAIT) -> Iterator[None]:
+    """Hold the host's rules lock (re-entrant within this process)."""
+    path = lock_path(config)
+    if path in _held:
+        yield
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise ProvisionError(f"cannot open the rules lock {path}: {e.strerror}") from e
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise ProvisionError(
+                        f"another command has held the rules lock {path} for {wait:g}s",
+                        hint=f"see which one with: fuser -v {path}",
+                    ) from None
+                time.sleep(0.05)
+        _held.add(path)
+        try:
+            yield
+        finally:
+            _held.discard(path)
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def unit_active(unit: str) -> bool:
+    """Is the systemd unit active (not starting, stopping or stopped)?"""
+    argv = ["systemctl", "is-active", "--quiet", unit]
+    try:
+        return subprocess.run(argv, capture_output=True, check=False).returncode == 0
+    except FileNotFoundError as e:
+        raise ProvisionError("systemctl not found", hint="--while-active needs systemd") from e
+
+
 def apply(config: MeshdConfig, registry: Registry | None = None) -> str:
     """Install (or replace) the rules for ``registry`` (default: the effective one)."""
+    with rules_lock(config):
+        return _apply(config, registry)
+
+
+def _apply(config: MeshdConfig, registry: Registry | None) -> str:
     rules = ruleset(config, registry if registry is not None else effective_registry(config))
     document = apply_document(rules, _run(["iptables-save", "-t", "nat"]))
     _run(["iptables-restore", "--test", "--noflush"], document)
@@ -59,6 +125,11 @@ def _record(path: Path, digest: str | None) -> None:
 
 def remove(config: MeshdConfig) -> bool:
     """Take out our rules and route; False when there were none."""
+    with rules_lock(config):
+        return _remove(config)
+
+
+def _remove(config: MeshdConfig) -> bool:
     document = remove_document(_run(["iptables-save", "-t", "nat"]))
     if document is not None:
         _run(["iptables-restore", "--noflush"], document)

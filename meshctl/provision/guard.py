@@ -13,10 +13,12 @@ through ``guarded``:
    drops the snapshot. If that connection fails, or the timer fired first,
    the host goes back by itself and meshctl says so.
 
-The rollback and the confirmation take one lock on the host, so they never
-interleave. With the previous config restored, nothing re-applies the
-refused rules later (boot, open-mode restarts, registry pushes); on a first
-join there was no previous config and meshd's rule units are disabled.
+The rollback and the confirmation take the host's rules lock (the one every
+``meshd rules``/``meshd sync`` holds while it changes the rules), so they
+never interleave with each other or with a registry sync. With the previous
+config restored, nothing re-applies the refused rules later (boot, open-mode
+restarts, registry pushes); on a first join there was no previous config and
+meshd's rule units are disabled.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ ROLLBACK_DEADLINE = 20.0
 ROLLBACK_GRACE = 15.0  # seconds past the deadline meshctl keeps trying to reach a rolled-back host
 ROLLBACK_UNIT = "meshd-rules-rollback"
 CONFIG_FILES = ("meshd.toml", "registry.json")  # what the rules are made from, in /etc/meshd
-SNAPSHOT, PREV, LOCK = layout.ROLLBACK, layout.ROLLBACK_PREV, f"{layout.ROLLBACK}.lock"
+SNAPSHOT, PREV, LOCK = layout.ROLLBACK, layout.ROLLBACK_PREV, layout.RULES_LOCK
 # our jumps and chains, taken out one by one (used when there is no nat table to restore)
 REMOVE_OURS = """\
 iptables -w 5 -t nat -D OUTPUT -p tcp -m comment --comment meshd:output -j MESHD_OUTPUT

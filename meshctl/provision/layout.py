@@ -17,6 +17,7 @@ KEY = f"{ETC}/key.pem"
 STATE = "/var/lib/meshd"
 RULES_RECORD = "/run/meshd-rules.sha256"  # gone at reboot, like the rules it describes
 SYNCED = "/run/meshd-synced.json"  # the registry version meshd-sync last put in place
+RULES_LOCK = "/run/meshd-rules.lock"  # every writer of the rules holds it (meshd.interception)
 ROLLBACK = "/run/meshd-rules.rollback"  # the nat table to go back to (see provision/guard.py)
 ROLLBACK_PREV = "/run/meshd-rules.prev"  # ... and the config and route that went with it
 NAT_CREATED = f"{ETC}/nat-table-created"  # our first rules created the nat table: leave drops it
@@ -42,7 +43,7 @@ REMOVED_PATHS = (
     RULES_RECORD,
     SYNCED,
     ROLLBACK,
-    f"{ROLLBACK}.lock",
+    RULES_LOCK,
     ROLLBACK_PREV,
     "/run/meshd",
     *UNIT_FILES.values(),

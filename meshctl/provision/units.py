@@ -147,12 +147,10 @@ def sync_path() -> str:
 
 def sync_service(options: UnitOptions) -> str:
     """Re-applies the rules and the /etc/hosts block as root from the newest registry."""
-    # open mode: rules belong only to a running meshd; a skipped run is not a failure
-    condition = (
-        ["ExecCondition=/bin/systemctl is-active --quiet meshd.service"]
-        if options.fail_mode == "open"
-        else []
-    )
+    # open mode: rules belong only to a running meshd. meshd sync checks that under the
+    # rules lock that meshd's ExecStopPost removal also takes (an ExecCondition here would
+    # check it too early: meshd could stop between the check and the apply)
+    gate = " --while-active meshd.service" if options.fail_mode == "open" else ""
     return "\n".join(
         [
             "# Managed by meshctl: changes are overwritten by the next join.",
@@ -162,9 +160,8 @@ def sync_service(options: UnitOptions) -> str:
             "",
             "[Service]",
             "Type=oneshot",
-            *condition,
             # rules and names, then a note of the registry version meshctl waits for
-            f"ExecStart={MESHD} sync --config {CONFIG}",
+            f"ExecStart={MESHD} sync --config {CONFIG}{gate}",
             "",
         ]
     )

@@ -184,3 +184,121 @@ def test_meshd_sync_applies_rules_and_names_of_the_pushed_registry_then_notes_it
     finally:
         _in(netns, MESHD, "rules", "remove", "--config", str(config_path))
     assert synced_version(config) is None  # the rules are gone, so is the note
+
+
+# --- the rules lock ---------------------------------------------------------------------------
+
+
+def _fake_systemctl(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """A ``systemctl`` first on PATH whose ``is-active`` answers with the code in a file."""
+    bin_dir = tmp_path / "fakebin"
+    bin_dir.mkdir()
+    answer = tmp_path / "is-active-code"
+    script = bin_dir / "systemctl"
+    script.write_text(f'#!/bin/sh\n[ "$1" = is-active ] || exit 1\nexit "$(cat {answer})"\n')
+    script.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    return env, answer
+
+
+def _meshd_in(netns: str, env: dict[str, str], *argv: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["ip", "netns", "exec", netns, MESHD, *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_rules_apply_waits_for_the_rules_lock(netns: str, config_path: Path) -> None:
+    """A rules command never works from an iptables-save that another writer is changing."""
+    from meshd.interception import rules_lock  # noqa: PLC0415
+
+    config = MeshdConfig.load(config_path)
+    try:
+        with rules_lock(config):
+            applying = _meshd_in(
+                netns, dict(os.environ), "rules", "apply", "--config", str(config_path)
+            )
+            with pytest.raises(subprocess.TimeoutExpired):
+                applying.wait(1.0)  # held off by the lock
+            assert not _ours(_in(netns, "iptables-save", "-t", "nat"))
+        _, err = applying.communicate(timeout=30)
+        assert applying.returncode == 0, err
+        assert "MESHD_OUTPUT" in _in(netns, "iptables-save", "-t", "nat")
+        assert oct((config_path.parent / "meshd-rules.lock").stat().st_mode & 0o777) == "0o600"
+    finally:
+        _in(netns, MESHD, "rules", "remove", "--config", str(config_path))
+
+
+def test_sync_checks_while_active_under_the_lock(
+    netns: str, config_path: Path, tmp_path: Path
+) -> None:
+    """Open mode's race: meshd stops (its ExecStopPost removes the rules) while a sync starts.
+
+    The sync found meshd active, then had to wait for the lock that the removal
+    held; when it gets the lock meshd is no longer active, and it must not put
+    the rules back. Checked before taking the lock (as an ExecCondition did), it would.
+    """
+    from meshd.interception import rules_lock  # noqa: PLC0415
+
+    env, answer = _fake_systemctl(tmp_path)
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n")
+    config = MeshdConfig.load(config_path)
+    argv = ["sync", "--config", str(config_path), "--hosts-file", str(hosts)]
+    answer.write_text("0")  # meshd is active when the sync starts
+    try:
+        with rules_lock(config):  # meshd's ExecStopPost removing the rules
+            syncing = _meshd_in(netns, env, *argv, "--while-active", "meshd.service")
+            with pytest.raises(subprocess.TimeoutExpired):
+                syncing.wait(1.0)
+            answer.write_text("3")  # ... and meshd is inactive once the removal is done
+        out, err = syncing.communicate(timeout=30)
+        assert syncing.returncode == 0, err
+        assert "meshd.service is not active, so nothing was applied" in out
+        assert not _ours(_in(netns, "iptables-save", "-t", "nat"))
+        assert hosts.read_text() == "127.0.0.1 localhost\n"
+        assert synced_version(config) is None
+
+        # while meshd runs, the same command applies the rules and names and notes them
+        answer.write_text("0")
+        done = _meshd_in(netns, env, *argv, "--while-active", "meshd.service")
+        out, err = done.communicate(timeout=30)
+        assert done.returncode == 0, err
+        assert "registry version 3" in out
+        assert "MESHD_OUTPUT" in _in(netns, "iptables-save", "-t", "nat")
+        assert "api.mesh" in hosts.read_text()
+        assert synced_version(config) == 3
+    finally:
+        _in(netns, MESHD, "rules", "remove", "--config", str(config_path))
+
+
+def test_rules_lock_gives_up_with_a_clear_error(config_path: Path) -> None:
+    """A holder that never lets go is named, with what to run, instead of hanging the unit."""
+    from meshd.errors import ProvisionError  # noqa: PLC0415
+    from meshd.interception import lock_path, rules_lock  # noqa: PLC0415
+
+    config = MeshdConfig.load(config_path)
+    lock = lock_path(config)
+    hold = (
+        "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+        "print('held', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(lock)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with (
+            pytest.raises(ProvisionError, match="held the rules lock") as caught,
+            rules_lock(config, wait=0.5),
+        ):
+            pass
+        assert f"fuser -v {lock}" in (caught.value.hint or "")
+    finally:
+        holder.kill()
+        holder.communicate()
+    with rules_lock(config, wait=5):  # free again once the holder is gone
+        pass

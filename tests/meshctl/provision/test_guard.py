@@ -16,8 +16,8 @@ from meshd.errors import ConnectError, ProvisionError
 from tests.meshctl.provision.test_apply import MKTEMP, OK, STAGE, Host, never
 
 ARM = {"set -e; umask 077": OK}
-DISARM = {"flock /run/meshd-rules.rollback.lock": OK}
-FIRED = {"flock /run/meshd-rules.rollback.lock": Result(3, "", "")}
+DISARM = {"flock /run/meshd-rules.lock": OK}
+FIRED = {"flock /run/meshd-rules.lock": Result(3, "", "")}
 RULES = "meshd rules apply"
 
 
