@@ -73,9 +73,11 @@ class HttpObserver:
         self.chunk_time = 0.0
         self.pending: deque[tuple[str, float]] = deque()
         self.gave_up = False
-        self.requests = httptools.HttpRequestParser(self)
+        # Each parser holds this observer (its callbacks): a reference cycle, which _detach
+        # breaks when the observer is done, so that it is freed at once and not by the GC.
+        self.requests: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         # the response parser calls our method directly (no forwarding object in between)
-        self.responses = httptools.HttpResponseParser(
+        self.responses: httptools.HttpResponseParser | None = httptools.HttpResponseParser(
             SimpleNamespace(on_message_complete=self.response_complete)
         )
 
@@ -87,7 +89,10 @@ class HttpObserver:
         self.pending.append(("", self.chunk_time))  # when the chunk that starts it arrived
 
     def on_headers_complete(self) -> None:
-        raw = self.requests.get_method()
+        requests = self.requests
+        if requests is None:
+            return
+        raw = requests.get_method()
         method = _METHODS.get(raw) or raw.decode()
         if method == "HEAD":
             self.gave_up = True
@@ -96,7 +101,10 @@ class HttpObserver:
         self.head_bytes = -1  # head done: no limit on bodies
 
     def response_complete(self) -> None:
-        status = self.responses.get_status_code()
+        responses = self.responses
+        if responses is None:
+            return
+        status = responses.get_status_code()
         if 100 <= status < 200:
             return  # interim response; the final one follows
         if self.pending:
@@ -119,15 +127,21 @@ class HttpObserver:
             self.head_bytes += len(data)
             if self.head_bytes > self.max_head:
                 return self._give_up()
+        requests = self.requests
+        if requests is None:
+            return False
         try:
-            self.requests.feed_data(data)
+            requests.feed_data(data)
         except (httptools.HttpParserUpgrade, httptools.HttpParserError):
             return self._give_up()
         return not self.gave_up or self._give_up()
 
     def incoming(self, data: bytes | memoryview) -> bool:
+        responses = self.responses
+        if responses is None:
+            return False
         try:
-            self.responses.feed_data(data)
+            responses.feed_data(data)
         except (httptools.HttpParserUpgrade, httptools.HttpParserError):
             return self._give_up()
         return True
@@ -143,8 +157,14 @@ class HttpObserver:
                         self.direction, self.source, self.destination, method, 0, now - started
                     )
                 )
+        self._detach()
 
     def _give_up(self) -> bool:
         self.gave_up = True
         self.pending.clear()
+        self._detach()
         return False
+
+    def _detach(self) -> None:
+        """Drop the parsers (they hold this observer); it follows no more bytes after this."""
+        self.requests = self.responses = None

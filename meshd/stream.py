@@ -205,8 +205,11 @@ class Stream:
             self.observer = None
         if self.link is not None:
             self.link.forget(self)
-        if self.on_close is not None:
-            self.on_close(self, error)
+        # on_close is often a method of the object that holds this stream: dropping it
+        # breaks that cycle, so both are freed by reference counting, not by the GC
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            on_close(self, error)
 
 
 class AppProtocol(asyncio.Protocol):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 import pytest
@@ -267,3 +268,30 @@ async def test_read_buffer_is_reused_when_the_app_socket_took_everything() -> No
     link.buffer_updated(len(wire))
     assert bytes(app.out) == b"hello"
     assert link.get_buffer(65536).obj is first.obj
+
+
+class _Owner:
+    """Holds a stream whose on_close is one of its methods, as OutboundConn does."""
+
+    def __init__(self) -> None:
+        self.stream = Stream(window=64, on_close=self._closed)
+        self.closed_with: str | None = None
+
+    def _closed(self, stream: Stream, error: str) -> None:
+        self.closed_with = error
+
+
+def test_a_finished_stream_and_its_owner_are_freed_by_refcounting() -> None:
+    """owner -> stream -> on_close -> owner is a cycle until the stream finishes, not after."""
+    gc.collect()
+    gc.disable()
+    try:
+        reasons = []
+        for _ in range(200):
+            owner = _Owner()
+            owner.stream.reset("peer reset stream")
+            reasons.append(owner.closed_with)
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+    assert reasons == ["peer reset stream"] * 200

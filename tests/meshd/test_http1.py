@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+
 import pytest
 
 from meshd.events import Event, RequestCompleted
@@ -98,3 +101,40 @@ def test_an_early_answer_belongs_to_the_request_still_being_sent() -> None:
     statuses = _statuses(events)
     assert statuses[0][1] == 413
     assert ("POST", 200) not in statuses
+
+
+@pytest.fixture
+def no_gc() -> Iterator[None]:
+    """The cyclic collector off, so that what refcounting leaves behind can be counted."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize(
+    "end",
+    ["finished", "gave_up_on_upgrade", "gave_up_on_garbage_answer"],
+)
+def test_a_done_observer_is_freed_by_refcounting(end: str, no_gc: None) -> None:
+    """Each parser holds its observer: a cycle the GC would have to find, once per connection.
+
+    The observer breaks it when it is done, so a busy relay leaves no cyclic garbage.
+    """
+    for _ in range(200):
+        observer, _events = _observer()
+        if end == "gave_up_on_upgrade":
+            assert not observer.outgoing(
+                b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+            )
+        else:
+            assert observer.outgoing(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            if end == "finished":
+                assert observer.incoming(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                observer.finished()
+            else:
+                assert not observer.incoming(b"\x00garbage\r\n\r\n")
+        assert observer.outgoing(b"GET / HTTP/1.1\r\n\r\n") is False  # it follows nothing more
+    assert gc.collect() == 0
