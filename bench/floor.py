@@ -31,6 +31,7 @@ OPEN, DATA, FIN, RST = 1, 2, 3, 4
 MAX_FRAME = 256 * 1024
 BUFFER = 256 * 1024
 JOIN_BELOW = 16 * 1024  # frames of one loop turn smaller than a TLS record are joined
+FLUSH_AT = 256 * 1024  # write at once rather than wait for the loop turn to end (as meshd)
 OnOpen = Callable[["Link", int], None]
 
 
@@ -46,11 +47,14 @@ class Link(asyncio.BufferedProtocol):
         self.buffer = memoryview(bytearray(BUFFER))
         self.lent = False  # an app transport still holds a view of self.buffer
         self.header = bytearray()  # a frame header cut by the end of a read
-        self.receiver: Stream | None = None  # whose DATA payload is arriving
+        self.receiving = 0  # the stream whose DATA payload is arriving (looked up per piece)
         self.remaining = 0  # bytes of that payload still to come
+        self.write_paused = False  # the link's send buffer is full: no app is read
+        self.blocked: set[Stream] = set()  # apps that cannot take more: the link is not read
         self.on_open = on_open
         self.loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[None] = self.loop.create_future()
+        self.lost: asyncio.Future[None] = self.loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -59,29 +63,49 @@ class Link(asyncio.BufferedProtocol):
     def write(self, data: bytes | memoryview) -> None:
         self.pending.append(data)
         self.pending_size += len(data)
-        if not self.flush_scheduled:
+        if self.pending_size >= FLUSH_AT:
+            self.flush()
+        elif not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self.flush_scheduled = False
+        if not self.pending or self.transport is None or self.transport.is_closing():
+            return
         pending, self.pending = self.pending, []
         size, self.pending_size = self.pending_size, 0
-        assert self.transport is not None
-        if size < JOIN_BELOW:
+        if len(pending) == 1:
+            self.transport.write(pending[0])
+        elif size < JOIN_BELOW:
             self.transport.write(b"".join(pending))
         else:
             self.transport.writelines(pending)
 
     def pause_writing(self) -> None:
+        self.write_paused = True
         for stream in self.streams.values():
             if stream.transport is not None:
                 stream.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self.write_paused = False
         for stream in self.streams.values():
             if stream.transport is not None:
                 stream.transport.resume_reading()
+
+    def app_blocked(self, stream: Stream, blocked: bool) -> None:
+        """An app's send buffer filled up (or drained): stop (or go on) reading the link."""
+        was = bool(self.blocked)
+        if blocked:
+            self.blocked.add(stream)
+        else:
+            self.blocked.discard(stream)
+        if self.transport is not None and was != bool(self.blocked):
+            if self.blocked:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self.lent:
@@ -95,8 +119,9 @@ class Link(asyncio.BufferedProtocol):
         while offset < nbytes:
             if self.remaining:
                 take = min(self.remaining, nbytes - offset)
-                if self.receiver is not None:
-                    self.receiver.deliver(data[offset : offset + take])
+                receiver = streams.get(self.receiving)  # gone if the app closed meanwhile
+                if receiver is not None:
+                    receiver.deliver(data[offset : offset + take])
                 offset += take
                 self.remaining -= take
                 continue
@@ -113,7 +138,7 @@ class Link(asyncio.BufferedProtocol):
                 self.header.clear()
             stream = streams.get(sid)
             if kind == DATA:
-                self.receiver, self.remaining = stream, length
+                self.receiving, self.remaining = sid, length
             elif kind == OPEN and self.on_open is not None:
                 self.on_open(self, sid)
             elif stream is None:
@@ -129,6 +154,7 @@ class Link(asyncio.BufferedProtocol):
         for stream in self.streams.values():
             if stream.transport is not None:
                 stream.transport.abort()
+        self.lost.set_result(None)
 
 
 class Stream(asyncio.Protocol):
@@ -144,6 +170,11 @@ class Stream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        if self.sid not in self.link.streams:  # (b) reset while the app connection was made
+            self.transport.abort()
+            return
+        if self.link.write_paused:
+            self.transport.pause_reading()
         for data in self.inbox:
             self.transport.write(data)
         self.inbox = []
@@ -170,6 +201,7 @@ class Stream(asyncio.Protocol):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.link.app_blocked(self, False)
         if self.link.streams.pop(self.sid, None) is not None and not (self.fin_in and self.fin_out):
             self.link.write(HEADER.pack(RST, self.sid, 0))
 
@@ -190,12 +222,10 @@ class Stream(asyncio.Protocol):
                 self.transport.close()
 
     def pause_writing(self) -> None:
-        if self.link.transport is not None:
-            self.link.transport.pause_reading()
+        self.link.app_blocked(self, True)
 
     def resume_writing(self) -> None:
-        if self.link.transport is not None:
-            self.link.transport.resume_reading()
+        self.link.app_blocked(self, False)
 
 
 def tls_context(server: bool, cert: str, key: str, ca: str) -> ssl.SSLContext:
@@ -225,26 +255,28 @@ async def serve(role: str, listen: int, host: str, port: int, cert: str, key: st
             next_sid += 2
             return stream
 
-        server = await loop.create_server(accept, "127.0.0.1", listen, backlog=1024)
-    else:
-        tasks: set[asyncio.Task[object]] = set()
+        server = await loop.create_server(accept, "127.0.0.1", listen, backlog=4096)
+        await link.lost  # nothing to serve without the link: fail loudly, do not hang clients
+        server.close()
+        raise SystemExit("floor a: the link to b was lost")
+    tasks: set[asyncio.Task[object]] = set()
 
-        def on_open(link: Link, sid: int) -> None:
-            stream = link.streams[sid] = Stream(link, sid)
-            task = loop.create_task(loop.create_connection(lambda: stream, host, port))
-            tasks.add(task)
-            task.add_done_callback(lambda done: connected(done, stream))
+    def on_open(link: Link, sid: int) -> None:
+        stream = link.streams[sid] = Stream(link, sid)
+        task = loop.create_task(loop.create_connection(lambda: stream, host, port))
+        tasks.add(task)
+        task.add_done_callback(lambda done: connected(done, stream))
 
-        def connected(task: asyncio.Task[object], stream: Stream) -> None:
-            tasks.discard(task)
-            failed = task.cancelled() or task.exception() is not None
-            if failed and stream.link.streams.pop(stream.sid, None) is not None:
-                stream.link.write(HEADER.pack(RST, stream.sid, 0))
+    def connected(task: asyncio.Task[object], stream: Stream) -> None:
+        tasks.discard(task)
+        failed = task.cancelled() or task.exception() is not None
+        if failed and stream.link.streams.pop(stream.sid, None) is not None:
+            stream.link.write(HEADER.pack(RST, stream.sid, 0))
 
-        context = tls_context(True, cert, key, ca)
-        server = await loop.create_server(
-            lambda: Link(on_open), "127.0.0.1", listen, ssl=context, backlog=1024
-        )
+    context = tls_context(True, cert, key, ca)
+    server = await loop.create_server(
+        lambda: Link(on_open), "127.0.0.1", listen, ssl=context, backlog=4096
+    )
     await server.serve_forever()
 
 

@@ -12,6 +12,7 @@ generators, all on 127.0.0.1:
     haproxy  client -> haproxy A -(TLS 1.3, mutual)-> haproxy B -> nginx
     envoy    client -> envoy A (tcp_proxy, HTTP/2 CONNECT) -(mTLS)-> envoy B -> nginx
     meshd    client -> meshd A (upstream listener) -(mTLS link)-> meshd B -> nginx
+    python-floor  the same with bench/floor.py as A and B: meshd's link design, no features
 
 See bench/README.md for what is measured and how to read the ratios. The
 script starts every process itself, with generated configs in a temporary
@@ -21,7 +22,7 @@ This file is the entry point (arguments, main); the rest lives beside it, import
 as sibling modules: common.py (constants, errors, Settings), procs.py (processes,
 ports, CPU/RSS sampling), load.py (wrk/h2load/curl and their parsers), backend.py
 (PKI, nginx), chains.py (the chains and their configs), measure.py (rounds and
-samples), report.py (header, ratios, markdown and JSON).
+samples), report.py (header, ratios, markdown and JSON), floor.py (the Python floor).
 """
 
 from __future__ import annotations

@@ -75,6 +75,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 class Floor:
     port_a: int  # where clients connect
     port_b: int  # the mTLS link's listener
+    a: subprocess.Popen[bytes]
+    b: subprocess.Popen[bytes]
 
 
 @pytest.fixture
@@ -96,7 +98,7 @@ def floor(pki: Pki, tmp_path: Path) -> Iterator[Floor]:
                     )
                 )
             until(lambda p=listen: _listening(p), 10, f"floor {role} listening on {listen}")
-        yield Floor(port_a, port_b)
+        yield Floor(port_a, port_b, a=procs[1], b=procs[0])
     finally:
         for proc in procs:
             proc.terminate()
@@ -133,8 +135,19 @@ def test_floor_relays_many_connections_both_ways_with_half_close(floor: Floor) -
 def test_floor_carries_bulk_intact(floor: Floor) -> None:
     payload = os.urandom(24 << 20)  # many 256 KiB frames, the link pausing and resuming
     answer = _roundtrip(floor.port_a, payload)
-    assert len(answer) == len(payload) + 71
-    assert hashlib.sha256(answer[: len(payload)]).digest() == hashlib.sha256(payload).digest()
+    digest = hashlib.sha256(payload)
+    assert hashlib.sha256(answer[: len(payload)]).digest() == digest.digest()
+    assert answer[len(payload) :] == b"sha256:" + digest.hexdigest().encode()
+
+
+def test_floor_a_exits_when_its_link_is_lost(floor: Floor) -> None:
+    """Without the link A could only hang its clients: it fails loudly instead."""
+    assert (
+        _roundtrip(floor.port_a, b"ping")
+        == b"ping" + b"sha256:" + hashlib.sha256(b"ping").hexdigest().encode()
+    )
+    floor.b.terminate()
+    assert floor.a.wait(10) != 0
 
 
 def test_floor_refuses_a_client_without_a_mesh_certificate(pki: Pki, floor: Floor) -> None:
@@ -200,3 +213,30 @@ def test_floor_parses_frames_cut_anywhere(chunk: int) -> None:
     one, three = asyncio.run(feed())
     assert (bytes(one.data), one.fins) == (b"hello", 1)
     assert (bytes(three.data), three.fins) == (b"abcdefg", 1)
+
+
+def test_floor_drops_the_rest_of_a_frame_whose_stream_ended_meanwhile() -> None:
+    """An app that closes while its DATA frame is half read: the rest goes nowhere, safely."""
+    import asyncio  # noqa: PLC0415
+
+    import floor as floor_module  # noqa: PLC0415
+
+    header = floor_module.HEADER
+
+    async def feed() -> tuple[_Collect, _Collect]:
+        link = floor_module.Link()
+        one, three = _Collect(), _Collect()
+        link.streams.update({1: one, 3: three})  # type: ignore[dict-item]
+
+        def put(piece: bytes) -> None:
+            link.get_buffer(-1)[: len(piece)] = piece
+            link.buffer_updated(len(piece))
+
+        put(header.pack(floor_module.DATA, 1, 8) + b"half")
+        del link.streams[1]  # the app closed (Stream.connection_lost)
+        put(b"rest" + header.pack(floor_module.DATA, 3, 2) + b"ok")
+        return one, three
+
+    one, three = asyncio.run(feed())
+    assert bytes(one.data) == b"half"
+    assert bytes(three.data) == b"ok"
