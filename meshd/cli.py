@@ -109,13 +109,16 @@ def rules(action: str, path: Path) -> None:
     if action == "show":
         rule_set = ruleset(config, effective_registry(config))
         sys.stdout.write(apply_document(rule_set, saved=""))
-    elif action == "apply":
-        interception.apply(config)
-        print("meshd rules applied")
-    elif interception.remove(config):
-        print("meshd rules removed")
-    else:
-        print("no meshd rules were installed")
+        return
+    with interception.rules_lock(config):
+        config = MeshdConfig.load(path)  # as it is now: a rollback may have restored it meanwhile
+        if action == "apply":
+            interception.apply(config)
+            print("meshd rules applied")
+        elif interception.remove(config):
+            print("meshd rules removed")
+        else:
+            print("no meshd rules were installed")
 
 
 def hosts(action: str, path: Path, hosts_file: Path) -> None:
@@ -153,8 +156,8 @@ def sync(path: Path, hosts_file: Path, while_active: str | None = None) -> None:
     from meshd import hostnames, interception  # noqa: PLC0415 - root-only work
     from meshd.runtime import effective_registry, mark_synced  # noqa: PLC0415
 
-    config = MeshdConfig.load(path)
-    with interception.rules_lock(config):
+    with interception.rules_lock(MeshdConfig.load(path)):
+        config = MeshdConfig.load(path)  # as it is now: a rollback may have restored it meanwhile
         if while_active is not None and not interception.unit_active(while_active):
             print(f"meshd sync: {while_active} is not active, so nothing was applied")
             return

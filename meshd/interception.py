@@ -43,7 +43,9 @@ def _run(argv: list[str], stdin: str | None = None) -> str:
     return done.stdout
 
 
-LOCK_WAIT = 30.0  # seconds: every holder is a short rules command, so waiting longer means trouble
+# seconds: every holder is a short rules command, so waiting longer means trouble. Below
+# meshctl's rollback deadline (20 s): a guarded apply fails before its rollback could run.
+LOCK_WAIT = 10.0
 _held: set[Path] = set()  # locks this process holds: taking one again is a no-op
 
 
@@ -72,9 +74,11 @@ def rules_lock(config: MeshdConfig, wait: float = LOCK_WAIT) -> Iterator[None]:
                 if time.monotonic() >= deadline:
                     raise ProvisionError(
                         f"another command has held the rules lock {path} for {wait:g}s",
-                        hint=f"see which one with: fuser -v {path}",
+                        hint=f"see which one with: lslocks | grep {path.name}",
                     ) from None
                 time.sleep(0.05)
+            except OSError as e:
+                raise ProvisionError(f"cannot lock {path}: {e.strerror}") from e
         _held.add(path)
         try:
             yield
@@ -85,7 +89,7 @@ def rules_lock(config: MeshdConfig, wait: float = LOCK_WAIT) -> Iterator[None]:
 
 
 def unit_active(unit: str) -> bool:
-    """Is the systemd unit active (not starting, stopping or stopped)?"""
+    """Is the systemd unit active or reloading (not starting, stopping or stopped)?"""
     argv = ["systemctl", "is-active", "--quiet", unit]
     try:
         return subprocess.run(argv, capture_output=True, check=False).returncode == 0

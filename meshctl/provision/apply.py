@@ -270,7 +270,10 @@ class Applier:
     def _stop(self, step: StopUnits) -> None:
         units = " ".join(step.units)
         self.root(
-            f"systemctl stop '{guard.ROLLBACK_UNIT}-*.timer' 2>/dev/null; "  # a join cut short
+            # a join cut short: its rollback timer, or the rollback already running (its
+            # nat table restore would race the removal below, which reads and writes apart)
+            f"systemctl stop '{guard.ROLLBACK_UNIT}-*.timer' '{guard.ROLLBACK_UNIT}-*.service' "
+            "2>/dev/null; "
             f"systemctl disable --now --quiet {units} 2>/dev/null; "
             f"systemctl reset-failed {units} 2>/dev/null; true",
             "stopping meshd",

@@ -17,7 +17,9 @@ KEY = f"{ETC}/key.pem"
 STATE = "/var/lib/meshd"
 RULES_RECORD = "/run/meshd-rules.sha256"  # gone at reboot, like the rules it describes
 SYNCED = "/run/meshd-synced.json"  # the registry version meshd-sync last put in place
-RULES_LOCK = "/run/meshd-rules.lock"  # every writer of the rules holds it (meshd.interception)
+# every writer of the rules holds it (meshd.interception.lock_path: beside RULES_RECORD).
+# leave removes it only after stopping every unit that could hold or wait for it
+RULES_LOCK = "/run/meshd-rules.lock"
 ROLLBACK = "/run/meshd-rules.rollback"  # the nat table to go back to (see provision/guard.py)
 ROLLBACK_PREV = "/run/meshd-rules.prev"  # ... and the config and route that went with it
 NAT_CREATED = f"{ETC}/nat-table-created"  # our first rules created the nat table: leave drops it

@@ -212,7 +212,7 @@ def _meshd_in(netns: str, env: dict[str, str], *argv: str) -> subprocess.Popen[s
 
 
 def test_rules_apply_waits_for_the_rules_lock(netns: str, config_path: Path) -> None:
-    """A rules command never works from an iptables-save that another writer is changing."""
+    """A rules command never works from an iptables-save or a config another writer changes."""
     from meshd.interception import rules_lock  # noqa: PLC0415
 
     config = MeshdConfig.load(config_path)
@@ -224,9 +224,12 @@ def test_rules_apply_waits_for_the_rules_lock(netns: str, config_path: Path) -> 
             with pytest.raises(subprocess.TimeoutExpired):
                 applying.wait(1.0)  # held off by the lock
             assert not _ours(_in(netns, "iptables-save", "-t", "nat"))
+            # meanwhile the config changes (as meshctl's rollback restores it under the lock)
+            config_path.write_text(config_path.read_text().replace("2222", "2022"))
         _, err = applying.communicate(timeout=30)
         assert applying.returncode == 0, err
-        assert "MESHD_OUTPUT" in _in(netns, "iptables-save", "-t", "nat")
+        saved = _in(netns, "iptables-save", "-t", "nat")
+        assert "--sport 2022" in saved and "2222" not in saved  # the config as it is now
         assert oct((config_path.parent / "meshd-rules.lock").stat().st_mode & 0o777) == "0o600"
     finally:
         _in(netns, MESHD, "rules", "remove", "--config", str(config_path))
@@ -296,7 +299,7 @@ def test_rules_lock_gives_up_with_a_clear_error(config_path: Path) -> None:
             rules_lock(config, wait=0.5),
         ):
             pass
-        assert f"fuser -v {lock}" in (caught.value.hint or "")
+        assert f"lslocks | grep {lock.name}" in (caught.value.hint or "")
     finally:
         holder.kill()
         holder.communicate()

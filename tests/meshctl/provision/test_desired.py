@@ -47,6 +47,15 @@ def test_meshd_config_is_what_meshd_reads() -> None:
     assert config.registry == Path(layout.REGISTRY)
 
 
+def test_meshd_on_a_joined_host_takes_the_rules_lock_the_rollback_takes() -> None:
+    """meshd derives its lock from its rules record; meshctl's scripts name it: the same file."""
+    from meshd.interception import lock_path  # noqa: PLC0415
+
+    config = parsed(meshd_config(MESH, WEB1, (22, 2222)))
+    assert config.interception.rules_record == Path(layout.RULES_RECORD)
+    assert lock_path(config) == Path(layout.RULES_LOCK)
+
+
 @pytest.mark.parametrize(
     ("ssh_port", "ports"), [(2222, (22, 2222)), (22, (22,)), (8022, (22, 8022))]
 )
