@@ -11,8 +11,10 @@ multiplexed over it, frames of one loop turn written as one TLS record, link
 data parsed in place from uvloop's buffer) and nothing else: no HTTP parsing,
 no events or metrics, no per-stream flow control (the whole link pauses
 instead), no identity check beyond the certificate chain, no limits, no
-deadlines. Whatever meshd costs above it is the price of its features; what it
-costs itself is the floor no Python data plane on this event loop goes below.
+deadlines. Per request and per connection, whatever meshd costs above it is the
+price of its features, and what it costs itself is the floor no Python data
+plane of this design goes below. Not in bulk: there its link-wide pausing moves
+data less smoothly than meshd's per-stream windows.
 """
 
 from __future__ import annotations
