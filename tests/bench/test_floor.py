@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.meshd.harness import EchoServer, free_port
 from tests.poll import until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
@@ -30,40 +31,16 @@ from backend import Pki, make_pki
 FLOOR = Path(__file__).resolve().parents[2] / "bench" / "floor.py"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class EchoServer:
+class DigestEcho(EchoServer):
     """Echoes every byte back; after the client half-closes, sends a digest of what it got."""
 
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _echo(conn: socket.socket) -> None:
+    def _echo(self, conn: socket.socket) -> None:
         digest = hashlib.sha256()
         with conn:
             while data := conn.recv(65536):
                 digest.update(data)
                 conn.sendall(data)
             conn.sendall(b"sha256:" + digest.hexdigest().encode())
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +59,9 @@ class Floor:
 @pytest.fixture
 def floor(pki: Pki, tmp_path: Path) -> Iterator[Floor]:
     """B in front of an echo server, A linked to B."""
-    echo = EchoServer()
+    echo = DigestEcho()
     procs: list[subprocess.Popen[bytes]] = []
-    port_a, port_b = _free_port(), _free_port()
+    port_a, port_b = free_port(), free_port()
     try:
         for role, listen, target, cert, key in (
             ("b", port_b, echo.port, pki.b_cert, pki.b_key),
