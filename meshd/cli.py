@@ -105,13 +105,12 @@ def rules(action: str, path: Path) -> None:
     from meshd.rules import apply_document, ruleset  # noqa: PLC0415
     from meshd.runtime import effective_registry  # noqa: PLC0415
 
-    config = MeshdConfig.load(path)
     if action == "show":
+        config = MeshdConfig.load(path)
         rule_set = ruleset(config, effective_registry(config))
         sys.stdout.write(apply_document(rule_set, saved=""))
         return
-    with interception.rules_lock(config):
-        config = MeshdConfig.load(path)  # as it is now: a rollback may have restored it meanwhile
+    with interception.locked_config(path) as config:
         if action == "apply":
             interception.apply(config)
             print("meshd rules applied")
@@ -156,8 +155,7 @@ def sync(path: Path, hosts_file: Path, while_active: str | None = None) -> None:
     from meshd import hostnames, interception  # noqa: PLC0415 - root-only work
     from meshd.runtime import effective_registry, mark_synced  # noqa: PLC0415
 
-    with interception.rules_lock(MeshdConfig.load(path)):
-        config = MeshdConfig.load(path)  # as it is now: a rollback may have restored it meanwhile
+    with interception.locked_config(path) as config:
         if while_active is not None and not interception.unit_active(while_active):
             print(f"meshd sync: {while_active} is not active, so nothing was applied")
             return

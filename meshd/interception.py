@@ -46,7 +46,6 @@ def _run(argv: list[str], stdin: str | None = None) -> str:
 # seconds: every holder is a short rules command, so waiting longer means trouble. Below
 # meshctl's rollback deadline (20 s): a guarded apply fails before its rollback could run.
 LOCK_WAIT = 10.0
-_held: set[Path] = set()  # locks this process holds: taking one again is a no-op
 
 
 def lock_path(config: MeshdConfig) -> Path:
@@ -55,11 +54,8 @@ def lock_path(config: MeshdConfig) -> Path:
 
 @contextmanager
 def rules_lock(config: MeshdConfig, wait: float = LOCK_WAIT) -> Iterator[None]:
-    """Hold the host's rules lock (re-entrant within this process)."""
+    """Hold the host's rules lock (``apply`` and ``remove`` expect it held)."""
     path = lock_path(config)
-    if path in _held:
-        yield
-        return
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as e:
@@ -79,13 +75,16 @@ def rules_lock(config: MeshdConfig, wait: float = LOCK_WAIT) -> Iterator[None]:
                 time.sleep(0.05)
             except OSError as e:
                 raise ProvisionError(f"cannot lock {path}: {e.strerror}") from e
-        _held.add(path)
-        try:
-            yield
-        finally:
-            _held.discard(path)
+        yield
     finally:
         os.close(fd)  # releases the flock
+
+
+@contextmanager
+def locked_config(path: Path) -> Iterator[MeshdConfig]:
+    """Hold the rules lock; yield the config as it is once held (a rollback may restore it)."""
+    with rules_lock(MeshdConfig.load(path)):
+        yield MeshdConfig.load(path)
 
 
 def unit_active(unit: str) -> bool:
@@ -98,12 +97,10 @@ def unit_active(unit: str) -> bool:
 
 
 def apply(config: MeshdConfig, registry: Registry | None = None) -> str:
-    """Install (or replace) the rules for ``registry`` (default: the effective one)."""
-    with rules_lock(config):
-        return _apply(config, registry)
+    """Install (or replace) the rules for ``registry`` (default: the effective one).
 
-
-def _apply(config: MeshdConfig, registry: Registry | None) -> str:
+    The caller holds ``rules_lock``: this reads the nat table and writes it back.
+    """
     rules = ruleset(config, registry if registry is not None else effective_registry(config))
     document = apply_document(rules, _run(["iptables-save", "-t", "nat"]))
     _run(["iptables-restore", "--test", "--noflush"], document)
@@ -128,12 +125,7 @@ def _record(path: Path, digest: str | None) -> None:
 
 
 def remove(config: MeshdConfig) -> bool:
-    """Take out our rules and route; False when there were none."""
-    with rules_lock(config):
-        return _remove(config)
-
-
-def _remove(config: MeshdConfig) -> bool:
+    """Take out our rules and route; False when there were none (the caller holds the lock)."""
     document = remove_document(_run(["iptables-save", "-t", "nat"]))
     if document is not None:
         _run(["iptables-restore", "--noflush"], document)
