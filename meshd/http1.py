@@ -90,8 +90,7 @@ class HttpObserver:
 
     def on_headers_complete(self) -> None:
         requests = self.requests
-        if requests is None:
-            return
+        assert requests is not None  # called back from inside requests.feed_data
         raw = requests.get_method()
         method = _METHODS.get(raw) or raw.decode()
         if method == "HEAD":
@@ -102,8 +101,7 @@ class HttpObserver:
 
     def response_complete(self) -> None:
         responses = self.responses
-        if responses is None:
-            return
+        assert responses is not None  # called back from inside responses.feed_data
         status = responses.get_status_code()
         if 100 <= status < 200:
             return  # interim response; the final one follows
