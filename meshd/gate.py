@@ -1,0 +1,90 @@
+"""Room for connections whose peer is not authenticated yet: TLS handshakes in flight.
+
+A listener accepts a socket before it knows who is calling, and a TLS
+handshake costs memory (uvloop keeps a 256 KiB buffer per TLS connection,
+OpenSSL its state) and a slot. ``HandshakeGate`` bounds both: at most
+``limit`` handshakes at once, and at most ``per_source`` from one source (an
+IPv4 address, or the /64 of an IPv6 one). When either is full the *oldest*
+handshake in the way is evicted: an honest peer finishes its handshake in
+milliseconds, so a peer that opens sockets and stays silent can only churn
+through slots, never hold them, and an operator or a mesh host still gets in.
+
+Pure bookkeeping: the caller passes a ``cancel`` callback that ends the
+evicted handshake, and releases the ticket when its handshake ends.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, eq=False)
+class Ticket:
+    """One admitted handshake."""
+
+    source: str
+    cancel: Callable[[], None]
+    number: int = field(default_factory=itertools.count().__next__)
+
+
+def source_key(host: str) -> str:
+    """What the per-source bound counts by: the address, or the /64 of an IPv6 address."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+class HandshakeGate:
+    """Admits handshakes, evicting the oldest when the gate or one source is full."""
+
+    def __init__(self, limit: int, per_source: int) -> None:
+        if limit < 1 or per_source < 1:
+            raise ValueError("a handshake gate needs room for at least one handshake")
+        self.limit = limit
+        self.per_source = per_source
+        self.evicted = 0
+        self._all: OrderedDict[int, Ticket] = OrderedDict()  # oldest first
+        self._by_source: dict[str, OrderedDict[int, Ticket]] = {}
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def admit(self, host: str, cancel: Callable[[], None]) -> Ticket:
+        """Take a slot for a handshake from ``host``; evict whoever must go to make room."""
+        ticket = Ticket(source_key(host), cancel)
+        mine = self._by_source.setdefault(ticket.source, OrderedDict())
+        if len(mine) >= self.per_source:
+            self._evict(next(iter(mine.values())))
+        if len(self._all) >= self.limit:
+            self._evict(next(iter(self._all.values())))
+        self._all[ticket.number] = ticket
+        mine[ticket.number] = ticket
+        return ticket
+
+    def release(self, ticket: Ticket) -> None:
+        """The handshake ended (done, failed or evicted): free its slot. Idempotent."""
+        self._all.pop(ticket.number, None)
+        mine = self._by_source.get(ticket.source)
+        if mine is not None:
+            mine.pop(ticket.number, None)
+            if not mine:
+                del self._by_source[ticket.source]
+
+    def sources(self) -> int:
+        """How many sources have handshakes in flight."""
+        return len(self._by_source)
+
+    def _evict(self, ticket: Ticket) -> None:
+        self.release(ticket)
+        self.evicted += 1
+        ticket.cancel()
