@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from meshd.der import leaf_problem
 from meshd.errors import CertificateError, ConfigError
 from meshd.identity import SpiffeId
 
@@ -98,6 +100,11 @@ def mutual_context(
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.check_hostname = False  # peers are identified by SPIFFE ID, checked after the handshake
     ctx.verify_mode = ssl.CERT_REQUIRED
+    # No session resumption: a resumed session is not verified again, so a ticket would let
+    # an identity outlive its certificate (short-lived certificates are our revocation).
+    ctx.options |= ssl.OP_NO_TICKET
+    if side == ssl.PROTOCOL_TLS_SERVER:
+        ctx.num_tickets = 0
     try:
         ctx.load_verify_locations(cafile=str(bundle))
         ctx.load_cert_chain(str(cert), str(key))
@@ -126,3 +133,19 @@ def peer_ids(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> frozenset[Spif
             except ConfigError:
                 continue
     return frozenset(ids)
+
+
+def peer_problem(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
+    """Why a verified peer's leaf may not identify it (a CA, no signing key usage), or None."""
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return "it presented no certificate"
+    return leaf_problem(der)
+
+
+def seconds_left(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> float:
+    """Seconds until the peer's certificate expires (0 when there is none, or it has)."""
+    cert = ssl_object.getpeercert() if ssl_object is not None else None
+    if not cert:
+        return 0.0
+    return max(0.0, ssl.cert_time_to_seconds(str(cert["notAfter"])) - time.time())
