@@ -107,11 +107,29 @@ class UpstreamConfig:
 
 @dataclass(frozen=True)
 class LimitsConfig:
+    """Bounds on what connections and peers may make meshd hold.
+
+    The two windows are a contract between the ends of a link: each side sends
+    within its own values and cuts off a peer that exceeds them, so they must
+    be the same on every meshd of a mesh (meshctl renders them alike). A peer
+    may make this meshd hold at most about ``max_links_per_peer`` times
+    ``link_window`` in each direction.
+    """
+
     max_connections: int = 20000
     max_streams_per_link: int = 10000
     max_header_bytes: int = 65536
     stream_window: int = 1024 * 1024  # per stream and direction: bounds what a slow reader costs
+    # per link and direction, over all its streams: what one link may make meshd hold. Data
+    # that apps do not read holds it (up to stream_window per stream), so a few stalled
+    # streams can slow the others of their link: it is kept well above stream_window
+    link_window: int = 8 * 1024 * 1024
+    max_links_per_peer: int = 4  # links one mesh host may hold to this meshd at once
     max_frame: int = 256 * 1024  # one frame per app read (uvloop reads up to 256 KiB)
+    # TLS handshakes in flight on the mesh port (peers not yet authenticated), in all and
+    # per source address; when full, the oldest is dropped (see meshd.gate)
+    max_handshakes: int = 64
+    max_handshakes_per_source: int = 8
 
 
 @dataclass(frozen=True)

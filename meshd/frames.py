@@ -4,17 +4,24 @@ Each frame is a 9-byte header (type: u8, stream id: u32, payload length: u32,
 big-endian) followed by the payload. The side that dialled the link opens
 streams; both sides send data, window credit, half-close and resets.
 
-    OPEN    service NUL port NUL source-id NUL original-destination
+    OPEN    service NUL port NUL source-id NUL original-destination (ip:port or empty)
     DATA    bytes of the stream
     WINDOW  u32 credit: the receiver has passed that many more bytes on
     FIN     the sender will send no more data (half-close)
     RST     u8 code + reason: the stream is gone, both directions
     PING    8 opaque bytes; answered by PONG with the same bytes
     GOAWAY  the sender takes no new streams (draining); existing ones go on
+
+Control frames have small fixed sizes (``CONTROL_MAX``), checked at the
+header: a peer cannot make a link buffer more than a few KiB of anything but
+DATA, and DATA is handed on as it arrives, within flow-control windows. OPEN
+fields are names and SPIFFE IDs, never free text: they end up in logs and
+metric labels.
 """
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 
@@ -24,6 +31,8 @@ HEADER = struct.Struct("!BII")
 HEADER_SIZE = HEADER.size
 WINDOW_CREDIT = struct.Struct("!I")
 MAX_PAYLOAD = 1 << 20  # a peer announcing more is broken or hostile
+MAX_SID = (1 << 32) - 1  # stream ids are u32: a link retires before its dialler runs out
+MAX_REASON = 200  # bytes of a reset's reason
 
 OPEN, DATA, WINDOW, FIN, RST, PING, PONG, GOAWAY = range(1, 9)
 FRAME_NAMES = {
@@ -37,6 +46,18 @@ FRAME_NAMES = {
     GOAWAY: "GOAWAY",
 }
 
+PING_SIZE = 8
+# the largest payload of each control frame type; DATA is bounded by MAX_PAYLOAD alone
+CONTROL_MAX = {
+    OPEN: 4096,
+    WINDOW: 4,
+    FIN: 0,
+    RST: 1 + MAX_REASON,
+    PING: PING_SIZE,
+    PONG: PING_SIZE,
+    GOAWAY: 0,
+}
+
 # reset codes
 RST_CANCEL = 1  # the sender's app side went away
 RST_REFUSED = 2  # not allowed: unknown service, identity mismatch, limit
@@ -47,6 +68,15 @@ RST_PROTOCOL = 5  # the peer broke the protocol
 
 class ProtocolError(ConnectError):
     """The peer sent something the link protocol does not allow."""
+
+
+# service (a DNS label), port, source SPIFFE ID, original destination (empty or ip:port)
+_OPEN = re.compile(
+    rb"([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)\0"
+    rb"([1-9][0-9]{0,4})\0"
+    rb"(spiffe://[a-z0-9._-]{1,255}(?:/[A-Za-z0-9._-]{1,255}){1,8})\0"
+    rb"((?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9A-Fa-f:.]{2,45}\]):[1-9][0-9]{0,4}|)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +93,14 @@ class OpenRequest:
 
     @classmethod
     def decode(cls, payload: bytes) -> OpenRequest:
-        try:
-            service, port, source, original = payload.decode().split("\0")
-            return cls(service, int(port), source, original)
-        except ValueError as e:
-            raise ProtocolError(f"malformed OPEN frame: {e}") from None
+        """Parse an OPEN payload; ProtocolError unless every field is well formed."""
+        match = _OPEN.fullmatch(payload)
+        if match is None:
+            raise ProtocolError("malformed OPEN frame")
+        service, port, source, original = (field.decode() for field in match.groups())
+        if int(port) > 65535 or (original and int(original.rpartition(":")[2]) > 65535):
+            raise ProtocolError("malformed OPEN frame: port out of range")
+        return cls(service, int(port), source, original)
 
 
 def frame(kind: int, stream_id: int, payload: bytes = b"") -> bytes:
@@ -76,7 +109,7 @@ def frame(kind: int, stream_id: int, payload: bytes = b"") -> bytes:
 
 
 def reset_payload(code: int, reason: str) -> bytes:
-    return bytes((code,)) + reason.encode()[:200]
+    return bytes((code,)) + reason.encode()[:MAX_REASON]
 
 
 def parse_reset(payload: bytes) -> tuple[int, str]:

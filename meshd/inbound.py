@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from typing import cast
 
 from meshd.connect import Connector
@@ -22,8 +23,9 @@ from meshd.events import (
     ConnectionRefused,
     HandshakeFailed,
 )
-from meshd.frames import RST, RST_CONNECT_FAILED, OpenRequest, frame, reset_payload
+from meshd.frames import RST_CONNECT_FAILED, OpenRequest
 from meshd.link import Link
+from meshd.logs import peer_lines
 from meshd.netfacts import fmt, original_dst
 from meshd.relay import PipeEnd
 from meshd.runtime import Runtime
@@ -42,6 +44,7 @@ class MeshPort:
         self.rt = rt
         self.connector = connector
         self.links: set[Link] = set()
+        self.per_peer: Counter[str] = Counter()  # links up per peer host identity
 
     def make_link(self) -> Link:
         limits, timeouts = self.rt.config.limits, self.rt.config.timeouts
@@ -50,6 +53,7 @@ class MeshPort:
             max_frame=limits.max_frame,
             max_streams=limits.max_streams_per_link,
             ping_interval=timeouts.ping_interval,
+            link_window=limits.link_window,
             on_open=self.on_open,
             on_ready=self.on_ready,
             on_lost=self.on_lost,
@@ -60,26 +64,45 @@ class MeshPort:
             i for i in link.peer_ids if i.kind == "host" and i.trust_domain == self.rt.trust_domain
         ]
         if not hosts:
-            log.warning(
-                "refused link from %s: no host identity of %s in its certificate",
-                link.peer_address,
-                self.rt.trust_domain,
-            )
-            self.rt.bus.publish(HandshakeFailed("mesh", link.peer_address, "wrong_identity"))
-            link.abort("peer is not a mesh host")
+            self._refuse_link(link, "wrong_identity", "no host identity of our trust domain")
+            return
+        peer = str(hosts[0])
+        if self.per_peer[peer] >= self.rt.config.limits.max_links_per_peer:
+            self._refuse_link(link, "too_many_links", f"{peer} already holds its links")
             return
         link.peer = hosts[0]
+        self.per_peer[peer] += 1
         self.links.add(link)
         log.info("link from %s (%s) up", link.peer, link.peer_address)
 
+    def _refuse_link(self, link: Link, code: str, why: str) -> None:
+        peer_lines.log(
+            log,
+            logging.WARNING,
+            "refused links",
+            "refused link from %s: %s",
+            link.peer_address,
+            why,
+        )
+        self.rt.bus.publish(HandshakeFailed("mesh", link.peer_address, code))
+        link.abort(f"refused: {why}")
+
     def on_lost(self, link: Link, reason: str) -> None:
-        self.links.discard(link)
+        if link in self.links:
+            self.links.discard(link)
+            peer = str(link.peer)
+            self.per_peer[peer] -= 1
+            if self.per_peer[peer] <= 0:
+                del self.per_peer[peer]
 
     def on_open(self, link: Link, sid: int, request: OpenRequest) -> Stream | None:
         refusal = self._check(link, request)
         if refusal is not None:
             code, message = refusal
-            log.warning(
+            peer_lines.log(
+                log,
+                logging.WARNING,
+                "refused streams",
                 "refused stream from %s to %s:%d: %s",
                 link.peer,
                 request.service,
@@ -115,10 +138,11 @@ class MeshPort:
         return None
 
     def _unreachable(self, stream: Stream, port: int, error: BaseException) -> None:
-        if stream.link is not None and not stream.closed:
-            reason = reset_payload(RST_CONNECT_FAILED, str(error))
-            stream.link.write(frame(RST, stream.sid, reason))
-        stream.reset(f"cannot reach the app on port {port}: {error}")
+        reason = f"cannot reach the app on port {port}: {error}"
+        if stream.link is not None:
+            stream.link.reset(stream, RST_CONNECT_FAILED, reason)
+        else:
+            stream.reset(reason)
 
     def _closed(self, stream: Stream, request: OpenRequest, error: str) -> None:
         self.rt.release()

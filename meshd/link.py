@@ -6,6 +6,15 @@ writes frames, keeps per-stream flow control, pauses every stream's app
 socket while the link's own send buffer is full, and pings to find a dead
 peer. The side that dialled opens streams (odd ids); the other side asks its
 ``on_open`` callback what to do with each OPEN.
+
+What a peer can make a link hold is bounded, authenticated or not: nothing is
+allocated for reading before the TLS handshake is done; control frames have
+fixed small sizes; the data in flight over all streams of a link is bounded
+by a link-level budget (``link_window``) on top of each stream's window; and
+replies a peer asks for (PONGs, refusals) while it does not read what we send
+are bounded too (``REPLY_BACKLOG``): past that the link is cut off. A link
+whose peer certificate expires is closed then, and a dialled link retires
+before its stream ids run out.
 """
 
 from __future__ import annotations
@@ -13,19 +22,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 import time
 from collections.abc import Callable
 from typing import cast
 
 from meshd.frames import (
+    CONTROL_MAX,
     DATA,
     FIN,
+    FRAME_NAMES,
     GOAWAY,
     HEADER,
     HEADER_SIZE,
     MAX_PAYLOAD,
+    MAX_SID,
     OPEN,
     PING,
+    PING_SIZE,
     PONG,
     RST,
     RST_REFUSED,
@@ -38,14 +52,23 @@ from meshd.frames import (
     reset_payload,
 )
 from meshd.identity import SpiffeId
-from meshd.stream import Stream
-from meshd.tls import peer_ids
+from meshd.logs import peer_lines
+from meshd.netfacts import fmt
+from meshd.stream import WINDOW_SLACK, Stream
+from meshd.tls import ALPN_LINK, peer_ids, peer_problem, seconds_left
 
 log = logging.getLogger("meshd.link")
 
 COPY_BELOW = 16 * 1024  # bytes: frames smaller than a TLS record are joined before writing
 FLUSH_AT = 256 * 1024  # bytes: write at once rather than wait for the loop turn to end
 READ_BUFFER = 256 * 1024  # bytes: what uvloop may decrypt into the link at once
+# bytes of replies (PONG, RST for a refused OPEN) a peer may ask for while it does not read
+REPLY_BACKLOG = 64 * 1024
+LINK_WINDOW = 8 * 1024 * 1024  # bytes in flight over all streams of a link, each way
+# control frames one link may have handled per loop turn before it lets others run (libuv
+# reads up to 32 chunks of a busy socket in one go: 8 MiB of OPENs would hold the loop)
+CONTROL_BURST = 256
+_NO_BUFFER = memoryview(bytearray(0))
 OnOpen = Callable[["Link", int, OpenRequest], Stream | None]
 
 
@@ -59,6 +82,7 @@ class Link(asyncio.BufferedProtocol):
         max_frame: int,
         max_streams: int,
         ping_interval: float,
+        link_window: int = LINK_WINDOW,
         on_open: OnOpen | None = None,
         on_ready: Callable[[Link], None] | None = None,
         on_lost: Callable[[Link, str], None] | None = None,
@@ -67,6 +91,7 @@ class Link(asyncio.BufferedProtocol):
         self.max_frame = max_frame
         self.max_streams = max_streams
         self.ping_interval = ping_interval
+        self.link_window = link_window
         self.on_open = on_open
         self.on_ready = on_ready
         self.on_lost = on_lost
@@ -79,10 +104,20 @@ class Link(asyncio.BufferedProtocol):
         self.streams: dict[int, Stream] = {}
         self.next_sid = 1
         self.write_paused = False
-        self.draining = False  # GOAWAY received: no new streams on this link
+        self.draining = False  # no new streams: GOAWAY received, or our stream ids ran out
         self.closed = False
         self.last_seen = time.monotonic()
+        self.in_flight = 0  # sent and not yet credited, over all live streams
+        self.over_budget = False  # in_flight reached link_window: every stream is paused
+        self.receiving = 0  # received and not yet credited, over all live streams
+        self._receive_limit = link_window + WINDOW_SLACK
+        self._grant_at = link_window // 2  # see _receive
+        self._replies = 0  # bytes of replies written while the peer was not reading
+        self._last_open = 0  # the highest stream id the peer opened
+        self._controls = 0  # control frames handled in this loop turn
+        self._stash: bytes | None = None  # input put off to the next turn (see _parse)
         self._timer: asyncio.TimerHandle | None = None
+        self._expiry: asyncio.TimerHandle | None = None
         self._ping_sent: bytes | None = None
         # frame parser state
         self._header = bytearray()
@@ -90,8 +125,10 @@ class Link(asyncio.BufferedProtocol):
         self._sid = 0
         self._remaining = -1  # -1: between frames
         self._control = bytearray()
-        self.lent = False  # an app transport holds a view of _buffer (see get_buffer)
-        self._buffer = memoryview(bytearray(READ_BUFFER))
+        # an app transport holds a view of _buffer (see get_buffer); True at first, so that
+        # the buffer is allocated by the first read, after the handshake, not before it
+        self.lent = True
+        self._buffer = _NO_BUFFER
         self._early: list[bytes] = []  # data that beat connection_made (start_tls hands over late)
         self._pending: list[bytes | memoryview] = []  # frames waiting for the end of this loop turn
         self._pending_size = 0
@@ -102,10 +139,16 @@ class Link(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
         self.transport = transport
-        self.peer_ids = peer_ids(transport.get_extra_info("ssl_object"))
+        ssl_object = transport.get_extra_info("ssl_object")
+        self.peer_ids = peer_ids(ssl_object)
         self.peer_names = frozenset(str(i) for i in self.peer_ids)
         peer = transport.get_extra_info("peername")
-        self.peer_address = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.peer_address = fmt(peer) if peer else "?"
+        problem = self._peer_problem(ssl_object)
+        if problem is not None:
+            self.abort(f"peer refused: {problem}")
+            return
+        self._expiry = self._loop.call_later(seconds_left(ssl_object), self._expired)
         self._schedule_ping()
         if self.on_ready is not None:
             self.on_ready(self)
@@ -113,10 +156,21 @@ class Link(asyncio.BufferedProtocol):
         for data in early:
             self.data_received(data)
 
+    def _peer_problem(self, ssl_object: ssl.SSLObject | None) -> str | None:
+        if ssl_object is None:
+            return "no TLS"
+        if ssl_object.selected_alpn_protocol() != ALPN_LINK:
+            return f"it does not speak {ALPN_LINK} (ALPN)"
+        return peer_problem(ssl_object)
+
+    def _expired(self) -> None:
+        self.abort("the peer's certificate expired")
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._expiry):
+            if timer is not None:
+                timer.cancel()
         reason = f"link to {self.peer_address} lost" + (f": {exc}" if exc else "")
         for stream in list(self.streams.values()):
             stream.reset(reason)
@@ -132,7 +186,16 @@ class Link(asyncio.BufferedProtocol):
 
     def abort(self, reason: str) -> None:
         if self.transport is not None and not self.closed:
-            log.warning("aborting link to %s: %s", self.peer_address, reason)
+            peer_lines.log(
+                log,
+                logging.WARNING,
+                "aborted links",
+                "aborting link to %s: %s",
+                self.peer_address,
+                reason,
+            )
+            self._pending.clear()
+            self._pending_size = 0
             self.transport.abort()
 
     # --- writing ------------------------------------------------------------
@@ -186,25 +249,65 @@ class Link(asyncio.BufferedProtocol):
                 self.write(chunk)
         stream.sent += size
         stream.send_window -= size
+        self.in_flight += size
         if stream.send_window <= 0:
             stream.pause_reading()
+        if self.in_flight >= self.link_window and not self.over_budget:
+            self.over_budget = True
+            self._pause_streams()
 
     def grant(self, stream: Stream) -> None:
         """Give the peer credit for what this side has passed on to the app."""
         credit, stream.unacked = stream.unacked, 0
         stream.credited += credit
+        self.receiving -= credit
         self.write(frame(WINDOW, stream.sid, WINDOW_CREDIT.pack(credit)))
+
+    def reset(self, stream: Stream, code: int, reason: str) -> None:
+        """Tell the peer a stream is gone (``reason`` is ours: the peer logs it), and end it."""
+        if stream.sid and not stream.closed:
+            self.write(frame(RST, stream.sid, reset_payload(code, reason)))
+        stream.reset(reason)
+
+    @property
+    def can_send(self) -> bool:
+        """May streams read from their apps? (not while the peer's side is full)"""
+        return not (self.write_paused or self.over_budget)
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        for stream in self.streams.values():
-            stream.pause_reading()
+        self._pause_streams()
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self._replies = 0
+        self._resume_streams()
+
+    def _pause_streams(self) -> None:
+        for stream in self.streams.values():
+            stream.pause_reading()
+
+    def _resume_streams(self) -> None:
+        if not self.can_send:
+            return
         for stream in list(self.streams.values()):
             if stream.send_window > 0:
                 stream.resume_reading()
+
+    def _returned(self, amount: int) -> None:
+        """Budget came back (credit, or a stream ended): resume the streams if it was spent."""
+        self.in_flight -= amount
+        if self.over_budget and self.in_flight < self.link_window:
+            self.over_budget = False
+            self._resume_streams()
+
+    def _reply(self, data: bytes) -> None:
+        """Write a reply the peer asked for; cut the peer off if it asks while not reading."""
+        if self.write_paused:
+            self._replies += len(data)
+            if self._replies > REPLY_BACKLOG:
+                raise ProtocolError("the peer asks for replies it does not read")
+        self.write(data)
 
     # --- streams ------------------------------------------------------------
     @property
@@ -214,13 +317,18 @@ class Link(asyncio.BufferedProtocol):
     def open_stream(self, stream: Stream, request: OpenRequest) -> None:
         """(dialer) Start ``stream`` on this link."""
         sid = self.next_sid
-        self.next_sid += 2
+        self.next_sid = sid + 2
+        if self.next_sid > MAX_SID:  # the last id: retire (the pool dials a fresh link)
+            self.draining = True
         self.streams[sid] = stream
         self.write(frame(OPEN, sid, request.encode()))
         stream.attached(self, sid)
 
     def forget(self, stream: Stream) -> None:
-        self.streams.pop(stream.sid, None)
+        """The stream ended: drop it, and what it held of both budgets."""
+        if self.streams.pop(stream.sid, None) is stream:
+            self.receiving -= stream.received - stream.credited
+            self._returned(max(0, stream.window - stream.send_window))
         if self.draining and not self.streams:
             self.close("drained")
 
@@ -248,10 +356,36 @@ class Link(asyncio.BufferedProtocol):
             self._early.append(bytes(data))
             return
         self.last_seen = time.monotonic()
+        if self._stash is not None:  # keep the order behind what was put off
+            self._stash += bytes(data)
+            return
         try:
             self._parse(data)
         except ProtocolError as e:
             self.abort(f"protocol error: {e.message}")
+
+    def _put_off(self, rest: memoryview) -> None:
+        """Enough control frames for this turn: keep the rest for the next, read no more."""
+        assert self.transport is not None
+        self._stash = bytes(rest)  # a copy: the read buffer is reused
+        self.transport.pause_reading()
+        self._loop.call_soon(self._resume_parse)
+
+    def _resume_parse(self) -> None:
+        stash, self._stash = self._stash, None
+        if stash is None or self.closed or self.transport is None:
+            return
+        self._controls = 0
+        try:
+            self._parse(stash)
+        except ProtocolError as e:
+            self.abort(f"protocol error: {e.message}")
+            return
+        if self._stash is None:
+            self.transport.resume_reading()
+
+    def _new_turn(self) -> None:
+        self._controls = 0
 
     def _parse(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -266,15 +400,20 @@ class Link(asyncio.BufferedProtocol):
                         offset += HEADER_SIZE
                         stream = self.streams.get(sid)
                         if stream is not None:
+                            self._receive(length)
                             stream.deliver(view[offset : offset + length])
                         offset += length
                         continue
+                if self._controls >= CONTROL_BURST:
+                    self._put_off(view[offset:end])
+                    return
                 offset = self._read_header(data, offset, end)
                 continue
             take = min(self._remaining, end - offset)
             if self._kind == DATA:
                 stream = self.streams.get(self._sid)
                 if stream is not None:
+                    self._receive(take)
                     stream.deliver(view[offset : offset + take])
             else:
                 self._control += view[offset : offset + take]
@@ -286,6 +425,27 @@ class Link(asyncio.BufferedProtocol):
                     payload = bytes(self._control)
                     self._control.clear()
                     self._dispatch(self._kind, self._sid, payload)
+
+    def _receive(self, size: int) -> None:
+        self.receiving += size
+        if self.receiving > self._grant_at:
+            self._grant_held()
+            if self.receiving > self._receive_limit:
+                raise ProtocolError("the peer sent more than the link's budget allows")
+
+    def _grant_held(self) -> None:
+        """Credit every stream whose app took its data, however little each one holds.
+
+        Streams grant on their own once a quarter of their window is passed on;
+        many streams holding less than that each could otherwise spend the
+        link's budget and leave the sender waiting for credit that never comes.
+        What is left uncredited is held by apps that do not read. The next sweep
+        comes only after another eighth of the budget, so its cost is spread.
+        """
+        for stream in self.streams.values():
+            if stream.unacked and not stream.app_paused:
+                self.grant(stream)
+        self._grant_at = max(self.link_window // 2, self.receiving + self.link_window // 8)
 
     def _read_header(self, data: bytes | memoryview, offset: int, end: int) -> int:
         if not self._header and end - offset >= HEADER_SIZE:
@@ -299,16 +459,18 @@ class Link(asyncio.BufferedProtocol):
                 return offset
             kind, sid, length = HEADER.unpack(self._header)
             self._header.clear()
-        if length > MAX_PAYLOAD:
-            raise ProtocolError(f"frame of {length} bytes exceeds the limit")
+        _check_length(kind, length)
         self._kind, self._sid = kind, sid
-        if length == 0:
-            self._dispatch(kind, sid, b"")
-        else:
+        if length:
             self._remaining = length
+        elif kind != DATA:  # an empty DATA frame carries nothing: no-op
+            self._dispatch(kind, sid, b"")
         return offset
 
     def _dispatch(self, kind: int, sid: int, payload: bytes) -> None:
+        if not self._controls:
+            self._loop.call_soon(self._new_turn)
+        self._controls += 1
         if kind in _STREAM_FRAMES:
             stream = self.streams.get(sid)
             if stream is not None:
@@ -316,21 +478,23 @@ class Link(asyncio.BufferedProtocol):
         elif kind == OPEN:
             self._on_open(sid, payload)
         elif kind == PING:
-            self.write(frame(PONG, 0, payload))
+            if len(payload) != PING_SIZE:
+                raise ProtocolError(f"PING of {len(payload)} bytes (must be {PING_SIZE})")
+            self._reply(frame(PONG, 0, payload))
         elif kind == PONG:
             self._ping_sent = None
-        elif kind == GOAWAY:
+        else:  # GOAWAY (the header check let no other kind through)
             self.draining = True
             if not self.streams:
                 self.close("peer is draining")
-        else:
-            raise ProtocolError(f"unknown frame type {kind}")
 
     def _on_window(self, stream: Stream, payload: bytes) -> None:
         if len(payload) != WINDOW_CREDIT.size:
             raise ProtocolError(f"malformed WINDOW frame of {len(payload)} bytes")
-        stream.send_window += WINDOW_CREDIT.unpack(payload)[0]
-        if stream.send_window > 0 and not self.write_paused:
+        credit = WINDOW_CREDIT.unpack(payload)[0]
+        stream.send_window += credit
+        self._returned(credit)
+        if stream.send_window > 0 and self.can_send:
             stream.resume_reading()
 
     def _on_fin(self, stream: Stream, payload: bytes) -> None:
@@ -341,8 +505,9 @@ class Link(asyncio.BufferedProtocol):
         stream.reset(f"peer reset stream (code {code}): {reason}")
 
     def _on_open(self, sid: int, payload: bytes) -> None:
-        if self.dialer or sid in self.streams or sid % 2 == 0:
+        if self.dialer or sid % 2 == 0 or sid <= self._last_open:
             raise ProtocolError(f"unexpected OPEN for stream {sid}")
+        self._last_open = sid
         request = OpenRequest.decode(payload)
         stream = None
         if len(self.streams) >= self.max_streams:
@@ -353,7 +518,7 @@ class Link(asyncio.BufferedProtocol):
             reason = "refused"
             stream = self.on_open(self, sid, request)
         if stream is None:
-            self.write(frame(RST, sid, reset_payload(RST_REFUSED, reason)))
+            self._reply(frame(RST, sid, reset_payload(RST_REFUSED, reason)))
             return
         self.streams[sid] = stream
         stream.attached(self, sid)
@@ -374,6 +539,19 @@ class Link(asyncio.BufferedProtocol):
         self._ping_sent = os.urandom(8)
         self.write(frame(PING, 0, self._ping_sent))
         self._schedule_ping()
+
+
+def _check_length(kind: int, length: int) -> None:
+    """Refuse a frame by its header: unknown type, or more payload than its type may carry."""
+    if kind == DATA:
+        if length > MAX_PAYLOAD:
+            raise ProtocolError(f"frame of {length} bytes exceeds the limit")
+        return
+    limit = CONTROL_MAX.get(kind)
+    if limit is None:
+        raise ProtocolError(f"unknown frame type {kind}")
+    if length > limit:
+        raise ProtocolError(f"{FRAME_NAMES[kind]} frame of {length} bytes (at most {limit})")
 
 
 _STREAM_FRAMES: dict[int, Callable[[Link, Stream, bytes], None]] = {

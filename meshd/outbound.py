@@ -27,6 +27,7 @@ from meshd.events import (
 from meshd.frames import OpenRequest
 from meshd.http1 import HttpObserver, looks_like_http
 from meshd.link import Link
+from meshd.logs import clean, peer_lines
 from meshd.netfacts import fmt, original_dst
 from meshd.registry import Endpoint, Service
 from meshd.runtime import Runtime
@@ -57,6 +58,8 @@ class LinkPool:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.links: dict[tuple[str, int], Link] = {}
+        # links replaced by a fresh one (full, or out of stream ids): they drain, then close
+        self.retiring: set[Link] = set()
         self.waiting: dict[tuple[str, int], list[_Waiting]] = {}
         self.failed_until: dict[tuple[str, int], tuple[float, float]] = {}
         self.outstanding: dict[tuple[str, int], int] = {}
@@ -130,6 +133,7 @@ class LinkPool:
                         max_frame=limits.max_frame,
                         max_streams=limits.max_streams_per_link,
                         ping_interval=timeouts.ping_interval,
+                        link_window=limits.link_window,
                         on_lost=self._lost,
                     ),
                     endpoint.address,
@@ -148,6 +152,9 @@ class LinkPool:
             return
         self.failed_until.pop(key, None)
         link.key = key
+        old = self.links.get(key)
+        if old is not None and not old.closed:
+            self.retiring.add(old)
         self.links[key] = link
         log.info("link to %s (%s) up", endpoint.host, fmt(key))
         for waiting in self.waiting.pop(key, []):
@@ -177,18 +184,26 @@ class LinkPool:
                 waiting.stream.reset(f"no reachable endpoint for {waiting.service.name}: {reason}")
 
     def _lost(self, link: Link, reason: str) -> None:
+        self.retiring.discard(link)
         for key, current in list(self.links.items()):
             if current is link:
                 del self.links[key]
                 log.info("link to %s closed: %s", fmt(key), reason)
 
     def _refuse(self, waiting: _Waiting, peer: str, code: str, message: str) -> None:
-        log.warning("refused outbound stream to %s: %s", waiting.service.name, message)
+        peer_lines.log(
+            log,
+            logging.WARNING,
+            "refused outbound streams",
+            "refused outbound stream to %s: %s",
+            waiting.service.name,
+            message,
+        )
         self.rt.bus.publish(ConnectionRefused("outbound", peer, code))
         waiting.stream.reset(message)
 
     def goaway_all(self) -> None:
-        for link in self.links.values():
+        for link in (*self.links.values(), *self.retiring):
             link.draining = True
 
 
@@ -214,7 +229,8 @@ class OutboundConn(AppProtocol):
         self.admitted = True
         service, pinned, target = self._resolve(transport)
         if service is None:
-            self._refuse(transport, "unknown_destination", f"{target} is not a mesh service")
+            what = f"{target} is not a mesh service" if target else "it was not redirected"
+            self._refuse(transport, "unknown_destination", what)
             return
         self.service = service.name
         self.rt.bus.publish(ConnectionOpened(OUTBOUND, self.source, service.name))
@@ -228,11 +244,11 @@ class OutboundConn(AppProtocol):
     def _resolve(self, transport: asyncio.Transport) -> tuple[Service | None, Endpoint | None, str]:
         """The service, the endpoint if one was addressed directly, and the original destination."""
         registry = self.rt.registry
-        if self.fixed is not None:
-            return registry.service(self.fixed), None, f"upstream {self.fixed}"
+        if self.fixed is not None:  # an upstream listener: there is no original destination
+            return registry.service(self.fixed), None, ""
         dst = original_dst(transport.get_extra_info("socket"))
         if dst is None:
-            return None, None, "a connection that was not redirected"
+            return None, None, ""
         route = registry.route(*dst)
         if route is None:
             return None, None, fmt(dst)
@@ -240,7 +256,14 @@ class OutboundConn(AppProtocol):
 
     def _refuse(self, transport: asyncio.Transport, code: str, message: str) -> None:
         peer = fmt(transport.get_extra_info("peername"))
-        log.warning("refused outbound connection from %s: %s", peer, message)
+        peer_lines.log(
+            log,
+            logging.WARNING,
+            "refused outbound connections",
+            "refused outbound connection from %s: %s",
+            peer,
+            message,
+        )
         self.rt.bus.publish(ConnectionRefused("outbound", peer, code))
         self.stream.closed = True
         if self.admitted:
@@ -278,5 +301,5 @@ class OutboundConn(AppProtocol):
                     error,
                 )
             )
-        if error:
-            log.debug("outbound stream to %s ended: %s", self.service, error)
+        if error:  # may quote the peer's reset reason
+            log.debug("outbound stream to %s ended: %s", self.service, clean(error))

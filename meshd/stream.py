@@ -113,8 +113,10 @@ class Stream:
             link.send_data(self, data)
         if self.fin_sent:
             link.write(frame(FIN, sid))
-        if self.reading_paused and self.send_window > 0 and not link.write_paused:
+        if self.reading_paused and self.send_window > 0 and link.can_send:
             self.resume_reading()
+        elif not link.can_send:
+            self.pause_reading()
 
     def pause_reading(self) -> None:
         if not self.reading_paused and self.transport is not None:
@@ -155,6 +157,10 @@ class Stream:
 
     def app_connected(self, transport: asyncio.Transport) -> None:
         """The app end (inbound side) is connected: hand it what arrived meanwhile."""
+        if self.closed:  # reset while connecting: nobody would ever close this connection
+            self.inbox.clear()
+            transport.abort()
+            return
         self.transport = transport
         inbox, self.inbox = self.inbox, []
         for data in inbox:
@@ -200,6 +206,7 @@ class Stream:
 
     def _finish(self, error: str) -> None:
         self.closed = True
+        self.inbox.clear()
         if self.observer is not None:
             self.observer.finished()
             self.observer = None

@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from meshd.tls import ALPN_LINK
 from tests.meshd.harness import HttpApp, Meshd, MeshNet, client_context
 from tests.meshd.tlsfixtures import Identity
 
@@ -234,6 +235,12 @@ def make_web() -> HttpApp:
     return web
 
 
-def mesh_client(net: MeshNet, identity: Identity) -> ssl.SSLContext:
-    """A client presenting ``identity`` (maybe from another CA) and trusting ``net``'s CA."""
-    return client_context(dataclasses.replace(identity, bundle=net.pki.bundle))
+def mesh_client(net: MeshNet, identity: Identity, alpn: str | None = ALPN_LINK) -> ssl.SSLContext:
+    """A link client presenting ``identity`` (maybe from another CA), trusting ``net``'s CA.
+
+    It offers the link protocol by ALPN as meshd does (``alpn=None``: none).
+    """
+    ctx = client_context(dataclasses.replace(identity, bundle=net.pki.bundle))
+    if alpn is not None:
+        ctx.set_alpn_protocols([alpn])
+    return ctx

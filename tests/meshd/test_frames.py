@@ -35,10 +35,12 @@ def anyio_backend() -> str:
 
 
 @given(
-    service=st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True),
+    service=st.from_regex(r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?", fullmatch=True),
     port=st.integers(1, 65535),
     source=st.from_regex(r"spiffe://[a-z.]{1,10}/svc/[a-z]{1,10}", fullmatch=True),
-    original=st.from_regex(r"(\d{1,3}\.){3}\d{1,3}:\d{1,5}", fullmatch=True),
+    original=st.builds(
+        lambda ip, port: f"{ip}:{port}", st.ip_addresses(v=4).map(str), st.integers(1, 65535)
+    ),
 )
 def test_open_request_roundtrip(service: str, port: int, source: str, original: str) -> None:
     request = OpenRequest(service, port, source, original)
