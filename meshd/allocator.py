@@ -21,6 +21,8 @@ import ctypes.util
 import gc
 import logging
 import os
+import time
+from collections.abc import Callable
 
 log = logging.getLogger("meshd")
 
@@ -77,3 +79,85 @@ def settle_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+# Giving memory back. The settings above keep freed heap memory for reuse, and glibc
+# returns only the free memory at the top of the heap by itself; after a burst (a flood
+# of handshakes, thousands of connections) the free chunks in the middle stay resident.
+# malloc_trim(0) hands their whole pages back (madvise), at the cost of a walk of the heap
+# (a few ms) and, for a busy relay, of faulting some pages in again. The daemon calls
+# ``give_back`` every few seconds: it trims when the heap holds much free memory, at once
+# while the process grows fast (a burst going on), otherwise at most every RELAX seconds.
+GIVE_BACK_ABOVE = 8 << 20  # bytes of free heap below which a trim is not worth it
+BURST = 32 << 20  # bytes of growth since the last trim that make it urgent
+RELAX = 10.0  # seconds between trims otherwise
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+class Heap:
+    """glibc's heap as the daemon sees it: free bytes, resident size, trimming."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        name = ctypes.util.find_library("c")
+        libc = ctypes.CDLL(name) if name else None
+        self._info = getattr(libc, "mallinfo2", None)
+        self._trim = getattr(libc, "malloc_trim", None)
+        if self._info is not None:
+            self._info.restype = _MallInfo2
+        self.clock = clock
+        self.after = self.resident()  # resident bytes after the last trim (or at start)
+        self.trimmed_at = clock()
+        self.trims = 0
+
+    @property
+    def available(self) -> bool:
+        return self._info is not None and self._trim is not None
+
+    def free(self) -> int:
+        """Bytes malloc holds free (0 when not glibc)."""
+        return int(self._info().fordblks) if self._info is not None else 0
+
+    def resident(self) -> int:
+        try:
+            with open("/proc/self/statm", "rb") as f:  # noqa: PTH123 - a hot, tiny read
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    def give_back(self) -> bool:
+        """Trim if worth it (see above); True when it trimmed."""
+        if not self.available:
+            return False
+        now = self.clock()
+        if not should_trim(self.resident(), self.after, self.free(), now - self.trimmed_at):
+            return False
+        assert self._trim is not None
+        gc.collect()  # what cycles hold (a link and its timers) goes first, then the pages
+        self._trim(0)
+        self.trims += 1
+        self.after, self.trimmed_at = self.resident(), now
+        return True
+
+
+def should_trim(resident: int, after: int, free: int, since: float) -> bool:
+    """Much free heap, and either fast growth since the last trim or a while since it."""
+    if free < GIVE_BACK_ABOVE:
+        return False
+    return resident - after >= BURST or since >= RELAX

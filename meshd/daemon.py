@@ -31,10 +31,12 @@ from meshd.config import MeshdConfig
 from meshd.connect import Connector
 from meshd.documents import Documents
 from meshd.errors import MeshError
-from meshd.frames import RST, RST_CANCEL, frame, reset_payload
+from meshd.frames import RST_CANCEL
+from meshd.gate import HandshakeGate
 from meshd.handshake import TlsListener
 from meshd.inbound import MeshPort, PlainInbound
 from meshd.link import Link
+from meshd.logs import peer_lines
 from meshd.metrics import Metrics
 from meshd.netfacts import fmt
 from meshd.outbound import LinkPool, OutboundConn
@@ -55,13 +57,17 @@ class Daemon:
         self.pool = LinkPool(self.rt)
         self.connector = Connector(config.timeouts.connect)
         self.mesh = MeshPort(self.rt, self.connector)
+        limits = config.limits
+        self.mesh_gate = HandshakeGate(limits.max_handshakes, limits.max_handshakes_per_source)
         self.mesh_listener = TlsListener(
             "mesh",
             lambda: self.rt.tls.server,
             config.timeouts.handshake,
             self.mesh.make_link,
             self.rt.bus.publish,
+            self.mesh_gate,
         )
+        self.heap = allocator.Heap()
         self.servers: list[asyncio.AbstractServer] = []
         self.notifier = Notifier.from_env(os.environ)
         self.store = DocumentStore(config.state_dir)
@@ -83,6 +89,7 @@ class Daemon:
             tg.start_soon(self.metrics.run)
             tg.start_soon(self._signals)
             tg.start_soon(self._sweep)
+            tg.start_soon(self._housekeeping)
             await tg.start(watchdog, self.notifier)
             allocator.settle_gc()
             self.rt.ready = True
@@ -241,16 +248,22 @@ class Daemon:
                     last_moved, since = seen.get(id(stream), (-1, now))
                     if moved != last_moved:
                         since = now
-                    elif now - since >= idle:
-                        reason = f"idle for {idle:.0f}s"  # tell the peer, so its side ends too
-                        link.write(frame(RST, stream.sid, reset_payload(RST_CANCEL, reason)))
-                        stream.reset(reason)
+                    elif now - since >= idle:  # tell the peer, so its side ends too
+                        link.reset(stream, RST_CANCEL, f"idle for {idle:.0f}s")
                         continue
                     current[id(stream)] = (moved, since)
             seen = current
 
     def _links(self) -> list[Link]:
-        return [*self.pool.links.values(), *self.mesh.links]
+        return [*self.pool.links.values(), *self.pool.retiring, *self.mesh.links]
+
+    async def _housekeeping(self, every: float = 2.0) -> None:
+        """Give memory back after a burst, and say how many peer-caused lines were left out."""
+        while True:
+            await anyio.sleep(every)
+            if self.heap.give_back():
+                log.debug("gave free heap memory back to the kernel")
+            peer_lines.flush()
 
 
 class _Backend:
@@ -306,6 +319,8 @@ class _Backend:
             ],
             "events": {"published": rt.bus.published, "dropped": d.metrics.dropped()},
             "listeners": {k: fmt(v) for k, v in rt.bound.items()},
+            "handshakes": {"mesh": len(d.mesh_gate), "mesh_evicted": d.mesh_gate.evicted},
+            "heap": {"free_bytes": d.heap.free(), "trims": d.heap.trims},
         }
 
 

@@ -6,6 +6,12 @@ can take over an accepted connection; accepting sockets ourselves and
 handing each to ``connect_accepted_socket`` makes every handshake raise, so
 meshd can say who failed and why. ``classify`` turns OpenSSL's errors into the short,
 stable reasons used as metric labels.
+
+Nothing is spent on a peer before it speaks: an accepted socket waits, as a
+bare descriptor, until its ClientHello arrives, and only then gets its TLS
+state (uvloop allocates 256 KiB per TLS connection). Handshakes in flight are
+bounded by a ``HandshakeGate`` (in all and per source); a full gate drops the
+oldest one.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from anyio.abc import TaskStatus
 
 from meshd.errors import ConnectError
 from meshd.events import Event, HandshakeFailed
+from meshd.gate import HandshakeGate
+from meshd.logs import peer_lines
 from meshd.netfacts import fmt
 
 log = logging.getLogger("meshd.tls")
@@ -76,12 +84,14 @@ class TlsListener:
         timeout: float,
         factory: Callable[[], asyncio.BaseProtocol],
         publish: Callable[[Event], None],
+        gate: HandshakeGate,
     ) -> None:
         self.name = name
         self.context = context
         self.timeout = timeout
         self.factory = factory
         self.publish = publish
+        self.gate = gate
         self._scope: anyio.CancelScope | None = None
 
     async def serve(
@@ -117,24 +127,40 @@ class TlsListener:
             self._scope.cancel()
 
     async def _handshake(self, conn: socket.socket, address: tuple[str, int]) -> None:
-        peer = fmt(address)
+        with anyio.CancelScope() as scope:
+            ticket = self.gate.admit(address[0], scope.cancel)
+            try:
+                await self._secure(conn, address)
+            finally:
+                self.gate.release(ticket)
+        if scope.cancelled_caught:  # evicted from a full gate
+            self._failed(conn, address, "evicted", "dropped to make room for newer handshakes")
+
+    async def _secure(self, conn: socket.socket, address: tuple[str, int]) -> None:
         loop = asyncio.get_running_loop()
         try:
-            with anyio.fail_after(self.timeout + 1):
+            with anyio.fail_after(self.timeout):
+                await anyio.wait_readable(conn)  # a silent socket costs no TLS state
                 await loop.connect_accepted_socket(
                     self.factory, conn, ssl=self.context(), ssl_handshake_timeout=self.timeout
                 )
         except (OSError, TimeoutError, EOFError) as e:
-            reason = classify(e)
-            log.warning(
-                "%s port: TLS handshake with %s failed (%s): %s",
-                self.name,
-                peer,
-                reason,
-                e or type(e).__name__,
-            )
-            self.publish(HandshakeFailed(self.name, peer, reason))
-            conn.close()
+            self._failed(conn, address, classify(e), str(e) or type(e).__name__)
         except Exception:  # one connection's trouble never reaches the listener
-            log.exception("%s port: connection from %s failed", self.name, peer)
+            log.exception("%s port: connection from %s failed", self.name, fmt(address))
             conn.close()
+
+    def _failed(self, conn: socket.socket, address: tuple[str, int], reason: str, why: str) -> None:
+        peer = fmt(address)
+        peer_lines.log(
+            log,
+            logging.WARNING,
+            f"failed handshakes on the {self.name} port",
+            "%s port: TLS handshake with %s failed (%s): %s",
+            self.name,
+            peer,
+            reason,
+            why,
+        )
+        self.publish(HandshakeFailed(self.name, peer, reason))
+        conn.close()

@@ -11,10 +11,12 @@ from typing import Any
 import pytest
 
 from meshd import allocator
+from meshd.allocator import should_trim
 
 PROBE = """
 import ctypes, json, sys
 from meshd import allocator
+from meshd.allocator import should_trim
 applied = allocator.tune() if sys.argv[1] == "tuned" else []
 
 class MallInfo2(ctypes.Structure):
@@ -88,3 +90,42 @@ def test_glibc_tunables_for_malloc_leave_it_alone(glibc: None) -> None:
     found = probe("tuned", env=env)
     assert found["applied"] == []
     assert found["mmapped"] >= 8
+
+
+MiB = 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("resident", "after", "free", "since", "trim"),
+    [
+        (40 * MiB, 30 * MiB, 4 * MiB, 60.0, False),  # little free heap: never
+        (200 * MiB, 30 * MiB, 4 * MiB, 60.0, False),  # grown, but the memory is in use
+        (200 * MiB, 30 * MiB, 150 * MiB, 1.0, True),  # a burst: free heap, fast growth
+        (50 * MiB, 45 * MiB, 20 * MiB, 3.0, False),  # trimmed a moment ago, little growth
+        (50 * MiB, 45 * MiB, 20 * MiB, 12.0, True),  # a while since: the rest goes back
+    ],
+)
+def test_should_trim(resident: int, after: int, free: int, since: float, trim: bool) -> None:
+    assert should_trim(resident, after, free, since) is trim
+
+
+def test_give_back_returns_freed_heap_to_the_kernel() -> None:
+    """In a child process: allocate 256 KiB chunks as a burst does, free them, give back."""
+    script = """
+from meshd import allocator
+from meshd.allocator import should_trim
+allocator.tune()
+heap = allocator.Heap(clock=lambda: 1e9)  # long after: no waiting for RELAX
+chunks = [bytearray(256 * 1024) for _ in range(600)]  # ~150 MiB, on the heap once tuned
+keep = [bytearray(64) for _ in range(50000)]  # small objects after them pin the heap
+del chunks
+grown = heap.resident()
+assert heap.give_back()
+print(grown >> 20, heap.resident() >> 20, heap.give_back())
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.split()
+    grown, after, again = int(out[0]), int(out[1]), out[2]
+    assert grown - after > 100, f"RSS {grown} MiB -> {after} MiB"
+    assert again == "False"  # nothing more to give: no second trim

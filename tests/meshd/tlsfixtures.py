@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from meshctl.ca import MeshCa, create_ca, sign_csr
 from meshd.identity import SpiffeId
@@ -53,6 +54,30 @@ class TestPki:
         when = now or dt.datetime.now(dt.UTC)
         cert = sign_csr(build_csr(key, ids), ids, self.ca.issuing, when, lifetime)
         return self._write(name, key, cert)
+
+    def issue_odd(self, name: str, path: str, *, ca: bool, key_usage: bool) -> Identity:
+        """A leaf that meshctl would never issue: marked as a CA, or without key usage."""
+        key = generate_key()
+        uri = f"spiffe://{self.trust_domain}/{path}"
+        now = dt.datetime.now(dt.UTC)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, uri)]))
+            .issuer_name(self.ca.issuing.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), True)
+            .add_extension(
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), False
+            )
+        )
+        if key_usage:
+            builder = builder.add_extension(
+                x509.KeyUsage(True, False, False, False, False, ca, ca, False, False), True
+            )
+        return self._write(name, key, builder.sign(self.ca.issuing.key, hashes.SHA256()))
 
     def reissue(self, identity: Identity, name: str) -> Identity:
         """A fresh certificate for the same key and identities (rotation without a new key)."""
