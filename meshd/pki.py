@@ -2,13 +2,13 @@
 
 meshd makes its private key where it is used and asks for certificates with a
 CSR naming the SPIFFE IDs it wants; nothing here touches the network. Files
-holding private keys are written 0600 through ``write_private``.
+holding private keys are written 0600 through ``meshd.files.write_private``
+(fresh temporary name, never through a link), and so is the CSR.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from meshd.errors import CertificateError
+from meshd.files import write_atomic, write_private
 from meshd.identity import SpiffeId
 
 CURVE = ec.SECP256R1()
@@ -54,15 +55,6 @@ def private_pem(key: ec.EllipticCurvePrivateKey, passphrase: bytes | None = None
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
     )
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` with mode 0600 from the first byte on, atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    tmp.replace(path)
 
 
 def spiffe_ids(cert: x509.Certificate | x509.CertificateSigningRequest) -> list[SpiffeId]:
@@ -108,4 +100,4 @@ def keygen(key_path: Path, csr_path: Path, ids: Sequence[str], force: bool) -> N
     if str(csr_path) == "-":
         sys.stdout.write(csr.decode())
     else:
-        csr_path.write_bytes(csr)
+        write_atomic(csr_path, csr, 0o644)  # as root: never through a link planted there

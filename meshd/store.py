@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from meshd.errors import ConfigError, MeshError
+from meshd.files import sync_directory, write_temp
 
 KINDS = ("registry", "config", "policy", "certs")
 
@@ -250,14 +250,8 @@ def _read(path: Path, kind: str) -> Doc | None:
 
 
 def _write_temp(path: Path, doc: Doc) -> Path:
-    """Write ``doc`` next to ``path`` (0600 from the first byte, synced); return the temp file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    return tmp
+    """``doc`` in a fresh temporary file beside ``path`` (0600, synced); renamed at commit."""
+    return write_temp(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _commit(staged: list[tuple[Path, Path]]) -> None:
@@ -267,6 +261,11 @@ def _commit(staged: list[tuple[Path, Path]]) -> None:
             tmp.replace(path)
         except OSError:  # the daemon already runs the new document; only disk lags
             log.exception("cannot store %s", path)
+    if staged:
+        try:
+            sync_directory(staged[0][1].parent)
+        except OSError:
+            log.exception("cannot sync %s", staged[0][1].parent)
 
 
 def _discard(staged: list[tuple[Path, Path]]) -> None:

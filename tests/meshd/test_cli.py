@@ -52,3 +52,42 @@ def test_keygen_bad_id(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "invalid SPIFFE ID" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "k").exists()
+
+
+def test_keygen_a_stale_temporary_file_does_not_loosen_the_key(tmp_path: Path) -> None:
+    """A left-over temp file at the old fixed name (0644) must not give the key its mode."""
+    key = tmp_path / "key.pem"
+    stale = tmp_path / ".key.pem.tmp"
+    stale.write_text("left over")
+    stale.chmod(0o644)
+    result = _meshd("keygen", "--key", str(key), "--csr", "-", "--id", "spiffe://t.mesh/host/h1")
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert serialization.load_pem_private_key(key.read_bytes(), None)
+
+
+def test_keygen_never_writes_through_a_planted_link(tmp_path: Path) -> None:
+    """root runs keygen: a link planted at any name beside the key is not followed."""
+    key = tmp_path / "key.pem"
+    target = tmp_path / "elsewhere"
+    target.write_text("keep me\n")
+    (tmp_path / ".key.pem.tmp").symlink_to(target)
+    csr = tmp_path / "req.csr"
+    csr_target = tmp_path / "csr-elsewhere"
+    csr_target.write_text("keep me too\n")
+    csr.symlink_to(csr_target)
+    result = _meshd(
+        "keygen", "--key", str(key), "--csr", str(csr), "--id", "spiffe://t.mesh/host/h1"
+    )
+    assert result.returncode == 0, result.stderr
+    assert target.read_text() == "keep me\n"
+    assert csr_target.read_text() == "keep me too\n"
+    assert not key.is_symlink() and stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert not csr.is_symlink() and x509.load_pem_x509_csr(csr.read_bytes()).is_signature_valid
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".key.pem.tmp",
+        "csr-elsewhere",
+        "elsewhere",
+        "key.pem",
+        "req.csr",
+    ]

@@ -9,6 +9,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from meshd.errors import CertificateError
+from meshd.files import write_private
 from meshd.identity import SpiffeId
 from meshd.pki import (
     build_csr,
@@ -17,7 +18,6 @@ from meshd.pki import (
     load_certs,
     private_pem,
     spiffe_ids,
-    write_private,
 )
 from tests.meshctl.helpers import make_ca
 

@@ -194,3 +194,21 @@ def test_unwritable_directory_refuses_before_applying(tmp_path: Path) -> None:
         store.put("registry", registry_doc(1))
     assert target.applied == []
     assert store.get("registry") is None
+
+
+def test_documents_are_never_written_through_a_planted_link_or_stale_file(tmp_path: Path) -> None:
+    """Fresh temporary names only: a link or a 0644 left-over at the old fixed names is inert."""
+    target = tmp_path / "elsewhere"
+    target.write_text("keep me\n")
+    (tmp_path / ".registry.json.tmp").symlink_to(target)
+    stale = tmp_path / ".registry.prev.json.tmp"
+    stale.write_text("left over")
+    stale.chmod(0o644)
+    store = make_store(tmp_path)
+    store.put("registry", registry_doc(1))
+    store.put("registry", registry_doc(2))
+    assert target.read_text() == "keep me\n"
+    for name, version in (("registry.json", 2), ("registry.prev.json", 1)):
+        path = tmp_path / name
+        assert not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert json.loads(path.read_text())["version"] == version

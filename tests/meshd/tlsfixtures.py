@@ -12,8 +12,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from meshctl.ca import MeshCa, create_ca, sign_csr
+from meshd.files import write_private
 from meshd.identity import SpiffeId
-from meshd.pki import build_csr, cert_pem, generate_key, private_pem, spiffe_ids, write_private
+from meshd.pki import build_csr, cert_pem, generate_key, private_pem, spiffe_ids
 
 TD = "t.mesh"
 
