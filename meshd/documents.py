@@ -98,6 +98,13 @@ class Documents:
 
     # policy
     def validate_policy(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Only ``{"version": N}`` until the policy engine exists: nothing enforces the rest."""
+        extra = sorted(set(doc) - {"version"})
+        if extra:
+            raise ConfigError(
+                f"policy: {extra[0]}: policy enforcement is not in this meshd yet",
+                hint='push {"version": N} only, or upgrade meshd to one that enforces policy',
+            )
         return dict(doc)
 
     def apply_policy(self, policy: dict[str, Any]) -> None:

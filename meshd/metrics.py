@@ -290,10 +290,14 @@ def _escape_help(text: str) -> str:
 
 
 def _number(value: float) -> str:
+    try:
+        value = float(value)
+    except OverflowError:  # an int past any float (a gauge set from a document's version)
+        return "+Inf" if value > 0 else "-Inf"
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
     if math.isnan(value):
         return "NaN"
-    if float(value).is_integer() and abs(value) < 2**53:
+    if value.is_integer() and abs(value) < 2**53:
         return str(int(value))
-    return repr(float(value))
+    return repr(value)

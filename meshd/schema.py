@@ -15,6 +15,9 @@ from meshd.errors import ConfigError
 
 T = TypeVar("T")
 
+# Document versions are integers every JSON reader gets back exactly (JavaScript's safe range)
+MAX_VERSION = 2**53 - 1
+
 
 @dataclass(frozen=True)
 class Fields:
@@ -75,6 +78,13 @@ class Fields:
             raise self.fail(key, f"{value!r} is not one of {', '.join(allowed)}")
         return value
 
+    def version(self, key: str = "version") -> int:
+        """A document version: an integer from 0 to ``MAX_VERSION``."""
+        value = self.data.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_VERSION:
+            return value
+        raise self.fail(key, f"expected an integer from 0 to {MAX_VERSION}, got {brief(value)}")
+
     def port(self, key: str, default: int | None = None) -> int:
         value = self.get(key, int, default)
         if not 1 <= value <= 65535:
@@ -106,3 +116,11 @@ class Fields:
         extra = sorted(set(self.data) - known)
         if extra:
             raise self.fail(extra[0], "unknown field")
+
+
+def brief(value: object, limit: int = 40) -> str:
+    """``repr(value)``, shortened: messages quote what was sent without echoing all of it."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of {value.bit_length()} bits"  # repr of a huge int is slow, or refused
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

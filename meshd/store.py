@@ -25,6 +25,7 @@ from typing import Any, Literal, TypeVar
 
 from meshd.errors import ConfigError, MeshError
 from meshd.files import sync_directory, write_temp
+from meshd.schema import Fields
 
 KINDS = ("registry", "config", "policy", "certs")
 
@@ -184,15 +185,19 @@ class DocumentStore:
 
 
 def _canonical(kind: str, doc: object) -> Doc:
-    """A private deep copy of ``doc`` after checking its envelope."""
+    """A private deep copy of ``doc`` after checking its envelope: strict JSON, a safe version."""
     if not isinstance(doc, dict):
         raise ConfigError(f"{kind}: expected a JSON object")
-    version = doc.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-        raise ConfigError(f"{kind}: version: expected an integer of 0 or more, got {version!r}")
+    Fields(doc, kind).version()
     try:
-        copied: Doc = json.loads(json.dumps(doc))
-    except (TypeError, ValueError) as e:
+        copied: Doc = json.loads(json.dumps(doc, allow_nan=False))
+    except ValueError as e:
+        if "JSON compliant" not in str(e):
+            raise ConfigError(f"{kind}: not representable as JSON: {e}") from e
+        raise ConfigError(
+            f"{kind}: NaN and Infinity are not JSON numbers", hint="send finite numbers only"
+        ) from e
+    except (TypeError, RecursionError) as e:
         raise ConfigError(f"{kind}: not representable as JSON: {e}") from e
     return copied
 
@@ -243,7 +248,7 @@ def _read(path: Path, kind: str) -> Doc | None:
         raise ConfigError(f"{path}: cannot read: {e}") from e
     try:
         return _canonical(kind, json.loads(text))
-    except json.JSONDecodeError as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, or an integer past 4300 digits
         raise ConfigError(f"{path}: not JSON: {e}", hint="remove the file or push again") from e
     except ConfigError as e:
         raise ConfigError(f"{path}: {e.message}", hint="remove the file or push again") from e

@@ -180,3 +180,21 @@ def test_parser_rejects_malformed_lines() -> None:
     for bad in ['x{a="1"', "x 1 2 3", "# TYPE x wrong", 'x{a="b"c"} 1', "1x 1"]:
         with pytest.raises(AssertionError):
             parse_exposition(bad + "\n")
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (2**53 - 1, 2**53 - 1),
+        (2**53 + 1, float(2**53)),  # past exact floats: the nearest, in exponent form
+        (10**309, math.inf),  # beyond any float: +Inf, never an OverflowError
+        (-(10**309), -math.inf),
+    ],
+    ids=["2^53-1", "2^53+1", "1e309", "-1e309"],
+)
+def test_any_number_renders(value: int, shown: float) -> None:
+    """A gauge set from a document's version must never break /metrics."""
+    metrics = Metrics(EventBus(), process_metrics=False)
+    metrics.set_document_version("registry", value)
+    samples = parse_exposition(metrics.render())
+    assert samples['meshd_document_version{kind="registry"}'] == shown

@@ -71,6 +71,15 @@ def test_put_results(pushes: list[dict[str, Any]], expected: list[PutResult]) ->
         ({"version": "4"}, ConfigError, ["version"]),
         ({"version": True}, ConfigError, ["version"]),
         ({"version": -1}, ConfigError, ["version"]),
+        ({"version": 2**53}, ConfigError, ["version", "9007199254740991"]),
+        ({"version": 10**309}, ConfigError, ["version", "9007199254740991"]),
+        ({"version": 4.0}, ConfigError, ["version"]),
+        ({"version": float("nan")}, ConfigError, ["version"]),
+        (
+            {"version": 4, "services": {"api": {"vip": "10.0.0.1", "port": float("inf")}}},
+            ConfigError,
+            ["NaN"],
+        ),
         ({"services": {}}, ConfigError, ["version"]),
         (["not", "an", "object"], ConfigError, ["JSON object"]),
         ({"version": 4, "typo": 1}, ConfigError, ["typo", "unknown field"]),
@@ -212,3 +221,33 @@ def test_documents_are_never_written_through_a_planted_link_or_stale_file(tmp_pa
         path = tmp_path / name
         assert not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) == 0o600
         assert json.loads(path.read_text())["version"] == version
+
+
+def test_non_json_numbers_are_refused_anywhere_in_any_kind() -> None:
+    """NaN and Infinity are not JSON: a kind that validates little must not let them in."""
+    store = DocumentStore()
+    store.register("policy", dict, lambda _: None)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ConfigError, match="NaN") as info:
+            store.put("policy", {"version": 1, "deep": [{"x": bad}]})
+        assert info.value.message.startswith("policy:")
+    assert store.get("policy") is None
+    store.put("policy", {"version": 2**53 - 1})
+    assert store.versions() == {"policy": 2**53 - 1}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"version": 1' + "0" * 309 + ', "services": {}}',  # a version an older meshd accepted
+        '{"version": 1' + "0" * 5000 + ', "services": {}}',  # past Python's int digits limit
+        '{"version": 3, "services": {}, "x": NaN}',
+    ],
+    ids=["1e309", "5000-digits", "NaN"],
+)
+def test_a_persisted_document_outside_json_is_named(tmp_path: Path, content: str) -> None:
+    (tmp_path / "registry.json").write_text(content)
+    with pytest.raises(ConfigError) as info:
+        make_store(tmp_path).load_persisted()
+    assert str(tmp_path / "registry.json") in info.value.message
+    assert len(info.value.message) < 400  # the offending value is not echoed whole
