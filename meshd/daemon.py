@@ -5,8 +5,9 @@ sweeper, watchdog) are started with ``await tg.start(...)`` and report ready
 after binding; READY=1 goes to systemd only then. The relay itself runs on
 asyncio protocols over uvloop; anyio structures everything around it.
 SIGHUP reloads certificates, trust bundle, registry and the live parts of
-the config; SIGTERM stops accepting, tells peers to go away, drains with a
-deadline and exits.
+the config, all or nothing, and keeps the outcome (a generation, ok or the
+error) for /stats, where ``meshd reload`` reads it; SIGTERM stops
+accepting, tells peers to go away, drains with a deadline and exits.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from meshd import allocator
 from meshd.admin import AdminServer
 from meshd.config import MeshdConfig
 from meshd.connect import Connector
-from meshd.documents import Documents
+from meshd.documents import Documents, Layered, layer
 from meshd.errors import MeshError
 from meshd.frames import RST_CANCEL
 from meshd.gate import HandshakeGate
@@ -40,12 +41,26 @@ from meshd.logs import peer_lines
 from meshd.metrics import Metrics
 from meshd.netfacts import fmt
 from meshd.outbound import LinkPool, OutboundConn
-from meshd.runtime import Runtime, check_identity, load_registry, restart_needed, synced_version
+from meshd.runtime import (
+    Files,
+    ReloadOutcome,
+    Runtime,
+    load_files,
+    restart_needed,
+    synced_version,
+)
 from meshd.store import DocumentStore
 from meshd.systemd import Notifier, watchdog
 from meshd.tls import TlsMaterial
 
 log = logging.getLogger("meshd")
+
+
+def _verdict(what: str, path: Path, layered: Layered) -> str:
+    """One line on what a start or reload runs, and what it had to set aside."""
+    text = f"{what} {path} (registry version {layered.registry.version})"
+    aside = "; ".join(f"pushed {kind} set aside: {why}" for kind, why in layered.set_aside.items())
+    return f"{text}; {aside}" if aside else text
 
 
 class Daemon:
@@ -102,9 +117,12 @@ class Daemon:
             tg.cancel_scope.cancel()
 
     def _load_documents(self) -> None:
-        from_file = self.rt.registry  # what the config's registry file says
+        """At start (in a worker thread): the stored documents on top of the files just read."""
         self.store.load_persisted()
-        self.documents.seed_registry(from_file)
+        files = Files(self.rt.config, self.rt.tls, self.rt.registry)  # what Runtime.load read
+        layered = self._adopt(files)
+        verdict = _verdict("started on", self.config_path, layered)
+        self.rt.last_reload = ReloadOutcome(0, True, verdict)
 
     async def _start_listeners(self, tg: Any) -> None:
         cfg, rt = self.rt.config, self.rt
@@ -190,33 +208,55 @@ class Daemon:
                     self._stop.set()
 
     async def reload(self) -> None:
-        """Re-read config, certificates, trust bundle and registry; swap what changed."""
+        """Re-read config, certificates, trust bundle and registry: all of it, or nothing."""
         self.notifier.reloading()
         try:
-            config = await anyio.to_thread.run_sync(MeshdConfig.load, self.config_path)
-            self.apply_config(config)
-            for kind in ("config", "certs"):  # pushed documents stay on top of the files
-                await anyio.to_thread.run_sync(self.store.reapply, kind)
-            log.info(
-                "reloaded %s (registry version %d)", self.config_path, self.rt.registry.version
-            )
-        except MeshError as e:
-            log.error("reload failed, keeping the running configuration: %s", e.message)
+            self.rt.last_reload = await anyio.to_thread.run_sync(self._reload)
         finally:
             self.notifier.notify("READY=1")
 
-    def apply_config(self, config: MeshdConfig) -> None:
-        """Swap in a new config; listener addresses need a restart and are refused."""
+    def _reload(self) -> ReloadOutcome:
+        generation = self.rt.last_reload.generation + 1
+        try:
+            files = self._read_files()
+            layered = self._adopt(files)
+        except MeshError as e:
+            log.error("reload failed, keeping the running configuration: %s", e.message)
+            return ReloadOutcome(generation, False, e.message)
+        except Exception as e:  # a bug must not take the daemon down: say so, change nothing
+            log.exception("reload failed, keeping the running configuration")
+            return ReloadOutcome(generation, False, f"internal error: {type(e).__name__}: {e}")
+        verdict = _verdict("reloaded", self.config_path, layered)
+        log.info("%s", verdict)
+        return ReloadOutcome(generation, True, verdict)
+
+    def _read_files(self) -> Files:
+        """The config file and what it names, validated; MeshError when any of it is wrong."""
+        config = MeshdConfig.load(self.config_path)
         problem = restart_needed(self.rt.config, config)
         if problem:
             raise MeshError(problem, hint="restart meshd to apply it")
-        ident = config.identity
-        tls = TlsMaterial.load(ident.cert, ident.key, ident.bundle)
-        check_identity(config, tls)
-        registry = load_registry(config.registry)
-        if registry.version < self.rt.registry.version:  # a pushed registry is newer: keep it
-            registry = self.rt.registry
-        self.rt.config, self.rt.tls, self.rt.registry = config, tls, registry
+        return load_files(config)
+
+    def _adopt(self, files: Files) -> Layered:
+        """Put the stored documents on top of ``files``; swap the result in, in one step.
+
+        Runs in a worker thread, holding the store so that no push lands in
+        between; the swap runs on the event loop, so no connection sees half.
+        """
+        with self.store.transaction():
+            layered = layer(files, self.store.documents(), self.config_path.parent)
+            for kind, why in layered.set_aside.items():  # before a record takes its place
+                self.store.set_aside(kind, why)
+            if layered.record is not None:  # later pushes are compared with the file's version
+                self.store.record("registry", layered.record.to_dict())
+            anyio.from_thread.run_sync(self._swap, layered)
+        return layered
+
+    def _swap(self, layered: Layered) -> None:
+        rt = self.rt
+        rt.config, rt.tls, rt.registry = layered.config, layered.tls, layered.registry
+        rt.policy = layered.policy
 
     async def _drain(self) -> None:
         self.rt.draining = True
@@ -291,6 +331,10 @@ class _Backend:
         d.metrics.set_certificate_expiry(d.rt.tls.not_after.timestamp())
         for kind, version in d.store.versions().items():
             d.metrics.set_document_version(kind, version)
+        aside = d.store.set_aside_documents()
+        for kind in d.store.kinds:
+            d.metrics.set_document_set_aside(kind, kind in aside)
+        d.metrics.set_last_reload(d.rt.last_reload.ok, d.rt.last_reload.at)
         d.metrics.collect()
         return d.metrics.render()
 
@@ -298,6 +342,7 @@ class _Backend:
         d, rt = self.daemon, self.daemon.rt
         return {
             "version": rt.version,
+            "pid": os.getpid(),  # what ``meshd reload`` signals
             "host": rt.config.identity.host,
             "identities": sorted(str(i) for i in rt.tls.ids),
             "certificate_not_after": rt.tls.not_after.isoformat(),
@@ -306,6 +351,12 @@ class _Backend:
             "draining": rt.draining,
             "active_connections": rt.active,
             "documents": d.store.versions(),
+            # stored documents that no longer validate on this host's files: meshd runs without
+            "documents_set_aside": {
+                kind: {"version": a.version, "reason": a.reason, "kept": a.kept, "at": a.at}
+                for kind, a in d.store.set_aside_documents().items()
+            },
+            "reload": rt.last_reload.to_dict(),  # ``meshd reload`` waits for its generation
             "registry_version": rt.registry.version,
             # the registry whose rules and /etc/hosts names meshd-sync.service put in place
             "synced_registry_version": synced_version(rt.config),

@@ -1,38 +1,50 @@
-"""The documents meshctl pushes over the admin API: how each is validated and applied.
+"""The documents meshctl pushes over the admin API: how each is validated and layered.
 
     registry  {"version": N, "services": {...}}                 (meshd.registry)
     config    {"version": N, "toml": "<meshd.toml text>"}
-    certs     {"version": N, "cert_pem": "...", "bundle_pem": "..."}  (the key stays on the host)
     certs     {"version": N, "cert_pem": "...", "bundle_pem": "..."}   (the key stays here)
+    policy    {"version": N}            (until the policy engine exists: nothing else)
 
-Validation builds everything the swap needs (parsed config, loaded TLS
-contexts) so that applying is swapping references. Pushed documents are kept
-by the store in the state directory, not written over the files in /etc:
-those are the host's bootstrap, and at start (and on SIGHUP, after the files
-are re-read) the pushed documents are applied on top of them.
+Every field is validated at the door, so that applying is swapping
+references. Pushed documents are kept by the store in the state directory,
+not written over the files in /etc: those are the host's bootstrap. At start
+and on SIGHUP the running state is built the same way, by ``layer``: the
+files first (they must be valid, or nothing changes), then each pushed
+document on top of them. A pushed document that no longer validates on those
+files (an expired certificate, a registry an older meshd accepted) is set
+aside, never a reason to refuse the files. A push of one kind replaces just
+that layer.
 """
 
 from __future__ import annotations
 
 import tempfile
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from meshd.config import MeshdConfig
-from meshd.errors import CertificateError, ConfigError
-from meshd.registry import Registry
-from meshd.runtime import Runtime, check_identity, restart_needed
+from meshd.errors import CertificateError, ConfigError, MeshError
+from meshd.registry import Registry, check_vip_range
+from meshd.runtime import Files, Runtime, check_identity, restart_needed
 from meshd.schema import Fields
 from meshd.store import DocumentStore
 from meshd.tls import TlsMaterial
 
+Doc = dict[str, Any]
+
 
 @dataclass(frozen=True)
-class ConfigUpdate:
+class Layered:
+    """The state a start or reload swaps in, and what it did to the stored documents."""
+
     config: MeshdConfig
     tls: TlsMaterial
+    registry: Registry
+    policy: Doc
+    set_aside: dict[str, str] = field(default_factory=dict)  # kind -> why
+    record: Registry | None = None  # the registry file, newer than any push: the store's now
 
 
 class Documents:
@@ -40,80 +52,135 @@ class Documents:
 
     def __init__(self, rt: Runtime, config_path: Path, store: DocumentStore) -> None:
         self.rt = rt
-        self.config_path = config_path
+        self.directory = config_path.parent  # relative paths in a pushed config start here
         self.store = store
         store.register("registry", self.validate_registry, self.apply_registry)
         store.register("config", self.validate_config, self.apply_config)
         store.register("certs", self.validate_certs, self.apply_certs)
         store.register("policy", self.validate_policy, self.apply_policy)
 
-    # registry
-    def validate_registry(self, doc: dict[str, Any]) -> Registry:
-        return Registry.from_dict(doc, "registry")
+    # pushes: validated against the running state, applied one layer at a time
+    def validate_registry(self, doc: Doc) -> Registry:
+        return registry_on(self.rt.config, doc)
 
     def apply_registry(self, registry: Registry) -> None:
         self.rt.registry = registry
 
-    # config
-    def validate_config(self, doc: dict[str, Any]) -> ConfigUpdate:
-        fields = Fields(doc, "config")
-        fields.unknown({"version", "toml"})
-        text = fields.get("toml", str)
-        try:
-            parsed = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config: toml: {e}") from e
-        config = MeshdConfig.from_dict(parsed, "config.toml", self.config_path.parent)
-        problem = restart_needed(self.rt.config, config)
-        if problem is None and config.identity != self.rt.config.identity:
-            problem = "identity files changed"  # a push must not point meshd at other files
-        if problem:
-            raise ConfigError(f"config: {problem}", hint="change it on the host and restart meshd")
-        tls = TlsMaterial.load(config.identity.cert, config.identity.key, config.identity.bundle)
-        check_identity(config, tls)
-        return ConfigUpdate(config, tls)
+    def validate_config(self, doc: Doc) -> MeshdConfig:
+        return config_on(self.rt.config, doc, self.directory)
 
-    def apply_config(self, update: ConfigUpdate) -> None:
-        self.rt.config, self.rt.tls = update.config, update.tls
+    def apply_config(self, config: MeshdConfig) -> None:
+        self.rt.config = config  # the certificate layer (files or pushed) stays as it is
 
-    # certs
-    def validate_certs(self, doc: dict[str, Any]) -> TlsMaterial:
-        fields = Fields(doc, "certs")
-        fields.unknown({"version", "cert_pem", "bundle_pem"})
-        cert, bundle = fields.get("cert_pem", str).encode(), fields.get("bundle_pem", str).encode()
-        ident = self.rt.config.identity
-        with tempfile.TemporaryDirectory(prefix="meshd-certs-") as tmp:
-            cert_path, bundle_path = Path(tmp) / "cert.pem", Path(tmp) / "bundle.pem"
-            cert_path.write_bytes(cert)
-            bundle_path.write_bytes(bundle)
-            try:
-                tls = TlsMaterial.load(cert_path, ident.key, bundle_path)
-            except CertificateError as e:
-                raise CertificateError(f"certs: {e.message}", hint=e.hint) from e
-        check_identity(self.rt.config, tls)
-        return tls
+    def validate_certs(self, doc: Doc) -> TlsMaterial:
+        return certs_on(self.rt.config, doc)
 
     def apply_certs(self, tls: TlsMaterial) -> None:
         self.rt.tls = tls
 
-    # policy
-    def validate_policy(self, doc: dict[str, Any]) -> dict[str, Any]:
-        """Only ``{"version": N}`` until the policy engine exists: nothing enforces the rest."""
-        extra = sorted(set(doc) - {"version"})
-        if extra:
-            raise ConfigError(
-                f"policy: {extra[0]}: policy enforcement is not in this meshd yet",
-                hint='push {"version": N} only, or upgrade meshd to one that enforces policy',
-            )
-        return dict(doc)
+    def validate_policy(self, doc: Doc) -> Doc:
+        return policy_of(doc)
 
-    def apply_policy(self, policy: dict[str, Any]) -> None:
+    def apply_policy(self, policy: Doc) -> None:
         self.rt.policy = policy
 
-    def seed_registry(self, from_file: Registry) -> None:
-        """Offer the registry file to the store at start: when none was pushed, or when the
-        file is newer than what was (meshctl rewrote it), the file's version is the one."""
-        pushed = self.store.get("registry")
-        newer = pushed is None or from_file.version > int(pushed.get("version", 0))
-        if newer and from_file.version > 0:
-            self.store.put("registry", from_file.to_dict())
+
+def layer(files: Files, docs: dict[str, Doc], directory: Path) -> Layered:
+    """The files with the pushed ``docs`` on top; a document that does not fit is set aside."""
+    set_aside: dict[str, str] = {}
+
+    def on_top(kind: str, base: Any, build: Any) -> Any:
+        doc = docs.get(kind)
+        if doc is None:
+            return base
+        try:
+            return build(doc)
+        except MeshError as e:
+            set_aside[kind] = e.message
+            return base
+
+    config = on_top("config", files.config, lambda d: config_on(files.config, d, directory))
+    tls = on_top("certs", files.tls, lambda d: certs_on(config, d))
+    pushed = on_top("registry", None, lambda d: registry_on(config, d))
+    policy = on_top("policy", {}, policy_of)
+    registry, record = _newer_registry(files.registry, pushed)
+    return Layered(config, tls, registry, policy, set_aside, record)
+
+
+def _newer_registry(
+    from_file: Registry, pushed: Registry | None
+) -> tuple[Registry, Registry | None]:
+    """The registry to run, and the file's when the store must take it as current.
+
+    On a tie the pushed one wins: it is the one meshd ran before.
+    """
+    if pushed is not None and pushed.version >= from_file.version:
+        return pushed, None
+    return from_file, from_file if from_file.version > 0 else None
+
+
+def config_on(base: MeshdConfig, doc: Doc, directory: Path) -> MeshdConfig:
+    """A pushed config, checked against the one meshd runs on: only live parts may change."""
+    fields = Fields(doc, "config")
+    fields.unknown({"version", "toml"})
+    text = fields.get("toml", str)
+    try:
+        parsed = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config: toml: {e}") from e
+    config = MeshdConfig.from_dict(parsed, "config.toml", directory)
+    problem = restart_needed(base, config) or _host_owned_change(base, config)
+    if problem:
+        raise ConfigError(f"config: {problem}", hint="change it on the host and restart meshd")
+    return config
+
+
+def _host_owned_change(base: MeshdConfig, new: MeshdConfig) -> str | None:
+    """What a push may not change because something other than meshd reads it from the file."""
+    if new.identity != base.identity:
+        return "identity files changed"  # a push must not point meshd at other files
+    if new.interception != base.interception:
+        return "[interception] changed (meshd rules and meshd sync read it from the file)"
+    if new.registry != base.registry:
+        return "[mesh] registry changed (meshd sync reads it from the file)"
+    return None
+
+
+def certs_on(config: MeshdConfig, doc: Doc) -> TlsMaterial:
+    """A pushed certificate and bundle, with this host's key: current, ours, verified."""
+    fields = Fields(doc, "certs")
+    fields.unknown({"version", "cert_pem", "bundle_pem"})
+    cert, bundle = fields.get("cert_pem", str).encode(), fields.get("bundle_pem", str).encode()
+    with tempfile.TemporaryDirectory(prefix="meshd-certs-") as tmp:
+        cert_path, bundle_path = Path(tmp) / "cert.pem", Path(tmp) / "bundle.pem"
+        cert_path.write_bytes(cert)
+        bundle_path.write_bytes(bundle)
+        try:
+            tls = TlsMaterial.load(cert_path, config.identity.key, bundle_path)
+        except CertificateError as e:  # name the fields, not the scratch files
+            message = e.message.replace(str(cert_path), "cert_pem")
+            message = message.replace(str(bundle_path), "bundle_pem")
+            raise CertificateError(f"certs: {message}", hint=e.hint) from e
+    try:
+        check_identity(config, tls)
+    except ConfigError as e:
+        raise ConfigError(f"certs: {e.message}", hint=e.hint) from e
+    return tls
+
+
+def registry_on(config: MeshdConfig, doc: Doc) -> Registry:
+    """A pushed registry, every field checked, its VIPs inside this host's vip_range."""
+    registry = Registry.from_dict(doc, "registry")
+    return check_vip_range(registry, config.interception.vip_range, "registry")
+
+
+def policy_of(doc: Doc) -> Doc:
+    """Only ``{"version": N}`` until the policy engine exists: nothing enforces the rest."""
+    extra = sorted(set(doc) - {"version"})
+    if extra:
+        raise ConfigError(
+            f"policy: {extra[0]}: policy enforcement is not in this meshd yet",
+            hint='push {"version": N} only, or upgrade meshd to one that enforces policy',
+        )
+    Fields(doc, "policy").version()
+    return dict(doc)

@@ -146,6 +146,13 @@ class Metrics:
     def set_document_version(self, kind: str, version: int) -> None:
         self._families["doc_version"].set((kind,), version)
 
+    def set_document_set_aside(self, kind: str, set_aside: bool) -> None:
+        self._families["doc_set_aside"].set((kind,), 1 if set_aside else 0)
+
+    def set_last_reload(self, ok: bool, timestamp: float) -> None:
+        self._families["reload_ok"].set((), 1 if ok else 0)
+        self._families["reload_at"].set((), timestamp)
+
     def dropped(self) -> dict[str, int]:
         """Dropped events per tracked consumer."""
         return {name: sub.dropped for name, sub in self._tracked.items()}
@@ -253,6 +260,22 @@ def _families() -> dict[str, Family]:
         ),
         "doc_version": Family(
             "meshd_document_version", "Version of each applied document.", "gauge", ("kind",)
+        ),
+        "doc_set_aside": Family(
+            "meshd_document_set_aside",
+            "1 while a stored document of this kind no longer validates and meshd runs without it.",
+            "gauge",
+            ("kind",),
+        ),
+        "reload_ok": Family(
+            "meshd_config_last_reload_successful",
+            "1 if the last start or reload applied, 0 if it was refused.",
+            "gauge",
+        ),
+        "reload_at": Family(
+            "meshd_config_last_reload_timestamp_seconds",
+            "When meshd last started or reloaded (Unix time).",
+            "gauge",
         ),
         "info": Family("meshd_info", "meshd build information.", "gauge", ("version",)),
         "rss": Family("process_resident_memory_bytes", "Resident memory of meshd.", "gauge"),

@@ -121,8 +121,16 @@ class LinkPool:
             self.outstanding[key] = max(0, self.outstanding.get(key, 1) - 1)
 
     async def _dial(self, endpoint: Endpoint) -> None:
+        try:
+            await self._dial_once(endpoint)
+        except Exception as e:  # one endpoint's trouble is a failed dial, never the daemon's
+            log.debug("dial to %s failed", fmt(endpoint.link_key), exc_info=True)
+            self._dial_failed(endpoint, f"{type(e).__name__}: {e}")
+
+    async def _dial_once(self, endpoint: Endpoint) -> None:
         key = endpoint.link_key
         rt = self.rt
+        expected = rt.host_id(endpoint.host)  # before connecting: nothing to clean up if it fails
         timeouts, limits = rt.config.timeouts, rt.config.limits
         loop = asyncio.get_running_loop()
         try:
@@ -144,7 +152,6 @@ class LinkPool:
         except (OSError, TimeoutError) as e:
             self._dial_failed(endpoint, f"{type(e).__name__}: {e}")
             return
-        expected = rt.host_id(endpoint.host)
         if expected not in link.peer_ids:
             link.abort(f"peer is not {expected}")
             rt.bus.publish(HandshakeFailed("link", fmt(key), "wrong_identity"))

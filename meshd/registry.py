@@ -2,7 +2,9 @@
 
 meshctl writes it and pushes it to every meshd (JSON, versioned); meshd maps
 an intercepted connection's original destination to a service through it.
-Pure: parsing, validation and lookups, no I/O.
+Pure: parsing, validation and lookups, no I/O. Every field is checked at the
+door (names as DNS labels, addresses, ports, labels, the version's range), and
+``check_vip_range`` holds the VIPs to the host's ``[interception] vip_range``.
 
     {"version": 3,
      "services": {"api": {"vip": "10.255.0.2", "port": 8080,
@@ -14,11 +16,16 @@ Pure: parsing, validation and lookups, no I/O.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshd.errors import ConfigError
 from meshd.identity import check_name
-from meshd.schema import Fields
+from meshd.schema import Fields, brief
+
+_LABEL_KEY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
+_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?")
 
 
 @dataclass(frozen=True)
@@ -98,9 +105,7 @@ class Registry:
     def from_dict(cls, doc: dict[str, Any], source: str) -> Registry:
         top = Fields(doc, source)
         top.unknown({"version", "services"})
-        version = top.get("version", int)
-        if version < 0:
-            raise top.fail("version", "must be 0 or more")
+        version = top.version()
         services = top.table("services", required=False)
         parsed = tuple(_service(name, services.table(name)) for name in sorted(services.data))
         _check_unique(top, parsed)
@@ -120,13 +125,50 @@ def _endpoint(f: Fields) -> Endpoint:
     labels = f.get("labels", dict, {})
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
         raise f.fail("labels", "labels must map strings to strings")
+    for key, value in labels.items():
+        f.checked("labels", (key, value), lambda label: check_label(*label))
     return Endpoint(
-        host=f.get("host", str),
+        host=f.checked("host", f.get("host", str), lambda n: check_name("host", n)),
         address=_ip(f, "address"),
         port=f.port("port"),
         mesh_port=f.port("mesh_port", 15443),
         labels=tuple(sorted(labels.items())),
     )
+
+
+def check_label(key: str, value: str) -> tuple[str, str]:
+    """Validate an endpoint label (canary routes select on them); return it."""
+    if not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
+        raise ConfigError(
+            f"invalid label {brief(key)}={brief(value)}",
+            hint="keys: 1-63 letters, digits, '.', '-', '_', starting and ending alphanumeric; "
+            "values: the same, or empty",
+        )
+    return key, value
+
+
+def check_vip_range(registry: Registry, vip_range: str, source: str) -> Registry:
+    """``registry`` if its VIPs lie in ``vip_range`` and no endpoint does; ConfigError if not.
+
+    The range is what this host intercepts and routes locally: a VIP outside
+    it would be written into /etc/hosts without being served, and an
+    endpoint inside it would be unreachable.
+    """
+    network = ipaddress.ip_network(vip_range)
+    hint = "meshctl assigns VIPs inside [interception] vip_range; push a registry it built"
+    for s in registry.services:
+        if ipaddress.ip_address(s.vip) not in network:
+            raise ConfigError(
+                f"{source}: services.{s.name}.vip: {s.vip} is outside vip_range {vip_range}", hint
+            )
+        for i, e in enumerate(s.endpoints):
+            if ipaddress.ip_address(e.address) in network:
+                raise ConfigError(
+                    f"{source}: services.{s.name}.endpoints[{i}].address: {e.address} is "
+                    f"inside vip_range {vip_range}, where only virtual IPs belong",
+                    hint,
+                )
+    return registry
 
 
 def _ip(f: Fields, key: str) -> str:

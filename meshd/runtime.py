@@ -23,23 +23,60 @@ from meshd.errors import ConfigError
 from meshd.events import EventBus
 from meshd.files import write_atomic
 from meshd.identity import SpiffeId, make_id
-from meshd.registry import Registry
+from meshd.registry import Registry, check_vip_range
 from meshd.tls import TlsMaterial
 
 log = logging.getLogger("meshd")
 
 
-def load_registry(path: Path | None) -> Registry:
-    """The registry file named by the config (an empty registry when there is none)."""
+def load_registry(path: Path | None, vip_range: str) -> Registry:
+    """A registry file (an empty registry when there is none), checked against ``vip_range``."""
     if path is None or not path.exists():
         return Registry()
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(path.read_text(), parse_constant=_not_json)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: line {e.lineno}: {e.msg}") from e
+    except (ValueError, RecursionError) as e:  # NaN, or an integer past 4300 digits
+        raise ConfigError(f"{path}: not JSON: {e}") from e
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a JSON object")
-    return Registry.from_dict(doc, str(path))
+    return check_vip_range(Registry.from_dict(doc, str(path)), vip_range, str(path))
+
+
+def _not_json(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+@dataclass(frozen=True)
+class Files:
+    """What the files in /etc say: the base every pushed document is put on top of."""
+
+    config: MeshdConfig
+    tls: TlsMaterial
+    registry: Registry
+
+
+def load_files(config: MeshdConfig) -> Files:
+    """Certificate, key, bundle and registry named by ``config``, checked; MeshError if not."""
+    ident = config.identity
+    tls = TlsMaterial.load(ident.cert, ident.key, ident.bundle)
+    check_identity(config, tls)
+    return Files(config, tls, load_registry(config.registry, config.interception.vip_range))
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    """How the last reload went (generation 0: the start), as /stats reports it."""
+
+    generation: int
+    ok: bool
+    message: str
+    at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        when = dt.datetime.fromtimestamp(self.at, dt.UTC).isoformat(timespec="milliseconds")
+        return {"generation": self.generation, "ok": self.ok, "message": self.message, "at": when}
 
 
 def pushed_registry_path(config: MeshdConfig) -> Path | None:
@@ -89,14 +126,14 @@ def effective_registry(config: MeshdConfig) -> Registry:
     pushes without a running daemon to ask. On a tie the pushed document wins:
     it is the one meshd loads at start.
     """
-    bootstrap = _readable_registry(config.registry)
-    pushed = _readable_registry(pushed_registry_path(config))
+    bootstrap = _readable_registry(config.registry, config)
+    pushed = _readable_registry(pushed_registry_path(config), config)
     return pushed if pushed.version >= bootstrap.version else bootstrap
 
 
-def _readable_registry(path: Path | None) -> Registry:
+def _readable_registry(path: Path | None, config: MeshdConfig) -> Registry:
     try:
-        return load_registry(path)
+        return load_registry(path, config.interception.vip_range)
     except OSError as e:  # the state dir is meshd's own (0700): other users cannot look inside
         raise ConfigError(
             f"{path}: cannot read: {e.strerror}", hint="run this as root (or as meshd)"
@@ -119,13 +156,12 @@ class Runtime:
     bound: dict[str, tuple[str, int]] = field(default_factory=dict)
     version: str = __version__
     policy: dict[str, Any] = field(default_factory=dict)
+    last_reload: ReloadOutcome = field(default_factory=lambda: ReloadOutcome(0, True, "started"))
 
     @classmethod
     def load(cls, config: MeshdConfig) -> Runtime:
-        ident = config.identity
-        tls = TlsMaterial.load(ident.cert, ident.key, ident.bundle)
-        check_identity(config, tls)
-        return cls(config=config, tls=tls, registry=load_registry(config.registry))
+        files = load_files(config)
+        return cls(config=config, tls=files.tls, registry=files.registry)
 
     @property
     def trust_domain(self) -> str:
@@ -152,6 +188,8 @@ def restart_needed(old: MeshdConfig, new: MeshdConfig) -> str | None:
     """What in ``new`` cannot be applied to a running meshd (its sockets are bound), if anything."""
     if new.identity.host != old.identity.host:
         return "the host name changed"
+    if new.state_dir != old.state_dir:
+        return "the state directory changed"
     if new.listen != old.listen or new.upstreams != old.upstreams:
         return "listen addresses or upstream listeners changed"
     if [s.outbound for s in new.services] != [s.outbound for s in old.services]:

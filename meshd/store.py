@@ -6,7 +6,13 @@ refused, and the previous document is kept for rollback. Each kind has a
 validator (JSON object -> parsed value, raising a MeshError that names the
 field) and an apply hook (parsed value -> None) that swaps the value into the
 running daemon. With a directory, documents persist as ``<kind>.json`` and
-``<kind>.prev.json`` (0600, written atomically) and are reloaded at start.
+``<kind>.prev.json`` (0600, written atomically) and are read again at start.
+
+The daemon puts the stored documents on top of its files at start and at
+SIGHUP (``meshd.documents``); one that no longer validates (an expired pushed
+certificate, a registry an older meshd accepted) is *set aside*: moved to
+``<kind>.rejected.json``, reported on /stats and /metrics, and meshd runs on
+the files until a new document of that kind is pushed.
 
 ``put`` and ``rollback`` are synchronous and serialized by a lock, so the
 admin API may run them in a worker thread: apply hooks must then only swap
@@ -15,11 +21,13 @@ references (or hop to the event loop themselves).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -55,6 +63,16 @@ class PutResult:
     version: int
 
 
+@dataclass(frozen=True)
+class SetAside:
+    """A stored document meshd no longer runs: why, and where the file went."""
+
+    version: int | None  # None when the file could not be read as a document
+    reason: str
+    kept: str | None  # the file it was moved to, if any
+    at: float = field(default_factory=time.time)
+
+
 @dataclass
 class _Slot:
     validate: Callable[[Doc], Any]
@@ -69,7 +87,8 @@ class DocumentStore:
     def __init__(self, directory: Path | None = None) -> None:
         self.directory = directory
         self._slots: dict[str, _Slot] = {}
-        self._lock = threading.Lock()
+        self._set_aside: dict[str, SetAside] = {}
+        self._lock = threading.RLock()  # re-entered by record and set_aside in a transaction
 
     def register(self, kind: str, validate: Callable[[Doc], T], apply: Callable[[T], None]) -> None:
         """Handle ``kind`` with ``validate`` (raise on any problem) and ``apply``."""
@@ -113,34 +132,93 @@ class DocumentStore:
             self._install(kind, slot, value, target, slot.current)
             return PutResult("applied", target["version"])
 
-    def reapply(self, kind: str) -> None:
-        """Validate and apply the current document again (after files under it were re-read)."""
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Hold off every put and rollback for the block (a reload reads, decides, swaps)."""
         with self._lock:
-            slot = self._slot(kind)
-            if slot.current is not None:
-                slot.apply(slot.validate(_copy_required(slot.current)))
+            yield
+
+    def documents(self) -> dict[str, Doc]:
+        """The current document of each kind that has one (copies)."""
+        return {k: _copy_required(s.current) for k, s in self._slots.items() if s.current}
 
     def load_persisted(self) -> dict[str, int]:
-        """Validate and apply the stored document of each registered kind; return the versions."""
+        """Read the stored document of each registered kind; return the versions.
+
+        Nothing is validated or applied here: the daemon puts the documents on
+        top of its files and sets aside what no longer validates. A file that
+        cannot even be read as a document is set aside at once.
+        """
         if self.directory is None:
             return {}
         with self._lock:
-            loaded = {kind: self._load(self.directory, kind) for kind in self._slots}
-        return {kind: version for kind, version in loaded.items() if version is not None}
+            for kind in self._slots:
+                self._load(self.directory, kind)
+        return self.versions()
 
-    def _load(self, directory: Path, kind: str) -> int | None:
+    def set_aside(self, kind: str, reason: str) -> None:
+        """Stop using the current ``kind`` document: moved to ``<kind>.rejected.json``, reported."""
+        with self._lock:
+            slot = self._slot(kind)
+            version = None if slot.current is None else int(slot.current["version"])
+            slot.current = slot.previous = None
+            kept = self._move_aside(kind)
+            self._set_aside[kind] = SetAside(version, reason, None if kept is None else str(kept))
+        log.error(
+            "set aside the pushed %s document%s (%s), running without it: %s",
+            kind,
+            "" if version is None else f" version {version}",
+            kept or "not kept",
+            reason,
+        )
+
+    def set_aside_documents(self) -> dict[str, SetAside]:
+        """The documents set aside and not yet followed by a push (or rollback), by kind."""
+        return dict(self._set_aside)
+
+    def record(self, kind: str, doc: Doc) -> None:
+        """Make ``doc`` the current document without applying it: the caller runs it already.
+
+        For the registry file meshd read itself: its version is the one later
+        pushes are compared with. Stored best effort (the file is read again
+        at every start).
+        """
+        with self._lock:
+            slot = self._slot(kind)
+            fresh = _canonical(kind, doc)
+            try:
+                staged = self._stage(kind, fresh, slot.current)
+            except ApplyError as e:
+                log.warning("%s (kept in memory only)", e.message)
+                staged = []
+            slot.current, slot.previous = fresh, slot.current
+            _commit(staged)  # a set-aside push stays reported: only a new push answers it
+
+    def _load(self, directory: Path, kind: str) -> None:
         path, slot = directory / f"{kind}.json", self._slots[kind]
-        current = _read(path, kind)
-        if current is None:
-            return None
         try:
-            value = slot.validate(_copy_required(current))
-        except MeshError as e:
-            raise ConfigError(f"{path}: {e.message}", hint="push a valid document again") from e
-        slot.apply(value)
-        slot.current = current
-        slot.previous = _read(directory / f"{kind}.prev.json", kind)
-        return int(current["version"])
+            slot.current = _read(path, kind)
+        except ConfigError as e:
+            kept = self._move_aside(kind)
+            self._set_aside[kind] = SetAside(None, e.message, None if kept is None else str(kept))
+            log.error("set aside %s, running without it: %s", path, e.message)
+            return
+        if slot.current is not None:
+            slot.previous = _read_quietly(directory / f"{kind}.prev.json", kind)
+
+    def _move_aside(self, kind: str) -> Path | None:
+        if self.directory is None:
+            return None
+        path = self.directory / f"{kind}.json"
+        kept = path.with_name(f"{kind}.rejected.json")
+        try:
+            path.replace(kept)  # kept for the operator to look at; never read again
+        except FileNotFoundError:
+            return None
+        except OSError:
+            log.exception("cannot move %s aside", path)
+            return None
+        return kept
 
     def _slot(self, kind: str) -> _Slot:
         slot = self._slots.get(kind)
@@ -163,6 +241,7 @@ class DocumentStore:
                 hint=f"the running {kind} is unchanged; fix the cause and push again",
             ) from e
         slot.current, slot.previous = new, old
+        self._set_aside.pop(kind, None)
         _commit(staged)
 
     def _stage(self, kind: str, new: Doc, old: Doc | None) -> list[tuple[Path, Path]]:
@@ -171,6 +250,8 @@ class DocumentStore:
         pairs = [(self.directory / f"{kind}.json", new)]
         if old is not None:
             pairs.insert(0, (self.directory / f"{kind}.prev.json", old))
+        else:  # a previous left from before a document was set aside is not ours to restore
+            (self.directory / f"{kind}.prev.json").unlink(missing_ok=True)
         staged: list[tuple[Path, Path]] = []
         try:
             for path, doc in pairs:
@@ -252,6 +333,15 @@ def _read(path: Path, kind: str) -> Doc | None:
         raise ConfigError(f"{path}: not JSON: {e}", hint="remove the file or push again") from e
     except ConfigError as e:
         raise ConfigError(f"{path}: {e.message}", hint="remove the file or push again") from e
+
+
+def _read_quietly(path: Path, kind: str) -> Doc | None:
+    """A previous document, if it reads (a broken one only costs the rollback)."""
+    try:
+        return _read(path, kind)
+    except ConfigError as e:
+        log.warning("ignoring %s: %s", path, e.message)
+        return None
 
 
 def _write_temp(path: Path, doc: Doc) -> Path:

@@ -7,6 +7,7 @@ A refused push is a 400 that names the field, changes nothing, and leaves
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 
@@ -62,3 +63,70 @@ def test_out_of_range_and_unenforceable_documents_get_400(
     assert_still_serving(net, meshd)
     meshd.stop()
     assert meshd.proc.returncode == 0
+
+
+def registry(mesh_port: int, vip: str = "10.255.0.9", **endpoint: object) -> dict[str, object]:
+    entry = {"host": "b", "address": "127.0.0.1", "port": 8080, "mesh_port": mesh_port}
+    return {
+        "version": 2,
+        "services": {"api": {"vip": vip, "port": 8080, "endpoints": [entry | endpoint]}},
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"host": "B_Host"}, "services.api.endpoints[0].host"),
+        ({"host": "b\nINFO meshd: reloaded"}, "services.api.endpoints[0].host"),
+        ({"vip": "10.0.0.9"}, "services.api.vip"),  # outside vip_range 10.255.0.0/16
+        ({"address": "10.255.3.3"}, "services.api.endpoints[0].address"),  # inside it
+        ({"labels": {"zone": "a b"}}, "services.api.endpoints[0].labels"),
+        ({"labels": {"": "a"}}, "services.api.endpoints[0].labels"),
+    ],
+    ids=["host", "host-newline", "vip-outside", "address-inside", "label-value", "label-key"],
+)
+def test_a_registry_with_a_bad_field_gets_400_naming_it(
+    net: MeshNet, change: dict[str, str], field: str
+) -> None:
+    b = net.start("b", services={"api": 8080})
+    a = net.start("a", upstreams={"api": 0})
+    vip = change.pop("vip", "10.255.0.9")
+    status, text = net.admin(a, "PUT", "/registry", registry(b.ports["mesh"], vip, **change))
+    print(f"\n{status} {text}")
+    assert status == 400, text
+    assert json.loads(text)["error"].startswith(f"registry: {field}:")
+    assert json.loads(net.admin(a, "GET", "/registry")[1])["version"] == 1
+    with socket.create_connection(("127.0.0.1", a.ports["upstream:api"]), timeout=5) as s:
+        s.settimeout(5)
+        try:  # no such service: refused, and meshd lives on
+            s.sendall(b"GET / HTTP/1.1\r\nHost: api\r\n\r\n")
+            assert s.recv(100) == b""
+        except ConnectionResetError:
+            pass
+    assert a.proc.poll() is None, a.log_text()
+    assert_still_serving(net, a)
+
+
+def test_a_pushed_config_may_not_change_what_root_helpers_read(net: MeshNet) -> None:
+    a = net.start("a")
+    toml = a.config.read_text() + '[interception]\nvip_range = "10.0.0.0/8"\n'
+    status, text = net.admin(a, "PUT", "/config", {"version": 1, "toml": toml})
+    assert status == 400 and "[interception] changed" in json.loads(text)["error"], text
+
+
+def test_a_config_push_keeps_a_pushed_certificate(net: MeshNet) -> None:
+    """Each push replaces its own layer: a config push must not bring the files' TLS back."""
+    ident = net.pki.issue("a", "host/a")
+    a = net.start("a", identity=ident)
+    pushed = net.pki.reissue(ident, "a-v2")
+    body = {
+        "version": 1,
+        "cert_pem": pushed.cert.read_text(),
+        "bundle_pem": net.pki.bundle.read_text(),
+    }
+    assert net.admin(a, "PUT", "/certs", body)[0] == 200
+    before = json.loads(net.admin(a, "GET", "/stats")[1])["certificate_not_after"]
+    toml = a.config.read_text() + "[limits]\nmax_connections = 100\n"
+    status, text = net.admin(a, "PUT", "/config", {"version": 1, "toml": toml})
+    assert status == 200, text
+    assert json.loads(net.admin(a, "GET", "/stats")[1])["certificate_not_after"] == before

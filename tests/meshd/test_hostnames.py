@@ -172,3 +172,34 @@ def test_hosts_file_option_is_hidden() -> None:
         [MESHD, "hosts", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "--config" in usage and "--hosts-file" not in usage and "Example:" in usage
+
+
+@pytest.mark.parametrize("where", ["pushed", "file"])
+@pytest.mark.parametrize("command", ["hosts", "sync"])
+def test_a_vip_outside_vip_range_is_never_written(
+    host: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    where: str,
+    command: str,
+) -> None:
+    """A registry whose VIP lies outside [interception] vip_range is refused, the file left."""
+    from meshd import interception  # noqa: PLC0415
+
+    applied: list[object] = []  # sync must stop before the rules too (and never run iptables)
+    monkeypatch.setattr(interception, "apply", lambda *args: applied.append(args))
+    bad = registry_doc(9, {"evil": "192.168.1.1"})
+    if where == "pushed":  # as an older meshd accepted and stored it
+        (host / "state").mkdir()
+        (host / "state" / "registry.json").write_text(json.dumps(bad))
+    else:
+        (host / "registry.json").write_text(json.dumps(bad))
+    record = f'[interception]\nrules_record = "{host / "rules.sha256"}"\n'
+    (host / "meshd.toml").write_text(CONFIG + record)
+    config, hosts = str(host / "meshd.toml"), str(host / "etc" / "hosts")
+    argv = [command, "apply"] if command == "hosts" else [command]
+    assert main([*argv, "--config", config, "--hosts-file", hosts]) == 1
+    err = capsys.readouterr().err
+    assert "services.evil.vip: 192.168.1.1 is outside vip_range 10.255.0.0/16" in err, err
+    assert (host / "etc" / "hosts").read_bytes() == ORIGINAL
+    assert applied == []

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -26,10 +27,12 @@ from meshctl.ca import sign_csr
 from meshd.config import MeshdConfig
 from meshd.identity import SpiffeId
 from meshd.pki import build_csr, cert_pem
+from meshd.reloading import local_stats
 from meshd.runtime import mark_synced, synced_version
 from tests.meshd.harness import Meshd, MeshNet
 from tests.meshd.pairs import Pair, mesh_client
 from tests.meshd.tlsfixtures import Identity
+from tests.poll import until
 
 B_SERVICES = ("host/b", "svc/web", "svc/echo", "svc/fast")
 
@@ -182,3 +185,74 @@ def test_stats_report_the_registry_version_meshd_sync_applied(net: MeshNet) -> N
     mark_synced(config, 7)  # as ``meshd sync`` (root) notes it
     assert stats(net, meshd)["synced_registry_version"] == 7
     assert synced_version(config) == 7
+
+
+def local(net: MeshNet, meshd: Meshd) -> dict[str, Any]:
+    """/stats over the local socket (it answers whatever certificate meshd runs)."""
+    return local_stats(net.dir / f"{meshd.name}.sock")
+
+
+def sighup(net: MeshNet, meshd: Meshd) -> dict[str, Any]:
+    """SIGHUP ``meshd`` and return the outcome of that reload, as /stats reports it."""
+    before = local(net, meshd)["reload"]["generation"]
+    os.kill(meshd.proc.pid, signal.SIGHUP)
+    until(lambda: local(net, meshd)["reload"]["generation"] != before, 10, "the reload")
+    outcome: dict[str, Any] = local(net, meshd)["reload"]
+    assert outcome["generation"] == before + 1
+    return outcome
+
+
+def test_a_newer_registry_file_read_at_sighup_is_what_pushes_are_compared_with(
+    net: MeshNet,
+) -> None:
+    a = net.start("a")
+    net.registry["version"] = 5
+    net.write_registry()
+    outcome = sighup(net, a)
+    assert outcome["ok"], outcome
+    status, text = net.admin(a, "PUT", "/registry", {"version": 3, "services": {}})
+    assert status == 409, text
+    assert stats(net, a)["registry_version"] == 5
+    status, text = net.admin(a, "GET", "/registry")
+    assert status == 200 and json.loads(text)["version"] == 5, text
+
+
+def test_a_reload_with_one_bad_file_changes_nothing_and_says_so(net: MeshNet) -> None:
+    ident = net.pki.issue("a", "host/a")
+    a = net.start("a", identity=ident)
+    before = stats(net, a)
+    net.registry["version"] = 5  # a good registry file...
+    net.write_registry()
+    other = net.pki.issue("other", "host/a")  # ...but a certificate for another key
+    ident.cert.write_bytes(other.cert.read_bytes())
+    outcome = sighup(net, a)
+    print(f"\n{outcome}")
+    assert not outcome["ok"] and "key" in str(outcome["message"])
+    after = stats(net, a)
+    assert after["registry_version"] == 1
+    assert after["certificate_not_after"] == before["certificate_not_after"]
+    assert "reload failed, keeping the running configuration" in a.log_text()
+
+
+def test_a_reload_puts_pushed_documents_back_on_the_new_files_or_sets_them_aside(
+    net: MeshNet,
+) -> None:
+    """An expired pushed certificate must not make a reload of good files half-apply."""
+    ident = net.pki.issue("a", "host/a")
+    a = net.start("a", identity=ident)
+    short = net.pki.reissue(ident, "a-short", lifetime=dt.timedelta(seconds=3))
+    assert push_certs(net, a, 2, short.cert.read_bytes())[0] == 200
+    until(lambda: leaf(short).not_valid_after_utc < dt.datetime.now(dt.UTC), 10, "expiry")
+    renewed = net.pki.reissue(ident, "a")  # good new files, as meshctl enrolls them
+    net.registry["version"] = 5
+    net.write_registry()
+    outcome = sighup(net, a)
+    print(f"\n{outcome}")
+    assert outcome["ok"] and "pushed certs set aside" in str(outcome["message"])
+    after = local(net, a)
+    assert after["certificate_not_after"] == leaf(renewed).not_valid_after_utc.isoformat()
+    assert after["registry_version"] == 5
+    assert after["documents_set_aside"]["certs"]["version"] == 2  # type: ignore[index]
+    assert presented_serial(net, a) == leaf(renewed).serial_number
+    assert "reload failed" not in a.log_text()
+    assert re.search(r"reloaded .* \(registry version 5\); pushed certs set aside", a.log_text())

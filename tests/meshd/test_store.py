@@ -167,7 +167,8 @@ def test_persistence_round_trip(tmp_path: Path) -> None:
     target = Target()
     reloaded = make_store(tmp_path, target)
     assert reloaded.load_persisted() == {"registry": 2}
-    assert target.applied == [2]
+    assert target.applied == []  # the daemon puts them on top of its files (meshd.documents)
+    assert reloaded.documents() == {"registry": registry_doc(2)}
     assert reloaded.previous("registry") == registry_doc(1)
     assert reloaded.versions() == {"registry": 2}
     with pytest.raises(VersionConflictError):
@@ -178,17 +179,58 @@ def test_persistence_round_trip(tmp_path: Path) -> None:
     ("content", "words"),
     [
         ("{not json", "not JSON"),
-        (json.dumps({"version": 1, "services": {"api": {"vip": "nope", "port": 1}}}), "vip"),
         (json.dumps({"services": {}}), "version"),
+        ('{"version": 1' + "0" * 309 + ', "services": {}}', "9007199254740991"),  # older meshd's
+        ('{"version": 1' + "0" * 5000 + ', "services": {}}', "not JSON"),  # past 4300 digits
+        ('{"version": 3, "services": {}, "x": NaN}', "NaN"),
     ],
+    ids=["not-json", "no-version", "1e309", "5000-digits", "NaN"],
 )
-def test_load_persisted_names_the_broken_file(tmp_path: Path, content: str, words: str) -> None:
+def test_an_unreadable_persisted_document_is_set_aside_and_named(
+    tmp_path: Path, content: str, words: str
+) -> None:
+    """Set aside, not fatal: meshd must still start on its files."""
     (tmp_path / "registry.json").write_text(content)
+    (tmp_path / "registry.prev.json").write_text(json.dumps(registry_doc(1)))
     target = Target()
-    with pytest.raises(ConfigError, match=words) as info:
-        make_store(tmp_path, target).load_persisted()
-    assert target.applied == []
-    assert str(tmp_path / "registry.json") in info.value.message
+    store = make_store(tmp_path, target)
+    assert store.load_persisted() == {}
+    aside = store.set_aside_documents()["registry"]
+    assert words in aside.reason and str(tmp_path / "registry.json") in aside.reason
+    assert len(aside.reason) < 400  # the offending value is not echoed whole
+    assert aside.kept == str(tmp_path / "registry.rejected.json")
+    assert (tmp_path / "registry.rejected.json").read_text() == content  # kept to look at
+    assert not (tmp_path / "registry.json").exists()
+    assert (target.applied, store.documents(), store.previous("registry")) == ([], {}, None)
+    store.put("registry", registry_doc(1))  # any version may follow: nothing runs
+    assert store.set_aside_documents() == {}
+    assert store.previous("registry") is None and not (tmp_path / "registry.prev.json").exists()
+
+
+def test_set_aside_moves_the_current_document_and_reports_it(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    store.put("registry", registry_doc(1))
+    store.put("registry", registry_doc(2))
+    store.set_aside("registry", "expired")
+    aside = store.set_aside_documents()["registry"]
+    assert (aside.version, aside.reason) == (2, "expired")
+    assert json.loads((tmp_path / "registry.rejected.json").read_text()) == registry_doc(2)
+    assert store.get("registry") is None and store.versions() == {}
+    assert store.put("registry", registry_doc(1)) == PutResult("applied", 1)
+
+
+def test_record_makes_a_document_current_without_applying_it(tmp_path: Path) -> None:
+    """The registry file read at SIGHUP: later pushes are compared with its version."""
+    target = Target()
+    store = make_store(tmp_path, target)
+    store.put("registry", registry_doc(3))
+    with store.transaction():  # re-entrant: the daemon records while it holds the store
+        store.record("registry", registry_doc(5))
+    assert (target.applied, store.versions()) == ([3], {"registry": 5})
+    assert store.previous("registry") == registry_doc(3)
+    assert json.loads((tmp_path / "registry.json").read_text()) == registry_doc(5)
+    with pytest.raises(VersionConflictError):
+        store.put("registry", registry_doc(4))
 
 
 def test_load_persisted_without_files_or_directory(tmp_path: Path) -> None:
@@ -234,20 +276,3 @@ def test_non_json_numbers_are_refused_anywhere_in_any_kind() -> None:
     assert store.get("policy") is None
     store.put("policy", {"version": 2**53 - 1})
     assert store.versions() == {"policy": 2**53 - 1}
-
-
-@pytest.mark.parametrize(
-    "content",
-    [
-        '{"version": 1' + "0" * 309 + ', "services": {}}',  # a version an older meshd accepted
-        '{"version": 1' + "0" * 5000 + ', "services": {}}',  # past Python's int digits limit
-        '{"version": 3, "services": {}, "x": NaN}',
-    ],
-    ids=["1e309", "5000-digits", "NaN"],
-)
-def test_a_persisted_document_outside_json_is_named(tmp_path: Path, content: str) -> None:
-    (tmp_path / "registry.json").write_text(content)
-    with pytest.raises(ConfigError) as info:
-        make_store(tmp_path).load_persisted()
-    assert str(tmp_path / "registry.json") in info.value.message
-    assert len(info.value.message) < 400  # the offending value is not echoed whole

@@ -80,8 +80,13 @@ class TestPki:
             )
         return self._write(name, key, builder.sign(self.ca.issuing.key, hashes.SHA256()))
 
-    def reissue(self, identity: Identity, name: str) -> Identity:
-        """A fresh certificate for the same key and identities (rotation without a new key)."""
+    def reissue(
+        self, identity: Identity, name: str, lifetime: dt.timedelta = dt.timedelta(hours=2)
+    ) -> Identity:
+        """A fresh certificate for the same key and identities (rotation without a new key).
+
+        A lifetime of seconds gives a certificate that expires while a test runs.
+        """
         key = serialization.load_pem_private_key(identity.key.read_bytes(), None)
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         cert = sign_csr(
@@ -89,7 +94,7 @@ class TestPki:
             identity.ids,
             self.ca.issuing,
             dt.datetime.now(dt.UTC),
-            dt.timedelta(hours=2),
+            lifetime,
         )
         return self._write(name, key, cert)
 
