@@ -1,4 +1,4 @@
-"""meshd's command line: run, check-config, rules, hosts, sync, keygen, version.
+"""meshd's command line: run, reload, check-config, rules, hosts, sync, keygen, version.
 
 Plain argparse, because meshd must not depend on typer or rich. Errors are
 one line on stderr with a hint, and a non-zero exit code. Each command
@@ -61,6 +61,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar="UNIT",
         help="do nothing unless this systemd unit is active, checked under the rules lock "
         "(open fail mode: the rules belong to a running meshd)",
+    )
+    reload_command = _config_command(
+        sub,
+        "reload",
+        "reload meshd and report its verdict, read from its local admin socket",
+        f"meshd reload {config} --unit meshd.service",
+        note="Exits non-zero when meshd refused the reload (it then runs on unchanged). ",
+    )
+    reload_command.add_argument(
+        "--unit",
+        metavar="UNIT",
+        help="trigger through systemctl reload UNIT (default: SIGHUP to the pid meshd reports)",
+    )
+    reload_command.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the verdict (default 30)"
     )
     keygen = sub.add_parser(
         "keygen",
@@ -173,6 +188,20 @@ def sync(path: Path, hosts_file: Path, while_active: str | None = None) -> None:
             registry = newest
 
 
+def reload(path: Path, unit: str | None, timeout: float) -> None:
+    """``meshd reload``: meshd's verdict on the reload it was asked for, from /stats."""
+    from meshd import reloading  # noqa: PLC0415
+
+    config = MeshdConfig.load(path)
+    verdict = reloading.reload(reloading.socket_of(config.listen.admin_socket, path), unit, timeout)
+    if not verdict.ok:
+        raise MeshError(
+            f"meshd refused the reload (generation {verdict.generation}): {verdict.message}",
+            hint="meshd runs on unchanged; fix the files and reload again",
+        )
+    print(f"meshd reload (generation {verdict.generation}): {verdict.message}")
+
+
 def check_config(path: Path) -> None:
     """Load everything ``meshd run`` would load, and say what it found."""
     from meshd.runtime import Runtime  # noqa: PLC0415 - keygen must not load the daemon
@@ -202,6 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             hosts(args.action, args.config, args.hosts_file)
         elif args.command == "sync":
             sync(args.config, args.hosts_file, args.while_active)
+        elif args.command == "reload":
+            reload(args.config, args.unit, args.timeout)
         elif args.command == "check-config":
             check_config(args.config)
         elif args.command == "run":

@@ -43,17 +43,9 @@ from meshd.rules import remove_document
 
 Signer = Callable[[bytes, tuple[SpiffeId, ...], int], bytes]  # CSR PEM, ids, hours -> chain PEM
 APPLY_RULES = f"{layout.LAUNCHER} rules apply --config {layout.CONFIG}"
-# systemctl reload only sends SIGHUP (systemd 252 has no notify-reload): meshd's log says
-# how the reload went ("reloaded ..." or "reload failed, keeping ...")
-RELOAD = """\
-t=$(date +%s.%N); systemctl reload meshd.service || exit 1
-for i in $(seq 100); do
-  v=$(journalctl -u meshd.service --since "@$t" -o cat --no-pager |
-      sed -n 's/^[A-Z]* meshd: \\(reload\\(ed\\| failed\\).*\\)/\\1/p' | tail -n 1)
-  [ -n "$v" ] && break; sleep 0.1
-done
-echo "$v"
-"""
+# meshd reload triggers the reload and takes the verdict from meshd itself (/stats on its
+# local socket), never from its log: anything a mesh peer gets into the log could forge it
+RELOAD = f"{layout.LAUNCHER} reload --config {layout.CONFIG} --unit meshd.service"
 # Our first rules made the nft backend create the nat table (the guard noted it); once
 # it is empty again (an iptables nat table with no rules and no chains of anyone's,
 # ACCEPT policies) it goes too, so that leave restores iptables-save to what it was.
@@ -232,11 +224,13 @@ class Applier:
             )
 
     def _reload(self) -> None:
-        """SIGHUP meshd and wait for its verdict: a reload it refused keeps the old state."""
-        verdict = self.root(RELOAD, "reloading meshd", timeout=30).strip()
-        if not verdict.startswith("reloaded"):
+        """Reload meshd and take its own verdict: a reload it refused keeps the old state."""
+        result = self.transport.run(RELOAD, timeout=60)
+        if not result.ok:
+            lines = [line for line in result.stderr.splitlines() if line.strip()]
+            why = lines[0].removeprefix("meshd: error: ") if lines else f"exit {result.status}"
             raise ProvisionError(
-                f"{self.host}: meshd refused the new files: {verdict or 'no answer within 10s'}",
+                f"{self.host}: meshd refused the new files: {why}",
                 hint=f"meshd runs on with the old ones; see journalctl -u meshd on {self.host}",
             )
 

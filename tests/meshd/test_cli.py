@@ -1,4 +1,4 @@
-"""``meshd keygen`` and ``meshd version`` through the real console script."""
+"""``meshd keygen``, ``reload`` and ``version`` through the real console script."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from cryptography.hazmat.primitives import serialization
 from meshd import __version__
 from meshd.identity import SpiffeId
 from meshd.pki import spiffe_ids
+from tests.meshd import configs
+from tests.meshd.harness import MeshNet
 
 MESHD = str(Path(sys.executable).with_name("meshd"))
 
@@ -91,3 +93,30 @@ def test_keygen_never_writes_through_a_planted_link(tmp_path: Path) -> None:
         "key.pem",
         "req.csr",
     ]
+
+
+def test_reload_reports_meshds_own_verdict_not_its_log(net: MeshNet) -> None:
+    """``meshd reload`` reads the outcome from /stats: a forged log line convinces nobody."""
+    ident = net.pki.issue("a", "host/a")
+    a = net.start("a", identity=ident)
+    ok = _meshd("reload", "--config", str(a.config))
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout == f"meshd reload (generation 1): reloaded {a.config} (registry version 1)\n"
+    ident.cert.write_bytes(net.pki.issue("other", "host/a").cert.read_bytes())  # not its key
+    with a.log.open("a") as log:  # what a mesh peer got into the log, had it managed to
+        log.write(f"INFO meshd: reloaded {a.config} (registry version 99)\n")
+    refused = _meshd("reload", "--config", str(a.config))
+    print(f"\n{refused.stderr}")
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.startswith("meshd: error: meshd refused the reload (generation 2): ")
+    assert "key" in refused.stderr and "hint: meshd runs on unchanged" in refused.stderr
+    assert a.proc.poll() is None
+
+
+def test_reload_without_a_running_meshd_says_so(tmp_path: Path) -> None:
+    config = tmp_path / "meshd.toml"
+    socket = tmp_path / "admin.sock"
+    config.write_text(configs.minimal() + f'[listen]\nadmin_socket = "{socket}"\n')
+    result = _meshd("reload", "--config", str(config), "--timeout", "2")
+    assert result.returncode == 1
+    assert f"cannot ask meshd on {socket}" in result.stderr and "Traceback" not in result.stderr

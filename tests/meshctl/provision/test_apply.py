@@ -148,20 +148,30 @@ def test_enroll_signs_the_hosts_csr_and_installs_the_chain() -> None:
     )
 
 
+RELOAD = f"{layout.LAUNCHER} reload --config {layout.CONFIG} --unit meshd.service"
+REFUSED = (
+    "meshd: error: meshd refused the reload (generation 3): cert.pem: expired\n"
+    "hint: meshd runs on unchanged; fix the files and reload again\n"
+)
+
+
 @pytest.mark.parametrize(
-    ("verdict", "error"),
+    ("answer", "error"),
     [
-        ("reloaded /etc/meshd/meshd.toml (registry version 4)\n", None),
+        (Result(0, "meshd reload (generation 3): reloaded /etc/meshd/meshd.toml\n", ""), None),
         (
-            "reload failed, keeping the running configuration: cert.pem: expired\n",
-            "web1: meshd refused the new files: reload failed, keeping the running "
-            "configuration: cert.pem: expired",
+            Result(1, "", REFUSED),
+            "web1: meshd refused the new files: meshd refused the reload (generation 3): "
+            "cert.pem: expired",
         ),
-        ("\n", "web1: meshd refused the new files: no answer within 10s"),
+        (
+            Result(1, "", "meshd: error: meshd did not finish the reload within 30s\n"),
+            "web1: meshd refused the new files: meshd did not finish the reload within 30s",
+        ),
     ],
 )
-def test_a_reload_waits_for_meshds_verdict(verdict: str, error: str | None) -> None:
-    host = Host(prefixes={"t=$(date +%s.%N); systemctl reload meshd": Result(0, verdict, "")})
+def test_a_reload_takes_meshds_verdict_from_meshd_reload(answer: Result, error: str | None) -> None:
+    host = Host(prefixes={RELOAD: answer})
     applier = Applier(host, never)
     if error is None:
         applier.run_step(StartMeshd("registry changed", "reload"))
@@ -169,6 +179,20 @@ def test_a_reload_waits_for_meshds_verdict(verdict: str, error: str | None) -> N
         with pytest.raises(ProvisionError) as caught:
             applier.run_step(StartMeshd("registry changed", "reload"))
         assert caught.value.message == error
+    assert host.commands == [RELOAD] and host.roots == [True]
+
+
+def test_a_forged_log_line_does_not_make_a_refused_reload_pass() -> None:
+    """A host whose journal says "reloaded" (a mesh peer forged it) while meshd refused.
+
+    The journal is what an older meshctl read; meshd reload reads meshd's /stats.
+    """
+    forged = "reloaded /etc/meshd/meshd.toml (registry version 4)\n"
+    journal = {"t=$(date +%s.%N); systemctl reload meshd": Result(0, forged, "")}
+    host = Host(prefixes=journal | {RELOAD: Result(1, "", REFUSED)})
+    with pytest.raises(ProvisionError, match="refused the reload"):
+        Applier(host, never).run_step(StartMeshd("registry changed", "reload"))
+    assert not any("journalctl" in c for c in host.commands)
 
 
 @pytest.mark.parametrize(
