@@ -27,6 +27,7 @@ from typing import Any
 
 from meshd.errors import ConfigError
 from meshd.identity import SpiffeId, check_name, check_user, make_id
+from meshd.registry import check_label
 from meshd.schema import Fields
 
 VIP_RANGE = ipaddress.ip_network("10.255.0.0/16")
@@ -139,11 +140,15 @@ def _host(name: str, f: Fields) -> HostSpec:
     labels = f.get("labels", dict, {})
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
         raise f.fail("labels", "labels map strings to strings")
+    for key, value in labels.items():  # meshd refuses a registry with any other label
+        f.checked("labels", (key, value), lambda label: check_label(*label))
     address = f.get("address", str)
     try:
-        ipaddress.IPv4Address(address)
+        ip = ipaddress.IPv4Address(address)
     except ValueError:
         raise f.fail("address", f"{address!r} is not an IPv4 address") from None
+    if ip in VIP_RANGE:  # meshd refuses an endpoint there: the range is routed locally
+        raise f.fail("address", f"{address} is inside the virtual IP range {VIP_RANGE}")
     return HostSpec(
         name=name,
         address=address,
@@ -212,7 +217,10 @@ def parse_label(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise ConfigError(f"--label {text!r}: expected KEY=VALUE", hint="e.g. --label zone=a")
-    return key, value
+    try:
+        return check_label(key, value)
+    except ConfigError as e:
+        raise ConfigError(f"--label {text!r}: {e.message}", hint=e.hint) from None
 
 
 @dataclass(frozen=True)

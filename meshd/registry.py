@@ -25,7 +25,7 @@ from meshd.identity import check_name
 from meshd.schema import Fields, brief
 
 _LABEL_KEY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
-_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?")
+_LABEL_VALUE = re.compile(r"[A-Za-z0-9._:/=+@-]{0,63}")  # no space, quote or control character
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ def check_label(key: str, value: str) -> tuple[str, str]:
         raise ConfigError(
             f"invalid label {brief(key)}={brief(value)}",
             hint="keys: 1-63 letters, digits, '.', '-', '_', starting and ending alphanumeric; "
-            "values: the same, or empty",
+            "values: up to 63 letters, digits and . _ : / = + @ -",
         )
     return key, value
 

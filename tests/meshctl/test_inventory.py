@@ -7,9 +7,16 @@ from typing import Any
 import pytest
 import toml
 
-from meshctl.inventory import HostSpec, Inventory, ServiceSpec, parse_service
+from meshctl.inventory import (
+    VIP_RANGE,
+    HostSpec,
+    Inventory,
+    ServiceSpec,
+    parse_label,
+    parse_service,
+)
 from meshd.errors import ConfigError
-from meshd.registry import Registry
+from meshd.registry import Registry, check_vip_range
 
 WEB1 = HostSpec("web1", "10.0.0.11", services=(ServiceSpec("web", 8080, "www-data"),))
 API1 = HostSpec(
@@ -37,7 +44,7 @@ def test_vips_are_stable_and_never_reused() -> None:
 def test_registry_document_is_what_meshd_accepts() -> None:
     inventory = Inventory().with_host(API1).with_host(API2).with_host(WEB1)
     doc = inventory.registry(version=7, mesh_port=15443)
-    registry = Registry.from_dict(doc, "registry")
+    registry = check_vip_range(Registry.from_dict(doc, "registry"), str(VIP_RANGE), "registry")
     api = registry.service("api")
     assert api is not None and [e.host for e in api.endpoints] == ["api1", "api2"]
     assert api.endpoints[0].labels == (("version", "v1"),)
@@ -95,6 +102,9 @@ def _doc(**host: Any) -> dict[str, Any]:
             r"hosts.h.services\[0\].run_as: invalid user 'a b'",
         ),
         ({"vips": {"api": "192.168.0.1"}}, r"vips.api: 192.168.0.1 is outside"),
+        # what meshd would refuse in the registry, refused here first
+        ({"hosts": {"h": {"address": "10.255.0.7"}}}, r"hosts.h.address: 10.255.0.7 is inside"),
+        (_doc(labels={"zone": "a b"}), r"hosts.h1.labels: invalid label 'zone'='a b'"),
         (
             {"vips": {"a": "10.255.0.1", "b": "10.255.0.1"}},
             r"vips.b: 10.255.0.1 is also the VIP of 'a'",
@@ -127,3 +137,9 @@ def test_parse_service(text: str, expected: ServiceSpec) -> None:
 def test_parse_service_refuses(text: str) -> None:
     with pytest.raises(ConfigError):
         parse_service(text)
+
+
+@pytest.mark.parametrize("text", ["zone=a b", "zo ne=a", "zone=a\nINFO meshd: x"])
+def test_parse_label_refuses_what_meshd_refuses(text: str) -> None:
+    with pytest.raises(ConfigError, match="invalid label"):
+        parse_label(text)
