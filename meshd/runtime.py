@@ -2,7 +2,9 @@
 
 Components read the current values on every new connection, so a reload
 (SIGHUP or admin PUT) swaps a reference and connections made before keep
-what they started with.
+what they started with. ``load_files`` reads what the files in /etc say (the
+base pushed documents go on top of); ``ReloadOutcome`` is how the last reload
+went, as /stats reports it.
 """
 
 from __future__ import annotations

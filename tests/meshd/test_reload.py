@@ -232,6 +232,8 @@ def test_a_reload_with_one_bad_file_changes_nothing_and_says_so(net: MeshNet) ->
     assert after["registry_version"] == 1
     assert after["certificate_not_after"] == before["certificate_not_after"]
     assert "reload failed, keeping the running configuration" in a.log_text()
+    assert net.metric(a, "meshd_config_last_reload_successful") == 0
+    assert sighup(net, a)["ok"] is False  # the files are still bad: refused again, generation 2
 
 
 def test_a_reload_puts_pushed_documents_back_on_the_new_files_or_sets_them_aside(
