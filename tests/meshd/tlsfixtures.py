@@ -105,3 +105,15 @@ class TestPki:
         cert_path.write_bytes(cert_pem(cert, self.ca.issuing.cert))
         write_private(key_path, private_pem(key))
         return Identity(cert_path, key_path, self.bundle, tuple(spiffe_ids(cert)))
+
+
+def joint_bundle(path: Path, *pkis: TestPki) -> Path:
+    """One trust bundle file holding the roots of every CA in ``pkis`` (e.g. federated domains)."""
+    path.write_bytes(b"".join(p.bundle.read_bytes() for p in pkis))
+    return path
+
+
+def not_after(identity: Identity) -> dt.datetime:
+    """When ``identity``'s certificate expires (to the second, as the certificate says)."""
+    cert = x509.load_pem_x509_certificate(identity.cert.read_bytes())
+    return cert.not_valid_after_utc
