@@ -1,10 +1,29 @@
-"""meshd's admin API: HTTPS with mutual TLS for operators, plus a local unix socket.
+"""meshd's admin API server: who is calling, how much room each caller gets, its sessions.
 
-A deliberately small HTTP/1.1 server (Content-Length bodies, keep-alive, size
-limits, a deadline on every read). Over TLS the peer's verified SPIFFE ID
-decides: an ``operator`` identity of our trust domain may do everything, any
-other identity gets 403 on every request. The unix socket (no TLS) serves only
-``/healthz``, ``/ready`` and ``/stats`` for local health checks.
+HTTPS with mutual TLS for operators on a TCP port, plus a local unix socket
+for health checks. What each path answers lives in ``meshd.adminapi`` (with
+``AdminLimits``), the HTTP/1.1 of a session in ``meshd.adminhttp``; this
+module decides who may talk at all, and how much room each kind of caller gets.
+
+Nothing is spent on a peer before it is known:
+
+- An accepted TCP socket costs a descriptor and a few objects until its peer
+  sends something: it waits in the *silent* gate (``max_silent``, and
+  ``max_silent_per_source`` from one address or IPv6 /64). Once readable it
+  moves to the *handshake* gate (``max_handshakes``, ``..._per_source``) for
+  its TLS handshake. A full gate evicts the oldest entry in the way
+  (``meshd.gate``), and one deadline, ``handshake_timeout``, covers both.
+  Silent sockets churn only their own gate, so they never cut a handshake short.
+- After the handshake the verified SPIFFE ID decides. An operator of our
+  trust domain gets a session if fewer than ``max_connections`` operator
+  sessions are open, else a 503 with a hint. Any other identity gets its 403
+  at once, before its request is read; what it still sends is dropped unread
+  for ``linger`` seconds, so that closing does not reset the answer away.
+- A session serves no request after its operator's certificate has expired,
+  and TLS sessions are never resumed (``meshd.tls``): each connection proves
+  a current certificate.
+
+The unix socket has room of its own (``max_local_connections``).
 
 The daemon starts it in its task group once its backend exists::
 
@@ -12,116 +31,71 @@ The daemon starts it in its task group once its backend exists::
     address = await tg.start(admin.serve, config.listen.admin, config.listen.admin_socket)
 
 ``serve`` reports started (with the bound TCP address) only after both
-sockets are bound. Every accepted TLS connection uses ``backend.current_tls()``
-of that moment, so a certificate reload needs no listener restart.
-
-Routes: GET /healthz, /ready, /metrics, /stats; GET and PUT /registry,
-/config, /policy, /certs (PUT goes through ``DocumentStore.put``: 200
-``{"status", "version"}``, 400 invalid, 409 older or conflicting, 500 not
-applied). Errors are JSON ``{"error": ..., "hint": ...}``.
+sockets are bound. Every TLS handshake uses ``backend.current_tls()`` of that
+moment, so a certificate reload needs no listener restart.
 """
 
 from __future__ import annotations
 
-import json
+import errno
 import logging
+import math
+import socket
 import ssl
-from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import anyio
-from anyio.abc import (
-    SocketAttribute,
-    SocketListener,
-    SocketStream,
-    TaskGroup,
-    TaskStatus,
-)
-from anyio.streams.buffered import BufferedByteReceiveStream
+from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
 from anyio.streams.stapled import MultiListener
 from anyio.streams.tls import TLSAttribute, TLSStream
 
-from meshd.errors import ConfigError, ConnectError, MeshError
+from meshd import adminapi
+from meshd.adminapi import AdminBackend, AdminLimits
+from meshd.adminhttp import Conn, Exchange
+from meshd.errors import ConfigError, ConnectError
 from meshd.events import ConnectionRefused, EventBus, HandshakeFailed
-from meshd.httpwire import (
-    HttpError,
-    Request,
-    Response,
-    content_length,
-    error_response,
-    json_response,
-    parse_head,
-)
+from meshd.gate import HandshakeGate
+from meshd.handshake import classify
+from meshd.httpwire import Request, Response, error_response
 from meshd.identity import SpiffeId
-from meshd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from meshd.store import KINDS, ApplyError, DocumentStore, VersionConflictError
-from meshd.tls import TlsMaterial, peer_ids
+from meshd.netfacts import fmt
+from meshd.rawstream import RawSocketStream
+from meshd.tls import peer_ids
+
+__all__ = ["AdminBackend", "AdminLimits", "AdminServer"]
 
 log = logging.getLogger("meshd.admin")
 
-LOCAL_PATHS = frozenset({"/healthz", "/ready", "/stats"})
-READ_PATHS = frozenset({"/healthz", "/ready", "/metrics", "/stats"})
-DOCUMENT_PATHS = {f"/{kind}": kind for kind in KINDS}
 NETWORK_ERRORS = (
     anyio.EndOfStream,
     anyio.BrokenResourceError,
     anyio.ClosedResourceError,
     TimeoutError,
-    OSError,
+    OSError,  # ssl.SSLError is one
+)
+COUNTERS = (
+    "connections",  # operator sessions opened
+    "requests",
+    "handshake_failures",
+    "forbidden",  # authenticated identities that are not our operators
+    "over_capacity",
+    "evicted",  # unauthenticated sockets pushed out of a full gate
+    "expired",  # sessions closed because the operator's certificate expired
+    "errors",
+    "accept_errors",
 )
 
-
-COUNTERS = ("connections", "requests", "handshake_failures", "forbidden", "over_capacity")
-COUNTERS_MORE = ("bad_requests", "errors", "accept_errors")
-
-Scope = Literal["operator", "forbidden", "local"]
-Handler = Callable[[SocketStream], Awaitable[None]]
-
-
-class AdminBackend(Protocol):
-    """What the admin API needs from the daemon.
-
-    ``store``: the DocumentStore behind GET/PUT of documents (``put`` runs in a
-    worker thread). ``trust_domain``: whose operators are authorized.
-    ``is_ready()``: for /ready. ``stats()``: a JSON-serializable dict for /stats.
-    ``metrics_text()``: the Prometheus exposition for /metrics (e.g.
-    ``metrics.collect(); return metrics.render()``). ``current_tls()``: the TLS
-    material to use for the next accepted connection. All but ``store.put``
-    are called on the event loop and must not block.
-    """
-
-    @property
-    def store(self) -> DocumentStore: ...
-
-    @property
-    def trust_domain(self) -> str: ...
-
-    def is_ready(self) -> bool: ...
-
-    def stats(self) -> dict[str, Any]: ...
-
-    def metrics_text(self) -> str: ...
-
-    def current_tls(self) -> TlsMaterial: ...
-
-
-@dataclass(frozen=True)
-class AdminLimits:
-    max_header_bytes: int = 16 * 1024
-    max_body_bytes: int = 4 * 1024 * 1024
-    max_connections: int = 64
-    handshake_timeout: float = 5.0
-    read_timeout: float = 10.0  # one request's header block, and its body
-    idle_timeout: float = 60.0  # between requests on a kept-alive connection
-    write_timeout: float = 10.0
-    linger: float = 1.0  # reading what a refused client still sends, so it sees our answer
+_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)  # accept() may recover
+Handler = Callable[[RawSocketStream, str, str], Awaitable[None]]  # stream, source, peer
 
 
 class AdminServer:
-    """The admin API's listeners and request handling; see the module docstring."""
+    """The admin API's listeners, admission and sessions; see the module docstring."""
 
     def __init__(
         self,
@@ -132,12 +106,20 @@ class AdminServer:
     ) -> None:
         self.backend = backend
         self.events = events
-        self.limits = limits or AdminLimits()
-        self.active = 0
-        self.counters = dict.fromkeys((*COUNTERS, *COUNTERS_MORE), 0)
+        self.limits = lim = limits or AdminLimits()
+        self.silent = HandshakeGate(lim.max_silent, lim.max_silent_per_source)
+        self.handshakes = HandshakeGate(lim.max_handshakes, lim.max_handshakes_per_source)
+        self.http = Exchange(lim)
+        self.sessions = 0  # operator sessions open
+        self.local = 0  # unix socket connections open
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self._failures_log = _LogBudget()
+        self._refusals_log = _LogBudget()
 
     def stats(self) -> dict[str, int]:
-        return {**self.counters, "active": self.active}
+        rooms = {"silent": len(self.silent), "handshakes": len(self.handshakes)}
+        more = {"bad_requests": self.http.bad_requests, "lingering": self.http.lingering}
+        return {**self.counters, **more, "active": self.sessions, "local": self.local, **rooms}
 
     async def serve(
         self,
@@ -149,255 +131,224 @@ class AdminServer:
         """Bind both sockets, report started with the TCP address, serve until cancelled."""
         async with AsyncExitStack() as stack:
             tcp = await stack.enter_async_context(await _bind_tcp(address))
-            local = None
+            handlers: list[tuple[socket.socket, Handler]] = [
+                (listener.extra(SocketAttribute.raw_socket), self._tcp)  # noqa: S610
+                for listener in tcp.listeners
+            ]
             if socket_path is not None:
                 local = await stack.enter_async_context(await _bind_unix(socket_path))
                 stack.callback(socket_path.unlink, missing_ok=True)
+                handlers.append((local.extra(SocketAttribute.raw_socket), self._local))  # noqa: S610
             tg = await stack.enter_async_context(anyio.create_task_group())
-            for listener in tcp.listeners:
-                assert isinstance(listener, SocketListener)
-                tg.start_soon(self._accept_loop, listener, self._handle_tls, tg)
-            if local is not None:
-                tg.start_soon(self._accept_loop, local, self._handle_local, tg)
+            for listener, handler in handlers:
+                tg.start_soon(self._accept_loop, listener, handler, tg)
             bound = tcp.extra(SocketAttribute.local_address)  # noqa: S610 (not Django)
             task_status.started((str(bound[0]), int(bound[1])))
 
-    async def _accept_loop(self, listener: SocketListener, handler: Handler, tg: TaskGroup) -> None:
+    async def _accept_loop(self, listener: socket.socket, handler: Handler, tg: TaskGroup) -> None:
         while True:
+            await anyio.wait_readable(listener)
             try:
-                stream = await listener.accept()
-            except OSError as e:  # e.g. out of file descriptors: back off, keep serving
-                self.counters["accept_errors"] += 1
-                log.warning("admin: accept failed: %s", e)
-                await anyio.sleep(0.1)
+                sock, address = listener.accept()
+            except BlockingIOError:
                 continue
-            tg.start_soon(self._guarded, stream, handler)
+            except OSError as e:
+                self.counters["accept_errors"] += 1
+                if e.errno in _EXHAUSTED:  # back off, keep serving; others need no pause
+                    log.warning("admin: accept failed: %s", e)
+                    await anyio.sleep(0.1)
+                continue
+            tg.start_soon(self._guarded, RawSocketStream(sock), address, handler)
 
-    async def _guarded(self, stream: SocketStream, handler: Handler) -> None:
+    async def _guarded(self, stream: RawSocketStream, address: Any, handler: Handler) -> None:
         """Run one connection; whatever happens stays inside it."""
-        peer = _peer(stream)
+        tcp = isinstance(address, tuple)
+        source, peer = (str(address[0]), fmt(address)) if tcp else ("local", "local")
         try:
             async with stream:
-                await self._admit(stream, handler)
+                await handler(stream, source, peer)
         except NETWORK_ERRORS as e:
             log.debug("admin: connection from %s ended: %r", peer, e)
         except Exception:
             self.counters["errors"] += 1
             log.exception("admin: connection from %s failed", peer)
 
-    async def _admit(self, stream: SocketStream, handler: Handler) -> None:
-        if self.active >= self.limits.max_connections:
-            self._refused(stream, "over_capacity")
+    # --- who is calling -----------------------------------------------------------------
+    async def _tcp(self, stream: RawSocketStream, source: str, peer: str) -> None:
+        stream.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tls = await self._authenticate(stream, source, peer)
+        if tls is None:
             return
-        self.active += 1
-        self.counters["connections"] += 1
-        try:
-            await handler(stream)
-        finally:
-            self.active -= 1
+        refusal = self._refusal(peer, peer_ids(tls.extra(TLSAttribute.ssl_object)))  # noqa: S610
+        if refusal is None:
+            await self._operator(Conn(tls, stream, peer), _expiry(tls))
+            return
+        await self.http.send(tls, refusal, keep_alive=False)  # its request is never read
+        del tls  # its TLS state (OpenSSL's buffers) goes before the linger
+        await self.http.linger(stream)
 
-    async def _handle_local(self, stream: SocketStream) -> None:
-        await self._session(stream, "local")
-
-    async def _handle_tls(self, stream: SocketStream) -> None:
+    async def _authenticate(
+        self, stream: RawSocketStream, source: str, peer: str
+    ) -> TLSStream | None:
+        """The peer's TLS stream once its handshake is done; None if it failed or was cut short."""
+        deadline = anyio.current_time() + self.limits.handshake_timeout
+        with _admitted(self.silent, source, deadline) as waiting:
+            await anyio.wait_readable(stream.sock)  # nothing is spent on TLS before this
+        if waiting.cut_short:
+            self._cut_short(peer, waiting)
+            return None
+        if stream.at_eof():
+            self._handshake_failed(peer, "closed", None)  # closed before a word: no TLS for it
+            return None
         context = self.backend.current_tls().admin
         try:
-            with anyio.fail_after(self.limits.handshake_timeout):
-                tls = await TLSStream.wrap(
+            with _admitted(self.handshakes, source, deadline) as handshake:
+                return await TLSStream.wrap(
                     stream, server_side=True, ssl_context=context, standard_compatible=False
                 )
-        except Exception as e:
-            self._handshake_failed(stream, e)
-            return
-        ids = peer_ids(tls.extra(TLSAttribute.ssl_object))  # noqa: S610
-        if self._is_operator(ids):
-            await self._session(tls, "operator")
-            return
-        self._refused(stream, "not_operator")
-        log.info("admin: refused %s (%s)", _peer(stream), ", ".join(map(str, ids)) or "no ID")
-        await self._session(tls, "forbidden")
-
-    def _is_operator(self, ids: frozenset[SpiffeId]) -> bool:
-        domain = self.backend.trust_domain
-        return any(i.kind == "operator" and i.trust_domain == domain for i in ids)
-
-    async def _session(self, stream: TLSStream | SocketStream, scope: Scope) -> None:
-        """Serve requests on one connection until either side closes it."""
-        reader = BufferedByteReceiveStream(stream)
-        while True:
-            try:
-                request = await self._read(reader)
-            except HttpError as e:
-                self.counters["bad_requests"] += 1
-                await self._send(stream, e.response, keep_alive=False)
-                await self._linger(reader)
-                return
-            if request is None:
-                return
-            response = await self._dispatch(request, scope)
-            keep = request.keep_alive and not response.close
-            await self._send(stream, response, keep)
-            if not keep:
-                await self._linger(reader)
-                return
-
-    async def _read(self, reader: BufferedByteReceiveStream) -> Request | None:
-        """The next request, or None when the peer closed or idled out between requests."""
-        if not reader.buffer:
-            with anyio.move_on_after(self.limits.idle_timeout):
-                try:
-                    reader.feed_data(await reader.receive())
-                except anyio.EndOfStream:
-                    return None
-            if not reader.buffer:
-                return None
-        try:
-            with anyio.fail_after(self.limits.read_timeout):
-                head = await reader.receive_until(b"\r\n\r\n", self.limits.max_header_bytes)
-                method, path, version, headers = parse_head(head)
-                length = content_length(headers, self.limits.max_body_bytes)
-                body = await reader.receive_exactly(length) if length else b""
-        except anyio.DelimiterNotFound:
-            raise HttpError(431, "request header too large") from None
-        except TimeoutError:
-            raise HttpError(408, "request not received in time") from None
-        except anyio.IncompleteRead:
+        except NETWORK_ERRORS as e:
+            self._handshake_failed(peer, _reason(e), e)
             return None
-        return Request(method, path, version, headers, body)
+        self._cut_short(peer, handshake)
+        return None
 
-    async def _send(
-        self, stream: TLSStream | SocketStream, response: Response, keep_alive: bool
-    ) -> None:
-        with anyio.fail_after(self.limits.write_timeout):
-            await stream.send(response.encode(keep_alive))
+    def _cut_short(self, peer: str, admission: _Admission) -> None:
+        if admission.evicted:
+            self._refused(peer, "evicted", "evicted")  # counted, not logged: floods do this
+        else:
+            self._handshake_failed(peer, "timeout", None)
 
-    async def _linger(self, reader: BufferedByteReceiveStream) -> None:
-        """Read (and drop) what the client still sends, so closing does not reset our answer."""
-        with anyio.move_on_after(self.limits.linger):
+    def _refusal(self, peer: str, ids: frozenset[SpiffeId]) -> Response | None:
+        """The answer for an authenticated peer that gets no session; None for an operator."""
+        domain = self.backend.trust_domain
+        if not any(i.kind == "operator" and i.trust_domain == domain for i in ids):
+            self._refused(peer, "not_operator", "forbidden")
+            shown = sorted(str(i) for i in ids) or "no SPIFFE ID"
+            self._refusals_log.info("admin: refused %s (%s): not an operator", peer, shown)
+            return adminapi.forbidden(domain)
+        if self.sessions >= self.limits.max_connections:
+            self._refused(peer, "over_capacity", "over_capacity")
+            return adminapi.busy(self.limits.max_connections, "the admin API")
+        return None
+
+    # --- sessions ---------------------------------------------------------------------------
+    async def _operator(self, conn: Conn, expires: float) -> None:
+        self.sessions += 1
+        self.counters["connections"] += 1
+        try:
+            expired = await self.http.session(conn, self._answerer(local=False), expires)
+        finally:
+            self.sessions -= 1
+        if expired:
+            self._refused(conn.peer, "expired", "expired")
+            log.info("admin: closed the session of %s: its certificate expired", conn.peer)
+
+    async def _local(self, stream: RawSocketStream, _source: str, peer: str) -> None:
+        conn = Conn(stream, stream, peer)
+        if self.local >= self.limits.max_local_connections:
+            self._refused(peer, "over_capacity", "over_capacity")
+            limit = self.limits.max_local_connections
+            await self.http.finish(conn, adminapi.busy(limit, "the local admin socket"))
+            return
+        self.local += 1
+        try:
+            await self.http.session(conn, self._answerer(local=True), math.inf)
+        finally:
+            self.local -= 1
+
+    def _answerer(self, local: bool) -> Callable[[Request], Awaitable[Response]]:
+        async def answer(request: Request) -> Response:
+            self.counters["requests"] += 1
             try:
-                for _ in range(64):
-                    await reader.receive()
-            except NETWORK_ERRORS:  # ssl.SSLError is an OSError
-                return
+                return await adminapi.answer(self.backend, request, local)
+            except Exception:
+                self.counters["errors"] += 1
+                log.exception("admin: %s %s failed", request.method, request.path)
+                return error_response(500, "internal error", "see meshd's log", close=True)
 
-    async def _dispatch(self, request: Request, scope: Scope) -> Response:
-        self.counters["requests"] += 1
-        if scope == "forbidden":
-            self.counters["forbidden"] += 1
-            return error_response(
-                403,
-                f"only operator identities of {self.backend.trust_domain} may use the admin API",
-                "connect with an operator certificate (meshctl uses the workspace's)",
-                close=True,
-            )
-        if scope == "local" and request.path not in LOCAL_PATHS:
-            known = request.path in READ_PATHS or request.path in DOCUMENT_PATHS
-            if known:
-                return error_response(
-                    403,
-                    f"{request.path} is not served on the local socket",
-                    "use the admin API over mutual TLS",
-                )
-            return error_response(404, f"no such path {request.path}")
-        try:
-            return await self._route(request)
-        except Exception:
-            self.counters["errors"] += 1
-            log.exception("admin: %s %s failed", request.method, request.path)
-            return error_response(500, "internal error", "see meshd's log", close=True)
+        return answer
 
-    async def _route(self, request: Request) -> Response:
-        kind = DOCUMENT_PATHS.get(request.path)
-        if kind is not None and kind not in self.backend.store.kinds:
-            return error_response(404, f"this meshd does not take {kind} documents")
-        allowed = ("GET", "PUT") if kind else ("GET",) if request.path in READ_PATHS else None
-        if allowed is None:
-            return error_response(404, f"no such path {request.path}")
-        if request.method not in allowed:
-            message = f"{request.method} is not allowed on {request.path}"
-            return error_response(405, message, headers=(("Allow", ", ".join(allowed)),))
-        if kind is None:
-            return self._read_only(request.path)
-        if request.method == "GET":
-            return self._get_document(kind)
-        return await self._put_document(kind, request.body)
-
-    def _read_only(self, path: str) -> Response:
-        backend = self.backend
-        if path == "/healthz":
-            return Response(200, b"ok\n", "text/plain; charset=utf-8")
-        if path == "/ready":
-            ready = backend.is_ready()
-            return Response(
-                200 if ready else 503,
-                b"ready\n" if ready else b"not ready\n",
-                "text/plain; charset=utf-8",
-            )
-        if path == "/metrics":
-            return Response(200, backend.metrics_text().encode(), METRICS_CONTENT_TYPE)
-        return json_response(200, backend.stats())
-
-    def _get_document(self, kind: str) -> Response:
-        doc = self.backend.store.get(kind)
-        if doc is None:
-            return error_response(
-                404, f"no {kind} document has been applied", f"push one with PUT /{kind}"
-            )
-        return json_response(200, doc)
-
-    async def _put_document(self, kind: str, body: bytes) -> Response:
-        try:
-            doc = json.loads(body)
-        except (ValueError, RecursionError) as e:
-            return error_response(400, f"{kind}: request body is not JSON: {e}")
-        try:
-            result = await anyio.to_thread.run_sync(self.backend.store.put, kind, doc)
-        except VersionConflictError as e:
-            return error_response(409, e.message, e.hint)
-        except ApplyError as e:
-            return error_response(500, e.message, e.hint)
-        except MeshError as e:
-            return error_response(400, e.message, e.hint or "fix the document and push it again")
-        log.info("admin: %s version %d %s", kind, result.version, result.status)
-        return json_response(200, {"status": result.status, "version": result.version})
-
-    def _handshake_failed(self, stream: SocketStream, error: Exception) -> None:
-        reason = _handshake_reason(error)
+    # --- what happened ----------------------------------------------------------------------
+    def _handshake_failed(self, peer: str, reason: str, error: BaseException | None) -> None:
         self.counters["handshake_failures"] += 1
-        log.info("admin: TLS handshake with %s failed: %s", _peer(stream), error or reason)
+        why = f"{error!r}" if error is not None else reason
+        self._failures_log.info("admin: TLS handshake with %s failed (%s): %s", peer, reason, why)
+        self._publish(HandshakeFailed("admin", peer, reason))
+
+    def _refused(self, peer: str, reason: str, counter: str) -> None:
+        self.counters[counter] += 1
+        self._publish(ConnectionRefused("admin", peer, reason))
+
+    def _publish(self, event: HandshakeFailed | ConnectionRefused) -> None:
         if self.events is not None:
-            self.events.publish(HandshakeFailed("admin", _peer(stream), reason))
-
-    def _refused(self, stream: SocketStream, reason: str) -> None:
-        if reason == "over_capacity":
-            self.counters["over_capacity"] += 1
-        if self.events is not None:
-            self.events.publish(ConnectionRefused("admin", _peer(stream), reason))
+            self.events.publish(event)
 
 
-def _handshake_reason(error: Exception) -> str:
-    if isinstance(error, TimeoutError):
-        return "timeout"
-    if isinstance(error, ssl.SSLCertVerificationError):
-        return "bad_certificate"
-    if isinstance(error, ssl.SSLError):
-        reason = error.reason or ""
-        if "CERTIFICATE" in reason and "PEER_DID_NOT_RETURN" in reason:
-            return "no_certificate"
-        if reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNSUPPORTED_PROTOCOL"):
-            return "not_tls"
-        return "bad_certificate" if "CERTIFICATE" in reason else "tls_error"
-    return "eof" if isinstance(error, anyio.EndOfStream | anyio.BrokenResourceError) else "error"
+@dataclass
+class _Admission:
+    """A connection's place in a gate; its scope is cancelled when evicted or past the deadline."""
+
+    scope: anyio.CancelScope
+    evicted: bool = False
+
+    def evict(self) -> None:
+        self.evicted = True
+        self.scope.cancel()
+
+    @property
+    def cut_short(self) -> bool:
+        return self.scope.cancelled_caught
 
 
-def _peer(stream: SocketStream) -> str:
+@contextmanager
+def _admitted(gate: HandshakeGate, source: str, deadline: float) -> Iterator[_Admission]:
+    """Hold a place in ``gate`` for the body of the ``with``; it ends early when cut short."""
+    admission = _Admission(anyio.CancelScope(deadline=deadline))
+    ticket = gate.admit(source, admission.evict)
     try:
-        address = stream.extra(SocketAttribute.remote_address, "")  # noqa: S610
-    except OSError:  # getpeername() after the peer already reset
-        return "unknown"
-    if isinstance(address, tuple):
-        return f"{address[0]}:{address[1]}"
-    return "local"
+        with admission.scope:
+            yield admission
+    finally:
+        gate.release(ticket)
+
+
+class _LogBudget:
+    """At most one log line per ``every`` seconds; the next one says how many were held back.
+
+    Unauthenticated peers can fail handshakes thousands of times a second: the
+    metrics count every one, the log only says that it goes on.
+    """
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self._next = 0.0
+        self._held = 0
+
+    def info(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._held += 1
+            return
+        if self._held:
+            message += " (and %d more since the last such line)"
+            args = (*args, self._held)
+        self._next, self._held = now + self.every, 0
+        log.info(message, *args)
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, anyio.EndOfStream | anyio.BrokenResourceError):
+        return "closed"
+    return classify(error)
+
+
+def _expiry(tls: TLSStream) -> float:
+    """When the peer's (verified) certificate expires, in epoch seconds."""
+    cert = tls.extra(TLSAttribute.peer_certificate)  # noqa: S610
+    not_after = cert.get("notAfter") if cert else None
+    if not isinstance(not_after, str):
+        return 0.0  # cannot happen with CERT_REQUIRED; if it did, no request is served
+    return ssl.cert_time_to_seconds(not_after)
 
 
 async def _bind_tcp(address: tuple[str, int]) -> MultiListener[SocketStream]:
