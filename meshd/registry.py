@@ -10,7 +10,12 @@ door (names as DNS labels, addresses, ports, labels, the version's range), and
      "services": {"api": {"vip": "10.255.0.2", "port": 8080,
                           "endpoints": [{"host": "h2", "address": "10.77.0.12",
                                          "port": 8080, "mesh_port": 15443,
+                                         "ipv6": ["fd00:77::12"],
                                          "labels": {"version": "v1"}}]}}}
+
+``address`` is the IPv4 address meshd dials (links are IPv4); ``ipv6`` (optional)
+lists the endpoint host's global IPv6 addresses, so that an app's IPv6
+connection to one of them is intercepted and mapped to the same endpoint.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 
 from meshd.errors import ConfigError
 from meshd.identity import check_name
+from meshd.netfacts import fmt
 from meshd.schema import Fields, brief
 
 _LABEL_KEY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
@@ -35,6 +41,12 @@ class Endpoint:
     port: int
     mesh_port: int = 15443
     labels: tuple[tuple[str, str], ...] = ()
+    ipv6: tuple[str, ...] = ()  # the host's other addresses: route here, never dialled
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Every address an app may use to reach this endpoint (the dial address first)."""
+        return (self.address, *self.ipv6)
 
     @property
     def link_key(self) -> tuple[str, int]:
@@ -70,7 +82,8 @@ class Registry:
             self._by_name[s.name] = s
             self._routes[(s.vip, s.port)] = Route(s)
             for e in s.endpoints:
-                self._routes[(e.address, e.port)] = Route(s, e)
+                for address in e.addresses:
+                    self._routes[(address, e.port)] = Route(s, e)
 
     def route(self, address: str, port: int) -> Route | None:
         """The service behind ``address:port``, or None when it is not in the mesh."""
@@ -93,6 +106,7 @@ class Registry:
                             "port": e.port,
                             "mesh_port": e.mesh_port,
                             "labels": dict(e.labels),
+                            **({"ipv6": list(e.ipv6)} if e.ipv6 else {}),
                         }
                         for e in s.endpoints
                     ],
@@ -121,7 +135,7 @@ def _service(name: str, f: Fields) -> Service:
 
 
 def _endpoint(f: Fields) -> Endpoint:
-    f.unknown({"host", "address", "port", "mesh_port", "labels"})
+    f.unknown({"host", "address", "port", "mesh_port", "labels", "ipv6"})
     labels = f.get("labels", dict, {})
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
         raise f.fail("labels", "labels must map strings to strings")
@@ -133,6 +147,7 @@ def _endpoint(f: Fields) -> Endpoint:
         port=f.port("port"),
         mesh_port=f.port("mesh_port", 15443),
         labels=tuple(sorted(labels.items())),
+        ipv6=_ipv6_list(f, "ipv6"),
     )
 
 
@@ -179,11 +194,44 @@ def _ip(f: Fields, key: str) -> str:
         raise f.fail(key, f"{text!r} is not an IPv4 address (the mesh is IPv4 for now)") from None
 
 
+MAX_IPV6 = 16  # addresses per endpoint: a host has a few; the registry is pushed to every host
+
+
+def _ipv6_list(f: Fields, key: str) -> tuple[str, ...]:
+    """Distinct global IPv6 unicast addresses (as meshd reads them back: compressed, lowercase)."""
+    texts = f.get(key, list, [])
+    if len(texts) > MAX_IPV6:
+        raise f.fail(key, f"{len(texts)} addresses, at most {MAX_IPV6}")
+    addresses = tuple(_ipv6(f, f"{key}[{i}]", text) for i, text in enumerate(texts))
+    if len(set(addresses)) != len(addresses):
+        raise f.fail(key, "an address is listed twice")
+    return addresses
+
+
+def _ipv6(f: Fields, key: str, text: object) -> str:
+    try:
+        address = ipaddress.IPv6Address(text) if isinstance(text, str) else None
+    except ValueError:
+        address = None
+    if address is None:
+        raise f.fail(key, f"{text!r} is not an IPv6 address")
+    if (
+        address.is_loopback
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_unspecified
+        or address.ipv4_mapped is not None
+        or address.scope_id is not None
+    ):
+        raise f.fail(key, f"{text!r} is not a global unicast address (a host's own address)")
+    return str(address)
+
+
 def _check_unique(top: Fields, services: tuple[Service, ...]) -> None:
     seen: dict[tuple[str, int], str] = {}
     for s in services:
-        keys = [(s.vip, s.port)] + [(e.address, e.port) for e in s.endpoints]
+        keys = [(s.vip, s.port)] + [(a, e.port) for e in s.endpoints for a in e.addresses]
         for key in keys:
             other = seen.setdefault(key, s.name)
             if other != s.name:
-                raise top.fail(f"services.{s.name}", f"{key[0]}:{key[1]} is also used by {other!r}")
+                raise top.fail(f"services.{s.name}", f"{fmt(key)} is also used by {other!r}")
