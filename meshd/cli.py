@@ -117,13 +117,14 @@ def _config_command(
 def rules(action: str, path: Path) -> None:
     """``meshd rules apply|remove|show``."""
     from meshd import interception  # noqa: PLC0415 - only this command runs iptables
-    from meshd.rules import apply_document, ruleset  # noqa: PLC0415
+    from meshd.rules import V6, apply_document, ruleset  # noqa: PLC0415
     from meshd.runtime import effective_registry  # noqa: PLC0415
 
     if action == "show":
         config = MeshdConfig.load(path)
         rule_set = ruleset(config, effective_registry(config))
         sys.stdout.write(apply_document(rule_set, saved=""))
+        sys.stdout.write("# ip6tables-restore:\n" + apply_document(rule_set, "", V6))
         return
     with interception.locked_config(path) as config:
         if action == "apply":

@@ -15,6 +15,9 @@ Example (every table but ``[identity]`` is optional)::
     mesh = "0.0.0.0:15443"            # sidecar links (mTLS)
     admin = "0.0.0.0:15000"           # admin API (mTLS, operators only)
     admin_socket = "/run/meshd/admin.sock"
+    ipv6 = true                       # IPv6 twins of the redirect targets: [::1]:15001
+                                      # (and each service's), [::]:15006; false: IPv6 that
+                                      # the rules catch is refused
 
     [mesh]
     mtls = "strict"                   # or "permissive"
@@ -72,6 +75,8 @@ class ListenConfig:
     mesh: Address = (ANY, 15443)
     admin: Address = (ANY, 15000)
     admin_socket: Path | None = Path("/run/meshd/admin.sock")
+    # IPv6 twins of the listeners the rules redirect to (ip6tables redirects there)
+    ipv6: bool = True
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,9 @@ class InterceptionConfig:
     ssh_ports: tuple[int, ...] = (22,)  # never intercepted: the operator must keep SSH
     # which rule set is installed; in /run so that it goes at reboot, like the rules
     rules_record: Path = Path("/run/meshd-rules.sha256")
+    # where ``rules apply`` writes the rules it applied as a script needing no meshd (the
+    # boot-time fallback of closed fail mode, see meshd.rules.fallback_script); None: nowhere
+    fallback_rules: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -230,7 +238,7 @@ def _identity(f: Fields, base: Path) -> IdentityConfig:
 
 def _listen(f: Fields) -> ListenConfig:
     d = ListenConfig()
-    f.unknown({"outbound", "inbound", "mesh", "admin", "admin_socket"})
+    f.unknown({"outbound", "inbound", "mesh", "admin", "admin_socket", "ipv6"})
     socket = f.get("admin_socket", str, str(d.admin_socket))
     return ListenConfig(
         outbound=f.address("outbound", _fmt(d.outbound)),
@@ -238,6 +246,7 @@ def _listen(f: Fields) -> ListenConfig:
         mesh=f.address("mesh", _fmt(d.mesh)),
         admin=f.address("admin", _fmt(d.admin)),
         admin_socket=Path(socket) if socket else None,
+        ipv6=f.get("ipv6", bool, d.ipv6),
     )
 
 
@@ -259,7 +268,7 @@ def _service(f: Fields) -> ServiceConfig:
 
 def _interception(f: Fields) -> InterceptionConfig:
     d = InterceptionConfig()
-    f.unknown({"vip_range", "meshd_user", "ssh_ports", "rules_record"})
+    f.unknown({"vip_range", "meshd_user", "ssh_ports", "rules_record", "fallback_rules"})
     vip_range = f.get("vip_range", str, d.vip_range)
     try:
         ipaddress.ip_network(vip_range)
@@ -269,8 +278,15 @@ def _interception(f: Fields) -> InterceptionConfig:
     if not ports or not all(isinstance(p, int) and 1 <= p <= 65535 for p in ports):
         raise f.fail("ssh_ports", "expected a non-empty list of port numbers")
     record = Path(f.get("rules_record", str, str(d.rules_record)))
+    fallback = f.optional("fallback_rules", str)
+    if fallback is not None and not Path(fallback).is_absolute():
+        raise f.fail("fallback_rules", f"{fallback!r} is not an absolute path")
     return InterceptionConfig(
-        vip_range, f.get("meshd_user", str, d.meshd_user), tuple(ports), record
+        vip_range,
+        f.get("meshd_user", str, d.meshd_user),
+        tuple(ports),
+        record,
+        Path(fallback) if fallback is not None else None,
     )
 
 

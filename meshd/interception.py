@@ -4,9 +4,13 @@ Run by ``meshd-rules.service`` at boot (before the network is up) and by
 meshctl; needs root (iptables). The rule set is derived from the config and
 the registry (the newer of the config's file and the last pushed one;
 ``meshd.rules`` renders it); applying is one ``iptables-restore
---noflush`` after a ``--test`` of the same document, plus a route that sends
-virtual IPs to ``lo`` so that connect() reaches the nat hook at all (without
-the rules, such connections go nowhere: nothing leaks).
+--noflush`` and one ``ip6tables-restore --noflush`` (on a kernel with IPv6),
+each after a ``--test`` of its document: if the second fails, the first is
+undone, so nothing is ever half-applied. Then a route that sends virtual IPs
+to ``lo`` so that connect() reaches the nat hook at all (without the rules,
+such connections go nowhere: nothing leaks), and, where the config names one,
+the fallback script of closed fail mode (the rules just applied, for boot
+when they cannot be made from the config).
 
 Every writer of the rules on the host takes one lock first (``flock`` on
 ``meshd-rules.lock`` beside the rules record): ``rules apply``, ``rules
@@ -28,8 +32,19 @@ from pathlib import Path
 from meshd.config import MeshdConfig
 from meshd.errors import ProvisionError
 from meshd.files import write_atomic
+from meshd.netfacts import ipv6_absent
 from meshd.registry import Registry
-from meshd.rules import apply_document, fingerprint, remove_document, ruleset
+from meshd.rules import (
+    FAMILIES,
+    V4,
+    Family,
+    RuleSet,
+    apply_document,
+    fallback_script,
+    fingerprint,
+    remove_document,
+    ruleset,
+)
 from meshd.runtime import effective_registry, synced_path
 
 
@@ -96,18 +111,74 @@ def unit_active(unit: str) -> bool:
         raise ProvisionError("systemctl not found", hint="--while-active needs systemd") from e
 
 
+def families() -> tuple[Family, ...]:
+    """The address families whose rules this host needs (IPv6 where the kernel has it)."""
+    return FAMILIES if ipv6_absent() is None else (V4,)
+
+
+def fallback_marker(config: MeshdConfig) -> Path:
+    """Touched by the fallback script when it ran: the rules in place are not meshd's own."""
+    return config.interception.rules_record.with_name("meshd-rules.fallback")
+
+
 def apply(config: MeshdConfig, registry: Registry | None = None) -> str:
     """Install (or replace) the rules for ``registry`` (default: the effective one).
 
-    The caller holds ``rules_lock``: this reads the nat table and writes it back.
+    The caller holds ``rules_lock``: this reads the nat tables and writes them back.
     """
     rules = ruleset(config, registry if registry is not None else effective_registry(config))
-    document = apply_document(rules, _run(["iptables-save", "-t", "nat"]))
-    _run(["iptables-restore", "--test", "--noflush"], document)
-    _run(["iptables-restore", "--noflush"], document)
+    saved = {f: _run([f"{f.tool}-save", "-t", "nat"]) for f in families()}
+    documents = {f: apply_document(rules, table, f) for f, table in saved.items()}
+    for f, document in documents.items():
+        _run([f"{f.tool}-restore", "--test", "--noflush"], document)
+    _restore_all(documents, saved)
     _run(["ip", "route", "replace", rules.vip_range, "dev", "lo"])
+    _write_fallback(config, rules)
     _record(config.interception.rules_record, fingerprint(rules))
-    return document
+    _unlink(fallback_marker(config))
+    return "".join(documents.values())
+
+
+def _restore_all(documents: dict[Family, str], saved: dict[Family, str]) -> None:
+    """Each family's document in turn; on a failure the ones already in are undone."""
+    done: list[Family] = []
+    try:
+        for f, document in documents.items():
+            _run([f"{f.tool}-restore", "--noflush"], document)
+            done.append(f)
+    except ProvisionError as e:
+        for f in done:
+            _undo(f, saved[f])
+        undone = " (the IPv4 rules were taken out again)" if done else ""
+        raise ProvisionError(e.message + undone, hint=e.hint) from e
+
+
+def _undo(family: Family, saved: str) -> None:
+    """Put a family's nat table back as it was saved (without it: take ours out)."""
+    if "*nat" in saved:
+        _run([f"{family.tool}-restore", "-T", "nat"], saved)
+        return
+    document = remove_document(_run([f"{family.tool}-save", "-t", "nat"]))
+    if document is not None:
+        _run([f"{family.tool}-restore", "--noflush"], document)
+
+
+def _write_fallback(config: MeshdConfig, rules: RuleSet) -> None:
+    path = config.interception.fallback_rules
+    if path is None:
+        return
+    script = fallback_script(rules, str(fallback_marker(config)))
+    try:
+        write_atomic(path, script.encode(), 0o700)
+    except OSError as e:
+        raise ProvisionError(f"cannot write {path}: {e.strerror}") from e
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as e:
+        raise ProvisionError(f"cannot remove {path}: {e.strerror}") from e
 
 
 def _record(path: Path, digest: str | None) -> None:
@@ -125,16 +196,21 @@ def _record(path: Path, digest: str | None) -> None:
 
 
 def remove(config: MeshdConfig) -> bool:
-    """Take out our rules and route; False when there were none (the caller holds the lock)."""
-    document = remove_document(_run(["iptables-save", "-t", "nat"]))
-    if document is not None:
-        _run(["iptables-restore", "--noflush"], document)
+    """Take out our rules (both families) and route; False when there were none.
+
+    The caller holds the lock. The fallback script stays: it is configuration,
+    and leave removes it with the rest of /etc/meshd.
+    """
+    removed = False
+    for f in families():
+        document = remove_document(_run([f"{f.tool}-save", "-t", "nat"]))
+        if document is not None:
+            _run([f"{f.tool}-restore", "--noflush"], document)
+            removed = True
     routes = _run(["ip", "route", "show", config.interception.vip_range, "dev", "lo"])
     if routes.strip():
         _run(["ip", "route", "del", config.interception.vip_range, "dev", "lo"])
     _record(config.interception.rules_record, None)
-    try:  # without the rules, no registry is "in place" any more
-        synced_path(config).unlink(missing_ok=True)
-    except OSError as e:
-        raise ProvisionError(f"cannot remove {synced_path(config)}: {e.strerror}") from e
-    return document is not None
+    _unlink(fallback_marker(config))
+    _unlink(synced_path(config))  # without the rules, no registry is "in place" any more
+    return removed

@@ -1,15 +1,23 @@
 """meshd's iptables rules: typed values rendered into iptables-restore documents.
 
 Pure: the host's current ``iptables-save -t nat`` text goes in, documents come
-out. Everything lives in meshd-owned chains (``MESHD_*``) reached by one
-jump each from OUTPUT and PREROUTING; each jump carries a ``meshd:`` comment
-so removal finds exactly ours and touches nothing else. A document is applied
-in one ``iptables-restore --noflush`` (after ``--test``), so a host never
-runs half a rule set.
+out, one per address family (``iptables`` and ``ip6tables``: the same chains,
+the same comment prefix). Everything lives in meshd-owned chains (``MESHD_*``)
+reached by one jump each from OUTPUT and PREROUTING; each jump carries a
+``meshd:`` comment so removal finds exactly ours and touches nothing else. A
+document is applied in one ``iptables-restore --noflush`` (after ``--test``),
+so a host never runs half a rule set.
 
-Never redirected: meshd's own user (no loops), replies from the SSH port the
-operator uses (``--sport``: otherwise installing the first nat rule breaks
-the session that installs it), the admin and mesh ports, loopback.
+Never redirected: meshd's own user (no loops; meshd's admin API and mesh
+links are its sockets), replies of sshd (root) from the SSH ports the operator
+uses (``--sport``: otherwise installing the first nat rule breaks the session
+that installs it; root only, so that an app binding that source port is still
+caught), connections to the SSH, admin and mesh ports, loopback. Virtual IPs
+are IPv4 only; endpoints are caught at every address the registry lists.
+
+``fallback_script`` renders the rules as last applied into a shell script that
+needs neither meshd nor its config: closed fail mode runs it at boot when
+``meshd rules apply`` fails.
 """
 
 from __future__ import annotations
@@ -27,6 +35,25 @@ JUMPS = (
     ("OUTPUT", OUTPUT_CHAIN, f"{COMMENT}:output"),
     ("PREROUTING", INBOUND_CHAIN, f"{COMMENT}:inbound"),
 )
+ROOT_UID = 0  # sshd's sockets: the only ones whose SSH source port is let through
+
+
+@dataclass(frozen=True)
+class Family:
+    """An address family as iptables sees it: its tools, loopback and host prefix."""
+
+    version: int
+    tool: str  # iptables | ip6tables (then -save, -restore)
+    loopback: str
+    host_bits: int
+
+    def holds(self, address: str) -> bool:
+        return (":" in address) == (self.version == 6)
+
+
+V4 = Family(4, "iptables", "127.0.0.0/8", 32)
+V6 = Family(6, "ip6tables", "::1/128", 128)
+FAMILIES = (V4, V6)
 
 
 @dataclass(frozen=True)
@@ -49,7 +76,8 @@ class RuleSet:
     admin_port: int
     ssh_ports: tuple[int, ...]
     vip_range: str
-    remote_endpoints: tuple[tuple[str, int], ...]  # (address, port) of other hosts' services
+    # (address, port) of other hosts' services, at every address (IPv4 and IPv6) they have
+    remote_endpoints: tuple[tuple[str, int], ...]
     services: tuple[ServiceRedirect, ...]
 
 
@@ -57,7 +85,11 @@ def ruleset(config: MeshdConfig, registry: Registry) -> RuleSet:
     """This host's rules: its services inbound, every other host's endpoints outbound."""
     me = config.identity.host
     remote = tuple(
-        (e.address, e.port) for s in registry.services for e in s.endpoints if e.host != me
+        (address, e.port)
+        for s in registry.services
+        for e in s.endpoints
+        if e.host != me
+        for address in e.addresses
     )
     services = tuple(
         ServiceRedirect(s.port, s.run_as, s.outbound[1] if s.outbound else None)
@@ -81,15 +113,20 @@ def _jump(chain: str, target: str, comment: str, op: str = "-A") -> str:
     return f'{op} {chain} -p tcp -m comment --comment "{comment}" -j {target}'
 
 
-def _output(rules: RuleSet) -> list[str]:
+def _output(rules: RuleSet, family: Family) -> list[str]:
     out = [f"-A {OUTPUT_CHAIN} -m owner --uid-owner {rules.meshd_user} -j RETURN"]
-    out += [f"-A {OUTPUT_CHAIN} -p tcp --sport {p} -j RETURN" for p in rules.ssh_ports]
-    out.append(f"-A {OUTPUT_CHAIN} -p tcp --sport {rules.admin_port} -j RETURN")
-    out.append(f"-A {OUTPUT_CHAIN} -d 127.0.0.0/8 -j RETURN")
-    out.append(f"-A {OUTPUT_CHAIN} -p tcp -d {rules.vip_range} -j {REDIRECT_CHAIN}")
     out += [
-        f"-A {OUTPUT_CHAIN} -p tcp -d {address}/32 --dport {port} -j {REDIRECT_CHAIN}"
+        f"-A {OUTPUT_CHAIN} -p tcp --sport {p} -m owner --uid-owner {ROOT_UID} -j RETURN"
+        for p in rules.ssh_ports
+    ]
+    out.append(f"-A {OUTPUT_CHAIN} -d {family.loopback} -j RETURN")
+    if family.holds(rules.vip_range.split("/")[0]):
+        out.append(f"-A {OUTPUT_CHAIN} -p tcp -d {rules.vip_range} -j {REDIRECT_CHAIN}")
+    out += [
+        f"-A {OUTPUT_CHAIN} -p tcp -d {address}/{family.host_bits} --dport {port} "
+        f"-j {REDIRECT_CHAIN}"
         for address, port in sorted(set(rules.remote_endpoints))
+        if family.holds(address)
     ]
     out += [
         f"-A {REDIRECT_CHAIN} -p tcp -m owner --uid-owner {s.run_as} "
@@ -125,11 +162,12 @@ def our_chains(saved: str) -> list[str]:
     return [c for c in CHAINS if f":{c} " in saved]
 
 
-def apply_document(rules: RuleSet, saved: str) -> str:
+def apply_document(rules: RuleSet, saved: str, family: Family = V4) -> str:
     """Replace whatever of ours is installed with ``rules``, in one restore.
 
-    Declaring a chain flushes it under ``--noflush``; jumps are added only
-    where missing, so applying twice changes nothing.
+    ``saved``: the family's nat table now. Declaring a chain flushes it under
+    ``--noflush``; jumps are added only where missing, so applying twice
+    changes nothing.
     """
     lines = ["*nat", *(f":{c} - [0:0]" for c in CHAINS)]
     present = {line.replace('"', "") for line in our_jumps(saved)}
@@ -137,19 +175,49 @@ def apply_document(rules: RuleSet, saved: str) -> str:
         wanted = _jump(chain, target, comment)
         if wanted.replace('"', "") not in present:
             lines.append(wanted)
-    return "\n".join([*lines, *_output(rules), *_inbound(rules), "COMMIT", ""])
+    return "\n".join([*lines, *_output(rules, family), *_inbound(rules), "COMMIT", ""])
 
 
 def fingerprint(rules: RuleSet) -> str:
-    """A digest of the rule set (not of the host's table): what ``rules apply`` records."""
-    return hashlib.sha256(apply_document(rules, saved="").encode()).hexdigest()
+    """A digest of the rule set, both families (not of the host's tables): what ``rules apply``
+    records."""
+    documents = "".join(apply_document(rules, "", family) for family in FAMILIES)
+    return hashlib.sha256(documents.encode()).hexdigest()
 
 
 def remove_document(saved: str) -> str | None:
-    """Delete our jumps and chains; None when nothing of ours is installed."""
+    """Delete our jumps and chains (either family); None when nothing of ours is installed."""
     jumps, chains = our_jumps(saved), our_chains(saved)
     if not jumps and not chains:
         return None
     lines = ["*nat", *(f"-D{line[2:]}" for line in jumps)]
     lines += [f"-F {c}" for c in chains] + [f"-X {c}" for c in chains]
     return "\n".join([*lines, "COMMIT", ""])
+
+
+FALLBACK_END = "MESHD_RULES_END"
+
+
+def fallback_script(rules: RuleSet, marker: str) -> str:
+    """A shell script that puts ``rules`` into empty nat tables (at boot) without meshd.
+
+    It touches ``marker`` first, so that ``meshctl status`` can tell that the
+    fallback is what holds the host closed, and fails if any part fails.
+    """
+    lines = [
+        "#!/bin/sh",
+        "# Written by `meshd rules apply` with the rules it applied. meshd-rules.service runs",
+        "# it at boot when `meshd rules apply` fails (closed fail mode): the last rule set that",
+        "# went in goes in again without meshd or its config, so intercepted connections fail",
+        "# (or reach a running meshd) and nothing leaves in plaintext.",
+        f"touch {marker}",
+        "status=0",
+    ]
+    for family in FAMILIES:
+        restore = f"{family.tool}-restore -w 5 --noflush <<'{FALLBACK_END}' || status=1"
+        document = [restore, apply_document(rules, "", family).rstrip("\n"), FALLBACK_END]
+        if family is V6:  # a kernel without IPv6 has no IPv6 to leak
+            document = ["if [ -e /proc/net/if_inet6 ]; then", *document, "fi"]
+        lines += document
+    lines += [f"ip route replace {rules.vip_range} dev lo || status=1", "exit $status", ""]
+    return "\n".join(lines)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from meshd.config import MeshdConfig
+from meshd.interception import fallback_marker
 from meshd.registry import Registry
 from meshd.rules import fingerprint, ruleset
 from meshd.runtime import effective_registry, synced_version
@@ -25,6 +26,7 @@ CONFIG = (
 meshd_user = "65534"
 ssh_ports = [22, 2222]
 rules_record = "@RECORD@"
+fallback_rules = "@FALLBACK@"
 [[services]]
 name = "api"
 port = 8080
@@ -57,7 +59,8 @@ REGISTRY = {
 
 @pytest.fixture
 def config_path(tmp_path: Path) -> Path:
-    (tmp_path / "meshd.toml").write_text(CONFIG.replace("@RECORD@", str(tmp_path / "rules.sha256")))
+    config = CONFIG.replace("@RECORD@", str(tmp_path / "rules.sha256"))
+    (tmp_path / "meshd.toml").write_text(config.replace("@FALLBACK@", str(tmp_path / "fallback")))
     (tmp_path / "registry.json").write_text(json.dumps(REGISTRY))
     return tmp_path / "meshd.toml"
 
@@ -111,28 +114,37 @@ def _ours(saved: str) -> list[str]:
 
 
 def test_meshd_rules_apply_remove_for_real(netns: str, config_path: Path) -> None:
-    before = _in(netns, "iptables-save", "-t", "nat")
+    before = {t: _in(netns, f"{t}-save", "-t", "nat") for t in ("iptables", "ip6tables")}
+    (config_path.parent / "registry.json").write_text(json.dumps(REGISTRY6))
     assert (
         _in(netns, MESHD, "rules", "apply", "--config", str(config_path)).strip()
         == "meshd rules applied"
     )
-    once = _in(netns, "iptables-save", "-t", "nat")
+    once, once6 = (_in(netns, f"{t}-save", "-t", "nat") for t in ("iptables", "ip6tables"))
     config = MeshdConfig.load(config_path)
     record = config.interception.rules_record
     assert record.read_text().strip() == fingerprint(ruleset(config, effective_registry(config)))
     assert "-A MESHD_OUTPUT -d 10.0.0.20/32 -p tcp -m tcp --dport 5432 -j MESHD_REDIRECT" in once
-    assert "--sport 2222 -j RETURN" in once and "--uid-owner 65533" in once
+    assert "--sport 2222 -m owner --uid-owner 0 -j RETURN" in once and "--uid-owner 65533" in once
+    assert f"-A MESHD_OUTPUT -d {PEER6}/128 -p tcp -m tcp --dport 8080 -j MESHD_REDIRECT" in once6
+    assert "--sport 2222 -m owner --uid-owner 0 -j RETURN" in once6 and "10.255" not in once6
+    assert "-j REDIRECT --to-ports 15006" in once6
     assert "10.255.0.0/16" in _in(netns, "ip", "route", "show", "dev", "lo")
+    fallback = config.interception.fallback_rules
+    assert fallback is not None and fallback.stat().st_mode & 0o777 == 0o700
+    assert f"{PEER6}/128" in fallback.read_text()
     _in(netns, MESHD, "rules", "apply", "--config", str(config_path))
-    assert _ours(_in(netns, "iptables-save", "-t", "nat")) == _ours(once)  # idempotent
+    for table, saved in (("iptables", once), ("ip6tables", once6)):  # idempotent
+        assert _ours(_in(netns, f"{table}-save", "-t", "nat")) == _ours(saved)
     assert (
         _in(netns, MESHD, "rules", "remove", "--config", str(config_path)).strip()
         == "meshd rules removed"
     )
-    after = _in(netns, "iptables-save", "-t", "nat")
-    assert _ours(after) == [] and [x for x in after.splitlines() if x.startswith("-A")] == [
-        x for x in before.splitlines() if x.startswith("-A")
-    ]
+    for table, saved in before.items():
+        after = _in(netns, f"{table}-save", "-t", "nat")
+        assert _ours(after) == [] and [x for x in after.splitlines() if x.startswith("-A")] == [
+            x for x in saved.splitlines() if x.startswith("-A")
+        ]
     assert "10.255.0.0/16" not in _in(netns, "ip", "route", "show", "dev", "lo")
     assert not record.exists()
     assert "no meshd rules" in _in(netns, MESHD, "rules", "remove", "--config", str(config_path))
@@ -305,3 +317,196 @@ def test_rules_lock_gives_up_with_a_clear_error(config_path: Path) -> None:
         holder.communicate()
     with rules_lock(config, wait=5):  # free again once the holder is gone
         pass
+
+
+# --- what the rules catch, for real: two namespaces joined by a veth pair ----------------------
+
+# a stand-in for meshd's listeners and the app: listens on each ADDRESS:PORT given, prints
+# which one accepted the first connection and where that connection was headed
+CATCH = """
+import json, select, socket, sys
+from meshd.netfacts import original_dst
+socks = {}
+for spec in sys.argv[2:]:
+    host, port = spec.rsplit(":", 1)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((host.strip("[]"), int(port)))
+    s.listen()
+    socks[s] = spec
+print("ready", flush=True)
+ready, _, _ = select.select(list(socks), [], [], float(sys.argv[1]))
+if not ready:
+    print(json.dumps(None))
+else:
+    conn, _ = ready[0].accept()
+    print(json.dumps([socks[ready[0]], original_dst(conn)]), flush=True)
+"""
+# connects from SOURCE_PORT (0: any) to ADDRESS:PORT, as the user running it
+DIAL = """
+import socket, sys
+host, port, sport = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+family = socket.AF_INET6 if ":" in host else socket.AF_INET
+s = socket.socket(family)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", sport))
+s.settimeout(3)
+try:
+    s.connect((host, port))
+    print("connected")
+except OSError as e:
+    print(type(e).__name__)
+"""
+HOST6, PEER6 = "fd6d:6573:1::1", "fd6d:6573:1::2"
+HOST4, PEER4 = "10.0.0.11", "10.0.0.12"  # the host is api1 of REGISTRY; the peer is api2
+REGISTRY6 = json.loads(json.dumps(REGISTRY))
+REGISTRY6["services"]["api"]["endpoints"][0]["ipv6"] = [HOST6]
+REGISTRY6["services"]["api"]["endpoints"][1]["ipv6"] = [PEER6]
+
+
+@pytest.fixture
+def pair(netns: str) -> Iterator[tuple[str, str]]:
+    """(host, peer): ``netns`` (where the rules go) and a second namespace, on one veth link."""
+    peer = f"{netns}p"
+    subprocess.run(["ip", "netns", "add", peer], check=True)
+    try:
+        _in(netns, "ip", "link", "add", "mdh", "type", "veth", "peer", "name", "mdp")
+        _in(netns, "ip", "link", "set", "mdp", "netns", peer)
+        for ns, dev, v4, v6 in ((netns, "mdh", HOST4, HOST6), (peer, "mdp", PEER4, PEER6)):
+            _in(ns, "ip", "link", "set", "lo", "up")
+            _in(ns, "ip", "addr", "add", f"{v4}/24", "dev", dev)
+            _in(ns, "ip", "-6", "addr", "add", f"{v6}/64", "dev", dev, "nodad")
+            _in(ns, "ip", "link", "set", dev, "up")
+        yield netns, peer
+    finally:
+        subprocess.run(["ip", "netns", "del", peer], check=False)
+
+
+def _catch(ns: str, *listeners: str, wait: float = 5.0) -> subprocess.Popen[str]:
+    argv = ["ip", "netns", "exec", ns, sys.executable, "-c", CATCH, str(wait), *listeners]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n", proc.stderr
+    return proc
+
+
+def _caught(proc: subprocess.Popen[str]) -> object:
+    out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    return json.loads(out)
+
+
+def _dial(ns: str, address: str, port: int, sport: int = 0, user: str | None = None) -> str:
+    who = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] if user else []
+    return _in(ns, *who, sys.executable, "-c", DIAL, address, str(port), str(sport)).strip()
+
+
+def _apply(ns: str, config_path: Path, registry: dict[str, object]) -> None:
+    (config_path.parent / "registry.json").write_text(json.dumps(registry))
+    _in(ns, MESHD, "rules", "apply", "--config", str(config_path))
+
+
+def test_ipv6_plaintext_to_a_service_port_goes_to_the_inbound_listener(
+    pair: tuple[str, str], config_path: Path
+) -> None:
+    """An app on [::]:8080 is not reached over IPv6 from outside: meshd's inbound twin gets it."""
+    host, peer = pair
+    _apply(host, config_path, REGISTRY)
+    try:
+        catch = _catch(host, "[::]:8080", "[::]:15006")  # the app, meshd's inbound listener
+        assert _dial(peer, HOST6, 8080) == "connected"
+        assert _caught(catch) == ["[::]:15006", [HOST6, 8080]]
+    finally:
+        _in(host, MESHD, "rules", "remove", "--config", str(config_path))
+    assert "MESHD" not in _in(host, "ip6tables-save", "-t", "nat")
+
+
+def test_ipv6_to_a_mesh_endpoint_goes_to_the_outbound_listener(
+    pair: tuple[str, str], config_path: Path
+) -> None:
+    """An app's IPv6 connection to another host's endpoint reaches meshd's [::1] twin."""
+    host, peer = pair
+    _apply(host, config_path, REGISTRY6)
+    try:
+        far = _catch(peer, "[::]:8080")  # the endpoint itself: must not be reached
+        catch = _catch(host, "[::1]:15001", "[::1]:15101")
+        assert _dial(host, PEER6, 8080) == "connected"
+        assert _caught(catch) == ["[::1]:15001", [PEER6, 8080]]
+        catch = _catch(host, "[::1]:15001", "[::1]:15101")  # a run-as user: its own twin
+        assert _dial(host, PEER6, 8080, user="65533") == "connected"
+        assert _caught(catch) == ["[::1]:15101", [PEER6, 8080]]
+        far.kill()
+        assert far.communicate(timeout=5)[0] == ""  # it never accepted anything
+    finally:
+        _in(host, MESHD, "rules", "remove", "--config", str(config_path))
+
+
+@pytest.mark.parametrize(
+    ("sport", "user"),
+    [(15000, None), (2222, "65532")],  # the admin port; an SSH port, from an unprivileged user
+    ids=["admin-port", "ssh-port-unprivileged"],
+)
+def test_a_chosen_source_port_does_not_skip_interception(
+    pair: tuple[str, str], config_path: Path, sport: int, user: str | None
+) -> None:
+    """Binding the admin port, or (without root) an SSH port, as source port changes nothing."""
+    host, _ = pair
+    _apply(host, config_path, REGISTRY)
+    try:
+        catch = _catch(host, "127.0.0.1:15001")
+        assert _dial(host, PEER4, 8080, sport, user) == "connected"
+        assert _caught(catch) == ["127.0.0.1:15001", [PEER4, 8080]]
+    finally:
+        _in(host, MESHD, "rules", "remove", "--config", str(config_path))
+
+
+def test_a_failing_ipv6_restore_takes_the_ipv4_rules_out_again(
+    netns: str, config_path: Path, tmp_path: Path
+) -> None:
+    """Nothing is half-applied: ip6tables-restore passes its --test, then fails for real."""
+    bin_dir = tmp_path / "fakebin"
+    bin_dir.mkdir()
+    real = shutil.which("ip6tables-restore")
+    fake = bin_dir / "ip6tables-restore"
+    fake.write_text(f'#!/bin/sh\nfor a; do [ "$a" = --test ] && exec {real} "$@"; done\nexit 4\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    before = _in(netns, "iptables-save", "-t", "nat")
+    applying = _meshd_in(netns, env, "rules", "apply", "--config", str(config_path))
+    _, err = applying.communicate(timeout=30)
+    assert applying.returncode != 0 and "ip6tables-restore --noflush failed" in err, err
+    assert "the IPv4 rules were taken out again" in err
+    assert _ours(_in(netns, "iptables-save", "-t", "nat")) == _ours(before) == []
+    assert not MeshdConfig.load(config_path).interception.rules_record.exists()
+
+
+def test_the_fallback_script_puts_the_last_rules_back_without_meshd(
+    netns: str, config_path: Path
+) -> None:
+    """What closed fail mode runs at boot when ``meshd rules apply`` fails."""
+    (config_path.parent / "registry.json").write_text(json.dumps(REGISTRY6))
+    _in(netns, MESHD, "rules", "apply", "--config", str(config_path))
+    applied = {t: _ours(_in(netns, f"{t}-save", "-t", "nat")) for t in ("iptables", "ip6tables")}
+    config = MeshdConfig.load(config_path)
+    script, marker = config.interception.fallback_rules, fallback_marker(config)
+    assert script is not None and not marker.exists()
+    _in(netns, MESHD, "rules", "remove", "--config", str(config_path))
+    config_path.write_text("broken")  # the config cannot be read any more: no matter
+    try:
+        _in(netns, "env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "/bin/sh", str(script))
+        for table, rules in applied.items():
+            assert _ours(_in(netns, f"{table}-save", "-t", "nat")) == rules
+        assert "10.255.0.0/16" in _in(netns, "ip", "route", "show", "dev", "lo")
+        assert marker.exists()  # meshctl status reports it
+    finally:
+        (config_path.parent / "meshd.toml").write_text(
+            CONFIG.replace("@RECORD@", str(config.interception.rules_record)).replace(
+                "@FALLBACK@", str(script)
+            )
+        )
+        _in(netns, MESHD, "rules", "apply", "--config", str(config_path))  # repaired
+        assert not marker.exists()
+        assert _ours(_in(netns, "iptables-save", "-t", "nat")) == applied["iptables"]
+        _in(netns, MESHD, "rules", "remove", "--config", str(config_path))

@@ -11,7 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from meshd.rules import RuleSet, ServiceRedirect, apply_document, our_jumps, remove_document
+from meshd.rules import (
+    V4,
+    V6,
+    Family,
+    RuleSet,
+    ServiceRedirect,
+    apply_document,
+    fallback_script,
+    fingerprint,
+    our_jumps,
+    remove_document,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 RULES = RuleSet(
@@ -22,19 +33,49 @@ RULES = RuleSet(
     admin_port=15000,
     ssh_ports=(22,),
     vip_range="10.255.0.0/16",
-    remote_endpoints=(("10.77.0.12", 8080), ("10.77.0.13", 5432), ("10.77.0.12", 8080)),
+    remote_endpoints=(
+        ("10.77.0.12", 8080),
+        ("10.77.0.13", 5432),
+        ("10.77.0.12", 8080),
+        ("fd00:77::12", 8080),
+        ("fd00:77::13", 5432),
+    ),
     services=(ServiceRedirect(9000, "web", 15101), ServiceRedirect(8081)),
 )
 FOREIGN = "-A OUTPUT -p tcp --dport 9999 -j RETURN"  # someone else's rule
 FOREIGN_SAVED = "-A OUTPUT -p tcp -m tcp --dport 9999 -j RETURN"  # as iptables-save prints it
 
 
-def test_apply_document_matches_golden() -> None:
-    document = apply_document(RULES, saved="")
-    golden = GOLDEN / "rules-apply.v4"
+def _golden(name: str, text: str) -> None:
+    golden = GOLDEN / name
     if os.environ.get("UPDATE_GOLDEN"):
-        golden.write_text(document)
-    assert document == golden.read_text()
+        golden.write_text(text)
+    assert text == golden.read_text()
+
+
+@pytest.mark.parametrize("family", [V4, V6], ids=["v4", "v6"])
+def test_apply_document_matches_golden(family: Family) -> None:
+    _golden(f"rules-apply.v{family.version}", apply_document(RULES, saved="", family=family))
+
+
+def test_fallback_script_matches_golden() -> None:
+    _golden("rules-fallback.sh", fallback_script(RULES, "/run/meshd-rules.fallback"))
+
+
+def test_only_root_skips_interception_by_source_port() -> None:
+    """An app binding an SSH or the admin port as its source port is still redirected."""
+    for family in (V4, V6):
+        document = apply_document(RULES, saved="", family=family)
+        returns = [line for line in document.splitlines() if "--sport" in line]
+        assert returns == ["-A MESHD_OUTPUT -p tcp --sport 22 -m owner --uid-owner 0 -j RETURN"]
+
+
+def test_fingerprint_covers_both_families() -> None:
+    ipv4_only = dataclasses.replace(
+        RULES, remote_endpoints=tuple(e for e in RULES.remote_endpoints if ":" not in e[0])
+    )
+    assert apply_document(ipv4_only, "") == apply_document(RULES, "")
+    assert fingerprint(ipv4_only) != fingerprint(RULES)
 
 
 def test_nothing_to_remove() -> None:
@@ -75,29 +116,32 @@ def _rules(saved: str) -> list[str]:
 
 
 @needs_root
-def test_real_iptables_apply_twice_then_remove(netns: Callable[..., str]) -> None:
+@pytest.mark.parametrize("family", [V4, V6], ids=["v4", "v6"])
+def test_real_iptables_apply_twice_then_remove(netns: Callable[..., str], family: Family) -> None:
     """Apply is idempotent, keeps foreign rules, and remove restores the table as it was."""
     rules = dataclasses.replace(  # numeric users: the names exist only on meshed hosts
         RULES,
         meshd_user="65534",
         services=(ServiceRedirect(9000, "65533", 15101), ServiceRedirect(8081)),
     )
-    netns("iptables", "-t", "nat", *FOREIGN.split())
-    before = netns("iptables-save", "-t", "nat")
+    save, restore = f"{family.tool}-save", f"{family.tool}-restore"
+    netns(family.tool, "-t", "nat", *FOREIGN.split())
+    before = netns(save, "-t", "nat")
     for _ in range(2):
-        document = apply_document(rules, netns("iptables-save", "-t", "nat"))
-        netns("iptables-restore", "--test", "--noflush", stdin=document)
-        netns("iptables-restore", "--noflush", stdin=document)
+        document = apply_document(rules, netns(save, "-t", "nat"), family)
+        netns(restore, "--test", "--noflush", stdin=document)
+        netns(restore, "--noflush", stdin=document)
         if _ == 0:
-            once = netns("iptables-save", "-t", "nat")
-    twice = netns("iptables-save", "-t", "nat")
+            once = netns(save, "-t", "nat")
+    twice = netns(save, "-t", "nat")
     assert _rules(once) == _rules(twice)
     assert len(our_jumps(twice)) == 2
     assert "--uid-owner 65533 -j REDIRECT --to-ports 15101" in twice
     assert FOREIGN_SAVED in twice
+    assert ("fd00:77::12/128" in twice) == (family is V6) != ("10.77.0.12/32" in twice)
     removal = remove_document(twice)
     assert removal is not None
-    netns("iptables-restore", "--noflush", stdin=removal)
-    after = netns("iptables-save", "-t", "nat")
+    netns(restore, "--noflush", stdin=removal)
+    after = netns(save, "-t", "nat")
     assert _rules(after) == _rules(before)
     assert remove_document(after) is None
