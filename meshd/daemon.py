@@ -13,6 +13,7 @@ accepting, tells peers to go away, drains with a deadline and exits.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import resource
@@ -39,7 +40,7 @@ from meshd.inbound import MeshPort, PlainInbound
 from meshd.link import Link
 from meshd.logs import peer_lines
 from meshd.metrics import Metrics
-from meshd.netfacts import fmt
+from meshd.netfacts import fmt, ipv6_absent
 from meshd.outbound import LinkPool, OutboundConn
 from meshd.runtime import (
     Files,
@@ -54,6 +55,16 @@ from meshd.systemd import Notifier, watchdog
 from meshd.tls import TlsMaterial
 
 log = logging.getLogger("meshd")
+
+LOOPBACK6, ANY6 = "::1", "::"
+SERVED = "served"
+IPV6_REFUSED = "IPv6 connections that the rules redirect to meshd are refused"
+# binding an IPv6 twin fails this way where the host has no (usable) IPv6: not a daemon error
+NO_IPV6_ERRNOS = (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT)
+
+
+class _Unbindable(MeshError):
+    """An IPv6 twin that this host cannot have."""
 
 
 def _verdict(what: str, path: Path, layered: Layered) -> str:
@@ -89,6 +100,7 @@ class Daemon:
         self.documents = Documents(self.rt, config_path, self.store)
         self.metrics = Metrics(self.rt.bus)
         self.admin = AdminServer(_Backend(self), events=self.rt.bus)
+        self.ipv6 = SERVED  # or why IPv6 is not served (see _start_listeners)
         self._stop: anyio.Event | None = None
 
     async def run(self) -> None:
@@ -127,21 +139,14 @@ class Daemon:
     async def _start_listeners(self, tg: Any) -> None:
         cfg, rt = self.rt.config, self.rt
         self.rt.bound["mesh"] = await tg.start(self.mesh_listener.serve, cfg.listen.mesh)
-        await tg.start(
-            self._listen,
-            "outbound",
-            cfg.listen.outbound,
-            self._outbound(rt.config.identity.host_id, None),
-            None,
-        )
+        self.ipv6 = self._ipv6_plan()
+        outbound = self._outbound(rt.config.identity.host_id, None)
+        await self._redirect_target(tg, "outbound", cfg.listen.outbound, outbound, LOOPBACK6)
         for svc in cfg.services:
             if svc.outbound is not None:
-                await tg.start(
-                    self._listen,
-                    f"outbound:{svc.name}",
-                    svc.outbound,
-                    self._outbound(rt.service_id(svc.name), None),
-                    None,
+                factory = self._outbound(rt.service_id(svc.name), None)
+                await self._redirect_target(
+                    tg, f"outbound:{svc.name}", svc.outbound, factory, LOOPBACK6
                 )
         for up in cfg.upstreams:
             await tg.start(
@@ -151,13 +156,42 @@ class Daemon:
                 self._outbound(rt.config.identity.host_id, up.service),
                 None,
             )
-        await tg.start(
-            self._listen,
-            "inbound",
-            cfg.listen.inbound,
-            lambda: PlainInbound(rt, self.connector),
-            None,
-        )
+        inbound = lambda: PlainInbound(rt, self.connector)  # noqa: E731
+        await self._redirect_target(tg, "inbound", cfg.listen.inbound, inbound, ANY6)
+        if self.ipv6 != SERVED:
+            log.warning("IPv6 is not served: %s", self.ipv6)
+
+    def _ipv6_plan(self) -> str:
+        """Whether the IPv6 twins are to be bound: SERVED, or why not."""
+        if not self.rt.config.listen.ipv6:
+            return "off (listen.ipv6 = false): " + IPV6_REFUSED
+        absent = ipv6_absent()
+        return f"absent: {absent}" if absent else SERVED
+
+    async def _redirect_target(
+        self,
+        tg: Any,
+        name: str,
+        address: tuple[str, int],
+        factory: Callable[[], asyncio.Protocol],
+        twin_host: str,
+    ) -> None:
+        """A listener the rules redirect to, and its IPv6 twin (where ip6tables redirects).
+
+        ip6tables REDIRECT sends locally made connections to ::1 and arriving
+        ones to the address they came in on, so the twin of an outbound
+        listener is [::1]:PORT and that of the inbound one [::]:PORT. A twin
+        that cannot be bound for want of IPv6 (no ::1, say) leaves IPv6
+        unserved: what the rules catch is refused, never passed in plaintext.
+        """
+        await tg.start(self._listen, name, address, factory, None)
+        if self.ipv6 != SERVED:
+            return
+        twin = (twin_host, address[1])  # the rules name the configured port (0: any, for tests)
+        try:
+            await tg.start(self._listen, f"{name}/v6", twin, factory, None)
+        except _Unbindable as e:
+            self.ipv6 = f"unserved: {e.message}; {IPV6_REFUSED}"
 
     def _outbound(self, source: Any, fixed: str | None) -> Callable[[], asyncio.Protocol]:
         name = str(source)
@@ -174,7 +208,7 @@ class Daemon:
     ) -> None:
         loop = asyncio.get_running_loop()
         try:
-            server = await loop.create_server(
+            server = await loop.create_server(  # IPv6: IPV6_V6ONLY, beside its IPv4 listener
                 factory,
                 address[0],
                 address[1],
@@ -184,7 +218,8 @@ class Daemon:
                 ssl_handshake_timeout=self.rt.config.timeouts.handshake if ssl_ctx else None,
             )
         except OSError as e:
-            raise MeshError(
+            kind = _Unbindable if e.errno in NO_IPV6_ERRNOS and ":" in address[0] else MeshError
+            raise kind(
                 f"cannot listen on {fmt(address)} ({name}): {e.strerror}",
                 hint="is another meshd running, or the port taken?",
             ) from e
@@ -372,6 +407,7 @@ class _Backend:
             "listeners": {k: fmt(v) for k, v in rt.bound.items()},
             "handshakes": {"mesh": len(d.mesh_gate), "mesh_evicted": d.mesh_gate.evicted},
             "heap": {"free_bytes": d.heap.free(), "trims": d.heap.trims},
+            "ipv6": d.ipv6,
         }
 
 
