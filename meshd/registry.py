@@ -215,16 +215,21 @@ def _ipv6(f: Fields, key: str, text: object) -> str:
         address = None
     if address is None:
         raise f.fail(key, f"{text!r} is not an IPv6 address")
-    if (
+    if not is_host_ipv6(address):
+        raise f.fail(key, f"{text!r} is not a global unicast address (a host's own address)")
+    return str(address)
+
+
+def is_host_ipv6(address: ipaddress.IPv6Address) -> bool:
+    """An address other hosts can reach this one at (global or unique local unicast)."""
+    return not (
         address.is_loopback
         or address.is_link_local
         or address.is_multicast
         or address.is_unspecified
         or address.ipv4_mapped is not None
         or address.scope_id is not None
-    ):
-        raise f.fail(key, f"{text!r} is not a global unicast address (a host's own address)")
-    return str(address)
+    )
 
 
 def _check_unique(top: Fields, services: tuple[Service, ...]) -> None:

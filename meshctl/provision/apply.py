@@ -46,19 +46,23 @@ APPLY_RULES = f"{layout.LAUNCHER} rules apply --config {layout.CONFIG}"
 # meshd reload triggers the reload and takes the verdict from meshd itself (/stats on its
 # local socket), never from its log: anything a mesh peer gets into the log could forge it
 RELOAD = f"{layout.LAUNCHER} reload --config {layout.CONFIG} --unit meshd.service"
-# Our first rules made the nft backend create the nat table (the guard noted it); once
-# it is empty again (an iptables nat table with no rules and no chains of anyone's,
-# ACCEPT policies) it goes too, so that leave restores iptables-save to what it was.
+# Our first rules made the nft backend create a nat table (the guard noted it); once it
+# is empty again (a nat table with no rules and no chains of anyone's, ACCEPT policies)
+# it goes too, so that leave restores iptables-save (and ip6tables-save) to what it was.
 # Legacy tables cannot be unloaded: they stay.
 DROP_EMPTY_NAT = """\
-if iptables -V 2>/dev/null | grep -q nf_tables && command -v nft >/dev/null; then
-  nat=$(iptables-save -t nat)
+if {tool} -V 2>/dev/null | grep -q nf_tables && command -v nft >/dev/null; then
+  nat=$({tool}-save -t nat)
   if printf '%s\\n' "$nat" | grep -q '^\\*nat' && ! printf '%s\\n' "$nat" | grep -q '^-A ' &&
       ! printf '%s\\n' "$nat" | grep '^:' |
         grep -qvE '^:(PREROUTING|INPUT|OUTPUT|POSTROUTING) ACCEPT '; then
-    nft delete table ip nat
+    nft delete table {family} nat
   fi
 fi"""
+NAT_TABLES = {  # tool -> nft family
+    "iptables": "ip",
+    "ip6tables": "ip6",
+}
 
 
 @dataclass
@@ -274,19 +278,25 @@ class Applier:
         )
 
     def _remove_rules(self, step: RemoveRules) -> None:
-        """Take out what of ours is in the nat table *now* (stopping meshd may have taken some)."""
-        saved = self.root("iptables-save -t nat", "reading the nat table")
-        document = remove_document(saved)
-        commands = ["set -e"]
-        if document:
-            stage, cleanup = self.upload({"remove.rules": document.encode()})
-            commands += [
-                cleanup,
-                f"iptables-restore -w 5 --noflush {stage}/remove.rules",
-            ]
+        """Take out what of ours is in the nat tables *now* (stopping meshd may have taken some)."""
+        drops = {"iptables": step.drop_nat_table, "ip6tables": step.drop_nat6_table}
+        files, commands = {}, ["set -e"]
+        for tool in NAT_TABLES:
+            only_with_ipv6 = "[ -e /proc/net/if_inet6 ] || exit 0; " if tool == "ip6tables" else ""
+            saved = self.root(f"{only_with_ipv6}{tool}-save -t nat", "reading the nat table")
+            document = remove_document(saved)
+            if document:
+                files[f"{tool}.rules"] = document.encode()
+                commands.append(f"{tool}-restore -w 5 --noflush $stage/{tool}.rules")
+        if files:
+            stage, cleanup = self.upload(files)
+            commands[1:1] = [cleanup, f"stage={stage}"]
         commands.append(f"ip route del {VIP_RANGE} dev lo 2>/dev/null || true")
-        if step.drop_nat_table:
-            commands.append(DROP_EMPTY_NAT)
+        commands += [
+            DROP_EMPTY_NAT.format(tool=tool, family=family)
+            for tool, family in NAT_TABLES.items()
+            if drops[tool]
+        ]
         self.root("\n".join(commands), "removing the redirect rules")
 
     def _remove_paths(self, step: RemovePaths) -> None:

@@ -30,7 +30,7 @@ from meshctl.provision.units import (
 from meshd.config import MeshdConfig
 from meshd.identity import SpiffeId
 from meshd.registry import Registry
-from meshd.rules import RuleSet, apply_document, fingerprint, ruleset
+from meshd.rules import V6, RuleSet, apply_document, fingerprint, ruleset
 
 SERVICE_OUTBOUND_BASE = 15100  # a run-as service gets its own outbound listener: 15100 + i
 
@@ -56,6 +56,7 @@ class DesiredHost:
     files: tuple[FileSpec, ...]
     rules: RuleSet
     rules_document: str  # as it would apply to an empty nat table (shown by --dry-run)
+    rules_document6: str  # ... and to an empty ip6 nat table, on hosts with IPv6
     rules_fingerprint: str
     registry: dict[str, Any]
     vips: dict[str, str]  # service -> virtual IP, for the /etc/hosts block
@@ -94,6 +95,7 @@ def meshd_config(mesh: MeshConfig, host: HostSpec, ssh_ports: tuple[int, ...]) -
         f'vip_range = "{VIP_RANGE}"',
         f'meshd_user = "{layout.USER}"',
         f"ssh_ports = [{', '.join(str(p) for p in ssh_ports)}]",
+        f'fallback_rules = "{layout.RULES_FALLBACK}"',
     ]
     for i, service in enumerate(host.services):
         lines += ["", "[[services]]", f'name = "{service.name}"', f"port = {service.port}"]
@@ -143,6 +145,7 @@ def desired_host(
         files=files,
         rules=rules,
         rules_document=apply_document(rules, saved=""),
+        rules_document6=apply_document(rules, "", V6),
         rules_fingerprint=fingerprint(rules),
         registry=registry,
         vips={name: service["vip"] for name, service in registry["services"].items()},

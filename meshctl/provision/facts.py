@@ -8,6 +8,7 @@ facts with the desired state; nothing here changes the host.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import shlex
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 from meshctl.provision import layout
 from meshctl.transport import Transport
 from meshd.errors import ProvisionError
+from meshd.registry import MAX_IPV6, is_host_ipv6
 
 SUPPORTED_OS = {"debian": ("12", "13"), "ubuntu": ("24.04",)}
 MIN_PYTHON = (3, 11)  # meshd uses tomllib and datetime.UTC
@@ -55,6 +57,11 @@ s nat_created; [ -f {layout.NAT_CREATED} ] && echo yes
 s user_created; [ -f {layout.USER_CREATED} ] && echo yes
 s iproute; command -v ip
 s nat; iptables-save -t nat 2>/dev/null
+s ipv6; [ -e /proc/net/if_inet6 ] && echo yes
+s nat6; [ -e /proc/net/if_inet6 ] && ip6tables-save -t nat 2>/dev/null
+s nat6_created; [ -f {layout.NAT6_CREATED} ] && echo yes
+s addr6; ip -6 -o addr show scope global 2>/dev/null
+s fallback; [ -f {layout.FALLBACK_RAN} ] && echo yes
 s route; ip route show {vip_range} dev lo 2>/dev/null
 s hosts; base64 -w0 /etc/hosts 2>/dev/null  # exact bytes: leave must restore them
 s versions; ls {layout.OPT} 2>/dev/null
@@ -96,6 +103,11 @@ class HostFacts:
     user_created: bool = False  # join created the meshd user (one that was there stays)
     iproute: bool = True
     nat: str = ""
+    ipv6: bool = False  # the kernel has IPv6: ip6tables rules are due
+    nat6: str = ""  # ip6tables-save -t nat
+    nat6_created: bool = False  # our first rules created the ip6 nat table
+    ipv6_addresses: tuple[str, ...] = ()  # global, not temporary: what the registry lists
+    fallback: bool = False  # closed mode's boot fallback put the rules in (meshd rules failed)
     route: bool = False
     hosts: str = ""
     versions: tuple[str, ...] = ()  # entries under /opt/meshd
@@ -151,6 +163,29 @@ def _newest_registry(etc: str, pushed: str) -> dict[str, Any] | None:
     return max(docs, key=lambda d: int(d["version"])) if docs else None
 
 
+UNLISTED_FLAGS = {"temporary", "deprecated", "dadfailed"}  # addresses apps may not reach us at
+
+
+def _ipv6_addresses(text: str) -> tuple[str, ...]:
+    """The global IPv6 addresses in ``ip -6 -o addr show scope global`` output."""
+    found: set[str] = set()
+    for line in text.splitlines():
+        words = line.split()
+        if "inet6" not in words[:-1] or UNLISTED_FLAGS & set(words):
+            continue
+        try:
+            address = ipaddress.IPv6Interface(words[words.index("inet6") + 1]).ip
+        except ValueError:
+            continue
+        if is_host_ipv6(address):
+            found.add(str(address))
+    return tuple(sorted(found))[:MAX_IPV6]
+
+
+def _table(text: str) -> str:
+    return text + "\n" if text else ""
+
+
 def _exact(b64: str) -> str:
     """A file's text from base64, byte for byte (undecodable bytes survive the round trip)."""
     try:
@@ -193,7 +228,12 @@ def parse(text: str) -> HostFacts:
         nat_created=s.get("nat_created") == "yes",
         user_created=s.get("user_created") == "yes",
         iproute=bool(s.get("iproute")),
-        nat=s.get("nat", "") + "\n" if s.get("nat") else "",
+        nat=_table(s.get("nat", "")),
+        ipv6=s.get("ipv6") == "yes",
+        nat6=_table(s.get("nat6", "")),
+        nat6_created=s.get("nat6_created") == "yes",
+        ipv6_addresses=_ipv6_addresses(s.get("addr6", "")),
+        fallback=s.get("fallback") == "yes",
         route=bool(s.get("route")),
         hosts=_exact(s.get("hosts", "")),
         versions=tuple(s.get("versions", "").split()),

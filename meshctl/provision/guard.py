@@ -3,9 +3,10 @@
 New rules (and the config and registry they are made from) go in only
 through ``guarded``:
 
-1. arm: the host saves its nat table, its VIP route and its current
-   ``meshd.toml``/``registry.json``, and a transient systemd timer is set to
-   put all of that back after the deadline. A snapshot left by a join that
+1. arm: the host saves its nat tables (IPv4, and IPv6 where the kernel has
+   it), its VIP route, its current ``meshd.toml``/``registry.json``/fallback
+   script and whether the boot fallback held the host, and a transient
+   systemd timer is set to put all of that back after the deadline. A snapshot left by a join that
    was cut short is kept: it is the last confirmed state.
 2. the new config files are written and ``meshd rules apply`` runs.
 3. confirm: a *new* SSH connection (the one that applied the rules proves
@@ -36,38 +37,68 @@ from meshd.errors import MeshError, ProvisionError
 ROLLBACK_DEADLINE = 20.0
 ROLLBACK_GRACE = 15.0  # seconds past the deadline meshctl keeps trying to reach a rolled-back host
 ROLLBACK_UNIT = "meshd-rules-rollback"
-CONFIG_FILES = ("meshd.toml", "registry.json")  # what the rules are made from, in /etc/meshd
+# what the rules are made from, in /etc/meshd, and the fallback script the last apply wrote
+CONFIG_FILES = ("meshd.toml", "registry.json", "rules-fallback")
 SNAPSHOT, PREV, LOCK = layout.ROLLBACK, layout.ROLLBACK_PREV, layout.RULES_LOCK
-# our jumps and chains, taken out one by one (used when there is no nat table to restore)
-REMOVE_OURS = """\
-iptables -w 5 -t nat -D OUTPUT -p tcp -m comment --comment meshd:output -j MESHD_OUTPUT
-iptables -w 5 -t nat -D PREROUTING -p tcp -m comment --comment meshd:inbound -j MESHD_INBOUND
+HAS_IPV6 = "[ -e /proc/net/if_inet6 ]"
+
+
+def _remove_ours(tool: str) -> str:
+    """Our jumps and chains, taken out one by one (when there is no nat table to restore)."""
+    return f"""\
+{tool} -w 5 -t nat -D OUTPUT -p tcp -m comment --comment meshd:output -j MESHD_OUTPUT
+{tool} -w 5 -t nat -D PREROUTING -p tcp -m comment --comment meshd:inbound -j MESHD_INBOUND
 for c in MESHD_OUTPUT MESHD_REDIRECT MESHD_INBOUND; do
-  iptables -w 5 -t nat -F $c; iptables -w 5 -t nat -X $c
+  {tool} -w 5 -t nat -F $c; {tool} -w 5 -t nat -X $c
 done"""
+
+
+def _restore(tool: str, saved: str) -> str:
+    """Put the nat table saved in ``saved`` back (without one: take ours out)."""
+    return f"""\
+{{ if grep -q '^\\*nat' {saved}; then {tool}-restore -w 5 < {saved} || {{
+{_remove_ours(tool)}
+}}; else
+{_remove_ours(tool)}
+fi; }} 2>/dev/null"""
+
+
+def _created(tool: str, family: str, marker: str) -> str:
+    """Note that our first rules will create the nft ``family`` nat table: leave drops it."""
+    return (
+        f"if {tool} -V | grep -q nf_tables && ! nft list tables 2>/dev/null | "
+        f"grep -qx 'table {family} nat'; then\n"
+        f"    mkdir -p {layout.ETC}; touch {marker}\n"
+        "  fi"
+    )
+
+
 ARM = f"""\
 set -e; umask 077
 systemctl stop '{ROLLBACK_UNIT}-*.timer' 2>/dev/null || true
 if [ ! -f {SNAPSHOT} ]; then
   rm -rf {PREV}; mkdir -p {PREV}
   iptables-save -t nat > {PREV}/nat
+  if {HAS_IPV6}; then ip6tables-save -t nat > {PREV}/nat6; fi
   ip route show {VIP_RANGE} dev lo | grep -q . && touch {PREV}/route || true
+  [ -f {layout.FALLBACK_RAN} ] && touch {PREV}/fallback-ran || true
   for f in {" ".join(CONFIG_FILES)}; do
     if [ -f {layout.ETC}/$f ]; then cp -p {layout.ETC}/$f {PREV}/$f; else touch {PREV}/$f.absent; fi
   done
-  if iptables -V | grep -q nf_tables && ! nft list tables 2>/dev/null | grep -qx 'table ip nat'
-  then mkdir -p {layout.ETC}; touch {layout.NAT_CREATED}; fi  # ours to drop at leave
+  {_created("iptables", "ip", layout.NAT_CREATED)}
+  if {HAS_IPV6}; then
+  {_created("ip6tables", "ip6", layout.NAT6_CREATED)}
+  fi
   mv {PREV}/nat {SNAPSHOT}
 fi
 """
 ROLLBACK = f"""\
 exec 9>{LOCK}; flock 9
 [ -f {SNAPSHOT} ] || exit 0
-{{ if grep -q '^\\*nat' {SNAPSHOT}; then iptables-restore -w 5 < {SNAPSHOT} || {{
-{REMOVE_OURS}
-}}; else
-{REMOVE_OURS}
-fi; }} 2>/dev/null
+{_restore("iptables", SNAPSHOT)}
+if [ -f {PREV}/nat6 ]; then
+{_restore("ip6tables", f"{PREV}/nat6")}
+fi
 [ -f {PREV}/route ] || ip route del {VIP_RANGE} dev lo 2>/dev/null
 for f in {" ".join(CONFIG_FILES)}; do
   if [ -f {PREV}/$f ]; then cp -p {PREV}/$f {layout.ETC}/$f
@@ -77,6 +108,8 @@ if [ -f {PREV}/meshd.toml.absent ]; then  # a first join: nothing of it may star
   systemctl disable --now meshd-sync.path 2>/dev/null
   systemctl disable meshd-rules.service meshd.service 2>/dev/null
 fi
+rm -f {layout.FALLBACK_RAN}
+[ ! -f {PREV}/fallback-ran ] || touch {layout.FALLBACK_RAN}  # the fallback holds the host again
 rm -rf {SNAPSHOT} {PREV} {layout.RULES_RECORD} {layout.SYNCED}
 true"""
 

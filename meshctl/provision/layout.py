@@ -16,6 +16,9 @@ CERT = f"{ETC}/cert.pem"
 KEY = f"{ETC}/key.pem"
 STATE = "/var/lib/meshd"
 RULES_RECORD = "/run/meshd-rules.sha256"  # gone at reboot, like the rules it describes
+# the rules last applied, as a script needing no meshd: closed mode's boot fallback
+RULES_FALLBACK = f"{ETC}/rules-fallback"
+FALLBACK_RAN = "/run/meshd-rules.fallback"  # the fallback holds the host (meshd.interception)
 SYNCED = "/run/meshd-synced.json"  # the registry version meshd-sync last put in place
 # every writer of the rules holds it (meshd.interception.lock_path: beside RULES_RECORD).
 # leave removes it only after stopping every unit that could hold or wait for it
@@ -23,6 +26,7 @@ RULES_LOCK = "/run/meshd-rules.lock"
 ROLLBACK = "/run/meshd-rules.rollback"  # the nat table to go back to (see provision/guard.py)
 ROLLBACK_PREV = "/run/meshd-rules.prev"  # ... and the config and route that went with it
 NAT_CREATED = f"{ETC}/nat-table-created"  # our first rules created the nat table: leave drops it
+NAT6_CREATED = f"{ETC}/nat6-table-created"  # ... and the ip6 nat table
 USER_CREATED = f"{ETC}/user-created"  # join created the meshd user: leave removes it
 HOSTS_FILE = "/etc/hosts"
 UNIT_DIR = "/etc/systemd/system"
@@ -43,6 +47,7 @@ REMOVED_PATHS = (
     ETC,
     STATE,
     RULES_RECORD,
+    FALLBACK_RAN,
     SYNCED,
     ROLLBACK,
     RULES_LOCK,

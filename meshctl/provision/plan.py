@@ -21,7 +21,7 @@ from meshctl.provision.facts import HostFacts
 from meshd import hostsfile
 from meshd.identity import SpiffeId
 from meshd.pki import spiffe_ids
-from meshd.rules import CHAINS, JUMPS, apply_document, our_jumps, remove_document
+from meshd.rules import CHAINS, JUMPS, V6, apply_document, our_jumps, remove_document
 
 RENEW_AT = 2 / 3  # renew a certificate once two thirds of its life have passed
 
@@ -110,6 +110,7 @@ class StartMeshd(Step):
 class ApplyRules(Step):
     document: str
     files: tuple[FileSpec, ...] = ()  # the config/registry they come from, written under the guard
+    document6: str = ""  # the ip6tables document, on a host with IPv6
 
     @property
     def title(self) -> str:
@@ -117,7 +118,7 @@ class ApplyRules(Step):
         return f"apply the redirect rules{what} (undone unless a new SSH connection confirms)"
 
     def detail(self) -> str:
-        return self.document
+        return self.document + (f"# ip6tables:\n{self.document6}" if self.document6 else "")
 
 
 @dataclass(frozen=True)
@@ -156,16 +157,19 @@ class StopUnits(Step):
 
 @dataclass(frozen=True)
 class RemoveRules(Step):
-    document: str | None  # as the facts saw it (shown); removal reads the table again
+    document: str | None  # as the facts saw it (shown); removal reads the tables again
     route: bool
     drop_nat_table: bool = False  # our first rules created the nat table
+    document6: str | None = None  # the same for the ip6 nat table
+    drop_nat6_table: bool = False
 
     @property
     def title(self) -> str:
         return "remove the redirect rules" + (" and the virtual-IP route" if self.route else "")
 
     def detail(self) -> str:
-        return self.document or ""
+        v6 = f"# ip6tables:\n{self.document6}" if self.document6 else ""
+        return (self.document or "") + v6
 
 
 @dataclass(frozen=True)
@@ -277,7 +281,8 @@ def plan_join(
     # rules before meshd (re)starts: only the guarded apply may install a new rule set
     if rules_due:
         files = tuple(w.file for w in writes if w.file.path in guarded)
-        steps.append(ApplyRules(rules_due, apply_document(desired.rules, facts.nat), files))
+        v6 = apply_document(desired.rules, facts.nat6, V6) if facts.ipv6 else ""
+        steps.append(ApplyRules(rules_due, apply_document(desired.rules, facts.nat), files, v6))
     steps += _meshd_action(facts, written, bool(problem), new_bundle)
     hosts = hostsfile.with_block(facts.hosts, desired.vips)
     if hosts != facts.hosts:
@@ -327,12 +332,17 @@ def _sha(text: str) -> str:
 
 
 def rules_present(facts: HostFacts, desired: DesiredHost | None = None) -> bool:
-    """Our jumps and chains are in the nat table (with as many rules as ``desired`` has)."""
-    if not facts.route or len(our_jumps(facts.nat)) != len(JUMPS):
+    """Our jumps and chains are in the nat tables (with as many rules as ``desired`` has).
+
+    Both families where the host has IPv6: without the ip6tables rules, strict
+    mode and closed fail mode would hold for IPv4 only.
+    """
+    tables = [(facts.nat, desired.rules_document if desired else "")]
+    if facts.ipv6:
+        tables.append((facts.nat6, desired.rules_document6 if desired else ""))
+    if not facts.route or any(len(our_jumps(nat)) != len(JUMPS) for nat, _ in tables):
         return False
-    if desired is None:
-        return True
-    return _rule_counts(facts.nat) == _rule_counts(desired.rules_document)
+    return desired is None or all(_rule_counts(nat) == _rule_counts(d) for nat, d in tables)
 
 
 def _rule_counts(nat: str) -> dict[str, int]:
@@ -351,9 +361,19 @@ def plan_leave(facts: HostFacts) -> Plan:
     active_units = tuple(u for u, state in facts.enabled.items() if state not in ("", "not-found"))
     if active_units or facts.meshd.active not in ("inactive", ""):
         steps.append(StopUnits("meshd is installed", layout.UNITS))
-    removal = remove_document(facts.nat)
-    if removal is not None or facts.route or facts.nat_created:
-        steps.append(RemoveRules("rules installed", removal, facts.route, facts.nat_created))
+    removal, removal6 = remove_document(facts.nat), remove_document(facts.nat6)
+    tables_made = facts.nat_created or facts.nat6_created
+    if removal is not None or removal6 is not None or facts.route or tables_made:
+        steps.append(
+            RemoveRules(
+                "rules installed",
+                removal,
+                facts.route,
+                facts.nat_created,
+                removal6,
+                facts.nat6_created,
+            )
+        )
     hosts = hostsfile.without_block(facts.hosts)
     if hosts != facts.hosts:
         steps.append(WriteHostsBlock("service names of the mesh", hosts, "", _sha(facts.hosts)))

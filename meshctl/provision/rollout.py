@@ -169,12 +169,32 @@ class _Session:
     transport: Transport | None = None
 
 
-def registry_for(ro: Rollout, inventory: Inventory, names: Iterable[str]) -> dict[str, Any]:
-    """The versioned registry of the hosts ``names`` (the joined ones) of ``inventory``."""
+def registry_for(
+    ro: Rollout,
+    inventory: Inventory,
+    names: Iterable[str],
+    ipv6: dict[str, tuple[str, ...]] | None = None,
+) -> dict[str, Any]:
+    """The versioned registry of the hosts ``names`` (the joined ones) of ``inventory``.
+
+    Each endpoint carries its host's IPv6 addresses, so that the other hosts'
+    ip6tables rules catch an app's IPv6 connection to it: from ``ipv6`` (the
+    facts of hosts joining now) or else the host's join record.
+    """
     wanted = set(names)
     subset = Inventory(tuple(h for h in inventory.hosts if h.name in wanted), inventory.vips)
     services: dict[str, Any] = subset.registry(0, ro.ws.config.defaults.mesh_port)["services"]
+    known = {name: tuple(r.get("ipv6", ())) for name, r in state.joined(ro.ws).items()}
+    known |= ipv6 or {}
+    for service in services.values():
+        for endpoint in service["endpoints"]:
+            if known.get(endpoint["host"]):
+                endpoint["ipv6"] = list(known[endpoint["host"]])
     return state.versioned_registry(ro.ws, services)
+
+
+def _ipv6_of(sessions: Iterable[_Session]) -> dict[str, tuple[str, ...]]:
+    return {s.host.name: s.outcome.facts.ipv6_addresses for s in sessions if s.outcome.facts}
 
 
 def join(ro: Rollout, hosts: list[HostSpec], dry_run: bool) -> list[Outcome]:
@@ -185,7 +205,7 @@ def join(ro: Rollout, hosts: list[HostSpec], dry_run: bool) -> list[Outcome]:
         inventory = _name_hosts(ro, sessions)
         ready = [s for s in sessions if s.outcome.ok]
         members = set(state.joined(ro.ws)) | {s.host.name for s in ready}
-        registry = registry_for(ro, inventory, members)
+        registry = registry_for(ro, inventory, members, _ipv6_of(ready))
         parallel(lambda s: _contained(s.outcome, lambda: _plan(ro, s, registry)), ready)
         if dry_run:
             for s in ready:
@@ -301,10 +321,11 @@ def _apply(ro: Rollout, s: _Session, sign: Callable[..., bytes] | None) -> None:
 
 
 def _record(s: _Session, registry_version: int, now: dt.datetime) -> dict[str, Any]:
-    desired = s.outcome.desired
-    assert desired is not None
+    desired, facts = s.outcome.desired, s.outcome.facts
+    assert desired is not None and facts is not None
     return {
         "address": s.host.address,
+        "ipv6": list(facts.ipv6_addresses),  # what the registry lists for it (registry_for)
         "bundle_version": desired.bundle_version,
         "registry_version": registry_version,
         "fail_mode": s.host.fail_mode,

@@ -45,6 +45,10 @@ class HostStatus:
     cert_not_after: dt.datetime | None = None
     cert_life_left: float | None = None  # share of the certificate's life still ahead
     rules: bool = False
+    # closed mode's boot fallback holds the host: meshd-rules.service could not make the
+    # rules from the config (the last applied ones are in; meshd, likely, is down)
+    rules_fallback: bool = False
+    ipv6: str | None = None  # meshd's word (/stats): "served", or why not
     drift: list[str] = field(default_factory=list)
     admin_error: str | None = None
 
@@ -60,6 +64,8 @@ class HostStatus:
             and self.meshd == "active"
             and self.ready
             and self.rules
+            and not self.rules_fallback
+            and not (self.ipv6 or "").startswith("unserved")
             and not self.drift
             and not self.cert_warning
             and self.admin_error is None
@@ -108,9 +114,15 @@ def _ssh_look(ro: Rollout, host: HostSpec, status: HostStatus, registry: dict[st
     status.meshd, status.restarts = facts.meshd.active, facts.meshd.restarts
     status.bundle = next((v for v in facts.versions if v != "bin"), None)
     status.rules = bool(facts.rules_record) and rules_present(facts)
+    status.rules_fallback = facts.fallback
     _cert_look(facts.cert_pem, ro.now(), status)
     if not status.joined or not facts.python:
         return
+    listed = tuple(state.joined(ro.ws).get(host.name, {}).get("ipv6", ()))
+    if listed != facts.ipv6_addresses:  # the other hosts' rules catch the listed ones only
+        status.drift.append(
+            f"its IPv6 addresses changed (the mesh lists {', '.join(listed) or 'none'}): join it"
+        )
     try:  # status never downloads: without cached wheels the installed version counts
         version = ro.bundle_for(facts, offline=True).version
     except ProvisionError:
@@ -137,3 +149,4 @@ def _admin_look(stats: dict[str, Any], status: HostStatus) -> None:
     status.uptime_seconds = stats.get("uptime_seconds")
     status.registry_version = stats.get("registry_version")
     status.config_version = stats.get("documents", {}).get("config")
+    status.ipv6 = stats.get("ipv6")

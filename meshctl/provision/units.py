@@ -5,8 +5,12 @@ only the capabilities it needs, Type=notify with a watchdog, restarted on
 failure. The redirect rules are applied by ``meshd-rules.service`` before
 the network comes up, so after a reboot no connection leaves before they
 are back. In ``closed`` fail mode the rules stay while meshd is down
-(intercepted traffic fails, nothing leaks in plaintext); in ``open`` mode
-meshd.service removes them when it stops and puts them back when it starts.
+(intercepted traffic fails, nothing leaks in plaintext), and that holds from
+boot: if ``meshd rules apply`` fails there (a broken config, registry or
+bundle), the unit runs the script the last successful apply wrote (the same
+rules, plain ``iptables-restore``, nothing of meshd) and still fails, for
+``meshctl status`` to show. In ``open`` mode meshd.service removes the rules
+when it stops and puts them back when it starts.
 
 A registry pushed over the admin API lands in meshd's state directory;
 ``meshd-sync.path`` watches that file and starts ``meshd-sync.service``, a
@@ -98,11 +102,12 @@ def meshd_service(options: UnitOptions) -> str:
 
 def rules_service(options: UnitOptions) -> str:
     """Applies the redirect rules at boot, before the network (closed mode keeps them up)."""
-    stop = (
-        []
-        if options.fail_mode == "closed"
-        else [f"ExecStop={MESHD} rules remove --config {CONFIG}"]
-    )
+    apply = f"{MESHD} rules apply --config {CONFIG}"
+    if options.fail_mode == "closed":
+        start = f"/bin/sh -c '{apply} || {{ /bin/sh {layout.RULES_FALLBACK}; exit 1; }}'"
+        stop = []
+    else:
+        start, stop = apply, [f"ExecStop={MESHD} rules remove --config {CONFIG}"]
     return "\n".join(
         [
             "# Managed by meshctl: changes are overwritten by the next join.",
@@ -116,7 +121,7 @@ def rules_service(options: UnitOptions) -> str:
             "[Service]",
             "Type=oneshot",
             "RemainAfterExit=yes",
-            f"ExecStart={MESHD} rules apply --config {CONFIG}",
+            f"ExecStart={start}",
             *stop,
             "",
             "[Install]",

@@ -44,6 +44,12 @@ def _cert(s: HostStatus) -> str:
     return f"[yellow]{text} (renew)[/]" if s.cert_warning else text
 
 
+def _rules(s: HostStatus) -> str:
+    if s.rules_fallback:
+        return "[red]fallback[/]"
+    return "[green]yes[/]" if s.rules else "[red]no[/]"
+
+
 def _problems(s: HostStatus) -> str:
     notes = []
     if not s.joined:
@@ -54,8 +60,16 @@ def _problems(s: HostStatus) -> str:
         notes.append(f"[red]admin API: {escape(s.admin_error)}[/]")
     if s.reachable and s.meshd == "active" and not s.ready:
         notes.append("[red]meshd is not ready[/]")
-    if s.reachable and s.joined and not s.rules:
+    if s.rules_fallback:
+        notes.append(
+            "[red]meshd-rules.service failed at boot: the last applied rules hold the host closed "
+            f"(fallback); see journalctl -u meshd-rules, then meshctl join {escape(s.host)}[/]"
+        )
+    elif s.reachable and s.joined and not s.rules:
         notes.append("[red]redirect rules missing: run meshctl join " + escape(s.host) + "[/]")
+    if s.ipv6 and s.ipv6 != "served" and not s.ipv6.startswith("absent"):
+        color = "red" if s.ipv6.startswith("unserved") else "yellow"
+        notes.append(f"[{color}]IPv6 {escape(s.ipv6)}[/]")
     if s.registry_version is not None and s.registry_version != s.expected_registry:
         notes.append(
             f"[yellow]registry version {s.registry_version}, the workspace's is "
@@ -91,7 +105,11 @@ def status_table(statuses: list[HostStatus], registry_version: int) -> Table:
             _meshd(s),
             registry,
             _cert(s),
-            "[green]yes[/]" if s.rules else "[red]no[/]",
+            "[red]fallback[/]"
+            if s.rules_fallback
+            else "[green]yes[/]"
+            if s.rules
+            else "[red]no[/]",
             _problems(s),
         )
     return table

@@ -222,3 +222,23 @@ def test_script_is_valid_shell() -> None:
     done = subprocess.run(["sh", "-n"], input=script, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert script.rstrip().endswith("s end")  # the marker parse needs comes last
+
+
+ADDR6 = """\
+2: host0    inet6 fd6d:6573:68ca:1700::11/64 scope global nodad \\       valid_lft forever preferred_lft forever
+2: host0    inet6 2001:db8::5:1/64 scope global dynamic mngtmpaddr \\       valid_lft 86000sec preferred_lft 14000sec
+2: host0    inet6 2001:db8::dead:beef/64 scope global temporary dynamic \\       valid_lft 86000sec preferred_lft 14000sec
+2: host0    inet6 2001:db8::99/64 scope global deprecated \\       valid_lft 86000sec preferred_lft 0sec
+3: eth1    inet6 2001:db8::7/64 scope global tentative dadfailed \\       valid_lft forever preferred_lft forever
+3: eth1    inet6 FD00::7/64 scope global \\       valid_lft forever preferred_lft forever
+garbage inet6
+"""
+
+
+def test_ipv6_facts() -> None:
+    f = facts.parse(output(ipv6="yes", nat6=NAT, addr6=ADDR6, nat6_created="yes", fallback="yes"))
+    assert f.ipv6 and f.nat6 == NAT + "\n" and f.nat6_created and f.fallback
+    # stable, reachable addresses only: not temporary, deprecated or failed ones
+    assert f.ipv6_addresses == ("2001:db8::5:1", "fd00::7", "fd6d:6573:68ca:1700::11")
+    none = facts.parse(output())
+    assert (none.ipv6, none.nat6, none.ipv6_addresses, none.fallback) == (False, "", (), False)

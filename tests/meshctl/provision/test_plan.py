@@ -279,3 +279,26 @@ def test_leave_after_a_half_finished_join() -> None:
 def test_leave_keeps_a_meshd_user_that_was_there_before_the_join() -> None:
     steps = plan_leave(replace(CONVERGED, user_created=False)).steps
     assert RemovePaths in [type(s) for s in steps] and RemoveUser not in [type(s) for s in steps]
+
+
+CONVERGED6 = replace(CONVERGED, ipv6=True, nat6=DESIRED.rules_document6)
+
+
+def test_a_host_with_ipv6_needs_the_ip6tables_rules_too() -> None:
+    assert join(CONVERGED6).empty
+    missing = join(replace(CONVERGED, ipv6=True))  # an IPv4-only rule set: strict is not strict
+    (apply,) = [s for s in missing.steps if isinstance(s, ApplyRules)]
+    assert apply.why == "not installed" and apply.document6 == DESIRED.rules_document6
+    assert "# ip6tables:\n*nat\n" in apply.detail()
+    assert join(replace(CONVERGED, ipv6=False, nat6="")).empty  # a kernel without IPv6
+
+
+def test_leave_takes_the_ip6tables_rules_and_tables_too() -> None:
+    (rules,) = [
+        s
+        for s in plan_leave(replace(CONVERGED6, nat6_created=True)).steps
+        if isinstance(s, RemoveRules)
+    ]
+    assert rules.document6 == remove_document(CONVERGED6.nat6) and rules.drop_nat6_table
+    only6 = replace(CONVERGED6, nat=PRISTINE.nat, route=False, nat_created=False)
+    assert RemoveRules in [type(s) for s in plan_leave(only6).steps]

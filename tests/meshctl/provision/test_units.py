@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from meshctl.provision import layout
 from meshctl.provision.units import (
     UnitOptions,
     meshd_service,
@@ -67,3 +68,42 @@ def test_sync_path_watches_the_pushed_registry() -> None:
     lines = sync_path().splitlines()
     assert "PathChanged=/var/lib/meshd/registry.json" in lines
     assert "Unit=meshd-sync.service" in lines and "WantedBy=paths.target" in lines
+
+
+def _exec_start(unit: str) -> str:
+    (line,) = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    return line.removeprefix("ExecStart=")
+
+
+@pytest.mark.parametrize("applies", [True, False], ids=["apply-works", "apply-fails"])
+def test_closed_mode_falls_back_to_the_last_applied_rules_at_boot(
+    tmp_path: Path, applies: bool
+) -> None:
+    """meshd-rules.service, run for real with stand-ins for meshd and the fallback script.
+
+    When ``meshd rules apply`` fails (a broken config, registry or bundle), the
+    script that the last successful apply wrote puts those rules back with
+    nothing of meshd, and the unit still fails, for status to show.
+    """
+    import shlex  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    meshd, fallback, ran = tmp_path / "meshd", tmp_path / "rules-fallback", tmp_path / "ran"
+    meshd.write_text(f'#!/bin/sh\necho meshd "$@" >> {ran}\nexit {0 if applies else 1}\n')
+    meshd.chmod(0o755)
+    fallback.write_text(f"echo fallback >> {ran}\n")
+    command = _exec_start(rules_service(UnitOptions(fail_mode="closed")))
+    command = command.replace(layout.LAUNCHER, str(meshd)).replace(
+        "/etc/meshd/rules-fallback", str(fallback)
+    )
+    done = subprocess.run(shlex.split(command), check=False)
+    expected = ["meshd rules apply --config /etc/meshd/meshd.toml"] + (
+        [] if applies else ["fallback"]
+    )
+    assert ran.read_text().splitlines() == expected
+    assert done.returncode == (0 if applies else 1)
+
+
+def test_open_mode_has_no_boot_fallback() -> None:
+    command = _exec_start(rules_service(UnitOptions(fail_mode="open")))
+    assert command == "/opt/meshd/bin/meshd rules apply --config /etc/meshd/meshd.toml"
