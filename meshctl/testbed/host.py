@@ -51,6 +51,7 @@ class TestbedHost:
         self.name = spec.name
         self.index = spec.index
         self.address = spec.address
+        self.address6 = spec.address6  # its IPv6 address on the bridge
         self.dir = state_dir / f"h{spec.index}"
         self._ctx = ctx
 

@@ -20,6 +20,7 @@ BRIDGE_SUFFIX = "-br"
 RULE_COMMENT_PREFIX = "meshctl-testbed:"
 FIRST_HOST_OCTET = 10
 MAX_IFNAME = 15
+ULA_PREFIX = "fd6d:6573"  # "me", "s": the testbeds' unique local IPv6 addresses
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class HostSpec:
     index: int
     name: str
     address: str
+    address6: str = ""  # "" in the state of a testbed made before hosts had IPv6
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class TestbedSpec:
     owner_pid: int
     owner_start: int
     persistent: bool
+    subnet6: str = ""  # the IPv6 /64 beside the IPv4 /24
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -85,13 +88,27 @@ def choose_subnet(
     raise RuntimeError("no free /24 under 10.200.0.0-10.254.255.0")
 
 
+def ipv6_subnet(subnet: ipaddress.IPv4Network) -> ipaddress.IPv6Network:
+    """The /64 beside 10.A.B.0/24: ``fd6d:6573:AABB::/64`` (A and B in hex), as unique as it."""
+    _, a, b, _ = subnet.network_address.packed
+    return ipaddress.IPv6Network(f"{ULA_PREFIX}:{a:02x}{b:02x}::/64")
+
+
 def host_specs(prefix: str, subnet: ipaddress.IPv4Network, count: int) -> tuple[HostSpec, ...]:
-    """Host i (1-based) is ``PREFIX-hI`` at ``.(10+i)`` of the subnet."""
+    """Host i (1-based) is ``PREFIX-hI`` at ``.(10+i)`` of the subnet, ``::(10+i)`` of its /64.
+
+    (The IPv6 host part reads as the IPv4 one: ``::11`` beside ``.11``.)
+    """
     if not 1 <= count <= 200:
         raise ValueError(f"host count must be between 1 and 200, not {count}")
-    base = subnet.network_address
+    base, base6 = subnet.network_address, ipv6_subnet(subnet).network_address
     return tuple(
-        HostSpec(index=i, name=f"{prefix}-h{i}", address=str(base + FIRST_HOST_OCTET + i))
+        HostSpec(
+            index=i,
+            name=f"{prefix}-h{i}",
+            address=str(base + FIRST_HOST_OCTET + i),
+            address6=str(ipaddress.IPv6Address(f"{base6}{FIRST_HOST_OCTET + i}")),
+        )
         for i in range(1, count + 1)
     )
 
@@ -100,13 +117,18 @@ def bridge_name(prefix: str) -> str:
     return prefix + BRIDGE_SUFFIX
 
 
-def gateway_address(subnet: ipaddress.IPv4Network) -> str:
-    """The controller's (bridge's) address: ``.1``."""
+def gateway_address(subnet: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
+    """The controller's (bridge's) address: ``.1`` (``::1``)."""
     return str(subnet.network_address + 1)
 
 
-def render_network_file(address: str, prefixlen: int) -> str:
-    """systemd-networkd config for the host's ``host0`` veth: static, no gateway."""
+def render_network_file(address: str, prefixlen: int, address6: str = "") -> str:
+    """systemd-networkd config for the host's ``host0`` veth: static, no gateway.
+
+    The IPv6 address skips duplicate address detection: the testbed hands out
+    unique addresses, and a tentative address cannot be used for a second or so.
+    """
+    ipv6 = f"\n[Address]\nAddress={address6}/64\nDuplicateAddressDetection=none\n"
     return (
         "[Match]\n"
         "Name=host0\n"
@@ -115,7 +137,7 @@ def render_network_file(address: str, prefixlen: int) -> str:
         f"Address={address}/{prefixlen}\n"
         "LinkLocalAddressing=no\n"
         "IPv6AcceptRA=no\n"
-    )
+    ) + (ipv6 if address6 else "")
 
 
 def render_hosts_file(me: HostSpec, hosts: Sequence[HostSpec]) -> str:

@@ -152,6 +152,11 @@ def create_bridge(name: str, address: str, prefixlen: int) -> None:
     run(["ip", "link", "set", name, "up"])
 
 
+def add_address6(link: str, address: str, prefixlen: int) -> None:
+    """An IPv6 address on ``link``, usable at once (no duplicate address detection)."""
+    run(["ip", "-6", "addr", "add", f"{address}/{prefixlen}", "dev", link, "nodad"])
+
+
 def delete_link(name: str) -> None:
     run(["ip", "link", "delete", name], check=False)
 

@@ -47,6 +47,7 @@ class Testbed:
         self.spec = spec
         self.prefix = spec.prefix
         self.subnet = spec.subnet
+        self.subnet6 = spec.subnet6
         self.bridge = spec.bridge
         self.persistent = spec.persistent
         self.state_dir = state_dir
@@ -58,6 +59,11 @@ class Testbed:
     def __repr__(self) -> str:
         return f"Testbed({self.prefix!r}, {self.subnet!r}, hosts={len(self.hosts)})"
 
+    @property
+    def subnets(self) -> tuple[str, ...]:
+        """The IPv4 /24 and the IPv6 /64 of the bridge (what a capture of the wire covers)."""
+        return (self.subnet, self.subnet6) if self.subnet6 else (self.subnet,)
+
     def _context(self, me: plan.HostSpec, image: Path) -> HostContext:
         net = ipaddress.IPv4Network(self.subnet)
         pub = self.state_dir / "client_key.pub"
@@ -65,7 +71,7 @@ class Testbed:
             "etc/hostname": me.name + "\n",
             "etc/hosts": plan.render_hosts_file(me, self.spec.hosts),
             "etc/systemd/network/10-host0.network": plan.render_network_file(
-                me.address, net.prefixlen
+                me.address, net.prefixlen, me.address6
             ),
             "root/.ssh/authorized_keys": pub.read_text() if pub.exists() else "",
         }
@@ -107,15 +113,19 @@ class Testbed:
             state_dir = root / spec.prefix
             state_dir.mkdir(mode=0o700)
             write_atomic(state_dir / "testbed.json", spec.to_json().encode(), 0o644)
-            net = ipaddress.IPv4Network(spec.subnet)
+            net, net6 = ipaddress.IPv4Network(spec.subnet), ipaddress.IPv6Network(spec.subnet6)
             system.create_bridge(spec.bridge, plan.gateway_address(net), net.prefixlen)
+            system.add_address6(spec.bridge, plan.gateway_address(net6), net6.prefixlen)
         system.allow_bridge_forwarding(spec.bridge, spec.prefix)
         keys.write_keypair(state_dir / "client_key", f"meshctl-testbed@{spec.prefix}")
         return cls(spec, state_dir, image)
 
     def _boot(self, progress: Progress, timeout: float) -> None:
         started = time.monotonic()
-        progress(f"testbed {self.prefix}: {len(self.hosts)} hosts on {self.bridge} {self.subnet}")
+        progress(
+            f"testbed {self.prefix}: {len(self.hosts)} hosts on {self.bridge} "
+            f"{self.subnet} {self.subnet6}"
+        )
         for h in self.hosts:
             h.create()
         self.known_hosts.write_text(
@@ -203,6 +213,7 @@ def _new_spec(
     return plan.TestbedSpec(
         prefix=prefix,
         subnet=str(net),
+        subnet6=str(plan.ipv6_subnet(net)),
         bridge=plan.bridge_name(prefix),
         hosts=plan.host_specs(prefix, net, count),
         owner_pid=owner,

@@ -101,7 +101,7 @@ def mesh(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 @pytest.fixture
 def capture(mesh: Mesh, tmp_path: Path) -> Iterator[Path]:
     """Everything between the test hosts while the test runs."""
-    with wire.capture(mesh.tb.subnet, tmp_path / "bridge.pcap") as pcap:
+    with wire.capture(mesh.tb.subnets, tmp_path / "bridge.pcap") as pcap:
         yield pcap
 
 

@@ -162,7 +162,7 @@ def test_join_three_hosts_in_one_command(fleet: Fleet, tmp_path: Path) -> None:
         assert ok(host, "ls /tmp | grep -c meshctl || true").strip() == "0"  # staging cleaned
     marker = f"MARKER-{secrets.token_hex(12)}"
     control = f"CONTROL-{secrets.token_hex(12)}"
-    with wire.capture(fleet.tb.subnet, tmp_path / "bridge.pcap") as pcap:
+    with wire.capture(fleet.tb.subnets, tmp_path / "bridge.pcap") as pcap:
         python(  # a plaintext control packet: proves the capture sees payload bytes
             fleet.web,
             "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
@@ -273,7 +273,7 @@ def test_kill_9_restarts_meshd_and_closed_mode_leaks_nothing(fleet: Fleet, tmp_p
         "    except OSError as e:\n"
         "        print('refused', type(e).__name__)\n"
     )
-    with wire.capture(fleet.tb.subnet, tmp_path / "down.pcap") as pcap:
+    with wire.capture(fleet.tb.subnets, tmp_path / "down.pcap") as pcap:
         # the attempts must fall while meshd is down: systemd restarts it after 1 s, which a
         # loaded machine may reach before they are done; then kill the new one and try again
         for _ in range(3):

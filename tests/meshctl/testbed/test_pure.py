@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import random
 
 import pytest
@@ -69,8 +70,14 @@ def test_choose_subnet_fails_when_pool_is_full():
 @pytest.mark.parametrize(
     ("count", "expected"),
     [
-        (1, [HostSpec(1, "mt01-h1", "10.213.47.11")]),
-        (3, [HostSpec(i, f"mt01-h{i}", f"10.213.47.{10 + i}") for i in (1, 2, 3)]),
+        (1, [HostSpec(1, "mt01-h1", "10.213.47.11", "fd6d:6573:d52f::11")]),
+        (
+            3,
+            [
+                HostSpec(i, f"mt01-h{i}", f"10.213.47.{10 + i}", f"fd6d:6573:d52f::{10 + i}")
+                for i in (1, 2, 3)
+            ],
+        ),
     ],
 )
 def test_host_specs(count, expected):
@@ -85,6 +92,14 @@ def test_host_specs_rejects_bad_counts(count):
 
 def test_gateway_is_dot_one():
     assert plan.gateway_address(NET("10.213.47.0/24")) == "10.213.47.1"
+    assert plan.gateway_address(plan.ipv6_subnet(NET("10.213.47.0/24"))) == "fd6d:6573:d52f::1"
+
+
+def test_the_ipv6_subnet_follows_the_ipv4_one():
+    """Unique local, a /64, and as unique as the /24 (which no two testbeds share)."""
+    seen = {plan.ipv6_subnet(NET(f"10.{a}.{b}.0/24")) for a in (200, 254) for b in (0, 1, 255)}
+    assert len(seen) == 6 and all(n.prefixlen == 64 and n.is_private for n in seen)
+    assert str(plan.ipv6_subnet(NET("10.200.1.0/24"))) == "fd6d:6573:c801::/64"
 
 
 def test_render_network_file_is_static_without_gateway():
@@ -94,6 +109,10 @@ def test_render_network_file_is_static_without_gateway():
         "LinkLocalAddressing=no\nIPv6AcceptRA=no\n"
     )
     assert "Gateway" not in text and "DHCP" not in text
+    with6 = plan.render_network_file("10.213.47.11", 24, "fd6d:6573:d52f::11")
+    assert with6 == text + (
+        "\n[Address]\nAddress=fd6d:6573:d52f::11/64\nDuplicateAddressDetection=none\n"
+    )
 
 
 def test_render_hosts_file_names_every_host():
@@ -114,6 +133,7 @@ def test_spec_json_round_trip():
         owner_pid=123,
         owner_start=456,
         persistent=True,
+        subnet6="fd6d:6573:102::/64",
     )
     assert TestbedSpec.from_json(spec.to_json()) == spec
 
@@ -252,3 +272,21 @@ def test_route_networks():
     nets = plan.route_networks(text)
     assert NET("10.0.2.0/24") in nets and NET("10.231.0.0/16") in nets
     assert NET("10.0.2.2/32") in nets
+
+
+def test_a_spec_from_before_ipv6_still_reads():
+    """testbed.json of a run that crashed under an older version: cleanup must still parse it."""
+    old = json.loads(
+        TestbedSpec(
+            "mt01",
+            "10.1.2.0/24",
+            "mt01-br",
+            plan.host_specs("mt01", NET("10.1.2.0/24"), 1),
+            1,
+            2,
+            False,
+        ).to_json()
+    )
+    del old["subnet6"], old["hosts"][0]["address6"]
+    spec = TestbedSpec.from_json(json.dumps(old))
+    assert spec.subnet6 == "" and spec.hosts[0].address6 == ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import paramiko
 import pytest
 
@@ -94,6 +96,19 @@ def test_hosts_reach_each_other_over_the_bridge(testbed: Testbed):
         f'(("{h2.name}", 22), timeout=5); print(s.recv(64).decode())\'',
     )
     assert banner.startswith("SSH-2.0-OpenSSH")
+
+
+def test_hosts_reach_each_other_and_the_controller_over_ipv6(testbed: Testbed):
+    h1, h2 = testbed.hosts[0], testbed.hosts[1]
+    assert h1.address6 in ok(h1, "ip -6 -o addr show host0 scope global")
+    banner = ok(
+        h1,
+        "python3 -c 'import socket; s = socket.create_connection"
+        f'(("{h2.address6}", 22), timeout=5); print(s.recv(64).decode())\'',
+    )
+    assert banner.startswith("SSH-2.0-OpenSSH")
+    with socket.create_connection((h2.address6, 22), timeout=5) as s:  # from the root namespace
+        assert s.recv(64).startswith(b"SSH-2.0-OpenSSH")
 
 
 def test_reset_wipes_what_changed_on_the_host(testbed: Testbed):
