@@ -1,8 +1,9 @@
-"""Putting meshd on testbed hosts by hand (what ``meshctl join`` will automate).
+"""Putting meshd on testbed hosts by hand (what ``meshctl join`` automates).
 
 Install the bundle, make the key on the host (it never leaves), sign the CSR
 with the test CA, write config and registry, start meshd as the ``meshd``
-user in a transient systemd unit (Type=notify), and install redirect rules.
+user in a transient systemd unit (Type=notify), and install the redirect
+rules with ``meshd rules apply`` (both address families).
 """
 
 from __future__ import annotations
@@ -96,8 +97,8 @@ def config_text(host: TestbedHost, trust_domain: str, apps: list[App], mtls: str
     ]
     for app in apps:
         lines += ["[[services]]", f'name = "{app.name}"', f"port = {app.port}"]
-        if app.outbound is not None:
-            lines.append(f'outbound = "127.0.0.1:{app.outbound}"')
+        if app.outbound is not None:  # run by a user of the app's name: its own identity
+            lines += [f'outbound = "127.0.0.1:{app.outbound}"', f'run_as = "{app.name}"']
     return "\n".join(lines) + "\n"
 
 
@@ -128,72 +129,16 @@ def run_app(host: TestbedHost, unit: str, script: str, *args: str) -> None:
     )
 
 
-def outbound_rules(service_ports: list[int], endpoints: list[str], users: dict[str, int]) -> str:
-    """nat OUTPUT: connections to VIPs and endpoints go to meshd (never meshd's own).
-
-    A service's run-as user goes to that service's outbound listener, so its
-    connections carry its identity; everyone else gets the host identity.
-    """
-    ports = ",".join(str(p) for p in service_ports)
-    lines = [
-        "*nat",
-        ":MESHD_OUTPUT - [0:0]",
-        ":MESHD_REDIRECT - [0:0]",
-        "-A OUTPUT -p tcp -j MESHD_OUTPUT",
-        "-A MESHD_OUTPUT -m owner --uid-owner meshd -j RETURN",
-        "-A MESHD_OUTPUT -p tcp --sport 22 -j RETURN",
-        "-A MESHD_OUTPUT -d 127.0.0.0/8 -j RETURN",
-        f"-A MESHD_OUTPUT -p tcp -d {VIP_RANGE} -j MESHD_REDIRECT",
-    ]
-    lines += [
-        f"-A MESHD_OUTPUT -p tcp -d {e} -m multiport --dports {ports} -j MESHD_REDIRECT"
-        for e in endpoints
-    ]
-    lines += [
-        f"-A MESHD_REDIRECT -p tcp -m owner --uid-owner {user} -j REDIRECT --to-ports {port}"
-        for user, port in users.items()
-    ]
-    lines.append(f"-A MESHD_REDIRECT -p tcp -j REDIRECT --to-ports {OUTBOUND_PORT}")
-    return "\n".join([*lines, "COMMIT", ""])
-
-
-def inbound_rules(service_ports: list[int]) -> str:
-    """nat PREROUTING: plaintext from outside to a meshed port goes to meshd's inbound listener."""
-    ports = ",".join(str(p) for p in service_ports)
-    return "\n".join(
-        [
-            "*nat",
-            ":MESHD_INBOUND - [0:0]",
-            "-A PREROUTING -p tcp -j MESHD_INBOUND",
-            f"-A MESHD_INBOUND -p tcp -m multiport --dports {ports} "
-            f"-j REDIRECT --to-ports {INBOUND_PORT}",
-            "COMMIT",
-            "",
-        ]
-    )
-
-
-def apply_rules(host: TestbedHost, document: str) -> None:
-    put(host, "/tmp/meshd.rules", document.encode())
-    ok(
-        host,
-        "iptables-restore --test --noflush /tmp/meshd.rules && "
-        "iptables-restore --noflush /tmp/meshd.rules",
-    )
-
-
-def route_vips(host: TestbedHost) -> None:
-    """Virtual IPs need a route for connect() to get as far as the nat OUTPUT hook.
-
-    Via ``lo``: with meshd's rules the connection is redirected before it goes
-    anywhere; without them it goes nowhere (no plaintext leaves the host).
-    """
-    ok(host, f"ip route replace {VIP_RANGE} dev lo")
+def apply_rules(host: TestbedHost) -> None:
+    """meshd's own rules (iptables and ip6tables) from the host's config and registry."""
+    ok(host, "/opt/meshd/bin/meshd rules apply --config /etc/meshd/meshd.toml")
 
 
 HTTP_APP = r"""
-import http.server, sys
+import http.server, socket, sys
 NAME, PORT = sys.argv[2], int(sys.argv[1])
+class Server(http.server.ThreadingHTTPServer):  # on [::]: IPv6 and (mapped) IPv4
+    address_family = socket.AF_INET6
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self): self.answer(b"")
@@ -201,11 +146,12 @@ class H(http.server.BaseHTTPRequestHandler):
     def answer(self, body):
         with open(f"/tmp/{NAME}.seen", "ab") as f:
             f.write(body + b"\n")
-        reply = f"{NAME} got {len(body)} bytes from {self.client_address[0]}".encode()
+        peer = self.client_address[0].removeprefix("::ffff:")
+        reply = f"{NAME} got {len(body)} bytes from {peer}".encode()
         self.send_response(200); self.send_header("Content-Length", str(len(reply))); self.end_headers()
         self.wfile.write(reply)
     def log_message(self, *a): pass
-http.server.ThreadingHTTPServer(("0.0.0.0", PORT), H).serve_forever()
+Server(("::", PORT), H).serve_forever()
 """
 
 ECHO_APP = r"""
@@ -236,6 +182,7 @@ def registry(services: dict[str, tuple[str, int, TestbedHost]]) -> dict[str, obj
                         "address": host.address,
                         "port": port,
                         "mesh_port": MESH_PORT,
+                        "ipv6": [host.address6],
                     }
                 ],
             }

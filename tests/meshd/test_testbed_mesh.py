@@ -1,8 +1,10 @@
-"""meshd on real hosts: intercepted traffic crosses the bridge only as mTLS.
+"""meshd on real hosts: intercepted traffic crosses the bridge only as mTLS, IPv4 and IPv6.
 
-Host 1 runs a client, host 2 runs an HTTP app and an echo app; both run meshd
-(started by hand as the meshd user, rules installed by the test helper, until
-``meshctl join`` exists). Host 3 is outside the mesh.
+Host 1 runs a client, host 2 runs an HTTP app on [::]:8080 and an echo app;
+both run meshd (set up by hand as the meshd user, with ``meshd rules apply``'s
+iptables and ip6tables rules; ``meshctl join`` is tested in
+tests/meshctl/provision). Host 3 is outside the mesh. Every capture covers the
+bridge's IPv4 and IPv6 subnets.
 """
 
 from __future__ import annotations
@@ -86,11 +88,7 @@ def mesh(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         onhost.run_app(server, "e2e-echo", onhost.ECHO_APP, str(ECHO.port))
         for host in (client, server):
             onhost.start(host)
-        onhost.route_vips(client)
-        onhost.apply_rules(
-            client, onhost.outbound_rules([WEB.port, ECHO.port], [server.address], {"cli": 15101})
-        )
-        onhost.apply_rules(server, onhost.inbound_rules([WEB.port, ECHO.port]))
+            onhost.apply_rules(host)
         operator = client_context(pki.issue("operator", "operator/ops"))
         yield Mesh(testbed, pki, client, server, outsider, operator)
     finally:
@@ -125,19 +123,30 @@ def test_http_and_tcp_cross_the_bridge_only_encrypted(mesh: Mesh, capture: Path)
             f"'http://{WEB_VIP}:{WEB.port}/', data=b'{marker}-http'), timeout=10).read().decode())"
         ),
     )
-    echo_reply = _python(
+    control6 = f"CONTROL6-{secrets.token_hex(12)}"  # and IPv6 payload
+    _python(
         mesh.client,
-        (
-            f"import socket; s = socket.create_connection(('{mesh.server.address}', {ECHO.port}), timeout=10); "
-            f"s.sendall(b'{marker}-tcp'); s.shutdown(socket.SHUT_WR); "
-            "print(b''.join(iter(lambda: s.recv(4096), b'')).decode())"
-        ),
+        f"import socket; socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)"
+        f".sendto(b'{control6}', ('{mesh.server.address6}', 9999))",
+    )
+    echo_reply, echo6_reply = (
+        _python(
+            mesh.client,
+            (
+                f"import socket; s = socket.create_connection(('{address}', {ECHO.port}), timeout=10); "
+                f"s.sendall(b'{marker}-{tag}'); s.shutdown(socket.SHUT_WR); "
+                "print(b''.join(iter(lambda: s.recv(4096), b'')).decode())"
+            ),
+        )
+        for address, tag in ((mesh.server.address, "tcp"), (mesh.server.address6, "tcp6"))
     )
     # the apps got the marker, from their local meshd
     assert http_reply == f"web got {len(marker) + 5} bytes from 127.0.0.1"
     assert echo_reply == f"{marker}-tcp"
+    assert echo6_reply == f"{marker}-tcp6"  # an app's IPv6 connection: over the mesh too
     assert f"{marker}-http" in mesh.server.exec(["cat", "/tmp/web.seen"]).stdout
     assert f"{marker}-tcp" in mesh.server.exec(["cat", "/tmp/echo.seen"]).stdout
+    assert f"{marker}-tcp6" in mesh.server.exec(["cat", "/tmp/echo.seen"]).stdout
     # both meshds carried both connections (counted when they close)
     for host, direction in ((mesh.client, "outbound"), (mesh.server, "inbound")):
         for service in ("web", "echo"):
@@ -161,6 +170,7 @@ def test_http_and_tcp_cross_the_bridge_only_encrypted(mesh: Mesh, capture: Path)
     # and the wire between the hosts never carried it in clear
     wire = capture.read_bytes()
     assert control.encode() in wire, "the capture saw no payload at all"
+    assert control6.encode() in wire, "the capture saw no IPv6 payload"
     assert marker.encode() not in wire
     links = subprocess.run(
         ["tcpdump", "-r", str(capture), "-nn", f"tcp port {onhost.MESH_PORT}"],
@@ -192,25 +202,43 @@ def test_a_service_user_connects_with_its_own_identity(mesh: Mesh) -> None:
         )
 
 
-def test_outside_plaintext_refused_in_strict_and_admitted_in_permissive(mesh: Mesh) -> None:
-    probe = (
-        f"import socket; s = socket.create_connection(('{mesh.server.address}', {WEB.port}), timeout=5); "
-        "s.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n'); "
-        "print(s.recv(200).decode() or 'CLOSED')"
+def test_outside_plaintext_refused_in_strict_and_admitted_in_permissive(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    """The app listens on [::]:8080: neither IPv4 nor IPv6 plaintext from outside reaches it."""
+
+    def probe(address: str) -> str:
+        return (
+            f"import socket; s = socket.create_connection(('{address}', {WEB.port}), timeout=5); "
+            "s.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n'); "
+            "print(s.recv(200).decode() or 'CLOSED')"
+        )
+
+    def requests_seen() -> int:
+        return len(mesh.server.exec(["cat", "/tmp/web.seen"]).stdout.splitlines())
+
+    seen = requests_seen()
+    sources = (
+        (mesh.server.address, mesh.outsider.address),
+        (mesh.server.address6, f"[{mesh.outsider.address6}]"),
     )
-    status, out, _ = mesh.outsider.run(f"python3 -c {probe!r}")
-    assert status != 0 or out.strip() == "CLOSED", out
-    refused = f"refused plaintext connection from {mesh.outsider.address}"
-    until(
-        lambda: refused in ok(mesh.server, "journalctl -u meshd-e2e --no-pager -o cat"),
-        timeout=15,
-        what=f"'{refused}' in meshd's journal",
-    )
+    with wire.capture(mesh.tb.subnets, tmp_path / "strict.pcap") as pcap:
+        for address, shown in sources:
+            status, out, _ = mesh.outsider.run(f"python3 -c {probe(address)!r}")
+            assert status != 0 or out.strip() == "CLOSED", out
+            refused = f"refused plaintext connection from {shown}"
+            until(
+                lambda r=refused: r in ok(mesh.server, "journalctl -u meshd-e2e --no-pager -o cat"),
+                timeout=15,
+                what=f"'{refused}' in meshd's journal",
+            )
+    assert requests_seen() == seen  # the app never got them
+    assert b"HTTP/1.1 " not in pcap.read_bytes()  # and no answer of it crossed the wire
     assert (
         mesh.metric(
             mesh.server, "meshd_connections_refused_total", listener="inbound", reason="plaintext"
         )
-        >= 1
+        >= 2
     )
 
     permissive = onhost.config_text(
@@ -221,8 +249,8 @@ def test_outside_plaintext_refused_in_strict_and_admitted_in_permissive(mesh: Me
     )
     assert status_code == 200, text
     try:
-        out = ok(mesh.outsider, f"python3 -c {probe!r}")
-        assert "200 OK" in out
+        for address in (mesh.server.address, mesh.server.address6):  # relayed, like IPv4
+            assert "200 OK" in ok(mesh.outsider, f"python3 -c {probe(address)!r}")
         until(
             lambda: (
                 mesh.metric(
@@ -232,10 +260,10 @@ def test_outside_plaintext_refused_in_strict_and_admitted_in_permissive(mesh: Me
                     source="unauthenticated",
                     destination="web",
                 )
-                >= 1
+                >= 2
             ),
             timeout=15,
-            what="an unauthenticated inbound connection counted",
+            what="two unauthenticated inbound connections counted",
         )
     finally:
         strict = onhost.config_text(mesh.server, mesh.pki.trust_domain, [WEB, ECHO])
