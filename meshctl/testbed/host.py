@@ -139,12 +139,15 @@ class TestbedHost:
             "TB_NSPAWN_PIDFILE": str(d / "nspawn.pid"),
         }
 
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        """Wait until SSH answers with the pinned key and systemd says `running`."""
+    def wait_ready(self, timeout: float = 90.0, degraded_ok: bool = False) -> None:
+        """Wait until SSH answers with the pinned key and systemd says `running`.
+
+        ``degraded_ok``: a failed unit is what the caller expects (it broke one).
+        """
         deadline = time.monotonic() + timeout
         while True:
             state = self._system_state()
-            if state == "running":
+            if state == "running" or (state == "degraded" and degraded_ok):
                 return
             if state == "degraded":
                 _, failed, _ = self.run("systemctl --failed --plain --no-legend", timeout=10)
@@ -246,7 +249,7 @@ class TestbedHost:
 
     # --- lifecycle ---------------------------------------------------------
 
-    def reboot(self, timeout: float = 90.0) -> None:
+    def reboot(self, timeout: float = 90.0, degraded_ok: bool = False) -> None:
         """`systemctl reboot` inside the host, then wait until it is ready again."""
         old = self.init_pid()
         self.exec(["systemctl", "reboot"], check=False)
@@ -255,7 +258,7 @@ class TestbedHost:
             if time.monotonic() > deadline:
                 raise ProvisionError(f"test host {self.name} did not come back from reboot")
             time.sleep(0.1)
-        self.wait_ready(max(deadline - time.monotonic(), 5.0))
+        self.wait_ready(max(deadline - time.monotonic(), 5.0), degraded_ok)
 
     def reset(self, timeout: float = 90.0) -> None:
         """Stop, wipe the host's layer back to its seeded state, boot, wait ready."""

@@ -44,6 +44,7 @@ PASSPHRASE = "an end-to-end passphrase"
 MANAGED = "/opt/meshd/bin/meshd /etc/meshd/* /etc/systemd/system/meshd*"
 SNAPSHOT = r"""
 iptables-save | grep -v '^#' | sed 's/\[[0-9]*:[0-9]*\]//'
+echo @@ip6tables; ip6tables-save | grep -v '^#' | sed 's/\[[0-9]*:[0-9]*\]//'
 echo @@units; systemctl list-unit-files --no-legend --no-pager | sort
 echo @@users; getent passwd; getent group
 echo @@hosts; cat /etc/hosts
@@ -140,8 +141,11 @@ def with_transport(f: Fleet, host: TestbedHost, fn: Callable[[SshTransport], Non
 
 
 def nat(host: TestbedHost) -> list[str]:
-    saved = ok(host, "iptables-save -t nat").splitlines()
-    return [re.sub(r"\[\d+:\d+\]", "", line) for line in saved if line.startswith(("-A", ":"))]
+    """Both nat tables, as iptables-save and ip6tables-save print them (without counters)."""
+    saved = ok(host, "iptables-save -t nat; echo @@ip6; ip6tables-save -t nat").splitlines()
+    return [
+        re.sub(r"\[\d+:\d+\]", "", line) for line in saved if line.startswith(("-A", ":", "@@"))
+    ]
 
 
 def test_join_three_hosts_in_one_command(fleet: Fleet, tmp_path: Path) -> None:
@@ -156,8 +160,9 @@ def test_join_three_hosts_in_one_command(fleet: Fleet, tmp_path: Path) -> None:
     assert joined.out.count(" joined ") == 3, joined.out
     for host in (fleet.web, fleet.api, fleet.db):
         assert ok(host, "systemctl is-active meshd").strip() == "active"
-        rules = ok(host, "iptables-save -t nat")
-        assert '--comment "meshd:output" -j MESHD_OUTPUT' in rules
+        for table in ("iptables", "ip6tables"):
+            rules = ok(host, f"{table}-save -t nat")
+            assert '--comment "meshd:output" -j MESHD_OUTPUT' in rules
         assert "api.mesh" in ok(host, "cat /etc/hosts")
         assert ok(host, "ls /tmp | grep -c meshctl || true").strip() == "0"  # staging cleaned
     marker = f"MARKER-{secrets.token_hex(12)}"
@@ -172,7 +177,13 @@ def test_join_three_hosts_in_one_command(fleet: Fleet, tmp_path: Path) -> None:
         order = json.loads(
             fetch(fleet.web, "http://localhost:8080/order", json.dumps({"name": marker}))
         )
+        # an app's IPv6 connection to api1's real address: the api app listens on IPv4 only,
+        # so an answer can only have come over the mesh (and the marker must not show)
+        products6 = json.loads(
+            fetch(fleet.web, f"http://[{fleet.api.address6}]:8081/products?{marker}")
+        )
     assert products["served_by"] == fleet.api.name and products["peer"] == "127.0.0.1"
+    assert products6["served_by"] == fleet.api.name and products6["peer"] == "127.0.0.1"
     page = fetch(fleet.web, "http://localhost:8080/")  # the web app calls api.mesh itself
     assert f"web@{fleet.web.name} -> api@{fleet.api.name} -> db@{fleet.db.name}" in page
     assert products["db"]["served_by"] == fleet.db.name
@@ -327,6 +338,48 @@ def test_reboot_brings_meshd_and_rules_back_without_meshctl(fleet: Fleet) -> Non
         return status == 0 and fleet.api.name in out
 
     until(flows, 30, "traffic web -> api after the reboot")
+
+
+def test_closed_mode_holds_from_boot_when_the_rules_cannot_be_made(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """api1's config breaks and api1 reboots: meshd-rules.service (and meshd) fail, and the
+    rules the last apply wrote as a fallback hold the host closed: api1's connections to
+    db1's real addresses are refused, nothing leaves in plaintext, SSH works, status says so.
+    """
+    ok(fleet.api, "echo 'broken = [' >> /etc/meshd/meshd.toml")
+    fleet.api.reboot(degraded_ok=True)
+    until(
+        lambda: ok(fleet.api, "systemctl is-failed meshd-rules || true").strip() == "failed",
+        30,
+        "meshd-rules.service failed at boot",
+    )
+    marker = f"MARKER-{secrets.token_hex(12)}"
+    attempt = (
+        f"import socket\nfor address in ('{fleet.db.address}', '{fleet.db.address6}'):\n"
+        "    try:\n"
+        "        s = socket.create_connection((address, 8082), timeout=2)\n"
+        f"        s.sendall(b'{marker}'); print('sent')\n"
+        "    except OSError as e:\n"
+        "        print('refused', type(e).__name__)\n"
+    )
+    with wire.capture(fleet.tb.subnets, tmp_path / "boot.pcap") as pcap:
+        tried = python(fleet.api, attempt)
+    assert tried.splitlines() == ["refused ConnectionRefusedError"] * 2, tried
+    assert marker.encode() not in pcap.read_bytes()
+    with_transport(fleet, fleet.api, lambda t: None)  # a new SSH connection still gets in
+    status = fleet.meshctl("status", "--json", "-i", fleet.key)
+    api1 = {h["host"]: h for h in json.loads(status.out)["hosts"]}["api1"]
+    assert api1["rules_fallback"] and not api1["healthy"], api1
+    shown = fleet.meshctl("status", "-i", fleet.key)
+    assert "meshd-rules.service failed at boot" in shown.out, shown.out
+
+    repaired = fleet.meshctl("join", "api1", "-i", fleet.key)  # rewrites the config
+    assert repaired.code == 0, repaired.out + repaired.err
+    again = fleet.meshctl("status", "--json", "-i", fleet.key)
+    api1 = {h["host"]: h for h in json.loads(again.out)["hosts"]}["api1"]
+    assert api1["healthy"] and not api1["rules_fallback"], api1
+    assert json.loads(fetch(fleet.api, "http://db.mesh:8082/items"))["served_by"] == fleet.db.name
 
 
 def test_a_broken_rule_set_is_rolled_back(fleet: Fleet) -> None:
