@@ -115,3 +115,25 @@ def test_a_push_meshd_already_had_fails_only_if_its_sync_is_behind(
         ProvisionError, match=r"did not follow since it was pushed \(they follow version 8\)"
     ):
         rollout._check_not_behind(stats, "web1", 9)
+
+
+def test_the_registry_lists_each_hosts_ipv6_addresses(tmp_path: Path) -> None:
+    """From the facts of hosts joining now, else from the join record of the others."""
+    from meshctl import state  # noqa: PLC0415
+    from meshctl.inventory import HostSpec, Inventory, ServiceSpec  # noqa: PLC0415
+    from meshctl.provision.rollout import Rollout, SshOptions, registry_for  # noqa: PLC0415
+    from tests.meshctl.test_state import workspace  # noqa: PLC0415
+
+    ws = workspace(tmp_path)
+    hosts = tuple(
+        HostSpec(name, f"10.0.0.{i}", services=(ServiceSpec(name[:-1], 8000 + i),))
+        for i, name in enumerate(("web1", "api1", "db1"), start=1)
+    )
+    inventory = Inventory(hosts).allocate_vips()
+    state.record_join(ws, "web1", {"address": "10.0.0.1", "ipv6": ["fd00::1"]})
+    state.record_join(ws, "api1", {"address": "10.0.0.2"})  # joined before IPv6 was gathered
+    ro = Rollout(ws, SshOptions())
+    registry = registry_for(ro, inventory, ("web1", "api1", "db1"), {"db1": ("fd00::3",)})
+    endpoints = {s: e for s, v in registry["services"].items() for e in v["endpoints"]}
+    assert endpoints["web"]["ipv6"] == ["fd00::1"] and endpoints["db"]["ipv6"] == ["fd00::3"]
+    assert "ipv6" not in endpoints["api"]

@@ -119,3 +119,32 @@ def test_only_healthy_hosts_are_called_healthy(changes: dict[str, object]) -> No
     assert not status.healthy
     (row,) = rows(render(status))
     assert row["notes"] != "healthy"
+
+
+def test_a_host_held_by_the_boot_fallback_says_so() -> None:
+    held = replace(HEALTHY, rules=False, rules_fallback=True, meshd="activating", ready=False)
+    assert not held.healthy
+    (row,) = rows(render(held))
+    assert row["rules"] == "fallback"
+    assert (
+        "meshd-rules.service failed at boot: the last applied rules hold the host" in row["notes"]
+    )
+    assert "redirect rules missing" not in row["notes"]
+
+
+@pytest.mark.parametrize(
+    ("ipv6", "healthy", "note"),
+    [
+        ("served", True, None),
+        ("absent: the kernel has no IPv6", True, None),
+        ("off (listen.ipv6 = false): IPv6 connections ... refused", True, None),  # chosen
+        ("unserved: cannot listen on [::1]:15001 (outbound)", False, "IPv6 unserved"),
+    ],
+)
+def test_ipv6_that_meshd_does_not_serve_is_shown(
+    ipv6: str, healthy: bool, note: str | None
+) -> None:
+    status = replace(HEALTHY, ipv6=ipv6)
+    assert status.healthy == healthy
+    (row,) = rows(render(status))
+    assert (note in row["notes"]) if note else row["notes"] == "healthy"
