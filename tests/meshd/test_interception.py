@@ -462,10 +462,30 @@ def test_a_chosen_source_port_does_not_skip_interception(
         _in(host, MESHD, "rules", "remove", "--config", str(config_path))
 
 
+@pytest.mark.parametrize("table", ["absent", "in use"])
 def test_a_failing_ipv6_restore_takes_the_ipv4_rules_out_again(
-    netns: str, config_path: Path, tmp_path: Path
+    netns: str, config_path: Path, tmp_path: Path, table: str
 ) -> None:
-    """Nothing is half-applied: ip6tables-restore passes its --test, then fails for real."""
+    """Nothing is half-applied: ip6tables-restore passes its --test, then fails for real.
+
+    The IPv4 nat table goes back as it was saved (with someone else's rule in it), or,
+    when there was none, loses what of ours went in.
+    """
+    if table == "in use":
+        _in(
+            netns,
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            "9",
+            "-j",
+            "RETURN",
+        )
     bin_dir = tmp_path / "fakebin"
     bin_dir.mkdir()
     real = shutil.which("ip6tables-restore")
@@ -478,7 +498,11 @@ def test_a_failing_ipv6_restore_takes_the_ipv4_rules_out_again(
     _, err = applying.communicate(timeout=30)
     assert applying.returncode != 0 and "ip6tables-restore --noflush failed" in err, err
     assert "the IPv4 rules were taken out again" in err
-    assert _ours(_in(netns, "iptables-save", "-t", "nat")) == _ours(before) == []
+    after = _in(netns, "iptables-save", "-t", "nat")
+    assert _ours(after) == _ours(before) == []
+    assert [x for x in after.splitlines() if x.startswith("-A")] == [
+        x for x in before.splitlines() if x.startswith("-A")
+    ]
     assert not MeshdConfig.load(config_path).interception.rules_record.exists()
 
 
