@@ -106,6 +106,7 @@ class Link(asyncio.BufferedProtocol):
         self.write_paused = False
         self.draining = False  # no new streams: GOAWAY received, or our stream ids ran out
         self.closed = False
+        self.refused = ""  # why the peer was refused at connection_made (the link is aborted)
         self.last_seen = time.monotonic()
         self.in_flight = 0  # sent and not yet credited, over all live streams
         self.over_budget = False  # in_flight reached link_window: every stream is paused
@@ -146,6 +147,7 @@ class Link(asyncio.BufferedProtocol):
         self.peer_address = fmt(peer) if peer else "?"
         problem = self._peer_problem(ssl_object)
         if problem is not None:
+            self.refused = problem
             self.abort(f"peer refused: {problem}")
             return
         self._expiry = self._loop.call_later(seconds_left(ssl_object), self._expired)

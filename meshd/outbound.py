@@ -152,6 +152,10 @@ class LinkPool:
         except (OSError, TimeoutError) as e:
             self._dial_failed(endpoint, f"{type(e).__name__}: {e}")
             return
+        if link.refused:  # aborted by the link itself: no ALPN, a CA leaf, ...
+            rt.bus.publish(HandshakeFailed("link", fmt(key), "refused"))
+            self._dial_failed(endpoint, f"peer refused: {link.refused}")
+            return
         if expected not in link.peer_ids:
             link.abort(f"peer is not {expected}")
             rt.bus.publish(HandshakeFailed("link", fmt(key), "wrong_identity"))

@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import http.client
+import json
 import random
 import signal
 import socket
@@ -142,6 +143,24 @@ def test_bad_peer_certificates_are_refused(
     assert _refused(b.ports["mesh"], mesh_client(net, intruder))
     b.wait_log(rf"TLS handshake with 127\.0\.0\.1:\d+ failed \({case}\)")
     assert net.metric(b, "meshd_handshake_failures_total", listener="mesh", reason=case) == 1
+
+
+def test_a_dialled_peer_with_a_ca_leaf_is_a_failed_dial(
+    net: MeshNet, apps: tuple[HttpApp, EchoServer]
+) -> None:
+    """meshd checks the leaf of the peers it dials too, and keeps no link it refused."""
+    web, _ = apps
+    odd = net.pki.issue_odd("b-odd", "host/b", "svc/web", ca=True, key_usage=True)
+    b = net.start("b", services={"web": web.port}, identity=odd)
+    net.add_service("web", web.port, "b", b.ports["mesh"])
+    a = net.start("a", upstreams={"web": 0})
+    with pytest.raises((ConnectionError, http.client.HTTPException, OSError)):
+        _get(a.ports["upstream:web"])
+    a.wait_log(r"cannot link to b \(.*\): peer refused: its certificate is a CA certificate")
+    status, text = net.admin(a, "GET", "/stats")
+    assert status == 200, text
+    assert json.loads(text)["links_out"] == []
+    assert web.seen == []
 
 
 def test_plaintext_on_the_mesh_port_is_refused(

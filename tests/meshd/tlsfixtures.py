@@ -56,14 +56,14 @@ class TestPki:
         cert = sign_csr(build_csr(key, ids), ids, self.ca.issuing, when, lifetime)
         return self._write(name, key, cert)
 
-    def issue_odd(self, name: str, path: str, *, ca: bool, key_usage: bool) -> Identity:
+    def issue_odd(self, name: str, *paths: str, ca: bool, key_usage: bool) -> Identity:
         """A leaf that meshctl would never issue: marked as a CA, or without key usage."""
         key = generate_key()
-        uri = f"spiffe://{self.trust_domain}/{path}"
+        uris = [f"spiffe://{self.trust_domain}/{path}" for path in paths]
         now = dt.datetime.now(dt.UTC)
         builder = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, uri)]))
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, uris[0])]))
             .issuer_name(self.ca.issuing.cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
@@ -71,7 +71,8 @@ class TestPki:
             .not_valid_after(now + dt.timedelta(hours=1))
             .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), True)
             .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), False
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris]),
+                False,
             )
         )
         if key_usage:
