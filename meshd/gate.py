@@ -5,9 +5,11 @@ handshake costs memory (uvloop keeps a 256 KiB buffer per TLS connection,
 OpenSSL its state) and a slot. ``HandshakeGate`` bounds both: at most
 ``limit`` handshakes at once, and at most ``per_source`` from one source (an
 IPv4 address, or the /64 of an IPv6 one). When either is full the *oldest*
-handshake in the way is evicted: an honest peer finishes its handshake in
-milliseconds, so a peer that opens sockets and stays silent can only churn
-through slots, never hold them, and an operator or a mesh host still gets in.
+handshake in the way is evicted: of that source, or, when the gate is full,
+of the source with the most handshakes in flight. An honest peer finishes
+its handshake in milliseconds, so a peer that opens sockets and stays silent
+can only churn through slots, never hold them, and an operator or a mesh
+host still gets in; a crowd from one source pushes out its own.
 
 Pure bookkeeping: the caller passes a ``cancel`` callback that ends the
 evicted handshake, and releases the ticket when its handshake ends.
@@ -62,13 +64,13 @@ class HandshakeGate:
     def admit(self, host: str, cancel: Callable[[], None]) -> Ticket:
         """Take a slot for a handshake from ``host``; evict whoever must go to make room."""
         ticket = Ticket(source_key(host), cancel)
-        mine = self._by_source.setdefault(ticket.source, OrderedDict())
-        if len(mine) >= self.per_source:
+        mine = self._by_source.get(ticket.source)
+        if mine is not None and len(mine) >= self.per_source:
             self._evict(next(iter(mine.values())))
         if len(self._all) >= self.limit:
-            self._evict(next(iter(self._all.values())))
+            self._evict(self._oldest_of_busiest())
         self._all[ticket.number] = ticket
-        mine[ticket.number] = ticket
+        self._by_source.setdefault(ticket.source, OrderedDict())[ticket.number] = ticket
         return ticket
 
     def release(self, ticket: Ticket) -> None:
@@ -83,6 +85,11 @@ class HandshakeGate:
     def sources(self) -> int:
         """How many sources have handshakes in flight."""
         return len(self._by_source)
+
+    def _oldest_of_busiest(self) -> Ticket:
+        """The oldest handshake of the source holding the most (ties: the oldest of those)."""
+        busiest = max(self._by_source.values(), key=lambda mine: (len(mine), -next(iter(mine))))
+        return next(iter(busiest.values()))
 
     def _evict(self, ticket: Ticket) -> None:
         self.release(ticket)

@@ -49,6 +49,17 @@ def test_full_gate_evicts_the_oldest_handshake() -> None:
     assert len(gate) == 3 and gate.evicted == 1
 
 
+def test_a_full_gate_evicts_from_the_busiest_source() -> None:
+    rec, gate = Recorder(), HandshakeGate(limit=4, per_source=4)
+    gate.admit("10.0.0.1", rec.cancel("operator"))  # the oldest, but alone from its source
+    for i in range(3):
+        gate.admit("10.0.0.66", rec.cancel(f"crowd{i}"))
+    gate.admit("10.0.0.2", rec.cancel("host"))
+    assert rec.cancelled == ["crowd0"]
+    gate.admit("10.0.0.3", rec.cancel("another"))
+    assert rec.cancelled == ["crowd0", "crowd1"]
+
+
 def test_a_full_source_evicts_its_own_oldest_not_others() -> None:
     rec, gate = Recorder(), HandshakeGate(limit=10, per_source=2)
     gate.admit("10.0.0.1", rec.cancel("honest"))
