@@ -181,7 +181,15 @@ class PlainInbound(PipeEnd):
         service = next((s for s in self.rt.config.services if dst and s.port == dst[1]), None)
         if self.rt.config.mtls == "strict" or service is None:
             why = "mtls is strict" if service is not None else f"{fmt(dst)} is no local service"
-            log.warning("refused plaintext connection from %s to %s: %s", peer, fmt(dst), why)
+            peer_lines.log(
+                log,
+                logging.WARNING,
+                "refused plaintext connections",
+                "refused plaintext connection from %s to %s: %s",
+                peer,
+                fmt(dst),
+                why,
+            )
             self.rt.bus.publish(ConnectionRefused("inbound", peer, "plaintext"))
             transport.abort()
             return
