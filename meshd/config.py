@@ -134,8 +134,11 @@ class LimitsConfig:
     link_window: int = 8 * 1024 * 1024
     max_links_per_peer: int = 4  # links one mesh host may hold to this meshd at once
     max_frame: int = 256 * 1024  # one frame per app read (uvloop reads up to 256 KiB)
-    # TLS handshakes in flight on the mesh port (peers not yet authenticated), in all and
-    # per source address; when full, the oldest is dropped (see meshd.gate)
+    # the mesh port's peers not yet authenticated, in all and per source address (see
+    # meshd.gate; when full, the oldest in the way is dropped): accepted sockets that have
+    # sent nothing yet (a descriptor each), and TLS handshakes in flight (~300 KiB each)
+    max_silent: int = 256
+    max_silent_per_source: int = 16
     max_handshakes: int = 64
     max_handshakes_per_source: int = 8
 

@@ -85,6 +85,7 @@ class Daemon:
         self.mesh = MeshPort(self.rt, self.connector)
         limits = config.limits
         self.mesh_gate = HandshakeGate(limits.max_handshakes, limits.max_handshakes_per_source)
+        self.mesh_silent = HandshakeGate(limits.max_silent, limits.max_silent_per_source)
         self.mesh_listener = TlsListener(
             "mesh",
             lambda: self.rt.tls.server,
@@ -92,6 +93,7 @@ class Daemon:
             self.mesh.make_link,
             self.rt.bus.publish,
             self.mesh_gate,
+            self.mesh_silent,
         )
         self.heap = allocator.Heap()
         self.servers: list[asyncio.AbstractServer] = []
@@ -405,7 +407,11 @@ class _Backend:
             ],
             "events": {"published": rt.bus.published, "dropped": d.metrics.dropped()},
             "listeners": {k: fmt(v) for k, v in rt.bound.items()},
-            "handshakes": {"mesh": len(d.mesh_gate), "mesh_evicted": d.mesh_gate.evicted},
+            "handshakes": {
+                "mesh": len(d.mesh_gate),
+                "mesh_silent": len(d.mesh_silent),
+                "mesh_evicted": d.mesh_gate.evicted + d.mesh_silent.evicted,
+            },
             "heap": {"free_bytes": d.heap.free(), "trims": d.heap.trims},
             "ipv6": d.ipv6,
         }

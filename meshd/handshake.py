@@ -9,9 +9,10 @@ stable reasons used as metric labels.
 
 Nothing is spent on a peer before it speaks: an accepted socket waits, as a
 bare descriptor, until its ClientHello arrives, and only then gets its TLS
-state (uvloop allocates 256 KiB per TLS connection). Handshakes in flight are
-bounded by a ``HandshakeGate`` (in all and per source); a full gate drops the
-oldest one.
+state (uvloop allocates 256 KiB per TLS connection). Both stages have their
+own ``HandshakeGate`` (bounded in all and per source, a full gate drops the
+oldest entry in the way), so a crowd of silent sockets churns only its own
+gate and never cuts a handshake short.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import asyncio
 import logging
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import anyio
 from anyio.abc import TaskStatus
@@ -85,13 +87,15 @@ class TlsListener:
         factory: Callable[[], asyncio.BaseProtocol],
         publish: Callable[[Event], None],
         gate: HandshakeGate,
+        silent: HandshakeGate,
     ) -> None:
         self.name = name
         self.context = context
         self.timeout = timeout
         self.factory = factory
         self.publish = publish
-        self.gate = gate
+        self.gate = gate  # TLS handshakes in flight
+        self.silent = silent  # accepted sockets whose peer has sent nothing yet
         self._scope: anyio.CancelScope | None = None
 
     async def serve(
@@ -127,28 +131,40 @@ class TlsListener:
             self._scope.cancel()
 
     async def _handshake(self, conn: socket.socket, address: tuple[str, int]) -> None:
-        with anyio.CancelScope() as scope:
-            ticket = self.gate.admit(address[0], scope.cancel)
-            try:
-                await self._secure(conn, address)
-            finally:
-                self.gate.release(ticket)
-        if scope.cancelled_caught:  # evicted from a full gate
-            self._failed(conn, address, "evicted", "dropped to make room for newer handshakes")
-
-    async def _secure(self, conn: socket.socket, address: tuple[str, int]) -> None:
         loop = asyncio.get_running_loop()
         try:
-            with anyio.fail_after(self.timeout):
-                await anyio.wait_readable(conn)  # a silent socket costs no TLS state
-                await loop.connect_accepted_socket(
-                    self.factory, conn, ssl=self.context(), ssl_handshake_timeout=self.timeout
-                )
+            with anyio.fail_after(self.timeout):  # one deadline from accept to a known peer
+                with self._room(self.silent, address) as waiting:
+                    await anyio.wait_readable(conn)  # a silent socket costs no TLS state
+                if waiting.cancelled_caught:
+                    return self._evicted(conn, address)
+                if not conn.recv(1, socket.MSG_PEEK):  # closed before it said anything
+                    return self._failed(conn, address, "closed", "closed before its handshake")
+                with self._room(self.gate, address) as handshaking:
+                    await loop.connect_accepted_socket(
+                        self.factory, conn, ssl=self.context(), ssl_handshake_timeout=self.timeout
+                    )
+                if handshaking.cancelled_caught:
+                    return self._evicted(conn, address)
         except (OSError, TimeoutError, EOFError) as e:
             self._failed(conn, address, classify(e), str(e) or type(e).__name__)
         except Exception:  # one connection's trouble never reaches the listener
             log.exception("%s port: connection from %s failed", self.name, fmt(address))
             conn.close()
+        return None
+
+    @contextmanager
+    def _room(self, gate: HandshakeGate, address: tuple[str, int]) -> Iterator[anyio.CancelScope]:
+        """A slot in ``gate`` for as long as the block runs; eviction cancels the block."""
+        with anyio.CancelScope() as scope:
+            ticket = gate.admit(address[0], scope.cancel)
+            try:
+                yield scope
+            finally:
+                gate.release(ticket)
+
+    def _evicted(self, conn: socket.socket, address: tuple[str, int]) -> None:
+        self._failed(conn, address, "evicted", "dropped to make room for newer connections")
 
     def _failed(self, conn: socket.socket, address: tuple[str, int], reason: str, why: str) -> None:
         peer = fmt(address)
