@@ -370,14 +370,20 @@ BAD_PUSHES = {
 }
 
 
-@pytest.mark.parametrize("bad", BAD_PUSHES)
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    ("kind", "bad"),
+    [
+        (kind, bad)
+        for kind in KINDS
+        for bad in BAD_PUSHES
+        # a policy document has no content besides its version (yet): no other content
+        if not (kind == "policy" and bad == "same-version-other-content")
+    ],
+)
 async def test_refused_pushes_change_nothing(
     subject: Subject, pki: Pki, tmp_path: Path, kind: str, bad: str
 ) -> None:
     expected, spoil = BAD_PUSHES[bad]
-    if spoil is None and kind == "policy":
-        pytest.skip("a policy document has no content besides its version (yet)")
     current = valid_doc(pki, tmp_path, kind, 2)
     async with running(subject, tmp_path) as server:
         assert (await call(server, pki.alice, "PUT", f"/{kind}", current))[0] == 200
