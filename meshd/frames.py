@@ -72,10 +72,10 @@ class ProtocolError(ConnectError):
 
 # service (a DNS label), port, source SPIFFE ID, original destination (empty or ip:port)
 _OPEN = re.compile(
-    rb"([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)\0"
-    rb"([1-9][0-9]{0,4})\0"
-    rb"(spiffe://[a-z0-9._-]{1,255}(?:/[A-Za-z0-9._-]{1,255}){1,8})\0"
-    rb"((?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9A-Fa-f:.]{2,45}\]):[1-9][0-9]{0,4}|)"
+    r"([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)\0"
+    r"([1-9][0-9]{0,4})\0"
+    r"(spiffe://[a-z0-9._-]{1,255}(?:/[A-Za-z0-9._-]{1,255}){1,8})\0"
+    r"((?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9A-Fa-f:.]{2,45}\]):([1-9][0-9]{0,4})|)"
 )
 
 
@@ -94,13 +94,17 @@ class OpenRequest:
     @classmethod
     def decode(cls, payload: bytes) -> OpenRequest:
         """Parse an OPEN payload; ProtocolError unless every field is well formed."""
-        match = _OPEN.fullmatch(payload)
+        try:
+            match = _OPEN.fullmatch(payload.decode("ascii"))
+        except UnicodeDecodeError:
+            match = None
         if match is None:
             raise ProtocolError("malformed OPEN frame")
-        service, port, source, original = (field.decode() for field in match.groups())
-        if int(port) > 65535 or (original and int(original.rpartition(":")[2]) > 65535):
+        service, port, source, original, original_port = match.groups()
+        number = int(port)
+        if number > 65535 or (original_port and int(original_port) > 65535):
             raise ProtocolError("malformed OPEN frame: port out of range")
-        return cls(service, int(port), source, original)
+        return cls(service, number, source, original)
 
 
 def frame(kind: int, stream_id: int, payload: bytes = b"") -> bytes:
