@@ -11,75 +11,92 @@ import ssl
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 from meshd.frames import DATA, OPEN, OpenRequest, frame
-from tests.meshd.harness import Meshd
-from tests.meshd.pairs import Pair, mesh_client
+from tests.meshd.harness import Meshd, MeshNet
+from tests.meshd.pairs import Pair, get_web, mesh_client
 from tests.meshd.tlsfixtures import Identity
 
-LATENCY_MAX = 2.0  # seconds, for one request of the normal client during abuse
+LATENCY_MAX = 2.0  # seconds, for one call of a normal client or an operator during abuse
 TD = "t.mesh"
 
 
-@dataclass
-class Prober:
-    """The normal client: requests through A back to back, in a thread, until stopped."""
+class Caller:
+    """Calls ``call`` back to back in a thread until stopped: its latencies and failures.
 
-    pair: Pair
-    via: Meshd | None = None  # another meshd with an upstream:web listener (default: A)
-    latencies: list[float] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    ``who`` names the caller in messages; ``least`` is how many calls the
+    check wants at the least, however short the abuse was.
+    """
 
-    def __enter__(self) -> Prober:
+    def __init__(self, who: str, call: Callable[[], object], least: int = 3) -> None:
+        self.who, self.call, self.least = who, call, least
+        self.latencies: list[float] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Caller:
         self._thread.start()
         return self
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            start = time.monotonic()
             try:
-                self.latencies.append(get(self.via or self.pair.a))
+                self.call()
             except (OSError, AssertionError, http.client.HTTPException) as e:
                 self.errors.append(repr(e))
+            else:
+                self.latencies.append(time.monotonic() - start)
             self._stop.wait(0.02)
 
     def __exit__(self, *exc: object) -> None:
         deadline = time.monotonic() + 10
-        while len(self.latencies) + len(self.errors) < 3 and time.monotonic() < deadline:
-            time.sleep(0.02)  # a few requests at least, however short the abuse was
+        while len(self.latencies) + len(self.errors) < self.least and time.monotonic() < deadline:
+            time.sleep(0.02)
         self._stop.set()
-        assert self._thread is not None
         self._thread.join(15)
 
     def check(self, label: str) -> None:
+        """Every call succeeded, in time, and there were enough of them."""
         lat = sorted(self.latencies)
-        assert lat, f"{label}: the normal client made no request"
         print(
-            f"\n{label}: normal client {len(lat)} requests, {len(self.errors)} errors, latency "
+            f"\n{label}: {self.who} {len(lat)} calls, {len(self.errors)} failed, latency "
             f"median {lat[len(lat) // 2] * 1000:.1f} ms, max {lat[-1] * 1000:.1f} ms"
+            if lat
+            else f"\n{label}: {self.who} made no successful call"
         )
-        assert self.errors == [], f"{label}: normal client failed: {self.errors[:5]}"
-        assert lat[-1] < LATENCY_MAX, (
-            f"{label}: slowest request took {lat[-1]:.2f}s: {self.latencies}"
-        )
-        assert len(lat) >= 3
+        assert self.errors == [], f"{label}: {self.who} failed: {self.errors[:5]}"
+        assert len(lat) >= self.least, f"{label}: only {len(lat)} calls of the {self.who}"
+        assert lat[-1] < LATENCY_MAX, f"{label}: slowest call took {lat[-1]:.2f}s: {lat[-5:]}"
 
 
-def get(meshd: Meshd) -> float:
-    """One GET of B's web app through ``meshd``'s upstream listener; its latency."""
-    start = time.monotonic()
-    conn = http.client.HTTPConnection("127.0.0.1", meshd.ports["upstream:web"], timeout=10)
+def normal_client(pair: Pair, via: Meshd | None = None) -> Caller:
+    """GETs of B's web page through A (or ``via``), as any client of the mesh makes them."""
+    return Caller("normal client", lambda: get_web(via or pair.a))
+
+
+def operator_calls(net: MeshNet, meshd: Meshd) -> Caller:
+    """Admin API calls of an operator (GET /stats), from 127.0.0.1."""
+
+    def call() -> None:
+        status, text = net.admin(meshd, "GET", "/stats")
+        assert status == 200, f"{status} {text[:200]}"
+
+    return Caller("operator", call, least=10)
+
+
+def cut_off(tls: ssl.SSLSocket) -> bool:
+    """Does the far side close this TLS connection? (reading until EOF or reset)"""
     try:
-        conn.request("GET", "/")
-        response = conn.getresponse()
-        text = response.read().decode()
-    finally:
-        conn.close()
-    assert (response.status, text) == (200, "web got 0 bytes from 127.0.0.1"), text
-    return time.monotonic() - start
+        while tls.recv(65536):
+            pass
+    except (ssl.SSLError, ConnectionError):
+        pass
+    except TimeoutError:
+        return False
+    return True
 
 
 def source(i: int) -> str:
@@ -134,14 +151,7 @@ class Intruder:
 
     def cut_off(self) -> bool:
         """Does meshd close the link? (reading until EOF or reset)"""
-        try:
-            while self.tls.recv(65536):
-                pass
-        except (ssl.SSLError, ConnectionError):
-            pass
-        except TimeoutError:
-            return False
-        return True
+        return cut_off(self.tls)
 
     def read_until(self, wanted: bytes) -> bytes:
         """Read what meshd sends until ``wanted`` shows up in it (frames and all)."""

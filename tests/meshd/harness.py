@@ -165,6 +165,17 @@ class MeshNet:
         ctx = self.operator_context(identity)
         return admin_call(("127.0.0.1", meshd.ports["admin"]), ctx, method, path, data)
 
+    def metric_sum(self, meshd: Meshd, name: str, **labels: str) -> float:
+        """The sum of every sample of ``name`` that has ``labels`` (over all other labels)."""
+        status, text = self.admin(meshd, "GET", "/metrics")
+        assert status == 200, text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith((name + "{", name + " "))
+            and all(f'{k}="{v}"' in line for k, v in labels.items())
+        )
+
     def metric(self, meshd: Meshd, name: str, **labels: str) -> float:
         """The value of one sample (0 when absent)."""
         status, text = self.admin(meshd, "GET", "/metrics")

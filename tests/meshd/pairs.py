@@ -190,16 +190,21 @@ class Pair:
 
     def get(self) -> float:
         """One request of the normal client through A; its latency. Fails on a wrong answer."""
-        start = time.monotonic()
-        conn = http.client.HTTPConnection("127.0.0.1", self.a.ports["upstream:web"], timeout=10)
-        try:
-            conn.request("GET", "/")
-            response = conn.getresponse()
-            text = response.read().decode()
-        finally:
-            conn.close()
-        assert (response.status, text) == (200, "web got 0 bytes from 127.0.0.1")
-        return time.monotonic() - start
+        return get_web(self.a)
+
+
+def get_web(meshd: Meshd) -> float:
+    """One GET of B's web app through ``meshd``'s upstream listener; its latency."""
+    start = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", meshd.ports["upstream:web"], timeout=10)
+    try:
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        text = response.read().decode()
+    finally:
+        conn.close()
+    assert (response.status, text) == (200, "web got 0 bytes from 127.0.0.1"), text
+    return time.monotonic() - start
 
 
 def start_pair(

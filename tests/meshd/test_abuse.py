@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 import pytest
 
 from meshd.frames import DATA, HEADER, OPEN, PING, WINDOW, OpenRequest, frame
-from tests.meshd.abusers import Crowd, Intruder, Prober, partial_client_hello
+from tests.meshd.abusers import Crowd, Intruder, cut_off, normal_client, partial_client_hello
 from tests.meshd.harness import Meshd, MeshNet
 from tests.meshd.pairs import BIG, Pair, mesh_client
 from tests.meshd.watch import Watch
@@ -87,19 +87,6 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def metric_sum(net: MeshNet, meshd: Meshd, name: str, **labels: str) -> float:
-    """The sum of every sample of ``name`` that has ``labels`` (over all other labels)."""
-    status, text = net.admin(meshd, "GET", "/metrics")
-    assert status == 200, text
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith((name + "{", name + " ")) and all(
-            f'{k}="{v}"' in line for k, v in labels.items()
-        ):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def stats(pair: Pair, meshd: Meshd) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(pair.net.admin(meshd, "GET", "/stats")[1])
     return result
@@ -139,13 +126,13 @@ def test_unauthenticated_sockets_on_the_mesh_port_hold_nothing(
     with watched(pair) as watch, Crowd(pair.b.ports["mesh"], 3000, payload) as crowd:
         until(lambda: crowd.opened >= 3000, 20, "3000 sockets opened", every=0.1)
         c = net.start("c", upstreams={"web": 0})  # a mesh host links while they keep coming
-        with Prober(pair, via=c) as prober:
+        with normal_client(pair, via=c) as prober:
             time.sleep(1.0)
         watch.sample()
     print(f"\n{what}: {crowd.opened} opened by many sources, held up to 3000")
     prober.check(what)
     settle(what, pair, watch, growth=24 * MiB)
-    assert metric_sum(net, pair.b, "meshd_handshake_failures_total", reason="evicted") > 0
+    assert net.metric_sum(pair.b, "meshd_handshake_failures_total", reason="evicted") > 0
     check_survived(pair)
 
 
@@ -193,7 +180,7 @@ def test_garbage_is_refused_counted_and_logged_in_moderation(pair: Pair) -> None
         for payload in _garbage_payloads()
     ]
     per_target = rounds * len(_garbage_payloads())
-    with watched(pair) as watch, Prober(pair) as prober:
+    with watched(pair) as watch, normal_client(pair) as prober:
         workers = [threading.Thread(target=_throw_all, args=(jobs[i::8],)) for i in range(8)]
         for w in workers:
             w.start()
@@ -202,15 +189,15 @@ def test_garbage_is_refused_counted_and_logged_in_moderation(pair: Pair) -> None
         wait_for(
             "B to count the mesh port's failed handshakes",
             lambda: (
-                metric_sum(net, b, "meshd_handshake_failures_total", listener="mesh") >= per_target
+                net.metric_sum(b, "meshd_handshake_failures_total", listener="mesh") >= per_target
             ),
         )
-    mesh_failures = metric_sum(net, b, "meshd_handshake_failures_total", listener="mesh")
-    inbound_refused = metric_sum(
-        net, b, "meshd_connections_refused_total", listener="inbound", reason="plaintext"
+    mesh_failures = net.metric_sum(b, "meshd_handshake_failures_total", listener="mesh")
+    inbound_refused = net.metric_sum(
+        b, "meshd_connections_refused_total", listener="inbound", reason="plaintext"
     )
     admin_failures = [
-        metric_sum(net, m, "meshd_handshake_failures_total", listener="admin") for m in (a, b)
+        net.metric_sum(m, "meshd_handshake_failures_total", listener="admin") for m in (a, b)
     ]
     print(
         f"\ngarbage: {len(jobs)} connections; B mesh handshake failures {mesh_failures:.0f}, "
@@ -248,7 +235,7 @@ def test_slowloris_does_not_stop_meshd_serving_others(pair: Pair) -> None:
         try:
             wait_for("200 slow connections on A and B", lambda: _active(pair, pair.b) == 200)
             assert _active(pair, pair.a) == 200
-            with Prober(pair) as prober:
+            with normal_client(pair) as prober:
                 time.sleep(3.0)
             assert dripper.is_alive(), "the slowloris stopped early (a send failed?)"
         finally:
@@ -290,31 +277,17 @@ def test_garbage_inside_a_valid_link_aborts_only_that_link(
 ) -> None:
     net, b = pair.net, pair.b
     intruder = net.pki.issue("x", "host/x")  # a genuine mesh host, misbehaving
-    with Prober(pair) as prober:
+    with normal_client(pair) as prober:
         for _ in range(5):
             raw = socket.create_connection(("127.0.0.1", b.ports["mesh"]), timeout=5)
             with mesh_client(net, intruder).wrap_socket(raw) as tls:
                 tls.sendall(bad(pair.apps.echo_port))
-                assert _cut_off(tls), "B kept a link that broke the protocol"
+                assert cut_off(tls), "B kept a link that broke the protocol"
         b.wait_log(rf"aborting link to 127\.0\.0\.1:\d+: protocol error: .*{logged}")
     prober.check(f"garbage in a link ({logged})")
     check_survived(pair)
 
 
-def _cut_off(tls: ssl.SSLSocket) -> bool:
-    try:
-        while tls.recv(65536):
-            pass
-    except (ssl.SSLError, ConnectionError):
-        pass
-    except TimeoutError:
-        return False
-    return True
-
-
-# Before: PINGs of up to 1 MiB were echoed, and a link kept reading while its peer read
-# nothing: 300 one-MiB PINGs cost B +303 MiB, kept after the link closed. Refused OPENs
-# piled up RSTs the same way.
 BIG_PING = frame(PING, 0, os.urandom(1 << 20))
 SMALL_PINGS = frame(PING, 0, b"12345678") * 4096
 
@@ -337,7 +310,7 @@ def _refused_opens(round_: int) -> bytes:
 def test_a_flood_from_a_host_that_never_reads_is_cut_off(
     pair: Pair, what: str, wire: Callable[[int], bytes], limit: int
 ) -> None:
-    with watched(pair) as watch, Prober(pair) as prober:
+    with watched(pair) as watch, normal_client(pair) as prober:
         intruder = Intruder(pair, rcvbuf=4096)
         sent, round_ = 0, 0
         with contextlib.suppress(OSError):  # reset or TLS EOF: cut off
@@ -357,7 +330,7 @@ def test_a_flood_from_a_host_that_never_reads_is_cut_off(
 def test_a_peer_ignoring_flow_control_is_cut_off(pair: Pair) -> None:
     """A mesh host that sends DATA past its stream window must not make B buffer it all."""
     chunk = HEADER.pack(DATA, 1, 65536) + os.urandom(65536)
-    with watched(pair) as watch, Prober(pair) as prober:
+    with watched(pair) as watch, normal_client(pair) as prober:
         intruder = Intruder(pair)
         intruder.send(_open_echo(pair.apps.echo_port))
         sent = intruder.flood(chunk, 200 << 20)  # the echo app's replies are never read
@@ -378,7 +351,7 @@ def test_a_peer_ignoring_flow_control_is_cut_off(pair: Pair) -> None:
 def test_many_streams_and_links_from_a_host_that_never_reads(pair: Pair) -> None:
     fast = pair.apps.http_port
     get_big = b"GET /big HTTP/1.1\r\nHost: big\r\n\r\n"
-    with watched(pair) as watch, Prober(pair) as prober:
+    with watched(pair) as watch, normal_client(pair) as prober:
         intruders = [Intruder(pair, rcvbuf=4096) for _ in range(6)]
         wait_for("B to refuse the links past 4", lambda: _links_in(pair) == 1 + 4)
         pair.b.wait_log(r"refused link from 127\.0\.0\.1:\d+: .*already holds its links")
@@ -406,7 +379,7 @@ def test_log_lines_forged_in_open_fields_never_reach_the_log(pair: Pair) -> None
         f"echo\x00{echo}\x00{X_SOURCE}\n{forged}\x00".encode(),
         f"echo\x00{echo}\x00{X_SOURCE}\x0010.0.0.1:80\n{forged}".encode(),
     ]
-    with Prober(pair) as prober:
+    with normal_client(pair) as prober:
         for payload in payloads:
             with Intruder(pair) as intruder:
                 intruder.send(frame(OPEN, 1, payload))
@@ -513,7 +486,7 @@ def test_clients_that_abort_mid_connect_leave_no_app_connection(pair: Pair) -> N
     raise_fd_limit()
     port = pair.a.ports["upstream:echo"]
     linger = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # on, 0 s: close sends RST
-    with watched(pair) as watch, Prober(pair) as prober:
+    with watched(pair) as watch, normal_client(pair) as prober:
         for _ in range(20):
             socks = []
             for _ in range(250):
@@ -577,7 +550,7 @@ def test_two_thousand_idle_connections(pair: Pair) -> None:
             assert pair.apps.echo_open == 2000
             assert _active(pair, pair.a) == 2000
             assert _active(pair, pair.b) == 2000
-            with Prober(pair) as prober:
+            with normal_client(pair) as prober:
                 time.sleep(2.0)
             print(f"\nidle: 2000 connections opened and echoed in {opened:.1f}s")
             # still usable after sitting idle
@@ -654,7 +627,7 @@ def test_client_that_never_reads_a_large_response(pair: Pair) -> None:
     port = pair.a.ports["upstream:fast"]
     with watched(pair) as watch, socket.create_connection(("127.0.0.1", port), timeout=5) as greedy:
         greedy.sendall(b"GET /big HTTP/1.1\r\nHost: big\r\n\r\n")
-        with Prober(pair) as prober:
+        with normal_client(pair) as prober:
             wait_for("the app to start sending", lambda: pair.apps.big_written > 0)
             stalled_at, last, deadline = time.monotonic(), -1, time.monotonic() + 20
             while time.monotonic() - stalled_at < 1.0 and time.monotonic() < deadline:
@@ -676,7 +649,7 @@ def test_client_that_never_reads_its_echo(pair: Pair) -> None:
     with watched(pair) as watch, socket.create_connection(("127.0.0.1", port), timeout=5) as greedy:
         greedy.setblocking(False)
         sent, stalled_at = 0, time.monotonic()
-        with Prober(pair) as prober:
+        with normal_client(pair) as prober:
             while sent < BIG and time.monotonic() - stalled_at < 1.0:
                 try:
                     n = greedy.send(chunk)

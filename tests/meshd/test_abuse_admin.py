@@ -16,23 +16,20 @@ out and the bodies cost +100 MiB. The bounds below leave about three times that.
 
 from __future__ import annotations
 
-import http.client
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
 from meshd.admin import AdminLimits
+from tests.meshd.abusers import operator_calls
 from tests.meshd.harness import Meshd, MeshNet
 from tests.meshd.pairs import mesh_client
-from tests.poll import until
+from tests.meshd.watch import Watch
 
-LATENCY_MAX = 2.0  # seconds, for one operator call during an attack
 RSS_GROWTH_KIB = 6 * 1024  # what an attack may add to meshd's RSS at its peak
 RSS_AFTER_KIB = 4 * 1024  # how far above its baseline meshd's RSS may stay afterwards
 FDS_AFTER = 2  # how many more descriptors than before meshd may hold afterwards
@@ -47,110 +44,14 @@ def meshd(net: MeshNet) -> Meshd:
     return meshd
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+def watched(meshd: Meshd) -> Watch:
+    return Watch({"meshd": meshd.proc.pid})
 
 
-def fds(pid: int) -> int:
-    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
-
-
-@dataclass
-class Watch:
-    """RSS and descriptors of one process, sampled every 10 ms in a thread: peaks and baseline."""
-
-    pid: int
-    rss_before: int = 0
-    fds_before: int = 0
-    rss_peak: int = 0
-    fds_peak: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def __enter__(self) -> Watch:
-        self.rss_before, self.fds_before = rss_kib(self.pid), fds(self.pid)
-        self.rss_peak, self.fds_peak = self.rss_before, self.fds_before
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.01):
-            self.rss_peak = max(self.rss_peak, rss_kib(self.pid))
-            self.fds_peak = max(self.fds_peak, fds(self.pid))
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        assert self._thread is not None
-        self._thread.join(5)
-        print(
-            f"\nRSS {self.rss_before / 1024:.1f} MiB before, peak "
-            f"+{(self.rss_peak - self.rss_before) / 1024:.1f} MiB; "
-            f"descriptors {self.fds_before} before, peak {self.fds_peak}"
-        )
-
-    def check(self, label: str) -> None:
-        """The peak stayed within bounds; RSS and descriptors return near the baseline."""
-        growth = self.rss_peak - self.rss_before
-        assert growth < RSS_GROWTH_KIB, f"{label}: RSS grew {growth} KiB at its peak"
-        until(
-            lambda: fds(self.pid) <= self.fds_before + FDS_AFTER,
-            10,
-            f"{label}: descriptors back to {self.fds_before} (now {fds(self.pid)})",
-        )
-        after = rss_kib(self.pid) - self.rss_before
-        print(f"{label}: afterwards RSS +{after / 1024:.1f} MiB, descriptors {fds(self.pid)}")
-        assert after < RSS_AFTER_KIB, f"{label}: RSS stayed {after} KiB above its baseline"
-
-
-@dataclass
-class Operator:
-    """The operator: admin API calls back to back from 127.0.0.1, in a thread, until stopped."""
-
-    net: MeshNet
-    meshd: Meshd
-    latencies: list[float] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def __enter__(self) -> Operator:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            start = time.monotonic()
-            try:
-                status, text = self.net.admin(self.meshd, "GET", "/stats")
-            except (OSError, http.client.HTTPException) as e:
-                self.errors.append(repr(e))
-                continue
-            self.latencies.append(time.monotonic() - start)
-            if status != 200:
-                self.errors.append(f"{status} {text[:200]}")
-            self._stop.wait(0.02)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        assert self._thread is not None
-        self._thread.join(15)
-
-    def check(self, label: str) -> None:
-        lat = sorted(self.latencies)
-        print(
-            f"\n{label}: operator made {len(lat)} calls, {len(self.errors)} failed; latency "
-            f"median {lat[len(lat) // 2] * 1000:.1f} ms, max {lat[-1] * 1000:.1f} ms"
-            if lat
-            else f"\n{label}: operator made no successful call"
-        )
-        assert self.errors == [], f"{label}: operator calls failed: {self.errors[:5]}"
-        assert len(lat) >= 10, f"{label}: only {len(lat)} operator calls"
-        assert lat[-1] < LATENCY_MAX, f"{label}: slowest operator call took {lat[-1]:.2f}s"
+def settle(label: str, watch: Watch) -> None:
+    """The peak stayed within bounds; RSS and descriptors return near the baseline."""
+    watch.check_peak(label, "meshd", RSS_GROWTH_KIB)
+    watch.settled(label, RSS_AFTER_KIB, FDS_AFTER, timeout=10)
 
 
 class Attack:
@@ -189,16 +90,6 @@ def sources(count: int) -> list[str]:
     return [f"127.0.0.{2 + i}" for i in range(count)]
 
 
-def metric_sum(net: MeshNet, meshd: Meshd, name: str, **labels: str) -> float:
-    status, text = net.admin(meshd, "GET", "/metrics")
-    assert status == 200, text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items())
-    )
-
-
 # --- silent sockets ------------------------------------------------------------------------
 def connect_from(source: str, port: int) -> socket.socket:
     return socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
@@ -221,8 +112,8 @@ def test_silent_sockets_do_not_lock_operators_out(
 
     try:
         with (
-            Watch(meshd.proc.pid) as watch,
-            Operator(net, meshd) as operator,
+            watched(meshd) as watch,
+            operator_calls(net, meshd) as operator,
             Attack(reopen, rounds=5) as attack,
         ):
             attack.wait(60)
@@ -232,13 +123,15 @@ def test_silent_sockets_do_not_lock_operators_out(
     operator.check(label)
     limits = AdminLimits()
     room = min(limits.max_silent, limits.max_silent_per_source * spread)
-    assert watch.fds_peak - watch.fds_before <= room + 8, "silent sockets held past the gate"
-    evicted = metric_sum(
-        net, meshd, "meshd_connections_refused_total", listener="admin", reason="evicted"
+    assert watch.peaks["meshd"].fds - watch.baseline["meshd"].fds <= room + 8, (
+        "silent sockets held past the gate"
+    )
+    evicted = net.metric_sum(
+        meshd, "meshd_connections_refused_total", listener="admin", reason="evicted"
     )
     print(f"{label}: {evicted:.0f} evicted")
     assert evicted >= 5 * (spread * each - room)
-    watch.check(label)
+    settle(label, watch)
     assert meshd.stop() == 0, meshd.log_text()
 
 
@@ -292,14 +185,14 @@ def test_forbidden_identities_are_answered_at_once_and_cost_nothing(
     label = f"64 forbidden identities ({'4 MiB bodies' if body else 'silent after TLS'}), 5 times"
     intruders = Intruders(net, meshd.ports["admin"], body)
     with (
-        Watch(meshd.proc.pid) as watch,
-        Operator(net, meshd) as operator,
+        watched(meshd) as watch,
+        operator_calls(net, meshd) as operator,
         Attack(intruders.round, rounds=5) as attack,
     ):
         attack.wait(90)
     tally = {a: intruders.answers.count(a) for a in sorted(set(intruders.answers))}
     refused, evicted = (
-        metric_sum(net, meshd, "meshd_connections_refused_total", listener="admin", reason=r)
+        net.metric_sum(meshd, "meshd_connections_refused_total", listener="admin", reason=r)
         for r in ("not_operator", "evicted")
     )
     print(f"\n{label}: answers {tally}; meshd refused {refused:.0f}, evicted {evicted:.0f}")
@@ -311,5 +204,5 @@ def test_forbidden_identities_are_answered_at_once_and_cost_nothing(
     else:  # the only ones without an answer were evicted in their handshake (64 at once)
         assert (answered, tally) == (refused, {"closed": evicted} if evicted else {})
     operator.check(label)
-    watch.check(label)
+    settle(label, watch)
     assert meshd.stop() == 0, meshd.log_text()

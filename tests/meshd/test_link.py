@@ -140,22 +140,18 @@ async def test_an_empty_data_frame_is_harmless() -> None:
 
 
 # --- a peer that does not read gets no unbounded replies ---------------------------------
-async def test_a_ping_flood_from_a_peer_that_does_not_read_closes_the_link() -> None:
+PING_FLOOD = frame(PING, 0, b"12345678") * (REPLY_BACKLOG // 17 + 10)
+OPEN_FLOOD = b"".join(
+    frame(OPEN, 2 * i + 1, OpenRequest("web", 80, SOURCE).encode())
+    for i in range(REPLY_BACKLOG // 10)
+)
+
+
+@pytest.mark.parametrize("flood", [PING_FLOOD, OPEN_FLOOD], ids=["pings", "refused-opens"])
+async def test_a_flood_from_a_peer_that_does_not_read_closes_the_link(flood: bytes) -> None:
     link, transport = _acceptor()
     link.pause_writing()  # our send buffer is full: the peer does not read
-    pings = frame(PING, 0, b"12345678") * (REPLY_BACKLOG // 17 + 10)
-    link.data_received(pings)
-    await turns_until(lambda: transport.aborted)
-    assert transport.aborted
-    assert len(transport.out) <= REPLY_BACKLOG + 64
-
-
-async def test_a_flood_of_refused_opens_from_a_peer_that_does_not_read_closes_the_link() -> None:
-    link, transport = _acceptor()
-    link.pause_writing()
-    request = OpenRequest("web", 80, SOURCE).encode()
-    opens = b"".join(frame(OPEN, 2 * i + 1, request) for i in range(REPLY_BACKLOG // 10))
-    link.data_received(opens)
+    link.data_received(flood)
     await turns_until(lambda: transport.aborted)
     assert transport.aborted
     assert len(transport.out) <= REPLY_BACKLOG + 512
