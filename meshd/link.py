@@ -65,8 +65,9 @@ READ_BUFFER = 256 * 1024  # bytes: what uvloop may decrypt into the link at once
 # bytes of replies (PONG, RST for a refused OPEN) a peer may ask for while it does not read
 REPLY_BACKLOG = 64 * 1024
 LINK_WINDOW = 8 * 1024 * 1024  # bytes in flight over all streams of a link, each way
-# control frames one link may have handled per loop turn before it lets others run (libuv
-# reads up to 32 chunks of a busy socket in one go: 8 MiB of OPENs would hold the loop)
+# frames other than DATA for a live stream that one link may have handled per loop turn
+# before it lets others run (libuv reads up to 32 chunks of a busy socket in one go: 8 MiB
+# of OPENs, or of empty DATA frames, would hold the loop)
 CONTROL_BURST = 256
 _NO_BUFFER = memoryview(bytearray(0))
 OnOpen = Callable[["Link", int, OpenRequest], Stream | None]
@@ -111,7 +112,10 @@ class Link(asyncio.BufferedProtocol):
         self.in_flight = 0  # sent and not yet credited, over all live streams
         self.over_budget = False  # in_flight reached link_window: every stream is paused
         self.receiving = 0  # received and not yet credited, over all live streams
-        self._receive_limit = link_window + WINDOW_SLACK
+        # the budget guards the side that takes streams: their number and what each one
+        # sends are the peer's choice. A dialler opens streams for its own apps, which read
+        # what they asked for (or hold at most a stream window each, as any proxy would).
+        self._receive_limit = float("inf") if dialer else link_window + WINDOW_SLACK
         self._grant_at = link_window // 2  # see _receive
         self._replies = 0  # bytes of replies written while the peer was not reading
         self._last_open = 0  # the highest stream id the peer opened
@@ -254,16 +258,30 @@ class Link(asyncio.BufferedProtocol):
         self.in_flight += size
         if stream.send_window <= 0:
             stream.pause_reading()
-        if self.in_flight >= self.link_window and not self.over_budget:
+        if self.dialer and self.in_flight >= self.link_window and not self.over_budget:
             self.over_budget = True
             self._pause_streams()
 
     def grant(self, stream: Stream) -> None:
         """Give the peer credit for what this side has passed on to the app."""
+        if self.streams.get(stream.sid) is not stream:
+            return  # ended: forget() took back what it held
         credit, stream.unacked = stream.unacked, 0
         stream.credited += credit
         self.receiving -= credit
         self.write(frame(WINDOW, stream.sid, WINDOW_CREDIT.pack(credit)))
+
+    def refuse(self, stream: Stream, code: int, reason: str) -> None:
+        """Answer the peer's OPEN of ``stream`` with a reset after all (its app is down, ...).
+
+        A reply the peer asked for, bounded like the others; ``reason`` is ours and short.
+        """
+        try:
+            if stream.sid and not stream.closed:
+                self._reply(frame(RST, stream.sid, reset_payload(code, reason)))
+        except ProtocolError as e:
+            self.abort(f"protocol error: {e.message}")
+        stream.reset(reason)
 
     def reset(self, stream: Stream, code: int, reason: str) -> None:
         """Tell the peer a stream is gone (``reason`` is ours: the peer logs it), and end it."""
@@ -394,41 +412,49 @@ class Link(asyncio.BufferedProtocol):
         end = len(data)
         offset = 0
         while offset < end:
-            if self._remaining < 0:
-                if not self._header and end - offset >= HEADER_SIZE:
-                    # fast path, most frames: a whole DATA frame in this chunk goes straight out
-                    kind, sid, length = HEADER.unpack_from(data, offset)
-                    if kind == DATA and 0 < length <= end - offset - HEADER_SIZE:
-                        offset += HEADER_SIZE
-                        stream = self.streams.get(sid)
-                        if stream is not None:
-                            self.receiving += length  # _receive, inlined on the hot path
-                            if self.receiving > self._grant_at:
-                                self._receive(0)
-                            stream.deliver(view[offset : offset + length])
-                        offset += length
-                        continue
-                if self._controls >= CONTROL_BURST:
-                    self._put_off(view[offset:end])
-                    return
-                offset = self._read_header(data, offset, end)
+            if self._remaining >= 0:  # inside a frame that began in an earlier chunk
+                offset = self._piece(view, offset, end)
                 continue
-            take = min(self._remaining, end - offset)
-            if self._kind == DATA:
-                stream = self.streams.get(self._sid)
-                if stream is not None:
-                    self._receive(take)
-                    stream.deliver(view[offset : offset + take])
-            else:
-                self._control += view[offset : offset + take]
-            offset += take
-            self._remaining -= take
-            if self._remaining == 0:
-                self._remaining = -1
-                if self._kind != DATA:
-                    payload = bytes(self._control)
-                    self._control.clear()
-                    self._dispatch(self._kind, self._sid, payload)
+            if not self._header and end - offset >= HEADER_SIZE:
+                # fast path, most frames: a whole DATA frame in this chunk goes straight out
+                kind, sid, length = HEADER.unpack_from(data, offset)
+                if kind == DATA and 0 < length <= end - offset - HEADER_SIZE:
+                    offset += HEADER_SIZE
+                    stream = self.streams.get(sid)
+                    if stream is not None:
+                        self.receiving += length  # _receive, inlined on the hot path
+                        if self.receiving > self._grant_at:
+                            self._receive(0)
+                        stream.deliver(view[offset : offset + length])
+                    else:
+                        self._stray(sid)
+                    offset += length
+                    continue
+            if self._controls >= CONTROL_BURST:
+                self._put_off(view[offset:end])
+                return
+            offset = self._read_header(data, offset, end)
+
+    def _piece(self, view: memoryview, offset: int, end: int) -> int:
+        """Take what this chunk holds of the current frame; dispatch it once complete."""
+        take = min(self._remaining, end - offset)
+        if self._kind == DATA:
+            stream = self.streams.get(self._sid)
+            if stream is not None:
+                self._receive(take)
+                stream.deliver(view[offset : offset + take])
+            elif take == self._remaining:  # once per frame, at its last piece
+                self._stray(self._sid)
+        else:
+            self._control += view[offset : offset + take]
+        self._remaining -= take
+        if self._remaining == 0:
+            self._remaining = -1
+            if self._kind != DATA:
+                payload = bytes(self._control)
+                self._control.clear()
+                self._dispatch(self._kind, self._sid, payload)
+        return offset + take
 
     def _receive(self, size: int) -> None:
         self.receiving += size
@@ -467,14 +493,26 @@ class Link(asyncio.BufferedProtocol):
         self._kind, self._sid = kind, sid
         if length:
             self._remaining = length
-        elif kind != DATA:  # an empty DATA frame carries nothing: no-op
+        elif kind != DATA:
             self._dispatch(kind, sid, b"")
+        else:  # an empty DATA frame carries nothing, but costs a turn's share like any frame
+            self._count()
         return offset
 
-    def _dispatch(self, kind: int, sid: int, payload: bytes) -> None:
+    def _stray(self, sid: int) -> None:
+        """DATA for no stream of ours: late for one that ended (fine), or for one never opened."""
+        opened = self.next_sid - 2 if self.dialer else self._last_open
+        if sid > opened:
+            raise ProtocolError(f"DATA for stream {sid}, which was never opened")
+        self._count()
+
+    def _count(self) -> None:
         if not self._controls:
             self._loop.call_soon(self._new_turn)
         self._controls += 1
+
+    def _dispatch(self, kind: int, sid: int, payload: bytes) -> None:
+        self._count()
         if kind in _STREAM_FRAMES:
             stream = self.streams.get(sid)
             if stream is not None:

@@ -88,11 +88,10 @@ class Stream:
         if observer is not None and not observer.outgoing(data):
             self.observer = None
         link = self.link
-        if link is None:
+        if link is None:  # the link is being dialled: hold this read, take no more
             self.outbox.append(data)
             self.outbox_size += len(data)
-            if self.outbox_size >= self.window:
-                self.pause_reading()
+            self.pause_reading()
             return
         link.send_data(self, data)
 
@@ -119,14 +118,17 @@ class Stream:
             self.pause_reading()
 
     def pause_reading(self) -> None:
-        if not self.reading_paused and self.transport is not None:
+        """Read no more from the app (noted even before its connection exists)."""
+        if not self.reading_paused:
             self.reading_paused = True
-            self.transport.pause_reading()
+            if self.transport is not None:
+                self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.reading_paused and self.transport is not None and not self.closed:
+        if self.reading_paused and not self.closed:
             self.reading_paused = False
-            self.transport.resume_reading()
+            if self.transport is not None:
+                self.transport.resume_reading()
 
     # --- link -> app side -------------------------------------------------
     def deliver(self, data: bytes | memoryview) -> None:
@@ -172,11 +174,18 @@ class Stream:
             transport.write_eof()
         if self.reading_paused:  # paused before the transport existed
             transport.pause_reading()
+            # uvloop starts reading a connection it made only after connection_made returns,
+            # whatever the protocol said: pause it again at the start of the next turn
+            asyncio.get_running_loop().call_soon(self._pause_again)
         self._maybe_finish()
+
+    def _pause_again(self) -> None:
+        if self.reading_paused and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
 
     def app_write_paused(self, paused: bool) -> None:
         self.app_paused = paused
-        if not paused and self.unacked and self.link is not None:
+        if not paused and self.unacked and self.link is not None and not self.closed:
             self.link.grant(self)
 
     # --- ends -------------------------------------------------------------
@@ -207,6 +216,8 @@ class Stream:
     def _finish(self, error: str) -> None:
         self.closed = True
         self.inbox.clear()
+        self.outbox.clear()
+        self.outbox_size = self.unacked = 0  # what the link held for it goes with it
         if self.observer is not None:
             self.observer.finished()
             self.observer = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import http.client
+import socket
 import ssl
 import threading
 import time
@@ -22,6 +23,9 @@ from tests.meshd.tlsfixtures import Identity
 
 T = TypeVar("T")
 BIG = 512 * 1024 * 1024  # what a client that never reads asks for (or tries to send)
+# the fast app's streamed bodies: /big for one client, /mid (more than a stream window) for
+# hundreds of them at once without the kernel's socket buffers taking gigabytes
+SIZES = {"/big": BIG, "/mid": 3 * 512 * 1024}
 
 
 # --- apps on one asyncio loop in a thread ------------------------------------
@@ -42,6 +46,15 @@ class LoopApps:
         self._thread = threading.Thread(target=self._run, name="loop-apps", daemon=True)
         self._thread.start()
         self.echo_port, self.http_port = self.call(self._start)
+        # a service whose app is down: bound, never listening, so connecting is refused
+        self._gone = socket.socket()
+        self._gone.bind(("127.0.0.1", 0))
+        self.gone_port: int = self._gone.getsockname()[1]
+        # a service whose app is stuck: it never accepts, and its backlog is full, so a
+        # connection to it waits (the kernel drops the SYNs) until the connect times out
+        self._stuck = socket.create_server(("127.0.0.1", 0), backlog=0)
+        self.stuck_port: int = self._stuck.getsockname()[1]
+        self._stuck_fill = [socket.create_connection(("127.0.0.1", self.stuck_port), timeout=2)]
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -70,6 +83,8 @@ class LoopApps:
             await asyncio.sleep(0.01)
 
     def close(self) -> None:
+        for sock in (self._gone, self._stuck, *self._stuck_fill):
+            sock.close()
         self.call(self._shutdown)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
@@ -119,7 +134,7 @@ class _Echo(_Base):
 
 
 class _FastHttp(_Base):
-    """HTTP/1.1 with keep-alive and Content-Length bodies; GET /big streams a 512 MiB body."""
+    """HTTP/1.1 with keep-alive and Content-Length bodies; GET /big streams 512 MiB, /mid 1.5."""
 
     BODY = b"fast app says hello\n"
     CHUNK = b"b" * 65536
@@ -144,10 +159,11 @@ class _FastHttp(_Base):
                 return
             del self.buffer[:total]
             self.apps.requests += 1
-            if lines[0].split(" ")[1] == "/big":
-                head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG
+            size = SIZES.get(lines[0].split(" ")[1])
+            if size is not None:
+                head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size
                 self.transport.write(head)
-                self.big_left = BIG
+                self.big_left = size
                 self._pump()
                 return
             self.transport.write(
@@ -217,8 +233,14 @@ def start_pair(
     identity_a: Identity | None = None,
     identity_b: Identity | None = None,
 ) -> Pair:
-    """B serves web (HttpApp), echo and fast (LoopApps); A has an upstream listener for each."""
-    services = {"web": web.port, "echo": apps.echo_port, "fast": apps.http_port}
+    """B serves web (HttpApp), echo, fast, gone and stuck (LoopApps); A has an upstream each."""
+    services = {
+        "web": web.port,
+        "echo": apps.echo_port,
+        "fast": apps.http_port,
+        "gone": apps.gone_port,
+        "stuck": apps.stuck_port,
+    }
     b = net.start("b", services=services, extra=extra_b, identity=identity_b)
     for name, port in services.items():
         net.add_service(name, port, "b", b.ports["mesh"])

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import http.client
 import json
 import os
 import re
@@ -41,7 +42,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from meshd.frames import DATA, HEADER, OPEN, PING, WINDOW, OpenRequest, frame
+from meshd.frames import DATA, HEADER, OPEN, PING, RST, WINDOW, OpenRequest, frame
 from tests.meshd.abusers import Crowd, Intruder, cut_off, normal_client, partial_client_hello
 from tests.meshd.harness import Meshd, MeshNet
 from tests.meshd.pairs import BIG, Pair, mesh_client
@@ -292,7 +293,13 @@ BIG_PING = frame(PING, 0, os.urandom(1 << 20))
 SMALL_PINGS = frame(PING, 0, b"12345678") * 4096
 
 
-def _refused_opens(round_: int) -> bytes:
+def _failed_opens(round_: int, pair: Pair) -> bytes:
+    """2,000 OPENs for a service B has, whose app is down (each accepted, then reset)."""
+    request = OpenRequest("gone", pair.apps.gone_port, X_SOURCE).encode()
+    return b"".join(frame(OPEN, round_ * 4000 + 2 * i + 1, request) for i in range(2000))
+
+
+def _refused_opens(round_: int, pair: Pair) -> bytes:
     """2,000 OPENs for a service B does not have (stream ids rising round after round)."""
     request = OpenRequest("nosuch", 80, X_SOURCE).encode()
     return b"".join(frame(OPEN, round_ * 4000 + 2 * i + 1, request) for i in range(2000))
@@ -301,21 +308,22 @@ def _refused_opens(round_: int) -> bytes:
 @pytest.mark.parametrize(
     ("what", "wire", "limit"),
     [
-        ("one-MiB PINGs", lambda _: BIG_PING, 300 << 20),
-        ("eight-byte PINGs", lambda _: SMALL_PINGS, 64 << 20),
+        ("one-MiB PINGs", lambda *_: BIG_PING, 300 << 20),
+        ("eight-byte PINGs", lambda *_: SMALL_PINGS, 64 << 20),
         ("refused OPENs", _refused_opens, 64 << 20),
+        ("OPENs whose app is down", _failed_opens, 64 << 20),
     ],
-    ids=["big-pings", "small-pings", "refused-opens"],
+    ids=["big-pings", "small-pings", "refused-opens", "failed-opens"],
 )
 def test_a_flood_from_a_host_that_never_reads_is_cut_off(
-    pair: Pair, what: str, wire: Callable[[int], bytes], limit: int
+    pair: Pair, what: str, wire: Callable[[int, Pair], bytes], limit: int
 ) -> None:
     with watched(pair) as watch, normal_client(pair) as prober:
         intruder = Intruder(pair, rcvbuf=4096)
         sent, round_ = 0, 0
         with contextlib.suppress(OSError):  # reset or TLS EOF: cut off
             while sent < limit:
-                data = wire(round_)
+                data = wire(round_, pair)
                 intruder.send(data)
                 sent, round_ = sent + len(data), round_ + 1
         intruder.close()
@@ -350,22 +358,82 @@ def test_a_peer_ignoring_flow_control_is_cut_off(pair: Pair) -> None:
 # make B hold a full stream window of what the app sent.
 def test_many_streams_and_links_from_a_host_that_never_reads(pair: Pair) -> None:
     fast = pair.apps.http_port
-    get_big = b"GET /big HTTP/1.1\r\nHost: big\r\n\r\n"
+    get_mid = b"GET /mid HTTP/1.1\r\nHost: mid\r\n\r\n"  # 1.5 MiB: more than a window
     with watched(pair) as watch, normal_client(pair) as prober:
         intruders = [Intruder(pair, rcvbuf=4096) for _ in range(6)]
         wait_for("B to refuse the links past 4", lambda: _links_in(pair) == 1 + 4)
         pair.b.wait_log(r"refused link from 127\.0\.0\.1:\d+: .*already holds its links")
         for intruder in intruders:
             with contextlib.suppress(OSError):  # the refused ones are closed
-                for _ in range(60):
-                    intruder.open("fast", fast, get_big)
-        wait_for("the app to answer 240 GET /big", lambda: pair.apps.requests >= 240, 20)
-        time.sleep(2.0)  # the app streams 512 MiB to each; nobody reads any of it
+                for _ in range(30):
+                    intruder.open("fast", fast, get_mid)
+        wait_for("the app to answer 120 GETs", lambda: pair.apps.requests >= 120, 20)
+        time.sleep(1.0)  # nobody reads any of it: B can no longer send to these hosts
+        for _ in range(60):  # and more streams, one by one, from then on
+            for intruder in intruders:
+                with contextlib.suppress(OSError):
+                    intruder.open("fast", fast, get_mid)
+            time.sleep(0.01)
+        wait_for("the app to answer 360 GETs", lambda: pair.apps.requests >= 360, 20)
+        time.sleep(2.0)
         for intruder in intruders:
             intruder.close()
     print(f"\nnever-read streams: the app got {pair.apps.big_written / 2**20:.0f} MiB out")
     prober.check("many streams and links, never read")
     settle("many streams and links, never read", pair, watch)
+    check_survived(pair)
+
+
+def test_a_flood_of_empty_frames_does_not_hold_the_loop(pair: Pair) -> None:
+    """Before: frames without work (empty DATA, DATA for a stream that ended) were not
+    counted against a turn: a host sending them held B's event loop for seconds."""
+    with watched(pair) as watch, normal_client(pair) as prober, Intruder(pair) as intruder:
+        sid = intruder.open("echo", pair.apps.echo_port, b"hi")
+        intruder.read_until(b"hi")
+        reader = threading.Thread(target=cut_off, args=(intruder.tls,), daemon=True)
+        reader.start()  # this host reads everything B sends: only the frames are the abuse
+        sent = intruder.flood(frame(DATA, sid, b"") * 10_000, 48 << 20)
+    print(f"\nempty DATA: {sent / 2**20:.0f} MiB of empty frames")
+    prober.check("empty DATA flood")
+    settle("empty DATA flood", pair, watch)
+    check_survived(pair)
+
+
+def test_opens_reset_at_once_leave_no_connect_behind(pair: Pair) -> None:
+    """Before: an OPEN reset while its app connect was pending released its admission but
+    not the connect: with an app that does not accept, 98,200 OPEN+RST in 3 s left B with
+    16,170 descriptors."""
+    stuck = pair.apps.stuck_port
+    request = OpenRequest("stuck", stuck, X_SOURCE).encode()
+    with watched(pair) as watch, normal_client(pair) as prober, Intruder(pair) as intruder:
+        sid, deadline = 1, time.monotonic() + 3
+        while time.monotonic() < deadline:
+            wire = b"".join(
+                frame(OPEN, sid + 2 * i, request) + frame(RST, sid + 2 * i, b"\x01gone")
+                for i in range(500)
+            )
+            intruder.send(wire)
+            sid += 1000
+    print(f"\nOPEN+RST to a stuck app: {(sid - 1) // 2} streams opened and reset")
+    prober.check("OPEN+RST to a stuck app")
+    assert watch.peaks["b"].fds - watch.baseline["b"].fds < 1000, watch.peaks["b"]
+    settle("OPEN+RST to a stuck app", pair, watch)
+    check_survived(pair)
+
+
+def test_one_host_cannot_take_every_connection(make_pair: Callable[..., Pair]) -> None:
+    """Before: max_connections was shared by every peer, and one took them all."""
+    pair = make_pair(extra_b="[limits]\nmax_connections = 300\nmax_streams_per_peer = 200")
+    with normal_client(pair) as prober, Intruder(pair) as intruder:
+        for _ in range(400):
+            intruder.open("echo", pair.apps.echo_port, b"x")
+        wait_for("B to relay 200 of them", lambda: pair.apps.echo_open >= 200)
+        time.sleep(1.0)
+        assert pair.apps.echo_open == 200
+    refused = pair.net.metric_sum(pair.b, "meshd_connections_refused_total", reason="peer_limit")
+    print(f"\nper-peer share: 200 relayed, {refused:.0f} refused")
+    assert refused == 200
+    prober.check("one host, 400 streams")
     check_survived(pair)
 
 
@@ -538,6 +606,35 @@ def _open_echoes(
                 pending -= 1
     sel.close()
     return socks
+
+
+def test_clients_that_never_read_do_not_stall_the_others(pair: Pair) -> None:
+    """Slow downloads hold their stream windows, never the whole link: a connection made
+    before them, idle meanwhile, to another service, is still answered at once. (A link
+    budget that paused every stream stalled it once ten downloads went unread.)"""
+    kept = http.client.HTTPConnection("127.0.0.1", pair.a.ports["upstream:web"], timeout=5)
+    kept.request("GET", "/")
+    assert kept.getresponse().read() == b"web got 0 bytes from 127.0.0.1"
+    greedy = []
+    for _ in range(20):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", pair.a.ports["upstream:fast"]))
+        s.sendall(b"GET /big HTTP/1.1\r\nHost: big\r\n\r\n")
+        greedy.append(s)
+    try:
+        wait_for("the app to answer 20 GET /big", lambda: pair.apps.requests >= 20)
+        time.sleep(2.0)  # their windows fill up; nobody reads them
+        for _ in range(5):
+            started = time.monotonic()
+            kept.request("GET", "/")
+            assert kept.getresponse().read() == b"web got 0 bytes from 127.0.0.1"
+            assert time.monotonic() - started < 1.0
+    finally:
+        kept.close()
+        for s in greedy:
+            s.close()
+    check_survived(pair)
 
 
 def test_two_thousand_idle_connections(pair: Pair) -> None:

@@ -7,10 +7,13 @@ abuse against real meshd processes is in test_abuse.py.
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import tracemalloc
 from collections.abc import Callable
 
 import pytest
+import uvloop
 
 from meshd.frames import (
     DATA,
@@ -30,7 +33,7 @@ from meshd.frames import (
     reset_payload,
 )
 from meshd.link import CONTROL_BURST, REPLY_BACKLOG, Link
-from meshd.stream import WINDOW_SLACK, Stream
+from meshd.stream import WINDOW_SLACK, AppProtocol, Stream
 from tests.meshd.test_frames import FakeTransport, turn
 
 pytestmark = pytest.mark.anyio
@@ -334,3 +337,160 @@ async def test_a_burst_of_control_frames_is_spread_over_loop_turns() -> None:
     assert len(opened) == 1000, "the rest follow, in order, over the next turns"
     assert opened == sorted(opened)
     assert paused[-1] is False and not transport.aborted
+
+
+# --- review findings ----------------------------------------------------------------------
+class _Tracking(FakeTransport):
+    """Records whether reading is paused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+
+def _accepting(link: Link, transport: bool = False) -> list[Stream]:
+    streams: list[Stream] = []
+
+    def on_open(link: Link, sid: int, request: OpenRequest) -> Stream | None:
+        stream = Stream(window=1 << 20)
+        if transport:
+            stream.transport = _Tracking()
+        streams.append(stream)
+        return stream
+
+    link.on_open = on_open
+    return streams
+
+
+async def test_a_stream_accepted_while_the_link_cannot_send_starts_paused() -> None:
+    """Its app connection comes later: the pause must wait for it, not be forgotten."""
+    link, _ = _acceptor()
+    streams = _accepting(link)
+    link.pause_writing()  # the peer does not read
+    link.data_received(frame(OPEN, 1, OpenRequest("web", 80, SOURCE).encode()))
+    app = _Tracking()
+    streams[0].app_connected(app)
+    assert not app.reading, "a stream of a link that cannot send must not read its app"
+    link.resume_writing()
+    assert app.reading
+
+
+async def test_a_dialled_stream_keeps_reading_whatever_the_peer_holds() -> None:
+    """The budget guards the side that takes streams; a dialler's downloads do not stall."""
+    link, _ = _dialer(link_window=100)
+    stalled, _ = _stream(link, window=64)
+    other, _ = _stream(link, window=64)
+    stalled.send(b"x" * 60)
+    other.send(b"y" * 50)  # over the link's 100 in flight
+    assert other.reading_paused, "the dialler's own sends are bounded by the budget"
+    acceptor, _ = _acceptor(link_window=100)
+    streams = _accepting(acceptor, transport=True)
+    request = OpenRequest("web", 80, SOURCE).encode()
+    acceptor.data_received(frame(OPEN, 1, request) + frame(OPEN, 3, request))
+    streams[0].send(b"x" * 60)  # B answering: nobody credits it (a client that does not read)
+    streams[1].send(b"y" * 50)
+    assert not streams[1].reading_paused, "one slow client must not stall the others"
+
+
+async def test_replies_to_accepted_streams_that_fail_count_as_replies() -> None:
+    """An OPEN accepted, then refused because its app is down, is answered as a refusal is."""
+    link, transport = _acceptor(max_streams=100_000)
+    streams = _accepting(link)
+    link.pause_writing()
+    request = OpenRequest("web", 80, SOURCE).encode()
+    sid = 1
+    while not transport.aborted and sid < 40_000:
+        link.data_received(frame(OPEN, sid, request))
+        await turn()
+        link.refuse(streams[-1], 3, "cannot reach the app")
+        sid += 2
+    assert transport.aborted
+    assert len(transport.out) <= REPLY_BACKLOG + 512
+
+
+async def test_empty_and_stray_data_frames_count_towards_a_turn() -> None:
+    link, transport = _acceptor()
+    link.data_received(frame(OPEN, 1, OpenRequest("web", 80, SOURCE).encode()))
+    paused: list[bool] = []
+    transport.pause_reading = lambda: paused.append(True)  # type: ignore[method-assign]
+    link.data_received(frame(DATA, 1, b"") * 10_000)
+    assert paused == [True], "10,000 empty frames in one turn"
+
+
+async def test_data_for_a_stream_never_opened_is_a_protocol_error() -> None:
+    link, transport = _acceptor()
+    link.data_received(frame(OPEN, 1, OpenRequest("web", 80, SOURCE).encode()))
+    link.data_received(frame(DATA, 1, b"ok"))
+    assert not transport.aborted
+    link.data_received(frame(DATA, 99, b"stray"))
+    assert transport.aborted
+
+
+async def test_a_finished_stream_is_not_credited_twice() -> None:
+    link, transport = _acceptor()
+    streams = _accepting(link, transport=True)
+    link.data_received(frame(OPEN, 1, OpenRequest("web", 80, SOURCE).encode()))
+    stream = streams[0]
+    stream.app_write_paused(True)  # the app does not read: nothing is credited
+    link.data_received(frame(DATA, 1, b"z" * 1000))
+    assert link.receiving == 1000
+    link.data_received(frame(RST, 1, reset_payload(1, "gone")))
+    assert link.receiving == 0
+    written = len(transport.out)
+    stream.app_write_paused(False)  # the app's buffer drains after the stream ended
+    await turn()
+    assert link.receiving == 0
+    assert len(transport.out) == written, "no WINDOW for a stream that is gone"
+
+
+def test_a_stream_without_a_link_holds_at_most_one_read() -> None:
+    """While its link is being dialled, a stream stops reading its app at once."""
+    stream = Stream(window=1 << 20)
+    app = _Tracking()
+    stream.transport = app
+    stream.send(b"x" * 1000)
+    assert not app.reading and stream.outbox_size == 1000
+    stream.reset("no reachable endpoint")
+    assert stream.outbox == [] and stream.outbox_size == 0
+
+
+class _Recording(Stream):
+    """A stream that notes what its app sent instead of forwarding it."""
+
+    def __init__(self) -> None:
+        super().__init__(window=1 << 20)
+        self.got: list[int] = []
+
+    def send(self, data: bytes) -> None:
+        self.got.append(len(data))
+
+
+def test_a_stream_paused_before_its_app_connects_stays_paused_under_uvloop() -> None:
+    """uvloop starts reading a connection it made after connection_made returns, whatever
+    the protocol asked for there: a stream whose link cannot send would read its app."""
+
+    async def body() -> list[int]:
+        server = socket.create_server(("127.0.0.1", 0))
+        stream = _Recording()
+        stream.pause_reading()  # its link cannot send: noted before the app connects
+        loop = asyncio.get_running_loop()
+        port = server.getsockname()[1]
+        await loop.create_connection(lambda: AppProtocol(stream), "127.0.0.1", port)
+        app, _ = server.accept()
+        with server, app:
+            app.sendall(b"r" * 100_000)
+            await asyncio.sleep(0.3)
+            before = list(stream.got)
+            stream.resume_reading()
+            await asyncio.sleep(0.3)
+            assert sum(stream.got) == 100_000, "resumed, it reads"
+            stream.reset("done")
+        return before
+
+    assert uvloop.run(body()) == [], "a paused stream read its app"
