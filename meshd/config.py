@@ -133,6 +133,8 @@ class LimitsConfig:
     # streams can slow the others of their link: it is kept well above stream_window
     link_window: int = 8 * 1024 * 1024
     max_links_per_peer: int = 4  # links one mesh host may hold to this meshd at once
+    # streams one mesh host may have relayed here at once: no peer takes every connection
+    max_streams_per_peer: int = 5000
     max_frame: int = 256 * 1024  # one frame per app read (uvloop reads up to 256 KiB)
     # the mesh port's peers not yet authenticated, in all and per source address (see
     # meshd.gate; when full, the oldest in the way is dropped): accepted sockets that have

@@ -27,12 +27,14 @@ class Connector:
 
     def connect(
         self, host: str, port: int, factory: Callable[[], asyncio.Protocol], on_error: OnError
-    ) -> None:
+    ) -> Callable[[], None]:
+        """Start connecting; return what cancels it (a no-op once it is done)."""
         loop = asyncio.get_running_loop()
         task: asyncio.Task[object] = loop.create_task(loop.create_connection(factory, host, port))
         timer = loop.call_later(self.timeout, task.cancel)
         self.pending.add(task)
         task.add_done_callback(lambda done: self._done(done, timer, on_error))
+        return lambda: _cancel(task)
 
     def _done(
         self, task: asyncio.Task[object], timer: asyncio.TimerHandle, on_error: OnError
@@ -53,3 +55,7 @@ class Connector:
         finally:
             for task in list(self.pending):
                 task.cancel()
+
+
+def _cancel(task: asyncio.Task[object]) -> None:
+    task.cancel()

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import cast
 
 from meshd.connect import Connector
@@ -45,6 +46,7 @@ class MeshPort:
         self.connector = connector
         self.links: set[Link] = set()
         self.per_peer: Counter[str] = Counter()  # links up per peer host identity
+        self.peer_streams: Counter[str] = Counter()  # streams relayed per peer host identity
 
     def make_link(self) -> Link:
         limits, timeouts = self.rt.config.limits, self.rt.config.timeouts
@@ -73,7 +75,9 @@ class MeshPort:
         link.peer = hosts[0]
         self.per_peer[peer] += 1
         self.links.add(link)
-        log.info("link from %s (%s) up", link.peer, link.peer_address)
+        peer_lines.log(
+            log, logging.INFO, "links up", "link from %s (%s) up", link.peer, link.peer_address
+        )
 
     def _refuse_link(self, link: Link, code: str, why: str) -> None:
         peer_lines.log(
@@ -114,18 +118,25 @@ class MeshPort:
         if not self.rt.admit():
             self.rt.bus.publish(ConnectionRefused("mesh", link.peer_address, "limit"))
             return None
+        return self._accept(link, request)
+
+    def _accept(self, link: Link, request: OpenRequest) -> Stream:
+        peer = str(link.peer)
+        self.peer_streams[peer] += 1
+        pending: list[Callable[[], None]] = []  # the app connect, cancelled if the stream ends
         stream = Stream(
             self.rt.config.limits.stream_window,
-            on_close=lambda s, error: self._closed(s, request, error),
+            on_close=lambda s, error: self._closed(s, request, error, peer, pending),
         )
         self.rt.bus.publish(ConnectionOpened(INBOUND, request.source, request.service))
         port = request.port
-        self.connector.connect(
+        cancel = self.connector.connect(
             LOCAL_APP_HOST,
             port,
             lambda: AppProtocol(stream),
             lambda error: self._unreachable(stream, port, error),
         )
+        pending.append(cancel)
         return stream
 
     def _check(self, link: Link, request: OpenRequest) -> tuple[str, str] | None:
@@ -135,16 +146,33 @@ class MeshPort:
         service = self.rt.config.local_services.get(request.service)
         if service is None or service.port != request.port:
             return "unknown_service", f"no local service {request.service} on port {request.port}"
+        share = self.rt.config.limits.max_streams_per_peer
+        if self.peer_streams[str(link.peer)] >= share:
+            return "peer_limit", f"{link.peer} already holds {share} streams here"
         return None
 
     def _unreachable(self, stream: Stream, port: int, error: BaseException) -> None:
-        reason = f"cannot reach the app on port {port}: {error}"
-        if stream.link is not None:
-            stream.link.reset(stream, RST_CONNECT_FAILED, reason)
+        if stream.closed:  # reset meanwhile: its connect was cancelled
+            return
+        log.debug("cannot reach the app on port %d: %s", port, error)
+        if stream.link is not None:  # the peer hears a short reason of ours, as a reply
+            stream.link.refuse(stream, RST_CONNECT_FAILED, f"cannot reach the app on port {port}")
         else:
-            stream.reset(reason)
+            stream.reset(f"cannot reach the app on port {port}: {error}")
 
-    def _closed(self, stream: Stream, request: OpenRequest, error: str) -> None:
+    def _closed(
+        self,
+        stream: Stream,
+        request: OpenRequest,
+        error: str,
+        peer: str,
+        pending: list[Callable[[], None]],
+    ) -> None:
+        for cancel in pending:  # still connecting to the app: give its descriptor back now
+            cancel()
+        self.peer_streams[peer] -= 1
+        if self.peer_streams[peer] <= 0:
+            del self.peer_streams[peer]
         self.rt.release()
         self.rt.bus.publish(
             ConnectionClosed(

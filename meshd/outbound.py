@@ -167,7 +167,7 @@ class LinkPool:
         if old is not None and not old.closed:
             self.retiring.add(old)
         self.links[key] = link
-        log.info("link to %s (%s) up", endpoint.host, fmt(key))
+        peer_lines.log(log, logging.INFO, "links up", "link to %s (%s) up", endpoint.host, fmt(key))
         for waiting in self.waiting.pop(key, []):
             if not waiting.stream.closed:
                 self._open(link, waiting)
