@@ -59,13 +59,12 @@ from meshd.adminapi import AdminBackend, AdminLimits
 from meshd.adminhttp import Conn, Exchange
 from meshd.errors import ConfigError, ConnectError
 from meshd.events import ConnectionRefused, EventBus, HandshakeFailed
-from meshd.gate import HandshakeGate
+from meshd.gate import HANDSHAKE_GRACE, HandshakeGate
 from meshd.handshake import classify
 from meshd.httpwire import Request, Response, error_response
-from meshd.identity import SpiffeId
 from meshd.netfacts import fmt
 from meshd.rawstream import RawSocketStream
-from meshd.tls import peer_ids
+from meshd.tls import peer_ids, peer_problem
 
 __all__ = ["AdminBackend", "AdminLimits", "AdminServer"]
 
@@ -108,7 +107,9 @@ class AdminServer:
         self.events = events
         self.limits = lim = limits or AdminLimits()
         self.silent = HandshakeGate(lim.max_silent, lim.max_silent_per_source)
-        self.handshakes = HandshakeGate(lim.max_handshakes, lim.max_handshakes_per_source)
+        self.handshakes = HandshakeGate(
+            lim.max_handshakes, lim.max_handshakes_per_source, grace=HANDSHAKE_GRACE
+        )
         self.http = Exchange(lim)
         self.sessions = 0  # operator sessions open
         self.local = 0  # unix socket connections open
@@ -179,7 +180,7 @@ class AdminServer:
         tls = await self._authenticate(stream, source, peer)
         if tls is None:
             return
-        refusal = self._refusal(peer, peer_ids(tls.extra(TLSAttribute.ssl_object)))  # noqa: S610
+        refusal = self._refusal(peer, tls.extra(TLSAttribute.ssl_object))  # noqa: S610
         if refusal is None:
             await self._operator(Conn(tls, stream, peer), _expiry(tls))
             return
@@ -218,9 +219,15 @@ class AdminServer:
         else:
             self._handshake_failed(peer, "timeout", None)
 
-    def _refusal(self, peer: str, ids: frozenset[SpiffeId]) -> Response | None:
+    def _refusal(self, peer: str, ssl_object: ssl.SSLObject) -> Response | None:
         """The answer for an authenticated peer that gets no session; None for an operator."""
         domain = self.backend.trust_domain
+        ids = peer_ids(ssl_object)
+        problem = peer_problem(ssl_object)  # a leaf that is a CA, or may not sign
+        if problem is not None:
+            self._refused(peer, "bad_leaf", "forbidden")
+            self._refusals_log.info("admin: refused %s: %s", peer, problem)
+            return adminapi.forbidden(domain)
         if not any(i.kind == "operator" and i.trust_domain == domain for i in ids):
             self._refused(peer, "not_operator", "forbidden")
             shown = sorted(str(i) for i in ids) or "no SPIFFE ID"
@@ -305,6 +312,8 @@ def _admitted(gate: HandshakeGate, source: str, deadline: float) -> Iterator[_Ad
     """Hold a place in ``gate`` for the body of the ``with``; it ends early when cut short."""
     admission = _Admission(anyio.CancelScope(deadline=deadline))
     ticket = gate.admit(source, admission.evict)
+    if ticket is None:  # turned away by a full gate: cut short at once
+        admission.evict()
     try:
         with admission.scope:
             yield admission

@@ -34,7 +34,7 @@ from meshd.connect import Connector
 from meshd.documents import Documents, Layered, layer
 from meshd.errors import MeshError
 from meshd.frames import RST_CANCEL
-from meshd.gate import HandshakeGate
+from meshd.gate import HANDSHAKE_GRACE, HandshakeGate
 from meshd.handshake import TlsListener
 from meshd.inbound import MeshPort, PlainInbound
 from meshd.link import Link
@@ -84,7 +84,9 @@ class Daemon:
         self.connector = Connector(config.timeouts.connect)
         self.mesh = MeshPort(self.rt, self.connector)
         limits = config.limits
-        self.mesh_gate = HandshakeGate(limits.max_handshakes, limits.max_handshakes_per_source)
+        self.mesh_gate = HandshakeGate(
+            limits.max_handshakes, limits.max_handshakes_per_source, grace=HANDSHAKE_GRACE
+        )
         self.mesh_silent = HandshakeGate(limits.max_silent, limits.max_silent_per_source)
         self.mesh_listener = TlsListener(
             "mesh",
@@ -411,6 +413,7 @@ class _Backend:
                 "mesh": len(d.mesh_gate),
                 "mesh_silent": len(d.mesh_silent),
                 "mesh_evicted": d.mesh_gate.evicted + d.mesh_silent.evicted,
+                "mesh_turned_away": d.mesh_gate.turned_away,
             },
             "heap": {"free_bytes": d.heap.free(), "trims": d.heap.trims},
             "ipv6": d.ipv6,

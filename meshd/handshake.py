@@ -155,16 +155,19 @@ class TlsListener:
 
     @contextmanager
     def _room(self, gate: HandshakeGate, address: tuple[str, int]) -> Iterator[anyio.CancelScope]:
-        """A slot in ``gate`` for as long as the block runs; eviction cancels the block."""
+        """A slot in ``gate`` for as long as the block runs; eviction cancels the block, and
+        so does a full gate turning this connection away."""
         with anyio.CancelScope() as scope:
             ticket = gate.admit(address[0], scope.cancel)
+            if ticket is None:
+                scope.cancel()
             try:
                 yield scope
             finally:
                 gate.release(ticket)
 
     def _evicted(self, conn: socket.socket, address: tuple[str, int]) -> None:
-        self._failed(conn, address, "evicted", "dropped to make room for newer connections")
+        self._failed(conn, address, "evicted", "dropped: too many peers not yet known")
 
     def _failed(self, conn: socket.socket, address: tuple[str, int], reason: str, why: str) -> None:
         peer = fmt(address)

@@ -32,6 +32,7 @@ from meshd.config import MeshdConfig
 from meshd.daemon import Daemon
 from meshd.errors import ConfigError, ConnectError
 from meshd.events import ConnectionRefused, EventBus, HandshakeFailed, Subscription
+from meshd.gate import HANDSHAKE_GRACE
 from meshd.httpwire import HttpError, parse_head
 from meshd.metrics import Metrics
 from meshd.registry import Registry
@@ -67,6 +68,8 @@ class Pki:
     service: Identity
     foreign: Identity  # operator/eve of other.mesh: trusted CA, not our operator
     stranger: Identity  # operator/mallory of our trust domain, from a CA nobody trusts
+    ca_leaf: Identity  # operator/eve of our domain on a leaf marked as a CA
+    no_usage: Identity  # operator/eve of our domain on a leaf without key usage
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +87,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         service=mesh.issue("api", "svc/api"),
         foreign=other.issue("eve", "operator/eve"),
         stranger=untrusted.issue("mallory", "operator/mallory"),
+        ca_leaf=mesh.issue_odd("eve-ca", "operator/eve", ca=True, key_usage=True),
+        no_usage=mesh.issue_odd("eve-nku", "operator/eve", ca=False, key_usage=False),
     )
 
 
@@ -491,6 +496,19 @@ async def test_other_identities_get_403_on_everything(
     assert {e.reason for e in subject.events(ConnectionRefused)} == {"not_operator"}
 
 
+@pytest.mark.parametrize("who", ["ca_leaf", "no_usage"])
+async def test_an_operator_id_on_an_improper_leaf_is_forbidden(
+    subject: Subject, pki: Pki, tmp_path: Path, who: str
+) -> None:
+    """An operator SPIFFE ID on a leaf that is a CA, or may not sign, identifies nobody."""
+    async with running(subject, tmp_path) as server:
+        for method, path, body in [("GET", "/stats", None), ("PUT", "/policy", {"version": 9})]:
+            status, answer = await call(server, getattr(pki, who), method, path, body)
+            assert status == 403, (method, path, answer)
+    assert "policy" not in subject.store.versions()
+    assert {e.reason for e in subject.events(ConnectionRefused)} == {"bad_leaf"}
+
+
 @pytest.mark.parametrize(
     ("who", "reason"),
     [("stranger", "untrusted"), (None, "no_certificate"), ("plaintext", "not_tls")],
@@ -659,7 +677,7 @@ async def test_stalled_handshakes_are_bounded(subject: Subject, pki: Pki, tmp_pa
         try:
             for s in socks:
                 s.sendall(b"\x16\x03\x01\x02\x00")  # a ClientHello record header, then nothing
-                await anyio.sleep(0.1)
+                await anyio.sleep(HANDSHAKE_GRACE + 0.05)  # past it: the oldest may be evicted
             assert await closed_by_server(socks[0], within=2)
             assert not await closed_by_server(socks[2], within=0.1)
             assert await call(server, pki.alice, "GET", "/healthz") == (200, "ok\n")

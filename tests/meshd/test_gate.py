@@ -99,3 +99,43 @@ def test_a_flood_never_holds_more_than_the_limit() -> None:
 def test_refuses_a_gate_without_room() -> None:
     with pytest.raises(ValueError, match="at least one"):
         HandshakeGate(limit=0, per_source=1)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_handshake_within_its_grace_is_not_evicted_the_newcomer_is_turned_away() -> None:
+    rec, clock = Recorder(), Clock()
+    gate = HandshakeGate(limit=2, per_source=2, grace=0.25, clock=clock)
+    gate.admit("10.0.0.1", rec.cancel("honest"))
+    gate.admit("10.0.0.2", rec.cancel("crowd0"))
+    assert gate.admit("10.0.0.3", rec.cancel("crowd1")) is None  # all within their grace
+    assert rec.cancelled == [] and gate.turned_away == 1 and len(gate) == 2
+    clock.now += 0.3  # past the grace: the oldest of the busiest goes, as before
+    assert gate.admit("10.0.0.3", rec.cancel("crowd1")) is not None
+    assert rec.cancelled == ["honest"]
+
+
+def test_a_source_over_its_share_is_turned_away_within_the_grace() -> None:
+    rec, clock = Recorder(), Clock()
+    gate = HandshakeGate(limit=10, per_source=1, grace=1.0, clock=clock)
+    gate.admit("10.0.0.66", rec.cancel("first"))
+    assert gate.admit("10.0.0.66", rec.cancel("second")) is None
+    assert gate.admit("10.0.0.1", rec.cancel("other")) is not None
+    assert rec.cancelled == []
+
+
+def test_a_full_gate_and_a_full_source_evict_two_when_past_their_grace() -> None:
+    rec, clock = Recorder(), Clock()
+    gate = HandshakeGate(limit=3, per_source=2, grace=0.1, clock=clock)
+    gate.admit("10.0.0.1", rec.cancel("a"))
+    gate.admit("10.0.0.66", rec.cancel("b"))
+    gate.admit("10.0.0.66", rec.cancel("c"))
+    clock.now += 1
+    assert gate.admit("10.0.0.66", rec.cancel("d")) is not None
+    assert rec.cancelled == ["b"] and len(gate) == 3
