@@ -121,16 +121,17 @@ class LimitsConfig:
     within its own values and cuts off a peer that exceeds them, so they must
     be the same on every meshd of a mesh (meshctl renders them alike). A peer
     may make this meshd hold at most about ``max_links_per_peer`` times
-    ``link_window`` in each direction.
+    ``link_window`` of what it sends, and relay ``max_streams_per_peer``
+    connections at once.
     """
 
     max_connections: int = 20000
     max_streams_per_link: int = 10000
     max_header_bytes: int = 65536
     stream_window: int = 1024 * 1024  # per stream and direction: bounds what a slow reader costs
-    # per link and direction, over all its streams: what one link may make meshd hold. Data
-    # that apps do not read holds it (up to stream_window per stream), so a few stalled
-    # streams can slow the others of their link: it is kept well above stream_window
+    # per link, over all its streams, from the side that opens them to the side that takes
+    # them: what one peer's link may make meshd hold (the peer chooses how many streams).
+    # The other way, each stream's own window bounds what a dialler's apps hold.
     link_window: int = 8 * 1024 * 1024
     max_links_per_peer: int = 4  # links one mesh host may hold to this meshd at once
     # streams one mesh host may have relayed here at once: no peer takes every connection
