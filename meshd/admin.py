@@ -42,7 +42,6 @@ import logging
 import math
 import socket
 import ssl
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
@@ -62,6 +61,7 @@ from meshd.events import ConnectionRefused, EventBus, HandshakeFailed
 from meshd.gate import HANDSHAKE_GRACE, HandshakeGate
 from meshd.handshake import classify
 from meshd.httpwire import Request, Response, error_response
+from meshd.logs import peer_lines
 from meshd.netfacts import fmt
 from meshd.rawstream import RawSocketStream
 from meshd.tls import peer_ids, peer_problem
@@ -69,6 +69,7 @@ from meshd.tls import peer_ids, peer_problem
 __all__ = ["AdminBackend", "AdminLimits", "AdminServer"]
 
 log = logging.getLogger("meshd.admin")
+REFUSALS = "refused admin peers"  # the log throttle's kind for them
 
 NETWORK_ERRORS = (
     anyio.EndOfStream,
@@ -114,8 +115,6 @@ class AdminServer:
         self.sessions = 0  # operator sessions open
         self.local = 0  # unix socket connections open
         self.counters = dict.fromkeys(COUNTERS, 0)
-        self._failures_log = _LogBudget()
-        self._refusals_log = _LogBudget()
 
     def stats(self) -> dict[str, int]:
         rooms = {"silent": len(self.silent), "handshakes": len(self.handshakes)}
@@ -226,12 +225,14 @@ class AdminServer:
         problem = peer_problem(ssl_object)  # a leaf that is a CA, or may not sign
         if problem is not None:
             self._refused(peer, "bad_leaf", "forbidden")
-            self._refusals_log.info("admin: refused %s: %s", peer, problem)
+            peer_lines.log(log, logging.INFO, REFUSALS, "admin: refused %s: %s", peer, problem)
             return adminapi.forbidden(domain)
         if not any(i.kind == "operator" and i.trust_domain == domain for i in ids):
             self._refused(peer, "not_operator", "forbidden")
             shown = sorted(str(i) for i in ids) or "no SPIFFE ID"
-            self._refusals_log.info("admin: refused %s (%s): not an operator", peer, shown)
+            peer_lines.log(
+                log, logging.INFO, REFUSALS, "admin: refused %s (%s): not an operator", peer, shown
+            )
             return adminapi.forbidden(domain)
         if self.sessions >= self.limits.max_connections:
             self._refused(peer, "over_capacity", "over_capacity")
@@ -279,7 +280,15 @@ class AdminServer:
     def _handshake_failed(self, peer: str, reason: str, error: BaseException | None) -> None:
         self.counters["handshake_failures"] += 1
         why = f"{error!r}" if error is not None else reason
-        self._failures_log.info("admin: TLS handshake with %s failed (%s): %s", peer, reason, why)
+        peer_lines.log(
+            log,
+            logging.INFO,
+            "failed handshakes on the admin port",
+            "admin: TLS handshake with %s failed (%s): %s",
+            peer,
+            reason,
+            why,
+        )
         self._publish(HandshakeFailed("admin", peer, reason))
 
     def _refused(self, peer: str, reason: str, counter: str) -> None:
@@ -319,30 +328,6 @@ def _admitted(gate: HandshakeGate, source: str, deadline: float) -> Iterator[_Ad
             yield admission
     finally:
         gate.release(ticket)
-
-
-class _LogBudget:
-    """At most one log line per ``every`` seconds; the next one says how many were held back.
-
-    Unauthenticated peers can fail handshakes thousands of times a second: the
-    metrics count every one, the log only says that it goes on.
-    """
-
-    def __init__(self, every: float = 10.0) -> None:
-        self.every = every
-        self._next = 0.0
-        self._held = 0
-
-    def info(self, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if now < self._next:
-            self._held += 1
-            return
-        if self._held:
-            message += " (and %d more since the last such line)"
-            args = (*args, self._held)
-        self._next, self._held = now + self.every, 0
-        log.info(message, *args)
 
 
 def _reason(error: BaseException) -> str:

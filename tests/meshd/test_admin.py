@@ -34,6 +34,7 @@ from meshd.errors import ConfigError, ConnectError
 from meshd.events import ConnectionRefused, EventBus, HandshakeFailed, Subscription
 from meshd.gate import HANDSHAKE_GRACE
 from meshd.httpwire import HttpError, parse_head
+from meshd.logs import peer_lines
 from meshd.metrics import Metrics
 from meshd.registry import Registry
 from meshd.store import KINDS, DocumentStore
@@ -714,8 +715,9 @@ async def test_a_flood_of_failures_is_counted_in_full_and_logged_in_brief(
         assert server.counter("handshake_failures") == 20
         assert server.counter("forbidden") == 10
     lines = [r.getMessage() for r in caplog.records if r.name == "meshd.admin"]
-    assert len([line for line in lines if "TLS handshake with" in line]) == 1, lines
-    assert len([line for line in lines if "not an operator" in line]) == 1, lines
+    burst = peer_lines.burst  # lines of one kind per interval; the rest are counted
+    assert len([line for line in lines if "TLS handshake with" in line]) <= burst, lines
+    assert len([line for line in lines if "not an operator" in line]) <= burst, lines
 
 
 async def test_silent_sockets_time_out(subject: Subject, pki: Pki, tmp_path: Path) -> None:
