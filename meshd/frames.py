@@ -4,7 +4,8 @@ Each frame is a 9-byte header (type: u8, stream id: u32, payload length: u32,
 big-endian) followed by the payload. The side that dialled the link opens
 streams; both sides send data, window credit, half-close and resets.
 
-    OPEN    service NUL port NUL source-id NUL original-destination (ip:port or empty)
+    OPEN    service NUL port NUL source-id NUL original-destination (ip:port or empty;
+            "upstream NAME" from meshd 0.1.0, still taken during a rolling upgrade)
     DATA    bytes of the stream
     WINDOW  u32 credit: the receiver has passed that many more bytes on
     FIN     the sender will send no more data (half-close)
@@ -75,7 +76,8 @@ _OPEN = re.compile(
     r"([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)\0"
     r"([1-9][0-9]{0,4})\0"
     r"(spiffe://[a-z0-9._-]{1,255}(?:/[A-Za-z0-9._-]{1,255}){1,8})\0"
-    r"((?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9A-Fa-f:.]{2,45}\]):([1-9][0-9]{0,4})|)"
+    r"((?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9A-Fa-f:.]{2,45}\]):([1-9][0-9]{0,4})"
+    r"|upstream [a-z0-9-]{1,63}|)"  # meshd 0.1.0 named its upstream listener there
 )
 
 

@@ -181,6 +181,7 @@ async def test_replies_are_not_limited_while_the_peer_reads() -> None:
         ("web", "80", "spiffe://t.mesh/host/a b", ""),
         ("web", "80", "not-an-id", ""),
         ("web", "80", SOURCE, "somewhere"),
+        ("web", "80", SOURCE, "upstream Web\nforged"),
         ("web", "80", SOURCE, "10.0.0.1:99999"),
     ],
 )
@@ -189,7 +190,10 @@ def test_open_fields_that_are_not_names_are_a_protocol_error(fields: tuple[str, 
         OpenRequest.decode("\0".join(fields).encode())
 
 
-@pytest.mark.parametrize("original", ["", "10.0.0.1:8080", "[2001:db8::1]:443"])
+@pytest.mark.parametrize(
+    "original",
+    ["", "10.0.0.1:8080", "[2001:db8::1]:443", "upstream web"],  # the last: 0.1.0
+)
 def test_open_requests_with_valid_fields_decode(original: str) -> None:
     request = OpenRequest("api-2", 8080, "spiffe://prod.example/svc/web", original)
     assert OpenRequest.decode(request.encode()) == request
