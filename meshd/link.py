@@ -55,7 +55,7 @@ from meshd.identity import SpiffeId
 from meshd.logs import peer_lines
 from meshd.netfacts import fmt
 from meshd.stream import WINDOW_SLACK, Stream
-from meshd.tls import ALPN_LINK, peer_ids, peer_problem, seconds_left
+from meshd.tls import ALPN_LINK, ALPN_LINK_2, LINK_PROTOCOLS, peer_ids, peer_problem, seconds_left
 
 log = logging.getLogger("meshd.link")
 
@@ -111,6 +111,9 @@ class Link(asyncio.BufferedProtocol):
         self.last_seen = time.monotonic()
         self.in_flight = 0  # sent and not yet credited, over all live streams
         self.over_budget = False  # in_flight reached link_window: every stream is paused
+        # what a dialler keeps in flight (the side that takes streams enforces its budget on
+        # the peer, but does not limit its own sends: they answer streams the peer opened)
+        self._send_budget = float(link_window) if dialer else float("inf")
         self.receiving = 0  # received and not yet credited, over all live streams
         # the budget guards the side that takes streams: their number and what each one
         # sends are the peer's choice. A dialler opens streams for its own apps, which read
@@ -165,8 +168,13 @@ class Link(asyncio.BufferedProtocol):
     def _peer_problem(self, ssl_object: ssl.SSLObject | None) -> str | None:
         if ssl_object is None:
             return "no TLS"
-        if ssl_object.selected_alpn_protocol() != ALPN_LINK:
-            return f"it does not speak {ALPN_LINK} (ALPN)"
+        protocol = ssl_object.selected_alpn_protocol()
+        if protocol not in LINK_PROTOCOLS:
+            return f"it does not speak {ALPN_LINK_2} or {ALPN_LINK} (ALPN)"
+        # a version 1 peer grants no credit for small streams in time: no budget towards it
+        # (as the side that takes streams, this meshd holds any peer to its budget)
+        if protocol != ALPN_LINK_2:
+            self._send_budget = float("inf")
         return peer_problem(ssl_object)
 
     def _expired(self) -> None:
@@ -258,7 +266,7 @@ class Link(asyncio.BufferedProtocol):
         self.in_flight += size
         if stream.send_window <= 0:
             stream.pause_reading()
-        if self.dialer and self.in_flight >= self.link_window and not self.over_budget:
+        if self.in_flight >= self._send_budget and not self.over_budget:
             self.over_budget = True
             self._pause_streams()
 

@@ -19,7 +19,12 @@ from meshd.der import leaf_problem
 from meshd.errors import CertificateError, ConfigError
 from meshd.identity import SpiffeId
 
+# The link protocol. Version 2 adds the link budget: a dialler keeps what it has in flight
+# within the budget only with a peer that credits small streams in time (version 2);
+# a version 1 peer (meshd 0.1.0) is still linked, during a rolling upgrade.
+ALPN_LINK_2 = "meshd-link/2"
 ALPN_LINK = "meshd-link/1"
+LINK_PROTOCOLS = (ALPN_LINK_2, ALPN_LINK)  # preferred first
 ALPN_ADMIN = "http/1.1"
 
 
@@ -39,8 +44,8 @@ class TlsMaterial:
         for path in (cert, key, bundle):
             if not path.is_file():
                 raise CertificateError(f"{path}: no such file")
-        server = mutual_context(ssl.Purpose.CLIENT_AUTH, cert, key, bundle, [ALPN_LINK])
-        client = mutual_context(ssl.Purpose.SERVER_AUTH, cert, key, bundle, [ALPN_LINK])
+        server = mutual_context(ssl.Purpose.CLIENT_AUTH, cert, key, bundle, [*LINK_PROTOCOLS])
+        client = mutual_context(ssl.Purpose.SERVER_AUTH, cert, key, bundle, [*LINK_PROTOCOLS])
         ids, not_after = _self_check(client, server, cert)
         return cls(
             ids=ids,

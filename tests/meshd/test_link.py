@@ -11,9 +11,11 @@ import asyncio
 import socket
 import tracemalloc
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import uvloop
+from cryptography import x509
 
 from meshd.frames import (
     DATA,
@@ -34,6 +36,8 @@ from meshd.frames import (
 )
 from meshd.link import CONTROL_BURST, REPLY_BACKLOG, Link
 from meshd.stream import WINDOW_SLACK, AppProtocol, Stream
+from tests.meshd.test_der import cert as leaf_der
+from tests.meshd.test_der import usage
 from tests.meshd.test_frames import FakeTransport, turn
 
 pytestmark = pytest.mark.anyio
@@ -498,3 +502,53 @@ def test_a_stream_paused_before_its_app_connects_stays_paused_under_uvloop() -> 
         return before
 
     assert uvloop.run(body()) == [], "a paused stream read its app"
+
+
+class _PeerSsl:
+    """What a link reads of its peer's TLS: the ALPN it chose and a proper leaf."""
+
+    def __init__(self, protocol: str) -> None:
+        self.protocol = protocol
+
+    def selected_alpn_protocol(self) -> str:
+        return self.protocol
+
+    def getpeercert(self, binary_form: bool = False) -> Any:
+        if binary_form:
+            return leaf_der(x509.BasicConstraints(False, None), usage(True))
+        return {"notAfter": "Jan  1 00:00:00 2099 GMT", "subjectAltName": (("URI", SOURCE),)}
+
+
+class _TlsTransport(FakeTransport):
+    def __init__(self, protocol: str) -> None:
+        super().__init__()
+        self.ssl = _PeerSsl(protocol)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.ssl if name == "ssl_object" else super().get_extra_info(name, default)
+
+
+@pytest.mark.parametrize(
+    ("protocol", "budgeted"), [("meshd-link/2", True), ("meshd-link/1", False)]
+)
+async def test_a_dialler_keeps_its_budget_only_towards_a_peer_that_credits_in_time(
+    protocol: str, budgeted: bool
+) -> None:
+    """A meshd 0.1.0 peer credits a stream only past a quarter of its window: a budget
+    towards it could wait forever (many streams, each holding a little)."""
+    link = Link(dialer=True, max_frame=16, max_streams=10, ping_interval=3600, link_window=100)
+    link.connection_made(_TlsTransport(protocol))
+    assert not link.closed and not link.transport.aborted  # type: ignore[union-attr]
+    first, _ = _stream(link, window=64)
+    second, _ = _stream(link, window=64)
+    first.send(b"x" * 60)
+    second.send(b"y" * 50)
+    assert link.over_budget is budgeted
+    link.connection_lost(None)
+
+
+async def test_a_peer_without_a_link_protocol_is_refused() -> None:
+    link = Link(dialer=True, max_frame=16, max_streams=10, ping_interval=3600)
+    transport = _TlsTransport("h2")
+    link.connection_made(transport)
+    assert transport.aborted and "ALPN" in link.refused
