@@ -43,6 +43,7 @@ from meshd.metrics import Metrics
 from meshd.netfacts import fmt, ipv6_absent
 from meshd.outbound import LinkPool, OutboundConn
 from meshd.runtime import (
+    NO_PUSH,
     Files,
     ReloadOutcome,
     Runtime,
@@ -69,9 +70,11 @@ class _Unbindable(MeshError):
 
 def _verdict(what: str, path: Path, layered: Layered) -> str:
     """One line on what a start or reload runs, and what it had to set aside."""
-    text = f"{what} {path} (registry version {layered.registry.version})"
-    aside = "; ".join(f"pushed {kind} set aside: {why}" for kind, why in layered.set_aside.items())
-    return f"{text}; {aside}" if aside else text
+    parts = [f"{what} {path} (registry version {layered.registry.version})"]
+    if layered.certificate.reason != NO_PUSH and "certs" not in layered.set_aside:
+        parts.append(layered.certificate.describe())  # whose, when both were candidates
+    parts += [f"pushed {kind} set aside: {why}" for kind, why in layered.set_aside.items()]
+    return "; ".join(parts)
 
 
 class Daemon:
@@ -79,7 +82,9 @@ class Daemon:
 
     def __init__(self, config_path: Path, config: MeshdConfig) -> None:
         self.config_path = config_path
-        self.rt = Runtime.load(config)
+        self.store = DocumentStore(config.state_dir)
+        self.documents = Documents(lambda: self.rt, config_path, self.store)
+        self.rt = self._start(config)
         self.pool = LinkPool(self.rt)
         self.connector = Connector(config.timeouts.connect)
         self.mesh = MeshPort(self.rt, self.connector)
@@ -100,8 +105,6 @@ class Daemon:
         self.heap = allocator.Heap()
         self.servers: list[asyncio.AbstractServer] = []
         self.notifier = Notifier.from_env(os.environ)
-        self.store = DocumentStore(config.state_dir)
-        self.documents = Documents(self.rt, config_path, self.store)
         self.metrics = Metrics(self.rt.bus)
         self.admin = AdminServer(_Backend(self), events=self.rt.bus)
         self.ipv6 = SERVED  # or why IPv6 is not served (see _start_listeners)
@@ -111,7 +114,6 @@ class Daemon:
         self._stop = anyio.Event()
         async with anyio.create_task_group() as tg:
             self.rt.tg = tg
-            await anyio.to_thread.run_sync(self._load_documents)
             await tg.start(self.connector.serve)
             await self._start_listeners(tg)
             self.rt.bound["admin"] = await tg.start(
@@ -132,13 +134,20 @@ class Daemon:
             await self._drain()
             tg.cancel_scope.cancel()
 
-    def _load_documents(self) -> None:
-        """At start (in a worker thread): the stored documents on top of the files just read."""
+    def _start(self, config: MeshdConfig) -> Runtime:
+        """The files with the stored documents on top; MeshError when that cannot run.
+
+        The certificate may come from either layer (``choose_tls``): only when
+        neither holds a valid one does meshd refuse to start, setting nothing aside.
+        """
         self.store.load_persisted()
-        files = Files(self.rt.config, self.rt.tls, self.rt.registry)  # what Runtime.load read
-        layered = self._adopt(files)
+        layered = self._layer_stored(load_files(config))
+        rt = Runtime(layered.config, layered.tls, layered.registry)
+        self._swap(layered, rt)
         verdict = _verdict("started on", self.config_path, layered)
-        self.rt.last_reload = ReloadOutcome(0, True, verdict)
+        log.info("%s", verdict)
+        rt.last_reload = ReloadOutcome(0, True, verdict)
+        return rt
 
     async def _start_listeners(self, tg: Any) -> None:
         cfg, rt = self.rt.config, self.rt
@@ -270,7 +279,7 @@ class Daemon:
         return ReloadOutcome(generation, True, verdict)
 
     def _read_files(self) -> Files:
-        """The config file and what it names, validated; MeshError when any of it is wrong."""
+        """The config file and what it names, validated (the certificate may be found invalid)."""
         config = MeshdConfig.load(self.config_path)
         problem = restart_needed(self.rt.config, config)
         if problem:
@@ -284,18 +293,24 @@ class Daemon:
         between; the swap runs on the event loop, so no connection sees half.
         """
         with self.store.transaction():
+            layered = self._layer_stored(files)
+            anyio.from_thread.run_sync(self._swap, layered, self.rt)
+        return layered
+
+    def _layer_stored(self, files: Files) -> Layered:
+        """``layer`` over the stored documents, then the store told what it decided."""
+        with self.store.transaction():
             layered = layer(files, self.store.documents(), self.config_path.parent)
             for kind, why in layered.set_aside.items():  # before a record takes its place
                 self.store.set_aside(kind, why)
             if layered.record is not None:  # later pushes are compared with the file's version
                 self.store.record("registry", layered.record.to_dict())
-            anyio.from_thread.run_sync(self._swap, layered)
         return layered
 
-    def _swap(self, layered: Layered) -> None:
-        rt = self.rt
+    @staticmethod
+    def _swap(layered: Layered, rt: Runtime) -> None:
         rt.config, rt.tls, rt.registry = layered.config, layered.tls, layered.registry
-        rt.policy = layered.policy
+        rt.policy, rt.files, rt.certificate = layered.policy, layered.files, layered.certificate
 
     async def _drain(self) -> None:
         self.rt.draining = True
@@ -385,6 +400,8 @@ class _Backend:
             "host": rt.config.identity.host,
             "identities": sorted(str(i) for i in rt.tls.ids),
             "certificate_not_after": rt.tls.not_after.isoformat(),
+            # whose certificate runs (the files' or a pushed one) and why
+            "certificate": rt.certificate.to_dict(),
             "uptime_seconds": round(time.time() - rt.started, 1),
             "ready": rt.ready,
             "draining": rt.draining,

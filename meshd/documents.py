@@ -9,17 +9,21 @@ Every field is validated at the door, so that applying is swapping
 references. Pushed documents are kept by the store in the state directory,
 not written over the files in /etc: those are the host's bootstrap. At start
 and on SIGHUP the running state is built the same way, by ``layer``: the
-files first (they must be valid, or nothing changes), then each pushed
-document on top of them. A pushed document that no longer validates on those
-files (an expired certificate, a registry an older meshd accepted) is set
-aside, never a reason to refuse the files. A push of one kind replaces just
-that layer.
+files first (config and registry must be valid, or nothing changes), then
+each pushed document on top of them. A pushed document that no longer
+validates on those files (an expired certificate, a registry an older meshd
+accepted) is set aside, never a reason to refuse the files. The certificate
+is the one exception to "pushed on top": the files' and the pushed one are
+both candidates, and meshd runs whichever validates, the later to expire
+when both do (``choose_tls``); it refuses to run only when neither does. A
+push of one kind replaces just that layer.
 """
 
 from __future__ import annotations
 
 import tempfile
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +31,14 @@ from typing import Any
 from meshd.config import MeshdConfig
 from meshd.errors import CertificateError, ConfigError, MeshError
 from meshd.registry import Registry, check_vip_range
-from meshd.runtime import Files, Runtime, check_identity, restart_needed
+from meshd.runtime import (
+    NO_PUSH,
+    CertificateSource,
+    Files,
+    Runtime,
+    check_identity,
+    restart_needed,
+)
 from meshd.schema import Fields
 from meshd.store import DocumentStore
 from meshd.tls import TlsMaterial
@@ -39,19 +50,36 @@ Doc = dict[str, Any]
 class Layered:
     """The state a start or reload swaps in, and what it did to the stored documents."""
 
+    files: Files
     config: MeshdConfig
     tls: TlsMaterial
+    certificate: CertificateSource
     registry: Registry
     policy: Doc
     set_aside: dict[str, str] = field(default_factory=dict)  # kind -> why
     record: Registry | None = None  # the registry file, newer than any push: the store's now
 
 
-class Documents:
-    """Validators and apply hooks for one daemon, registered on its DocumentStore."""
+@dataclass(frozen=True)
+class TlsChoice:
+    """The certificate to run, whose it is, and why a pushed one is set aside (if it is)."""
 
-    def __init__(self, rt: Runtime, config_path: Path, store: DocumentStore) -> None:
-        self.rt = rt
+    tls: TlsMaterial
+    source: CertificateSource
+    set_aside: str | None = None
+
+
+class Documents:
+    """Validators and apply hooks for one daemon, registered on its DocumentStore.
+
+    ``runtime`` gives the daemon's current Runtime: the store is registered
+    (and its documents read) before the start builds one from them.
+    """
+
+    def __init__(
+        self, runtime: Callable[[], Runtime], config_path: Path, store: DocumentStore
+    ) -> None:
+        self.runtime = runtime
         self.directory = config_path.parent  # relative paths in a pushed config start here
         self.store = store
         store.register("registry", self.validate_registry, self.apply_registry)
@@ -61,32 +89,50 @@ class Documents:
 
     # pushes: validated against the running state, applied one layer at a time
     def validate_registry(self, doc: Doc) -> Registry:
-        return registry_on(self.rt.config, doc)
+        return registry_on(self.runtime().config, doc)
 
     def apply_registry(self, registry: Registry) -> None:
-        self.rt.registry = registry
+        self.runtime().registry = registry
 
     def validate_config(self, doc: Doc) -> MeshdConfig:
-        return config_on(self.rt.config, doc, self.directory)
+        return config_on(self.runtime().config, doc, self.directory)
 
     def apply_config(self, config: MeshdConfig) -> None:
-        self.rt.config = config  # the certificate layer (files or pushed) stays as it is
+        self.runtime().config = config  # the certificate layer (files or pushed) stays as it is
 
-    def validate_certs(self, doc: Doc) -> TlsMaterial:
-        return certs_on(self.rt.config, doc)
+    def validate_certs(self, doc: Doc) -> TlsChoice:
+        """A pushed certificate meshd would also run after a restart: one outlasting the files'."""
+        rt = self.runtime()
+        pushed, version = certs_on(rt.config, doc), Fields(doc, "certs").version()
+        if rt.files is None:
+            return TlsChoice(pushed, CertificateSource("pushed", version, "pushed"))
+        choice = pushed_or_files(pushed, version, rt.files)
+        if choice.source.layer == "files":
+            raise CertificateError(
+                f"certs: cert_pem expires {pushed.not_after.isoformat()}, before the certificate"
+                f" in the files ({rt.files.config.identity.cert} expires"
+                f" {choice.tls.not_after.isoformat()}), which meshd would run instead",
+                hint="push a certificate that expires later",
+            )
+        return choice
 
-    def apply_certs(self, tls: TlsMaterial) -> None:
-        self.rt.tls = tls
+    def apply_certs(self, choice: TlsChoice) -> None:
+        rt = self.runtime()
+        rt.tls, rt.certificate = choice.tls, choice.source
 
     def validate_policy(self, doc: Doc) -> Doc:
         return policy_of(doc)
 
     def apply_policy(self, policy: Doc) -> None:
-        self.rt.policy = policy
+        self.runtime().policy = policy
 
 
 def layer(files: Files, docs: dict[str, Doc], directory: Path) -> Layered:
-    """The files with the pushed ``docs`` on top; a document that does not fit is set aside."""
+    """The files with the pushed ``docs`` on top; a document that does not fit is set aside.
+
+    CertificateError when neither the files nor a pushed document hold a
+    valid certificate; nothing is set aside then.
+    """
     set_aside: dict[str, str] = {}
 
     def on_top(kind: str, base: Any, build: Any) -> Any:
@@ -100,11 +146,55 @@ def layer(files: Files, docs: dict[str, Doc], directory: Path) -> Layered:
             return base
 
     config = on_top("config", files.config, lambda d: config_on(files.config, d, directory))
-    tls = on_top("certs", files.tls, lambda d: certs_on(config, d))
+    choice = choose_tls(files, docs.get("certs"), config)
+    if choice.set_aside is not None:
+        set_aside["certs"] = choice.set_aside
     pushed = on_top("registry", None, lambda d: registry_on(config, d))
     policy = on_top("policy", {}, policy_of)
     registry, record = _newer_registry(files.registry, pushed)
-    return Layered(config, tls, registry, policy, set_aside, record)
+    return Layered(files, config, choice.tls, choice.source, registry, policy, set_aside, record)
+
+
+def choose_tls(files: Files, doc: Doc | None, config: MeshdConfig) -> TlsChoice:
+    """The files' certificate or the pushed one: whichever validates, the later to expire if both.
+
+    A join re-signs into the files and renewal pushes: either may be the
+    newer one, and a start must not fail on an expired one while the other
+    is good. On a tie the pushed one wins (it is what meshd ran before).
+    """
+    if doc is None:
+        return TlsChoice(files.required_tls(), CertificateSource("files", None, NO_PUSH))
+    version = Fields(doc, "certs").version()
+    try:
+        pushed = certs_on(config, doc)
+    except MeshError as e:
+        if files.tls is None:
+            raise _no_certificate(files, version, e) from e
+        why = f"pushed certs version {version} does not validate"
+        return TlsChoice(files.tls, CertificateSource("files", None, why), e.message)
+    return pushed_or_files(pushed, version, files)
+
+
+def pushed_or_files(pushed: TlsMaterial, version: int, files: Files) -> TlsChoice:
+    """A valid pushed certificate, unless the files hold one that expires later."""
+    if files.tls is None:
+        problem = files.tls_error.message if files.tls_error else "not read"
+        why = f"the files' certificate does not validate: {problem}"
+        return TlsChoice(pushed, CertificateSource("pushed", version, why))
+    theirs, ours = files.tls.not_after.isoformat(), pushed.not_after.isoformat()
+    if files.tls.not_after > pushed.not_after:
+        why = f"it expires later ({theirs}) than pushed certs version {version} ({ours})"
+        return TlsChoice(files.tls, CertificateSource("files", None, why))
+    why = f"it expires no earlier ({ours}) than the files' certificate ({theirs})"
+    return TlsChoice(pushed, CertificateSource("pushed", version, why))
+
+
+def _no_certificate(files: Files, version: int, pushed: MeshError) -> CertificateError:
+    problem = files.tls_error.message if files.tls_error else "not read"
+    return CertificateError(
+        f"no valid certificate: {problem}; pushed certs version {version}: {pushed.message}",
+        hint="put a current certificate for this host's key into the files (meshctl join)",
+    )
 
 
 def _newer_registry(

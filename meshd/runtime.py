@@ -3,8 +3,9 @@
 Components read the current values on every new connection, so a reload
 (SIGHUP or admin PUT) swaps a reference and connections made before keep
 what they started with. ``load_files`` reads what the files in /etc say (the
-base pushed documents go on top of); ``ReloadOutcome`` is how the last reload
-went, as /stats reports it.
+base pushed documents go on top of); ``CertificateSource`` says whose
+certificate meshd runs and why, ``ReloadOutcome`` how the last reload went,
+both as /stats reports them.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from anyio.abc import TaskGroup
 
 from meshd import __version__
 from meshd.config import MeshdConfig
-from meshd.errors import ConfigError
+from meshd.errors import ConfigError, MeshError
 from meshd.events import EventBus
 from meshd.files import write_atomic
 from meshd.identity import SpiffeId, make_id
@@ -52,19 +53,60 @@ def _not_json(name: str) -> None:
 
 @dataclass(frozen=True)
 class Files:
-    """What the files in /etc say: the base every pushed document is put on top of."""
+    """What the files in /etc say: the base every pushed document is put on top of.
+
+    Config and registry must be valid. The certificate may not be: ``tls`` is
+    None then, and ``tls_error`` says why; a valid pushed certificate can
+    stand in for it (``meshd.documents.choose_tls``).
+    """
 
     config: MeshdConfig
-    tls: TlsMaterial
+    tls: TlsMaterial | None
     registry: Registry
+    tls_error: MeshError | None = None
+
+    def required_tls(self) -> TlsMaterial:
+        """The files' TLS material; their error if it does not validate."""
+        if self.tls is None:
+            assert self.tls_error is not None
+            raise self.tls_error
+        return self.tls
 
 
 def load_files(config: MeshdConfig) -> Files:
-    """Certificate, key, bundle and registry named by ``config``, checked; MeshError if not."""
+    """The registry named by ``config`` (MeshError if bad) and its TLS files, valid or why not."""
+    registry = load_registry(config.registry, config.interception.vip_range)
+    try:
+        return Files(config, load_tls(config), registry)
+    except MeshError as e:
+        return Files(config, None, registry, e)
+
+
+def load_tls(config: MeshdConfig) -> TlsMaterial:
+    """Certificate, key and bundle named by ``config``: current, verified, this host's."""
     ident = config.identity
     tls = TlsMaterial.load(ident.cert, ident.key, ident.bundle)
     check_identity(config, tls)
-    return Files(config, tls, load_registry(config.registry, config.interception.vip_range))
+    return tls
+
+
+NO_PUSH = "no certificate pushed"
+
+
+@dataclass(frozen=True)
+class CertificateSource:
+    """Which certificate meshd runs, the files' or a pushed one, and why (as /stats says)."""
+
+    layer: Literal["files", "pushed"]
+    version: int | None  # of the pushed certs document, when that is the one
+    reason: str
+
+    def describe(self) -> str:
+        where = "the files" if self.layer == "files" else f"pushed certs version {self.version}"
+        return f"certificate from {where}: {self.reason}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layer": self.layer, "version": self.version, "reason": self.reason}
 
 
 @dataclass(frozen=True)
@@ -159,11 +201,16 @@ class Runtime:
     version: str = __version__
     policy: dict[str, Any] = field(default_factory=dict)
     last_reload: ReloadOutcome = field(default_factory=lambda: ReloadOutcome(0, True, "started"))
+    files: Files | None = None  # as last read: a pushed certificate must outlast theirs
+    certificate: CertificateSource = field(
+        default_factory=lambda: CertificateSource("files", None, NO_PUSH)
+    )
 
     @classmethod
     def load(cls, config: MeshdConfig) -> Runtime:
+        """The files alone (``meshd check-config``): their certificate must validate."""
         files = load_files(config)
-        return cls(config=config, tls=files.tls, registry=files.registry)
+        return cls(config=config, tls=files.required_tls(), registry=files.registry, files=files)
 
     @property
     def trust_domain(self) -> str:

@@ -213,10 +213,7 @@ def daemon_subject(pki: Pki, directory: Path) -> Subject:
     (directory / "state").mkdir(mode=0o700)
     config = directory / "meshd.toml"
     config.write_text(daemon_toml(pki.server, directory))
-    daemon = Daemon(config, MeshdConfig.load(config))
-    # what Daemon.run does before it starts the admin API: in a worker thread of a loop
-    with anyio.from_thread.start_blocking_portal() as portal:
-        portal.call(anyio.to_thread.run_sync, daemon._load_documents)
+    daemon = Daemon(config, MeshdConfig.load(config))  # the files with stored documents on top
     rt = daemon.rt
     rt.ready = True
     return Subject(

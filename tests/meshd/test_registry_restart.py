@@ -14,8 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
+from meshctl.ca import sign_csr
+from meshd.pki import build_csr, cert_pem
 from tests.meshd.harness import Meshd, MeshNet, admin_call, client_context
+from tests.meshd.tlsfixtures import Identity
 from tests.poll import until
 
 
@@ -102,10 +107,14 @@ def test_a_stored_registry_that_no_longer_validates_is_set_aside(
 
 
 def test_an_expired_pushed_certificate_does_not_stop_a_restart(net: MeshNet) -> None:
-    """The files' certificate is valid: meshd starts on it and sets the pushed one aside."""
-    ident = net.pki.issue("a", "host/a")
+    """The files' certificate is valid: meshd starts on it and sets the pushed one aside.
+
+    The push outlasted the files' first certificate (or it would be refused);
+    meshctl join put a new one into the files while meshd was down.
+    """
+    ident = net.pki.issue("a", "host/a", lifetime=dt.timedelta(seconds=4))
     a = net.start("a", identity=ident)
-    short = net.pki.reissue(ident, "a-short", lifetime=dt.timedelta(seconds=4))
+    short = net.pki.reissue(ident, "a-short", lifetime=dt.timedelta(seconds=6))
     body = {
         "version": 2,
         "cert_pem": short.cert.read_text(),
@@ -114,6 +123,7 @@ def test_an_expired_pushed_certificate_does_not_stop_a_restart(net: MeshNet) -> 
     assert net.admin(a, "PUT", "/certs", body)[0] == 200
     a.stop()
     until(lambda: _expired(short.cert), 10, "the pushed certificate expires")
+    net.pki.reissue(ident, "a")  # the files, renewed
     a = net.start("a", identity=ident)
     report = stats(net, a)
     assert report["certificate_not_after"] == _not_after(ident.cert).isoformat()
@@ -155,3 +165,62 @@ def _not_after(cert: Path) -> dt.datetime:
 
 def _expired(cert: Path) -> bool:
     return _not_after(cert) < dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+
+
+def cert_for(net: MeshNet, identity: Identity, start_hours: float, hours: float) -> str:
+    """A certificate for ``identity``'s key and names, valid ``hours`` from ``start_hours`` on."""
+    key = serialization.load_pem_private_key(identity.key.read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    ids, issuing = list(identity.ids), net.pki.ca.issuing
+    start = dt.datetime.now(dt.UTC) + dt.timedelta(hours=start_hours)
+    cert = sign_csr(build_csr(key, ids), ids, issuing, start, dt.timedelta(hours=hours))
+    return cert_pem(cert, issuing.cert).decode()
+
+
+def certs_doc(net: MeshNet, version: int, cert: str) -> dict[str, Any]:
+    return {"version": version, "cert_pem": cert, "bundle_pem": net.pki.bundle.read_text()}
+
+
+def _pem_not_after(pem: str) -> str:
+    from cryptography import x509  # noqa: PLC0415
+
+    return x509.load_pem_x509_certificates(pem.encode())[0].not_valid_after_utc.isoformat()
+
+
+def test_a_valid_pushed_certificate_starts_meshd_whose_file_certificate_expired(
+    net: MeshNet,
+) -> None:
+    """The bootstrap certificate from join has expired; the one pushed since has not."""
+    ident = net.pki.issue("a", "host/a")
+    pushed = cert_for(net, ident, 0, 2)
+    store_as_an_older_meshd(net, "a", "certs", certs_doc(net, 2, pushed))
+    ident.cert.write_text(cert_for(net, ident, -3, 2))  # expired an hour ago
+    a = net.start("a", identity=ident)
+    report = stats(net, a)
+    print(f"\ncertificate: {report['certificate']}")
+    assert report["certificate_not_after"] == _pem_not_after(pushed)
+    assert report["certificate"]["layer"] == "pushed" and report["certificate"]["version"] == 2
+    assert "expired" in report["certificate"]["reason"]
+    assert report["documents_set_aside"] == {} and report["documents"]["certs"] == 2
+    assert "certificate from pushed certs version 2" in report["reload"]["message"]
+    assert "certificate from pushed certs version 2" in a.log_text()
+
+
+def test_meshd_does_not_start_without_any_valid_certificate_and_keeps_the_push(
+    net: MeshNet,
+) -> None:
+    ident = net.pki.issue("a", "host/a")
+    stored = store_as_an_older_meshd(
+        net, "a", "certs", certs_doc(net, 2, cert_for(net, ident, -3, 2))
+    )
+    ident.cert.write_text(cert_for(net, ident, -5, 2))
+    with pytest.raises(AssertionError, match="no log line matching"):
+        net.start("a", identity=ident)
+    a = net.procs[-1]
+    assert a.proc.wait(10) != 0
+    error = a.log_text()
+    print(f"\n{error}")
+    assert (
+        "no valid certificate" in error and str(ident.cert) in error and "certs version 2" in error
+    )
+    assert stored.exists() and not stored.with_name("certs.rejected.json").exists()

@@ -239,10 +239,14 @@ def test_a_reload_with_one_bad_file_changes_nothing_and_says_so(net: MeshNet) ->
 def test_a_reload_puts_pushed_documents_back_on_the_new_files_or_sets_them_aside(
     net: MeshNet,
 ) -> None:
-    """An expired pushed certificate must not make a reload of good files half-apply."""
-    ident = net.pki.issue("a", "host/a")
+    """An expired pushed certificate must not make a reload of good files half-apply.
+
+    The push outlasts the files' first certificate (or it would be refused), then
+    lapses; meshctl join puts a new one into the files.
+    """
+    ident = net.pki.issue("a", "host/a", lifetime=dt.timedelta(seconds=4))
     a = net.start("a", identity=ident)
-    short = net.pki.reissue(ident, "a-short", lifetime=dt.timedelta(seconds=3))
+    short = net.pki.reissue(ident, "a-short", lifetime=dt.timedelta(seconds=6))
     assert push_certs(net, a, 2, short.cert.read_bytes())[0] == 200
     until(lambda: leaf(short).not_valid_after_utc < dt.datetime.now(dt.UTC), 10, "expiry")
     renewed = net.pki.reissue(ident, "a")  # good new files, as meshctl enrolls them
@@ -258,3 +262,76 @@ def test_a_reload_puts_pushed_documents_back_on_the_new_files_or_sets_them_aside
     assert presented_serial(net, a) == leaf(renewed).serial_number
     assert "reload failed" not in a.log_text()
     assert re.search(r"reloaded .* \(registry version 5\); pushed certs set aside", a.log_text())
+
+
+def cert_for(net: MeshNet, identity: Identity, start_hours: float, hours: float) -> bytes:
+    """A certificate for ``identity``'s key and names, valid ``hours`` from ``start_hours`` on."""
+    key = serialization.load_pem_private_key(identity.key.read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    ids, issuing = list(identity.ids), net.pki.ca.issuing
+    start = dt.datetime.now(dt.UTC) + dt.timedelta(hours=start_hours)
+    cert = sign_csr(build_csr(key, ids), ids, issuing, start, dt.timedelta(hours=hours))
+    return cert_pem(cert, issuing.cert)
+
+
+def serial_of(pem: bytes) -> int:
+    return x509.load_pem_x509_certificates(pem)[0].serial_number
+
+
+def test_a_reload_runs_a_valid_pushed_certificate_when_the_files_expired(net: MeshNet) -> None:
+    ident = net.pki.issue("a", "host/a")
+    a = net.start("a", identity=ident)
+    pushed = cert_for(net, ident, 0, 2)
+    assert push_certs(net, a, 2, pushed)[0] == 200
+    ident.cert.write_bytes(cert_for(net, ident, -3, 2))  # the join-time files, expired
+    net.registry["version"] = 5
+    net.write_registry()
+    outcome = sighup(net, a)
+    print(f"\n{outcome}")
+    assert outcome["ok"], outcome
+    assert "certificate from pushed certs version 2" in outcome["message"]
+    after = local(net, a)
+    assert after["registry_version"] == 5
+    assert after["certificate"]["layer"] == "pushed"
+    assert "expired" in after["certificate"]["reason"]
+    assert presented_serial(net, a) == serial_of(pushed)
+
+
+def test_newer_files_from_a_join_win_over_a_pushed_certificate_that_expires_sooner(
+    net: MeshNet,
+) -> None:
+    """meshctl join writes a re-signed certificate into the files, then reloads."""
+    ident = net.pki.issue("a", "host/a")
+    a = net.start("a", identity=ident)
+    pushed = cert_for(net, ident, 0, 2)
+    assert push_certs(net, a, 2, pushed)[0] == 200
+    joined = cert_for(net, ident, 0, 5)
+    ident.cert.write_bytes(joined)
+    outcome = sighup(net, a)
+    print(f"\n{outcome}")
+    assert presented_serial(net, a) == serial_of(joined)
+    assert outcome["ok"] and "certificate from the files" in outcome["message"], outcome
+    after = local(net, a)
+    assert after["certificate"] == {
+        "layer": "files",
+        "version": None,
+        "reason": after["certificate"]["reason"],
+    }
+    assert "expires later" in after["certificate"]["reason"]
+    assert after["certificate_not_after"] == leaf_of(joined).not_valid_after_utc.isoformat()
+    assert certs_version(net, a) == 2 and after["documents_set_aside"] == {}
+
+
+def test_a_pushed_certificate_that_expires_before_the_files_is_refused(net: MeshNet) -> None:
+    ident = net.pki.issue("a", "host/a", lifetime=dt.timedelta(hours=5))
+    a = net.start("a", identity=ident)
+    status, text = push_certs(net, a, 2, cert_for(net, ident, 0, 2))
+    print(f"\n{status} {text}")
+    assert status == 400, text
+    assert "before the certificate in the files" in json.loads(text)["error"]
+    assert net.admin(a, "GET", "/certs")[0] == 404
+    assert presented_serial(net, a) == leaf(ident).serial_number
+
+
+def leaf_of(pem: bytes) -> x509.Certificate:
+    return x509.load_pem_x509_certificates(pem)[0]
