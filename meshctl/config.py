@@ -11,11 +11,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from meshctl.ca import MAX_LEAF_LIFETIME
 from meshd.errors import ConfigError
 from meshd.identity import check_name, trust_domain_problem
 from meshd.schema import Fields
 
 FAIL_MODES = ("open", "closed")
+MAX_LEAF_HOURS = int(MAX_LEAF_LIFETIME.total_seconds()) // 3600  # what the CA signs at most
 MTLS_MODES = ("strict", "permissive")
 
 
@@ -43,7 +45,9 @@ class DefaultsConfig:
             inbound_port=f.port("inbound_port", base.inbound_port),
             fail_mode=f.choice("fail_mode", FAIL_MODES, base.fail_mode),
             mtls=f.choice("mtls", MTLS_MODES, base.mtls),
-            leaf_lifetime_hours=f.positive("leaf_lifetime_hours", int, base.leaf_lifetime_hours),
+            leaf_lifetime_hours=f.bounded(
+                "leaf_lifetime_hours", int, base.leaf_lifetime_hours, 1, MAX_LEAF_HOURS
+            ),
             ssh_key=f.get("ssh_key", str, base.ssh_key),
         )
 

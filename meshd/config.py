@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from meshd.errors import ConfigError
+from meshd.frames import MAX_PAYLOAD
 from meshd.identity import SpiffeId, check_name, check_user, make_id, trust_domain_problem
 from meshd.schema import Fields
 
@@ -309,15 +310,55 @@ def _check_services(top: Fields, services: tuple[ServiceConfig, ...]) -> None:
         seen.add(s.name)
 
 
+# Every limit and timeout has a range: a value out of it (NaN, inf, 2^33) is a typo or an
+# attack through a pushed config, and would break links long after the push was taken.
+WINDOW_MAX = 2**31 - 1  # windows are granted in u32 WINDOW frames; kept clear of the top bit
+LIMIT_BOUNDS: dict[str, tuple[int, int]] = {
+    "max_connections": (1, 1_000_000),  # two descriptors each
+    "max_streams_per_link": (1, 100_000),
+    "max_header_bytes": (1024, 1024 * 1024),
+    "stream_window": (16 * 1024, WINDOW_MAX),
+    "link_window": (16 * 1024, WINDOW_MAX),  # and at least stream_window
+    "max_links_per_peer": (1, 64),
+    "max_frame": (1024, MAX_PAYLOAD),  # a peer's larger frame is refused as broken
+    "max_silent": (1, 65536),  # a descriptor each
+    "max_silent_per_source": (1, 65536),
+    "max_handshakes": (1, 4096),  # ~300 KiB each
+    "max_handshakes_per_source": (1, 4096),
+}
+TIMEOUT_BOUNDS: dict[str, tuple[float, float]] = {  # seconds
+    "handshake": (0.1, 300.0),
+    "connect": (0.1, 300.0),
+    "header_read": (0.1, 3600.0),
+    "idle": (1.0, 7 * 24 * 3600.0),
+    "drain": (0.1, 3600.0),
+    "ping_interval": (0.1, 3600.0),
+}
+# for a field added without its own range (tests/meshd/test_config.py asks for one)
+ANY_LIMIT, ANY_TIMEOUT = (1, WINDOW_MAX), (0.1, 3600.0)
+
+
 def _limits(f: Fields) -> LimitsConfig:
+    names = LimitsConfig.__dataclass_fields__
+    f.unknown(set(names))
     d = LimitsConfig()
-    f.unknown(set(d.__dataclass_fields__))
-    return LimitsConfig(**{k: f.positive(k, int, getattr(d, k)) for k in d.__dataclass_fields__})
+    values = {k: f.bounded(k, int, getattr(d, k), *LIMIT_BOUNDS.get(k, ANY_LIMIT)) for k in names}
+    if values["link_window"] < values["stream_window"]:  # one stream could not use its window
+        raise f.fail(
+            "link_window",
+            f"must be at least {f.path}.stream_window ({values['stream_window']}),"
+            f" got {values['link_window']}",
+        )
+    return LimitsConfig(**values)
 
 
 def _timeouts(f: Fields) -> TimeoutsConfig:
+    names = TimeoutsConfig.__dataclass_fields__
+    f.unknown(set(names))
     d = TimeoutsConfig()
-    f.unknown(set(d.__dataclass_fields__))
     return TimeoutsConfig(
-        **{k: f.positive(k, float, getattr(d, k)) for k in d.__dataclass_fields__}
+        **{
+            k: f.bounded(k, float, getattr(d, k), *TIMEOUT_BOUNDS.get(k, ANY_TIMEOUT))
+            for k in names
+        }
     )

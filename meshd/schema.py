@@ -7,6 +7,7 @@ all of them report problems the same way: ``SOURCE: field.path: problem``.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -14,6 +15,7 @@ from typing import Any, TypeVar
 from meshd.errors import ConfigError
 
 T = TypeVar("T")
+N = TypeVar("N", int, float)
 
 # Document versions are integers every JSON reader gets back exactly (JavaScript's safe range)
 MAX_VERSION = 2**53 - 1
@@ -66,7 +68,7 @@ class Fields:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
-            raise self.fail(key, f"expected {kind.__name__}, got {value!r}")
+            raise self.fail(key, f"expected {kind.__name__}, got {brief(value)}")
         return value
 
     def optional(self, key: str, kind: type[T]) -> T | None:
@@ -91,10 +93,20 @@ class Fields:
             raise self.fail(key, f"{value} is not a port number (1-65535)")
         return value
 
-    def positive(self, key: str, kind: type[T], default: T) -> T:
+    def positive(self, key: str, kind: type[N], default: N) -> N:
         value = self.get(key, kind, default)
-        if value <= 0:  # type: ignore[operator]
-            raise self.fail(key, f"must be greater than 0, got {value!r}")
+        if not value > 0 or not _finite(value):  # ``not >``: NaN compares false to everything
+            raise self.fail(key, f"must be greater than 0, got {brief(value)}")
+        return value
+
+    def bounded(self, key: str, kind: type[N], default: N, low: N, high: N) -> N:
+        """An int or a finite float from ``low`` to ``high`` (NaN and infinities are refused)."""
+        value = self.get(key, kind, default)
+        if not (_finite(value) and low <= value <= high):
+            what = "an integer" if kind is int else "a number"
+            raise self.fail(
+                key, f"must be {what} from {_number(low)} to {_number(high)}, got {brief(value)}"
+            )
         return value
 
     def address(self, key: str, default: str | None = None) -> tuple[str, int]:
@@ -116,6 +128,14 @@ class Fields:
         extra = sorted(set(self.data) - known)
         if extra:
             raise self.fail(extra[0], "unknown field")
+
+
+def _finite(value: float) -> bool:
+    return not isinstance(value, float) or math.isfinite(value)  # an int of any size is
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def brief(value: object, limit: int = 40) -> str:

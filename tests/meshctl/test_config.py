@@ -50,6 +50,11 @@ def test_roundtrip() -> None:
         ),
         (_with("defaults", "mtls", "off"), "defaults.mtls"),
         (_with("defaults", "leaf_lifetime_hours", 0), "defaults.leaf_lifetime_hours"),
+        (  # signing would refuse it at the first join, or overflow
+            _with("defaults", "leaf_lifetime_hours", 10**30),
+            "defaults.leaf_lifetime_hours: must be an integer from 1 to 2160",
+        ),
+        (_with("defaults", "leaf_lifetime_hours", 2161), "from 1 to 2160, got 2161"),
         (_with("defaults", "colour", "blue"), "defaults.colour: unknown field"),
     ],
 )

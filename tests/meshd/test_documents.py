@@ -130,3 +130,25 @@ def test_a_config_push_keeps_a_pushed_certificate(net: MeshNet) -> None:
     status, text = net.admin(a, "PUT", "/config", {"version": 1, "toml": toml})
     assert status == 200, text
     assert json.loads(net.admin(a, "GET", "/stats")[1])["certificate_not_after"] == before
+
+
+@pytest.mark.parametrize(
+    ("table", "field"),
+    [
+        ("[timeouts]\nhandshake = nan", "timeouts.handshake"),
+        ("[timeouts]\nconnect = inf", "timeouts.connect"),
+        ("[limits]\nstream_window = 8589934592", "limits.stream_window"),
+        ("[limits]\nmax_frame = 4294967296", "limits.max_frame"),
+    ],
+)
+def test_a_config_with_an_unbounded_limit_or_timeout_gets_400(
+    net: MeshNet, table: str, field: str
+) -> None:
+    a = net.start("a")
+    toml = a.config.read_text().replace("[log]", f"{table}\n[log]")
+    status, text = net.admin(a, "PUT", "/config", {"version": 2, "toml": toml})
+    print(f"\n{status} {text}")
+    assert status == 400, text
+    assert json.loads(text)["error"].startswith(f"config.toml: {field}:")
+    assert net.admin(a, "GET", "/config")[0] == 404  # nothing applied
+    assert_still_serving(net, a)
