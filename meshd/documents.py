@@ -219,7 +219,13 @@ def config_on(base: MeshdConfig, doc: Doc, directory: Path) -> MeshdConfig:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config: toml: {e}") from e
     config = MeshdConfig.from_dict(parsed, "config.toml", directory)
-    problem = restart_needed(base, config) or _host_owned_change(base, config)
+    problem = _host_owned_change(base, config)
+    if problem:
+        raise ConfigError(
+            f"config: {problem}",
+            hint="change it on the host: meshctl join writes the file and the rules from it",
+        )
+    problem = restart_needed(base, config)
     if problem:
         raise ConfigError(f"config: {problem}", hint="change it on the host and restart meshd")
     return config
@@ -229,6 +235,8 @@ def _host_owned_change(base: MeshdConfig, new: MeshdConfig) -> str | None:
     """What a push may not change because something other than meshd reads it from the file."""
     if new.identity != base.identity:
         return "identity files changed"  # a push must not point meshd at other files
+    if new.local_services != base.local_services:  # name, port, run_as, outbound; not the order
+        return "[[services]] changed (meshd rules renders them from the file)"
     if new.interception != base.interception:
         return "[interception] changed (meshd rules and meshd sync read it from the file)"
     if new.registry != base.registry:

@@ -241,9 +241,13 @@ def restart_needed(old: MeshdConfig, new: MeshdConfig) -> str | None:
         return "the state directory changed"
     if new.listen != old.listen or new.upstreams != old.upstreams:
         return "listen addresses or upstream listeners changed"
-    if [s.outbound for s in new.services] != [s.outbound for s in old.services]:
+    if _outbounds(new) != _outbounds(old):
         return "a service's outbound listener changed"
     return None
+
+
+def _outbounds(config: MeshdConfig) -> dict[str, Any]:
+    return {s.name: s.outbound for s in config.services}
 
 
 def check_identity(config: MeshdConfig, tls: TlsMaterial) -> None:

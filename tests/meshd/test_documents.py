@@ -152,3 +152,35 @@ def test_a_config_with_an_unbounded_limit_or_timeout_gets_400(
     assert json.loads(text)["error"].startswith(f"config.toml: {field}:")
     assert net.admin(a, "GET", "/config")[0] == 404  # nothing applied
     assert_still_serving(net, a)
+
+
+def _services_toml(services: dict[str, int]) -> str:
+    return "".join(f'[[services]]\nname = "{n}"\nport = {p}\n' for n, p in services.items())
+
+
+@pytest.mark.parametrize(
+    "pushed",
+    [{"web": 8081, "api": 9090}, {"web": 8080, "api": 9090, "db": 5432}, {"web": 8080}],
+    ids=["moved", "added", "removed"],
+)
+def test_a_pushed_config_may_not_change_the_services_the_rules_protect(
+    net: MeshNet, pushed: dict[str, int]
+) -> None:
+    """meshd rules and meshd sync render the services from the file: a push would leave
+    the new port without interception (strict mode not held) and the old one protected."""
+    services = {"web": 8080, "api": 9090}
+    a = net.start("a", services=services)
+    text = a.config.read_text()
+    toml = text.replace(_services_toml(services), _services_toml(pushed))
+    assert toml != text
+    status, answer = net.admin(a, "PUT", "/config", {"version": 2, "toml": toml})
+    print(f"\n{status} {answer}")
+    assert status == 400, answer
+    error = json.loads(answer)
+    assert error["error"] == "config: [[services]] changed (meshd rules renders them from the file)"
+    assert "meshctl join" in error["hint"]
+    assert net.admin(a, "GET", "/config")[0] == 404
+    reordered = text.replace(
+        _services_toml(services), _services_toml(dict(reversed(services.items())))
+    )
+    assert net.admin(a, "PUT", "/config", {"version": 2, "toml": reordered})[0] == 200
