@@ -321,7 +321,7 @@ def _decode(content_type: str, body: bytes, endpoint: AdminEndpoint) -> Any:
         return text
     try:
         return json.loads(text)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nested too deeply
         raise _broken(endpoint, f"sent a JSON body that does not parse: {e}") from e
 
 

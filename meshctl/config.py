@@ -6,7 +6,6 @@ half-read: either the whole file is valid or a ConfigError is raised.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 from meshctl.ca import MAX_LEAF_LIFETIME
 from meshd.errors import ConfigError
 from meshd.identity import check_name, trust_domain_problem
-from meshd.schema import Fields
+from meshd.schema import Fields, read_toml
 
 FAIL_MODES = ("open", "closed")
 MAX_LEAF_HOURS = int(MAX_LEAF_LIFETIME.total_seconds()) // 3600  # what the CA signs at most
@@ -71,14 +70,12 @@ class MeshConfig:
     def from_toml(cls, path: Path) -> MeshConfig:
         """Read and validate ``path``."""
         try:
-            doc = tomllib.loads(path.read_text())
+            text = path.read_text()
         except FileNotFoundError as e:
             raise ConfigError(
                 f"{path}: no such file", hint="run meshctl init to create a workspace"
             ) from e
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: {e}") from e
-        return cls.from_dict(doc, str(path))
+        return cls.from_dict(read_toml(text, str(path)), str(path))
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any], source: str) -> MeshConfig:

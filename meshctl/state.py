@@ -12,7 +12,6 @@ import contextlib
 import fcntl
 import json
 import os
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from meshctl import files
 from meshctl.inventory import Inventory
 from meshctl.workspace import HOSTS_HEADER, Workspace
 from meshd.errors import ConfigError
+from meshd.schema import read_toml
 
 
 @contextlib.contextmanager
@@ -57,9 +57,9 @@ def inventory_path(ws: Workspace) -> Path:
 def load_inventory(ws: Workspace) -> Inventory:
     path = inventory_path(ws)
     try:
-        doc = tomllib.loads(path.read_text()) if path.exists() else {}
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: {e}", hint="fix the TOML syntax") from e
+        doc = read_toml(path.read_text(), str(path)) if path.exists() else {}
+    except ConfigError as e:
+        raise ConfigError(e.message, hint="fix the TOML syntax") from e
     return Inventory.from_dict(doc, str(path))
 
 

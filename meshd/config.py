@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ from typing import Any
 from meshd.errors import ConfigError
 from meshd.frames import MAX_PAYLOAD
 from meshd.identity import SpiffeId, check_name, check_user, make_id, trust_domain_problem
-from meshd.schema import Fields
+from meshd.schema import Fields, read_toml
 
 MTLS_MODES = ("strict", "permissive")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -180,12 +179,10 @@ class MeshdConfig:
     @classmethod
     def load(cls, path: Path) -> MeshdConfig:
         try:
-            doc = tomllib.loads(path.read_text())
+            text = path.read_text()
         except FileNotFoundError as e:
             raise ConfigError(f"{path}: no such file") from e
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: {e}") from e
-        return cls.from_dict(doc, str(path), path.parent)
+        return cls.from_dict(read_toml(text, str(path)), str(path), path.parent)
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any], source: str, base: Path = Path("/")) -> MeshdConfig:

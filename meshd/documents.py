@@ -22,7 +22,6 @@ push of one kind replaces just that layer.
 from __future__ import annotations
 
 import tempfile
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,7 @@ from meshd.runtime import (
     check_identity,
     restart_needed,
 )
-from meshd.schema import Fields
+from meshd.schema import Fields, read_toml
 from meshd.store import DocumentStore
 from meshd.tls import TlsMaterial
 
@@ -213,11 +212,7 @@ def config_on(base: MeshdConfig, doc: Doc, directory: Path) -> MeshdConfig:
     """A pushed config, checked against the one meshd runs on: only live parts may change."""
     fields = Fields(doc, "config")
     fields.unknown({"version", "toml"})
-    text = fields.get("toml", str)
-    try:
-        parsed = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config: toml: {e}") from e
+    parsed = read_toml(fields.get("toml", str), "config: toml")
     config = MeshdConfig.from_dict(parsed, "config.toml", directory)
     problem = _host_owned_change(base, config)
     if problem:

@@ -1,13 +1,15 @@
 """Reading validated values out of parsed TOML/JSON documents.
 
 One small reader shared by every config and document parser of the mesh, so
-all of them report problems the same way: ``SOURCE: field.path: problem``.
+all of them report problems the same way: ``SOURCE: field.path: problem``;
+and ``read_toml``, which every TOML they read goes through.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import math
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -19,6 +21,23 @@ N = TypeVar("N", int, float)
 
 # Document versions are integers every JSON reader gets back exactly (JavaScript's safe range)
 MAX_VERSION = 2**53 - 1
+
+
+TOO_DEEP = "nested too deeply to read"
+
+
+def read_toml(text: str, source: str) -> dict[str, Any]:
+    """``text`` as a TOML document; ConfigError naming ``source`` when it is not one.
+
+    tomllib recurses per level of nesting: deep arrays or inline tables from
+    an operator or a peer raise RecursionError, which must be a refusal too.
+    """
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: {e}") from e
+    except RecursionError:
+        raise ConfigError(f"{source}: {TOO_DEEP}") from None
 
 
 @dataclass(frozen=True)

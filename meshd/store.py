@@ -33,7 +33,7 @@ from typing import Any, Literal, TypeVar
 
 from meshd.errors import ConfigError, MeshError
 from meshd.files import sync_directory, write_temp
-from meshd.schema import Fields
+from meshd.schema import TOO_DEEP, Fields
 
 KINDS = ("registry", "config", "policy", "certs")
 
@@ -115,7 +115,7 @@ class DocumentStore:
         with self._lock:
             slot = self._slot(kind)
             fresh = _canonical(kind, doc)
-            value = slot.validate(_copy_required(fresh))
+            value = _validated(kind, slot, fresh)
             if slot.current is not None and _check_version(kind, slot.current, fresh):
                 return PutResult("unchanged", fresh["version"])
             self._install(kind, slot, value, fresh, slot.current)
@@ -128,7 +128,7 @@ class DocumentStore:
             if slot.previous is None or slot.current is None:
                 raise ConfigError(f"no previous {kind} document to roll back to")
             target = slot.previous
-            value = slot.validate(_copy_required(target))
+            value = _validated(kind, slot, target)
             self._install(kind, slot, value, target, slot.current)
             return PutResult("applied", target["version"])
 
@@ -263,6 +263,14 @@ class DocumentStore:
                 hint="check that the directory exists and is writable by meshd",
             ) from e
         return staged
+
+
+def _validated(kind: str, slot: _Slot, doc: Doc) -> Any:
+    """``slot``'s value for ``doc``; nesting too deep for a validator is a refusal, not a 500."""
+    try:
+        return slot.validate(_copy_required(doc))
+    except RecursionError:
+        raise ConfigError(f"{kind}: {TOO_DEEP}") from None
 
 
 def _canonical(kind: str, doc: object) -> Doc:

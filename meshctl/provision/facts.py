@@ -156,7 +156,7 @@ def _newest_registry(etc: str, pushed: str) -> dict[str, Any] | None:
     for text in (pushed, etc):
         try:
             doc = json.loads(text) if text else None
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
             doc = None
         if isinstance(doc, dict) and isinstance(doc.get("version"), int):
             docs.append(doc)

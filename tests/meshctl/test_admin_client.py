@@ -232,3 +232,46 @@ def test_for_workspace(tmp_path: Path) -> None:
     finally:
         mesh.stop_all()
     assert stats["host"] == "web1"
+
+
+class CannedServer:
+    """A TLS server with a valid host certificate that answers one request with ``answer``."""
+
+    def __init__(self, identity: Identity, answer: bytes) -> None:
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.verify_mode = ssl.CERT_REQUIRED
+        self.context.load_verify_locations(identity.bundle)
+        self.context.load_cert_chain(identity.cert, identity.key)
+        self.answer = answer
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+            with self.context.wrap_socket(conn, server_side=True) as tls:
+                tls.recv(65536)
+                tls.sendall(self.answer)
+        except OSError:
+            return
+
+    def close(self) -> None:
+        self.sock.close()
+        self.thread.join(5)
+
+
+def test_a_json_answer_nested_too_deeply_is_a_broken_answer(tmp_path: Path) -> None:
+    """A compromised host's meshd must not get a traceback out of meshctl."""
+    pki = TestPki(tmp_path / "pki")
+    body = b"[" * 100_000 + b"]" * 100_000
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+    server = CannedServer(pki.issue("web1", "host/web1"), head.encode() + b"\r\n\r\n" + body)
+    try:
+        with pytest.raises(ConnectError, match="JSON body that does not parse"):
+            client_for(pki.issue("ops", "operator/ops")).stats(
+                AdminEndpoint("web1", "127.0.0.1", server.port)
+            )
+    finally:
+        server.close()

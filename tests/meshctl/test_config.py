@@ -68,3 +68,10 @@ def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     path.write_text("[mesh]\nname = \n")
     with pytest.raises(ConfigError, match=r"mesh.toml: .*line 2"):
         MeshConfig.from_toml(path)
+
+
+def test_a_file_nested_too_deeply_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "mesh.toml"
+    path.write_text("[mesh]\nname = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match=r"mesh.toml: nested too deeply to read"):
+        MeshConfig.from_toml(path)

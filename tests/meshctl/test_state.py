@@ -5,10 +5,13 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+import pytest
+
 from meshctl import state
 from meshctl.config import MeshConfig
 from meshctl.inventory import HostSpec, Inventory, ServiceSpec
 from meshctl.workspace import HOSTS_HEADER, Workspace, init_workspace
+from meshd.errors import ConfigError
 from tests.meshctl.helpers import NOW, TD
 
 CONFIG = MeshConfig("t", TD, "alice", ca_key_encrypted=False)
@@ -87,3 +90,10 @@ def test_record_directories_are_private(tmp_path: Path) -> None:
     state.record_join(ws, "web1", {})
     assert mode(ws.root / "applied") == 0o700
     assert mode(ws.root / "applied" / "hosts") == 0o700
+
+
+def test_an_inventory_nested_too_deeply_is_a_config_error(tmp_path: Path) -> None:
+    ws = workspace(tmp_path)
+    state.inventory_path(ws).write_text("[hosts.a]\nlabels = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match=r"hosts\.toml: nested too deeply to read"):
+        state.load_inventory(ws)

@@ -86,3 +86,10 @@ def test_every_limit_and_timeout_has_its_own_range() -> None:
     for name, (low, high) in {**LIMIT_BOUNDS, **TIMEOUT_BOUNDS}.items():
         default = getattr(LimitsConfig(), name, None) or getattr(TimeoutsConfig(), name)
         assert low <= default <= high, name
+
+
+def test_a_config_file_nested_too_deeply_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "meshd.toml"
+    path.write_text(configs.minimal() + "[log]\nx = " + "{a = " * 3000 + "1" + "}" * 3000 + "\n")
+    with pytest.raises(ConfigError, match=f"^{path}: nested too deeply to read$"):
+        MeshdConfig.load(path)

@@ -184,3 +184,14 @@ def test_a_pushed_config_may_not_change_the_services_the_rules_protect(
         _services_toml(services), _services_toml(dict(reversed(services.items())))
     )
     assert net.admin(a, "PUT", "/config", {"version": 2, "toml": reordered})[0] == 200
+
+
+def test_a_deeply_nested_pushed_config_gets_400_not_a_traceback(net: MeshNet) -> None:
+    a = net.start("a")
+    toml = a.config.read_text() + "\nx = " + "[" * 5000 + "]" * 5000 + "\n"
+    status, text = net.admin(a, "PUT", "/config", {"version": 2, "toml": toml})
+    print(f"\n{status} {text}")
+    assert status == 400, text
+    assert json.loads(text)["error"] == "config: toml: nested too deeply to read"
+    assert "Traceback" not in a.log_text()
+    assert_still_serving(net, a)

@@ -224,3 +224,12 @@ def test_meshd_does_not_start_without_any_valid_certificate_and_keeps_the_push(
         "no valid certificate" in error and str(ident.cert) in error and "certs version 2" in error
     )
     assert stored.exists() and not stored.with_name("certs.rejected.json").exists()
+
+
+def test_a_stored_config_nested_too_deeply_is_set_aside(net: MeshNet) -> None:
+    deep = '[log]\nlevel = "info"\nx = ' + "[" * 5000 + "]" * 5000 + "\n"
+    store_as_an_older_meshd(net, "a", "config", {"version": 3, "toml": deep})
+    a = net.start("a")
+    aside = stats(net, a)["documents_set_aside"]["config"]
+    assert aside["version"] == 3 and aside["reason"] == "config: toml: nested too deeply to read"
+    assert "Traceback" not in a.log_text()

@@ -276,3 +276,16 @@ def test_non_json_numbers_are_refused_anywhere_in_any_kind() -> None:
     assert store.get("policy") is None
     store.put("policy", {"version": 2**53 - 1})
     assert store.versions() == {"policy": 2**53 - 1}
+
+
+def test_a_validator_that_recurses_too_deep_is_a_config_error_naming_the_kind() -> None:
+    """Whatever a validator parses (TOML, nested JSON), nesting is never a 500."""
+    import tomllib  # noqa: PLC0415
+
+    applied: list[object] = []
+    store = DocumentStore()
+    store.register("config", lambda d: tomllib.loads(d["toml"]), applied.append)
+    deep = {"version": 1, "toml": "x = " + "[" * 5000 + "]" * 5000}
+    with pytest.raises(ConfigError, match=r"^config: nested too deeply to read$"):
+        store.put("config", deep)
+    assert store.get("config") is None and applied == []

@@ -157,6 +157,7 @@ def _registry(version: int, origin: str) -> str:
         (_registry(4, "etc"), _registry(4, "state"), "state"),  # a tie: the pushed one
         (_registry(2, "etc"), "", "etc"),
         (_registry(2, "etc"), "{not json", "etc"),
+        (_registry(2, "etc"), "[" * 100_000 + "]" * 100_000, "etc"),  # nested too deeply
         ("", _registry(1, "state"), "state"),
         (json.dumps({"version": "9", "services": {}}), _registry(1, "state"), "state"),
     ],
