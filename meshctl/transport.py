@@ -14,6 +14,7 @@ import base64
 import hashlib
 import shlex
 import subprocess
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,10 +135,21 @@ def pin(path: Path, hostname: str, key: paramiko.PKey) -> None:
         if path.exists():
             keys.load(str(path))
         keys.add(hostname, key.get_name(), key)
-        tmp = path.with_name(f".{path.name}.tmp")
-        keys.save(str(tmp))
-        tmp.chmod(0o600)
-        tmp.replace(path)
+        save_known_hosts(path, keys)
+
+
+def save_known_hosts(path: Path, keys: paramiko.HostKeys) -> None:
+    """Write ``keys`` to ``path`` as paramiko formats them: whole, 0600, never through a link.
+
+    paramiko's save() opens the name it is given with a plain open(), which
+    follows a link planted there: it writes into a fresh private directory
+    instead, and meshctl.files puts the result in place.
+    """
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as private:
+        staged = Path(private) / path.name
+        keys.save(str(staged))
+        data = staged.read_bytes()
+    write_atomic(path, data, 0o600)
 
 
 @dataclass

@@ -9,7 +9,6 @@ the CA keys encrypted with the operator's passphrase.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from meshctl import files
 from meshctl.ca import OPERATOR_CERT_LIFETIME, Authority, MeshCa, create_ca, issue_identity
 from meshctl.config import MeshConfig
 from meshd.errors import CertificateError, ConfigError
@@ -139,10 +139,15 @@ def init_workspace(
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.init-", dir=root.parent))
     try:
         _populate(Workspace(staging, config), passphrase, now)
+        for directory in sorted(staging.rglob("*"), reverse=True):
+            if directory.is_dir():
+                files.sync_directory(directory)
+        files.sync_directory(staging)
         staging.rename(root)  # atomic; replaces only an empty directory
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    files.sync_directory(root.parent)
     return Workspace(root, config)
 
 
@@ -182,9 +187,7 @@ def _write_ca(ws: Workspace, ca: MeshCa, secret: bytes | None) -> None:
 
 
 def _write(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    files.write_new(path, data, FILE_MODE)
 
 
 def ca_certificates(ws: Workspace) -> list[tuple[str, x509.Certificate]]:

@@ -13,7 +13,7 @@ from meshctl.inventory import (
     HostOverrides,
     select_hosts,
 )
-from meshctl.transport import fingerprint, load_known_hosts
+from meshctl.transport import fingerprint, load_known_hosts, save_known_hosts
 from meshd.errors import ConfigError
 
 app = typer.Typer(
@@ -45,10 +45,7 @@ def forget(
         )
     forgotten = ", ".join(f"{kind} {fingerprint(key)}" for kind, key in entry.items())
     del keys[host]
-    tmp = path.with_name(f".{path.name}.tmp")
-    keys.save(str(tmp))
-    tmp.chmod(0o600)
-    tmp.replace(path)
+    save_known_hosts(path, keys)
     actx.out.print(f"forgot the host key of {host} ({forgotten})", markup=False)
 
 

@@ -17,6 +17,8 @@ from meshctl.transport import (
     Target,
     check,
     fingerprint,
+    pin,
+    save_known_hosts,
 )
 from meshd.errors import ConnectError, ProvisionError
 
@@ -107,3 +109,41 @@ def test_auth_failure_and_unreachable_host(testbed: Testbed, tmp_path: Path) -> 
     nobody = str(ipaddress.ip_network(testbed.subnet)[200])  # on our bridge, but no host there
     with pytest.raises(ConnectError, match=f"{nobody}:22: (no answer|cannot connect)"):
         SshTransport(Target(nobody), known, key_file=testbed.client_key, timeout=2)
+
+
+def planted(directory: Path, name: str) -> Path:
+    """A file of the operator's, and a link to it where meshctl might write: what it points at."""
+    victim = directory / "victim.txt"
+    victim.write_text("operator's file\n")
+    victim.chmod(0o644)
+    (directory / name).symlink_to(victim)
+    return victim
+
+
+def test_pin_never_writes_through_a_link_planted_beside_known_hosts(tmp_path: Path) -> None:
+    victim = planted(tmp_path, ".known_hosts.tmp")
+    known = tmp_path / "known_hosts"
+    old, new = paramiko.ECDSAKey.generate(), paramiko.ECDSAKey.generate()
+    pin(known, "10.0.0.1", old)
+    pin(known, "[10.0.0.2]:2222", new)
+    assert victim.read_text() == "operator's file\n"
+    assert victim.stat().st_mode & 0o777 == 0o644
+    assert not known.is_symlink() and known.stat().st_mode & 0o777 == 0o600
+    pinned = paramiko.HostKeys(str(known))
+    assert pinned.lookup("10.0.0.1")[old.get_name()] == old  # type: ignore[index]
+    assert pinned.lookup("[10.0.0.2]:2222")[new.get_name()] == new  # type: ignore[index]
+    leftovers = {p.name for p in tmp_path.iterdir()} - {"known_hosts", "victim.txt"}
+    assert leftovers == {".known_hosts.tmp"}  # the planted link, untouched: no temporary left
+
+
+def test_save_known_hosts_keeps_every_entry_as_paramiko_writes_it(tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    key = paramiko.ECDSAKey.generate()
+    original = (
+        f"a.example,10.0.0.3 {key.get_name()} {key.get_base64()}\n"
+        f"|1|c2FsdHNhbHRzYWx0c2FsdHNhbHQ=|aGFzaGhhc2hoYXNoaGFzaGhhc2g= "
+        f"{key.get_name()} {key.get_base64()}\n"
+    )
+    known.write_text(original)
+    save_known_hosts(known, paramiko.HostKeys(str(known)))
+    assert known.read_text() == original

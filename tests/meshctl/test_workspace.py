@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 import subprocess
 from pathlib import Path
@@ -128,3 +129,26 @@ def test_load_without_workspace(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no mesh workspace") as info:
         Workspace.load(tmp_path)
     assert "meshctl init" in (info.value.hint or "")
+
+
+def test_init_syncs_every_file_and_directory_before_it_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CA keys exist once: a crash right after init must not leave them empty."""
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    ws = init_workspace(tmp_path / "mesh", CONFIG, PASS, NOW)
+    staging = {Path(p).relative_to(tmp_path).parts[0] for p in synced if p != str(tmp_path)}
+    assert len(staging) == 1 and staging.pop().startswith(".mesh.init-")  # synced, then renamed
+    relative = {
+        Path(*Path(p).relative_to(tmp_path).parts[1:]) for p in synced if p != str(tmp_path)
+    }
+    for path in [ws.root, *ws.root.rglob("*")]:
+        assert path.relative_to(ws.root) in relative, path
+    assert synced[-1] == str(tmp_path)  # the rename into place
