@@ -177,8 +177,7 @@ def choose_tls(files: Files, doc: Doc | None, config: MeshdConfig) -> TlsChoice:
 def pushed_or_files(pushed: TlsMaterial, version: int, files: Files) -> TlsChoice:
     """A valid pushed certificate, unless the files hold one that expires later."""
     if files.tls is None:
-        problem = files.tls_error.message if files.tls_error else "not read"
-        why = f"the files' certificate does not validate: {problem}"
+        why = f"the files' certificate does not validate: {files.tls_problem}"
         return TlsChoice(pushed, CertificateSource("pushed", version, why))
     theirs, ours = files.tls.not_after.isoformat(), pushed.not_after.isoformat()
     if files.tls.not_after > pushed.not_after:
@@ -189,9 +188,9 @@ def pushed_or_files(pushed: TlsMaterial, version: int, files: Files) -> TlsChoic
 
 
 def _no_certificate(files: Files, version: int, pushed: MeshError) -> CertificateError:
-    problem = files.tls_error.message if files.tls_error else "not read"
     return CertificateError(
-        f"no valid certificate: {problem}; pushed certs version {version}: {pushed.message}",
+        f"no valid certificate: {files.tls_problem};"
+        f" pushed certs version {version}: {pushed.message}",
         hint="put a current certificate for this host's key into the files (meshctl join)",
     )
 

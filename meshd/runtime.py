@@ -65,6 +65,11 @@ class Files:
     registry: Registry
     tls_error: MeshError | None = None
 
+    @property
+    def tls_problem(self) -> str:
+        """Why the files' certificate does not validate ("" when it does)."""
+        return self.tls_error.message if self.tls_error is not None else ""
+
     def required_tls(self) -> TlsMaterial:
         """The files' TLS material; their error if it does not validate."""
         if self.tls is None:
