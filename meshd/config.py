@@ -317,6 +317,7 @@ LIMIT_BOUNDS: dict[str, tuple[int, int]] = {
     "stream_window": (16 * 1024, WINDOW_MAX),
     "link_window": (16 * 1024, WINDOW_MAX),  # and at least stream_window
     "max_links_per_peer": (1, 64),
+    "max_streams_per_peer": (1, 1_000_000),
     "max_frame": (1024, MAX_PAYLOAD),  # a peer's larger frame is refused as broken
     "max_silent": (1, 65536),  # a descriptor each
     "max_silent_per_source": (1, 65536),
