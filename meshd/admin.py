@@ -59,7 +59,7 @@ from meshd.adminhttp import Conn, Exchange
 from meshd.errors import ConfigError, ConnectError
 from meshd.events import ConnectionRefused, EventBus, HandshakeFailed
 from meshd.gate import HANDSHAKE_GRACE, HandshakeGate
-from meshd.handshake import classify
+from meshd.handshake import classify, client_hello
 from meshd.httpwire import Request, Response, error_response
 from meshd.logs import peer_lines
 from meshd.netfacts import fmt
@@ -193,11 +193,11 @@ class AdminServer:
         """The peer's TLS stream once its handshake is done; None if it failed or was cut short."""
         deadline = anyio.current_time() + self.limits.handshake_timeout
         with _admitted(self.silent, source, deadline) as waiting:
-            await anyio.wait_readable(stream.sock)  # nothing is spent on TLS before this
+            said = await client_hello(stream.sock)  # nothing is spent on TLS before this
         if waiting.cut_short:
             self._cut_short(peer, waiting)
             return None
-        if stream.at_eof():
+        if not said:
             self._handshake_failed(peer, "closed", None)  # closed before a word: no TLS for it
             return None
         context = self.backend.current_tls().admin

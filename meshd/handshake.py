@@ -8,8 +8,9 @@ meshd can say who failed and why. ``classify`` turns OpenSSL's errors into the s
 stable reasons used as metric labels.
 
 Nothing is spent on a peer before it speaks: an accepted socket waits, as a
-bare descriptor, until its ClientHello arrives, and only then gets its TLS
-state (uvloop allocates 256 KiB per TLS connection). Both stages have their
+bare descriptor, until its whole ClientHello has arrived (``client_hello``),
+and only then gets its TLS state (uvloop allocates 256 KiB per TLS
+connection). Both stages have their
 own ``HandshakeGate`` (bounded in all and per source, a full gate drops the
 oldest entry in the way), so a crowd of silent sockets churns only its own
 gate and never cuts a handshake short.
@@ -69,6 +70,53 @@ def classify(error: BaseException) -> str:
     if isinstance(error, ConnectionError | EOFError):
         return "closed"
     return "error"
+
+
+TLS_HANDSHAKE_RECORD = 0x16
+MAX_RECORD = 5 + 16384 + 256  # a TLS record's header and largest payload
+
+
+async def client_hello(sock: socket.socket) -> bool:
+    """Wait until the first TLS record (the ClientHello) has arrived whole; False if the
+    peer closed before saying anything.
+
+    The record's header says how long it is, and the socket's receive low-water mark
+    makes it readable only once that much is there: a peer that sends part of a
+    ClientHello and stalls waits here as a bare descriptor, with no TLS state and no
+    place among the handshakes. Anything that is not a TLS handshake record goes on
+    at once, to fail its handshake.
+    """
+    head = await _peek(sock, 5)
+    if not head:
+        return False
+    if len(head) == 5 and head[0] == TLS_HANDSHAKE_RECORD:
+        whole = min(5 + int.from_bytes(head[3:5], "big"), MAX_RECORD)
+        if len(_peek_now(sock, whole)) < whole:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, whole)
+            try:
+                await anyio.wait_readable(sock)  # all of it, or the peer closed
+            finally:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+    return True
+
+
+async def _peek(sock: socket.socket, size: int) -> bytes:
+    """Up to ``size`` bytes waiting on ``sock``, once there are any; b"" if it closed."""
+    while True:
+        await anyio.wait_readable(sock)
+        try:
+            return sock.recv(size, socket.MSG_PEEK)
+        except BlockingIOError:  # woken for nothing: wait again
+            continue
+        except OSError:  # reset
+            return b""
+
+
+def _peek_now(sock: socket.socket, size: int) -> bytes:
+    try:
+        return sock.recv(size, socket.MSG_PEEK)
+    except OSError:  # reset, or nothing yet: let the handshake find out
+        return b""
 
 
 class TlsListener:
@@ -135,10 +183,10 @@ class TlsListener:
         try:
             with anyio.fail_after(self.timeout):  # one deadline from accept to a known peer
                 with self._room(self.silent, address) as waiting:
-                    await anyio.wait_readable(conn)  # a silent socket costs no TLS state
+                    said = await client_hello(conn)  # until then it costs no TLS state
                 if waiting.cancelled_caught:
                     return self._evicted(conn, address)
-                if not conn.recv(1, socket.MSG_PEEK):  # closed before it said anything
+                if not said:
                     return self._failed(conn, address, "closed", "closed before its handshake")
                 with self._room(self.gate, address) as handshaking:
                     await loop.connect_accepted_socket(

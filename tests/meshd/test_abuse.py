@@ -45,7 +45,7 @@ import pytest
 from meshd.frames import DATA, HEADER, OPEN, PING, RST, WINDOW, OpenRequest, frame
 from tests.meshd.abusers import Crowd, Intruder, cut_off, normal_client, partial_client_hello
 from tests.meshd.harness import Meshd, MeshNet
-from tests.meshd.pairs import BIG, Pair, mesh_client
+from tests.meshd.pairs import BIG, Pair, get_web, mesh_client
 from tests.meshd.watch import Watch
 from tests.poll import until
 
@@ -127,14 +127,27 @@ def test_unauthenticated_sockets_on_the_mesh_port_hold_nothing(
     with watched(pair) as watch, Crowd(pair.b.ports["mesh"], 3000, payload) as crowd:
         until(lambda: crowd.opened >= 3000, 20, "3000 sockets opened", every=0.1)
         c = net.start("c", upstreams={"web": 0})  # a mesh host links while they keep coming
+        started = time.monotonic()
+        until(lambda: _served_via(c), 10, "a new mesh host to link to B", every=0.05)
+        linked = time.monotonic() - started  # its dial may be turned away once: back-off 1 s
         with normal_client(pair, via=c) as prober:
             time.sleep(1.0)
         watch.sample()
-    print(f"\n{what}: {crowd.opened} opened by many sources, held up to 3000")
+    print(
+        f"\n{what}: {crowd.opened} opened by many sources, held up to 3000; C linked in {linked:.2f}s"
+    )
     prober.check(what)
     settle(what, pair, watch, growth=24 * MiB)
     assert net.metric_sum(pair.b, "meshd_handshake_failures_total", reason="evicted") > 0
     check_survived(pair)
+
+
+def _served_via(meshd: Meshd) -> bool:
+    try:
+        get_web(meshd)
+    except (OSError, AssertionError, http.client.HTTPException):
+        return False
+    return True
 
 
 def _garbage_payloads() -> list[bytes]:
@@ -524,7 +537,7 @@ def test_an_expired_certificate_cannot_resume_a_session(pair: Pair) -> None:
     [
         ("ca-leaf", r"CA certificate, not a leaf"),
         ("no-key-usage", r"no key usage"),
-        ("no-alpn", r"does not speak meshd-link/1"),
+        ("no-alpn", r"does not speak meshd-link/2 or meshd-link/1"),
     ],
 )
 def test_peers_that_are_not_proper_mesh_hosts_are_refused(
