@@ -263,7 +263,8 @@ def certs_on(config: MeshdConfig, doc: Doc) -> TlsMaterial:
 def registry_on(config: MeshdConfig, doc: Doc) -> Registry:
     """A pushed registry, every field checked, its VIPs inside this host's vip_range."""
     registry = Registry.from_dict(doc, "registry")
-    return check_vip_range(registry, config.interception.vip_range, "registry")
+    vip_range, mesh_host = config.interception.vip_range, config.listen.mesh[0]
+    return check_vip_range(registry, vip_range, "registry", mesh_host=mesh_host)
 
 
 def policy_of(doc: Doc) -> Doc:

@@ -3,8 +3,9 @@
 meshctl writes it and pushes it to every meshd (JSON, versioned); meshd maps
 an intercepted connection's original destination to a service through it.
 Pure: parsing, validation and lookups, no I/O. Every field is checked at the
-door (names as DNS labels, addresses, ports, labels, the version's range), and
-``check_vip_range`` holds the VIPs to the host's ``[interception] vip_range``.
+door (names as DNS labels, addresses as one host's unicast address, ports, labels,
+the version's range), and ``check_vip_range`` holds the VIPs to the host's
+``[interception] vip_range`` (and loopback endpoints to a mesh on one machine).
 
     {"version": 3,
      "services": {"api": {"vip": "10.255.0.2", "port": 8080,
@@ -30,6 +31,7 @@ from meshd.identity import check_name
 from meshd.netfacts import fmt
 from meshd.schema import Fields, brief
 
+ANY = "0.0.0.0"  # noqa: S104 - where a meshd serving other hosts listens for links
 _LABEL_KEY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
 _LABEL_VALUE = re.compile(r"[A-Za-z0-9._:/=+@-]{0,63}")  # no space, quote or control character
 
@@ -162,36 +164,68 @@ def check_label(key: str, value: str) -> tuple[str, str]:
     return key, value
 
 
-def check_vip_range(registry: Registry, vip_range: str, source: str) -> Registry:
-    """``registry`` if its VIPs lie in ``vip_range`` and no endpoint does; ConfigError if not.
+def check_vip_range(
+    registry: Registry, vip_range: str, source: str, *, mesh_host: str = ANY
+) -> Registry:
+    """``registry`` if it fits this host; ConfigError if not.
 
-    The range is what this host intercepts and routes locally: a VIP outside
-    it would be written into /etc/hosts without being served, and an
-    endpoint inside it would be unreachable.
+    Its VIPs must lie in ``vip_range`` and no endpoint may: the range is what
+    this host intercepts and routes locally, so a VIP outside it would be
+    written into /etc/hosts without being served, and an endpoint inside it
+    would be unreachable. A loopback endpoint is a different machine on every
+    host; only a mesh on one machine, whose meshd listen for links on
+    loopback (``mesh_host``: tests, demos), may list one.
     """
     network = ipaddress.ip_network(vip_range)
     hint = "meshctl assigns VIPs inside [interception] vip_range; push a registry it built"
+    one_machine = ipaddress.ip_address(mesh_host).is_loopback
     for s in registry.services:
         if ipaddress.ip_address(s.vip) not in network:
             raise ConfigError(
                 f"{source}: services.{s.name}.vip: {s.vip} is outside vip_range {vip_range}", hint
             )
         for i, e in enumerate(s.endpoints):
-            if ipaddress.ip_address(e.address) in network:
+            at = f"{source}: services.{s.name}.endpoints[{i}].address: {e.address}"
+            address = ipaddress.ip_address(e.address)
+            if address in network:
                 raise ConfigError(
-                    f"{source}: services.{s.name}.endpoints[{i}].address: {e.address} is "
-                    f"inside vip_range {vip_range}, where only virtual IPs belong",
-                    hint,
+                    f"{at} is inside vip_range {vip_range}, where only virtual IPs belong", hint
+                )
+            if address.is_loopback and not one_machine:
+                raise ConfigError(
+                    f"{at} is a loopback address: every host would dial itself",
+                    "list each endpoint at its host's own address",
                 )
     return registry
 
 
 def _ip(f: Fields, key: str) -> str:
+    """An IPv4 address one host can have (loopback too: see ``check_vip_range``)."""
     text = f.get(key, str)
     try:
-        return str(ipaddress.IPv4Address(text))
+        address = ipaddress.IPv4Address(text)
     except ValueError:
         raise f.fail(key, f"{text!r} is not an IPv4 address (the mesh is IPv4 for now)") from None
+    if not is_host_ipv4(address):
+        raise f.fail(
+            key,
+            f"{text!r} is not a host's unicast address "
+            "(not this network, broadcast, multicast, reserved or link-local)",
+        )
+    return str(address)
+
+
+THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")  # "this host": connect() reaches the local one
+
+
+def is_host_ipv4(address: ipaddress.IPv4Address) -> bool:
+    """An address that names one host: unicast, routable beyond its link, or loopback."""
+    return not (
+        address in THIS_NETWORK
+        or address.is_multicast
+        or address.is_reserved  # 240/4, with the limited broadcast 255.255.255.255
+        or address.is_link_local
+    )
 
 
 MAX_IPV6 = 16  # addresses per endpoint: a host has a few; the registry is pushed to every host

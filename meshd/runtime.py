@@ -26,14 +26,15 @@ from meshd.errors import ConfigError, MeshError
 from meshd.events import EventBus
 from meshd.files import write_atomic
 from meshd.identity import SpiffeId, make_id
-from meshd.registry import Registry, check_vip_range
+from meshd.registry import ANY, Registry, check_vip_range
 from meshd.tls import TlsMaterial
 
 log = logging.getLogger("meshd")
 
 
-def load_registry(path: Path | None, vip_range: str) -> Registry:
-    """A registry file (an empty registry when there is none), checked against ``vip_range``."""
+def load_registry(path: Path | None, vip_range: str, mesh_host: str = ANY) -> Registry:
+    """A registry file (an empty registry when there is none), checked against ``vip_range``
+    and where meshd listens for links (``check_vip_range``)."""
     if path is None or not path.exists():
         return Registry()
     try:
@@ -44,7 +45,8 @@ def load_registry(path: Path | None, vip_range: str) -> Registry:
         raise ConfigError(f"{path}: not JSON: {e}") from e
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a JSON object")
-    return check_vip_range(Registry.from_dict(doc, str(path)), vip_range, str(path))
+    registry = Registry.from_dict(doc, str(path))
+    return check_vip_range(registry, vip_range, str(path), mesh_host=mesh_host)
 
 
 def _not_json(name: str) -> None:
@@ -80,7 +82,7 @@ class Files:
 
 def load_files(config: MeshdConfig) -> Files:
     """The registry named by ``config`` (MeshError if bad) and its TLS files, valid or why not."""
-    registry = load_registry(config.registry, config.interception.vip_range)
+    registry = load_registry(config.registry, config.interception.vip_range, config.listen.mesh[0])
     try:
         return Files(config, load_tls(config), registry)
     except MeshError as e:
@@ -182,7 +184,7 @@ def effective_registry(config: MeshdConfig) -> Registry:
 
 def _readable_registry(path: Path | None, config: MeshdConfig) -> Registry:
     try:
-        return load_registry(path, config.interception.vip_range)
+        return load_registry(path, config.interception.vip_range, config.listen.mesh[0])
     except OSError as e:  # the state dir is meshd's own (0700): other users cannot look inside
         raise ConfigError(
             f"{path}: cannot read: {e.strerror}", hint="run this as root (or as meshd)"
