@@ -59,13 +59,15 @@ log = logging.getLogger("meshd")
 
 LOOPBACK6, ANY6 = "::1", "::"
 SERVED = "served"
-IPV6_REFUSED = "IPv6 connections that the rules redirect to meshd are refused"
-# binding an IPv6 twin fails this way where the host has no (usable) IPv6: not a daemon error
+# what `meshd rules apply` renders for a config with [listen] ipv6 = false (meshd.rules)
+IPV6_REJECTED = "the rules reject IPv6 connections to the mesh instead of redirecting them"
+# binding an IPv6 twin fails this way where the kernel has IPv6 but the address is not usable
 NO_IPV6_ERRNOS = (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT)
-
-
-class _Unbindable(MeshError):
-    """An IPv6 twin that this host cannot have."""
+TAKEN_HINT = "is another meshd running, or the port taken?"
+NO_IPV6_HINT = (
+    "give the host a usable IPv6 loopback (::1), or set [listen] ipv6 = false and run "
+    "meshd rules apply (the rules then reject IPv6)"
+)
 
 
 def _verdict(what: str, path: Path, layered: Layered) -> str:
@@ -175,11 +177,14 @@ class Daemon:
             log.warning("IPv6 is not served: %s", self.ipv6)
 
     def _ipv6_plan(self) -> str:
-        """Whether the IPv6 twins are to be bound: SERVED, or why not."""
-        if not self.rt.config.listen.ipv6:
-            return "off (listen.ipv6 = false): " + IPV6_REFUSED
+        """Whether the IPv6 twins are to be bound: SERVED, or why not (and then what the rules
+        do with IPv6: ``meshd rules apply`` decides it from the same facts)."""
         absent = ipv6_absent()
-        return f"absent: {absent}" if absent else SERVED
+        if absent:
+            return f"absent: {absent}; there are no ip6tables rules"
+        if not self.rt.config.listen.ipv6:
+            return "off (listen.ipv6 = false): " + IPV6_REJECTED
+        return SERVED
 
     async def _redirect_target(
         self,
@@ -193,18 +198,16 @@ class Daemon:
 
         ip6tables REDIRECT sends locally made connections to ::1 and arriving
         ones to the address they came in on, so the twin of an outbound
-        listener is [::1]:PORT and that of the inbound one [::]:PORT. A twin
-        that cannot be bound for want of IPv6 (no ::1, say) leaves IPv6
-        unserved: what the rules catch is refused, never passed in plaintext.
+        listener is [::1]:PORT and that of the inbound one [::]:PORT. Where the
+        kernel has IPv6 and the config does not turn it off, the rules redirect
+        there: a twin that cannot be bound (its port taken, no ::1) stops the
+        start, as an IPv4 listener does, since whoever holds that port would
+        get what the rules catch.
         """
         await tg.start(self._listen, name, address, factory, None)
-        if self.ipv6 != SERVED:
-            return
-        twin = (twin_host, address[1])  # the rules name the configured port (0: any, for tests)
-        try:
+        if self.ipv6 == SERVED:
+            twin = (twin_host, address[1])  # the rules name the configured port (0: tests)
             await tg.start(self._listen, f"{name}/v6", twin, factory, None)
-        except _Unbindable as e:
-            self.ipv6 = f"unserved: {e.message}; {IPV6_REFUSED}"
 
     def _outbound(self, source: Any, fixed: str | None) -> Callable[[], asyncio.Protocol]:
         name = str(source)
@@ -231,11 +234,7 @@ class Daemon:
                 ssl_handshake_timeout=self.rt.config.timeouts.handshake if ssl_ctx else None,
             )
         except OSError as e:
-            kind = _Unbindable if e.errno in NO_IPV6_ERRNOS and ":" in address[0] else MeshError
-            raise kind(
-                f"cannot listen on {fmt(address)} ({name}): {e.strerror}",
-                hint="is another meshd running, or the port taken?",
-            ) from e
+            raise _cannot_listen(name, address, e) from e
         sock: socket.socket = server.sockets[0]
         self.rt.bound[name] = sock.getsockname()[:2]
         self.servers.append(server)
@@ -437,6 +436,28 @@ class _Backend:
         }
 
 
+def _cannot_listen(name: str, address: tuple[str, int], e: OSError) -> MeshError:
+    """One line on a listener that could not bind, with what to do about it."""
+    why = os.strerror(e.errno) if e.errno else str(e)  # uvloop's strerror repeats the address
+    no_ipv6 = e.errno in NO_IPV6_ERRNOS and ":" in address[0]
+    return MeshError(
+        f"cannot listen on {fmt(address)} ({name}): {why}",
+        hint=NO_IPV6_HINT if no_ipv6 else TAKEN_HINT,
+    )
+
+
+def _one_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """A failed start's MeshErrors (a port taken) as the first of them, which the CLI says in
+    one line; anything else (a bug) as it is, traceback and all."""
+    mesh, rest = group.split(MeshError)
+    if mesh is None or rest is not None:
+        return group
+    first: BaseException = mesh
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
+
+
 def raise_fd_limit() -> int:
     """Every relayed connection costs two descriptors: take all the kernel allows us."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -454,4 +475,10 @@ def run(config_path: Path) -> None:
     )
     allocator.tune()
     daemon = Daemon(config_path, config)
-    anyio.run(daemon.run, backend="asyncio", backend_options={"use_uvloop": True})
+    try:
+        anyio.run(daemon.run, backend="asyncio", backend_options={"use_uvloop": True})
+    except BaseExceptionGroup as group:
+        error = _one_error(group)
+        if error is group:
+            raise
+        raise error from None
