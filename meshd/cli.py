@@ -114,6 +114,14 @@ def _config_command(
     return command
 
 
+def _left_out(documents: str) -> None:
+    """Say on stderr what the rules left out (an endpoint on an SSH port, say)."""
+    from meshd.rules import notes  # noqa: PLC0415
+
+    for note in notes(documents):
+        print(note, file=sys.stderr)
+
+
 def rules(action: str, path: Path) -> None:
     """``meshd rules apply|remove|show``."""
     from meshd import interception  # noqa: PLC0415 - only this command runs iptables
@@ -123,12 +131,13 @@ def rules(action: str, path: Path) -> None:
     if action == "show":
         config = MeshdConfig.load(path)
         rule_set = ruleset(config, effective_registry(config))
-        sys.stdout.write(apply_document(rule_set, saved=""))
-        sys.stdout.write("# ip6tables-restore:\n" + apply_document(rule_set, "", V6))
+        v4, v6 = apply_document(rule_set, saved=""), apply_document(rule_set, "", V6)
+        sys.stdout.write(v4 + "# ip6tables-restore:\n" + v6)
+        _left_out(v4 + v6)
         return
     with interception.locked_config(path) as config:
         if action == "apply":
-            interception.apply(config)
+            _left_out(interception.apply(config))
             print("meshd rules applied")
         elif interception.remove(config):
             print("meshd rules removed")
@@ -177,7 +186,7 @@ def sync(path: Path, hosts_file: Path, while_active: str | None = None) -> None:
             return
         registry = effective_registry(config)  # one snapshot for both, and for the note
         for _ in range(3):  # a push that lands meanwhile does not start another run: look again
-            interception.apply(config, registry)
+            _left_out(interception.apply(config, registry))
             hostnames.apply(registry, hosts_file)
             mark_synced(config, registry.version)
             print(

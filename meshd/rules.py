@@ -12,8 +12,10 @@ Never redirected: meshd's own user (no loops; meshd's admin API and mesh
 links are its sockets), replies of sshd (root) from the SSH ports the operator
 uses (``--sport``: otherwise installing the first nat rule breaks the session
 that installs it; root only, so that an app binding that source port is still
-caught), connections to the SSH, admin and mesh ports, loopback. Virtual IPs
-are IPv4 only; endpoints are caught at every address the registry lists.
+caught), connections to the SSH, admin and mesh ports (a registry endpoint on
+one of them is left out, and the document says so in a note), loopback.
+Virtual IPs are IPv4 only; endpoints are caught at every address the
+registry lists.
 
 ``fallback_script`` renders the rules as last applied into a shell script that
 needs neither meshd nor its config: closed fail mode runs it at boot when
@@ -36,6 +38,7 @@ JUMPS = (
     ("PREROUTING", INBOUND_CHAIN, f"{COMMENT}:inbound"),
 )
 ROOT_UID = 0  # sshd's sockets: the only ones whose SSH source port is let through
+NOTE = f"# {COMMENT} rules: "  # a line of a document that says what was left out
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,19 @@ class RuleSet:
     remote_endpoints: tuple[tuple[str, int], ...]
     services: tuple[ServiceRedirect, ...]
 
+    @property
+    def kept_ports(self) -> tuple[int, ...]:
+        """Destination ports never caught: the operator's SSH and meshd's own."""
+        return tuple(sorted({*self.ssh_ports, self.admin_port, self.mesh_port}))
+
+    def why_kept(self, port: int) -> str | None:
+        """Why connections to ``port`` are never caught (None: they may be)."""
+        if port in self.ssh_ports:
+            return "an SSH port of this host"
+        if port == self.admin_port:
+            return "meshd's admin port on this host"
+        return "meshd's mesh port on this host" if port == self.mesh_port else None
+
 
 def ruleset(config: MeshdConfig, registry: Registry) -> RuleSet:
     """This host's rules: its services inbound, every other host's endpoints outbound."""
@@ -109,6 +125,24 @@ def ruleset(config: MeshdConfig, registry: Registry) -> RuleSet:
     )
 
 
+def _shown(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def _endpoints(rules: RuleSet, family: Family) -> tuple[list[tuple[str, int]], list[str]]:
+    """The family's endpoints that are caught, and notes on those left out."""
+    caught, notes = [], []
+    for address, port in sorted(set(rules.remote_endpoints)):
+        why = rules.why_kept(port)
+        if not family.holds(address):
+            continue
+        if why is None:
+            caught.append((address, port))
+        else:
+            notes.append(f"{NOTE}left out endpoint {_shown(address, port)}: {why}")
+    return caught, notes
+
+
 def _jump(chain: str, target: str, comment: str, op: str = "-A") -> str:
     return f'{op} {chain} -p tcp -m comment --comment "{comment}" -j {target}'
 
@@ -120,13 +154,13 @@ def _output(rules: RuleSet, family: Family) -> list[str]:
         for p in rules.ssh_ports
     ]
     out.append(f"-A {OUTPUT_CHAIN} -d {family.loopback} -j RETURN")
+    out += [f"-A {OUTPUT_CHAIN} -p tcp --dport {p} -j RETURN" for p in rules.kept_ports]
     if family.holds(rules.vip_range.split("/")[0]):
         out.append(f"-A {OUTPUT_CHAIN} -p tcp -d {rules.vip_range} -j {REDIRECT_CHAIN}")
     out += [
         f"-A {OUTPUT_CHAIN} -p tcp -d {address}/{family.host_bits} --dport {port} "
         f"-j {REDIRECT_CHAIN}"
-        for address, port in sorted(set(rules.remote_endpoints))
-        if family.holds(address)
+        for address, port in _endpoints(rules, family)[0]
     ]
     out += [
         f"-A {REDIRECT_CHAIN} -p tcp -m owner --uid-owner {s.run_as} "
@@ -139,8 +173,7 @@ def _output(rules: RuleSet, family: Family) -> list[str]:
 
 
 def _inbound(rules: RuleSet) -> list[str]:
-    keep = sorted({*rules.ssh_ports, rules.mesh_port, rules.admin_port})
-    out = [f"-A {INBOUND_CHAIN} -p tcp --dport {p} -j RETURN" for p in keep]
+    out = [f"-A {INBOUND_CHAIN} -p tcp --dport {p} -j RETURN" for p in rules.kept_ports]
     to_meshd = f"-j REDIRECT --to-ports {rules.inbound_port}"
     out += [
         f"-A {INBOUND_CHAIN} -p tcp --dport {s.port} {to_meshd}"
@@ -169,13 +202,18 @@ def apply_document(rules: RuleSet, saved: str, family: Family = V4) -> str:
     ``--noflush``; jumps are added only where missing, so applying twice
     changes nothing.
     """
-    lines = ["*nat", *(f":{c} - [0:0]" for c in CHAINS)]
+    lines = [*_endpoints(rules, family)[1], "*nat", *(f":{c} - [0:0]" for c in CHAINS)]
     present = {line.replace('"', "") for line in our_jumps(saved)}
     for chain, target, comment in JUMPS:
         wanted = _jump(chain, target, comment)
         if wanted.replace('"', "") not in present:
             lines.append(wanted)
     return "\n".join([*lines, *_output(rules, family), *_inbound(rules), "COMMIT", ""])
+
+
+def notes(text: str) -> list[str]:
+    """What a document says it left out, one line each (without the comment sign)."""
+    return [line[2:] for line in text.splitlines() if line.startswith(NOTE)]
 
 
 def fingerprint(rules: RuleSet) -> str:

@@ -534,3 +534,46 @@ def test_the_fallback_script_puts_the_last_rules_back_without_meshd(
         assert not marker.exists()
         assert _ours(_in(netns, "iptables-save", "-t", "nat")) == applied["iptables"]
         _in(netns, MESHD, "rules", "remove", "--config", str(config_path))
+
+
+def test_an_endpoint_on_an_ssh_admin_or_mesh_port_is_left_out_and_reported(
+    pair: tuple[str, str], config_path: Path
+) -> None:
+    """A registry cannot know this host's SSH ports: the rules leave such endpoints out (and
+    never redirect connections to the SSH, admin and mesh ports), and say so."""
+    host, peer = pair
+    registry = json.loads(json.dumps(REGISTRY6))
+    registry["services"]["ssh"] = {
+        "vip": "10.255.0.3",
+        "port": 2222,
+        "endpoints": [
+            {"host": "api2", "address": PEER4, "port": 2222, "ipv6": [PEER6]},
+            {"host": "api3", "address": "10.0.0.13", "port": 15000},
+        ],
+    }
+    (config_path.parent / "registry.json").write_text(json.dumps(registry))
+    applied = subprocess.run(
+        ["ip", "netns", "exec", host, MESHD, "rules", "apply", "--config", str(config_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert applied.returncode == 0, applied.stderr
+    try:
+        for endpoint, why in (
+            (f"{PEER4}:2222", "an SSH port of this host"),
+            (f"[{PEER6}]:2222", "an SSH port of this host"),
+            ("10.0.0.13:15000", "meshd's admin port on this host"),
+        ):
+            assert f"meshd rules: left out endpoint {endpoint}: {why}" in applied.stderr
+        for table in ("iptables", "ip6tables"):
+            saved = _in(host, f"{table}-save", "-t", "nat")
+            assert "--dport 2222 -j MESHD_REDIRECT" not in saved
+            assert "--dport 15000 -j MESHD_REDIRECT" not in saved
+        for address in (PEER4, PEER6):
+            catch = _catch(host, "127.0.0.1:15001", "[::1]:15001", wait=4)
+            far = _catch(peer, "0.0.0.0:2222", "[::]:2222")
+            assert _dial(host, address, 2222) == "connected"  # straight to the peer's SSH
+            assert _caught(far) is not None and _caught(catch) is None
+    finally:
+        _in(host, MESHD, "rules", "remove", "--config", str(config_path))

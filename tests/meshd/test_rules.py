@@ -20,6 +20,7 @@ from meshd.rules import (
     apply_document,
     fallback_script,
     fingerprint,
+    notes,
     our_jumps,
     remove_document,
 )
@@ -60,6 +61,30 @@ def test_apply_document_matches_golden(family: Family) -> None:
 
 def test_fallback_script_matches_golden() -> None:
     _golden("rules-fallback.sh", fallback_script(RULES, "/run/meshd-rules.fallback"))
+
+
+@pytest.mark.parametrize("family", [V4, V6], ids=["v4", "v6"])
+def test_ssh_admin_and_mesh_ports_are_never_caught(family: Family) -> None:
+    """A registry cannot know this host's SSH ports: connections to them (and to meshd's admin
+    and mesh ports) go out untouched, and an endpoint on one of them is left out, with a note."""
+    address = "10.0.0.9" if family is V4 else "fd00:77::9"
+    endpoints = tuple((address, port) for port in (22, 15000, 15443, 8080))
+    rules = dataclasses.replace(RULES, remote_endpoints=endpoints)
+    lines = apply_document(rules, "", family).splitlines()
+    output = [line for line in lines if line.startswith("-A MESHD_OUTPUT")]
+    returns = [f"-A MESHD_OUTPUT -p tcp --dport {p} -j RETURN" for p in (22, 15000, 15443)]
+    caught = [line for line in output if "-j MESHD_RE" in line]
+    assert output.index(returns[-1]) < output.index(caught[0])
+    assert all(r in output for r in returns)
+    assert [line.split("--dport ")[1].split()[0] for line in caught if "--dport" in line] == [
+        "8080"
+    ]
+    shown = address if family is V4 else f"[{address}]"
+    assert notes("\n".join(lines)) == [
+        f"meshd rules: left out endpoint {shown}:22: an SSH port of this host",
+        f"meshd rules: left out endpoint {shown}:15000: meshd's admin port on this host",
+        f"meshd rules: left out endpoint {shown}:15443: meshd's mesh port on this host",
+    ]
 
 
 def test_only_root_skips_interception_by_source_port() -> None:

@@ -15,6 +15,9 @@ iptables-restore -w 5 --noflush <<'MESHD_RULES_END' || status=1
 -A MESHD_OUTPUT -m owner --uid-owner meshd -j RETURN
 -A MESHD_OUTPUT -p tcp --sport 22 -m owner --uid-owner 0 -j RETURN
 -A MESHD_OUTPUT -d 127.0.0.0/8 -j RETURN
+-A MESHD_OUTPUT -p tcp --dport 22 -j RETURN
+-A MESHD_OUTPUT -p tcp --dport 15000 -j RETURN
+-A MESHD_OUTPUT -p tcp --dport 15443 -j RETURN
 -A MESHD_OUTPUT -p tcp -d 10.255.0.0/16 -j MESHD_REDIRECT
 -A MESHD_OUTPUT -p tcp -d 10.77.0.12/32 --dport 8080 -j MESHD_REDIRECT
 -A MESHD_OUTPUT -p tcp -d 10.77.0.13/32 --dport 5432 -j MESHD_REDIRECT
@@ -38,6 +41,9 @@ ip6tables-restore -w 5 --noflush <<'MESHD_RULES_END' || status=1
 -A MESHD_OUTPUT -m owner --uid-owner meshd -j RETURN
 -A MESHD_OUTPUT -p tcp --sport 22 -m owner --uid-owner 0 -j RETURN
 -A MESHD_OUTPUT -d ::1/128 -j RETURN
+-A MESHD_OUTPUT -p tcp --dport 22 -j RETURN
+-A MESHD_OUTPUT -p tcp --dport 15000 -j RETURN
+-A MESHD_OUTPUT -p tcp --dport 15443 -j RETURN
 -A MESHD_OUTPUT -p tcp -d fd00:77::12/128 --dport 8080 -j MESHD_REDIRECT
 -A MESHD_OUTPUT -p tcp -d fd00:77::13/128 --dport 5432 -j MESHD_REDIRECT
 -A MESHD_REDIRECT -p tcp -m owner --uid-owner web -j REDIRECT --to-ports 15101
