@@ -9,8 +9,13 @@ each after a ``--test`` of its document: if the second fails, the first is
 undone, so nothing is ever half-applied. Then a route that sends virtual IPs
 to ``lo`` so that connect() reaches the nat hook at all (without the rules,
 such connections go nowhere: nothing leaks), and, where the config names one,
-the fallback script of closed fail mode (the rules just applied, for boot
-when they cannot be made from the config).
+the fallback script of closed fail mode (the same matches, rejected, for boot
+when the rules cannot be made from the config and meshd is down).
+
+Rules that reject live in the filter table; where the nft backend had no
+filter table before ours (the fallback at boot, IPv6 that meshd does not
+serve), a note in /run says so, and the table goes again with our last rule,
+so that removing the rules leaves ``iptables-save`` as it was.
 
 Every writer of the rules on the host takes one lock first (``flock`` on
 ``meshd-rules.lock`` beside the rules record): ``rules apply``, ``rules
@@ -36,12 +41,18 @@ from meshd.netfacts import ipv6_absent
 from meshd.registry import Registry
 from meshd.rules import (
     FAMILIES,
+    FILTER,
+    NFT_FAMILIES,
+    REJECT,
+    TABLES,
     V4,
     Family,
     RuleSet,
     apply_document,
+    empty_table,
     fallback_script,
     fingerprint,
+    our_chains,
     remove_document,
     ruleset,
 )
@@ -121,22 +132,72 @@ def fallback_marker(config: MeshdConfig) -> Path:
     return config.interception.rules_record.with_name("meshd-rules.fallback")
 
 
+def filter_created(config: MeshdConfig, family: Family) -> Path:
+    """Touched when our rules made the family's nft filter table: removing ours drops it."""
+    name = "filter" if family is V4 else f"filter{family.version}"
+    return config.interception.rules_record.with_name(f"meshd-rules.{name}-created")
+
+
+def _saved(family: Family) -> str:
+    """The family's tables we use, as ``iptables-save`` prints them."""
+    return "".join(_run([f"{family.tool}-save", "-t", t.name]) for t in TABLES)
+
+
 def apply(config: MeshdConfig, registry: Registry | None = None) -> str:
     """Install (or replace) the rules for ``registry`` (default: the effective one).
 
-    The caller holds ``rules_lock``: this reads the nat tables and writes them back.
+    The caller holds ``rules_lock``: this reads the tables and writes them back.
+    Returns the documents applied (``rules.notes`` reads what they left out).
     """
     rules = ruleset(config, registry if registry is not None else effective_registry(config))
-    saved = {f: _run([f"{f.tool}-save", "-t", "nat"]) for f in families()}
+    saved = {f: _saved(f) for f in families()}
     documents = {f: apply_document(rules, table, f) for f, table in saved.items()}
     for f, document in documents.items():
         _run([f"{f.tool}-restore", "--test", "--noflush"], document)
+    for f in documents:
+        if rules.action(f) == REJECT:
+            _note_created(f, filter_created(config, f))
     _restore_all(documents, saved)
     _run(["ip", "route", "replace", rules.vip_range, "dev", "lo"])
     _write_fallback(config, rules)
     _record(config.interception.rules_record, fingerprint(rules))
     _unlink(fallback_marker(config))
+    for f in documents:
+        _drop_created(f, filter_created(config, f))
     return "".join(documents.values())
+
+
+def _nft_filter(family: Family) -> bool | None:
+    """Whether the nft backend has the family's filter table; None: not nft, or no nft tool."""
+    if "nf_tables" not in _run([family.tool, "-V"]):
+        return None
+    nft = NFT_FAMILIES[family]
+    try:
+        tables = _run(["nft", "list", "tables", nft]).splitlines()
+    except ProvisionError:  # no nft to list it with, nor to drop it later
+        return None
+    return f"table {nft} {FILTER.name}" in tables
+
+
+def _note_created(family: Family, marker: Path) -> None:
+    """Touch ``marker`` if the nft backend has no filter table yet (ours will make it)."""
+    if not marker.exists() and _nft_filter(family) is False:
+        try:
+            write_atomic(marker, b"", 0o644)
+        except OSError as e:
+            raise ProvisionError(f"cannot write {marker}: {e.strerror}") from e
+
+
+def _drop_created(family: Family, marker: Path) -> None:
+    """Drop the filter table our rules made, once nothing of ours (or anyone's) is in it."""
+    if not marker.exists():
+        return
+    saved = _run([f"{family.tool}-save", "-t", FILTER.name])
+    if our_chains(saved, FILTER):
+        return  # still ours: it goes with our last rule
+    if empty_table(saved, FILTER.name) and _nft_filter(family):
+        _run(["nft", "delete", "table", NFT_FAMILIES[family], FILTER.name])
+    _unlink(marker)  # anyone else's rules in it make it theirs
 
 
 def _restore_all(documents: dict[Family, str], saved: dict[Family, str]) -> None:
@@ -148,26 +209,31 @@ def _restore_all(documents: dict[Family, str], saved: dict[Family, str]) -> None
             done.append(f)
     except ProvisionError as e:
         for f in done:
-            _undo(f, saved[f])
+            _undo(f, saved[f], documents[f])
         undone = " (the IPv4 rules were taken out again)" if done else ""
         raise ProvisionError(e.message + undone, hint=e.hint) from e
 
 
-def _undo(family: Family, saved: str) -> None:
-    """Put a family's nat table back as it was saved (without it: take ours out)."""
-    if "*nat" in saved:
-        _run([f"{family.tool}-restore", "-T", "nat"], saved)
-        return
-    document = remove_document(_run([f"{family.tool}-save", "-t", "nat"]))
-    if document is not None:
-        _run([f"{family.tool}-restore", "--noflush"], document)
+def _undo(family: Family, saved: str, document: str) -> None:
+    """Put the tables ``document`` changed back as they were saved (a table that was not
+    saved: take ours out of it)."""
+    lines, changed = saved.splitlines(), document.splitlines()
+    touched = [t for t in TABLES if f"*{t.name}" in changed]
+    for table in touched:
+        if f"*{table.name}" in lines:
+            _run([f"{family.tool}-restore", "-T", table.name], saved)
+    unsaved = tuple(t for t in touched if f"*{t.name}" not in lines)
+    removal = remove_document(_saved(family), unsaved) if unsaved else None
+    if removal is not None:
+        _run([f"{family.tool}-restore", "--noflush"], removal)
 
 
 def _write_fallback(config: MeshdConfig, rules: RuleSet) -> None:
     path = config.interception.fallback_rules
     if path is None:
         return
-    script = fallback_script(rules, str(fallback_marker(config)))
+    created = {f: str(filter_created(config, f)) for f in FAMILIES}
+    script = fallback_script(rules, str(fallback_marker(config)), created)
     try:
         write_atomic(path, script.encode(), 0o700)
     except OSError as e:
@@ -203,10 +269,11 @@ def remove(config: MeshdConfig) -> bool:
     """
     removed = False
     for f in families():
-        document = remove_document(_run([f"{f.tool}-save", "-t", "nat"]))
+        document = remove_document(_saved(f))
         if document is not None:
             _run([f"{f.tool}-restore", "--noflush"], document)
             removed = True
+        _drop_created(f, filter_created(config, f))
     routes = _run(["ip", "route", "show", config.interception.vip_range, "dev", "lo"])
     if routes.strip():
         _run(["ip", "route", "del", config.interception.vip_range, "dev", "lo"])

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshctl.inventory import VIP_RANGE
-from meshctl.provision import guard, layout
+from meshctl.provision import guard, layout, tables
 from meshctl.provision.desired import FileSpec
 from meshctl.provision.plan import (
     ApplyRules,
@@ -46,23 +46,10 @@ APPLY_RULES = f"{layout.LAUNCHER} rules apply --config {layout.CONFIG}"
 # meshd reload triggers the reload and takes the verdict from meshd itself (/stats on its
 # local socket), never from its log: anything a mesh peer gets into the log could forge it
 RELOAD = f"{layout.LAUNCHER} reload --config {layout.CONFIG} --unit meshd.service"
-# Our first rules made the nft backend create a nat table (the guard noted it); once it
-# is empty again (a nat table with no rules and no chains of anyone's, ACCEPT policies)
-# it goes too, so that leave restores iptables-save (and ip6tables-save) to what it was.
-# Legacy tables cannot be unloaded: they stay.
-DROP_EMPTY_NAT = """\
-if {tool} -V 2>/dev/null | grep -q nf_tables && command -v nft >/dev/null; then
-  nat=$({tool}-save -t nat)
-  if printf '%s\\n' "$nat" | grep -q '^\\*nat' && ! printf '%s\\n' "$nat" | grep -q '^-A ' &&
-      ! printf '%s\\n' "$nat" | grep '^:' |
-        grep -qvE '^:(PREROUTING|INPUT|OUTPUT|POSTROUTING) ACCEPT '; then
-    nft delete table {family} nat
-  fi
-fi"""
-NAT_TABLES = {  # tool -> nft family
-    "iptables": "ip",
-    "ip6tables": "ip6",
-}
+# the tables our rules made (nft backend), dropped by leave once empty: nat tables as the
+# guard noted them at join (steps carry it), filter tables as meshd's rejecting rules noted
+# them in /run (the boot fallback, IPv6 that meshd does not serve)
+FILTER_CREATED = {"iptables": layout.FILTER_CREATED, "ip6tables": layout.FILTER6_CREATED}
 
 
 @dataclass
@@ -278,12 +265,15 @@ class Applier:
         )
 
     def _remove_rules(self, step: RemoveRules) -> None:
-        """Take out what of ours is in the nat tables *now* (stopping meshd may have taken some)."""
+        """Take out what of ours is in the tables *now* (stopping meshd may have taken some)."""
         drops = {"iptables": step.drop_nat_table, "ip6tables": step.drop_nat6_table}
         files, commands = {}, ["set -e"]
-        for tool in NAT_TABLES:
-            only_with_ipv6 = "[ -e /proc/net/if_inet6 ] || exit 0; " if tool == "ip6tables" else ""
-            saved = self.root(f"{only_with_ipv6}{tool}-save -t nat", "reading the nat table")
+        for tool in tables.TOOLS:
+            only_with_ipv6 = f"{tables.HAS_IPV6} || exit 0; " if tool == "ip6tables" else ""
+            saved = self.root(
+                f"{only_with_ipv6}{tool}-save -t nat; {tool}-save -t filter",
+                "reading the nat and filter tables",
+            )
             document = remove_document(saved)
             if document:
                 files[f"{tool}.rules"] = document.encode()
@@ -292,10 +282,10 @@ class Applier:
             stage, cleanup = self.upload(files)
             commands[1:1] = [cleanup, f"stage={stage}"]
         commands.append(f"ip route del {VIP_RANGE} dev lo 2>/dev/null || true")
+        commands += [tables.drop_empty(tool, "nat") for tool in tables.TOOLS if drops[tool]]
         commands += [
-            DROP_EMPTY_NAT.format(tool=tool, family=family)
-            for tool, family in NAT_TABLES.items()
-            if drops[tool]
+            f"if [ -f {marker} ]; then\n{tables.drop_empty(tool, 'filter')}\nfi"
+            for tool, marker in FILTER_CREATED.items()
         ]
         self.root("\n".join(commands), "removing the redirect rules")
 

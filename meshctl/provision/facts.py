@@ -18,6 +18,11 @@ from meshctl.provision import layout
 from meshctl.transport import Transport
 from meshd.errors import ProvisionError
 from meshd.registry import MAX_IPV6, is_host_ipv6
+from meshd.rules import V4, Family
+
+# our lines of a saved filter table (meshd's rejecting rules), not the rest: a host's firewall
+# may be large, and only ours is read
+OURS = r"""grep -E '^(\*|COMMIT|:MESHD_|-A MESHD_|-A [A-Z]+ .*"meshd:)'"""
 
 SUPPORTED_OS = {"debian": ("12", "13"), "ubuntu": ("24.04",)}
 MIN_PYTHON = (3, 11)  # meshd uses tomllib and datetime.UTC
@@ -57,8 +62,10 @@ s nat_created; [ -f {layout.NAT_CREATED} ] && echo yes
 s user_created; [ -f {layout.USER_CREATED} ] && echo yes
 s iproute; command -v ip
 s nat; iptables-save -t nat 2>/dev/null
+s filter; iptables-save -t filter 2>/dev/null | {OURS}
 s ipv6; [ -e /proc/net/if_inet6 ] && echo yes
 s nat6; [ -e /proc/net/if_inet6 ] && ip6tables-save -t nat 2>/dev/null
+s filter6; [ -e /proc/net/if_inet6 ] && ip6tables-save -t filter 2>/dev/null | {OURS}
 s nat6_created; [ -f {layout.NAT6_CREATED} ] && echo yes
 s addr6; ip -6 -o addr show scope global 2>/dev/null
 s fallback; [ -f {layout.FALLBACK_RAN} ] && echo yes
@@ -106,11 +113,17 @@ class HostFacts:
     ipv6: bool = False  # the kernel has IPv6: ip6tables rules are due
     nat6: str = ""  # ip6tables-save -t nat
     nat6_created: bool = False  # our first rules created the ip6 nat table
+    filter: str = ""  # our part of iptables-save -t filter (rules that reject)
+    filter6: str = ""  # ... and of ip6tables-save -t filter
     ipv6_addresses: tuple[str, ...] = ()  # global, not temporary: what the registry lists
     fallback: bool = False  # closed mode's boot fallback put the rules in (meshd rules failed)
     route: bool = False
     hosts: str = ""
     versions: tuple[str, ...] = ()  # entries under /opt/meshd
+
+    def tables(self, family: Family) -> str:
+        """The family's tables our rules use (nat, and our part of filter), as saved."""
+        return self.nat + self.filter if family is V4 else self.nat6 + self.filter6
 
     @property
     def installed(self) -> bool:
@@ -232,6 +245,8 @@ def parse(text: str) -> HostFacts:
         ipv6=s.get("ipv6") == "yes",
         nat6=_table(s.get("nat6", "")),
         nat6_created=s.get("nat6_created") == "yes",
+        filter=_table(s.get("filter", "")),
+        filter6=_table(s.get("filter6", "")),
         ipv6_addresses=_ipv6_addresses(s.get("addr6", "")),
         fallback=s.get("fallback") == "yes",
         route=bool(s.get("route")),

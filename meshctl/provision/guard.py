@@ -3,11 +3,14 @@
 New rules (and the config and registry they are made from) go in only
 through ``guarded``:
 
-1. arm: the host saves its nat tables (IPv4, and IPv6 where the kernel has
-   it), its VIP route, its current ``meshd.toml``/``registry.json``/fallback
-   script and whether the boot fallback held the host, and a transient
-   systemd timer is set to put all of that back after the deadline. A snapshot left by a join that
-   was cut short is kept: it is the last confirmed state.
+1. arm: the host saves its nat and filter tables (IPv4, and IPv6 where the
+   kernel has it), its VIP route, its current ``meshd.toml``/``registry.json``/
+   fallback script and whether the boot fallback held the host, and a
+   transient systemd timer is set to put all of that back after the deadline:
+   the nat tables whole, of the filter tables only our rules (others' filter
+   rules, a firewall's say, may change meanwhile and are left alone). A
+   snapshot left by a join that was cut short is kept: it is the last
+   confirmed state.
 2. the new config files are written and ``meshd rules apply`` runs.
 3. confirm: a *new* SSH connection (the one that applied the rules proves
    nothing: conntrack keeps established flows alive) stops the timer and
@@ -30,7 +33,7 @@ import time
 from collections.abc import Callable
 
 from meshctl.inventory import VIP_RANGE
-from meshctl.provision import layout
+from meshctl.provision import layout, tables
 from meshctl.transport import Transport, UnreachableError, check, failure_detail
 from meshd.errors import MeshError, ProvisionError
 
@@ -40,7 +43,12 @@ ROLLBACK_UNIT = "meshd-rules-rollback"
 # what the rules are made from, in /etc/meshd, and the fallback script the last apply wrote
 CONFIG_FILES = ("meshd.toml", "registry.json", "rules-fallback")
 SNAPSHOT, PREV, LOCK = layout.ROLLBACK, layout.ROLLBACK_PREV, layout.RULES_LOCK
-HAS_IPV6 = "[ -e /proc/net/if_inet6 ]"
+HAS_IPV6 = tables.HAS_IPV6
+# tool -> (its saved filter table in the snapshot, the note that our rules made that table)
+FILTERS = {
+    "iptables": (f"{PREV}/filter", layout.FILTER_CREATED),
+    "ip6tables": (f"{PREV}/filter6", layout.FILTER6_CREATED),
+}
 
 
 def _remove_ours(tool: str) -> str:
@@ -79,7 +87,13 @@ systemctl stop '{ROLLBACK_UNIT}-*.timer' 2>/dev/null || true
 if [ ! -f {SNAPSHOT} ]; then
   rm -rf {PREV}; mkdir -p {PREV}
   iptables-save -t nat > {PREV}/nat
-  if {HAS_IPV6}; then ip6tables-save -t nat > {PREV}/nat6; fi
+  iptables-save -t filter > {PREV}/filter
+  if {HAS_IPV6}; then
+    ip6tables-save -t nat > {PREV}/nat6; ip6tables-save -t filter > {PREV}/filter6
+  fi
+  for f in {layout.FILTER_CREATED} {layout.FILTER6_CREATED}; do
+    [ -f $f ] && touch {PREV}/$(basename $f) || true
+  done
   ip route show {VIP_RANGE} dev lo | grep -q . && touch {PREV}/route || true
   [ -f {layout.FALLBACK_RAN} ] && touch {PREV}/fallback-ran || true
   for f in {" ".join(CONFIG_FILES)}; do
@@ -92,12 +106,32 @@ if [ ! -f {SNAPSHOT} ]; then
   mv {PREV}/nat {SNAPSHOT}
 fi
 """
+
+
+def _restore_filter(tool: str) -> str:
+    """Our rules in the filter table as the snapshot held them (and its note that they made
+    the table); when it held none, a table the refused rules made goes with them."""
+    saved, created = FILTERS[tool]
+    note = f"{PREV}/{created.rsplit('/', 1)[1]}"
+    return f"""\
+{{ {tables.remove_ours(tool)}
+{tables.restore_ours(tool, saved)}
+if grep -q '^:MESHD_' {saved}; then
+  if [ -f {note} ]; then touch {created}; else rm -f {created}; fi
+elif [ -f {created} ]; then
+{tables.drop_empty(tool, "filter")}
+  rm -f {created}
+fi; }} 2>/dev/null"""
+
+
 ROLLBACK = f"""\
 exec 9>{LOCK}; flock 9
 [ -f {SNAPSHOT} ] || exit 0
 {_restore("iptables", SNAPSHOT)}
+{_restore_filter("iptables")}
 if [ -f {PREV}/nat6 ]; then
 {_restore("ip6tables", f"{PREV}/nat6")}
+{_restore_filter("ip6tables")}
 fi
 [ -f {PREV}/route ] || ip route del {VIP_RANGE} dev lo 2>/dev/null
 for f in {" ".join(CONFIG_FILES)}; do

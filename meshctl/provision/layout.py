@@ -27,6 +27,10 @@ ROLLBACK = "/run/meshd-rules.rollback"  # the nat table to go back to (see provi
 ROLLBACK_PREV = "/run/meshd-rules.prev"  # ... and the config and route that went with it
 NAT_CREATED = f"{ETC}/nat-table-created"  # our first rules created the nat table: leave drops it
 NAT6_CREATED = f"{ETC}/nat6-table-created"  # ... and the ip6 nat table
+# meshd's rejecting rules made the filter table (meshd.interception.filter_created): in /run,
+# since those rules go at reboot, and the table with them
+FILTER_CREATED = "/run/meshd-rules.filter-created"
+FILTER6_CREATED = "/run/meshd-rules.filter6-created"
 USER_CREATED = f"{ETC}/user-created"  # join created the meshd user: leave removes it
 HOSTS_FILE = "/etc/hosts"
 UNIT_DIR = "/etc/systemd/system"
@@ -48,6 +52,8 @@ REMOVED_PATHS = (
     STATE,
     RULES_RECORD,
     FALLBACK_RAN,
+    FILTER_CREATED,
+    FILTER6_CREATED,
     SYNCED,
     ROLLBACK,
     RULES_LOCK,

@@ -21,7 +21,17 @@ from meshctl.provision.facts import HostFacts
 from meshd import hostsfile
 from meshd.identity import SpiffeId
 from meshd.pki import spiffe_ids
-from meshd.rules import CHAINS, JUMPS, V6, apply_document, our_jumps, remove_document
+from meshd.rules import (
+    NAT,
+    TABLES,
+    V4,
+    V6,
+    Family,
+    apply_document,
+    our_jumps,
+    remove_document,
+    table_of,
+)
 
 RENEW_AT = 2 / 3  # renew a certificate once two thirds of its life have passed
 
@@ -281,8 +291,9 @@ def plan_join(
     # rules before meshd (re)starts: only the guarded apply may install a new rule set
     if rules_due:
         files = tuple(w.file for w in writes if w.file.path in guarded)
-        v6 = apply_document(desired.rules, facts.nat6, V6) if facts.ipv6 else ""
-        steps.append(ApplyRules(rules_due, apply_document(desired.rules, facts.nat), files, v6))
+        v4 = apply_document(desired.rules, facts.tables(V4))
+        v6 = apply_document(desired.rules, facts.tables(V6), V6) if facts.ipv6 else ""
+        steps.append(ApplyRules(rules_due, v4, files, v6))
     steps += _meshd_action(facts, written, bool(problem), new_bundle)
     hosts = hostsfile.with_block(facts.hosts, desired.vips)
     if hosts != facts.hosts:
@@ -332,26 +343,30 @@ def _sha(text: str) -> str:
 
 
 def rules_present(facts: HostFacts, desired: DesiredHost | None = None) -> bool:
-    """Our jumps and chains are in the nat tables (with as many rules as ``desired`` has).
+    """Our jumps and chains are in place (with as many rules, in the tables ``desired`` has).
 
     Both families where the host has IPv6: without the ip6tables rules, strict
     mode and closed fail mode would hold for IPv4 only.
     """
-    tables = [(facts.nat, desired.rules_document if desired else "")]
+    families: list[tuple[Family, str]] = [(V4, desired.rules_document if desired else "")]
     if facts.ipv6:
-        tables.append((facts.nat6, desired.rules_document6 if desired else ""))
-    if not facts.route or any(len(our_jumps(nat)) != len(JUMPS) for nat, _ in tables):
-        return False
-    return desired is None or all(_rule_counts(nat) == _rule_counts(d) for nat, d in tables)
+        families.append((V6, desired.rules_document6 if desired else ""))
+    saved = [(facts.tables(f), document) for f, document in families]
+    if not facts.route or any(len(our_jumps(text)) != len(NAT.jumps) for text, _ in saved):
+        return False  # two jumps, in one table: redirecting (nat) or rejecting (filter)
+    if len(our_jumps(facts.nat, NAT)) != len(NAT.jumps):
+        return False  # meshd's own rules always redirect IPv4 (the boot fallback rejects it)
+    return desired is None or all(_rule_counts(t) == _rule_counts(d) for t, d in saved)
 
 
-def _rule_counts(nat: str) -> dict[str, int]:
-    """Rules per meshd chain: iptables-save rewrites rule text, but not how many there are."""
-    counts = dict.fromkeys(CHAINS, 0)
-    for line in nat.splitlines():
-        chain = line.split(" ", 2)[1] if line.startswith("-A ") else ""
-        if chain in counts:
-            counts[chain] += 1
+def _rule_counts(saved: str) -> dict[tuple[str, str], int]:
+    """Rules per table and meshd chain: iptables-save rewrites rule text, not their number."""
+    counts = {(t.name, c): 0 for t in TABLES for c in t.chains}
+    for table in TABLES:
+        for line in table_of(saved, table.name).splitlines():
+            key = (table.name, line.split(" ", 2)[1] if line.startswith("-A ") else "")
+            if key in counts:
+                counts[key] += 1
     return counts
 
 
@@ -361,7 +376,7 @@ def plan_leave(facts: HostFacts) -> Plan:
     active_units = tuple(u for u, state in facts.enabled.items() if state not in ("", "not-found"))
     if active_units or facts.meshd.active not in ("inactive", ""):
         steps.append(StopUnits("meshd is installed", layout.UNITS))
-    removal, removal6 = remove_document(facts.nat), remove_document(facts.nat6)
+    removal, removal6 = remove_document(facts.tables(V4)), remove_document(facts.tables(V6))
     tables_made = facts.nat_created or facts.nat6_created
     if removal is not None or removal6 is not None or facts.route or tables_made:
         steps.append(

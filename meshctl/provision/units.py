@@ -8,8 +8,9 @@ are back. In ``closed`` fail mode the rules stay while meshd is down
 (intercepted traffic fails, nothing leaks in plaintext), and that holds from
 boot: if ``meshd rules apply`` fails there (a broken config, registry or
 bundle), the unit runs the script the last successful apply wrote (the same
-rules, plain ``iptables-restore``, nothing of meshd) and still fails, for
-``meshctl status`` to show. In ``open`` mode meshd.service removes the rules
+matches rejected with a TCP reset, since meshd is down too: plain
+``iptables-restore``, nothing of meshd) and still fails, for ``meshctl
+status`` to show. In ``open`` mode meshd.service removes the rules
 when it stops and puts them back when it starts.
 
 A registry pushed over the admin API lands in meshd's state directory;

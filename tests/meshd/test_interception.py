@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from meshd.config import MeshdConfig
-from meshd.interception import fallback_marker
+from meshd.interception import fallback_marker, filter_created
 from meshd.registry import Registry
-from meshd.rules import fingerprint, ruleset
+from meshd.rules import V4, V6, fingerprint, ruleset
 from meshd.runtime import effective_registry, synced_version
 from tests.meshd import configs
 
@@ -506,34 +506,98 @@ def test_a_failing_ipv6_restore_takes_the_ipv4_rules_out_again(
     assert not MeshdConfig.load(config_path).interception.rules_record.exists()
 
 
-def test_the_fallback_script_puts_the_last_rules_back_without_meshd(
-    netns: str, config_path: Path
+# what a squatter binds while meshd is down or does not serve IPv6: meshd's redirect targets
+# (ports >= 1024, so any local user may), and the apps' own service ports
+SQUAT4 = ("127.0.0.1:15001", "127.0.0.1:15101", "0.0.0.0:15006")
+SQUAT6 = ("[::1]:15001", "[::1]:15101", "[::]:15006")
+REFUSED = "ConnectionRefusedError"
+
+
+def _ipv6_off(config_path: Path) -> None:
+    text = config_path.read_text()
+    config_path.write_text(text.replace("[interception]", "[listen]\nipv6 = false\n[interception]"))
+
+
+def test_the_fallback_script_rejects_without_meshd(
+    pair: tuple[str, str], config_path: Path
 ) -> None:
-    """What closed fail mode runs at boot when ``meshd rules apply`` fails."""
-    (config_path.parent / "registry.json").write_text(json.dumps(REGISTRY6))
-    _in(netns, MESHD, "rules", "apply", "--config", str(config_path))
-    applied = {t: _ours(_in(netns, f"{t}-save", "-t", "nat")) for t in ("iptables", "ip6tables")}
+    """What closed fail mode runs at boot when ``meshd rules apply`` fails: meshd is down, so
+    what the rules catch is refused (TCP reset), never redirected to ports nobody owns now."""
+    host, peer = pair
+    _apply(host, config_path, REGISTRY6)
     config = MeshdConfig.load(config_path)
     script, marker = config.interception.fallback_rules, fallback_marker(config)
     assert script is not None and not marker.exists()
-    _in(netns, MESHD, "rules", "remove", "--config", str(config_path))
+    _in(host, MESHD, "rules", "remove", "--config", str(config_path))
     config_path.write_text("broken")  # the config cannot be read any more: no matter
     try:
-        _in(netns, "env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "/bin/sh", str(script))
-        for table, rules in applied.items():
-            assert _ours(_in(netns, f"{table}-save", "-t", "nat")) == rules
-        assert "10.255.0.0/16" in _in(netns, "ip", "route", "show", "dev", "lo")
+        _in(host, "env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "/bin/sh", str(script))
         assert marker.exists()  # meshctl status reports it
+        assert "10.255.0.0/16" in _in(host, "ip", "route", "show", "dev", "lo")
+        squatter = _catch(host, *SQUAT4, *SQUAT6, "0.0.0.0:8080", "[::]:8080", wait=4)
+        far = _catch(peer, "0.0.0.0:8080", "[::]:8080", wait=4)  # the endpoint itself
+        for address in ("10.255.0.1", PEER4, PEER6):  # a VIP, real endpoint addresses
+            assert _dial(host, address, 8080) == REFUSED, address
+            assert _dial(host, address, 8080, user="65533") == REFUSED, address
+        assert _dial(peer, HOST4, 8080) == REFUSED  # a meshed service port, from outside
+        assert _dial(peer, HOST6, 8080) == REFUSED
+        assert _caught(squatter) is None and _caught(far) is None
+        ssh = _catch(host, "0.0.0.0:22", "0.0.0.0:2222")
+        assert _dial(peer, HOST4, 2222) == "connected"  # never SSH
+        assert _caught(ssh) == ["0.0.0.0:2222", None]
+        local = _catch(host, "127.0.0.1:8080")
+        assert _dial(host, "127.0.0.1", 8080) == "connected"  # loopback is never caught
+        assert _caught(local) == ["127.0.0.1:8080", None]
     finally:
         (config_path.parent / "meshd.toml").write_text(
             CONFIG.replace("@RECORD@", str(config.interception.rules_record)).replace(
                 "@FALLBACK@", str(script)
             )
         )
-        _in(netns, MESHD, "rules", "apply", "--config", str(config_path))  # repaired
+        _in(host, MESHD, "rules", "apply", "--config", str(config_path))  # repaired
+    try:
         assert not marker.exists()
-        assert _ours(_in(netns, "iptables-save", "-t", "nat")) == applied["iptables"]
-        _in(netns, MESHD, "rules", "remove", "--config", str(config_path))
+        for table in ("iptables", "ip6tables"):  # meshd's redirects again, nothing rejected
+            assert "MESHD" not in _in(host, f"{table}-save", "-t", "filter")
+            assert "-j REDIRECT" in _in(host, f"{table}-save", "-t", "nat")
+        _no_filter_table_of_ours(host, config_path)
+    finally:
+        _in(host, MESHD, "rules", "remove", "--config", str(config_path))
+
+
+def _no_filter_table_of_ours(ns: str, config_path: Path) -> None:
+    """The filter tables our rejects made are gone with them (iptables-save as it was)."""
+    config = MeshdConfig.load(config_path)
+    assert not any(filter_created(config, f).exists() for f in (V4, V6))
+    if shutil.which("nft") and "nf_tables" in _in(ns, "iptables", "-V"):
+        assert "filter" not in _in(ns, "nft", "list", "tables")
+
+
+def test_ipv6_that_meshd_does_not_serve_is_refused_not_redirected(
+    pair: tuple[str, str], config_path: Path
+) -> None:
+    """``[listen] ipv6 = false``: meshd binds no IPv6 twin, so the ip6tables rules reject what
+    they catch; a redirect would hand it to whoever binds the twins' ports (any user)."""
+    host, peer = pair
+    _ipv6_off(config_path)
+    _apply(host, config_path, REGISTRY6)
+    try:
+        squatter = _catch(host, *SQUAT6, "[::]:8080", wait=4)
+        far = _catch(peer, "[::]:8080", wait=4)
+        assert _dial(host, PEER6, 8080) == REFUSED
+        assert _dial(host, PEER6, 8080, user="65533") == REFUSED
+        assert _dial(peer, HOST6, 8080) == REFUSED  # the app on [::]:8080 is not reached
+        assert _caught(squatter) is None and _caught(far) is None
+        catch = _catch(host, "127.0.0.1:15001")  # IPv4 is meshd's as before
+        assert _dial(host, PEER4, 8080) == "connected"
+        assert _caught(catch) == ["127.0.0.1:15001", [PEER4, 8080]]
+        assert "MESHD" not in _in(host, "ip6tables-save", "-t", "nat")
+    finally:
+        _in(host, MESHD, "rules", "remove", "--config", str(config_path))
+    for table in ("iptables", "ip6tables"):
+        for name in ("nat", "filter"):
+            assert "MESHD" not in _in(host, f"{table}-save", "-t", name), (table, name)
+    _no_filter_table_of_ours(host, config_path)
 
 
 def test_an_endpoint_on_an_ssh_admin_or_mesh_port_is_left_out_and_reported(

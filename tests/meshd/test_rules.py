@@ -12,12 +12,17 @@ from pathlib import Path
 import pytest
 
 from meshd.rules import (
+    FILTER,
+    NAT,
+    REDIRECT,
+    REJECT,
     V4,
     V6,
     Family,
     RuleSet,
     ServiceRedirect,
     apply_document,
+    document,
     fallback_script,
     fingerprint,
     notes,
@@ -59,18 +64,39 @@ def test_apply_document_matches_golden(family: Family) -> None:
     _golden(f"rules-apply.v{family.version}", apply_document(RULES, saved="", family=family))
 
 
+CREATED = {V4: "/run/meshd-rules.filter-created", V6: "/run/meshd-rules.filter6-created"}
+UNSERVED = dataclasses.replace(RULES, ipv6_served=False)
+
+
 def test_fallback_script_matches_golden() -> None:
-    _golden("rules-fallback.sh", fallback_script(RULES, "/run/meshd-rules.fallback"))
+    _golden("rules-fallback.sh", fallback_script(RULES, "/run/meshd-rules.fallback", CREATED))
 
 
+def test_unserved_ipv6_document_matches_golden() -> None:
+    _golden("rules-apply.v6-unserved", apply_document(UNSERVED, saved="", family=V6))
+    assert apply_document(UNSERVED, "", V4) == apply_document(RULES, "", V4)
+    assert fingerprint(UNSERVED) != fingerprint(RULES)
+
+
+def test_nothing_is_redirected_where_meshd_will_not_take_it() -> None:
+    """meshd's ports are >= 1024: with meshd down (the boot fallback), or for IPv6 that it does
+    not serve, a redirect would hand the plaintext to any local user who binds them."""
+    script = fallback_script(RULES, "/run/meshd-rules.fallback", CREATED)
+    for text in (script, apply_document(UNSERVED, "", V6)):
+        assert "REDIRECT" not in text.replace("MESHD_REDIRECT", "")
+        assert "-A MESHD_REJECT -p tcp -j REJECT --reject-with tcp-reset" in text
+    assert script.count("-A MESHD_INBOUND -p tcp --dport 9000 -j MESHD_REJECT") == 2
+
+
+@pytest.mark.parametrize("action", [REDIRECT, REJECT])
 @pytest.mark.parametrize("family", [V4, V6], ids=["v4", "v6"])
-def test_ssh_admin_and_mesh_ports_are_never_caught(family: Family) -> None:
+def test_ssh_admin_and_mesh_ports_are_never_caught(family: Family, action: str) -> None:
     """A registry cannot know this host's SSH ports: connections to them (and to meshd's admin
     and mesh ports) go out untouched, and an endpoint on one of them is left out, with a note."""
     address = "10.0.0.9" if family is V4 else "fd00:77::9"
     endpoints = tuple((address, port) for port in (22, 15000, 15443, 8080))
     rules = dataclasses.replace(RULES, remote_endpoints=endpoints)
-    lines = apply_document(rules, "", family).splitlines()
+    lines = document(rules, "", family, action).splitlines()
     output = [line for line in lines if line.startswith("-A MESHD_OUTPUT")]
     returns = [f"-A MESHD_OUTPUT -p tcp --dport {p} -j RETURN" for p in (22, 15000, 15443)]
     caught = [line for line in output if "-j MESHD_RE" in line]
@@ -105,6 +131,7 @@ def test_fingerprint_covers_both_families() -> None:
 
 def test_nothing_to_remove() -> None:
     assert remove_document("*nat\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n") is None
+    assert remove_document("*filter\n:MESHD_OTHER - [0:0]\nCOMMIT\n") is None
 
 
 needs_root = pytest.mark.skipif(
@@ -170,3 +197,40 @@ def test_real_iptables_apply_twice_then_remove(netns: Callable[..., str], family
     after = netns(save, "-t", "nat")
     assert _rules(after) == _rules(before)
     assert remove_document(after) is None
+
+
+@needs_root
+@pytest.mark.parametrize("family", [V4, V6], ids=["v4", "v6"])
+def test_real_iptables_moves_between_redirecting_and_rejecting(
+    netns: Callable[..., str], family: Family
+) -> None:
+    """The same rule set rejects (filter table) or redirects (nat table): each apply leaves
+    ours in one table only, twice changes nothing, and remove leaves both as they were."""
+    rules = dataclasses.replace(
+        RULES, meshd_user="65534", services=(ServiceRedirect(9000, "65533", 15101),)
+    )
+    save, restore = f"{family.tool}-save", f"{family.tool}-restore"
+    netns(
+        family.tool, "-t", "filter", "-A", "INPUT", "-p", "tcp", "--dport", "9999", "-j", "ACCEPT"
+    )
+
+    def tables() -> str:
+        return netns(save, "-t", "nat") + netns(save, "-t", "filter")
+
+    before = tables()
+    for action in (REJECT, REJECT, REDIRECT, REJECT):
+        text = document(rules, tables(), family, action)
+        netns(restore, "--test", "--noflush", stdin=text)
+        netns(restore, "--noflush", stdin=text)
+        now = tables()
+        used, other = (FILTER, NAT) if action == REJECT else (NAT, FILTER)
+        assert len(our_jumps(now, used)) == 2 and our_jumps(now, other) == []
+        assert ("-j REJECT --reject-with tcp-reset" in now) == (action == REJECT)
+        assert ("-j REDIRECT --to-ports 15006" in now) == (action == REDIRECT)
+    filter_rules = [x for x in netns(save, "-t", "filter").splitlines() if x.startswith("-A ")]
+    assert filter_rules[0].startswith("-A INPUT") and "meshd:inbound" in filter_rules[0]
+    removal = remove_document(tables())
+    assert removal is not None
+    netns(restore, "--noflush", stdin=removal)
+    assert _rules(tables()) == _rules(before)
+    assert remove_document(tables()) is None

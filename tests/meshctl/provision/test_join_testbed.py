@@ -345,7 +345,8 @@ def test_closed_mode_holds_from_boot_when_the_rules_cannot_be_made(
 ) -> None:
     """api1's config breaks and api1 reboots: meshd-rules.service (and meshd) fail, and the
     rules the last apply wrote as a fallback hold the host closed: api1's connections to
-    db1's real addresses are refused, nothing leaves in plaintext, SSH works, status says so.
+    db1's real addresses are refused (not redirected to meshd's ports, which an unprivileged
+    user holds meanwhile), nothing leaves in plaintext, SSH works, status says so.
     """
     ok(fleet.api, "echo 'broken = [' >> /etc/meshd/meshd.toml")
     fleet.api.reboot(degraded_ok=True)
@@ -363,9 +364,25 @@ def test_closed_mode_holds_from_boot_when_the_rules_cannot_be_made(
         "    except OSError as e:\n"
         "        print('refused', type(e).__name__)\n"
     )
+    squat = (  # meshd is down: anyone may bind its redirect targets (ports >= 1024)
+        "import select, socket\nsocks = []\n"
+        "for family, host in ((socket.AF_INET, '127.0.0.1'), (socket.AF_INET6, '::1')):\n"
+        "    s = socket.socket(family); s.bind((host, 15001)); s.listen(); socks.append(s)\n"
+        "print('ready', flush=True)\n"
+        "ready, _, _ = select.select(socks, [], [], 8)\n"
+        "print('got' if ready else 'nothing', flush=True)\n"
+    )
+    squatter = (
+        f"setpriv --reuid=65534 --regid=65534 --clear-groups python3 -c {shlex.quote(squat)} "
+        "> /tmp/squatter.out 2>&1 &\n"
+        "for _ in $(seq 50); do grep -q ready /tmp/squatter.out && break; sleep 0.1; done"
+    )
+    ok(fleet.api, squatter)
     with wire.capture(fleet.tb.subnets, tmp_path / "boot.pcap") as pcap:
         tried = python(fleet.api, attempt)
     assert tried.splitlines() == ["refused ConnectionRefusedError"] * 2, tried
+    until(lambda: ok(fleet.api, "cat /tmp/squatter.out") != "ready\n", 15, "the squatter done")
+    assert ok(fleet.api, "cat /tmp/squatter.out; rm /tmp/squatter.out") == "ready\nnothing\n"
     assert marker.encode() not in pcap.read_bytes()
     with_transport(fleet, fleet.api, lambda t: None)  # a new SSH connection still gets in
     status = fleet.meshctl("status", "--json", "-i", fleet.key)

@@ -26,11 +26,18 @@ from meshctl.provision.plan import (
     WriteHostsBlock,
     plan_join,
     plan_leave,
+    rules_present,
 )
 from meshd import hostsfile
 from meshd.identity import SpiffeId, make_id
 from meshd.pki import cert_pem
-from meshd.rules import remove_document
+from meshd.rules import (
+    V4,
+    V6,
+    Family,
+    fallback_document,
+    remove_document,
+)
 from tests.meshctl.helpers import INVENTORY, MESH, NOW, TD, WEB1, make_ca
 
 CA = make_ca()
@@ -302,3 +309,43 @@ def test_leave_takes_the_ip6tables_rules_and_tables_too() -> None:
     assert rules.document6 == remove_document(CONVERGED6.nat6) and rules.drop_nat6_table
     only6 = replace(CONVERGED6, nat=PRISTINE.nat, route=False, nat_created=False)
     assert RemoveRules in [type(s) for s in plan_leave(only6).steps]
+
+
+def _held(family: Family) -> tuple[str, str]:
+    """A family's nat and filter tables as saved after the boot fallback ran (iptables-save
+    lists every rule with -A): our nat chains emptied, the rejects in the filter table."""
+    rejects, emptied = fallback_document(DESIRED.rules, family).split("COMMIT\n")[:2]
+    return emptied + "COMMIT\n", rejects.replace("\n-I ", "\n-A ") + "COMMIT\n"
+
+
+HELD = replace(
+    CONVERGED6,
+    rules_record="",
+    fallback=True,
+    nat=_held(V4)[0],
+    filter=_held(V4)[1],
+    nat6=_held(V6)[0],
+    filter6=_held(V6)[1],
+)
+
+
+def test_a_host_held_by_the_fallback_gets_its_redirects_back() -> None:
+    assert not rules_present(HELD, DESIRED) and not rules_present(HELD)
+    (apply,) = [s for s in join(HELD).steps if isinstance(s, ApplyRules)]
+    assert apply.why == "not installed"
+    for document in (apply.document, apply.document6):  # the rejects go, in the same restore
+        assert "*filter\n-D OUTPUT" in document and "-X MESHD_REJECT" in document
+
+
+def test_a_rule_set_in_the_wrong_table_is_not_in_place() -> None:
+    """Rejects where the desired rules redirect (or both at once) are no match."""
+    both = replace(CONVERGED6, filter6=HELD.filter6)
+    assert not rules_present(both, DESIRED)
+    assert join(both).has(ApplyRules)
+
+
+def test_leave_takes_the_fallbacks_rejects_too() -> None:
+    (rules,) = [s for s in plan_leave(HELD).steps if isinstance(s, RemoveRules)]
+    for removal in (rules.document, rules.document6):
+        assert removal is not None and "*filter\n-D OUTPUT" in removal
+        assert "-X MESHD_REJECT" in removal
