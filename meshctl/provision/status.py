@@ -19,6 +19,7 @@ from meshctl.provision import facts as facts_mod
 from meshctl.provision.plan import rules_present
 from meshctl.provision.rollout import Rollout, parallel, registry_for
 from meshd.errors import MeshError, ProvisionError
+from meshd.rules import FILTER, NAT, REDIRECT, REJECT, V6, our_jumps
 
 WARN_LIFE_LEFT = 1 / 3  # warn when less than a third of the certificate's life is left
 
@@ -49,6 +50,7 @@ class HostStatus:
     # rules from the config (the last applied ones are in; meshd, likely, is down)
     rules_fallback: bool = False
     ipv6: str | None = None  # meshd's word (/stats): "served", or why not
+    ipv6_rules: str = ""  # what the host's ip6tables rules do: REDIRECT, REJECT, "" (none)
     drift: list[str] = field(default_factory=list)
     admin_error: str | None = None
 
@@ -65,18 +67,27 @@ class HostStatus:
             and self.ready
             and self.rules
             and not self.rules_fallback
-            and not (self.ipv6 or "").startswith("unserved")
+            and not self.ipv6_exposed
             and not self.drift
             and not self.cert_warning
             and self.admin_error is None
             and self.registry_version == self.expected_registry
         )
 
+    @property
+    def ipv6_exposed(self) -> bool:
+        """meshd does not listen for IPv6, yet the rules redirect it to meshd's ports: whoever
+        binds them (>= 1024: any local user) gets what the rules catch."""
+        ipv6 = self.ipv6 or "served"
+        served = ipv6 == "served" or ipv6.startswith("absent")
+        return not served and self.ipv6_rules == REDIRECT
+
     def to_json(self) -> dict[str, Any]:
         data = {k: v for k, v in self.__dict__.items() if k != "cert_not_after"}
         data["cert_not_after"] = self.cert_not_after.isoformat() if self.cert_not_after else None
         data["cert_warning"] = self.cert_warning
         data["healthy"] = self.healthy
+        data["ipv6_exposed"] = self.ipv6_exposed
         return data
 
 
@@ -115,6 +126,7 @@ def _ssh_look(ro: Rollout, host: HostSpec, status: HostStatus, registry: dict[st
     status.bundle = next((v for v in facts.versions if v != "bin"), None)
     status.rules = bool(facts.rules_record) and rules_present(facts)
     status.rules_fallback = facts.fallback
+    status.ipv6_rules = ipv6_rules(facts)
     _cert_look(facts.cert_pem, ro.now(), status)
     if not status.joined or not facts.python:
         return
@@ -129,6 +141,12 @@ def _ssh_look(ro: Rollout, host: HostSpec, status: HostStatus, registry: dict[st
         version = status.bundle or ""
     desired = ro.desired(host, registry, version)
     status.drift = [step.title for step in ro.plan(facts, desired).steps]
+
+
+def ipv6_rules(facts: facts_mod.HostFacts) -> str:
+    """What the host's ip6tables rules do with what they catch ("" without any)."""
+    saved = facts.tables(V6) if facts.ipv6 else ""
+    return REJECT if our_jumps(saved, FILTER) else REDIRECT if our_jumps(saved, NAT) else ""
 
 
 def _cert_look(pem: str, now: dt.datetime, status: HostStatus) -> None:

@@ -50,6 +50,19 @@ def _rules(s: HostStatus) -> str:
     return "[green]yes[/]" if s.rules else "[red]no[/]"
 
 
+def _ipv6(s: HostStatus) -> str | None:
+    """IPv6 that meshd does not serve, as the host's rules treat it (nothing when served)."""
+    if not s.ipv6 or s.ipv6 == "served" or s.ipv6.startswith("absent"):
+        return None
+    if s.ipv6_exposed:  # meshd's own words would claim what the rules do not
+        return (
+            f"[red]IPv6 {escape(s.ipv6.split(':')[0])}, but the ip6tables rules redirect IPv6 "
+            "to meshd's ports, where meshd does not listen and any local user may: run "
+            f"meshctl join {escape(s.host)}[/]"
+        )
+    return f"[yellow]IPv6 {escape(s.ipv6)}[/]"
+
+
 def _problems(s: HostStatus) -> str:
     notes = []
     if not s.joined:
@@ -67,9 +80,9 @@ def _problems(s: HostStatus) -> str:
         )
     elif s.reachable and s.joined and not s.rules:
         notes.append("[red]redirect rules missing: run meshctl join " + escape(s.host) + "[/]")
-    if s.ipv6 and s.ipv6 != "served" and not s.ipv6.startswith("absent"):
-        color = "red" if s.ipv6.startswith("unserved") else "yellow"
-        notes.append(f"[{color}]IPv6 {escape(s.ipv6)}[/]")
+    ipv6 = _ipv6(s)
+    if ipv6:
+        notes.append(ipv6)
     if s.registry_version is not None and s.registry_version != s.expected_registry:
         notes.append(
             f"[yellow]registry version {s.registry_version}, the workspace's is "

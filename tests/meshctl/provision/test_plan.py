@@ -28,10 +28,13 @@ from meshctl.provision.plan import (
     plan_leave,
     rules_present,
 )
+from meshctl.provision.status import ipv6_rules
 from meshd import hostsfile
 from meshd.identity import SpiffeId, make_id
 from meshd.pki import cert_pem
 from meshd.rules import (
+    REDIRECT,
+    REJECT,
     V4,
     V6,
     Family,
@@ -335,6 +338,8 @@ def test_a_host_held_by_the_fallback_gets_its_redirects_back() -> None:
     assert apply.why == "not installed"
     for document in (apply.document, apply.document6):  # the rejects go, in the same restore
         assert "*filter\n-D OUTPUT" in document and "-X MESHD_REJECT" in document
+    assert ipv6_rules(HELD) == REJECT and ipv6_rules(CONVERGED6) == REDIRECT
+    assert ipv6_rules(CONVERGED) == ""  # a kernel without IPv6
 
 
 def test_a_rule_set_in_the_wrong_table_is_not_in_place() -> None:

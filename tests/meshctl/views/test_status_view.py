@@ -132,19 +132,25 @@ def test_a_host_held_by_the_boot_fallback_says_so() -> None:
     assert "redirect rules missing" not in row["notes"]
 
 
+OFF = "off (listen.ipv6 = false): the rules reject IPv6 connections to the mesh instead of ..."
+
+
 @pytest.mark.parametrize(
-    ("ipv6", "healthy", "note"),
+    ("ipv6", "rules6", "healthy", "note"),
     [
-        ("served", True, None),
-        ("absent: the kernel has no IPv6", True, None),
-        ("off (listen.ipv6 = false): IPv6 connections ... refused", True, None),  # chosen
-        ("unserved: cannot listen on [::1]:15001 (outbound)", False, "IPv6 unserved"),
+        ("served", "redirect", True, None),
+        ("absent: the kernel has no IPv6", "", True, None),
+        (OFF, "reject", True, None),  # chosen, and what the rules do
+        # meshd does not listen there, yet the rules send IPv6 to its ports: whoever binds them
+        (OFF, "redirect", False, "but the ip6tables rules redirect IPv6 to meshd's ports"),
+        ("unserved: cannot listen on [::1]:15001", "redirect", False, "the ip6tables rules"),
     ],
 )
-def test_ipv6_that_meshd_does_not_serve_is_shown(
-    ipv6: str, healthy: bool, note: str | None
+def test_ipv6_that_meshd_does_not_serve_is_shown_as_the_rules_treat_it(
+    ipv6: str, rules6: str, healthy: bool, note: str | None
 ) -> None:
     status = replace(HEALTHY, ipv6=ipv6)
+    status.ipv6_rules = rules6  # set apart: a field the status had no notion of before
     assert status.healthy == healthy
     (row,) = rows(render(status))
     assert (note in row["notes"]) if note else row["notes"] == "healthy"
