@@ -72,7 +72,7 @@ class MeshPort:
         if self.per_peer[peer] >= self.rt.config.limits.max_links_per_peer:
             self._refuse_link(link, "too_many_links", f"{peer} already holds its links")
             return
-        link.peer = hosts[0]
+        link.peer, link.peer_key = hosts[0], peer
         self.per_peer[peer] += 1
         self.links.add(link)
         peer_lines.log(
@@ -94,7 +94,7 @@ class MeshPort:
     def on_lost(self, link: Link, reason: str) -> None:
         if link in self.links:
             self.links.discard(link)
-            peer = str(link.peer)
+            peer = link.peer_key
             self.per_peer[peer] -= 1
             if self.per_peer[peer] <= 0:
                 del self.per_peer[peer]
@@ -121,7 +121,7 @@ class MeshPort:
         return self._accept(link, request)
 
     def _accept(self, link: Link, request: OpenRequest) -> Stream:
-        peer = str(link.peer)
+        peer = link.peer_key
         self.peer_streams[peer] += 1
         pending: list[Callable[[], None]] = []  # the app connect, cancelled if the stream ends
         stream = Stream(
@@ -147,7 +147,7 @@ class MeshPort:
         if service is None or service.port != request.port:
             return "unknown_service", f"no local service {request.service} on port {request.port}"
         share = self.rt.config.limits.max_streams_per_peer
-        if self.peer_streams[str(link.peer)] >= share:
+        if self.peer_streams[link.peer_key] >= share:
             return "peer_limit", f"{link.peer} already holds {share} streams here"
         return None
 

@@ -69,6 +69,7 @@ LINK_WINDOW = 8 * 1024 * 1024  # bytes in flight over all streams of a link, eac
 # before it lets others run (libuv reads up to 32 chunks of a busy socket in one go: 8 MiB
 # of OPENs, or of empty DATA frames, would hold the loop)
 CONTROL_BURST = 256
+COUNT_RESET = 16
 _NO_BUFFER = memoryview(bytearray(0))
 OnOpen = Callable[["Link", int, OpenRequest], Stream | None]
 
@@ -98,6 +99,7 @@ class Link(asyncio.BufferedProtocol):
         self.on_lost = on_lost
         self.transport: asyncio.Transport | None = None
         self.peer: SpiffeId | None = None
+        self.peer_key = ""  # str(peer), kept: counted per stream
         self.peer_ids: frozenset[SpiffeId] = frozenset()
         self.peer_names: frozenset[str] = frozenset()  # the same, as strings: checked per stream
         self.peer_address = ""
@@ -497,14 +499,19 @@ class Link(asyncio.BufferedProtocol):
                 return offset
             kind, sid, length = HEADER.unpack(self._header)
             self._header.clear()
-        _check_length(kind, length)
-        self._kind, self._sid = kind, sid
-        if length:
-            self._remaining = length
-        elif kind != DATA:
-            self._dispatch(kind, sid, b"")
-        else:  # an empty DATA frame carries nothing, but costs a turn's share like any frame
-            self._count()
+        if kind == DATA:
+            if length > MAX_PAYLOAD:
+                raise ProtocolError(f"frame of {length} bytes exceeds the limit")
+            if not length:  # carries nothing, but costs a turn's share like any frame
+                self._count()
+                return offset
+        else:
+            _check_control(kind, length)
+            if length <= end - offset:  # the whole payload is here (most control frames)
+                after: int = offset + length
+                self._dispatch(kind, sid, bytes(data[offset:after]))
+                return after
+        self._kind, self._sid, self._remaining = kind, sid, length
         return offset
 
     def _stray(self, sid: int) -> None:
@@ -515,9 +522,11 @@ class Link(asyncio.BufferedProtocol):
         self._count()
 
     def _count(self) -> None:
-        if not self._controls:
-            self._loop.call_soon(self._new_turn)
+        # The count starts again after a turn that reached COUNT_RESET frames: a turn with
+        # a few (most of them) schedules nothing, and a turn starts with fewer than that
         self._controls += 1
+        if self._controls == COUNT_RESET:
+            self._loop.call_soon(self._new_turn)
 
     def _dispatch(self, kind: int, sid: int, payload: bytes) -> None:
         self._count()
@@ -591,12 +600,8 @@ class Link(asyncio.BufferedProtocol):
         self._schedule_ping()
 
 
-def _check_length(kind: int, length: int) -> None:
-    """Refuse a frame by its header: unknown type, or more payload than its type may carry."""
-    if kind == DATA:
-        if length > MAX_PAYLOAD:
-            raise ProtocolError(f"frame of {length} bytes exceeds the limit")
-        return
+def _check_control(kind: int, length: int) -> None:
+    """Refuse a control frame by its header: unknown type, or more than its type may carry."""
     limit = CONTROL_MAX.get(kind)
     if limit is None:
         raise ProtocolError(f"unknown frame type {kind}")
