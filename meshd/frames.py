@@ -81,6 +81,9 @@ _OPEN = re.compile(
 )
 
 
+DECODED_MAX = 512  # OPEN payloads kept, parsed (see OpenRequest.decode)
+
+
 @dataclass(frozen=True, slots=True)
 class OpenRequest:
     """What a stream is for: where it goes, for whom, and where it was headed originally."""
@@ -95,7 +98,22 @@ class OpenRequest:
 
     @classmethod
     def decode(cls, payload: bytes) -> OpenRequest:
-        """Parse an OPEN payload; ProtocolError unless every field is well formed."""
+        """Parse an OPEN payload; ProtocolError unless every field is well formed.
+
+        The OPENs of a link repeat (a service, a port, a source, a VIP): requests
+        parsed once are kept (a few hundred at most), so a new stream costs a lookup.
+        """
+        known = _DECODED.get(payload)
+        if known is not None:
+            return known
+        request = cls._parse(payload)
+        if len(_DECODED) >= DECODED_MAX:
+            _DECODED.clear()
+        _DECODED[payload] = request
+        return request
+
+    @classmethod
+    def _parse(cls, payload: bytes) -> OpenRequest:
         try:
             match = _OPEN.fullmatch(payload.decode("ascii"))
         except UnicodeDecodeError:
@@ -107,6 +125,9 @@ class OpenRequest:
         if number > 65535 or (original_port and int(original_port) > 65535):
             raise ProtocolError("malformed OPEN frame: port out of range")
         return cls(service, number, source, original)
+
+
+_DECODED: dict[bytes, OpenRequest] = {}
 
 
 def frame(kind: int, stream_id: int, payload: bytes = b"") -> bytes:

@@ -17,6 +17,7 @@ import pytest
 import uvloop
 from cryptography import x509
 
+from meshd import frames
 from meshd.frames import (
     DATA,
     FIN,
@@ -552,3 +553,15 @@ async def test_a_peer_without_a_link_protocol_is_refused() -> None:
     transport = _TlsTransport("h2")
     link.connection_made(transport)
     assert transport.aborted and "ALPN" in link.refused
+
+
+def test_parsed_opens_are_kept_in_a_bounded_table() -> None:
+    first = OpenRequest("web", 80, SOURCE).encode()
+    assert OpenRequest.decode(first) is OpenRequest.decode(first)  # parsed once, then kept
+    for port in range(1, 3 * frames.DECODED_MAX):  # a peer sending a new OPEN each time
+        OpenRequest.decode(OpenRequest("web", port, SOURCE).encode())
+        assert len(frames._DECODED) <= frames.DECODED_MAX
+    with pytest.raises(ProtocolError):  # a malformed one is never kept, and always refused
+        OpenRequest.decode(b"web\nforged\x0080\x00" + SOURCE.encode() + b"\x00")
+    with pytest.raises(ProtocolError):
+        OpenRequest.decode(b"web\nforged\x0080\x00" + SOURCE.encode() + b"\x00")
