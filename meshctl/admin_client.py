@@ -34,7 +34,7 @@ from meshctl.workspace import Workspace
 from meshd.errors import CertificateError, ConfigError, ConnectError, ProvisionError
 from meshd.identity import make_id
 from meshd.store import KINDS
-from meshd.tls import ALPN_ADMIN, mutual_context
+from meshd.tls.context import ALPN_ADMIN, mutual_context
 
 DEFAULT_TIMEOUT = 5.0
 MAX_HEAD_BYTES = 64 * 1024

@@ -124,7 +124,7 @@ def _left_out(documents: str) -> None:
 
 def rules(action: str, path: Path) -> None:
     """``meshd rules apply|remove|show``."""
-    from meshd import interception  # noqa: PLC0415 - only this command runs iptables
+    from meshd.host import interception  # noqa: PLC0415 - only this command runs iptables
     from meshd.rules import V6, apply_document, ruleset  # noqa: PLC0415
     from meshd.runtime import effective_registry  # noqa: PLC0415
 
@@ -147,7 +147,7 @@ def rules(action: str, path: Path) -> None:
 
 def hosts(action: str, path: Path, hosts_file: Path) -> None:
     """``meshd hosts apply|remove|show``."""
-    from meshd import hostnames  # noqa: PLC0415 - only this command writes /etc/hosts
+    from meshd.host import hostnames  # noqa: PLC0415 - only this command writes /etc/hosts
     from meshd.hostsfile import with_block  # noqa: PLC0415
     from meshd.runtime import effective_registry  # noqa: PLC0415
 
@@ -177,7 +177,7 @@ def sync(path: Path, hosts_file: Path, while_active: str | None = None) -> None:
     ``--while-active`` check: meshd's stop removes the rules under the same
     lock, so a sync cannot put them back behind it.
     """
-    from meshd import hostnames, interception  # noqa: PLC0415 - root-only work
+    from meshd.host import hostnames, interception  # noqa: PLC0415 - root-only work
     from meshd.runtime import effective_registry, mark_synced  # noqa: PLC0415
 
     with interception.locked_config(path) as config:
@@ -200,7 +200,7 @@ def sync(path: Path, hosts_file: Path, while_active: str | None = None) -> None:
 
 def reload(path: Path, unit: str | None, timeout: float) -> None:
     """``meshd reload``: meshd's verdict on the reload it was asked for, from /stats."""
-    from meshd import reloading  # noqa: PLC0415
+    from meshd.host import reloading  # noqa: PLC0415
 
     config = MeshdConfig.load(path)
     verdict = reloading.reload(reloading.socket_of(config.listen.admin_socket, path), unit, timeout)

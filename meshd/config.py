@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from meshd.errors import ConfigError
-from meshd.frames import MAX_PAYLOAD
 from meshd.identity import SpiffeId, check_name, check_user, make_id, trust_domain_problem
+from meshd.proxy.frames import MAX_PAYLOAD
 from meshd.schema import Fields, read_toml
 
 MTLS_MODES = ("strict", "permissive")
@@ -138,7 +138,7 @@ class LimitsConfig:
     max_streams_per_peer: int = 5000
     max_frame: int = 256 * 1024  # one frame per app read (uvloop reads up to 256 KiB)
     # the mesh port's peers not yet authenticated, in all and per source address (see
-    # meshd.gate; when full, the oldest in the way is dropped): accepted sockets that have
+    # meshd.tls.gate; when full, the oldest in the way is dropped): accepted sockets that have
     # sent nothing yet (a descriptor each), and TLS handshakes in flight (~300 KiB each)
     max_silent: int = 256
     max_silent_per_source: int = 16

@@ -27,21 +27,18 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from meshd import allocator
-from meshd.admin import AdminServer
+from meshd.admin.server import AdminServer
 from meshd.config import MeshdConfig
-from meshd.connect import Connector
 from meshd.documents import Documents, Layered, layer
 from meshd.errors import MeshError
-from meshd.frames import RST_CANCEL
-from meshd.gate import HANDSHAKE_GRACE, HandshakeGate
-from meshd.handshake import TlsListener
-from meshd.inbound import MeshPort, PlainInbound
-from meshd.link import Link
-from meshd.logs import peer_lines
-from meshd.metrics import Metrics
+from meshd.host import allocator
+from meshd.host.systemd import Notifier, watchdog
 from meshd.netfacts import fmt, ipv6_absent
-from meshd.outbound import LinkPool, OutboundConn
+from meshd.proxy.connect import Connector
+from meshd.proxy.frames import RST_CANCEL
+from meshd.proxy.inbound import MeshPort, PlainInbound
+from meshd.proxy.link import Link
+from meshd.proxy.outbound import LinkPool, OutboundConn
 from meshd.runtime import (
     NO_PUSH,
     Files,
@@ -52,8 +49,11 @@ from meshd.runtime import (
     synced_version,
 )
 from meshd.store import DocumentStore
-from meshd.systemd import Notifier, watchdog
-from meshd.tls import TlsMaterial
+from meshd.telemetry.logs import peer_lines
+from meshd.telemetry.metrics import Metrics
+from meshd.tls.context import TlsMaterial
+from meshd.tls.gate import HANDSHAKE_GRACE, HandshakeGate
+from meshd.tls.handshake import TlsListener
 
 log = logging.getLogger("meshd")
 

@@ -40,7 +40,7 @@ from meshd.runtime import (
 )
 from meshd.schema import Fields, read_toml
 from meshd.store import DocumentStore
-from meshd.tls import TlsMaterial
+from meshd.tls.context import TlsMaterial
 
 Doc = dict[str, Any]
 

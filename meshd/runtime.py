@@ -23,11 +23,11 @@ from anyio.abc import TaskGroup
 from meshd import __version__
 from meshd.config import MeshdConfig
 from meshd.errors import ConfigError, MeshError
-from meshd.events import EventBus
 from meshd.files import write_atomic
 from meshd.identity import SpiffeId, make_id
 from meshd.registry import ANY, Registry, check_vip_range
-from meshd.tls import TlsMaterial
+from meshd.telemetry.events import EventBus
+from meshd.tls.context import TlsMaterial
 
 log = logging.getLogger("meshd")
 

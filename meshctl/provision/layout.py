@@ -18,16 +18,16 @@ STATE = "/var/lib/meshd"
 RULES_RECORD = "/run/meshd-rules.sha256"  # gone at reboot, like the rules it describes
 # the rules last applied, as a script needing no meshd: closed mode's boot fallback
 RULES_FALLBACK = f"{ETC}/rules-fallback"
-FALLBACK_RAN = "/run/meshd-rules.fallback"  # the fallback holds the host (meshd.interception)
+FALLBACK_RAN = "/run/meshd-rules.fallback"  # the fallback holds the host (meshd.host.interception)
 SYNCED = "/run/meshd-synced.json"  # the registry version meshd-sync last put in place
-# every writer of the rules holds it (meshd.interception.lock_path: beside RULES_RECORD).
+# every writer of the rules holds it (meshd.host.interception.lock_path: beside RULES_RECORD).
 # leave removes it only after stopping every unit that could hold or wait for it
 RULES_LOCK = "/run/meshd-rules.lock"
 ROLLBACK = "/run/meshd-rules.rollback"  # the nat table to go back to (see provision/guard.py)
 ROLLBACK_PREV = "/run/meshd-rules.prev"  # ... and the config and route that went with it
 NAT_CREATED = f"{ETC}/nat-table-created"  # our first rules created the nat table: leave drops it
 NAT6_CREATED = f"{ETC}/nat6-table-created"  # ... and the ip6 nat table
-# meshd's rejecting rules made the filter table (meshd.interception.filter_created): in /run,
+# meshd's rejecting rules made the filter table (meshd.host.interception.filter_created): in /run,
 # since those rules go at reboot, and the table with them
 FILTER_CREATED = "/run/meshd-rules.filter-created"
 FILTER6_CREATED = "/run/meshd-rules.filter6-created"

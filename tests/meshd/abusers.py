@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from meshd.frames import DATA, OPEN, OpenRequest, frame
+from meshd.proxy.frames import DATA, OPEN, OpenRequest, frame
 from tests.meshd.harness import Meshd, MeshNet
 from tests.meshd.pairs import Pair, get_web, mesh_client
 from tests.meshd.tlsfixtures import Identity

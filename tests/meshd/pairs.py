@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from meshd.tls import ALPN_LINK
+from meshd.tls.context import ALPN_LINK
 from tests.meshd.harness import HttpApp, Meshd, MeshNet, client_context
 from tests.meshd.tlsfixtures import Identity
 

@@ -13,7 +13,7 @@ import pytest
 
 from meshd.config import LIMIT_BOUNDS, TIMEOUT_BOUNDS, LimitsConfig, MeshdConfig, TimeoutsConfig
 from meshd.errors import ConfigError
-from meshd.frames import MAX_PAYLOAD
+from meshd.proxy.frames import MAX_PAYLOAD
 from tests.meshd import configs
 
 

@@ -149,7 +149,7 @@ def test_sync_looks_again_when_a_push_lands_during_its_run(
     Only iptables is replaced (the netns test in test_interception runs it for real):
     the first rules apply is where the second push lands.
     """
-    from meshd import interception  # noqa: PLC0415
+    from meshd.host import interception  # noqa: PLC0415
 
     config_path = make_config(tmp_path, 3, 5)
     record = f'[interception]\nrules_record = "{tmp_path / "rules.sha256"}"\n'

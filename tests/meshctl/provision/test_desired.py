@@ -49,7 +49,7 @@ def test_meshd_config_is_what_meshd_reads() -> None:
 
 def test_meshd_on_a_joined_host_takes_the_rules_lock_the_rollback_takes() -> None:
     """meshd derives its lock from its rules record; meshctl's scripts name it: the same file."""
-    from meshd.interception import lock_path  # noqa: PLC0415
+    from meshd.host.interception import lock_path  # noqa: PLC0415
 
     config = parsed(meshd_config(MESH, WEB1, (22, 2222)))
     assert config.interception.rules_record == Path(layout.RULES_RECORD)

@@ -1,0 +1,165 @@
+"""What the admin API answers: a request, routed over the daemon's backend, to a response.
+
+No sockets here: ``meshd.admin.server.AdminServer`` decides who is calling,
+``meshd.admin.http`` reads the requests, ``answer`` serves one of them. The
+backend it serves from and the limits it keeps are declared here too.
+
+Routes: GET /healthz, /ready, /metrics, /stats; GET and PUT /registry,
+/config, /policy, /certs (PUT goes through ``DocumentStore.put``: 200
+``{"status", "version"}``, 400 invalid, 409 older or conflicting, 500 not
+applied); 404 for other paths, 405 (with ``Allow``) for other methods. The
+local socket serves only /healthz, /ready and /stats. Errors are JSON
+``{"error": ..., "hint": ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+
+from meshd.admin.wire import Request, Response, error_response, json_response
+from meshd.errors import MeshError
+from meshd.store import KINDS, ApplyError, DocumentStore, VersionConflictError
+from meshd.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from meshd.tls.context import TlsMaterial
+
+log = logging.getLogger("meshd.admin")
+
+LOCAL_PATHS = frozenset({"/healthz", "/ready", "/stats"})
+READ_PATHS = frozenset({"/healthz", "/ready", "/metrics", "/stats"})
+DOCUMENT_PATHS = {f"/{kind}": kind for kind in KINDS}
+TEXT = "text/plain; charset=utf-8"
+
+
+class AdminBackend(Protocol):
+    """What the admin API needs from the daemon.
+
+    ``store``: the DocumentStore behind GET/PUT of documents (``put`` runs in a
+    worker thread). ``trust_domain``: whose operators are authorized.
+    ``is_ready()``: for /ready. ``stats()``: a JSON-serializable dict for /stats.
+    ``metrics_text()``: the Prometheus exposition for /metrics (e.g.
+    ``metrics.collect(); return metrics.render()``). ``current_tls()``: the TLS
+    material to use for the next accepted connection. All but ``store.put``
+    are called on the event loop and must not block.
+    """
+
+    @property
+    def store(self) -> DocumentStore: ...
+
+    @property
+    def trust_domain(self) -> str: ...
+
+    def is_ready(self) -> bool: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def metrics_text(self) -> str: ...
+
+    def current_tls(self) -> TlsMaterial: ...
+
+
+@dataclass(frozen=True)
+class AdminLimits:
+    """What the admin API spends at most, per connection and in all (``meshd.admin.server``)."""
+
+    max_header_bytes: int = 16 * 1024
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_connections: int = 64  # operator sessions at once
+    max_local_connections: int = 16  # on the unix socket
+    max_silent: int = 256  # accepted sockets whose peer has sent nothing yet
+    max_silent_per_source: int = 16
+    max_handshakes: int = 32  # TLS handshakes in flight
+    max_handshakes_per_source: int = 8
+    max_lingering: int = 64  # answered connections whose late bytes are being dropped
+    handshake_timeout: float = 5.0  # from accept to an authenticated peer
+    read_timeout: float = 10.0  # one request's header block, and its body
+    idle_timeout: float = 60.0  # between requests on a kept-alive connection
+    write_timeout: float = 10.0
+    linger: float = 1.0  # dropping what a client still sends after our last answer
+
+
+def forbidden(trust_domain: str) -> Response:
+    """The answer to any identity but our operators, given before reading what it asks."""
+    return error_response(
+        403,
+        f"only operator identities of {trust_domain} may use the admin API",
+        "connect with an operator certificate (meshctl uses the workspace's)",
+        close=True,
+    )
+
+
+def busy(limit: int, where: str) -> Response:
+    return error_response(
+        503,
+        f"{where} already serves {limit} connections, its limit",
+        "retry in a moment, and close connections you keep idle",
+        close=True,
+        headers=(("Retry-After", "1"),),
+    )
+
+
+async def answer(backend: AdminBackend, request: Request, local: bool) -> Response:
+    """The response to ``request`` from an operator, or on the local socket when ``local``."""
+    if local and request.path not in LOCAL_PATHS:
+        if request.path in READ_PATHS or request.path in DOCUMENT_PATHS:
+            return error_response(
+                403,
+                f"{request.path} is not served on the local socket",
+                "use the admin API over mutual TLS",
+            )
+        return error_response(404, f"no such path {request.path}")
+    kind = DOCUMENT_PATHS.get(request.path)
+    if kind is not None and kind not in backend.store.kinds:
+        return error_response(404, f"this meshd does not take {kind} documents")
+    allowed = ("GET", "PUT") if kind else ("GET",) if request.path in READ_PATHS else None
+    if allowed is None:
+        return error_response(404, f"no such path {request.path}")
+    if request.method not in allowed:
+        message = f"{request.method} is not allowed on {request.path}"
+        return error_response(405, message, headers=(("Allow", ", ".join(allowed)),))
+    if kind is None:
+        return _read_only(backend, request.path)
+    if request.method == "GET":
+        return _get_document(backend, kind)
+    return await _put_document(backend, kind, request.body)
+
+
+def _read_only(backend: AdminBackend, path: str) -> Response:
+    if path == "/healthz":
+        return Response(200, b"ok\n", TEXT)
+    if path == "/ready":
+        ready = backend.is_ready()
+        return Response(200 if ready else 503, b"ready\n" if ready else b"not ready\n", TEXT)
+    if path == "/metrics":
+        return Response(200, backend.metrics_text().encode(), METRICS_CONTENT_TYPE)
+    return json_response(200, backend.stats())
+
+
+def _get_document(backend: AdminBackend, kind: str) -> Response:
+    doc = backend.store.get(kind)
+    if doc is None:
+        return error_response(
+            404, f"no {kind} document has been applied", f"push one with PUT /{kind}"
+        )
+    return json_response(200, doc)
+
+
+async def _put_document(backend: AdminBackend, kind: str, body: bytes) -> Response:
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError) as e:
+        return error_response(400, f"{kind}: request body is not JSON: {e}")
+    try:
+        result = await anyio.to_thread.run_sync(backend.store.put, kind, doc)
+    except VersionConflictError as e:
+        return error_response(409, e.message, e.hint)
+    except ApplyError as e:
+        return error_response(500, e.message, e.hint)
+    except MeshError as e:
+        return error_response(400, e.message, e.hint or "fix the document and push it again")
+    log.info("admin: %s version %d %s", kind, result.version, result.status)
+    return json_response(200, {"status": result.status, "version": result.version})

@@ -1,0 +1,108 @@
+"""HTTP/1.1 on an admitted admin API connection: requests in, answers out, a clean close.
+
+Content-Length bodies only, keep-alive, size limits, a deadline on every read
+and write (``AdminLimits``). A session serves requests until either side
+closes, or until the peer's certificate expires: no request is answered past
+``expires``. The last answer on a connection is followed by a *linger*: we
+half-close and drop, unread, what the peer still sends, for a moment, so that
+closing the socket does not reset our answer away before the peer has read it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import anyio
+from anyio.abc import ByteStream
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from meshd.admin.api import AdminLimits
+from meshd.admin.rawstream import RawSocketStream
+from meshd.admin.wire import HttpError, Request, Response, content_length, parse_head
+
+Answer = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class Conn:
+    """One connection: the stream HTTP runs over (TLS, or the socket), the socket, the peer."""
+
+    http: ByteStream
+    raw: RawSocketStream
+    peer: str
+
+
+class Exchange:
+    """Serves HTTP sessions under one set of limits; counts bad requests."""
+
+    def __init__(self, limits: AdminLimits) -> None:
+        self.limits = limits
+        self.bad_requests = 0
+        self.lingering = 0  # connections dropping what their peer still sends
+
+    async def session(self, conn: Conn, answer: Answer, expires: float) -> bool:
+        """Serve requests until either side closes; True when it ended because the
+        peer's certificate expired (``expires``, in epoch seconds)."""
+        reader = BufferedByteReceiveStream(conn.http)
+        while True:
+            try:
+                request = await self._read(reader, expires)
+            except HttpError as e:
+                self.bad_requests += 1
+                await self.finish(conn, e.response)
+                return False
+            if time.time() >= expires:
+                return True  # whatever it asked, it asked too late
+            if request is None:
+                return False
+            response = await answer(request)
+            if not request.keep_alive or response.close:
+                await self.finish(conn, response)
+                return False
+            await self.send(conn.http, response, keep_alive=True)
+
+    async def send(self, stream: ByteStream, response: Response, keep_alive: bool) -> None:
+        with anyio.fail_after(self.limits.write_timeout):
+            await stream.send(response.encode(keep_alive))
+
+    async def finish(self, conn: Conn, response: Response) -> None:
+        """Send the last answer on ``conn``, then linger."""
+        await self.send(conn.http, response, keep_alive=False)
+        await self.linger(conn.raw)
+
+    async def linger(self, raw: RawSocketStream) -> None:
+        """Half-close, then drop what the peer still sends (for ``limits.linger`` at most)."""
+        with anyio.move_on_after(self.limits.linger):
+            await raw.send_eof()
+            if self.lingering < self.limits.max_lingering:  # else closing may reset the answer
+                self.lingering += 1
+                try:
+                    await raw.discard()
+                finally:
+                    self.lingering -= 1
+
+    async def _read(self, reader: BufferedByteReceiveStream, expires: float) -> Request | None:
+        """The next request, or None when the peer closed or idled out between requests."""
+        if not reader.buffer:
+            with anyio.move_on_after(min(self.limits.idle_timeout, expires - time.time())):
+                try:
+                    reader.feed_data(await reader.receive())
+                except anyio.EndOfStream:
+                    return None
+            if not reader.buffer:
+                return None
+        try:
+            with anyio.fail_after(self.limits.read_timeout):
+                head = await reader.receive_until(b"\r\n\r\n", self.limits.max_header_bytes)
+                method, path, version, headers = parse_head(head)
+                length = content_length(headers, self.limits.max_body_bytes)
+                body = await reader.receive_exactly(length) if length else b""
+        except anyio.DelimiterNotFound:
+            raise HttpError(431, "request header too large") from None
+        except TimeoutError:
+            raise HttpError(408, "request not received in time") from None
+        except anyio.IncompleteRead:
+            return None
+        return Request(method, path, version, headers, body)

@@ -1,0 +1,168 @@
+"""HTTP/1.1 awareness: watch a relayed connection's bytes and report each request.
+
+The observer never changes or holds bytes; it feeds copies to httptools' C
+parsers (llhttp) and publishes a ``RequestCompleted`` per response. It gives
+up (the connection goes on as opaque TCP) on anything it cannot follow:
+parse errors, Upgrade/CONNECT, HEAD (whose responses carry no body that the
+parser could know of), or a request head larger than the limit.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import deque
+from collections.abc import Callable
+from types import SimpleNamespace
+
+import httptools
+
+from meshd.telemetry.events import Event, RequestCompleted
+
+_REQUEST_START = re.compile(rb"^[A-Z]{3,12} ")
+
+
+def looks_like_http(first_bytes: bytes) -> bool:
+    """Does a connection's first chunk start an HTTP/1.x request?"""
+    return _REQUEST_START.match(first_bytes) is not None
+
+
+# the methods we meet, as str without a decode per request
+_METHODS = {
+    m.encode(): m
+    for m in ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE")
+}
+
+
+class HttpObserver:
+    """Follows requests (client → server) and responses (server → client) of one connection.
+
+    This runs for every request meshd relays, so it does little per request: two
+    parser callbacks for the request (begin, end of head), one for the response,
+    and the clock read once per chunk of bytes rather than per callback.
+    """
+
+    __slots__ = (
+        "chunk_time",
+        "destination",
+        "direction",
+        "gave_up",
+        "head_bytes",
+        "max_head",
+        "pending",
+        "publish",
+        "requests",
+        "responses",
+        "source",
+    )
+
+    def __init__(
+        self,
+        publish: Callable[[Event], None],
+        direction: str,
+        source: str,
+        destination: str,
+        max_head: int,
+    ) -> None:
+        self.publish = publish
+        self.direction = direction
+        self.source = source
+        self.destination = destination
+        self.max_head = max_head
+        self.head_bytes = 0
+        self.chunk_time = 0.0
+        self.pending: deque[tuple[str, float]] = deque()
+        self.gave_up = False
+        # Each parser holds this observer (its callbacks): a reference cycle, which _detach
+        # breaks when the observer is done, so that it is freed at once and not by the GC.
+        self.requests: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
+        # the response parser calls our method directly (no forwarding object in between)
+        self.responses: httptools.HttpResponseParser | None = httptools.HttpResponseParser(
+            SimpleNamespace(on_message_complete=self.response_complete)
+        )
+
+    # request parser callbacks
+    def on_message_begin(self) -> None:
+        self.head_bytes = 0
+        # queued now, not when the head is complete: a server may answer early (413, 431)
+        # and that answer belongs to this request, not to the next one
+        self.pending.append(("", self.chunk_time))  # when the chunk that starts it arrived
+
+    def on_headers_complete(self) -> None:
+        requests = self.requests
+        assert requests is not None  # called back from inside requests.feed_data
+        raw = requests.get_method()
+        method = _METHODS.get(raw) or raw.decode()
+        if method == "HEAD":
+            self.gave_up = True
+        if self.pending and not self.pending[-1][0]:
+            self.pending[-1] = (method, self.pending[-1][1])
+        self.head_bytes = -1  # head done: no limit on bodies
+
+    def response_complete(self) -> None:
+        responses = self.responses
+        assert responses is not None  # called back from inside responses.feed_data
+        status = responses.get_status_code()
+        if 100 <= status < 200:
+            return  # interim response; the final one follows
+        if self.pending:
+            method, started = self.pending.popleft()
+            self.publish(
+                RequestCompleted(
+                    self.direction,
+                    self.source,
+                    self.destination,
+                    method,
+                    status,
+                    time.monotonic() - started,
+                )
+            )
+
+    # Observer protocol
+    def outgoing(self, data: bytes | memoryview) -> bool:
+        self.chunk_time = time.monotonic()
+        if self.head_bytes >= 0:
+            self.head_bytes += len(data)
+            if self.head_bytes > self.max_head:
+                return self._give_up()
+        requests = self.requests
+        if requests is None:
+            return False
+        try:
+            requests.feed_data(data)
+        except (httptools.HttpParserUpgrade, httptools.HttpParserError):
+            return self._give_up()
+        return not self.gave_up or self._give_up()
+
+    def incoming(self, data: bytes | memoryview) -> bool:
+        responses = self.responses
+        if responses is None:
+            return False
+        try:
+            responses.feed_data(data)
+        except (httptools.HttpParserUpgrade, httptools.HttpParserError):
+            return self._give_up()
+        return True
+
+    def finished(self) -> None:
+        """The connection ended: requests still waiting got no response."""
+        now = time.monotonic()
+        while self.pending:
+            method, started = self.pending.popleft()
+            if method:
+                self.publish(
+                    RequestCompleted(
+                        self.direction, self.source, self.destination, method, 0, now - started
+                    )
+                )
+        self._detach()
+
+    def _give_up(self) -> bool:
+        self.gave_up = True
+        self.pending.clear()
+        self._detach()
+        return False
+
+    def _detach(self) -> None:
+        """Drop the parsers (they hold this observer); it follows no more bytes after this."""
+        self.requests = self.responses = None

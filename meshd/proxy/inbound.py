@@ -1,0 +1,272 @@
+"""Inbound: sidecar links accepted on the mesh port, and plaintext from outside the mesh.
+
+Each stream a peer opens is checked (the peer's certificate must hold the
+source identity it claims; the service must be one of ours on its port) and
+delivered to the app on loopback. Connections that reach a meshed port from
+outside the mesh arrive redirected on the inbound listener: refused in
+``strict`` mode, relayed to the app as an unauthenticated peer in ``permissive``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import cast
+
+from meshd.netfacts import fmt, original_dst
+from meshd.proxy.connect import Connector
+from meshd.proxy.frames import RST_CONNECT_FAILED, OpenRequest
+from meshd.proxy.link import Link
+from meshd.proxy.relay import PipeEnd
+from meshd.proxy.stream import AppProtocol, Stream
+from meshd.runtime import Runtime
+from meshd.telemetry.events import (
+    INBOUND,
+    ConnectionClosed,
+    ConnectionOpened,
+    ConnectionRefused,
+    HandshakeFailed,
+)
+from meshd.telemetry.logs import peer_lines
+
+log = logging.getLogger("meshd.inbound")
+
+UNAUTHENTICATED = "unauthenticated"
+LOCAL_APP_HOST = "127.0.0.1"
+
+
+class MeshPort:
+    """Accepts sidecar links and the streams opened over them."""
+
+    def __init__(self, rt: Runtime, connector: Connector) -> None:
+        self.rt = rt
+        self.connector = connector
+        self.links: set[Link] = set()
+        self.per_peer: Counter[str] = Counter()  # links up per peer host identity
+        self.peer_streams: Counter[str] = Counter()  # streams relayed per peer host identity
+
+    def make_link(self) -> Link:
+        limits, timeouts = self.rt.config.limits, self.rt.config.timeouts
+        return Link(
+            dialer=False,
+            max_frame=limits.max_frame,
+            max_streams=limits.max_streams_per_link,
+            ping_interval=timeouts.ping_interval,
+            link_window=limits.link_window,
+            on_open=self.on_open,
+            on_ready=self.on_ready,
+            on_lost=self.on_lost,
+        )
+
+    def on_ready(self, link: Link) -> None:
+        hosts = [
+            i for i in link.peer_ids if i.kind == "host" and i.trust_domain == self.rt.trust_domain
+        ]
+        if not hosts:
+            self._refuse_link(link, "wrong_identity", "no host identity of our trust domain")
+            return
+        peer = str(hosts[0])
+        if self.per_peer[peer] >= self.rt.config.limits.max_links_per_peer:
+            self._refuse_link(link, "too_many_links", f"{peer} already holds its links")
+            return
+        link.peer, link.peer_key = hosts[0], peer
+        self.per_peer[peer] += 1
+        self.links.add(link)
+        peer_lines.log(
+            log, logging.INFO, "links up", "link from %s (%s) up", link.peer, link.peer_address
+        )
+
+    def _refuse_link(self, link: Link, code: str, why: str) -> None:
+        peer_lines.log(
+            log,
+            logging.WARNING,
+            "refused links",
+            "refused link from %s: %s",
+            link.peer_address,
+            why,
+        )
+        self.rt.bus.publish(HandshakeFailed("mesh", link.peer_address, code))
+        link.abort(f"refused: {why}")
+
+    def on_lost(self, link: Link, reason: str) -> None:
+        if link in self.links:
+            self.links.discard(link)
+            peer = link.peer_key
+            self.per_peer[peer] -= 1
+            if self.per_peer[peer] <= 0:
+                del self.per_peer[peer]
+
+    def on_open(self, link: Link, sid: int, request: OpenRequest) -> Stream | None:
+        refusal = self._check(link, request)
+        if refusal is not None:
+            code, message = refusal
+            peer_lines.log(
+                log,
+                logging.WARNING,
+                "refused streams",
+                "refused stream from %s to %s:%d: %s",
+                link.peer,
+                request.service,
+                request.port,
+                message,
+            )
+            self.rt.bus.publish(ConnectionRefused("mesh", link.peer_address, code))
+            return None
+        if not self.rt.admit():
+            self.rt.bus.publish(ConnectionRefused("mesh", link.peer_address, "limit"))
+            return None
+        return self._accept(link, request)
+
+    def _accept(self, link: Link, request: OpenRequest) -> Stream:
+        peer = link.peer_key
+        self.peer_streams[peer] += 1
+        pending: list[Callable[[], None]] = []  # the app connect, cancelled if the stream ends
+        stream = Stream(
+            self.rt.config.limits.stream_window,
+            on_close=lambda s, error: self._closed(s, request, error, peer, pending),
+        )
+        self.rt.bus.publish(ConnectionOpened(INBOUND, request.source, request.service))
+        port = request.port
+        cancel = self.connector.connect(
+            LOCAL_APP_HOST,
+            port,
+            lambda: AppProtocol(stream),
+            lambda error: self._unreachable(stream, port, error),
+        )
+        pending.append(cancel)
+        return stream
+
+    def _check(self, link: Link, request: OpenRequest) -> tuple[str, str] | None:
+        # compared as strings: the peer's names were parsed and verified once, at the handshake
+        if request.source not in link.peer_names:
+            return "source_not_in_certificate", f"peer does not hold {request.source}"
+        service = self.rt.config.local_services.get(request.service)
+        if service is None or service.port != request.port:
+            return "unknown_service", f"no local service {request.service} on port {request.port}"
+        share = self.rt.config.limits.max_streams_per_peer
+        if self.peer_streams[link.peer_key] >= share:
+            return "peer_limit", f"{link.peer} already holds {share} streams here"
+        return None
+
+    def _unreachable(self, stream: Stream, port: int, error: BaseException) -> None:
+        if stream.closed:  # reset meanwhile: its connect was cancelled
+            return
+        log.debug("cannot reach the app on port %d: %s", port, error)
+        if stream.link is not None:  # the peer hears a short reason of ours, as a reply
+            stream.link.refuse(stream, RST_CONNECT_FAILED, f"cannot reach the app on port {port}")
+        else:
+            stream.reset(f"cannot reach the app on port {port}: {error}")
+
+    def _closed(
+        self,
+        stream: Stream,
+        request: OpenRequest,
+        error: str,
+        peer: str,
+        pending: list[Callable[[], None]],
+    ) -> None:
+        for cancel in pending:  # still connecting to the app: give its descriptor back now
+            cancel()
+        self.peer_streams[peer] -= 1
+        if self.peer_streams[peer] <= 0:
+            del self.peer_streams[peer]
+        self.rt.release()
+        self.rt.bus.publish(
+            ConnectionClosed(
+                INBOUND,
+                request.source,
+                request.service,
+                stream.received,
+                stream.sent,
+                time.monotonic() - stream.opened_at,
+                error,
+            )
+        )
+
+    def goaway_all(self) -> None:
+        for link in list(self.links):
+            link.goaway()
+
+
+class PlainInbound(PipeEnd):
+    """A connection from outside the mesh, redirected to the inbound listener."""
+
+    def __init__(self, rt: Runtime, connector: Connector) -> None:
+        super().__init__()
+        self.rt = rt
+        self.connector = connector
+        self.service = ""
+        self.opened_at = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+        super().connection_made(transport)
+        peer = fmt(transport.get_extra_info("peername"))
+        dst = original_dst(transport.get_extra_info("socket"))
+        service = next((s for s in self.rt.config.services if dst and s.port == dst[1]), None)
+        if self.rt.config.mtls == "strict" or service is None:
+            why = "mtls is strict" if service is not None else f"{fmt(dst)} is no local service"
+            peer_lines.log(
+                log,
+                logging.WARNING,
+                "refused plaintext connections",
+                "refused plaintext connection from %s to %s: %s",
+                peer,
+                fmt(dst),
+                why,
+            )
+            self.rt.bus.publish(ConnectionRefused("inbound", peer, "plaintext"))
+            transport.abort()
+            return
+        if not self.rt.admit():
+            self.rt.bus.publish(ConnectionRefused("inbound", peer, "limit"))
+            transport.abort()
+            return
+        self.service = service.name
+        self.opened_at = time.monotonic()
+        self.on_lost = self._closed
+        self.rt.bus.publish(ConnectionOpened(INBOUND, UNAUTHENTICATED, service.name))
+        port = service.port
+        self.connector.connect(
+            LOCAL_APP_HOST,
+            port,
+            lambda: _AppEnd(self),
+            lambda error: self._unreachable(port, error),
+        )
+
+    def _closed(self) -> None:
+        self.rt.release()
+        received = self.peer.bytes_in if self.peer is not None else 0
+        self.rt.bus.publish(
+            ConnectionClosed(
+                INBOUND,
+                UNAUTHENTICATED,
+                self.service,
+                self.bytes_in,
+                received,
+                time.monotonic() - self.opened_at,
+            )
+        )
+
+    def _unreachable(self, port: int, error: BaseException) -> None:
+        log.warning("cannot reach the app on port %d: %s", port, error)
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class _AppEnd(PipeEnd):
+    """The app side of a permissive-mode relay: joins its client once connected."""
+
+    def __init__(self, client: PlainInbound) -> None:
+        super().__init__()
+        self.client = client
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.client.closed:
+            cast(asyncio.Transport, transport).close()
+        else:
+            self.client.join(self)

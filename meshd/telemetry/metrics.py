@@ -1,0 +1,326 @@
+"""Prometheus metrics for meshd, fed by the event bus.
+
+``Metrics`` subscribes to the ``EventBus``; ``collect()`` drains its queue
+and updates counters and histograms kept in dicts keyed by label tuples, so
+one event costs a few dict operations. The daemon sets the gauges that are
+not events (certificate expiry, document versions). ``render()`` writes the
+Prometheus text exposition format 0.0.4 served at the admin API's /metrics.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import anyio
+import psutil
+
+from meshd import __version__
+from meshd.telemetry.events import (
+    ConnectionClosed,
+    ConnectionOpened,
+    ConnectionRefused,
+    Event,
+    EventBus,
+    HandshakeFailed,
+    RequestCompleted,
+    Subscription,
+)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+CONNECTION_BUCKETS = (0.01, 0.1, 1, 10, 60, 300, 1800, 3600, 14400)
+EDGE = ("direction", "source", "destination")
+
+Labels = tuple[str, ...]
+
+
+class Family:
+    """One metric family: name, help, type and a value per label tuple."""
+
+    def __init__(self, name: str, help_text: str, kind: str, labels: Sequence[str] = ()) -> None:
+        self.name = name
+        self.help = help_text
+        self.kind = kind
+        self.labels = tuple(labels)
+        self.values: dict[Labels, float] = {}
+
+    def inc(self, key: Labels, amount: float = 1.0) -> None:
+        self.values[key] = self.values.get(key, 0.0) + amount
+
+    def set(self, key: Labels, value: float) -> None:
+        self.values[key] = value
+
+    def samples(self) -> Iterator[str]:
+        for key in sorted(self.values):
+            yield sample(self.name, self.labels, key, self.values[key])
+
+
+class _Series:
+    __slots__ = ("count", "counts", "sum")
+
+    def __init__(self, size: int) -> None:
+        self.counts = [0] * size
+        self.count = 0
+        self.sum = 0.0
+
+
+class Histogram(Family):
+    """A histogram family; bucket counts are kept per bucket and summed when rendered."""
+
+    def __init__(
+        self, name: str, help_text: str, labels: Sequence[str], buckets: Sequence[float]
+    ) -> None:
+        super().__init__(name, help_text, "histogram", labels)
+        self.buckets = tuple(float(b) for b in buckets)
+        self.series: dict[Labels, _Series] = {}
+
+    def observe(self, key: Labels, value: float) -> None:
+        series = self.series.get(key)
+        if series is None:
+            series = self.series[key] = _Series(len(self.buckets) + 1)
+        series.counts[bisect_left(self.buckets, value)] += 1
+        series.count += 1
+        series.sum += value
+
+    def samples(self) -> Iterator[str]:
+        names = (*self.labels, "le")
+        for key in sorted(self.series):
+            series = self.series[key]
+            total = 0
+            for bound, count in zip((*self.buckets, math.inf), series.counts, strict=True):
+                total += count
+                yield sample(f"{self.name}_bucket", names, (*key, _number(bound)), total)
+            yield sample(f"{self.name}_sum", self.labels, key, series.sum)
+            yield sample(f"{self.name}_count", self.labels, key, series.count)
+
+
+class Metrics:
+    """The daemon's metrics: an event-bus consumer plus gauges set by the daemon."""
+
+    def __init__(self, bus: EventBus, capacity: int = 65536, process_metrics: bool = True) -> None:
+        self.bus = bus
+        self.subscription = bus.subscribe(capacity)
+        self._tracked: dict[str, Subscription] = {"metrics": self.subscription}
+        self._process = psutil.Process() if process_metrics else None
+        self._families = _families()
+        f = self._families
+        self._conn, self._bytes, self._req = f["connections"], f["bytes"], f["requests"]
+        self._req_duration = _histogram(f["request_duration"])
+        self._conn_duration = _histogram(f["connection_duration"])
+        self._active = f["active"]
+        self._handlers: dict[type[Event], Callable[[Any], None]] = {
+            ConnectionOpened: self._opened,
+            ConnectionClosed: self._closed,
+            RequestCompleted: self._request,
+            HandshakeFailed: self._handshake,
+            ConnectionRefused: self._refused,
+        }
+        f["info"].set((__version__,), 1)
+
+    def track(self, consumer: str, subscription: Subscription) -> None:
+        """Count the drops of another consumer's subscription in meshd_events_dropped_total."""
+        self._tracked[consumer] = subscription
+
+    def collect(self, limit: int | None = None) -> int:
+        """Apply queued events (all, or at most ``limit``); return how many."""
+        handlers = self._handlers
+        queue = self.subscription.queue
+        n = len(queue) if limit is None else min(limit, len(queue))
+        for _ in range(n):
+            event = queue.popleft()
+            handlers[type(event)](event)
+        return n
+
+    async def run(self, interval: float = 0.05, batch: int = 1000) -> None:
+        """Collect often, in small batches: a long one would stall the relay sharing the loop."""
+        while True:
+            done = self.collect(batch)
+            await anyio.sleep(0 if done == batch else interval)
+
+    def set_certificate_expiry(self, timestamp: float) -> None:
+        self._families["cert_expiry"].set((), timestamp)
+
+    def set_document_version(self, kind: str, version: int) -> None:
+        self._families["doc_version"].set((kind,), version)
+
+    def set_document_set_aside(self, kind: str, set_aside: bool) -> None:
+        self._families["doc_set_aside"].set((kind,), 1 if set_aside else 0)
+
+    def set_last_reload(self, ok: bool, timestamp: float) -> None:
+        self._families["reload_ok"].set((), 1 if ok else 0)
+        self._families["reload_at"].set((), timestamp)
+
+    def dropped(self) -> dict[str, int]:
+        """Dropped events per tracked consumer."""
+        return {name: sub.dropped for name, sub in self._tracked.items()}
+
+    def render(self) -> str:
+        """The Prometheus text exposition of every family."""
+        self._refresh()
+        lines: list[str] = []
+        for family in self._families.values():
+            lines.append(f"# HELP {family.name} {_escape_help(family.help)}")
+            lines.append(f"# TYPE {family.name} {family.kind}")
+            lines.extend(family.samples())
+        return "\n".join(lines) + "\n"
+
+    def _refresh(self) -> None:
+        f = self._families
+        f["dropped"].set((), sum(self.dropped().values()))
+        f["published"].set((), self.bus.published)
+        if self._process is None:
+            return
+        try:
+            with self._process.oneshot():
+                f["rss"].set((), self._process.memory_info().rss)
+                f["fds"].set((), self._process.num_fds())
+        except psutil.Error:
+            return
+
+    def _opened(self, e: ConnectionOpened) -> None:
+        self._active.inc((e.direction,))
+
+    def _closed(self, e: ConnectionClosed) -> None:
+        edge = (e.direction, e.source, e.destination)
+        self._active.inc((e.direction,), -1)
+        self._conn.inc((*edge, "error" if e.error else "ok"))
+        self._bytes.inc((*edge, "sent"), e.bytes_sent)
+        self._bytes.inc((*edge, "received"), e.bytes_received)
+        self._conn_duration.observe(edge, e.duration)
+
+    def _request(self, e: RequestCompleted) -> None:
+        edge = (e.direction, e.source, e.destination)
+        self._req.inc((*edge, status_class(e.status)))
+        self._req_duration.observe(edge, e.duration)
+
+    def _handshake(self, e: HandshakeFailed) -> None:
+        self._families["handshake_failures"].inc((e.listener, e.reason))
+
+    def _refused(self, e: ConnectionRefused) -> None:
+        self._families["refused"].inc((e.listener, e.reason))
+
+
+def _families() -> dict[str, Family]:
+    return {
+        "connections": Family(
+            "meshd_connections_total",
+            "TCP connections closed, by result.",
+            "counter",
+            (*EDGE, "result"),
+        ),
+        "bytes": Family(
+            "meshd_connection_bytes_total",
+            "Bytes relayed on closed connections.",
+            "counter",
+            (*EDGE, "flow"),
+        ),
+        "requests": Family(
+            "meshd_requests_total",
+            "HTTP requests completed, by status class.",
+            "counter",
+            (*EDGE, "status_class"),
+        ),
+        "request_duration": Histogram(
+            "meshd_request_duration_seconds", "HTTP request latency.", EDGE, REQUEST_BUCKETS
+        ),
+        "connection_duration": Histogram(
+            "meshd_connection_duration_seconds",
+            "TCP connection lifetime.",
+            EDGE,
+            CONNECTION_BUCKETS,
+        ),
+        "handshake_failures": Family(
+            "meshd_handshake_failures_total",
+            "Failed TLS handshakes.",
+            "counter",
+            ("listener", "reason"),
+        ),
+        "refused": Family(
+            "meshd_connections_refused_total",
+            "Connections refused by meshd.",
+            "counter",
+            ("listener", "reason"),
+        ),
+        "active": Family(
+            "meshd_active_connections", "Open TCP connections.", "gauge", ("direction",)
+        ),
+        "dropped": Family(
+            "meshd_events_dropped_total", "Telemetry events dropped by slow consumers.", "counter"
+        ),
+        "published": Family(
+            "meshd_events_published_total", "Telemetry events published.", "counter"
+        ),
+        "cert_expiry": Family(
+            "meshd_certificate_expiry_timestamp_seconds",
+            "When meshd's certificate expires (Unix time).",
+            "gauge",
+        ),
+        "doc_version": Family(
+            "meshd_document_version", "Version of each applied document.", "gauge", ("kind",)
+        ),
+        "doc_set_aside": Family(
+            "meshd_document_set_aside",
+            "1 while a stored document of this kind no longer validates and meshd runs without it.",
+            "gauge",
+            ("kind",),
+        ),
+        "reload_ok": Family(
+            "meshd_config_last_reload_successful",
+            "1 if the last start or reload applied, 0 if it was refused.",
+            "gauge",
+        ),
+        "reload_at": Family(
+            "meshd_config_last_reload_timestamp_seconds",
+            "When meshd last started or reloaded (Unix time).",
+            "gauge",
+        ),
+        "info": Family("meshd_info", "meshd build information.", "gauge", ("version",)),
+        "rss": Family("process_resident_memory_bytes", "Resident memory of meshd.", "gauge"),
+        "fds": Family("process_open_fds", "Open file descriptors of meshd.", "gauge"),
+    }
+
+
+def _histogram(family: Family) -> Histogram:
+    assert isinstance(family, Histogram)
+    return family
+
+
+_STATUS_CLASSES = {n: f"{n}xx" for n in range(1, 6)}
+
+
+def status_class(status: int) -> str:
+    """``2xx`` for 200..299 and so on; ``none`` when no (valid) response arrived."""
+    return _STATUS_CLASSES.get(status // 100, "none")
+
+
+def sample(name: str, names: Labels, values: Labels, value: float) -> str:
+    """One exposition line: ``name{a="x",b="y"} value``."""
+    if not names:
+        return f"{name} {_number(value)}"
+    pairs = ",".join(f'{n}="{escape_label(v)}"' for n, v in zip(names, values, strict=True))
+    return f"{name}{{{pairs}}} {_number(value)}"
+
+
+def escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    try:
+        value = float(value)
+    except OverflowError:  # an int past any float (a gauge set from a document's version)
+        return "+Inf" if value > 0 else "-Inf"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if math.isnan(value):
+        return "NaN"
+    if value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return repr(value)

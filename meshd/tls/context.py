@@ -1,0 +1,156 @@
+"""TLS material for the mesh: contexts for links and the admin API, peer identities.
+
+Every mesh connection is TLS 1.3 with both certificates verified against the
+trust bundle; hostnames are not checked, SPIFFE IDs are (by the caller, with
+``peer_ids``). The contexts are built in one place so that the handshake
+implementation can be swapped (Python's ssl today). A reload builds a new
+``TlsMaterial`` and swaps it in; connections made earlier keep theirs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ssl
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshd.errors import CertificateError, ConfigError
+from meshd.identity import SpiffeId
+from meshd.tls.der import leaf_problem
+
+# The link protocol. Version 2 adds the link budget: a dialler keeps what it has in flight
+# within the budget only with a peer that credits small streams in time (version 2);
+# a version 1 peer (meshd 0.1.0) is still linked, during a rolling upgrade.
+ALPN_LINK_2 = "meshd-link/2"
+ALPN_LINK = "meshd-link/1"
+LINK_PROTOCOLS = (ALPN_LINK_2, ALPN_LINK)  # preferred first
+ALPN_ADMIN = "http/1.1"
+
+
+@dataclass(frozen=True)
+class TlsMaterial:
+    """Loaded certificate, key and bundle, with the contexts made from them."""
+
+    ids: frozenset[SpiffeId]
+    not_after: dt.datetime
+    server: ssl.SSLContext
+    client: ssl.SSLContext
+    admin: ssl.SSLContext
+
+    @classmethod
+    def load(cls, cert: Path, key: Path, bundle: Path) -> TlsMaterial:
+        """Load and check the files; CertificateError naming the file on any problem."""
+        for path in (cert, key, bundle):
+            if not path.is_file():
+                raise CertificateError(f"{path}: no such file")
+        server = mutual_context(ssl.Purpose.CLIENT_AUTH, cert, key, bundle, [*LINK_PROTOCOLS])
+        client = mutual_context(ssl.Purpose.SERVER_AUTH, cert, key, bundle, [*LINK_PROTOCOLS])
+        ids, not_after = _self_check(client, server, cert)
+        return cls(
+            ids=ids,
+            not_after=not_after,
+            server=server,
+            client=client,
+            admin=mutual_context(ssl.Purpose.CLIENT_AUTH, cert, key, bundle, [ALPN_ADMIN]),
+        )
+
+
+def _self_check(
+    client: ssl.SSLContext, server: ssl.SSLContext, cert: Path
+) -> tuple[frozenset[SpiffeId], dt.datetime]:
+    """Handshake with ourselves in memory: proves key, chain and bundle agree, reads our identity.
+
+    It also keeps the x509 parser (and its memory) out of the daemon: what we
+    need of our own certificate is what a peer would see.
+    """
+    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    near = client.wrap_bio(c_in, c_out, server_side=False)
+    far = server.wrap_bio(s_in, s_out, server_side=True)
+    done = {near: False, far: False}
+    for _ in range(10):
+        for obj, out, into in ((near, c_out, s_in), (far, s_out, c_in)):
+            try:
+                obj.do_handshake()
+                done[obj] = True
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLError as e:
+                why = getattr(e, "verify_message", None) or e.reason or str(e)
+                raise CertificateError(
+                    f"{cert} does not verify against the trust bundle: {why}",
+                    hint="check that the certificate is current and issued by the mesh CA",
+                ) from e
+            into.write(out.read())
+        if all(done.values()):
+            break
+    peer = near.getpeercert()
+    if not peer:
+        raise CertificateError(f"{cert}: the handshake with itself did not complete")
+    not_after = dt.datetime.fromtimestamp(ssl.cert_time_to_seconds(str(peer["notAfter"])), dt.UTC)
+    return peer_ids(near), not_after
+
+
+def mutual_context(
+    purpose: ssl.Purpose, cert: Path, key: Path, bundle: Path, alpn: list[str]
+) -> ssl.SSLContext:
+    """A mesh TLS 1.3 context: our certificate, peers verified against the bundle.
+
+    Peers are identified by SPIFFE ID after the handshake, not by host name.
+    """
+    side = (
+        ssl.PROTOCOL_TLS_SERVER if purpose is ssl.Purpose.CLIENT_AUTH else ssl.PROTOCOL_TLS_CLIENT
+    )
+    ctx = ssl.SSLContext(side)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False  # peers are identified by SPIFFE ID, checked after the handshake
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    # No session resumption: a resumed session is not verified again, so a ticket would let
+    # an identity outlive its certificate (short-lived certificates are our revocation).
+    ctx.options |= ssl.OP_NO_TICKET
+    if side == ssl.PROTOCOL_TLS_SERVER:
+        ctx.num_tickets = 0
+    try:
+        ctx.load_verify_locations(cafile=str(bundle))
+        ctx.load_cert_chain(str(cert), str(key))
+    except (ssl.SSLError, OSError) as e:
+        raise CertificateError(
+            f"cannot load {cert} / {key} / {bundle}: {e}",
+            hint="check that the key matches the certificate",
+        ) from e
+    ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+def peer_ids(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> frozenset[SpiffeId]:
+    """The SPIFFE IDs of a verified peer certificate (empty if none)."""
+    if ssl_object is None:
+        return frozenset()
+    cert = ssl_object.getpeercert()
+    if not cert:
+        return frozenset()
+    ids = set()
+    for entry in cert.get("subjectAltName", ()):
+        kind, value = entry[0], entry[1]
+        if kind == "URI" and isinstance(value, str) and value.startswith("spiffe://"):
+            try:
+                ids.add(SpiffeId.parse(value))
+            except ConfigError:
+                continue
+    return frozenset(ids)
+
+
+def peer_problem(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
+    """Why a verified peer's leaf may not identify it (a CA, no signing key usage), or None."""
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return "it presented no certificate"
+    return leaf_problem(der)
+
+
+def seconds_left(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> float:
+    """Seconds until the peer's certificate expires (0 when there is none, or it has)."""
+    cert = ssl_object.getpeercert() if ssl_object is not None else None
+    if not cert:
+        return 0.0
+    return max(0.0, ssl.cert_time_to_seconds(str(cert["notAfter"])) - time.time())
