@@ -37,14 +37,9 @@ class Pki:
 def make_pki(workdir: Path) -> Pki:
     """A mesh CA and leaf certs for host a and host b (+ svc web), ECDSA P-256."""
     from meshctl.ca import create_ca, sign_csr  # noqa: PLC0415 - needs the project venv
+    from meshd.files import write_private  # noqa: PLC0415
     from meshd.identity import SpiffeId  # noqa: PLC0415
-    from meshd.pki import (  # noqa: PLC0415
-        build_csr,
-        cert_pem,
-        generate_key,
-        private_pem,
-        write_private,
-    )
+    from meshd.pki import build_csr, cert_pem, generate_key, private_pem  # noqa: PLC0415
 
     now = dt.datetime.now(dt.UTC)
     ca = create_ca("bench", TRUST_DOMAIN, now)

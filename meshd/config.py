@@ -1,5 +1,8 @@
 """meshd's configuration file (TOML), parsed once into frozen dataclasses.
 
+Each field is checked where it is read; what needs the whole file (service
+names, ports and addresses that must not clash) is checked in meshd.configcheck.
+
 Example (every table but ``[identity]`` is optional)::
 
     [identity]
@@ -44,10 +47,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from meshd.configcheck import check_across_tables
 from meshd.errors import ConfigError
 from meshd.identity import SpiffeId, check_name, check_user, make_id, trust_domain_problem
 from meshd.proxy.frames import MAX_PAYLOAD
-from meshd.schema import Fields, read_toml
+from meshd.schema import Fields, brief, read_toml
 
 MTLS_MODES = ("strict", "permissive")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -220,7 +224,7 @@ class MeshdConfig:
             log_level=log.choice("level", LOG_LEVELS, "info"),
             http=mesh.get("http", bool, True),
         )
-        _check_services(top, config.services)
+        check_across_tables(top.source, config)
         return config
 
 
@@ -278,9 +282,7 @@ def _interception(f: Fields) -> InterceptionConfig:
         ipaddress.ip_network(vip_range)
     except ValueError:
         raise f.fail("vip_range", f"{vip_range!r} is not a network like 10.255.0.0/16") from None
-    ports = f.get("ssh_ports", list, list(d.ssh_ports))
-    if not ports or not all(isinstance(p, int) and 1 <= p <= 65535 for p in ports):
-        raise f.fail("ssh_ports", "expected a non-empty list of port numbers")
+    ports = _ssh_ports(f, d.ssh_ports)
     record = Path(f.get("rules_record", str, str(d.rules_record)))
     fallback = f.optional("fallback_rules", str)
     if fallback is not None and not Path(fallback).is_absolute():
@@ -288,23 +290,27 @@ def _interception(f: Fields) -> InterceptionConfig:
     return InterceptionConfig(
         vip_range,
         f.get("meshd_user", str, d.meshd_user),
-        tuple(ports),
+        ports,
         record,
         Path(fallback) if fallback is not None else None,
     )
 
 
+def _ssh_ports(f: Fields, default: tuple[int, ...]) -> tuple[int, ...]:
+    ports = f.get("ssh_ports", list, list(default))
+    if not ports:
+        raise f.fail("ssh_ports", "expected a non-empty list of port numbers")
+    for i, port in enumerate(ports):  # bool is an int: `true` must not pass as port 1
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise f.fail(f"ssh_ports[{i}]", f"{brief(port)} is not a port number (1-65535)")
+        if port in ports[:i]:
+            raise f.fail(f"ssh_ports[{i}]", f"port {port} is listed twice")
+    return tuple(ports)
+
+
 def _upstream(f: Fields) -> UpstreamConfig:
     f.unknown({"listen", "service"})
     return UpstreamConfig(listen=f.address("listen"), service=f.get("service", str))
-
-
-def _check_services(top: Fields, services: tuple[ServiceConfig, ...]) -> None:
-    seen: set[str] = set()
-    for i, s in enumerate(services):
-        if s.name in seen:
-            raise ConfigError(f"{top.source}: services[{i}].name: duplicate service {s.name!r}")
-        seen.add(s.name)
 
 
 # Every limit and timeout has a range: a value out of it (NaN, inf, 2^33) is a typo or an

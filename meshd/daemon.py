@@ -169,7 +169,6 @@ class Daemon:
                 f"upstream:{up.service}",
                 up.listen,
                 self._outbound(rt.config.identity.host_id, up.service),
-                None,
             )
         inbound = lambda: PlainInbound(rt, self.connector)  # noqa: E731
         await self._redirect_target(tg, "inbound", cfg.listen.inbound, inbound, ANY6)
@@ -204,10 +203,10 @@ class Daemon:
         start, as an IPv4 listener does, since whoever holds that port would
         get what the rules catch.
         """
-        await tg.start(self._listen, name, address, factory, None)
+        await tg.start(self._listen, name, address, factory)
         if self.ipv6 == SERVED:
             twin = (twin_host, address[1])  # the rules name the configured port (0: tests)
-            await tg.start(self._listen, f"{name}/v6", twin, factory, None)
+            await tg.start(self._listen, f"{name}/v6", twin, factory)
 
     def _outbound(self, source: Any, fixed: str | None) -> Callable[[], asyncio.Protocol]:
         name = str(source)
@@ -218,7 +217,6 @@ class Daemon:
         name: str,
         address: tuple[str, int],
         factory: Callable[[], asyncio.Protocol],
-        ssl_ctx: Any,
         *,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -228,10 +226,8 @@ class Daemon:
                 factory,
                 address[0],
                 address[1],
-                ssl=ssl_ctx,
                 reuse_address=True,
                 backlog=4096,
-                ssl_handshake_timeout=self.rt.config.timeouts.handshake if ssl_ctx else None,
             )
         except OSError as e:
             raise _cannot_listen(name, address, e) from e

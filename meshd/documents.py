@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshd.config import MeshdConfig
+from meshd.config import IdentityConfig, MeshdConfig
 from meshd.errors import CertificateError, ConfigError, MeshError
 from meshd.registry import Registry, check_vip_range
 from meshd.runtime import (
@@ -227,8 +227,8 @@ def config_on(base: MeshdConfig, doc: Doc, directory: Path) -> MeshdConfig:
 
 def _host_owned_change(base: MeshdConfig, new: MeshdConfig) -> str | None:
     """What a push may not change because something other than meshd reads it from the file."""
-    if new.identity != base.identity:
-        return "identity files changed"  # a push must not point meshd at other files
+    if new.identity != base.identity:  # a push must not point meshd at other files
+        return _identity_change(base.identity, new.identity)
     if new.local_services != base.local_services:  # name, port, run_as, outbound; not the order
         return "[[services]] changed (meshd rules renders them from the file)"
     if new.interception != base.interception:
@@ -236,6 +236,16 @@ def _host_owned_change(base: MeshdConfig, new: MeshdConfig) -> str | None:
     if new.registry != base.registry:
         return "[mesh] registry changed (meshd sync reads it from the file)"
     return None
+
+
+def _identity_change(base: IdentityConfig, new: IdentityConfig) -> str:
+    name = next(
+        n for n in IdentityConfig.__dataclass_fields__ if getattr(base, n) != getattr(new, n)
+    )
+    change = f"{getattr(base, name)} to {getattr(new, name)}"
+    return (
+        f"identity.{name} changed ({change}): a push may not change meshd's identity or its files"
+    )
 
 
 def certs_on(config: MeshdConfig, doc: Doc) -> TlsMaterial:

@@ -21,7 +21,7 @@ from meshd.registry import Registry
 # bench/run.py imports its sibling modules by name (bench/ is sys.path[0] when it runs)
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from backend import make_pki
+from backend import Pki, make_pki
 from breakdown import categorize
 from breakdown import to_markdown as breakdown_markdown
 from chains import (
@@ -36,6 +36,7 @@ from chains import (
 from common import SCENARIOS, LoadError, Settings
 from load import parse_h2load, parse_wrk, percentile
 from measure import Cell, Results, Sample
+from procs import Ports, Processes
 from report import header, to_json, to_markdown
 
 WRK_OUT = """\
@@ -92,11 +93,11 @@ def test_percentile_nearest_rank() -> None:
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> object:
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-def test_haproxy_configs(pki: object, tmp_path: Path) -> None:
+def test_haproxy_configs(pki: Pki, tmp_path: Path) -> None:
     haproxy = shutil.which("haproxy") or (
         "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None
     )
@@ -118,7 +119,7 @@ def test_haproxy_configs(pki: object, tmp_path: Path) -> None:
                 assert check.returncode == 0, check.stdout + check.stderr
 
 
-def test_envoy_configs(pki: object, tmp_path: Path) -> None:
+def test_envoy_configs(pki: Pki, tmp_path: Path) -> None:
     a = envoy_a_config(40001, 40002, pki)
     b = envoy_b_config(40002, 40003, pki)
     listener = a["static_resources"]["listeners"][0]
@@ -142,8 +143,9 @@ def test_envoy_configs(pki: object, tmp_path: Path) -> None:
         assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
 
 
-def test_meshd_configs_parse(pki: object, tmp_path: Path) -> None:
-    ctx = Ctx(procs=None, ports=None, pki=pki, backend=40003)
+def test_meshd_configs_parse(pki: Pki, tmp_path: Path) -> None:
+    # the configs need no processes or ports: empty ones, never started
+    ctx = Ctx(procs=Processes(tmp_path, pin=False), ports=Ports(), pki=pki, backend=40003)
     config_a, config_b, registry = meshd_configs(ctx, 40004, 40005)
     a = MeshdConfig.from_dict(tomllib.loads(config_a), "a.toml", tmp_path)
     b = MeshdConfig.from_dict(tomllib.loads(config_b), "b.toml", tmp_path)
@@ -157,7 +159,7 @@ def test_meshd_configs_parse(pki: object, tmp_path: Path) -> None:
     assert web.endpoints[0].mesh_port == 40004
 
 
-def _results() -> object:
+def _results() -> Results:
     settings = Settings.make(quick=True, pin=True)
     selected = chains()
     cells = {sc: {c.name: Cell() for c in selected} for sc in SCENARIOS}

@@ -7,6 +7,7 @@ a real echo server behind B, and many client connections at once.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import socket
@@ -74,7 +75,7 @@ def floor(pki: Pki, tmp_path: Path) -> Iterator[Floor]:
                         [*argv, str(cert), str(key), str(pki.bundle)], stdout=log, stderr=log
                     )
                 )
-            until(lambda p=listen: _listening(p), 10, f"floor {role} listening on {listen}")
+            until(functools.partial(_listening, listen), 10, f"floor {role} listening on {listen}")
         yield Floor(port_a, port_b, a=procs[1], b=procs[0])
     finally:
         for proc in procs:
@@ -91,7 +92,12 @@ def _listening(port: int) -> bool:
 
 def _roundtrip(port: int, payload: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
-        sender = threading.Thread(target=lambda: (s.sendall(payload), s.shutdown(socket.SHUT_WR)))
+
+        def send() -> None:
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send)
         sender.start()
         received = bytearray()
         while chunk := s.recv(1 << 20):

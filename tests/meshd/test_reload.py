@@ -258,7 +258,7 @@ def test_a_reload_puts_pushed_documents_back_on_the_new_files_or_sets_them_aside
     after = local(net, a)
     assert after["certificate_not_after"] == leaf(renewed).not_valid_after_utc.isoformat()
     assert after["registry_version"] == 5
-    assert after["documents_set_aside"]["certs"]["version"] == 2  # type: ignore[index]
+    assert after["documents_set_aside"]["certs"]["version"] == 2
     assert presented_serial(net, a) == leaf(renewed).serial_number
     assert "reload failed" not in a.log_text()
     assert re.search(r"reloaded .* \(registry version 5\); pushed certs set aside", a.log_text())

@@ -150,10 +150,12 @@ def test_http_and_tcp_cross_the_bridge_only_encrypted(mesh: Mesh, capture: Path)
     # both meshds carried both connections (counted when they close)
     for host, direction in ((mesh.client, "outbound"), (mesh.server, "inbound")):
         for service in ("web", "echo"):
+
+            def counted(h: TestbedHost = host, d: str = direction, s: str = service) -> bool:
+                return mesh.metric(h, "meshd_connections_total", direction=d, destination=s) >= 1
+
             until(
-                lambda h=host, d=direction, s=service: (
-                    mesh.metric(h, "meshd_connections_total", direction=d, destination=s) >= 1
-                ),
+                counted,
                 timeout=15,
                 what=f"{host.name}: a {direction} connection to {service} counted",
             )
@@ -192,11 +194,15 @@ def test_a_service_user_connects_with_its_own_identity(mesh: Mesh) -> None:
     cli_id = f"spiffe://{mesh.pki.trust_domain}/svc/cli"
     host_id = f"spiffe://{mesh.pki.trust_domain}/host/{mesh.client.name}"
     for source in (cli_id, host_id):
+
+        def counted(s: str = source) -> bool:
+            metric = mesh.metric(
+                mesh.server, "meshd_connections_total", direction="inbound", source=s
+            )
+            return metric >= 1
+
         until(
-            lambda s=source: (
-                mesh.metric(mesh.server, "meshd_connections_total", direction="inbound", source=s)
-                >= 1
-            ),
+            counted,
             timeout=15,
             what=f"an inbound connection from {source} counted",
         )
@@ -227,8 +233,12 @@ def test_outside_plaintext_refused_in_strict_and_admitted_in_permissive(
             status, out, _ = mesh.outsider.run(f"python3 -c {probe(address)!r}")
             assert status != 0 or out.strip() == "CLOSED", out
             refused = f"refused plaintext connection from {shown}"
+
+            def logged(r: str = refused) -> bool:
+                return r in ok(mesh.server, "journalctl -u meshd-e2e --no-pager -o cat")
+
             until(
-                lambda r=refused: r in ok(mesh.server, "journalctl -u meshd-e2e --no-pager -o cat"),
+                logged,
                 timeout=15,
                 what=f"'{refused}' in meshd's journal",
             )

@@ -10,6 +10,7 @@ afterwards.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import re
@@ -124,7 +125,7 @@ def fleet(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     try:
         assert f.meshctl("init", str(root), "--name", "e2e").code == 0
         for app, host in zip(demo.APPS, (web, api, db), strict=True):
-            with_transport(f, host, lambda t, app=app: demo.install_app(t, app))
+            with_transport(f, host, functools.partial(demo.install_app, app=app))
         f.pristine_api = snapshot(api)
         yield f
     finally:
@@ -295,7 +296,11 @@ def test_kill_9_restarts_meshd_and_closed_mode_leaks_nothing(fleet: Fleet, tmp_p
             )
             if tried.split("\n")[2] == "0":
                 break
-            until(lambda gone=old: main_pid() not in ("0", gone), 15, "meshd restarted")
+
+            def restarted(gone: str = old) -> bool:
+                return main_pid() not in ("0", gone)
+
+            until(restarted, 15, "meshd restarted")
             old = main_pid()
         else:
             pytest.fail(f"meshd restarted before the attempts were done, three times: {tried}")

@@ -50,7 +50,7 @@ def assert_clean(prefix: str, state_root: Path | None = None) -> None:
         assert prefix not in fh.read()
 
 
-def test_down_leaves_nothing():
+def test_down_leaves_nothing() -> None:
     tb = Testbed.up(hosts=1, progress=quiet)
     prefix = tb.prefix
     assert leftovers(prefix) != []
@@ -59,7 +59,7 @@ def test_down_leaves_nothing():
     assert_clean(prefix)
 
 
-def test_cleanup_leftovers_removes_a_killed_run(tmp_path):
+def test_cleanup_leftovers_removes_a_killed_run(tmp_path: Path) -> None:
     # A private state root, so concurrent runs' own cleanups do not race this one.
     env = {**os.environ, "MESHCTL_TESTBED_STATE": str(tmp_path)}
     with subprocess.Popen(
@@ -79,7 +79,7 @@ def test_cleanup_leftovers_removes_a_killed_run(tmp_path):
     assert_clean(prefix, tmp_path)
 
 
-def test_down_after_nspawn_was_killed_leaves_nothing():
+def test_down_after_nspawn_was_killed_leaves_nothing() -> None:
     tb = Testbed.up(hosts=1, progress=quiet)
     try:
         host = tb.hosts[0]

@@ -15,7 +15,7 @@ NET = ipaddress.IPv4Network
 
 
 @pytest.mark.parametrize("seed", range(20))
-def test_choose_prefix_is_short_valid_and_free(seed):
+def test_choose_prefix_is_short_valid_and_free(seed: int) -> None:
     taken = {plan.choose_prefix(random.Random(seed))}
     prefix = plan.choose_prefix(random.Random(seed), taken)
     assert prefix not in taken
@@ -39,7 +39,7 @@ def test_choose_prefix_is_short_valid_and_free(seed):
         ("mt3f9a;rm", False),
     ],
 )
-def test_valid_prefix(prefix, ok):
+def test_valid_prefix(prefix: str, ok: bool) -> None:
     assert plan.valid_prefix(prefix) is ok
 
 
@@ -52,7 +52,7 @@ def test_valid_prefix(prefix, ok):
         [NET("0.0.0.0/32"), NET("127.0.0.0/8"), NET("10.231.5.7/32")],
     ],
 )
-def test_choose_subnet_avoids_used_networks(used):
+def test_choose_subnet_avoids_used_networks(used: list[ipaddress.IPv4Network]) -> None:
     rng = random.Random(7)
     for _ in range(50):
         net = plan.choose_subnet(rng, used)
@@ -62,7 +62,7 @@ def test_choose_subnet_avoids_used_networks(used):
         assert not any(net.overlaps(u) for u in used)
 
 
-def test_choose_subnet_fails_when_pool_is_full():
+def test_choose_subnet_fails_when_pool_is_full() -> None:
     with pytest.raises(RuntimeError, match="no free"):
         plan.choose_subnet(random.Random(1), [NET("10.0.0.0/8")])
 
@@ -80,29 +80,29 @@ def test_choose_subnet_fails_when_pool_is_full():
         ),
     ],
 )
-def test_host_specs(count, expected):
+def test_host_specs(count: int, expected: list[HostSpec]) -> None:
     assert list(plan.host_specs("mt01", NET("10.213.47.0/24"), count)) == expected
 
 
 @pytest.mark.parametrize("count", [0, -1, 201])
-def test_host_specs_rejects_bad_counts(count):
+def test_host_specs_rejects_bad_counts(count: int) -> None:
     with pytest.raises(ValueError, match="host count"):
         plan.host_specs("mt01", NET("10.213.47.0/24"), count)
 
 
-def test_gateway_is_dot_one():
+def test_gateway_is_dot_one() -> None:
     assert plan.gateway_address(NET("10.213.47.0/24")) == "10.213.47.1"
     assert plan.gateway_address(plan.ipv6_subnet(NET("10.213.47.0/24"))) == "fd6d:6573:d52f::1"
 
 
-def test_the_ipv6_subnet_follows_the_ipv4_one():
+def test_the_ipv6_subnet_follows_the_ipv4_one() -> None:
     """Unique local, a /64, and as unique as the /24 (which no two testbeds share)."""
     seen = {plan.ipv6_subnet(NET(f"10.{a}.{b}.0/24")) for a in (200, 254) for b in (0, 1, 255)}
     assert len(seen) == 6 and all(n.prefixlen == 64 and n.is_private for n in seen)
     assert str(plan.ipv6_subnet(NET("10.200.1.0/24"))) == "fd6d:6573:c801::/64"
 
 
-def test_render_network_file_is_static_without_gateway():
+def test_render_network_file_is_static_without_gateway() -> None:
     text = plan.render_network_file("10.213.47.11", 24)
     assert text == (
         "[Match]\nName=host0\n\n[Network]\nAddress=10.213.47.11/24\n"
@@ -115,7 +115,7 @@ def test_render_network_file_is_static_without_gateway():
     )
 
 
-def test_render_hosts_file_names_every_host():
+def test_render_hosts_file_names_every_host() -> None:
     hosts = plan.host_specs("mt01", NET("10.1.2.0/24"), 3)
     text = plan.render_hosts_file(hosts[1], hosts)
     assert "127.0.1.1\tmt01-h2\n" in text
@@ -124,7 +124,7 @@ def test_render_hosts_file_names_every_host():
     assert text.startswith("127.0.0.1\tlocalhost\n")
 
 
-def test_spec_json_round_trip():
+def test_spec_json_round_trip() -> None:
     spec = TestbedSpec(
         prefix="mt01",
         subnet="10.1.2.0/24",
@@ -152,7 +152,7 @@ FORWARD_DROP = (
     ("text", "drops"),
     [(FORWARD_ACCEPT, False), (FORWARD_DROP, True), ("", False), ("-P INPUT DROP\n", False)],
 )
-def test_forward_policy_drops(text, drops):
+def test_forward_policy_drops(text: str, drops: bool) -> None:
     assert plan.forward_policy_drops(text) is drops
 
 
@@ -164,7 +164,7 @@ def test_forward_policy_drops(text, drops):
         ("mt03", []),
     ],
 )
-def test_rules_to_delete_only_touches_our_prefix(prefix, expected):
+def test_rules_to_delete_only_touches_our_prefix(prefix: str, expected: list[list[str]]) -> None:
     assert plan.rules_to_delete(FORWARD_DROP, prefix) == expected
 
 
@@ -207,7 +207,7 @@ deb http://ftp.fr.debian.org/debian/ bookworm main contrib
         ([], None),
     ],
 )
-def test_parse_apt_mirror(sources, expected):
+def test_parse_apt_mirror(sources: list[tuple[str, str]], expected: str | None) -> None:
     assert plan.parse_apt_mirror(sources, "bookworm") == expected
 
 
@@ -221,7 +221,7 @@ STAT = "4242 (sh (weird) name) S 1 4242 4242 0 -1 4194560 " + " ".join(["0"] * 1
         (STAT.replace(") S ", ") Z "), ("Z", 987654)),
     ],
 )
-def test_parse_stat(text, expected):
+def test_parse_stat(text: str, expected: tuple[str, int]) -> None:
     assert plan.parse_stat(text) == expected
 
 
@@ -234,7 +234,7 @@ def test_parse_stat(text, expected):
         ("Name:\tx\n", [], False),
     ],
 )
-def test_parse_nspid(status, nspid, is_init):
+def test_parse_nspid(status: str, nspid: list[int], is_init: bool) -> None:
     assert plan.parse_nspid(status) == nspid
     assert plan.is_container_init(nspid) is is_init
 
@@ -249,11 +249,11 @@ def test_parse_nspid(status, nspid, is_init):
         ("0::/user.slice/mt01\n", False),
     ],
 )
-def test_cgroup_mentions(text, hit):
+def test_cgroup_mentions(text: str, hit: bool) -> None:
     assert plan.cgroup_mentions(text, "mt01") is hit
 
 
-def test_mountinfo_hits_finds_overlay_by_its_options():
+def test_mountinfo_hits_finds_overlay_by_its_options() -> None:
     info = (
         "22 1 254:1 / / rw - ext4 /dev/vda rw\n"
         "801 800 0:91 / / rw - overlay overlay "
@@ -264,7 +264,7 @@ def test_mountinfo_hits_finds_overlay_by_its_options():
     assert plan.mountinfo_hits(info, "/run/meshctl-testbed/mt02") == []
 
 
-def test_route_networks():
+def test_route_networks() -> None:
     text = (
         "2: eth0    inet 10.0.2.15/24 brd 10.0.2.255 scope global eth0\n"
         "default via 10.0.2.2 dev eth0\n10.231.0.0/16 dev wg0 scope link\n"
@@ -274,7 +274,7 @@ def test_route_networks():
     assert NET("10.0.2.2/32") in nets
 
 
-def test_a_spec_from_before_ipv6_still_reads():
+def test_a_spec_from_before_ipv6_still_reads() -> None:
     """testbed.json of a run that crashed under an older version: cleanup must still parse it."""
     old = json.loads(
         TestbedSpec(

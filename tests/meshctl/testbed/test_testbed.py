@@ -30,7 +30,7 @@ def ok(host: TestbedHost, cmd: str) -> str:
     return out.strip()
 
 
-def test_every_host_runs_its_own_systemd(testbed: Testbed):
+def test_every_host_runs_its_own_systemd(testbed: Testbed) -> None:
     assert len(testbed.hosts) >= 3
     init_pids = set()
     for host in testbed.hosts:
@@ -42,7 +42,7 @@ def test_every_host_runs_its_own_systemd(testbed: Testbed):
     assert len(init_pids) == len(testbed.hosts)
 
 
-def test_enabled_unit_survives_reboot_but_iptables_rules_do_not(testbed: Testbed):
+def test_enabled_unit_survives_reboot_but_iptables_rules_do_not(testbed: Testbed) -> None:
     h1, h2 = testbed.hosts[0], testbed.hosts[1]
     try:
         ok(h1, f"cat > /etc/systemd/system/{UNIT} <<'EOF'\n{UNIT_TEXT}EOF")
@@ -63,7 +63,7 @@ def test_enabled_unit_survives_reboot_but_iptables_rules_do_not(testbed: Testbed
         h1.exec("systemctl daemon-reload; iptables -F INPUT", check=False)
 
 
-def test_ssh_reaches_every_host_with_its_pinned_key(testbed: Testbed):
+def test_ssh_reaches_every_host_with_its_pinned_key(testbed: Testbed) -> None:
     for host in testbed.hosts:
         with host.ssh() as client:
             transport = client.get_transport()
@@ -71,7 +71,7 @@ def test_ssh_reaches_every_host_with_its_pinned_key(testbed: Testbed):
             assert transport.get_remote_server_key() == host.host_key
 
 
-def test_ssh_refuses_a_host_whose_key_does_not_match_the_pin(testbed: Testbed):
+def test_ssh_refuses_a_host_whose_key_does_not_match_the_pin(testbed: Testbed) -> None:
     target, other = testbed.hosts[0], testbed.hosts[1]
     client = paramiko.SSHClient()
     client.get_host_keys().add(target.address, "ssh-ed25519", other.host_key)
@@ -87,7 +87,7 @@ def test_ssh_refuses_a_host_whose_key_does_not_match_the_pin(testbed: Testbed):
         )
 
 
-def test_hosts_reach_each_other_over_the_bridge(testbed: Testbed):
+def test_hosts_reach_each_other_over_the_bridge(testbed: Testbed) -> None:
     h1, h2 = testbed.hosts[0], testbed.hosts[1]
     ok(h1, f"ping -c 1 -W 2 {h2.address}")
     banner = ok(
@@ -98,7 +98,7 @@ def test_hosts_reach_each_other_over_the_bridge(testbed: Testbed):
     assert banner.startswith("SSH-2.0-OpenSSH")
 
 
-def test_hosts_reach_each_other_and_the_controller_over_ipv6(testbed: Testbed):
+def test_hosts_reach_each_other_and_the_controller_over_ipv6(testbed: Testbed) -> None:
     h1, h2 = testbed.hosts[0], testbed.hosts[1]
     assert h1.address6 in ok(h1, "ip -6 -o addr show host0 scope global")
     banner = ok(
@@ -111,7 +111,7 @@ def test_hosts_reach_each_other_and_the_controller_over_ipv6(testbed: Testbed):
         assert s.recv(64).startswith(b"SSH-2.0-OpenSSH")
 
 
-def test_reset_wipes_what_changed_on_the_host(testbed: Testbed):
+def test_reset_wipes_what_changed_on_the_host(testbed: Testbed) -> None:
     host = testbed.hosts[-1]
     ok(host, "echo hello > /root/tb-marker")
     assert (host.upper_dir / "root/tb-marker").read_text() == "hello\n"

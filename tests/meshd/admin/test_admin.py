@@ -9,6 +9,7 @@ admin API's answers are asserted, not the validation details of each document.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import socket
@@ -152,9 +153,12 @@ class FakeBackend:
         self.metrics = Metrics(self.bus, process_metrics=False)
         for kind in self.kinds:
             validate = (lambda d: Registry.from_dict(d, "registry")) if kind == "registry" else dict
-            self.store.register(kind, validate, lambda value, k=kind: self.live.update({k: value}))
+            self.store.register(kind, validate, functools.partial(self._keep, kind))
         if "registry" in self.kinds:
             self.store.put("registry", registry_doc(1))
+
+    def _keep(self, kind: str, value: object) -> None:
+        self.live[kind] = value
 
     def is_ready(self) -> bool:
         return self.ready
@@ -494,7 +498,9 @@ async def test_other_identities_get_403_on_everything(
 ) -> None:
     identity = getattr(pki, who)
     async with running(subject, tmp_path) as server:
-        requests = [("GET", p, None) for p in [*DOCUMENT_PATHS, *READ_PATHS, "/nowhere"]]
+        requests: list[tuple[str, str, Doc | None]] = [
+            ("GET", p, None) for p in [*DOCUMENT_PATHS, *READ_PATHS, "/nowhere"]
+        ]
         requests += [("PUT", p, {"version": 9}) for p in DOCUMENT_PATHS]
         requests += [("POST", "/registry", registry_doc(9))]
         for method, path, body in requests:
@@ -749,7 +755,7 @@ async def test_silent_sockets_time_out(subject: Subject, pki: Pki, tmp_path: Pat
 # --- no identity outlives its certificate -------------------------------------------------
 def _blocking_get(
     port: int, ctx: ssl.SSLContext, session: ssl.SSLSession | None
-) -> tuple[bytes, ssl.SSLSession | None, bool]:
+) -> tuple[bytes, ssl.SSLSession | None, bool | None]:
     """GET /healthz in a blocking client that may resume ``session``: (answer, session, resumed)."""
     with (
         socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
