@@ -19,8 +19,8 @@ import typer
 from rich.console import Console
 
 from meshctl.bundle import DEFAULT_CACHE
+from meshctl.fleet import Connector, ssh_connect
 from meshctl.provision.guard import ROLLBACK_DEADLINE
-from meshctl.provision.rollout import Connector, ssh_connect
 from meshctl.workspace import Workspace
 from meshd.errors import ConfigError
 
