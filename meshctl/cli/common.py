@@ -114,9 +114,11 @@ def make_rollout(actx: AppContext, ssh: SshOptions) -> Rollout:
         ws,
         ssh,
         connect=actx.connect,
+        connect_admin=actx.connect_admin,
         now=actx.clock,
         passphrase=lambda: actx.passphrase() if ws.config.ca_key_encrypted else None,
         bundle_cache=actx.bundle_cache,
+        build_bundle=actx.build_bundle,
         rollback_deadline=actx.rollback_deadline,
     )
 
