@@ -11,7 +11,8 @@ result or the error it ended in: one host's failure never stops the others,
 and the command renders one table and exits non-zero on partial failure
 (fabric's groups)::
 
-    results = fan_out(lambda host: fleet.admin().stats(fleet.endpoint(host)), hosts)
+    client = fleet.admin()
+    stats = fan_out(lambda host: client.stats(fleet.endpoint(host)), hosts)
 """
 
 from __future__ import annotations

@@ -312,7 +312,9 @@ class ScriptedMeshd(AdminClient):
 
     def _put(self, host: FakeHost, doc: Any) -> AdminReply:
         if host.refuse_push is not None:
-            return self._reply(500, {"error": host.refuse_push, "hint": "see journalctl -u meshd on the host"})
+            return self._reply(
+                500, {"error": host.refuse_push, "hint": "see journalctl -u meshd on the host"}
+            )
         version, current = doc["version"], host.registry_version or 0
         if version < current:
             return self._reply(409, {"error": f"registry version {version} is older"})
