@@ -1,7 +1,9 @@
 """The injectable context every command runs with.
 
 Consoles, environment, clock, prompt and workspace location come from here,
-so tests run commands in-process with recorded consoles and a fixed clock.
+and how multi-host commands reach hosts (SSH, meshd's admin API) and get
+meshd's bundle, so tests run commands in-process with recorded consoles, a
+fixed clock, scripted hosts and a scripted admin API.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from meshctl.admin_client import AdminClient
 from meshctl.bundle import DEFAULT_CACHE
+from meshctl.fleet import AdminConnector, Connector, ssh_connect
 from meshctl.provision.guard import ROLLBACK_DEADLINE
-from meshctl.provision.rollout import Connector, ssh_connect
+from meshctl.provision.rollout import BundleBuilder, build_bundle
 from meshctl.workspace import Workspace
 from meshd.errors import ConfigError
 
@@ -51,7 +55,9 @@ class AppContext:
     workspace_path: Path | None = None
     debug: bool = False
     connect: Connector = ssh_connect  # how multi-host commands reach a host
+    connect_admin: AdminConnector = AdminClient.for_workspace  # ... and its meshd's admin API
     bundle_cache: Path = DEFAULT_CACHE
+    build_bundle: BundleBuilder = build_bundle  # meshd and its wheels for a host's Python
     rollback_deadline: float = ROLLBACK_DEADLINE
 
     def workspace_dir(self) -> Path:

@@ -11,10 +11,12 @@ import typer
 from rich.markup import escape
 
 from meshctl import demo, state
+from meshctl.cli.common import finish, make_rollout
 from meshctl.cli.context import AppContext, app_context
-from meshctl.cli.join import finish, make_rollout
+from meshctl.control import push_registry
+from meshctl.fleet import SshOptions, parallel
 from meshctl.provision import rollout
-from meshctl.provision.rollout import Rollout, SshOptions, parallel
+from meshctl.provision.rollout import Rollout, push_outcomes
 from meshctl.testbed import Testbed
 from meshctl.testbed.testbed import default_state_root
 from meshctl.workspace import Workspace
@@ -93,7 +95,7 @@ def _up(actx: AppContext, root: Path, tb: Testbed) -> None:
     say("[bold]4/5[/] meshctl join web1 api1 db1")
     ro.progress = lambda host, what: say(f"    {escape(host)}: {escape(what)}")
     outcomes = rollout.join(ro, list(inventory.hosts), dry_run=False)
-    pushes = [p for p in rollout.push_registry(ro, state.joined(ws)) if not p.ok]
+    pushes = [p for p in push_outcomes(push_registry(ro, state.joined(ws))) if not p.ok]
     finish(actx, "join", outcomes + pushes, json_out=False)
     say("[bold]5/5[/] sending traffic web -> api -> db")
     _traffic(actx, ro, ws)

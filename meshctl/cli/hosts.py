@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from meshctl import state
+from meshctl.cli.common import FailModeOption, LabelsOption, ServicesOption
 from meshctl.cli.context import app_context
-from meshctl.cli.join import FailModeOption, LabelsOption, ServicesOption
 from meshctl.inventory import (
     HostOverrides,
     select_hosts,

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from meshctl import state
-from meshctl.cli.context import app_context
-from meshctl.cli.errors import ExitCode
-from meshctl.cli.join import (
+from meshctl.cli.common import (
     JsonOption,
     KeyOption,
     SudoOption,
@@ -15,8 +12,11 @@ from meshctl.cli.join import (
     make_rollout,
     progress_display,
 )
-from meshctl.provision.rollout import SshOptions, registry_for
-from meshctl.provision.status import survey
+from meshctl.cli.context import AppContext, app_context
+from meshctl.cli.errors import ExitCode
+from meshctl.control import current_registry
+from meshctl.fleet import SshOptions
+from meshctl.provision.status import HostStatus, survey
 from meshctl.views.status import status_table
 
 
@@ -41,13 +41,15 @@ def status(
     with progress_display(actx, json_out) as report:
         report("fleet", "surveying hosts")
         statuses = survey(ro)
-    inventory = state.load_inventory(ro.ws)
-    version = registry_for(ro, inventory, state.joined(ro.ws))["version"]
+    _show(actx, statuses, current_registry(ro)["version"], json_out)
+    if any(not s.healthy for s in statuses):
+        raise typer.Exit(ExitCode.PARTIAL)
+
+
+def _show(actx: AppContext, statuses: list[HostStatus], version: int, json_out: bool) -> None:
     if json_out:
         actx.print_json({"registry_version": version, "hosts": [s.to_json() for s in statuses]})
     else:
         actx.out.print(status_table(statuses, version))
     if not statuses:
         actx.err.print("no hosts yet: meshctl join [USER@]HOST --service NAME:PORT")
-    if any(not s.healthy for s in statuses):
-        raise typer.Exit(ExitCode.PARTIAL)

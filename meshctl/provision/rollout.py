@@ -1,8 +1,10 @@
-"""Join, leave and survey many hosts at once: facts -> plan -> apply per host, in parallel.
+"""Join and leave many hosts at once: facts -> plan -> apply per host, in parallel.
 
 Each host's work ends in an ``Outcome`` (never an exception): the commands
-render one table and exit non-zero on partial failure. After hosts join or
-leave, every joined host gets the new registry over its admin API.
+render one table and exit non-zero on partial failure. ``join_and_push`` and
+``leave_and_push`` then send every joined host the new registry over its
+admin API (``meshctl.control``) and charge a failed push to the host it
+failed on. The session and the fan-out are ``meshctl.fleet``'s.
 """
 
 from __future__ import annotations
@@ -10,19 +12,18 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import threading
-import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from cryptography import x509
 
 from meshctl import bundle as bundles
 from meshctl import state
-from meshctl.admin_client import AdminClient, AdminEndpoint
 from meshctl.ca import sign_csr
+from meshctl.control import Pushed, push_registry, registry_for
+from meshctl.fleet import Fleet, HostResults, attempt, parallel
 from meshctl.inventory import VIP_RANGE, HostSpec, Inventory
 from meshctl.provision import facts as facts_mod
 from meshctl.provision.apply import Applier
@@ -30,43 +31,18 @@ from meshctl.provision.desired import DesiredHost, desired_host
 from meshctl.provision.facts import HostFacts
 from meshctl.provision.guard import ROLLBACK_DEADLINE
 from meshctl.provision.plan import Enroll, Plan, plan_join, plan_leave
-from meshctl.transport import SshTransport, Target, Transport, UnreachableError
-from meshctl.workspace import Workspace
+from meshctl.transport import Transport, UnreachableError
 from meshd.errors import MeshError, ProvisionError
 from meshd.identity import SpiffeId, check_name
 from meshd.pki import cert_pem, load_certs
 
-T = TypeVar("T")
-R = TypeVar("R")
-Progress = Callable[[str, str], None]  # host, what is happening
-MAX_PARALLEL = 16
-
 VIP = str(VIP_RANGE)
+BundleBuilder = Callable[[bundles.Target, Path, bool], bundles.Bundle]  # target, cache, offline
 
 
-@dataclass(frozen=True)
-class SshOptions:
-    key_file: Path | None = None
-    sudo: bool = False
-    accept_new_host_key: bool = False
-    timeout: float = 10.0
-    remember_new_host_keys: bool = True  # False for --dry-run: it changes nothing
-
-
-Connector = Callable[[Workspace, HostSpec, SshOptions], Transport]
-
-
-def ssh_connect(ws: Workspace, host: HostSpec, options: SshOptions) -> Transport:
-    default_key = ws.config.defaults.ssh_key
-    return SshTransport(
-        Target(host.address, host.user, host.port),
-        ws.root / "known_hosts",
-        key_file=options.key_file or (Path(default_key) if default_key else None),
-        accept_new=options.accept_new_host_key,
-        use_sudo=options.sudo,
-        timeout=options.timeout,
-        remember_new=options.remember_new_host_keys,
-    )
+def build_bundle(target: bundles.Target, cache: Path, offline: bool = False) -> bundles.Bundle:
+    """``bundles.build``, looked up at each call (a test may replace it)."""
+    return bundles.build(target, cache, offline)
 
 
 @dataclass
@@ -86,29 +62,22 @@ class Outcome:
 
 
 @dataclass
-class Rollout:
-    """Everything a multi-host command needs from the outside world."""
+class Rollout(Fleet):
+    """A fleet session that changes hosts: meshd bundles, the CA's signer, desired state, plans."""
 
-    ws: Workspace
-    ssh: SshOptions
-    connect: Connector = ssh_connect
-    progress: Progress = lambda host, what: None
     passphrase: Callable[[], str | None] = lambda: None
-    now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
     bundle_cache: Path = bundles.DEFAULT_CACHE
+    build_bundle: BundleBuilder = build_bundle
     rollback_deadline: float = ROLLBACK_DEADLINE
-    admin_timeout: float = 5.0
-    sync_wait: float = 15.0  # seconds a pushed registry may take to reach a host's rules and names
     _bundles: dict[bundles.Target, bundles.Bundle] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    # -- helpers
     def bundle_for(self, facts: HostFacts, offline: bool = False) -> bundles.Bundle:
         """The meshd bundle for the host's Python and machine (``offline``: only if cached)."""
         target = bundles.Target(facts.python or "", facts.machine)
         with self._lock:  # one build per Python/machine, shared by every host like it
             if target not in self._bundles:
-                self._bundles[target] = bundles.build(target, self.bundle_cache, offline)
+                self._bundles[target] = self.build_bundle(target, self.bundle_cache, offline)
             return self._bundles[target]
 
     def signer(self) -> Callable[[bytes, tuple[SpiffeId, ...], int], bytes]:
@@ -133,32 +102,59 @@ class Rollout:
     def plan(self, facts: HostFacts, desired: DesiredHost) -> Plan:
         return plan_join(facts, desired, self.issuing_ca, self.now())
 
-    def admin(self) -> AdminClient:
-        return AdminClient.for_workspace(self.ws, timeout=self.admin_timeout)
-
-    def endpoint(self, host: HostSpec) -> AdminEndpoint:
-        return AdminEndpoint(host.name, host.address, self.ws.config.defaults.admin_port)
-
-
-def parallel(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
-    """``fn`` over ``items`` in threads (SSH is I/O bound), results in input order."""
-    items = list(items)
-    if not items:
-        return []
-    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(items))) as pool:
-        return list(pool.map(fn, items))
-
 
 def _contained(outcome: Outcome, fn: Callable[[], None]) -> Outcome:
     """Run ``fn``; any error ends up on the outcome, never escapes (one host fails alone)."""
-    try:
-        fn()
-    except MeshError as e:
-        outcome.status, outcome.error = "failed", e
-    except Exception as e:  # a bug or an unexpected answer: still one host's failure
-        outcome.status = "failed"
-        outcome.error = ProvisionError(f"{outcome.host}: {type(e).__name__}: {e}")
+    error = attempt(outcome.host, fn)
+    if error is not None:
+        outcome.status, outcome.error = "failed", error
     return outcome
+
+
+# -- join and leave, then the registry to every joined host
+def join_and_push(ro: Rollout, hosts: list[HostSpec], dry_run: bool) -> list[Outcome]:
+    """``join``, then the new registry to every joined host: one row per host it touched."""
+    outcomes = join(ro, hosts, dry_run)
+    if dry_run:
+        return outcomes
+    return with_pushes(outcomes, push_registry(ro, state.joined(ro.ws)))
+
+
+def leave_and_push(
+    ro: Rollout, hosts: list[HostSpec], dry_run: bool, forget: bool
+) -> list[Outcome]:
+    """``leave``, then the registry without them to every host still joined."""
+    outcomes = leave(ro, hosts, dry_run, forget)
+    if dry_run:
+        return outcomes
+    return with_pushes(outcomes, push_registry(ro, state.joined(ro.ws)))
+
+
+def with_pushes(outcomes: list[Outcome], pushes: HostResults[Pushed]) -> list[Outcome]:
+    """``outcomes``, a push to one of their hosts merged into its row (a failed push to a host
+    that just joined is that host's failure), then a row per other host the push changed."""
+    by_host = {o.host: o for o in outcomes}
+    others = []
+    for push in push_outcomes(pushes):
+        mine = by_host.get(push.host)
+        if mine is None:
+            others += [push] if push.done or push.error else []
+        elif mine.ok:
+            mine.done += push.done
+            if push.error is not None:
+                mine.status, mine.error = "failed", push.error
+    return outcomes + others
+
+
+def push_outcomes(pushes: HostResults[Pushed]) -> list[Outcome]:
+    """Registry pushes as result rows: status "registry", or "failed" with the error."""
+    rows = []
+    for host, result in pushes.items():
+        if isinstance(result, MeshError):
+            rows.append(Outcome(host.name, host.address, "failed", error=result))
+        else:
+            rows.append(Outcome(host.name, host.address, "registry", done=list(result.done)))
+    return rows
 
 
 # -- join
@@ -167,30 +163,6 @@ class _Session:
     host: HostSpec
     outcome: Outcome
     transport: Transport | None = None
-
-
-def registry_for(
-    ro: Rollout,
-    inventory: Inventory,
-    names: Iterable[str],
-    ipv6: dict[str, tuple[str, ...]] | None = None,
-) -> dict[str, Any]:
-    """The versioned registry of the hosts ``names`` (the joined ones) of ``inventory``.
-
-    Each endpoint carries its host's IPv6 addresses, so that the other hosts'
-    ip6tables rules catch an app's IPv6 connection to it: from ``ipv6`` (the
-    facts of hosts joining now) or else the host's join record.
-    """
-    wanted = set(names)
-    subset = Inventory(tuple(h for h in inventory.hosts if h.name in wanted), inventory.vips)
-    services: dict[str, Any] = subset.registry(0, ro.ws.config.defaults.mesh_port)["services"]
-    known = {name: tuple(r.get("ipv6", ())) for name, r in state.joined(ro.ws).items()}
-    known |= ipv6 or {}
-    for service in services.values():
-        for endpoint in service["endpoints"]:
-            if known.get(endpoint["host"]):
-                endpoint["ipv6"] = list(known[endpoint["host"]])
-    return state.versioned_registry(ro.ws, services)
 
 
 def _ipv6_of(sessions: Iterable[_Session]) -> dict[str, tuple[str, ...]]:
@@ -231,7 +203,7 @@ def join(ro: Rollout, hosts: list[HostSpec], dry_run: bool) -> list[Outcome]:
 
 def _survey(ro: Rollout, s: _Session) -> None:
     ro.progress(s.outcome.host, "connecting")
-    s.transport = ro.connect(ro.ws, s.host, ro.ssh)
+    s.transport = ro.transport(s.host)
     ro.progress(s.outcome.host, "reading facts")
     users = tuple(sorted({svc.run_as for svc in s.host.services if svc.run_as}))
     s.outcome.facts = facts_mod.gather(s.transport, VIP, users)
@@ -301,7 +273,7 @@ def _apply(ro: Rollout, s: _Session, sign: Callable[..., bytes] | None) -> None:
         return
     applier = Applier(
         s.transport,
-        reconnect=lambda: ro.connect(ro.ws, s.host, ro.ssh),
+        reconnect=lambda: ro.transport(s.host),
         bundle=ro.bundle_for(facts).path,
         sign=sign,
         report=lambda what: ro.progress(s.outcome.host, what),
@@ -333,89 +305,6 @@ def _record(s: _Session, registry_version: int, now: dt.datetime) -> dict[str, A
     }
 
 
-# -- registry push
-def push_registry(ro: Rollout, names: Iterable[str]) -> list[Outcome]:
-    """Send the current registry (of the joined hosts) to each of ``names``."""
-    inventory = state.load_inventory(ro.ws)
-    members = set(state.joined(ro.ws))
-    registry = registry_for(ro, inventory, members)
-    state.record_registry(ro.ws, registry)
-    client = ro.admin()
-
-    def push(host: HostSpec) -> Outcome:
-        outcome = Outcome(host.name, host.address, "registry")
-
-        def send() -> None:
-            endpoint = ro.endpoint(host)
-            ro.progress(host.name, f"pushing registry version {registry['version']}")
-            result = client.put_document(endpoint, "registry", registry)
-            version = result.get("version")
-            if result.get("status") != "applied":
-                # meshd had it already: nothing new to wait for, but an earlier push whose
-                # rules and names never followed must not pass unnoticed on a second run
-                _check_not_behind(client.stats(endpoint), host.name, version)
-                return
-            ro.progress(host.name, "waiting for its rules and names to follow")
-            if _wait_synced(ro, client, endpoint, host.name, version):
-                outcome.done.append(f"registry version {version} applied, rules and names follow")
-            else:  # a meshd from before ``meshd sync`` does not say
-                outcome.done.append(f"registry version {version} applied")
-
-        return _contained(outcome, send)
-
-    targets = [h for h in inventory.hosts if h.name in set(names) and h.name in members]
-    return parallel(push, targets)
-
-
-def _wait_synced(
-    ro: Rollout, client: AdminClient, endpoint: AdminEndpoint, host: str, version: object
-) -> bool:
-    """Wait until meshd-sync.service has put ``version``'s rules and names in place.
-
-    meshd takes a pushed registry at once, but the redirect rules and the
-    /etc/hosts names follow through a root unit a moment later: until then a
-    new service's name does not resolve on the host. False when the host's
-    meshd does not report it (a version from before ``meshd sync``).
-    """
-    deadline = time.monotonic() + ro.sync_wait
-    while True:
-        stats = client.stats(endpoint)
-        if "synced_registry_version" not in stats:
-            return False
-        seen = stats["synced_registry_version"]
-        if isinstance(seen, int) and isinstance(version, int) and seen >= version:
-            return True
-        if time.monotonic() >= deadline:
-            raise _not_followed(host, version, seen, f"within {ro.sync_wait:g}s")
-        time.sleep(0.2)
-
-
-def _check_not_behind(stats: dict[str, Any], host: str, version: object) -> None:
-    """For a push meshd already had: fail if its sync is known to lag behind it.
-
-    No note at all (none since boot, or a meshd from before ``meshd sync``) is
-    not a failure here: the boot-time rules come from the same registry.
-    """
-    seen = stats.get("synced_registry_version")
-    if isinstance(seen, int) and isinstance(version, int) and seen < version:
-        raise _not_followed(host, version, seen, "since it was pushed")
-
-
-def _not_followed(host: str, version: object, seen: object, when: str) -> ProvisionError:
-    state = (
-        f"they follow version {seen}"
-        if seen is not None
-        else "no meshd sync has run since the host booted or meshd was installed"
-    )
-    return ProvisionError(
-        f"{host}: meshd took registry version {version}, but the host's redirect rules "
-        f"and /etc/hosts names did not follow {when} ({state})",
-        hint=f"on {host}, systemctl status meshd-sync.path meshd-sync.service and "
-        "journalctl -u meshd-sync say why; once fixed, systemctl start meshd-sync.service "
-        "there puts them in place",
-    )
-
-
 # -- leave
 def leave(ro: Rollout, hosts: list[HostSpec], dry_run: bool, forget: bool) -> list[Outcome]:
     """Take everything of ours off ``hosts``; drop them from the inventory when done."""
@@ -443,7 +332,7 @@ def _leave_one(ro: Rollout, host: HostSpec, dry_run: bool, forget: bool) -> Outc
 def _clean(ro: Rollout, host: HostSpec, outcome: Outcome, dry_run: bool) -> None:
     """Facts, the leave plan, apply it, and check that nothing of ours is left."""
     ro.progress(host.name, "connecting")
-    transport = ro.connect(ro.ws, host, ro.ssh)
+    transport = ro.transport(host)
     try:
         ro.progress(host.name, "reading facts")
         outcome.facts = facts_mod.gather(transport, VIP)
@@ -453,7 +342,7 @@ def _clean(ro: Rollout, host: HostSpec, outcome: Outcome, dry_run: bool) -> None
             return
         applier = Applier(
             transport,
-            reconnect=lambda: ro.connect(ro.ws, host, ro.ssh),
+            reconnect=lambda: ro.transport(host),
             report=lambda what: ro.progress(host.name, what),
         )
         outcome.done = applier.apply(outcome.plan)

@@ -14,10 +14,12 @@ from typing import Any
 from cryptography import x509
 
 from meshctl import state
+from meshctl.control import registry_for
+from meshctl.fleet import parallel
 from meshctl.inventory import VIP_RANGE, HostSpec
 from meshctl.provision import facts as facts_mod
 from meshctl.provision.plan import rules_present
-from meshctl.provision.rollout import Rollout, parallel, registry_for
+from meshctl.provision.rollout import Rollout
 from meshd.errors import MeshError, ProvisionError
 from meshd.rules import FILTER, NAT, REDIRECT, REJECT, V6, our_jumps
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.console import Console
 
+from meshctl.cli.common import progress_display
 from meshctl.cli.context import AppContext
-from meshctl.cli.join import progress_display
 
 
 def context(terminal: bool) -> AppContext:

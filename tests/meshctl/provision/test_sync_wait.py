@@ -11,8 +11,9 @@ from typing import Any, cast
 
 import pytest
 
+from meshctl import control, fleet
 from meshctl.admin_client import AdminClient, AdminEndpoint
-from meshctl.provision import layout, rollout
+from meshctl.provision import layout
 from meshd.config import MeshdConfig
 from meshd.errors import ProvisionError
 from meshd.runtime import synced_path
@@ -49,8 +50,8 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 def wait(meshd: ScriptedMeshd, version: int = 9) -> bool:
-    ro = cast(rollout.Rollout, SimpleNamespace(sync_wait=15.0))
-    return rollout._wait_synced(ro, cast(AdminClient, meshd), ENDPOINT, "web1", version)
+    ro = cast(fleet.Fleet, SimpleNamespace(sync_wait=15.0))
+    return control._wait_synced(ro, cast(AdminClient, meshd), ENDPOINT, "web1", version)
 
 
 def test_returns_once_the_rules_and_names_follow_the_pushed_version(clock: list[float]) -> None:
@@ -109,19 +110,21 @@ def test_a_push_meshd_already_had_fails_only_if_its_sync_is_behind(
     """A second run after a failed wait must not pass a host whose names never followed."""
     stats = {"registry_version": 9, "synced_registry_version": synced}
     if not fails:
-        rollout._check_not_behind(stats, "web1", 9)
+        control._check_not_behind(stats, "web1", 9)
         return
     with pytest.raises(
         ProvisionError, match=r"did not follow since it was pushed \(they follow version 8\)"
     ):
-        rollout._check_not_behind(stats, "web1", 9)
+        control._check_not_behind(stats, "web1", 9)
 
 
 def test_the_registry_lists_each_hosts_ipv6_addresses(tmp_path: Path) -> None:
     """From the facts of hosts joining now, else from the join record of the others."""
     from meshctl import state  # noqa: PLC0415
+    from meshctl.control import registry_for  # noqa: PLC0415
+    from meshctl.fleet import SshOptions  # noqa: PLC0415
     from meshctl.inventory import HostSpec, Inventory, ServiceSpec  # noqa: PLC0415
-    from meshctl.provision.rollout import Rollout, SshOptions, registry_for  # noqa: PLC0415
+    from meshctl.provision.rollout import Rollout  # noqa: PLC0415
     from tests.meshctl.test_state import workspace  # noqa: PLC0415
 
     ws = workspace(tmp_path)
