@@ -42,7 +42,7 @@ def status(
         report("fleet", "surveying hosts")
         statuses = survey(ro)
     inventory = state.load_inventory(ro.ws)
-    version = registry_for(ro, inventory, state.joined(ro.ws))["version"]
+    version = registry_for(ro, inventory, state.joined(ro.ws)).version
     if json_out:
         actx.print_json({"registry_version": version, "hosts": [s.to_json() for s in statuses]})
     else:

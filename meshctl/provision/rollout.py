@@ -35,6 +35,7 @@ from meshctl.workspace import Workspace
 from meshd.errors import MeshError, ProvisionError
 from meshd.identity import SpiffeId, check_name
 from meshd.pki import cert_pem, load_certs
+from meshd.registry import Registry
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -125,7 +126,7 @@ class Rollout:
     def issuing_ca(self) -> x509.Certificate:
         return load_certs(self.ws.issuing_ca_cert)[0]
 
-    def desired(self, host: HostSpec, registry: dict[str, Any], version: str) -> DesiredHost:
+    def desired(self, host: HostSpec, registry: Registry, version: str) -> DesiredHost:
         """What ``host`` should look like with this registry and meshd bundle version."""
         trust = self.ws.trust_bundle.read_bytes()
         return desired_host(self.ws.config, host, registry, version, trust, host.port)
@@ -174,7 +175,7 @@ def registry_for(
     inventory: Inventory,
     names: Iterable[str],
     ipv6: dict[str, tuple[str, ...]] | None = None,
-) -> dict[str, Any]:
+) -> Registry:
     """The versioned registry of the hosts ``names`` (the joined ones) of ``inventory``.
 
     Each endpoint carries its host's IPv6 addresses, so that the other hosts'
@@ -183,13 +184,9 @@ def registry_for(
     """
     wanted = set(names)
     subset = Inventory(tuple(h for h in inventory.hosts if h.name in wanted), inventory.vips)
-    services: dict[str, Any] = subset.registry(0, ro.ws.config.defaults.mesh_port)["services"]
     known = {name: tuple(r.get("ipv6", ())) for name, r in state.joined(ro.ws).items()}
     known |= ipv6 or {}
-    for service in services.values():
-        for endpoint in service["endpoints"]:
-            if known.get(endpoint["host"]):
-                endpoint["ipv6"] = list(known[endpoint["host"]])
+    services = subset.services(ro.ws.config.defaults.mesh_port, known)
     return state.versioned_registry(ro.ws, services)
 
 
@@ -220,7 +217,7 @@ def join(ro: Rollout, hosts: list[HostSpec], dry_run: bool) -> list[Outcome]:
         finally:  # also on Ctrl-C: the hosts that finished are joined, and recorded as such
             for s in ready:
                 if s.outcome.status in {"joined", "converged"}:
-                    record = _record(s, registry["version"], ro.now())
+                    record = _record(s, registry.version, ro.now())
                     state.record_join(ro.ws, s.host.name, record)
         return [s.outcome for s in sessions]
     finally:
@@ -277,16 +274,16 @@ def _name_hosts(ro: Rollout, sessions: list[_Session]) -> Inventory:
     return inventory
 
 
-def _plan(ro: Rollout, s: _Session, registry: dict[str, Any]) -> None:
+def _plan(ro: Rollout, s: _Session, registry: Registry) -> None:
     facts = s.outcome.facts
     assert facts is not None and s.transport is not None
     ro.progress(s.outcome.host, "preparing meshd for its Python")
     s.outcome.desired = ro.desired(s.host, registry, ro.bundle_for(facts).version)
     seen = facts.registry.get("version", 0) if facts.registry else 0
-    if isinstance(seen, int) and seen > registry["version"]:
+    if isinstance(seen, int) and seen > registry.version:
         raise ProvisionError(
             f"{s.outcome.host} has registry version {seen}, newer than this workspace's "
-            f"{registry['version']}: another copy of the workspace changed the mesh",
+            f"{registry.version}: another copy of the workspace changed the mesh",
             hint="bring this workspace up to date (git pull) and run the command again",
         )
     s.outcome.plan = ro.plan(facts, s.outcome.desired)
@@ -347,8 +344,8 @@ def push_registry(ro: Rollout, names: Iterable[str]) -> list[Outcome]:
 
         def send() -> None:
             endpoint = ro.endpoint(host)
-            ro.progress(host.name, f"pushing registry version {registry['version']}")
-            result = client.put_document(endpoint, "registry", registry)
+            ro.progress(host.name, f"pushing registry version {registry.version}")
+            result = client.put_document(endpoint, "registry", registry.to_dict())
             version = result.get("version")
             if result.get("status") != "applied":
                 # meshd had it already: nothing new to wait for, but an earlier push whose

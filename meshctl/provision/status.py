@@ -19,6 +19,7 @@ from meshctl.provision import facts as facts_mod
 from meshctl.provision.plan import rules_present
 from meshctl.provision.rollout import Rollout, parallel, registry_for
 from meshd.errors import MeshError, ProvisionError
+from meshd.registry import Registry
 from meshd.rules import FILTER, NAT, REDIRECT, REJECT, V6, our_jumps
 
 WARN_LIFE_LEFT = 1 / 3  # warn when less than a third of the certificate's life is left
@@ -100,7 +101,7 @@ def survey(ro: Rollout) -> list[HostStatus]:
 
     def one(host: HostSpec) -> HostStatus:
         status = HostStatus(host.name, host.address, host.name in members, host.fail_mode)
-        status.expected_registry = registry["version"]
+        status.expected_registry = registry.version
         try:
             _ssh_look(ro, host, status, registry)
         except MeshError as e:
@@ -115,7 +116,7 @@ def survey(ro: Rollout) -> list[HostStatus]:
     return parallel(one, inventory.hosts)
 
 
-def _ssh_look(ro: Rollout, host: HostSpec, status: HostStatus, registry: dict[str, Any]) -> None:
+def _ssh_look(ro: Rollout, host: HostSpec, status: HostStatus, registry: Registry) -> None:
     transport = ro.connect(ro.ws, host, ro.ssh)
     try:
         facts = facts_mod.gather(transport, VIP)

@@ -134,6 +134,6 @@ def test_the_registry_lists_each_hosts_ipv6_addresses(tmp_path: Path) -> None:
     state.record_join(ws, "api1", {"address": "10.0.0.2"})  # joined before IPv6 was gathered
     ro = Rollout(ws, SshOptions())
     registry = registry_for(ro, inventory, ("web1", "api1", "db1"), {"db1": ("fd00::3",)})
-    endpoints = {s: e for s, v in registry["services"].items() for e in v["endpoints"]}
+    endpoints = {s: e for s, v in registry.to_dict()["services"].items() for e in v["endpoints"]}
     assert endpoints["web"]["ipv6"] == ["fd00::1"] and endpoints["db"]["ipv6"] == ["fd00::3"]
     assert "ipv6" not in endpoints["api"]
