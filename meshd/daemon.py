@@ -32,6 +32,7 @@ from meshd.config import MeshdConfig
 from meshd.documents import Documents, Layered, layer
 from meshd.errors import MeshError
 from meshd.host import allocator
+from meshd.host.registryfiles import synced_version
 from meshd.host.systemd import Notifier, watchdog
 from meshd.netfacts import fmt, ipv6_absent
 from meshd.proxy.connect import Connector
@@ -46,7 +47,6 @@ from meshd.runtime import (
     Runtime,
     load_files,
     restart_needed,
-    synced_version,
 )
 from meshd.store import DocumentStore
 from meshd.telemetry.logs import peer_lines

@@ -33,6 +33,7 @@ from typing import Any, Literal, TypeVar
 
 from meshd.errors import ConfigError, MeshError
 from meshd.files import sync_directory, write_temp
+from meshd.paths import pushed_document
 from meshd.schema import TOO_DEEP, Fields
 
 KINDS = ("registry", "config", "policy", "certs")
@@ -195,7 +196,7 @@ class DocumentStore:
             _commit(staged)  # a set-aside push stays reported: only a new push answers it
 
     def _load(self, directory: Path, kind: str) -> None:
-        path, slot = directory / f"{kind}.json", self._slots[kind]
+        path, slot = pushed_document(directory, kind), self._slots[kind]
         try:
             slot.current = _read(path, kind)
         except ConfigError as e:
@@ -209,7 +210,7 @@ class DocumentStore:
     def _move_aside(self, kind: str) -> Path | None:
         if self.directory is None:
             return None
-        path = self.directory / f"{kind}.json"
+        path = pushed_document(self.directory, kind)
         kept = path.with_name(f"{kind}.rejected.json")
         try:
             path.replace(kept)  # kept for the operator to look at; never read again
@@ -247,7 +248,7 @@ class DocumentStore:
     def _stage(self, kind: str, new: Doc, old: Doc | None) -> list[tuple[Path, Path]]:
         if self.directory is None:
             return []
-        pairs = [(self.directory / f"{kind}.json", new)]
+        pairs = [(pushed_document(self.directory, kind), new)]
         if old is not None:
             pairs.insert(0, (self.directory / f"{kind}.prev.json", old))
         else:  # a previous left from before a document was set aside is not ours to restore

@@ -82,7 +82,7 @@ def meshd_config(mesh: MeshConfig, host: HostSpec, ssh_ports: tuple[int, ...]) -
         f'inbound = "0.0.0.0:{d.inbound_port}"',
         f'mesh = "0.0.0.0:{d.mesh_port}"',
         f'admin = "{host.address}:{d.admin_port}"',
-        'admin_socket = "/run/meshd/admin.sock"',
+        f'admin_socket = "{layout.ADMIN_SOCKET}"',
         "",
         "[mesh]",
         f'mtls = "{d.mtls}"',

@@ -25,10 +25,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshctl.ca import sign_csr
 from meshd.config import MeshdConfig
+from meshd.host.registryfiles import mark_synced, synced_version
 from meshd.host.reloading import local_stats
 from meshd.identity import SpiffeId
 from meshd.pki import build_csr, cert_pem
-from meshd.runtime import mark_synced, synced_version
 from tests.meshd.harness import Meshd, MeshNet
 from tests.meshd.pairs import Pair, mesh_client
 from tests.meshd.tlsfixtures import Identity

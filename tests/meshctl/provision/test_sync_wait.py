@@ -15,7 +15,7 @@ from meshctl.admin_client import AdminClient, AdminEndpoint
 from meshctl.provision import layout, rollout
 from meshd.config import MeshdConfig
 from meshd.errors import ProvisionError
-from meshd.runtime import synced_path
+from meshd.host.registryfiles import synced_path
 
 ENDPOINT = AdminEndpoint("web1", "10.0.0.11", 15001)
 GOLDEN = Path(__file__).parent / "golden"
