@@ -32,13 +32,13 @@ from meshd.errors import CertificateError, ConfigError, MeshError
 from meshd.registry import Registry, check_vip_range
 from meshd.runtime import (
     NO_PUSH,
-    CertificateSource,
     Files,
     Runtime,
     check_identity,
     restart_needed,
 )
 from meshd.schema import Fields, read_toml
+from meshd.stats import CertificateSource
 from meshd.store import DocumentStore
 from meshd.tls.context import TlsMaterial
 

@@ -3,9 +3,9 @@
 Components read the current values on every new connection, so a reload
 (SIGHUP or admin PUT) swaps a reference and connections made before keep
 what they started with. ``load_files`` reads what the files in /etc say (the
-base pushed documents go on top of); ``CertificateSource`` says whose
-certificate meshd runs and why, ``ReloadOutcome`` how the last reload went,
-both as /stats reports them.
+base pushed documents go on top of); ``certificate`` (a
+``meshd.stats.CertificateSource``) says whose certificate meshd runs and why,
+``ReloadOutcome`` how the last reload went, both as /stats reports them.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import datetime as dt
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from anyio.abc import TaskGroup
 
@@ -24,6 +24,7 @@ from meshd.errors import ConfigError, MeshError
 from meshd.host.registryfiles import load_registry
 from meshd.identity import SpiffeId, make_id
 from meshd.registry import Registry
+from meshd.stats import CertificateSource, ReloadReport
 from meshd.telemetry.events import EventBus
 from meshd.tls.context import TlsMaterial
 
@@ -78,33 +79,17 @@ NO_PUSH = "no certificate pushed"
 
 
 @dataclass(frozen=True)
-class CertificateSource:
-    """Which certificate meshd runs, the files' or a pushed one, and why (as /stats says)."""
-
-    layer: Literal["files", "pushed"]
-    version: int | None  # of the pushed certs document, when that is the one
-    reason: str
-
-    def describe(self) -> str:
-        where = "the files" if self.layer == "files" else f"pushed certs version {self.version}"
-        return f"certificate from {where}: {self.reason}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"layer": self.layer, "version": self.version, "reason": self.reason}
-
-
-@dataclass(frozen=True)
 class ReloadOutcome:
-    """How the last reload went (generation 0: the start), as /stats reports it."""
+    """How the last reload went (generation 0: the start); /stats reports it (``report``)."""
 
     generation: int
     ok: bool
     message: str
     at: float = field(default_factory=time.time)
 
-    def to_dict(self) -> dict[str, Any]:
+    def report(self) -> ReloadReport:
         when = dt.datetime.fromtimestamp(self.at, dt.UTC).isoformat(timespec="milliseconds")
-        return {"generation": self.generation, "ok": self.ok, "message": self.message, "at": when}
+        return ReloadReport(self.generation, self.ok, self.message, when)
 
 
 @dataclass

@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -35,8 +35,7 @@ from meshd.errors import ConfigError, MeshError
 from meshd.files import sync_directory, write_temp
 from meshd.paths import pushed_document
 from meshd.schema import TOO_DEEP, Fields
-
-KINDS = ("registry", "config", "policy", "certs")
+from meshd.stats import KINDS, SetAside
 
 T = TypeVar("T")
 Doc = dict[str, Any]
@@ -62,16 +61,6 @@ class ApplyError(MeshError):
 class PutResult:
     status: Literal["applied", "unchanged"]
     version: int
-
-
-@dataclass(frozen=True)
-class SetAside:
-    """A stored document meshd no longer runs: why, and where the file went."""
-
-    version: int | None  # None when the file could not be read as a document
-    reason: str
-    kept: str | None  # the file it was moved to, if any
-    at: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -164,7 +153,8 @@ class DocumentStore:
             version = None if slot.current is None else int(slot.current["version"])
             slot.current = slot.previous = None
             kept = self._move_aside(kind)
-            self._set_aside[kind] = SetAside(version, reason, None if kept is None else str(kept))
+            kept_at = None if kept is None else str(kept)
+            self._set_aside[kind] = SetAside(version, reason, kept_at, time.time())
         log.error(
             "set aside the pushed %s document%s (%s), running without it: %s",
             kind,
@@ -201,7 +191,8 @@ class DocumentStore:
             slot.current = _read(path, kind)
         except ConfigError as e:
             kept = self._move_aside(kind)
-            self._set_aside[kind] = SetAside(None, e.message, None if kept is None else str(kept))
+            kept_at = None if kept is None else str(kept)
+            self._set_aside[kind] = SetAside(None, e.message, kept_at, time.time())
             log.error("set aside %s, running without it: %s", path, e.message)
             return
         if slot.current is not None:

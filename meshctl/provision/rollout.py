@@ -36,6 +36,7 @@ from meshd.errors import MeshError, ProvisionError
 from meshd.identity import SpiffeId, check_name
 from meshd.pki import cert_pem, load_certs
 from meshd.registry import Registry
+from meshd.stats import UNREPORTED, Stats
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -376,10 +377,9 @@ def _wait_synced(
     """
     deadline = time.monotonic() + ro.sync_wait
     while True:
-        stats = client.stats(endpoint)
-        if "synced_registry_version" not in stats:
+        seen = client.stats(endpoint).synced_registry_version
+        if seen is UNREPORTED:
             return False
-        seen = stats["synced_registry_version"]
         if isinstance(seen, int) and isinstance(version, int) and seen >= version:
             return True
         if time.monotonic() >= deadline:
@@ -387,13 +387,13 @@ def _wait_synced(
         time.sleep(0.2)
 
 
-def _check_not_behind(stats: dict[str, Any], host: str, version: object) -> None:
+def _check_not_behind(stats: Stats, host: str, version: object) -> None:
     """For a push meshd already had: fail if its sync is known to lag behind it.
 
     No note at all (none since boot, or a meshd from before ``meshd sync``) is
     not a failure here: the boot-time rules come from the same registry.
     """
-    seen = stats.get("synced_registry_version")
+    seen = stats.synced_registry_version
     if isinstance(seen, int) and isinstance(version, int) and seen < version:
         raise _not_followed(host, version, seen, "since it was pushed")
 

@@ -21,6 +21,7 @@ from meshctl.provision.rollout import Rollout, parallel, registry_for
 from meshd.errors import MeshError, ProvisionError
 from meshd.registry import Registry
 from meshd.rules import FILTER, NAT, REDIRECT, REJECT, V6, our_jumps
+from meshd.stats import Stats
 
 WARN_LIFE_LEFT = 1 / 3  # warn when less than a third of the certificate's life is left
 
@@ -162,10 +163,10 @@ def _cert_look(pem: str, now: dt.datetime, status: HostStatus) -> None:
     status.cert_life_left = max(0.0, (cert.not_valid_after_utc - now) / life)
 
 
-def _admin_look(stats: dict[str, Any], status: HostStatus) -> None:
-    status.ready = bool(stats.get("ready")) and not stats.get("draining")
-    status.version = stats.get("version")
-    status.uptime_seconds = stats.get("uptime_seconds")
-    status.registry_version = stats.get("registry_version")
-    status.config_version = stats.get("documents", {}).get("config")
-    status.ipv6 = stats.get("ipv6")
+def _admin_look(stats: Stats, status: HostStatus) -> None:
+    status.ready = stats.ready and not stats.draining
+    status.version = stats.version
+    status.uptime_seconds = stats.uptime_seconds
+    status.registry_version = stats.registry_version
+    status.config_version = stats.documents.get("config")
+    status.ipv6 = stats.ipv6

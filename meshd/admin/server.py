@@ -116,11 +116,6 @@ class AdminServer:
         self.local = 0  # unix socket connections open
         self.counters = dict.fromkeys(COUNTERS, 0)
 
-    def stats(self) -> dict[str, int]:
-        rooms = {"silent": len(self.silent), "handshakes": len(self.handshakes)}
-        more = {"bad_requests": self.http.bad_requests, "lingering": self.http.lingering}
-        return {**self.counters, **more, "active": self.sessions, "local": self.local, **rooms}
-
     async def serve(
         self,
         address: tuple[str, int],

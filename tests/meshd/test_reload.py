@@ -189,7 +189,7 @@ def test_stats_report_the_registry_version_meshd_sync_applied(net: MeshNet) -> N
 
 def local(net: MeshNet, meshd: Meshd) -> dict[str, Any]:
     """/stats over the local socket (it answers whatever certificate meshd runs)."""
-    return local_stats(net.dir / f"{meshd.name}.sock")
+    return local_stats(net.dir / f"{meshd.name}.sock").to_json()  # meshd reload's reader
 
 
 def sighup(net: MeshNet, meshd: Meshd) -> dict[str, Any]:
