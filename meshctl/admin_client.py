@@ -13,7 +13,8 @@ becomes ProvisionError carrying meshd's own message and hint::
 
     client = AdminClient.for_workspace(ws)
     web1 = AdminEndpoint("web1", "10.0.0.5", ws.config.defaults.admin_port)
-    client.put_document(web1, "registry", {"version": 7, "services": {...}})
+    client.put_document(web1, "registry", registry.to_dict())  # a meshd.registry.Registry
+    client.stats(web1).registry_version  # /stats, typed: meshd.stats.Stats
 """
 
 from __future__ import annotations
