@@ -13,7 +13,8 @@ becomes ProvisionError carrying meshd's own message and hint::
 
     client = AdminClient.for_workspace(ws)
     web1 = AdminEndpoint("web1", "10.0.0.5", ws.config.defaults.admin_port)
-    client.put_document(web1, "registry", {"version": 7, "services": {...}})
+    client.put_document(web1, "registry", registry.to_dict())  # a meshd.registry.Registry
+    client.stats(web1).registry_version  # /stats, typed: meshd.stats.Stats
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from cryptography import x509
 from meshctl.workspace import Workspace
 from meshd.errors import CertificateError, ConfigError, ConnectError, ProvisionError
 from meshd.identity import make_id
-from meshd.store import KINDS
+from meshd.stats import KINDS, Stats
 from meshd.tls.context import ALPN_ADMIN, mutual_context
 
 DEFAULT_TIMEOUT = 5.0
@@ -122,10 +123,12 @@ class AdminClient:
         reply = self.request(endpoint, "PUT", _document_path(kind), doc)
         return _object(_checked(reply, endpoint, f"pushing {kind}"), endpoint, kind)
 
-    def stats(self, endpoint: AdminEndpoint) -> dict[str, Any]:
-        """meshd's /stats: version, identities, documents, links, listeners."""
+    def stats(self, endpoint: AdminEndpoint) -> Stats:
+        """meshd's /stats: version, identities, documents, links, listeners (``meshd.stats``)."""
         reply = self.request(endpoint, "GET", "/stats")
-        return _object(_checked(reply, endpoint, "reading stats"), endpoint, "stats")
+        return Stats.from_json(
+            _object(_checked(reply, endpoint, "reading stats"), endpoint, "stats")
+        )
 
     def _connect(self, endpoint: AdminEndpoint, deadline: float) -> ssl.SSLSocket:
         raw = socket.create_connection((endpoint.address, endpoint.port), _remaining(deadline))

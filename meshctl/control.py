@@ -14,13 +14,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from meshctl import state
 from meshctl.admin_client import AdminClient, AdminEndpoint
 from meshctl.fleet import Fleet, HostResults, fan_out
 from meshctl.inventory import HostSpec, Inventory
 from meshd.errors import ProvisionError
+from meshd.registry import Registry
+from meshd.stats import UNREPORTED, Stats
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ def registry_for(
     inventory: Inventory,
     names: Iterable[str],
     ipv6: dict[str, tuple[str, ...]] | None = None,
-) -> dict[str, Any]:
+) -> Registry:
     """The versioned registry of the hosts ``names`` (the joined ones) of ``inventory``.
 
     Each endpoint carries its host's IPv6 addresses, so that the other hosts'
@@ -45,17 +46,13 @@ def registry_for(
     """
     wanted = set(names)
     subset = Inventory(tuple(h for h in inventory.hosts if h.name in wanted), inventory.vips)
-    services: dict[str, Any] = subset.registry(0, fleet.ws.config.defaults.mesh_port)["services"]
     known = {name: tuple(r.get("ipv6", ())) for name, r in state.joined(fleet.ws).items()}
     known |= ipv6 or {}
-    for service in services.values():
-        for endpoint in service["endpoints"]:
-            if known.get(endpoint["host"]):
-                endpoint["ipv6"] = list(known[endpoint["host"]])
+    services = subset.services(fleet.ws.config.defaults.mesh_port, known)
     return state.versioned_registry(fleet.ws, services)
 
 
-def current_registry(fleet: Fleet) -> dict[str, Any]:
+def current_registry(fleet: Fleet) -> Registry:
     """The registry of the workspace's joined hosts, as it stands now."""
     return registry_for(fleet, state.load_inventory(fleet.ws), state.joined(fleet.ws))
 
@@ -72,11 +69,11 @@ def push_registry(fleet: Fleet, names: Iterable[str]) -> HostResults[Pushed]:
     return fan_out(lambda host: _push(fleet, client, host, registry), targets)
 
 
-def _push(fleet: Fleet, client: AdminClient, host: HostSpec, registry: dict[str, Any]) -> Pushed:
+def _push(fleet: Fleet, client: AdminClient, host: HostSpec, registry: Registry) -> Pushed:
     """One host takes ``registry``; then its rules and names must follow it."""
     endpoint = fleet.endpoint(host)
-    fleet.progress(host.name, f"pushing registry version {registry['version']}")
-    result = client.put_document(endpoint, "registry", registry)
+    fleet.progress(host.name, f"pushing registry version {registry.version}")
+    result = client.put_document(endpoint, "registry", registry.to_dict())
     version = result.get("version")
     if result.get("status") != "applied":
         # meshd had it already: nothing new to wait for, but an earlier push whose
@@ -101,10 +98,9 @@ def _wait_synced(
     """
     deadline = time.monotonic() + fleet.sync_wait
     while True:
-        stats = client.stats(endpoint)
-        if "synced_registry_version" not in stats:
+        seen = client.stats(endpoint).synced_registry_version
+        if seen is UNREPORTED:
             return False
-        seen = stats["synced_registry_version"]
         if isinstance(seen, int) and isinstance(version, int) and seen >= version:
             return True
         if time.monotonic() >= deadline:
@@ -112,13 +108,13 @@ def _wait_synced(
         time.sleep(0.2)
 
 
-def _check_not_behind(stats: dict[str, Any], host: str, version: object) -> None:
+def _check_not_behind(stats: Stats, host: str, version: object) -> None:
     """For a push meshd already had: fail if its sync is known to lag behind it.
 
     No note at all (none since boot, or a meshd from before ``meshd sync``) is
     not a failure here: the boot-time rules come from the same registry.
     """
-    seen = stats.get("synced_registry_version")
+    seen = stats.synced_registry_version
     if isinstance(seen, int) and isinstance(version, int) and seen < version:
         raise _not_followed(host, version, seen, "since it was pushed")
 

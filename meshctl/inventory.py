@@ -22,12 +22,13 @@ derived documents meshctl pushes: the registry and each host's identities.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from meshd.errors import ConfigError
 from meshd.identity import SpiffeId, check_name, check_user, make_id
-from meshd.registry import check_label
+from meshd.registry import Endpoint, Registry, Service, check_label
 from meshd.schema import Fields
 
 VIP_RANGE = ipaddress.ip_network("10.255.0.0/16")
@@ -84,25 +85,25 @@ class Inventory:
                 taken[service] = next(free)
         return replace(self, vips=tuple(sorted(taken.items())))
 
-    def registry(self, version: int, mesh_port: int) -> dict[str, Any]:
-        """The registry document every meshd gets (see meshd.registry)."""
-        vips = dict(self.vips)
-        services: dict[str, Any] = {}
+    def registry(
+        self, version: int, mesh_port: int, ipv6: Mapping[str, tuple[str, ...]] | None = None
+    ) -> Registry:
+        """The registry every meshd gets (the shape is meshd.registry's)."""
+        return Registry.of(version, self.services(mesh_port, ipv6 or {}))
+
+    def services(self, mesh_port: int, ipv6: Mapping[str, tuple[str, ...]]) -> list[Service]:
+        """Each service with an endpoint per host running it; ``ipv6``: host -> its addresses."""
+        vips, ports = dict(self.vips), dict[str, int]()
+        endpoints: dict[str, list[Endpoint]] = {}
         for host in self.hosts:
+            addresses6 = ipv6.get(host.name, ())
             for s in host.services:
-                entry = services.setdefault(
-                    s.name, {"vip": vips[s.name], "port": s.port, "endpoints": []}
+                ports.setdefault(s.name, s.port)  # one port per service (``_check``)
+                endpoint = Endpoint(
+                    host.name, host.address, s.port, mesh_port, host.labels, addresses6
                 )
-                entry["endpoints"].append(
-                    {
-                        "host": host.name,
-                        "address": host.address,
-                        "port": s.port,
-                        "mesh_port": mesh_port,
-                        "labels": dict(host.labels),
-                    }
-                )
-        return {"version": version, "services": dict(sorted(services.items()))}
+                endpoints.setdefault(s.name, []).append(endpoint)
+        return [Service(n, vips[n], ports[n], tuple(e)) for n, e in endpoints.items()]
 
     def to_toml_dict(self) -> dict[str, Any]:
         hosts: dict[str, Any] = {}

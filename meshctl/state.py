@@ -12,7 +12,7 @@ import contextlib
 import fcntl
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from meshctl import files
 from meshctl.inventory import Inventory
 from meshctl.workspace import HOSTS_HEADER, Workspace
 from meshd.errors import ConfigError
+from meshd.registry import Registry, Service
 from meshd.schema import read_toml
 
 
@@ -95,17 +96,18 @@ def forget_host(ws: Workspace, name: str) -> None:
     (_records(ws) / f"{name}.json").unlink(missing_ok=True)
 
 
-def versioned_registry(ws: Workspace, services: dict[str, Any]) -> dict[str, Any]:
-    """The registry document for ``services``: same version when unchanged, else the next one."""
+def versioned_registry(ws: Workspace, services: Iterable[Service]) -> Registry:
+    """The registry of ``services``: the recorded version when unchanged, else the next one."""
     path = ws.root / "applied" / "registry.json"
     last: dict[str, Any] = (
         json.loads(path.read_text()) if path.exists() else {"version": 0, "services": None}
     )
-    if last["services"] == services:
-        return dict(last)
-    return {"version": int(last["version"]) + 1, "services": services}
+    registry = Registry.of(int(last["version"]), services)
+    if last["services"] == registry.to_dict()["services"]:  # as recorded, by the same writer
+        return registry
+    return registry.with_version(registry.version + 1)
 
 
-def record_registry(ws: Workspace, registry: dict[str, Any]) -> None:
+def record_registry(ws: Workspace, registry: Registry) -> None:
     path = ws.root / "applied" / "registry.json"
-    write_atomic(path, json.dumps(registry, indent=2, sort_keys=True))
+    write_atomic(path, json.dumps(registry.to_dict(), indent=2, sort_keys=True))

@@ -13,19 +13,19 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from meshd import __version__
+from meshd import __version__, paths
 from meshd.config import MeshdConfig
 from meshd.errors import MeshError
 
 EXIT_ERROR = 1
-HOSTS_FILE = Path("/etc/hosts")
+HOSTS_FILE = Path(paths.HOSTS_FILE)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshd", description="The mesh's per-host proxy daemon.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("version", help="print meshd's version")
-    config = "--config /etc/meshd/meshd.toml"
+    config = f"--config {paths.CONFIG}"
     _config_command(sub, "run", "run the proxy daemon", f"meshd run {config}")
     _config_command(
         sub,
@@ -125,8 +125,8 @@ def _left_out(documents: str) -> None:
 def rules(action: str, path: Path) -> None:
     """``meshd rules apply|remove|show``."""
     from meshd.host import interception  # noqa: PLC0415 - only this command runs iptables
+    from meshd.host.registryfiles import effective_registry  # noqa: PLC0415
     from meshd.rules import V6, apply_document, ruleset  # noqa: PLC0415
-    from meshd.runtime import effective_registry  # noqa: PLC0415
 
     if action == "show":
         config = MeshdConfig.load(path)
@@ -148,8 +148,8 @@ def rules(action: str, path: Path) -> None:
 def hosts(action: str, path: Path, hosts_file: Path) -> None:
     """``meshd hosts apply|remove|show``."""
     from meshd.host import hostnames  # noqa: PLC0415 - only this command writes /etc/hosts
+    from meshd.host.registryfiles import effective_registry  # noqa: PLC0415
     from meshd.hostsfile import with_block  # noqa: PLC0415
-    from meshd.runtime import effective_registry  # noqa: PLC0415
 
     config = MeshdConfig.load(path)
     if action == "remove":
@@ -178,7 +178,7 @@ def sync(path: Path, hosts_file: Path, while_active: str | None = None) -> None:
     lock, so a sync cannot put them back behind it.
     """
     from meshd.host import hostnames, interception  # noqa: PLC0415 - root-only work
-    from meshd.runtime import effective_registry, mark_synced  # noqa: PLC0415
+    from meshd.host.registryfiles import effective_registry, mark_synced  # noqa: PLC0415
 
     with interception.locked_config(path) as config:
         if while_active is not None and not interception.unit_active(while_active):

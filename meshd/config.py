@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from meshd import paths
 from meshd.configcheck import check_across_tables
 from meshd.errors import ConfigError
 from meshd.identity import SpiffeId, check_name, check_user, make_id, trust_domain_problem
@@ -78,7 +79,7 @@ class ListenConfig:
     inbound: Address = (ANY, 15006)
     mesh: Address = (ANY, 15443)
     admin: Address = (ANY, 15000)
-    admin_socket: Path | None = Path("/run/meshd/admin.sock")
+    admin_socket: Path | None = Path(paths.ADMIN_SOCKET)
     # IPv6 twins of the listeners the rules redirect to (ip6tables redirects there)
     ipv6: bool = True
 
@@ -100,10 +101,10 @@ class InterceptionConfig:
     """What the redirect rules (``meshd rules apply``) need besides ports and services."""
 
     vip_range: str = "10.255.0.0/16"
-    meshd_user: str = "meshd"
+    meshd_user: str = paths.USER
     ssh_ports: tuple[int, ...] = (22,)  # never intercepted: the operator must keep SSH
     # which rule set is installed; in /run so that it goes at reboot, like the rules
-    rules_record: Path = Path("/run/meshd-rules.sha256")
+    rules_record: Path = Path(paths.RULES_RECORD)
     # where ``rules apply`` writes the rules it applied as a script needing no meshd (the
     # boot-time fallback of closed fail mode, see meshd.rules.fallback_script); None: nowhere
     fallback_rules: Path | None = None

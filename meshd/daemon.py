@@ -32,6 +32,7 @@ from meshd.config import MeshdConfig
 from meshd.documents import Documents, Layered, layer
 from meshd.errors import MeshError
 from meshd.host import allocator
+from meshd.host.registryfiles import synced_version
 from meshd.host.systemd import Notifier, watchdog
 from meshd.netfacts import fmt, ipv6_absent
 from meshd.proxy.connect import Connector
@@ -46,8 +47,8 @@ from meshd.runtime import (
     Runtime,
     load_files,
     restart_needed,
-    synced_version,
 )
+from meshd.stats import EventCounts, HandshakeCounts, HeapCounts, LinkIn, LinkOut, Stats
 from meshd.store import DocumentStore
 from meshd.telemetry.logs import peer_lines
 from meshd.telemetry.metrics import Metrics
@@ -387,49 +388,41 @@ class _Backend:
         d.metrics.collect()
         return d.metrics.render()
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> Stats:
         d, rt = self.daemon, self.daemon.rt
-        return {
-            "version": rt.version,
-            "pid": os.getpid(),  # what ``meshd reload`` signals
-            "host": rt.config.identity.host,
-            "identities": sorted(str(i) for i in rt.tls.ids),
-            "certificate_not_after": rt.tls.not_after.isoformat(),
-            # whose certificate runs (the files' or a pushed one) and why
-            "certificate": rt.certificate.to_dict(),
-            "uptime_seconds": round(time.time() - rt.started, 1),
-            "ready": rt.ready,
-            "draining": rt.draining,
-            "active_connections": rt.active,
-            "documents": d.store.versions(),
-            # stored documents that no longer validate on this host's files: meshd runs without
-            "documents_set_aside": {
-                kind: {"version": a.version, "reason": a.reason, "kept": a.kept, "at": a.at}
-                for kind, a in d.store.set_aside_documents().items()
-            },
-            "reload": rt.last_reload.to_dict(),  # ``meshd reload`` waits for its generation
-            "registry_version": rt.registry.version,
-            # the registry whose rules and /etc/hosts names meshd-sync.service put in place
-            "synced_registry_version": synced_version(rt.config),
-            "mtls": rt.config.mtls,
-            "links_out": [
-                {"peer": fmt(k), "streams": len(link.streams)} for k, link in d.pool.links.items()
-            ],
-            "links_in": [
-                {"peer": str(link.peer), "address": link.peer_address, "streams": len(link.streams)}
+        return Stats(
+            version=rt.version,
+            pid=os.getpid(),
+            host=rt.config.identity.host,
+            identities=tuple(sorted(str(i) for i in rt.tls.ids)),
+            certificate_not_after=rt.tls.not_after.isoformat(),
+            certificate=rt.certificate,
+            uptime_seconds=round(time.time() - rt.started, 1),
+            ready=rt.ready,
+            draining=rt.draining,
+            active_connections=rt.active,
+            documents=d.store.versions(),
+            documents_set_aside=d.store.set_aside_documents(),
+            reload=rt.last_reload.report(),
+            registry_version=rt.registry.version,
+            synced_registry_version=synced_version(rt.config),
+            mtls=rt.config.mtls,
+            links_out=tuple(LinkOut(fmt(k), len(link.streams)) for k, link in d.pool.links.items()),
+            links_in=tuple(
+                LinkIn(str(link.peer), link.peer_address, len(link.streams))
                 for link in d.mesh.links
-            ],
-            "events": {"published": rt.bus.published, "dropped": d.metrics.dropped()},
-            "listeners": {k: fmt(v) for k, v in rt.bound.items()},
-            "handshakes": {
-                "mesh": len(d.mesh_gate),
-                "mesh_silent": len(d.mesh_silent),
-                "mesh_evicted": d.mesh_gate.evicted + d.mesh_silent.evicted,
-                "mesh_turned_away": d.mesh_gate.turned_away,
-            },
-            "heap": {"free_bytes": d.heap.free(), "trims": d.heap.trims},
-            "ipv6": d.ipv6,
-        }
+            ),
+            events=EventCounts(rt.bus.published, d.metrics.dropped()),
+            listeners={k: fmt(v) for k, v in rt.bound.items()},
+            handshakes=HandshakeCounts(
+                len(d.mesh_gate),
+                len(d.mesh_silent),
+                d.mesh_gate.evicted + d.mesh_silent.evicted,
+                d.mesh_gate.turned_away,
+            ),
+            heap=HeapCounts(d.heap.free(), d.heap.trims),
+            ipv6=d.ipv6,
+        )
 
 
 def _cannot_listen(name: str, address: tuple[str, int], e: OSError) -> MeshError:

@@ -1,22 +1,34 @@
-"""The documents meshctl pushes over the admin API: how each is validated and layered.
+"""The documents meshctl pushes over the admin API: how each is validated, applied, layered.
 
-    registry  {"version": N, "services": {...}}                 (meshd.registry)
+    registry  {"version": N, "services": {...}}                 (shape: meshd.registry)
     config    {"version": N, "toml": "<meshd.toml text>"}
     certs     {"version": N, "cert_pem": "...", "bundle_pem": "..."}   (the key stays here)
     policy    {"version": N}            (until the policy engine exists: nothing else)
 
-Every field is validated at the door, so that applying is swapping
-references. Pushed documents are kept by the store in the state directory,
-not written over the files in /etc: those are the host's bootstrap. At start
-and on SIGHUP the running state is built the same way, by ``layer``: the
-files first (config and registry must be valid, or nothing changes), then
-each pushed document on top of them. A pushed document that no longer
-validates on those files (an expired certificate, a registry an older meshd
-accepted) is set aside, never a reason to refuse the files. The certificate
-is the one exception to "pushed on top": the files' and the pushed one are
-both candidates, and meshd runs whichever validates, the later to expire
-when both do (``choose_tls``); it refuses to run only when neither does. A
-push of one kind replaces just that layer.
+(The kinds themselves are ``meshd.stats.KINDS``, the admin API's contract.)
+``Documents`` registers a validator and an apply hook for each kind on the
+daemon's ``DocumentStore`` (``meshd.store``: versions, persistence,
+rollback). A push is validated against what meshd runs: a registry's VIPs
+must lie in this host's vip_range; a config may change its live parts
+(limits, timeouts, mTLS mode, logging) but neither what the rules and
+``meshd sync`` read from the file (identity files, ``[[services]]``,
+``[interception]``, the registry path) nor what needs a restart (host name,
+state directory, listeners); a certificate must carry this host's identity,
+fit its key and expire no earlier than a valid one in the files; a policy is
+a version only. Every field is checked at the door, so that applying is
+swapping references.
+
+Pushed documents stay in the state directory, never written over the files
+in /etc: those are the host's bootstrap. At start and on SIGHUP the running
+state is built the same way, by ``layer``: the files first (config and
+registry must be valid, or nothing changes), then each stored document on
+top of them. One that no longer validates on those files (an expired
+certificate, a registry an older meshd accepted) is set aside, never a
+reason to refuse the files; a registry file newer than the stored push
+becomes the store's current document (``Layered.record``). The certificate is
+the one exception to "pushed on top": the files' and the pushed one are both
+candidates, and meshd runs whichever validates, the later to expire when
+both do (``choose_tls``); it refuses to run only when neither does.
 """
 
 from __future__ import annotations
@@ -32,13 +44,13 @@ from meshd.errors import CertificateError, ConfigError, MeshError
 from meshd.registry import Registry, check_vip_range
 from meshd.runtime import (
     NO_PUSH,
-    CertificateSource,
     Files,
     Runtime,
     check_identity,
     restart_needed,
 )
 from meshd.schema import Fields, read_toml
+from meshd.stats import CertificateSource
 from meshd.store import DocumentStore
 from meshd.tls.context import TlsMaterial
 

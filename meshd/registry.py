@@ -1,7 +1,10 @@
 """The service registry: which services exist, their virtual IPs and endpoints.
 
-meshctl writes it and pushes it to every meshd (JSON, versioned); meshd maps
-an intercepted connection's original destination to a service through it.
+meshctl builds it (``meshctl.inventory``) and pushes it to every meshd (JSON,
+versioned); meshd maps an intercepted connection's original destination to a
+service through it. This module is the one place the shape is defined, both
+ways: ``Registry.to_dict`` (and ``to_json``, the file) is its only writer,
+``Registry.from_dict`` its only reader, and ``from_dict(r.to_dict()) == r``.
 Pure: parsing, validation and lookups, no I/O. Every field is checked at the
 door (names as DNS labels, addresses as one host's unicast address, ports, labels,
 the version's range), and ``check_vip_range`` holds the VIPs to the host's
@@ -22,7 +25,9 @@ connection to one of them is intercepted and mapped to the same endpoint.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,7 +99,25 @@ class Registry:
     def service(self, name: str) -> Service | None:
         return self._by_name.get(name)
 
+    @classmethod
+    def of(cls, version: int, services: Iterable[Service]) -> Registry:
+        """A registry of typed values, its services in name order (as ``from_dict`` keeps them)."""
+        return cls(version, tuple(sorted(services, key=lambda s: s.name)))
+
+    def with_version(self, version: int) -> Registry:
+        return Registry(version, self.services)
+
+    def checked(self, source: str) -> Registry:
+        """What meshd makes of this registry once written and read back; ConfigError if it
+        would refuse it (meshctl validates what it built before a host has to)."""
+        return Registry.from_dict(self.to_dict(), source)
+
+    def to_json(self) -> bytes:
+        """The registry file (``/etc/meshd/registry.json``), byte for byte."""
+        return (json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n").encode()
+
     def to_dict(self) -> dict[str, Any]:
+        """The JSON document meshd reads with ``from_dict``: what meshctl pushes and writes."""
         return {
             "version": self.version,
             "services": {

@@ -3,54 +3,32 @@
 Components read the current values on every new connection, so a reload
 (SIGHUP or admin PUT) swaps a reference and connections made before keep
 what they started with. ``load_files`` reads what the files in /etc say (the
-base pushed documents go on top of); ``CertificateSource`` says whose
-certificate meshd runs and why, ``ReloadOutcome`` how the last reload went,
-both as /stats reports them.
+base pushed documents go on top of); ``certificate`` (a
+``meshd.stats.CertificateSource``) says whose certificate meshd runs and why,
+``ReloadOutcome`` how the last reload went, both as /stats reports them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from anyio.abc import TaskGroup
 
 from meshd import __version__
 from meshd.config import MeshdConfig
 from meshd.errors import ConfigError, MeshError
-from meshd.files import write_atomic
+from meshd.host.registryfiles import load_registry
 from meshd.identity import SpiffeId, make_id
-from meshd.registry import ANY, Registry, check_vip_range
+from meshd.registry import Registry
+from meshd.stats import CertificateSource, ReloadReport
 from meshd.telemetry.events import EventBus
 from meshd.tls.context import TlsMaterial
 
 log = logging.getLogger("meshd")
-
-
-def load_registry(path: Path | None, vip_range: str, mesh_host: str = ANY) -> Registry:
-    """A registry file (an empty registry when there is none), checked against ``vip_range``
-    and where meshd listens for links (``check_vip_range``)."""
-    if path is None or not path.exists():
-        return Registry()
-    try:
-        doc = json.loads(path.read_text(), parse_constant=_not_json)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: line {e.lineno}: {e.msg}") from e
-    except (ValueError, RecursionError) as e:  # NaN, or an integer past 4300 digits
-        raise ConfigError(f"{path}: not JSON: {e}") from e
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path}: expected a JSON object")
-    registry = Registry.from_dict(doc, str(path))
-    return check_vip_range(registry, vip_range, str(path), mesh_host=mesh_host)
-
-
-def _not_json(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON number")
 
 
 @dataclass(frozen=True)
@@ -101,94 +79,17 @@ NO_PUSH = "no certificate pushed"
 
 
 @dataclass(frozen=True)
-class CertificateSource:
-    """Which certificate meshd runs, the files' or a pushed one, and why (as /stats says)."""
-
-    layer: Literal["files", "pushed"]
-    version: int | None  # of the pushed certs document, when that is the one
-    reason: str
-
-    def describe(self) -> str:
-        where = "the files" if self.layer == "files" else f"pushed certs version {self.version}"
-        return f"certificate from {where}: {self.reason}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"layer": self.layer, "version": self.version, "reason": self.reason}
-
-
-@dataclass(frozen=True)
 class ReloadOutcome:
-    """How the last reload went (generation 0: the start), as /stats reports it."""
+    """How the last reload went (generation 0: the start); /stats reports it (``report``)."""
 
     generation: int
     ok: bool
     message: str
     at: float = field(default_factory=time.time)
 
-    def to_dict(self) -> dict[str, Any]:
+    def report(self) -> ReloadReport:
         when = dt.datetime.fromtimestamp(self.at, dt.UTC).isoformat(timespec="milliseconds")
-        return {"generation": self.generation, "ok": self.ok, "message": self.message, "at": when}
-
-
-def pushed_registry_path(config: MeshdConfig) -> Path | None:
-    """Where meshd's DocumentStore keeps the pushed registry: ``<state_dir>/registry.json``."""
-    return None if config.state_dir is None else config.state_dir / "registry.json"
-
-
-def synced_path(config: MeshdConfig) -> Path:
-    """Where ``meshd sync`` notes the registry version it applied: next to the rules record.
-
-    In /run like that record (gone at reboot, as the rules are until
-    meshd-rules.service puts them back), and not in the state directory:
-    meshd-sync.path watches that directory until the first registry is pushed,
-    so a note written there would start the sync again.
-    """
-    return config.interception.rules_record.with_name("meshd-synced.json")
-
-
-def mark_synced(config: MeshdConfig, version: int) -> None:
-    """Note that the rules and /etc/hosts names of registry ``version`` are in place.
-
-    Written by root (meshd-sync.service), 0644 so that meshd can report it on
-    /stats, where meshctl waits for it after a push.
-    """
-    path = synced_path(config)
-    doc = {"registry_version": version, "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-    try:
-        write_atomic(path, (json.dumps(doc) + "\n").encode(), 0o644)
-    except OSError as e:
-        raise ConfigError(f"cannot write {path}: {e.strerror}", hint="run this as root") from e
-
-
-def synced_version(config: MeshdConfig) -> int | None:
-    """The registry version ``meshd sync`` last applied; None when it never ran (or unreadable)."""
-    try:
-        doc = json.loads(synced_path(config).read_text())
-    except (OSError, ValueError):
-        return None
-    version = doc.get("registry_version") if isinstance(doc, dict) else None
-    return version if isinstance(version, int) and not isinstance(version, bool) else None
-
-
-def effective_registry(config: MeshdConfig) -> Registry:
-    """The newer (by version) of the config's registry file and the pushed one meshd persisted.
-
-    For root-run helpers (``meshd rules``, ``meshd hosts``) that must follow
-    pushes without a running daemon to ask. On a tie the pushed document wins:
-    it is the one meshd loads at start.
-    """
-    bootstrap = _readable_registry(config.registry, config)
-    pushed = _readable_registry(pushed_registry_path(config), config)
-    return pushed if pushed.version >= bootstrap.version else bootstrap
-
-
-def _readable_registry(path: Path | None, config: MeshdConfig) -> Registry:
-    try:
-        return load_registry(path, config.interception.vip_range, config.listen.mesh[0])
-    except OSError as e:  # the state dir is meshd's own (0700): other users cannot look inside
-        raise ConfigError(
-            f"{path}: cannot read: {e.strerror}", hint="run this as root (or as meshd)"
-        ) from e
+        return ReloadReport(self.generation, self.ok, self.message, when)
 
 
 @dataclass

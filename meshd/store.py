@@ -27,15 +27,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from meshd.errors import ConfigError, MeshError
 from meshd.files import sync_directory, write_temp
+from meshd.paths import pushed_document
 from meshd.schema import TOO_DEEP, Fields
-
-KINDS = ("registry", "config", "policy", "certs")
+from meshd.stats import KINDS, SetAside
 
 T = TypeVar("T")
 Doc = dict[str, Any]
@@ -61,16 +61,6 @@ class ApplyError(MeshError):
 class PutResult:
     status: Literal["applied", "unchanged"]
     version: int
-
-
-@dataclass(frozen=True)
-class SetAside:
-    """A stored document meshd no longer runs: why, and where the file went."""
-
-    version: int | None  # None when the file could not be read as a document
-    reason: str
-    kept: str | None  # the file it was moved to, if any
-    at: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -163,7 +153,8 @@ class DocumentStore:
             version = None if slot.current is None else int(slot.current["version"])
             slot.current = slot.previous = None
             kept = self._move_aside(kind)
-            self._set_aside[kind] = SetAside(version, reason, None if kept is None else str(kept))
+            kept_at = None if kept is None else str(kept)
+            self._set_aside[kind] = SetAside(version, reason, kept_at, time.time())
         log.error(
             "set aside the pushed %s document%s (%s), running without it: %s",
             kind,
@@ -195,12 +186,13 @@ class DocumentStore:
             _commit(staged)  # a set-aside push stays reported: only a new push answers it
 
     def _load(self, directory: Path, kind: str) -> None:
-        path, slot = directory / f"{kind}.json", self._slots[kind]
+        path, slot = pushed_document(directory, kind), self._slots[kind]
         try:
             slot.current = _read(path, kind)
         except ConfigError as e:
             kept = self._move_aside(kind)
-            self._set_aside[kind] = SetAside(None, e.message, None if kept is None else str(kept))
+            kept_at = None if kept is None else str(kept)
+            self._set_aside[kind] = SetAside(None, e.message, kept_at, time.time())
             log.error("set aside %s, running without it: %s", path, e.message)
             return
         if slot.current is not None:
@@ -209,7 +201,7 @@ class DocumentStore:
     def _move_aside(self, kind: str) -> Path | None:
         if self.directory is None:
             return None
-        path = self.directory / f"{kind}.json"
+        path = pushed_document(self.directory, kind)
         kept = path.with_name(f"{kind}.rejected.json")
         try:
             path.replace(kept)  # kept for the operator to look at; never read again
@@ -247,7 +239,7 @@ class DocumentStore:
     def _stage(self, kind: str, new: Doc, old: Doc | None) -> list[tuple[Path, Path]]:
         if self.directory is None:
             return []
-        pairs = [(self.directory / f"{kind}.json", new)]
+        pairs = [(pushed_document(self.directory, kind), new)]
         if old is not None:
             pairs.insert(0, (self.directory / f"{kind}.prev.json", old))
         else:  # a previous left from before a document was set aside is not ours to restore

@@ -41,7 +41,7 @@ def status(
     with progress_display(actx, json_out) as report:
         report("fleet", "surveying hosts")
         statuses = survey(ro)
-    _show(actx, statuses, current_registry(ro)["version"], json_out)
+    _show(actx, statuses, current_registry(ro).version, json_out)
     if any(not s.healthy for s in statuses):
         raise typer.Exit(ExitCode.PARTIAL)
 

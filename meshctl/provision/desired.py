@@ -10,11 +10,9 @@ registry), so what ``--dry-run`` shows is what the host installs.
 from __future__ import annotations
 
 import hashlib
-import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from meshctl import bundle as bundles
 from meshctl.config import MeshConfig
@@ -58,7 +56,7 @@ class DesiredHost:
     rules_document: str  # as it would apply to an empty nat table (shown by --dry-run)
     rules_document6: str  # ... and to an empty ip6 nat table, on hosts with IPv6
     rules_fingerprint: str
-    registry: dict[str, Any]
+    registry: Registry  # as pushed, and written to the registry file
     vips: dict[str, str]  # service -> virtual IP, for the /etc/hosts block
     fail_mode: str
     leaf_lifetime_hours: int
@@ -84,7 +82,7 @@ def meshd_config(mesh: MeshConfig, host: HostSpec, ssh_ports: tuple[int, ...]) -
         f'inbound = "0.0.0.0:{d.inbound_port}"',
         f'mesh = "0.0.0.0:{d.mesh_port}"',
         f'admin = "{host.address}:{d.admin_port}"',
-        'admin_socket = "/run/meshd/admin.sock"',
+        f'admin_socket = "{layout.ADMIN_SOCKET}"',
         "",
         "[mesh]",
         f'mtls = "{d.mtls}"',
@@ -107,14 +105,10 @@ def meshd_config(mesh: MeshConfig, host: HostSpec, ssh_ports: tuple[int, ...]) -
     return "\n".join(lines) + "\n"
 
 
-def registry_json(registry: dict[str, Any]) -> bytes:
-    return (json.dumps(registry, indent=2, sort_keys=True) + "\n").encode()
-
-
 def desired_host(
     mesh: MeshConfig,
     host: HostSpec,
-    registry: dict[str, Any],
+    registry: Registry,
     bundle_version: str,
     trust_bundle: bytes,
     ssh_port: int,
@@ -123,14 +117,14 @@ def desired_host(
     ssh_ports = tuple(sorted({ssh_port, 22}))
     config_text = meshd_config(mesh, host, ssh_ports)
     config = MeshdConfig.from_dict(tomllib.loads(config_text), layout.CONFIG, Path(layout.ETC))
-    rules = ruleset(config, Registry.from_dict(registry, layout.REGISTRY))
+    rules = ruleset(config, registry.checked(layout.REGISTRY))  # as the host will read it
     options = UnitOptions(fail_mode=host.fail_mode)
     files = (
         FileSpec(
             layout.LAUNCHER, bundles.launcher(f"{layout.OPT}/{bundle_version}/lib").encode(), 0o755
         ),
         FileSpec(layout.CONFIG, config_text.encode()),
-        FileSpec(layout.REGISTRY, registry_json(registry)),
+        FileSpec(layout.REGISTRY, registry.to_json()),
         FileSpec(layout.TRUST_BUNDLE, trust_bundle),
         FileSpec(layout.UNIT_FILES["meshd.service"], meshd_service(options).encode()),
         FileSpec(layout.UNIT_FILES["meshd-rules.service"], rules_service(options).encode()),
@@ -148,7 +142,7 @@ def desired_host(
         rules_document6=apply_document(rules, "", V6),
         rules_fingerprint=fingerprint(rules),
         registry=registry,
-        vips={name: service["vip"] for name, service in registry["services"].items()},
+        vips={s.name: s.vip for s in registry.services},
         fail_mode=host.fail_mode,
         leaf_lifetime_hours=mesh.defaults.leaf_lifetime_hours,
     )

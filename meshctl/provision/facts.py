@@ -55,7 +55,7 @@ s meshd; systemctl show meshd.service -p ActiveState -p NRestarts \
   -p ActiveEnterTimestampMonotonic -p MainPID 2>/dev/null
 printf 'Now=%s\\n' "$(cut -d' ' -f1 /proc/uptime)"
 s registry_etc; cat {layout.REGISTRY} 2>/dev/null
-s registry_state; cat {layout.STATE}/registry.json 2>/dev/null
+s registry_state; cat {layout.PUSHED_REGISTRY} 2>/dev/null
 s rules; cat {layout.RULES_RECORD} 2>/dev/null
 s pending; [ -f {layout.ROLLBACK} ] && echo yes
 s nat_created; [ -f {layout.NAT_CREATED} ] && echo yes

@@ -1,38 +1,47 @@
 """Where meshctl puts things on a host (DESIGN.md, "Host layout"), in one place.
 
-``meshctl leave`` removes exactly these; facts read exactly these.
+``meshctl leave`` removes exactly these; facts read exactly these. What meshd
+reads or writes too (its files, the sync note, the rules lock, ...) comes from
+``meshd.paths``, the one source both sides import: the names below are the
+same objects. The rest only meshctl uses.
 """
 
 from __future__ import annotations
 
-USER = "meshd"
+from meshd import paths
+
+# shared with meshd
+USER = paths.USER
+ETC = paths.ETC
+CONFIG = paths.CONFIG
+REGISTRY = paths.REGISTRY
+TRUST_BUNDLE = paths.TRUST_BUNDLE
+CERT = paths.CERT
+KEY = paths.KEY
+STATE = paths.STATE
+PUSHED_REGISTRY = paths.PUSHED_REGISTRY
+ADMIN_SOCKET = paths.ADMIN_SOCKET
+HOSTS_FILE = paths.HOSTS_FILE
+RULES_RECORD = paths.RULES_RECORD
+RULES_LOCK = paths.RULES_LOCK
+SYNCED = paths.SYNCED
+FALLBACK_RAN = paths.FALLBACK_RAN
+FILTER_CREATED = paths.FILTER_CREATED
+FILTER6_CREATED = paths.FILTER6_CREATED
+
+# meshctl's own
 OPT = "/opt/meshd"
 LAUNCHER = f"{OPT}/bin/meshd"
-ETC = "/etc/meshd"
-CONFIG = f"{ETC}/meshd.toml"
-REGISTRY = f"{ETC}/registry.json"
-TRUST_BUNDLE = f"{ETC}/bundle.pem"
-CERT = f"{ETC}/cert.pem"
-KEY = f"{ETC}/key.pem"
-STATE = "/var/lib/meshd"
-RULES_RECORD = "/run/meshd-rules.sha256"  # gone at reboot, like the rules it describes
 # the rules last applied, as a script needing no meshd: closed mode's boot fallback
+# (FALLBACK_RAN says it ran: meshd.host.interception)
 RULES_FALLBACK = f"{ETC}/rules-fallback"
-FALLBACK_RAN = "/run/meshd-rules.fallback"  # the fallback holds the host (meshd.host.interception)
-SYNCED = "/run/meshd-synced.json"  # the registry version meshd-sync last put in place
-# every writer of the rules holds it (meshd.host.interception.lock_path: beside RULES_RECORD).
-# leave removes it only after stopping every unit that could hold or wait for it
-RULES_LOCK = "/run/meshd-rules.lock"
+# RULES_LOCK: every writer of the rules holds it, leave removes it only after stopping
+# every unit that could hold or wait for it
 ROLLBACK = "/run/meshd-rules.rollback"  # the nat table to go back to (see provision/guard.py)
 ROLLBACK_PREV = "/run/meshd-rules.prev"  # ... and the config and route that went with it
 NAT_CREATED = f"{ETC}/nat-table-created"  # our first rules created the nat table: leave drops it
 NAT6_CREATED = f"{ETC}/nat6-table-created"  # ... and the ip6 nat table
-# meshd's rejecting rules made the filter table (meshd.host.interception.filter_created): in /run,
-# since those rules go at reboot, and the table with them
-FILTER_CREATED = "/run/meshd-rules.filter-created"
-FILTER6_CREATED = "/run/meshd-rules.filter6-created"
 USER_CREATED = f"{ETC}/user-created"  # join created the meshd user: leave removes it
-HOSTS_FILE = "/etc/hosts"
 UNIT_DIR = "/etc/systemd/system"
 
 UNIT_FILES = {

@@ -251,7 +251,7 @@ def _files(facts: HostFacts, desired: DesiredHost) -> list[WriteFile]:
     for spec in desired.files:
         current = facts.hashes.get(spec.path)
         if spec.path == layout.REGISTRY:  # pushed registries supersede the file: compare those
-            if facts.registry != desired.registry:
+            if facts.registry != desired.registry.to_dict():
                 steps.append(WriteFile("registry changed", spec))
             continue
         if current != spec.sha256:

@@ -35,6 +35,7 @@ from meshctl.transport import Transport, UnreachableError
 from meshd.errors import MeshError, ProvisionError
 from meshd.identity import SpiffeId, check_name
 from meshd.pki import cert_pem, load_certs
+from meshd.registry import Registry
 
 VIP = str(VIP_RANGE)
 BundleBuilder = Callable[[bundles.Target, Path, bool], bundles.Bundle]  # target, cache, offline
@@ -94,7 +95,7 @@ class Rollout(Fleet):
     def issuing_ca(self) -> x509.Certificate:
         return load_certs(self.ws.issuing_ca_cert)[0]
 
-    def desired(self, host: HostSpec, registry: dict[str, Any], version: str) -> DesiredHost:
+    def desired(self, host: HostSpec, registry: Registry, version: str) -> DesiredHost:
         """What ``host`` should look like with this registry and meshd bundle version."""
         trust = self.ws.trust_bundle.read_bytes()
         return desired_host(self.ws.config, host, registry, version, trust, host.port)
@@ -192,7 +193,7 @@ def join(ro: Rollout, hosts: list[HostSpec], dry_run: bool) -> list[Outcome]:
         finally:  # also on Ctrl-C: the hosts that finished are joined, and recorded as such
             for s in ready:
                 if s.outcome.status in {"joined", "converged"}:
-                    record = _record(s, registry["version"], ro.now())
+                    record = _record(s, registry.version, ro.now())
                     state.record_join(ro.ws, s.host.name, record)
         return [s.outcome for s in sessions]
     finally:
@@ -249,16 +250,16 @@ def _name_hosts(ro: Rollout, sessions: list[_Session]) -> Inventory:
     return inventory
 
 
-def _plan(ro: Rollout, s: _Session, registry: dict[str, Any]) -> None:
+def _plan(ro: Rollout, s: _Session, registry: Registry) -> None:
     facts = s.outcome.facts
     assert facts is not None and s.transport is not None
     ro.progress(s.outcome.host, "preparing meshd for its Python")
     s.outcome.desired = ro.desired(s.host, registry, ro.bundle_for(facts).version)
     seen = facts.registry.get("version", 0) if facts.registry else 0
-    if isinstance(seen, int) and seen > registry["version"]:
+    if isinstance(seen, int) and seen > registry.version:
         raise ProvisionError(
             f"{s.outcome.host} has registry version {seen}, newer than this workspace's "
-            f"{registry['version']}: another copy of the workspace changed the mesh",
+            f"{registry.version}: another copy of the workspace changed the mesh",
             hint="bring this workspace up to date (git pull) and run the command again",
         )
     s.outcome.plan = ro.plan(facts, s.outcome.desired)

@@ -21,7 +21,9 @@ from meshctl.provision import facts as facts_mod
 from meshctl.provision.plan import rules_present
 from meshctl.provision.rollout import Rollout
 from meshd.errors import MeshError, ProvisionError
+from meshd.registry import Registry
 from meshd.rules import FILTER, NAT, REDIRECT, REJECT, V6, our_jumps
+from meshd.stats import Stats
 
 WARN_LIFE_LEFT = 1 / 3  # warn when less than a third of the certificate's life is left
 
@@ -102,7 +104,7 @@ def survey(ro: Rollout) -> list[HostStatus]:
 
     def one(host: HostSpec) -> HostStatus:
         status = HostStatus(host.name, host.address, host.name in members, host.fail_mode)
-        status.expected_registry = registry["version"]
+        status.expected_registry = registry.version
         try:
             _ssh_look(ro, host, status, registry)
         except MeshError as e:
@@ -117,7 +119,7 @@ def survey(ro: Rollout) -> list[HostStatus]:
     return parallel(one, inventory.hosts)
 
 
-def _ssh_look(ro: Rollout, host: HostSpec, status: HostStatus, registry: dict[str, Any]) -> None:
+def _ssh_look(ro: Rollout, host: HostSpec, status: HostStatus, registry: Registry) -> None:
     transport = ro.connect(ro.ws, host, ro.ssh)
     try:
         facts = facts_mod.gather(transport, VIP)
@@ -163,10 +165,10 @@ def _cert_look(pem: str, now: dt.datetime, status: HostStatus) -> None:
     status.cert_life_left = max(0.0, (cert.not_valid_after_utc - now) / life)
 
 
-def _admin_look(stats: dict[str, Any], status: HostStatus) -> None:
-    status.ready = bool(stats.get("ready")) and not stats.get("draining")
-    status.version = stats.get("version")
-    status.uptime_seconds = stats.get("uptime_seconds")
-    status.registry_version = stats.get("registry_version")
-    status.config_version = stats.get("documents", {}).get("config")
-    status.ipv6 = stats.get("ipv6")
+def _admin_look(stats: Stats, status: HostStatus) -> None:
+    status.ready = stats.ready and not stats.draining
+    status.version = stats.version
+    status.uptime_seconds = stats.uptime_seconds
+    status.registry_version = stats.registry_version
+    status.config_version = stats.documents.get("config")
+    status.ipv6 = stats.ipv6

@@ -28,7 +28,7 @@ from meshctl.provision import layout
 
 MESHD = layout.LAUNCHER
 CONFIG = layout.CONFIG
-PUSHED_REGISTRY = f"{layout.STATE}/registry.json"  # meshd's DocumentStore keeps pushes here
+PUSHED_REGISTRY = layout.PUSHED_REGISTRY  # meshd's DocumentStore keeps pushes here
 
 
 @dataclass(frozen=True)

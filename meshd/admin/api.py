@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import anyio
 
 from meshd.admin.wire import Request, Response, error_response, json_response
 from meshd.errors import MeshError
-from meshd.store import KINDS, ApplyError, DocumentStore, VersionConflictError
+from meshd.stats import KINDS, Stats
+from meshd.store import ApplyError, DocumentStore, VersionConflictError
 from meshd.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from meshd.tls.context import TlsMaterial
 
@@ -40,7 +41,7 @@ class AdminBackend(Protocol):
 
     ``store``: the DocumentStore behind GET/PUT of documents (``put`` runs in a
     worker thread). ``trust_domain``: whose operators are authorized.
-    ``is_ready()``: for /ready. ``stats()``: a JSON-serializable dict for /stats.
+    ``is_ready()``: for /ready. ``stats()``: the /stats payload (``meshd.stats``).
     ``metrics_text()``: the Prometheus exposition for /metrics (e.g.
     ``metrics.collect(); return metrics.render()``). ``current_tls()``: the TLS
     material to use for the next accepted connection. All but ``store.put``
@@ -55,7 +56,7 @@ class AdminBackend(Protocol):
 
     def is_ready(self) -> bool: ...
 
-    def stats(self) -> dict[str, Any]: ...
+    def stats(self) -> Stats: ...
 
     def metrics_text(self) -> str: ...
 
@@ -136,7 +137,7 @@ def _read_only(backend: AdminBackend, path: str) -> Response:
         return Response(200 if ready else 503, b"ready\n" if ready else b"not ready\n", TEXT)
     if path == "/metrics":
         return Response(200, backend.metrics_text().encode(), METRICS_CONTENT_TYPE)
-    return json_response(200, backend.stats())
+    return json_response(200, backend.stats().to_json())
 
 
 def _get_document(backend: AdminBackend, kind: str) -> Response:

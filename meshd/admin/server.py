@@ -63,8 +63,9 @@ from meshd.netfacts import fmt
 from meshd.telemetry.events import ConnectionRefused, EventBus, HandshakeFailed
 from meshd.telemetry.logs import peer_lines
 from meshd.tls.context import peer_ids, peer_problem
+from meshd.tls.failures import HandshakeFailure, classify
 from meshd.tls.gate import HANDSHAKE_GRACE, HandshakeGate
-from meshd.tls.handshake import classify, client_hello
+from meshd.tls.handshake import client_hello
 
 __all__ = ["AdminBackend", "AdminLimits", "AdminServer"]
 
@@ -115,11 +116,6 @@ class AdminServer:
         self.sessions = 0  # operator sessions open
         self.local = 0  # unix socket connections open
         self.counters = dict.fromkeys(COUNTERS, 0)
-
-    def stats(self) -> dict[str, int]:
-        rooms = {"silent": len(self.silent), "handshakes": len(self.handshakes)}
-        more = {"bad_requests": self.http.bad_requests, "lingering": self.http.lingering}
-        return {**self.counters, **more, "active": self.sessions, "local": self.local, **rooms}
 
     async def serve(
         self,
@@ -198,7 +194,7 @@ class AdminServer:
             self._cut_short(peer, waiting)
             return None
         if not said:
-            self._handshake_failed(peer, "closed", None)  # closed before a word: no TLS for it
+            self._handshake_failed(peer, HandshakeFailure.CLOSED, None)  # no TLS for silence
             return None
         context = self.backend.current_tls().admin
         try:
@@ -207,7 +203,7 @@ class AdminServer:
                     stream, server_side=True, ssl_context=context, standard_compatible=False
                 )
         except NETWORK_ERRORS as e:
-            self._handshake_failed(peer, _reason(e), e)
+            self._handshake_failed(peer, classify(e), e)
             return None
         self._cut_short(peer, handshake)
         return None
@@ -216,7 +212,7 @@ class AdminServer:
         if admission.evicted:
             self._refused(peer, "evicted", "evicted")  # counted, not logged: floods do this
         else:
-            self._handshake_failed(peer, "timeout", None)
+            self._handshake_failed(peer, HandshakeFailure.TIMEOUT, None)
 
     def _refusal(self, peer: str, ssl_object: ssl.SSLObject) -> Response | None:
         """The answer for an authenticated peer that gets no session; None for an operator."""
@@ -277,7 +273,9 @@ class AdminServer:
         return answer
 
     # --- what happened ----------------------------------------------------------------------
-    def _handshake_failed(self, peer: str, reason: str, error: BaseException | None) -> None:
+    def _handshake_failed(
+        self, peer: str, reason: HandshakeFailure, error: BaseException | None
+    ) -> None:
         self.counters["handshake_failures"] += 1
         why = f"{error!r}" if error is not None else reason
         peer_lines.log(
@@ -328,12 +326,6 @@ def _admitted(gate: HandshakeGate, source: str, deadline: float) -> Iterator[_Ad
             yield admission
     finally:
         gate.release(ticket)
-
-
-def _reason(error: BaseException) -> str:
-    if isinstance(error, anyio.EndOfStream | anyio.BrokenResourceError):
-        return "closed"
-    return classify(error)
 
 
 def _expiry(tls: TLSStream) -> float:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from meshd import paths
 from meshd.errors import ProvisionError
 from meshd.files import write_atomic
 from meshd.hostsfile import with_block, without_block
 from meshd.registry import Registry
 
-HOSTS = Path("/etc/hosts")
+HOSTS = Path(paths.HOSTS_FILE)
 _CODEC = ("utf-8", "surrogateescape")
 
 

@@ -37,7 +37,9 @@ from pathlib import Path
 from meshd.config import MeshdConfig
 from meshd.errors import ProvisionError
 from meshd.files import write_atomic
+from meshd.host.registryfiles import effective_registry, synced_path
 from meshd.netfacts import ipv6_absent
+from meshd.paths import RunFiles
 from meshd.registry import Registry
 from meshd.rules import (
     FAMILIES,
@@ -56,7 +58,6 @@ from meshd.rules import (
     remove_document,
     ruleset,
 )
-from meshd.runtime import effective_registry, synced_path
 
 
 def _run(argv: list[str], stdin: str | None = None) -> str:
@@ -75,7 +76,7 @@ LOCK_WAIT = 10.0
 
 
 def lock_path(config: MeshdConfig) -> Path:
-    return config.interception.rules_record.with_name("meshd-rules.lock")
+    return RunFiles(config.interception.rules_record).lock
 
 
 @contextmanager
@@ -129,13 +130,12 @@ def families() -> tuple[Family, ...]:
 
 def fallback_marker(config: MeshdConfig) -> Path:
     """Touched by the fallback script when it ran: the rules in place are not meshd's own."""
-    return config.interception.rules_record.with_name("meshd-rules.fallback")
+    return RunFiles(config.interception.rules_record).fallback_ran
 
 
 def filter_created(config: MeshdConfig, family: Family) -> Path:
     """Touched when our rules made the family's nft filter table: removing ours drops it."""
-    name = "filter" if family is V4 else f"filter{family.version}"
-    return config.interception.rules_record.with_name(f"meshd-rules.{name}-created")
+    return RunFiles(config.interception.rules_record).filter_created(family.version)
 
 
 def _saved(family: Family) -> str:

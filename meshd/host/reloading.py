@@ -17,20 +17,12 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from meshd.errors import ConfigError, MeshError
+from meshd.stats import ReloadReport, Stats
 
 MAX_STATS_BYTES = 1 << 20  # /stats is a few KiB; a local reader still bounds what it takes
-
-
-@dataclass(frozen=True)
-class Verdict:
-    generation: int
-    ok: bool
-    message: str
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -45,7 +37,7 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def local_stats(path: Path, timeout: float = 5.0) -> dict[str, Any]:
+def local_stats(path: Path, timeout: float = 5.0) -> Stats:
     """GET /stats over meshd's local admin socket."""
     conn = _UnixConnection(path, timeout)
     try:
@@ -67,26 +59,25 @@ def local_stats(path: Path, timeout: float = 5.0) -> dict[str, Any]:
         raise MeshError(f"meshd on {path} sent /stats that is not JSON: {e}") from e
     if not isinstance(stats, dict):
         raise MeshError(f"meshd on {path} sent /stats that is not a JSON object")
-    return stats
+    return Stats.from_json(stats)
 
 
-def outcome(stats: dict[str, Any]) -> Verdict:
+def outcome(stats: Stats) -> ReloadReport:
     """The last reload's outcome in ``stats``; MeshError when meshd does not report one."""
-    last = stats.get("reload")
-    if not isinstance(last, dict) or not isinstance(last.get("generation"), int):
+    if stats.reload is None:
         raise MeshError(
             "this meshd does not report reload outcomes on /stats", hint="upgrade meshd"
         )
-    return Verdict(last["generation"], last.get("ok") is True, str(last.get("message", "")))
+    return stats.reload
 
 
-def reload(socket_path: Path, unit: str | None, timeout: float) -> Verdict:
+def reload(socket_path: Path, unit: str | None, timeout: float) -> ReloadReport:
     """Reload meshd and wait for its verdict on that reload."""
     before = local_stats(socket_path)
-    pid, generation = before.get("pid"), outcome(before).generation
+    pid, generation = before.pid, outcome(before).generation
     if unit is not None:
         _systemctl_reload(unit)
-    elif isinstance(pid, int) and pid > 1:
+    elif pid is not None and pid > 1:
         os.kill(pid, signal.SIGHUP)
     else:
         raise MeshError("meshd does not report its pid on /stats", hint="pass --unit")
@@ -94,7 +85,7 @@ def reload(socket_path: Path, unit: str | None, timeout: float) -> Verdict:
     while time.monotonic() < deadline:
         time.sleep(0.05)
         now = local_stats(socket_path)
-        if now.get("pid") != pid:
+        if now.pid != pid:
             raise MeshError("meshd restarted during the reload", hint="see its log")
         verdict = outcome(now)
         if verdict.generation != generation:

@@ -31,6 +31,7 @@ from meshd.telemetry.events import (
     HandshakeFailed,
 )
 from meshd.telemetry.logs import peer_lines
+from meshd.tls.failures import HandshakeFailure
 
 log = logging.getLogger("meshd.inbound")
 
@@ -66,11 +67,14 @@ class MeshPort:
             i for i in link.peer_ids if i.kind == "host" and i.trust_domain == self.rt.trust_domain
         ]
         if not hosts:
-            self._refuse_link(link, "wrong_identity", "no host identity of our trust domain")
+            self._refuse_link(
+                link, HandshakeFailure.WRONG_IDENTITY, "no host identity of our trust domain"
+            )
             return
         peer = str(hosts[0])
         if self.per_peer[peer] >= self.rt.config.limits.max_links_per_peer:
-            self._refuse_link(link, "too_many_links", f"{peer} already holds its links")
+            why = f"{peer} already holds its links"
+            self._refuse_link(link, HandshakeFailure.TOO_MANY_LINKS, why)
             return
         link.peer, link.peer_key = hosts[0], peer
         self.per_peer[peer] += 1
@@ -79,7 +83,7 @@ class MeshPort:
             log, logging.INFO, "links up", "link from %s (%s) up", link.peer, link.peer_address
         )
 
-    def _refuse_link(self, link: Link, code: str, why: str) -> None:
+    def _refuse_link(self, link: Link, code: HandshakeFailure, why: str) -> None:
         peer_lines.log(
             log,
             logging.WARNING,

@@ -32,6 +32,7 @@ from meshd.telemetry.events import (
     HandshakeFailed,
 )
 from meshd.telemetry.logs import clean, peer_lines
+from meshd.tls.failures import HandshakeFailure
 
 log = logging.getLogger("meshd.outbound")
 
@@ -153,12 +154,12 @@ class LinkPool:
             self._dial_failed(endpoint, f"{type(e).__name__}: {e}")
             return
         if link.refused:  # aborted by the link itself: no ALPN, a CA leaf, ...
-            rt.bus.publish(HandshakeFailed("link", fmt(key), "refused"))
+            rt.bus.publish(HandshakeFailed("link", fmt(key), HandshakeFailure.REFUSED))
             self._dial_failed(endpoint, f"peer refused: {link.refused}")
             return
         if expected not in link.peer_ids:
             link.abort(f"peer is not {expected}")
-            rt.bus.publish(HandshakeFailed("link", fmt(key), "wrong_identity"))
+            rt.bus.publish(HandshakeFailed("link", fmt(key), HandshakeFailure.WRONG_IDENTITY))
             self._dial_failed(endpoint, f"peer does not hold {expected}")
             return
         self.failed_until.pop(key, None)
@@ -184,7 +185,7 @@ class LinkPool:
             reason,
             backoff,
         )
-        self.rt.bus.publish(HandshakeFailed("link", fmt(key), "connect_failed"))
+        self.rt.bus.publish(HandshakeFailed("link", fmt(key), HandshakeFailure.CONNECT_FAILED))
         for waiting in self.waiting.pop(key, []):
             if waiting.stream.closed:
                 continue

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from meshd.tls.failures import HandshakeFailure
+
 # direction of a connection or request as seen by this meshd
 OUTBOUND = "outbound"
 INBOUND = "inbound"
@@ -53,7 +55,7 @@ class RequestCompleted:
 class HandshakeFailed:
     listener: str  # "mesh", "admin", "link" (outbound link to a peer)
     peer: str  # address
-    reason: str
+    reason: HandshakeFailure  # the one vocabulary of every port (meshd.tls.failures)
 
 
 @dataclass(slots=True)

@@ -4,8 +4,8 @@ A TLS server made with ``loop.create_server(ssl=...)`` drops handshake errors
 silently (they are OSErrors), and uvloop starts reading before ``start_tls``
 can take over an accepted connection; accepting sockets ourselves and
 handing each to ``connect_accepted_socket`` makes every handshake raise, so
-meshd can say who failed and why. ``classify`` turns OpenSSL's errors into the short,
-stable reasons used as metric labels.
+meshd can say who failed and why (``meshd.tls.failures.classify``: the short,
+stable reasons used as metric labels).
 
 Nothing is spent on a peer before it speaks: an accepted socket waits, as a
 bare descriptor, until its whole ClientHello has arrived (``client_hello``),
@@ -32,45 +32,10 @@ from meshd.errors import ConnectError
 from meshd.netfacts import fmt
 from meshd.telemetry.events import Event, HandshakeFailed
 from meshd.telemetry.logs import peer_lines
+from meshd.tls.failures import HandshakeFailure, classify
 from meshd.tls.gate import HandshakeGate
 
 log = logging.getLogger("meshd.tls")
-
-# OpenSSL X509_V_ERR_* codes we name
-_VERIFY_REASONS = {
-    9: "not_yet_valid",
-    10: "expired",
-    18: "untrusted",
-    19: "untrusted",
-    20: "untrusted",
-    21: "untrusted",
-}
-_REASONS = {
-    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "no_certificate",
-    "CERTIFICATE_REQUIRED": "no_certificate",
-    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "no_certificate",
-    "WRONG_VERSION_NUMBER": "not_tls",
-    "HTTP_REQUEST": "not_tls",
-    "UNSUPPORTED_PROTOCOL": "old_tls",
-    "TLSV1_ALERT_PROTOCOL_VERSION": "old_tls",
-    "TLSV1_ALERT_UNKNOWN_CA": "untrusted",
-    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "expired",
-    "NO_PROTOCOLS_AVAILABLE": "old_tls",
-}
-
-
-def classify(error: BaseException) -> str:
-    """A short reason for a failed handshake: untrusted, expired, no_certificate, not_tls, ..."""
-    if isinstance(error, TimeoutError):
-        return "timeout"
-    if isinstance(error, ssl.SSLCertVerificationError):
-        return _VERIFY_REASONS.get(error.verify_code, "verify_failed")
-    if isinstance(error, ssl.SSLError):
-        return _REASONS.get(error.reason or "", "tls_error")
-    if isinstance(error, ConnectionError | EOFError):
-        return "closed"
-    return "error"
-
 
 TLS_HANDSHAKE_RECORD = 0x16
 MAX_RECORD = 5 + 16384 + 256  # a TLS record's header and largest payload
@@ -187,7 +152,8 @@ class TlsListener:
                 if waiting.cancelled_caught:
                     return self._evicted(conn, address)
                 if not said:
-                    return self._failed(conn, address, "closed", "closed before its handshake")
+                    why = "closed before its handshake"
+                    return self._failed(conn, address, HandshakeFailure.CLOSED, why)
                 with self._room(self.gate, address) as handshaking:
                     await loop.connect_accepted_socket(
                         self.factory, conn, ssl=self.context(), ssl_handshake_timeout=self.timeout
@@ -215,9 +181,12 @@ class TlsListener:
                 gate.release(ticket)
 
     def _evicted(self, conn: socket.socket, address: tuple[str, int]) -> None:
-        self._failed(conn, address, "evicted", "dropped: too many peers not yet known")
+        why = "dropped: too many peers not yet known"
+        self._failed(conn, address, HandshakeFailure.EVICTED, why)
 
-    def _failed(self, conn: socket.socket, address: tuple[str, int], reason: str, why: str) -> None:
+    def _failed(
+        self, conn: socket.socket, address: tuple[str, int], reason: HandshakeFailure, why: str
+    ) -> None:
         peer = fmt(address)
         peer_lines.log(
             log,

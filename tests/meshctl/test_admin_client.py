@@ -25,7 +25,9 @@ from meshctl.ca import Authority, MeshCa
 from meshctl.config import MeshConfig
 from meshctl.workspace import init_workspace
 from meshd.errors import ConnectError, ProvisionError
+from meshd.stats import Stats
 from tests.meshd.harness import HttpApp, Meshd, MeshNet
+from tests.meshd.test_stats import WIRE
 from tests.meshd.tlsfixtures import TD, Identity, TestPki
 
 
@@ -57,8 +59,18 @@ def test_registry_round_trip_with_version(net: MeshNet) -> None:
     again = client.put_document(web1, "registry", registry(2))
     assert again == {"status": "unchanged", "version": 2}
     stats = client.stats(web1)
-    assert (stats["host"], stats["registry_version"]) == ("web1", 2)
+    assert (stats.host, stats.registry_version) == ("web1", 2)
     assert client.get_document(web1, "policy") is None  # 404: nothing applied yet
+
+
+def test_everything_a_running_meshd_puts_on_stats_reads_back(net: MeshNet) -> None:
+    """No field of the real payload is lost, misnamed or mistyped by meshctl's reader."""
+    web1 = endpoint(net.start("web1"))
+    served = client_for(net.operator).request(web1, "GET", "/stats").body
+    assert Stats.from_json(served).to_json() == served
+    assert sorted(served) == sorted(WIRE)
+    for nested in ("certificate", "reload", "events", "handshakes", "heap"):
+        assert sorted(served[nested]) == sorted(WIRE[nested])
 
 
 def test_older_version_is_refused_with_the_servers_message(net: MeshNet) -> None:
@@ -231,7 +243,7 @@ def test_for_workspace(tmp_path: Path) -> None:
         stats = AdminClient.for_workspace(ws).stats(endpoint(web1))
     finally:
         mesh.stop_all()
-    assert stats["host"] == "web1"
+    assert stats.host == "web1"
 
 
 class CannedServer:

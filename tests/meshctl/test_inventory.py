@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -43,13 +44,27 @@ def test_vips_are_stable_and_never_reused() -> None:
 
 def test_registry_document_is_what_meshd_accepts() -> None:
     inventory = Inventory().with_host(API1).with_host(API2).with_host(WEB1)
-    doc = inventory.registry(version=7, mesh_port=15443)
+    built = inventory.registry(version=7, mesh_port=15443)
+    doc = built.to_dict()
     registry = check_vip_range(Registry.from_dict(doc, "registry"), str(VIP_RANGE), "registry")
+    assert registry == built  # what meshctl built is what meshd reads
     api = registry.service("api")
     assert api is not None and [e.host for e in api.endpoints] == ["api1", "api2"]
     assert api.endpoints[0].labels == (("version", "v1"),)
     assert registry.route("10.0.0.12", 9000) is not None
     assert registry.version == 7
+
+
+@pytest.mark.parametrize("mesh_port", [15443, 16443])
+@pytest.mark.parametrize("ipv6", [{}, {"api1": ("fd00::12", "fd00::13")}])
+def test_the_registry_meshctl_pushes_is_the_one_meshd_reads(
+    mesh_port: int, ipv6: dict[str, tuple[str, ...]]
+) -> None:
+    built = Inventory().with_host(API1).with_host(API2).with_host(WEB1).registry(7, mesh_port, ipv6)
+    pushed = json.loads(json.dumps(built.to_dict()))  # as the admin API's PUT carries it
+    assert Registry.from_dict(pushed, "registry") == built
+    api = built.service("api")
+    assert api is not None and api.endpoints[0].ipv6 == ipv6.get("api1", ())
 
 
 def test_identities() -> None:

@@ -12,11 +12,12 @@ from meshctl.config import MeshConfig
 from meshctl.inventory import HostSpec, Inventory, ServiceSpec
 from meshctl.workspace import HOSTS_HEADER, Workspace, init_workspace
 from meshd.errors import ConfigError
+from meshd.registry import Registry, Service
 from tests.meshctl.helpers import NOW, TD
 
 CONFIG = MeshConfig("t", TD, "alice", ca_key_encrypted=False)
-WEB = {"web": {"vip": "10.255.0.1", "port": 8080, "endpoints": []}}
-DB = {"db": {"vip": "10.255.0.2", "port": 5432, "endpoints": []}}
+WEB = (Service("web", "10.255.0.1", 8080),)
+DB = (Service("db", "10.255.0.2", 5432),)
 
 
 def workspace(tmp_path: Path) -> Workspace:
@@ -30,20 +31,20 @@ def mode(path: Path) -> int:
 def test_registry_version_moves_only_when_content_changes(tmp_path: Path) -> None:
     ws = workspace(tmp_path)
     first = state.versioned_registry(ws, WEB)
-    assert first == {"version": 1, "services": WEB}
+    assert first == Registry(1, WEB)
     state.record_registry(ws, first)
-    assert state.versioned_registry(ws, dict(WEB)) == first
-    second = state.versioned_registry(ws, WEB | DB)
-    assert second == {"version": 2, "services": WEB | DB}
+    assert state.versioned_registry(ws, tuple(WEB)) == first
+    second = state.versioned_registry(ws, WEB + DB)
+    assert second == Registry(2, DB + WEB)  # in name order
     state.record_registry(ws, second)
-    assert state.versioned_registry(ws, WEB)["version"] == 3  # back to old content: still new
+    assert state.versioned_registry(ws, WEB).version == 3  # back to old content: still new
     assert mode(ws.root / "applied" / "registry.json") == 0o600
 
 
 def test_unrecorded_registry_keeps_its_version(tmp_path: Path) -> None:
     ws = workspace(tmp_path)
-    assert state.versioned_registry(ws, WEB)["version"] == 1
-    assert state.versioned_registry(ws, WEB | DB)["version"] == 1  # nothing recorded yet
+    assert state.versioned_registry(ws, WEB).version == 1
+    assert state.versioned_registry(ws, WEB + DB).version == 1  # nothing recorded yet
 
 
 def test_join_records_round_trip(tmp_path: Path) -> None:

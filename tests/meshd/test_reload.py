@@ -25,10 +25,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshctl.ca import sign_csr
 from meshd.config import MeshdConfig
+from meshd.host.registryfiles import mark_synced, synced_version
 from meshd.host.reloading import local_stats
 from meshd.identity import SpiffeId
 from meshd.pki import build_csr, cert_pem
-from meshd.runtime import mark_synced, synced_version
 from tests.meshd.harness import Meshd, MeshNet
 from tests.meshd.pairs import Pair, mesh_client
 from tests.meshd.tlsfixtures import Identity
@@ -189,7 +189,7 @@ def test_stats_report_the_registry_version_meshd_sync_applied(net: MeshNet) -> N
 
 def local(net: MeshNet, meshd: Meshd) -> dict[str, Any]:
     """/stats over the local socket (it answers whatever certificate meshd runs)."""
-    return local_stats(net.dir / f"{meshd.name}.sock")
+    return local_stats(net.dir / f"{meshd.name}.sock").to_json()  # meshd reload's reader
 
 
 def sighup(net: MeshNet, meshd: Meshd) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,8 +13,9 @@ import pytest
 from meshctl.provision import layout
 from meshctl.provision.desired import desired_host, meshd_config
 from meshd.config import MeshdConfig
+from meshd.registry import Registry
 from meshd.rules import fingerprint
-from tests.meshctl.helpers import INVENTORY, MESH, WEB1
+from tests.meshctl.helpers import DB1, INVENTORY, MESH, WEB1
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -33,6 +36,18 @@ def test_meshd_config_matches_golden() -> None:
     if os.environ.get("UPDATE_GOLDEN"):
         golden.write_text(text)
     assert text == golden.read_text()
+
+
+def test_registry_file_matches_golden() -> None:
+    """The registry file as hosts read it (meshd 0.1 on): a change here is a wire change."""
+    inventory = INVENTORY.with_host(replace(DB1, labels=(("zone", "a"),)))
+    registry = inventory.registry(3, 15443, {"web1": ("fd00::11",)})
+    text = desired_host(MESH, WEB1, registry, "v1", b"", 22).file(layout.REGISTRY).content
+    golden = GOLDEN / "registry.json"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_bytes(text)
+    assert text == golden.read_bytes()
+    assert Registry.from_dict(json.loads(text), layout.REGISTRY) == registry
 
 
 def test_meshd_config_is_what_meshd_reads() -> None:

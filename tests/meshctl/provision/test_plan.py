@@ -11,7 +11,7 @@ import pytest
 
 from meshctl.ca import MeshCa, issue_identity
 from meshctl.provision import layout
-from meshctl.provision.desired import desired_host, registry_json
+from meshctl.provision.desired import desired_host
 from meshctl.provision.facts import HostFacts, MeshdState
 from meshctl.provision.plan import (
     ApplyRules,
@@ -80,7 +80,7 @@ CONVERGED = replace(
     cert_pem=certificate(),
     enabled={u: "enabled" for u in layout.ENABLED_UNITS} | {"meshd-sync.service": "static"},
     meshd=MeshdState("active", 0, 3600.0, 4242),
-    registry=json.loads(registry_json(REGISTRY)),  # as read back from the host
+    registry=json.loads(REGISTRY.to_json()),  # as read back from the host
     rules_record=DESIRED.rules_fingerprint,
     nat=DESIRED.rules_document,
     route=True,
@@ -177,7 +177,7 @@ CHANGES: list[tuple[str, dict[str, Any], list[str]]] = [
     ),
     (
         "registry differs",
-        {"registry": {**REGISTRY, "version": 2}},
+        {"registry": {**REGISTRY.to_dict(), "version": 2}},
         [f"WriteFile {layout.REGISTRY}", "StartMeshd reload"],
     ),
     (

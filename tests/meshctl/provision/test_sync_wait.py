@@ -16,7 +16,8 @@ from meshctl.admin_client import AdminClient, AdminEndpoint
 from meshctl.provision import layout
 from meshd.config import MeshdConfig
 from meshd.errors import ProvisionError
-from meshd.runtime import synced_path
+from meshd.host.registryfiles import synced_path
+from meshd.stats import Stats
 
 ENDPOINT = AdminEndpoint("web1", "10.0.0.11", 15001)
 GOLDEN = Path(__file__).parent / "golden"
@@ -30,11 +31,12 @@ class ScriptedMeshd:
         self.key = key
         self.asked = 0
 
-    def stats(self, endpoint: AdminEndpoint) -> dict[str, Any]:
+    def stats(self, endpoint: AdminEndpoint) -> Stats:
         assert endpoint == ENDPOINT
         self.asked += 1
         answer = self.synced.pop(0) if len(self.synced) > 1 else self.synced[0]
-        return {"registry_version": 9, **({"synced_registry_version": answer} if self.key else {})}
+        doc = {"registry_version": 9, **({"synced_registry_version": answer} if self.key else {})}
+        return Stats.from_json(doc)  # as AdminClient.stats reads the JSON
 
 
 @pytest.fixture
@@ -110,12 +112,12 @@ def test_a_push_meshd_already_had_fails_only_if_its_sync_is_behind(
     """A second run after a failed wait must not pass a host whose names never followed."""
     stats = {"registry_version": 9, "synced_registry_version": synced}
     if not fails:
-        control._check_not_behind(stats, "web1", 9)
+        control._check_not_behind(Stats.from_json(stats), "web1", 9)
         return
     with pytest.raises(
         ProvisionError, match=r"did not follow since it was pushed \(they follow version 8\)"
     ):
-        control._check_not_behind(stats, "web1", 9)
+        control._check_not_behind(Stats.from_json(stats), "web1", 9)
 
 
 def test_the_registry_lists_each_hosts_ipv6_addresses(tmp_path: Path) -> None:
@@ -137,6 +139,6 @@ def test_the_registry_lists_each_hosts_ipv6_addresses(tmp_path: Path) -> None:
     state.record_join(ws, "api1", {"address": "10.0.0.2"})  # joined before IPv6 was gathered
     ro = Rollout(ws, SshOptions())
     registry = registry_for(ro, inventory, ("web1", "api1", "db1"), {"db1": ("fd00::3",)})
-    endpoints = {s: e for s, v in registry["services"].items() for e in v["endpoints"]}
+    endpoints = {s: e for s, v in registry.to_dict()["services"].items() for e in v["endpoints"]}
     assert endpoints["web"]["ipv6"] == ["fd00::1"] and endpoints["db"]["ipv6"] == ["fd00::3"]
     assert "ipv6" not in endpoints["api"]

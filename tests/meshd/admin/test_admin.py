@@ -34,7 +34,8 @@ from meshd.config import MeshdConfig
 from meshd.daemon import Daemon
 from meshd.errors import ConfigError, ConnectError
 from meshd.registry import Registry
-from meshd.store import KINDS, DocumentStore
+from meshd.stats import KINDS, Stats
+from meshd.store import DocumentStore
 from meshd.telemetry.events import ConnectionRefused, EventBus, HandshakeFailed, Subscription
 from meshd.telemetry.logs import peer_lines
 from meshd.telemetry.metrics import Metrics
@@ -163,8 +164,8 @@ class FakeBackend:
     def is_ready(self) -> bool:
         return self.ready
 
-    def stats(self) -> dict[str, Any]:
-        return {"links": 0, "registry_version": self.live["registry"].version}
+    def stats(self) -> Stats:
+        return Stats(registry_version=self.live["registry"].version)
 
     def metrics_text(self) -> str:
         self.metrics.collect()
@@ -645,7 +646,7 @@ async def test_an_operator_past_the_cap_gets_503_with_a_hint(
             assert (await read_response(first))[0] == 200
         assert server.counter("over_capacity") == 1
         with anyio.fail_after(2):
-            while server.admin.stats()["active"]:
+            while server.admin.sessions:
                 await anyio.sleep(0.01)
         assert await call(server, pki.alice, "GET", "/healthz") == (200, "ok\n")
     assert [e.reason for e in subject.events(ConnectionRefused)] == ["over_capacity"]
@@ -807,7 +808,7 @@ async def test_a_kept_alive_session_gets_no_answer_after_the_certificate_expires
             await kept.send(build("PUT", "/registry", registry_doc(7)))
             await read_response(kept, within=3)
         with anyio.fail_after(2):
-            while server.admin.stats()["active"]:
+            while server.admin.sessions:
                 await anyio.sleep(0.01)
         assert server.counter("expired") == 1
     assert subject.store.versions() == {"registry": 1}

@@ -14,9 +14,9 @@ import pytest
 
 from meshd.config import MeshdConfig
 from meshd.host.interception import fallback_marker, filter_created
+from meshd.host.registryfiles import effective_registry, synced_version
 from meshd.registry import Registry
 from meshd.rules import V4, V6, fingerprint, ruleset
-from meshd.runtime import effective_registry, synced_version
 from tests.meshd import configs
 
 MESHD = str(Path(sys.executable).with_name("meshd"))

@@ -17,6 +17,7 @@ from meshd.telemetry.events import (
     RequestCompleted,
 )
 from meshd.telemetry.metrics import Metrics, escape_label, status_class
+from meshd.tls.failures import HandshakeFailure
 
 WEB, API = "spiffe://t.mesh/svc/web", "spiffe://t.mesh/svc/api"
 EDGE = f'direction="outbound",source="{WEB}",destination="{API}"'
@@ -111,14 +112,14 @@ def test_request_histogram_exact_lines() -> None:
 
 def test_failures_refusals_and_gauges() -> None:
     metrics = fed(
-        HandshakeFailed("mesh", "10.0.0.9:5000", "bad_certificate"),
-        HandshakeFailed("mesh", "10.0.0.9:5001", "bad_certificate"),
+        HandshakeFailed("mesh", "10.0.0.9:5000", HandshakeFailure.UNTRUSTED),
+        HandshakeFailed("mesh", "10.0.0.9:5001", HandshakeFailure.UNTRUSTED),
         ConnectionRefused("inbound", "10.0.0.9:5002", "plaintext"),
     )
     metrics.set_certificate_expiry(1_900_000_000)
     metrics.set_document_version("registry", 7)
     samples = parse_exposition(metrics.render())
-    assert samples['meshd_handshake_failures_total{listener="mesh",reason="bad_certificate"}'] == 2
+    assert samples['meshd_handshake_failures_total{listener="mesh",reason="untrusted"}'] == 2
     assert samples['meshd_connections_refused_total{listener="inbound",reason="plaintext"}'] == 1
     assert samples["meshd_certificate_expiry_timestamp_seconds"] == 1_900_000_000
     assert samples['meshd_document_version{kind="registry"}'] == 7

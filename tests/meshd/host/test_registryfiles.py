@@ -1,4 +1,4 @@
-"""effective_registry: the newer of /etc's registry and the one meshd persisted from a push."""
+"""The registry files on a host: the newer of /etc's and the pushed one, and the sync note."""
 
 from __future__ import annotations
 
@@ -11,8 +11,13 @@ import pytest
 from meshd.cli import main
 from meshd.config import MeshdConfig
 from meshd.errors import ConfigError
+from meshd.host.registryfiles import (
+    effective_registry,
+    mark_synced,
+    pushed_registry_path,
+    synced_version,
+)
 from meshd.registry import Registry
-from meshd.runtime import effective_registry, mark_synced, pushed_registry_path, synced_version
 from meshd.store import DocumentStore
 from tests.meshd import configs
 
