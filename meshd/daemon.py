@@ -310,6 +310,7 @@ class Daemon:
     def _swap(layered: Layered, rt: Runtime) -> None:
         rt.config, rt.tls, rt.registry = layered.config, layered.tls, layered.registry
         rt.policy, rt.files, rt.certificate = layered.policy, layered.files, layered.certificate
+        rt.recompile()
 
     async def _drain(self) -> None:
         self.rt.draining = True

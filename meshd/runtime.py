@@ -25,6 +25,7 @@ from meshd.config import MeshdConfig
 from meshd.errors import ConfigError, MeshError
 from meshd.files import write_atomic
 from meshd.identity import SpiffeId, make_id
+from meshd.policy.bundle import Bundle
 from meshd.registry import ANY, Registry, check_vip_range
 from meshd.telemetry.events import EventBus
 from meshd.tls.context import TlsMaterial
@@ -212,6 +213,11 @@ class Runtime:
     certificate: CertificateSource = field(
         default_factory=lambda: CertificateSource("files", None, NO_PUSH)
     )
+    # config, registry and policy compiled for meshd.policy.decide: ``recompile`` after a swap
+    bundle: Bundle = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.recompile()
 
     @classmethod
     def load(cls, config: MeshdConfig) -> Runtime:
@@ -228,6 +234,10 @@ class Runtime:
 
     def host_id(self, host: str) -> SpiffeId:
         return make_id(self.trust_domain, "host", host)
+
+    def recompile(self) -> None:
+        """Compile the bundle admissions decide on from the state now in place (after a swap)."""
+        self.bundle = Bundle.compile(self.config, self.registry, self.policy)
 
     def admit(self) -> bool:
         """Count a new app connection in, unless the limit is reached."""
