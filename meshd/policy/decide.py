@@ -64,6 +64,7 @@ def stream(
     ``peer_names``: the identities its certificate holds; ``peer_streams``: the
     streams it has relayed here now; ``active``: connections relayed now.
     """
+    # compared as strings: the peer's names were parsed and verified once, at the handshake
     if request.source not in peer_names:
         why = f"peer does not hold {request.source}"
         return Refuse("source_not_in_certificate", why, SOURCE_IN_CERTIFICATE)
