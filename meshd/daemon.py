@@ -38,7 +38,8 @@ from meshd.proxy.connect import Connector
 from meshd.proxy.frames import RST_CANCEL
 from meshd.proxy.inbound import MeshPort, PlainInbound
 from meshd.proxy.link import Link
-from meshd.proxy.outbound import LinkPool, OutboundConn
+from meshd.proxy.outbound import OutboundConn
+from meshd.proxy.pool import LinkPool
 from meshd.runtime import (
     NO_PUSH,
     Files,

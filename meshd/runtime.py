@@ -239,14 +239,8 @@ class Runtime:
         """Compile the bundle admissions decide on from the state now in place (after a swap)."""
         self.bundle = Bundle.compile(self.config, self.registry, self.policy)
 
-    def admit(self) -> bool:
-        """Count a new app connection in, unless the limit is reached."""
-        if self.active >= self.config.limits.max_connections:
-            return False
-        self.active += 1
-        return True
-
     def release(self) -> None:
+        """An admitted app connection ended (admitting counts it in ``active``)."""
         self.active -= 1
 
 

@@ -8,7 +8,7 @@ from typing import cast
 
 import pytest
 
-from meshd.config import MeshdConfig, ServiceConfig
+from meshd.config import ServiceConfig
 from meshd.daemon import Daemon
 from meshd.documents import Documents, Layered
 from meshd.policy import decide
@@ -18,7 +18,7 @@ from meshd.registry import Registry
 from meshd.runtime import CertificateSource, Files, Runtime
 from meshd.store import DocumentStore
 from meshd.tls.context import TlsMaterial
-from tests.meshd.policy.test_decide import API, B1, B2, LONELY, REGISTRY, config
+from tests.meshd.policy.sample import API, B1, B2, LONELY, REGISTRY, config
 
 NO_TLS = cast(TlsMaterial, None)  # the bundle is made of config, registry and policy alone
 

@@ -10,11 +10,9 @@ pin the order of the checks, which decides the code a peer sees.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 
 import pytest
 
-from meshd.config import IdentityConfig, LimitsConfig, MeshdConfig, ServiceConfig
 from meshd.identity import SpiffeId
 from meshd.policy import decide
 from meshd.policy.bundle import Address, Bundle
@@ -33,31 +31,20 @@ from meshd.policy.decisions import (
     Refuse,
 )
 from meshd.proxy.frames import OpenRequest
-from meshd.registry import Endpoint, Registry, Service
-
-MAX_CONNS, MAX_PEER_STREAMS, MAX_PEER_LINKS = 4, 3, 2
-B1 = Endpoint("b1", "10.77.0.11", 8080, ipv6=("fd00:77::11",))
-B2 = Endpoint("b2", "10.77.0.12", 8080)
-API = Service("api", "10.255.0.2", 80, (B1, B2))
-LONELY = Service("lonely", "10.255.0.3", 80)
-REGISTRY = Registry(7, (API, LONELY))
-TD = "t.mesh"
-HOST_A, HOST_C = f"spiffe://{TD}/host/a", f"spiffe://{TD}/host/c"
-WEB, DB = f"spiffe://{TD}/svc/web", f"spiffe://{TD}/svc/db"
-
-
-def config(mtls: str = "strict") -> MeshdConfig:
-    return MeshdConfig(
-        identity=IdentityConfig("b", TD, Path("c"), Path("k"), Path("b")),
-        mtls=mtls,
-        services=(ServiceConfig("api", 8080), ServiceConfig("echo", 7000)),
-        limits=LimitsConfig(
-            max_connections=MAX_CONNS,
-            max_streams_per_peer=MAX_PEER_STREAMS,
-            max_links_per_peer=MAX_PEER_LINKS,
-        ),
-    )
-
+from tests.meshd.policy.sample import (
+    B1,
+    B2,
+    DB,
+    HOST_A,
+    HOST_C,
+    MAX_CONNS,
+    MAX_PEER_LINKS,
+    MAX_PEER_STREAMS,
+    REGISTRY,
+    TD,
+    WEB,
+    config,
+)
 
 STRICT = Bundle.compile(config("strict"), REGISTRY, {})
 PERMISSIVE = Bundle.compile(config("permissive"), REGISTRY, {})
@@ -76,6 +63,8 @@ def summary(decision: Forward | Deliver | AcceptLink | Refuse) -> Summary:
 
 LIMIT = ("refuse", "limit", "connection limit reached", MAX_CONNECTIONS)
 TO_API = ("forward", "api", (B1, B2), REGISTRY_SERVICES)
+TO_B1 = ("forward", "api", (B1,), REGISTRY_SERVICES)  # addressed directly: no other will do
+TO_B2 = ("forward", "api", (B2,), REGISTRY_SERVICES)
 VIP = ("10.255.0.2", 80)
 NOWHERE = ("10.255.0.9", 80)
 
@@ -86,8 +75,8 @@ NOWHERE = ("10.255.0.9", 80)
         pytest.param(MAX_CONNS - 1, None, VIP, TO_API, id="max_connections-minus-one"),
         pytest.param(MAX_CONNS, None, VIP, LIMIT, id="max_connections"),
         pytest.param(MAX_CONNS, None, NOWHERE, LIMIT, id="max_connections-first"),
-        pytest.param(0, None, ("10.77.0.12", 8080), TO_API[:2] + ((B2,), REGISTRY_SERVICES)),
-        pytest.param(0, None, ("fd00:77::11", 8080), TO_API[:2] + ((B1,), REGISTRY_SERVICES)),
+        pytest.param(0, None, ("10.77.0.12", 8080), TO_B2, id="an-endpoint-addressed"),
+        pytest.param(0, None, ("fd00:77::11", 8080), TO_B1, id="an-endpoints-ipv6-address"),
         pytest.param(
             0,
             None,
