@@ -5,8 +5,8 @@ the peer's streams or links), passed in as plain values, and returns a
 decision (``meshd.policy.decisions``); the caller carries it out, counts,
 logs and publishes it. The checks run in the order meshd has always made
 them, which decides the code a peer sees when several rules would refuse.
-An admission is a value precompiled in the bundle: deciding allocates
-nothing unless it refuses.
+Admitting a connection or a stream returns a value compiled into the
+bundle: it allocates nothing (a refusal, or a link, builds its decision).
 """
 
 from __future__ import annotations
