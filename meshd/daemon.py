@@ -39,7 +39,8 @@ from meshd.proxy.connect import Connector
 from meshd.proxy.frames import RST_CANCEL
 from meshd.proxy.inbound import MeshPort, PlainInbound
 from meshd.proxy.link import Link
-from meshd.proxy.outbound import LinkPool, OutboundConn
+from meshd.proxy.outbound import OutboundConn
+from meshd.proxy.pool import LinkPool
 from meshd.runtime import (
     NO_PUSH,
     Files,
@@ -307,6 +308,7 @@ class Daemon:
     def _swap(layered: Layered, rt: Runtime) -> None:
         rt.config, rt.tls, rt.registry = layered.config, layered.tls, layered.registry
         rt.policy, rt.files, rt.certificate = layered.policy, layered.files, layered.certificate
+        rt.recompile()
 
     async def _drain(self) -> None:
         self.rt.draining = True

@@ -103,13 +103,17 @@ class Documents:
         return registry_on(self.runtime().config, doc)
 
     def apply_registry(self, registry: Registry) -> None:
-        self.runtime().registry = registry
+        rt = self.runtime()
+        rt.registry = registry
+        rt.recompile()
 
     def validate_config(self, doc: Doc) -> MeshdConfig:
         return config_on(self.runtime().config, doc, self.directory)
 
     def apply_config(self, config: MeshdConfig) -> None:
-        self.runtime().config = config  # the certificate layer (files or pushed) stays as it is
+        rt = self.runtime()
+        rt.config = config  # the certificate layer (files or pushed) stays as it is
+        rt.recompile()
 
     def validate_certs(self, doc: Doc) -> TlsChoice:
         """A pushed certificate meshd would also run after a restart: one outlasting the files'."""
@@ -135,7 +139,9 @@ class Documents:
         return policy_of(doc)
 
     def apply_policy(self, policy: Doc) -> None:
-        self.runtime().policy = policy
+        rt = self.runtime()
+        rt.policy = policy
+        rt.recompile()
 
 
 def layer(files: Files, docs: dict[str, Doc], directory: Path) -> Layered:

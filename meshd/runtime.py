@@ -23,6 +23,7 @@ from meshd.config import MeshdConfig
 from meshd.errors import ConfigError, MeshError
 from meshd.host.registryfiles import load_registry
 from meshd.identity import SpiffeId, make_id
+from meshd.policy.bundle import Bundle
 from meshd.registry import Registry
 from meshd.stats import CertificateSource, ReloadReport
 from meshd.telemetry.events import EventBus
@@ -113,6 +114,11 @@ class Runtime:
     certificate: CertificateSource = field(
         default_factory=lambda: CertificateSource("files", None, NO_PUSH)
     )
+    # config, registry and policy compiled for meshd.policy.decide: ``recompile`` after a swap
+    bundle: Bundle = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.recompile()
 
     @classmethod
     def load(cls, config: MeshdConfig) -> Runtime:
@@ -130,14 +136,12 @@ class Runtime:
     def host_id(self, host: str) -> SpiffeId:
         return make_id(self.trust_domain, "host", host)
 
-    def admit(self) -> bool:
-        """Count a new app connection in, unless the limit is reached."""
-        if self.active >= self.config.limits.max_connections:
-            return False
-        self.active += 1
-        return True
+    def recompile(self) -> None:
+        """Compile the bundle admissions decide on from the state now in place (after a swap)."""
+        self.bundle = Bundle.compile(self.config, self.registry, self.policy)
 
     def release(self) -> None:
+        """An admitted app connection ended (admitting counts it in ``active``)."""
         self.active -= 1
 
 

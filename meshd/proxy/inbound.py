@@ -1,10 +1,12 @@
 """Inbound: sidecar links accepted on the mesh port, and plaintext from outside the mesh.
 
-Each stream a peer opens is checked (the peer's certificate must hold the
-source identity it claims; the service must be one of ours on its port) and
-delivered to the app on loopback. Connections that reach a meshed port from
-outside the mesh arrive redirected on the inbound listener: refused in
-``strict`` mode, relayed to the app as an unauthenticated peer in ``permissive``.
+Each link and each stream a peer opens over it is admitted by
+``meshd.policy.decide`` (the peer's certificate must hold the source identity
+it claims; the service must be one of ours on its port; the peer's share of
+links and streams) and delivered to the app on loopback. Connections that
+reach a meshed port from outside the mesh arrive redirected on the inbound
+listener: refused in ``strict`` mode, relayed to the app as an unauthenticated
+peer in ``permissive``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from collections.abc import Callable
 from typing import cast
 
 from meshd.netfacts import fmt, original_dst
+from meshd.policy import decide
+from meshd.policy.decisions import MAX_CONNECTIONS, Deliver, Refuse
 from meshd.proxy.connect import Connector
 from meshd.proxy.frames import RST_CONNECT_FAILED, OpenRequest
 from meshd.proxy.link import Link
@@ -63,37 +67,29 @@ class MeshPort:
         )
 
     def on_ready(self, link: Link) -> None:
-        hosts = [
-            i for i in link.peer_ids if i.kind == "host" and i.trust_domain == self.rt.trust_domain
-        ]
-        if not hosts:
-            self._refuse_link(
-                link, HandshakeFailure.WRONG_IDENTITY, "no host identity of our trust domain"
-            )
+        decision = decide.link(self.rt.bundle, link.peer_ids, self.per_peer)
+        if isinstance(decision, Refuse):
+            self._refuse_link(link, decision)
             return
-        peer = str(hosts[0])
-        if self.per_peer[peer] >= self.rt.config.limits.max_links_per_peer:
-            why = f"{peer} already holds its links"
-            self._refuse_link(link, HandshakeFailure.TOO_MANY_LINKS, why)
-            return
-        link.peer, link.peer_key = hosts[0], peer
-        self.per_peer[peer] += 1
+        link.peer, link.peer_key = decision.peer, decision.key
+        self.per_peer[decision.key] += 1
         self.links.add(link)
         peer_lines.log(
             log, logging.INFO, "links up", "link from %s (%s) up", link.peer, link.peer_address
         )
 
-    def _refuse_link(self, link: Link, code: HandshakeFailure, why: str) -> None:
+    def _refuse_link(self, link: Link, refusal: Refuse) -> None:
         peer_lines.log(
             log,
             logging.WARNING,
             "refused links",
             "refused link from %s: %s",
             link.peer_address,
-            why,
+            refusal.reason,
         )
-        self.rt.bus.publish(HandshakeFailed("mesh", link.peer_address, code))
-        link.abort(f"refused: {why}")
+        failure = HandshakeFailure(refusal.code)  # the link refusals are of its vocabulary
+        self.rt.bus.publish(HandshakeFailed("mesh", link.peer_address, failure))
+        link.abort(f"refused: {refusal.reason}")
 
     def on_lost(self, link: Link, reason: str) -> None:
         if link in self.links:
@@ -104,9 +100,18 @@ class MeshPort:
                 del self.per_peer[peer]
 
     def on_open(self, link: Link, sid: int, request: OpenRequest) -> Stream | None:
-        refusal = self._check(link, request)
-        if refusal is not None:
-            code, message = refusal
+        peer, rt = link.peer_key, self.rt
+        decision = decide.stream(
+            rt.bundle, request, peer, link.peer_names, self.peer_streams[peer], rt.active
+        )
+        if isinstance(decision, Refuse):
+            self._refuse(link, request, decision)
+            return None
+        return self._accept(link, request, decision)
+
+    def _refuse(self, link: Link, request: OpenRequest, refusal: Refuse) -> None:
+        # at the connection limit every peer's streams are refused: counted, not logged
+        if refusal.rule != MAX_CONNECTIONS:
             peer_lines.log(
                 log,
                 logging.WARNING,
@@ -115,25 +120,25 @@ class MeshPort:
                 link.peer,
                 request.service,
                 request.port,
-                message,
+                refusal.reason,
             )
-            self.rt.bus.publish(ConnectionRefused("mesh", link.peer_address, code))
-            return None
-        if not self.rt.admit():
-            self.rt.bus.publish(ConnectionRefused("mesh", link.peer_address, "limit"))
-            return None
-        return self._accept(link, request)
+        self.rt.bus.publish(
+            ConnectionRefused("mesh", link.peer_address, refusal.code, refusal.rule)
+        )
 
-    def _accept(self, link: Link, request: OpenRequest) -> Stream:
+    def _accept(self, link: Link, request: OpenRequest, decision: Deliver) -> Stream:
         peer = link.peer_key
+        self.rt.active += 1  # released when the stream closes
         self.peer_streams[peer] += 1
         pending: list[Callable[[], None]] = []  # the app connect, cancelled if the stream ends
         stream = Stream(
             self.rt.config.limits.stream_window,
             on_close=lambda s, error: self._closed(s, request, error, peer, pending),
         )
-        self.rt.bus.publish(ConnectionOpened(INBOUND, request.source, request.service))
-        port = request.port
+        self.rt.bus.publish(
+            ConnectionOpened(INBOUND, request.source, request.service, decision.rule)
+        )
+        port = decision.port
         cancel = self.connector.connect(
             LOCAL_APP_HOST,
             port,
@@ -142,18 +147,6 @@ class MeshPort:
         )
         pending.append(cancel)
         return stream
-
-    def _check(self, link: Link, request: OpenRequest) -> tuple[str, str] | None:
-        # compared as strings: the peer's names were parsed and verified once, at the handshake
-        if request.source not in link.peer_names:
-            return "source_not_in_certificate", f"peer does not hold {request.source}"
-        service = self.rt.config.local_services.get(request.service)
-        if service is None or service.port != request.port:
-            return "unknown_service", f"no local service {request.service} on port {request.port}"
-        share = self.rt.config.limits.max_streams_per_peer
-        if self.peer_streams[link.peer_key] >= share:
-            return "peer_limit", f"{link.peer} already holds {share} streams here"
-        return None
 
     def _unreachable(self, stream: Stream, port: int, error: BaseException) -> None:
         if stream.closed:  # reset meanwhile: its connect was cancelled
@@ -208,11 +201,31 @@ class PlainInbound(PipeEnd):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
         super().connection_made(transport)
-        peer = fmt(transport.get_extra_info("peername"))
         dst = original_dst(transport.get_extra_info("socket"))
-        service = next((s for s in self.rt.config.services if dst and s.port == dst[1]), None)
-        if self.rt.config.mtls == "strict" or service is None:
-            why = "mtls is strict" if service is not None else f"{fmt(dst)} is no local service"
+        decision = decide.plaintext(self.rt.bundle, dst, self.rt.active)
+        if isinstance(decision, Refuse):
+            self._refuse(transport, dst, decision)
+            return
+        self.rt.active += 1  # released in _closed
+        self.service = decision.service
+        self.opened_at = time.monotonic()
+        self.on_lost = self._closed
+        self.rt.bus.publish(
+            ConnectionOpened(INBOUND, UNAUTHENTICATED, decision.service, decision.rule)
+        )
+        port = decision.port
+        self.connector.connect(
+            LOCAL_APP_HOST,
+            port,
+            lambda: _AppEnd(self),
+            lambda error: self._unreachable(port, error),
+        )
+
+    def _refuse(
+        self, transport: asyncio.Transport, dst: tuple[str, int] | None, refusal: Refuse
+    ) -> None:
+        peer = fmt(transport.get_extra_info("peername"))
+        if refusal.rule != MAX_CONNECTIONS:  # full: counted, not logged (as on the mesh port)
             peer_lines.log(
                 log,
                 logging.WARNING,
@@ -220,26 +233,10 @@ class PlainInbound(PipeEnd):
                 "refused plaintext connection from %s to %s: %s",
                 peer,
                 fmt(dst),
-                why,
+                refusal.reason,
             )
-            self.rt.bus.publish(ConnectionRefused("inbound", peer, "plaintext"))
-            transport.abort()
-            return
-        if not self.rt.admit():
-            self.rt.bus.publish(ConnectionRefused("inbound", peer, "limit"))
-            transport.abort()
-            return
-        self.service = service.name
-        self.opened_at = time.monotonic()
-        self.on_lost = self._closed
-        self.rt.bus.publish(ConnectionOpened(INBOUND, UNAUTHENTICATED, service.name))
-        port = service.port
-        self.connector.connect(
-            LOCAL_APP_HOST,
-            port,
-            lambda: _AppEnd(self),
-            lambda error: self._unreachable(port, error),
-        )
+        self.rt.bus.publish(ConnectionRefused("inbound", peer, refusal.code, refusal.rule))
+        transport.abort()
 
     def _closed(self) -> None:
         self.rt.release()

@@ -288,6 +288,18 @@ class Link(asyncio.BufferedProtocol):
         self.receiving -= credit
         self.write(frame(WINDOW, stream.sid, WINDOW_CREDIT.pack(credit)))
 
+    # Every RST frame is built by _reset_frame, and sent by one of these three (or as the
+    # answer to an OPEN refused, in _on_open): ``reason`` is always ours, never the peer's.
+    def reset(self, stream: Stream, code: int, reason: str) -> None:
+        """Tell the peer a stream is gone (``reason`` is ours: the peer logs it), and end it."""
+        self.send_reset(stream, code, reason)
+        stream.reset(reason)
+
+    def send_reset(self, stream: Stream, code: int, reason: str) -> None:
+        """Tell the peer a stream is gone; the stream ends on its own (its app closed)."""
+        if stream.sid and not stream.closed:
+            self.write(_reset_frame(stream.sid, code, reason))
+
     def refuse(self, stream: Stream, code: int, reason: str) -> None:
         """Answer the peer's OPEN of ``stream`` with a reset after all (its app is down, ...).
 
@@ -295,15 +307,9 @@ class Link(asyncio.BufferedProtocol):
         """
         try:
             if stream.sid and not stream.closed:
-                self._reply(frame(RST, stream.sid, reset_payload(code, reason)))
+                self._reply(_reset_frame(stream.sid, code, reason))
         except ProtocolError as e:
             self.abort(f"protocol error: {e.message}")
-        stream.reset(reason)
-
-    def reset(self, stream: Stream, code: int, reason: str) -> None:
-        """Tell the peer a stream is gone (``reason`` is ours: the peer logs it), and end it."""
-        if stream.sid and not stream.closed:
-            self.write(frame(RST, stream.sid, reset_payload(code, reason)))
         stream.reset(reason)
 
     @property
@@ -584,7 +590,7 @@ class Link(asyncio.BufferedProtocol):
             reason = "refused"
             stream = self.on_open(self, sid, request)
         if stream is None:
-            self._reply(frame(RST, sid, reset_payload(RST_REFUSED, reason)))
+            self._reply(_reset_frame(sid, RST_REFUSED, reason))
             return
         self.streams[sid] = stream
         stream.attached(self, sid)
@@ -605,6 +611,10 @@ class Link(asyncio.BufferedProtocol):
         self._ping_sent = os.urandom(8)
         self.write(frame(PING, 0, self._ping_sent))
         self._schedule_ping()
+
+
+def _reset_frame(sid: int, code: int, reason: str) -> bytes:
+    return frame(RST, sid, reset_payload(code, reason))
 
 
 def _check_control(kind: int, length: int) -> None:

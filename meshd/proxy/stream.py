@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
-from meshd.proxy.frames import FIN, RST, RST_CANCEL, ProtocolError, frame, reset_payload
+from meshd.proxy.frames import FIN, RST_CANCEL, ProtocolError, frame
 
 if TYPE_CHECKING:
     from meshd.proxy.link import Link
@@ -197,7 +197,7 @@ class Stream:
             self._finish("")
             return
         if self.link is not None and self.sid:
-            self.link.write(frame(RST, self.sid, reset_payload(RST_CANCEL, "app closed")))
+            self.link.send_reset(self, RST_CANCEL, "app closed")
         self._finish("app closed before the stream finished")
 
     def reset(self, reason: str) -> None:

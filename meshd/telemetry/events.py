@@ -4,7 +4,10 @@ The proxy publishes past-tense facts; metrics, access logs, traces and the
 ``top`` feed are independent subscribers. Each subscriber has a bounded
 queue: when it falls behind, new events are dropped for it and counted, and
 traffic is never slowed. Publishing is a few appends, cheap enough for the
-relay's hot path; consumers drain in their own time.
+relay's hot path; consumers drain in their own time. An admission decision
+(``meshd.policy``) travels in the event that reports what came of it:
+``ConnectionOpened`` and ``ConnectionRefused`` carry the rule that decided,
+so admitting a connection publishes nothing more than it did before.
 
 Events are not frozen dataclasses, though nothing changes them once
 published: a frozen dataclass's ``__init__`` costs four times as much, and a
@@ -28,6 +31,7 @@ class ConnectionOpened:
     direction: str
     source: str
     destination: str
+    rule: str = ""  # the rule that admitted it (meshd.policy.decisions): the decision, as a fact
 
 
 @dataclass(slots=True)
@@ -63,6 +67,7 @@ class ConnectionRefused:
     listener: str  # "outbound", "inbound", "mesh", "admin"
     peer: str
     reason: str  # short, stable, used as a metric label: "plaintext", "wrong_identity", ...
+    rule: str = ""  # the rule that refused it (meshd.policy.decisions), where one decided
 
 
 Event = ConnectionOpened | ConnectionClosed | RequestCompleted | HandshakeFailed | ConnectionRefused

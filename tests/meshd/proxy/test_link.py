@@ -28,6 +28,9 @@ from meshd.proxy.frames import (
     PING,
     PONG,
     RST,
+    RST_CANCEL,
+    RST_CONNECT_FAILED,
+    RST_REFUSED,
     WINDOW,
     WINDOW_CREDIT,
     OpenRequest,
@@ -37,7 +40,7 @@ from meshd.proxy.frames import (
 )
 from meshd.proxy.link import CONTROL_BURST, REPLY_BACKLOG, Link
 from meshd.proxy.stream import WINDOW_SLACK, AppProtocol, Stream
-from tests.meshd.proxy.test_frames import FakeTransport, turn
+from tests.meshd.proxy.test_frames import FakeTransport, _link_with_stream, turn
 from tests.meshd.tls.test_der import cert as leaf_der
 from tests.meshd.tls.test_der import usage
 
@@ -456,6 +459,52 @@ async def test_a_finished_stream_is_not_credited_twice() -> None:
     await turn()
     assert link.receiving == 0
     assert len(transport.out) == written, "no WINDOW for a stream that is gone"
+
+
+# --- resets: one way to build them, each sent once ------------------------------------------
+def _app_closed(link: Link, stream: Stream) -> None:
+    stream.app_lost()
+
+
+def _idle(link: Link, stream: Stream) -> None:
+    link.reset(stream, RST_CANCEL, "idle for 300s")
+
+
+def _app_down(link: Link, stream: Stream) -> None:
+    link.refuse(stream, RST_CONNECT_FAILED, "cannot reach the app on port 80")
+
+
+@pytest.mark.parametrize(
+    ("end", "code", "reason", "error"),
+    [
+        (_app_closed, RST_CANCEL, "app closed", "app closed before the stream finished"),
+        (_idle, RST_CANCEL, "idle for 300s", "idle for 300s"),
+        (_app_down, RST_CONNECT_FAILED, "cannot reach the app on port 80", None),
+    ],
+    ids=["app-closed", "link-reset", "refused-after-all"],
+)
+async def test_a_stream_that_ends_tells_the_peer_once(
+    end: Callable[[Link, Stream], None], code: int, reason: str, error: str | None
+) -> None:
+    link, stream, transport, _ = _link_with_stream()
+    errors: list[str] = []
+    stream.on_close = lambda s, e: errors.append(e)
+    await turn()
+    transport.out.clear()
+    end(link, stream)
+    end(link, stream)  # again, once it is gone: nothing more goes out
+    await turn()
+    assert bytes(transport.out) == frame(RST, stream.sid, reset_payload(code, reason))
+    assert errors == [error or reason]
+    assert stream.sid not in link.streams
+
+
+async def test_a_refused_open_is_answered_with_a_reset() -> None:
+    link, transport = _acceptor(max_streams=1)
+    request = OpenRequest("web", 80, SOURCE).encode()
+    link.data_received(frame(OPEN, 1, request))
+    await turn()
+    assert bytes(transport.out) == frame(RST, 1, reset_payload(RST_REFUSED, "refused"))
 
 
 def test_a_stream_without_a_link_holds_at_most_one_read() -> None:

@@ -1,95 +1,132 @@
-"""Endpoint picking: least outstanding streams, ties round robin, failed endpoints skipped."""
+"""An app's outbound connection, in process: admitted by decide, counted, picked, or refused.
+
+The decisions themselves are tested in tests/meshd/policy; these check what
+OutboundConn does with them: what it publishes (the rule that decided rides
+on the event), what it counts, where it sends the stream, what it aborts.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import ssl
-import time
-from pathlib import Path
-from typing import cast
+import socket
+from typing import Any, cast
 
-import anyio
+import pytest
 
-from meshd.config import MeshdConfig
-from meshd.proxy.outbound import LinkPool
-from meshd.registry import Endpoint, Service
+from meshd.netfacts import SOCKADDR_IN
+from meshd.proxy.outbound import OutboundConn
+from meshd.proxy.pool import LinkPool, Waiting
+from meshd.registry import Endpoint
 from meshd.runtime import Runtime
-from meshd.telemetry.events import HandshakeFailed
-from meshd.tls.context import mutual_context
-from tests.meshd.tlsfixtures import TD, TestPki
+from meshd.telemetry.events import ConnectionClosed, ConnectionOpened, ConnectionRefused, Event
+from meshd.tls.context import TlsMaterial
+from tests.meshd.policy.sample import B1, B2, MAX_CONNS, REGISTRY, config
+from tests.meshd.proxy.test_frames import FakeTransport
 
-E1, E2, E3 = (Endpoint(f"h{i}", f"10.0.0.{i}", 80, 15443) for i in (1, 2, 3))
-WEB = Service("web", "10.255.0.1", 80, (E1, E2, E3))
-
-
-def _pool() -> LinkPool:
-    return LinkPool(cast(Runtime, None))  # picking needs no runtime
+SOURCE = "spiffe://t.mesh/host/b"
+CLIENT = "127.0.0.1:1"  # FakeTransport's peer
+OUTBOUND_PORT = 15001
 
 
-def test_ties_go_round_robin() -> None:
-    pool = _pool()
-    assert [pool.pick(WEB, set()) for _ in range(6)] == [E1, E2, E3, E1, E2, E3]
+class RedirectedSocket:
+    """What original_dst reads from a socket that iptables redirected on its way to ``dst``."""
+
+    family = socket.AF_INET
+
+    def __init__(self, dst: tuple[str, int] | None) -> None:
+        self.dst = dst or ("127.0.0.1", OUTBOUND_PORT)  # None: it was not redirected
+
+    def getsockopt(self, level: int, option: int, size: int) -> bytes:
+        return SOCKADDR_IN.pack(self.dst[1], socket.inet_aton(self.dst[0]))
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("127.0.0.1", OUTBOUND_PORT)
 
 
-def test_fewest_outstanding_wins() -> None:
-    pool = _pool()
-    pool.outstanding = {E1.link_key: 3, E2.link_key: 1, E3.link_key: 2}
-    assert {pool.pick(WEB, set()) for _ in range(5)} == {E2}
+class AppTransport(FakeTransport):
+    def __init__(self, sock: RedirectedSocket) -> None:
+        super().__init__()
+        self.sock = sock
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.sock if name == "socket" else super().get_extra_info(name, default)
 
 
-def test_failed_endpoints_are_skipped_until_their_backoff_ends() -> None:
-    pool = _pool()
-    pool.failed_until = {E3.link_key: (time.monotonic() + 60, 1.0)}
-    assert E3 not in {pool.pick(WEB, set()) for _ in range(9)}
-    pool.failed_until = {e.link_key: (time.monotonic() + 60, 1.0) for e in (E1, E2, E3)}
-    assert pool.pick(WEB, set()) is not None  # all failed: still try one rather than none
+class Pool(LinkPool):
+    """Records what it is given to send instead of dialling."""
+
+    def __init__(self, rt: Runtime) -> None:
+        super().__init__(rt)
+        self.sent: list[tuple[Waiting, Endpoint]] = []
+
+    def send(self, waiting: Waiting, endpoint: Endpoint) -> None:
+        self.sent.append((waiting, endpoint))
 
 
-def test_avoid_and_single_endpoint() -> None:
-    pool = _pool()
-    assert {pool.pick(WEB, {E1.link_key, E2.link_key}) for _ in range(3)} == {E3}
-    assert pool.pick(WEB, {E1.link_key, E2.link_key, E3.link_key}) is None
-    solo = Service("db", "10.255.0.2", 5432, (E1,))
-    assert pool.pick(solo, set()) is E1
+def _connect(
+    upstream: str | None, dst: tuple[str, int] | None, active: int = 0
+) -> tuple[Runtime, Pool, OutboundConn, AppTransport, list[Event]]:
+    rt = Runtime(config(), cast(TlsMaterial, None), REGISTRY)
+    rt.active = active
+    events = rt.bus.subscribe(16).queue
+    pool = Pool(rt)
+    conn = OutboundConn(rt, pool, SOURCE, upstream)
+    transport = AppTransport(RedirectedSocket(dst))
+    conn.connection_made(transport)
+    return rt, pool, conn, transport, list(events)
 
 
-def test_anything_that_goes_wrong_for_one_endpoint_is_a_failed_dial(tmp_path: Path) -> None:
-    """Over real TLS: a dial that raises past its handshake is counted, never the daemon's end.
+@pytest.mark.parametrize(
+    ("upstream", "dst", "endpoints", "target"),
+    [
+        pytest.param("api", None, {B1, B2}, "", id="upstream-listener"),
+        pytest.param(None, ("10.255.0.2", 80), {B1, B2}, "10.255.0.2:80", id="vip"),
+        pytest.param(None, ("10.77.0.12", 8080), {B2}, "10.77.0.12:8080", id="endpoint"),
+    ],
+)
+def test_an_admitted_connection_is_counted_published_and_sent(
+    upstream: str | None, dst: tuple[str, int] | None, endpoints: set[Endpoint], target: str
+) -> None:
+    rt, pool, conn, _, events = _connect(upstream, dst, MAX_CONNS - 1)
+    assert events == [ConnectionOpened("outbound", SOURCE, "api", "registry/services")]
+    assert rt.active == MAX_CONNS
+    [(waiting, endpoint)] = pool.sent
+    assert endpoint in endpoints and set(waiting.forward.endpoints) == endpoints
+    assert (waiting.source, waiting.target) == (SOURCE, target)
+    conn.stream.reset("the test is done")
+    assert rt.active == MAX_CONNS - 1
 
-    The endpoint's host name is invalid (the registry refuses that now; this is
-    the dial path's own guard): the check after the handshake raised ConfigError.
-    """
-    pki = TestPki(tmp_path)
-    ident, peer = pki.issue("a", "host/a"), pki.issue("b", "host/b")
-    config = MeshdConfig.from_dict(
-        {
-            "identity": {
-                "host": "a",
-                "trust_domain": TD,
-                "cert": str(ident.cert),
-                "key": str(ident.key),
-                "bundle": str(ident.bundle),
-            }
-        },
-        "test",
-    )
-    rt = Runtime.load(config)
-    events = rt.bus.subscribe(16)
-    server_ctx = mutual_context(ssl.Purpose.CLIENT_AUTH, peer.cert, peer.key, peer.bundle, [])
 
-    async def main() -> None:
-        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0, ssl=server_ctx)
-        port = server.sockets[0].getsockname()[1]
-        try:
-            async with anyio.create_task_group() as tg:
-                rt.tg = tg
-                pool = LinkPool(rt)
-                bad = Endpoint("Not_A_Host", "127.0.0.1", 80, port)
-                await pool._dial(bad)
-                assert bad.link_key in pool.failed_until and bad.link_key not in pool.links
-        finally:
-            server.close()
+@pytest.mark.parametrize(
+    ("upstream", "dst", "active", "code", "rule"),
+    [
+        pytest.param("api", None, MAX_CONNS, "limit", "config/limits.max_connections", id="full"),
+        pytest.param(
+            None,
+            ("10.255.0.9", 80),
+            0,
+            "unknown_destination",
+            "registry/services",
+            id="unknown-destination",
+        ),
+        pytest.param(
+            None, None, 0, "unknown_destination", "registry/services", id="not-redirected"
+        ),
+    ],
+)
+def test_a_refused_connection_is_aborted_published_and_not_counted(
+    upstream: str | None, dst: tuple[str, int] | None, active: int, code: str, rule: str
+) -> None:
+    rt, pool, _, transport, events = _connect(upstream, dst, active)
+    assert events == [ConnectionRefused("outbound", CLIENT, code, rule)]
+    assert transport.aborted and pool.sent == []
+    assert rt.active == active
 
-    anyio.run(main, backend="asyncio")
-    failed = [e for e in events.queue if isinstance(e, HandshakeFailed)]
-    assert [e.reason for e in failed] == ["connect_failed"]
+
+def test_a_service_without_endpoints_ends_the_connection_it_admitted() -> None:
+    rt, pool, _, _, events = _connect("lonely", None)
+    assert pool.sent == []
+    assert rt.active == 0
+    opened, closed = events
+    assert opened == ConnectionOpened("outbound", SOURCE, "lonely", "registry/services")
+    assert isinstance(closed, ConnectionClosed)
+    assert closed.error == "service lonely has no endpoints"

@@ -1,0 +1,90 @@
+"""The compiled bundle every admission decision is made over: one frozen, versioned value.
+
+``Bundle.compile`` runs once per swap of the running state (start, SIGHUP, a
+pushed registry, config or policy: ``Runtime.recompile``), never per
+connection. It indexes by destination what the decisions need, so that
+deciding is a few lookups: the registry's routes (a VIP or an endpoint's
+address and port) and services (upstream listeners), the local services
+streams and plaintext are delivered to, the limits and the mTLS mode. Policy
+rules, routes and resilience settings will be compiled into the same indexes
+(per destination service), next to what is there now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from meshd.config import MeshdConfig
+from meshd.policy.decisions import (
+    LOCAL_SERVICES,
+    MTLS_MODE,
+    MTLS_STRICT,
+    REGISTRY_SERVICES,
+    Deliver,
+    Forward,
+    Inbound,
+)
+from meshd.registry import Registry, Service
+
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """What meshd decides with: the registry and config, compiled (see the module docstring)."""
+
+    registry_version: int
+    policy_version: int
+    trust_domain: str
+    max_connections: int
+    max_streams_per_peer: int
+    max_links_per_peer: int
+    routes: Mapping[Address, Forward]  # an app's original destination
+    services: Mapping[str, Forward]  # an upstream listener's service, by name
+    local: Mapping[str, Deliver]  # a stream's service, by name (its port must match)
+    plaintext: Mapping[int, Inbound]  # a connection from outside the mesh, by its port
+
+    @classmethod
+    def compile(cls, config: MeshdConfig, registry: Registry, policy: Mapping[str, Any]) -> Bundle:
+        limits = config.limits
+        services = {s.name: Forward(s, s.endpoints, REGISTRY_SERVICES) for s in registry.services}
+        return cls(
+            registry_version=registry.version,
+            policy_version=_version(policy),
+            trust_domain=config.identity.trust_domain,
+            max_connections=limits.max_connections,
+            max_streams_per_peer=limits.max_streams_per_peer,
+            max_links_per_peer=limits.max_links_per_peer,
+            routes=_routes(registry.services, services),
+            services=services,
+            local={s.name: Deliver(s.name, s.port, LOCAL_SERVICES) for s in config.services},
+            plaintext=_plaintext(config),
+        )
+
+
+def _routes(services: tuple[Service, ...], forwards: dict[str, Forward]) -> dict[Address, Forward]:
+    """A VIP goes to any endpoint of its service; an endpoint's own address, to that endpoint."""
+    routes: dict[Address, Forward] = {}
+    for s in services:
+        routes[(s.vip, s.port)] = forwards[s.name]
+        for e in s.endpoints:
+            pinned = Forward(s, (e,), REGISTRY_SERVICES)
+            for address in e.addresses:
+                routes[(address, e.port)] = pinned
+    return routes
+
+
+def _plaintext(config: MeshdConfig) -> dict[int, Inbound]:
+    """Per local port: refused while mTLS is strict, else delivered (the first service on it)."""
+    plaintext: dict[int, Inbound] = {}
+    for s in config.services:
+        decision = MTLS_STRICT if config.mtls == "strict" else Deliver(s.name, s.port, MTLS_MODE)
+        plaintext.setdefault(s.port, decision)
+    return plaintext
+
+
+def _version(policy: Mapping[str, Any]) -> int:
+    version = policy.get("version", 0)
+    return version if isinstance(version, int) else 0
