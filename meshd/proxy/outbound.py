@@ -19,7 +19,7 @@ import anyio
 
 from meshd.netfacts import fmt, original_dst
 from meshd.proxy.frames import OpenRequest
-from meshd.proxy.http1 import HttpObserver, looks_like_http
+from meshd.proxy.http.observe import HttpObserver, looks_like_http
 from meshd.proxy.link import Link
 from meshd.proxy.stream import AppProtocol, Stream
 from meshd.registry import Endpoint, Service
