@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
 from meshd.proxy.frames import FIN, RST, RST_CANCEL, ProtocolError, frame, reset_payload
+from meshd.proxy.http.actions import Verdict
 
 if TYPE_CHECKING:
     from meshd.proxy.link import Link
@@ -26,8 +27,8 @@ WINDOW_SLACK = 1 << 20
 class Observer(Protocol):
     """Watches a stream's bytes (HTTP awareness); may give up by returning False."""
 
-    def outgoing(self, data: bytes | memoryview) -> bool: ...
-    def incoming(self, data: bytes | memoryview) -> bool: ...
+    def outgoing(self, data: bytes | memoryview) -> Verdict: ...
+    def incoming(self, data: bytes | memoryview) -> Verdict: ...
     def finished(self) -> None: ...
 
 
