@@ -25,6 +25,7 @@ from meshd.config import MeshdConfig
 from meshd.errors import ConfigError, MeshError
 from meshd.files import write_atomic
 from meshd.identity import SpiffeId, make_id
+from meshd.proxy.http.plan import HttpRules
 from meshd.registry import ANY, Registry, check_vip_range
 from meshd.telemetry.events import EventBus
 from meshd.tls.context import TlsMaterial
@@ -212,6 +213,7 @@ class Runtime:
     certificate: CertificateSource = field(
         default_factory=lambda: CertificateSource("files", None, NO_PUSH)
     )
+    http_rules: HttpRules = field(default_factory=HttpRules)  # which connections need L7
 
     @classmethod
     def load(cls, config: MeshdConfig) -> Runtime:

@@ -19,6 +19,8 @@ from typing import cast
 from meshd.netfacts import fmt, original_dst
 from meshd.proxy.connect import Connector
 from meshd.proxy.frames import RST_CONNECT_FAILED, OpenRequest
+from meshd.proxy.http.install import exchange_for
+from meshd.proxy.http.plan import HttpPlan
 from meshd.proxy.link import Link
 from meshd.proxy.relay import PipeEnd
 from meshd.proxy.stream import AppProtocol, Stream
@@ -118,9 +120,9 @@ class MeshPort:
         if not self.rt.admit():
             self.rt.bus.publish(ConnectionRefused("mesh", link.peer_address, "limit"))
             return None
-        return self._accept(link, request)
+        return self._accept(link, request, self.rt.http_rules.inbound_plan(request.service))
 
-    def _accept(self, link: Link, request: OpenRequest) -> Stream:
+    def _accept(self, link: Link, request: OpenRequest, http: HttpPlan | None) -> Stream:
         peer = link.peer_key
         self.peer_streams[peer] += 1
         pending: list[Callable[[], None]] = []  # the app connect, cancelled if the stream ends
@@ -128,6 +130,15 @@ class MeshPort:
             self.rt.config.limits.stream_window,
             on_close=lambda s, error: self._closed(s, request, error, peer, pending),
         )
+        if http is not None:  # L7 for this service (an L4 stream skips even the call)
+            stream.http = exchange_for(
+                http,
+                self.rt.bus.publish,
+                INBOUND,
+                request.source,
+                request.service,
+                self.rt.config.limits.max_header_bytes,
+            )
         self.rt.bus.publish(ConnectionOpened(INBOUND, request.source, request.service))
         port = request.port
         cancel = self.connector.connect(
@@ -194,6 +205,8 @@ class MeshPort:
 class PlainInbound(PipeEnd):
     """A connection from outside the mesh, redirected to the inbound listener."""
 
+    client_side = True  # requests arrive here; the peer is the app
+
     def __init__(self, rt: Runtime, connector: Connector) -> None:
         super().__init__()
         self.rt = rt
@@ -226,6 +239,14 @@ class PlainInbound(PipeEnd):
             transport.abort()
             return
         self.service = service.name
+        self.http = exchange_for(
+            self.rt.http_rules.inbound_plan(service.name),
+            self.rt.bus.publish,
+            INBOUND,
+            UNAUTHENTICATED,
+            service.name,
+            self.rt.config.limits.max_header_bytes,
+        )
         self.opened_at = time.monotonic()
         self.on_lost = self._closed
         self.rt.bus.publish(ConnectionOpened(INBOUND, UNAUTHENTICATED, service.name))

@@ -19,7 +19,8 @@ import anyio
 
 from meshd.netfacts import fmt, original_dst
 from meshd.proxy.frames import OpenRequest
-from meshd.proxy.http.observe import HttpObserver, looks_like_http
+from meshd.proxy.http.install import exchange_for
+from meshd.proxy.http.observe import looks_like_http
 from meshd.proxy.link import Link
 from meshd.proxy.stream import AppProtocol, Stream
 from meshd.registry import Endpoint, Service
@@ -286,7 +287,8 @@ class OutboundConn(AppProtocol):
         if not self.sniffed:
             self.sniffed = True
             if looks_like_http(data):
-                self.stream.observer = HttpObserver(
+                self.stream.http = exchange_for(
+                    self.rt.http_rules.outbound_plan(self.service),
                     self.rt.bus.publish,
                     OUTBOUND,
                     self.source,
