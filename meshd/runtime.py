@@ -24,6 +24,7 @@ from meshd.errors import ConfigError, MeshError
 from meshd.host.registryfiles import load_registry
 from meshd.identity import SpiffeId, make_id
 from meshd.policy.bundle import Bundle
+from meshd.proxy.http.plan import HttpRules
 from meshd.registry import Registry
 from meshd.stats import CertificateSource, ReloadReport
 from meshd.telemetry.events import EventBus
@@ -114,6 +115,8 @@ class Runtime:
     certificate: CertificateSource = field(
         default_factory=lambda: CertificateSource("files", None, NO_PUSH)
     )
+    # which connections need L7 beyond [mesh] http's observation (until policy compiles them)
+    http_rules: HttpRules = field(default_factory=HttpRules)
     # config, registry and policy compiled for meshd.policy.decide: ``recompile`` after a swap
     bundle: Bundle = field(init=False)
 
@@ -138,7 +141,7 @@ class Runtime:
 
     def recompile(self) -> None:
         """Compile the bundle admissions decide on from the state now in place (after a swap)."""
-        self.bundle = Bundle.compile(self.config, self.registry, self.policy)
+        self.bundle = Bundle.compile(self.config, self.registry, self.policy, self.http_rules)
 
     def release(self) -> None:
         """An admitted app connection ended (admitting counts it in ``active``)."""

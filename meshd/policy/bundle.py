@@ -26,7 +26,10 @@ from meshd.policy.decisions import (
     Forward,
     Inbound,
 )
+from meshd.proxy.http.plan import HttpPlan, HttpRules
 from meshd.registry import Registry, Service
+
+NO_HTTP_RULES = HttpRules()
 
 Address = tuple[str, int]
 
@@ -47,9 +50,19 @@ class Bundle:
     plaintext: Mapping[int, Inbound]  # a connection from outside the mesh, by its port
 
     @classmethod
-    def compile(cls, config: MeshdConfig, registry: Registry, policy: Mapping[str, Any]) -> Bundle:
+    def compile(
+        cls,
+        config: MeshdConfig,
+        registry: Registry,
+        policy: Mapping[str, Any],
+        http: HttpRules = NO_HTTP_RULES,
+    ) -> Bundle:
         limits = config.limits
-        services = {s.name: Forward(s, s.endpoints, REGISTRY_SERVICES) for s in registry.services}
+        plans = {s.name: _outbound_plan(config, http, s.name) for s in registry.services}
+        services = {
+            s.name: Forward(s, s.endpoints, REGISTRY_SERVICES, plans[s.name])
+            for s in registry.services
+        }
         return cls(
             registry_version=registry.version,
             policy_version=_version(policy),
@@ -59,8 +72,11 @@ class Bundle:
             max_links_per_peer=limits.max_links_per_peer,
             routes=_routes(registry.services, services),
             services=services,
-            local={s.name: Deliver(s.name, s.port, LOCAL_SERVICES) for s in config.services},
-            plaintext=_plaintext(config),
+            local={
+                s.name: Deliver(s.name, s.port, LOCAL_SERVICES, http.inbound_plan(s.name))
+                for s in config.services
+            },
+            plaintext=_plaintext(config, http),
         )
 
 
@@ -70,19 +86,27 @@ def _routes(services: tuple[Service, ...], forwards: dict[str, Forward]) -> dict
     for s in services:
         routes[(s.vip, s.port)] = forwards[s.name]
         for e in s.endpoints:
-            pinned = Forward(s, (e,), REGISTRY_SERVICES)
+            pinned = Forward(s, (e,), REGISTRY_SERVICES, forwards[s.name].http)
             for address in e.addresses:
                 routes[(address, e.port)] = pinned
     return routes
 
 
-def _plaintext(config: MeshdConfig) -> dict[int, Inbound]:
+def _plaintext(config: MeshdConfig, http: HttpRules) -> dict[int, Inbound]:
     """Per local port: refused while mTLS is strict, else delivered (the first service on it)."""
     plaintext: dict[int, Inbound] = {}
     for s in config.services:
-        decision = MTLS_STRICT if config.mtls == "strict" else Deliver(s.name, s.port, MTLS_MODE)
-        plaintext.setdefault(s.port, decision)
+        plan = http.inbound_plan(s.name)
+        deliver = Deliver(s.name, s.port, MTLS_MODE, plan)
+        plaintext.setdefault(s.port, MTLS_STRICT if config.mtls == "strict" else deliver)
     return plaintext
+
+
+def _outbound_plan(config: MeshdConfig, http: HttpRules, service: str) -> HttpPlan | None:
+    """HTTP to ``service`` is observed where ``[mesh] http`` says so, or where a rule needs it."""
+    if service in http.outbound or config.http:
+        return http.outbound_plan(service)
+    return None
 
 
 def _version(policy: Mapping[str, Any]) -> int:

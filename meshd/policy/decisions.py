@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from meshd.identity import SpiffeId
+from meshd.proxy.http.plan import HttpPlan
 from meshd.registry import Endpoint, Service
 
 # the rules that decide today
@@ -36,24 +37,28 @@ class Forward:
     """Outbound: send the app's connection to one of ``endpoints`` of ``service``.
 
     The balancer picks among ``endpoints`` (one when the app addressed an
-    endpoint directly). Canary weights, timeouts and a retry budget go here.
+    endpoint directly). ``http`` is the connection's L7 work if it speaks HTTP
+    (None: relayed as L4). Canary weights, timeouts and a retry budget go here.
     """
 
     service: Service
     endpoints: tuple[Endpoint, ...]
     rule: str
+    http: HttpPlan | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Deliver:
     """Inbound: deliver the stream (or plaintext connection) to the local app on ``port``.
 
-    Whether the app's traffic needs the HTTP layer (an L7 rule to enforce) goes here.
+    ``http`` is the L7 work its requests need (an L7 rule to enforce); None:
+    relayed as L4, which every delivery is until a rule needs more.
     """
 
     service: str
     port: int
     rule: str
+    http: HttpPlan | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,9 +20,15 @@ from typing import cast
 
 from meshd.netfacts import fmt, original_dst
 from meshd.policy import decide
-from meshd.policy.decisions import MAX_CONNECTIONS, Deliver, Refuse
+from meshd.policy.decisions import (
+    MAX_CONNECTIONS,
+    MAX_LINKS_PER_PEER,
+    Deliver,
+    Refuse,
+)
 from meshd.proxy.connect import Connector
 from meshd.proxy.frames import RST_CONNECT_FAILED, OpenRequest
+from meshd.proxy.http.install import exchange_for
 from meshd.proxy.link import Link
 from meshd.proxy.relay import PipeEnd
 from meshd.proxy.stream import AppProtocol, Stream
@@ -68,8 +74,11 @@ class MeshPort:
 
     def on_ready(self, link: Link) -> None:
         decision = decide.link(self.rt.bundle, link.peer_ids, self.per_peer)
-        if isinstance(decision, Refuse):
-            self._refuse_link(link, decision)
+        if isinstance(decision, Refuse):  # a failed handshake, in the words every port uses
+            if decision.rule == MAX_LINKS_PER_PEER:
+                self._refuse_link(link, decision, HandshakeFailure.TOO_MANY_LINKS)
+            else:
+                self._refuse_link(link, decision, HandshakeFailure.WRONG_IDENTITY)
             return
         link.peer, link.peer_key = decision.peer, decision.key
         self.per_peer[decision.key] += 1
@@ -78,7 +87,7 @@ class MeshPort:
             log, logging.INFO, "links up", "link from %s (%s) up", link.peer, link.peer_address
         )
 
-    def _refuse_link(self, link: Link, refusal: Refuse) -> None:
+    def _refuse_link(self, link: Link, refusal: Refuse, failure: HandshakeFailure) -> None:
         peer_lines.log(
             log,
             logging.WARNING,
@@ -87,7 +96,6 @@ class MeshPort:
             link.peer_address,
             refusal.reason,
         )
-        failure = HandshakeFailure(refusal.code)  # the link refusals are of its vocabulary
         self.rt.bus.publish(HandshakeFailed("mesh", link.peer_address, failure))
         link.abort(f"refused: {refusal.reason}")
 
@@ -135,6 +143,15 @@ class MeshPort:
             self.rt.config.limits.stream_window,
             on_close=lambda s, error: self._closed(s, request, error, peer, pending),
         )
+        if decision.http is not None:  # L7 for this service (an L4 stream skips even the call)
+            stream.http = exchange_for(
+                decision.http,
+                self.rt.bus.publish,
+                INBOUND,
+                request.source,
+                request.service,
+                self.rt.config.limits.max_header_bytes,
+            )
         self.rt.bus.publish(
             ConnectionOpened(INBOUND, request.source, request.service, decision.rule)
         )
@@ -191,6 +208,8 @@ class MeshPort:
 class PlainInbound(PipeEnd):
     """A connection from outside the mesh, redirected to the inbound listener."""
 
+    client_side = True  # requests arrive here; the peer is the app
+
     def __init__(self, rt: Runtime, connector: Connector) -> None:
         super().__init__()
         self.rt = rt
@@ -208,6 +227,15 @@ class PlainInbound(PipeEnd):
             return
         self.rt.active += 1  # released in _closed
         self.service = decision.service
+        if decision.http is not None:  # L7 for this service; an L4 relay skips even the call
+            self.http = exchange_for(
+                decision.http,
+                self.rt.bus.publish,
+                INBOUND,
+                UNAUTHENTICATED,
+                decision.service,
+                self.rt.config.limits.max_header_bytes,
+            )
         self.opened_at = time.monotonic()
         self.on_lost = self._closed
         self.rt.bus.publish(

@@ -19,7 +19,9 @@ from meshd.netfacts import fmt, original_dst
 from meshd.policy import decide
 from meshd.policy.decisions import Refuse
 from meshd.proxy.balancer import NOTHING_TRIED
-from meshd.proxy.http1 import HttpObserver, looks_like_http
+from meshd.proxy.http.install import exchange_for
+from meshd.proxy.http.observe import looks_like_http
+from meshd.proxy.http.plan import HttpPlan
 from meshd.proxy.pool import LinkPool, Waiting
 from meshd.proxy.stream import AppProtocol, Stream
 from meshd.runtime import Runtime
@@ -44,7 +46,8 @@ class OutboundConn(AppProtocol):
         self.source = source
         self.fixed = fixed
         self.service = ""
-        self.sniffed = not rt.config.http
+        self.http: HttpPlan | None = None  # what the admission decided, if HTTP is spoken
+        self.sniffed = True  # until a decision with an HTTP plan asks to look at the first bytes
         self.admitted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -60,6 +63,8 @@ class OutboundConn(AppProtocol):
         rt.active += 1  # released when the stream closes
         self.admitted = True
         service = self.service = decision.service.name
+        if decision.http is not None:
+            self.http, self.sniffed = decision.http, False
         rt.bus.publish(ConnectionOpened(OUTBOUND, self.source, service, decision.rule))
         # "now" is when the connection was accepted, a moment ago: no clock read for it
         endpoint = self.pool.balancer.pick(
@@ -89,7 +94,8 @@ class OutboundConn(AppProtocol):
         if not self.sniffed:
             self.sniffed = True
             if looks_like_http(data):
-                self.stream.observer = HttpObserver(
+                self.stream.http = exchange_for(
+                    self.http,
                     self.rt.bus.publish,
                     OUTBOUND,
                     self.source,

@@ -3,7 +3,10 @@
 A stream moves bytes between its app transport and its link, with per-stream
 flow control (window credit), half-close in each direction and resets. It
 buffers only what the window allows: until its link or its app connection is
-ready, and while the other side cannot take more.
+ready, and while the other side cannot take more. An HTTP exchange, where a
+connection needs one (``meshd.proxy.http``), sees each chunk before it goes
+on and may hold it, replace it, or answer the client instead; its rare
+verdicts are carried out here, away from the per-chunk path.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
 from meshd.proxy.frames import FIN, RST_CANCEL, ProtocolError, frame
+from meshd.proxy.http.actions import Answer, Close, Forward, StopFollowing, Verdict
 
 if TYPE_CHECKING:
     from meshd.proxy.link import Link
@@ -23,11 +27,17 @@ if TYPE_CHECKING:
 WINDOW_SLACK = 1 << 20
 
 
-class Observer(Protocol):
-    """Watches a stream's bytes (HTTP awareness); may give up by returning False."""
+class Exchange(Protocol):
+    """Sees a stream's bytes (HTTP); its verdict says what to do with each chunk.
 
-    def outgoing(self, data: bytes | memoryview) -> bool: ...
-    def incoming(self, data: bytes | memoryview) -> bool: ...
+    ``True`` (most chunks): relay it as it is. ``False``: relay it, and drop the
+    exchange. A tuple of actions: carry them out instead (``actions``).
+    """
+
+    client_is_app: bool  # outbound: the app sent the requests; inbound: the link did
+
+    def outgoing(self, data: bytes | memoryview) -> Verdict: ...
+    def incoming(self, data: bytes | memoryview) -> Verdict: ...
     def finished(self) -> None: ...
 
 
@@ -40,9 +50,9 @@ class Stream:
         "credited",
         "fin_received",
         "fin_sent",
+        "http",
         "inbox",
         "link",
-        "observer",
         "on_close",
         "opened_at",
         "outbox",
@@ -76,7 +86,7 @@ class Stream:
         self.sent = 0
         self.received = 0
         self.opened_at = time.monotonic()
-        self.observer: Observer | None = None
+        self.http: Exchange | None = None
         self.on_close = on_close
 
     # --- app side -> link -------------------------------------------------
@@ -84,16 +94,30 @@ class Stream:
         """Bytes the app sent: forward them, or hold them until the link is attached."""
         if self.closed:
             return
-        observer = self.observer
-        if observer is not None and not observer.outgoing(data):
-            self.observer = None
+        http = self.http
+        if http is not None:
+            verdict = http.outgoing(data)
+            if verdict is not True:
+                self._outgoing(verdict, data)
+                return
         link = self.link
-        if link is None:  # the link is being dialled: hold this read, take no more
-            self.outbox.append(data)
-            self.outbox_size += len(data)
-            self.pause_reading()
+        if link is None:
+            self._hold(data)
             return
         link.send_data(self, data)
+
+    def _hold(self, data: bytes) -> None:
+        """The link is being dialled: hold this read, take no more."""
+        self.outbox.append(data)
+        self.outbox_size += len(data)
+        self.pause_reading()
+
+    def _send_on(self, data: bytes) -> None:
+        """send's last step, for bytes an exchange lets go of."""
+        if self.link is None:
+            self._hold(data)
+        else:
+            self.link.send_data(self, data)
 
     def send_fin(self) -> None:
         """The app half-closed its sending side."""
@@ -137,6 +161,12 @@ class Stream:
         self.received += size
         if self.received - self.credited > self.window + WINDOW_SLACK:
             raise ProtocolError(f"stream {self.sid}: the peer sent more than its window allows")
+        http = self.http
+        if http is not None:
+            verdict = http.incoming(data)
+            if verdict is not True:
+                self._incoming(verdict, data, size)
+                return
         transport = self.transport
         if transport is None:
             self.inbox.append(bytes(data))
@@ -144,12 +174,19 @@ class Stream:
         transport.write(data)
         if transport.get_write_buffer_size() and self.link is not None:
             self.link.lent = True  # the transport queued a view of the link's read buffer
-        observer = self.observer
-        if observer is not None and not observer.incoming(data):
-            self.observer = None
         self.unacked += size
         if not self.app_paused and self.unacked >= self.window >> 2 and self.link is not None:
             self.link.grant(self)
+
+    def _deliver_on(self, data: bytes | memoryview) -> None:
+        """deliver's write, for bytes an exchange lets go of (credit is deliver's business)."""
+        transport = self.transport
+        if transport is None:
+            self.inbox.append(bytes(data))
+            return
+        transport.write(data)
+        if transport.get_write_buffer_size() and self.link is not None:
+            self.link.lent = True
 
     def remote_fin(self) -> None:
         self.fin_received = True
@@ -167,7 +204,9 @@ class Stream:
         inbox, self.inbox = self.inbox, []
         for data in inbox:
             transport.write(data)
-            self.unacked += len(data)
+        # credit all that arrived meanwhile: what the inbox held, and what an exchange held
+        # back or dropped (a head it keeps is bounded by the head limit)
+        self.unacked = self.received - self.credited
         if self.unacked and self.link is not None:
             self.link.grant(self)
         if self.fin_received and transport.can_write_eof():
@@ -187,6 +226,73 @@ class Stream:
         self.app_paused = paused
         if not paused and self.unacked and self.link is not None and not self.closed:
             self.link.grant(self)
+
+    # --- what an HTTP exchange decided (rare: not once per chunk) -------------
+    def _outgoing(self, verdict: Verdict, data: bytes) -> None:
+        """The exchange's verdict on bytes the app sent."""
+        if verdict is False:
+            self.http = None
+            self._send_on(data)
+            return
+        assert verdict is not True
+        for action in verdict:
+            if isinstance(action, Forward):
+                self._send_on(action.data)
+            elif not self._act(action):
+                return
+
+    def _incoming(self, verdict: Verdict, data: bytes | memoryview, size: int) -> None:
+        """The exchange's verdict on bytes from the peer; ``size`` of them arrived."""
+        if verdict is False:
+            self.http = None
+            self._deliver_on(data)
+        else:
+            assert verdict is not True
+            for action in verdict:
+                if isinstance(action, Forward):
+                    self._deliver_on(action.data)
+                elif not self._act(action):
+                    return
+        if self.transport is not None:  # else app_connected credits all that arrived
+            self.unacked += size
+            if not self.app_paused and self.unacked >= self.window >> 2 and self.link is not None:
+                self.link.grant(self)
+
+    def _act(self, action: object) -> bool:
+        """Carry out an action other than Forward; False once the stream is gone."""
+        if isinstance(action, Answer):
+            self._answer(action)
+        elif isinstance(action, Close):
+            self._cancel(action.reason)
+        elif isinstance(action, StopFollowing):
+            self.http = None
+        return not self.closed
+
+    def _answer(self, answer: Answer) -> None:
+        """Answer the client in the server's stead, then end the stream (closing is HTTP's
+        ``Connection: close``: the answer says so)."""
+        http, payload = self.http, answer.encode()
+        transport, link = self.transport, self.link
+        if http is not None and http.client_is_app:  # outbound: the peer's app saw nothing
+            if transport is not None:
+                transport.write(payload)
+                transport.close()  # after what is buffered
+            self._tell_peer(RST_CANCEL, "answered by meshd")
+        elif link is not None:  # inbound: the app never saw the request
+            link.send_data(self, payload)
+            link.write(frame(FIN, self.sid))
+            self.fin_sent = True
+            if transport is not None:
+                transport.close()
+        self._finish("")
+
+    def _cancel(self, reason: str) -> None:
+        self._tell_peer(RST_CANCEL, reason)
+        self.reset(reason)
+
+    def _tell_peer(self, code: int, reason: str) -> None:
+        if self.link is not None:  # a RST is built in one place: the link's
+            self.link.send_reset(self, code, reason)
 
     # --- ends -------------------------------------------------------------
     def app_lost(self) -> None:
@@ -218,9 +324,9 @@ class Stream:
         self.inbox.clear()
         self.outbox.clear()
         self.outbox_size = self.unacked = 0  # what the link held for it goes with it
-        if self.observer is not None:
-            self.observer.finished()
-            self.observer = None
+        if self.http is not None:
+            self.http.finished()
+            self.http = None
         if self.link is not None:
             self.link.forget(self)
         # on_close is often a method of the object that holds this stream: dropping it

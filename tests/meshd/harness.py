@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,8 +103,12 @@ class MeshNet:
         identity: Identity | None = None,
         extra: str = "",
         mtls: str = "strict",
+        command: Sequence[str] = (MESHD,),
     ) -> Meshd:
-        """Start meshd ``name``; upstreams map a service to a local listen port (0: any)."""
+        """Start meshd ``name``; upstreams map a service to a local listen port (0: any).
+
+        ``command``: what runs ``meshd`` (a test's launcher may wrap it).
+        """
         services = services or {}
         ident = identity or self.pki.issue(name, f"host/{name}", *(f"svc/{s}" for s in services))
         lines = [
@@ -135,7 +140,7 @@ class MeshNet:
         log = self.dir / f"{name}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [MESHD, "run", "--config", str(config)], stdout=out, stderr=subprocess.STDOUT
+                [*command, "run", "--config", str(config)], stdout=out, stderr=subprocess.STDOUT
             )
         meshd = Meshd(name, config, log, proc)
         self.procs.append(meshd)

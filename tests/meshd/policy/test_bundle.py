@@ -14,6 +14,8 @@ from meshd.documents import Documents, Layered
 from meshd.policy import decide
 from meshd.policy.bundle import Bundle
 from meshd.policy.decisions import MTLS_STRICT, Deliver, Forward, Refuse
+from meshd.proxy.http.actions import RequestAction
+from meshd.proxy.http.plan import OBSERVE, HttpPlan, HttpRules, RequestHead
 from meshd.registry import Registry
 from meshd.runtime import Files, Runtime
 from meshd.stats import CertificateSource
@@ -27,13 +29,13 @@ NO_TLS = cast(TlsMaterial, None)  # the bundle is made of config, registry and p
 def test_routes_index_every_address_an_app_may_use() -> None:
     bundle = Bundle.compile(config(), REGISTRY, {})
     to_api = bundle.services["api"]
-    assert to_api == Forward(API, (B1, B2), "registry/services")
+    assert to_api == Forward(API, (B1, B2), "registry/services", OBSERVE)  # [mesh] http
     assert bundle.routes == {
         ("10.255.0.2", 80): to_api,  # the VIP: any endpoint, the same value as by name
-        ("10.77.0.11", 8080): Forward(API, (B1,), "registry/services"),
-        ("fd00:77::11", 8080): Forward(API, (B1,), "registry/services"),
-        ("10.77.0.12", 8080): Forward(API, (B2,), "registry/services"),
-        ("10.255.0.3", 80): Forward(LONELY, (), "registry/services"),
+        ("10.77.0.11", 8080): Forward(API, (B1,), "registry/services", OBSERVE),
+        ("fd00:77::11", 8080): Forward(API, (B1,), "registry/services", OBSERVE),
+        ("10.77.0.12", 8080): Forward(API, (B2,), "registry/services", OBSERVE),
+        ("10.255.0.3", 80): Forward(LONELY, (), "registry/services", OBSERVE),
     }
     assert bundle.routes[("10.255.0.2", 80)] is to_api
 
@@ -112,3 +114,32 @@ def test_a_reload_swaps_in_a_bundle_of_what_it_read() -> None:
     assert rt.bundle.routes[("10.255.0.2", 80)].service is API
     assert isinstance(rt.bundle.plaintext[8080], Deliver)
     assert rt.bundle.policy_version == 4
+
+
+def _hook(head: RequestHead) -> tuple[RequestAction, ...]:
+    return ()
+
+
+HOOKED = HttpPlan(hooks=(_hook,))
+
+
+@pytest.mark.parametrize(
+    ("http", "rules", "outbound", "inbound"),
+    [
+        pytest.param(True, HttpRules(), OBSERVE, None, id="observed-out-l4-in"),
+        pytest.param(False, HttpRules(), None, None, id="all-l4"),
+        pytest.param(
+            False, HttpRules(outbound={"api": HOOKED}), HOOKED, None, id="a-rule-needs-l7-out"
+        ),
+        pytest.param(True, HttpRules(inbound={"api": HOOKED}), OBSERVE, HOOKED, id="rule-in"),
+    ],
+)
+def test_each_decision_carries_the_http_plan_its_connection_needs(
+    http: bool, rules: HttpRules, outbound: HttpPlan | None, inbound: HttpPlan | None
+) -> None:
+    """L4 or L7 is decided once, at admission: the plan rides on the stored decision."""
+    cfg = dataclasses.replace(config(), http=http)
+    bundle = Bundle.compile(cfg, REGISTRY, {}, rules)
+    assert bundle.services["api"].http == outbound
+    assert bundle.routes[("10.77.0.11", 8080)].http == outbound  # an endpoint addressed directly
+    assert bundle.local["api"].http == inbound

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from meshd.proxy.http1 import HttpObserver, looks_like_http
+from meshd.proxy.http.observe import HttpObserver, looks_like_http
 from meshd.telemetry.events import Event, RequestCompleted
 
 

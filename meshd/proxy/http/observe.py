@@ -1,10 +1,13 @@
-"""HTTP/1.1 awareness: watch a relayed connection's bytes and report each request.
+"""HTTP/1.1 observation: watch a relayed connection's bytes and report each request.
 
-The observer never changes or holds bytes; it feeds copies to httptools' C
-parsers (llhttp) and publishes a ``RequestCompleted`` per response. It gives
-up (the connection goes on as opaque TCP) on anything it cannot follow:
-parse errors, Upgrade/CONNECT, HEAD (whose responses carry no body that the
-parser could know of), or a request head larger than the limit.
+``HttpObserver`` is the exchange of a connection that only needs metrics
+(the common case, outbound HTTP): it never changes or holds bytes, feeds
+them to httptools' C parsers (llhttp) and publishes a ``RequestCompleted``
+per response. Its verdict per chunk is a bool (``actions.FORWARD``, or
+``actions.GIVE_UP``). It gives up (the connection goes on as opaque TCP) on
+anything it cannot follow: parse errors, Upgrade/CONNECT, HEAD (whose
+responses carry no body that the parser could know of), or a request head
+larger than the limit. ``exchange.HttpExchange`` grows it for request hooks.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from types import SimpleNamespace
 
 import httptools
 
+from meshd.proxy.http.actions import Verdict
 from meshd.telemetry.events import Event, RequestCompleted
 
 _REQUEST_START = re.compile(rb"^[A-Z]{3,12} ")
@@ -118,8 +122,9 @@ class HttpObserver:
                 )
             )
 
-    # Observer protocol
-    def outgoing(self, data: bytes | memoryview) -> bool:
+    # the exchange protocol (plus finished)
+    def request_bytes(self, data: bytes | memoryview) -> Verdict:
+        """Bytes the client sent: FORWARD, or GIVE_UP."""
         self.chunk_time = time.monotonic()
         if self.head_bytes >= 0:
             self.head_bytes += len(data)
@@ -134,7 +139,8 @@ class HttpObserver:
             return self._give_up()
         return not self.gave_up or self._give_up()
 
-    def incoming(self, data: bytes | memoryview) -> bool:
+    def response_bytes(self, data: bytes | memoryview) -> Verdict:
+        """Bytes the server sent: FORWARD, or GIVE_UP."""
         responses = self.responses
         if responses is None:
             return False
@@ -157,6 +163,12 @@ class HttpObserver:
                 )
         self._detach()
 
+    # A stream calls outgoing (app -> link) and incoming (link -> app): aliases, not
+    # wrappers, so that no call layer is added per chunk. Here the app is the client.
+    outgoing = request_bytes
+    incoming = response_bytes
+    client_is_app = True
+
     def _give_up(self) -> bool:
         self.gave_up = True
         self.pending.clear()
@@ -166,3 +178,12 @@ class HttpObserver:
     def _detach(self) -> None:
         """Drop the parsers (they hold this observer); it follows no more bytes after this."""
         self.requests = self.responses = None
+
+
+class InboundObserver(HttpObserver):
+    """The same, on a stream whose requests come from the link (the app is the server)."""
+
+    __slots__ = ()
+    outgoing = HttpObserver.response_bytes
+    incoming = HttpObserver.request_bytes
+    client_is_app = False

@@ -1,0 +1,384 @@
+"""HTTP/1.1 with request hooks: each request head is held until hooks have looked at it.
+
+``HttpExchange`` grows ``HttpObserver`` for connections whose plan has hooks
+(``plan.HttpPlan.hooks``). The request parser gets the callbacks a hook needs
+(``on_url``, ``on_header``) and ``on_message_complete``; the observer alone
+registers none of them. Per request: the head is held until its empty line,
+fed to the parser, shown to the hooks as a ``RequestHead``, and then
+forwarded (maybe rewritten by ``SetHeader``/``AddHeader``) or answered here
+(``Answer``: the server never sees it; the client gets the answer once the
+responses to its earlier requests are through, and the connection closes).
+
+httptools reports no byte offsets, so the exchange finds where a head ends
+(its first empty line) and where a body ends (its Content-Length, or the
+empty line that ends a chunked body) itself, feeds the parser exactly up to
+there, and checks with the parser's callbacks that it agrees. Where it does
+not, or the request cannot be parsed, the connection is answered (400, 431)
+or closed: a request no hook has seen never goes on. Upgrade and CONNECT are
+followed up to their head (hooks see it), then relayed as opaque bytes. A
+forwarded HEAD ends the following of responses (their bodies cannot be
+told), not of requests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import httptools
+
+from meshd.proxy.http.actions import (
+    DROP,
+    FORWARD,
+    GIVE_UP,
+    HOLD,
+    STOP,
+    AddHeader,
+    Answer,
+    Close,
+    Forward,
+    SetHeader,
+    StreamAction,
+    Verdict,
+)
+from meshd.proxy.http.head import CHUNKED, framing, rewrite
+from meshd.proxy.http.observe import _METHODS, HttpObserver
+from meshd.proxy.http.plan import RequestHead, RequestHook
+from meshd.telemetry.events import Event, RequestCompleted
+
+HEAD = -1  # ``left``: gathering a request head (a length >= 0: body bytes left; or CHUNKED)
+DONE = -3  # ``left``: answered, closed or stopped: the client's bytes go nowhere now
+_PARSER_ERRORS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
+
+
+class HttpExchange(HttpObserver):
+    """One connection's requests, each held, shown to the hooks, forwarded or answered."""
+
+    __slots__ = (
+        "acts",
+        "answer",
+        "changed",
+        "due",
+        "fed",
+        "head_done",
+        "headers",
+        "held",
+        "hooks",
+        "left",
+        "message_done",
+        "method",
+        "out",
+        "started",
+        "stray",
+        "tail",
+        "target",
+        "upgrade",
+    )
+
+    def __init__(
+        self,
+        publish: Callable[[Event], None],
+        direction: str,
+        source: str,
+        destination: str,
+        max_head: int,
+        hooks: tuple[RequestHook, ...],
+    ) -> None:
+        super().__init__(publish, direction, source, destination, max_head)
+        self.hooks = hooks
+        self.left = HEAD
+        self.held = bytearray()  # the head being gathered (and what followed it in its chunk)
+        self.fed = 0  # how much of ``held`` the parser has seen
+        self.tail = b""  # a chunked body's last 3 bytes: its end may straddle two chunks
+        self.method = ""
+        self.target = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.started = 0.0
+        self.head_done = self.message_done = self.upgrade = self.stray = False
+        # an answer waiting for the responses to earlier requests: (answer, method, started)
+        self.answer: tuple[Answer, str, float] | None = None
+        self.due = False
+        # what one call of request_bytes hands back (see _verdict)
+        self.out: list[bytes | memoryview] = []
+        self.acts: list[StreamAction] = []
+        self.changed = False
+
+    # request parser callbacks
+    def on_message_begin(self) -> None:
+        # a message the exchange did not see start as a head: the framing is not what it
+        # thought, and a request would go on unseen (see _feed_body)
+        self.stray = self.left != HEAD
+        self.started = self.chunk_time
+        self.target, self.headers = b"", []
+        self.head_done = self.message_done = False
+
+    def on_url(self, url: bytes) -> None:
+        self.target += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        requests = self.requests
+        assert requests is not None  # called back from inside requests.feed_data
+        raw = requests.get_method()
+        self.method = _METHODS.get(raw) or raw.decode()
+        self.head_done = True
+
+    def on_message_complete(self) -> None:
+        self.message_done = True
+
+    def response_complete(self) -> None:
+        super().response_complete()
+        if self.answer is not None and not self.pending:
+            self.due = True  # the earlier requests have their responses: the answer's turn
+
+    # the exchange protocol
+    def request_bytes(self, data: bytes | memoryview) -> Verdict:
+        """Bytes the client sent: FORWARD when they go on as they are, else what to do."""
+        self.chunk_time = time.monotonic()
+        left = self.left
+        if left > len(data):  # inside a body that goes on past this chunk: nothing to find
+            self.left = left - len(data)
+            return FORWARD if self._feed_body(data) else self._verdict()
+        if self.requests is None or left == DONE:  # given up (upgraded), or answered
+            return GIVE_UP if self.requests is None else DROP
+        self.changed = False
+        view, pos = memoryview(data), 0
+        while pos < len(view) and self.left != DONE:
+            if self.left == HEAD:
+                pos = self._head(view, pos)
+            elif self.left == CHUNKED:
+                pos = self._chunked(view, pos)
+            else:
+                pos = self._counted(view, pos)
+        return self._verdict()
+
+    def response_bytes(self, data: bytes | memoryview) -> Verdict:
+        """Bytes the server sent: FORWARD, or FORWARD them and then give the waiting answer."""
+        responses = self.responses
+        if responses is None:
+            return FORWARD  # responses are not followed any more; requests still are
+        try:
+            responses.feed_data(data)
+        except _PARSER_ERRORS:
+            return self._lose_responses()
+        if self.due:
+            return self._release(bytes(data))
+        return FORWARD
+
+    def finished(self) -> None:
+        if self.answer is not None:  # the connection ended before the answer's turn
+            _, method, started = self.answer
+            self.answer = None
+            self._completed(method, 0, started)
+        self.held.clear()
+        super().finished()
+
+    outgoing = request_bytes
+    incoming = response_bytes
+
+    # --- request heads ----------------------------------------------------
+    def _head(self, view: memoryview, pos: int) -> int:
+        """Gather a head from ``view[pos:]``; once whole, act on it. Where the caller goes on."""
+        held, end = self.held, len(view)
+        start = max(0, len(held) - 3)  # an empty line may straddle what was held and this chunk
+        self.changed |= bool(held)  # what goes on is no longer this chunk as it is
+        held += view[pos:]
+        while (found := held.find(b"\r\n\r\n", start)) >= 0 and found + 4 <= self.max_head:
+            if not self._feed_head(found + 4):
+                return end
+            if self.head_done:
+                return self._head_done(view, end - (len(held) - self.fed))
+            start = found + 1  # blank lines before a request line: not its end
+        if len(held) > self.max_head:
+            self._answer_request(Answer(431))
+        else:
+            self.changed = True  # held here, not forwarded
+        return end
+
+    def _feed_head(self, stop: int) -> bool:
+        requests = self.requests
+        assert requests is not None
+        try:
+            requests.feed_data(self.held[self.fed : stop])
+        except httptools.HttpParserUpgrade:
+            self.upgrade = True
+        except httptools.HttpParserError:
+            self._answer_request(Answer(400))
+            return False
+        self.fed = stop
+        return True
+
+    def _head_done(self, view: memoryview, pos: int) -> int:
+        """The head is whole and parsed: let the hooks act; where its chunk goes on."""
+        head = bytes(self.held[: self.fed])
+        del self.held[:]
+        self.fed = 0
+        answer, edits = self._ask_hooks()
+        if answer is not None:
+            self._answer_request(answer)
+            return pos
+        self.head_done = False  # the next head is not done before the parser says so
+        if edits:
+            head = rewrite(head, edits)
+            self.changed = True
+        self.out.append(head)
+        return self._forwarded(view, pos)
+
+    def _ask_hooks(self) -> tuple[Answer | None, list[SetHeader | AddHeader]]:
+        head = RequestHead(
+            self.method,
+            self.target.decode("latin-1"),
+            tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in self.headers),
+        )
+        edits: list[SetHeader | AddHeader] = []
+        for hook in self.hooks:
+            for action in hook(head):
+                if isinstance(action, Answer):
+                    return action, edits
+                if not isinstance(action, SetHeader | AddHeader):
+                    raise TypeError(f"{action!r} is not carried out on a request head")
+                edits.append(action)
+        return None, edits
+
+    def _forwarded(self, view: memoryview, pos: int) -> int:
+        """The head went on: follow its body (or what an upgrade turns the connection into)."""
+        if self.responses is not None:
+            self.pending.append((self.method, self.started))
+        if self.upgrade:  # hooks saw the head; what follows is not HTTP
+            self.out.append(view[pos:])
+            self.acts.append(STOP)
+            self.left = DONE
+            self._give_up()
+            return len(view)
+        if self.method == "HEAD":
+            self._lose_responses()
+        left = HEAD if self.message_done else framing(self.headers)
+        if left is None:
+            self._close("a request body of unknown length")
+        else:
+            self.left, self.tail = left, b""
+        return pos
+
+    # --- request bodies ---------------------------------------------------
+    def _counted(self, view: memoryview, pos: int) -> int:
+        piece = view[pos : pos + self.left]
+        if not self._feed_body(piece):
+            return len(view)
+        self.out.append(piece)
+        self.left -= len(piece)
+        if self.left == 0:
+            self._message_end()
+        return pos + len(piece)
+
+    def _chunked(self, view: memoryview, pos: int) -> int:
+        """Feed up to each empty line (a chunked body ends with one) until the body ends."""
+        rest = bytes(view[pos:])
+        probe, shift = self.tail + rest, len(self.tail)
+        fed, found = 0, probe.find(b"\r\n\r\n")
+        while found >= 0:
+            stop = found + 4 - shift
+            if not self._feed_body(rest[fed:stop]):
+                return len(view)
+            fed = stop
+            if self.message_done:
+                self.out.append(view[pos : pos + stop])
+                self.left = HEAD
+                return pos + stop
+            found = probe.find(b"\r\n\r\n", found + 1)
+        if self._feed_body(rest[fed:]):
+            self.out.append(view[pos:])
+            self.tail = probe[-3:]
+        return len(view)
+
+    def _feed_body(self, piece: bytes | memoryview) -> bool:
+        requests = self.requests
+        assert requests is not None
+        try:
+            requests.feed_data(piece)
+        except _PARSER_ERRORS:
+            self._close("a request body the parser refused")
+            return False
+        if self.stray:
+            self._close("a request began where its body was to be")
+            return False
+        return True
+
+    def _message_end(self) -> None:
+        if self.message_done:
+            self.left = HEAD
+        else:
+            self._close("the body did not end where its Content-Length said")
+
+    # --- answers and endings ------------------------------------------------
+    def _answer_request(self, answer: Answer) -> None:
+        """Answer the request being held: now, or once earlier requests have their responses."""
+        self.left, self.changed = DONE, True
+        method = self.method if self.head_done else ""  # unparsable: no request to report
+        if self.responses is None:  # the earlier responses cannot be told apart any more
+            self._close("an answer that could not be put after the earlier responses")
+        elif self.pending:
+            self.answer = (answer, method, self.started)
+        else:
+            self._completed(method, answer.status, self.started)
+            self.acts.append(answer)
+
+    def _release(self, data: bytes) -> Verdict:
+        assert self.answer is not None
+        answer, method, started = self.answer
+        self.answer, self.due = None, False
+        self._completed(method, answer.status, started)
+        return (Forward(data), answer)
+
+    def _lose_responses(self) -> Verdict:
+        self.responses = None
+        self.pending.clear()
+        if self.answer is None:
+            return FORWARD
+        self.answer = None
+        return (Close("an answer that could not be put after the earlier responses"),)
+
+    def _close(self, reason: str) -> None:
+        self.left, self.changed = DONE, True
+        self.acts.append(Close(reason))
+
+    def _completed(self, method: str, status: int, started: float) -> None:
+        if not method:
+            return
+        self.publish(
+            RequestCompleted(
+                self.direction,
+                self.source,
+                self.destination,
+                method,
+                status,
+                time.monotonic() - started,
+            )
+        )
+
+    def _verdict(self) -> Verdict:
+        """FORWARD when the chunk goes on as it came; else what to send, then what to do.
+
+        ``out`` and ``acts`` are emptied each time: ``out`` may hold views of the
+        caller's buffer, which must not outlive the call.
+        """
+        out, acts = self.out, self.acts
+        if not self.changed and not acts:
+            verdict: Verdict = FORWARD
+        elif out:
+            verdict = (Forward(b"".join(out)), *acts)
+        else:
+            verdict = tuple(acts) if acts else HOLD
+        out.clear()
+        acts.clear()
+        return verdict
+
+
+class InboundHttpExchange(HttpExchange):
+    """The same, on a stream whose requests come from the link (the app is the server)."""
+
+    __slots__ = ()
+    outgoing = HttpExchange.response_bytes
+    incoming = HttpExchange.request_bytes
+    client_is_app = False

@@ -1,0 +1,322 @@
+"""The HTTP exchange with request hooks, sans-IO: bytes in, verdicts out, no sockets."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+from meshd.proxy.http.actions import (
+    DROP,
+    FORWARD,
+    GIVE_UP,
+    HOLD,
+    STOP,
+    AddHeader,
+    Answer,
+    Close,
+    Forward,
+    HoldHead,
+    Replay,
+    RequestAction,
+    SetHeader,
+    StreamAction,
+    Verdict,
+)
+from meshd.proxy.http.exchange import HttpExchange, InboundHttpExchange
+from meshd.proxy.http.install import exchange_for
+from meshd.proxy.http.observe import HttpObserver, InboundObserver
+from meshd.proxy.http.plan import OBSERVE, HttpPlan, RequestHead, RequestHook
+from meshd.telemetry.events import Event, RequestCompleted
+
+
+# --- hooks -------------------------------------------------------------------
+def deny(prefix: str) -> RequestHook:
+    def hook(head: RequestHead) -> tuple[RequestAction, ...]:
+        return (Answer(403, body=b"denied"),) if head.path.startswith(prefix) else ()
+
+    return hook
+
+
+def tag(name: str = "X-Mesh", value: str = "1") -> RequestHook:
+    return lambda head: (AddHeader(name, value),)
+
+
+def replace(name: str, value: str) -> RequestHook:
+    return lambda head: (SetHeader(name, value),)
+
+
+def _exchange(*hooks: RequestHook, max_head: int = 65536) -> tuple[HttpExchange, list[Event]]:
+    events: list[Event] = []
+    return HttpExchange(
+        events.append, "outbound", "spiffe://t/svc/a", "web", max_head, hooks
+    ), events
+
+
+def _feed(exchange: HttpExchange, chunks: list[bytes]) -> tuple[bytes, list[StreamAction]]:
+    """What a carrier would send on for ``chunks`` of requests, and the other actions."""
+    sent, acts = b"", []
+    for chunk in chunks:
+        verdict = exchange.request_bytes(chunk)
+        sent, more = _apply(verdict, chunk, sent)
+        acts += more
+    return sent, acts
+
+
+def _apply(verdict: Verdict, chunk: bytes, sent: bytes) -> tuple[bytes, list[StreamAction]]:
+    if verdict is True or verdict is False:
+        return sent + chunk, [] if verdict else [STOP]
+    forwarded = b"".join(a.data for a in verdict if isinstance(a, Forward))
+    return sent + forwarded, [a for a in verdict if not isinstance(a, Forward | HoldHead)]
+
+
+def _splits(stream: bytes) -> Iterator[list[bytes]]:
+    """The stream whole, cut in two at every offset, and byte by byte."""
+    yield [stream]
+    for cut in range(1, len(stream)):
+        yield [stream[:cut], stream[cut:]]
+    yield [stream[i : i + 1] for i in range(len(stream))]
+
+
+GET = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+GET_TAGGED = b"GET /a HTTP/1.1\r\nHost: x\r\nX-Mesh: 1\r\n\r\n"
+POST = b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+POST_TAGGED = b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nX-Mesh: 1\r\n\r\nhello"
+CHUNKED_HEAD = b"PUT /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+CHUNKED_BODY = b"4\r\n\r\n\r\n\r\n3\r\nabc\r\n0\r\nX-Trailer: t\r\n\r\n"  # a body holding CRLFCRLF
+CHUNKED = CHUNKED_HEAD + CHUNKED_BODY
+CHUNKED_TAGGED = CHUNKED_HEAD[:-2] + b"X-Mesh: 1\r\n\r\n" + CHUNKED_BODY
+ADMIN = b"GET /admin/users HTTP/1.1\r\nHost: x\r\n\r\n"
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+ANSWER_OUT_OF_ORDER = "an answer that could not be put after the earlier responses"
+BAD_BODY = "a request body the parser refused"
+
+
+@pytest.mark.parametrize(
+    ("stream", "hooks", "expected"),
+    [
+        (GET, (tag(),), GET_TAGGED),
+        (GET + POST + GET, (tag(),), GET_TAGGED + POST_TAGGED + GET_TAGGED),
+        (CHUNKED + GET, (tag(),), CHUNKED_TAGGED + GET_TAGGED),
+        (POST + CHUNKED + POST, (deny("/admin"),), POST + CHUNKED + POST),
+        (GET + POST, (replace("HOST", "y"),), (GET + POST).replace(b"Host: x", b"HOST: y")),
+    ],
+    ids=["get", "pipelined", "chunked", "untouched", "set-header"],
+)
+def test_requests_split_anywhere_go_on_edited_once_each(
+    stream: bytes, hooks: tuple[RequestHook, ...], expected: bytes
+) -> None:
+    for chunks in _splits(stream):
+        exchange, _ = _exchange(*hooks)
+        assert _feed(exchange, chunks) == (expected, []), chunks
+
+
+def test_a_head_is_held_until_its_empty_line() -> None:
+    exchange, _ = _exchange(tag())
+    assert exchange.request_bytes(GET[:10]) == HOLD
+    assert exchange.request_bytes(GET[10:-1]) == HOLD
+    assert exchange.request_bytes(GET[-1:]) == (Forward(GET_TAGGED),)
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_nothing_changed_allocates_nothing(split: bool) -> None:
+    """A chunk that goes on as it came is FORWARD itself, however the hooks were asked."""
+    exchange, _ = _exchange(deny("/admin"))
+    if split:  # a body chunk in the middle of a long body: not even looked for an end
+        assert exchange.request_bytes(POST.replace(b"5", b"9")[:-5]) is FORWARD
+        assert exchange.request_bytes(b"hello") is FORWARD
+    else:
+        assert exchange.request_bytes(GET + POST) is FORWARD
+
+
+@pytest.mark.parametrize(
+    ("stream", "forwarded"),
+    [
+        (ADMIN, b""),
+        (ADMIN + GET, b""),  # what the client sends after an answered request goes nowhere
+        (b"GET /admin HTTP/1.1\r\nHo", b""),  # not whole yet: held, never forwarded
+    ],
+)
+def test_a_denied_request_never_goes_on(stream: bytes, forwarded: bytes) -> None:
+    for chunks in _splits(stream):
+        exchange, _ = _exchange(deny("/admin"))
+        sent, acts = _feed(exchange, chunks)
+        assert sent == forwarded, chunks
+        whole = stream.endswith(b"\r\n\r\n")
+        assert acts == ([Answer(403, body=b"denied")] if whole else [])
+        if whole:
+            assert exchange.request_bytes(GET) == DROP
+
+
+def test_an_answer_waits_for_the_responses_to_earlier_requests() -> None:
+    exchange, events = _exchange(deny("/admin"))
+    assert exchange.request_bytes(GET + POST + ADMIN) == (Forward(GET + POST),)
+    assert exchange.response_bytes(b"HTTP/1.1 100 Continue\r\n\r\n") is FORWARD  # interim
+    assert exchange.response_bytes(OK) is FORWARD  # GET's: POST still waits for its own
+    assert exchange.response_bytes(OK[:5]) is FORWARD
+    assert exchange.response_bytes(OK[5:]) == (Forward(OK[5:]), Answer(403, body=b"denied"))
+    statuses = [(e.method, e.status) for e in events if isinstance(e, RequestCompleted)]
+    assert statuses == [("GET", 200), ("POST", 200), ("GET", 403)]
+
+
+def test_an_answer_goes_at_once_when_nothing_is_waiting() -> None:
+    exchange, events = _exchange(deny("/admin"))
+    assert exchange.request_bytes(GET) is FORWARD
+    assert exchange.response_bytes(OK) is FORWARD
+    assert exchange.request_bytes(ADMIN) == (Answer(403, body=b"denied"),)
+    assert [e.status for e in events if isinstance(e, RequestCompleted)] == [200, 403]
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"CONNECT db:5432 HTTP/1.1\r\nHost: db\r\n\r\n",
+    ],
+)
+def test_upgrade_and_connect_are_seen_then_relayed_as_they_come(head: bytes) -> None:
+    exchange, _ = _exchange(tag())
+    tunnel = b"\x00\x01 not http \r\n\r\n"
+    verdict = exchange.request_bytes(head + tunnel)
+    assert verdict == (Forward(head[:-2] + b"X-Mesh: 1\r\n\r\n" + tunnel), STOP)
+    assert exchange.request_bytes(b"more") is GIVE_UP  # it follows nothing more
+
+
+def test_an_upgrade_can_be_denied() -> None:
+    exchange, _ = _exchange(deny("/ws"))
+    head = b"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    assert exchange.request_bytes(head) == (Answer(403, body=b"denied"),)
+
+
+def test_after_a_head_request_requests_are_still_checked() -> None:
+    """A HEAD's response has no body the parser could know of: responses are not followed
+    after it, but every request still goes past the hooks (an answer, out of order, cannot)."""
+    exchange, _ = _exchange(deny("/admin"))
+    head = b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert exchange.request_bytes(head) is FORWARD
+    assert exchange.response_bytes(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n") is FORWARD
+    assert exchange.request_bytes(GET) is FORWARD
+    assert exchange.request_bytes(ADMIN) == (Close(ANSWER_OUT_OF_ORDER),)
+
+
+@pytest.mark.parametrize(
+    ("stream", "max_head", "verdict"),
+    [
+        (b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 100, 64, (Answer(431),)),
+        (b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 100 + b"\r\n\r\n", 64, (Answer(431),)),
+        (b"GET / HTTP/1.1\r\nHo\x00st: x\r\n\r\n", 65536, (Answer(400),)),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 65536, (Answer(400),)),
+        (CHUNKED_HEAD + b"zz\r\n\r\n", 65536, (Forward(CHUNKED_HEAD), Close(BAD_BODY))),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            65536,
+            (Answer(400),),
+        ),
+    ],
+    ids=["head-too-big", "head-too-big-whole", "bad-header", "not-http", "bad-chunk", "cl-and-te"],
+)
+def test_what_cannot_be_followed_is_answered_or_closed(
+    stream: bytes, max_head: int, verdict: Verdict
+) -> None:
+    """Unlike the observer, an exchange with hooks never lets unseen requests through."""
+    exchange, _ = _exchange(deny("/admin"), max_head=max_head)
+    assert exchange.request_bytes(stream) == verdict
+
+
+def test_a_hook_asking_for_a_replay_is_a_programming_error() -> None:
+    exchange, _ = _exchange(lambda head: (Replay("retry"),))
+    with pytest.raises(TypeError, match="Replay"):
+        exchange.request_bytes(GET)
+
+
+def test_unanswered_requests_and_a_waiting_answer_are_reported_at_the_end() -> None:
+    exchange, events = _exchange(deny("/admin"))
+    exchange.request_bytes(GET + ADMIN)
+    exchange.finished()
+    assert [(e.method, e.status) for e in events if isinstance(e, RequestCompleted)] == [
+        ("GET", 0),
+        ("GET", 0),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("X-A", "1\r\nX-Evil: 1"), ("X A", "1"), ("X-A", "a\x00b"), ("", "v")]
+)
+def test_a_header_edit_cannot_smuggle_a_line(name: str, value: str) -> None:
+    with pytest.raises(ValueError):
+        AddHeader(name, value)
+    with pytest.raises(ValueError):
+        SetHeader(name, value)
+
+
+@pytest.fixture
+def no_gc() -> Iterator[None]:
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize("end", ["finished", "answered", "upgraded", "closed"])
+def test_a_done_exchange_is_freed_by_refcounting(end: str, no_gc: None) -> None:
+    for _ in range(200):
+        exchange, _events = _exchange(deny("/admin"), tag())
+        if end == "upgraded":
+            exchange.request_bytes(
+                b"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: ws\r\n\r\n"
+            )
+        elif end == "answered":
+            exchange.request_bytes(ADMIN)
+        elif end == "closed":
+            exchange.request_bytes(CHUNKED_HEAD + b"zz\r\n\r\n")
+        else:
+            exchange.request_bytes(GET + POST[:20])
+            exchange.response_bytes(OK)
+        exchange.finished()
+    assert gc.collect() == 0
+
+
+# --- the install point ----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("plan", "direction", "kind"),
+    [
+        (None, "outbound", type(None)),
+        (None, "inbound", type(None)),
+        (OBSERVE, "outbound", HttpObserver),
+        (OBSERVE, "inbound", InboundObserver),
+        (HttpPlan(hooks=(tag(),)), "outbound", HttpExchange),
+        (HttpPlan(hooks=(tag(),)), "inbound", InboundHttpExchange),
+    ],
+)
+def test_a_plan_gets_the_exchange_it_needs(
+    plan: HttpPlan | None, direction: str, kind: type
+) -> None:
+    exchange = exchange_for(plan, lambda e: None, direction, "s", "web", 65536)
+    assert type(exchange) is kind
+
+
+@pytest.mark.parametrize("hooks", [(), (tag(),)])
+def test_inbound_requests_come_from_the_link(hooks: tuple[RequestHook, ...]) -> None:
+    """On the inbound side the stream's incoming bytes are the requests."""
+    events: list[Event] = []
+    exchange = exchange_for(HttpPlan(hooks=hooks), events.append, "inbound", "s", "web", 65536)
+    assert exchange is not None and exchange.client_is_app is False
+    assert exchange.incoming(GET) in (FORWARD, (Forward(GET_TAGGED),))
+    assert exchange.outgoing(OK) is FORWARD
+    assert [(e.direction, e.status) for e in events if isinstance(e, RequestCompleted)] == [
+        ("inbound", 200)
+    ]
+
+
+def test_a_plan_that_does_not_observe_publishes_nothing() -> None:
+    events: list[Event] = []
+    plan = HttpPlan(observe=False, hooks=(tag(),))
+    exchange = exchange_for(plan, events.append, "outbound", "s", "web", 65536)
+    assert exchange is not None
+    exchange.outgoing(GET)
+    exchange.incoming(OK)
+    exchange.finished()
+    assert events == []

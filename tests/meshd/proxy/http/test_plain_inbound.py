@@ -1,0 +1,82 @@
+"""Plaintext from outside the mesh (permissive mode) through the exchange, over loopback.
+
+The listener is a real ``PlainInbound`` relaying to a real app; only the
+original destination, which iptables would give, is stood in for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import anyio
+import pytest
+
+from meshd.config import MeshdConfig
+from meshd.proxy import inbound
+from meshd.proxy.connect import Connector
+from meshd.proxy.http.plan import HttpPlan, HttpRules
+from meshd.runtime import Runtime
+from tests.meshd.proxy.http.hooked_meshd import DENIED, deny
+from tests.meshd.proxy.http.recording import RecordingApp
+from tests.meshd.tlsfixtures import TD, TestPki
+
+REQUESTS = (
+    b"GET /one HTTP/1.1\r\nHost: web\r\n\r\n"
+    b"GET /admin HTTP/1.1\r\nHost: web\r\n\r\n"
+    b"GET /two HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n"
+)
+
+
+def _runtime(tmp_path: Path, app_port: int) -> Runtime:
+    ident = TestPki(tmp_path).issue("b", "host/b", "svc/web")
+    files = {"cert": str(ident.cert), "key": str(ident.key), "bundle": str(ident.bundle)}
+    config = MeshdConfig.from_dict(
+        {
+            "identity": {"host": "b", "trust_domain": TD, **files},
+            "mesh": {"mtls": "permissive"},
+            "services": [{"name": "web", "port": app_port}],
+        },
+        "test",
+    )
+    return Runtime.load(config)
+
+
+async def _exchange_bytes(rt: Runtime, data: bytes) -> bytes:
+    """Send ``data`` to a PlainInbound listener; what came back before the connection closed."""
+    connector = Connector(5.0)
+    async with anyio.create_task_group() as tg:
+        await tg.start(connector.serve)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: inbound.PlainInbound(rt, connector), "127.0.0.1")
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+        writer.write(data)
+        with anyio.fail_after(10):
+            received = await reader.read()
+        writer.close()
+        server.close()
+        tg.cancel_scope.cancel()
+    return received
+
+
+@pytest.mark.parametrize("hooked", [False, True])
+def test_plaintext_meets_the_hooks_of_its_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hooked: bool
+) -> None:
+    app = RecordingApp()
+    try:
+        rt = _runtime(tmp_path, app.port)
+        if hooked:
+            rt.http_rules = HttpRules(inbound={"web": HttpPlan(hooks=(deny("/admin"),))})
+            rt.recompile()
+        monkeypatch.setattr(inbound, "original_dst", lambda sock: ("127.0.0.1", app.port))
+        received = anyio.run(_exchange_bytes, rt, REQUESTS, backend="asyncio")
+    finally:
+        app.close()
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", received)
+    if hooked:  # answered in turn, then closed: what followed the denied request is dropped
+        assert (statuses, app.paths()) == ([b"200", b"403"], ["/one"])
+        assert received.endswith(DENIED)
+    else:  # no plan, no exchange: relayed as it came
+        assert (statuses, app.paths()) == ([b"200"] * 3, ["/one", "/admin", "/two"])
