@@ -1,8 +1,8 @@
 """Day-2 control: the documents meshctl pushes to joined hosts over meshd's admin API.
 
 SSH is for bootstrap and repair (``meshctl.provision``); once a host has
-joined, what it runs with travels over the mTLS admin API (DESIGN.md,
-"Control channel"). Today that is the registry, after every join or leave:
+joined, what it runs with travels over the mTLS admin API
+(docs/architecture.md). Today that is the registry, after every join or leave:
 each joined host gets it, and meshctl waits until the host's redirect rules
 and /etc/hosts names follow it (``meshd sync`` notes the version it put in
 place, and meshd reports it on /stats). Pushes of policy and config belong

@@ -1,4 +1,4 @@
-"""Where meshctl puts things on a host (DESIGN.md, "Host layout"), in one place.
+"""Where meshctl puts things on a host (what `meshctl join` leaves, and `leave` removes).
 
 ``meshctl leave`` removes exactly these; facts read exactly these. What meshd
 reads or writes too (its files, the sync note, the rules lock, ...) comes from

@@ -1,7 +1,10 @@
 """Real test hosts on one machine: systemd-nspawn containers on a private bridge.
 
 Used by the end-to-end tests (through `meshctl.testbed.pytest_plugin`) and by
-`meshctl demo`. See /work/shared/TESTBED.md for the facts this is built on.
+`meshctl demo`. Each host is a container with its own systemd as PID 1, its
+own sshd, iptables and network namespace, booted from a debootstrapped
+Debian image built once per machine (``image.py``); the hosts reach only the
+bridge, never the outside.
 """
 
 from __future__ import annotations

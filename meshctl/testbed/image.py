@@ -103,7 +103,7 @@ def _debootstrap(root: Path, mirror: str, progress: Progress) -> None:
 
 
 def _post_process(root: Path, progress: Progress) -> None:
-    """Make the tree bootable as many distinct hosts (see TESTBED.md)."""
+    """Make the tree bootable as many distinct hosts (each with its own keys and machine id)."""
     progress("post-processing testbed image")
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
