@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import random
 import re
 import socket
 import subprocess
@@ -26,9 +27,17 @@ HOST = socket.gethostname()
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port the apps can bind on every address, outside the kernel's ephemeral range.
+
+    A port the kernel hands out (bind to port 0) goes back to the ephemeral
+    pool once released, and a busy machine may give it to another socket
+    before the app binds it; ports below that range are only taken on purpose.
+    """
+    for port in random.sample(range(20000, 32000), 200):
+        with socket.socket() as sock, contextlib.suppress(OSError):
+            sock.bind(("0.0.0.0", port))  # what the apps bind
+            return port
+    raise AssertionError("no free port in 20000-32000")
 
 
 def _request(
