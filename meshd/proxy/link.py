@@ -1,11 +1,14 @@
 """A sidecar link: one persistent mTLS connection between two meshd, many streams over it.
 
-``Link`` is the asyncio protocol on the TLS transport. It parses frames as
-they arrive (DATA payloads are handed on without being gathered first),
-writes frames, keeps per-stream flow control, pauses every stream's app
-socket while the link's own send buffer is full, and pings to find a dead
+``Link`` is the asyncio protocol on the TLS transport. Here live its
+lifecycle (the peer's certificate checked when the link is made, expiry,
+close and abort), writing frames, credit and the send budget (flow control
+per stream and per link), pausing every stream's app socket while the link's
+own send buffer is full, the streams themselves, and pings to find a dead
 peer. The side that dialled opens streams (odd ids); the other side asks its
-``on_open`` callback what to do with each OPEN.
+``on_open`` callback what to do with each OPEN. Parsing frames as they
+arrive and dispatching them is the base class's,
+``meshd.proxy.linkread.LinkReader``.
 
 What a peer can make a link hold is bounded, authenticated or not: nothing is
 allocated for reading before the TLS handshake is done; control frames have
@@ -30,19 +33,13 @@ from typing import cast
 from meshd.identity import SpiffeId
 from meshd.netfacts import fmt
 from meshd.proxy.frames import (
-    CONTROL_MAX,
     DATA,
-    FIN,
-    FRAME_NAMES,
     GOAWAY,
     HEADER,
     HEADER_SIZE,
-    MAX_PAYLOAD,
     MAX_SID,
     OPEN,
     PING,
-    PING_SIZE,
-    PONG,
     RST,
     RST_REFUSED,
     WINDOW,
@@ -50,9 +47,9 @@ from meshd.proxy.frames import (
     OpenRequest,
     ProtocolError,
     frame,
-    parse_reset,
     reset_payload,
 )
+from meshd.proxy.linkread import LinkReader
 from meshd.proxy.stream import WINDOW_SLACK, Stream
 from meshd.telemetry.logs import peer_lines
 from meshd.tls.context import (
@@ -68,20 +65,13 @@ log = logging.getLogger("meshd.link")
 
 COPY_BELOW = 16 * 1024  # bytes: frames smaller than a TLS record are joined before writing
 FLUSH_AT = 256 * 1024  # bytes: write at once rather than wait for the loop turn to end
-READ_BUFFER = 256 * 1024  # bytes: what uvloop may decrypt into the link at once
 # bytes of replies (PONG, RST for a refused OPEN) a peer may ask for while it does not read
 REPLY_BACKLOG = 64 * 1024
 LINK_WINDOW = 8 * 1024 * 1024  # bytes in flight over all streams of a link, each way
-# frames other than DATA for a live stream that one link may have handled per loop turn
-# before it lets others run (libuv reads up to 32 chunks of a busy socket in one go: 8 MiB
-# of OPENs, or of empty DATA frames, would hold the loop)
-CONTROL_BURST = 256
-COUNT_RESET = 16
-_NO_BUFFER = memoryview(bytearray(0))
 OnOpen = Callable[["Link", int, OpenRequest], Stream | None]
 
 
-class Link(asyncio.BufferedProtocol):
+class Link(LinkReader):
     """Both ends of a sidecar link (``dialer`` says which one this is)."""
 
     def __init__(
@@ -96,6 +86,7 @@ class Link(asyncio.BufferedProtocol):
         on_ready: Callable[[Link], None] | None = None,
         on_lost: Callable[[Link, str], None] | None = None,
     ) -> None:
+        super().__init__()  # the reader's own state: buffer and parser
         self.dialer = dialer
         self.max_frame = max_frame
         self.max_streams = max_streams
@@ -131,22 +122,9 @@ class Link(asyncio.BufferedProtocol):
         self._grant_at = link_window // 2  # see _receive
         self._replies = 0  # bytes of replies written while the peer was not reading
         self._last_open = 0  # the highest stream id the peer opened
-        self._controls = 0  # control frames handled in this loop turn
-        self._stash: bytes | None = None  # input put off to the next turn (see _parse)
         self._timer: asyncio.TimerHandle | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._ping_sent: bytes | None = None
-        # frame parser state
-        self._header = bytearray()
-        self._kind = 0
-        self._sid = 0
-        self._remaining = -1  # -1: between frames
-        self._control = bytearray()
-        # an app transport holds a view of _buffer (see get_buffer); True at first, so that
-        # the buffer is allocated by the first read, after the handshake, not before it
-        self.lent = True
-        self._buffer = _NO_BUFFER
-        self._early: list[bytes] = []  # data that beat connection_made (start_tls hands over late)
         self._pending: list[bytes | memoryview] = []  # frames waiting for the end of this loop turn
         self._pending_size = 0
         self._flush_scheduled = False
@@ -379,203 +357,6 @@ class Link(asyncio.BufferedProtocol):
         """Tell the peer to open no new streams here (we are draining)."""
         self.write(frame(GOAWAY, 0))
 
-    # --- reading ------------------------------------------------------------
-    # uvloop decrypts straight into the buffer that get_buffer hands out: no bytes object
-    # per TLS record and no joining of records. Frames are parsed from it in place, and
-    # DATA is written to the app's socket from it. A socket that cannot take all of it
-    # keeps a view of the buffer (uvloop does not copy), so the buffer is then lent:
-    # the next read gets a fresh one rather than overwriting bytes still queued.
-    def get_buffer(self, sizehint: int) -> memoryview:
-        if self.lent:
-            self.lent = False
-            self._buffer = memoryview(bytearray(READ_BUFFER))
-        return self._buffer
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self._buffer[:nbytes])
-
-    def data_received(self, data: bytes | memoryview) -> None:
-        if self.transport is None:
-            self._early.append(bytes(data))
-            return
-        self.last_seen = time.monotonic()
-        if self._stash is not None:  # keep the order behind what was put off
-            self._stash += bytes(data)
-            return
-        try:
-            self._parse(data)
-        except ProtocolError as e:
-            self.abort(f"protocol error: {e.message}")
-
-    def _put_off(self, rest: memoryview) -> None:
-        """Enough control frames for this turn: keep the rest for the next, read no more."""
-        assert self.transport is not None
-        self._stash = bytes(rest)  # a copy: the read buffer is reused
-        self.transport.pause_reading()
-        self._loop.call_soon(self._resume_parse)
-
-    def _resume_parse(self) -> None:
-        stash, self._stash = self._stash, None
-        if stash is None or self.closed or self.transport is None:
-            return
-        self._controls = 0
-        try:
-            self._parse(stash)
-        except ProtocolError as e:
-            self.abort(f"protocol error: {e.message}")
-            return
-        if self._stash is None:
-            self.transport.resume_reading()
-
-    def _new_turn(self) -> None:
-        self._controls = 0
-
-    def _parse(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        end = len(data)
-        offset = 0
-        while offset < end:
-            if self._remaining >= 0:  # inside a frame that began in an earlier chunk
-                offset = self._piece(view, offset, end)
-                continue
-            if not self._header and end - offset >= HEADER_SIZE:
-                # fast path, most frames: a whole DATA frame in this chunk goes straight out
-                kind, sid, length = HEADER.unpack_from(data, offset)
-                if kind == DATA and 0 < length <= end - offset - HEADER_SIZE:
-                    offset += HEADER_SIZE
-                    stream = self.streams.get(sid)
-                    if stream is not None:
-                        self.receiving += length  # _receive, inlined on the hot path
-                        if self.receiving > self._grant_at:
-                            self._receive(0)
-                        stream.deliver(view[offset : offset + length])
-                    else:
-                        self._stray(sid)
-                    offset += length
-                    continue
-            if self._controls >= CONTROL_BURST:
-                self._put_off(view[offset:end])
-                return
-            offset = self._read_header(data, offset, end)
-
-    def _piece(self, view: memoryview, offset: int, end: int) -> int:
-        """Take what this chunk holds of the current frame; dispatch it once complete."""
-        take = min(self._remaining, end - offset)
-        if self._kind == DATA:
-            stream = self.streams.get(self._sid)
-            if stream is not None:
-                self._receive(take)
-                stream.deliver(view[offset : offset + take])
-            elif take == self._remaining:  # once per frame, at its last piece
-                self._stray(self._sid)
-        else:
-            self._control += view[offset : offset + take]
-        self._remaining -= take
-        if self._remaining == 0:
-            self._remaining = -1
-            if self._kind != DATA:
-                payload = bytes(self._control)
-                self._control.clear()
-                self._dispatch(self._kind, self._sid, payload)
-        return offset + take
-
-    def _receive(self, size: int) -> None:
-        self.receiving += size
-        if self.receiving > self._grant_at:
-            self._grant_held()
-            if self.receiving > self._receive_limit:
-                raise ProtocolError("the peer sent more than the link's budget allows")
-
-    def _grant_held(self) -> None:
-        """Credit every stream whose app took its data, however little each one holds.
-
-        Streams grant on their own once a quarter of their window is passed on;
-        many streams holding less than that each could otherwise spend the
-        link's budget and leave the sender waiting for credit that never comes.
-        What is left uncredited is held by apps that do not read. The next sweep
-        comes only after another eighth of the budget, so its cost is spread.
-        """
-        for stream in self.streams.values():
-            if stream.unacked and not stream.app_paused:
-                self.grant(stream)
-        self._grant_at = max(self.link_window // 2, self.receiving + self.link_window // 8)
-
-    def _read_header(self, data: bytes | memoryview, offset: int, end: int) -> int:
-        if not self._header and end - offset >= HEADER_SIZE:
-            kind, sid, length = HEADER.unpack_from(data, offset)
-            offset += HEADER_SIZE
-        else:
-            need = HEADER_SIZE - len(self._header)
-            self._header += data[offset : offset + need]
-            offset += min(need, end - offset)
-            if len(self._header) < HEADER_SIZE:
-                return offset
-            kind, sid, length = HEADER.unpack(self._header)
-            self._header.clear()
-        if kind == DATA:
-            if length > MAX_PAYLOAD:
-                raise ProtocolError(f"frame of {length} bytes exceeds the limit")
-            if not length:  # carries nothing, but costs a turn's share like any frame
-                self._count()
-                return offset
-        else:
-            _check_control(kind, length)
-            if length <= end - offset:  # the whole payload is here (most control frames)
-                after: int = offset + length
-                self._dispatch(kind, sid, bytes(data[offset:after]))
-                return after
-        self._kind, self._sid, self._remaining = kind, sid, length
-        return offset
-
-    def _stray(self, sid: int) -> None:
-        """DATA for no stream of ours: late for one that ended (fine), or for one never opened."""
-        opened = self.next_sid - 2 if self.dialer else self._last_open
-        if sid > opened:
-            raise ProtocolError(f"DATA for stream {sid}, which was never opened")
-        self._count()
-
-    def _count(self) -> None:
-        # The count starts again after a turn that reached COUNT_RESET frames: a turn with
-        # a few (most of them) schedules nothing, and a turn starts with fewer than that
-        self._controls += 1
-        if self._controls == COUNT_RESET:
-            self._loop.call_soon(self._new_turn)
-
-    def _dispatch(self, kind: int, sid: int, payload: bytes) -> None:
-        self._count()
-        if kind in _STREAM_FRAMES:
-            stream = self.streams.get(sid)
-            if stream is not None:
-                _STREAM_FRAMES[kind](self, stream, payload)
-        elif kind == OPEN:
-            self._on_open(sid, payload)
-        elif kind == PING:
-            if len(payload) != PING_SIZE:
-                raise ProtocolError(f"PING of {len(payload)} bytes (must be {PING_SIZE})")
-            self._reply(frame(PONG, 0, payload))
-        elif kind == PONG:
-            self._ping_sent = None
-        else:  # GOAWAY (the header check let no other kind through)
-            self.draining = True
-            if not self.streams:
-                self.close("peer is draining")
-
-    def _on_window(self, stream: Stream, payload: bytes) -> None:
-        if len(payload) != WINDOW_CREDIT.size:
-            raise ProtocolError(f"malformed WINDOW frame of {len(payload)} bytes")
-        credit = WINDOW_CREDIT.unpack(payload)[0]
-        stream.send_window += credit
-        self._returned(credit)
-        if stream.send_window > 0 and self.can_send:
-            stream.resume_reading()
-
-    def _on_fin(self, stream: Stream, payload: bytes) -> None:
-        stream.remote_fin()
-
-    def _on_reset(self, stream: Stream, payload: bytes) -> None:
-        code, reason = parse_reset(payload)
-        stream.reset(f"peer reset stream (code {code}): {reason}")
-
     def _on_open(self, sid: int, payload: bytes) -> None:
         if self.dialer or sid % 2 == 0 or sid <= self._last_open:
             raise ProtocolError(f"unexpected OPEN for stream {sid}")
@@ -615,19 +396,3 @@ class Link(asyncio.BufferedProtocol):
 
 def _reset_frame(sid: int, code: int, reason: str) -> bytes:
     return frame(RST, sid, reset_payload(code, reason))
-
-
-def _check_control(kind: int, length: int) -> None:
-    """Refuse a control frame by its header: unknown type, or more than its type may carry."""
-    limit = CONTROL_MAX.get(kind)
-    if limit is None:
-        raise ProtocolError(f"unknown frame type {kind}")
-    if length > limit:
-        raise ProtocolError(f"{FRAME_NAMES[kind]} frame of {length} bytes (at most {limit})")
-
-
-_STREAM_FRAMES: dict[int, Callable[[Link, Stream, bytes], None]] = {
-    WINDOW: Link._on_window,
-    FIN: Link._on_fin,
-    RST: Link._on_reset,
-}

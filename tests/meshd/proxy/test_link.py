@@ -38,7 +38,8 @@ from meshd.proxy.frames import (
     frame,
     reset_payload,
 )
-from meshd.proxy.link import CONTROL_BURST, REPLY_BACKLOG, Link
+from meshd.proxy.link import REPLY_BACKLOG, Link
+from meshd.proxy.linkread import CONTROL_BURST
 from meshd.proxy.stream import WINDOW_SLACK, AppProtocol, Stream
 from tests.meshd.proxy.test_frames import FakeTransport, _link_with_stream, turn
 from tests.meshd.tls.test_der import cert as leaf_der
