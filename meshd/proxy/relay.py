@@ -67,16 +67,10 @@ class PipeEnd(asyncio.Protocol):
             if verdict is not True:
                 self._http(verdict, data)
                 return
-        peer = self.peer
-        if peer is None or peer.transport is None:
-            self.pending.append(data)
-            if self.transport is not None:
-                self.transport.pause_reading()
-            return
-        peer.transport.write(data)
+        self._pass(data)
 
     def _pass(self, data: bytes) -> None:
-        """data_received's last step, for bytes an exchange lets go of."""
+        """Write ``data`` to the other side, or keep it (and stop reading) until it is there."""
         peer = self.peer
         if peer is None or peer.transport is None:
             self.pending.append(data)
