@@ -1,8 +1,10 @@
 """The service registry: which services exist, their virtual IPs and endpoints.
 
 meshctl builds it (``meshctl.inventory``) and pushes it to every meshd (JSON,
-versioned); meshd maps an intercepted connection's original destination to a
-service through it. This module is the one place the shape is defined, both
+versioned); meshd compiles it into the routes its admission decides with
+(``meshd.policy.bundle``: an original destination to a service, or to one
+endpoint); ``Registry.route`` gives the same answer, but the proxy never
+calls it (only tests do). This module is the one place the shape is defined, both
 ways: ``Registry.to_dict`` (and ``to_json``, the file) is its only writer,
 ``Registry.from_dict`` its only reader, and ``from_dict(r.to_dict()) == r``.
 Pure: parsing, validation and lookups, no I/O. Every field is checked at the
