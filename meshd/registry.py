@@ -1,8 +1,10 @@
 """The service registry: which services exist, their virtual IPs and endpoints.
 
 meshctl builds it (``meshctl.inventory``) and pushes it to every meshd (JSON,
-versioned); meshd maps an intercepted connection's original destination to a
-service through it. This module is the one place the shape is defined, both
+versioned); meshd compiles it into the routes its admission decides with
+(``meshd.policy.bundle``: an original destination to a service, or to one
+endpoint); ``Registry.route`` gives the same answer, but the proxy never
+calls it (only tests do). This module is the one place the shape is defined, both
 ways: ``Registry.to_dict`` (and ``to_json``, the file) is its only writer,
 ``Registry.from_dict`` its only reader, and ``from_dict(r.to_dict()) == r``.
 Pure: parsing, validation and lookups, no I/O. Every field is checked at the
@@ -28,7 +30,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from meshd.errors import ConfigError
@@ -70,34 +72,13 @@ class Service:
 
 
 @dataclass(frozen=True)
-class Route:
-    """What an original destination resolves to: a service, and the endpoint addressed, if any."""
-
-    service: Service
-    endpoint: Endpoint | None = None
-
-
-@dataclass(frozen=True)
 class Registry:
     version: int = 0
     services: tuple[Service, ...] = ()
-    _routes: dict[tuple[str, int], Route] = field(default_factory=dict, compare=False, repr=False)
-    _by_name: dict[str, Service] = field(default_factory=dict, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        for s in self.services:
-            self._by_name[s.name] = s
-            self._routes[(s.vip, s.port)] = Route(s)
-            for e in s.endpoints:
-                for address in e.addresses:
-                    self._routes[(address, e.port)] = Route(s, e)
-
-    def route(self, address: str, port: int) -> Route | None:
-        """The service behind ``address:port``, or None when it is not in the mesh."""
-        return self._routes.get((address, port))
 
     def service(self, name: str) -> Service | None:
-        return self._by_name.get(name)
+        """The service called ``name`` (meshd looks destinations up in its compiled bundle)."""
+        return next((s for s in self.services if s.name == name), None)
 
     @classmethod
     def of(cls, version: int, services: Iterable[Service]) -> Registry:

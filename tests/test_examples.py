@@ -24,4 +24,4 @@ def test_registry_json() -> None:
     )
     api = registry.service("api")
     assert api is not None and len(api.endpoints) == 2
-    assert registry.route("10.255.0.2", 80) is not None
+    assert (api.vip, api.port) == ("10.255.0.2", 80)

@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol, cast
 
-from meshd.proxy.http.actions import Answer, Close, Forward, StopFollowing, Verdict
+from meshd.proxy.http.actions import Answer, Close, Send, StopFollowing, Verdict
 
 
 class Exchange(Protocol):
@@ -87,7 +87,7 @@ class PipeEnd(asyncio.Protocol):
             return
         assert verdict is not True
         for action in verdict:
-            if isinstance(action, Forward):
+            if isinstance(action, Send):
                 self._pass(action.data)
             elif isinstance(action, Answer | Close):
                 self._end(action)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
 from meshd.proxy.frames import FIN, RST_CANCEL, ProtocolError, frame
-from meshd.proxy.http.actions import Answer, Close, Forward, StopFollowing, Verdict
+from meshd.proxy.http.actions import Answer, Close, Send, StopFollowing, Verdict
 
 if TYPE_CHECKING:
     from meshd.proxy.link import Link
@@ -236,7 +236,7 @@ class Stream:
             return
         assert verdict is not True
         for action in verdict:
-            if isinstance(action, Forward):
+            if isinstance(action, Send):
                 self._send_on(action.data)
             elif not self._act(action):
                 return
@@ -249,7 +249,7 @@ class Stream:
         else:
             assert verdict is not True
             for action in verdict:
-                if isinstance(action, Forward):
+                if isinstance(action, Send):
                     self._deliver_on(action.data)
                 elif not self._act(action):
                     return
@@ -259,7 +259,7 @@ class Stream:
                 self.link.grant(self)
 
     def _act(self, action: object) -> bool:
-        """Carry out an action other than Forward; False once the stream is gone."""
+        """Carry out an action other than Send; False once the stream is gone."""
         if isinstance(action, Answer):
             self._answer(action)
         elif isinstance(action, Close):

@@ -4,7 +4,7 @@ Every ``HandshakeFailed`` event carries a ``HandshakeFailure``: published by
 the mesh port and the admin API when a peer's handshake fails
 (``meshd.tls.handshake``, ``meshd.admin.server``), by the mesh port when a
 peer that finished it is no host of ours or holds its links already
-(``meshd.proxy.inbound``), and by the link dialler (``meshd.proxy.outbound``).
+(``meshd.proxy.inbound``), and by the link dialler (``meshd.proxy.pool``).
 The values are the ``reason`` label of ``meshd_handshake_failures_total``,
 which dashboards and tests read: they never change. ``classify`` is the one
 mapping from what a handshake raised to a reason.

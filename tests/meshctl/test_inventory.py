@@ -51,7 +51,7 @@ def test_registry_document_is_what_meshd_accepts() -> None:
     api = registry.service("api")
     assert api is not None and [e.host for e in api.endpoints] == ["api1", "api2"]
     assert api.endpoints[0].labels == (("version", "v1"),)
-    assert registry.route("10.0.0.12", 9000) is not None
+    assert ("10.0.0.12", 9000) in {(e.address, e.port) for e in api.endpoints}
     assert registry.version == 7
 
 

@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 
 from meshd.errors import ConfigError
+from meshd.policy.bundle import Bundle
 from meshd.registry import MAX_IPV6, Registry
+from tests.meshd.policy.sample import config
 
 DOC: dict[str, Any] = {
     "version": 1,
@@ -33,11 +35,13 @@ def _with_ipv6(value: object) -> dict[str, Any]:
 
 def test_an_ipv6_address_routes_to_its_endpoint() -> None:
     registry = Registry.from_dict(_with_ipv6(["FD00:77:0::12"]), "registry.json")
-    route = registry.route("fd00:77::12", 8080)  # as meshd reads it from the socket
-    assert route is not None and route.endpoint is not None
-    assert route.endpoint.host == "api2" and route.endpoint.address == "10.0.0.12"
-    assert registry.route("fd00:77::12", 8081) is None
-    assert route.endpoint.addresses == ("10.0.0.12", "fd00:77::12")
+    routes = Bundle.compile(config(), registry, {}).routes  # what meshd decides with
+    route = routes.get(("fd00:77::12", 8080))  # as meshd reads it from the socket
+    assert route is not None and len(route.endpoints) == 1
+    endpoint = route.endpoints[0]
+    assert endpoint.host == "api2" and endpoint.address == "10.0.0.12"
+    assert ("fd00:77::12", 8081) not in routes
+    assert endpoint.addresses == ("10.0.0.12", "fd00:77::12")
 
 
 def test_round_trip_keeps_ipv6_and_leaves_it_out_when_empty() -> None:

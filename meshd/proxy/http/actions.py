@@ -7,7 +7,7 @@ exchange returns a *verdict* per chunk of bytes to whoever carries the
 connection (``Stream``, ``PipeEnd``): ``FORWARD`` (the chunk goes on as it
 is, the exchange keeps following), ``GIVE_UP`` (it goes on as it is, and the
 exchange follows this connection no more), or a tuple of *stream actions*
-carried out in order, in place of the chunk: ``Forward`` these bytes,
+carried out in order, in place of the chunk: ``Send`` these bytes,
 ``HoldHead`` (nothing to send yet), ``Answer`` the client and close,
 ``Close`` without an answer, ``StopFollowing``.
 
@@ -38,7 +38,7 @@ def check_header(name: str, value: str) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class Forward:
+class Send:
     """Send these bytes on, in the direction of the chunk they replace."""
 
     data: bytes
@@ -128,7 +128,7 @@ class StopFollowing:
 
 
 RequestAction = SetHeader | AddHeader | Answer | Replay
-StreamAction = Forward | HoldHead | Answer | Close | StopFollowing
+StreamAction = Send | HoldHead | Answer | Close | StopFollowing
 Verdict = bool | tuple[StreamAction, ...]
 
 FORWARD: Final[Literal[True]] = True

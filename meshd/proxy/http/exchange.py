@@ -36,7 +36,7 @@ from meshd.proxy.http.actions import (
     AddHeader,
     Answer,
     Close,
-    Forward,
+    Send,
     SetHeader,
     StreamAction,
     Verdict,
@@ -329,7 +329,7 @@ class HttpExchange(HttpObserver):
         answer, method, started = self.answer
         self.answer, self.due = None, False
         self._completed(method, answer.status, started)
-        return (Forward(data), answer)
+        return (Send(data), answer)
 
     def _lose_responses(self) -> Verdict:
         self.responses = None
@@ -367,7 +367,7 @@ class HttpExchange(HttpObserver):
         if not self.changed and not acts:
             verdict: Verdict = FORWARD
         elif out:
-            verdict = (Forward(b"".join(out)), *acts)
+            verdict = (Send(b"".join(out)), *acts)
         else:
             verdict = tuple(acts) if acts else HOLD
         out.clear()

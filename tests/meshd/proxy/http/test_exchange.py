@@ -16,10 +16,10 @@ from meshd.proxy.http.actions import (
     AddHeader,
     Answer,
     Close,
-    Forward,
     HoldHead,
     Replay,
     RequestAction,
+    Send,
     SetHeader,
     StreamAction,
     Verdict,
@@ -67,8 +67,8 @@ def _feed(exchange: HttpExchange, chunks: list[bytes]) -> tuple[bytes, list[Stre
 def _apply(verdict: Verdict, chunk: bytes, sent: bytes) -> tuple[bytes, list[StreamAction]]:
     if verdict is True or verdict is False:
         return sent + chunk, [] if verdict else [STOP]
-    forwarded = b"".join(a.data for a in verdict if isinstance(a, Forward))
-    return sent + forwarded, [a for a in verdict if not isinstance(a, Forward | HoldHead)]
+    forwarded = b"".join(a.data for a in verdict if isinstance(a, Send))
+    return sent + forwarded, [a for a in verdict if not isinstance(a, Send | HoldHead)]
 
 
 def _splits(stream: bytes) -> Iterator[list[bytes]]:
@@ -116,7 +116,7 @@ def test_a_head_is_held_until_its_empty_line() -> None:
     exchange, _ = _exchange(tag())
     assert exchange.request_bytes(GET[:10]) == HOLD
     assert exchange.request_bytes(GET[10:-1]) == HOLD
-    assert exchange.request_bytes(GET[-1:]) == (Forward(GET_TAGGED),)
+    assert exchange.request_bytes(GET[-1:]) == (Send(GET_TAGGED),)
 
 
 @pytest.mark.parametrize("split", [False, True])
@@ -151,11 +151,11 @@ def test_a_denied_request_never_goes_on(stream: bytes, forwarded: bytes) -> None
 
 def test_an_answer_waits_for_the_responses_to_earlier_requests() -> None:
     exchange, events = _exchange(deny("/admin"))
-    assert exchange.request_bytes(GET + POST + ADMIN) == (Forward(GET + POST),)
+    assert exchange.request_bytes(GET + POST + ADMIN) == (Send(GET + POST),)
     assert exchange.response_bytes(b"HTTP/1.1 100 Continue\r\n\r\n") is FORWARD  # interim
     assert exchange.response_bytes(OK) is FORWARD  # GET's: POST still waits for its own
     assert exchange.response_bytes(OK[:5]) is FORWARD
-    assert exchange.response_bytes(OK[5:]) == (Forward(OK[5:]), Answer(403, body=b"denied"))
+    assert exchange.response_bytes(OK[5:]) == (Send(OK[5:]), Answer(403, body=b"denied"))
     statuses = [(e.method, e.status) for e in events if isinstance(e, RequestCompleted)]
     assert statuses == [("GET", 200), ("POST", 200), ("GET", 403)]
 
@@ -179,7 +179,7 @@ def test_upgrade_and_connect_are_seen_then_relayed_as_they_come(head: bytes) -> 
     exchange, _ = _exchange(tag())
     tunnel = b"\x00\x01 not http \r\n\r\n"
     verdict = exchange.request_bytes(head + tunnel)
-    assert verdict == (Forward(head[:-2] + b"X-Mesh: 1\r\n\r\n" + tunnel), STOP)
+    assert verdict == (Send(head[:-2] + b"X-Mesh: 1\r\n\r\n" + tunnel), STOP)
     assert exchange.request_bytes(b"more") is GIVE_UP  # it follows nothing more
 
 
@@ -207,7 +207,7 @@ def test_after_a_head_request_requests_are_still_checked() -> None:
         (b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 100 + b"\r\n\r\n", 64, (Answer(431),)),
         (b"GET / HTTP/1.1\r\nHo\x00st: x\r\n\r\n", 65536, (Answer(400),)),
         (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 65536, (Answer(400),)),
-        (CHUNKED_HEAD + b"zz\r\n\r\n", 65536, (Forward(CHUNKED_HEAD), Close(BAD_BODY))),
+        (CHUNKED_HEAD + b"zz\r\n\r\n", 65536, (Send(CHUNKED_HEAD), Close(BAD_BODY))),
         (
             b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
             65536,
@@ -304,7 +304,7 @@ def test_inbound_requests_come_from_the_link(hooks: tuple[RequestHook, ...]) -> 
     events: list[Event] = []
     exchange = exchange_for(HttpPlan(hooks=hooks), events.append, "inbound", "s", "web", 65536)
     assert exchange is not None and exchange.client_is_app is False
-    assert exchange.incoming(GET) in (FORWARD, (Forward(GET_TAGGED),))
+    assert exchange.incoming(GET) in (FORWARD, (Send(GET_TAGGED),))
     assert exchange.outgoing(OK) is FORWARD
     assert [(e.direction, e.status) for e in events if isinstance(e, RequestCompleted)] == [
         ("inbound", 200)
