@@ -24,4 +24,5 @@ def test_registry_json() -> None:
     )
     api = registry.service("api")
     assert api is not None and len(api.endpoints) == 2
-    assert (api.vip, api.port) == ("10.255.0.2", 80)
+    web = registry.service("web")
+    assert web is not None and (web.vip, web.port) == ("10.255.0.2", 80)
