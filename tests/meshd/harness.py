@@ -250,7 +250,36 @@ class EchoServer:
         self.sock.close()
 
 
-class HttpApp:
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """Keep-alive HTTP/1.1, no access log on stderr; ``reply`` answers 200 with ``body``."""
+
+    protocol_version = "HTTP/1.1"
+
+    def reply(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class ServedApp:
+    """An HTTP app on 127.0.0.1 (a free port), served by threads until ``close``."""
+
+    def __init__(self, handler: type[QuietHandler]) -> None:
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class HttpApp(ServedApp):
     """A tiny HTTP/1.1 app (keep-alive) answering with its name and what it got."""
 
     def __init__(self, name: str) -> None:
@@ -258,9 +287,7 @@ class HttpApp:
         seen: list[bytes] = []
         self.seen = seen
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 self._answer(b"")
 
@@ -269,23 +296,11 @@ class HttpApp:
 
             def _answer(self, body: bytes) -> None:
                 seen.append(body)
-                reply = f"{app_name} got {len(body)} bytes from {self.client_address[0]}".encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
+                self.reply(
+                    f"{app_name} got {len(body)} bytes from {self.client_address[0]}".encode()
+                )
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def free_port() -> int:
