@@ -44,7 +44,7 @@ from meshd.proxy.http.actions import (
 from meshd.proxy.http.head import CHUNKED, framing, rewrite
 from meshd.proxy.http.observe import _METHODS, HttpObserver
 from meshd.proxy.http.plan import RequestHead, RequestHook
-from meshd.telemetry.events import Event, RequestCompleted
+from meshd.telemetry.events import Event
 
 HEAD = -1  # ``left``: gathering a request head (a length >= 0: body bytes left; or CHUNKED)
 DONE = -3  # ``left``: answered, closed or stopped: the client's bytes go nowhere now
@@ -342,20 +342,6 @@ class HttpExchange(HttpObserver):
     def _close(self, reason: str) -> None:
         self.left, self.changed = DONE, True
         self.acts.append(Close(reason))
-
-    def _completed(self, method: str, status: int, started: float) -> None:
-        if not method:
-            return
-        self.publish(
-            RequestCompleted(
-                self.direction,
-                self.source,
-                self.destination,
-                method,
-                status,
-                time.monotonic() - started,
-            )
-        )
 
     def _verdict(self) -> Verdict:
         """FORWARD when the chunk goes on as it came; else what to send, then what to do.

@@ -152,16 +152,26 @@ class HttpObserver:
 
     def finished(self) -> None:
         """The connection ended: requests still waiting got no response."""
-        now = time.monotonic()
         while self.pending:
             method, started = self.pending.popleft()
-            if method:
-                self.publish(
-                    RequestCompleted(
-                        self.direction, self.source, self.destination, method, 0, now - started
-                    )
-                )
+            self._completed(method, 0, started)
         self._detach()
+
+    def _completed(self, method: str, status: int, started: float) -> None:
+        """Publish one request's end (off the per-request path: ``response_complete``
+        publishes its own, without this call)."""
+        if not method:
+            return
+        self.publish(
+            RequestCompleted(
+                self.direction,
+                self.source,
+                self.destination,
+                method,
+                status,
+                time.monotonic() - started,
+            )
+        )
 
     # A stream calls outgoing (app -> link) and incoming (link -> app): aliases, not
     # wrappers, so that no call layer is added per chunk. Here the app is the client.
