@@ -15,7 +15,7 @@ from meshd.errors import ConfigError
 
 SCHEME = "spiffe://"
 MAX_ID_LENGTH = 2048
-KINDS = ("svc", "host", "operator")
+KINDS = ("svc", "host", "operator", "issuer", "monitor")
 
 _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
@@ -34,7 +34,7 @@ class SpiffeId:
 
     @property
     def kind(self) -> str | None:
-        """The mesh role of the ID ("svc", "host", "operator"), if it follows our scheme."""
+        """The mesh role of the ID ("svc", "host", "operator", "issuer", "monitor"), if ours."""
         segments = self.path.split("/")[1:]
         if len(segments) == 2 and segments[0] in KINDS:
             return segments[0]

@@ -22,6 +22,21 @@ the version's range), and ``check_vip_range`` holds the VIPs to the host's
 ``address`` is the IPv4 address meshd dials (links are IPv4); ``ipv6`` (optional)
 lists the endpoint host's global IPv6 addresses, so that an app's IPv6
 connection to one of them is intercepted and mapped to the same endpoint.
+
+Two optional lists carry the identity lifecycle with the registry, so that one
+push reaches every meshd (both are left out of the document when empty, so an
+older meshd still reads a registry without them)::
+
+     "issuers": [{"host": "h1", "address": "10.77.0.11", "port": 15000}],
+     "revoked": [{"host": "h3", "ids": ["spiffe://prod.mesh/host/h3"],
+                  "serials": ["1F2E..."], "until": 1767225600}]
+
+``issuers`` are the hosts whose meshd signs renewals (``port``: its admin
+API). ``revoked`` names what no meshd may accept any more: certificates
+carrying one of ``ids``, or whose serial (upper-case hex, no separators, as
+``ssl``'s ``getpeercert()`` spells it) is in ``serials``; an entry matters
+until ``until`` (Unix seconds, the latest expiry of anything it names) and
+meshctl prunes it afterwards.
 """
 
 from __future__ import annotations
@@ -30,11 +45,11 @@ import ipaddress
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from meshd.errors import ConfigError
-from meshd.identity import check_name
+from meshd.identity import SpiffeId, check_name
 from meshd.netfacts import fmt
 from meshd.schema import Fields, brief
 
@@ -72,21 +87,67 @@ class Service:
 
 
 @dataclass(frozen=True)
+class IssuerRef:
+    """A host whose meshd signs renewals: where its admin API listens."""
+
+    host: str
+    address: str  # IPv4, dialled by renewing meshd
+    port: int  # its admin port
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """What ``meshctl leave``/``revoke`` took away from a host, until it would expire anyway."""
+
+    host: str
+    ids: tuple[str, ...] = ()  # SPIFFE IDs, as text
+    serials: tuple[str, ...] = ()  # upper-case hex, no separators
+    until: int = 0  # Unix seconds: nothing it names is valid after this
+
+    def names(self, ids: Iterable[str], serial: str) -> bool:
+        """Whether a certificate with these SPIFFE IDs and serial is revoked by this entry."""
+        return serial in self.serials or any(i in self.ids for i in ids)
+
+
+@dataclass(frozen=True)
 class Registry:
     version: int = 0
     services: tuple[Service, ...] = ()
+    issuers: tuple[IssuerRef, ...] = ()
+    revoked: tuple[Revocation, ...] = ()
 
     def service(self, name: str) -> Service | None:
         """The service called ``name`` (meshd looks destinations up in its compiled bundle)."""
         return next((s for s in self.services if s.name == name), None)
 
     @classmethod
-    def of(cls, version: int, services: Iterable[Service]) -> Registry:
-        """A registry of typed values, its services in name order (as ``from_dict`` keeps them)."""
-        return cls(version, tuple(sorted(services, key=lambda s: s.name)))
+    def of(
+        cls,
+        version: int,
+        services: Iterable[Service],
+        issuers: Iterable[IssuerRef] = (),
+        revoked: Iterable[Revocation] = (),
+    ) -> Registry:
+        """A registry of typed values, in the order ``from_dict`` keeps (services, issuers
+        and revocations by host name)."""
+        return cls(
+            version,
+            tuple(sorted(services, key=lambda s: s.name)),
+            tuple(sorted(issuers, key=lambda i: i.host)),
+            tuple(sorted(revoked, key=lambda r: r.host)),
+        )
 
     def with_version(self, version: int) -> Registry:
-        return Registry(version, self.services)
+        return replace(self, version=version)
+
+    def services_of(self, host: str) -> frozenset[str]:
+        """The services the registry assigns to ``host`` (it is one of their endpoints)."""
+        return frozenset(s.name for s in self.services if any(e.host == host for e in s.endpoints))
+
+    def revocation(self, ids: Iterable[str], serial: str) -> Revocation | None:
+        """The entry that revokes a certificate with these IDs and serial, if one does."""
+        names = tuple(ids)
+        return next((r for r in self.revoked if r.names(names, serial)), None)
 
     def checked(self, source: str) -> Registry:
         """What meshd makes of this registry once written and read back; ConfigError if it
@@ -119,17 +180,73 @@ class Registry:
                 }
                 for s in self.services
             },
+            **({"issuers": [_issuer_dict(i) for i in self.issuers]} if self.issuers else {}),
+            **({"revoked": [_revocation_dict(r) for r in self.revoked]} if self.revoked else {}),
         }
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any], source: str) -> Registry:
         top = Fields(doc, source)
-        top.unknown({"version", "services"})
+        top.unknown({"version", "services", "issuers", "revoked"})
         version = top.version()
         services = top.table("services", required=False)
         parsed = tuple(_service(name, services.table(name)) for name in sorted(services.data))
         _check_unique(top, parsed)
-        return cls(version, parsed)
+        issuers = tuple(_issuer(f) for f in top.tables("issuers"))
+        revoked = tuple(_revocation(f) for f in top.tables("revoked"))
+        _check_hosts_unique(top, "issuers", [i.host for i in issuers])
+        _check_hosts_unique(top, "revoked", [r.host for r in revoked])
+        return cls.of(version, parsed, issuers, revoked)
+
+
+def _issuer_dict(i: IssuerRef) -> dict[str, Any]:
+    return {"host": i.host, "address": i.address, "port": i.port}
+
+
+def _revocation_dict(r: Revocation) -> dict[str, Any]:
+    return {"host": r.host, "ids": list(r.ids), "serials": list(r.serials), "until": r.until}
+
+
+def _issuer(f: Fields) -> IssuerRef:
+    f.unknown({"host", "address", "port"})
+    host = f.checked("host", f.get("host", str), lambda n: check_name("host", n))
+    return IssuerRef(host, _ip(f, "address"), f.port("port"))
+
+
+MAX_REVOKED_NAMES = 256  # per entry: a host's identities, and the serials it was seen with
+_SERIAL = re.compile(r"[0-9A-F]{1,40}")  # RFC 5280: at most 20 octets
+
+
+def _revocation(f: Fields) -> Revocation:
+    f.unknown({"host", "ids", "serials", "until"})
+    host = f.checked("host", f.get("host", str), lambda n: check_name("host", n))
+    ids = _strings(f, "ids", lambda text: str(SpiffeId.parse(text)))
+    serials = _strings(f, "serials", _serial)
+    until = f.bounded("until", int, 0, 0, 2**53 - 1)
+    return Revocation(host, ids, serials, until)
+
+
+def _strings(f: Fields, key: str, check: Any) -> tuple[str, ...]:
+    values = f.get(key, list, [])
+    if len(values) > MAX_REVOKED_NAMES:
+        raise f.fail(key, f"more than {MAX_REVOKED_NAMES} entries")
+    if not all(isinstance(v, str) for v in values):
+        raise f.fail(key, "must be a list of strings")
+    return tuple(f.checked(key, v, check) for v in values)
+
+
+def _serial(text: str) -> str:
+    if not _SERIAL.fullmatch(text):
+        raise ConfigError(f"serial {brief(text)} is not upper-case hex (at most 40 digits)")
+    return text
+
+
+def _check_hosts_unique(top: Fields, key: str, hosts: list[str]) -> None:
+    seen = set()
+    for host in hosts:
+        if host in seen:
+            raise top.fail(key, f"host {host!r} is listed twice")
+        seen.add(host)
 
 
 def _service(name: str, f: Fields) -> Service:

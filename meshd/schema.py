@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -163,3 +164,33 @@ def brief(value: object, limit: int = 40) -> str:
         return f"an integer of {value.bit_length()} bits"  # repr of a huge int is slow, or refused
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+_UNITS = (86400, 3600, 60, 1)
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in a duration such as ``"24h"``, ``"30d"``, ``"1h30m"`` or ``"90s"``.
+
+    Units in the order d, h, m, s, each at most once; ConfigError otherwise.
+    """
+    match = _DURATION.fullmatch(text.strip()) if isinstance(text, str) else None
+    if not text or match is None or not any(match.groups()):
+        raise ConfigError(
+            f"{brief(text)} is not a duration",
+            hint='write it like "24h", "30d", "1h30m" or "90s"',
+        )
+    return sum(int(g) * unit for g, unit in zip(match.groups(), _UNITS, strict=True) if g)
+
+
+def format_duration(seconds: int) -> str:
+    """The shortest text ``parse_duration`` reads back as ``seconds`` (``"1h30m"``)."""
+    if seconds <= 0:
+        return "0s"
+    parts = []
+    for unit, name in zip(_UNITS, "dhms", strict=True):
+        count, seconds = divmod(seconds, unit)
+        if count:
+            parts.append(f"{count}{name}")
+    return "".join(parts)

@@ -48,12 +48,16 @@ UNREPORTED = Unreported.UNREPORTED
 class CertificateSource:
     """Which certificate meshd runs, the files' or a pushed one, and why."""
 
-    layer: Literal["files", "pushed"]
+    layer: Literal["files", "pushed", "renewed"]
     version: int | None  # of the pushed certs document, when that is the one
     reason: str
 
     def describe(self) -> str:
-        where = "the files" if self.layer == "files" else f"pushed certs version {self.version}"
+        where = {
+            "files": "the files",
+            "pushed": f"pushed certs version {self.version}",
+            "renewed": "renewal",
+        }[self.layer]
         return f"certificate from {where}: {self.reason}"
 
     def to_json(self) -> dict[str, Any]:
@@ -62,9 +66,77 @@ class CertificateSource:
     @classmethod
     def from_json(cls, doc: Json) -> CertificateSource | None:
         layer = doc.get("layer")
-        if layer not in ("files", "pushed"):
+        if layer not in ("files", "pushed", "renewed"):
             return None
         return cls(layer, _int(doc, "version"), _get(doc, "reason", str, ""))
+
+
+@dataclass(frozen=True)
+class RenewalReport:
+    """How meshd's own certificate renewal goes; ``meshctl status`` warns on ``failing``.
+
+    ``state``: "ok" (renewed, or not due yet), "failing" (the last attempt failed;
+    meshd keeps its certificate and retries at ``next_at``), "off" (no issuer
+    in the registry). Times are ISO 8601 UTC ("" when none).
+    """
+
+    state: str = "off"
+    last_renewed: str = ""
+    next_at: str = ""
+    failures: int = 0  # attempts failed in a row
+    last_error: str = ""
+    issuer: str = ""  # the host that signed the running certificate, if renewal did
+    renewals: int = 0  # since start
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "last_renewed": self.last_renewed,
+            "next_at": self.next_at,
+            "failures": self.failures,
+            "last_error": self.last_error,
+            "issuer": self.issuer,
+            "renewals": self.renewals,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Json) -> RenewalReport | None:
+        return cls(
+            state=_get(doc, "state", str, "off"),
+            last_renewed=_get(doc, "last_renewed", str, ""),
+            next_at=_get(doc, "next_at", str, ""),
+            failures=_count(doc, "failures"),
+            last_error=_get(doc, "last_error", str, ""),
+            issuer=_get(doc, "issuer", str, ""),
+            renewals=_count(doc, "renewals"),
+        )
+
+
+@dataclass(frozen=True)
+class IssuerReport:
+    """This host as an issuer: its CA's life and what it signed or refused since start."""
+
+    not_after: str = ""  # ISO 8601 UTC of the issuer CA certificate ("" when none yet)
+    signed: int = 0
+    refused: int = 0
+    pending_key: bool = False  # a key made for ``POST /issuer/csr``, not yet signed
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "not_after": self.not_after,
+            "signed": self.signed,
+            "refused": self.refused,
+            "pending_key": self.pending_key,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Json) -> IssuerReport | None:
+        return cls(
+            not_after=_get(doc, "not_after", str, ""),
+            signed=_count(doc, "signed"),
+            refused=_count(doc, "refused"),
+            pending_key=doc.get("pending_key") is True,
+        )
 
 
 @dataclass(frozen=True)
@@ -199,6 +271,9 @@ class Stats:
     identities: tuple[str, ...] = ()
     certificate_not_after: str = ""  # ISO 8601
     certificate: CertificateSource | None = None  # whose certificate runs, and why
+    certificate_serial: str = ""  # upper-case hex, as a peer's getpeercert() spells it
+    renewal: RenewalReport | None = None
+    issuer: IssuerReport | None = None  # None: this host is no issuer
     uptime_seconds: float | None = None
     ready: bool = False
     draining: bool = False
@@ -227,6 +302,9 @@ class Stats:
             "identities": list(self.identities),
             "certificate_not_after": self.certificate_not_after,
             "certificate": _opt(self.certificate),
+            "certificate_serial": self.certificate_serial,
+            "renewal": _opt(self.renewal),
+            "issuer": _opt(self.issuer),
             "uptime_seconds": self.uptime_seconds,
             "ready": self.ready,
             "draining": self.draining,
@@ -258,6 +336,9 @@ class Stats:
             identities=tuple(_items(doc, "identities", _text)),
             certificate_not_after=_get(doc, "certificate_not_after", str, ""),
             certificate=_nested(doc, "certificate", CertificateSource.from_json),
+            certificate_serial=_get(doc, "certificate_serial", str, ""),
+            renewal=_nested(doc, "renewal", RenewalReport.from_json),
+            issuer=_nested(doc, "issuer", IssuerReport.from_json),
             uptime_seconds=_float(doc, "uptime_seconds"),
             ready=doc.get("ready") is True,
             draining=doc.get("draining") is True,
@@ -340,5 +421,7 @@ def _mapping(doc: Json, key: str, read: Callable[[object], T | None]) -> dict[st
     return {k: v for k, v in parsed.items() if v is not None}
 
 
-def _opt(value: CertificateSource | ReloadReport | None) -> dict[str, Any] | None:
+def _opt(
+    value: CertificateSource | ReloadReport | RenewalReport | IssuerReport | None,
+) -> dict[str, Any] | None:
     return None if value is None else value.to_json()

@@ -1,0 +1,62 @@
+"""The registry's identity-lifecycle lists: issuers and revocations, both ways, checked."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from meshd.errors import ConfigError
+from meshd.registry import Endpoint, IssuerRef, Registry, Revocation, Service
+
+REG = Registry.of(
+    4,
+    [Service("api", "10.255.0.2", 80, (Endpoint("h2", "10.77.0.12", 8080),))],
+    [IssuerRef("h1", "10.77.0.11", 15000)],
+    [Revocation("h3", ("spiffe://t.mesh/host/h3",), ("1F2E",), 1767225600)],
+)
+
+
+def test_issuers_and_revocations_read_back_as_written() -> None:
+    doc = REG.to_dict()
+    assert doc["issuers"] == [{"host": "h1", "address": "10.77.0.11", "port": 15000}]
+    assert doc["revoked"] == [
+        {"host": "h3", "ids": ["spiffe://t.mesh/host/h3"], "serials": ["1F2E"], "until": 1767225600}
+    ]
+    assert Registry.from_dict(doc, "r") == REG
+
+
+def test_empty_lists_stay_out_of_the_document_for_older_meshd() -> None:
+    assert set(Registry.of(1, []).to_dict()) == {"version", "services"}
+
+
+def test_services_of_a_host_and_what_is_revoked() -> None:
+    assert REG.services_of("h2") == frozenset({"api"})
+    assert REG.services_of("h1") == frozenset()
+    assert REG.revocation(["spiffe://t.mesh/host/h3"], "AB") == REG.revoked[0]
+    assert REG.revocation(["spiffe://t.mesh/host/h2"], "1F2E") == REG.revoked[0]
+    assert REG.revocation(["spiffe://t.mesh/host/h2"], "AB") is None
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"issuers": [{"host": "H1", "address": "10.77.0.11", "port": 15000}]}, "issuers[0].host"),
+        ({"issuers": [{"host": "h1", "address": "nope", "port": 15000}]}, "issuers[0].address"),
+        ({"issuers": [{"host": "h1", "address": "10.77.0.11", "port": 0}]}, "issuers[0].port"),
+        (
+            {"issuers": [{"host": "h1", "address": "10.77.0.11", "port": 1}] * 2},
+            "listed twice",
+        ),
+        ({"revoked": [{"host": "h3", "ids": ["http://x"]}]}, "revoked[0].ids"),
+        ({"revoked": [{"host": "h3", "serials": ["1f2e"]}]}, "revoked[0].serials"),
+        ({"revoked": [{"host": "h3", "serials": ["A" * 41]}]}, "revoked[0].serials"),
+        ({"revoked": [{"host": "h3", "ids": ["spiffe://t/host/x"] * 257}]}, "more than 256"),
+        ({"revoked": [{"host": "h3", "until": -1}]}, "revoked[0].until"),
+        ({"revoked": [{"host": "h3", "extra": 1}]}, "extra"),
+    ],
+)
+def test_a_bad_entry_is_refused_naming_its_field(patch: dict[str, Any], message: str) -> None:
+    doc = {**Registry.of(1, []).to_dict(), **patch}
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        Registry.from_dict(doc, "registry")
