@@ -42,7 +42,7 @@ class DefaultsConfig:
     def to_toml_dict(self) -> dict[str, Any]:
         doc = asdict(self)
         for key in ("leaf_lifetime", "issuer_lifetime"):
-            doc[key] = format_duration(doc[key])
+            doc[key] = duration_text(doc[key])
         return doc
 
     @classmethod
@@ -60,6 +60,15 @@ class DefaultsConfig:
             issuer_lifetime=duration(f, "issuer_lifetime", base.issuer_lifetime, ISSUER_BOUNDS),
             ssh_key=f.get("ssh_key", str, base.ssh_key),
         )
+
+
+def duration_text(seconds: int) -> str:
+    """How mesh.toml says a duration: whole days from 2 days on, else whole hours ("24h")."""
+    if seconds % DAY == 0 and seconds >= 2 * DAY:
+        return f"{seconds // DAY}d"
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    return format_duration(seconds)
 
 
 def _leaf_lifetime(f: Fields, default: int) -> int:

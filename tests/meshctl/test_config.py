@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import toml
 
-from meshctl.config import DefaultsConfig, MeshConfig
+from meshctl.config import DefaultsConfig, MeshConfig, duration_text
 from meshd.errors import ConfigError
+from meshd.schema import parse_duration
 
 GOOD: dict[str, Any] = {
     "mesh": {
@@ -102,8 +103,17 @@ def test_lifetimes(defaults: dict[str, Any], leaf: int, issuer: int) -> None:
 def test_written_as_durations_and_never_the_old_key() -> None:
     old = MeshConfig.from_dict({**GOOD, "defaults": {"leaf_lifetime_hours": 36}}, "m")
     written = old.to_toml_dict()["defaults"]
-    assert (written["leaf_lifetime"], written["issuer_lifetime"]) == ("1d12h", "30d")
+    assert (written["leaf_lifetime"], written["issuer_lifetime"]) == ("36h", "30d")
     assert "leaf_lifetime_hours" not in written
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(86400, "24h"), (3600, "1h"), (60, "1m"), (5400, "1h30m"), (2 * 86400, "2d"), (90, "1m30s")],
+)
+def test_duration_text_reads_back(seconds: int, text: str) -> None:
+    assert duration_text(seconds) == text
+    assert parse_duration(text) == seconds
 
 
 def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
