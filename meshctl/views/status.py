@@ -11,6 +11,7 @@ from rich.table import Table
 from meshctl.issuers import WARN_AT, parse_time, past_share
 from meshctl.provision.status import HostStatus
 from meshd.schema import format_duration
+from meshd.telemetry.logs import clean
 
 
 def _uptime(seconds: float | None) -> str:
@@ -158,7 +159,7 @@ def fleet_warnings(
         if s.renewal is not None and s.renewal.state == "failing":
             found.append(
                 f"{s.host}: certificate renewal failing ({s.renewal.failures} attempt(s)): "
-                f"{s.renewal.last_error or 'no error reported'}; see meshctl issuer list"
+                f"{clean(s.renewal.last_error) or 'no error reported'}; see meshctl issuer list"
             )
     if not issuers and statuses and leaf <= SHORT_LEAF:
         found.append(

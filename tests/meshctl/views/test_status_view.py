@@ -185,6 +185,12 @@ FAILING = RenewalReport(state="failing", failures=4, last_error="no issuer answe
             ["web1: certificate renewal failing (4 attempt(s)): no issuer answered"],
         ),
         ([replace(HEALTHY, renewal=RenewalReport(state="ok"))], ["db1"], 86400, []),
+        (  # meshd's words, one printable line
+            [replace(HEALTHY, renewal=replace(FAILING, last_error="a\nb\x1b[31m"))],
+            ["db1"],
+            86400,
+            ["web1: certificate renewal failing (4 attempt(s)): a\\nb\\x1b[31m;"],
+        ),
     ],
 )
 def test_fleet_warnings(
