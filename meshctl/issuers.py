@@ -22,7 +22,7 @@ from typing import Any
 from cryptography import x509
 
 from meshctl import state
-from meshctl.admin_client import AdminClient, AdminEndpoint
+from meshctl.admin_client import AdminClient, AdminEndpoint, AdminReply
 from meshctl.ca import Authority, sign_issuer
 from meshctl.control import push_registry
 from meshctl.fleet import Fleet, HostResults, fan_out
@@ -70,26 +70,29 @@ def due(doc: IssuerDocument, now: dt.datetime, force: bool) -> bool:
 
 # -- meshd's issuer API
 def _call(client: AdminClient, endpoint: AdminEndpoint, method: str, path: str, doc: Any) -> Any:
-    """One admin request; meshd's own error and hint when it refuses."""
-    reply = client.request(endpoint, method, path, doc)
+    """One admin request's body; meshd's own error and hint when it refuses."""
+    return _body(client.request(endpoint, method, path, doc), endpoint, f"{method} {path}")
+
+
+def _body(reply: AdminReply, endpoint: AdminEndpoint, what: str) -> Any:
     if 200 <= reply.status < 300:
         return reply.body
     body = reply.body if isinstance(reply.body, dict) else {}
-    if reply.status == 404 and method == "POST":
+    if reply.status == 404 and what.startswith("POST"):  # a meshd from before issuers
         body = {"error": "its meshd has no issuer API", "hint": f"meshctl join {endpoint.host}"}
     raise ProvisionError(
-        f"{endpoint.host}: {method} {path} failed ({reply.status}): "
+        f"{endpoint.host}: {what} failed ({reply.status}): "
         f"{body.get('error') or str(reply.body).strip()[:200] or 'no message'}",
         hint=body.get("hint") or f"see journalctl -u meshd on {endpoint.host}",
     )
 
 
 def read_document(client: AdminClient, endpoint: AdminEndpoint) -> IssuerDocument:
-    """The issuer document meshd runs (an empty one when it has none)."""
+    """The issuer document meshd runs (an empty one when it has none: 404)."""
     reply = client.request(endpoint, "GET", "/issuer")
     if reply.status == 404:
         return IssuerDocument()
-    body = _call(client, endpoint, "GET", "/issuer", None) if reply.status >= 300 else reply.body
+    body = _body(reply, endpoint, "GET /issuer")
     return IssuerDocument.from_json(body if isinstance(body, dict) else None, endpoint.host)
 
 
