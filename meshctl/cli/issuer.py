@@ -29,8 +29,11 @@ HostsArgument = Annotated[list[str], typer.Argument(metavar="HOST...", help="joi
 
 @app.command("add")
 def add(ctx: typer.Context, hosts: HostsArgument, json_out: JsonOption = False) -> None:
-    """Make hosts issuers: meshd makes an issuer key, the root CA signs it (needs the CA
-    passphrase), and every host learns where to renew. Two give redundancy.
+    """Make hosts issuers: they sign the other hosts' certificate renewals.
+
+    Each host's meshd makes an issuer key, the root CA signs it (this needs
+    the CA passphrase), and every host learns where to renew. Two give
+    redundancy.
 
     Example: meshctl issuer add web1 api1
     """
