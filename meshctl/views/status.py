@@ -147,14 +147,12 @@ def fleet_warnings(
     short leaves without any issuer. ``lifetimes``: mesh.toml's leaf and issuer lifetimes."""
     leaf, issuer_life = lifetimes
     by_host = {s.host: s for s in statuses}
-    found = []
-    for name in issuers:
-        end = parse_time(by_host[name].issuer_not_after) if name in by_host else None
-        if end is not None and past_share(end, now, issuer_life, WARN_AT):
-            found.append(
-                f"issuer {name}: its CA is past half its life (until {end:%Y-%m-%d %H:%M} UTC): "
-                "run meshctl ca renew-issuers"
-            )
+    found = [
+        w
+        for name in issuers
+        if name in by_host
+        for w in _issuer_warning(by_host[name], issuer_life, now)
+    ]
     for s in statuses:
         if s.renewal is not None and s.renewal.state == "failing":
             found.append(
@@ -167,3 +165,18 @@ def fleet_warnings(
             "certificate; add one: meshctl issuer add HOST"
         )
     return found
+
+
+def _issuer_warning(s: HostStatus, lifetime: int, now: dt.datetime) -> list[str]:
+    """An issuer whose meshd answered: without a CA, or past half its CA's life."""
+    if s.admin_error is not None or s.version is None:
+        return []  # its row says why it did not answer
+    end = parse_time(s.issuer_not_after)
+    if end is None:
+        return [f"issuer {s.host} holds no issuer CA: run meshctl issuer add {s.host}"]
+    if not past_share(end, now, lifetime, WARN_AT):
+        return []
+    return [
+        f"issuer {s.host}: its CA is past half its life (until {end:%Y-%m-%d %H:%M} UTC): "
+        "run meshctl ca renew-issuers"
+    ]

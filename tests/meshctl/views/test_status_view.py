@@ -185,6 +185,13 @@ FAILING = RenewalReport(state="failing", failures=4, last_error="no issuer answe
             ["web1: certificate renewal failing (4 attempt(s)): no issuer answered"],
         ),
         ([replace(HEALTHY, renewal=RenewalReport(state="ok"))], ["db1"], 86400, []),
+        (
+            [HEALTHY],
+            ["web1"],
+            86400,
+            ["issuer web1 holds no issuer CA: run meshctl issuer add web1"],
+        ),
+        ([replace(HEALTHY, admin_error="refused")], ["web1"], 86400, []),  # said in its row
         (  # meshd's words, one printable line
             [replace(HEALTHY, renewal=replace(FAILING, last_error="a\nb\x1b[31m"))],
             ["db1"],
