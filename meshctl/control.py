@@ -48,8 +48,10 @@ def registry_for(
     subset = Inventory(tuple(h for h in inventory.hosts if h.name in wanted), inventory.vips)
     known = {name: tuple(r.get("ipv6", ())) for name, r in state.joined(fleet.ws).items()}
     known |= ipv6 or {}
-    services = subset.services(fleet.ws.config.defaults.mesh_port, known)
-    return state.versioned_registry(fleet.ws, services)
+    defaults = fleet.ws.config.defaults
+    services = subset.services(defaults.mesh_port, known)
+    issuers = inventory.issuers(defaults.admin_port, wanted)  # where renewals are signed
+    return state.versioned_registry(fleet.ws, services, issuers)
 
 
 def current_registry(fleet: Fleet) -> Registry:

@@ -22,7 +22,7 @@ from meshctl import files
 from meshctl.inventory import Inventory
 from meshctl.workspace import HOSTS_HEADER, Workspace
 from meshd.errors import ConfigError
-from meshd.registry import Registry, Service
+from meshd.registry import IssuerRef, Registry, Service
 from meshd.schema import read_toml
 
 
@@ -96,14 +96,18 @@ def forget_host(ws: Workspace, name: str) -> None:
     (_records(ws) / f"{name}.json").unlink(missing_ok=True)
 
 
-def versioned_registry(ws: Workspace, services: Iterable[Service]) -> Registry:
-    """The registry of ``services``: the recorded version when unchanged, else the next one."""
+def versioned_registry(
+    ws: Workspace, services: Iterable[Service], issuers: Iterable[IssuerRef] = ()
+) -> Registry:
+    """The registry of ``services`` (and ``issuers``): the recorded version when unchanged,
+    else the next one."""
     path = ws.root / "applied" / "registry.json"
     last: dict[str, Any] = (
         json.loads(path.read_text()) if path.exists() else {"version": 0, "services": None}
     )
-    registry = Registry.of(int(last["version"]), services)
-    if last["services"] == registry.to_dict()["services"]:  # as recorded, by the same writer
+    registry = Registry.of(int(last["version"]), services, issuers)
+    fresh = registry.to_dict()
+    if all(last.get(k) == fresh.get(k) for k in ("services", "issuers")):  # as recorded
         return registry
     return registry.with_version(registry.version + 1)
 

@@ -5,9 +5,9 @@
 model as each command ``meshctl.provision.apply`` sends would change the
 host, and answers the fact script from it, so that ``join`` and ``leave``
 run their real plans, apply and checks against it. ``ScriptedMeshd`` is the
-admin API of every host's meshd (PUT /registry, /stats): it talks to no
-socket, and a pushed registry reaches the host's rules and names at once,
-as ``meshd-sync`` would. ``FakeMesh`` ties hosts, workspace and a fake
+admin API of every host's meshd (PUT /registry, /stats, and the issuer's
+POST /issuer/csr, GET and PUT /issuer): it talks to no socket, and a pushed
+registry reaches the host's rules and names at once, as ``meshd-sync`` would. ``FakeMesh`` ties hosts, workspace and a fake
 meshd bundle together and runs meshctl in-process with them.
 """
 
@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from rich.console import Console
 
 from meshctl.admin_client import AdminClient, AdminEndpoint, AdminReply
@@ -41,8 +43,8 @@ from meshctl.workspace import Workspace, init_workspace
 from meshd import hostsfile
 from meshd.config import MeshdConfig
 from meshd.errors import ConnectError
-from meshd.identity import SpiffeId
-from meshd.pki import build_csr, generate_key
+from meshd.identity import SpiffeId, make_id
+from meshd.pki import build_csr, generate_key, load_certs
 from meshd.registry import Registry
 from meshd.rules import apply_document, fingerprint, ruleset
 from tests.meshctl.helpers import MESH, NOW
@@ -89,6 +91,11 @@ class FakeHost(FakeTransport):
     synced: int | None = None  # the version meshd-sync put in place
     refuse_push: str | None = None  # meshd answers a PUT /registry with this error
     stages: int = 0
+    issuer_key: ec.EllipticCurvePrivateKey | None = None  # made by POST /issuer/csr
+    issuer: dict[str, Any] | None = None  # the issuer document meshd runs (PUT /issuer)
+    issuer_csrs: int = 0  # fresh issuer keys made
+    no_issuer_api: bool = False  # a meshd from before issuers: 404 on /issuer
+    renewal: dict[str, Any] | None = None  # what /stats says of its renewal
 
     def run(self, command: str, *, timeout: float = 120, root: bool = True) -> Result:
         self.commands.append(command)
@@ -307,8 +314,39 @@ class ScriptedMeshd(AdminClient):
             )
         if (method, path) == ("PUT", "/registry"):
             return self._put(host, doc)
+        if path.startswith("/issuer"):
+            return self._issuer(host, endpoint.host, method, path, doc)
         assert (method, path) == ("GET", "/stats"), (method, path)
         return self._reply(200, self._stats(host))
+
+    def _issuer(self, host: FakeHost, name: str, method: str, path: str, doc: Any) -> AdminReply:
+        if host.no_issuer_api:
+            return self._reply(404, {"error": "not found"})
+        if (method, path) == ("POST", "/issuer/csr"):
+            host.issuer_key, host.issuer_csrs = generate_key(), host.issuer_csrs + 1
+            ids = [make_id(self.trust_domain, "issuer", name)]
+            csr = build_csr(host.issuer_key, ids).public_bytes(serialization.Encoding.PEM)
+            return self._reply(200, {"csr_pem": csr.decode()})
+        if (method, path) == ("GET", "/issuer"):
+            return self._reply(200, host.issuer) if host.issuer else self._reply(404, {})
+        assert (method, path) == ("PUT", "/issuer"), (method, path)
+        return self._put_issuer(host, doc)
+
+    def _put_issuer(self, host: FakeHost, doc: Any) -> AdminReply:
+        """As meshd checks it: a newer version, a CA for the pending key, under the root."""
+        current = host.issuer["version"] if host.issuer else 0
+        if doc["version"] <= current:
+            return self._reply(409, {"error": f"issuer version {doc['version']} is not newer"})
+        if doc["cert_pem"]:
+            cert = x509.load_pem_x509_certificate(doc["cert_pem"].encode())
+            root = load_certs(self.mesh.ws.root_ca_cert)[0]
+            cert.verify_directly_issued_by(root)
+            basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+            assert basic.ca and basic.path_length == 0
+            assert host.issuer_key is not None
+            assert cert.public_key() == host.issuer_key.public_key()
+        host.issuer = dict(doc)
+        return self._reply(200, {"status": "applied", "version": doc["version"]})
 
     def _put(self, host: FakeHost, doc: Any) -> AdminReply:
         if host.refuse_push is not None:
@@ -331,7 +369,15 @@ class ScriptedMeshd(AdminClient):
             "registry_version": host.registry_version,
             "synced_registry_version": host.synced,
             "documents": {},
+            "issuer": self._issuer_report(host),
+            "renewal": host.renewal,
         }
+
+    def _issuer_report(self, host: FakeHost) -> dict[str, Any] | None:
+        if not host.issuer or not host.issuer["cert_pem"]:
+            return None
+        cert = x509.load_pem_x509_certificate(host.issuer["cert_pem"].encode())
+        return {"not_after": cert.not_valid_after_utc.isoformat(), "signed": 3, "refused": 1}
 
     def _reply(self, status: int, body: Any) -> AdminReply:
         return AdminReply(status, body, NOW + dt.timedelta(hours=24))
@@ -345,6 +391,7 @@ class FakeMesh:
     hosts: dict[str, FakeHost] = field(default_factory=dict)
     unreachable: set[str] = field(default_factory=set)  # addresses that answer nothing
     requests: list[tuple[str, str, str]] = field(default_factory=list)  # admin API: host, ...
+    clock: Callable[[], dt.datetime] = lambda: NOW
 
     def __post_init__(self) -> None:
         self.ws = init_workspace(self.root / "ws", MESH, None, NOW)
@@ -376,7 +423,7 @@ class FakeMesh:
             out=out,
             err=err,
             environ={},
-            clock=lambda: NOW,
+            clock=self.clock,
             interactive=False,
             workspace_path=self.ws.root,
             connect=self.connect,
