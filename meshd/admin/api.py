@@ -41,6 +41,7 @@ READ_PATHS = frozenset({"/healthz", "/ready", "/metrics", "/stats"})
 DOCUMENT_PATHS = {f"/{kind}": kind for kind in KINDS}
 ISSUER_CSR = "/issuer/csr"
 ISSUE = "/issue"  # the one path a host identity may use
+POSTS = frozenset({ISSUER_CSR, ISSUE})
 TEXT = "text/plain; charset=utf-8"
 
 
@@ -155,9 +156,6 @@ async def answer(backend: AdminBackend, request: Request, local: bool) -> Respon
     return await _put_document(backend, kind, request.body)
 
 
-POSTS = frozenset({ISSUER_CSR, ISSUE})
-
-
 def _allowed(path: str, kind: str | None) -> tuple[str, ...] | None:
     if kind is not None:
         return ("GET", "PUT")
@@ -188,7 +186,9 @@ async def _issuer_csr(backend: AdminBackend, issuer: Issuer) -> Response:
 
     try:
         csr = await anyio.to_thread.run_sync(make)
-    except (OSError, MeshError) as e:
+    except MeshError as e:
+        return error_response(409, e.message, e.hint)
+    except OSError as e:
         return error_response(500, f"cannot make an issuer key: {e}", "check meshd's state_dir")
     return json_response(200, {"csr_pem": csr})
 

@@ -141,10 +141,11 @@ class Issuer:
 
     # --- POST /issue -----------------------------------------------------------------------
     async def issue(self, caller: Caller, peer: str, body: bytes) -> Issued | Refusal | None:
-        """Sign the CSR in ``body`` for ``caller``; the refusal; None when this is no issuer."""
+        """Sign the CSR in ``body`` for ``caller``; the refusal; None when this host holds no
+        current issuer CA."""
         current = self.current
-        if current.ca is None:
-            self.unavailable += 1
+        if current.ca is None or current.ca.not_after <= dt.datetime.now(dt.UTC):
+            self.unavailable += 1  # an expired issuer CA signs nothing: renew it (meshctl)
             self.publish(IssuerAnswered(peer, "unavailable"))
             return None
         outcome = await self._sign(current, caller, body)

@@ -476,3 +476,14 @@ async def test_a_stored_issuer_is_restored_at_start_or_set_aside(pki: Pki, tmp_p
     assert not lost.issuer.active
     why = lost.store.set_aside_documents()["issuer"].reason
     assert "not the pending issuer key nor the current one" in why
+
+
+async def test_an_issuer_whose_ca_expired_answers_503(pki: Pki, tmp_path: Path) -> None:
+    daemon = make_daemon(pki, tmp_path)
+    async with serving(daemon, pki) as server:
+        assert (await make_issuer(server, pki, lifetime=dt.timedelta(seconds=2)))[0] == 200
+        await anyio.sleep(2.5)
+        csr, _ = csr_for("host/h1")
+        status, body = await call(server, pki.h1, "POST", "/issue", {"csr_pem": csr})
+    assert status == 503, body
+    assert (metric(daemon, "unavailable"), metric(daemon, "signed")) == (1, 0)
