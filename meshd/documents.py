@@ -104,8 +104,8 @@ class Documents:
         store.register("config", self.validate_config, self.apply_config)
         store.register("certs", self.validate_certs, self.apply_certs)
         store.register("policy", self.validate_policy, self.apply_policy)
+        self.issuer = issuer
         if issuer is not None:
-            self.issuer = issuer
             store.register("issuer", self.validate_issuer, issuer.apply)
 
     # pushes: validated against the running state, applied one layer at a time
@@ -155,12 +155,13 @@ class Documents:
 
     def validate_issuer(self, doc: Doc) -> IssuerChange:
         """An issuer CA for the key here, chained to the roots meshd verifies peers with now."""
+        assert self.issuer is not None  # registered only with one
         return self.issuer.validate(doc, self.runtime().tls.server.get_ca_certs(binary_form=True))
 
     def restore_issuer(self) -> None:
         """At start: run the stored issuer document if it still holds, else set it aside."""
-        doc = self.store.get("issuer")
-        if doc is None:
+        doc = self.store.get("issuer") if self.issuer is not None else None
+        if doc is None or self.issuer is None:  # no issuer component, or never an issuer
             return
         try:
             self.issuer.apply(self.validate_issuer(doc))
