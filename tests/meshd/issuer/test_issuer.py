@@ -287,8 +287,9 @@ async def test_refusals_are_403_logged_and_counted(
 
 @pytest.mark.parametrize(("who", "reason"), [("stranger", "untrusted"), ("expired", "expired")])
 async def test_a_foreign_or_expired_certificate_never_gets_past_tls(
-    pki: Pki, tmp_path: Path, who: str, reason: str
+    pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture, who: str, reason: str
 ) -> None:
+    caplog.set_level(logging.INFO, logger="meshd.admin")
     daemon = make_daemon(pki, tmp_path)
     seen = daemon.rt.bus.subscribe()
     async with serving(daemon, pki) as server:
@@ -299,6 +300,8 @@ async def test_a_foreign_or_expired_certificate_never_gets_past_tls(
         assert server.counter("handshake_failures") == 1
     failed = [e.reason for e in seen.queue if isinstance(e, HandshakeFailed)]
     assert failed == [reason]
+    lines = [r.getMessage() for r in caplog.records if "TLS handshake with" in r.getMessage()]
+    assert len(lines) == 1 and f"failed ({reason})" in lines[0]
     assert metric(daemon, "signed") + metric(daemon, "refused") == 0
 
 
