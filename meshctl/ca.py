@@ -4,7 +4,8 @@ Pure over keys and certificates (no files): the workspace module stores what
 is made here. The root CA signs only CAs: the issuing CA (meshctl's own,
 for joins) and the issuer CAs of hosts that sign renewals inside the mesh
 (``sign_issuer``); those sign every leaf, constrained to the trust domain's
-SPIFFE IDs. A leaf carries one
+SPIFFE IDs, with ``sign_csr`` (it lives in ``meshd.pki``, since an issuer
+meshd signs with it too). A leaf carries one
 or more SPIFFE IDs as URI SANs (a host's meshd holds its host identity and
 the identities of the services it fronts in one certificate, so that one
 multiplexed link proves them all).
@@ -17,34 +18,45 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from meshd.errors import CertificateError
 from meshd.identity import SpiffeId, make_id
-from meshd.pki import build_csr, generate_key, spiffe_ids
+from meshd.pki import (
+    ALLOWED_CURVES,
+    DEFAULT_LEAF_LIFETIME,
+    MAX_LEAF_LIFETIME,
+    MIN_RSA_BITS,
+    Authority,
+    build_csr,
+    check_csr,
+    generate_key,
+    sign_csr,
+)
+
+__all__ = [
+    "ALLOWED_CURVES",
+    "DEFAULT_LEAF_LIFETIME",
+    "ISSUING_CA_LIFETIME",
+    "MAX_LEAF_LIFETIME",
+    "MIN_RSA_BITS",
+    "OPERATOR_CERT_LIFETIME",
+    "ROOT_CA_LIFETIME",
+    "Authority",
+    "MeshCa",
+    "create_ca",
+    "issue_identity",
+    "sign_csr",
+    "sign_issuer",
+]
 
 ROOT_CA_LIFETIME = dt.timedelta(days=3650)
 ISSUING_CA_LIFETIME = dt.timedelta(days=365)
 OPERATOR_CERT_LIFETIME = dt.timedelta(days=90)
-DEFAULT_LEAF_LIFETIME = dt.timedelta(hours=24)
-MAX_LEAF_LIFETIME = dt.timedelta(days=90)
-BACKDATE = dt.timedelta(minutes=5)  # tolerate clock skew between hosts
-
+BACKDATE = dt.timedelta(minutes=5)  # CAs: tolerate clock skew between hosts
 MAX_ISSUER_LIFETIME = dt.timedelta(days=365)
-
-ALLOWED_CURVES = ("secp256r1", "secp384r1")
-MIN_RSA_BITS = 3072
-
-
-@dataclass(frozen=True)
-class Authority:
-    """A CA certificate and its private key."""
-
-    cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
 
 
 @dataclass(frozen=True)
@@ -130,131 +142,6 @@ def _ca_key_usage() -> x509.KeyUsage:
     )
 
 
-def sign_csr(
-    csr: x509.CertificateSigningRequest,
-    ids: Iterable[SpiffeId],
-    issuer: Authority,
-    now: dt.datetime,
-    lifetime: dt.timedelta = DEFAULT_LEAF_LIFETIME,
-) -> x509.Certificate:
-    """Sign ``csr`` for exactly ``ids``; refuse anything else about it.
-
-    Refused: a CSR whose signature does not verify, a weak or unknown key
-    type, requested SPIFFE IDs that differ from ``ids``, any other SAN, IDs
-    outside the issuer's trust domain, a lifetime beyond the maximum.
-    """
-    wanted = sorted(set(ids))
-    _check_csr(csr, wanted)
-    _check_trust_domain(wanted, issuer)
-    if not dt.timedelta(0) < lifetime <= MAX_LEAF_LIFETIME:
-        raise CertificateError(f"leaf lifetime {lifetime} is outside (0, {MAX_LEAF_LIFETIME}]")
-    not_after = min(now + lifetime, issuer.cert.not_valid_after_utc)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, str(wanted[0]))]))
-        .issuer_name(issuer.cert.subject)
-        .public_key(csr.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_leaf_key_usage(), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(i)) for i in wanted]),
-            critical=False,
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
-            critical=False,
-        )
-    )
-    return builder.sign(issuer.key, hashes.SHA256())
-
-
-def _leaf_key_usage() -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
-def _check_csr(csr: x509.CertificateSigningRequest, wanted: list[SpiffeId]) -> None:
-    try:
-        valid = csr.is_signature_valid
-    except InvalidSignature:  # pragma: no cover - cryptography returns False instead
-        valid = False
-    if not valid:
-        raise CertificateError(
-            "CSR signature does not verify", hint="regenerate it with meshd keygen"
-        )
-    _check_key(csr.public_key())
-    if not wanted:
-        raise CertificateError("no SPIFFE IDs to sign for")
-    _check_sans(csr, wanted)
-
-
-def _check_key(key: object) -> None:
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        if key.curve.name not in ALLOWED_CURVES:
-            raise CertificateError(
-                f"CSR key uses curve {key.curve.name}; allowed: {', '.join(ALLOWED_CURVES)}"
-            )
-        return
-    if isinstance(key, rsa.RSAPublicKey):
-        if key.key_size < MIN_RSA_BITS:
-            raise CertificateError(
-                f"CSR has a weak {key.key_size}-bit RSA key; at least {MIN_RSA_BITS} bits"
-            )
-        return
-    raise CertificateError(f"CSR key type {type(key).__name__} is not accepted; use ECDSA P-256")
-
-
-def _check_sans(csr: x509.CertificateSigningRequest, wanted: list[SpiffeId]) -> None:
-    try:
-        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        san = x509.SubjectAlternativeName([])
-    others = [n for n in san if not isinstance(n, x509.UniformResourceIdentifier)]
-    if others:
-        raise CertificateError(f"CSR asks for names other than SPIFFE IDs: {others[0].value}")
-    requested = sorted(set(spiffe_ids(csr)))
-    if len(requested) != len(san):
-        raise CertificateError("CSR asks for a URI that is not a SPIFFE ID")
-    if requested != wanted:
-        raise CertificateError(
-            "CSR asks for identities "
-            f"{_fmt(requested)} but the signing request is for {_fmt(wanted)}",
-            hint="make the CSR with exactly the identities the inventory gives this host",
-        )
-
-
-def _check_trust_domain(wanted: list[SpiffeId], issuer: Authority) -> None:
-    constraint = issuer.cert.extensions.get_extension_for_class(x509.NameConstraints).value
-    domains = {u.value for u in constraint.permitted_subtrees or []}
-    foreign = [i for i in wanted if i.trust_domain not in domains]
-    if foreign:
-        raise CertificateError(
-            f"{foreign[0]} is outside the trust domain {', '.join(sorted(domains))}"
-        )
-
-
-def _fmt(ids: list[SpiffeId]) -> str:
-    return "[" + ", ".join(str(i) for i in ids) + "]" if ids else "[]"
-
-
 def sign_issuer(
     csr: x509.CertificateSigningRequest,
     host: str,
@@ -270,7 +157,7 @@ def sign_issuer(
     name constraint to the trust domain, and never outlives the root.
     """
     wanted = make_id(trust_domain, "issuer", host)
-    _check_csr(csr, [wanted])
+    check_csr(csr, [wanted])
     if not dt.timedelta(0) < lifetime <= MAX_ISSUER_LIFETIME:
         raise CertificateError(
             f"issuer lifetime {lifetime} is outside (0, {MAX_ISSUER_LIFETIME}]",

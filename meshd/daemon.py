@@ -34,6 +34,7 @@ from meshd.errors import MeshError
 from meshd.host import allocator
 from meshd.host.registryfiles import synced_version
 from meshd.host.systemd import Notifier, watchdog
+from meshd.issuer.service import Issuer
 from meshd.netfacts import fmt, ipv6_absent
 from meshd.proxy.connect import Connector
 from meshd.proxy.frames import RST_CANCEL
@@ -51,6 +52,7 @@ from meshd.runtime import (
 )
 from meshd.stats import EventCounts, HandshakeCounts, HeapCounts, LinkIn, LinkOut, Stats
 from meshd.store import DocumentStore
+from meshd.telemetry.events import IssuerAnswered
 from meshd.telemetry.logs import peer_lines
 from meshd.telemetry.metrics import Metrics
 from meshd.tls.context import TlsMaterial
@@ -87,8 +89,10 @@ class Daemon:
     def __init__(self, config_path: Path, config: MeshdConfig) -> None:
         self.config_path = config_path
         self.store = DocumentStore(config.state_dir)
-        self.documents = Documents(lambda: self.rt, config_path, self.store)
+        self.issuer = Issuer(config, lambda: self.rt.registry, self._publish)
+        self.documents = Documents(lambda: self.rt, config_path, self.store, self.issuer)
         self.rt = self._start(config)
+        self.documents.restore_issuer()  # on the trust bundle the start chose
         self.pool = LinkPool(self.rt)
         self.connector = Connector(config.timeouts.connect)
         self.mesh = MeshPort(self.rt, self.connector)
@@ -113,6 +117,9 @@ class Daemon:
         self.admin = AdminServer(_Backend(self), events=self.rt.bus)
         self.ipv6 = SERVED  # or why IPv6 is not served (see _start_listeners)
         self._stop: anyio.Event | None = None
+
+    def _publish(self, event: IssuerAnswered) -> None:
+        self.rt.bus.publish(event)  # the bus of the runtime made after the issuer
 
     async def run(self) -> None:
         self._stop = anyio.Event()
@@ -372,6 +379,10 @@ class _Backend:
     def trust_domain(self) -> str:
         return self.daemon.rt.trust_domain
 
+    @property
+    def issuer(self) -> Issuer:
+        return self.daemon.issuer
+
     def is_ready(self) -> bool:
         return self.daemon.rt.ready and not self.daemon.rt.draining
 
@@ -424,6 +435,7 @@ class _Backend:
             ),
             heap=HeapCounts(d.heap.free(), d.heap.trims),
             ipv6=d.ipv6,
+            issuer=d.issuer.report(),
         )
 
 

@@ -4,6 +4,7 @@
     config    {"version": N, "toml": "<meshd.toml text>"}
     certs     {"version": N, "cert_pem": "...", "bundle_pem": "..."}   (the key stays here)
     policy    {"version": N}            (until the policy engine exists: nothing else)
+    issuer    {"version": N, "cert_pem": "<issuer CA>", "leaf_lifetime": S}  (meshd.issuer)
 
 (The kinds themselves are ``meshd.stats.KINDS``, the admin API's contract.)
 ``Documents`` registers a validator and an apply hook for each kind on the
@@ -15,8 +16,9 @@ must lie in this host's vip_range; a config may change its live parts
 ``[interception]``, the registry path) nor what needs a restart (host name,
 state directory, listeners); a certificate must carry this host's identity,
 fit its key and expire no earlier than a valid one in the files; a policy is
-a version only. Every field is checked at the door, so that applying is
-swapping references.
+a version only; an issuer CA must fit the issuer key here and chain to the
+trust bundle meshd runs (``meshd.issuer.service``). Every field is checked at
+the door, so that applying is swapping references.
 
 Pushed documents stay in the state directory, never written over the files
 in /etc: those are the host's bootstrap. At start and on SIGHUP the running
@@ -41,6 +43,7 @@ from typing import Any
 
 from meshd.config import IdentityConfig, MeshdConfig
 from meshd.errors import CertificateError, ConfigError, MeshError
+from meshd.issuer.service import Issuer, IssuerChange
 from meshd.registry import Registry, check_vip_range
 from meshd.runtime import (
     NO_PUSH,
@@ -88,7 +91,11 @@ class Documents:
     """
 
     def __init__(
-        self, runtime: Callable[[], Runtime], config_path: Path, store: DocumentStore
+        self,
+        runtime: Callable[[], Runtime],
+        config_path: Path,
+        store: DocumentStore,
+        issuer: Issuer | None = None,
     ) -> None:
         self.runtime = runtime
         self.directory = config_path.parent  # relative paths in a pushed config start here
@@ -97,6 +104,9 @@ class Documents:
         store.register("config", self.validate_config, self.apply_config)
         store.register("certs", self.validate_certs, self.apply_certs)
         store.register("policy", self.validate_policy, self.apply_policy)
+        self.issuer = issuer
+        if issuer is not None:
+            store.register("issuer", self.validate_issuer, issuer.apply)
 
     # pushes: validated against the running state, applied one layer at a time
     def validate_registry(self, doc: Doc) -> Registry:
@@ -142,6 +152,21 @@ class Documents:
         rt = self.runtime()
         rt.policy = policy
         rt.recompile()
+
+    def validate_issuer(self, doc: Doc) -> IssuerChange:
+        """An issuer CA for the key here, chained to the roots meshd verifies peers with now."""
+        assert self.issuer is not None  # registered only with one
+        return self.issuer.validate(doc, self.runtime().tls.server.get_ca_certs(binary_form=True))
+
+    def restore_issuer(self) -> None:
+        """At start: run the stored issuer document if it still holds, else set it aside."""
+        doc = self.store.get("issuer") if self.issuer is not None else None
+        if doc is None or self.issuer is None:  # no issuer component, or never an issuer
+            return
+        try:
+            self.issuer.apply(self.validate_issuer(doc))
+        except MeshError as e:
+            self.store.set_aside("issuer", e.message)
 
 
 def layer(files: Files, docs: dict[str, Doc], directory: Path) -> Layered:

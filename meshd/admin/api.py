@@ -5,11 +5,15 @@ No sockets here: ``meshd.admin.server.AdminServer`` decides who is calling,
 backend it serves from and the limits it keeps are declared here too.
 
 Routes: GET /healthz, /ready, /metrics, /stats; GET and PUT /registry,
-/config, /policy, /certs (PUT goes through ``DocumentStore.put``: 200
+/config, /policy, /certs, /issuer (PUT goes through ``DocumentStore.put``: 200
 ``{"status", "version"}``, 400 invalid, 409 older or conflicting, 500 not
-applied); 404 for other paths, 405 (with ``Allow``) for other methods. The
-local socket serves only /healthz, /ready and /stats. Errors are JSON
-``{"error": ..., "hint": ...}``.
+applied); POST /issuer/csr (a fresh issuer key, ``meshd.issuer``); 404 for
+other paths, 405 (with ``Allow``) for other methods. The local socket serves
+only /healthz, /ready and /stats. Errors are JSON ``{"error": ..., "hint": ...}``.
+
+A host identity may ask one thing, on a connection of its own: ``issue``
+answers its POST /issue (200 with the signed chain, 403 refused, 503 when
+this host is no issuer).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import anyio
 
 from meshd.admin.wire import Request, Response, error_response, json_response
 from meshd.errors import MeshError
+from meshd.issuer.decide import Caller, Refusal
+from meshd.issuer.service import Issuer
 from meshd.stats import KINDS, Stats
 from meshd.store import ApplyError, DocumentStore, VersionConflictError
 from meshd.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -33,6 +39,9 @@ log = logging.getLogger("meshd.admin")
 LOCAL_PATHS = frozenset({"/healthz", "/ready", "/stats"})
 READ_PATHS = frozenset({"/healthz", "/ready", "/metrics", "/stats"})
 DOCUMENT_PATHS = {f"/{kind}": kind for kind in KINDS}
+ISSUER_CSR = "/issuer/csr"
+ISSUE = "/issue"  # the one path a host identity may use
+POSTS = frozenset({ISSUER_CSR, ISSUE})
 TEXT = "text/plain; charset=utf-8"
 
 
@@ -41,6 +50,7 @@ class AdminBackend(Protocol):
 
     ``store``: the DocumentStore behind GET/PUT of documents (``put`` runs in a
     worker thread). ``trust_domain``: whose operators are authorized.
+    ``issuer``: this host's issuer component (idle unless it is an issuer).
     ``is_ready()``: for /ready. ``stats()``: the /stats payload (``meshd.stats``).
     ``metrics_text()``: the Prometheus exposition for /metrics (e.g.
     ``metrics.collect(); return metrics.render()``). ``current_tls()``: the TLS
@@ -53,6 +63,9 @@ class AdminBackend(Protocol):
 
     @property
     def trust_domain(self) -> str: ...
+
+    @property
+    def issuer(self) -> Issuer | None: ...
 
     def is_ready(self) -> bool: ...
 
@@ -76,6 +89,8 @@ class AdminLimits:
     max_handshakes: int = 32  # TLS handshakes in flight
     max_handshakes_per_source: int = 8
     max_lingering: int = 64  # answered connections whose late bytes are being dropped
+    max_issue_sessions: int = 8  # host identities' POST /issue connections at once
+    max_issue_body_bytes: int = 16 * 1024  # a CSR is about 500 bytes
     handshake_timeout: float = 5.0  # from accept to an authenticated peer
     read_timeout: float = 10.0  # one request's header block, and its body
     idle_timeout: float = 60.0  # between requests on a kept-alive connection
@@ -88,6 +103,16 @@ def forbidden(trust_domain: str) -> Response:
     return error_response(
         403,
         f"only operator identities of {trust_domain} may use the admin API",
+        "connect with an operator certificate (meshctl uses the workspace's)",
+        close=True,
+    )
+
+
+def host_forbidden(trust_domain: str, path: str) -> Response:
+    """The answer to a host identity asking for anything but POST /issue (its body unread)."""
+    return error_response(
+        403,
+        f"only operator identities of {trust_domain} may use {path}; a host may only POST {ISSUE}",
         "connect with an operator certificate (meshctl uses the workspace's)",
         close=True,
     )
@@ -106,7 +131,7 @@ def busy(limit: int, where: str) -> Response:
 async def answer(backend: AdminBackend, request: Request, local: bool) -> Response:
     """The response to ``request`` from an operator, or on the local socket when ``local``."""
     if local and request.path not in LOCAL_PATHS:
-        if request.path in READ_PATHS or request.path in DOCUMENT_PATHS:
+        if request.path in READ_PATHS or request.path in DOCUMENT_PATHS or request.path in POSTS:
             return error_response(
                 403,
                 f"{request.path} is not served on the local socket",
@@ -116,17 +141,76 @@ async def answer(backend: AdminBackend, request: Request, local: bool) -> Respon
     kind = DOCUMENT_PATHS.get(request.path)
     if kind is not None and kind not in backend.store.kinds:
         return error_response(404, f"this meshd does not take {kind} documents")
-    allowed = ("GET", "PUT") if kind else ("GET",) if request.path in READ_PATHS else None
+    allowed = _allowed(request.path, kind)
     if allowed is None:
         return error_response(404, f"no such path {request.path}")
     if request.method not in allowed:
         message = f"{request.method} is not allowed on {request.path}"
         return error_response(405, message, headers=(("Allow", ", ".join(allowed)),))
+    if request.path in POSTS:
+        return await _post(backend, request.path)
     if kind is None:
         return _read_only(backend, request.path)
     if request.method == "GET":
         return _get_document(backend, kind)
     return await _put_document(backend, kind, request.body)
+
+
+def _allowed(path: str, kind: str | None) -> tuple[str, ...] | None:
+    if kind is not None:
+        return ("GET", "PUT")
+    if path in POSTS:
+        return ("POST",)
+    return ("GET",) if path in READ_PATHS else None
+
+
+async def _post(backend: AdminBackend, path: str) -> Response:
+    issuer = backend.issuer
+    if issuer is None:
+        return error_response(404, f"this meshd has no issuer component for {path}")
+    if path == ISSUE:  # an operator: leaves for operators come from meshctl, never an issuer
+        return error_response(
+            403,
+            f"an issuer signs leaves for host identities only, not for operators ({path})",
+            "get an operator certificate from meshctl (meshctl ca operator renew)",
+        )
+    return await _issuer_csr(backend, issuer)
+
+
+async def _issuer_csr(backend: AdminBackend, issuer: Issuer) -> Response:
+    """A fresh pending issuer key; held with the store, so no issuer push lands in between."""
+
+    def make() -> str:
+        with backend.store.transaction():
+            return issuer.new_pending()
+
+    try:
+        csr = await anyio.to_thread.run_sync(make)
+    except MeshError as e:
+        return error_response(409, e.message, e.hint)
+    except OSError as e:
+        return error_response(500, f"cannot make an issuer key: {e}", "check meshd's state_dir")
+    return json_response(200, {"csr_pem": csr})
+
+
+async def issue(backend: AdminBackend, request: Request, caller: Caller, peer: str) -> Response:
+    """A host identity's POST /issue: the signed chain, a refusal (403), or 503."""
+    issuer = backend.issuer
+    outcome = None if issuer is None else await issuer.issue(caller, peer, request.body)
+    if outcome is None:
+        return error_response(
+            503,
+            "this meshd holds no issuer CA",
+            "renew from an issuer the registry lists",
+            close=True,
+        )
+    if isinstance(outcome, Refusal):
+        return error_response(403, f"issuer refused: {outcome.reason}", _REFUSED_HINT, close=True)
+    body = {"cert_pem": outcome.chain_pem, "not_after": outcome.not_after.isoformat()}
+    return json_response(200, body, close=True)
+
+
+_REFUSED_HINT = "ask only for identities your certificate holds and the registry assigns you"
 
 
 def _read_only(backend: AdminBackend, path: str) -> Response:

@@ -3,7 +3,9 @@
 Content-Length bodies only, keep-alive, size limits, a deadline on every read
 and write (``AdminLimits``). A session serves requests until either side
 closes, or until the peer's certificate expires: no request is answered past
-``expires``. The last answer on a connection is followed by a *linger*: we
+``expires``. A host identity gets ``one`` request instead, whose head is
+seen (and may be answered) before its body is read, under a body limit of
+its own. The last answer on a connection is followed by a *linger*: we
 half-close and drop, unread, what the peer still sends, for a moment, so that
 closing the socket does not reset our answer away before the peer has read it.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import anyio
 from anyio.abc import ByteStream
@@ -23,6 +25,7 @@ from meshd.admin.rawstream import RawSocketStream
 from meshd.admin.wire import HttpError, Request, Response, content_length, parse_head
 
 Answer = Callable[[Request], Awaitable[Response]]
+Admit = Callable[[Request], Response | None]  # sees a request's head; an answer refuses it
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,22 @@ class Exchange:
                 return False
             await self.send(conn.http, response, keep_alive=True)
 
+    async def one(
+        self, conn: Conn, admit: Admit, answer: Answer, max_body: int, expires: float
+    ) -> None:
+        """Serve a single request, then close: ``admit`` may answer it before its body is read."""
+        reader = BufferedByteReceiveStream(conn.http)
+        try:
+            request = await self._receive(reader, max_body, admit)
+        except HttpError as e:
+            self.bad_requests += 1
+            await self.finish(conn, e.response)
+            return
+        if isinstance(request, Response):
+            await self.finish(conn, request)
+        elif request is not None and time.time() < expires:
+            await self.finish(conn, await answer(request))
+
     async def send(self, stream: ByteStream, response: Response, keep_alive: bool) -> None:
         with anyio.fail_after(self.limits.write_timeout):
             await stream.send(response.encode(keep_alive))
@@ -93,16 +112,27 @@ class Exchange:
                     return None
             if not reader.buffer:
                 return None
+        request = await self._receive(reader, self.limits.max_body_bytes, None)
+        assert not isinstance(request, Response)  # only ``admit`` answers early
+        return request
+
+    async def _receive(
+        self, reader: BufferedByteReceiveStream, max_body: int, admit: Admit | None
+    ) -> Request | Response | None:
+        """A request (None if the peer went away), or ``admit``'s answer to its head."""
         try:
             with anyio.fail_after(self.limits.read_timeout):
                 head = await reader.receive_until(b"\r\n\r\n", self.limits.max_header_bytes)
-                method, path, version, headers = parse_head(head)
-                length = content_length(headers, self.limits.max_body_bytes)
+                request = Request(*parse_head(head))
+                early = admit(request) if admit is not None else None
+                if early is not None:
+                    return early
+                length = content_length(request.headers, max_body)
                 body = await reader.receive_exactly(length) if length else b""
         except anyio.DelimiterNotFound:
             raise HttpError(431, "request header too large") from None
         except TimeoutError:
             raise HttpError(408, "request not received in time") from None
-        except anyio.IncompleteRead:
+        except (anyio.IncompleteRead, anyio.EndOfStream):
             return None
-        return Request(method, path, version, headers, body)
+        return replace(request, body=body)

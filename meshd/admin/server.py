@@ -16,9 +16,15 @@ Nothing is spent on a peer before it is known:
   Silent sockets churn only their own gate, so they never cut a handshake short.
 - After the handshake the verified SPIFFE ID decides. An operator of our
   trust domain gets a session if fewer than ``max_connections`` operator
-  sessions are open, else a 503 with a hint. Any other identity gets its 403
-  at once, before its request is read; what it still sends is dropped unread
-  for ``linger`` seconds, so that closing does not reset the answer away.
+  sessions are open, else a 503 with a hint. A host identity of our trust
+  domain may ask for one thing, a renewed leaf (``POST /issue``, answered by
+  ``meshd.issuer``): one request per connection, its head read under the
+  usual limits, its body only if it is that request and at most
+  ``max_issue_body_bytes``, with room for ``max_issue_sessions`` of them at
+  once; anything else it asks is a 403 before its body is read. Any other
+  identity gets its 403 at once, before its request is read; what it still
+  sends is dropped unread for ``linger`` seconds, so that closing does not
+  reset the answer away.
 - A session serves no request after its operator's certificate has expired,
   and TLS sessions are never resumed (``meshd.tls.context``): each connection proves
   a current certificate.
@@ -46,7 +52,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
@@ -55,10 +61,11 @@ from anyio.streams.tls import TLSAttribute, TLSStream
 
 from meshd.admin import api as adminapi
 from meshd.admin.api import AdminBackend, AdminLimits
-from meshd.admin.http import Conn, Exchange
+from meshd.admin.http import Answer, Conn, Exchange
 from meshd.admin.rawstream import RawSocketStream
 from meshd.admin.wire import Request, Response, error_response
 from meshd.errors import ConfigError, ConnectError
+from meshd.issuer.decide import Caller
 from meshd.netfacts import fmt
 from meshd.telemetry.events import ConnectionRefused, EventBus, HandshakeFailed
 from meshd.telemetry.logs import peer_lines
@@ -81,6 +88,7 @@ NETWORK_ERRORS = (
 )
 COUNTERS = (
     "connections",  # operator sessions opened
+    "issue_sessions",  # host identities' POST /issue connections admitted
     "requests",
     "handshake_failures",
     "forbidden",  # authenticated identities that are not our operators
@@ -93,6 +101,7 @@ COUNTERS = (
 
 _EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)  # accept() may recover
 Handler = Callable[[RawSocketStream, str, str], Awaitable[None]]  # stream, source, peer
+Role = Literal["operator", "host"]  # who gets more than a refusal
 
 
 class AdminServer:
@@ -114,6 +123,7 @@ class AdminServer:
         )
         self.http = Exchange(lim)
         self.sessions = 0  # operator sessions open
+        self.issuing = 0  # host identities' POST /issue connections open
         self.local = 0  # unix socket connections open
         self.counters = dict.fromkeys(COUNTERS, 0)
 
@@ -175,11 +185,15 @@ class AdminServer:
         tls = await self._authenticate(stream, source, peer)
         if tls is None:
             return
-        refusal = self._refusal(peer, tls.extra(TLSAttribute.ssl_object))  # noqa: S610
-        if refusal is None:
+        ssl_object = tls.extra(TLSAttribute.ssl_object)  # noqa: S610
+        verdict = self._admit(peer, ssl_object)
+        if verdict == "operator":
             await self._operator(Conn(tls, stream, peer), _expiry(tls))
             return
-        await self.http.send(tls, refusal, keep_alive=False)  # its request is never read
+        if verdict == "host":
+            await self._host(Conn(tls, stream, peer), ssl_object, _expiry(tls))
+            return
+        await self.http.send(tls, verdict, keep_alive=False)  # its request is never read
         del tls  # its TLS state (OpenSSL's buffers) goes before the linger
         await self.http.linger(stream)
 
@@ -214,8 +228,8 @@ class AdminServer:
         else:
             self._handshake_failed(peer, HandshakeFailure.TIMEOUT, None)
 
-    def _refusal(self, peer: str, ssl_object: ssl.SSLObject) -> Response | None:
-        """The answer for an authenticated peer that gets no session; None for an operator."""
+    def _admit(self, peer: str, ssl_object: ssl.SSLObject) -> Response | Role:
+        """Who an authenticated peer is (operator or host), or the answer that turns it away."""
         domain = self.backend.trust_domain
         ids = peer_ids(ssl_object)
         problem = peer_problem(ssl_object)  # a leaf that is a CA, or may not sign
@@ -224,6 +238,8 @@ class AdminServer:
             peer_lines.log(log, logging.INFO, REFUSALS, "admin: refused %s: %s", peer, problem)
             return adminapi.forbidden(domain)
         if not any(i.kind == "operator" and i.trust_domain == domain for i in ids):
+            if any(i.kind == "host" and i.trust_domain == domain for i in ids):
+                return self._host_room(peer)
             self._refused(peer, "not_operator", "forbidden")
             shown = sorted(str(i) for i in ids) or "no SPIFFE ID"
             peer_lines.log(
@@ -233,7 +249,13 @@ class AdminServer:
         if self.sessions >= self.limits.max_connections:
             self._refused(peer, "over_capacity", "over_capacity")
             return adminapi.busy(self.limits.max_connections, "the admin API")
-        return None
+        return "operator"
+
+    def _host_room(self, peer: str) -> Response | Role:
+        if self.issuing >= self.limits.max_issue_sessions:
+            self._refused(peer, "over_capacity", "over_capacity")
+            return adminapi.busy(self.limits.max_issue_sessions, f"POST {adminapi.ISSUE}")
+        return "host"
 
     # --- sessions ---------------------------------------------------------------------------
     async def _operator(self, conn: Conn, expires: float) -> None:
@@ -246,6 +268,36 @@ class AdminServer:
         if expired:
             self._refused(conn.peer, "expired", "expired")
             log.info("admin: closed the session of %s: its certificate expired", conn.peer)
+
+    async def _host(self, conn: Conn, ssl_object: ssl.SSLObject, expires: float) -> None:
+        """A host identity's one request: POST /issue, or a 403 before its body is read."""
+        cert = ssl_object.getpeercert()
+        caller = Caller(peer_ids(ssl_object), str(cert.get("serialNumber", "")) if cert else "")
+
+        def admit(request: Request) -> Response | None:
+            if (request.method, request.path) == ("POST", adminapi.ISSUE):
+                return None
+            self._refused(conn.peer, "not_operator", "forbidden")
+            peer_lines.log(
+                log,
+                logging.INFO,
+                REFUSALS,
+                "admin: refused %s: a host may only POST /issue",
+                conn.peer,
+            )
+            return adminapi.host_forbidden(self.backend.trust_domain, request.path)
+
+        async def answer(request: Request) -> Response:
+            self.counters["requests"] += 1
+            return await adminapi.issue(self.backend, request, caller, conn.peer)
+
+        self.issuing += 1
+        self.counters["issue_sessions"] += 1
+        try:
+            limit = self.limits.max_issue_body_bytes
+            await self.http.one(conn, admit, self._guard(answer), limit, expires)
+        finally:
+            self.issuing -= 1
 
     async def _local(self, stream: RawSocketStream, _source: str, peer: str) -> None:
         conn = Conn(stream, stream, peer)
@@ -263,14 +315,22 @@ class AdminServer:
     def _answerer(self, local: bool) -> Callable[[Request], Awaitable[Response]]:
         async def answer(request: Request) -> Response:
             self.counters["requests"] += 1
+            return await adminapi.answer(self.backend, request, local)
+
+        return self._guard(answer)
+
+    def _guard(self, answer: Answer) -> Answer:
+        """``answer``, with a bug in it turned into a 500 (and a traceback in the log)."""
+
+        async def guarded(request: Request) -> Response:
             try:
-                return await adminapi.answer(self.backend, request, local)
+                return await answer(request)
             except Exception:
                 self.counters["errors"] += 1
                 log.exception("admin: %s %s failed", request.method, request.path)
                 return error_response(500, "internal error", "see meshd's log", close=True)
 
-        return answer
+        return guarded
 
     # --- what happened ----------------------------------------------------------------------
     def _handshake_failed(

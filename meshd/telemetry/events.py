@@ -70,7 +70,22 @@ class ConnectionRefused:
     rule: str = ""  # the rule that refused it (meshd.policy.decisions), where one decided
 
 
-Event = ConnectionOpened | ConnectionClosed | RequestCompleted | HandshakeFailed | ConnectionRefused
+@dataclass(slots=True)
+class IssuerAnswered:
+    """An issuer answered a ``POST /issue`` (``meshd.issuer``)."""
+
+    peer: str
+    result: str  # "signed", "refused" or "unavailable" (this host holds no issuer CA)
+
+
+Event = (
+    ConnectionOpened
+    | ConnectionClosed
+    | RequestCompleted
+    | HandshakeFailed
+    | ConnectionRefused
+    | IssuerAnswered
+)
 
 
 class Subscription:

@@ -25,6 +25,7 @@ from meshd.telemetry.events import (
     Event,
     EventBus,
     HandshakeFailed,
+    IssuerAnswered,
     RequestCompleted,
     Subscription,
 )
@@ -117,6 +118,7 @@ class Metrics:
             RequestCompleted: self._request,
             HandshakeFailed: self._handshake,
             ConnectionRefused: self._refused,
+            IssuerAnswered: self._issuer,
         }
         f["info"].set((__version__,), 1)
 
@@ -202,6 +204,9 @@ class Metrics:
     def _refused(self, e: ConnectionRefused) -> None:
         self._families["refused"].inc((e.listener, e.reason))
 
+    def _issuer(self, e: IssuerAnswered) -> None:
+        self._families["issuer_requests"].inc((e.result,))
+
 
 def _families() -> dict[str, Family]:
     return {
@@ -243,6 +248,12 @@ def _families() -> dict[str, Family]:
             "Connections refused by meshd.",
             "counter",
             ("listener", "reason"),
+        ),
+        "issuer_requests": Family(
+            "meshd_issuer_requests_total",
+            "POST /issue requests answered by this issuer, by result.",
+            "counter",
+            ("result",),
         ),
         "active": Family(
             "meshd_active_connections", "Open TCP connections.", "gauge", ("direction",)

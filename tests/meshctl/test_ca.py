@@ -92,6 +92,17 @@ def _forge_foreign_leaf(now: dt.datetime) -> x509.Certificate:
     )
 
 
+def _ca_csr() -> x509.CertificateSigningRequest:
+    """A CSR for an ID the signer would give, that also asks to be a CA."""
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")]))
+        .add_extension(x509.SubjectAlternativeName(_uris(SVC)), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(generate_key(), hashes.SHA256())
+    )
+
+
 def _tampered_csr() -> x509.CertificateSigningRequest:
     der = bytearray(build_csr(generate_key(), [SVC]).public_bytes(serialization.Encoding.DER))
     der[-3] ^= 0x01  # inside the signature value
@@ -106,6 +117,7 @@ def _tampered_csr() -> x509.CertificateSigningRequest:
         (build_csr(generate_key(), [OTHER]), [SVC], "asks for identities"),
         (_csr_with(generate_key(), []), [SVC], "asks for identities"),
         (_tampered_csr(), [SVC], "signature does not verify"),
+        (_ca_csr(), [SVC], "asks for a CA certificate"),
         (_csr_with(rsa.generate_private_key(65537, 2048), _uris(SVC)), [SVC], "weak 2048-bit RSA"),
         (_csr_with(ec.generate_private_key(ec.SECP256K1()), _uris(SVC)), [SVC], "curve secp256k1"),
         (_csr_with(ed25519.Ed25519PrivateKey.generate(), _uris(SVC)), [SVC], "not accepted"),

@@ -59,8 +59,12 @@ def test_checker_catches_a_forbidden_import(tmp_path: Path) -> None:
 
 
 def test_the_daemon_does_not_load_x509_code() -> None:
-    """cryptography's x509 costs ~10 MB of RSS; only ``meshd keygen`` needs it."""
-    script = "import sys, meshd.cli, meshd.daemon; print('cryptography' in sys.modules)"
+    """cryptography's x509 costs ~10 MB of RSS; only ``meshd keygen`` and an issuer need it
+    (``meshd.issuer.x509work``, imported when a host becomes one: test_issuer_process.py)."""
+    script = (
+        "import sys, meshd.cli, meshd.daemon, meshd.issuer.service, meshd.issuer.decide\n"
+        "print('cryptography' in sys.modules)"
+    )
     loaded = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     )

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import stat
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from meshctl.ca import sign_csr as meshctl_sign_csr
 from meshd.errors import CertificateError
 from meshd.files import write_private
 from meshd.identity import SpiffeId
 from meshd.pki import (
+    backdate,
     build_csr,
     fingerprint,
     generate_key,
     load_certs,
     private_pem,
+    sign_csr,
     spiffe_ids,
 )
 from tests.meshctl.helpers import make_ca
@@ -66,3 +70,31 @@ def test_fingerprint_format(tmp_path: Path) -> None:
     cert = make_ca().root.cert
     fp = fingerprint(cert)
     assert len(fp) == 95 and fp.count(":") == 31
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "expected"),
+    [
+        (dt.timedelta(minutes=1), dt.timedelta(seconds=6)),
+        (dt.timedelta(minutes=50), dt.timedelta(minutes=5)),
+        (dt.timedelta(hours=24), dt.timedelta(minutes=5)),
+        (dt.timedelta(seconds=3), dt.timedelta(seconds=0.3)),
+    ],
+)
+def test_backdate_is_a_tenth_of_the_life_at_most(
+    lifetime: dt.timedelta, expected: dt.timedelta
+) -> None:
+    assert backdate(lifetime) == expected
+
+
+def test_a_one_minute_leaf_is_not_due_for_renewal_when_issued() -> None:
+    now = dt.datetime(2026, 12, 5, 8, 0, tzinfo=dt.UTC)
+    ca = make_ca()
+    leaf = sign_csr(build_csr(generate_key(), [B]), [B], ca.issuing, now, dt.timedelta(minutes=1))
+    begins, ends = leaf.not_valid_before_utc, leaf.not_valid_after_utc
+    assert ends == now + dt.timedelta(minutes=1)
+    assert begins + (ends - begins) * 2 / 3 > now  # its renewal point lies ahead of it
+
+
+def test_meshctl_signs_with_the_same_signer() -> None:
+    assert meshctl_sign_csr is sign_csr

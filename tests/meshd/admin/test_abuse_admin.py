@@ -138,15 +138,16 @@ def test_silent_sockets_do_not_lock_operators_out(
 # --- authenticated, but not operators ---------------------------------------------------------
 @dataclass
 class Intruders:
-    """64 connections of a mesh host (not an operator), from 4 addresses; what each got."""
+    """64 connections of a mesh identity (not an operator), from 4 addresses; what each got."""
 
     net: MeshNet
     port: int
     body: bool  # send a 4 MiB body, or nothing at all
     answers: list[str] = field(default_factory=list)
+    identity: str = "svc/x"  # a host identity gets its request head read (it may POST /issue)
 
     def round(self, stop: threading.Event) -> None:
-        ctx = mesh_client(self.net, self.net.pki.issue("x", "host/x"))
+        ctx = mesh_client(self.net, self.net.pki.issue("x", self.identity))
         threads = [
             threading.Thread(target=self.one, args=(ctx, source))
             for source in sources(4)
@@ -206,6 +207,38 @@ def test_forbidden_identities_are_answered_at_once_and_cost_nothing(
         assert answered == refused
         assert set(tally) <= {"closed", "ConnectionResetError"}
         assert sum(tally.values()) == evicted
+    operator.check(label)
+    settle(label, watch)
+    assert meshd.stop() == 0, meshd.log_text()
+
+
+def test_host_identities_get_one_path_in_a_small_room_and_cost_nothing(
+    net: MeshNet, meshd: Meshd
+) -> None:
+    """A host may POST /issue, so its request head is read: 64 hosts sending 4 MiB bodies to
+    another path each get a 403 before the body is read, or a 503 once the few issue
+    sessions (``max_issue_sessions``) are taken; memory stays bounded, operators served."""
+    label = "64 host identities (4 MiB bodies to PUT /registry), 5 times"
+    intruders = Intruders(net, meshd.ports["admin"], body=True, identity="host/x")
+    with (
+        watched(meshd) as watch,
+        operator_calls(net, meshd) as operator,
+        Attack(intruders.round, rounds=5) as attack,
+    ):
+        attack.wait(90)
+    tally = {a: intruders.answers.count(a) for a in sorted(set(intruders.answers))}
+    forbidden, busy, evicted = (
+        net.metric_sum(meshd, "meshd_connections_refused_total", listener="admin", reason=r)
+        for r in ("not_operator", "over_capacity", "evicted")
+    )
+    print(f"\n{label}: answers {tally}; meshd refused {forbidden:.0f}, busy {busy:.0f}")
+    assert len(intruders.answers) == forbidden + busy + evicted == 5 * 64
+    answered = tally.pop("HTTP/1.1 403 Forbidden", 0) + tally.pop(
+        "HTTP/1.1 503 Service Unavailable", 0
+    )
+    assert set(tally) <= {"closed", "ConnectionResetError", "SSLError", "SSLEOFError"}
+    assert (forbidden + busy) / 2 <= answered <= forbidden + busy
+    assert net.metric_sum(meshd, "meshd_issuer_requests_total") == 0  # nothing reached it
     operator.check(label)
     settle(label, watch)
     assert meshd.stop() == 0, meshd.log_text()

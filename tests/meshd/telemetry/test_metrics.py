@@ -14,6 +14,7 @@ from meshd.telemetry.events import (
     ConnectionRefused,
     EventBus,
     HandshakeFailed,
+    IssuerAnswered,
     RequestCompleted,
 )
 from meshd.telemetry.metrics import Metrics, escape_label, status_class
@@ -88,7 +89,7 @@ def test_request_histogram_exact_lines() -> None:
         RequestCompleted("outbound", WEB, API, "GET", 503, 0.003),
         RequestCompleted("outbound", WEB, API, "POST", 0, 12.0),
     )
-    lines = [line for line in metrics.render().splitlines() if "request" in line]
+    lines = [line for line in metrics.render().splitlines() if "meshd_request" in line]
     assert lines == [
         "# HELP meshd_requests_total HTTP requests completed, by status class.",
         "# TYPE meshd_requests_total counter",
@@ -108,6 +109,17 @@ def test_request_histogram_exact_lines() -> None:
         f"meshd_request_duration_seconds_sum{{{EDGE}}} 12.0035",
         f"meshd_request_duration_seconds_count{{{EDGE}}} 3",
     ]  # fmt: skip
+
+
+def test_issuer_answers_are_counted_by_result() -> None:
+    metrics = fed(
+        IssuerAnswered("10.0.0.9:5000", "signed"),
+        IssuerAnswered("10.0.0.9:5001", "signed"),
+        IssuerAnswered("10.0.0.8:5000", "refused"),
+    )
+    samples = parse_exposition(metrics.render())
+    assert samples['meshd_issuer_requests_total{result="signed"}'] == 2
+    assert samples['meshd_issuer_requests_total{result="refused"}'] == 1
 
 
 def test_failures_refusals_and_gauges() -> None:
