@@ -30,6 +30,7 @@ app = typer.Typer(
 app.command("init")(init.init)
 app.command("join")(join.join)
 app.command("leave")(join.leave)
+app.command("revoke")(join.revoke)
 app.command("status")(status.status)
 app.add_typer(ca.app, name="ca")
 app.add_typer(hosts.app, name="hosts")

@@ -20,6 +20,7 @@ STYLES = {
     "planned": "cyan",
     "registry": "green",
     "forgotten": "yellow",
+    "revoked": "yellow",
     "failed": "bold red",
 }
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from rich.console import Console
 
@@ -88,6 +89,7 @@ class FakeHost(FakeTransport):
     pushed: dict[str, Any] | None = None  # the registry meshd took over its admin API
     synced: int | None = None  # the version meshd-sync put in place
     refuse_push: str | None = None  # meshd answers a PUT /registry with this error
+    renewed_serial: str = ""  # the serial of a certificate meshd renewed (none: the files')
     stages: int = 0
 
     def run(self, command: str, *, timeout: float = 120, root: bool = True) -> Result:
@@ -276,6 +278,14 @@ class FakeHost(FakeTransport):
         text = hostsfile.with_block(self.hosts.decode(), vips)
         self.hosts = text.encode()
 
+    @property
+    def serial(self) -> str:
+        """The serial of the certificate meshd runs, as /stats reports it."""
+        if self.renewed_serial:
+            return self.renewed_serial
+        cert = self.fs.get(layout.CERT)
+        return format(x509.load_pem_x509_certificate(cert).serial_number, "X") if cert else ""
+
     def model(self) -> dict[str, Any]:
         """Everything of the host's state, to check that a command changed nothing."""
         return {k: v for k, v in vars(self).items() if k not in ("commands", "files", "stages")}
@@ -325,6 +335,7 @@ class ScriptedMeshd(AdminClient):
 
     def _stats(self, host: FakeHost) -> dict[str, Any]:
         return {
+            "certificate_serial": host.serial,
             "ready": True,
             "version": "0.1.0",
             "uptime_seconds": 60.0,
@@ -345,6 +356,7 @@ class FakeMesh:
     hosts: dict[str, FakeHost] = field(default_factory=dict)
     unreachable: set[str] = field(default_factory=set)  # addresses that answer nothing
     requests: list[tuple[str, str, str]] = field(default_factory=list)  # admin API: host, ...
+    now: dt.datetime = NOW  # meshctl's clock
 
     def __post_init__(self) -> None:
         self.ws = init_workspace(self.root / "ws", MESH, None, NOW)
@@ -376,7 +388,7 @@ class FakeMesh:
             out=out,
             err=err,
             environ={},
-            clock=lambda: NOW,
+            clock=lambda: self.now,
             interactive=False,
             workspace_path=self.ws.root,
             connect=self.connect,
