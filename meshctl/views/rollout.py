@@ -21,6 +21,9 @@ STYLES = {
     "registry": "green",
     "forgotten": "yellow",
     "revoked": "yellow",
+    "trusted": "cyan",
+    "renewing": "green",
+    "finished": "green",
     "failed": "bold red",
 }
 

@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from rich.console import Console
 
 from meshctl.admin_client import AdminClient, AdminEndpoint, AdminReply
@@ -42,7 +44,7 @@ from meshctl.workspace import Workspace, init_workspace
 from meshd import hostsfile
 from meshd.config import MeshdConfig
 from meshd.errors import ConnectError
-from meshd.identity import SpiffeId
+from meshd.identity import SpiffeId, make_id
 from meshd.pki import build_csr, generate_key
 from meshd.registry import Registry
 from meshd.rules import apply_document, fingerprint, ruleset
@@ -90,6 +92,15 @@ class FakeHost(FakeTransport):
     synced: int | None = None  # the version meshd-sync put in place
     refuse_push: str | None = None  # meshd answers a PUT /registry with this error
     renewed_serial: str = ""  # the serial of a certificate meshd renewed (none: the files')
+    # the CA lifecycle: the root its running leaf chains to (b"": the mesh's first root), the
+    # pushed trust document, its issuer CA document and pending key, and its renewal
+    served_root: bytes = b""
+    trust: dict[str, Any] | None = None
+    issuer_doc: dict[str, Any] | None = None
+    issuer_key: ec.EllipticCurvePrivateKey | None = None
+    stuck: bool = False  # POST /renew renews nothing
+    refuse_trust: str | None = None  # meshd answers a PUT /trust with this error
+    renewal_error: str = ""  # renewal fails, saying this
     stages: int = 0
 
     def run(self, command: str, *, timeout: float = 120, root: bool = True) -> Result:
@@ -286,6 +297,11 @@ class FakeHost(FakeTransport):
         cert = self.fs.get(layout.CERT)
         return format(x509.load_pem_x509_certificate(cert).serial_number, "X") if cert else ""
 
+    def trust_roots(self) -> list[bytes]:
+        """The roots meshd verifies peers with: the pushed trust bundle, else its files'."""
+        pem = self.trust["bundle_pem"].encode() if self.trust else self.fs.get(layout.TRUST_BUNDLE)
+        return [_pem(c) for c in x509.load_pem_x509_certificates(pem)] if pem else []
+
     def model(self) -> dict[str, Any]:
         """Everything of the host's state, to check that a command changed nothing."""
         return {k: v for k, v in vars(self).items() if k not in ("commands", "files", "stages")}
@@ -315,10 +331,31 @@ class ScriptedMeshd(AdminClient):
                 f"{endpoint.where}: connection refused",
                 hint="is meshd running? check systemctl status meshd on the host",
             )
+        self._handshake(host, endpoint)
         if (method, path) == ("PUT", "/registry"):
             return self._put(host, doc)
-        assert (method, path) == ("GET", "/stats"), (method, path)
+        if (method, path) != ("GET", "/stats"):
+            return Lifecycle(self.mesh, host, endpoint.host).answer(method, path, doc)
         return self._reply(200, self._stats(host))
+
+    def _handshake(self, host: FakeHost, endpoint: AdminEndpoint) -> None:
+        """What mutual TLS decides: meshd's leaf verifies under our bundle, ours under its."""
+        served = host.served_root or self.mesh.first_root
+        if served not in [
+            _pem(c) for c in x509.load_pem_x509_certificates(self.bundle.read_bytes())
+        ]:
+            raise ConnectError(  # as AdminClient says it
+                f"{endpoint.where} presented a certificate the trust bundle does not accept: "
+                "certificate verify failed",
+                hint=f"check that {self.bundle} is this mesh's trust bundle",
+            )
+        issuing = x509.load_pem_x509_certificates(self.cert.read_bytes())[1]
+        roots = host.trust_roots()
+        if roots and not any(_signed(issuing, r) for r in roots):
+            raise ConnectError(
+                f"{endpoint.where} closed the connection before answering",
+                hint=f"meshd may have refused the operator certificate {self.cert}",
+            )
 
     def _put(self, host: FakeHost, doc: Any) -> AdminReply:
         if host.refuse_push is not None:
@@ -341,11 +378,101 @@ class ScriptedMeshd(AdminClient):
             "uptime_seconds": 60.0,
             "registry_version": host.registry_version,
             "synced_registry_version": host.synced,
-            "documents": {},
+            "documents": {"trust": host.trust["version"]} if host.trust else {},
+            "renewal": {"state": "failing", "last_error": host.renewal_error}
+            if host.renewal_error
+            else {"state": "ok"},
+            "issuer": {"not_after": "2026-12-27T12:00:00+00:00"} if host.issuer_doc else None,
         }
 
     def _reply(self, status: int, body: Any) -> AdminReply:
         return AdminReply(status, body, NOW + dt.timedelta(hours=24))
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _signed(cert: x509.Certificate, root_pem: bytes) -> bool:
+    try:
+        cert.verify_directly_issued_by(x509.load_pem_x509_certificate(root_pem))
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+@dataclass
+class Lifecycle:
+    """meshd's identity lifecycle routes on one fake host: trust, issuer, renew."""
+
+    mesh: FakeMesh
+    host: FakeHost
+    name: str
+
+    def answer(self, method: str, path: str, doc: Any) -> AdminReply:
+        route = {
+            ("PUT", "/trust"): self.put_trust,
+            ("POST", "/renew"): self.renew,
+            ("POST", "/issuer/csr"): self.issuer_csr,
+            ("PUT", "/issuer"): self.put_issuer,
+            ("GET", "/issuer"): self.get_issuer,
+        }.get((method, path))
+        assert route is not None, (method, path)
+        status, body = route(doc)
+        return AdminReply(status, body, NOW + dt.timedelta(hours=24))
+
+    def put_trust(self, doc: Any) -> tuple[int, Any]:
+        if self.host.refuse_trust is not None:
+            return 500, {"error": self.host.refuse_trust}
+        current = self.host.trust or {"version": 0}
+        if doc["version"] < current["version"] or (
+            doc["version"] == current["version"] and doc != current
+        ):
+            return 409, {"error": f"trust version {doc['version']} is older or conflicting"}
+        served = self.host.served_root or self.mesh.first_root
+        if served not in [
+            _pem(c) for c in x509.load_pem_x509_certificates(doc["bundle_pem"].encode())
+        ]:
+            return 409, {"error": "meshd's own certificate does not verify under this trust bundle"}
+        status = "unchanged" if doc == current else "applied"
+        self.host.trust = doc
+        return 200, {"status": status, "version": doc["version"]}
+
+    def renew(self, doc: Any) -> tuple[int, Any]:
+        """Renewal at once, from the first issuer (by name) whose CA a trusted root signed."""
+        if self.host.stuck:
+            return 202, {"renewing": True}
+        for other in sorted(self.mesh.hosts.values(), key=lambda h: h.hostname):
+            cert = other.issuer_doc and x509.load_pem_x509_certificate(
+                other.issuer_doc["cert_pem"].encode()
+            )
+            root = next((r for r in self.host.trust_roots() if cert and _signed(cert, r)), None)
+            if root is not None:
+                self.host.served_root = root
+                self.host.renewed_serial = format(x509.random_serial_number(), "X")
+                break
+        return 202, {"renewing": True}
+
+    def issuer_csr(self, doc: Any) -> tuple[int, Any]:
+        self.host.issuer_key = generate_key()
+        issuer = make_id(self.mesh.ws.config.trust_domain, "issuer", self.name)
+        csr = build_csr(self.host.issuer_key, [issuer]).public_bytes(serialization.Encoding.PEM)
+        return 200, {"csr_pem": csr.decode()}
+
+    def put_issuer(self, doc: Any) -> tuple[int, Any]:
+        cert = x509.load_pem_x509_certificate(doc["cert_pem"].encode())
+        key = self.host.issuer_key
+        if key is None or cert.public_key() != key.public_key():
+            return 409, {"error": "the issuer CA is not for this host's issuer key"}
+        if not any(_signed(cert, r) for r in self.host.trust_roots()):
+            return 409, {"error": "the issuer CA does not chain to the trust bundle"}
+        self.host.issuer_doc = doc
+        return 200, {"status": "applied", "version": doc["version"]}
+
+    def get_issuer(self, doc: Any) -> tuple[int, Any]:
+        if self.host.issuer_doc is None:
+            return 404, {"error": "no issuer CA"}
+        return 200, self.host.issuer_doc
 
 
 @dataclass
@@ -360,6 +487,7 @@ class FakeMesh:
 
     def __post_init__(self) -> None:
         self.ws = init_workspace(self.root / "ws", MESH, None, NOW)
+        self.first_root = self.ws.root_ca_cert.read_bytes()
         self.bundle = self.root / "meshd.tar.gz"
         self.bundle.write_bytes(b"a fake meshd bundle")
 
