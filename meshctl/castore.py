@@ -109,7 +109,10 @@ def mend_operator(ws: Workspace, issuing: Authority, now: dt.datetime) -> bool:
 def promote(ws: Workspace, now: dt.datetime) -> str:
     """The next CA in place, the one in use kept as retired/<name>; that name."""
     current, following = ws.ca_files(), ws.ca_files(NEXT)
-    name = retired_name(ws, now)
+    chosen = following.root_cert.parent / "retired-as"  # so that a rerun names the same
+    if not chosen.exists():
+        _write(chosen, retired_name(ws, now).encode())
+    name = chosen.read_text()
     if current.root_cert.read_bytes() != following.root_cert.read_bytes():
         _copy(current, ws.ca_files(f"retired/{name}"))
     _copy(following, current)
