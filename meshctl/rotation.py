@@ -35,6 +35,10 @@ from meshd.pki import cert_pem
 from meshd.stats import Stats
 
 NEW, OLD = "new root", "old root"
+NO_ISSUER = (
+    "no joined host is an issuer, so no host can renew to the new root: make one "
+    "(meshctl issuer add HOST), then run meshctl ca rotate begin again"
+)
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,10 @@ def begin(ro: Rollout) -> tuple[list[Outcome], list[str]]:
         renew_operator(ws, following.issuing, now)
         notes.append("operator certificate issued by the new issuing CA")
     client = ro.admin()  # with the operator certificate as it is now
-    _merge(rows, fan_out(lambda h: _resign(ro, client, h, following.root), hosts), "trusted")
+    resigned = fan_out(lambda h: _resign(ro, client, h, following.root), hosts)
+    _merge(rows, resigned, "trusted")
+    if hosts and all(result is None for result in resigned.values()):
+        return rows, [*notes, NO_ISSUER]
     if any(not r.ok for r in rows):
         return rows, [
             *notes,

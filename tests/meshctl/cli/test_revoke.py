@@ -147,3 +147,13 @@ def test_a_revoked_name_that_joins_again_keeps_only_its_old_serials(tmp_path: Pa
     assert revoked(mesh, "api1") == revoked(mesh, "web1") == cleared
     kept = json.loads((mesh.ws.root / "applied" / "revoked.json").read_text())
     assert kept == cleared
+
+
+def test_leave_dry_run_revokes_nothing_and_reads_nothing_of_meshd(tmp_path: Path) -> None:
+    mesh = fleet(tmp_path, "web1", "api1")
+    mesh.requests.clear()
+    before = mesh.workspace_files()
+    planned = mesh.meshctl("leave", "api1", "--dry-run", "--json")
+    assert planned.code == 0, planned.out + planned.err
+    assert planned.rows()["api1"]["status"] == "planned"
+    assert mesh.requests == [] and mesh.workspace_files() == before

@@ -191,6 +191,15 @@ def test_a_host_refusing_the_new_root_alone_keeps_the_workspace_as_it_was(
     assert mesh.ws.root_ca_cert.read_bytes() != mesh.first_root
 
 
+def test_begin_without_an_issuer_says_so_and_asks_no_host_to_renew(tmp_path: Path) -> None:
+    mesh = fleet(tmp_path, "web1", "api1")
+    mesh.requests.clear()
+    begun = ok(mesh.meshctl("ca", "rotate", "begin", "--json"))
+    assert begun.json()["notes"][-1].startswith("no joined host is an issuer")
+    assert {r["status"] for r in begun.rows().values()} == {"trusted"}
+    assert not [r for r in mesh.requests if r[1] == "POST"]
+
+
 def test_finish_is_refused_without_a_rotation(tmp_path: Path) -> None:
     mesh = fleet(tmp_path, "web1")
     refused = mesh.meshctl("ca", "rotate", "finish")
