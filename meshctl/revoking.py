@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from typing import Any
 
 from meshctl import state
 from meshctl.control import push_registry
@@ -46,23 +47,26 @@ def leave_and_revoke(
 
 def revoke_and_push(fleet: Fleet, names: Iterable[str]) -> list[Outcome]:
     """Revoke the hosts ``names`` without touching them, then push the registry to the rest."""
-    names = list(dict.fromkeys(names))
-    specs = _known(fleet, names)
+    specs = _known(fleet, list(dict.fromkeys(names)))
     members = state.joined(fleet.ws)
     seen = serials_served(fleet, [s for s in specs if s.name in members])
-    outcomes = []
+    outcomes = [_revoke(fleet, spec, members, seen) for spec in specs]
     inventory = state.load_inventory(fleet.ws)
     for spec in specs:
-        joined = members.get(spec.name, {}).get("certificate_serial", "")
-        entry = record(fleet, spec.name, (joined, seen.get(spec.name, "")))
         state.forget_host(fleet.ws, spec.name)
         inventory = inventory.without_host(spec.name)
-        done = [describe(entry)]
-        if spec.name in members and spec.name not in seen:
-            done.append("its meshd did not answer: the serial it runs may be unknown")
-        outcomes.append(Outcome(spec.name, spec.address, "revoked", done=done))
     state.save_inventory(fleet.ws, inventory)
     return rollout.with_pushes(outcomes, push_registry(fleet, state.joined(fleet.ws)))
+
+
+def _revoke(
+    fleet: Fleet, spec: HostSpec, members: dict[str, dict[str, Any]], seen: dict[str, str]
+) -> Outcome:
+    joined = members.get(spec.name, {}).get("certificate_serial", "")
+    done = [describe(record(fleet, spec.name, (joined, seen.get(spec.name, ""))))]
+    if spec.name in members and spec.name not in seen:
+        done.append("its meshd did not answer: the serial it runs may be unknown")
+    return Outcome(spec.name, spec.address, "revoked", done=done)
 
 
 def _known(fleet: Fleet, names: list[str]) -> list[HostSpec]:

@@ -24,7 +24,7 @@ from cryptography import x509
 
 from meshctl import castore, state
 from meshctl.admin_client import AdminClient, AdminEndpoint
-from meshctl.ca import Authority
+from meshctl.ca import Authority, MeshCa
 from meshctl.fleet import Fleet, HostResults, fan_out, parallel
 from meshctl.inventory import HostSpec
 from meshctl.issuer_compat import flagged_issuer, install, renew_operator
@@ -35,6 +35,13 @@ from meshd.pki import cert_pem
 from meshd.stats import Stats
 
 NEW, OLD = "new root", "old root"
+WAIT_FOR_TRUST = (
+    "issuers are re-signed and hosts renew once every host trusts both roots: "
+    "run meshctl ca rotate begin again"
+)
+WAIT_FOR_ISSUERS = (
+    "hosts renew once every issuer holds a CA of the new root: run meshctl ca rotate begin again"
+)
 NO_ISSUER = (
     "no joined host is an issuer, so no host can renew to the new root: make one "
     "(meshctl issuer add HOST), then run meshctl ca rotate begin again"
@@ -91,39 +98,43 @@ def joined_hosts(ws: Workspace) -> list[HostSpec]:
 # -- begin
 def begin(ro: Rollout) -> tuple[list[Outcome], list[str]]:
     """Start (or carry on) a rotation; one row per joined host, and notes on the workspace."""
-    ws, now = ro.ws, ro.now()
-    passphrase = ro.passphrase()
-    current = castore.load(ws, "", passphrase)  # a wrong passphrase stops here
-    following, made = castore.next_ca(ws, passphrase, now)
-    notes = [f"{'made' if made else 'kept'} the new root CA in ca/next/"]
-    if castore.mend_operator(ws, current.issuing, now):
-        notes.append("operator key and certificate did not fit: made anew")
-    roots = [current.root.cert, following.root.cert]
-    castore.write_bundle(ws, roots)
-    hosts = joined_hosts(ws)
+    following, roots, notes = _prepare(ro)
+    hosts = joined_hosts(ro.ws)
     rows = _rows(push_trust(ro, hosts, roots), "trusted")
     if any(not r.ok for r in rows):
-        return rows, [
-            *notes,
-            "issuers are re-signed and hosts renew once every host trusts "
-            "both roots: run meshctl ca rotate begin again",
-        ]
-    if not castore.operator_under(ws, following.issuing.cert):
-        renew_operator(ws, following.issuing, now)
-        notes.append("operator certificate issued by the new issuing CA")
+        return rows, [*notes, WAIT_FOR_TRUST]
+    notes += _operator_under(ro, following.issuing)
     client = ro.admin()  # with the operator certificate as it is now
     resigned = fan_out(lambda h: _resign(ro, client, h, following.root), hosts)
     _merge(rows, resigned, "trusted")
     if hosts and all(result is None for result in resigned.values()):
         return rows, [*notes, NO_ISSUER]
     if any(not r.ok for r in rows):
-        return rows, [
-            *notes,
-            "hosts renew once every issuer holds a CA of the new root: "
-            "run meshctl ca rotate begin again",
-        ]
+        return rows, [*notes, WAIT_FOR_ISSUERS]
     _merge(rows, fan_out(lambda h: _renew(ro, client, h), hosts), "renewing")
     return rows, notes
+
+
+def _prepare(ro: Rollout) -> tuple[MeshCa, list[x509.Certificate], list[str]]:
+    """The next CA (made once) and the workspace's bundle of both roots."""
+    passphrase = ro.passphrase()
+    current = castore.load(ro.ws, "", passphrase)  # a wrong passphrase stops here
+    following, made = castore.next_ca(ro.ws, passphrase, ro.now())
+    notes = [f"{'made' if made else 'kept'} the new root CA in ca/next/"]
+    if castore.mend_operator(ro.ws, current.issuing, ro.now()):
+        notes.append("operator key and certificate did not fit: made anew")
+    roots = [current.root.cert, following.root.cert]
+    castore.write_bundle(ro.ws, roots)
+    return following, roots, notes
+
+
+def _operator_under(ro: Rollout, issuing: Authority) -> list[str]:
+    """The operator certificate from the new issuing CA: every host trusts both roots now,
+    and after finish only the new one."""
+    if castore.operator_under(ro.ws, issuing.cert):
+        return []
+    renew_operator(ro.ws, issuing, ro.now())
+    return ["operator certificate issued by the new issuing CA"]
 
 
 def push_trust(
