@@ -11,6 +11,7 @@ refuses them at once; the workspace keeps them in ``state``.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterable
 
 from cryptography import x509
@@ -19,6 +20,7 @@ from meshctl.config import MeshConfig
 from meshd.identity import make_id
 from meshd.registry import MAX_REVOKED_NAMES, Revocation
 
+SERIAL = re.compile(r"[0-9A-F]{1,40}")  # as meshd.registry reads a revoked serial
 MAX_BACKDATE = 300  # seconds: the most a leaf is backdated (meshd.pki.backdate)
 
 
@@ -46,7 +48,10 @@ def revoke_host(
     """The entry revoking ``host``: its host identity and ``serials``, until they expire."""
     until = int(now.timestamp()) + lifetime + backdate(lifetime)
     ids = (str(make_id(trust_domain, "host", host)),)
-    return Revocation(host, ids, _unique(s for s in serials if s), until)
+    # what a meshd reported is checked like the registry will check it: one odd serial
+    # must not make every later registry unreadable
+    spelled = (s.strip().upper() for s in serials)
+    return Revocation(host, ids, _unique(s for s in spelled if SERIAL.fullmatch(s)), until)
 
 
 def merged(old: Revocation | None, new: Revocation) -> Revocation:

@@ -30,8 +30,9 @@ def test_backdate_is_five_minutes_or_a_tenth_of_the_life(lifetime: int, expected
         (("AB", "CD"), 86400, Revocation("web1", (ID,), ("AB", "CD"), T + 86400 + 300)),
         (("AB", "", "AB"), 60, Revocation("web1", (ID,), ("AB",), T + 66)),
         ((), 3600, Revocation("web1", (ID,), (), T + 3900)),
+        (("ab", "0x12", "F" * 41, "C0"), 60, Revocation("web1", (ID,), ("AB", "C0"), T + 66)),
     ],
-    ids=["two-serials", "unknown-and-repeated", "none-known"],
+    ids=["two-serials", "unknown-and-repeated", "none-known", "odd-spellings"],
 )
 def test_a_host_is_revoked_by_id_and_serials_until_its_leaves_expire(
     serials: tuple[str, ...], lifetime: int, expected: Revocation
