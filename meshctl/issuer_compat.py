@@ -19,6 +19,7 @@ from meshctl.admin_client import AdminClient
 from meshctl.ca import OPERATOR_CERT_LIFETIME, Authority, _check_csr, issue_identity
 from meshctl.fleet import Fleet
 from meshctl.inventory import HostSpec
+from meshctl.revocation import leaf_lifetime
 from meshctl.workspace import Workspace
 from meshd.errors import ProvisionError
 from meshd.files import write_private
@@ -82,7 +83,7 @@ def install(ro: Fleet, client: AdminClient, host: HostSpec, root: Authority) -> 
     doc = {
         "version": int(current.get("version", 0)) + 1,
         "cert_pem": cert_pem(cert).decode(),
-        "leaf_lifetime": config.defaults.leaf_lifetime_hours * 3600,
+        "leaf_lifetime": leaf_lifetime(config),
     }
     client.call(endpoint, "PUT", "/issuer", doc)
     return f"issuer CA signed by the root, valid until {cert.not_valid_after_utc:%Y-%m-%d %H:%M}"

@@ -101,6 +101,9 @@ def test_begin_goes_no_further_until_every_host_trusts_both_roots(tmp_path: Path
     assert not [r for r in mesh.requests if r[1] == "POST"]
     assert castore.operator_under(mesh.ws, castore.load_issuing_cert(mesh.ws))  # the old CA's
     assert "run meshctl ca rotate begin again" in begun.json()["notes"][-1]
+    early = mesh.meshctl("ca", "rotate", "finish")
+    assert early.code == 7, early.out + early.err
+    assert "error: the operator certificate is not yet issued by the new CA" in early.err
     mesh.unreachable.clear()
     again = ok(mesh.meshctl("ca", "rotate", "begin", "--json"))
     assert {r["status"] for r in again.rows().values()} == {"renewing"}
