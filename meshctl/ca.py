@@ -1,8 +1,10 @@
-"""The mesh's certificate authority: root and issuing CA, and CSR signing.
+"""The mesh's certificate authority: root and issuing CA, issuer CAs, and CSR signing.
 
 Pure over keys and certificates (no files): the workspace module stores what
-is made here. The root CA signs only the issuing CA; the issuing CA signs
-every leaf, constrained to the trust domain's SPIFFE IDs. A leaf carries one
+is made here. The root CA signs only CAs: the issuing CA (meshctl's own,
+for joins) and the issuer CAs of hosts that sign renewals inside the mesh
+(``sign_issuer``); those sign every leaf, constrained to the trust domain's
+SPIFFE IDs. A leaf carries one
 or more SPIFFE IDs as URI SANs (a host's meshd holds its host identity and
 the identities of the services it fronts in one certificate, so that one
 multiplexed link proves them all).
@@ -21,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshd.errors import CertificateError
-from meshd.identity import SpiffeId
+from meshd.identity import SpiffeId, make_id
 from meshd.pki import build_csr, generate_key, spiffe_ids
 
 ROOT_CA_LIFETIME = dt.timedelta(days=3650)
@@ -30,6 +32,8 @@ OPERATOR_CERT_LIFETIME = dt.timedelta(days=90)
 DEFAULT_LEAF_LIFETIME = dt.timedelta(hours=24)
 MAX_LEAF_LIFETIME = dt.timedelta(days=90)
 BACKDATE = dt.timedelta(minutes=5)  # tolerate clock skew between hosts
+
+MAX_ISSUER_LIFETIME = dt.timedelta(days=365)
 
 ALLOWED_CURVES = ("secp256r1", "secp384r1")
 MIN_RSA_BITS = 3072
@@ -249,6 +253,77 @@ def _check_trust_domain(wanted: list[SpiffeId], issuer: Authority) -> None:
 
 def _fmt(ids: list[SpiffeId]) -> str:
     return "[" + ", ".join(str(i) for i in ids) + "]" if ids else "[]"
+
+
+def sign_issuer(
+    csr: x509.CertificateSigningRequest,
+    host: str,
+    root: Authority,
+    now: dt.datetime,
+    lifetime: dt.timedelta,
+    trust_domain: str,
+) -> x509.Certificate:
+    """An issuer CA for ``host``'s meshd, signed by the root: it may sign leaves only.
+
+    The CSR must be well signed, of an accepted key, and ask for exactly
+    ``spiffe://<trust domain>/issuer/<host>``. The CA gets path length 0 and a
+    name constraint to the trust domain, and never outlives the root.
+    """
+    wanted = make_id(trust_domain, "issuer", host)
+    _check_csr(csr, [wanted])
+    if not dt.timedelta(0) < lifetime <= MAX_ISSUER_LIFETIME:
+        raise CertificateError(
+            f"issuer lifetime {lifetime} is outside (0, {MAX_ISSUER_LIFETIME}]",
+            hint="set issuer_lifetime in mesh.toml from 10m to 365d",
+        )
+    not_after = min(now + lifetime, root.cert.not_valid_after_utc)
+    public_key = csr.public_key()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_issuer_name(root.cert, host))
+        .issuer_name(root.cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - min(BACKDATE, lifetime / 10))
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_issuer_key_usage(), critical=True)
+        .add_extension(
+            x509.NameConstraints([x509.UniformResourceIdentifier(trust_domain)], None),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(wanted))]),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(root.key.public_key()),
+            critical=False,
+        )
+    )
+    return builder.sign(root.key, hashes.SHA256())
+
+
+def _issuer_name(root: x509.Certificate, host: str) -> x509.Name:
+    mesh = root.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    names = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, str(mesh[0].value))] if mesh else []
+    return x509.Name([*names, x509.NameAttribute(NameOID.COMMON_NAME, f"{host} issuer CA")])
+
+
+def _issuer_key_usage() -> x509.KeyUsage:
+    """certSign (and CRL signing): an issuer CA's key signs certificates, never TLS."""
+    return x509.KeyUsage(
+        digital_signature=False,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
 
 
 def issue_identity(

@@ -22,8 +22,7 @@ from cryptography.exceptions import InvalidSignature
 
 from meshctl import files
 from meshctl.ca import Authority, MeshCa, create_ca
-from meshctl.issuer_compat import renew_operator
-from meshctl.workspace import CaFiles, Workspace, load_key
+from meshctl.workspace import CaFiles, Workspace, load_key, renew_operator
 from meshd.errors import CertificateError
 from meshd.pki import cert_pem, load_certs, private_pem
 

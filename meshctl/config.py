@@ -13,11 +13,16 @@ from typing import Any
 from meshctl.ca import MAX_LEAF_LIFETIME
 from meshd.errors import ConfigError
 from meshd.identity import check_name, trust_domain_problem
-from meshd.schema import Fields, read_toml
+from meshd.schema import Fields, format_duration, parse_duration, read_toml
 
 FAIL_MODES = ("open", "closed")
-MAX_LEAF_HOURS = int(MAX_LEAF_LIFETIME.total_seconds()) // 3600  # what the CA signs at most
 MTLS_MODES = ("strict", "permissive")
+MINUTE, DAY = 60, 86400
+MAX_LEAF = int(MAX_LEAF_LIFETIME.total_seconds())  # what the CA signs at most
+MAX_LEAF_HOURS = MAX_LEAF // 3600
+LEAF_BOUNDS = (MINUTE, MAX_LEAF)  # 1 minute: for tests that watch renewals happen
+ISSUER_BOUNDS = (10 * MINUTE, 365 * DAY)  # the root caps it further when it signs
+OLD_LEAF_KEY = "leaf_lifetime_hours"  # before durations: still read, never written
 
 
 @dataclass(frozen=True)
@@ -30,13 +35,20 @@ class DefaultsConfig:
     inbound_port: int = 15006
     fail_mode: str = "closed"
     mtls: str = "strict"
-    leaf_lifetime_hours: int = 24
+    leaf_lifetime: int = DAY  # seconds; mesh.toml says it as a duration ("24h")
+    issuer_lifetime: int = 30 * DAY  # seconds of an issuer's intermediate CA ("30d")
     ssh_key: str = ""  # SSH private key for every host ("": ssh-agent and ~/.ssh)
+
+    def to_toml_dict(self) -> dict[str, Any]:
+        doc = asdict(self)
+        for key in ("leaf_lifetime", "issuer_lifetime"):
+            doc[key] = duration_text(doc[key])
+        return doc
 
     @classmethod
     def from_fields(cls, f: Fields) -> DefaultsConfig:
         base = cls()
-        f.unknown(set(asdict(base)))
+        f.unknown({*asdict(base), OLD_LEAF_KEY})
         return cls(
             mesh_port=f.port("mesh_port", base.mesh_port),
             admin_port=f.port("admin_port", base.admin_port),
@@ -44,11 +56,51 @@ class DefaultsConfig:
             inbound_port=f.port("inbound_port", base.inbound_port),
             fail_mode=f.choice("fail_mode", FAIL_MODES, base.fail_mode),
             mtls=f.choice("mtls", MTLS_MODES, base.mtls),
-            leaf_lifetime_hours=f.bounded(
-                "leaf_lifetime_hours", int, base.leaf_lifetime_hours, 1, MAX_LEAF_HOURS
-            ),
+            leaf_lifetime=_leaf_lifetime(f, base.leaf_lifetime),
+            issuer_lifetime=duration(f, "issuer_lifetime", base.issuer_lifetime, ISSUER_BOUNDS),
             ssh_key=f.get("ssh_key", str, base.ssh_key),
         )
+
+
+def duration_text(seconds: int) -> str:
+    """How mesh.toml says a duration: whole days from 2 days on, else whole hours ("24h")."""
+    if seconds % DAY == 0 and seconds >= 2 * DAY:
+        return f"{seconds // DAY}d"
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    return format_duration(seconds)
+
+
+def _leaf_lifetime(f: Fields, default: int) -> int:
+    """``leaf_lifetime``, or an older workspace's ``leaf_lifetime_hours`` (never both)."""
+    if OLD_LEAF_KEY not in f.data:
+        return duration(f, "leaf_lifetime", default, LEAF_BOUNDS)
+    if "leaf_lifetime" in f.data:
+        raise f.fail(
+            OLD_LEAF_KEY,
+            "set leaf_lifetime or the older leaf_lifetime_hours, not both: "
+            "remove leaf_lifetime_hours",
+        )
+    return f.bounded(OLD_LEAF_KEY, int, default // 3600, 1, MAX_LEAF_HOURS) * 3600
+
+
+def duration(f: Fields, key: str, default: int, bounds: tuple[int, int]) -> int:
+    """Seconds of the duration at ``key`` (``"24h"``), from ``bounds[0]`` to ``bounds[1]``."""
+    text = f.get(key, str, format_duration(default))
+    seconds = parse_duration_at(f, key, text)
+    low, high = bounds
+    if not low <= seconds <= high:
+        raise f.fail(
+            key, f"must be from {format_duration(low)} to {format_duration(high)}, got {text!r}"
+        )
+    return seconds
+
+
+def parse_duration_at(f: Fields, key: str, text: str) -> int:
+    try:
+        return parse_duration(text)
+    except ConfigError as e:
+        raise f.fail(key, f"{e.message} ({e.hint})") from None
 
 
 @dataclass(frozen=True)
@@ -64,7 +116,7 @@ class MeshConfig:
     def to_toml_dict(self) -> dict[str, Any]:
         """The document written to mesh.toml."""
         mesh = {k: v for k, v in asdict(self).items() if k != "defaults"}
-        return {"mesh": mesh, "defaults": asdict(self.defaults)}
+        return {"mesh": mesh, "defaults": self.defaults.to_toml_dict()}
 
     @classmethod
     def from_toml(cls, path: Path) -> MeshConfig:

@@ -51,9 +51,11 @@ def registry_for(
     subset = Inventory(tuple(h for h in inventory.hosts if h.name in wanted), inventory.vips)
     known = {name: tuple(r.get("ipv6", ())) for name, r in state.joined(fleet.ws).items()}
     known |= ipv6 or {}
-    services = subset.services(fleet.ws.config.defaults.mesh_port, known)
+    defaults = fleet.ws.config.defaults
+    services = subset.services(defaults.mesh_port, known)
+    issuers = inventory.issuers(defaults.admin_port, wanted)  # where renewals are signed
     revoked = in_force(state.revocations(fleet.ws).values(), fleet.now(), wanted)
-    return state.versioned_registry(fleet.ws, services, revoked=revoked)
+    return state.versioned_registry(fleet.ws, services, issuers, revoked)
 
 
 def current_registry(fleet: Fleet) -> Registry:

@@ -6,6 +6,7 @@
     port = 22                # SSH port
     fail_mode = "closed"     # or "open"
     labels = { zone = "a" }
+    issuer = true            # its meshd signs renewals (meshctl issuer add)
 
     [[hosts.web1.services]]
     name = "web"
@@ -22,13 +23,13 @@ derived documents meshctl pushes: the registry and each host's identities.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from meshd.errors import ConfigError
 from meshd.identity import SpiffeId, check_name, check_user, make_id
-from meshd.registry import Endpoint, Registry, Service, check_label
+from meshd.registry import Endpoint, IssuerRef, Registry, Service, check_label
 from meshd.schema import Fields
 
 VIP_RANGE = ipaddress.ip_network("10.255.0.0/16")
@@ -51,6 +52,7 @@ class HostSpec:
     fail_mode: str = "closed"
     labels: tuple[tuple[str, str], ...] = ()
     services: tuple[ServiceSpec, ...] = ()
+    issuer: bool = False  # its meshd holds an issuer CA and signs renewals
 
     def identities(self, trust_domain: str) -> list[SpiffeId]:
         """What this host's certificate must name: the host, then its services."""
@@ -105,6 +107,20 @@ class Inventory:
                 endpoints.setdefault(s.name, []).append(endpoint)
         return [Service(n, vips[n], ports[n], tuple(e)) for n, e in endpoints.items()]
 
+    def issuers(self, admin_port: int, names: Iterable[str]) -> list[IssuerRef]:
+        """The issuers among the hosts ``names``, where renewing meshds reach them."""
+        wanted = set(names)
+        return [
+            IssuerRef(h.name, h.address, admin_port)
+            for h in self.hosts
+            if h.issuer and h.name in wanted
+        ]
+
+    def with_issuer(self, name: str, issuer: bool) -> Inventory:
+        """The inventory with host ``name`` made an issuer, or no longer one."""
+        host = self.host(name)
+        return self if host is None else self.with_host(replace(host, issuer=issuer))
+
     def to_toml_dict(self) -> dict[str, Any]:
         hosts: dict[str, Any] = {}
         for h in self.hosts:
@@ -114,6 +130,7 @@ class Inventory:
                 "port": h.port,
                 "fail_mode": h.fail_mode,
                 "labels": dict(h.labels),
+                **({"issuer": True} if h.issuer else {}),
             }
             entry["services"] = [
                 {"name": s.name, "port": s.port, **({"run_as": s.run_as} if s.run_as else {})}
@@ -136,7 +153,7 @@ class Inventory:
 
 
 def _host(name: str, f: Fields) -> HostSpec:
-    f.unknown({"address", "user", "port", "fail_mode", "labels", "services"})
+    f.unknown({"address", "user", "port", "fail_mode", "labels", "services", "issuer"})
     f.checked("name", name, lambda n: check_name("host", n))
     labels = f.get("labels", dict, {})
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
@@ -158,6 +175,7 @@ def _host(name: str, f: Fields) -> HostSpec:
         fail_mode=f.choice("fail_mode", FAIL_MODES, "closed"),
         labels=tuple(sorted(labels.items())),
         services=tuple(_service(s) for s in f.tables("services")),
+        issuer=f.get("issuer", bool, False),
     )
 
 

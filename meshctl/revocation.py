@@ -26,7 +26,7 @@ MAX_BACKDATE = 300  # seconds: the most a leaf is backdated (meshd.pki.backdate)
 
 def leaf_lifetime(config: MeshConfig) -> int:
     """The mesh's leaf lifetime in seconds (``[defaults]`` of mesh.toml)."""
-    return config.defaults.leaf_lifetime_hours * 3600
+    return config.defaults.leaf_lifetime
 
 
 def backdate(lifetime: int) -> int:

@@ -27,9 +27,9 @@ from meshctl.admin_client import AdminClient, AdminEndpoint
 from meshctl.ca import Authority, MeshCa
 from meshctl.fleet import Fleet, HostResults, fan_out, parallel
 from meshctl.inventory import HostSpec
-from meshctl.issuer_compat import flagged_issuer, install, renew_operator
+from meshctl.issuers import install
 from meshctl.provision.rollout import Outcome, Rollout
-from meshctl.workspace import Workspace
+from meshctl.workspace import Workspace, renew_operator
 from meshd.errors import CertificateError, ConfigError, ConnectError, MeshError
 from meshd.pki import cert_pem
 from meshd.stats import Stats
@@ -160,7 +160,7 @@ def _resign(fleet: Fleet, client: AdminClient, host: HostSpec, root: Authority) 
     """An issuer's CA re-signed by the new root (None: the host is no issuer)."""
     endpoint = fleet.endpoint(host)
     stats = client.stats(endpoint)
-    if not (flagged_issuer(host) or stats.issuer is not None):
+    if not (host.issuer or stats.issuer is not None):
         return None
     if issuer_root(client, endpoint, root.cert) == NEW:
         return "issuer CA already signed by the new root"
@@ -205,7 +205,7 @@ def _look(
     try:
         leaf, stats = _served(client, strict, endpoint)
         issuer = ""
-        if flagged_issuer(host) or stats.issuer is not None:
+        if host.issuer or stats.issuer is not None:
             issuer = issuer_root(client, endpoint, new)
     except MeshError as e:
         return HostRotation(host.name, host.address, error=e.message)

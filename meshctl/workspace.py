@@ -23,6 +23,7 @@ from meshctl import files
 from meshctl.ca import OPERATOR_CERT_LIFETIME, Authority, MeshCa, create_ca, issue_identity
 from meshctl.config import MeshConfig
 from meshd.errors import CertificateError, ConfigError
+from meshd.files import write_private
 from meshd.identity import make_id
 from meshd.pki import cert_pem, load_certs, private_pem
 
@@ -109,12 +110,17 @@ class Workspace:
 
     def issuer(self, passphrase: str | None) -> Authority:
         """The issuing CA with its key decrypted by ``passphrase``."""
-        cert = load_certs(self.issuing_ca_cert)[0]
-        key = load_key(self.issuing_ca_key, passphrase if self.config.ca_key_encrypted else None)
+        return self._authority(self.issuing_ca_cert, self.issuing_ca_key, passphrase)
+
+    def root_authority(self, passphrase: str | None) -> Authority:
+        """The root CA with its key: it signs the issuers' CAs."""
+        return self._authority(self.root_ca_cert, self.root_ca_key, passphrase)
+
+    def _authority(self, cert_path: Path, key_path: Path, passphrase: str | None) -> Authority:
+        cert = load_certs(cert_path)[0]
+        key = load_key(key_path, passphrase if self.config.ca_key_encrypted else None)
         if key.public_key() != cert.public_key():
-            raise CertificateError(
-                f"{self.issuing_ca_key} does not belong to {self.issuing_ca_cert}"
-            )
+            raise CertificateError(f"{key_path} does not belong to {cert_path}")
         return Authority(cert, key)
 
 
@@ -212,6 +218,35 @@ def _write_ca(ws: Workspace, ca: MeshCa, secret: bytes | None) -> None:
 
 def _write(path: Path, data: bytes) -> None:
     files.write_new(path, data, FILE_MODE)
+
+
+OPERATOR_RENEW_AT = 2 / 3  # every command warns past this share of the certificate's life
+
+
+def operator_warning(ws: Workspace, now: dt.datetime) -> str | None:
+    """A one-line warning when the operator certificate is past 2/3 of its life."""
+    cert = load_certs(ws.operator_cert)[0]
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    if (now - start) < (end - start) * OPERATOR_RENEW_AT:
+        return None
+    when = "expired" if end <= now else "expires"
+    return (
+        f"the operator certificate {ws.operator_cert} {when} {end:%Y-%m-%d %H:%M} UTC "
+        "(past 2/3 of its life): run meshctl ca operator renew"
+    )
+
+
+def renew_operator(ws: Workspace, issuing: Authority, now: dt.datetime) -> x509.Certificate:
+    """A new operator key and certificate (90 days) from the issuing CA, in place of the old.
+
+    The key goes first: were meshctl stopped between the two writes, the
+    next renew (which reads neither) mends the pair.
+    """
+    operator = make_id(ws.config.trust_domain, "operator", ws.config.operator)
+    key, cert = issue_identity([operator], issuing, now, OPERATOR_CERT_LIFETIME)
+    write_private(ws.operator_key, private_pem(key))
+    files.write_atomic(ws.operator_cert, cert_pem(cert, issuing.cert), FILE_MODE)
+    return cert
 
 
 def ca_certificates(ws: Workspace) -> list[tuple[str, x509.Certificate]]:

@@ -15,9 +15,10 @@ import typer
 from rich.markup import escape
 
 from meshctl import __version__
-from meshctl.cli import ca, demo, hosts, init, join, rotate, status
+from meshctl.cli import ca, demo, hosts, init, issuer, join, rotate, status
 from meshctl.cli.context import AppContext, app_context
 from meshctl.cli.errors import ExitCode, exit_code_for, render_error
+from meshctl.workspace import operator_warning
 from meshd.errors import MeshError
 
 app = typer.Typer(
@@ -36,6 +37,7 @@ app.add_typer(ca.app, name="ca")
 ca.app.add_typer(rotate.app, name="rotate")
 app.add_typer(hosts.app, name="hosts")
 app.add_typer(demo.app, name="demo")
+app.add_typer(issuer.app, name="issuer")
 
 
 def _version(value: bool) -> None:
@@ -63,6 +65,17 @@ def root(
     actx.debug = actx.debug or debug
     if workspace is not None:
         actx.workspace_path = workspace
+    _warn_operator(actx)
+
+
+def _warn_operator(actx: AppContext) -> None:
+    """One line on stderr when the operator certificate wants renewing (any command)."""
+    try:
+        warning = operator_warning(actx.workspace(), actx.clock())
+    except (MeshError, OSError, ValueError, IndexError):
+        return  # no workspace (yet), or a broken one: the command itself says so
+    if warning:
+        actx.err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
 
 
 def run(argv: Sequence[str], context: AppContext) -> int:

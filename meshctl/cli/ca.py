@@ -1,4 +1,4 @@
-"""``meshctl ca``: inspect the mesh CA and sign CSRs by hand."""
+"""``meshctl ca``: inspect the mesh CA, sign CSRs by hand, renew issuers and the operator."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ from typing import Annotated
 import typer
 from cryptography import x509
 
+from meshctl import issuers, state
 from meshctl.ca import DEFAULT_LEAF_LIFETIME, MAX_LEAF_LIFETIME, sign_csr
+from meshctl.cli.common import finish, make_rollout, rollout_progress
 from meshctl.cli.context import app_context
+from meshctl.fleet import SshOptions
 from meshctl.views.ca import ca_table, summarize
-from meshctl.workspace import ca_certificates
+from meshctl.workspace import ca_certificates, renew_operator
 from meshd.errors import CertificateError, ConfigError
 from meshd.identity import SpiffeId
 from meshd.pki import cert_pem
@@ -89,3 +92,49 @@ def _read_csr(path: Path) -> x509.CertificateSigningRequest:
         raise ConfigError(f"{path}: no such file") from e
     except ValueError as e:
         raise CertificateError(f"{path}: not a PEM certificate signing request") from e
+
+
+@app.command("renew-issuers")
+def renew_issuers(
+    ctx: typer.Context,
+    force: Annotated[
+        bool, typer.Option("--force", help="re-sign every issuer, due or not")
+    ] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Re-sign, with a fresh key on the host, every issuer CA past 2/3 of its life.
+
+    meshctl join does this on the way; meshctl status warns at half its life.
+
+    Example: meshctl ca renew-issuers --force
+    """
+    actx = app_context(ctx)
+    ro = make_rollout(actx, SshOptions())
+    with state.locked(ro.ws), rollout_progress(ro, actx, json_out):
+        outcomes = issuers.renew(ro, force)
+    if not outcomes:
+        actx.err.print("no issuer yet: meshctl issuer add HOST")
+    finish(actx, "renew issuers", outcomes, json_out)
+
+
+operator_app = typer.Typer(help="The operator's own certificate.", no_args_is_help=True)
+app.add_typer(operator_app, name="operator")
+
+
+@operator_app.command("renew")
+def renew_operator_cert(ctx: typer.Context, json_out: JsonOption = False) -> None:
+    """A new operator key and certificate (90 days) from the issuing CA.
+
+    Example: meshctl ca operator renew
+    """
+    actx = app_context(ctx)
+    ws = actx.workspace()
+    issuing = ws.issuer(actx.passphrase() if ws.config.ca_key_encrypted else None)
+    now = actx.clock()
+    with state.locked(ws):
+        cert = renew_operator(ws, issuing, now)
+    summary = summarize("operator", cert, now)
+    if json_out:
+        actx.print_json({"path": str(ws.operator_cert), **summary.to_json()})
+        return
+    actx.out.print(f"[green]renewed[/] {ws.operator_cert} (expires {summary.not_after})")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from typing import Annotated
 
 import typer
 
-from meshctl import revoking, state
+from meshctl import issuers, revoking, state
 from meshctl.cli.common import (
     AcceptOption,
     DryRunOption,
@@ -26,6 +27,7 @@ from meshctl.cli.context import app_context
 from meshctl.fleet import SshOptions
 from meshctl.inventory import HostOverrides, select_hosts
 from meshctl.provision import rollout
+from meshctl.provision.rollout import Outcome, Rollout
 
 
 def join(
@@ -47,15 +49,21 @@ def join(
     dry_run: DryRunOption = False,
     json_out: JsonOption = False,
     connect_timeout: TimeoutOption = 10.0,
+    issuer: Annotated[
+        bool,
+        typer.Option("--issuer", help="make the hosts issuers too (see meshctl issuer add)"),
+    ] = False,
 ) -> None:
     """Join hosts to the mesh over SSH: install meshd, its identity, unit and redirect rules.
 
     Re-running on a joined host changes nothing unless something differs.
+    On the way, issuers past 2/3 of their CA's life are re-signed.
 
     Examples:
       meshctl join root@10.0.0.11 --service api:8080 --accept-new-host-key
       meshctl join web1 api1 db1
       meshctl join --all --dry-run
+      meshctl join web1 --issuer
     """
     actx = app_context(ctx)
     overrides = HostOverrides.parse(services, labels, fail_mode, name)
@@ -65,9 +73,21 @@ def join(
     default_mode = ro.ws.config.defaults.fail_mode
     hosts = select_hosts(inventory, targets or [], all_hosts, overrides, default_mode)
     with state.locked(ro.ws), rollout_progress(ro, actx, json_out):
+        ro.passphrase = functools.cache(ro.passphrase)  # asked once for leaves and issuers
         outcomes = rollout.join_and_push(ro, hosts, dry_run)
+        if not dry_run:
+            outcomes = _issuers_on_the_way(ro, outcomes, issuer)
     title = "dry run" if dry_run else "join"
     finish(actx, title, outcomes, json_out, plans=dry_run, facts=True)
+
+
+def _issuers_on_the_way(ro: Rollout, outcomes: list[Outcome], make: bool) -> list[Outcome]:
+    """``--issuer``: the hosts that joined become issuers; then issuers due are re-signed."""
+    joined = [o.host for o in outcomes if o.ok and o.status in ("joined", "converged")]
+    if make and joined:
+        added = issuers.add(ro, issuers.joined_hosts(ro, joined))
+        outcomes = issuers.merge(outcomes, added)
+    return issuers.merge(outcomes, issuers.renew(ro, force=False, only_due=True))
 
 
 def leave(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 
+from meshctl import state
 from meshctl.cli.common import (
     JsonOption,
     KeyOption,
@@ -16,8 +18,9 @@ from meshctl.cli.context import AppContext, app_context
 from meshctl.cli.errors import ExitCode
 from meshctl.control import current_registry
 from meshctl.fleet import SshOptions
+from meshctl.provision.rollout import Rollout
 from meshctl.provision.status import HostStatus, survey
-from meshctl.views.status import status_table
+from meshctl.views.status import fleet_warnings, status_table
 
 
 def status(
@@ -32,6 +35,8 @@ def status(
     One row per host of hosts.toml: reachable, meshd state, version and
     uptime, registry version, certificate expiry (a warning under a third of
     its life), redirect rules installed, and drift from the workspace.
+    Warnings follow: issuers past half their life, renewals failing, and
+    short leaves with no issuer to renew them.
     Exits 0 when every host is healthy, 8 when some are not.
 
     Example: meshctl status --json
@@ -41,15 +46,33 @@ def status(
     with progress_display(actx, json_out) as report:
         report("fleet", "surveying hosts")
         statuses = survey(ro)
-    _show(actx, statuses, current_registry(ro).version, json_out)
+    warnings = _warnings(ro, statuses)
+    _show(actx, statuses, current_registry(ro).version, json_out, warnings)
     if any(not s.healthy for s in statuses):
         raise typer.Exit(ExitCode.PARTIAL)
 
 
-def _show(actx: AppContext, statuses: list[HostStatus], version: int, json_out: bool) -> None:
+def _warnings(ro: Rollout, statuses: list[HostStatus]) -> list[str]:
+    defaults = ro.ws.config.defaults
+    inventory = state.load_inventory(ro.ws)
+    names = [i.host for i in inventory.issuers(defaults.admin_port, state.joined(ro.ws))]
+    lifetimes = (defaults.leaf_lifetime, defaults.issuer_lifetime)
+    return fleet_warnings(statuses, names, lifetimes, ro.now())
+
+
+def _show(
+    actx: AppContext,
+    statuses: list[HostStatus],
+    version: int,
+    json_out: bool,
+    warnings: list[str],
+) -> None:
     if json_out:
-        actx.print_json({"registry_version": version, "hosts": [s.to_json() for s in statuses]})
+        hosts = [s.to_json() for s in statuses]
+        actx.print_json({"registry_version": version, "hosts": hosts, "warnings": warnings})
     else:
         actx.out.print(status_table(statuses, version))
+    for warning in warnings:
+        actx.err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     if not statuses:
         actx.err.print("no hosts yet: meshctl join [USER@]HOST --service NAME:PORT")

@@ -41,7 +41,7 @@ from meshd.errors import ProvisionError
 from meshd.identity import SpiffeId
 from meshd.rules import remove_document
 
-Signer = Callable[[bytes, tuple[SpiffeId, ...], int], bytes]  # CSR PEM, ids, hours -> chain PEM
+Signer = Callable[[bytes, tuple[SpiffeId, ...], int], bytes]  # CSR PEM, ids, seconds -> chain
 APPLY_RULES = f"{layout.LAUNCHER} rules apply --config {layout.CONFIG}"
 # meshd reload triggers the reload and takes the verdict from meshd itself (/stats on its
 # local socket), never from its log: anything a mesh peer gets into the log could forge it
@@ -189,7 +189,7 @@ class Applier:
             f"chown {layout.USER}:{layout.USER} {key}; chmod 600 {key}",
             "making the host's key",
         )
-        chain = self.sign(csr.encode(), step.identities, step.lifetime_hours)
+        chain = self.sign(csr.encode(), step.identities, step.lifetime)
         self.write_files([FileSpec(cert, chain)])
         self.root(
             f"mv -f {key} {layout.KEY} && mv -f {cert} {layout.CERT}", "installing the identity"

@@ -59,7 +59,7 @@ class DesiredHost:
     registry: Registry  # as pushed, and written to the registry file
     vips: dict[str, str]  # service -> virtual IP, for the /etc/hosts block
     fail_mode: str
-    leaf_lifetime_hours: int
+    leaf_lifetime: int  # seconds
 
     def file(self, path: str) -> FileSpec:
         return next(f for f in self.files if f.path == path)
@@ -144,5 +144,5 @@ def desired_host(
         registry=registry,
         vips={s.name: s.vip for s in registry.services},
         fail_mode=host.fail_mode,
-        leaf_lifetime_hours=mesh.defaults.leaf_lifetime_hours,
+        leaf_lifetime=mesh.defaults.leaf_lifetime,
     )

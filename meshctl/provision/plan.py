@@ -68,7 +68,7 @@ class CreateUser(Step):
 @dataclass(frozen=True)
 class Enroll(Step):
     identities: tuple[SpiffeId, ...]
-    lifetime_hours: int
+    lifetime: int  # seconds
 
     @property
     def title(self) -> str:
@@ -277,7 +277,7 @@ def plan_join(
         steps.append(CreateUser("missing"))
     problem = _cert_problem(facts, desired, issuer, now)
     if problem:
-        steps.append(Enroll(problem, desired.identities, desired.leaf_lifetime_hours))
+        steps.append(Enroll(problem, desired.identities, desired.leaf_lifetime))
     rules_due = _rules_due(facts, desired)
     guarded = (layout.CONFIG, layout.REGISTRY) if rules_due else ()  # written by ApplyRules
     steps += [w for w in writes if w.file.path != layout.LAUNCHER and w.file.path not in guarded]

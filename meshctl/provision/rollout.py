@@ -85,9 +85,9 @@ class Rollout(Fleet):
     def signer(self) -> Callable[[bytes, tuple[SpiffeId, ...], int], bytes]:
         issuer = self.ws.issuer(self.passphrase())
 
-        def sign(csr_pem: bytes, ids: tuple[SpiffeId, ...], hours: int) -> bytes:
+        def sign(csr_pem: bytes, ids: tuple[SpiffeId, ...], seconds: int) -> bytes:
             csr = x509.load_pem_x509_csr(csr_pem)
-            cert = sign_csr(csr, list(ids), issuer, self.now(), dt.timedelta(hours=hours))
+            cert = sign_csr(csr, list(ids), issuer, self.now(), dt.timedelta(seconds=seconds))
             return cert_pem(cert, issuer.cert)
 
         return sign

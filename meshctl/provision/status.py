@@ -23,7 +23,7 @@ from meshctl.provision.rollout import Rollout
 from meshd.errors import MeshError, ProvisionError
 from meshd.registry import Registry
 from meshd.rules import FILTER, NAT, REDIRECT, REJECT, V6, our_jumps
-from meshd.stats import Stats
+from meshd.stats import RenewalReport, Stats
 
 WARN_LIFE_LEFT = 1 / 3  # warn when less than a third of the certificate's life is left
 
@@ -57,6 +57,8 @@ class HostStatus:
     ipv6_rules: str = ""  # what the host's ip6tables rules do: REDIRECT, REJECT, "" (none)
     drift: list[str] = field(default_factory=list)
     admin_error: str | None = None
+    renewal: RenewalReport | None = None  # how meshd renews its own certificate (/stats)
+    issuer_not_after: str = ""  # its issuer CA's end, when it is one (/stats)
 
     @property
     def cert_warning(self) -> bool:
@@ -87,7 +89,8 @@ class HostStatus:
         return not served and self.ipv6_rules == REDIRECT
 
     def to_json(self) -> dict[str, Any]:
-        data = {k: v for k, v in self.__dict__.items() if k != "cert_not_after"}
+        data = {k: v for k, v in self.__dict__.items() if k not in ("cert_not_after", "renewal")}
+        data["renewal"] = self.renewal.to_json() if self.renewal else None
         data["cert_not_after"] = self.cert_not_after.isoformat() if self.cert_not_after else None
         data["cert_warning"] = self.cert_warning
         data["healthy"] = self.healthy
@@ -172,3 +175,5 @@ def _admin_look(stats: Stats, status: HostStatus) -> None:
     status.registry_version = stats.registry_version
     status.config_version = stats.documents.get("config")
     status.ipv6 = stats.ipv6
+    status.renewal = stats.renewal
+    status.issuer_not_after = stats.issuer.not_after if stats.issuer else ""

@@ -19,6 +19,10 @@ STYLES = {
     "left": "green",
     "planned": "cyan",
     "registry": "green",
+    "issuer": "green",  # meshctl issuer add, join --issuer
+    "renewed": "green",  # meshctl ca renew-issuers
+    "current": "green",
+    "removed": "green",
     "forgotten": "yellow",
     "revoked": "yellow",
     "trusted": "cyan",

@@ -1,11 +1,17 @@
-"""The fleet table of ``meshctl status``: one row per host, problems in colour."""
+"""The fleet table of ``meshctl status``: one row per host, problems in colour; and the
+warnings about the mesh's identities (issuers, renewal) printed under it."""
 
 from __future__ import annotations
+
+import datetime as dt
 
 from rich.markup import escape
 from rich.table import Table
 
+from meshctl.issuers import WARN_AT, parse_time, past_share
 from meshctl.provision.status import HostStatus
+from meshd.schema import format_duration
+from meshd.telemetry.logs import clean
 
 
 def _uptime(seconds: float | None) -> str:
@@ -126,3 +132,51 @@ def status_table(statuses: list[HostStatus], registry_version: int) -> Table:
             _problems(s),
         )
     return table
+
+
+SHORT_LEAF = 7 * 86400  # leaves that need an issuer: nobody re-joins every host weekly
+
+
+def fleet_warnings(
+    statuses: list[HostStatus],
+    issuers: list[str],
+    lifetimes: tuple[int, int],
+    now: dt.datetime,
+) -> list[str]:
+    """One line per thing to act on: issuers past half their life, failing renewals, and
+    short leaves without any issuer. ``lifetimes``: mesh.toml's leaf and issuer lifetimes."""
+    leaf, issuer_life = lifetimes
+    by_host = {s.host: s for s in statuses}
+    found = [
+        w
+        for name in issuers
+        if name in by_host
+        for w in _issuer_warning(by_host[name], issuer_life, now)
+    ]
+    for s in statuses:
+        if s.renewal is not None and s.renewal.state == "failing":
+            found.append(
+                f"{s.host}: certificate renewal failing ({s.renewal.failures} attempt(s)): "
+                f"{clean(s.renewal.last_error) or 'no error reported'}; see meshctl issuer list"
+            )
+    if not issuers and statuses and leaf <= SHORT_LEAF:
+        found.append(
+            f"no issuer, and leaves live {format_duration(leaf)}: no host renews its "
+            "certificate; add one: meshctl issuer add HOST"
+        )
+    return found
+
+
+def _issuer_warning(s: HostStatus, lifetime: int, now: dt.datetime) -> list[str]:
+    """An issuer whose meshd answered: without a CA, or past half its CA's life."""
+    if s.admin_error is not None or s.version is None:
+        return []  # its row says why it did not answer
+    end = parse_time(s.issuer_not_after)
+    if end is None:
+        return [f"issuer {s.host} holds no issuer CA: run meshctl issuer add {s.host}"]
+    if not past_share(end, now, lifetime, WARN_AT):
+        return []
+    return [
+        f"issuer {s.host}: its CA is past half its life (until {end:%Y-%m-%d %H:%M} UTC): "
+        "run meshctl ca renew-issuers"
+    ]

@@ -17,7 +17,7 @@ from meshctl.inventory import (
     parse_service,
 )
 from meshd.errors import ConfigError
-from meshd.registry import Registry, check_vip_range
+from meshd.registry import IssuerRef, Registry, check_vip_range
 
 WEB1 = HostSpec("web1", "10.0.0.11", services=(ServiceSpec("web", 8080, "www-data"),))
 API1 = HostSpec(
@@ -30,6 +30,37 @@ def test_roundtrip_through_toml() -> None:
     inventory = Inventory().with_host(WEB1).with_host(API1).with_host(API2)
     again = Inventory.from_dict(toml.loads(toml.dumps(inventory.to_toml_dict())), "hosts.toml")
     assert again == inventory
+
+
+def test_issuer_flag_round_trips_and_is_written_only_when_set() -> None:
+    inventory = Inventory().with_host(WEB1).with_host(API1).with_issuer("api1", True)
+    doc = inventory.to_toml_dict()
+    assert doc["hosts"]["api1"]["issuer"] is True and "issuer" not in doc["hosts"]["web1"]
+    assert Inventory.from_dict(toml.loads(toml.dumps(doc)), "hosts.toml") == inventory
+    assert inventory.with_issuer("api1", False).host("api1") == API1
+    assert inventory.with_issuer("nobody", True) == inventory
+
+
+@pytest.mark.parametrize(
+    ("issuers", "names", "expected"),
+    [
+        ((), ("web1", "api1"), []),
+        (("api1",), ("web1", "api1"), [IssuerRef("api1", "10.0.0.12", 15000)]),
+        (("api1",), ("web1",), []),  # not joined: not where anyone renews
+        (
+            ("api1", "web1"),
+            ("web1", "api1", "api2"),
+            [IssuerRef("api1", "10.0.0.12", 15000), IssuerRef("web1", "10.0.0.11", 15000)],
+        ),
+    ],
+)
+def test_issuers(
+    issuers: tuple[str, ...], names: tuple[str, ...], expected: list[IssuerRef]
+) -> None:
+    inventory = Inventory().with_host(WEB1).with_host(API1).with_host(API2)
+    for name in issuers:
+        inventory = inventory.with_issuer(name, True)
+    assert inventory.issuers(15000, names) == expected
 
 
 def test_vips_are_stable_and_never_reused() -> None:
@@ -120,6 +151,10 @@ def _doc(**host: Any) -> dict[str, Any]:
         # what meshd would refuse in the registry, refused here first
         ({"hosts": {"h": {"address": "10.255.0.7"}}}, r"hosts.h.address: 10.255.0.7 is inside"),
         (_doc(labels={"zone": "a b"}), r"hosts.h1.labels: invalid label 'zone'='a b'"),
+        (
+            {"hosts": {"h": {"address": "10.0.0.1", "issuer": "yes"}}},
+            r"hosts.h.issuer: expected bool",
+        ),
         (
             {"vips": {"a": "10.255.0.1", "b": "10.255.0.1"}},
             r"vips.b: 10.255.0.1 is also the VIP of 'a'",

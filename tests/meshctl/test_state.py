@@ -12,7 +12,7 @@ from meshctl.config import MeshConfig
 from meshctl.inventory import HostSpec, Inventory, ServiceSpec
 from meshctl.workspace import HOSTS_HEADER, Workspace, init_workspace
 from meshd.errors import ConfigError
-from meshd.registry import Registry, Revocation, Service
+from meshd.registry import IssuerRef, Registry, Revocation, Service
 from tests.meshctl.helpers import NOW, TD
 
 CONFIG = MeshConfig("t", TD, "alice", ca_key_encrypted=False)
@@ -39,6 +39,17 @@ def test_registry_version_moves_only_when_content_changes(tmp_path: Path) -> Non
     state.record_registry(ws, second)
     assert state.versioned_registry(ws, WEB).version == 3  # back to old content: still new
     assert mode(ws.root / "applied" / "registry.json") == 0o600
+
+
+def test_registry_version_moves_when_its_issuers_change(tmp_path: Path) -> None:
+    ws = workspace(tmp_path)
+    state.record_registry(ws, state.versioned_registry(ws, WEB))
+    issuer = IssuerRef("web1", "10.0.0.11", 15000)
+    with_issuer = state.versioned_registry(ws, WEB, [issuer])
+    assert with_issuer == Registry(2, WEB, (issuer,))
+    state.record_registry(ws, with_issuer)
+    assert state.versioned_registry(ws, WEB, [issuer]).version == 2
+    assert state.versioned_registry(ws, WEB).version == 3  # none left: a change too
 
 
 def test_unrecorded_registry_keeps_its_version(tmp_path: Path) -> None:

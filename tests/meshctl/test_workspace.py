@@ -73,6 +73,14 @@ def test_keys_need_the_passphrase(ws: Workspace) -> None:
         assert with_pass.returncode == 0
 
 
+def test_root_authority_needs_the_passphrase(ws: Workspace) -> None:
+    root = ws.root_authority(PASS)
+    assert root.cert.subject.rfc4514_string() == "CN=t root CA,O=mesh t"
+    assert root.key.public_key() == root.cert.public_key()
+    with pytest.raises(CertificateError, match=f"cannot decrypt {ws.root_ca_key}"):
+        ws.root_authority("not the passphrase")
+
+
 def test_openssl_verifies_chain(ws: Workspace) -> None:
     for leaf in (ws.issuing_ca_cert, ws.operator_cert):
         result = subprocess.run(

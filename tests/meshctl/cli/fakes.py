@@ -5,10 +5,14 @@
 model as each command ``meshctl.provision.apply`` sends would change the
 host, and answers the fact script from it, so that ``join`` and ``leave``
 run their real plans, apply and checks against it. ``ScriptedMeshd`` is the
-admin API of every host's meshd (PUT /registry, /stats): it talks to no
-socket, and a pushed registry reaches the host's rules and names at once,
-as ``meshd-sync`` would. ``FakeMesh`` ties hosts, workspace and a fake
-meshd bundle together and runs meshctl in-process with them.
+admin API of every host's meshd (PUT /registry, /stats, the issuer's
+POST /issuer/csr, GET and PUT /issuer, and a CA rotation's PUT /trust and
+POST /renew): it talks to no socket, and a pushed registry reaches the
+host's rules and names at once, as ``meshd-sync`` would. It decides mutual
+TLS as meshd does, from the roots each side trusts, so that a step taken
+out of order in a CA rotation fails as it would on real hosts.
+``FakeMesh`` ties hosts, workspace and a fake meshd bundle together and
+runs meshctl in-process with them.
 """
 
 from __future__ import annotations
@@ -91,17 +95,19 @@ class FakeHost(FakeTransport):
     pushed: dict[str, Any] | None = None  # the registry meshd took over its admin API
     synced: int | None = None  # the version meshd-sync put in place
     refuse_push: str | None = None  # meshd answers a PUT /registry with this error
+    stages: int = 0
+    issuer_key: ec.EllipticCurvePrivateKey | None = None  # made by POST /issuer/csr
+    issuer: dict[str, Any] | None = None  # the issuer document meshd runs (PUT /issuer)
+    issuer_csrs: int = 0  # fresh issuer keys made
+    no_issuer_api: bool = False  # a meshd from before issuers: 404 on /issuer
+    renewal: dict[str, Any] | None = None  # what /stats says of its renewal
     renewed_serial: str = ""  # the serial of a certificate meshd renewed (none: the files')
-    # the CA lifecycle: the root its running leaf chains to (b"": the mesh's first root), the
-    # pushed trust document, its issuer CA document and pending key, and its renewal
+    # a CA rotation: the root its running leaf chains to (b"": the mesh's first root), the
+    # pushed trust document, and its renewal
     served_root: bytes = b""
     trust: dict[str, Any] | None = None
-    issuer_doc: dict[str, Any] | None = None
-    issuer_key: ec.EllipticCurvePrivateKey | None = None
-    stuck: bool = False  # POST /renew renews nothing
     refuse_trust: str | None = None  # meshd answers a PUT /trust with this error
-    renewal_error: str = ""  # renewal fails, saying this
-    stages: int = 0
+    stuck: bool = False  # POST /renew renews nothing
 
     def run(self, command: str, *, timeout: float = 120, root: bool = True) -> Result:
         self.commands.append(command)
@@ -334,16 +340,17 @@ class ScriptedMeshd(AdminClient):
         self._handshake(host, endpoint)
         if (method, path) == ("PUT", "/registry"):
             return self._put(host, doc)
+        if path.startswith("/issuer"):
+            return self._issuer(host, endpoint.host, method, path, doc)
         if (method, path) != ("GET", "/stats"):
-            return Lifecycle(self.mesh, host, endpoint.host).answer(method, path, doc)
+            return Rotation(self.mesh, host).answer(method, path, doc)
         return self._reply(200, self._stats(host))
 
     def _handshake(self, host: FakeHost, endpoint: AdminEndpoint) -> None:
         """What mutual TLS decides: meshd's leaf verifies under our bundle, ours under its."""
         served = host.served_root or self.mesh.first_root
-        if served not in [
-            _pem(c) for c in x509.load_pem_x509_certificates(self.bundle.read_bytes())
-        ]:
+        ours = x509.load_pem_x509_certificates(self.bundle.read_bytes())
+        if served not in [_pem(c) for c in ours]:
             raise ConnectError(  # as AdminClient says it
                 f"{endpoint.where} presented a certificate the trust bundle does not accept: "
                 "certificate verify failed",
@@ -356,6 +363,35 @@ class ScriptedMeshd(AdminClient):
                 f"{endpoint.where} closed the connection before answering",
                 hint=f"meshd may have refused the operator certificate {self.cert}",
             )
+
+    def _issuer(self, host: FakeHost, name: str, method: str, path: str, doc: Any) -> AdminReply:
+        if host.no_issuer_api:
+            return self._reply(404, {"error": "not found"})
+        if (method, path) == ("POST", "/issuer/csr"):
+            host.issuer_key, host.issuer_csrs = generate_key(), host.issuer_csrs + 1
+            ids = [make_id(self.trust_domain, "issuer", name)]
+            csr = build_csr(host.issuer_key, ids).public_bytes(serialization.Encoding.PEM)
+            return self._reply(200, {"csr_pem": csr.decode()})
+        if (method, path) == ("GET", "/issuer"):
+            return self._reply(200, host.issuer) if host.issuer else self._reply(404, {})
+        assert (method, path) == ("PUT", "/issuer"), (method, path)
+        return self._put_issuer(host, doc)
+
+    def _put_issuer(self, host: FakeHost, doc: Any) -> AdminReply:
+        """As meshd checks it: a newer version, a CA for the pending key, under the root."""
+        current = host.issuer["version"] if host.issuer else 0
+        if doc["version"] <= current:
+            return self._reply(409, {"error": f"issuer version {doc['version']} is not newer"})
+        if doc["cert_pem"]:
+            cert = x509.load_pem_x509_certificate(doc["cert_pem"].encode())
+            roots = host.trust_roots() or [self.mesh.first_root]  # what meshd runs with
+            assert any(_signed(cert, root) for root in roots)
+            basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+            assert basic.ca and basic.path_length == 0
+            assert host.issuer_key is not None
+            assert cert.public_key() == host.issuer_key.public_key()
+        host.issuer = dict(doc)
+        return self._reply(200, {"status": "applied", "version": doc["version"]})
 
     def _put(self, host: FakeHost, doc: Any) -> AdminReply:
         if host.refuse_push is not None:
@@ -372,18 +408,22 @@ class ScriptedMeshd(AdminClient):
 
     def _stats(self, host: FakeHost) -> dict[str, Any]:
         return {
-            "certificate_serial": host.serial,
             "ready": True,
             "version": "0.1.0",
             "uptime_seconds": 60.0,
             "registry_version": host.registry_version,
             "synced_registry_version": host.synced,
             "documents": {"trust": host.trust["version"]} if host.trust else {},
-            "renewal": {"state": "failing", "last_error": host.renewal_error}
-            if host.renewal_error
-            else {"state": "ok"},
-            "issuer": {"not_after": "2026-12-27T12:00:00+00:00"} if host.issuer_doc else None,
+            "certificate_serial": host.serial,
+            "issuer": self._issuer_report(host),
+            "renewal": host.renewal,
         }
+
+    def _issuer_report(self, host: FakeHost) -> dict[str, Any] | None:
+        if not host.issuer or not host.issuer["cert_pem"]:
+            return None
+        cert = x509.load_pem_x509_certificate(host.issuer["cert_pem"].encode())
+        return {"not_after": cert.not_valid_after_utc.isoformat(), "signed": 3, "refused": 1}
 
     def _reply(self, status: int, body: Any) -> AdminReply:
         return AdminReply(status, body, NOW + dt.timedelta(hours=24))
@@ -402,26 +442,21 @@ def _signed(cert: x509.Certificate, root_pem: bytes) -> bool:
 
 
 @dataclass
-class Lifecycle:
-    """meshd's identity lifecycle routes on one fake host: trust, issuer, renew."""
+class Rotation:
+    """meshd's routes for a CA rotation on one fake host: PUT /trust and POST /renew."""
 
     mesh: FakeMesh
     host: FakeHost
-    name: str
 
     def answer(self, method: str, path: str, doc: Any) -> AdminReply:
-        route = {
-            ("PUT", "/trust"): self.put_trust,
-            ("POST", "/renew"): self.renew,
-            ("POST", "/issuer/csr"): self.issuer_csr,
-            ("PUT", "/issuer"): self.put_issuer,
-            ("GET", "/issuer"): self.get_issuer,
-        }.get((method, path))
-        assert route is not None, (method, path)
-        status, body = route(doc)
+        route = {("PUT", "/trust"): self.put_trust, ("POST", "/renew"): self.renew}
+        handler = route.get((method, path))
+        assert handler is not None, (method, path)
+        status, body = handler(doc)
         return AdminReply(status, body, NOW + dt.timedelta(hours=24))
 
     def put_trust(self, doc: Any) -> tuple[int, Any]:
+        """As meshd takes it: newer (or the same), and its own leaf verifies under it."""
         if self.host.refuse_trust is not None:
             return 500, {"error": self.host.refuse_trust}
         current = self.host.trust or {"version": 0}
@@ -430,10 +465,9 @@ class Lifecycle:
         ):
             return 409, {"error": f"trust version {doc['version']} is older or conflicting"}
         served = self.host.served_root or self.mesh.first_root
-        if served not in [
-            _pem(c) for c in x509.load_pem_x509_certificates(doc["bundle_pem"].encode())
-        ]:
-            return 409, {"error": "meshd's own certificate does not verify under this trust bundle"}
+        roots = x509.load_pem_x509_certificates(doc["bundle_pem"].encode())
+        if served not in [_pem(c) for c in roots]:
+            return 409, {"error": "meshd's own certificate does not verify under this bundle"}
         status = "unchanged" if doc == current else "applied"
         self.host.trust = doc
         return 200, {"status": status, "version": doc["version"]}
@@ -443,36 +477,14 @@ class Lifecycle:
         if self.host.stuck:
             return 202, {"renewing": True}
         for other in sorted(self.mesh.hosts.values(), key=lambda h: h.hostname):
-            cert = other.issuer_doc and x509.load_pem_x509_certificate(
-                other.issuer_doc["cert_pem"].encode()
-            )
+            pem = (other.issuer or {}).get("cert_pem", "")
+            cert = x509.load_pem_x509_certificate(pem.encode()) if pem else None
             root = next((r for r in self.host.trust_roots() if cert and _signed(cert, r)), None)
             if root is not None:
                 self.host.served_root = root
                 self.host.renewed_serial = format(x509.random_serial_number(), "X")
                 break
         return 202, {"renewing": True}
-
-    def issuer_csr(self, doc: Any) -> tuple[int, Any]:
-        self.host.issuer_key = generate_key()
-        issuer = make_id(self.mesh.ws.config.trust_domain, "issuer", self.name)
-        csr = build_csr(self.host.issuer_key, [issuer]).public_bytes(serialization.Encoding.PEM)
-        return 200, {"csr_pem": csr.decode()}
-
-    def put_issuer(self, doc: Any) -> tuple[int, Any]:
-        cert = x509.load_pem_x509_certificate(doc["cert_pem"].encode())
-        key = self.host.issuer_key
-        if key is None or cert.public_key() != key.public_key():
-            return 409, {"error": "the issuer CA is not for this host's issuer key"}
-        if not any(_signed(cert, r) for r in self.host.trust_roots()):
-            return 409, {"error": "the issuer CA does not chain to the trust bundle"}
-        self.host.issuer_doc = doc
-        return 200, {"status": "applied", "version": doc["version"]}
-
-    def get_issuer(self, doc: Any) -> tuple[int, Any]:
-        if self.host.issuer_doc is None:
-            return 404, {"error": "no issuer CA"}
-        return 200, self.host.issuer_doc
 
 
 @dataclass
@@ -483,7 +495,7 @@ class FakeMesh:
     hosts: dict[str, FakeHost] = field(default_factory=dict)
     unreachable: set[str] = field(default_factory=set)  # addresses that answer nothing
     requests: list[tuple[str, str, str]] = field(default_factory=list)  # admin API: host, ...
-    now: dt.datetime = NOW  # meshctl's clock
+    clock: Callable[[], dt.datetime] = lambda: NOW
 
     def __post_init__(self) -> None:
         self.ws = init_workspace(self.root / "ws", MESH, None, NOW)
@@ -516,7 +528,7 @@ class FakeMesh:
             out=out,
             err=err,
             environ={},
-            clock=lambda: self.now,
+            clock=self.clock,
             interactive=False,
             workspace_path=self.ws.root,
             connect=self.connect,

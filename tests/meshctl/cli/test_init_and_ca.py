@@ -34,6 +34,8 @@ def ws(tmp_path: Path) -> Path:
 def test_init_reports_and_defaults(ws: Path) -> None:
     config = (ws / "mesh.toml").read_text()
     assert 'name = "prod"' in config and 'trust_domain = "prod.example"' in config
+    assert 'leaf_lifetime = "24h"' in config and 'issuer_lifetime = "30d"' in config
+    assert "leaf_lifetime_hours" not in config
 
 
 def test_init_output_names_identity_and_next_step(tmp_path: Path) -> None:

@@ -130,7 +130,7 @@ def test_revocations_leave_the_registry_once_expired(
 ) -> None:
     mesh = fleet(tmp_path, "web1", "api1", "db1")
     assert mesh.meshctl("revoke", "web1").code == 0
-    mesh.now = dt.datetime.fromtimestamp(later, dt.UTC)
+    mesh.clock = lambda: dt.datetime.fromtimestamp(later, dt.UTC)
     done = mesh.meshctl("revoke", "db1")
     assert done.code == 0, done.out + done.err
     assert [e["host"] for e in revoked(mesh, "api1")] == hosts

@@ -15,22 +15,18 @@ from pathlib import Path
 from cryptography import x509
 
 from meshctl import castore
-from meshctl.issuer_compat import sign_issuer
+from meshctl.ca import sign_issuer
 from meshd.identity import make_id
-from meshd.pki import build_csr, cert_pem, generate_key, load_certs
+from meshd.pki import build_csr, cert_pem, load_certs
 from tests.meshctl.cli.fakes import FLEET, FakeMesh, Reply, at, fleet
 from tests.meshctl.helpers import NOW, TD
 
 
 def with_issuer(tmp_path: Path) -> FakeMesh:
-    """web1, api1 and db1 joined; db1 an issuer with a CA of the first root."""
+    """web1, api1 and db1 joined; db1 an issuer (meshctl issuer add) under the first root."""
     mesh = fleet(tmp_path, "web1", "api1", "db1")
-    db1 = at(mesh, "db1")
-    db1.issuer_key = generate_key()
-    csr = build_csr(db1.issuer_key, [make_id(TD, "issuer", "db1")])
-    root = castore.load(mesh.ws, "", None).root
-    cert = sign_issuer(csr, "db1", root, NOW, dt.timedelta(days=30), TD)
-    db1.issuer_doc = {"version": 1, "cert_pem": cert_pem(cert).decode(), "leaf_lifetime": 86400}
+    added = mesh.meshctl("issuer", "add", "db1")
+    assert added.code == 0, added.out + added.err
     return mesh
 
 
@@ -60,9 +56,7 @@ def test_begin_trusts_both_roots_then_resigns_issuers_then_renews(tmp_path: Path
         puts = [i for i, r in enumerate(mesh.requests) if r == (name, "PUT", "/trust")]
         renews = [i for i, r in enumerate(mesh.requests) if r == (name, "POST", "/renew")]
         assert len(puts) == len(renews) == 1 and puts[0] < renews[0]
-    issuer_ca = x509.load_pem_x509_certificate(
-        (at(mesh, "db1").issuer_doc or {})["cert_pem"].encode()
-    )
+    issuer_ca = x509.load_pem_x509_certificate((at(mesh, "db1").issuer or {})["cert_pem"].encode())
     assert castore.signed_by(issuer_ca, x509.load_pem_x509_certificate(new))
     assert roots_of(mesh.ws.trust_bundle.read_bytes()) == [old, new]  # later joins: both
     assert castore.operator_under(mesh.ws, castore.load_issuing_cert(mesh.ws, "next"))
@@ -86,7 +80,7 @@ def test_begin_twice_keeps_the_new_ca_and_changes_nothing_more(tmp_path: Path) -
 
 def test_begin_goes_no_further_until_every_host_trusts_both_roots(tmp_path: Path) -> None:
     mesh = with_issuer(tmp_path)
-    old_issuer = at(mesh, "db1").issuer_doc
+    old_issuer = at(mesh, "db1").issuer
     mesh.unreachable.add(FLEET["api1"][0])
     mesh.requests.clear()
     begun = mesh.meshctl("ca", "rotate", "begin", "--json")
@@ -97,7 +91,7 @@ def test_begin_goes_no_further_until_every_host_trusts_both_roots(tmp_path: Path
         "api1": "failed",
         "db1": "trusted",
     }
-    assert at(mesh, "db1").issuer_doc == old_issuer
+    assert at(mesh, "db1").issuer == old_issuer
     assert not [r for r in mesh.requests if r[1] == "POST"]
     assert castore.operator_under(mesh.ws, castore.load_issuing_cert(mesh.ws))  # the old CA's
     assert "run meshctl ca rotate begin again" in begun.json()["notes"][-1]
@@ -112,7 +106,7 @@ def test_begin_goes_no_further_until_every_host_trusts_both_roots(tmp_path: Path
 def test_finish_refuses_naming_the_hosts_on_the_old_root(tmp_path: Path) -> None:
     mesh = with_issuer(tmp_path)
     at(mesh, "api1").stuck = True
-    at(mesh, "api1").renewal_error = "no issuer answered"
+    at(mesh, "api1").renewal = {"state": "failing", "last_error": "no issuer answered"}
     ok(mesh.meshctl("ca", "rotate", "begin"))
     before = {p: p.read_bytes() for p in (mesh.ws.root / "ca").rglob("*") if p.is_file()}
     mesh.requests.clear()
@@ -136,11 +130,11 @@ def test_finish_refuses_while_an_issuer_holds_a_ca_of_the_old_root(tmp_path: Pat
     mesh = with_issuer(tmp_path)
     ok(mesh.meshctl("ca", "rotate", "begin"))
     db1 = at(mesh, "db1")
-    assert db1.issuer_doc is not None and db1.issuer_key is not None
+    assert db1.issuer is not None and db1.issuer_key is not None
     root = castore.load(mesh.ws, "", None).root
     csr = build_csr(db1.issuer_key, [make_id(TD, "issuer", "db1")])
     old = sign_issuer(csr, "db1", root, NOW, dt.timedelta(days=30), TD)
-    db1.issuer_doc = {**db1.issuer_doc, "cert_pem": cert_pem(old).decode()}
+    db1.issuer = {**db1.issuer, "cert_pem": cert_pem(old).decode()}
     refused = mesh.meshctl("ca", "rotate", "finish")
     assert refused.code == 7, refused.out + refused.err
     assert "still needed by db1 (its issuer CA is old root)" in refused.err

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
-from tests.meshctl.cli.fakes import FLEET, fleet
+from tests.meshctl.cli.fakes import FLEET, at, fleet
+from tests.meshctl.helpers import NOW
 
 
 def test_every_host_healthy_exits_0(tmp_path: Path) -> None:
@@ -40,3 +42,21 @@ def test_one_host_unreachable_is_shown_and_exits_8(tmp_path: Path) -> None:
     }
     assert "unreachable" in lines["api1"] and "no answer within 5s" in lines["api1"]
     assert "healthy" in lines["web1"] and "healthy" in lines["db1"]
+
+
+def test_warns_about_issuers_and_renewals(tmp_path: Path) -> None:
+    mesh = fleet(tmp_path, "web1", "api1", "db1")
+    first = mesh.meshctl("status", "--json")
+    assert first.json()["warnings"] == [
+        "no issuer, and leaves live 1d: no host renews its certificate; "
+        "add one: meshctl issuer add HOST"
+    ]
+    assert "warning: no issuer, and leaves live 1d" in first.err
+    assert mesh.meshctl("issuer", "add", "web1").code == 0
+    assert mesh.meshctl("status", "--json").json()["warnings"] == []
+    at(mesh, "db1").renewal = {"state": "failing", "failures": 2, "last_error": "web1: refused"}
+    mesh.clock = lambda: NOW + dt.timedelta(days=16)
+    status = mesh.meshctl("status")
+    assert "warning: issuer web1: its CA is past half its life" in status.err
+    assert "run meshctl ca renew-issuers" in status.err
+    assert "warning: db1: certificate renewal failing (2 attempt(s)): web1: refused" in status.err

@@ -133,8 +133,8 @@ def test_enroll_signs_the_hosts_csr_and_installs_the_chain() -> None:
     )
     signed: list[tuple[bytes, tuple[SpiffeId, ...], int]] = []
 
-    def sign(csr: bytes, identities: tuple[SpiffeId, ...], hours: int) -> bytes:
-        signed.append((csr, identities, hours))
+    def sign(csr: bytes, identities: tuple[SpiffeId, ...], seconds: int) -> bytes:
+        signed.append((csr, identities, seconds))
         return b"chain"
 
     Applier(host, never, sign=sign).run_step(Enroll("x", ids, 24))

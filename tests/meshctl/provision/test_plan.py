@@ -255,7 +255,7 @@ def test_rules_are_reapplied_without_adding_the_jumps_again() -> None:
 def test_enroll_says_why(cert: str, problem: str) -> None:
     (enroll,) = [s for s in join(replace(CONVERGED, cert_pem=cert)).steps if isinstance(s, Enroll)]
     assert problem in enroll.why
-    assert enroll.lifetime_hours == MESH.defaults.leaf_lifetime_hours
+    assert enroll.lifetime == MESH.defaults.leaf_lifetime == 86400
 
 
 def test_leave_on_a_pristine_host_does_nothing() -> None:

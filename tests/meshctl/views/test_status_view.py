@@ -9,8 +9,11 @@ import pytest
 from rich.console import Console
 
 from meshctl.provision.status import HostStatus
-from meshctl.views.status import status_table
+from meshctl.views.status import fleet_warnings, status_table
+from meshd.stats import RenewalReport
 from tests.meshctl.helpers import NOW
+
+DAY = dt.timedelta(days=1)
 
 HEALTHY = HostStatus(
     "web1",
@@ -154,3 +157,52 @@ def test_ipv6_that_meshd_does_not_serve_is_shown_as_the_rules_treat_it(
     assert status.healthy == healthy
     (row,) = rows(render(status))
     assert (note in row["notes"]) if note else row["notes"] == "healthy"
+
+
+FAILING = RenewalReport(state="failing", failures=4, last_error="no issuer answered")
+
+
+@pytest.mark.parametrize(
+    ("statuses", "issuers", "leaf", "expected"),
+    [
+        ([HEALTHY], [], 86400, ["no issuer, and leaves live 1d: no host renews its certificate"]),
+        ([HEALTHY], [], 30 * 86400, []),  # long leaves: re-joining them is the plan
+        ([], [], 86400, []),  # no hosts yet: nothing to renew
+        ([replace(HEALTHY, issuer_not_after=(NOW + 16 * DAY).isoformat())], ["web1"], 86400, []),
+        (
+            [replace(HEALTHY, issuer_not_after=(NOW + 14 * DAY).isoformat())],
+            ["web1"],
+            86400,
+            [
+                "issuer web1: its CA is past half its life (until 2026-12-11 12:00 UTC): run "
+                "meshctl ca renew-issuers"
+            ],
+        ),
+        (
+            [replace(HEALTHY, renewal=FAILING)],
+            ["db1"],
+            86400,
+            ["web1: certificate renewal failing (4 attempt(s)): no issuer answered"],
+        ),
+        ([replace(HEALTHY, renewal=RenewalReport(state="ok"))], ["db1"], 86400, []),
+        (
+            [HEALTHY],
+            ["web1"],
+            86400,
+            ["issuer web1 holds no issuer CA: run meshctl issuer add web1"],
+        ),
+        ([replace(HEALTHY, admin_error="refused")], ["web1"], 86400, []),  # said in its row
+        (  # meshd's words, one printable line
+            [replace(HEALTHY, renewal=replace(FAILING, last_error="a\nb\x1b[31m"))],
+            ["db1"],
+            86400,
+            ["web1: certificate renewal failing (4 attempt(s)): a\\nb\\x1b[31m;"],
+        ),
+    ],
+)
+def test_fleet_warnings(
+    statuses: list[HostStatus], issuers: list[str], leaf: int, expected: list[str]
+) -> None:
+    found = fleet_warnings(statuses, issuers, (leaf, 30 * 86400), NOW)
+    assert len(found) == len(expected)
+    assert all(line.startswith(start) for line, start in zip(found, expected, strict=True))
