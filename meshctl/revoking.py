@@ -26,6 +26,12 @@ from meshd.errors import ConfigError
 from meshd.identity import check_name
 from meshd.registry import Revocation
 
+# a revocation names leaves; an issuer CA's key signs new ones until the CA expires
+ISSUER_NOTE = (
+    "it was an issuer: out of the registry, but leaves its issuer CA signs still verify "
+    "until that CA expires; if its key may be compromised, meshctl ca rotate begin"
+)
+
 
 def leave_and_revoke(
     ro: Rollout, hosts: list[HostSpec], dry_run: bool, forget: bool
@@ -66,6 +72,8 @@ def _revoke(
     done = [describe(record(fleet, spec.name, (joined, seen.get(spec.name, ""))))]
     if spec.name in members and spec.name not in seen:
         done.append("its meshd did not answer: the serial it runs may be unknown")
+    if spec.issuer:
+        done.append(ISSUER_NOTE)
     return Outcome(spec.name, spec.address, "revoked", done=done)
 
 

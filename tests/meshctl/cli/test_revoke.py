@@ -157,3 +157,15 @@ def test_leave_dry_run_revokes_nothing_and_reads_nothing_of_meshd(tmp_path: Path
     assert planned.code == 0, planned.out + planned.err
     assert planned.rows()["api1"]["status"] == "planned"
     assert mesh.requests == [] and mesh.workspace_files() == before
+
+
+def test_revoking_an_issuer_takes_it_out_of_the_registry_and_says_what_remains(
+    tmp_path: Path,
+) -> None:
+    mesh = fleet(tmp_path, "web1", "api1")
+    assert mesh.meshctl("issuer", "add", "web1").code == 0
+    assert [i["host"] for i in (at(mesh, "api1").pushed or {})["issuers"]] == ["web1"]
+    done = mesh.meshctl("revoke", "web1", "--json")
+    assert done.code == 0, done.out + done.err
+    assert done.rows()["web1"]["done"][-1].startswith("it was an issuer:")
+    assert "issuers" not in (at(mesh, "api1").pushed or {})
