@@ -19,6 +19,7 @@ becomes ProvisionError carrying meshd's own message and hint::
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
 import re
@@ -122,6 +123,22 @@ class AdminClient:
         """Push ``doc``; meshd's ``{"status", "version"}``, ProvisionError if it refused."""
         reply = self.request(endpoint, "PUT", _document_path(kind), doc)
         return _object(_checked(reply, endpoint, f"pushing {kind}"), endpoint, kind)
+
+    def call(
+        self, endpoint: AdminEndpoint, method: str, path: str, doc: Any | None = None
+    ) -> dict[str, Any] | None:
+        """Any route (POST /renew, PUT /trust, ...): meshd's JSON object, None for 404 on a
+        GET, ProvisionError with meshd's message when it refused."""
+        reply = self.request(endpoint, method, path, doc)
+        if reply.status == 404 and method == "GET":
+            return None
+        return _object(_checked(reply, endpoint, f"{method} {path}"), endpoint, path)
+
+    def trusting(self, bundle: Path) -> AdminClient:
+        """This operator, verifying meshd against ``bundle`` alone (a new root, say)."""
+        clone = copy.copy(self)
+        clone.bundle, clone.context = bundle, _client_context(self.cert, self.key, bundle)
+        return clone
 
     def stats(self, endpoint: AdminEndpoint) -> Stats:
         """meshd's /stats: version, identities, documents, links, listeners (``meshd.stats``)."""

@@ -19,6 +19,7 @@ from meshctl import state
 from meshctl.admin_client import AdminClient, AdminEndpoint
 from meshctl.fleet import Fleet, HostResults, fan_out
 from meshctl.inventory import HostSpec, Inventory
+from meshctl.revocation import in_force
 from meshd.errors import ProvisionError
 from meshd.registry import Registry
 from meshd.stats import UNREPORTED, Stats
@@ -42,7 +43,9 @@ def registry_for(
 
     Each endpoint carries its host's IPv6 addresses, so that the other hosts'
     ip6tables rules catch an app's IPv6 connection to it: from ``ipv6`` (the
-    facts of hosts joining now) or else the host's join record.
+    facts of hosts joining now) or else the host's join record. The
+    revocations the workspace keeps go with it while in force (a name that
+    joins again no longer has its ID revoked).
     """
     wanted = set(names)
     subset = Inventory(tuple(h for h in inventory.hosts if h.name in wanted), inventory.vips)
@@ -51,7 +54,8 @@ def registry_for(
     defaults = fleet.ws.config.defaults
     services = subset.services(defaults.mesh_port, known)
     issuers = inventory.issuers(defaults.admin_port, wanted)  # where renewals are signed
-    return state.versioned_registry(fleet.ws, services, issuers)
+    revoked = in_force(state.revocations(fleet.ws).values(), fleet.now(), wanted)
+    return state.versioned_registry(fleet.ws, services, issuers, revoked)
 
 
 def current_registry(fleet: Fleet) -> Registry:

@@ -1,9 +1,12 @@
 """The workspace's inventory (``hosts.toml``) and its record of what was applied where.
 
 ``applied/hosts/<name>.json`` says a host joined (and with what bundle,
-registry version and certificate); ``applied/registry.json`` holds the last
-registry pushed, so its version only moves when its content changes. All
-writes are atomic (temp file + rename) and 0600.
+registry version and certificate serial); ``applied/registry.json`` holds the
+last registry pushed, so its version only moves when its content changes, and
+``applied/<kind>.json`` likewise the last of other documents pushed to every
+host (the ``trust`` bundle of a CA rotation). ``applied/revoked.json`` holds
+the revocations of hosts that left or were revoked (``meshctl.revocation``).
+All writes are atomic (temp file + rename) and 0600.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ import toml
 
 from meshctl import files
 from meshctl.inventory import Inventory
+from meshctl.revocation import cleared, merged
 from meshctl.workspace import HOSTS_HEADER, Workspace
 from meshd.errors import ConfigError
-from meshd.registry import IssuerRef, Registry, Service
+from meshd.registry import IssuerRef, Registry, Revocation, Service
 from meshd.schema import read_toml
 
 
@@ -89,7 +93,12 @@ def joined(ws: Workspace) -> dict[str, dict[str, Any]]:
 
 
 def record_join(ws: Workspace, name: str, record: dict[str, Any]) -> None:
+    """``name`` joined: its record, and a revocation of the name no longer names its ID."""
     write_atomic(_records(ws) / f"{name}.json", json.dumps(record, indent=2, sort_keys=True))
+    entries = revocations(ws)
+    if name in entries and entries[name].ids:
+        entries[name] = cleared(entries[name])
+        save_revocations(ws, entries.values())
 
 
 def forget_host(ws: Workspace, name: str) -> None:
@@ -97,21 +106,62 @@ def forget_host(ws: Workspace, name: str) -> None:
 
 
 def versioned_registry(
-    ws: Workspace, services: Iterable[Service], issuers: Iterable[IssuerRef] = ()
+    ws: Workspace,
+    services: Iterable[Service],
+    issuers: Iterable[IssuerRef] = (),
+    revoked: Iterable[Revocation] = (),
 ) -> Registry:
-    """The registry of ``services`` (and ``issuers``): the recorded version when unchanged,
-    else the next one."""
-    path = ws.root / "applied" / "registry.json"
-    last: dict[str, Any] = (
-        json.loads(path.read_text()) if path.exists() else {"version": 0, "services": None}
-    )
-    registry = Registry.of(int(last["version"]), services, issuers)
-    fresh = registry.to_dict()
-    if all(last.get(k) == fresh.get(k) for k in ("services", "issuers")):  # as recorded
-        return registry
-    return registry.with_version(registry.version + 1)
+    """The registry of these parts: the recorded version when unchanged, else the next one."""
+    registry = Registry.of(0, services, issuers, revoked)
+    return registry.with_version(_version(ws, "registry", registry.to_dict()))
+
+
+def versioned_document(ws: Workspace, kind: str, content: dict[str, Any]) -> dict[str, Any]:
+    """``content`` as a document of ``kind`` for every host, versioned like the registry."""
+    return {**content, "version": _version(ws, kind, {**content, "version": 0})}
+
+
+def record_document(ws: Workspace, kind: str, doc: dict[str, Any]) -> None:
+    write_atomic(ws.root / "applied" / f"{kind}.json", json.dumps(doc, indent=2, sort_keys=True))
+
+
+def _version(ws: Workspace, kind: str, doc: dict[str, Any]) -> int:
+    """The version recorded for ``kind`` when ``doc`` (any version) is what was recorded,
+    else the next one; 1 when nothing was."""
+    path = ws.root / "applied" / f"{kind}.json"
+    if not path.exists():
+        return 1
+    last: dict[str, Any] = json.loads(path.read_text())
+    version = int(last.pop("version"))
+    same = last == {k: v for k, v in doc.items() if k != "version"}  # by the same writer
+    return version if same else version + 1
 
 
 def record_registry(ws: Workspace, registry: Registry) -> None:
-    path = ws.root / "applied" / "registry.json"
-    write_atomic(path, json.dumps(registry.to_dict(), indent=2, sort_keys=True))
+    record_document(ws, "registry", registry.to_dict())
+
+
+def _revoked_path(ws: Workspace) -> Path:
+    return ws.root / "applied" / "revoked.json"
+
+
+def revocations(ws: Workspace) -> dict[str, Revocation]:
+    """Every revocation the workspace keeps, by host (expired ones too: ``in_force`` prunes)."""
+    path = _revoked_path(ws)
+    if not path.exists():
+        return {}
+    doc = {"version": 1, "revoked": json.loads(path.read_text())}
+    return {r.host: r for r in Registry.from_dict(doc, str(path)).revoked}
+
+
+def record_revocation(ws: Workspace, entry: Revocation) -> Revocation:
+    """Keep ``entry``, merged with the host's earlier one; what is kept now."""
+    entries = revocations(ws)
+    entries[entry.host] = merged(entries.get(entry.host), entry)
+    save_revocations(ws, entries.values())
+    return entries[entry.host]
+
+
+def save_revocations(ws: Workspace, entries: Iterable[Revocation]) -> None:
+    doc = Registry.of(1, (), (), entries).to_dict().get("revoked", [])
+    write_atomic(_revoked_path(ws), json.dumps(doc, indent=2, sort_keys=True))

@@ -36,6 +36,19 @@ HOSTS_HEADER = "# Inventory of meshed hosts; written by meshctl join/leave.\n"
 
 
 @dataclass(frozen=True)
+class CaFiles:
+    """One generation of the mesh CA: certificates under ca/, keys under secrets/."""
+
+    root_cert: Path
+    issuing_cert: Path
+    root_key: Path
+    issuing_key: Path
+
+    def all(self) -> tuple[Path, ...]:
+        return (self.root_key, self.issuing_key, self.issuing_cert, self.root_cert)
+
+
+@dataclass(frozen=True)
 class Workspace:
     """A loaded workspace: its root directory and its settings."""
 
@@ -65,6 +78,17 @@ class Workspace:
     @property
     def issuing_ca_key(self) -> Path:
         return self.root / "secrets" / "issuing-ca.key"
+
+    def ca_files(self, generation: str = "") -> CaFiles:
+        """The CA in use (""), the next one of a rotation ("next") or a retired one
+        ("retired/<date>"): its keys under secrets/ too, so that ca/ can go into git."""
+        ca, secrets = self.root / "ca" / generation, self.root / "secrets" / generation
+        return CaFiles(
+            ca / "root-ca.pem",
+            ca / "issuing-ca.pem",
+            secrets / "root-ca.key",
+            secrets / "issuing-ca.key",
+        )
 
     @property
     def operator_cert(self) -> Path:

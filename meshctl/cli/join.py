@@ -1,4 +1,4 @@
-"""``meshctl join`` and ``meshctl leave``: put hosts into the mesh over SSH and take them out."""
+"""``meshctl join``, ``leave`` and ``revoke``: put hosts into the mesh and take them out."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from meshctl import issuers, state
+from meshctl import issuers, revoking, state
 from meshctl.cli.common import (
     AcceptOption,
     DryRunOption,
@@ -112,7 +112,8 @@ def leave(
     """Take hosts out of the mesh: stop meshd, remove its rules, files, user, unit and names.
 
     Works when meshd is broken or already gone; running it twice is harmless.
-    The other hosts then get a registry without them.
+    The other hosts then get a registry without them, revoking their identity
+    and certificates, so that a copy of their key opens no link any more.
 
     Example: meshctl leave api2
     """
@@ -125,5 +126,26 @@ def leave(
         for h in select_hosts(inventory, hosts, False, HostOverrides(), "closed")
     ]
     with state.locked(ro.ws), rollout_progress(ro, actx, json_out):
-        outcomes = rollout.leave_and_push(ro, specs, dry_run, forget_unreachable)
+        outcomes = revoking.leave_and_revoke(ro, specs, dry_run, forget_unreachable)
     finish(actx, "dry run" if dry_run else "leave", outcomes, json_out, plans=dry_run)
+
+
+def revoke(
+    ctx: typer.Context,
+    hosts: Annotated[list[str], typer.Argument(metavar="HOST...", help="host names")],
+    json_out: JsonOption = False,
+) -> None:
+    """Revoke hosts that are compromised or gone, without reaching them over SSH.
+
+    Every remaining host gets a registry that revokes their identity and the
+    certificates meshctl knows of, and refuses their links at once; they are
+    dropped from hosts.toml. Nothing on the revoked host changes: when it is
+    reachable again, meshctl leave USER@ADDRESS cleans it up.
+
+    Example: meshctl revoke web2
+    """
+    actx = app_context(ctx)
+    ro = make_rollout(actx, SshOptions())
+    with state.locked(ro.ws), rollout_progress(ro, actx, json_out):
+        outcomes = revoking.revoke_and_push(ro, hosts)
+    finish(actx, "revoke", outcomes, json_out)

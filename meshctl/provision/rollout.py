@@ -31,6 +31,7 @@ from meshctl.provision.desired import DesiredHost, desired_host
 from meshctl.provision.facts import HostFacts
 from meshctl.provision.guard import ROLLBACK_DEADLINE
 from meshctl.provision.plan import Enroll, Plan, plan_join, plan_leave
+from meshctl.revocation import serial_of
 from meshctl.transport import Transport, UnreachableError
 from meshd.errors import MeshError, ProvisionError
 from meshd.identity import SpiffeId, check_name
@@ -303,6 +304,7 @@ def _record(s: _Session, registry_version: int, now: dt.datetime) -> dict[str, A
         "registry_version": registry_version,
         "fail_mode": s.host.fail_mode,
         "joined_at": now.isoformat(timespec="seconds"),
+        "certificate_serial": serial_of(facts.cert_pem),  # what a revocation names
     }
 
 

@@ -24,6 +24,10 @@ STYLES = {
     "current": "green",
     "removed": "green",
     "forgotten": "yellow",
+    "revoked": "yellow",
+    "trusted": "cyan",
+    "renewing": "green",
+    "finished": "green",
     "failed": "bold red",
 }
 

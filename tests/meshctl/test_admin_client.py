@@ -287,3 +287,25 @@ def test_a_json_answer_nested_too_deeply_is_a_broken_answer(tmp_path: Path) -> N
             )
     finally:
         server.close()
+
+
+def test_trusting_one_root_alone_tells_which_root_a_meshd_serves(
+    net: MeshNet, tmp_path: Path
+) -> None:
+    """What ``ca rotate finish`` checks: a real handshake trusting only the new root."""
+    web1 = endpoint(net.start("web1"))
+    client = client_for(net.operator)
+    other = TestPki(tmp_path / "other")
+    with pytest.raises(ConnectError, match="trust bundle does not accept"):
+        client.trusting(other.bundle).stats(web1)
+    assert client.trusting(net.pki.bundle).stats(web1).host == "web1"
+    assert client.stats(web1).host == "web1"  # the original keeps its own bundle
+
+
+def test_call_reaches_any_route_and_reports_refusals(net: MeshNet) -> None:
+    web1 = endpoint(net.start("web1"))
+    client = client_for(net.operator)
+    assert client.call(web1, "GET", "/registry") == {"version": 1, "services": {}}
+    assert client.call(web1, "GET", "/nothing-here") is None
+    with pytest.raises(ProvisionError, match=r"web1: POST /nothing-here failed \(404\)"):
+        client.call(web1, "POST", "/nothing-here", {})

@@ -12,7 +12,7 @@ from meshctl.config import MeshConfig
 from meshctl.inventory import HostSpec, Inventory, ServiceSpec
 from meshctl.workspace import HOSTS_HEADER, Workspace, init_workspace
 from meshd.errors import ConfigError
-from meshd.registry import IssuerRef, Registry, Service
+from meshd.registry import IssuerRef, Registry, Revocation, Service
 from tests.meshctl.helpers import NOW, TD
 
 CONFIG = MeshConfig("t", TD, "alice", ca_key_encrypted=False)
@@ -109,3 +109,33 @@ def test_an_inventory_nested_too_deeply_is_a_config_error(tmp_path: Path) -> Non
     state.inventory_path(ws).write_text("[hosts.a]\nlabels = " + "[" * 5000 + "]" * 5000 + "\n")
     with pytest.raises(ConfigError, match=r"hosts\.toml: nested too deeply to read"):
         state.load_inventory(ws)
+
+
+def test_revocations_round_trip_and_merge(tmp_path: Path) -> None:
+    ws = workspace(tmp_path)
+    assert state.revocations(ws) == {}
+    first = Revocation("web1", (f"spiffe://{TD}/host/web1",), ("AB",), 100)
+    assert state.record_revocation(ws, first) == first
+    again = Revocation("web1", (f"spiffe://{TD}/host/web1",), ("CD",), 50)
+    kept = state.record_revocation(ws, again)
+    assert kept == Revocation("web1", first.ids, ("AB", "CD"), 100)
+    assert state.revocations(ws) == {"web1": kept}
+    assert mode(ws.root / "applied" / "revoked.json") == 0o600
+    state.record_join(ws, "web1", {"address": "10.0.0.11"})  # the name joins again
+    assert state.revocations(ws) == {"web1": Revocation("web1", (), ("AB", "CD"), 100)}
+
+
+def test_a_document_version_moves_only_when_its_content_changes(tmp_path: Path) -> None:
+    ws = workspace(tmp_path)
+    first = state.versioned_document(ws, "trust", {"bundle_pem": "A"})
+    assert first == {"bundle_pem": "A", "version": 1}
+    state.record_document(ws, "trust", first)
+    assert state.versioned_document(ws, "trust", {"bundle_pem": "A"})["version"] == 1
+    assert state.versioned_document(ws, "trust", {"bundle_pem": "A+B"})["version"] == 2
+
+
+def test_registry_version_moves_with_its_revocations(tmp_path: Path) -> None:
+    ws = workspace(tmp_path)
+    state.record_registry(ws, state.versioned_registry(ws, WEB))
+    gone = Revocation("db1", (f"spiffe://{TD}/host/db1",), (), 100)
+    assert state.versioned_registry(ws, WEB, revoked=[gone]) == Registry(2, WEB, (), (gone,))

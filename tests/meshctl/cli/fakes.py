@@ -5,10 +5,14 @@
 model as each command ``meshctl.provision.apply`` sends would change the
 host, and answers the fact script from it, so that ``join`` and ``leave``
 run their real plans, apply and checks against it. ``ScriptedMeshd`` is the
-admin API of every host's meshd (PUT /registry, /stats, and the issuer's
-POST /issuer/csr, GET and PUT /issuer): it talks to no socket, and a pushed
-registry reaches the host's rules and names at once, as ``meshd-sync`` would. ``FakeMesh`` ties hosts, workspace and a fake
-meshd bundle together and runs meshctl in-process with them.
+admin API of every host's meshd (PUT /registry, /stats, the issuer's
+POST /issuer/csr, GET and PUT /issuer, and a CA rotation's PUT /trust and
+POST /renew): it talks to no socket, and a pushed registry reaches the
+host's rules and names at once, as ``meshd-sync`` would. It decides mutual
+TLS as meshd does, from the roots each side trusts, so that a step taken
+out of order in a CA rotation fails as it would on real hosts.
+``FakeMesh`` ties hosts, workspace and a fake meshd bundle together and
+runs meshctl in-process with them.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from rich.console import Console
@@ -44,7 +49,7 @@ from meshd import hostsfile
 from meshd.config import MeshdConfig
 from meshd.errors import ConnectError
 from meshd.identity import SpiffeId, make_id
-from meshd.pki import build_csr, generate_key, load_certs
+from meshd.pki import build_csr, generate_key
 from meshd.registry import Registry
 from meshd.rules import apply_document, fingerprint, ruleset
 from tests.meshctl.helpers import MESH, NOW
@@ -96,6 +101,13 @@ class FakeHost(FakeTransport):
     issuer_csrs: int = 0  # fresh issuer keys made
     no_issuer_api: bool = False  # a meshd from before issuers: 404 on /issuer
     renewal: dict[str, Any] | None = None  # what /stats says of its renewal
+    renewed_serial: str = ""  # the serial of a certificate meshd renewed (none: the files')
+    # a CA rotation: the root its running leaf chains to (b"": the mesh's first root), the
+    # pushed trust document, and its renewal
+    served_root: bytes = b""
+    trust: dict[str, Any] | None = None
+    refuse_trust: str | None = None  # meshd answers a PUT /trust with this error
+    stuck: bool = False  # POST /renew renews nothing
 
     def run(self, command: str, *, timeout: float = 120, root: bool = True) -> Result:
         self.commands.append(command)
@@ -283,6 +295,19 @@ class FakeHost(FakeTransport):
         text = hostsfile.with_block(self.hosts.decode(), vips)
         self.hosts = text.encode()
 
+    @property
+    def serial(self) -> str:
+        """The serial of the certificate meshd runs, as /stats reports it."""
+        if self.renewed_serial:
+            return self.renewed_serial
+        cert = self.fs.get(layout.CERT)
+        return format(x509.load_pem_x509_certificate(cert).serial_number, "X") if cert else ""
+
+    def trust_roots(self) -> list[bytes]:
+        """The roots meshd verifies peers with: the pushed trust bundle, else its files'."""
+        pem = self.trust["bundle_pem"].encode() if self.trust else self.fs.get(layout.TRUST_BUNDLE)
+        return [_pem(c) for c in x509.load_pem_x509_certificates(pem)] if pem else []
+
     def model(self) -> dict[str, Any]:
         """Everything of the host's state, to check that a command changed nothing."""
         return {k: v for k, v in vars(self).items() if k not in ("commands", "files", "stages")}
@@ -312,12 +337,32 @@ class ScriptedMeshd(AdminClient):
                 f"{endpoint.where}: connection refused",
                 hint="is meshd running? check systemctl status meshd on the host",
             )
+        self._handshake(host, endpoint)
         if (method, path) == ("PUT", "/registry"):
             return self._put(host, doc)
         if path.startswith("/issuer"):
             return self._issuer(host, endpoint.host, method, path, doc)
-        assert (method, path) == ("GET", "/stats"), (method, path)
+        if (method, path) != ("GET", "/stats"):
+            return Rotation(self.mesh, host).answer(method, path, doc)
         return self._reply(200, self._stats(host))
+
+    def _handshake(self, host: FakeHost, endpoint: AdminEndpoint) -> None:
+        """What mutual TLS decides: meshd's leaf verifies under our bundle, ours under its."""
+        served = host.served_root or self.mesh.first_root
+        ours = x509.load_pem_x509_certificates(self.bundle.read_bytes())
+        if served not in [_pem(c) for c in ours]:
+            raise ConnectError(  # as AdminClient says it
+                f"{endpoint.where} presented a certificate the trust bundle does not accept: "
+                "certificate verify failed",
+                hint=f"check that {self.bundle} is this mesh's trust bundle",
+            )
+        issuing = x509.load_pem_x509_certificates(self.cert.read_bytes())[1]
+        roots = host.trust_roots()
+        if roots and not any(_signed(issuing, r) for r in roots):
+            raise ConnectError(
+                f"{endpoint.where} closed the connection before answering",
+                hint=f"meshd may have refused the operator certificate {self.cert}",
+            )
 
     def _issuer(self, host: FakeHost, name: str, method: str, path: str, doc: Any) -> AdminReply:
         if host.no_issuer_api:
@@ -339,8 +384,8 @@ class ScriptedMeshd(AdminClient):
             return self._reply(409, {"error": f"issuer version {doc['version']} is not newer"})
         if doc["cert_pem"]:
             cert = x509.load_pem_x509_certificate(doc["cert_pem"].encode())
-            root = load_certs(self.mesh.ws.root_ca_cert)[0]
-            cert.verify_directly_issued_by(root)
+            roots = host.trust_roots() or [self.mesh.first_root]  # what meshd runs with
+            assert any(_signed(cert, root) for root in roots)
             basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
             assert basic.ca and basic.path_length == 0
             assert host.issuer_key is not None
@@ -368,7 +413,8 @@ class ScriptedMeshd(AdminClient):
             "uptime_seconds": 60.0,
             "registry_version": host.registry_version,
             "synced_registry_version": host.synced,
-            "documents": {},
+            "documents": {"trust": host.trust["version"]} if host.trust else {},
+            "certificate_serial": host.serial,
             "issuer": self._issuer_report(host),
             "renewal": host.renewal,
         }
@@ -383,6 +429,64 @@ class ScriptedMeshd(AdminClient):
         return AdminReply(status, body, NOW + dt.timedelta(hours=24))
 
 
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _signed(cert: x509.Certificate, root_pem: bytes) -> bool:
+    try:
+        cert.verify_directly_issued_by(x509.load_pem_x509_certificate(root_pem))
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+@dataclass
+class Rotation:
+    """meshd's routes for a CA rotation on one fake host: PUT /trust and POST /renew."""
+
+    mesh: FakeMesh
+    host: FakeHost
+
+    def answer(self, method: str, path: str, doc: Any) -> AdminReply:
+        route = {("PUT", "/trust"): self.put_trust, ("POST", "/renew"): self.renew}
+        handler = route.get((method, path))
+        assert handler is not None, (method, path)
+        status, body = handler(doc)
+        return AdminReply(status, body, NOW + dt.timedelta(hours=24))
+
+    def put_trust(self, doc: Any) -> tuple[int, Any]:
+        """As meshd takes it: newer (or the same), and its own leaf verifies under it."""
+        if self.host.refuse_trust is not None:
+            return 500, {"error": self.host.refuse_trust}
+        current = self.host.trust or {"version": 0}
+        if doc["version"] < current["version"] or (
+            doc["version"] == current["version"] and doc != current
+        ):
+            return 409, {"error": f"trust version {doc['version']} is older or conflicting"}
+        served = self.host.served_root or self.mesh.first_root
+        roots = x509.load_pem_x509_certificates(doc["bundle_pem"].encode())
+        if served not in [_pem(c) for c in roots]:
+            return 409, {"error": "meshd's own certificate does not verify under this bundle"}
+        status = "unchanged" if doc == current else "applied"
+        self.host.trust = doc
+        return 200, {"status": status, "version": doc["version"]}
+
+    def renew(self, doc: Any) -> tuple[int, Any]:
+        """Renewal at once, from the first issuer (by name) whose CA a trusted root signed."""
+        if self.host.stuck:
+            return 202, {"renewing": True}
+        for other in sorted(self.mesh.hosts.values(), key=lambda h: h.hostname):
+            pem = (other.issuer or {}).get("cert_pem", "")
+            cert = x509.load_pem_x509_certificate(pem.encode()) if pem else None
+            root = next((r for r in self.host.trust_roots() if cert and _signed(cert, r)), None)
+            if root is not None:
+                self.host.served_root = root
+                self.host.renewed_serial = format(x509.random_serial_number(), "X")
+                break
+        return 202, {"renewing": True}
+
+
 @dataclass
 class FakeMesh:
     """A workspace, its fake hosts (by address) and meshctl run in-process against them."""
@@ -395,6 +499,7 @@ class FakeMesh:
 
     def __post_init__(self) -> None:
         self.ws = init_workspace(self.root / "ws", MESH, None, NOW)
+        self.first_root = self.ws.root_ca_cert.read_bytes()
         self.bundle = self.root / "meshd.tar.gz"
         self.bundle.write_bytes(b"a fake meshd bundle")
 

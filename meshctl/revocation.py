@@ -1,0 +1,85 @@
+"""Revocations as meshctl keeps them: what ``leave``/``revoke`` take away, and for how long.
+
+Pure: values in, values out, the clock passed in. A host's entry names its
+host identity and the certificate serials meshctl knows of (the one ``join``
+signed, the one meshd reported on /stats), and lasts until anything signed
+for it before now has expired: ``now + leaf lifetime + backdate``. The
+registry carries the entries still in force (``in_force``), so every meshd
+refuses them at once; the workspace keeps them in ``state``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable
+
+from cryptography import x509
+
+from meshctl.config import MeshConfig
+from meshd.identity import make_id
+from meshd.registry import MAX_REVOKED_NAMES, Revocation
+
+SERIAL = re.compile(r"[0-9A-F]{1,40}")  # as meshd.registry reads a revoked serial
+MAX_BACKDATE = 300  # seconds: the most a leaf is backdated (meshd.pki.backdate)
+
+
+def leaf_lifetime(config: MeshConfig) -> int:
+    """The mesh's leaf lifetime in seconds (``[defaults]`` of mesh.toml)."""
+    return config.defaults.leaf_lifetime
+
+
+def backdate(lifetime: int) -> int:
+    """How far a leaf of ``lifetime`` seconds is backdated: ``min(5 min, lifetime / 10)``."""
+    return min(MAX_BACKDATE, lifetime // 10)
+
+
+def serial_of(pem: str) -> str:
+    """The serial of the (first) certificate in ``pem`` as peers spell it; "" without one."""
+    try:
+        return format(x509.load_pem_x509_certificate(pem.encode()).serial_number, "X")
+    except ValueError:
+        return ""
+
+
+def revoke_host(
+    host: str, trust_domain: str, serials: Iterable[str], now: dt.datetime, lifetime: int
+) -> Revocation:
+    """The entry revoking ``host``: its host identity and ``serials``, until they expire."""
+    until = int(now.timestamp()) + lifetime + backdate(lifetime)
+    ids = (str(make_id(trust_domain, "host", host)),)
+    # what a meshd reported is checked like the registry will check it: one odd serial
+    # must not make every later registry unreadable
+    spelled = (s.strip().upper() for s in serials)
+    return Revocation(host, ids, _unique(s for s in spelled if SERIAL.fullmatch(s)), until)
+
+
+def merged(old: Revocation | None, new: Revocation) -> Revocation:
+    """``new`` on top of ``old`` (a host revoked again): every name, the later end.
+
+    Serials beyond what the registry takes drop the oldest first.
+    """
+    if old is None:
+        return new
+    serials = _unique((*old.serials, *new.serials))[-MAX_REVOKED_NAMES:]
+    return Revocation(new.host, _unique((*old.ids, *new.ids)), serials, max(old.until, new.until))
+
+
+def cleared(entry: Revocation) -> Revocation:
+    """``entry`` once its host name joined again: the name is free, its old serials are not."""
+    return Revocation(entry.host, (), entry.serials, entry.until)
+
+
+def in_force(
+    entries: Iterable[Revocation], now: dt.datetime, members: Iterable[str] = ()
+) -> tuple[Revocation, ...]:
+    """What the registry carries: entries not yet expired, without the ids of ``members``
+    (a host name that joined again), and none that names nothing."""
+    joined = set(members)
+    live = (e for e in entries if e.until > now.timestamp())
+    kept = (cleared(e) if e.host in joined else e for e in live)
+    return tuple(e for e in kept if e.ids or e.serials)
+
+
+def _unique(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
