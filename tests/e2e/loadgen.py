@@ -281,9 +281,12 @@ class Connection:
         self.close()
 
     async def one(self) -> None:
-        sent = time.monotonic()
+        sent = time.monotonic()  # the latency includes a connect: the app would wait for it
         try:
-            status, keep = await asyncio.wait_for(self._round(), self.plan.timeout)
+            streams = await self._streams()
+            status, keep = await asyncio.wait_for(
+                _exchange(self.target, streams), self.plan.timeout
+            )
         except (TimeoutError, Failure) as e:
             failure = e if isinstance(e, Failure) else Failure("timeout", f"{self.plan.timeout}s")
             self.tally.failed(failure, time.monotonic())
@@ -294,11 +297,11 @@ class Connection:
         if not keep:
             self.close()
 
-    async def _round(self) -> tuple[int, bool]:
-        if self.streams is None:
+    async def _streams(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.streams is None:  # its own timeout: a slow connect is connect_failed
             self.streams = await _connect(self.target, self.plan.timeout)
             self.tally.connects += 1
-        return await _exchange(self.target, self.streams)
+        return self.streams
 
     def close(self) -> None:
         if self.streams is not None:
