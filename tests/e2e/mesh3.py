@@ -36,7 +36,7 @@ from meshctl.testbed import Testbed, TestbedHost
 from meshctl.transport import SshTransport, Target
 from meshctl.workspace import Workspace
 from meshd.schema import parse_duration
-from tests.e2e import loadgen, serial_probe
+from tests.e2e import loadgen, serial_probe, wrk
 from tests.meshd.onhost import ok, put
 from tests.poll import until
 
@@ -127,6 +127,20 @@ def _exists(host: TestbedHost, path: str) -> bool:
 
 
 @dataclass
+class WrkLoad:
+    """wrk running on a host in a transient unit; `result` waits for its report, parsed."""
+
+    node: Node
+    unit: str
+    seconds: float
+
+    def result(self, grace: float = 60) -> dict[str, object]:
+        host, report = self.node.host, f"/run/{self.unit}.txt"
+        until(lambda: _exists(host, report), self.seconds + grace, f"{self.unit} done")
+        return wrk.parse(ok(host, f"cat {report}"))
+
+
+@dataclass
 class Mesh:
     """Three joined hosts; see the module docstring."""
 
@@ -159,6 +173,19 @@ class Mesh:
         )
         ok(node.host, f"systemd-run --quiet --unit={unit} --collect {command}")
         return Load(node, unit, seconds)
+
+    def start_wrk(self, node: Node, target: Node, seconds: int, connections: int = 8) -> WrkLoad:
+        """wrk on ``node`` against ``target``'s app (one URL a run: wrk takes one)."""
+        for upload in wrk.local_uploads():
+            put(node.host, upload.target, upload.source.read_bytes(), upload.mode)
+        unit = f"meshctl-wrk-{time.monotonic_ns()}"
+        run = (
+            f"{wrk.BINARY} -t1 -c{connections} -d{seconds}s --timeout 5s {target.url} "
+            f"> /run/{unit}.tmp && mv /run/{unit}.tmp /run/{unit}.txt"
+        )
+        ok(node.host, "ldconfig")
+        ok(node.host, f"systemd-run --quiet --unit={unit} --collect /bin/sh -c {shlex.quote(run)}")
+        return WrkLoad(node, unit, seconds)
 
     def serial(self, node: Node) -> str:
         """The serial of the certificate ``node``'s mesh port presents right now.

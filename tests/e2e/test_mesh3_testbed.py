@@ -55,3 +55,9 @@ def test_the_probe_reads_each_mesh_port_certificate_with_the_chosen_lifetime(mes
             assert mesh.serial_seen_from(other, node) == serial, (other.name, node.name)
         lifetime = cert.not_valid_after_utc - dt.datetime.now(dt.UTC)
         assert dt.timedelta(hours=1) < lifetime <= dt.timedelta(hours=2), (node.name, lifetime)
+
+
+def test_wrk_copied_onto_a_host_runs_through_the_mesh(mesh: Mesh) -> None:
+    web, api = mesh.node("web1"), mesh.node("api1")
+    result = mesh.start_wrk(web, api, seconds=5, connections=4).result()
+    assert result["failed"] == 0 and int(result["ok"]) > 50, result  # type: ignore[call-overload]
