@@ -50,6 +50,7 @@ KINDS = (
 )
 MAX_HEAD = 64 * 1024
 DETAILS_KEPT = 20
+AFTER_FAILURE = 0.01  # seconds: a peer that is down is not hammered in a tight loop
 
 
 class Failure(Exception):
@@ -291,6 +292,7 @@ class Connection:
             failure = e if isinstance(e, Failure) else Failure("timeout", f"{self.plan.timeout}s")
             self.tally.failed(failure, time.monotonic())
             self.close()
+            await asyncio.sleep(AFTER_FAILURE)
             return
         now = time.monotonic()
         self.tally.answered(status, now - sent, now)
