@@ -51,6 +51,7 @@ def test_the_probe_reads_each_mesh_port_certificate_with_the_chosen_lifetime(mes
         cert = on_host(node)
         serial = format(cert.serial_number, "X")
         assert mesh.serial(node) == serial, node.name
+        assert mesh.serials()[node.name] == serial
         for other in mesh.others(node):  # what its peers see, probed with their own identity
             assert mesh.serial_seen_from(other, node) == serial, (other.name, node.name)
         lifetime = cert.not_valid_after_utc - dt.datetime.now(dt.UTC)
