@@ -101,7 +101,7 @@ def set_leaf_lifetime(workspace: Path, lifetime: str) -> None:
     """
     path = workspace / "mesh.toml"
     doc = tomllib.loads(path.read_text())
-    known = {f.name for f in dataclasses.fields(DefaultsConfig)}
+    known = {f.name for f in dataclasses.fields(DefaultsConfig)} | set(doc["defaults"])
     if "leaf_lifetime" in known:
         doc["defaults"]["leaf_lifetime"] = lifetime
     else:
@@ -117,20 +117,22 @@ class Load:
     node: Node
     unit: str
     seconds: float
+    started: float = dataclasses.field(default_factory=time.monotonic)
 
     @property
     def output(self) -> str:
         return f"/run/{self.unit}.json"
 
     def result(self, grace: float = 60) -> dict[str, object]:
-        host = self.node.host
-        until(lambda: _exists(host, self.output), self.seconds + grace, f"{self.unit} done")
-        summary: dict[str, object] = json.loads(ok(host, f"cat {self.output}"))
+        _wait_for(self.node.host, self.output, self.started + self.seconds, grace)
+        summary: dict[str, object] = json.loads(ok(self.node.host, f"cat {self.output}"))
         return summary
 
 
-def _exists(host: TestbedHost, path: str) -> bool:
-    return host.run(f"test -e {path}")[0] == 0
+def _wait_for(host: TestbedHost, path: str, end: float, grace: float) -> None:
+    """Sleep until the run should end, then look for its output (an SSH login a second)."""
+    time.sleep(max(0.0, end - time.monotonic()))
+    until(lambda: host.run(f"test -e {path}")[0] == 0, grace, f"{path} on {host.name}", 1.0)
 
 
 @dataclass
@@ -140,11 +142,12 @@ class WrkLoad:
     node: Node
     unit: str
     seconds: float
+    started: float = dataclasses.field(default_factory=time.monotonic)
 
     def result(self, grace: float = 60) -> dict[str, object]:
-        host, report = self.node.host, f"/run/{self.unit}.txt"
-        until(lambda: _exists(host, report), self.seconds + grace, f"{self.unit} done")
-        return wrk.parse(ok(host, f"cat {report}"))
+        report = f"/run/{self.unit}.txt"
+        _wait_for(self.node.host, report, self.started + self.seconds, grace)
+        return wrk.parse(ok(self.node.host, f"cat {report}"))
 
 
 @dataclass
