@@ -107,3 +107,28 @@ def test_closed_mode_falls_back_to_the_last_applied_rules_at_boot(
 def test_open_mode_has_no_boot_fallback() -> None:
     command = _exec_start(rules_service(UnitOptions(fail_mode="open")))
     assert command == "/opt/meshd/bin/meshd rules apply --config /etc/meshd/meshd.toml"
+
+
+@pytest.mark.parametrize("mode", ["closed", "open"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "UMask=0077",  # the renewed key and everything else meshd writes: its own alone
+        "ProtectProc=invisible",
+        "RemoveIPC=yes",
+        "SystemCallFilter=~@privileged @resources",
+        "SystemCallErrorNumber=EPERM",  # a refused call fails and is logged, never a SIGSYS
+        "StateDirectory=meshd",  # where renewal keeps its key: writable
+        "ReadOnlyPaths=/etc/meshd",
+        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE",
+    ],
+)
+def test_meshd_service_is_sandboxed(mode: str, line: str) -> None:
+    """Each line lowers systemd-analyze's exposure (<= 2.0, test_units_testbed.py checks)."""
+    assert line in meshd_service(UnitOptions(fail_mode=mode)).splitlines()
+
+
+@pytest.mark.parametrize("setting", ["ProcSubset=", "PrivateNetwork=", "PrivateUsers="])
+def test_meshd_service_keeps_what_a_proxy_needs(setting: str) -> None:
+    """/proc/net/if_inet6 (IPv6 or not), the host's network, capabilities that work there."""
+    assert setting not in meshd_service(UnitOptions(fail_mode="closed"))
