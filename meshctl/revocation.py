@@ -11,17 +11,18 @@ refuses them at once; the workspace keeps them in ``state``.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from collections.abc import Iterable
 
 from cryptography import x509
 
 from meshctl.config import MeshConfig
+from meshd import pki
 from meshd.identity import make_id
-from meshd.registry import MAX_REVOKED_NAMES, Revocation
+from meshd.registry import MAX_REVOKED_NAMES, Revocation, serial_key
 
 SERIAL = re.compile(r"[0-9A-F]{1,40}")  # as meshd.registry reads a revoked serial
-MAX_BACKDATE = 300  # seconds: the most a leaf is backdated (meshd.pki.backdate)
 
 
 def leaf_lifetime(config: MeshConfig) -> int:
@@ -30,8 +31,8 @@ def leaf_lifetime(config: MeshConfig) -> int:
 
 
 def backdate(lifetime: int) -> int:
-    """How far a leaf of ``lifetime`` seconds is backdated: ``min(5 min, lifetime / 10)``."""
-    return min(MAX_BACKDATE, lifetime // 10)
+    """How far a leaf of ``lifetime`` seconds is backdated (``meshd.pki.backdate``), in seconds."""
+    return math.ceil(pki.backdate(dt.timedelta(seconds=lifetime)).total_seconds())
 
 
 def serial_of(pem: str) -> str:
@@ -50,8 +51,8 @@ def revoke_host(
     ids = (str(make_id(trust_domain, "host", host)),)
     # what a meshd reported is checked like the registry will check it: one odd serial
     # must not make every later registry unreadable
-    spelled = (s.strip().upper() for s in serials)
-    return Revocation(host, ids, _unique(s for s in spelled if SERIAL.fullmatch(s)), until)
+    spelled = (serial_key(s.strip()) for s in serials if SERIAL.fullmatch(s.strip().upper()))
+    return Revocation(host, ids, _unique(spelled), until)
 
 
 def merged(old: Revocation | None, new: Revocation) -> Revocation:

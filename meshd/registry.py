@@ -33,8 +33,9 @@ older meshd still reads a registry without them)::
 
 ``issuers`` are the hosts whose meshd signs renewals (``port``: its admin
 API). ``revoked`` names what no meshd may accept any more: certificates
-carrying one of ``ids``, or whose serial (upper-case hex, no separators, as
-``ssl``'s ``getpeercert()`` spells it) is in ``serials``; an entry matters
+carrying one of ``ids``, or whose serial is in ``serials`` (upper-case hex
+without separators or leading zeros, ``format(n, "X")``: ``ssl``'s
+``getpeercert()`` pads to whole bytes, so compare through ``serial_key``); an entry matters
 until ``until`` (Unix seconds, the latest expiry of anything it names) and
 meshctl prunes it afterwards.
 """
@@ -105,8 +106,14 @@ class Revocation:
     until: int = 0  # Unix seconds: nothing it names is valid after this
 
     def names(self, ids: Iterable[str], serial: str) -> bool:
-        """Whether a certificate with these SPIFFE IDs and serial is revoked by this entry."""
-        return serial in self.serials or any(i in self.ids for i in ids)
+        """Whether a certificate with these SPIFFE IDs and serial (any spelling of the hex)
+        is revoked by this entry."""
+        return serial_key(serial) in self.serials or any(i in self.ids for i in ids)
+
+
+def serial_key(serial: str) -> str:
+    """A serial's one spelling: upper-case hex without leading zeros (``ssl`` pads to bytes)."""
+    return serial.upper().lstrip("0") or "0"
 
 
 @dataclass(frozen=True)
@@ -238,6 +245,8 @@ def _strings(f: Fields, key: str, check: Any) -> tuple[str, ...]:
 def _serial(text: str) -> str:
     if not _SERIAL.fullmatch(text):
         raise ConfigError(f"serial {brief(text)} is not upper-case hex (at most 40 digits)")
+    if serial_key(text) != text:
+        raise ConfigError(f"serial {brief(text)} has leading zeros: write it as {serial_key(text)}")
     return text
 
 

@@ -36,6 +36,7 @@ def test_services_of_a_host_and_what_is_revoked() -> None:
     assert REG.revocation(["spiffe://t.mesh/host/h3"], "AB") == REG.revoked[0]
     assert REG.revocation(["spiffe://t.mesh/host/h2"], "1F2E") == REG.revoked[0]
     assert REG.revocation(["spiffe://t.mesh/host/h2"], "AB") is None
+    assert REG.revocation([], "001F2E") == REG.revoked[0]  # as ssl spells it: whole bytes
 
 
 @pytest.mark.parametrize(
@@ -51,6 +52,7 @@ def test_services_of_a_host_and_what_is_revoked() -> None:
         ({"revoked": [{"host": "h3", "ids": ["http://x"]}]}, "revoked[0].ids"),
         ({"revoked": [{"host": "h3", "serials": ["1f2e"]}]}, "revoked[0].serials"),
         ({"revoked": [{"host": "h3", "serials": ["A" * 41]}]}, "revoked[0].serials"),
+        ({"revoked": [{"host": "h3", "serials": ["0A1B"]}]}, "write it as A1B"),
         ({"revoked": [{"host": "h3", "ids": ["spiffe://t/host/x"] * 257}]}, "more than 256"),
         ({"revoked": [{"host": "h3", "until": -1}]}, "revoked[0].until"),
         ({"revoked": [{"host": "h3", "extra": 1}]}, "extra"),
