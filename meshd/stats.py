@@ -32,7 +32,7 @@ T = TypeVar("T")
 D = TypeVar("D")
 Json = Mapping[str, Any]
 
-KINDS = ("registry", "config", "policy", "certs")  # documents: GET and PUT /<kind>
+KINDS = ("registry", "config", "policy", "certs", "trust")  # documents: GET and PUT /<kind>
 
 
 class Unreported(enum.Enum):

@@ -5,11 +5,12 @@ No sockets here: ``meshd.admin.server.AdminServer`` decides who is calling,
 backend it serves from and the limits it keeps are declared here too.
 
 Routes: GET /healthz, /ready, /metrics, /stats; GET and PUT /registry,
-/config, /policy, /certs (PUT goes through ``DocumentStore.put``: 200
-``{"status", "version"}``, 400 invalid, 409 older or conflicting, 500 not
-applied); 404 for other paths, 405 (with ``Allow``) for other methods. The
-local socket serves only /healthz, /ready and /stats. Errors are JSON
-``{"error": ..., "hint": ...}``.
+/config, /policy, /certs, /trust (PUT goes through ``DocumentStore.put``:
+200 ``{"status", "version"}``, 400 invalid, 409 older or conflicting, 500
+not applied); POST /renew (202: meshd renews its certificate now); 404 for
+other paths, 405 (with ``Allow``) for other methods. The local socket
+serves only /healthz, /ready and /stats. Errors are JSON ``{"error": ...,
+"hint": ...}``.
 """
 
 from __future__ import annotations
@@ -33,19 +34,21 @@ log = logging.getLogger("meshd.admin")
 LOCAL_PATHS = frozenset({"/healthz", "/ready", "/stats"})
 READ_PATHS = frozenset({"/healthz", "/ready", "/metrics", "/stats"})
 DOCUMENT_PATHS = {f"/{kind}": kind for kind in KINDS}
+RENEW_PATH = "/renew"
 TEXT = "text/plain; charset=utf-8"
 
 
 class AdminBackend(Protocol):
     """What the admin API needs from the daemon.
 
-    ``store``: the DocumentStore behind GET/PUT of documents (``put`` runs in a
-    worker thread). ``trust_domain``: whose operators are authorized.
-    ``is_ready()``: for /ready. ``stats()``: the /stats payload (``meshd.stats``).
-    ``metrics_text()``: the Prometheus exposition for /metrics (e.g.
-    ``metrics.collect(); return metrics.render()``). ``current_tls()``: the TLS
-    material to use for the next accepted connection. All but ``store.put``
-    are called on the event loop and must not block.
+        ``store``: the DocumentStore behind GET/PUT of documents (``put`` runs in a
+        worker thread). ``trust_domain``: whose operators are authorized.
+        ``is_ready()``: for /ready. ``stats()``: the /stats payload (``meshd.stats``).
+        ``metrics_text()``: the Prometheus exposition for /metrics (e.g.
+        ``metrics.collect(); return metrics.render()``). ``current_tls()``: the TLS
+        material to use for the next accepted connection. ``renew_now()``: start a
+    renewal round of meshd's certificate (POST /renew). All but ``store.put``
+        are called on the event loop and must not block.
     """
 
     @property
@@ -61,6 +64,8 @@ class AdminBackend(Protocol):
     def metrics_text(self) -> str: ...
 
     def current_tls(self) -> TlsMaterial: ...
+
+    def renew_now(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,8 @@ async def answer(backend: AdminBackend, request: Request, local: bool) -> Respon
                 "use the admin API over mutual TLS",
             )
         return error_response(404, f"no such path {request.path}")
+    if request.path == RENEW_PATH:
+        return _renew(backend, request)
     kind = DOCUMENT_PATHS.get(request.path)
     if kind is not None and kind not in backend.store.kinds:
         return error_response(404, f"this meshd does not take {kind} documents")
@@ -138,6 +145,15 @@ def _read_only(backend: AdminBackend, path: str) -> Response:
     if path == "/metrics":
         return Response(200, backend.metrics_text().encode(), METRICS_CONTENT_TYPE)
     return json_response(200, backend.stats().to_json())
+
+
+def _renew(backend: AdminBackend, request: Request) -> Response:
+    if request.method != "POST":
+        message = f"{request.method} is not allowed on {request.path}"
+        return error_response(405, message, headers=(("Allow", "POST"),))
+    backend.renew_now()
+    log.info("admin: renewal of meshd's certificate asked for")
+    return json_response(202, {"renewing": True})
 
 
 def _get_document(backend: AdminBackend, kind: str) -> Response:

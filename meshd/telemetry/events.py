@@ -70,7 +70,30 @@ class ConnectionRefused:
     rule: str = ""  # the rule that refused it (meshd.policy.decisions), where one decided
 
 
-Event = ConnectionOpened | ConnectionClosed | RequestCompleted | HandshakeFailed | ConnectionRefused
+@dataclass(slots=True)
+class CertificateRenewed:
+    """meshd swapped in a certificate of its own: links made with the old one retire."""
+
+    not_after: float  # of the new certificate, Unix seconds
+    layer: str = "renewed"  # where it came from: "renewed" (meshd.renewal), "pushed", "trust"
+
+
+@dataclass(slots=True)
+class RenewalFailed:
+    """A renewal round in which no issuer signed: meshd keeps its certificate and backs off."""
+
+    reason: str
+
+
+Event = (
+    ConnectionOpened
+    | ConnectionClosed
+    | RequestCompleted
+    | HandshakeFailed
+    | ConnectionRefused
+    | CertificateRenewed
+    | RenewalFailed
+)
 
 
 class Subscription:

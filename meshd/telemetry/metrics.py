@@ -19,12 +19,14 @@ import psutil
 
 from meshd import __version__
 from meshd.telemetry.events import (
+    CertificateRenewed,
     ConnectionClosed,
     ConnectionOpened,
     ConnectionRefused,
     Event,
     EventBus,
     HandshakeFailed,
+    RenewalFailed,
     RequestCompleted,
     Subscription,
 )
@@ -117,6 +119,8 @@ class Metrics:
             RequestCompleted: self._request,
             HandshakeFailed: self._handshake,
             ConnectionRefused: self._refused,
+            CertificateRenewed: self._renewed,
+            RenewalFailed: self._renewal_failed,
         }
         f["info"].set((__version__,), 1)
 
@@ -202,6 +206,13 @@ class Metrics:
     def _refused(self, e: ConnectionRefused) -> None:
         self._families["refused"].inc((e.listener, e.reason))
 
+    def _renewed(self, e: CertificateRenewed) -> None:
+        if e.layer == "renewed":  # a push or a new trust bundle is not a renewal
+            self._families["renewals"].inc(("ok",))
+
+    def _renewal_failed(self, e: RenewalFailed) -> None:
+        self._families["renewals"].inc(("failed",))
+
 
 def _families() -> dict[str, Family]:
     return {
@@ -243,6 +254,12 @@ def _families() -> dict[str, Family]:
             "Connections refused by meshd.",
             "counter",
             ("listener", "reason"),
+        ),
+        "renewals": Family(
+            "meshd_certificate_renewals_total",
+            "Renewal rounds of meshd's own certificate, by result (failed: no issuer signed).",
+            "counter",
+            ("result",),
         ),
         "active": Family(
             "meshd_active_connections", "Open TCP connections.", "gauge", ("direction",)

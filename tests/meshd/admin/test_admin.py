@@ -132,6 +132,8 @@ def valid_doc(pki: Pki, directory: Path, kind: str, version: int, variant: bool 
     if kind == "certs":
         cert, bundle = pki.server.cert.read_text(), pki.server.bundle.read_text()
         return {"version": version, "cert_pem": cert + extra, "bundle_pem": bundle}
+    if kind == "trust":  # the roots that verify the running certificate
+        return {"version": version, "bundle_pem": pki.server.bundle.read_text() + extra}
     assert not variant, "a policy document is its version only (until the policy engine)"
     return {"version": version}
 
@@ -149,6 +151,7 @@ class FakeBackend:
     trust_domain: str = TD
     ready: bool = True
     live: dict[str, Any] = field(default_factory=dict)
+    renewals_asked: int = 0
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(self.bus, process_metrics=False)
@@ -173,6 +176,9 @@ class FakeBackend:
 
     def current_tls(self) -> TlsMaterial:
         return self.tls
+
+    def renew_now(self) -> None:
+        self.renewals_asked += 1
 
 
 @dataclass
