@@ -997,3 +997,15 @@ def test_parse_head_rejects(head: bytes) -> None:
     with pytest.raises(HttpError) as info:
         parse_head(head)
     assert info.value.response.status == 400
+
+
+# --- POST /renew ----------------------------------------------------------------------
+async def test_post_renew_asks_the_daemon_to_renew_now(pki: Pki, tmp_path: Path) -> None:
+    subject = fake_subject(pki)
+    backend = subject.backend
+    assert isinstance(backend, FakeBackend)
+    async with running(subject, tmp_path) as server:
+        assert await call(server, pki.alice, "POST", "/renew") == (202, {"renewing": True})
+        status, body = await call(server, pki.alice, "GET", "/renew")
+        assert status == 405, body
+    assert backend.renewals_asked == 1
