@@ -49,7 +49,9 @@ class Renewer:
         self.store = store  # its lock keeps a reload or a push from landing mid-swap
         self.random = random.SystemRandom()
         tls = runtime().tls
-        self.plan = schedule.start(_ts(tls.not_before), _ts(tls.not_after), time.time(), 0.5)
+        self.plan = schedule.start(
+            _ts(tls.not_before), _ts(tls.not_after), time.time(), self.random.random()
+        )
         self.serial = tls.serial  # of the certificate the plan is for
         self._kicked = anyio.Event()
 

@@ -60,4 +60,18 @@ def test_a_trust_bundle_that_does_not_verify_our_certificate_is_refused(
     assert status == 409, body
     assert "does not verify under bundle_pem" in json.loads(body)["error"]
     assert net.admin(meshd, "GET", "/trust")[0] == 404  # nothing applied
-    assert net.admin(meshd, "GET", "/stats")[0] == 200  # the old bundle still runs
+    status, body = net.admin(meshd, "GET", "/stats")  # the old bundle still runs
+    assert status == 200
+    assert json.loads(body)["renewal"]["state"] == "off"  # no issuer in the registry
+
+
+def test_a_stored_trust_bundle_under_which_nothing_verifies_is_set_aside_at_start(
+    net: MeshNet, tmp_path: Path
+) -> None:
+    meshd = net.start("a")
+    doc = {"version": 1, "bundle_pem": net.pki.bundle.read_text()}
+    assert net.admin(meshd, "PUT", "/trust", doc)[0] == 200
+    meshd.stop()
+    other = TestPki(tmp_path / "other")  # the host was joined again, under another CA
+    meshd = net.start("a", identity=other.issue("a", "host/a"))
+    meshd.wait_log(r"pushed trust set aside: no certificate verifies under it")

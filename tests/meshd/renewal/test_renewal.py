@@ -10,10 +10,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import signal
 import socket
 import ssl
-import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,6 +140,10 @@ def test_kill_9_mid_renewal_leaves_a_valid_certificate(net: MeshNet, issuer: Fak
     assert net.admin(meshd, "POST", "/renew")[0] == 202  # now the write happens ...
     until(lambda: stats(net, meshd)["renewal"]["renewals"] == 1, 10, "a renewal")
     renewed = stats(net, meshd)["certificate_serial"]
+    meshd.proc.send_signal(signal.SIGHUP)  # a reload weighs the three candidates: renewed wins
+    until(lambda: stats(net, meshd)["reload"]["generation"] == 1, 10, "the reload")
+    report = stats(net, meshd)
+    assert (report["certificate_serial"], report["certificate"]["layer"]) == (renewed, "renewed")
     os.kill(meshd.proc.pid, signal.SIGKILL)  # ... and the kill comes after it
     meshd.proc.wait()
     meshd = net.start("a", identity=ident)
