@@ -112,23 +112,30 @@ class Renewer:
         if not issuers or rt.config.state_dir is None:
             self._failed(_why_not(rt))
             return
-        host = rt.config.identity.host
-        ids = schedule.csr_ids(rt.tls.ids, rt.registry, host)
+        ids = schedule.csr_ids(rt.tls.ids, rt.registry, rt.config.identity.host)
         try:
             key_pem, csr_pem = await self._keygen([str(i) for i in ids])
         except MeshError as e:
             self._failed(e.message)
             return
+        problems = await self._ask_each(issuers, rt.tls, key_pem, csr_pem)
+        if problems:
+            self._failed("; ".join(problems))
+
+    async def _ask_each(
+        self, issuers: list[IssuerRef], tls: TlsMaterial, key_pem: bytes, csr_pem: str
+    ) -> list[str]:
+        """Ask one issuer after the other until one signs; what each that did not said."""
         problems = []
         for issuer in issuers:
             try:
-                await self._renew_from(issuer, rt.tls, key_pem, csr_pem)
+                await self._renew_from(issuer, tls, key_pem, csr_pem)
             except MeshError as e:
                 log.warning("renewal: %s", e.message)
                 problems.append(e.message)
             else:
-                return
-        self._failed("; ".join(problems))
+                return []
+        return problems
 
     async def _keygen(self, ids: list[str]) -> tuple[bytes, str]:
         """A fresh key (``pending-key.pem``, 0600) and a CSR for ``ids``, from ``meshd keygen``."""
