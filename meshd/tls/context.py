@@ -17,6 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from meshd.errors import CertificateError, ConfigError
 from meshd.identity import SpiffeId
@@ -47,7 +48,7 @@ class SelfView:
     ids: frozenset[SpiffeId]
     not_before: dt.datetime
     not_after: dt.datetime
-    serial: str  # upper-case hex, as ``getpeercert()["serialNumber"]`` spells it
+    serial: str  # upper-case hex without leading zeros (``serial_of``)
 
 
 @dataclass(frozen=True)
@@ -140,8 +141,17 @@ def _self_check(client: ssl.SSLContext, server: ssl.SSLContext, cert: Path) -> S
     if not peer:
         raise CertificateError(f"{cert}: the handshake with itself did not complete")
     return SelfView(
-        peer_ids(near), _time(peer["notBefore"]), _time(peer["notAfter"]), str(peer["serialNumber"])
+        peer_ids(near), _time(peer["notBefore"]), _time(peer["notAfter"]), serial_of(peer)
     )
+
+
+def serial_of(peer: dict[str, Any]) -> str:
+    """A ``getpeercert()`` serial as the registry spells serials: upper-case hex, no leading 0.
+
+    OpenSSL pads the hex to whole bytes ("0A1B"), ``format(serial, "X")`` does
+    not ("A1B"): one in eight random serials would be spelled two ways.
+    """
+    return str(peer["serialNumber"]).lstrip("0") or "0"
 
 
 def _time(text: object) -> dt.datetime:

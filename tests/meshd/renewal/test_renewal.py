@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from meshd.tls.context import serial_of
 from tests.meshd.harness import Meshd, MeshNet
 from tests.meshd.renewal.fakeissuer import FakeIssuer
 from tests.meshd.tlsfixtures import Identity
@@ -53,7 +54,7 @@ def served_serial(meshd: Meshd, operator: Identity) -> str:
     with socket.create_connection(address, timeout=5) as raw, ctx.wrap_socket(raw) as tls:
         peer = tls.getpeercert()
     assert peer
-    return str(peer["serialNumber"])
+    return serial_of(peer)
 
 
 def renewed_file(net: MeshNet, name: str) -> Path:

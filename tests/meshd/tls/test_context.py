@@ -9,7 +9,7 @@ import pytest
 from cryptography import x509
 
 from meshd.errors import CertificateError
-from meshd.tls.context import Pem, TlsMaterial
+from meshd.tls.context import Pem, TlsMaterial, serial_of
 from tests.meshd.tlsfixtures import TestPki
 
 
@@ -20,6 +20,14 @@ def test_serial_and_validity_are_read_as_a_peer_sees_them(tmp_path: Path) -> Non
     assert tls.serial == format(cert.serial_number, "X")  # as meshd.registry spells serials
     assert tls.not_before == cert.not_valid_before_utc
     assert tls.not_after == cert.not_valid_after_utc
+
+
+@pytest.mark.parametrize(
+    ("openssl", "registry"),
+    [("0A1B", "A1B"), ("1A1B", "1A1B"), ("00", "0"), ("0942D4", "942D4")],
+)
+def test_serials_are_spelled_as_format_x_spells_them(openssl: str, registry: str) -> None:
+    assert serial_of({"serialNumber": openssl}) == registry
 
 
 def test_one_file_holding_key_and_chain_loads(tmp_path: Path) -> None:
