@@ -312,7 +312,8 @@ class Daemon:
 
     @staticmethod
     def _swap(layered: Layered, rt: Runtime) -> None:
-        renewed = rt.tls.serial != layered.tls.serial  # another certificate: links retire
+        # another certificate: the links made with the old one retire
+        renewed = layered.tls is not rt.tls and layered.tls.serial != rt.tls.serial
         rt.config, rt.tls, rt.registry = layered.config, layered.tls, layered.registry
         rt.policy, rt.files, rt.certificate = layered.policy, layered.files, layered.certificate
         rt.trust = layered.trust
