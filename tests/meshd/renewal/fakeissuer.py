@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from meshd.pki import cert_pem, spiffe_ids
+from meshd.pki import build_csr, cert_pem, generate_key, spiffe_ids
 from tests.meshd.tlsfixtures import Identity, TestPki
 
 
@@ -46,6 +46,7 @@ class FakeIssuer:
     held: threading.Event = field(default_factory=threading.Event)
     holding: bool = False
     port: int = 0
+    misbehave: str = ""  # "other-key": signs a key it made itself; "huge": a 1 MiB answer
 
     def __post_init__(self) -> None:
         self.identity: Identity = self.pki.issue(self.name, f"host/{self.name}")
@@ -73,6 +74,8 @@ class FakeIssuer:
                 if issuer.holding:
                     issuer.held.wait(30)
                 answer = issuer.sign(json.loads(body)["csr_pem"].encode())
+                if issuer.misbehave == "huge":
+                    answer["padding"] = "x" * 1024 * 1024
                 data = json.dumps(answer).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -110,6 +113,8 @@ class FakeIssuer:
     def sign(self, csr_pem: bytes) -> dict[str, str]:
         csr = x509.load_pem_x509_csr(csr_pem)
         assert csr.is_signature_valid
+        if self.misbehave == "other-key":
+            csr = build_csr(generate_key(), spiffe_ids(csr))
         authority = self.pki.ca.issuing
         now = dt.datetime.now(dt.UTC)
         uris = [x509.UniformResourceIdentifier(str(i)) for i in spiffe_ids(csr)]

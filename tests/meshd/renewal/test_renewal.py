@@ -123,6 +123,27 @@ def test_an_issuer_without_its_host_identity_is_not_asked(net: MeshNet, issuer: 
     assert issuer.requests == 0 and issuer.signed == []
 
 
+@pytest.mark.parametrize(
+    ("misbehave", "words"),
+    [
+        ("other-key", "its certificate does not load"),  # not for the key meshd made
+        ("huge", "its answer is larger than 65536 bytes"),
+    ],
+)
+def test_a_bad_answer_is_refused_and_the_certificate_kept(
+    net: MeshNet, issuer: FakeIssuer, misbehave: str, words: str
+) -> None:
+    issuer.misbehave = misbehave
+    meshd, _ = start_with_issuer(net, issuer, "a", 60)
+    serial = stats(net, meshd)["certificate_serial"]
+    assert net.admin(meshd, "POST", "/renew")[0] == 202
+    until(lambda: stats(net, meshd)["renewal"]["failures"] >= 1, 10, "a failed round")
+    report = stats(net, meshd)
+    assert words in report["renewal"]["last_error"], report["renewal"]
+    assert report["certificate_serial"] == serial
+    assert not renewed_file(net, "a").exists()
+
+
 def test_kill_9_mid_renewal_leaves_a_valid_certificate(net: MeshNet, issuer: FakeIssuer) -> None:
     issuer.lifetime = dt.timedelta(minutes=5)
     meshd, ident = start_with_issuer(net, issuer, "a", 120)
