@@ -83,9 +83,11 @@ class Renewer:
         while not self._kicked.is_set():
             now = time.time()
             self._follow(now)
-            if self._can_renew(self.runtime()) and now >= self.plan.next_at:
+            can = self._can_renew(self.runtime())
+            if can and now >= self.plan.next_at:
                 return
-            with anyio.move_on_after(min(TICK, max(0.0, self.plan.next_at - now))):
+            # overdue with no issuer to ask: look again in a while (a registry may name one)
+            with anyio.move_on_after(min(TICK, self.plan.next_at - now) if can else TICK):
                 await self._kicked.wait()
         self._kicked = anyio.Event()
 

@@ -15,12 +15,14 @@ import signal
 import socket
 import ssl
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from meshd.host.reloading import local_stats
 from meshd.tls.context import serial_of
 from tests.meshd.harness import Meshd, MeshNet
 from tests.meshd.renewal.fakeissuer import FakeIssuer
@@ -111,6 +113,21 @@ def test_issuers_down_keep_the_certificate_and_back_off(net: MeshNet, issuer: Fa
     report = stats(net, meshd)
     assert report["certificate_serial"] == issuer.signed[-1].serial != serial
     assert report["renewal"]["failures"] == 0 and report["renewal"]["renewals"] == 1
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_an_overdue_certificate_without_issuers_costs_no_cpu(net: MeshNet) -> None:
+    meshd = net.start("a", identity=net.pki.issue("a", "host/a", lifetime=dt.timedelta(seconds=2)))
+    time.sleep(2)  # due after 1.2-1.4 s, and no issuer in the registry to ask
+    before = cpu_seconds(meshd.proc.pid)
+    time.sleep(2)
+    assert cpu_seconds(meshd.proc.pid) - before < 0.3
+    report = local_stats(net.dir / "a.sock")  # the local socket answers whatever meshd runs
+    assert report.renewal is not None and report.renewal.state == "off"
 
 
 def test_an_issuer_without_its_host_identity_is_not_asked(net: MeshNet, issuer: FakeIssuer) -> None:
