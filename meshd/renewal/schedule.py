@@ -80,6 +80,11 @@ def failed(plan: Plan, error: str, now: float, draw: float) -> Plan:
 
 
 def swapped(plan: Plan, not_before: float, not_after: float, now: float, draw: float) -> Plan:
-    """Another certificate runs now (a push, a reload): schedule from it, keep the counts."""
+    """Another certificate runs now (a push, a reload): schedule from it, keep the counts.
+
+    No issuer signed it (as far as meshd knows).
+    """
     fresh = start(not_before, not_after, now, draw)
-    return replace(plan, got=fresh.got, not_after=not_after, next_at=fresh.next_at, failures=0)
+    return replace(
+        plan, got=fresh.got, not_after=not_after, next_at=fresh.next_at, failures=0, issuer=""
+    )

@@ -70,6 +70,7 @@ def test_a_swap_by_others_reschedules_and_keeps_the_counts() -> None:
     plan = schedule.failed(plan, "down", 150, 0.0)
     plan = schedule.swapped(plan, 140, 400, 160, 0.0)
     assert (plan.got, plan.next_at, plan.failures, plan.renewals) == (160, 304.0, 0, 1)
+    assert plan.issuer == ""  # "a" signed the certificate that no longer runs
 
 
 TD = "t.mesh"
