@@ -1,7 +1,7 @@
 """``meshd run``: the daemon's components in one task group, signals, reload and drain.
 
 Components (mesh port, outbound listeners, inbound listener, admin API,
-sweeper, watchdog) are started with ``await tg.start(...)`` and report ready
+renewal, sweeper, watchdog) are started with ``await tg.start(...)`` and report ready
 after binding; READY=1 goes to systemd only then. The relay itself runs on
 asyncio protocols over uvloop; anyio structures everything around it.
 SIGHUP reloads certificates, trust bundle, registry and the live parts of
@@ -42,6 +42,7 @@ from meshd.proxy.inbound import MeshPort, PlainInbound
 from meshd.proxy.link import Link
 from meshd.proxy.outbound import OutboundConn
 from meshd.proxy.pool import LinkPool
+from meshd.renewal.renewer import Renewer
 from meshd.runtime import (
     NO_PUSH,
     Files,
@@ -52,7 +53,7 @@ from meshd.runtime import (
 )
 from meshd.stats import EventCounts, HandshakeCounts, HeapCounts, LinkIn, LinkOut, Stats
 from meshd.store import DocumentStore
-from meshd.telemetry.events import IssuerAnswered
+from meshd.telemetry.events import CertificateRenewed, IssuerAnswered
 from meshd.telemetry.logs import peer_lines
 from meshd.telemetry.metrics import Metrics
 from meshd.tls.context import TlsMaterial
@@ -80,6 +81,8 @@ def _verdict(what: str, path: Path, layered: Layered) -> str:
     if layered.certificate.reason != NO_PUSH and "certs" not in layered.set_aside:
         parts.append(layered.certificate.describe())  # whose, when both were candidates
     parts += [f"pushed {kind} set aside: {why}" for kind, why in layered.set_aside.items()]
+    if layered.renewed_aside is not None:
+        parts.append(f"renewed certificate set aside: {layered.renewed_aside}")
     return "; ".join(parts)
 
 
@@ -93,6 +96,7 @@ class Daemon:
         self.documents = Documents(lambda: self.rt, config_path, self.store, self.issuer)
         self.rt = self._start(config)
         self.documents.restore_issuer()  # on the trust bundle the start chose
+        self.renewer = Renewer(lambda: self.rt, self.store)
         self.pool = LinkPool(self.rt)
         self.connector = Connector(config.timeouts.connect)
         self.mesh = MeshPort(self.rt, self.connector)
@@ -130,6 +134,7 @@ class Daemon:
             self.rt.bound["admin"] = await tg.start(
                 self.admin.serve, self.rt.config.listen.admin, self.rt.config.listen.admin_socket
             )
+            await tg.start(self.renewer.run)
             tg.start_soon(self.metrics.run)
             tg.start_soon(self._signals)
             tg.start_soon(self._sweep)
@@ -313,9 +318,14 @@ class Daemon:
 
     @staticmethod
     def _swap(layered: Layered, rt: Runtime) -> None:
+        # another certificate: the links made with the old one retire
+        renewed = layered.tls is not rt.tls and layered.tls.serial != rt.tls.serial
         rt.config, rt.tls, rt.registry = layered.config, layered.tls, layered.registry
         rt.policy, rt.files, rt.certificate = layered.policy, layered.files, layered.certificate
+        rt.trust = layered.trust
         rt.recompile()
+        if renewed:
+            rt.bus.publish(CertificateRenewed(rt.tls.not_after.timestamp(), rt.certificate.layer))
 
     async def _drain(self) -> None:
         self.rt.draining = True
@@ -389,6 +399,9 @@ class _Backend:
     def current_tls(self) -> TlsMaterial:
         return self.daemon.rt.tls
 
+    def renew_now(self) -> None:
+        self.daemon.renewer.kick()
+
     def metrics_text(self) -> str:
         d = self.daemon
         d.metrics.set_certificate_expiry(d.rt.tls.not_after.timestamp())
@@ -409,6 +422,8 @@ class _Backend:
             host=rt.config.identity.host,
             identities=tuple(sorted(str(i) for i in rt.tls.ids)),
             certificate_not_after=rt.tls.not_after.isoformat(),
+            certificate_serial=rt.tls.serial,
+            renewal=d.renewer.report(),
             certificate=rt.certificate,
             uptime_seconds=round(time.time() - rt.started, 1),
             ready=rt.ready,

@@ -5,6 +5,7 @@
     certs     {"version": N, "cert_pem": "...", "bundle_pem": "..."}   (the key stays here)
     policy    {"version": N}            (until the policy engine exists: nothing else)
     issuer    {"version": N, "cert_pem": "<issuer CA>", "leaf_lifetime": S}  (meshd.issuer)
+    trust     {"version": N, "bundle_pem": "..."}   (the roots every peer is verified with)
 
 (The kinds themselves are ``meshd.stats.KINDS``, the admin API's contract.)
 ``Documents`` registers a validator and an apply hook for each kind on the
@@ -16,9 +17,10 @@ must lie in this host's vip_range; a config may change its live parts
 ``[interception]``, the registry path) nor what needs a restart (host name,
 state directory, listeners); a certificate must carry this host's identity,
 fit its key and expire no earlier than a valid one in the files; a policy is
-a version only; an issuer CA must fit the issuer key here and chain to the
-trust bundle meshd runs (``meshd.issuer.service``). Every field is checked at
-the door, so that applying is swapping references.
+a version only; a trust bundle must verify the certificate meshd runs; an
+issuer CA must fit the issuer key here and chain to the trust bundle meshd
+runs (``meshd.issuer.service``). Every field is checked at the door, so that
+applying is swapping references.
 
 Pushed documents stay in the state directory, never written over the files
 in /etc: those are the host's bootstrap. At start and on SIGHUP the running
@@ -30,14 +32,19 @@ reason to refuse the files; a registry file newer than the stored push
 becomes the store's current document (``Layered.record``). The certificate is
 the one exception to "pushed on top": the files' and the pushed one are both
 candidates, and meshd runs whichever validates, the later to expire when
-both do (``choose_tls``); it refuses to run only when neither does.
+both do (``choose_tls``); it refuses to run only when neither does. A
+third candidate is the certificate meshd renewed itself
+(``meshd.renewal.stored``): a stale or broken one is set aside like a
+pushed one. A trust document replaces the bundle every candidate is
+verified with (files < pushed certs < trust); one under which no candidate
+verifies is set aside.
 """
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +52,7 @@ from meshd.config import IdentityConfig, MeshdConfig
 from meshd.errors import CertificateError, ConfigError, MeshError
 from meshd.issuer.service import Issuer, IssuerChange
 from meshd.registry import Registry, check_vip_range
+from meshd.renewal.stored import load_renewed
 from meshd.runtime import (
     NO_PUSH,
     Files,
@@ -54,7 +62,8 @@ from meshd.runtime import (
 )
 from meshd.schema import Fields, read_toml
 from meshd.stats import CertificateSource
-from meshd.store import DocumentStore
+from meshd.store import DocumentStore, VersionConflictError
+from meshd.telemetry.events import CertificateRenewed
 from meshd.tls.context import TlsMaterial
 
 Doc = dict[str, Any]
@@ -72,6 +81,8 @@ class Layered:
     policy: Doc
     set_aside: dict[str, str] = field(default_factory=dict)  # kind -> why
     record: Registry | None = None  # the registry file, newer than any push: the store's now
+    trust: bytes | None = None  # the trust document's bundle, when one runs
+    renewed_aside: str | None = None  # why the renewed certificate is not run, if there is one
 
 
 @dataclass(frozen=True)
@@ -81,6 +92,7 @@ class TlsChoice:
     tls: TlsMaterial
     source: CertificateSource
     set_aside: str | None = None
+    renewed_aside: str | None = None
 
 
 class Documents:
@@ -107,6 +119,7 @@ class Documents:
         self.issuer = issuer
         if issuer is not None:
             store.register("issuer", self.validate_issuer, issuer.apply)
+        store.register("trust", self.validate_trust, self.apply_trust)
 
     # pushes: validated against the running state, applied one layer at a time
     def validate_registry(self, doc: Doc) -> Registry:
@@ -128,22 +141,44 @@ class Documents:
     def validate_certs(self, doc: Doc) -> TlsChoice:
         """A pushed certificate meshd would also run after a restart: one outlasting the files'."""
         rt = self.runtime()
-        pushed, version = certs_on(rt.config, doc), Fields(doc, "certs").version()
+        pushed, version = certs_on(rt.config, doc, rt.trust), Fields(doc, "certs").version()
+        if rt.certificate.layer == "renewed" and rt.tls.not_after > pushed.not_after:
+            raise _outlasted(pushed, "the renewed certificate", rt.tls)
         if rt.files is None:
             return TlsChoice(pushed, CertificateSource("pushed", version, "pushed"))
         choice = pushed_or_files(pushed, version, rt.files)
         if choice.source.layer == "files":
-            raise CertificateError(
-                f"certs: cert_pem expires {pushed.not_after.isoformat()}, before the certificate"
-                f" in the files ({rt.files.config.identity.cert} expires"
-                f" {choice.tls.not_after.isoformat()}), which meshd would run instead",
-                hint="push a certificate that expires later",
+            raise _outlasted(
+                pushed,
+                f"the certificate in the files ({rt.files.config.identity.cert})",
+                choice.tls,
             )
         return choice
 
     def apply_certs(self, choice: TlsChoice) -> None:
         rt = self.runtime()
         rt.tls, rt.certificate = choice.tls, choice.source
+        rt.bus.publish(CertificateRenewed(choice.tls.not_after.timestamp(), "pushed"))
+
+    def validate_trust(self, doc: Doc) -> TlsMaterial:
+        """The running certificate under the pushed bundle: it must verify there (409 if not)."""
+        rt, bundle = self.runtime(), trust_of(doc)
+        try:
+            return rt.tls.under(bundle)
+        except CertificateError as e:
+            raise VersionConflictError(
+                f"trust: meshd's own certificate (serial {rt.tls.serial}) does not verify under"
+                f" bundle_pem: {e.message}",
+                "keep the root that signed it in the bundle until every host has renewed",
+                "trust",
+                self.store.versions().get("trust", 0),
+                Fields(doc, "trust").version(),
+            ) from e
+
+    def apply_trust(self, tls: TlsMaterial) -> None:
+        rt = self.runtime()
+        rt.tls, rt.trust = tls, tls.pem.bundle
+        rt.bus.publish(CertificateRenewed(tls.not_after.timestamp(), "trust"))
 
     def validate_policy(self, doc: Doc) -> Doc:
         return policy_of(doc)
@@ -188,27 +223,112 @@ def layer(files: Files, docs: dict[str, Doc], directory: Path) -> Layered:
             return base
 
     config = on_top("config", files.config, lambda d: config_on(files.config, d, directory))
-    choice = choose_tls(files, docs.get("certs"), config)
+    trust = on_top("trust", None, lambda d: _trusted(files, docs.get("certs"), config, d))
+    choice = trust[1] if trust else choose_tls(files, docs.get("certs"), config)
     if choice.set_aside is not None:
         set_aside["certs"] = choice.set_aside
     pushed = on_top("registry", None, lambda d: registry_on(config, d))
     policy = on_top("policy", {}, policy_of)
     registry, record = _newer_registry(files.registry, pushed)
-    return Layered(files, config, choice.tls, choice.source, registry, policy, set_aside, record)
+    return Layered(
+        files,
+        config,
+        choice.tls,
+        choice.source,
+        registry,
+        policy,
+        set_aside,
+        record,
+        trust[0] if trust else None,
+        choice.renewed_aside,
+    )
 
 
-def choose_tls(files: Files, doc: Doc | None, config: MeshdConfig) -> TlsChoice:
+def _trusted(
+    files: Files, certs: Doc | None, config: MeshdConfig, doc: Doc
+) -> tuple[bytes, TlsChoice]:
+    """A trust document's bundle and the certificate chosen under it; MeshError if none verifies."""
+    bundle = trust_of(doc)
+    try:
+        return bundle, choose_tls(files, certs, config, bundle)
+    except MeshError as e:
+        raise CertificateError(f"no certificate verifies under it: {e.message}") from e
+
+
+def trust_of(doc: Doc) -> bytes:
+    """A trust document's bundle: PEM certificates (verified when a certificate is loaded)."""
+    fields = Fields(doc, "trust")
+    fields.unknown({"version", "bundle_pem"})
+    fields.version()
+    bundle = fields.get("bundle_pem", str)
+    if "-----BEGIN CERTIFICATE-----" not in bundle:
+        raise CertificateError(
+            "trust: bundle_pem holds no PEM certificate",
+            hint="push the mesh's root certificates (meshctl ca rotate does)",
+        )
+    return bundle.encode()
+
+
+def choose_tls(
+    files: Files, doc: Doc | None, config: MeshdConfig, trust: bytes | None = None
+) -> TlsChoice:
+    """The files', the pushed or the renewed certificate: the valid one that expires last.
+
+    A join re-signs into the files, an operator pushes, meshd renews: any
+    may be the newest, and a start must not fail on an expired one while
+    another is good. ``trust``: the bundle all of them are verified with.
+    """
+    files = files.under(trust)
+    base: TlsChoice | None = None
+    try:
+        base = _files_or_pushed(files, doc, config, trust)
+    except CertificateError as e:
+        failure = e
+    bundle = trust or (base.tls.pem.bundle if base else _file_bundle(files))
+    renewed, aside = _renewed(config, bundle)
+    if base is not None and (renewed is None or base.tls.not_after > renewed.not_after):
+        if renewed is not None:
+            aside = f"it expires earlier ({renewed.not_after.isoformat()}) than the one meshd runs"
+        return replace(base, renewed_aside=aside)
+    if renewed is None:
+        raise failure
+    why = f"it expires last ({renewed.not_after.isoformat()}) of the valid certificates"
+    pushed_aside = base.set_aside if base else (failure.message if doc is not None else None)
+    return TlsChoice(renewed, CertificateSource("renewed", None, why), pushed_aside, aside)
+
+
+def _renewed(config: MeshdConfig, bundle: bytes | None) -> tuple[TlsMaterial | None, str | None]:
+    """The certificate meshd renewed itself, if there is one and it is valid; else why not."""
+    if bundle is None or config.state_dir is None:
+        return None, None
+    try:
+        renewed = load_renewed(config.state_dir, bundle)
+        if renewed is not None:
+            check_identity(config, renewed)
+    except MeshError as e:
+        return None, e.message
+    return renewed, None
+
+
+def _file_bundle(files: Files) -> bytes | None:
+    try:
+        return files.config.identity.bundle.read_bytes()
+    except OSError:
+        return None
+
+
+def _files_or_pushed(
+    files: Files, doc: Doc | None, config: MeshdConfig, trust: bytes | None
+) -> TlsChoice:
     """The files' certificate or the pushed one: whichever validates, the later to expire if both.
 
-    A join re-signs into the files and renewal pushes: either may be the
-    newer one, and a start must not fail on an expired one while the other
-    is good. On a tie the pushed one wins (it is what meshd ran before).
+    On a tie the pushed one wins (it is what meshd ran before).
     """
     if doc is None:
         return TlsChoice(files.required_tls(), CertificateSource("files", None, NO_PUSH))
     version = Fields(doc, "certs").version()
     try:
-        pushed = certs_on(config, doc)
+        pushed = certs_on(config, doc, trust)
     except MeshError as e:
         if files.tls is None:
             raise _no_certificate(files, version, e) from e
@@ -228,6 +348,14 @@ def pushed_or_files(pushed: TlsMaterial, version: int, files: Files) -> TlsChoic
         return TlsChoice(files.tls, CertificateSource("files", None, why))
     why = f"it expires no earlier ({ours}) than the files' certificate ({theirs})"
     return TlsChoice(pushed, CertificateSource("pushed", version, why))
+
+
+def _outlasted(pushed: TlsMaterial, what: str, theirs: TlsMaterial) -> CertificateError:
+    return CertificateError(
+        f"certs: cert_pem expires {pushed.not_after.isoformat()}, before {what}"
+        f" (expires {theirs.not_after.isoformat()}), which meshd would run instead",
+        hint="push a certificate that expires later",
+    )
 
 
 def _no_certificate(files: Files, version: int, pushed: MeshError) -> CertificateError:
@@ -291,11 +419,15 @@ def _identity_change(base: IdentityConfig, new: IdentityConfig) -> str:
     )
 
 
-def certs_on(config: MeshdConfig, doc: Doc) -> TlsMaterial:
-    """A pushed certificate and bundle, with this host's key: current, ours, verified."""
+def certs_on(config: MeshdConfig, doc: Doc, trust: bytes | None = None) -> TlsMaterial:
+    """A pushed certificate and bundle, with this host's key: current, ours, verified.
+
+    ``trust``: a trust document's bundle, which then replaces the pushed one.
+    """
     fields = Fields(doc, "certs")
     fields.unknown({"version", "cert_pem", "bundle_pem"})
     cert, bundle = fields.get("cert_pem", str).encode(), fields.get("bundle_pem", str).encode()
+    bundle = trust or bundle
     with tempfile.TemporaryDirectory(prefix="meshd-certs-") as tmp:
         cert_path, bundle_path = Path(tmp) / "cert.pem", Path(tmp) / "bundle.pem"
         cert_path.write_bytes(cert)

@@ -13,14 +13,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from anyio.abc import TaskGroup
 
 from meshd import __version__
 from meshd.config import MeshdConfig
-from meshd.errors import ConfigError, MeshError
+from meshd.errors import CertificateError, ConfigError, MeshError
 from meshd.host.registryfiles import load_registry
 from meshd.identity import SpiffeId, make_id
 from meshd.policy.bundle import Bundle
@@ -51,6 +51,16 @@ class Files:
     def tls_problem(self) -> str:
         """Why the files' certificate does not validate ("" when it does)."""
         return self.tls_error.message if self.tls_error is not None else ""
+
+    def under(self, bundle: bytes | None) -> Files:
+        """The files with their certificate verified under ``bundle`` (a trust document's)."""
+        if bundle is None or self.tls is None:
+            return self
+        try:
+            return replace(self, tls=self.tls.under(bundle))
+        except MeshError as e:
+            message = f"{self.config.identity.cert} does not verify under the trust document"
+            return replace(self, tls=None, tls_error=CertificateError(f"{message}: {e.message}"))
 
     def required_tls(self) -> TlsMaterial:
         """The files' TLS material; their error if it does not validate."""
@@ -115,6 +125,7 @@ class Runtime:
     certificate: CertificateSource = field(
         default_factory=lambda: CertificateSource("files", None, NO_PUSH)
     )
+    trust: bytes | None = None  # a trust document's bundle: every context is built with it
     # which connections need L7 beyond [mesh] http's observation (until policy compiles them)
     http_rules: HttpRules = field(default_factory=HttpRules)
     # config, registry and policy compiled for meshd.policy.decide: ``recompile`` after a swap

@@ -32,7 +32,9 @@ T = TypeVar("T")
 D = TypeVar("D")
 Json = Mapping[str, Any]
 
-KINDS = ("registry", "config", "policy", "certs", "issuer")  # documents: GET and PUT /<kind>
+# documents: GET and PUT /<kind> (trust: the roots alone, for a CA rollover; issuer: this
+# host's issuer CA)
+KINDS = ("registry", "config", "policy", "certs", "trust", "issuer")
 
 
 class Unreported(enum.Enum):

@@ -5,11 +5,13 @@ No sockets here: ``meshd.admin.server.AdminServer`` decides who is calling,
 backend it serves from and the limits it keeps are declared here too.
 
 Routes: GET /healthz, /ready, /metrics, /stats; GET and PUT /registry,
-/config, /policy, /certs, /issuer (PUT goes through ``DocumentStore.put``: 200
-``{"status", "version"}``, 400 invalid, 409 older or conflicting, 500 not
-applied); POST /issuer/csr (a fresh issuer key, ``meshd.issuer``); 404 for
-other paths, 405 (with ``Allow``) for other methods. The local socket serves
-only /healthz, /ready and /stats. Errors are JSON ``{"error": ..., "hint": ...}``.
+/config, /policy, /certs, /trust, /issuer (PUT goes through
+``DocumentStore.put``: 200 ``{"status", "version"}``, 400 invalid, 409 older
+or conflicting, 500 not applied); POST /renew (202: meshd renews its
+certificate now); POST /issuer/csr (a fresh issuer key, ``meshd.issuer``);
+404 for other paths, 405 (with ``Allow``) for other methods. The local
+socket serves only /healthz, /ready and /stats. Errors are JSON
+``{"error": ..., "hint": ...}``.
 
 A host identity may ask one thing, on a connection of its own: ``issue``
 answers its POST /issue (200 with the signed chain, 403 refused, 503 when
@@ -42,6 +44,7 @@ DOCUMENT_PATHS = {f"/{kind}": kind for kind in KINDS}
 ISSUER_CSR = "/issuer/csr"
 ISSUE = "/issue"  # the one path a host identity may use
 POSTS = frozenset({ISSUER_CSR, ISSUE})
+RENEW_PATH = "/renew"
 TEXT = "text/plain; charset=utf-8"
 
 
@@ -54,7 +57,8 @@ class AdminBackend(Protocol):
     ``is_ready()``: for /ready. ``stats()``: the /stats payload (``meshd.stats``).
     ``metrics_text()``: the Prometheus exposition for /metrics (e.g.
     ``metrics.collect(); return metrics.render()``). ``current_tls()``: the TLS
-    material to use for the next accepted connection. All but ``store.put``
+    material to use for the next accepted connection. ``renew_now()``: start a
+    renewal round of meshd's certificate (POST /renew). All but ``store.put``
     are called on the event loop and must not block.
     """
 
@@ -74,6 +78,8 @@ class AdminBackend(Protocol):
     def metrics_text(self) -> str: ...
 
     def current_tls(self) -> TlsMaterial: ...
+
+    def renew_now(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -131,13 +137,15 @@ def busy(limit: int, where: str) -> Response:
 async def answer(backend: AdminBackend, request: Request, local: bool) -> Response:
     """The response to ``request`` from an operator, or on the local socket when ``local``."""
     if local and request.path not in LOCAL_PATHS:
-        if request.path in READ_PATHS or request.path in DOCUMENT_PATHS or request.path in POSTS:
+        if request.path in (*READ_PATHS, *DOCUMENT_PATHS, *POSTS, RENEW_PATH):
             return error_response(
                 403,
                 f"{request.path} is not served on the local socket",
                 "use the admin API over mutual TLS",
             )
         return error_response(404, f"no such path {request.path}")
+    if request.path == RENEW_PATH:
+        return _renew(backend, request)
     kind = DOCUMENT_PATHS.get(request.path)
     if kind is not None and kind not in backend.store.kinds:
         return error_response(404, f"this meshd does not take {kind} documents")
@@ -222,6 +230,15 @@ def _read_only(backend: AdminBackend, path: str) -> Response:
     if path == "/metrics":
         return Response(200, backend.metrics_text().encode(), METRICS_CONTENT_TYPE)
     return json_response(200, backend.stats().to_json())
+
+
+def _renew(backend: AdminBackend, request: Request) -> Response:
+    if request.method != "POST":
+        message = f"{request.method} is not allowed on {request.path}"
+        return error_response(405, message, headers=(("Allow", "POST"),))
+    backend.renew_now()
+    log.info("admin: renewal of meshd's certificate asked for")
+    return json_response(202, {"renewing": True})
 
 
 def _get_document(backend: AdminBackend, kind: str) -> Response:

@@ -78,6 +78,21 @@ class IssuerAnswered:
     result: str  # "signed", "refused" or "unavailable" (this host holds no issuer CA)
 
 
+@dataclass(slots=True)
+class CertificateRenewed:
+    """meshd swapped in a certificate of its own: links made with the old one retire."""
+
+    not_after: float  # of the new certificate, Unix seconds
+    layer: str = "renewed"  # where it came from: "renewed" (meshd.renewal), "pushed", "trust"
+
+
+@dataclass(slots=True)
+class RenewalFailed:
+    """A renewal round in which no issuer signed: meshd keeps its certificate and backs off."""
+
+    reason: str
+
+
 Event = (
     ConnectionOpened
     | ConnectionClosed
@@ -85,6 +100,8 @@ Event = (
     | HandshakeFailed
     | ConnectionRefused
     | IssuerAnswered
+    | CertificateRenewed
+    | RenewalFailed
 )
 
 

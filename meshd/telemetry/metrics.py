@@ -19,6 +19,7 @@ import psutil
 
 from meshd import __version__
 from meshd.telemetry.events import (
+    CertificateRenewed,
     ConnectionClosed,
     ConnectionOpened,
     ConnectionRefused,
@@ -26,6 +27,7 @@ from meshd.telemetry.events import (
     EventBus,
     HandshakeFailed,
     IssuerAnswered,
+    RenewalFailed,
     RequestCompleted,
     Subscription,
 )
@@ -119,6 +121,8 @@ class Metrics:
             HandshakeFailed: self._handshake,
             ConnectionRefused: self._refused,
             IssuerAnswered: self._issuer,
+            CertificateRenewed: self._renewed,
+            RenewalFailed: self._renewal_failed,
         }
         f["info"].set((__version__,), 1)
 
@@ -207,6 +211,13 @@ class Metrics:
     def _issuer(self, e: IssuerAnswered) -> None:
         self._families["issuer_requests"].inc((e.result,))
 
+    def _renewed(self, e: CertificateRenewed) -> None:
+        if e.layer == "renewed":  # a push or a new trust bundle is not a renewal
+            self._families["renewals"].inc(("ok",))
+
+    def _renewal_failed(self, e: RenewalFailed) -> None:
+        self._families["renewals"].inc(("failed",))
+
 
 def _families() -> dict[str, Family]:
     return {
@@ -252,6 +263,12 @@ def _families() -> dict[str, Family]:
         "issuer_requests": Family(
             "meshd_issuer_requests_total",
             "POST /issue requests answered by this issuer, by result.",
+            "counter",
+            ("result",),
+        ),
+        "renewals": Family(
+            "meshd_certificate_renewals_total",
+            "Renewal rounds of meshd's own certificate, by result (failed: no issuer signed).",
             "counter",
             ("result",),
         ),

@@ -5,15 +5,19 @@ trust bundle; hostnames are not checked, SPIFFE IDs are (by the caller, with
 ``peer_ids``). The contexts are built in one place so that the handshake
 implementation can be swapped (Python's ssl today). A reload builds a new
 ``TlsMaterial`` and swaps it in; connections made earlier keep theirs.
+``TlsMaterial.from_pem`` builds one from text (a pushed or renewed
+certificate, or the running one under another trust bundle).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ssl
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from meshd.errors import CertificateError, ConfigError
 from meshd.identity import SpiffeId
@@ -29,14 +33,40 @@ ALPN_ADMIN = "http/1.1"
 
 
 @dataclass(frozen=True)
+class Pem:
+    """The text a ``TlsMaterial`` was made from: enough to make it again under another bundle."""
+
+    chain: bytes  # leaf first (a key before it is ignored)
+    key: bytes
+    bundle: bytes
+
+
+@dataclass(frozen=True)
+class SelfView:
+    """Our own certificate as a peer sees it (``_self_check``)."""
+
+    ids: frozenset[SpiffeId]
+    not_before: dt.datetime
+    not_after: dt.datetime
+    serial: str  # upper-case hex without leading zeros (``serial_of``)
+
+
+@dataclass(frozen=True)
 class TlsMaterial:
-    """Loaded certificate, key and bundle, with the contexts made from them."""
+    """Loaded certificate, key and bundle, with the contexts made from them.
+
+    ``issuer``: the client context for renewal's call to an issuer's admin API.
+    """
 
     ids: frozenset[SpiffeId]
     not_after: dt.datetime
     server: ssl.SSLContext
     client: ssl.SSLContext
     admin: ssl.SSLContext
+    issuer: ssl.SSLContext
+    not_before: dt.datetime
+    serial: str
+    pem: Pem = field(repr=False)
 
     @classmethod
     def load(cls, cert: Path, key: Path, bundle: Path) -> TlsMaterial:
@@ -46,19 +76,42 @@ class TlsMaterial:
                 raise CertificateError(f"{path}: no such file")
         server = mutual_context(ssl.Purpose.CLIENT_AUTH, cert, key, bundle, [*LINK_PROTOCOLS])
         client = mutual_context(ssl.Purpose.SERVER_AUTH, cert, key, bundle, [*LINK_PROTOCOLS])
-        ids, not_after = _self_check(client, server, cert)
+        me = _self_check(client, server, cert)
         return cls(
-            ids=ids,
-            not_after=not_after,
+            ids=me.ids,
+            not_after=me.not_after,
             server=server,
             client=client,
             admin=mutual_context(ssl.Purpose.CLIENT_AUTH, cert, key, bundle, [ALPN_ADMIN]),
+            issuer=mutual_context(ssl.Purpose.SERVER_AUTH, cert, key, bundle, [ALPN_ADMIN]),
+            not_before=me.not_before,
+            serial=me.serial,
+            pem=Pem(cert.read_bytes(), key.read_bytes(), bundle.read_bytes()),
         )
 
+    @classmethod
+    def from_pem(cls, pem: Pem) -> TlsMaterial:
+        """``load`` from text, through private scratch files (CertificateError names them)."""
+        with tempfile.TemporaryDirectory(prefix="meshd-tls-") as tmp:  # 0700: the key stays ours
+            paths = [Path(tmp) / name for name in ("cert.pem", "key.pem", "bundle.pem")]
+            for path, data in zip(paths, (pem.chain, pem.key, pem.bundle), strict=True):
+                path.write_bytes(data)
+            try:
+                return cls.load(*paths)
+            except CertificateError as e:  # name what was given, not the scratch files
+                message = e.message
+                for path, name in zip(
+                    paths, ("the certificate", "the key", "the bundle"), strict=True
+                ):
+                    message = message.replace(str(path), name)
+                raise CertificateError(message, e.hint) from e
 
-def _self_check(
-    client: ssl.SSLContext, server: ssl.SSLContext, cert: Path
-) -> tuple[frozenset[SpiffeId], dt.datetime]:
+    def under(self, bundle: bytes) -> TlsMaterial:
+        """The same certificate and key verified under another trust bundle."""
+        return TlsMaterial.from_pem(Pem(self.pem.chain, self.pem.key, bundle))
+
+
+def _self_check(client: ssl.SSLContext, server: ssl.SSLContext, cert: Path) -> SelfView:
     """Handshake with ourselves in memory: proves key, chain and bundle agree, reads our identity.
 
     It also keeps the x509 parser (and its memory) out of the daemon: what we
@@ -87,8 +140,22 @@ def _self_check(
     peer = near.getpeercert()
     if not peer:
         raise CertificateError(f"{cert}: the handshake with itself did not complete")
-    not_after = dt.datetime.fromtimestamp(ssl.cert_time_to_seconds(str(peer["notAfter"])), dt.UTC)
-    return peer_ids(near), not_after
+    return SelfView(
+        peer_ids(near), _time(peer["notBefore"]), _time(peer["notAfter"]), serial_of(peer)
+    )
+
+
+def serial_of(peer: dict[str, Any]) -> str:
+    """A ``getpeercert()`` serial as the registry spells serials: upper-case hex, no leading 0.
+
+    OpenSSL pads the hex to whole bytes ("0A1B"), ``format(serial, "X")`` does
+    not ("A1B"): one in eight random serials would be spelled two ways.
+    """
+    return str(peer["serialNumber"]).lstrip("0") or "0"
+
+
+def _time(text: object) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ssl.cert_time_to_seconds(str(text)), dt.UTC)
 
 
 def mutual_context(

@@ -28,7 +28,7 @@ from meshctl.testbed import Testbed
 from meshctl.workspace import Workspace
 from meshd.identity import make_id
 from meshd.pki import build_csr, cert_pem, generate_key, private_pem, sign_csr
-from meshd.stats import Stats
+from meshd.stats import RenewalReport, Stats
 from meshd.tls.context import ALPN_LINK_2
 from tests.e2e.mesh3 import PASSPHRASE, Mesh, Node, fetch, joined_mesh
 from tests.meshd.onhost import ok
@@ -81,12 +81,14 @@ def stats(mesh: Mesh, node: Node) -> Stats:
     return Stats.from_json(json.loads(body))
 
 
+def renewal(mesh: Mesh, node: Node) -> RenewalReport:
+    report = stats(mesh, node).renewal
+    assert report is not None, f"{node.name}: meshd reports no renewal"
+    return report
+
+
 def renewals(mesh: Mesh) -> dict[str, int]:
-    return {n.name: (stats(mesh, n).renewal or _none()).renewals for n in mesh.nodes}
-
-
-def _none() -> object:
-    raise AssertionError("meshd reports no renewal")
+    return {n.name: renewal(mesh, n).renewals for n in mesh.nodes}
 
 
 def metric(mesh: Mesh, node: Node, name: str) -> float:
@@ -144,12 +146,12 @@ def test_renewals_go_to_the_other_issuer_and_survive_both_being_down(mesh: Mesh)
     ok(web.host, "systemctl stop meshd")
     try:
         renew_now(mesh, db)
-        until(lambda: (stats(mesh, db).renewal or _none()).issuer == "api1", 20, "renewed by api1")
+        until(lambda: renewal(mesh, db).issuer == "api1", 20, "renewed by api1")
         ok(api.host, "systemctl stop meshd")
         failed_before = metric(mesh, db, 'meshd_certificate_renewals_total{result="failed"')
         serial = stats(mesh, db).certificate_serial
         renew_now(mesh, db)
-        until(lambda: (stats(mesh, db).renewal or _none()).state == "failing", 20, "failing")
+        until(lambda: renewal(mesh, db).state == "failing", 20, "failing")
         assert stats(mesh, db).certificate_serial == serial  # it keeps what it has
         assert metric(mesh, db, 'meshd_certificate_renewals_total{result="failed"') > failed_before
         logs = ok(db.host, "journalctl -u meshd -o cat --no-pager --since=-1min")
@@ -159,7 +161,7 @@ def test_renewals_go_to_the_other_issuer_and_survive_both_being_down(mesh: Mesh)
     finally:
         ok(web.host, "systemctl start meshd")
         ok(api.host, "systemctl start meshd")
-    until(lambda: (stats(mesh, db).renewal or _none()).state == "ok", 40, "renewed again")
+    until(lambda: renewal(mesh, db).state == "ok", 40, "renewed again")
     left = dt.datetime.fromisoformat(stats(mesh, db).certificate_not_after) - _now()
     assert left > dt.timedelta(seconds=30), left  # renewed before the old one expired
 

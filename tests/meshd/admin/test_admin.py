@@ -135,6 +135,8 @@ def valid_doc(pki: Pki, directory: Path, kind: str, version: int, variant: bool 
         return {"version": version, "cert_pem": cert + extra, "bundle_pem": bundle}
     if kind == "issuer":  # retiring: valid on a host that never was an issuer (test_issuer.py)
         return {"version": version, "cert_pem": ""} | ({"leaf_lifetime": 60} if variant else {})
+    if kind == "trust":  # the roots that verify the running certificate
+        return {"version": version, "bundle_pem": pki.server.bundle.read_text() + extra}
     assert not variant, "a policy document is its version only (until the policy engine)"
     return {"version": version}
 
@@ -153,6 +155,7 @@ class FakeBackend:
     ready: bool = True
     live: dict[str, Any] = field(default_factory=dict)
     issuer: Issuer | None = None  # the daemon's own is tested in test_issuer.py
+    renewals_asked: int = 0
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(self.bus, process_metrics=False)
@@ -177,6 +180,9 @@ class FakeBackend:
 
     def current_tls(self) -> TlsMaterial:
         return self.tls
+
+    def renew_now(self) -> None:
+        self.renewals_asked += 1
 
 
 @dataclass
@@ -996,3 +1002,15 @@ def test_parse_head_rejects(head: bytes) -> None:
     with pytest.raises(HttpError) as info:
         parse_head(head)
     assert info.value.response.status == 400
+
+
+# --- POST /renew ----------------------------------------------------------------------
+async def test_post_renew_asks_the_daemon_to_renew_now(pki: Pki, tmp_path: Path) -> None:
+    subject = fake_subject(pki)
+    backend = subject.backend
+    assert isinstance(backend, FakeBackend)
+    async with running(subject, tmp_path) as server:
+        assert await call(server, pki.alice, "POST", "/renew") == (202, {"renewing": True})
+        status, body = await call(server, pki.alice, "GET", "/renew")
+        assert status == 405, body
+    assert backend.renewals_asked == 1

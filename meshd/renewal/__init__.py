@@ -1,0 +1,1 @@
+"""meshd renews its own certificate: ``schedule`` (pure), ``issue`` (the call), ``renewer``."""
