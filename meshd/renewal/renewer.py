@@ -19,10 +19,12 @@ import random
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import anyio
 from anyio.abc import TaskStatus
 
+import meshd
 from meshd.errors import CertificateError, MeshError
 from meshd.registry import IssuerRef
 from meshd.renewal import schedule, stored
@@ -38,7 +40,15 @@ log = logging.getLogger("meshd.renewal")
 
 TICK = 1.0  # how often the timer looks at the clock and at swaps made by others
 KEYGEN_TIMEOUT = 30.0
-KEYGEN = (sys.executable, "-m", "meshd.cli", "keygen")
+# this meshd's own code, wherever it was installed: a host's meshd runs from /opt/meshd by a
+# launcher that puts its lib on sys.path, which ``python -m meshd.cli`` would not find
+_LIB = str(Path(meshd.__file__).resolve().parent.parent)
+KEYGEN = (
+    sys.executable,
+    "-c",
+    f"import sys; sys.path.insert(0, {_LIB!r}); from meshd.cli import main; sys.exit(main())",
+    "keygen",
+)
 
 
 class Renewer:
