@@ -70,7 +70,21 @@ class ConnectionRefused:
     rule: str = ""  # the rule that refused it (meshd.policy.decisions), where one decided
 
 
-Event = ConnectionOpened | ConnectionClosed | RequestCompleted | HandshakeFailed | ConnectionRefused
+@dataclass(slots=True)
+class LinkRetired:
+    """A link stopped taking streams before its end (``meshd.proxy.link``), or was torn down."""
+
+    reason: str  # "renewed", "expiring", "revoked", "ids", "goaway" (the peer asked)
+
+
+Event = (
+    ConnectionOpened
+    | ConnectionClosed
+    | RequestCompleted
+    | HandshakeFailed
+    | ConnectionRefused
+    | LinkRetired
+)
 
 
 class Subscription:

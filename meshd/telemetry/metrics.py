@@ -25,6 +25,7 @@ from meshd.telemetry.events import (
     Event,
     EventBus,
     HandshakeFailed,
+    LinkRetired,
     RequestCompleted,
     Subscription,
 )
@@ -117,6 +118,7 @@ class Metrics:
             RequestCompleted: self._request,
             HandshakeFailed: self._handshake,
             ConnectionRefused: self._refused,
+            LinkRetired: self._retired,
         }
         f["info"].set((__version__,), 1)
 
@@ -202,6 +204,9 @@ class Metrics:
     def _refused(self, e: ConnectionRefused) -> None:
         self._families["refused"].inc((e.listener, e.reason))
 
+    def _retired(self, e: LinkRetired) -> None:
+        self._families["links_retired"].inc((e.reason,))
+
 
 def _families() -> dict[str, Family]:
     return {
@@ -237,6 +242,12 @@ def _families() -> dict[str, Family]:
             "Failed TLS handshakes.",
             "counter",
             ("listener", "reason"),
+        ),
+        "links_retired": Family(
+            "meshd_links_retired_total",
+            "Links replaced before their end, or torn down, by why.",
+            "counter",
+            ("reason",),
         ),
         "refused": Family(
             "meshd_connections_refused_total",
