@@ -50,7 +50,7 @@ class Bundle:
     local: Mapping[str, Deliver]  # a stream's service, by name (its port must match)
     plaintext: Mapping[int, Inbound]  # a connection from outside the mesh, by its port
     revoked_ids: frozenset[str] = frozenset()  # SPIFFE IDs, as text: no link may carry one
-    revoked_serials: frozenset[str] = frozenset()  # certificate serials, as ssl spells them
+    revoked_serials: frozenset[str] = frozenset()  # certificate serials, as serial_key spells them
 
     @classmethod
     def compile(
@@ -81,8 +81,17 @@ class Bundle:
             },
             plaintext=_plaintext(config, http),
             revoked_ids=frozenset(i for r in registry.revoked for i in r.ids),
-            revoked_serials=frozenset(s for r in registry.revoked for s in r.serials),
+            revoked_serials=frozenset(serial_key(s) for r in registry.revoked for s in r.serials),
         )
+
+
+def serial_key(serial: str) -> str:
+    """A serial as revocations are compared: upper-case hex without leading zeros.
+
+    ``ssl`` spells a serial byte by byte ("01A6..."), ``format(n, "X")`` without
+    the leading zero ("1A6..."): both name the same certificate.
+    """
+    return serial.upper().lstrip("0") or "0"
 
 
 def _routes(services: tuple[Service, ...], forwards: dict[str, Forward]) -> dict[Address, Forward]:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Set
 
 from meshd.identity import SpiffeId
 from meshd.netfacts import fmt
-from meshd.policy.bundle import Address, Bundle
+from meshd.policy.bundle import Address, Bundle, serial_key
 from meshd.policy.decisions import (
     CONNECTION_LIMIT,
     HOST_IDENTITY,
@@ -119,7 +119,7 @@ def revoked(bundle: Bundle, peer_names: Iterable[str], serial: str) -> Refuse | 
     Asked once per link (accepted or dialled) and for every link at a swap of the
     bundle: never per stream.
     """
-    if serial and serial in bundle.revoked_serials:
+    if serial and serial_key(serial) in bundle.revoked_serials:
         return Refuse("revoked", f"certificate serial {serial} is revoked", REGISTRY_REVOKED)
     for name in peer_names:
         if name in bundle.revoked_ids:
