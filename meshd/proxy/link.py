@@ -196,8 +196,8 @@ class Link(LinkReader):
             self._retiring = self._loop.call_later(left - margin, self.retire, "expiring")
 
     def _expired(self) -> None:
-        which = "ours" if self.own_expiry <= self.peer_expiry else "the peer's"
-        self.abort(f"the certificate it was made with expired ({which})")
+        which = "our" if self.own_expiry <= self.peer_expiry else "the peer's"
+        self.abort(f"{which} certificate expired")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
