@@ -9,18 +9,34 @@ real meshd processes and real TLS is in test_lifecycle.py.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 
-from meshd.proxy.frames import DATA, FIN, GOAWAY, HEADER, HEADER_SIZE, OpenRequest, frame
+from meshd.proxy.frames import (
+    DATA,
+    FIN,
+    GOAWAY,
+    HEADER,
+    HEADER_SIZE,
+    MAX_SID,
+    OpenRequest,
+    frame,
+)
 from meshd.proxy.http.actions import Answer
 from meshd.proxy.http.exchange import HttpExchange
 from meshd.proxy.http.observe import HttpObserver
 from meshd.proxy.link import Link
+from meshd.proxy.pool import LinkPool
 from meshd.proxy.stream import Moving, Stream
-from meshd.telemetry.events import OUTBOUND
+from meshd.registry import Registry, Revocation
+from meshd.runtime import Runtime
+from meshd.telemetry.events import OUTBOUND, LinkRetired
+from meshd.tls.context import TlsMaterial
+from tests.meshd.policy.sample import HOST_A, HOST_C, REGISTRY, config
 from tests.meshd.proxy.test_frames import FakeTransport, turn
 from tests.meshd.proxy.test_link import SOURCE, turns_until
 
@@ -212,3 +228,51 @@ async def test_a_goaway_makes_a_dialled_link_retire() -> None:
     _, _, moved = _http_stream(link)
     link.data_received(frame(GOAWAY, 0))
     assert link.retired == "goaway" and moved == [link]
+
+
+# --- the pool's side -----------------------------------------------------------------------
+def _pool_with(link: Link) -> tuple[LinkPool, list[Any]]:
+    rt = Runtime(config(), cast(TlsMaterial, None), REGISTRY)
+    events = rt.bus.subscribe(16).queue
+    pool = LinkPool(rt)
+    link.on_retire, link.key = pool._retired, ("10.77.0.11", 15002)
+    link.peer_names = frozenset({HOST_A})
+    link.peer_serial = "01A6"
+    pool.links[link.key] = link
+    return pool, cast(list[Any], events)
+
+
+@pytest.mark.parametrize("reason", ["ids", "expiring"])
+async def test_a_retiring_link_leaves_the_pool_and_is_counted(reason: str) -> None:
+    link, _ = _link()
+    pool, events = _pool_with(link)
+    if reason == "ids":
+        link.next_sid = MAX_SID
+        _http_stream(link)
+    else:
+        link.retire(reason)
+    assert not pool.links and pool.retiring == {link}
+    assert [e.reason for e in events if isinstance(e, LinkRetired)] == [reason]
+
+
+@pytest.mark.parametrize(
+    ("revoked", "torn_down"),
+    [
+        (Revocation("a", ids=(HOST_A,)), True),
+        (Revocation("a", serials=("1A6",)), True),
+        (Revocation("c", ids=(HOST_C,), serials=("1A60",)), False),
+    ],
+    ids=["by id", "by serial", "another host"],
+)
+async def test_a_swap_that_revokes_a_peer_tears_its_links_down(
+    revoked: Revocation, torn_down: bool
+) -> None:
+    link, wire = _link()
+    pool, events = _pool_with(link)
+    pool.rt.registry = Registry.of(REGISTRY.version, REGISTRY.services, revoked=(revoked,))
+    pool.rt.tls = cast(TlsMaterial, SimpleNamespace(not_after=dt.datetime.now(dt.UTC)))
+    link.own_expiry = pool.rt.tls.not_after.timestamp()  # not a swap of our certificate
+    pool.rt.recompile()
+    assert wire.aborted is torn_down
+    retired = [e.reason for e in events if isinstance(e, LinkRetired)]
+    assert retired == (["revoked"] if torn_down else [])
