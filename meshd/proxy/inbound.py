@@ -51,11 +51,6 @@ from meshd.tls.failures import HandshakeFailure
 
 log = logging.getLogger("meshd.inbound")
 
-WRONG_IDENTITY = HandshakeFailure.WRONG_IDENTITY
-_FAILURES = {
-    MAX_LINKS_PER_PEER: HandshakeFailure.TOO_MANY_LINKS,
-    REGISTRY_REVOKED: HandshakeFailure.REVOKED,
-}
 UNAUTHENTICATED = "unauthenticated"
 LOCAL_APP_HOST = "127.0.0.1"
 
@@ -88,7 +83,12 @@ class MeshPort:
     def on_ready(self, link: Link) -> None:
         decision = decide.link(self.rt.bundle, link.peer_ids, self.per_peer, link.peer_serial)
         if isinstance(decision, Refuse):  # a failed handshake, in the words every port uses
-            self._refuse_link(link, decision, _FAILURES.get(decision.rule, WRONG_IDENTITY))
+            if decision.rule == MAX_LINKS_PER_PEER:
+                self._refuse_link(link, decision, HandshakeFailure.TOO_MANY_LINKS)
+            elif decision.rule == REGISTRY_REVOKED:  # the handshake was fine: its peer is not
+                self._refuse_revoked(link, decision)
+            else:
+                self._refuse_link(link, decision, HandshakeFailure.WRONG_IDENTITY)
             return
         link.peer, link.peer_key = decision.peer, decision.key
         self.per_peer[decision.key] += 1
@@ -107,6 +107,20 @@ class MeshPort:
             refusal.reason,
         )
         self.rt.bus.publish(HandshakeFailed("mesh", link.peer_address, failure))
+        link.abort(f"refused: {refusal.reason}")
+
+    def _refuse_revoked(self, link: Link, refusal: Refuse) -> None:
+        peer_lines.log(
+            log,
+            logging.WARNING,
+            "refused links",
+            "refused link from %s: %s",
+            link.peer_address,
+            refusal.reason,
+        )
+        self.rt.bus.publish(
+            ConnectionRefused("mesh", link.peer_address, refusal.code, refusal.rule)
+        )
         link.abort(f"refused: {refusal.reason}")
 
     def on_lost(self, link: Link, reason: str) -> None:

@@ -151,9 +151,9 @@ class LinkPool:
             self._dial_failed(endpoint, f"peer does not hold {expected}")
             return
         revoked = decide.revoked(rt.bundle, link.peer_names, link.peer_serial)
-        if revoked is not None:
+        if revoked is not None:  # the handshake was fine: its peer is not
             link.abort(revoked.reason)
-            rt.bus.publish(HandshakeFailed("link", fmt(key), HandshakeFailure.REVOKED))
+            rt.bus.publish(ConnectionRefused("outbound", fmt(key), revoked.code, revoked.rule))
             self._dial_failed(endpoint, revoked.reason)
             return
         self.balancer.recovered(key)

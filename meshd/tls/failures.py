@@ -36,7 +36,6 @@ class HandshakeFailure(enum.StrEnum):
     # the handshake was done, but the peer is not who the link is for
     REFUSED = "refused"  # a dialled peer's link refused itself: no ALPN, a CA leaf
     WRONG_IDENTITY = "wrong_identity"  # no host identity of ours, or not the one dialled
-    REVOKED = "revoked"  # the peer's certificate names a revoked ID or serial (registry)
     TOO_MANY_LINKS = "too_many_links"  # the peer holds max_links_per_peer already
     CONNECT_FAILED = "connect_failed"  # a dial that did not give a link, for any reason
 

@@ -217,6 +217,8 @@ def test_a_revoked_peer_is_torn_down_and_refused(net: MeshNet, side: str, by: st
             s.sendall(b"x")
             assert s.recv(16) == b""  # refused: no new link
         assert links_in(net, b) == 0
+        refused = "meshd_connections_refused_total"
+        until(lambda: net.metric_sum(meshd, refused, reason="revoked") >= 1, 5, "counted")
     finally:
         echo.close()
 
