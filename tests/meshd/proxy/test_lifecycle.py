@@ -130,6 +130,39 @@ def test_keep_alive_requests_survive_renewals_with_zero_failures(
         app.close()
 
 
+def test_keep_alive_requests_move_off_a_link_before_its_certificate_expires(
+    net: MeshNet,
+) -> None:
+    """B's certificate is short: A's link retires before it expires, under load, and the
+    fresh link carries the client's requests; then B renews and the next link lasts."""
+    app = CountingApp()
+    try:
+        short = net.pki.issue("b", "host/b", "svc/web", lifetime=dt.timedelta(seconds=16))
+        b = net.start("b", services={"web": app.port}, identity=short)
+        net.add_service("web", app.port, "b", b.ports["mesh"])
+        a = net.start("a", upstreams={"web": 0})
+        results: Counter[str] = Counter()
+        stop = threading.Event()
+        client = threading.Thread(target=_load, args=(a.ports["upstream:web"], stop, results))
+        client.start()
+        try:
+            expiry = not_after(short).timestamp()
+            until(lambda: net.metric(a, RETIRED, reason="expiring") >= 1, 20, "retirement")
+            retired = time.time()
+            until(lambda: app.opened >= 2, 5, "the stream's move")
+            renew(net, b, short, 60)
+            until(lambda: net.metric(a, RETIRED, reason="goaway") >= 1, 5, "the renewal")
+            time.sleep(max(0.0, expiry + 1 - time.time()))  # past the first certificate
+        finally:
+            stop.set()
+            client.join(30)
+        assert retired < expiry - 1
+        assert set(results) == {"ok"}, results
+        assert app.opened >= 3 and app.closed >= 2
+    finally:
+        app.close()
+
+
 def _renewed(net: MeshNet, a: Meshd, reason: str, app: CountingApp, n: int) -> None:
     """A's link retired for the ``n``th time, and the client's stream moved to a fresh one."""
     until(lambda: net.metric(a, RETIRED, reason=reason) >= n, 10, f"retirement {n}")
