@@ -159,6 +159,7 @@ class Documents:
         rt = self.runtime()
         rt.tls, rt.certificate = choice.tls, choice.source
         rt.bus.publish(CertificateRenewed(choice.tls.not_after.timestamp(), "pushed"))
+        rt.recompile()  # the swap hooks: links made with the old certificate retire
 
     def validate_trust(self, doc: Doc) -> TlsMaterial:
         """The running certificate under the pushed bundle: it must verify there (409 if not)."""
@@ -179,6 +180,7 @@ class Documents:
         rt = self.runtime()
         rt.tls, rt.trust = tls, tls.pem.bundle
         rt.bus.publish(CertificateRenewed(tls.not_after.timestamp(), "trust"))
+        rt.recompile()  # the swap hooks: links made under the old bundle retire
 
     def validate_policy(self, doc: Doc) -> Doc:
         return policy_of(doc)

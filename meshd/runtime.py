@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -130,6 +131,8 @@ class Runtime:
     http_rules: HttpRules = field(default_factory=HttpRules)
     # config, registry and policy compiled for meshd.policy.decide: ``recompile`` after a swap
     bundle: Bundle = field(init=False)
+    # called after every recompile: the proxy tears down revoked links, follows a new certificate
+    swapped: list[Callable[[], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.recompile()
@@ -153,6 +156,8 @@ class Runtime:
     def recompile(self) -> None:
         """Compile the bundle admissions decide on from the state now in place (after a swap)."""
         self.bundle = Bundle.compile(self.config, self.registry, self.policy, self.http_rules)
+        for hook in self.swapped:
+            hook()
 
     def release(self) -> None:
         """An admitted app connection ended (admitting counts it in ``active``)."""

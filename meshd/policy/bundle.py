@@ -5,7 +5,8 @@ pushed registry, config or policy: ``Runtime.recompile``), never per
 connection. It indexes by destination what the decisions need, so that
 deciding is a few lookups: the registry's routes (a VIP or an endpoint's
 address and port) and services (upstream listeners), the local services
-streams and plaintext are delivered to, the limits and the mTLS mode. Policy
+streams and plaintext are delivered to, the limits, the mTLS mode and the
+registry's revocations (the SPIFFE IDs and serials no link may carry). Policy
 rules, routes and resilience settings will be compiled into the same indexes
 (per destination service), next to what is there now.
 """
@@ -48,6 +49,8 @@ class Bundle:
     services: Mapping[str, Forward]  # an upstream listener's service, by name
     local: Mapping[str, Deliver]  # a stream's service, by name (its port must match)
     plaintext: Mapping[int, Inbound]  # a connection from outside the mesh, by its port
+    revoked_ids: frozenset[str] = frozenset()  # SPIFFE IDs, as text: no link may carry one
+    revoked_serials: frozenset[str] = frozenset()  # certificate serials, as serial_key spells them
 
     @classmethod
     def compile(
@@ -77,7 +80,18 @@ class Bundle:
                 for s in config.services
             },
             plaintext=_plaintext(config, http),
+            revoked_ids=frozenset(i for r in registry.revoked for i in r.ids),
+            revoked_serials=frozenset(serial_key(s) for r in registry.revoked for s in r.serials),
         )
+
+
+def serial_key(serial: str) -> str:
+    """A serial as revocations are compared: upper-case hex without leading zeros.
+
+    ``ssl`` spells a serial byte by byte ("01A6..."), ``format(n, "X")`` without
+    the leading zero ("1A6..."): both name the same certificate.
+    """
+    return serial.upper().lstrip("0") or "0"
 
 
 def _routes(services: tuple[Service, ...], forwards: dict[str, Forward]) -> dict[Address, Forward]:

@@ -11,17 +11,18 @@ bundle: it allocates nothing (a refusal, or a link, builds its decision).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Set
+from collections.abc import Iterable, Mapping, Set
 
 from meshd.identity import SpiffeId
 from meshd.netfacts import fmt
-from meshd.policy.bundle import Address, Bundle
+from meshd.policy.bundle import Address, Bundle, serial_key
 from meshd.policy.decisions import (
     CONNECTION_LIMIT,
     HOST_IDENTITY,
     LOCAL_SERVICES,
     MAX_LINKS_PER_PEER,
     MAX_STREAMS_PER_PEER,
+    REGISTRY_REVOKED,
     REGISTRY_SERVICES,
     SOURCE_IN_CERTIFICATE,
     AcceptLink,
@@ -92,11 +93,17 @@ def plaintext(bundle: Bundle, dst: Address | None, active: int) -> Inbound:
     return decision
 
 
-def link(bundle: Bundle, peer_ids: Set[SpiffeId], links: Mapping[str, int]) -> LinkDecision:
+def link(
+    bundle: Bundle, peer_ids: Set[SpiffeId], links: Mapping[str, int], serial: str = ""
+) -> LinkDecision:
     """A link whose TLS handshake is done, from a peer holding ``peer_ids``.
 
-    ``links``: the links each mesh host holds here now, by its identity.
+    ``links``: the links each mesh host holds here now, by its identity;
+    ``serial``: the peer certificate's serial (as ``ssl`` spells it).
     """
+    refusal = revoked(bundle, [str(i) for i in peer_ids], serial)
+    if refusal is not None:
+        return refusal
     hosts = [i for i in peer_ids if i.kind == "host" and i.trust_domain == bundle.trust_domain]
     if not hosts:
         return Refuse("wrong_identity", "no host identity of our trust domain", HOST_IDENTITY)
@@ -104,3 +111,17 @@ def link(bundle: Bundle, peer_ids: Set[SpiffeId], links: Mapping[str, int]) -> L
     if links.get(key, 0) >= bundle.max_links_per_peer:
         return Refuse("too_many_links", f"{key} already holds its links", MAX_LINKS_PER_PEER)
     return AcceptLink(hosts[0], key, HOST_IDENTITY)
+
+
+def revoked(bundle: Bundle, peer_names: Iterable[str], serial: str) -> Refuse | None:
+    """Why a peer certificate with these SPIFFE IDs (as text) and serial is revoked, or None.
+
+    Asked once per link (accepted or dialled) and for every link at a swap of the
+    bundle: never per stream.
+    """
+    if serial and serial_key(serial) in bundle.revoked_serials:
+        return Refuse("revoked", f"certificate serial {serial} is revoked", REGISTRY_REVOKED)
+    for name in peer_names:
+        if name in bundle.revoked_ids:
+            return Refuse("revoked", f"{name} is revoked", REGISTRY_REVOKED)
+    return None

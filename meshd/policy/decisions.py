@@ -30,6 +30,7 @@ REGISTRY_SERVICES = "registry/services"  # a destination (VIP, endpoint, upstrea
 SOURCE_IN_CERTIFICATE = "builtin/source-in-certificate"  # a stream's claimed source
 HOST_IDENTITY = "builtin/host-identity"  # a link's peer is a mesh host of our trust domain
 SERVICE_IDENTITY = "builtin/service-identity"  # a dialled peer holds the destination service's
+REGISTRY_REVOKED = "registry/revoked"  # a peer's certificate names a revoked ID or serial
 
 
 @dataclass(frozen=True, slots=True)

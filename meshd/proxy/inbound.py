@@ -2,8 +2,12 @@
 
 Each link and each stream a peer opens over it is admitted by
 ``meshd.policy.decide`` (the peer's certificate must hold the source identity
-it claims; the service must be one of ours on its port; the peer's share of
-links and streams) and delivered to the app on loopback. Connections that
+it claims and be revoked by nothing in the registry; the service must be one
+of ours on its port; the peer's share of links and streams) and delivered to
+the app on loopback. A swap that revokes a peer tears its links down; a swap
+of our own certificate sends GOAWAY on the links made with the old one (the
+dialler moves its streams to a fresh link); each link is closed at the
+earlier expiry of both certificates (``meshd.proxy.link``). Connections that
 reach a meshed port from outside the mesh arrive redirected on the inbound
 listener: refused in ``strict`` mode, relayed to the app as an unauthenticated
 peer in ``permissive``.
@@ -23,6 +27,7 @@ from meshd.policy import decide
 from meshd.policy.decisions import (
     MAX_CONNECTIONS,
     MAX_LINKS_PER_PEER,
+    REGISTRY_REVOKED,
     Deliver,
     Refuse,
 )
@@ -39,6 +44,7 @@ from meshd.telemetry.events import (
     ConnectionOpened,
     ConnectionRefused,
     HandshakeFailed,
+    LinkRetired,
 )
 from meshd.telemetry.logs import peer_lines
 from meshd.tls.failures import HandshakeFailure
@@ -58,6 +64,7 @@ class MeshPort:
         self.links: set[Link] = set()
         self.per_peer: Counter[str] = Counter()  # links up per peer host identity
         self.peer_streams: Counter[str] = Counter()  # streams relayed per peer host identity
+        rt.swapped.append(self.after_swap)
 
     def make_link(self) -> Link:
         limits, timeouts = self.rt.config.limits, self.rt.config.timeouts
@@ -67,16 +74,19 @@ class MeshPort:
             max_streams=limits.max_streams_per_link,
             ping_interval=timeouts.ping_interval,
             link_window=limits.link_window,
+            own_expiry=self.rt.tls.not_after.timestamp(),  # what the handshake presents
             on_open=self.on_open,
             on_ready=self.on_ready,
             on_lost=self.on_lost,
         )
 
     def on_ready(self, link: Link) -> None:
-        decision = decide.link(self.rt.bundle, link.peer_ids, self.per_peer)
+        decision = decide.link(self.rt.bundle, link.peer_ids, self.per_peer, link.peer_serial)
         if isinstance(decision, Refuse):  # a failed handshake, in the words every port uses
             if decision.rule == MAX_LINKS_PER_PEER:
                 self._refuse_link(link, decision, HandshakeFailure.TOO_MANY_LINKS)
+            elif decision.rule == REGISTRY_REVOKED:  # the handshake was fine: its peer is not
+                self._refuse_revoked(link, decision)
             else:
                 self._refuse_link(link, decision, HandshakeFailure.WRONG_IDENTITY)
             return
@@ -97,6 +107,20 @@ class MeshPort:
             refusal.reason,
         )
         self.rt.bus.publish(HandshakeFailed("mesh", link.peer_address, failure))
+        link.abort(f"refused: {refusal.reason}")
+
+    def _refuse_revoked(self, link: Link, refusal: Refuse) -> None:
+        peer_lines.log(
+            log,
+            logging.WARNING,
+            "refused links",
+            "refused link from %s: %s",
+            link.peer_address,
+            refusal.reason,
+        )
+        self.rt.bus.publish(
+            ConnectionRefused("mesh", link.peer_address, refusal.code, refusal.rule)
+        )
         link.abort(f"refused: {refusal.reason}")
 
     def on_lost(self, link: Link, reason: str) -> None:
@@ -203,6 +227,36 @@ class MeshPort:
     def goaway_all(self) -> None:
         for link in list(self.links):
             link.goaway()
+
+    def after_swap(self) -> None:
+        """The running state was swapped (``Runtime.recompile``): follow what changed."""
+        self.tear_down_revoked()
+        self.goaway_renewed()
+
+    def goaway_renewed(self) -> None:
+        """GOAWAY on every link made with a certificate other than the one meshd runs now.
+
+        Called at a swap of meshd's own certificate (``CertificateRenewed``); each
+        link hears it once. The link is still closed at its certificates' expiry.
+        """
+        if not self.links:
+            return
+        current = self.rt.tls.not_after.timestamp()
+        for link in self.links:
+            if link.own_expiry != current and not link.told_goaway:
+                link.told_goaway = True
+                link.goaway()
+
+    def tear_down_revoked(self) -> None:
+        """Abort every link from a peer the bundle's revocations name, and its streams."""
+        bundle = self.rt.bundle
+        if not (bundle.revoked_ids or bundle.revoked_serials):
+            return
+        for link in list(self.links):
+            refusal = decide.revoked(bundle, link.peer_names, link.peer_serial)
+            if refusal is not None:
+                self.rt.bus.publish(LinkRetired("revoked"))
+                link.abort(f"revoked: {refusal.reason}")
 
 
 class PlainInbound(PipeEnd):

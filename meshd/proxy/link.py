@@ -15,15 +15,23 @@ allocated for reading before the TLS handshake is done; control frames have
 fixed small sizes; the data in flight over all streams of a link is bounded
 by a link-level budget (``link_window``) on top of each stream's window; and
 replies a peer asks for (PONGs, refusals) while it does not read what we send
-are bounded too (``REPLY_BACKLOG``): past that the link is cut off. A link
-whose peer certificate expires is closed then, and a dialled link retires
-before its stream ids run out.
+are bounded too (``REPLY_BACKLOG``): past that the link is cut off.
+
+No link outlives the certificates that authenticated it: each knows when
+ours (``own_expiry``, the one meshd ran when the link was made) and the
+peer's expire, and is aborted at the earlier one. A dialled link retires
+before then (``retire``: a margin of min(10 s, a quarter of its life)), when
+meshd's own certificate is swapped, when the peer sends GOAWAY and before its
+stream ids run out: it takes no new streams (the pool dials a fresh link),
+its HTTP streams move to the fresh link at their next request boundary
+(``Stream.retire``) and its opaque streams stay until they end or it expires.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import ssl
 import time
@@ -68,6 +76,10 @@ FLUSH_AT = 256 * 1024  # bytes: write at once rather than wait for the loop turn
 # bytes of replies (PONG, RST for a refused OPEN) a peer may ask for while it does not read
 REPLY_BACKLOG = 64 * 1024
 LINK_WINDOW = 8 * 1024 * 1024  # bytes in flight over all streams of a link, each way
+RETIRE_MARGIN = 10.0  # seconds: a dialled link retires this long (at most) before it expires
+# seconds a drained, retired link waits for the peer to close it: the peer's streams end
+# cleanly first (their apps close on the FIN we sent), not with the link's loss
+DRAIN_GRACE = 5.0
 OnOpen = Callable[["Link", int, OpenRequest], Stream | None]
 
 
@@ -85,6 +97,8 @@ class Link(LinkReader):
         on_open: OnOpen | None = None,
         on_ready: Callable[[Link], None] | None = None,
         on_lost: Callable[[Link, str], None] | None = None,
+        on_retire: Callable[[Link, str], None] | None = None,
+        own_expiry: float = math.inf,
     ) -> None:
         super().__init__()  # the reader's own state: buffer and parser
         self.dialer = dialer
@@ -95,6 +109,12 @@ class Link(LinkReader):
         self.on_open = on_open
         self.on_ready = on_ready
         self.on_lost = on_lost
+        self.on_retire = on_retire
+        self.own_expiry = own_expiry  # Unix time: our certificate's end, as of this link
+        self.peer_expiry = math.inf  # Unix time: the peer certificate's end
+        self.peer_serial = ""  # upper-case hex, as ssl spells it (revocations name it)
+        self.retired = ""  # why this (dialled) link retired; "" while it takes streams
+        self.told_goaway = False  # (accepting side) GOAWAY sent for a swap of our certificate
         self.transport: asyncio.Transport | None = None
         self.peer: SpiffeId | None = None
         self.peer_key = ""  # str(peer), kept: counted per stream
@@ -124,6 +144,7 @@ class Link(LinkReader):
         self._last_open = 0  # the highest stream id the peer opened
         self._timer: asyncio.TimerHandle | None = None
         self._expiry: asyncio.TimerHandle | None = None
+        self._retiring: asyncio.TimerHandle | None = None  # the retirement, or the drain grace
         self._ping_sent: bytes | None = None
         self._pending: list[bytes | memoryview] = []  # frames waiting for the end of this loop turn
         self._pending_size = 0
@@ -144,7 +165,7 @@ class Link(LinkReader):
             self.refused = problem
             self.abort(f"peer refused: {problem}")
             return
-        self._expiry = self._loop.call_later(seconds_left(ssl_object), self._expired)
+        self._schedule_expiry(ssl_object)
         self._schedule_ping()
         if self.on_ready is not None:
             self.on_ready(self)
@@ -164,12 +185,23 @@ class Link(LinkReader):
             self._send_budget = float("inf")
         return peer_problem(ssl_object)
 
+    def _schedule_expiry(self, ssl_object: ssl.SSLObject | None) -> None:
+        """Abort at the earlier expiry of both certificates; a dialled link retires before."""
+        now = time.time()
+        self.peer_serial, self.peer_expiry = _serial(ssl_object), now + seconds_left(ssl_object)
+        left = max(0.0, min(self.own_expiry, self.peer_expiry) - now)
+        self._expiry = self._loop.call_later(left, self._expired)
+        if self.dialer:
+            margin = min(RETIRE_MARGIN, left / 4)
+            self._retiring = self._loop.call_later(left - margin, self.retire, "expiring")
+
     def _expired(self) -> None:
-        self.abort("the peer's certificate expired")
+        which = "our" if self.own_expiry <= self.peer_expiry else "the peer's"
+        self.abort(f"{which} certificate expired")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        for timer in (self._timer, self._expiry):
+        for timer in (self._timer, self._expiry, self._retiring):
             if timer is not None:
                 timer.cancel()
         reason = f"link to {self.peer_address} lost" + (f": {exc}" if exc else "")
@@ -341,6 +373,8 @@ class Link(LinkReader):
         self.next_sid = sid + 2
         if self.next_sid > MAX_SID:  # the last id: retire (the pool dials a fresh link)
             self.draining = True
+            if self.on_retire is not None:
+                self.on_retire(self, "ids")
         self.streams[sid] = stream
         self.write(frame(OPEN, sid, request.encode()))
         stream.attached(self, sid)
@@ -351,11 +385,48 @@ class Link(LinkReader):
             self.receiving -= stream.received - stream.credited
             self._returned(max(0, stream.window - stream.send_window))
         if self.draining and not self.streams:
+            self._drained()
+
+    def _drained(self) -> None:
+        if not self.retired:
             self.close("drained")
+        elif self._retiring is None:  # the peer closes once its streams have ended
+            self._retiring = self._loop.call_later(DRAIN_GRACE, self.close, "retired and drained")
 
     def goaway(self) -> None:
         """Tell the peer to open no new streams here (we are draining)."""
         self.write(frame(GOAWAY, 0))
+
+    def retire(self, reason: str) -> None:
+        """(dialer) Take no new streams; HTTP streams move at their next request boundary.
+
+        The pool hears of it (``on_retire``) and dials a fresh link for new
+        streams; the peer gets a GOAWAY, so that it closes the link once its
+        own ends of our streams are done. Opaque streams stay until they end or
+        the link expires.
+        """
+        if self.retired or self.closed:
+            return
+        self.retired, self.draining = reason, True
+        if self._retiring is not None:
+            self._retiring.cancel()
+            self._retiring = None
+        if self.on_retire is not None:
+            self.on_retire(self, reason)
+        self.goaway()
+        for stream in list(self.streams.values()):
+            stream.retire()
+        if not self.streams:
+            self._drained()
+
+    def _on_goaway(self) -> None:
+        """The peer will take no new streams: a dialler retires, an acceptor drains."""
+        if self.dialer:
+            self.retire("goaway")
+            return
+        self.draining = True
+        if not self.streams:
+            self.close("peer is draining")
 
     def _on_open(self, sid: int, payload: bytes) -> None:
         if self.dialer or sid % 2 == 0 or sid <= self._last_open:
@@ -392,6 +463,12 @@ class Link(LinkReader):
         self._ping_sent = os.urandom(8)
         self.write(frame(PING, 0, self._ping_sent))
         self._schedule_ping()
+
+
+def _serial(ssl_object: ssl.SSLObject | None) -> str:
+    """The peer certificate's serial, as ``ssl`` spells it ("" without one)."""
+    cert = ssl_object.getpeercert() if ssl_object is not None else None
+    return str(cert.get("serialNumber", "")) if cert else ""
 
 
 def _reset_frame(sid: int, code: int, reason: str) -> bytes:

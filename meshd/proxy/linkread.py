@@ -82,6 +82,7 @@ class LinkReader(asyncio.BufferedProtocol):
         def grant(self, stream: Stream) -> None: ...
         def _returned(self, amount: int) -> None: ...
         def _on_open(self, sid: int, payload: bytes) -> None: ...
+        def _on_goaway(self) -> None: ...
 
     def __init__(self) -> None:
         self._controls = 0  # control frames handled in this loop turn
@@ -275,9 +276,7 @@ class LinkReader(asyncio.BufferedProtocol):
         elif kind == PONG:
             self._ping_sent = None
         else:  # GOAWAY (the header check let no other kind through)
-            self.draining = True
-            if not self.streams:
-                self.close("peer is draining")
+            self._on_goaway()
 
     def _on_window(self, stream: Stream, payload: bytes) -> None:
         if len(payload) != WINDOW_CREDIT.size:

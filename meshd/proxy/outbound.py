@@ -22,6 +22,7 @@ from meshd.proxy.balancer import NOTHING_TRIED
 from meshd.proxy.http.install import exchange_for
 from meshd.proxy.http.observe import looks_like_http
 from meshd.proxy.http.plan import HttpPlan
+from meshd.proxy.link import Link
 from meshd.proxy.pool import LinkPool, Waiting
 from meshd.proxy.stream import AppProtocol, Stream
 from meshd.runtime import Runtime
@@ -49,6 +50,7 @@ class OutboundConn(AppProtocol):
         self.http: HttpPlan | None = None  # what the admission decided, if HTTP is spoken
         self.sniffed = True  # until a decision with an HTTP plan asks to look at the first bytes
         self.admitted = False
+        self.waiting: Waiting | None = None  # where the stream went (sent again by a move)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
@@ -74,7 +76,8 @@ class OutboundConn(AppProtocol):
             stream.reset(f"service {service} has no endpoints")
             return
         target = fmt(dst) if dst is not None else ""
-        self.pool.send(Waiting(stream, decision, self.source, target), endpoint)
+        self.waiting = Waiting(stream, decision, self.source, target)
+        self.pool.send(self.waiting, endpoint)
 
     def _refuse(self, transport: asyncio.Transport, refusal: Refuse) -> None:
         peer = fmt(transport.get_extra_info("peername"))
@@ -102,7 +105,13 @@ class OutboundConn(AppProtocol):
                     self.service,
                     self.rt.config.limits.max_header_bytes,
                 )
+                if self.stream.http is not None:  # it may move to a fresh link between requests
+                    self.stream.mover = self._move
         self.stream.send(data)
+
+    def _move(self, stream: Stream, old: Link) -> None:
+        if self.waiting is not None:
+            self.pool.move(self.waiting, old)
 
     def _closed(self, stream: Stream, error: str) -> None:
         self.pool.stream_done(stream)

@@ -5,8 +5,11 @@ endpoint the balancer picked, and opens its stream over the link to that
 endpoint's meshd once the link is up and the peer holds the service's
 identity. A link that cannot be dialled is reported to the balancer (which
 holds that endpoint off) and the connections waiting for it try another
-endpoint. A link that is full or out of stream ids is replaced by a fresh
-one and retires once its streams are done.
+endpoint. A link that is full, out of stream ids, near the expiry of a
+certificate it was made with, made with a certificate meshd no longer runs,
+or asked by its peer to go, is replaced by a fresh one and retires once its
+streams are done (HTTP streams move over: ``move``). A link to a peer the
+registry revokes is torn down at the swap that revokes it, and never dialled.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from meshd.netfacts import fmt
+from meshd.policy import decide
 from meshd.policy.decisions import SERVICE_IDENTITY, Forward
 from meshd.proxy.balancer import Balancer, Key
 from meshd.proxy.frames import OpenRequest
@@ -26,7 +30,7 @@ from meshd.proxy.link import Link
 from meshd.proxy.stream import Stream
 from meshd.registry import Endpoint
 from meshd.runtime import Runtime
-from meshd.telemetry.events import ConnectionRefused, HandshakeFailed
+from meshd.telemetry.events import ConnectionRefused, HandshakeFailed, LinkRetired
 from meshd.telemetry.logs import peer_lines
 from meshd.tls.failures import HandshakeFailure
 
@@ -52,10 +56,11 @@ class LinkPool:
         self.rt = rt
         self.balancer = Balancer()
         self.links: dict[Key, Link] = {}
-        # links replaced by a fresh one (full, or out of stream ids): they drain, then close
+        # links replaced by a fresh one (see the module docstring): they drain, then close
         self.retiring: set[Link] = set()
         self.waiting: dict[Key, list[Waiting]] = {}
         self._ids: dict[str, str] = {}  # service name -> its SPIFFE ID, as the links hold them
+        rt.swapped.append(self.after_swap)
 
     def send(self, waiting: Waiting, endpoint: Endpoint) -> None:
         key = endpoint.link_key
@@ -94,6 +99,13 @@ class LinkPool:
         if stream.link is not None:
             self.balancer.closed(stream.link.key)
 
+    def move(self, waiting: Waiting, old: Link) -> None:
+        """``waiting``'s stream left its retiring link ``old``: send it again, to the same peer."""
+        self.balancer.closed(old.key)
+        assert waiting.endpoint is not None  # it was sent before
+        waiting.tried = set()
+        self.send(waiting, waiting.endpoint)
+
     async def _dial(self, endpoint: Endpoint) -> None:
         try:
             await self._dial_once(endpoint)
@@ -107,6 +119,7 @@ class LinkPool:
         expected = rt.host_id(endpoint.host)  # before connecting: nothing to clean up if it fails
         timeouts, limits = rt.config.timeouts, rt.config.limits
         loop = asyncio.get_running_loop()
+        own_expiry = rt.tls.not_after.timestamp()  # the certificate this dial presents
         try:
             with anyio.fail_after(timeouts.connect + timeouts.handshake):
                 _, link = await loop.create_connection(
@@ -117,6 +130,8 @@ class LinkPool:
                         ping_interval=timeouts.ping_interval,
                         link_window=limits.link_window,
                         on_lost=self._lost,
+                        on_retire=self._retired,
+                        own_expiry=own_expiry,
                     ),
                     endpoint.address,
                     endpoint.mesh_port,
@@ -134,6 +149,12 @@ class LinkPool:
             link.abort(f"peer is not {expected}")
             rt.bus.publish(HandshakeFailed("link", fmt(key), HandshakeFailure.WRONG_IDENTITY))
             self._dial_failed(endpoint, f"peer does not hold {expected}")
+            return
+        revoked = decide.revoked(rt.bundle, link.peer_names, link.peer_serial)
+        if revoked is not None:  # the handshake was fine: its peer is not
+            link.abort(revoked.reason)
+            rt.bus.publish(ConnectionRefused("outbound", fmt(key), revoked.code, revoked.rule))
+            self._dial_failed(endpoint, revoked.reason)
             return
         self.balancer.recovered(key)
         link.key = key
@@ -168,6 +189,14 @@ class LinkPool:
             else:
                 waiting.stream.reset(f"no reachable endpoint for {service}: {reason}")
 
+    def _retired(self, link: Link, reason: str) -> None:
+        """A link takes no new streams: the next stream to its peer dials a fresh one."""
+        if self.links.get(link.key) is link:
+            del self.links[link.key]
+        self.retiring.add(link)
+        log.info("link to %s retires (%s)", fmt(link.key), reason)
+        self.rt.bus.publish(LinkRetired(reason))
+
     def _lost(self, link: Link, reason: str) -> None:
         self.retiring.discard(link)
         for key, current in list(self.links.items()):
@@ -190,3 +219,32 @@ class LinkPool:
     def goaway_all(self) -> None:
         for link in (*self.links.values(), *self.retiring):
             link.draining = True
+
+    def after_swap(self) -> None:
+        """The running state was swapped (``Runtime.recompile``): follow what changed."""
+        self.tear_down_revoked()
+        self.retire_all("renewed")
+
+    def retire_all(self, reason: str) -> None:
+        """Retire every link made with a certificate other than the one meshd runs now.
+
+        Called at a swap of meshd's own certificate (``CertificateRenewed``);
+        links made with the new one stay, so calling it again does nothing.
+        """
+        if not self.links:
+            return
+        current = self.rt.tls.not_after.timestamp()
+        for link in list(self.links.values()):
+            if link.own_expiry != current:
+                link.retire(reason)
+
+    def tear_down_revoked(self) -> None:
+        """Abort every link whose peer the bundle's revocations name, and its streams."""
+        bundle = self.rt.bundle
+        if not (bundle.revoked_ids or bundle.revoked_serials):
+            return
+        for link in (*self.links.values(), *self.retiring):
+            refusal = decide.revoked(bundle, link.peer_names, link.peer_serial)
+            if refusal is not None and not link.closed:
+                self.rt.bus.publish(LinkRetired("revoked"))
+                link.abort(refusal.reason)

@@ -7,6 +7,13 @@ ready, and while the other side cannot take more. An HTTP exchange, where a
 connection needs one (``meshd.proxy.http``), sees each chunk before it goes
 on and may hold it, replace it, or answer the client instead; its rare
 verdicts are carried out here, away from the per-chunk path.
+
+An outbound HTTP stream whose link retires moves to a fresh link at its next
+request boundary (``retire``): its exchange is wrapped (``Moving``, only on
+such streams: nobody else pays for the check), and once no request is
+outstanding the stream ends its part on the old link with a FIN (the far
+side closes its app connection between requests, which HTTP allows) and is
+sent again by its owner (``mover``); the app's connection never notices.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ class Exchange(Protocol):
     def outgoing(self, data: bytes | memoryview) -> Verdict: ...
     def incoming(self, data: bytes | memoryview) -> Verdict: ...
     def finished(self) -> None: ...
+    def at_rest(self) -> bool: ...
 
 
 class Stream:
@@ -53,6 +61,7 @@ class Stream:
         "http",
         "inbox",
         "link",
+        "mover",
         "on_close",
         "opened_at",
         "outbox",
@@ -88,6 +97,8 @@ class Stream:
         self.opened_at = time.monotonic()
         self.http: Exchange | None = None
         self.on_close = on_close
+        # sends this stream again over a fresh link (outbound HTTP); given the old link
+        self.mover: Callable[[Stream, Link], None] | None = None
 
     # --- app side -> link -------------------------------------------------
     def send(self, data: bytes) -> None:
@@ -294,6 +305,38 @@ class Stream:
         if self.link is not None:  # a RST is built in one place: the link's
             self.link.send_reset(self, code, reason)
 
+    # --- a retiring link (rare: never on the per-chunk path of other streams) ---
+    def retire(self) -> None:
+        """The link retires: move at the next request boundary (HTTP), or stay (opaque)."""
+        http = self.http
+        if self.mover is None or http is None or self.fin_sent or self.fin_received:
+            return  # opaque, or half-closed: it stays until it ends or the link expires
+        if http.at_rest():
+            self._move()
+        elif not isinstance(http, Moving):
+            self.http = Moving(self, http)
+
+    def move_at_rest(self) -> None:
+        """A response completed while moving: move, unless a request went out meanwhile."""
+        http = self.http
+        if isinstance(http, Moving) and not self.closed:
+            http.scheduled = False
+            if http.inner.at_rest():
+                self._move()
+
+    def _move(self) -> None:
+        """End this stream's part on its link cleanly, and go on over a fresh one."""
+        link, mover = self.link, self.mover
+        if self.closed or link is None or mover is None:
+            return
+        if isinstance(self.http, Moving):
+            self.http = self.http.inner
+        link.write(frame(FIN, self.sid))  # the far side's app sees its connection end
+        link.forget(self)  # gives back what this stream held of the link's budgets
+        self.link, self.sid = None, 0
+        self.send_window, self.credited, self.unacked = self.window, self.received, 0
+        mover(self, link)
+
     # --- ends -------------------------------------------------------------
     def app_lost(self) -> None:
         """The app connection is gone; tell the peer unless both sides had finished."""
@@ -332,8 +375,40 @@ class Stream:
         # on_close is often a method of the object that holds this stream: dropping it
         # breaks that cycle, so both are freed by reference counting, not by the GC
         on_close, self.on_close = self.on_close, None
+        self.mover = None
         if on_close is not None:
             on_close(self, error)
+
+
+class Moving:
+    """The exchange of a stream whose link retires: the same, watched for a request boundary.
+
+    Installed on retiring streams only; the stream moves on the next loop turn
+    after a response completes (its bytes are through and credited by then).
+    """
+
+    __slots__ = ("client_is_app", "inner", "scheduled", "stream")
+
+    def __init__(self, stream: Stream, inner: Exchange) -> None:
+        self.stream, self.inner = stream, inner
+        self.client_is_app = inner.client_is_app
+        self.scheduled = False
+
+    def outgoing(self, data: bytes | memoryview) -> Verdict:
+        return self.inner.outgoing(data)
+
+    def incoming(self, data: bytes | memoryview) -> Verdict:
+        verdict = self.inner.incoming(data)
+        if not self.scheduled and self.inner.at_rest():
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self.stream.move_at_rest)
+        return verdict
+
+    def finished(self) -> None:
+        self.inner.finished()
+
+    def at_rest(self) -> bool:
+        return self.inner.at_rest()
 
 
 class AppProtocol(asyncio.Protocol):

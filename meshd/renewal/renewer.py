@@ -207,6 +207,7 @@ class Renewer:
         rt.tls, self.serial = fresh, fresh.serial
         rt.certificate = CertificateSource("renewed", None, f"renewed by issuer {issuer}")
         rt.bus.publish(CertificateRenewed(_ts(fresh.not_after)))
+        rt.recompile()  # the swap hooks: links made with the old certificate retire
 
     def _failed(self, error: str) -> None:
         now = time.time()

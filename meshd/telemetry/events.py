@@ -93,6 +93,13 @@ class RenewalFailed:
     reason: str
 
 
+@dataclass(slots=True)
+class LinkRetired:
+    """A link stopped taking streams before its end (``meshd.proxy.link``), or was torn down."""
+
+    reason: str  # "renewed", "expiring", "revoked", "ids", "goaway" (the peer asked)
+
+
 Event = (
     ConnectionOpened
     | ConnectionClosed
@@ -102,6 +109,7 @@ Event = (
     | IssuerAnswered
     | CertificateRenewed
     | RenewalFailed
+    | LinkRetired
 )
 
 

@@ -27,6 +27,7 @@ from meshd.telemetry.events import (
     EventBus,
     HandshakeFailed,
     IssuerAnswered,
+    LinkRetired,
     RenewalFailed,
     RequestCompleted,
     Subscription,
@@ -123,6 +124,7 @@ class Metrics:
             IssuerAnswered: self._issuer,
             CertificateRenewed: self._renewed,
             RenewalFailed: self._renewal_failed,
+            LinkRetired: self._retired,
         }
         f["info"].set((__version__,), 1)
 
@@ -218,6 +220,9 @@ class Metrics:
     def _renewal_failed(self, e: RenewalFailed) -> None:
         self._families["renewals"].inc(("failed",))
 
+    def _retired(self, e: LinkRetired) -> None:
+        self._families["links_retired"].inc((e.reason,))
+
 
 def _families() -> dict[str, Family]:
     return {
@@ -253,6 +258,12 @@ def _families() -> dict[str, Family]:
             "Failed TLS handshakes.",
             "counter",
             ("listener", "reason"),
+        ),
+        "links_retired": Family(
+            "meshd_links_retired_total",
+            "Links replaced before their end, or torn down, by why.",
+            "counter",
+            ("reason",),
         ),
         "refused": Family(
             "meshd_connections_refused_total",

@@ -175,6 +175,10 @@ class HttpExchange(HttpObserver):
         self.held.clear()
         super().finished()
 
+    def at_rest(self) -> bool:
+        """The observer's, and no head held, no answer waiting, no body on its way."""
+        return super().at_rest() and self.left == HEAD and not self.held and self.answer is None
+
     outgoing = request_bytes
     incoming = response_bytes
 

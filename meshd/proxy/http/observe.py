@@ -173,6 +173,13 @@ class HttpObserver:
             )
         )
 
+    def at_rest(self) -> bool:
+        """Between requests: every one that began has its response (a link may move then).
+
+        Asked only of streams whose link retires, never per chunk.
+        """
+        return not self.pending and self.requests is not None and self.responses is not None
+
     # A stream calls outgoing (app -> link) and incoming (link -> app): aliases, not
     # wrappers, so that no call layer is added per chunk. Here the app is the client.
     outgoing = request_bytes

@@ -23,6 +23,7 @@ from meshd.policy.decisions import (
     MAX_LINKS_PER_PEER,
     MAX_STREAMS_PER_PEER,
     MTLS_MODE,
+    REGISTRY_REVOKED,
     REGISTRY_SERVICES,
     SOURCE_IN_CERTIFICATE,
     AcceptLink,
@@ -31,6 +32,7 @@ from meshd.policy.decisions import (
     Refuse,
 )
 from meshd.proxy.frames import OpenRequest
+from meshd.registry import Registry, Revocation
 from tests.meshd.policy.sample import (
     B1,
     B2,
@@ -277,6 +279,50 @@ NOT_A_HOST = ("refuse", "wrong_identity", "no host identity of our trust domain"
 )
 def test_link(peer_ids: frozenset[SpiffeId], links: Mapping[str, int], expected: Summary) -> None:
     assert summary(decide.link(STRICT, peer_ids, links)) == expected
+
+
+# host a's ID and serial 01A6 (as meshctl spells it: 1A6) are revoked; c's 2B is not
+REVOKED = Bundle.compile(
+    config(),
+    Registry.of(
+        REGISTRY.version,
+        REGISTRY.services,
+        revoked=(Revocation("a", (HOST_A,), ("1A6",), 1), Revocation("d", (), ("ff00",), 1)),
+    ),
+    {},
+)
+BY_ID = ("refuse", "revoked", f"{HOST_A} is revoked", REGISTRY_REVOKED)
+
+
+def by_serial(serial: str) -> Summary:
+    return ("refuse", "revoked", f"certificate serial {serial} is revoked", REGISTRY_REVOKED)
+
+
+@pytest.mark.parametrize(
+    ("peer_ids", "serial", "links", "expected"),
+    [
+        pytest.param(ids(HOST_A), "", {}, BY_ID, id="revoked-id"),
+        pytest.param(ids(WEB, HOST_A), "2B", {}, BY_ID, id="revoked-id-beside-another"),
+        pytest.param(ids(HOST_C), "01A6", {}, by_serial("01A6"), id="revoked-serial-as-ssl"),
+        pytest.param(ids(HOST_C), "1A6", {}, by_serial("1A6"), id="revoked-serial-as-meshctl"),
+        pytest.param(ids(HOST_C), "FF00", {}, by_serial("FF00"), id="revoked-serial-lower-case"),
+        pytest.param(ids(HOST_C), "2B", {}, ("link", HOST_C, HOST_IDENTITY), id="not-revoked"),
+        pytest.param(ids(HOST_C), "1A60", {}, ("link", HOST_C, HOST_IDENTITY), id="another-serial"),
+        pytest.param(
+            ids(HOST_A), "", {HOST_A: MAX_PEER_LINKS}, BY_ID, id="revoked-before-the-link-limit"
+        ),
+        pytest.param(ids(WEB), "1A6", {}, by_serial("1A6"), id="revoked-before-the-host-check"),
+    ],
+)
+def test_link_to_a_revoked_peer(
+    peer_ids: frozenset[SpiffeId], serial: str, links: Mapping[str, int], expected: Summary
+) -> None:
+    assert summary(decide.link(REVOKED, peer_ids, links, serial)) == expected
+
+
+def test_a_bundle_without_revocations_refuses_nobody() -> None:
+    assert decide.revoked(STRICT, [HOST_A], "1A6") is None
+    assert summary(decide.link(STRICT, ids(HOST_A), {}, "1A6")) == ("link", HOST_A, HOST_IDENTITY)
 
 
 def test_admissions_are_the_bundles_own_values() -> None:

@@ -74,6 +74,7 @@ class FakeLink:
         self.peer_ids = frozenset(SpiffeId.parse(n) for n in names or (HOST_A, WEB))
         self.peer_names = frozenset(str(i) for i in self.peer_ids)
         self.peer_address = ADDRESS
+        self.peer_serial = "1F2E"
         self.aborted = ""
 
     def abort(self, reason: str) -> None:

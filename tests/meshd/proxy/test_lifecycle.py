@@ -1,0 +1,305 @@
+"""No link outlives its certificates, and none carries a revoked peer: real meshd processes.
+
+A keep-alive HTTP client sends requests in a tight loop while meshd's
+certificate is swapped again and again (new files, SIGHUP): every request
+succeeds, and the server sees its connection closed and reopened as the
+streams move to fresh links. An opaque TCP stream is cut when a certificate
+of its link expires, and no link stays up past that. A registry that revokes
+a peer (by SPIFFE ID or by serial) tears its links down at once, on either
+side, and refuses the next one. A dial after a swap presents the new
+certificate (in process, against a TLS server that records it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import http.client
+import json
+import signal
+import socket
+import ssl
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from cryptography import x509
+
+from meshd.config import MeshdConfig
+from meshd.policy.bundle import serial_key
+from meshd.proxy.pool import LinkPool
+from meshd.registry import Endpoint
+from meshd.runtime import Runtime
+from meshd.tls.context import ALPN_LINK_2, TlsMaterial, mutual_context
+from tests.meshd.harness import (
+    EchoServer,
+    Meshd,
+    MeshNet,
+    QuietHandler,
+    ServedApp,
+    admin_call,
+)
+from tests.meshd.tlsfixtures import TD, Identity, TestPki, not_after
+from tests.poll import until
+
+RETIRED = "meshd_links_retired_total"
+
+
+class CountingApp(ServedApp):
+    """Keep-alive HTTP/1.1 answering "ok"; counts the connections it was given and lost."""
+
+    def __init__(self) -> None:
+        self.opened = self.closed = 0
+        lock, app = threading.Lock(), self
+
+        class Handler(QuietHandler):
+            def setup(self) -> None:
+                super().setup()
+                with lock:
+                    app.opened += 1
+
+            def finish(self) -> None:
+                super().finish()
+                with lock:
+                    app.closed += 1
+
+            def do_GET(self) -> None:
+                self.reply(b"ok")
+
+        super().__init__(Handler)
+
+
+def serial(identity: Identity) -> str:
+    """As ``ssl``'s getpeercert spells it (and the registry's revocations)."""
+    cert = x509.load_pem_x509_certificate(identity.cert.read_bytes())
+    return format(cert.serial_number, "X")
+
+
+def links_in(net: MeshNet, meshd: Meshd) -> int:
+    """The links ``meshd`` accepted (asked without checking its certificate: it may be expired)."""
+    ctx = net.operator_context()
+    ctx.verify_mode = ssl.CERT_NONE
+    status, text = admin_call(("127.0.0.1", meshd.ports["admin"]), ctx, "GET", "/stats", None)
+    assert status == 200, text
+    return len(json.loads(text)["links_in"])
+
+
+def renew(net: MeshNet, meshd: Meshd, identity: Identity, lifetime: float) -> None:
+    """meshd's certificate swapped: a fresh one for the same key, in its files, then SIGHUP."""
+    net.pki.reissue(identity, identity.cert.stem, dt.timedelta(seconds=lifetime))
+    meshd.proc.send_signal(signal.SIGHUP)
+
+
+# --- renewal under load -------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("renewing", "reason"),
+    [("a", "renewed"), ("b", "goaway")],
+    ids=["the dialler's (retires)", "the acceptor's (GOAWAY)"],
+)
+def test_keep_alive_requests_survive_renewals_with_zero_failures(
+    net: MeshNet, renewing: str, reason: str
+) -> None:
+    app = CountingApp()
+    try:
+        ident = {"a": net.pki.issue("a", "host/a"), "b": net.pki.issue("b", "host/b", "svc/web")}
+        b = net.start("b", services={"web": app.port}, identity=ident["b"])
+        net.add_service("web", app.port, "b", b.ports["mesh"])
+        a = net.start("a", upstreams={"web": 0}, identity=ident["a"])
+        results: Counter[str] = Counter()
+        stop = threading.Event()
+        client = threading.Thread(target=_load, args=(a.ports["upstream:web"], stop, results))
+        client.start()
+        try:
+            until(lambda: results["ok"] > 20, 10, "the first requests")
+            for n in range(1, 4):
+                time.sleep(1.1)  # a new not_after, to the second
+                renew(net, b if renewing == "b" else a, ident[renewing], 60)
+                _renewed(net, a, reason, app, n)
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            client.join(30)
+        assert set(results) == {"ok"}, results
+        assert results["ok"] > 100
+        assert app.opened >= 4 and app.closed >= 3  # closed and reopened under the client
+    finally:
+        app.close()
+
+
+def test_keep_alive_requests_move_off_a_link_before_its_certificate_expires(
+    net: MeshNet,
+) -> None:
+    """B's certificate is short: A's link retires before it expires, under load, and the
+    fresh link carries the client's requests; then B renews and the next link lasts."""
+    app = CountingApp()
+    try:
+        short = net.pki.issue("b", "host/b", "svc/web", lifetime=dt.timedelta(seconds=16))
+        b = net.start("b", services={"web": app.port}, identity=short)
+        net.add_service("web", app.port, "b", b.ports["mesh"])
+        a = net.start("a", upstreams={"web": 0})
+        results: Counter[str] = Counter()
+        stop = threading.Event()
+        client = threading.Thread(target=_load, args=(a.ports["upstream:web"], stop, results))
+        client.start()
+        try:
+            expiry = not_after(short).timestamp()
+            until(lambda: net.metric(a, RETIRED, reason="expiring") >= 1, 20, "retirement")
+            retired = time.time()
+            until(lambda: app.opened >= 2, 5, "the stream's move")
+            renew(net, b, short, 60)
+            until(lambda: net.metric(a, RETIRED, reason="goaway") >= 1, 5, "the renewal")
+            time.sleep(max(0.0, expiry + 1 - time.time()))  # past the first certificate
+        finally:
+            stop.set()
+            client.join(30)
+        assert retired < expiry - 1
+        assert set(results) == {"ok"}, results
+        assert app.opened >= 3 and app.closed >= 2
+    finally:
+        app.close()
+
+
+def _renewed(net: MeshNet, a: Meshd, reason: str, app: CountingApp, n: int) -> None:
+    """A's link retired for the ``n``th time, and the client's stream moved to a fresh one."""
+    until(lambda: net.metric(a, RETIRED, reason=reason) >= n, 10, f"retirement {n}")
+    until(lambda: app.opened > n, 10, f"the stream's move {n}")
+
+
+def _load(port: int, stop: threading.Event, results: Counter[str]) -> None:
+    """One keep-alive connection, requests in a tight loop; a failure reconnects."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    while not stop.is_set():
+        try:
+            conn.request("GET", "/")
+            response = conn.getresponse()
+            body = response.read()
+            results["ok" if (response.status, body) == (200, b"ok") else "wrong answer"] += 1
+        except (OSError, http.client.HTTPException) as e:
+            results[f"{type(e).__name__}: {e}"] += 1
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.close()
+
+
+# --- expiry -------------------------------------------------------------------------------
+@pytest.mark.parametrize("short", ["a", "b"], ids=["ours (dialler's)", "the peer's"])
+def test_an_opaque_stream_is_cut_when_a_certificate_of_its_link_expires(
+    net: MeshNet, short: str
+) -> None:
+    echo = EchoServer()
+    try:
+        ids = {"a": ("host/a",), "b": ("host/b", "svc/echo")}[short]
+        ident = net.pki.issue(short, *ids, lifetime=dt.timedelta(seconds=10))
+        expiry = not_after(ident).timestamp()
+        b = net.start("b", services={"echo": echo.port}, identity=ident if short == "b" else None)
+        net.add_service("echo", echo.port, "b", b.ports["mesh"])
+        a = net.start("a", upstreams={"echo": 0}, identity=ident if short == "a" else None)
+        with socket.create_connection(("127.0.0.1", a.ports["upstream:echo"]), timeout=5) as s:
+            cut = _echo_until_cut(s, expiry + 5)
+        assert expiry - 1.5 <= cut <= expiry + 1.5, (cut - expiry, b.log_text())
+        until(lambda: links_in(net, b) == 0, max(0.1, expiry + 1.5 - time.time()), "no link")
+    finally:
+        echo.close()
+
+
+def _echo_until_cut(sock: socket.socket, deadline: float) -> float:
+    """Echo a byte every 0.1 s until the connection ends; when it did."""
+    while time.time() < deadline:
+        try:
+            sock.sendall(b"x")
+            if sock.recv(16) != b"x":
+                return time.time()
+        except OSError:
+            return time.time()
+        time.sleep(0.1)
+    raise AssertionError("the stream was not cut by the deadline")
+
+
+# --- revocation -----------------------------------------------------------------------------
+@pytest.mark.parametrize("by", ["id", "serial"])
+@pytest.mark.parametrize("side", ["b", "a"], ids=["accepting side", "dialling side"])
+def test_a_revoked_peer_is_torn_down_and_refused(net: MeshNet, side: str, by: str) -> None:
+    echo = EchoServer()
+    try:
+        ident = {"a": net.pki.issue("a", "host/a"), "b": net.pki.issue("b", "host/b", "svc/echo")}
+        b = net.start("b", services={"echo": echo.port}, identity=ident["b"])
+        net.add_service("echo", echo.port, "b", b.ports["mesh"])
+        a = net.start("a", upstreams={"echo": 0}, identity=ident["a"])
+        meshd, peer = (b, "a") if side == "b" else (a, "b")
+        with socket.create_connection(("127.0.0.1", a.ports["upstream:echo"]), timeout=5) as s:
+            s.sendall(b"x")
+            assert s.recv(16) == b"x"
+            entry: dict[str, Any] = {"host": peer, "until": int(time.time()) + 3600}
+            entry["ids" if by == "id" else "serials"] = (
+                [f"spiffe://{TD}/host/{peer}"] if by == "id" else [serial(ident[peer])]
+            )
+            net.registry["revoked"] = [entry]
+            net.registry["version"] += 1
+            net.write_registry()
+            swapped = time.time()
+            meshd.proc.send_signal(signal.SIGHUP)
+            cut = _echo_until_cut(s, swapped + 5)
+        assert cut - swapped < 1.5, meshd.log_text()  # a reload's own time, then at once
+        assert net.metric(meshd, RETIRED, reason="revoked") >= 1
+        with socket.create_connection(("127.0.0.1", a.ports["upstream:echo"]), timeout=5) as s:
+            s.settimeout(5)
+            s.sendall(b"x")
+            assert s.recv(16) == b""  # refused: no new link
+        assert links_in(net, b) == 0
+        refused = "meshd_connections_refused_total"
+        until(lambda: net.metric_sum(meshd, refused, reason="revoked") >= 1, 5, "counted")
+    finally:
+        echo.close()
+
+
+# --- a swap and new links ---------------------------------------------------------------
+@pytest.mark.parametrize("key", ["same key", "new key"])
+def test_a_dial_after_a_certificate_swap_presents_the_new_certificate(
+    tmp_path: Path, key: str
+) -> None:
+    pki = TestPki(tmp_path)
+    ident, peer = pki.issue("a", "host/a"), pki.issue("b", "host/b")
+    renewed = pki.reissue(ident, "a2") if key == "same key" else pki.issue("a3", "host/a")
+    rt = Runtime.load(_config(ident))
+    server_ctx = mutual_context(
+        ssl.Purpose.CLIENT_AUTH, peer.cert, peer.key, peer.bundle, [ALPN_LINK_2]
+    )
+    presented: list[str] = []
+
+    def connected(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        presented.append(writer.get_extra_info("ssl_object").getpeercert()["serialNumber"])
+
+    async def main() -> None:
+        server = await asyncio.start_server(connected, "127.0.0.1", 0, ssl=server_ctx)
+        endpoint = Endpoint("b", "127.0.0.1", 80, server.sockets[0].getsockname()[1])
+        try:
+            async with anyio.create_task_group() as tg:
+                rt.tg = tg
+                pool = LinkPool(rt)
+                await _dialled(pool, endpoint, presented, 1)
+                rt.tls = TlsMaterial.load(renewed.cert, renewed.key, renewed.bundle)
+                await _dialled(pool, endpoint, presented, 2)
+                for link in (*pool.links.values(), *pool.retiring):
+                    link.abort("the test is over")
+        finally:
+            server.close()
+
+    anyio.run(main, backend="asyncio")
+    assert [serial_key(s) for s in presented] == [serial(ident), serial(renewed)]
+
+
+async def _dialled(pool: LinkPool, endpoint: Endpoint, presented: list[str], n: int) -> None:
+    await pool._dial(endpoint)
+    with anyio.fail_after(5):
+        while len(presented) < n:
+            await anyio.sleep(0.01)
+
+
+def _config(ident: Identity) -> MeshdConfig:
+    identity = {"host": "a", "trust_domain": TD, "cert": str(ident.cert)}
+    identity |= {"key": str(ident.key), "bundle": str(ident.bundle)}
+    return MeshdConfig.from_dict({"identity": identity}, "test")

@@ -1,0 +1,278 @@
+"""A link's life between the certificates that made it: when it retires, and what moves.
+
+With fake transports: the timers a link sets from both certificates' expiry
+(a table), and what a retiring link does with its streams (an HTTP stream
+moves at its next request boundary, an opaque one stays). The same over
+real meshd processes and real TLS is in test_lifecycle.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+
+from meshd.proxy.frames import (
+    DATA,
+    FIN,
+    GOAWAY,
+    HEADER,
+    HEADER_SIZE,
+    MAX_SID,
+    OpenRequest,
+    frame,
+)
+from meshd.proxy.http.actions import Answer
+from meshd.proxy.http.exchange import HttpExchange
+from meshd.proxy.http.observe import HttpObserver
+from meshd.proxy.link import Link
+from meshd.proxy.pool import LinkPool
+from meshd.proxy.stream import Moving, Stream
+from meshd.registry import Registry, Revocation
+from meshd.runtime import Runtime
+from meshd.telemetry.events import OUTBOUND, LinkRetired
+from meshd.tls.context import TlsMaterial
+from tests.meshd.policy.sample import HOST_A, HOST_C, REGISTRY, config
+from tests.meshd.proxy.test_frames import FakeTransport, turn
+from tests.meshd.proxy.test_link import SOURCE, turns_until
+
+pytestmark = pytest.mark.anyio
+REQUEST = b"GET / HTTP/1.1\r\nHost: web\r\n\r\n"
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+NEXT = b"GET /next HTTP/1.1\r\nHost: web\r\n\r\n"
+HOUR = 3600.0
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class PeerCert:
+    """What a link reads of the TLS object: the peer certificate's expiry and serial."""
+
+    def __init__(self, not_after: float, serial: str = "0A1B") -> None:
+        self.not_after, self.serial = not_after, serial
+
+    def getpeercert(self) -> dict[str, Any]:
+        when = time.strftime("%b %d %H:%M:%S %Y GMT", time.gmtime(self.not_after))
+        return {"notAfter": when, "serialNumber": self.serial}
+
+
+def _link(dialer: bool = True) -> tuple[Link, FakeTransport]:
+    retired: list[str] = []
+    link = Link(
+        dialer=dialer,
+        max_frame=1 << 14,
+        max_streams=10,
+        ping_interval=HOUR,
+        on_retire=lambda _, reason: retired.append(reason),
+    )
+    wire = FakeTransport()
+    link.transport = wire
+    return link, wire
+
+
+def _frames(out: bytes | bytearray) -> list[tuple[int, int, bytes]]:
+    found, pos = [], 0
+    while pos < len(out):
+        kind, sid, length = HEADER.unpack_from(out, pos)
+        pos += HEADER_SIZE
+        found.append((kind, sid, bytes(out[pos : pos + length])))
+        pos += length
+    return found
+
+
+def _http_stream(link: Link, hooks: bool = False) -> tuple[Stream, FakeTransport, list[Link]]:
+    """An outbound HTTP stream on ``link``; what its mover was called with."""
+    moved: list[Link] = []
+    stream, app = Stream(window=1 << 16), FakeTransport()
+    stream.transport = app
+    if hooks:
+        stream.http = HttpExchange(lambda e: None, OUTBOUND, "a", "web", 8192, (lambda h: (),))
+    else:
+        stream.http = HttpObserver(lambda e: None, OUTBOUND, "a", "web", 8192)
+    stream.mover = lambda s, old: moved.append(old)
+    link.open_stream(stream, OpenRequest("web", 80, SOURCE))
+    return stream, app, moved
+
+
+# --- when a link retires and when it is cut -----------------------------------------------
+@pytest.mark.parametrize(
+    ("dialer", "own", "peer", "retire_in", "expire_in"),
+    [
+        pytest.param(True, HOUR, HOUR, HOUR - 10, HOUR, id="long-lived: 10 s before"),
+        pytest.param(True, HOUR, 40, 30, 40, id="peer-expires-first: a quarter of 40 s"),
+        pytest.param(True, 8, HOUR, 6, 8, id="ours-expires-first: a quarter of 8 s"),
+        pytest.param(False, 8, HOUR, None, 8, id="accepted: no retirement, cut at ours"),
+        pytest.param(False, HOUR, 20, None, 20, id="accepted: cut at the peer's"),
+    ],
+)
+async def test_a_link_retires_before_and_is_cut_at_the_earlier_expiry(
+    dialer: bool, own: float, peer: float, retire_in: float | None, expire_in: float
+) -> None:
+    link, _ = _link(dialer)
+    now = time.time()
+    link.own_expiry = now + own
+    link._schedule_expiry(cast(Any, PeerCert(now + peer)))
+    loop = asyncio.get_running_loop()
+    assert link._expiry is not None
+    assert abs(link._expiry.when() - loop.time() - expire_in) <= 1.1  # the cert has seconds
+    if retire_in is None:
+        assert link._retiring is None
+    else:
+        assert link._retiring is not None
+        assert abs(link._retiring.when() - loop.time() - retire_in) <= 1.1
+    assert link.peer_serial == "0A1B"
+    link.connection_lost(None)
+
+
+async def test_an_expired_link_is_aborted() -> None:
+    link, wire = _link()
+    link.own_expiry = time.time() + HOUR
+    link._schedule_expiry(cast(Any, PeerCert(time.time() - 1)))  # expired: now
+    await turns_until(lambda: wire.aborted)
+    assert wire.aborted
+
+
+# --- what moves -----------------------------------------------------------------------
+@pytest.mark.parametrize("hooks", [False, True], ids=["observer", "exchange with hooks"])
+async def test_an_http_stream_moves_at_its_next_request_boundary(hooks: bool) -> None:
+    link, wire = _link()
+    stream, app, moved = _http_stream(link, hooks)
+    stream.send(REQUEST)
+    link.retire("expiring")
+    await turn()
+    assert not moved and stream.link is link  # a request is outstanding
+    assert isinstance(stream.http, Moving)
+    link.data_received(frame(DATA, stream.sid, RESPONSE[:10]))
+    await turn()
+    assert not moved  # half a response
+    link.data_received(frame(DATA, stream.sid, RESPONSE[10:]))
+    await turns_until(lambda: bool(moved))
+    assert moved == [link] and stream.link is None and not link.streams
+    assert not isinstance(stream.http, Moving)
+    await turn()
+    sent = _frames(wire.out)
+    assert (GOAWAY, 0, b"") in sent and sent[-1] == (FIN, 1, b"")  # closed cleanly: no RST
+    assert app.out == RESPONSE and not (app.aborted or app.closed)
+    stream.send(NEXT)  # held until a fresh link takes it
+    fresh, fresh_wire = _link()
+    fresh.open_stream(stream, OpenRequest("web", 80, SOURCE))
+    await turn()
+    assert [d for k, _, d in _frames(fresh_wire.out) if k == DATA] == [NEXT]
+
+
+async def test_an_idle_http_stream_moves_at_once() -> None:
+    link, _ = _link()
+    stream, _, moved = _http_stream(link)
+    stream.send(REQUEST)
+    link.data_received(frame(DATA, stream.sid, RESPONSE))
+    link.retire("renewed")
+    assert moved == [link] and not link.streams and link.retired == "renewed"
+
+
+async def test_a_request_sent_before_the_move_keeps_the_stream_on_its_link() -> None:
+    """A response completes, and the app's next request goes out in the same loop turn."""
+    link, _ = _link()
+    stream, _, moved = _http_stream(link)
+    stream.send(REQUEST)
+    link.retire("expiring")
+    link.data_received(frame(DATA, stream.sid, RESPONSE))
+    stream.send(NEXT)  # before the move's turn
+    await turn()
+    await turn()
+    assert not moved and stream.link is link
+    link.data_received(frame(DATA, stream.sid, RESPONSE))
+    await turns_until(lambda: bool(moved))
+    assert moved == [link]
+
+
+async def test_a_stream_waiting_for_an_answer_does_not_move() -> None:
+    link, _ = _link()
+    stream, _, moved = _http_stream(link, hooks=True)
+    exchange = cast(HttpExchange, stream.http)
+    exchange.answer = (Answer(403), "GET", 0.0)
+    link.retire("expiring")
+    assert not moved and isinstance(stream.http, Moving)
+
+
+@pytest.mark.parametrize("kind", ["opaque", "half-closed"])
+async def test_an_opaque_stream_stays_on_its_retiring_link(kind: str) -> None:
+    link, wire = _link()
+    stream, app, moved = _http_stream(link)
+    if kind == "opaque":
+        stream.http = None
+    else:
+        stream.send_fin()
+    link.retire("expiring")
+    await turn()
+    assert not moved and link.streams == {1: stream} and stream.link is link
+    assert (FIN, 1, b"") not in _frames(wire.out) or kind == "half-closed"
+    assert not (app.aborted or app.closed)
+
+
+async def test_a_retired_link_gives_the_peer_time_to_close_it() -> None:
+    link, wire = _link()
+    link.retire("renewed")
+    await turn()
+    assert not wire.closed and link._retiring is not None  # the grace before closing
+
+
+async def test_a_goaway_makes_a_dialled_link_retire() -> None:
+    link, _ = _link()
+    _, _, moved = _http_stream(link)
+    link.data_received(frame(GOAWAY, 0))
+    assert link.retired == "goaway" and moved == [link]
+
+
+# --- the pool's side -----------------------------------------------------------------------
+def _pool_with(link: Link) -> tuple[LinkPool, list[Any]]:
+    rt = Runtime(config(), cast(TlsMaterial, None), REGISTRY)
+    events = rt.bus.subscribe(16).queue
+    pool = LinkPool(rt)
+    link.on_retire, link.key = pool._retired, ("10.77.0.11", 15002)
+    link.peer_names = frozenset({HOST_A})
+    link.peer_serial = "01A6"
+    pool.links[link.key] = link
+    return pool, cast(list[Any], events)
+
+
+@pytest.mark.parametrize("reason", ["ids", "expiring"])
+async def test_a_retiring_link_leaves_the_pool_and_is_counted(reason: str) -> None:
+    link, _ = _link()
+    pool, events = _pool_with(link)
+    if reason == "ids":
+        link.next_sid = MAX_SID
+        _http_stream(link)
+    else:
+        link.retire(reason)
+    assert not pool.links and pool.retiring == {link}
+    assert [e.reason for e in events if isinstance(e, LinkRetired)] == [reason]
+
+
+@pytest.mark.parametrize(
+    ("revoked", "torn_down"),
+    [
+        (Revocation("a", ids=(HOST_A,)), True),
+        (Revocation("a", serials=("1A6",)), True),
+        (Revocation("c", ids=(HOST_C,), serials=("1A60",)), False),
+    ],
+    ids=["by id", "by serial", "another host"],
+)
+async def test_a_swap_that_revokes_a_peer_tears_its_links_down(
+    revoked: Revocation, torn_down: bool
+) -> None:
+    link, wire = _link()
+    pool, events = _pool_with(link)
+    pool.rt.registry = Registry.of(REGISTRY.version, REGISTRY.services, revoked=(revoked,))
+    pool.rt.tls = cast(TlsMaterial, SimpleNamespace(not_after=dt.datetime.now(dt.UTC)))
+    link.own_expiry = pool.rt.tls.not_after.timestamp()  # not a swap of our certificate
+    pool.rt.recompile()
+    assert wire.aborted is torn_down
+    retired = [e.reason for e in events if isinstance(e, LinkRetired)]
+    assert retired == (["revoked"] if torn_down else [])
