@@ -263,7 +263,7 @@ def test_after_leave_a_copy_of_the_hosts_identity_opens_no_link(mesh: Mesh, tmp_
     expires = x509.load_pem_x509_certificate(copy[0].read_bytes()).not_valid_after_utc
     remaining = mesh.others(web)
     assert all(link_stays_up(n, copy) for n in remaining)  # the control: a link before
-    left = mesh.meshctl("leave", "web1")
+    left = mesh.meshctl("leave", "web1", "-i", str(mesh.tb.client_key))
     assert left.code == 0, left.out + left.err
     done = time.monotonic()
     for node in remaining:
