@@ -14,7 +14,9 @@ Nothing is spent on a peer before it is known:
   its TLS handshake. A full gate evicts the oldest entry in the way
   (``meshd.tls.gate``), and one deadline, ``handshake_timeout``, covers both.
   Silent sockets churn only their own gate, so they never cut a handshake short.
-- After the handshake the verified SPIFFE ID decides. An operator of our
+- After the handshake the verified SPIFFE ID decides; operator IDs count
+  only from a leaf that no issuer CA signed (``vouched_ids``: an issuer key
+  signs host and service IDs, never an operator). An operator of our
   trust domain gets a session if fewer than ``max_connections`` operator
   sessions are open, else a 503 with a hint. A host identity of our trust
   domain may ask for one thing, a renewed leaf (``POST /issue``, answered by
@@ -69,7 +71,7 @@ from meshd.issuer.decide import Caller
 from meshd.netfacts import fmt
 from meshd.telemetry.events import ConnectionRefused, EventBus, HandshakeFailed
 from meshd.telemetry.logs import peer_lines
-from meshd.tls.context import peer_ids, peer_problem
+from meshd.tls.context import peer_ids, peer_problem, vouched_ids
 from meshd.tls.failures import HandshakeFailure, classify
 from meshd.tls.gate import HANDSHAKE_GRACE, HandshakeGate
 from meshd.tls.handshake import client_hello
@@ -231,7 +233,7 @@ class AdminServer:
     def _admit(self, peer: str, ssl_object: ssl.SSLObject) -> Response | Role:
         """Who an authenticated peer is (operator or host), or the answer that turns it away."""
         domain = self.backend.trust_domain
-        ids = peer_ids(ssl_object)
+        ids = vouched_ids(ssl_object)  # an issuer CA vouches for no operator
         problem = peer_problem(ssl_object)  # a leaf that is a CA, or may not sign
         if problem is not None:
             self._refused(peer, "bad_leaf", "forbidden")
@@ -241,9 +243,16 @@ class AdminServer:
             if any(i.kind == "host" and i.trust_domain == domain for i in ids):
                 return self._host_room(peer)
             self._refused(peer, "not_operator", "forbidden")
-            shown = sorted(str(i) for i in ids) or "no SPIFFE ID"
+            shown = sorted(str(i) for i in peer_ids(ssl_object)) or "no SPIFFE ID"
+            vouched = "" if ids == peer_ids(ssl_object) else " (an issuer CA signed it)"
             peer_lines.log(
-                log, logging.INFO, REFUSALS, "admin: refused %s (%s): not an operator", peer, shown
+                log,
+                logging.INFO,
+                REFUSALS,
+                "admin: refused %s (%s): not an operator%s",
+                peer,
+                shown,
+                vouched,
             )
             return adminapi.forbidden(domain)
         if self.sessions >= self.limits.max_connections:
@@ -272,7 +281,7 @@ class AdminServer:
     async def _host(self, conn: Conn, ssl_object: ssl.SSLObject, expires: float) -> None:
         """A host identity's one request: POST /issue, or a 403 before its body is read."""
         cert = ssl_object.getpeercert()
-        caller = Caller(peer_ids(ssl_object), str(cert.get("serialNumber", "")) if cert else "")
+        caller = Caller(vouched_ids(ssl_object), str(cert.get("serialNumber", "")) if cert else "")
 
         def admit(request: Request) -> Response | None:
             if (request.method, request.path) == ("POST", adminapi.ISSUE):
