@@ -279,7 +279,7 @@ class AdminServer:
         issuer, domain = self.backend.issuer, self.backend.trust_domain
         host = issuer.admit(caller, peer) if issuer is not None else caller_host(caller, domain)
         if isinstance(host, Refusal):  # revoked, or not one host: before it takes a slot
-            self._refused(peer, "refused", "forbidden")
+            self._refused(peer, "issuer_refused", "forbidden")
             return adminapi.issue_refused(host)
         per_host = self.limits.max_issue_sessions_per_host
         if self.issuing_by.get(host, 0) >= per_host:

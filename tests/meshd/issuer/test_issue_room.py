@@ -45,7 +45,7 @@ async def test_a_revoked_host_takes_no_issue_session(
             stream = await stack.enter_async_context(await connect(server, pki.h2))
             status, _, data = await read_response(stream, within=1)
             assert status == 403 and "revoked (host h2" in json.loads(data)["error"]
-        assert server.admin.issuing == 0
+        assert (server.admin.issuing, server.counter("forbidden")) == (0, 8)
         csr, _ = csr_for("host/h1", "svc/api")
         status, body = await call(server, pki.h1, "POST", "/issue", {"csr_pem": csr})
         assert status == 200, body
