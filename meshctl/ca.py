@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from meshd.errors import CertificateError
-from meshd.identity import SpiffeId, make_id
+from meshd.identity import SpiffeId, issuer_ca_name, make_id
 from meshd.pki import (
     ALLOWED_CURVES,
     DEFAULT_LEAF_LIFETIME,
@@ -195,7 +195,7 @@ def sign_issuer(
 def _issuer_name(root: x509.Certificate, host: str) -> x509.Name:
     mesh = root.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
     names = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, str(mesh[0].value))] if mesh else []
-    return x509.Name([*names, x509.NameAttribute(NameOID.COMMON_NAME, f"{host} issuer CA")])
+    return x509.Name([*names, x509.NameAttribute(NameOID.COMMON_NAME, issuer_ca_name(host))])
 
 
 def _issuer_key_usage() -> x509.KeyUsage:

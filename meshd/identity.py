@@ -16,6 +16,11 @@ from meshd.errors import ConfigError
 SCHEME = "spiffe://"
 MAX_ID_LENGTH = 2048
 KINDS = ("svc", "host", "operator", "issuer", "monitor")
+# What an issuer CA may vouch for; operator, monitor and issuer IDs come from meshctl's CA only.
+ISSUED_KINDS = ("host", "svc")
+# An issuer CA's common name is "<host> issuer CA" (``issuer_ca_name``): meshctl names it so,
+# and meshd tells a leaf an issuer signed by its issuer's name (``meshd.tls.context``).
+ISSUER_CA_SUFFIX = " issuer CA"
 
 _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
@@ -115,6 +120,12 @@ def check_user(user: str) -> str:
             hint="a Unix user name (lowercase letters, digits, '_', '-') or a numeric uid",
         )
     return user
+
+
+def issuer_ca_name(host: str) -> str:
+    """The common name of ``host``'s issuer CA (host names hold no space, so it is unambiguous;
+    meshctl's own CAs are "<mesh> root CA" and "<mesh> issuing CA")."""
+    return f"{host}{ISSUER_CA_SUFFIX}"
 
 
 def make_id(trust_domain: str, kind: str, name: str) -> SpiffeId:

@@ -96,9 +96,11 @@ class AdminLimits:
     max_handshakes_per_source: int = 8
     max_lingering: int = 64  # answered connections whose late bytes are being dropped
     max_issue_sessions: int = 8  # host identities' POST /issue connections at once
+    max_issue_sessions_per_host: int = 2  # ... of one host: a renewal needs one
     max_issue_body_bytes: int = 16 * 1024  # a CSR is about 500 bytes
     handshake_timeout: float = 5.0  # from accept to an authenticated peer
     read_timeout: float = 10.0  # one request's header block, and its body
+    issue_read_timeout: float = 2.0  # a POST /issue (<= 16 KiB), sent at once by a renewing meshd
     idle_timeout: float = 60.0  # between requests on a kept-alive connection
     write_timeout: float = 10.0
     linger: float = 1.0  # dropping what a client still sends after our last answer
@@ -213,9 +215,14 @@ async def issue(backend: AdminBackend, request: Request, caller: Caller, peer: s
             close=True,
         )
     if isinstance(outcome, Refusal):
-        return error_response(403, f"issuer refused: {outcome.reason}", _REFUSED_HINT, close=True)
+        return issue_refused(outcome)
     body = {"cert_pem": outcome.chain_pem, "not_after": outcome.not_after.isoformat()}
     return json_response(200, body, close=True)
+
+
+def issue_refused(refusal: Refusal) -> Response:
+    """The issuer's 403: after the request was read, or before, for a revoked caller."""
+    return error_response(403, f"issuer refused: {refusal.reason}", _REFUSED_HINT, close=True)
 
 
 _REFUSED_HINT = "ask only for identities your certificate holds and the registry assigns you"

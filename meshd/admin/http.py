@@ -67,12 +67,19 @@ class Exchange:
             await self.send(conn.http, response, keep_alive=True)
 
     async def one(
-        self, conn: Conn, admit: Admit, answer: Answer, max_body: int, expires: float
+        self,
+        conn: Conn,
+        admit: Admit,
+        answer: Answer,
+        max_body: int,
+        expires: float,
+        timeout: float,
     ) -> None:
-        """Serve a single request, then close: ``admit`` may answer it before its body is read."""
+        """Serve a single request, read within ``timeout``, then close: ``admit`` may answer
+        it before its body is read."""
         reader = BufferedByteReceiveStream(conn.http)
         try:
-            request = await self._receive(reader, max_body, admit)
+            request = await self._receive(reader, max_body, admit, timeout)
         except HttpError as e:
             self.bad_requests += 1
             await self.finish(conn, e.response)
@@ -112,16 +119,19 @@ class Exchange:
                     return None
             if not reader.buffer:
                 return None
-        request = await self._receive(reader, self.limits.max_body_bytes, None)
+        request = await self._receive(
+            reader, self.limits.max_body_bytes, None, self.limits.read_timeout
+        )
         assert not isinstance(request, Response)  # only ``admit`` answers early
         return request
 
     async def _receive(
-        self, reader: BufferedByteReceiveStream, max_body: int, admit: Admit | None
+        self, reader: BufferedByteReceiveStream, max_body: int, admit: Admit | None, timeout: float
     ) -> Request | Response | None:
-        """A request (None if the peer went away), or ``admit``'s answer to its head."""
+        """A request read within ``timeout`` (None if the peer went away), or ``admit``'s
+        answer to its head."""
         try:
-            with anyio.fail_after(self.limits.read_timeout):
+            with anyio.fail_after(timeout):
                 head = await reader.receive_until(b"\r\n\r\n", self.limits.max_header_bytes)
                 request = Request(*parse_head(head))
                 early = admit(request) if admit is not None else None

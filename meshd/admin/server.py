@@ -14,14 +14,18 @@ Nothing is spent on a peer before it is known:
   its TLS handshake. A full gate evicts the oldest entry in the way
   (``meshd.tls.gate``), and one deadline, ``handshake_timeout``, covers both.
   Silent sockets churn only their own gate, so they never cut a handshake short.
-- After the handshake the verified SPIFFE ID decides. An operator of our
+- After the handshake the verified SPIFFE ID decides; operator IDs count
+  only from a leaf that no issuer CA signed (``vouched_ids``: an issuer key
+  signs host and service IDs, never an operator). An operator of our
   trust domain gets a session if fewer than ``max_connections`` operator
   sessions are open, else a 503 with a hint. A host identity of our trust
   domain may ask for one thing, a renewed leaf (``POST /issue``, answered by
   ``meshd.issuer``): one request per connection, its head read under the
-  usual limits, its body only if it is that request and at most
-  ``max_issue_body_bytes``, with room for ``max_issue_sessions`` of them at
-  once; anything else it asks is a 403 before its body is read. Any other
+  usual limits but within ``issue_read_timeout``, its body only if it is
+  that request and at most ``max_issue_body_bytes``, with room for
+  ``max_issue_sessions`` of them at once and ``max_issue_sessions_per_host``
+  of one host; anything else it asks is a 403 before its body is read. A
+  revoked host gets its 403 before it takes a slot (``Issuer.admit``). Any other
   identity gets its 403 at once, before its request is read; what it still
   sends is dropped unread for ``linger`` seconds, so that closing does not
   reset the answer away.
@@ -65,11 +69,11 @@ from meshd.admin.http import Answer, Conn, Exchange
 from meshd.admin.rawstream import RawSocketStream
 from meshd.admin.wire import Request, Response, error_response
 from meshd.errors import ConfigError, ConnectError
-from meshd.issuer.decide import Caller
+from meshd.issuer.decide import Caller, Refusal, caller_host
 from meshd.netfacts import fmt
 from meshd.telemetry.events import ConnectionRefused, EventBus, HandshakeFailed
 from meshd.telemetry.logs import peer_lines
-from meshd.tls.context import peer_ids, peer_problem
+from meshd.tls.context import peer_ids, peer_problem, vouched_ids
 from meshd.tls.failures import HandshakeFailure, classify
 from meshd.tls.gate import HANDSHAKE_GRACE, HandshakeGate
 from meshd.tls.handshake import client_hello
@@ -101,7 +105,17 @@ COUNTERS = (
 
 _EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)  # accept() may recover
 Handler = Callable[[RawSocketStream, str, str], Awaitable[None]]  # stream, source, peer
-Role = Literal["operator", "host"]  # who gets more than a refusal
+
+
+@dataclass(frozen=True)
+class Issuing:
+    """A host admitted to an issue session: who it is, and the host it counts against."""
+
+    caller: Caller
+    host: str
+
+
+Role = Literal["operator"] | Issuing  # who gets more than a refusal
 
 
 class AdminServer:
@@ -124,6 +138,7 @@ class AdminServer:
         self.http = Exchange(lim)
         self.sessions = 0  # operator sessions open
         self.issuing = 0  # host identities' POST /issue connections open
+        self.issuing_by: dict[str, int] = {}  # ... of each host
         self.local = 0  # unix socket connections open
         self.counters = dict.fromkeys(COUNTERS, 0)
 
@@ -190,8 +205,8 @@ class AdminServer:
         if verdict == "operator":
             await self._operator(Conn(tls, stream, peer), _expiry(tls))
             return
-        if verdict == "host":
-            await self._host(Conn(tls, stream, peer), ssl_object, _expiry(tls))
+        if isinstance(verdict, Issuing):
+            await self._host(Conn(tls, stream, peer), verdict, _expiry(tls))
             return
         await self.http.send(tls, verdict, keep_alive=False)  # its request is never read
         del tls  # its TLS state (OpenSSL's buffers) goes before the linger
@@ -231,7 +246,7 @@ class AdminServer:
     def _admit(self, peer: str, ssl_object: ssl.SSLObject) -> Response | Role:
         """Who an authenticated peer is (operator or host), or the answer that turns it away."""
         domain = self.backend.trust_domain
-        ids = peer_ids(ssl_object)
+        ids = vouched_ids(ssl_object)  # an issuer CA vouches for no operator
         problem = peer_problem(ssl_object)  # a leaf that is a CA, or may not sign
         if problem is not None:
             self._refused(peer, "bad_leaf", "forbidden")
@@ -239,11 +254,18 @@ class AdminServer:
             return adminapi.forbidden(domain)
         if not any(i.kind == "operator" and i.trust_domain == domain for i in ids):
             if any(i.kind == "host" and i.trust_domain == domain for i in ids):
-                return self._host_room(peer)
+                return self._host_room(peer, _caller(ssl_object))
             self._refused(peer, "not_operator", "forbidden")
-            shown = sorted(str(i) for i in ids) or "no SPIFFE ID"
+            shown = sorted(str(i) for i in peer_ids(ssl_object)) or "no SPIFFE ID"
+            vouched = "" if ids == peer_ids(ssl_object) else " (an issuer CA signed it)"
             peer_lines.log(
-                log, logging.INFO, REFUSALS, "admin: refused %s (%s): not an operator", peer, shown
+                log,
+                logging.INFO,
+                REFUSALS,
+                "admin: refused %s (%s): not an operator%s",
+                peer,
+                shown,
+                vouched,
             )
             return adminapi.forbidden(domain)
         if self.sessions >= self.limits.max_connections:
@@ -251,11 +273,22 @@ class AdminServer:
             return adminapi.busy(self.limits.max_connections, "the admin API")
         return "operator"
 
-    def _host_room(self, peer: str) -> Response | Role:
+    def _host_room(self, peer: str, caller: Caller) -> Response | Issuing:
+        """A host's issue session, unless it is refused or out of room: a revoked host, or
+        one holding ``max_issue_sessions_per_host`` already, never takes another's room."""
+        issuer, domain = self.backend.issuer, self.backend.trust_domain
+        host = issuer.admit(caller, peer) if issuer is not None else caller_host(caller, domain)
+        if isinstance(host, Refusal):  # revoked, or not one host: before it takes a slot
+            self._refused(peer, "issuer_refused", "forbidden")
+            return adminapi.issue_refused(host)
+        per_host = self.limits.max_issue_sessions_per_host
+        if self.issuing_by.get(host, 0) >= per_host:
+            self._refused(peer, "over_capacity", "over_capacity")
+            return adminapi.busy(per_host, f"POST {adminapi.ISSUE} for host {host}")
         if self.issuing >= self.limits.max_issue_sessions:
             self._refused(peer, "over_capacity", "over_capacity")
             return adminapi.busy(self.limits.max_issue_sessions, f"POST {adminapi.ISSUE}")
-        return "host"
+        return Issuing(caller, host)
 
     # --- sessions ---------------------------------------------------------------------------
     async def _operator(self, conn: Conn, expires: float) -> None:
@@ -269,10 +302,8 @@ class AdminServer:
             self._refused(conn.peer, "expired", "expired")
             log.info("admin: closed the session of %s: its certificate expired", conn.peer)
 
-    async def _host(self, conn: Conn, ssl_object: ssl.SSLObject, expires: float) -> None:
+    async def _host(self, conn: Conn, issuing: Issuing, expires: float) -> None:
         """A host identity's one request: POST /issue, or a 403 before its body is read."""
-        cert = ssl_object.getpeercert()
-        caller = Caller(peer_ids(ssl_object), str(cert.get("serialNumber", "")) if cert else "")
 
         def admit(request: Request) -> Response | None:
             if (request.method, request.path) == ("POST", adminapi.ISSUE):
@@ -289,15 +320,22 @@ class AdminServer:
 
         async def answer(request: Request) -> Response:
             self.counters["requests"] += 1
-            return await adminapi.issue(self.backend, request, caller, conn.peer)
+            return await adminapi.issue(self.backend, request, issuing.caller, conn.peer)
 
+        host, lim = issuing.host, self.limits
         self.issuing += 1
+        self.issuing_by[host] = self.issuing_by.get(host, 0) + 1
         self.counters["issue_sessions"] += 1
         try:
-            limit = self.limits.max_issue_body_bytes
-            await self.http.one(conn, admit, self._guard(answer), limit, expires)
+            timeout = lim.issue_read_timeout  # a slot is not for holding: its request comes at once
+            await self.http.one(
+                conn, admit, self._guard(answer), lim.max_issue_body_bytes, expires, timeout
+            )
         finally:
             self.issuing -= 1
+            self.issuing_by[host] -= 1
+            if not self.issuing_by[host]:
+                del self.issuing_by[host]
 
     async def _local(self, stream: RawSocketStream, _source: str, peer: str) -> None:
         conn = Conn(stream, stream, peer)
@@ -386,6 +424,12 @@ def _admitted(gate: HandshakeGate, source: str, deadline: float) -> Iterator[_Ad
             yield admission
     finally:
         gate.release(ticket)
+
+
+def _caller(ssl_object: ssl.SSLObject) -> Caller:
+    """A host identity as the issuer sees it: the IDs its certificate vouches for, its serial."""
+    cert = ssl_object.getpeercert()
+    return Caller(vouched_ids(ssl_object), str(cert.get("serialNumber", "")) if cert else "")
 
 
 def _expiry(tls: TLSStream) -> float:

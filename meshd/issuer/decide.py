@@ -106,3 +106,14 @@ def _problem(
             f" {sid.name} to host {host}"
         )
     return None
+
+
+def admitted_host(
+    caller: Caller, registry: Registry, trust_domain: str, now: float
+) -> str | Refusal:
+    """The host whose issue session ``caller`` may open, or why it gets none (not exactly one
+    host ID, revoked): asked before it takes a slot, so that a revoked host takes none."""
+    host = caller_host(caller, trust_domain)
+    if isinstance(host, Refusal):
+        return host
+    return _revocation(caller, registry, now) or host

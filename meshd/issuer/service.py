@@ -15,7 +15,9 @@ start ``restore`` checks it again, and sets it aside if it no longer holds.
 Signing runs in a worker thread, with cryptography imported there the first
 time: a meshd that never became an issuer never loads it. Every answer is
 published (``IssuerAnswered``: metrics count it) and every refusal logged in
-one line naming the caller and the reason, peer text cleaned.
+one line naming the caller and the reason, peer text cleaned, through the
+throttle for lines peers cause (``meshd.telemetry.logs.peer_lines``). A
+revoked caller is refused before it gets an issue session (``admit``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,17 +36,18 @@ import anyio
 from meshd.config import MeshdConfig
 from meshd.errors import ConfigError
 from meshd.identity import SpiffeId, make_id
-from meshd.issuer.decide import Caller, Refusal
+from meshd.issuer.decide import Caller, Refusal, admitted_host
 from meshd.registry import Registry
 from meshd.schema import Fields
 from meshd.stats import IssuerReport
 from meshd.telemetry.events import IssuerAnswered
-from meshd.telemetry.logs import clean
+from meshd.telemetry.logs import clean, peer_lines
 
 if TYPE_CHECKING:
     from meshd.issuer.x509work import Issued, IssuerCa
 
 log = logging.getLogger("meshd.issuer")
+REFUSALS = "issuer refusals"  # the log throttle's kind for them: any host can cause them
 
 NO_STATE = Path("/nonexistent/meshd-state")  # without [mesh] state_dir: never an issuer
 MIN_LEAF_LIFETIME = 60  # seconds: the shortest leaf a mesh may set (tests use it)
@@ -150,15 +154,34 @@ class Issuer:
             return None
         outcome = await self._sign(current, caller, body)
         if isinstance(outcome, Refusal):
-            self.refused += 1
-            self.publish(IssuerAnswered(peer, "refused"))
-            why = clean(outcome.reason)
-            log.warning("issuer: refused %s (%s): %s", peer, _shown(caller.ids), why)
+            self._refused(caller, peer, outcome)
         else:
             self.signed += 1
             self.publish(IssuerAnswered(peer, "signed"))
             log.info("issuer: signed for %s (%s)", peer, _shown(caller.ids))
         return outcome
+
+    def admit(self, caller: Caller, peer: str) -> str | Refusal:
+        """The host ``caller`` may open an issue session for; the refusal (counted and logged)
+        of a revoked caller, or of one without exactly one host ID, before it takes a slot."""
+        host = admitted_host(caller, self.registry(), self.trust_domain, time.time())
+        if isinstance(host, Refusal):
+            self._refused(caller, peer, host)
+        return host
+
+    def _refused(self, caller: Caller, peer: str, refusal: Refusal) -> None:
+        self.refused += 1
+        self.publish(IssuerAnswered(peer, "refused"))
+        why = clean(refusal.reason)
+        peer_lines.log(
+            log,
+            logging.WARNING,
+            REFUSALS,
+            "issuer: refused %s (%s): %s",
+            peer,
+            _shown(caller.ids),
+            why,
+        )
 
     async def _sign(self, current: IssuerChange, caller: Caller, body: bytes) -> Issued | Refusal:
         csr = csr_of(body)

@@ -3,9 +3,10 @@
 A round makes a fresh key and a CSR in a ``meshd keygen`` subprocess (the
 daemon never loads x509 code), asks the registry's issuers in random order
 (``meshd.renewal.issue``) until one signs, proves the answer by loading it
-(key, chain and trust bundle must agree, and it must carry this host's
-identity), keeps it (``meshd.renewal.stored``) and swaps it in: new
-connections use it at once, and ``CertificateRenewed`` tells the links.
+under the trust bundle running at the swap (key, chain and bundle must
+agree) and checking it is fit to replace the running certificate
+(``meshd.renewal.accept``), keeps it (``meshd.renewal.stored``) and swaps it
+in: new connections use it at once, and ``CertificateRenewed`` tells the links.
 When no issuer signs, meshd keeps its certificate and backs off
 (``meshd.renewal.schedule``, where every "when" is decided). The timer
 wakes at most once a second; nothing here is on a connection's path.
@@ -19,6 +20,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -26,8 +28,9 @@ from anyio.abc import TaskStatus
 
 import meshd
 from meshd.errors import CertificateError, MeshError
+from meshd.identity import SpiffeId
 from meshd.registry import IssuerRef
-from meshd.renewal import schedule, stored
+from meshd.renewal import accept, schedule, stored
 from meshd.renewal.issue import ask
 from meshd.runtime import Runtime
 from meshd.stats import CertificateSource, RenewalReport
@@ -49,6 +52,15 @@ KEYGEN = (
     f"import sys; sys.path.insert(0, {_LIB!r}); from meshd.cli import main; sys.exit(main())",
     "keygen",
 )
+
+
+@dataclass(frozen=True)
+class Csr:
+    """One round's request: the fresh key, the CSR (PEM), and the IDs it asks for."""
+
+    key: bytes
+    pem: str
+    ids: frozenset[SpiffeId]
 
 
 class Renewer:
@@ -130,18 +142,16 @@ class Renewer:
         except MeshError as e:
             self._failed(e.message)
             return
-        problems = await self._ask_each(issuers, rt.tls, key_pem, csr_pem)
+        problems = await self._ask_each(issuers, rt.tls, Csr(key_pem, csr_pem, frozenset(ids)))
         if problems:
             self._failed("; ".join(problems))
 
-    async def _ask_each(
-        self, issuers: list[IssuerRef], tls: TlsMaterial, key_pem: bytes, csr_pem: str
-    ) -> list[str]:
+    async def _ask_each(self, issuers: list[IssuerRef], tls: TlsMaterial, csr: Csr) -> list[str]:
         """Ask one issuer after the other until one signs; what each that did not said."""
         problems = []
         for issuer in issuers:
             try:
-                await self._renew_from(issuer, tls, key_pem, csr_pem)
+                await self._renew_from(issuer, tls, csr)
             except MeshError as e:
                 log.warning("renewal: %s", e.message)
                 problems.append(e.message)
@@ -166,14 +176,10 @@ class Renewer:
             )
         return await anyio.to_thread.run_sync(key.read_bytes), done.stdout.decode()
 
-    async def _renew_from(
-        self, issuer: IssuerRef, tls: TlsMaterial, key_pem: bytes, csr_pem: str
-    ) -> None:
+    async def _renew_from(self, issuer: IssuerRef, tls: TlsMaterial, csr: Csr) -> None:
         rt = self.runtime()
-        chain = await ask(issuer, tls, rt.trust_domain, csr_pem)
-        fresh = await anyio.to_thread.run_sync(
-            self._keep, Pem(chain.encode(), key_pem, tls.pem.bundle), issuer.host
-        )
+        chain = await ask(issuer, tls, rt.trust_domain, csr.pem)
+        fresh = await anyio.to_thread.run_sync(self._keep, chain.encode(), csr, issuer.host)
         self.plan = schedule.renewed(
             self.plan, _ts(fresh.not_after), issuer.host, time.time(), self.random.random()
         )
@@ -184,22 +190,38 @@ class Renewer:
             fresh.not_after.isoformat(),
         )
 
-    def _keep(self, pem: Pem, issuer: str) -> TlsMaterial:
-        """In a worker thread: prove the answer, write it, swap it in (holding the store)."""
-        rt = self.runtime()
+    def _keep(self, chain: bytes, csr: Csr, issuer: str) -> TlsMaterial:
+        """In a worker thread, holding the store: prove the answer under the trust bundle
+        meshd runs *now* (a trust push may have landed while the issuer signed), write it,
+        swap it in."""
+        with self.store.transaction():
+            rt = self.runtime()
+            running = rt.tls
+            assert rt.config.state_dir is not None  # round() checked
+            fresh = self._proven(Pem(chain, csr.key, running.pem.bundle), csr, running, issuer)
+            stored.write_renewed(rt.config.state_dir, fresh)
+            anyio.from_thread.run_sync(self._swap, fresh, issuer)
+        return fresh
+
+    def _proven(self, pem: Pem, csr: Csr, running: TlsMaterial, issuer: str) -> TlsMaterial:
+        """``pem`` loaded and fit to run instead of ``running``; CertificateError saying why not."""
         try:
             fresh = TlsMaterial.from_pem(pem)
         except CertificateError as e:
             raise CertificateError(
                 f"issuer {issuer}: its certificate does not load: {e.message}"
             ) from e
-        host_id = rt.config.identity.host_id
-        if host_id not in fresh.ids:
-            raise CertificateError(f"issuer {issuer}: its certificate does not carry {host_id}")
-        assert rt.config.state_dir is not None  # round() checked
-        with self.store.transaction():
-            stored.write_renewed(rt.config.state_dir, fresh)
-            anyio.from_thread.run_sync(self._swap, fresh, issuer)
+        host_id = self.runtime().config.identity.host_id
+        problem = accept.refusal(
+            accept.leaf_der(pem.chain),
+            fresh.ids,
+            fresh.not_after,
+            csr.ids,
+            host_id,
+            running.not_after,
+        )
+        if problem is not None:
+            raise CertificateError(f"issuer {issuer}: {clean(problem)}")
         return fresh
 
     def _swap(self, fresh: TlsMaterial, issuer: str) -> None:

@@ -2,9 +2,11 @@
 
 Every mesh connection is TLS 1.3 with both certificates verified against the
 trust bundle; hostnames are not checked, SPIFFE IDs are (by the caller, with
-``peer_ids``). The contexts are built in one place so that the handshake
-implementation can be swapped (Python's ssl today). A reload builds a new
-``TlsMaterial`` and swaps it in; connections made earlier keep theirs.
+``peer_ids``; with ``vouched_ids`` wherever an operator, monitor or issuer ID
+is trusted, since an issuer CA may sign only host and service IDs). The
+contexts are built in one place so that the handshake implementation can be
+swapped (Python's ssl today). A reload builds a new ``TlsMaterial`` and swaps
+it in; connections made earlier keep theirs.
 ``TlsMaterial.from_pem`` builds one from text (a pushed or renewed
 certificate, or the running one under another trust bundle).
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from meshd.errors import CertificateError, ConfigError
-from meshd.identity import SpiffeId
+from meshd.identity import ISSUED_KINDS, ISSUER_CA_SUFFIX, SpiffeId
 from meshd.tls.der import leaf_problem
 
 # The link protocol. Version 2 adds the link budget: a dialler keeps what it has in flight
@@ -205,6 +207,34 @@ def peer_ids(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> frozenset[Spif
             except ConfigError:
                 continue
     return frozenset(ids)
+
+
+def vouched_ids(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> frozenset[SpiffeId]:
+    """``peer_ids``, less what the CA that signed the leaf may not vouch for.
+
+    An issuer CA's name constraint covers the trust domain, not the path, so
+    OpenSSL would accept an operator, monitor or issuer ID from an issuer key
+    (one on a compromised host): from a leaf an issuer signed only host and
+    service IDs count. Whoever trusts an operator, monitor or issuer ID asks here.
+    """
+    ids = peer_ids(ssl_object)
+    cert = ssl_object.getpeercert() if ssl_object is not None else None
+    if cert and issued_by_issuer(cert):
+        return frozenset(i for i in ids if i.kind in ISSUED_KINDS)
+    return ids
+
+
+def issued_by_issuer(peer: dict[str, Any]) -> bool:
+    """Whether a verified leaf (``getpeercert()``) was signed by an issuer CA.
+
+    The chain was built by name, so the leaf's issuer name is its CA's subject:
+    "<host> issuer CA" for an issuer (``meshd.identity.issuer_ca_name``).
+    """
+    for rdn in peer.get("issuer", ()):
+        for attribute, value in rdn:
+            if attribute == "commonName" and str(value).endswith(ISSUER_CA_SUFFIX):
+                return True
+    return False
 
 
 def peer_problem(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:

@@ -30,8 +30,10 @@ from meshd.admin.server import AdminLimits, AdminServer
 from meshd.config import MeshdConfig
 from meshd.daemon import Daemon
 from meshd.identity import SpiffeId
+from meshd.issuer import service
 from meshd.pki import build_csr, cert_pem, generate_key, private_pem, spiffe_ids
 from meshd.telemetry.events import HandshakeFailed
+from meshd.telemetry.logs import Throttle
 from meshd.tls.context import TlsMaterial
 from tests.meshd.admin.test_admin import (
     NETWORK_ERRORS,
@@ -66,6 +68,12 @@ class Pki:
     stranger: Identity  # host/h1 from a CA nobody trusts
     expired: Identity  # host/h1, expired
     foreign_root: TestPki
+
+
+@pytest.fixture(autouse=True)
+def fresh_throttle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issuer refusals are logged through a throttle: a fresh one, so that each test's count."""
+    monkeypatch.setattr(service, "peer_lines", Throttle())
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,9 @@ class FakeIssuer:
     held: threading.Event = field(default_factory=threading.Event)
     holding: bool = False
     port: int = 0
-    misbehave: str = ""  # "other-key": signs a key it made itself; "huge": a 1 MiB answer
+    # "other-key": signs a key it made itself; "huge": a 1 MiB answer; "ca": a CA certificate;
+    # "short": one that expires in 5 s; "extra": with an ID nobody asked for
+    misbehave: str = ""
 
     def __post_init__(self) -> None:
         self.identity: Identity = self.pki.issue(self.name, f"host/{self.name}")
@@ -118,6 +120,10 @@ class FakeIssuer:
         authority = self.pki.ca.issuing
         now = dt.datetime.now(dt.UTC)
         uris = [x509.UniformResourceIdentifier(str(i)) for i in spiffe_ids(csr)]
+        if self.misbehave == "extra":
+            uris.append(x509.UniformResourceIdentifier(f"spiffe://{self.pki.trust_domain}/svc/x"))
+        ca = self.misbehave == "ca"
+        lifetime = dt.timedelta(seconds=5) if self.misbehave == "short" else self.lifetime
         cert = (
             x509.CertificateBuilder()
             .subject_name(csr.subject)
@@ -125,10 +131,10 @@ class FakeIssuer:
             .public_key(csr.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(seconds=1))
-            .not_valid_after(now + self.lifetime)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .not_valid_after(now + lifetime)
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
             .add_extension(
-                x509.KeyUsage(True, False, False, False, False, False, False, False, False), True
+                x509.KeyUsage(True, False, False, False, False, ca, ca, False, False), True
             )
             .add_extension(
                 x509.ExtendedKeyUsage(

@@ -26,7 +26,8 @@ from meshd.host.reloading import local_stats
 from meshd.tls.context import serial_of
 from tests.meshd.harness import Meshd, MeshNet
 from tests.meshd.renewal.fakeissuer import FakeIssuer
-from tests.meshd.tlsfixtures import Identity
+from tests.meshd.test_trust import bob_reads_stats, operator_of
+from tests.meshd.tlsfixtures import Identity, TestPki
 from tests.poll import until
 
 
@@ -92,6 +93,7 @@ def test_meshd_renews_again_and_again_with_fresh_keys(net: MeshNet, issuer: Fake
 
 def test_issuers_down_keep_the_certificate_and_back_off(net: MeshNet, issuer: FakeIssuer) -> None:
     issuer.stop()
+    issuer.lifetime = dt.timedelta(seconds=60)  # when it returns: longer than what meshd runs
     meshd, _ = start_with_issuer(net, issuer, "a", 40)
     serial = stats(net, meshd)["certificate_serial"]
     status, body = net.admin(meshd, "POST", "/renew")
@@ -145,6 +147,9 @@ def test_an_issuer_without_its_host_identity_is_not_asked(net: MeshNet, issuer: 
     [
         ("other-key", "its certificate does not load"),  # not for the key meshd made
         ("huge", "its answer is larger than 65536 bytes"),
+        ("ca", "its certificate is a CA certificate, not a leaf"),
+        ("short", "before the one we run"),  # 5 s, when meshd runs one for 60 s
+        ("extra", "what we did not ask for: spiffe://t.mesh/svc/x"),
     ],
 )
 def test_a_bad_answer_is_refused_and_the_certificate_kept(
@@ -201,3 +206,27 @@ def test_a_broken_renewed_certificate_is_set_aside_at_start(
     meshd = net.start("a", identity=ident)
     assert stats(net, meshd)["certificate"]["layer"] == "files"
     meshd.wait_log(r"renewed certificate set aside: .*renewed\.pem")
+
+
+def test_a_trust_push_during_a_round_holds_after_the_swap(
+    net: MeshNet, issuer: FakeIssuer, tmp_path: Path
+) -> None:
+    issuer.lifetime = dt.timedelta(minutes=20)
+    meshd, _ = start_with_issuer(net, issuer, "a", 600)
+    other = TestPki(tmp_path / "other")
+    bob = operator_of(other, net, tmp_path)
+    issuer.hold()  # the CSR is sent, the answer waits
+    assert net.admin(meshd, "POST", "/renew")[0] == 202
+    until(lambda: issuer.requests >= 1, 10, "the request in flight")
+    bundle = net.pki.bundle.read_text() + other.bundle.read_text()
+    status, body = net.admin(meshd, "PUT", "/trust", {"version": 1, "bundle_pem": bundle})
+    assert status == 200, body
+    assert bob_reads_stats(meshd, bob) == 200
+    issuer.release()
+    until(lambda: stats(net, meshd)["renewal"]["renewals"] >= 1, 10, "the renewal")
+    assert stats(net, meshd)["certificate_serial"] == issuer.signed[-1].serial
+    assert bob_reads_stats(meshd, bob) == 200, "the swap brought the old bundle back"
+    meshd.proc.send_signal(signal.SIGHUP)  # and a reload weighs renewed.pem under the trust
+    until(lambda: stats(net, meshd)["reload"]["generation"] == 1, 10, "the reload")
+    assert stats(net, meshd)["certificate"]["layer"] == "renewed"
+    assert bob_reads_stats(meshd, bob) == 200

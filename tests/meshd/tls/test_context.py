@@ -1,16 +1,21 @@
-"""What ``TlsMaterial`` reads of our own certificate, and building it again from text."""
+"""What ``TlsMaterial`` reads of our own certificate, building it again from text, and which
+of a peer's IDs its CA may vouch for."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import ssl
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
 from meshd.errors import CertificateError
-from meshd.tls.context import Pem, TlsMaterial, serial_of
-from tests.meshd.tlsfixtures import TestPki
+from meshd.identity import issuer_ca_name
+from meshd.tls.context import Pem, TlsMaterial, issued_by_issuer, serial_of, vouched_ids
+from tests.meshd.issuer.issuers import issued_by, issuer_authority
+from tests.meshd.tlsfixtures import Identity, TestPki
 
 
 def test_serial_and_validity_are_read_as_a_peer_sees_them(tmp_path: Path) -> None:
@@ -46,3 +51,47 @@ def test_under_another_bundle_the_certificate_must_verify(tmp_path: Path) -> Non
     with pytest.raises(CertificateError, match="the certificate does not verify") as e:
         tls.under(other.bundle.read_bytes())
     assert "meshd-tls-" not in e.value.message  # no scratch file names
+
+
+MESH = (("organizationName", "mesh t"),)
+
+
+@pytest.mark.parametrize(
+    ("issuer_cn", "by_issuer"),
+    [
+        (issuer_ca_name("h1"), True),
+        ("t issuing CA", False),  # meshctl's CA: joins and operators
+        ("t root CA", False),
+        ("issuer CA", False),  # no host before it
+        ("h1 issuer CA2", False),
+    ],
+)
+def test_a_leaf_signed_by_an_issuer_ca_is_told_by_its_issuer_name(
+    issuer_cn: str, by_issuer: bool
+) -> None:
+    peer = {"issuer": (MESH, (("commonName", issuer_cn),))}
+    assert issued_by_issuer(peer) is by_issuer
+
+
+def test_only_host_and_service_ids_count_from_an_issuer_signed_leaf(tmp_path: Path) -> None:
+    pki = TestPki(tmp_path)
+    paths = ("host/h1", "svc/api", "operator/x", "monitor/m", "issuer/h2")
+    forged = issued_by(issuer_authority(pki, "h1"), pki, "forged", *paths)
+    real = pki.issue("real", *paths)
+    held = {str(i) for i in vouched_ids(_peer_of(forged))}
+    assert held == {"spiffe://t.mesh/host/h1", "spiffe://t.mesh/svc/api"}
+    assert len(vouched_ids(_peer_of(real))) == 5
+
+
+def _peer_of(who: Identity) -> ssl.SSLObject:
+    """The server's side of a handshake with ``who``, in memory (as ``_self_check`` does)."""
+    tls = TlsMaterial.load(who.cert, who.key, who.bundle)
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    near = tls.client.wrap_bio(c_in, c_out, server_side=False)
+    far = tls.server.wrap_bio(s_in, s_out, server_side=True)
+    for _ in range(5):
+        for obj, out, into in ((near, c_out, s_in), (far, s_out, c_in)):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                obj.do_handshake()
+            into.write(out.read())
+    return far
