@@ -201,6 +201,47 @@ async def test_a_stream_waiting_for_an_answer_does_not_move() -> None:
     assert not moved and isinstance(stream.http, Moving)
 
 
+UPLOAD = b"POST /up HTTP/1.1\r\nHost: web\r\nContent-Length: 10\r\n\r\n"
+TOO_LARGE = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n"
+
+
+@pytest.mark.parametrize("hooks", [False, True], ids=["observer", "exchange with hooks"])
+async def test_an_early_answer_to_an_upload_moves_the_stream_only_once_the_upload_ends(
+    hooks: bool,
+) -> None:
+    """A 413 before the body is through: the rest of the body belongs to the old link."""
+    link, wire = _link()
+    stream, _, moved = _http_stream(link, hooks)
+    stream.send(UPLOAD + b"12345")
+    link.retire("expiring")
+    link.data_received(frame(DATA, stream.sid, TOO_LARGE))
+    await turn()
+    await turn()
+    assert not moved and stream.link is link  # half the body is still to go, here
+    stream.send(b"67890")
+    await turns_until(lambda: bool(moved))
+    await turn()
+    sent = [d for k, _, d in _frames(wire.out) if k == DATA]
+    assert b"".join(sent) == UPLOAD + b"1234567890" and _frames(wire.out)[-1] == (FIN, 1, b"")
+
+
+@pytest.mark.parametrize("side", ["app", "peer"])
+async def test_a_stream_half_closed_while_moving_stays(side: str) -> None:
+    """The response completes, and a FIN comes in the same turn: the move is called off."""
+    link, _ = _link()
+    stream, _, moved = _http_stream(link)
+    stream.send(REQUEST)
+    link.retire("expiring")
+    if side == "app":
+        link.data_received(frame(DATA, stream.sid, RESPONSE))
+        stream.send_fin()
+    else:
+        link.data_received(frame(DATA, stream.sid, RESPONSE) + frame(FIN, stream.sid))
+    await turn()
+    await turn()
+    assert not moved and stream.link is link and link.streams == {1: stream}
+
+
 @pytest.mark.parametrize("kind", ["opaque", "half-closed"])
 async def test_an_opaque_stream_stays_on_its_retiring_link(kind: str) -> None:
     link, wire = _link()
