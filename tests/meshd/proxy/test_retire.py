@@ -9,13 +9,14 @@ real meshd processes and real TLS is in test_lifecycle.py.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import time
 from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 
+from meshd.proxy import link as link_module
+from meshd.proxy.connect import Connector
 from meshd.proxy.frames import (
     DATA,
     FIN,
@@ -29,7 +30,8 @@ from meshd.proxy.frames import (
 from meshd.proxy.http.actions import Answer
 from meshd.proxy.http.exchange import HttpExchange
 from meshd.proxy.http.observe import HttpObserver
-from meshd.proxy.link import Link
+from meshd.proxy.inbound import MeshPort
+from meshd.proxy.link import SWAP_GRACE, Link
 from meshd.proxy.pool import LinkPool
 from meshd.proxy.stream import Moving, Stream
 from meshd.registry import Registry, Revocation
@@ -272,8 +274,8 @@ async def test_a_goaway_makes_a_dialled_link_retire() -> None:
 
 
 # --- the pool's side -----------------------------------------------------------------------
-def _pool_with(link: Link) -> tuple[LinkPool, list[Any]]:
-    rt = Runtime(config(), cast(TlsMaterial, None), REGISTRY)
+def _pool_with(link: Link, rt: Runtime | None = None) -> tuple[LinkPool, list[Any]]:
+    rt = rt or Runtime(config(), cast(TlsMaterial, None), REGISTRY)
     events = rt.bus.subscribe(16).queue
     pool = LinkPool(rt)
     link.on_retire, link.key = pool._retired, ("10.77.0.11", 15002)
@@ -311,9 +313,59 @@ async def test_a_swap_that_revokes_a_peer_tears_its_links_down(
     link, wire = _link()
     pool, events = _pool_with(link)
     pool.rt.registry = Registry.of(REGISTRY.version, REGISTRY.services, revoked=(revoked,))
-    pool.rt.tls = cast(TlsMaterial, SimpleNamespace(not_after=dt.datetime.now(dt.UTC)))
-    link.own_expiry = pool.rt.tls.not_after.timestamp()  # not a swap of our certificate
+    pool.rt.tls = cast(TlsMaterial, SimpleNamespace(generation=b"g1"))
+    link.generation = b"g1"  # not a swap of our certificate
     pool.rt.recompile()
     assert wire.aborted is torn_down
     retired = [e.reason for e in events if isinstance(e, LinkRetired)]
     assert retired == (["revoked"] if torn_down else [])
+
+
+# --- a swap of meshd's TLS material (certificate or trust bundle) ------------------------
+def _up(dialer: bool, generation: bytes) -> tuple[Link, FakeTransport, Runtime]:
+    """A link up for an hour, made with ``generation``; the runtime of its pool or port."""
+    link, wire = _link(dialer)
+    link.generation, link.own_expiry = generation, time.time() + HOUR
+    link._schedule_expiry(cast(Any, PeerCert(time.time() + HOUR)))
+    link.peer_names, link.peer_key = frozenset({HOST_A}), HOST_A
+    rt = Runtime(config(), cast(TlsMaterial, SimpleNamespace(generation=b"g1")), REGISTRY)
+    if dialer:
+        _pool_with(link, rt)
+    else:
+        MeshPort(rt, cast(Connector, None)).links.add(link)
+    return link, wire, rt
+
+
+@pytest.mark.parametrize("dialer", [True, False], ids=["dialled", "accepted"])
+@pytest.mark.parametrize("swapped", [True, False], ids=["another generation", "the same"])
+async def test_a_swap_ends_the_links_made_with_other_tls_material_after_a_grace(
+    dialer: bool, swapped: bool
+) -> None:
+    link, wire, rt = _up(dialer, b"g1")
+    rt.tls = cast(TlsMaterial, SimpleNamespace(generation=b"g2" if swapped else b"g1"))
+    rt.recompile()
+    await turn()
+    goaway = (GOAWAY, 0, b"") in _frames(wire.out)
+    assert goaway is swapped and (link.retired == "renewed") is (swapped and dialer)
+    assert link._expiry is not None
+    cut_in = link._expiry.when() - asyncio.get_running_loop().time()
+    assert abs(cut_in - (SWAP_GRACE if swapped else HOUR)) <= 1.1
+    rt.recompile()  # another swap to the same material: nothing more
+    await turn()
+    assert _frames(wire.out).count((GOAWAY, 0, b"")) == int(swapped)
+    link.connection_lost(None)
+
+
+@pytest.mark.parametrize("dialer", [True, False], ids=["dialled", "accepted"])
+async def test_a_link_the_peer_keeps_past_the_grace_is_aborted(
+    dialer: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(link_module, "SWAP_GRACE", 0.05)
+    link, wire, rt = _up(dialer, b"g1")
+    stream, _, _ = _http_stream(link) if dialer else (None, None, None)
+    if stream is not None:
+        stream.http = None  # opaque: it stays on the retiring link
+    rt.tls = cast(TlsMaterial, SimpleNamespace(generation=b"g2"))
+    rt.recompile()
+    await asyncio.sleep(0.2)
+    assert wire.aborted
