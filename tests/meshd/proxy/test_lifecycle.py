@@ -389,6 +389,49 @@ def test_a_dial_after_a_certificate_swap_presents_the_new_certificate(
     assert [serial_key(s) for s in presented] == [serial(ident), serial(renewed)]
 
 
+def test_a_dial_whose_handshake_straddles_a_swap_is_made_again(tmp_path: Path) -> None:
+    """The swap lands while the peer reads our ClientHello: the link verified with the old
+    material is dropped, and the dial made again presents the new certificate."""
+    pki = TestPki(tmp_path)
+    ident, peer = pki.issue("a", "host/a"), pki.issue("b", "host/b")
+    renewed = pki.reissue(ident, "a2")
+    rt = Runtime.load(_config(ident))
+    server_ctx = mutual_context(
+        ssl.Purpose.CLIENT_AUTH, peer.cert, peer.key, peer.bundle, [ALPN_LINK_2]
+    )
+    presented: list[str] = []
+
+    def swap_now(*_: object) -> None:
+        if not presented:  # the first handshake only
+            rt.tls = TlsMaterial.load(renewed.cert, renewed.key, renewed.bundle)
+
+    server_ctx.sni_callback = swap_now
+
+    def connected(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        presented.append(writer.get_extra_info("ssl_object").getpeercert()["serialNumber"])
+
+    async def main() -> None:
+        server = await asyncio.start_server(connected, "127.0.0.1", 0, ssl=server_ctx)
+        endpoint = Endpoint("b", "127.0.0.1", 80, server.sockets[0].getsockname()[1])
+        try:
+            async with anyio.create_task_group() as tg:
+                rt.tg = tg
+                pool = LinkPool(rt)
+                pool.waiting[endpoint.link_key] = []  # as ``send`` leaves it while dialling
+                await _dialled(pool, endpoint, presented, 2)
+                with anyio.fail_after(5):
+                    while not pool.links:
+                        await anyio.sleep(0.01)
+                assert [link.generation for link in pool.links.values()] == [rt.tls.generation]
+                for link in (*pool.links.values(), *pool.retiring):
+                    link.abort("the test is over")
+        finally:
+            server.close()
+
+    anyio.run(main, backend="asyncio")
+    assert [serial_key(s) for s in presented] == [serial(ident), serial(renewed)]
+
+
 async def _dialled(pool: LinkPool, endpoint: Endpoint, presented: list[str], n: int) -> None:
     await pool._dial(endpoint)
     with anyio.fail_after(5):

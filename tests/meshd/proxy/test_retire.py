@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import pytest
 
+from meshd.identity import SpiffeId
 from meshd.proxy import link as link_module
 from meshd.proxy.connect import Connector
 from meshd.proxy.frames import (
@@ -369,3 +370,19 @@ async def test_a_link_the_peer_keeps_past_the_grace_is_aborted(
     rt.recompile()
     await asyncio.sleep(0.2)
     assert wire.aborted
+
+
+@pytest.mark.parametrize("straddled", [True, False], ids=["swapped meanwhile", "no swap"])
+async def test_a_link_accepted_across_a_swap_is_ended_as_the_swap_would(straddled: bool) -> None:
+    """Made (handshake begun) with the old material, ready after the swap's hooks ran."""
+    link, wire, rt = _up(False, b"g0" if straddled else b"g1")
+    link.peer_ids = frozenset({SpiffeId.parse(HOST_A)})
+    port = MeshPort(rt, cast(Connector, None))
+    port.on_ready(link)
+    await turn()
+    assert link in port.links and not wire.aborted
+    assert ((GOAWAY, 0, b"") in _frames(wire.out)) is straddled
+    assert link._expiry is not None
+    cut_in = link._expiry.when() - asyncio.get_running_loop().time()
+    assert abs(cut_in - (SWAP_GRACE if straddled else HOUR)) <= 1.1
+    link.connection_lost(None)
