@@ -5,9 +5,10 @@ Each link and each stream a peer opens over it is admitted by
 it claims and be revoked by nothing in the registry; the service must be one
 of ours on its port; the peer's share of links and streams) and delivered to
 the app on loopback. A swap that revokes a peer tears its links down; a swap
-of our own certificate sends GOAWAY on the links made with the old one (the
-dialler moves its streams to a fresh link); each link is closed at the
-earlier expiry of both certificates (``meshd.proxy.link``). Connections that
+of our own certificate or trust bundle sends GOAWAY on the links made with
+the old one (the dialler moves its streams to a fresh link) and aborts them
+after a grace if the peer keeps them; each link is closed at the earlier
+expiry of both certificates (``meshd.proxy.link``). Connections that
 reach a meshed port from outside the mesh arrive redirected on the inbound
 listener: refused in ``strict`` mode, relayed to the app as an unauthenticated
 peer in ``permissive``.
@@ -75,6 +76,7 @@ class MeshPort:
             ping_interval=timeouts.ping_interval,
             link_window=limits.link_window,
             own_expiry=self.rt.tls.not_after.timestamp(),  # what the handshake presents
+            generation=self.rt.tls.generation,  # and verifies the peer with
             on_open=self.on_open,
             on_ready=self.on_ready,
             on_lost=self.on_lost,
@@ -96,6 +98,8 @@ class MeshPort:
         peer_lines.log(
             log, logging.INFO, "links up", "link from %s (%s) up", link.peer, link.peer_address
         )
+        if link.generation != self.rt.tls.generation:  # swapped during its handshake
+            link.outlived("renewed")
 
     def _refuse_link(self, link: Link, refusal: Refuse, failure: HandshakeFailure) -> None:
         peer_lines.log(
@@ -234,18 +238,18 @@ class MeshPort:
         self.goaway_renewed()
 
     def goaway_renewed(self) -> None:
-        """GOAWAY on every link made with a certificate other than the one meshd runs now.
+        """GOAWAY on every link made with TLS material other than what meshd runs now.
 
-        Called at a swap of meshd's own certificate (``CertificateRenewed``); each
-        link hears it once. The link is still closed at its certificates' expiry.
+        Called after every swap; each link hears it once, and is aborted after a
+        grace if its peer keeps it (``Link.outlived``); a swap that changed
+        neither certificate nor bundle does nothing.
         """
         if not self.links:
             return
-        current = self.rt.tls.not_after.timestamp()
-        for link in self.links:
-            if link.own_expiry != current and not link.told_goaway:
-                link.told_goaway = True
-                link.goaway()
+        current = self.rt.tls.generation
+        for link in list(self.links):
+            if link.generation != current:
+                link.outlived("renewed")
 
     def tear_down_revoked(self) -> None:
         """Abort every link from a peer the bundle's revocations name, and its streams."""

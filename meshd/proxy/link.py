@@ -25,6 +25,11 @@ meshd's own certificate is swapped, when the peer sends GOAWAY and before its
 stream ids run out: it takes no new streams (the pool dials a fresh link),
 its HTTP streams move to the fresh link at their next request boundary
 (``Stream.retire``) and its opaque streams stay until they end or it expires.
+A swap of meshd's TLS material (its certificate or its trust bundle: a
+``generation``) ends every link made with another one (``outlived``): a
+dialled link retires, an accepted one sends GOAWAY, and either is aborted
+after ``SWAP_GRACE`` if still up (a peer the new bundle does not trust must
+not keep its link until its certificate expires).
 """
 
 from __future__ import annotations
@@ -80,6 +85,8 @@ RETIRE_MARGIN = 10.0  # seconds: a dialled link retires this long (at most) befo
 # seconds a drained, retired link waits for the peer to close it: the peer's streams end
 # cleanly first (their apps close on the FIN we sent), not with the link's loss
 DRAIN_GRACE = 5.0
+# seconds a link made with TLS material meshd swapped out may stay up (its streams move)
+SWAP_GRACE = 10.0
 OnOpen = Callable[["Link", int, OpenRequest], Stream | None]
 
 
@@ -99,6 +106,7 @@ class Link(LinkReader):
         on_lost: Callable[[Link, str], None] | None = None,
         on_retire: Callable[[Link, str], None] | None = None,
         own_expiry: float = math.inf,
+        generation: bytes = b"",
     ) -> None:
         super().__init__()  # the reader's own state: buffer and parser
         self.dialer = dialer
@@ -111,10 +119,11 @@ class Link(LinkReader):
         self.on_lost = on_lost
         self.on_retire = on_retire
         self.own_expiry = own_expiry  # Unix time: our certificate's end, as of this link
+        self.generation = generation  # the TlsMaterial this link was made with (``outlived``)
         self.peer_expiry = math.inf  # Unix time: the peer certificate's end
         self.peer_serial = ""  # upper-case hex, as ssl spells it (revocations name it)
         self.retired = ""  # why this (dialled) link retired; "" while it takes streams
-        self.told_goaway = False  # (accepting side) GOAWAY sent for a swap of our certificate
+        self.told_goaway = False  # (accepting side) GOAWAY sent for a swap of our TLS material
         self.transport: asyncio.Transport | None = None
         self.peer: SpiffeId | None = None
         self.peer_key = ""  # str(peer), kept: counted per stream
@@ -194,6 +203,25 @@ class Link(LinkReader):
         if self.dialer:
             margin = min(RETIRE_MARGIN, left / 4)
             self._retiring = self._loop.call_later(left - margin, self.retire, "expiring")
+
+    def outlived(self, reason: str) -> None:
+        """Made with TLS material meshd no longer runs: new streams go elsewhere, and the
+        link is cut ``SWAP_GRACE`` from now (earlier if a certificate expires first)."""
+        if self.closed:
+            return
+        if self.dialer:
+            self.retire(reason)
+        elif not self.told_goaway:
+            self.told_goaway = True
+            self.goaway()  # the dialler retires it and moves its streams
+        expiry, due = self._expiry, self._loop.time() + SWAP_GRACE
+        if expiry is None or expiry.when() > due:
+            if expiry is not None:
+                expiry.cancel()
+            self._expiry = self._loop.call_at(due, self._swapped_out)
+
+    def _swapped_out(self) -> None:
+        self.abort("made with a certificate or trust bundle meshd no longer runs")
 
     def _expired(self) -> None:
         which = "our" if self.own_expiry <= self.peer_expiry else "the peer's"

@@ -6,10 +6,12 @@ endpoint's meshd once the link is up and the peer holds the service's
 identity. A link that cannot be dialled is reported to the balancer (which
 holds that endpoint off) and the connections waiting for it try another
 endpoint. A link that is full, out of stream ids, near the expiry of a
-certificate it was made with, made with a certificate meshd no longer runs,
-or asked by its peer to go, is replaced by a fresh one and retires once its
-streams are done (HTTP streams move over: ``move``). A link to a peer the
-registry revokes is torn down at the swap that revokes it, and never dialled.
+certificate it was made with, made with a certificate or trust bundle meshd
+no longer runs, or asked by its peer to go, is replaced by a fresh one and
+retires once its streams are done (HTTP streams move over: ``move``); one
+made with TLS material swapped out is also cut after a grace
+(``Link.outlived``). A link to a peer the registry revokes is torn down at
+the swap that revokes it, and never dialled.
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ class LinkPool:
         expected = rt.host_id(endpoint.host)  # before connecting: nothing to clean up if it fails
         timeouts, limits = rt.config.timeouts, rt.config.limits
         loop = asyncio.get_running_loop()
-        own_expiry = rt.tls.not_after.timestamp()  # the certificate this dial presents
+        tls = rt.tls  # what this dial presents and verifies the peer with
         try:
             with anyio.fail_after(timeouts.connect + timeouts.handshake):
                 _, link = await loop.create_connection(
@@ -131,11 +133,12 @@ class LinkPool:
                         link_window=limits.link_window,
                         on_lost=self._lost,
                         on_retire=self._retired,
-                        own_expiry=own_expiry,
+                        own_expiry=tls.not_after.timestamp(),
+                        generation=tls.generation,
                     ),
                     endpoint.address,
                     endpoint.mesh_port,
-                    ssl=rt.tls.client,
+                    ssl=tls.client,
                     ssl_handshake_timeout=timeouts.handshake,
                 )
         except (OSError, TimeoutError) as e:
@@ -155,6 +158,13 @@ class LinkPool:
             link.abort(revoked.reason)
             rt.bus.publish(ConnectionRefused("outbound", fmt(key), revoked.code, revoked.rule))
             self._dial_failed(endpoint, revoked.reason)
+            return
+        if tls is not rt.tls and tls.generation != rt.tls.generation:
+            # swapped during the handshake (the swap's retire_all did not see this link):
+            # the peer was verified with what meshd no longer runs, so dial again
+            link.abort("made with a certificate or trust bundle swapped out meanwhile")
+            assert rt.tg is not None
+            rt.tg.start_soon(self._dial, endpoint)
             return
         self.balancer.recovered(key)
         link.key = key
@@ -226,17 +236,19 @@ class LinkPool:
         self.retire_all("renewed")
 
     def retire_all(self, reason: str) -> None:
-        """Retire every link made with a certificate other than the one meshd runs now.
+        """Retire every link made with TLS material other than what meshd runs now.
 
-        Called at a swap of meshd's own certificate (``CertificateRenewed``);
-        links made with the new one stay, so calling it again does nothing.
+        Called after every swap (certificate, trust bundle, registry, ...): links
+        made with the running certificate and bundle stay, so a swap that changed
+        neither does nothing. The others retire and are cut after a grace
+        (``Link.outlived``), those already retiring too.
         """
-        if not self.links:
+        if not (self.links or self.retiring):
             return
-        current = self.rt.tls.not_after.timestamp()
-        for link in list(self.links.values()):
-            if link.own_expiry != current:
-                link.retire(reason)
+        current = self.rt.tls.generation
+        for link in (*self.links.values(), *self.retiring):
+            if link.generation != current:
+                link.outlived(reason)
 
     def tear_down_revoked(self) -> None:
         """Abort every link whose peer the bundle's revocations name, and its streams."""

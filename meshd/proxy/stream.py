@@ -325,9 +325,13 @@ class Stream:
                 self._move()
 
     def _move(self) -> None:
-        """End this stream's part on its link cleanly, and go on over a fresh one."""
+        """End this stream's part on its link cleanly, and go on over a fresh one.
+
+        Not once either side half-closed: the far app's connection would then
+        be opened again for a client that already ended, or that heard the end.
+        """
         link, mover = self.link, self.mover
-        if self.closed or link is None or mover is None:
+        if self.closed or link is None or mover is None or self.fin_sent or self.fin_received:
             return
         if isinstance(self.http, Moving):
             self.http = self.http.inner
@@ -384,7 +388,8 @@ class Moving:
     """The exchange of a stream whose link retires: the same, watched for a request boundary.
 
     Installed on retiring streams only; the stream moves on the next loop turn
-    after a response completes (its bytes are through and credited by then).
+    after a response (or a request answered early) completes: its bytes are
+    through and credited by then.
     """
 
     __slots__ = ("client_is_app", "inner", "scheduled", "stream")
@@ -395,14 +400,21 @@ class Moving:
         self.scheduled = False
 
     def outgoing(self, data: bytes | memoryview) -> Verdict:
-        return self.inner.outgoing(data)
+        # a response may come before its request is sent whole (413 during an upload):
+        # the boundary is then where the request ends
+        verdict = self.inner.outgoing(data)
+        self._watch()
+        return verdict
 
     def incoming(self, data: bytes | memoryview) -> Verdict:
         verdict = self.inner.incoming(data)
+        self._watch()
+        return verdict
+
+    def _watch(self) -> None:
         if not self.scheduled and self.inner.at_rest():
             self.scheduled = True
             asyncio.get_running_loop().call_soon(self.stream.move_at_rest)
-        return verdict
 
     def finished(self) -> None:
         self.inner.finished()

@@ -14,6 +14,7 @@ certificate, or the running one under another trust bundle).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ssl
 import tempfile
 import time
@@ -69,6 +70,9 @@ class TlsMaterial:
     not_before: dt.datetime
     serial: str
     pem: Pem = field(repr=False)
+    # what links compare at a swap: the same certificate under the same bundle, or not
+    # (a digest of both, not a counter: a reload that changed nothing keeps every link)
+    generation: bytes = field(default=b"", repr=False)
 
     @classmethod
     def load(cls, cert: Path, key: Path, bundle: Path) -> TlsMaterial:
@@ -79,6 +83,7 @@ class TlsMaterial:
         server = mutual_context(ssl.Purpose.CLIENT_AUTH, cert, key, bundle, [*LINK_PROTOCOLS])
         client = mutual_context(ssl.Purpose.SERVER_AUTH, cert, key, bundle, [*LINK_PROTOCOLS])
         me = _self_check(client, server, cert)
+        pem = Pem(cert.read_bytes(), key.read_bytes(), bundle.read_bytes())
         return cls(
             ids=me.ids,
             not_after=me.not_after,
@@ -88,7 +93,8 @@ class TlsMaterial:
             issuer=mutual_context(ssl.Purpose.SERVER_AUTH, cert, key, bundle, [ALPN_ADMIN]),
             not_before=me.not_before,
             serial=me.serial,
-            pem=Pem(cert.read_bytes(), key.read_bytes(), bundle.read_bytes()),
+            pem=pem,
+            generation=_generation(pem),
         )
 
     @classmethod
@@ -111,6 +117,12 @@ class TlsMaterial:
     def under(self, bundle: bytes) -> TlsMaterial:
         """The same certificate and key verified under another trust bundle."""
         return TlsMaterial.from_pem(Pem(self.pem.chain, self.pem.key, bundle))
+
+
+def _generation(pem: Pem) -> bytes:
+    """The certificates and the bundle (not a key that may come first, as in renewed.pem)."""
+    certs = pem.chain[max(0, pem.chain.find(b"-----BEGIN CERTIFICATE-----")) :]
+    return hashlib.sha256(certs + b"\0" + pem.bundle).digest()
 
 
 def _self_check(client: ssl.SSLContext, server: ssl.SSLContext, cert: Path) -> SelfView:

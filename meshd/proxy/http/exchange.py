@@ -176,7 +176,11 @@ class HttpExchange(HttpObserver):
         super().finished()
 
     def at_rest(self) -> bool:
-        """The observer's, and no head held, no answer waiting, no body on its way."""
+        """The observer's, and no head held, no answer waiting, no body on its way.
+
+        (``left`` tells of a request still being sent: this exchange's parser
+        callbacks replace the observer's, ``sending`` among them.)
+        """
         return super().at_rest() and self.left == HEAD and not self.held and self.answer is None
 
     outgoing = request_bytes

@@ -41,9 +41,9 @@ _METHODS = {
 class HttpObserver:
     """Follows requests (client → server) and responses (server → client) of one connection.
 
-    This runs for every request meshd relays, so it does little per request: two
-    parser callbacks for the request (begin, end of head), one for the response,
-    and the clock read once per chunk of bytes rather than per callback.
+    This runs for every request meshd relays, so it does little per request: three
+    parser callbacks for the request (begin, end of head, end of message), one for
+    the response, and the clock read once per chunk of bytes rather than per callback.
     """
 
     __slots__ = (
@@ -57,6 +57,7 @@ class HttpObserver:
         "publish",
         "requests",
         "responses",
+        "sending",
         "source",
     )
 
@@ -77,6 +78,10 @@ class HttpObserver:
         self.chunk_time = 0.0
         self.pending: deque[tuple[str, float]] = deque()
         self.gave_up = False
+        # a request message begun and not yet complete: a server may answer it early (413)
+        # while its body is still on its way, and then no request is pending, yet the
+        # connection is not between requests
+        self.sending = False
         # Each parser holds this observer (its callbacks): a reference cycle, which _detach
         # breaks when the observer is done, so that it is freed at once and not by the GC.
         self.requests: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
@@ -88,6 +93,7 @@ class HttpObserver:
     # request parser callbacks
     def on_message_begin(self) -> None:
         self.head_bytes = 0
+        self.sending = True
         # queued now, not when the head is complete: a server may answer early (413, 431)
         # and that answer belongs to this request, not to the next one
         self.pending.append(("", self.chunk_time))  # when the chunk that starts it arrived
@@ -102,6 +108,9 @@ class HttpObserver:
         if self.pending and not self.pending[-1][0]:
             self.pending[-1] = (method, self.pending[-1][1])
         self.head_bytes = -1  # head done: no limit on bodies
+
+    def on_message_complete(self) -> None:
+        self.sending = False
 
     def response_complete(self) -> None:
         responses = self.responses
@@ -174,11 +183,16 @@ class HttpObserver:
         )
 
     def at_rest(self) -> bool:
-        """Between requests: every one that began has its response (a link may move then).
+        """Between requests: every one that began was sent whole and has its response (a
+        link may move then).
 
         Asked only of streams whose link retires, never per chunk.
         """
-        return not self.pending and self.requests is not None and self.responses is not None
+        return (
+            not (self.pending or self.sending)
+            and self.requests is not None
+            and self.responses is not None
+        )
 
     # A stream calls outgoing (app -> link) and incoming (link -> app): aliases, not
     # wrappers, so that no call layer is added per chunk. Here the app is the client.

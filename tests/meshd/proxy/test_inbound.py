@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import cast
 
 import pytest
@@ -61,7 +62,7 @@ class Connects(Connector):
 
 
 def _runtime(mtls: str = "strict") -> tuple[Runtime, list[Event]]:
-    rt = Runtime(config(mtls), cast(TlsMaterial, None), REGISTRY)
+    rt = Runtime(config(mtls), cast(TlsMaterial, SimpleNamespace(generation=b"g1")), REGISTRY)
     return rt, cast(list[Event], rt.bus.subscribe(64).queue)
 
 
@@ -75,6 +76,7 @@ class FakeLink:
         self.peer_names = frozenset(str(i) for i in self.peer_ids)
         self.peer_address = ADDRESS
         self.peer_serial = "1F2E"
+        self.generation = b"g1"  # made with the TLS material the runtime runs
         self.aborted = ""
 
     def abort(self, reason: str) -> None:

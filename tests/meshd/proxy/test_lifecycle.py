@@ -7,7 +7,9 @@ streams move to fresh links. An opaque TCP stream is cut when a certificate
 of its link expires, and no link stays up past that. A registry that revokes
 a peer (by SPIFFE ID or by serial) tears its links down at once, on either
 side, and refuses the next one. A dial after a swap presents the new
-certificate (in process, against a TLS server that records it).
+certificate (in process, against a TLS server that records it). A trust
+bundle pushed to one side that drops the peer's root ends every link with it
+within the grace; one that keeps it moves the streams without a failed request.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import ssl
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ from cryptography import x509
 
 from meshd.config import MeshdConfig
 from meshd.policy.bundle import serial_key
+from meshd.proxy.link import SWAP_GRACE
 from meshd.proxy.pool import LinkPool
 from meshd.registry import Endpoint
 from meshd.runtime import Runtime
@@ -43,7 +47,7 @@ from tests.meshd.harness import (
     ServedApp,
     admin_call,
 )
-from tests.meshd.tlsfixtures import TD, Identity, TestPki, not_after
+from tests.meshd.tlsfixtures import TD, Identity, TestPki, joint_bundle, not_after
 from tests.poll import until
 
 RETIRED = "meshd_links_retired_total"
@@ -256,6 +260,99 @@ def test_a_revoked_peer_is_torn_down_and_refused(net: MeshNet, side: str, by: st
         echo.close()
 
 
+# --- a swap of the trust bundle -------------------------------------------------------------
+def _two_roots(
+    net: MeshNet, tmp_path: Path, b_app: int, a_app: int
+) -> tuple[TestPki, Meshd, Meshd]:
+    """A holds a certificate of a second root, B one of the net's; both trust both roots.
+
+    A dials B for "web" (``b_app``), B dials A for "back" (``a_app``). The operator is of
+    the second root, so that A still answers it under a bundle without the net's root.
+    """
+    other = TestPki(tmp_path / "other")
+    both = joint_bundle(tmp_path / "both.pem", net.pki, other)
+    net.operator = replace(other.issue("bob", "operator/bob"), bundle=both)
+    ident_b = replace(net.pki.issue("b", "host/b", "svc/web"), bundle=both)
+    b = net.start("b", services={"web": b_app}, upstreams={"back": 0}, identity=ident_b)
+    net.add_service("web", b_app, "b", b.ports["mesh"])
+    ident_a = replace(other.issue("a", "host/a", "svc/back"), bundle=both)
+    a = net.start("a", services={"back": a_app}, upstreams={"web": 0}, identity=ident_a)
+    net.add_service("back", a_app, "a", a.ports["mesh"])
+    net.registry["version"] += 1
+    for meshd in (a, b):
+        status, text = net.admin(meshd, "PUT", "/registry", net.registry)
+        assert status == 200, text
+    return other, a, b
+
+
+def _trust(net: MeshNet, meshd: Meshd, *pkis: TestPki) -> float:
+    """Push a trust document of the roots of ``pkis`` to ``meshd``; when it was applied."""
+    bundle = "".join(p.bundle.read_text() for p in pkis)
+    status, text = net.admin(meshd, "PUT", "/trust", {"version": 1, "bundle_pem": bundle})
+    assert status == 200, text
+    return time.time()
+
+
+def test_a_trust_swap_that_drops_a_peers_root_ends_its_links_within_the_grace(
+    net: MeshNet, tmp_path: Path
+) -> None:
+    """Opaque streams both ways (A dialled one link, B the other) between A and B; A stops
+    trusting B's root: neither link survives the grace, whatever the streams on it."""
+    echo_a, echo_b = EchoServer(), EchoServer()
+    try:
+        other, a, b = _two_roots(net, tmp_path, echo_b.port, echo_a.port)
+        out = socket.create_connection(("127.0.0.1", a.ports["upstream:web"]), timeout=5)
+        back = socket.create_connection(("127.0.0.1", b.ports["upstream:back"]), timeout=5)
+        with out, back:
+            for s in (out, back):
+                s.sendall(b"x")
+                assert s.recv(16) == b"x"
+            assert links_in(net, a) == links_in(net, b) == 1
+            swapped = _trust(net, a, other)
+            cuts = [_echo_until_cut(s, swapped + SWAP_GRACE + 5) - swapped for s in (out, back)]
+        assert max(cuts) <= SWAP_GRACE + 1.5, (cuts, a.log_text())
+        until(lambda: links_in(net, a) == links_in(net, b) == 0, 3, "no link left")
+    finally:
+        echo_a.close()
+        echo_b.close()
+
+
+def test_a_trust_swap_that_keeps_the_peers_root_moves_links_without_failed_requests(
+    net: MeshNet, tmp_path: Path
+) -> None:
+    """Keep-alive clients both ways; A's trust bundle gains a root: the links made under the
+    old bundle retire (A's dialled one) or hear GOAWAY (the one B dialled), every stream
+    moves to a fresh link, and no request fails."""
+    web, api = CountingApp(), CountingApp()
+    try:
+        other, a, b = _two_roots(net, tmp_path, web.port, api.port)
+        results: dict[str, Counter[str]] = {"a": Counter(), "b": Counter()}
+        stop = threading.Event()
+        clients = [
+            threading.Thread(target=_load, args=(a.ports["upstream:web"], stop, results["a"])),
+            threading.Thread(target=_load, args=(b.ports["upstream:back"], stop, results["b"])),
+        ]
+        for client in clients:
+            client.start()
+        try:
+            until(lambda: min(r["ok"] for r in results.values()) > 20, 10, "the first requests")
+            _trust(net, a, net.pki, other, TestPki(tmp_path / "third"))
+            until(lambda: net.metric(a, RETIRED, reason="renewed") >= 1, 5, "A's link retired")
+            until(lambda: net.metric(b, RETIRED, reason="goaway") >= 1, 5, "B's link retired")
+            until(lambda: web.opened >= 2 and api.opened >= 2, 5, "the streams' moves")
+            until(lambda: links_in(net, a) == links_in(net, b) == 1, 5, "the old links closed")
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            for client in clients:
+                client.join(30)
+        for side in results.values():
+            assert set(side) == {"ok"}, results
+    finally:
+        web.close()
+        api.close()
+
+
 # --- a swap and new links ---------------------------------------------------------------
 @pytest.mark.parametrize("key", ["same key", "new key"])
 def test_a_dial_after_a_certificate_swap_presents_the_new_certificate(
@@ -283,6 +380,49 @@ def test_a_dial_after_a_certificate_swap_presents_the_new_certificate(
                 await _dialled(pool, endpoint, presented, 1)
                 rt.tls = TlsMaterial.load(renewed.cert, renewed.key, renewed.bundle)
                 await _dialled(pool, endpoint, presented, 2)
+                for link in (*pool.links.values(), *pool.retiring):
+                    link.abort("the test is over")
+        finally:
+            server.close()
+
+    anyio.run(main, backend="asyncio")
+    assert [serial_key(s) for s in presented] == [serial(ident), serial(renewed)]
+
+
+def test_a_dial_whose_handshake_straddles_a_swap_is_made_again(tmp_path: Path) -> None:
+    """The swap lands while the peer reads our ClientHello: the link verified with the old
+    material is dropped, and the dial made again presents the new certificate."""
+    pki = TestPki(tmp_path)
+    ident, peer = pki.issue("a", "host/a"), pki.issue("b", "host/b")
+    renewed = pki.reissue(ident, "a2")
+    rt = Runtime.load(_config(ident))
+    server_ctx = mutual_context(
+        ssl.Purpose.CLIENT_AUTH, peer.cert, peer.key, peer.bundle, [ALPN_LINK_2]
+    )
+    presented: list[str] = []
+
+    def swap_now(*_: object) -> None:
+        if not presented:  # the first handshake only
+            rt.tls = TlsMaterial.load(renewed.cert, renewed.key, renewed.bundle)
+
+    server_ctx.sni_callback = swap_now
+
+    def connected(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        presented.append(writer.get_extra_info("ssl_object").getpeercert()["serialNumber"])
+
+    async def main() -> None:
+        server = await asyncio.start_server(connected, "127.0.0.1", 0, ssl=server_ctx)
+        endpoint = Endpoint("b", "127.0.0.1", 80, server.sockets[0].getsockname()[1])
+        try:
+            async with anyio.create_task_group() as tg:
+                rt.tg = tg
+                pool = LinkPool(rt)
+                pool.waiting[endpoint.link_key] = []  # as ``send`` leaves it while dialling
+                await _dialled(pool, endpoint, presented, 2)
+                with anyio.fail_after(5):
+                    while not pool.links:
+                        await anyio.sleep(0.01)
+                assert [link.generation for link in pool.links.values()] == [rt.tls.generation]
                 for link in (*pool.links.values(), *pool.retiring):
                     link.abort("the test is over")
         finally:

@@ -9,13 +9,15 @@ real meshd processes and real TLS is in test_lifecycle.py.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import time
 from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 
+from meshd.identity import SpiffeId
+from meshd.proxy import link as link_module
+from meshd.proxy.connect import Connector
 from meshd.proxy.frames import (
     DATA,
     FIN,
@@ -29,7 +31,8 @@ from meshd.proxy.frames import (
 from meshd.proxy.http.actions import Answer
 from meshd.proxy.http.exchange import HttpExchange
 from meshd.proxy.http.observe import HttpObserver
-from meshd.proxy.link import Link
+from meshd.proxy.inbound import MeshPort
+from meshd.proxy.link import SWAP_GRACE, Link
 from meshd.proxy.pool import LinkPool
 from meshd.proxy.stream import Moving, Stream
 from meshd.registry import Registry, Revocation
@@ -201,6 +204,47 @@ async def test_a_stream_waiting_for_an_answer_does_not_move() -> None:
     assert not moved and isinstance(stream.http, Moving)
 
 
+UPLOAD = b"POST /up HTTP/1.1\r\nHost: web\r\nContent-Length: 10\r\n\r\n"
+TOO_LARGE = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n"
+
+
+@pytest.mark.parametrize("hooks", [False, True], ids=["observer", "exchange with hooks"])
+async def test_an_early_answer_to_an_upload_moves_the_stream_only_once_the_upload_ends(
+    hooks: bool,
+) -> None:
+    """A 413 before the body is through: the rest of the body belongs to the old link."""
+    link, wire = _link()
+    stream, _, moved = _http_stream(link, hooks)
+    stream.send(UPLOAD + b"12345")
+    link.retire("expiring")
+    link.data_received(frame(DATA, stream.sid, TOO_LARGE))
+    await turn()
+    await turn()
+    assert not moved and stream.link is link  # half the body is still to go, here
+    stream.send(b"67890")
+    await turns_until(lambda: bool(moved))
+    await turn()
+    sent = [d for k, _, d in _frames(wire.out) if k == DATA]
+    assert b"".join(sent) == UPLOAD + b"1234567890" and _frames(wire.out)[-1] == (FIN, 1, b"")
+
+
+@pytest.mark.parametrize("side", ["app", "peer"])
+async def test_a_stream_half_closed_while_moving_stays(side: str) -> None:
+    """The response completes, and a FIN comes in the same turn: the move is called off."""
+    link, _ = _link()
+    stream, _, moved = _http_stream(link)
+    stream.send(REQUEST)
+    link.retire("expiring")
+    if side == "app":
+        link.data_received(frame(DATA, stream.sid, RESPONSE))
+        stream.send_fin()
+    else:
+        link.data_received(frame(DATA, stream.sid, RESPONSE) + frame(FIN, stream.sid))
+    await turn()
+    await turn()
+    assert not moved and stream.link is link and link.streams == {1: stream}
+
+
 @pytest.mark.parametrize("kind", ["opaque", "half-closed"])
 async def test_an_opaque_stream_stays_on_its_retiring_link(kind: str) -> None:
     link, wire = _link()
@@ -231,8 +275,8 @@ async def test_a_goaway_makes_a_dialled_link_retire() -> None:
 
 
 # --- the pool's side -----------------------------------------------------------------------
-def _pool_with(link: Link) -> tuple[LinkPool, list[Any]]:
-    rt = Runtime(config(), cast(TlsMaterial, None), REGISTRY)
+def _pool_with(link: Link, rt: Runtime | None = None) -> tuple[LinkPool, list[Any]]:
+    rt = rt or Runtime(config(), cast(TlsMaterial, None), REGISTRY)
     events = rt.bus.subscribe(16).queue
     pool = LinkPool(rt)
     link.on_retire, link.key = pool._retired, ("10.77.0.11", 15002)
@@ -270,9 +314,75 @@ async def test_a_swap_that_revokes_a_peer_tears_its_links_down(
     link, wire = _link()
     pool, events = _pool_with(link)
     pool.rt.registry = Registry.of(REGISTRY.version, REGISTRY.services, revoked=(revoked,))
-    pool.rt.tls = cast(TlsMaterial, SimpleNamespace(not_after=dt.datetime.now(dt.UTC)))
-    link.own_expiry = pool.rt.tls.not_after.timestamp()  # not a swap of our certificate
+    pool.rt.tls = cast(TlsMaterial, SimpleNamespace(generation=b"g1"))
+    link.generation = b"g1"  # not a swap of our certificate
     pool.rt.recompile()
     assert wire.aborted is torn_down
     retired = [e.reason for e in events if isinstance(e, LinkRetired)]
     assert retired == (["revoked"] if torn_down else [])
+
+
+# --- a swap of meshd's TLS material (certificate or trust bundle) ------------------------
+def _up(dialer: bool, generation: bytes) -> tuple[Link, FakeTransport, Runtime]:
+    """A link up for an hour, made with ``generation``; the runtime of its pool or port."""
+    link, wire = _link(dialer)
+    link.generation, link.own_expiry = generation, time.time() + HOUR
+    link._schedule_expiry(cast(Any, PeerCert(time.time() + HOUR)))
+    link.peer_names, link.peer_key = frozenset({HOST_A}), HOST_A
+    rt = Runtime(config(), cast(TlsMaterial, SimpleNamespace(generation=b"g1")), REGISTRY)
+    if dialer:
+        _pool_with(link, rt)
+    else:
+        MeshPort(rt, cast(Connector, None)).links.add(link)
+    return link, wire, rt
+
+
+@pytest.mark.parametrize("dialer", [True, False], ids=["dialled", "accepted"])
+@pytest.mark.parametrize("swapped", [True, False], ids=["another generation", "the same"])
+async def test_a_swap_ends_the_links_made_with_other_tls_material_after_a_grace(
+    dialer: bool, swapped: bool
+) -> None:
+    link, wire, rt = _up(dialer, b"g1")
+    rt.tls = cast(TlsMaterial, SimpleNamespace(generation=b"g2" if swapped else b"g1"))
+    rt.recompile()
+    await turn()
+    goaway = (GOAWAY, 0, b"") in _frames(wire.out)
+    assert goaway is swapped and (link.retired == "renewed") is (swapped and dialer)
+    assert link._expiry is not None
+    cut_in = link._expiry.when() - asyncio.get_running_loop().time()
+    assert abs(cut_in - (SWAP_GRACE if swapped else HOUR)) <= 1.1
+    rt.recompile()  # another swap to the same material: nothing more
+    await turn()
+    assert _frames(wire.out).count((GOAWAY, 0, b"")) == int(swapped)
+    link.connection_lost(None)
+
+
+@pytest.mark.parametrize("dialer", [True, False], ids=["dialled", "accepted"])
+async def test_a_link_the_peer_keeps_past_the_grace_is_aborted(
+    dialer: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(link_module, "SWAP_GRACE", 0.05)
+    link, wire, rt = _up(dialer, b"g1")
+    stream, _, _ = _http_stream(link) if dialer else (None, None, None)
+    if stream is not None:
+        stream.http = None  # opaque: it stays on the retiring link
+    rt.tls = cast(TlsMaterial, SimpleNamespace(generation=b"g2"))
+    rt.recompile()
+    await asyncio.sleep(0.2)
+    assert wire.aborted
+
+
+@pytest.mark.parametrize("straddled", [True, False], ids=["swapped meanwhile", "no swap"])
+async def test_a_link_accepted_across_a_swap_is_ended_as_the_swap_would(straddled: bool) -> None:
+    """Made (handshake begun) with the old material, ready after the swap's hooks ran."""
+    link, wire, rt = _up(False, b"g0" if straddled else b"g1")
+    link.peer_ids = frozenset({SpiffeId.parse(HOST_A)})
+    port = MeshPort(rt, cast(Connector, None))
+    port.on_ready(link)
+    await turn()
+    assert link in port.links and not wire.aborted
+    assert ((GOAWAY, 0, b"") in _frames(wire.out)) is straddled
+    assert link._expiry is not None
+    cut_in = link._expiry.when() - asyncio.get_running_loop().time()
+    assert abs(cut_in - (SWAP_GRACE if straddled else HOUR)) <= 1.1
+    link.connection_lost(None)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from meshd.proxy.http.exchange import HttpExchange
 from meshd.proxy.http.observe import HttpObserver, looks_like_http
+from meshd.proxy.http.plan import RequestHead
 from meshd.telemetry.events import Event, RequestCompleted
 
 
@@ -138,3 +140,64 @@ def test_a_done_observer_is_freed_by_refcounting(end: str, no_gc: None) -> None:
                 assert not observer.incoming(b"\x00garbage\r\n\r\n")
         assert observer.outgoing(b"GET / HTTP/1.1\r\n\r\n") is False  # it follows nothing more
     assert gc.collect() == 0
+
+
+# --- at rest: between requests, where a stream may move to a fresh link -------------------
+UPLOAD_HEAD = b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n"
+CHUNKED_HEAD = b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+EARLY = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n"
+
+
+def _exchange() -> HttpObserver:
+    return HttpExchange(lambda e: None, "outbound", "spiffe://t/svc/a", "web", 65536, (_no_hook,))
+
+
+def _no_hook(head: RequestHead) -> tuple[()]:
+    return ()
+
+
+@pytest.mark.parametrize("make", [lambda: _observer()[0], _exchange], ids=["observer", "exchange"])
+@pytest.mark.parametrize(
+    ("steps", "at_rest"),
+    [
+        pytest.param((), True, id="idle"),
+        pytest.param((("out", GET),), False, id="request out"),
+        pytest.param((("out", GET), ("in", OK)), True, id="answered"),
+        pytest.param((("out", GET), ("in", OK[:20])), False, id="half a response"),
+        pytest.param((("out", GET[:10]),), False, id="half a head"),
+        pytest.param((("out", UPLOAD_HEAD),), False, id="upload: head out"),
+        pytest.param(
+            (("out", UPLOAD_HEAD + b"12345"), ("in", EARLY)), False, id="early 413 mid-upload"
+        ),
+        pytest.param(
+            (("out", UPLOAD_HEAD + b"12345"), ("in", EARLY), ("out", b"67890")),
+            True,
+            id="early 413, then the upload ends",
+        ),
+        pytest.param(
+            (("out", CHUNKED_HEAD + b"5\r\nhello\r\n"), ("in", EARLY)),
+            False,
+            id="early 413 mid-chunked-upload",
+        ),
+        pytest.param(
+            (("out", CHUNKED_HEAD + b"5\r\nhello\r\n"), ("in", EARLY), ("out", b"0\r\n\r\n")),
+            True,
+            id="early 413, then the chunked upload ends",
+        ),
+        pytest.param(
+            (("out", UPLOAD_HEAD + b"1234567890"), ("in", OK), ("out", GET[:5])),
+            False,
+            id="the next request begun",
+        ),
+    ],
+)
+def test_at_rest_only_between_whole_requests_and_their_responses(
+    make: Callable[[], HttpObserver], steps: tuple[tuple[str, bytes], ...], at_rest: bool
+) -> None:
+    follower = make()
+    for direction, data in steps:
+        verdict = (follower.outgoing if direction == "out" else follower.incoming)(data)
+        assert verdict is not False  # still followed
+    assert follower.at_rest() is at_rest
