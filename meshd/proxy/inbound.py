@@ -77,6 +77,7 @@ class MeshPort:
             link_window=limits.link_window,
             own_expiry=self.rt.tls.not_after.timestamp(),  # what the handshake presents
             generation=self.rt.tls.generation,  # and verifies the peer with
+            trust=self.rt.tls.trust,
             on_open=self.on_open,
             on_ready=self.on_ready,
             on_lost=self.on_lost,
@@ -99,7 +100,7 @@ class MeshPort:
             log, logging.INFO, "links up", "link from %s (%s) up", link.peer, link.peer_address
         )
         if link.generation != self.rt.tls.generation:  # swapped during its handshake
-            link.outlived("renewed")
+            link.outlived("renewed", self.rt.tls.trust)
 
     def _refuse_link(self, link: Link, refusal: Refuse, failure: HandshakeFailure) -> None:
         peer_lines.log(
@@ -240,16 +241,16 @@ class MeshPort:
     def goaway_renewed(self) -> None:
         """GOAWAY on every link made with TLS material other than what meshd runs now.
 
-        Called after every swap; each link hears it once, and is aborted after a
-        grace if its peer keeps it (``Link.outlived``); a swap that changed
-        neither certificate nor bundle does nothing.
+        Called after every swap; each link hears it once, and when the trust bundle
+        changed it is aborted after a grace if its peer keeps it (``Link.outlived``);
+        a swap that changed neither certificate nor bundle does nothing.
         """
         if not self.links:
             return
-        current = self.rt.tls.generation
+        current = self.rt.tls
         for link in list(self.links):
-            if link.generation != current:
-                link.outlived("renewed")
+            if link.generation != current.generation:
+                link.outlived("renewed", current.trust)
 
     def tear_down_revoked(self) -> None:
         """Abort every link from a peer the bundle's revocations name, and its streams."""

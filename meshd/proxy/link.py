@@ -107,6 +107,7 @@ class Link(LinkReader):
         on_retire: Callable[[Link, str], None] | None = None,
         own_expiry: float = math.inf,
         generation: bytes = b"",
+        trust: bytes = b"",
     ) -> None:
         super().__init__()  # the reader's own state: buffer and parser
         self.dialer = dialer
@@ -120,6 +121,7 @@ class Link(LinkReader):
         self.on_retire = on_retire
         self.own_expiry = own_expiry  # Unix time: our certificate's end, as of this link
         self.generation = generation  # the TlsMaterial this link was made with (``outlived``)
+        self.trust = trust  # and its trust bundle alone
         self.peer_expiry = math.inf  # Unix time: the peer certificate's end
         self.peer_serial = ""  # upper-case hex, as ssl spells it (revocations name it)
         self.retired = ""  # why this (dialled) link retired; "" while it takes streams
@@ -204,9 +206,12 @@ class Link(LinkReader):
             margin = min(RETIRE_MARGIN, left / 4)
             self._retiring = self._loop.call_later(left - margin, self.retire, "expiring")
 
-    def outlived(self, reason: str) -> None:
-        """Made with TLS material meshd no longer runs: new streams go elsewhere, and the
-        link is cut ``SWAP_GRACE`` from now (earlier if a certificate expires first)."""
+    def outlived(self, reason: str, trust: bytes) -> None:
+        """Made with TLS material meshd no longer runs: new streams go elsewhere. If the
+        trust bundle changed too (``trust``: the one running now), the peer's chain may no
+        longer verify: the link is cut ``SWAP_GRACE`` from now (earlier if a certificate
+        expires first). A renewal alone keeps both certificates valid: the link then ends
+        at the earlier expiry, as ever, which lets opaque streams run until then."""
         if self.closed:
             return
         if self.dialer:
@@ -214,6 +219,8 @@ class Link(LinkReader):
         elif not self.told_goaway:
             self.told_goaway = True
             self.goaway()  # the dialler retires it and moves its streams
+        if trust == self.trust:
+            return
         expiry, due = self._expiry, self._loop.time() + SWAP_GRACE
         if expiry is None or expiry.when() > due:
             if expiry is not None:

@@ -135,6 +135,7 @@ class LinkPool:
                         on_retire=self._retired,
                         own_expiry=tls.not_after.timestamp(),
                         generation=tls.generation,
+                        trust=tls.trust,
                     ),
                     endpoint.address,
                     endpoint.mesh_port,
@@ -245,10 +246,10 @@ class LinkPool:
         """
         if not (self.links or self.retiring):
             return
-        current = self.rt.tls.generation
+        current = self.rt.tls
         for link in (*self.links.values(), *self.retiring):
-            if link.generation != current:
-                link.outlived(reason)
+            if link.generation != current.generation:
+                link.outlived(reason, current.trust)
 
     def tear_down_revoked(self) -> None:
         """Abort every link whose peer the bundle's revocations name, and its streams."""

@@ -73,6 +73,8 @@ class TlsMaterial:
     # what links compare at a swap: the same certificate under the same bundle, or not
     # (a digest of both, not a counter: a reload that changed nothing keeps every link)
     generation: bytes = field(default=b"", repr=False)
+    # the trust bundle alone: a swap that keeps it leaves peers' chains valid until expiry
+    trust: bytes = field(default=b"", repr=False)
 
     @classmethod
     def load(cls, cert: Path, key: Path, bundle: Path) -> TlsMaterial:
@@ -95,6 +97,7 @@ class TlsMaterial:
             serial=me.serial,
             pem=pem,
             generation=_generation(pem),
+            trust=hashlib.sha256(pem.bundle).digest(),
         )
 
     @classmethod

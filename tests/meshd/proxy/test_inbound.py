@@ -62,7 +62,9 @@ class Connects(Connector):
 
 
 def _runtime(mtls: str = "strict") -> tuple[Runtime, list[Event]]:
-    rt = Runtime(config(mtls), cast(TlsMaterial, SimpleNamespace(generation=b"g1")), REGISTRY)
+    rt = Runtime(
+        config(mtls), cast(TlsMaterial, SimpleNamespace(generation=b"g1", trust=b"t1")), REGISTRY
+    )
     return rt, cast(list[Event], rt.bus.subscribe(64).queue)
 
 

@@ -314,7 +314,7 @@ async def test_a_swap_that_revokes_a_peer_tears_its_links_down(
     link, wire = _link()
     pool, events = _pool_with(link)
     pool.rt.registry = Registry.of(REGISTRY.version, REGISTRY.services, revoked=(revoked,))
-    pool.rt.tls = cast(TlsMaterial, SimpleNamespace(generation=b"g1"))
+    pool.rt.tls = cast(TlsMaterial, SimpleNamespace(generation=b"g1", trust=b"t1"))
     link.generation = b"g1"  # not a swap of our certificate
     pool.rt.recompile()
     assert wire.aborted is torn_down
@@ -326,10 +326,10 @@ async def test_a_swap_that_revokes_a_peer_tears_its_links_down(
 def _up(dialer: bool, generation: bytes) -> tuple[Link, FakeTransport, Runtime]:
     """A link up for an hour, made with ``generation``; the runtime of its pool or port."""
     link, wire = _link(dialer)
-    link.generation, link.own_expiry = generation, time.time() + HOUR
+    link.generation, link.trust, link.own_expiry = generation, b"t1", time.time() + HOUR
     link._schedule_expiry(cast(Any, PeerCert(time.time() + HOUR)))
     link.peer_names, link.peer_key = frozenset({HOST_A}), HOST_A
-    rt = Runtime(config(), cast(TlsMaterial, SimpleNamespace(generation=b"g1")), REGISTRY)
+    rt = Runtime(config(), _tls(b"g1", b"t1"), REGISTRY)
     if dialer:
         _pool_with(link, rt)
     else:
@@ -337,20 +337,32 @@ def _up(dialer: bool, generation: bytes) -> tuple[Link, FakeTransport, Runtime]:
     return link, wire, rt
 
 
+def _tls(generation: bytes, trust: bytes) -> TlsMaterial:
+    return cast(TlsMaterial, SimpleNamespace(generation=generation, trust=trust))
+
+
 @pytest.mark.parametrize("dialer", [True, False], ids=["dialled", "accepted"])
-@pytest.mark.parametrize("swapped", [True, False], ids=["another generation", "the same"])
-async def test_a_swap_ends_the_links_made_with_other_tls_material_after_a_grace(
-    dialer: bool, swapped: bool
+@pytest.mark.parametrize(
+    ("generation", "trust", "cut"),
+    [(b"g1", b"t1", HOUR), (b"g2", b"t1", HOUR), (b"g2", b"t2", SWAP_GRACE)],
+    ids=["the same", "a renewed certificate", "another trust bundle"],
+)
+async def test_a_swap_retires_links_made_with_other_tls_material_and_a_trust_swap_ends_them(
+    dialer: bool, generation: bytes, trust: bytes, cut: float
 ) -> None:
+    """A renewal leaves both chains valid: the link retires (its HTTP streams move) and
+    ends at the earlier expiry, so opaque streams run on; a new trust bundle may not verify
+    the peer any more: then the link is cut after a grace."""
     link, wire, rt = _up(dialer, b"g1")
-    rt.tls = cast(TlsMaterial, SimpleNamespace(generation=b"g2" if swapped else b"g1"))
+    swapped = generation != b"g1"
+    rt.tls = _tls(generation, trust)
     rt.recompile()
     await turn()
     goaway = (GOAWAY, 0, b"") in _frames(wire.out)
     assert goaway is swapped and (link.retired == "renewed") is (swapped and dialer)
     assert link._expiry is not None
     cut_in = link._expiry.when() - asyncio.get_running_loop().time()
-    assert abs(cut_in - (SWAP_GRACE if swapped else HOUR)) <= 1.1
+    assert abs(cut_in - cut) <= 1.1
     rt.recompile()  # another swap to the same material: nothing more
     await turn()
     assert _frames(wire.out).count((GOAWAY, 0, b"")) == int(swapped)
@@ -366,7 +378,7 @@ async def test_a_link_the_peer_keeps_past_the_grace_is_aborted(
     stream, _, _ = _http_stream(link) if dialer else (None, None, None)
     if stream is not None:
         stream.http = None  # opaque: it stays on the retiring link
-    rt.tls = cast(TlsMaterial, SimpleNamespace(generation=b"g2"))
+    rt.tls = _tls(b"g2", b"t2")
     rt.recompile()
     await asyncio.sleep(0.2)
     assert wire.aborted
@@ -384,5 +396,5 @@ async def test_a_link_accepted_across_a_swap_is_ended_as_the_swap_would(straddle
     assert ((GOAWAY, 0, b"") in _frames(wire.out)) is straddled
     assert link._expiry is not None
     cut_in = link._expiry.when() - asyncio.get_running_loop().time()
-    assert abs(cut_in - (SWAP_GRACE if straddled else HOUR)) <= 1.1
+    assert abs(cut_in - HOUR) <= 1.1  # a renewal meanwhile: both chains stay valid
     link.connection_lost(None)
