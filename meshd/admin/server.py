@@ -69,7 +69,7 @@ from meshd.issuer.decide import Caller
 from meshd.netfacts import fmt
 from meshd.telemetry.events import ConnectionRefused, EventBus, HandshakeFailed
 from meshd.telemetry.logs import peer_lines
-from meshd.tls.context import peer_ids, peer_problem
+from meshd.tls.context import peer_ids, peer_problem, started
 from meshd.tls.failures import HandshakeFailure, classify
 from meshd.tls.gate import HANDSHAKE_GRACE, HandshakeGate
 from meshd.tls.handshake import client_hello
@@ -272,7 +272,8 @@ class AdminServer:
     async def _host(self, conn: Conn, ssl_object: ssl.SSLObject, expires: float) -> None:
         """A host identity's one request: POST /issue, or a 403 before its body is read."""
         cert = ssl_object.getpeercert()
-        caller = Caller(peer_ids(ssl_object), str(cert.get("serialNumber", "")) if cert else "")
+        serial = str(cert.get("serialNumber", "")) if cert else ""
+        caller = Caller(peer_ids(ssl_object), serial, started(ssl_object))
 
         def admit(request: Request) -> Response | None:
             if (request.method, request.path) == ("POST", adminapi.ISSUE):

@@ -38,7 +38,7 @@ from meshd.registry import Registry
 from meshd.schema import Fields
 from meshd.stats import IssuerReport
 from meshd.telemetry.events import IssuerAnswered
-from meshd.telemetry.logs import clean
+from meshd.telemetry.logs import clean, peer_lines
 
 if TYPE_CHECKING:
     from meshd.issuer.x509work import Issued, IssuerCa
@@ -158,6 +158,9 @@ class Issuer:
             self.signed += 1
             self.publish(IssuerAnswered(peer, "signed"))
             log.info("issuer: signed for %s (%s)", peer, _shown(caller.ids))
+            for why in outcome.dropped:  # the caller's registry is older: it asked for these
+                line = "issuer: signed for %s without %s"
+                peer_lines.log(log, logging.WARNING, "issuer left out", line, peer, clean(why))
         return outcome
 
     async def _sign(self, current: IssuerChange, caller: Caller, body: bytes) -> Issued | Refusal:
