@@ -234,7 +234,9 @@ def cert_problem(
     if not _issued(cert, issuer):
         return "it was not issued by this mesh's issuing CA"
     if _revoked(cert, desired.registry):
-        return "it is revoked (signed before the host was revoked, or since)"
+        return (
+            "the registry revokes it (by serial, or by ID: it started before the host joined again)"
+        )
     life = cert.not_valid_after_utc - cert.not_valid_before_utc
     if now >= cert.not_valid_before_utc + life * RENEW_AT:
         return f"it expires {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC (past 2/3 of its life)"
