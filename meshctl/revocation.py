@@ -8,10 +8,11 @@ registry carries the entries still in force (``in_force``), so every meshd
 refuses them at once; the workspace keeps them in ``state``.
 
 A revoked host name that joins again keeps its entry, now with ``before``
-set to when it joined (``readmitted``): its ID still revokes every
-certificate that started earlier (a stolen copy, and anything an issuer
-renewed for it), and meshctl and the issuers sign the host's new ones to
-start at or after that time (``Registry.not_before_floor``).
+set to when it joined less the backdate (``readmitted``): its ID still
+revokes every certificate signed before the join (every signer backdates
+the same: a stolen copy, and anything an issuer renewed for it), while the
+join's certificate keeps its tolerance for clock skew; meshctl and the
+issuers never start the host's new ones earlier (``Registry.not_before_floor``).
 """
 
 from __future__ import annotations
@@ -76,16 +77,17 @@ def merged(old: Revocation | None, new: Revocation) -> Revocation:
 
 
 def readmitted(
-    entries: Mapping[str, Revocation], names: Iterable[str], now: dt.datetime
+    entries: Mapping[str, Revocation], names: Iterable[str], now: dt.datetime, lifetime: int
 ) -> dict[str, Revocation]:
-    """``entries`` once the hosts ``names`` join (again): a name revoked in full only
-    revokes certificates that started before ``now`` from then on (one that joined
-    again earlier keeps its time: its certificates since are good)."""
+    """``entries`` once the hosts ``names`` join (again) at ``now``: a name revoked in
+    full only revokes certificates signed before ``now`` from then on (leaves of
+    ``lifetime`` seconds start ``backdate`` before they are signed). A name that joined
+    again earlier keeps its time: its certificates since are good."""
     kept = dict(entries)
     for name in names:
         entry = kept.get(name)
         if entry is not None and entry.before == 0:
-            kept[name] = replace(entry, before=int(now.timestamp()))
+            kept[name] = replace(entry, before=int(now.timestamp()) - backdate(lifetime))
     return kept
 
 

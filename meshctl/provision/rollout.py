@@ -31,7 +31,7 @@ from meshctl.provision.desired import DesiredHost, desired_host
 from meshctl.provision.facts import HostFacts
 from meshctl.provision.guard import ROLLBACK_DEADLINE
 from meshctl.provision.plan import Enroll, Plan, plan_join, plan_leave
-from meshctl.revocation import readmitted, serial_of
+from meshctl.revocation import leaf_lifetime, readmitted, serial_of
 from meshctl.transport import Transport, UnreachableError
 from meshd.errors import MeshError, ProvisionError
 from meshd.identity import SpiffeId, check_name
@@ -184,8 +184,9 @@ def join(ro: Rollout, hosts: list[HostSpec], dry_run: bool) -> list[Outcome]:
         inventory = _name_hosts(ro, sessions)
         ready = [s for s in sessions if s.outcome.ok]
         members = set(state.joined(ro.ws)) | {s.host.name for s in ready}
-        # a revoked name joining again: its ID revokes only certificates from before now
-        kept = readmitted(state.revocations(ro.ws), (s.host.name for s in ready), ro.now())
+        # a revoked name joining again: its ID revokes only certificates signed before now
+        lifetime, joining = leaf_lifetime(ro.ws.config), (s.host.name for s in ready)
+        kept = readmitted(state.revocations(ro.ws), joining, ro.now(), lifetime)
         registry = registry_for(ro, inventory, members, _ipv6_of(ready), kept)
         parallel(lambda s: _contained(s.outcome, lambda: _plan(ro, s, registry)), ready)
         if dry_run:
