@@ -75,6 +75,7 @@ class FakeLink:
         self.peer_names = frozenset(str(i) for i in self.peer_ids)
         self.peer_address = ADDRESS
         self.peer_serial = "1F2E"
+        self.peer_not_before = 1_800_000_000.0  # a certificate of any time: none is revoked here
         self.aborted = ""
 
     def abort(self, reason: str) -> None:
