@@ -12,7 +12,7 @@ here too.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from meshctl import state
@@ -21,7 +21,7 @@ from meshctl.fleet import Fleet, HostResults, fan_out
 from meshctl.inventory import HostSpec, Inventory
 from meshctl.revocation import in_force
 from meshd.errors import ProvisionError
-from meshd.registry import Registry
+from meshd.registry import Registry, Revocation
 from meshd.stats import UNREPORTED, Stats
 
 
@@ -38,14 +38,15 @@ def registry_for(
     inventory: Inventory,
     names: Iterable[str],
     ipv6: dict[str, tuple[str, ...]] | None = None,
+    revocations: Mapping[str, Revocation] | None = None,
 ) -> Registry:
     """The versioned registry of the hosts ``names`` (the joined ones) of ``inventory``.
 
     Each endpoint carries its host's IPv6 addresses, so that the other hosts'
     ip6tables rules catch an app's IPv6 connection to it: from ``ipv6`` (the
     facts of hosts joining now) or else the host's join record. The
-    revocations the workspace keeps go with it while in force (a name that
-    joins again no longer has its ID revoked).
+    revocations the workspace keeps (or ``revocations``: those of a join, not
+    yet kept) go with it while in force.
     """
     wanted = set(names)
     subset = Inventory(tuple(h for h in inventory.hosts if h.name in wanted), inventory.vips)
@@ -54,7 +55,8 @@ def registry_for(
     defaults = fleet.ws.config.defaults
     services = subset.services(defaults.mesh_port, known)
     issuers = inventory.issuers(defaults.admin_port, wanted)  # where renewals are signed
-    revoked = in_force(state.revocations(fleet.ws).values(), fleet.now(), wanted)
+    kept = state.revocations(fleet.ws) if revocations is None else revocations
+    revoked = in_force(kept.values(), fleet.now())
     return state.versioned_registry(fleet.ws, services, issuers, revoked)
 
 

@@ -6,6 +6,13 @@ signed, the one meshd reported on /stats), and lasts until anything signed
 for it before now has expired: ``now + leaf lifetime + backdate``. The
 registry carries the entries still in force (``in_force``), so every meshd
 refuses them at once; the workspace keeps them in ``state``.
+
+A revoked host name that joins again keeps its entry, now with ``before``
+set to when it joined less the backdate (``readmitted``): its ID still
+revokes every certificate signed before the join (every signer backdates
+the same: a stolen copy, and anything an issuer renewed for it), while the
+join's certificate keeps its tolerance for clock skew; meshctl and the
+issuers never start the host's new ones earlier (``Registry.not_before_floor``).
 """
 
 from __future__ import annotations
@@ -13,7 +20,8 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 
 from cryptography import x509
 
@@ -56,30 +64,37 @@ def revoke_host(
 
 
 def merged(old: Revocation | None, new: Revocation) -> Revocation:
-    """``new`` on top of ``old`` (a host revoked again): every name, the later end.
+    """``new`` on top of ``old`` (a host revoked again): every name, the later end, and
+    ``new``'s ``before`` (a fresh revocation's 0: every certificate of the host again).
 
     Serials beyond what the registry takes drop the oldest first.
     """
     if old is None:
         return new
     serials = _unique((*old.serials, *new.serials))[-MAX_REVOKED_NAMES:]
-    return Revocation(new.host, _unique((*old.ids, *new.ids)), serials, max(old.until, new.until))
+    ids, until = _unique((*old.ids, *new.ids)), max(old.until, new.until)
+    return Revocation(new.host, ids, serials, until, new.before)
 
 
-def cleared(entry: Revocation) -> Revocation:
-    """``entry`` once its host name joined again: the name is free, its old serials are not."""
-    return Revocation(entry.host, (), entry.serials, entry.until)
+def readmitted(
+    entries: Mapping[str, Revocation], names: Iterable[str], now: dt.datetime, lifetime: int
+) -> dict[str, Revocation]:
+    """``entries`` once the hosts ``names`` join (again) at ``now``: a name revoked in
+    full only revokes certificates signed before ``now`` from then on (leaves of
+    ``lifetime`` seconds start ``backdate`` before they are signed). A name that joined
+    again earlier keeps its time: its certificates since are good."""
+    kept = dict(entries)
+    for name in names:
+        entry = kept.get(name)
+        if entry is not None and entry.before == 0:
+            kept[name] = replace(entry, before=int(now.timestamp()) - backdate(lifetime))
+    return kept
 
 
-def in_force(
-    entries: Iterable[Revocation], now: dt.datetime, members: Iterable[str] = ()
-) -> tuple[Revocation, ...]:
-    """What the registry carries: entries not yet expired, without the ids of ``members``
-    (a host name that joined again), and none that names nothing."""
-    joined = set(members)
+def in_force(entries: Iterable[Revocation], now: dt.datetime) -> tuple[Revocation, ...]:
+    """What the registry carries: entries not yet expired that name something."""
     live = (e for e in entries if e.until > now.timestamp())
-    kept = (cleared(e) if e.host in joined else e for e in live)
-    return tuple(e for e in kept if e.ids or e.serials)
+    return tuple(e for e in live if e.ids or e.serials)
 
 
 def _unique(items: Iterable[str]) -> tuple[str, ...]:

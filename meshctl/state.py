@@ -23,7 +23,7 @@ import toml
 
 from meshctl import files
 from meshctl.inventory import Inventory
-from meshctl.revocation import cleared, merged
+from meshctl.revocation import merged
 from meshctl.workspace import HOSTS_HEADER, Workspace
 from meshd.errors import ConfigError
 from meshd.registry import IssuerRef, Registry, Revocation, Service
@@ -93,12 +93,9 @@ def joined(ws: Workspace) -> dict[str, dict[str, Any]]:
 
 
 def record_join(ws: Workspace, name: str, record: dict[str, Any]) -> None:
-    """``name`` joined: its record, and a revocation of the name no longer names its ID."""
+    """``name`` joined: its record (a revocation of the name stays, ``readmitted`` by the
+    join: ``meshctl.revocation``)."""
     write_atomic(_records(ws) / f"{name}.json", json.dumps(record, indent=2, sort_keys=True))
-    entries = revocations(ws)
-    if name in entries and entries[name].ids:
-        entries[name] = cleared(entries[name])
-        save_revocations(ws, entries.values())
 
 
 def forget_host(ws: Workspace, name: str) -> None:

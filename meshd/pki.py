@@ -138,27 +138,42 @@ def sign_csr(
     issuer: Authority,
     now: dt.datetime,
     lifetime: dt.timedelta = DEFAULT_LEAF_LIFETIME,
+    *,
+    subset: bool = False,
+    not_before: dt.datetime | None = None,
 ) -> x509.Certificate:
     """Sign ``csr`` for exactly ``ids``; refuse anything else about it.
 
     Refused: a CSR whose signature does not verify, a weak or unknown key
-    type, one asking for a CA, requested SPIFFE IDs that differ from ``ids``,
-    any other SAN, IDs outside the issuer's trust domain, a lifetime beyond
-    the maximum. The leaf never outlives ``issuer``'s certificate.
+    type, one asking for a CA, requested SPIFFE IDs that differ from ``ids``
+    (with ``subset``: ``ids`` may leave some of them out, as an issuer does
+    with a service the registry no longer assigns), any other SAN, IDs outside
+    the issuer's trust domain, a lifetime beyond the maximum. The leaf never
+    outlives ``issuer``'s certificate, and never starts before ``not_before``
+    (a revoked host name that joined again: ``Registry.not_before_floor``).
     """
     wanted = sorted(set(ids))
-    check_csr(csr, wanted)
+    check_csr(csr, wanted, subset=subset)
     _check_trust_domain(wanted, issuer)
     if not dt.timedelta(0) < lifetime <= MAX_LEAF_LIFETIME:
         raise CertificateError(f"leaf lifetime {lifetime} is outside (0, {MAX_LEAF_LIFETIME}]")
     not_after = min(now + lifetime, issuer.cert.not_valid_after_utc)
+    start = now - backdate(lifetime)
+    if not_before is not None and not_before > start:
+        start = not_before  # a revocation by ID spares only leaves from then on
+    if start >= not_after:
+        raise CertificateError(
+            f"the leaf would start ({start.isoformat()}) no earlier than it ends"
+            f" ({not_after.isoformat()})",
+            hint="check this host's clock",
+        )
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, str(wanted[0]))]))
         .issuer_name(issuer.cert.subject)
         .public_key(csr.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - backdate(lifetime))
+        .not_valid_before(start)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_leaf_key_usage(), critical=True)
@@ -194,8 +209,11 @@ def _leaf_key_usage() -> x509.KeyUsage:
     )
 
 
-def check_csr(csr: x509.CertificateSigningRequest, wanted: list[SpiffeId]) -> None:
-    """Refuse a CSR that is badly signed, of a weak key, asks for a CA or for other IDs."""
+def check_csr(
+    csr: x509.CertificateSigningRequest, wanted: list[SpiffeId], *, subset: bool = False
+) -> None:
+    """Refuse a CSR that is badly signed, of a weak key, asks for a CA or for other IDs
+    (``subset``: for fewer IDs than ``wanted`` is fine, as long as it asks for them all)."""
     try:
         valid = csr.is_signature_valid
     except InvalidSignature:  # pragma: no cover - cryptography returns False instead
@@ -208,7 +226,7 @@ def check_csr(csr: x509.CertificateSigningRequest, wanted: list[SpiffeId]) -> No
     _check_not_ca(csr)
     if not wanted:
         raise CertificateError("no SPIFFE IDs to sign for")
-    _check_sans(csr, wanted)
+    _check_sans(csr, wanted, subset)
 
 
 def _check_key(key: object) -> None:
@@ -239,7 +257,7 @@ def _check_not_ca(csr: x509.CertificateSigningRequest) -> None:
         )
 
 
-def _check_sans(csr: x509.CertificateSigningRequest, wanted: list[SpiffeId]) -> None:
+def _check_sans(csr: x509.CertificateSigningRequest, wanted: list[SpiffeId], subset: bool) -> None:
     try:
         san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -250,7 +268,7 @@ def _check_sans(csr: x509.CertificateSigningRequest, wanted: list[SpiffeId]) -> 
     requested = sorted(set(spiffe_ids(csr)))
     if len(requested) != len(san):
         raise CertificateError("CSR asks for a URI that is not a SPIFFE ID")
-    if requested != wanted:
+    if requested != wanted and not (subset and set(wanted) <= set(requested)):
         raise CertificateError(
             "CSR asks for identities "
             f"{_fmt(requested)} but the signing request is for {_fmt(wanted)}",

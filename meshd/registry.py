@@ -29,7 +29,7 @@ older meshd still reads a registry without them)::
 
      "issuers": [{"host": "h1", "address": "10.77.0.11", "port": 15000}],
      "revoked": [{"host": "h3", "ids": ["spiffe://prod.mesh/host/h3"],
-                  "serials": ["1F2E..."], "until": 1767225600}]
+                  "serials": ["1F2E..."], "until": 1767225600, "before": 1767139200}]
 
 ``issuers`` are the hosts whose meshd signs renewals (``port``: its admin
 API). ``revoked`` names what no meshd may accept any more: certificates
@@ -37,7 +37,12 @@ carrying one of ``ids``, or whose serial is in ``serials`` (upper-case hex
 without separators or leading zeros, ``format(n, "X")``: ``ssl``'s
 ``getpeercert()`` pads to whole bytes, so compare through ``serial_key``); an entry matters
 until ``until`` (Unix seconds, the latest expiry of anything it names) and
-meshctl prunes it afterwards.
+meshctl prunes it afterwards. ``before`` (Unix seconds; left out when 0, so an
+older meshd still reads the entry) limits what ``ids`` revoke to certificates
+whose notBefore lies before it: the host name joined again at that time, and
+every certificate signed for it since starts at or after it (``meshctl join``'s
+signer, an issuer: ``Registry.not_before_floor``). 0 revokes every certificate
+carrying one of ``ids``. Serials are revoked whatever ``before`` says.
 """
 
 from __future__ import annotations
@@ -104,11 +109,21 @@ class Revocation:
     ids: tuple[str, ...] = ()  # SPIFFE IDs, as text
     serials: tuple[str, ...] = ()  # upper-case hex, no separators
     until: int = 0  # Unix seconds: nothing it names is valid after this
+    before: int = 0  # Unix seconds: ids revoke certificates whose notBefore is earlier; 0: all
 
-    def names(self, ids: Iterable[str], serial: str) -> bool:
-        """Whether a certificate with these SPIFFE IDs and serial (any spelling of the hex)
-        is revoked by this entry."""
-        return serial_key(serial) in self.serials or any(i in self.ids for i in ids)
+    def names(self, ids: Iterable[str], serial: str, not_before: float) -> bool:
+        """Whether a certificate with these SPIFFE IDs, serial (any spelling of the hex) and
+        notBefore (Unix seconds) is revoked by this entry."""
+        return self.by_serial(serial) or self.by_id(ids, not_before)
+
+    def by_serial(self, serial: str) -> bool:
+        key = serial_key(serial)
+        return any(serial_key(s) == key for s in self.serials)
+
+    def by_id(self, ids: Iterable[str], not_before: float) -> bool:
+        """A certificate carrying one of ``ids`` that started before ``before`` (0: any)."""
+        started_before = self.before == 0 or not_before < self.before
+        return started_before and any(i in self.ids for i in ids)
 
 
 def serial_key(serial: str) -> str:
@@ -151,10 +166,17 @@ class Registry:
         """The services the registry assigns to ``host`` (it is one of their endpoints)."""
         return frozenset(s.name for s in self.services if any(e.host == host for e in s.endpoints))
 
-    def revocation(self, ids: Iterable[str], serial: str) -> Revocation | None:
-        """The entry that revokes a certificate with these IDs and serial, if one does."""
+    def revocation(self, ids: Iterable[str], serial: str, not_before: float) -> Revocation | None:
+        """The entry that revokes a certificate with these IDs, serial and notBefore (Unix
+        seconds), if one does."""
         names = tuple(ids)
-        return next((r for r in self.revoked if r.names(names, serial)), None)
+        return next((r for r in self.revoked if r.names(names, serial, not_before)), None)
+
+    def not_before_floor(self, ids: Iterable[str]) -> int:
+        """The earliest notBefore (Unix seconds) a certificate signed now for ``ids`` may
+        have: the latest ``before`` of the revocations naming one of them (0: any)."""
+        names = set(ids)
+        return max((r.before for r in self.revoked if names.intersection(r.ids)), default=0)
 
     def checked(self, source: str) -> Registry:
         """What meshd makes of this registry once written and read back; ConfigError if it
@@ -211,7 +233,8 @@ def _issuer_dict(i: IssuerRef) -> dict[str, Any]:
 
 
 def _revocation_dict(r: Revocation) -> dict[str, Any]:
-    return {"host": r.host, "ids": list(r.ids), "serials": list(r.serials), "until": r.until}
+    doc = {"host": r.host, "ids": list(r.ids), "serials": list(r.serials), "until": r.until}
+    return doc | ({"before": r.before} if r.before else {})  # 0: as an older meshd reads it
 
 
 def _issuer(f: Fields) -> IssuerRef:
@@ -225,12 +248,13 @@ _SERIAL = re.compile(r"[0-9A-F]{1,40}")  # RFC 5280: at most 20 octets
 
 
 def _revocation(f: Fields) -> Revocation:
-    f.unknown({"host", "ids", "serials", "until"})
+    f.unknown({"host", "ids", "serials", "until", "before"})
     host = f.checked("host", f.get("host", str), lambda n: check_name("host", n))
     ids = _strings(f, "ids", lambda text: str(SpiffeId.parse(text)))
     serials = _strings(f, "serials", _serial)
     until = f.bounded("until", int, 0, 0, 2**53 - 1)
-    return Revocation(host, ids, serials, until)
+    before = f.bounded("before", int, 0, 0, 2**53 - 1)
+    return Revocation(host, ids, serials, until, before)
 
 
 def _strings(f: Fields, key: str, check: Any) -> tuple[str, ...]:

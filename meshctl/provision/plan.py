@@ -21,6 +21,7 @@ from meshctl.provision.facts import HostFacts
 from meshd import hostsfile
 from meshd.identity import SpiffeId
 from meshd.pki import spiffe_ids
+from meshd.registry import Registry
 from meshd.rules import (
     NAT,
     TABLES,
@@ -232,10 +233,21 @@ def cert_problem(
         return "its identities differ from the inventory's"
     if not _issued(cert, issuer):
         return "it was not issued by this mesh's issuing CA"
+    if _revoked(cert, desired.registry):
+        return (
+            "the registry revokes it (by serial, or by ID: it started before the host joined again)"
+        )
     life = cert.not_valid_after_utc - cert.not_valid_before_utc
     if now >= cert.not_valid_before_utc + life * RENEW_AT:
         return f"it expires {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC (past 2/3 of its life)"
     return None
+
+
+def _revoked(cert: x509.Certificate, registry: Registry) -> bool:
+    """Whether the registry the host gets revokes ``cert`` (a revoked name joining again)."""
+    ids = [str(i) for i in spiffe_ids(cert)]
+    start = cert.not_valid_before_utc.timestamp()
+    return registry.revocation(ids, format(cert.serial_number, "X"), start) is not None
 
 
 def _issued(cert: x509.Certificate, issuer: x509.Certificate) -> bool:

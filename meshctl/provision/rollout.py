@@ -31,7 +31,7 @@ from meshctl.provision.desired import DesiredHost, desired_host
 from meshctl.provision.facts import HostFacts
 from meshctl.provision.guard import ROLLBACK_DEADLINE
 from meshctl.provision.plan import Enroll, Plan, plan_join, plan_leave
-from meshctl.revocation import serial_of
+from meshctl.revocation import leaf_lifetime, readmitted, serial_of
 from meshctl.transport import Transport, UnreachableError
 from meshd.errors import MeshError, ProvisionError
 from meshd.identity import SpiffeId, check_name
@@ -82,12 +82,17 @@ class Rollout(Fleet):
                 self._bundles[target] = self.build_bundle(target, self.bundle_cache, offline)
             return self._bundles[target]
 
-    def signer(self) -> Callable[[bytes, tuple[SpiffeId, ...], int], bytes]:
+    def signer(self, registry: Registry) -> Callable[[bytes, tuple[SpiffeId, ...], int], bytes]:
+        """Signs leaves with the issuing CA, each starting no earlier than ``registry``'s
+        revocations allow (a revoked host name that joins again)."""
         issuer = self.ws.issuer(self.passphrase())
 
         def sign(csr_pem: bytes, ids: tuple[SpiffeId, ...], seconds: int) -> bytes:
             csr = x509.load_pem_x509_csr(csr_pem)
-            cert = sign_csr(csr, list(ids), issuer, self.now(), dt.timedelta(seconds=seconds))
+            floor = registry.not_before_floor(str(i) for i in ids)
+            start = dt.datetime.fromtimestamp(floor, dt.UTC) if floor else None
+            lifetime = dt.timedelta(seconds=seconds)
+            cert = sign_csr(csr, list(ids), issuer, self.now(), lifetime, not_before=start)
             return cert_pem(cert, issuer.cert)
 
         return sign
@@ -179,15 +184,19 @@ def join(ro: Rollout, hosts: list[HostSpec], dry_run: bool) -> list[Outcome]:
         inventory = _name_hosts(ro, sessions)
         ready = [s for s in sessions if s.outcome.ok]
         members = set(state.joined(ro.ws)) | {s.host.name for s in ready}
-        registry = registry_for(ro, inventory, members, _ipv6_of(ready))
+        # a revoked name joining again: its ID revokes only certificates signed before now
+        lifetime, joining = leaf_lifetime(ro.ws.config), (s.host.name for s in ready)
+        kept = readmitted(state.revocations(ro.ws), joining, ro.now(), lifetime)
+        registry = registry_for(ro, inventory, members, _ipv6_of(ready), kept)
         parallel(lambda s: _contained(s.outcome, lambda: _plan(ro, s, registry)), ready)
         if dry_run:
             for s in ready:
                 s.outcome.status = "planned" if s.outcome.ok else s.outcome.status
             return [s.outcome for s in sessions]
         needs_ca = any(s.outcome.plan and s.outcome.plan.has(Enroll) for s in ready)
-        sign = ro.signer() if needs_ca else None  # a wrong passphrase stops here: nothing changed
+        sign = ro.signer(registry) if needs_ca else None  # a wrong passphrase: nothing changed
         state.save_inventory(ro.ws, inventory)
+        state.save_revocations(ro.ws, kept.values())
         state.record_registry(ro.ws, registry)
         try:
             parallel(lambda s: _contained(s.outcome, lambda: _apply(ro, s, sign)), ready)

@@ -73,7 +73,7 @@ from meshd.issuer.decide import Caller, Refusal, caller_host
 from meshd.netfacts import fmt
 from meshd.telemetry.events import ConnectionRefused, EventBus, HandshakeFailed
 from meshd.telemetry.logs import peer_lines
-from meshd.tls.context import peer_ids, peer_problem, vouched_ids
+from meshd.tls.context import peer_ids, peer_problem, started, vouched_ids
 from meshd.tls.failures import HandshakeFailure, classify
 from meshd.tls.gate import HANDSHAKE_GRACE, HandshakeGate
 from meshd.tls.handshake import client_hello
@@ -429,7 +429,8 @@ def _admitted(gate: HandshakeGate, source: str, deadline: float) -> Iterator[_Ad
 def _caller(ssl_object: ssl.SSLObject) -> Caller:
     """A host identity as the issuer sees it: the IDs its certificate vouches for, its serial."""
     cert = ssl_object.getpeercert()
-    return Caller(vouched_ids(ssl_object), str(cert.get("serialNumber", "")) if cert else "")
+    serial = str(cert.get("serialNumber", "")) if cert else ""
+    return Caller(vouched_ids(ssl_object), serial, started(ssl_object))
 
 
 def _expiry(tls: TLSStream) -> float:

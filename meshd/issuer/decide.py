@@ -1,13 +1,19 @@
-"""Which identities an issuer signs for a caller: a pure function over values.
+"""Which identities an issuer signs for a caller, and from when: a pure function over values.
 
 An issuer signs a renewal only for identities the caller's current
 certificate holds *and* the current registry still assigns to the caller's
-host: its host ID, and the ``svc`` IDs of services that list that host among
-their endpoints. Nothing of another trust domain, no other kind of identity
-(operator, monitor, issuer), nothing for a revoked caller (by ID or serial,
-while the revocation is in force). The TLS handshake has already proved the
-caller's certificate current and of our bundle; the CSR's own checks
-(signature, key type, a CA request) are ``meshd.pki.sign_csr``'s.
+host: its host ID (which the CSR must ask for), and the ``svc`` IDs of
+services that list that host among their endpoints. A service the registry
+no longer assigns (the caller's registry may be older than the issuer's) is
+left out of the certificate rather than refusing it all: the caller keeps
+its host ID and the rest. Nothing of another trust domain, no other kind of
+identity (operator, monitor, issuer), nothing for a revoked caller (by
+serial, or by ID for a certificate started before the revocation's
+``before``, while the revocation is in force). The leaf starts no earlier
+than the registry's ``not_before_floor`` for it, so that a revocation by ID
+never names it. The TLS handshake has already proved the caller's
+certificate current and of our bundle; the CSR's own checks (signature, key
+type, a CA request) are ``meshd.pki.sign_csr``'s.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from meshd.identity import SpiffeId
+from meshd.identity import SpiffeId, make_id
 from meshd.registry import Registry
 
 LEAF_KINDS = ("host", "svc")  # what an issuer signs; operators, monitors, issuers: meshctl only
@@ -23,10 +29,22 @@ LEAF_KINDS = ("host", "svc")  # what an issuer signs; operators, monitors, issue
 
 @dataclass(frozen=True)
 class Caller:
-    """Who asks: the SPIFFE IDs of its verified certificate and its serial (upper-case hex)."""
+    """Who asks: its verified certificate's SPIFFE IDs, serial (upper-case hex) and notBefore
+    (Unix seconds)."""
 
     ids: frozenset[SpiffeId]
     serial: str
+    not_before: float
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What to sign: these identities, starting no earlier than ``not_before`` (Unix seconds);
+    ``dropped`` says which asked-for ones were left out, and why."""
+
+    ids: frozenset[SpiffeId]
+    not_before: int = 0
+    dropped: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -42,8 +60,8 @@ def grant(
     registry: Registry,
     trust_domain: str,
     now: float,
-) -> frozenset[SpiffeId] | Refusal:
-    """The identities to sign for ``caller``, exactly ``requested``; or why not."""
+) -> Grant | Refusal:
+    """The identities to sign for ``caller``: ``requested`` less the services its host lost."""
     host = caller_host(caller, trust_domain)
     if isinstance(host, Refusal):
         return host
@@ -51,13 +69,17 @@ def grant(
     if revoked is not None:
         return revoked
     wanted = frozenset(requested)
-    if not wanted:
-        return Refusal("the CSR asks for no SPIFFE ID")
     for sid in sorted(wanted):
-        problem = _problem(sid, caller, host, registry, trust_domain)
+        problem = _problem(sid, caller, trust_domain)
         if problem is not None:
             return Refusal(problem)
-    return wanted
+    host_id = make_id(trust_domain, "host", host)
+    if host_id not in wanted:
+        return Refusal(f"the CSR does not ask for the caller's host identity {host_id}")
+    lost = sorted(s for s in wanted if s.kind == "svc" and s.name not in registry.services_of(host))
+    ids = wanted.difference(lost)
+    floor = registry.not_before_floor(str(i) for i in ids)
+    return Grant(ids, floor, tuple(_unassigned(sid, host, registry) for sid in lost))
 
 
 def caller_host(caller: Caller, trust_domain: str) -> str | Refusal:
@@ -73,39 +95,37 @@ def caller_host(caller: Caller, trust_domain: str) -> str | Refusal:
 
 def _revocation(caller: Caller, registry: Registry, now: float) -> Refusal | None:
     names = [str(i) for i in caller.ids]
-    serial = serial_key(caller.serial)
     for entry in registry.revoked:
-        in_force = entry.until == 0 or now <= entry.until
-        by_serial = any(serial_key(s) == serial for s in entry.serials)
-        if in_force and (by_serial or entry.names(names, caller.serial)):
-            why = "serial" if by_serial else "identity"
-            return Refusal(
-                f"the caller is revoked (host {entry.host}, by {why}) in registry version"
-                f" {registry.version}"
-            )
+        if entry.until != 0 and now > entry.until:
+            continue  # no longer in force: what it names has expired
+        if entry.by_serial(caller.serial):
+            why = "serial"
+        elif entry.by_id(names, caller.not_before):
+            why = "identity"
+        else:
+            continue
+        return Refusal(
+            f"the caller is revoked (host {entry.host}, by {why}) in registry version"
+            f" {registry.version}"
+        )
     return None
 
 
-def serial_key(serial: str) -> str:
-    """A serial as compared: ``ssl`` spells 0x0A1B "0A1B", ``format(n, "X")`` "A1B"."""
-    return serial.upper().lstrip("0") or "0"
-
-
-def _problem(
-    sid: SpiffeId, caller: Caller, host: str, registry: Registry, trust_domain: str
-) -> str | None:
+def _problem(sid: SpiffeId, caller: Caller, trust_domain: str) -> str | None:
     if sid.trust_domain != trust_domain:
         return f"{sid} is outside the trust domain {trust_domain}"
     if sid.kind not in LEAF_KINDS:
         return f"{sid} is not a host or service identity; an issuer signs only those"
     if sid not in caller.ids:
         return f"{sid} is not held by the caller's certificate"
-    if sid.kind == "svc" and sid.name not in registry.services_of(host):
-        return (
-            f"{sid}: registry version {registry.version} no longer assigns service"
-            f" {sid.name} to host {host}"
-        )
     return None
+
+
+def _unassigned(sid: SpiffeId, host: str, registry: Registry) -> str:
+    return (
+        f"{sid}: registry version {registry.version} no longer assigns service"
+        f" {sid.name} to host {host}"
+    )
 
 
 def admitted_host(

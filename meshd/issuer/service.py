@@ -159,6 +159,9 @@ class Issuer:
             self.signed += 1
             self.publish(IssuerAnswered(peer, "signed"))
             log.info("issuer: signed for %s (%s)", peer, _shown(caller.ids))
+            for why in outcome.dropped:  # the caller's registry is older: it asked for these
+                line = "issuer: signed for %s without %s"
+                peer_lines.log(log, logging.WARNING, "issuer left out", line, peer, clean(why))
         return outcome
 
     def admit(self, caller: Caller, peer: str) -> str | Refusal:

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from meshd.errors import CertificateError, MeshError
 from meshd.files import write_private
 from meshd.identity import SpiffeId
-from meshd.issuer.decide import Caller, Refusal, grant
+from meshd.issuer.decide import Caller, Grant, Refusal, grant
 from meshd.pki import (
     Authority,
     build_csr,
@@ -51,10 +51,12 @@ class IssuerCa:
 
 @dataclass(frozen=True)
 class Issued:
-    """A signed leaf: its PEM followed by the issuer CA's, and when it expires."""
+    """A signed leaf: its PEM followed by the issuer CA's, when it expires, and which asked-for
+    identities it leaves out (and why)."""
 
     chain_pem: str
     not_after: dt.datetime
+    dropped: tuple[str, ...] = ()
 
 
 def new_key(pending: Path, issuer_id: SpiffeId) -> str:
@@ -171,7 +173,7 @@ def sign(
     lifetime: dt.timedelta,
     now: dt.datetime,
 ) -> Issued | Refusal:
-    """Sign ``csr_pem`` for ``caller`` if ``grant`` allows it; the refusal otherwise."""
+    """Sign ``csr_pem`` for ``caller`` as ``grant`` allows it; the refusal otherwise."""
     try:
         csr = x509.load_pem_x509_csr(csr_pem.encode())
         requested = spiffe_ids(csr)
@@ -181,7 +183,14 @@ def sign(
     if isinstance(allowed, Refusal):
         return allowed
     try:
-        cert = sign_csr(csr, allowed, ca.authority, now, lifetime)
+        cert = sign_csr(
+            csr, allowed.ids, ca.authority, now, lifetime, subset=True, not_before=_start(allowed)
+        )
     except MeshError as e:
         return Refusal(e.message)
-    return Issued(cert_pem(cert, ca.authority.cert).decode(), cert.not_valid_after_utc)
+    chain = cert_pem(cert, ca.authority.cert).decode()
+    return Issued(chain, cert.not_valid_after_utc, allowed.dropped)
+
+
+def _start(allowed: Grant) -> dt.datetime | None:
+    return dt.datetime.fromtimestamp(allowed.not_before, dt.UTC) if allowed.not_before else None

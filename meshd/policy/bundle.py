@@ -6,15 +6,17 @@ connection. It indexes by destination what the decisions need, so that
 deciding is a few lookups: the registry's routes (a VIP or an endpoint's
 address and port) and services (upstream listeners), the local services
 streams and plaintext are delivered to, the limits, the mTLS mode and the
-registry's revocations (the SPIFFE IDs and serials no link may carry). Policy
+registry's revocations (the SPIFFE IDs, with the notBefore a certificate
+carrying one must reach, and the serials no link may carry). Policy
 rules, routes and resilience settings will be compiled into the same indexes
 (per destination service), next to what is there now.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from meshd.config import MeshdConfig
@@ -28,7 +30,7 @@ from meshd.policy.decisions import (
     Inbound,
 )
 from meshd.proxy.http.plan import HttpPlan, HttpRules
-from meshd.registry import Registry, Service
+from meshd.registry import Registry, Revocation, Service, serial_key
 
 NO_HTTP_RULES = HttpRules()
 
@@ -49,7 +51,9 @@ class Bundle:
     services: Mapping[str, Forward]  # an upstream listener's service, by name
     local: Mapping[str, Deliver]  # a stream's service, by name (its port must match)
     plaintext: Mapping[int, Inbound]  # a connection from outside the mesh, by its port
-    revoked_ids: frozenset[str] = frozenset()  # SPIFFE IDs, as text: no link may carry one
+    # SPIFFE IDs, as text: a link may carry one only with a certificate whose notBefore is
+    # at least this (Unix seconds; math.inf: never)
+    revoked_ids: Mapping[str, float] = field(default_factory=dict)
     revoked_serials: frozenset[str] = frozenset()  # certificate serials, as serial_key spells them
 
     @classmethod
@@ -80,18 +84,19 @@ class Bundle:
                 for s in config.services
             },
             plaintext=_plaintext(config, http),
-            revoked_ids=frozenset(i for r in registry.revoked for i in r.ids),
+            revoked_ids=_revoked_ids(registry.revoked),
             revoked_serials=frozenset(serial_key(s) for r in registry.revoked for s in r.serials),
         )
 
 
-def serial_key(serial: str) -> str:
-    """A serial as revocations are compared: upper-case hex without leading zeros.
-
-    ``ssl`` spells a serial byte by byte ("01A6..."), ``format(n, "X")`` without
-    the leading zero ("1A6..."): both name the same certificate.
-    """
-    return serial.upper().lstrip("0") or "0"
+def _revoked_ids(entries: Iterable[Revocation]) -> dict[str, float]:
+    """Each revoked ID and the notBefore a certificate carrying it must reach (the latest)."""
+    starts: dict[str, float] = {}
+    for r in entries:
+        start = r.before or math.inf  # 0: every certificate carrying it
+        for i in r.ids:
+            starts[i] = max(starts.get(i, 0.0), start)
+    return starts
 
 
 def _routes(services: tuple[Service, ...], forwards: dict[str, Forward]) -> dict[Address, Forward]:

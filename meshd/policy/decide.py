@@ -11,11 +11,12 @@ bundle: it allocates nothing (a refusal, or a link, builds its decision).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Set
 
 from meshd.identity import SpiffeId
 from meshd.netfacts import fmt
-from meshd.policy.bundle import Address, Bundle, serial_key
+from meshd.policy.bundle import Address, Bundle
 from meshd.policy.decisions import (
     CONNECTION_LIMIT,
     HOST_IDENTITY,
@@ -32,6 +33,7 @@ from meshd.policy.decisions import (
     Refuse,
 )
 from meshd.proxy.frames import OpenRequest
+from meshd.registry import serial_key
 
 
 def outbound(bundle: Bundle, active: int, upstream: str | None, dst: Address | None) -> Outbound:
@@ -94,14 +96,19 @@ def plaintext(bundle: Bundle, dst: Address | None, active: int) -> Inbound:
 
 
 def link(
-    bundle: Bundle, peer_ids: Set[SpiffeId], links: Mapping[str, int], serial: str = ""
+    bundle: Bundle,
+    peer_ids: Set[SpiffeId],
+    links: Mapping[str, int],
+    serial: str,
+    not_before: float,
 ) -> LinkDecision:
     """A link whose TLS handshake is done, from a peer holding ``peer_ids``.
 
     ``links``: the links each mesh host holds here now, by its identity;
-    ``serial``: the peer certificate's serial (as ``ssl`` spells it).
+    ``serial``: the peer certificate's serial (as ``ssl`` spells it);
+    ``not_before``: when the peer certificate started (Unix seconds).
     """
-    refusal = revoked(bundle, [str(i) for i in peer_ids], serial)
+    refusal = revoked(bundle, [str(i) for i in peer_ids], serial, not_before)
     if refusal is not None:
         return refusal
     hosts = [i for i in peer_ids if i.kind == "host" and i.trust_domain == bundle.trust_domain]
@@ -113,15 +120,19 @@ def link(
     return AcceptLink(hosts[0], key, HOST_IDENTITY)
 
 
-def revoked(bundle: Bundle, peer_names: Iterable[str], serial: str) -> Refuse | None:
-    """Why a peer certificate with these SPIFFE IDs (as text) and serial is revoked, or None.
+def revoked(
+    bundle: Bundle, peer_names: Iterable[str], serial: str, not_before: float
+) -> Refuse | None:
+    """Why a peer certificate with these SPIFFE IDs (as text), serial and notBefore (Unix
+    seconds) is revoked, or None.
 
     Asked once per link (accepted or dialled) and for every link at a swap of the
-    bundle: never per stream.
+    bundle: never per stream. A revoked ID spares a certificate signed after its
+    host name joined again (``Revocation.before``).
     """
     if serial and serial_key(serial) in bundle.revoked_serials:
         return Refuse("revoked", f"certificate serial {serial} is revoked", REGISTRY_REVOKED)
     for name in peer_names:
-        if name in bundle.revoked_ids:
+        if not_before < bundle.revoked_ids.get(name, -math.inf):
             return Refuse("revoked", f"{name} is revoked", REGISTRY_REVOKED)
     return None

@@ -84,7 +84,9 @@ class MeshPort:
         )
 
     def on_ready(self, link: Link) -> None:
-        decision = decide.link(self.rt.bundle, link.peer_ids, self.per_peer, link.peer_serial)
+        decision = decide.link(
+            self.rt.bundle, link.peer_ids, self.per_peer, link.peer_serial, link.peer_not_before
+        )
         if isinstance(decision, Refuse):  # a failed handshake, in the words every port uses
             if decision.rule == MAX_LINKS_PER_PEER:
                 self._refuse_link(link, decision, HandshakeFailure.TOO_MANY_LINKS)
@@ -258,7 +260,9 @@ class MeshPort:
         if not (bundle.revoked_ids or bundle.revoked_serials):
             return
         for link in list(self.links):
-            refusal = decide.revoked(bundle, link.peer_names, link.peer_serial)
+            refusal = decide.revoked(
+                bundle, link.peer_names, link.peer_serial, link.peer_not_before
+            )
             if refusal is not None:
                 self.rt.bus.publish(LinkRetired("revoked"))
                 link.abort(f"revoked: {refusal.reason}")

@@ -72,6 +72,7 @@ from meshd.tls.context import (
     peer_ids,
     peer_problem,
     seconds_left,
+    started,
 )
 
 log = logging.getLogger("meshd.link")
@@ -124,6 +125,7 @@ class Link(LinkReader):
         self.trust = trust  # and its trust bundle alone
         self.peer_expiry = math.inf  # Unix time: the peer certificate's end
         self.peer_serial = ""  # upper-case hex, as ssl spells it (revocations name it)
+        self.peer_not_before = 0.0  # Unix time: the peer certificate's start (revocations)
         self.retired = ""  # why this (dialled) link retired; "" while it takes streams
         self.told_goaway = False  # (accepting side) GOAWAY sent for a swap of our TLS material
         self.transport: asyncio.Transport | None = None
@@ -200,6 +202,7 @@ class Link(LinkReader):
         """Abort at the earlier expiry of both certificates; a dialled link retires before."""
         now = time.time()
         self.peer_serial, self.peer_expiry = _serial(ssl_object), now + seconds_left(ssl_object)
+        self.peer_not_before = started(ssl_object)
         left = max(0.0, min(self.own_expiry, self.peer_expiry) - now)
         self._expiry = self._loop.call_later(left, self._expired)
         if self.dialer:

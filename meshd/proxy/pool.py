@@ -154,7 +154,7 @@ class LinkPool:
             rt.bus.publish(HandshakeFailed("link", fmt(key), HandshakeFailure.WRONG_IDENTITY))
             self._dial_failed(endpoint, f"peer does not hold {expected}")
             return
-        revoked = decide.revoked(rt.bundle, link.peer_names, link.peer_serial)
+        revoked = decide.revoked(rt.bundle, link.peer_names, link.peer_serial, link.peer_not_before)
         if revoked is not None:  # the handshake was fine: its peer is not
             link.abort(revoked.reason)
             rt.bus.publish(ConnectionRefused("outbound", fmt(key), revoked.code, revoked.rule))
@@ -257,7 +257,9 @@ class LinkPool:
         if not (bundle.revoked_ids or bundle.revoked_serials):
             return
         for link in (*self.links.values(), *self.retiring):
-            refusal = decide.revoked(bundle, link.peer_names, link.peer_serial)
+            refusal = decide.revoked(
+                bundle, link.peer_names, link.peer_serial, link.peer_not_before
+            )
             if refusal is not None and not link.closed:
                 self.rt.bus.publish(LinkRetired("revoked"))
                 link.abort(refusal.reason)

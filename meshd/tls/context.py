@@ -260,6 +260,14 @@ def peer_problem(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
     return leaf_problem(der)
 
 
+def started(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> float:
+    """When the peer's certificate started (its notBefore, Unix seconds; 0 when there is none:
+    revocations by ID then count it as started before any of them)."""
+    cert = ssl_object.getpeercert() if ssl_object is not None else None
+    when = cert.get("notBefore") if cert else None
+    return float(ssl.cert_time_to_seconds(str(when))) if when else 0.0
+
+
 def seconds_left(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> float:
     """Seconds until the peer's certificate expires (0 when there is none, or it has)."""
     cert = ssl_object.getpeercert() if ssl_object is not None else None

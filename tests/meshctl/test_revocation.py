@@ -6,7 +6,14 @@ import datetime as dt
 
 import pytest
 
-from meshctl.revocation import backdate, in_force, merged, revoke_host, serial_of
+from meshctl.revocation import (
+    backdate,
+    in_force,
+    merged,
+    readmitted,
+    revoke_host,
+    serial_of,
+)
 from meshd.pki import cert_pem
 from meshd.registry import MAX_REVOKED_NAMES, Revocation
 from tests.meshctl.helpers import NOW, TD, make_ca
@@ -50,8 +57,14 @@ NEW = Revocation("web1", (ID,), ("BB", "AA"), T + 50)
         (None, NEW, NEW),
         (OLD, NEW, Revocation("web1", (ID,), ("AA", "BB"), T + 100)),
         (NEW, OLD, Revocation("web1", (ID,), ("BB", "AA"), T + 100)),
+        # a name that joined again and is revoked again: every certificate of it, again
+        (
+            Revocation("web1", (ID,), ("AA",), T + 100, before=T),
+            NEW,
+            Revocation("web1", (ID,), ("AA", "BB"), T + 100),
+        ),
     ],
-    ids=["first", "again-keeps-the-later-end", "order-kept"],
+    ids=["first", "again-keeps-the-later-end", "order-kept", "rejoined-then-revoked"],
 )
 def test_revoking_again_merges(
     old: Revocation | None, new: Revocation, expected: Revocation
@@ -71,21 +84,41 @@ B = Revocation("b", (f"spiffe://{TD}/host/b",), (), T + 20)
 
 
 @pytest.mark.parametrize(
-    ("now", "members", "expected"),
-    [
-        (T, (), (A, B)),
-        (T + 9, (), (A, B)),
-        (T + 10, (), (B,)),
-        (T + 20, (), ()),
-        (T, ("a",), (Revocation("a", (), ("0A",), T + 10), B)),
-        (T, ("b",), (A,)),  # its id cleared, no serial known: nothing left to name
-    ],
-    ids=["now", "just-before-a-ends", "a-ended", "all-ended", "a-joined-again", "b-joined"],
+    ("now", "expected"),
+    [(T, (A, B)), (T + 9, (A, B)), (T + 10, (B,)), (T + 20, ())],
+    ids=["now", "just-before-a-ends", "a-ended", "all-ended"],
 )
-def test_in_force_prunes_by_the_clock_and_frees_names_that_joined_again(
-    now: int, members: tuple[str, ...], expected: tuple[Revocation, ...]
+def test_in_force_prunes_by_the_clock(now: int, expected: tuple[Revocation, ...]) -> None:
+    assert in_force((A, B), dt.datetime.fromtimestamp(now, dt.UTC)) == expected
+
+
+def test_in_force_drops_an_entry_that_names_nothing() -> None:
+    assert in_force((A, Revocation("c", (), (), T + 10)), NOW) == (A,)
+
+
+REJOINED = Revocation("b", B.ids, (), T + 20, before=T - 5)
+
+
+@pytest.mark.parametrize(
+    ("joining", "expected"),
+    [
+        ((), {"a": A, "b": B}),
+        # certificates signed from now on start at now - backdate (5 minutes for a day)
+        (("a",), {"a": Revocation("a", A.ids, ("0A",), T + 10, before=T - 300), "b": B}),
+        (("c",), {"a": A, "b": B}),  # never revoked: nothing to readmit
+    ],
+    ids=["nobody", "a-joins-again", "a-new-name"],
+)
+def test_a_name_joining_again_keeps_its_id_revoked_for_earlier_certificates(
+    joining: tuple[str, ...], expected: dict[str, Revocation]
 ) -> None:
-    assert in_force((A, B), dt.datetime.fromtimestamp(now, dt.UTC), members) == expected
+    assert readmitted({"a": A, "b": B}, joining, NOW, 86400) == expected
+
+
+def test_a_name_that_joined_again_keeps_its_time_on_later_joins() -> None:
+    """A later ``join`` (to converge) must not revoke the certificate the rejoin signed."""
+    later = NOW + dt.timedelta(hours=1)
+    assert readmitted({"b": REJOINED}, ["b"], later, 86400) == {"b": REJOINED}
 
 
 def test_serial_of_spells_it_as_ssl_does() -> None:

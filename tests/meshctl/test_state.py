@@ -122,7 +122,10 @@ def test_revocations_round_trip_and_merge(tmp_path: Path) -> None:
     assert state.revocations(ws) == {"web1": kept}
     assert mode(ws.root / "applied" / "revoked.json") == 0o600
     state.record_join(ws, "web1", {"address": "10.0.0.11"})  # the name joins again
-    assert state.revocations(ws) == {"web1": Revocation("web1", (), ("AB", "CD"), 100)}
+    assert state.revocations(ws) == {"web1": kept}  # its ID stays revoked (join sets before)
+    rejoined = Revocation("web1", kept.ids, kept.serials, 100, before=60)
+    state.save_revocations(ws, [rejoined])
+    assert state.revocations(ws) == {"web1": rejoined}
 
 
 def test_a_document_version_moves_only_when_its_content_changes(tmp_path: Path) -> None:

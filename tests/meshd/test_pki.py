@@ -98,3 +98,57 @@ def test_a_one_minute_leaf_is_not_due_for_renewal_when_issued() -> None:
 
 def test_meshctl_signs_with_the_same_signer() -> None:
     assert meshctl_sign_csr is sign_csr
+
+
+NOW = dt.datetime(2026, 12, 5, 8, 0, tzinfo=dt.UTC)
+DAY = dt.timedelta(hours=24)
+
+
+@pytest.mark.parametrize(
+    ("floor", "begins"),
+    [
+        (None, NOW - dt.timedelta(minutes=5)),
+        (NOW - dt.timedelta(hours=1), NOW - dt.timedelta(minutes=5)),  # long before: backdated
+        (NOW - dt.timedelta(minutes=1), NOW - dt.timedelta(minutes=1)),  # within the backdate
+        (NOW + dt.timedelta(seconds=5), NOW + dt.timedelta(seconds=5)),  # a clock behind
+    ],
+    ids=["no-floor", "floor-long-ago", "floor-within-the-backdate", "floor-ahead"],
+)
+def test_a_leaf_never_starts_before_its_floor(
+    floor: dt.datetime | None, begins: dt.datetime
+) -> None:
+    """A revoked host name that joined at ``floor``: its leaves must start at or after it."""
+    ca = make_ca()
+    leaf = sign_csr(build_csr(generate_key(), [B]), [B], ca.issuing, NOW, DAY, not_before=floor)
+    assert leaf.not_valid_before_utc == begins
+    assert leaf.not_valid_after_utc == NOW + DAY
+
+
+def test_a_floor_past_the_end_is_refused() -> None:
+    ca = make_ca()
+    with pytest.raises(CertificateError, match="no earlier than it ends"):
+        sign_csr(build_csr(generate_key(), [B]), [B], ca.issuing, NOW, DAY, not_before=NOW + DAY)
+
+
+@pytest.mark.parametrize(
+    ("asked", "signed", "subset", "refused"),
+    [
+        ([A, B], [A, B], False, False),
+        ([A, B], [B], False, True),  # meshctl signs exactly what the inventory says
+        ([A, B], [B], True, False),  # an issuer leaves out a service no longer assigned
+        ([B], [A, B], True, True),  # never more than the CSR asked for
+        ([A], [B], True, True),
+    ],
+    ids=["exact", "fewer-not-allowed", "fewer-allowed", "more", "other"],
+)
+def test_a_subset_of_the_csrs_ids_only_when_asked(
+    asked: list[SpiffeId], signed: list[SpiffeId], subset: bool, refused: bool
+) -> None:
+    ca = make_ca()
+    csr = build_csr(generate_key(), asked)
+    if refused:
+        with pytest.raises(CertificateError, match="CSR asks for identities"):
+            sign_csr(csr, signed, ca.issuing, NOW, DAY, subset=subset)
+    else:
+        leaf = sign_csr(csr, signed, ca.issuing, NOW, DAY, subset=subset)
+        assert spiffe_ids(leaf) == sorted(signed)

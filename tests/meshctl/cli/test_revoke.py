@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from meshctl.provision import layout
 from tests.meshctl.cli.fakes import FLEET, FakeMesh, at, fleet
@@ -136,17 +137,38 @@ def test_revocations_leave_the_registry_once_expired(
     assert [e["host"] for e in revoked(mesh, "api1")] == hosts
 
 
-def test_a_revoked_name_that_joins_again_keeps_only_its_old_serials(tmp_path: Path) -> None:
+def test_a_revoked_name_that_joins_again_revokes_only_its_certificates_from_before(
+    tmp_path: Path,
+) -> None:
+    """Its ID stays revoked for anything that started before the rejoin (a stolen copy, an
+    issuer's renewal of one); the certificate the join signs starts at the rejoin."""
     mesh = fleet(tmp_path, "web1", "api1")
     old = at(mesh, "web1").serial
     assert mesh.meshctl("revoke", "web1").code == 0
+    later = NOW + dt.timedelta(hours=1)
+    mesh.clock = lambda: later
     assert mesh.meshctl("hosts", "add", "web1", FLEET["web1"][0], "-s", "web:8080").code == 0
     again = mesh.meshctl("join", "web1", "--json")
     assert again.code == 0, again.out + again.err
-    cleared = [{"host": "web1", "ids": [], "serials": [old], "until": DAY_AND_BACKDATE}]
-    assert revoked(mesh, "api1") == revoked(mesh, "web1") == cleared
-    kept = json.loads((mesh.ws.root / "applied" / "revoked.json").read_text())
-    assert kept == cleared
+    rejoined = int(later.timestamp()) - 300  # signed from then on: backdated 5 minutes
+    entry = {
+        "host": "web1",
+        "ids": [f"spiffe://{TD}/host/web1"],
+        "serials": [old],
+        "until": DAY_AND_BACKDATE,
+        "before": rejoined,
+    }
+    assert revoked(mesh, "api1") == revoked(mesh, "web1") == [entry]
+    assert json.loads((mesh.ws.root / "applied" / "revoked.json").read_text()) == [entry]
+    # the host got a new certificate (its old one is revoked), starting no earlier than that
+    cert = x509.load_pem_x509_certificate(at(mesh, "web1").fs[layout.CERT])
+    assert format(cert.serial_number, "X") != old
+    assert cert.not_valid_before_utc.timestamp() == rejoined  # backdated, never before it
+    # joining again later changes nothing: the rejoin's certificate stays good
+    mesh.clock = lambda: later + dt.timedelta(hours=1)
+    converge = mesh.meshctl("join", "web1", "--json")
+    assert converge.code == 0, converge.out + converge.err
+    assert revoked(mesh, "api1") == [entry] and converge.rows()["web1"]["status"] == "converged"
 
 
 def test_leave_dry_run_revokes_nothing_and_reads_nothing_of_meshd(tmp_path: Path) -> None:

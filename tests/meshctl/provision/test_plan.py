@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from meshctl.ca import MeshCa, issue_identity
 from meshctl.provision import layout
@@ -32,6 +33,7 @@ from meshctl.provision.status import ipv6_rules
 from meshd import hostsfile
 from meshd.identity import SpiffeId, make_id
 from meshd.pki import cert_pem
+from meshd.registry import Revocation
 from meshd.rules import (
     REDIRECT,
     REJECT,
@@ -256,6 +258,42 @@ def test_enroll_says_why(cert: str, problem: str) -> None:
     (enroll,) = [s for s in join(replace(CONVERGED, cert_pem=cert)).steps if isinstance(s, Enroll)]
     assert problem in enroll.why
     assert enroll.lifetime == MESH.defaults.leaf_lifetime == 86400
+
+
+REJOINED = NOW - dt.timedelta(minutes=1)  # web1's name, revoked before, joined again
+REVOKED_WHY = (
+    "the registry revokes it (by serial, or by ID: it started before the host joined again)"
+)
+
+
+@pytest.mark.parametrize(
+    ("issued", "serial", "revoked"),
+    [
+        (REJOINED - dt.timedelta(hours=1), False, True),  # from before: a stolen copy's twin
+        (REJOINED + dt.timedelta(minutes=5), False, False),  # starts at the rejoin: good
+        (REJOINED + dt.timedelta(minutes=5), True, True),  # its serial is revoked
+    ],
+    ids=["from-before-the-rejoin", "since-the-rejoin", "revoked-serial"],
+)
+def test_a_certificate_the_registry_revokes_is_replaced(
+    issued: dt.datetime, serial: bool, revoked: bool
+) -> None:
+    cert = certificate(issued=issued)  # the test CA backdates 5 minutes
+    named = (format(x509.load_pem_x509_certificate(cert.encode()).serial_number, "X"),)
+    entry = Revocation(
+        "web1",
+        (str(make_id(TD, "host", "web1")),),
+        named if serial else (),
+        int((NOW + dt.timedelta(days=1)).timestamp()),
+        before=int(REJOINED.timestamp()),
+    )
+    registry = replace(REGISTRY, revoked=(entry,))
+    desired = desired_host(MESH, WEB1, registry, VERSION, b"trust bundle\n", 2222)
+    facts = replace(CONVERGED, cert_pem=cert, registry=registry.to_dict())
+    enrolls = [
+        s for s in plan_join(facts, desired, CA.issuing.cert, NOW).steps if isinstance(s, Enroll)
+    ]
+    assert [e.why for e in enrolls] == ([REVOKED_WHY] if revoked else [])
 
 
 def test_leave_on_a_pristine_host_does_nothing() -> None:

@@ -134,8 +134,10 @@ state_dir = "{directory / "state"}"
 """
 
 
-def make_daemon(pki: Pki, directory: Path) -> Daemon:
-    (directory / "registry.json").write_text(json.dumps(registry(pki)))
+def make_daemon(pki: Pki, directory: Path, *revoked: dict[str, Any]) -> Daemon:
+    doc = registry(pki)
+    doc["revoked"] += revoked
+    (directory / "registry.json").write_text(json.dumps(doc))
     (directory / "state").mkdir(mode=0o700, exist_ok=True)
     config = directory / "meshd.toml"
     config.write_text(daemon_toml(pki.server, directory))
@@ -235,6 +237,51 @@ async def test_a_leaf_never_outlives_the_issuer_ca(pki: Pki, tmp_path: Path) -> 
     assert leaf.not_valid_after_utc == issuer_ca.not_valid_after_utc  # 120 s < LEAF_LIFETIME
 
 
+async def test_a_service_the_registry_no_longer_assigns_is_left_out_not_refused(
+    pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """h1's registry may still list it under db: it keeps its host ID and api, logged."""
+    caplog.set_level(logging.INFO, logger="meshd.issuer")
+    daemon = make_daemon(pki, tmp_path)
+    async with serving(daemon, pki) as server:
+        assert (await make_issuer(server, pki))[0] == 200
+        csr, _ = csr_for("host/h1", "svc/api", "svc/db")
+        status, body = await call(server, pki.h1, "POST", "/issue", {"csr_pem": csr})
+    assert status == 200, body
+    leaf = x509.load_pem_x509_certificates(body["cert_pem"].encode())[0]
+    assert spiffe_ids(leaf) == sorted([SpiffeId(TD, "/host/h1"), SpiffeId(TD, "/svc/api")])
+    lines = [r.getMessage() for r in caplog.records if "without" in r.getMessage()]
+    assert lines == [
+        f"issuer: signed for {lines[0].split()[3]} without spiffe://{TD}/svc/db: registry "
+        "version 5 no longer assigns service db to host h1"
+    ]
+    assert (metric(daemon, "signed"), metric(daemon, "refused")) == (1, 0)
+
+
+async def test_a_rejoined_name_gets_leaves_only_for_certificates_since_and_from_then(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """h4 was revoked, then joined again 30 s ago: a certificate from before (a stolen copy)
+    is refused; the new one is renewed, and the leaf does not start before the rejoin."""
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    rejoined = int(now.timestamp()) - 30
+    stolen = pki.mesh.issue("h4-stolen", "host/h4", now=now - dt.timedelta(minutes=20))
+    # signed at the rejoin: starts 10 s after it (the test CA backdates 5 minutes)
+    current = pki.mesh.issue("h4", "host/h4", now=now + dt.timedelta(seconds=280))
+    entry = {"host": "h4", "ids": [f"spiffe://{TD}/host/h4"], "until": 0, "before": rejoined}
+    daemon = make_daemon(pki, tmp_path, entry)
+    async with serving(daemon, pki) as server:
+        assert (await make_issuer(server, pki))[0] == 200
+        refused = await call(server, stolen, "POST", "/issue", {"csr_pem": csr_for("host/h4")[0]})
+        status, body = await call(
+            server, current, "POST", "/issue", {"csr_pem": csr_for("host/h4")[0]}
+        )
+    assert refused[0] == 403 and "revoked (host h4, by identity" in refused[1]["error"]
+    assert status == 200, body
+    leaf = x509.load_pem_x509_certificates(body["cert_pem"].encode())[0]
+    assert leaf.not_valid_before_utc.timestamp() == rejoined  # not backdated 60 s before it
+
+
 def _ca_csr() -> str:
     builder = (
         x509.CertificateSigningRequestBuilder()
@@ -261,7 +308,7 @@ def _tampered_csr() -> str:
 
 REFUSALS: dict[str, tuple[str, Callable[[], str], str]] = {
     "not-held": ("h1", lambda: csr_for("host/h1", "host/h2")[0], "host/h2 is not held"),
-    "not-assigned": ("h1", lambda: csr_for("host/h1", "svc/db")[0], "no longer assigns service db"),
+    "no-host-id": ("h1", lambda: csr_for("svc/api")[0], "does not ask for the caller's host"),
     "revoked-by-id": ("h2", lambda: csr_for("host/h2")[0], "revoked (host h2, by identity"),
     "revoked-by-serial": ("h3", lambda: csr_for("host/h3")[0], "revoked (host h3, by serial"),
     "operator-id": ("h1", lambda: csr_for("operator/alice")[0], "not a host or service identity"),

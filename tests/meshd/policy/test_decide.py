@@ -278,16 +278,24 @@ NOT_A_HOST = ("refuse", "wrong_identity", "no host identity of our trust domain"
     ],
 )
 def test_link(peer_ids: frozenset[SpiffeId], links: Mapping[str, int], expected: Summary) -> None:
-    assert summary(decide.link(STRICT, peer_ids, links)) == expected
+    assert summary(decide.link(STRICT, peer_ids, links, "", NOW)) == expected
 
 
-# host a's ID and serial 01A6 (as meshctl spells it: 1A6) are revoked; c's 2B is not
+# host a's ID and serial 01A6 (as meshctl spells it: 1A6) are revoked; c's 2B is not;
+# host e's name joined again at REJOINED: its ID revokes only certificates from before
+HOST_E = f"spiffe://{TD}/host/e"
+NOW = 1_800_000_000.0
+REJOINED = 1_799_990_000
 REVOKED = Bundle.compile(
     config(),
     Registry.of(
         REGISTRY.version,
         REGISTRY.services,
-        revoked=(Revocation("a", (HOST_A,), ("1A6",), 1), Revocation("d", (), ("ff00",), 1)),
+        revoked=(
+            Revocation("a", (HOST_A,), ("1A6",), 1),
+            Revocation("d", (), ("ff00",), 1),
+            Revocation("e", (HOST_E,), (), 1, before=REJOINED),
+        ),
     ),
     {},
 )
@@ -317,12 +325,36 @@ def by_serial(serial: str) -> Summary:
 def test_link_to_a_revoked_peer(
     peer_ids: frozenset[SpiffeId], serial: str, links: Mapping[str, int], expected: Summary
 ) -> None:
-    assert summary(decide.link(REVOKED, peer_ids, links, serial)) == expected
+    assert summary(decide.link(REVOKED, peer_ids, links, serial, NOW)) == expected
+
+
+@pytest.mark.parametrize(
+    ("host", "not_before", "revoked"),
+    [
+        (HOST_E, 0, True),
+        (HOST_E, REJOINED - 1, True),  # a stolen copy, or an issuer's renewal of one
+        (HOST_E, REJOINED, False),  # signed when the name joined again
+        (HOST_E, NOW, False),
+        (HOST_A, NOW, True),  # revoked in full: whenever its certificate started
+    ],
+)
+def test_a_rejoined_name_revokes_only_certificates_from_before(
+    host: str, not_before: float, revoked: bool
+) -> None:
+    refusal = decide.revoked(REVOKED, [host], "2B", not_before)
+    assert (refusal is not None) is revoked
+    decision = summary(decide.link(REVOKED, ids(host), {}, "2B", not_before))
+    expected = ("refuse", "revoked", f"{host} is revoked", REGISTRY_REVOKED)
+    assert (decision == expected) is revoked
 
 
 def test_a_bundle_without_revocations_refuses_nobody() -> None:
-    assert decide.revoked(STRICT, [HOST_A], "1A6") is None
-    assert summary(decide.link(STRICT, ids(HOST_A), {}, "1A6")) == ("link", HOST_A, HOST_IDENTITY)
+    assert decide.revoked(STRICT, [HOST_A], "1A6", 0) is None
+    assert summary(decide.link(STRICT, ids(HOST_A), {}, "1A6", 0)) == (
+        "link",
+        HOST_A,
+        HOST_IDENTITY,
+    )
 
 
 def test_admissions_are_the_bundles_own_values() -> None:

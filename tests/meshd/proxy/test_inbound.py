@@ -79,6 +79,7 @@ class FakeLink:
         self.peer_address = ADDRESS
         self.peer_serial = "1F2E"
         self.generation = b"g1"  # made with the TLS material the runtime runs
+        self.peer_not_before = 1_800_000_000.0  # a certificate of any time: none is revoked here
         self.aborted = ""
 
     def abort(self, reason: str) -> None:

@@ -33,10 +33,9 @@ import pytest
 from cryptography import x509
 
 from meshd.config import MeshdConfig
-from meshd.policy.bundle import serial_key
 from meshd.proxy.link import SWAP_GRACE
 from meshd.proxy.pool import LinkPool
-from meshd.registry import Endpoint
+from meshd.registry import Endpoint, serial_key
 from meshd.runtime import Runtime
 from meshd.tls.context import ALPN_LINK_2, TlsMaterial, mutual_context
 from tests.meshd.harness import (
@@ -351,6 +350,48 @@ def test_a_trust_swap_that_keeps_the_peers_root_moves_links_without_failed_reque
     finally:
         web.close()
         api.close()
+
+
+@pytest.mark.parametrize("rejoined", ["a", "b"], ids=["dialling peer", "accepting peer"])
+def test_a_name_that_joined_again_links_only_with_its_certificates_since(
+    net: MeshNet, rejoined: str
+) -> None:
+    """Its ID was revoked, then the name joined again 10 minutes ago (``before``): a
+    certificate from before (a stolen copy) opens no link, on either side; the certificate
+    it got since does."""
+    echo = EchoServer()
+    try:
+        now = dt.datetime.now(dt.UTC)
+        entry: dict[str, Any] = {"host": rejoined, "ids": [f"spiffe://{TD}/host/{rejoined}"]}
+        entry |= {"until": int(time.time()) + 3600, "before": int(now.timestamp()) - 600}
+        net.registry["revoked"] = [entry]
+        paths = {"a": ("host/a",), "b": ("host/b", "svc/echo")}
+        ident = {name: net.pki.issue(name, *p) for name, p in paths.items()}
+        stolen = now - dt.timedelta(minutes=30)  # started 35 minutes ago: before the rejoin
+        ident[rejoined] = net.pki.issue(rejoined, *paths[rejoined], now=stolen)
+        b = net.start("b", services={"echo": echo.port}, identity=ident["b"])
+        net.add_service("echo", echo.port, "b", b.ports["mesh"])
+        a = net.start("a", upstreams={"echo": 0}, identity=ident["a"])
+        checker = a if rejoined == "b" else b
+        with socket.create_connection(("127.0.0.1", a.ports["upstream:echo"]), timeout=5) as s:
+            s.settimeout(5)
+            s.sendall(b"x")
+            assert s.recv(16) == b""  # refused: no link
+        refused = "meshd_connections_refused_total"
+        until(lambda: net.metric_sum(checker, refused, reason="revoked") >= 1, 5, "counted")
+        # the certificate the rejoin got (started 5 minutes ago), then SIGHUP
+        net.pki.issue(rejoined, *paths[rejoined])
+        (a if rejoined == "a" else b).proc.send_signal(signal.SIGHUP)
+        until(lambda: _echoes(a.ports["upstream:echo"]), 10, "a link with the new certificate")
+    finally:
+        echo.close()
+
+
+def _echoes(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.settimeout(5)
+        s.sendall(b"x")
+        return s.recv(16) == b"x"
 
 
 # --- a swap and new links ---------------------------------------------------------------

@@ -275,6 +275,9 @@ async def test_a_goaway_makes_a_dialled_link_retire() -> None:
 
 
 # --- the pool's side -----------------------------------------------------------------------
+STARTED = 1_800_000_000.0  # the peer certificate's notBefore
+
+
 def _pool_with(link: Link, rt: Runtime | None = None) -> tuple[LinkPool, list[Any]]:
     rt = rt or Runtime(config(), cast(TlsMaterial, None), REGISTRY)
     events = rt.bus.subscribe(16).queue
@@ -282,6 +285,7 @@ def _pool_with(link: Link, rt: Runtime | None = None) -> tuple[LinkPool, list[An
     link.on_retire, link.key = pool._retired, ("10.77.0.11", 15002)
     link.peer_names = frozenset({HOST_A})
     link.peer_serial = "01A6"
+    link.peer_not_before = STARTED
     pool.links[link.key] = link
     return pool, cast(list[Any], events)
 
@@ -305,8 +309,11 @@ async def test_a_retiring_link_leaves_the_pool_and_is_counted(reason: str) -> No
         (Revocation("a", ids=(HOST_A,)), True),
         (Revocation("a", serials=("1A6",)), True),
         (Revocation("c", ids=(HOST_C,), serials=("1A60",)), False),
+        # a joins again: its ID still revokes a certificate from before, not one since
+        (Revocation("a", ids=(HOST_A,), before=int(STARTED) + 1), True),
+        (Revocation("a", ids=(HOST_A,), before=int(STARTED)), False),
     ],
-    ids=["by id", "by serial", "another host"],
+    ids=["by id", "by serial", "another host", "from before a rejoin", "since a rejoin"],
 )
 async def test_a_swap_that_revokes_a_peer_tears_its_links_down(
     revoked: Revocation, torn_down: bool

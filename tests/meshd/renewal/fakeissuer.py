@@ -34,6 +34,7 @@ class Signed:
     ids: tuple[str, ...]
     public_key: bytes
     serial: str  # upper-case hex, as meshd's /stats says it
+    asked: tuple[str, ...] = ()  # the CSR's identities
 
 
 @dataclass
@@ -47,7 +48,8 @@ class FakeIssuer:
     holding: bool = False
     port: int = 0
     # "other-key": signs a key it made itself; "huge": a 1 MiB answer; "ca": a CA certificate;
-    # "short": one that expires in 5 s; "extra": with an ID nobody asked for
+    # "short": one that expires in 5 s; "extra": with an ID nobody asked for; "host-only":
+    # leaves the CSR's services out
     misbehave: str = ""
 
     def __post_init__(self) -> None:
@@ -119,7 +121,10 @@ class FakeIssuer:
             csr = build_csr(generate_key(), spiffe_ids(csr))
         authority = self.pki.ca.issuing
         now = dt.datetime.now(dt.UTC)
-        uris = [x509.UniformResourceIdentifier(str(i)) for i in spiffe_ids(csr)]
+        ids = spiffe_ids(csr)
+        if self.misbehave == "host-only":  # as an issuer whose registry dropped the services
+            ids = [i for i in ids if i.kind == "host"]
+        uris = [x509.UniformResourceIdentifier(str(i)) for i in ids]
         if self.misbehave == "extra":
             uris.append(x509.UniformResourceIdentifier(f"spiffe://{self.pki.trust_domain}/svc/x"))
         ca = self.misbehave == "ca"
@@ -149,7 +154,12 @@ class FakeIssuer:
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         self.signed.append(
-            Signed(tuple(u.value for u in uris), public, format(cert.serial_number, "X"))
+            Signed(
+                tuple(u.value for u in uris),
+                public,
+                format(cert.serial_number, "X"),
+                tuple(str(i) for i in spiffe_ids(csr)),
+            )
         )
         chain = cert_pem(cert, authority.cert).decode()
         return {"cert_pem": chain, "not_after": cert.not_valid_after_utc.isoformat()}

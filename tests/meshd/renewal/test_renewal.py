@@ -91,6 +91,21 @@ def test_meshd_renews_again_and_again_with_fresh_keys(net: MeshNet, issuer: Fake
     assert meshd.proc.poll() is None
 
 
+def test_a_renewal_without_some_services_asked_for_is_kept(
+    net: MeshNet, issuer: FakeIssuer
+) -> None:
+    """An issuer whose registry no longer gives a its service signs the host ID alone."""
+    issuer.misbehave = "host-only"
+    net.add_service("api", 8080, "a", mesh_port=1)
+    meshd, _ = start_with_issuer(net, issuer, "a", 6, "svc/api")
+    until(lambda: stats(net, meshd)["renewal"]["renewals"] >= 1, 15, "a renewal kept")
+    first = issuer.signed[0]
+    assert first.asked == ("spiffe://t.mesh/host/a", "spiffe://t.mesh/svc/api")
+    assert first.ids == ("spiffe://t.mesh/host/a",)
+    assert stats(net, meshd)["certificate"]["layer"] == "renewed"
+    assert served_serial(meshd, net.operator) in {s.serial for s in issuer.signed}
+
+
 def test_issuers_down_keep_the_certificate_and_back_off(net: MeshNet, issuer: FakeIssuer) -> None:
     issuer.stop()
     issuer.lifetime = dt.timedelta(seconds=60)  # when it returns: longer than what meshd runs
