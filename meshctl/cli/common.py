@@ -21,6 +21,7 @@ from meshctl.cli.errors import ExitCode, exit_code_for, render_error
 from meshctl.fleet import SshOptions
 from meshctl.provision.rollout import Outcome, Rollout
 from meshctl.views.rollout import facts_line, outcome_json, outcomes_table, plan_view
+from meshctl.views.rotation import notes_view
 from meshd.errors import MeshError
 
 T = TypeVar("T")
@@ -140,18 +141,23 @@ def finish(
     *,
     plans: bool = False,
     facts: bool = False,
+    notes: list[str] | None = None,
 ) -> None:
     """Render the outcomes and exit with OK, the error's code, or PARTIAL.
 
     ``plans``: a dry run's plans first (with the facts line of each host when
     ``facts``), then the result table (or JSON), then one error per failed host.
+    ``notes``: lines under the table (``"notes"`` in the JSON) when given.
     """
     if plans and not json_out:
         _show_plans(actx, outcomes, facts)
     if json_out:
-        actx.print_json({"hosts": [outcome_json(o) for o in outcomes]})
+        doc: dict[str, object] = {"hosts": [outcome_json(o) for o in outcomes]}
+        actx.print_json(doc if notes is None else doc | {"notes": notes})
     else:
         actx.out.print(outcomes_table(title, outcomes))
+        if notes is not None:
+            actx.out.print(notes_view(notes))
     errors = [o.error for o in outcomes if o.error is not None]
     for error in errors:
         render_error(actx.err, error, actx.debug)

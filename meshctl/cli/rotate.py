@@ -5,14 +5,14 @@ from __future__ import annotations
 import typer
 
 from meshctl import castore, rotation, state
-from meshctl.cli.common import JsonOption, exit_code, make_rollout, rollout_progress
+from meshctl.cli import common
+from meshctl.cli.common import JsonOption, make_rollout, rollout_progress
 from meshctl.cli.context import AppContext, app_context
-from meshctl.cli.errors import ExitCode, render_error
+from meshctl.cli.errors import ExitCode
 from meshctl.fleet import SshOptions
-from meshctl.provision.rollout import Outcome, Rollout
+from meshctl.provision.rollout import Rollout
 from meshctl.rotation import HostRotation
-from meshctl.views.rollout import outcome_json, outcomes_table
-from meshctl.views.rotation import notes_view, rotation_table, rotation_title
+from meshctl.views.rotation import rotation_table, rotation_title
 
 app = typer.Typer(
     help="Roll the mesh over to a new root CA without failing a request.",
@@ -38,7 +38,7 @@ def begin(ctx: typer.Context, json_out: JsonOption = False) -> None:
     ro = _rollout(actx)
     with state.locked(ro.ws), rollout_progress(ro, actx, json_out):
         outcomes, notes = rotation.begin(ro)
-    _finish(actx, "ca rotate begin", outcomes, notes, json_out)
+    common.finish(actx, "ca rotate begin", outcomes, json_out, notes=notes)
 
 
 @app.command("finish")
@@ -65,7 +65,7 @@ def finish(ctx: typer.Context, json_out: JsonOption = False) -> None:
             raise refused
         with rollout_progress(ro, actx, json_out):
             outcomes, notes = rotation.complete(ro)
-    _finish(actx, "ca rotate finish", outcomes, notes, json_out)
+    common.finish(actx, "ca rotate finish", outcomes, json_out, notes=notes)
 
 
 @app.command("status")
@@ -99,20 +99,3 @@ def _show_hosts(actx: AppContext, rows: list[HostRotation], json_out: bool) -> N
         actx.print_json({"in_progress": True, "ready": ready, "hosts": hosts})
     else:
         actx.out.print(rotation_table(rows, rotation_title(rows)))
-
-
-def _finish(
-    actx: AppContext, title: str, outcomes: list[Outcome], notes: list[str], json_out: bool
-) -> None:
-    """The per-host table (or JSON) and the notes; exit OK, the error's code, or PARTIAL."""
-    if json_out:
-        actx.print_json({"hosts": [outcome_json(o) for o in outcomes], "notes": notes})
-    else:
-        actx.out.print(outcomes_table(title, outcomes))
-        actx.out.print(notes_view(notes))
-    errors = [o.error for o in outcomes if o.error is not None]
-    for error in errors:
-        render_error(actx.err, error, actx.debug)
-    code = exit_code(errors, len(outcomes))
-    if code != ExitCode.OK:
-        raise typer.Exit(code)

@@ -105,30 +105,14 @@ class MeshPort:
             link.outlived("renewed", self.rt.tls.trust)
 
     def _refuse_link(self, link: Link, refusal: Refuse, failure: HandshakeFailure) -> None:
-        peer_lines.log(
-            log,
-            logging.WARNING,
-            "refused links",
-            "refused link from %s: %s",
-            link.peer_address,
-            refusal.reason,
-        )
         self.rt.bus.publish(HandshakeFailed("mesh", link.peer_address, failure))
-        link.abort(f"refused: {refusal.reason}")
+        _refused(link, refusal)
 
     def _refuse_revoked(self, link: Link, refusal: Refuse) -> None:
-        peer_lines.log(
-            log,
-            logging.WARNING,
-            "refused links",
-            "refused link from %s: %s",
-            link.peer_address,
-            refusal.reason,
-        )
         self.rt.bus.publish(
             ConnectionRefused("mesh", link.peer_address, refusal.code, refusal.rule)
         )
-        link.abort(f"refused: {refusal.reason}")
+        _refused(link, refusal)
 
     def on_lost(self, link: Link, reason: str) -> None:
         if link in self.links:
@@ -362,3 +346,16 @@ class _AppEnd(PipeEnd):
             cast(asyncio.Transport, transport).close()
         else:
             self.client.join(self)
+
+
+def _refused(link: Link, refusal: Refuse) -> None:
+    """Log (throttled) and abort a link admission refused."""
+    peer_lines.log(
+        log,
+        logging.WARNING,
+        "refused links",
+        "refused link from %s: %s",
+        link.peer_address,
+        refusal.reason,
+    )
+    link.abort(f"refused: {refusal.reason}")
