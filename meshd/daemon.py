@@ -128,7 +128,7 @@ class Daemon:
     async def run(self) -> None:
         self._stop = anyio.Event()
         async with anyio.create_task_group() as tg:
-            self.rt.tg = tg
+            self.rt.tg, self.rt.loop = tg, asyncio.get_running_loop()
             await tg.start(self.connector.serve)
             await self._start_listeners(tg)
             self.rt.bound["admin"] = await tg.start(

@@ -10,6 +10,7 @@ base pushed documents go on top of); ``certificate`` (a
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import time
@@ -133,6 +134,9 @@ class Runtime:
     bundle: Bundle = field(init=False)
     # called after every recompile: the proxy tears down revoked links, follows a new certificate
     swapped: list[Callable[[], None]] = field(default_factory=list)
+    # the daemon's event loop (``Daemon.run``): swap hooks touch links and timers, so they run
+    # there even when a push is applied in the document store's worker thread
+    loop: asyncio.AbstractEventLoop | None = None
 
     def __post_init__(self) -> None:
         self.recompile()
@@ -154,14 +158,32 @@ class Runtime:
         return make_id(self.trust_domain, "host", host)
 
     def recompile(self) -> None:
-        """Compile the bundle admissions decide on from the state now in place (after a swap)."""
+        """Compile the bundle admissions decide on from the state now in place (after a swap),
+        then run the swap hooks on the event loop (soon, if called from another thread)."""
         self.bundle = Bundle.compile(self.config, self.registry, self.policy, self.http_rules)
+        if not self.swapped:
+            return
+        loop = self.loop
+        if loop is None or _running(loop):
+            self._run_hooks()
+        else:
+            loop.call_soon_threadsafe(self._run_hooks)
+
+    def _run_hooks(self) -> None:
         for hook in self.swapped:
             hook()
 
     def release(self) -> None:
         """An admitted app connection ended (admitting counts it in ``active``)."""
         self.active -= 1
+
+
+def _running(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether this thread is running ``loop``."""
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
 def restart_needed(old: MeshdConfig, new: MeshdConfig) -> str | None:
