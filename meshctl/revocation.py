@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
@@ -28,9 +27,7 @@ from cryptography import x509
 from meshctl.config import MeshConfig
 from meshd import pki
 from meshd.identity import make_id
-from meshd.registry import MAX_REVOKED_NAMES, Revocation, serial_key
-
-SERIAL = re.compile(r"[0-9A-F]{1,40}")  # as meshd.registry reads a revoked serial
+from meshd.registry import MAX_REVOKED_NAMES, SERIAL, Revocation, serial_key
 
 
 def leaf_lifetime(config: MeshConfig) -> int:

@@ -244,7 +244,7 @@ def _issuer(f: Fields) -> IssuerRef:
 
 
 MAX_REVOKED_NAMES = 256  # per entry: a host's identities, and the serials it was seen with
-_SERIAL = re.compile(r"[0-9A-F]{1,40}")  # RFC 5280: at most 20 octets
+SERIAL = re.compile(r"[0-9A-F]{1,40}")  # RFC 5280: at most 20 octets
 
 
 def _revocation(f: Fields) -> Revocation:
@@ -267,7 +267,7 @@ def _strings(f: Fields, key: str, check: Any) -> tuple[str, ...]:
 
 
 def _serial(text: str) -> str:
-    if not _SERIAL.fullmatch(text):
+    if not SERIAL.fullmatch(text):
         raise ConfigError(f"serial {brief(text)} is not upper-case hex (at most 40 digits)")
     if serial_key(text) != text:
         raise ConfigError(f"serial {brief(text)} has leading zeros: write it as {serial_key(text)}")

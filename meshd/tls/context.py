@@ -24,6 +24,7 @@ from typing import Any
 
 from meshd.errors import CertificateError, ConfigError
 from meshd.identity import ISSUED_KINDS, ISSUER_CA_SUFFIX, SpiffeId
+from meshd.registry import serial_key
 from meshd.tls.der import leaf_problem
 
 # The link protocol. Version 2 adds the link budget: a dialler keeps what it has in flight
@@ -168,7 +169,7 @@ def serial_of(peer: dict[str, Any]) -> str:
     OpenSSL pads the hex to whole bytes ("0A1B"), ``format(serial, "X")`` does
     not ("A1B"): one in eight random serials would be spelled two ways.
     """
-    return str(peer["serialNumber"]).lstrip("0") or "0"
+    return serial_key(str(peer["serialNumber"]))
 
 
 def _time(text: object) -> dt.datetime:
