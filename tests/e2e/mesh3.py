@@ -197,6 +197,19 @@ class Mesh:
         ok(node.host, f"systemd-run --quiet --unit={unit} --collect /bin/sh -c {shlex.quote(run)}")
         return WrkLoad(node, unit, seconds)
 
+    def failed_load(self, load: Load, result: dict[str, object]) -> str:
+        """What a failed load's assertion shows: its summary without the timeline, when the
+        failures began, and the host's meshd journal around them (a flake in CI is read
+        from this alone)."""
+        brief = {k: v for k, v in result.items() if k not in ("timeline", "latency_ms")}
+        timeline = result.get("timeline")
+        seconds = timeline if isinstance(timeline, list) else []
+        failing = [s for s, (_, bad) in enumerate(seconds) if bad]
+        began = f"failures from second {failing[0]} to {failing[-1]}" if failing else ""
+        restarts = ok(load.node.host, "systemctl show meshd -p NRestarts --value").strip()
+        journal = ok(load.node.host, "journalctl -u meshd -o short-precise --no-pager -n 120")
+        return f"{load.node.name}: {brief}\n{began}; meshd restarts: {restarts}\n{journal}"
+
     def serial(self, node: Node) -> str:
         """The serial of the certificate ``node``'s mesh port presents right now.
 

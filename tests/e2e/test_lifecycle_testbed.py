@@ -124,7 +124,7 @@ def test_every_host_renews_under_load_with_no_failed_request(mesh: Mesh) -> None
     results = [load.result() for load in loads]
     after = renewals(mesh)
     for load, result in zip(loads, results, strict=True):
-        assert result["failed"] == 0, (load.node.name, result)
+        assert result["failed"] == 0, mesh.failed_load(load, result)
         assert int(str(result["ok"])) > 1000, (load.node.name, result)
     for node in mesh.nodes:
         assert after[node.name] - before[node.name] >= 3, (node.name, before, after)
@@ -217,7 +217,7 @@ def test_a_ca_rollover_under_load_fails_no_request(mesh: Mesh, tmp_path: Path) -
     until(lambda: mesh.meshctl("ca", "rotate", "finish").code == 0, 150, "rotate finish", 5.0)
     results = [load.result() for load in loads]
     for load, result in zip(loads, results, strict=True):
-        assert result["failed"] == 0, (load.node.name, result)
+        assert result["failed"] == 0, mesh.failed_load(load, result)
     for node in mesh.nodes:  # a leaf of the old root is refused everywhere
         assert not link_stays_up(node, old_leaf), node.name
 
