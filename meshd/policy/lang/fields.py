@@ -101,7 +101,8 @@ def wrong_type(report: Report, where: Where, expected: str, value: object) -> No
 
 def suggest(word: str, known: Collection[str]) -> str:
     """`` (did you mean 'methods'?)`` when a known word is close, else a list of them."""
-    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    # difflib is quadratic: a pushed document's keys are not worth seconds of CPU
+    close = difflib.get_close_matches(word[:64], list(known), n=1, cutoff=0.6)
     if close:
         return f" (did you mean '{close[0]}'?)"
     return "; known fields: " + ", ".join(known)
@@ -313,7 +314,7 @@ def method(report: Report, where: Where, value: object) -> str | None:
             "P012", where, f'method "{found}" must be upper-case (did you mean "{found.upper()}"?)'
         )
         return None
-    close = difflib.get_close_matches(found.upper(), METHODS, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(found[:64].upper(), METHODS, n=1, cutoff=0.6)
     hint = f' (did you mean "{close[0]}"?)' if close else ": use one of " + ", ".join(METHODS)
     report.add("P012", where, f'unknown method "{found}"{hint}')
     return None

@@ -55,7 +55,7 @@ EXPECTED: list[tuple[Path, int]] = [
     # not present: the nearest known parent
     (("allow", 1, "to"), 18),
     (("allow", 0, "methods", 7), 10),
-    (("deny",), 0),
+    (("deny",), 1),  # nowhere in the text: line 1 of the file
 ]
 
 
@@ -74,5 +74,5 @@ def test_broken_text_keeps_what_was_found(text: str) -> None:
     assert found.line(("v",)) == 1
 
 
-def test_empty_lines_know_nothing() -> None:
+def test_data_without_text_has_line_0() -> None:
     assert Lines().line(("a", 0, "b")) == 0
