@@ -93,7 +93,7 @@ LINES = st.text(
 SCALARS = st.one_of(
     st.integers(-(10**6), 10**6).map(str),
     st.text(
-        st.characters(blacklist_categories=("Cs",), blacklist_characters="\x7f"), max_size=12
+        st.characters(blacklist_categories=("Cs", "Co"), blacklist_characters="\x7f"), max_size=12
     ).map(
         lambda s: json.dumps(s, ensure_ascii=False)  # a basic string, escapes included
     ),
