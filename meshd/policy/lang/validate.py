@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 from meshd.identity import trust_domain_problem
-from meshd.policy.lang import fields, matchers
+from meshd.policy.lang import fields, patterns
 from meshd.policy.lang.fields import Report, Where
 from meshd.policy.lang.lines import Lines, scan
 from meshd.policy.lang.model import (
@@ -341,8 +341,8 @@ def _selector(
     sources = check("from", lambda r, w, v: fields.sources(r, w, v, trust_domain))
     ports = check("ports", fields.ports)
     methods = check("methods", fields.methods)
-    paths = check("paths", matchers.paths)
-    headers = check("headers", matchers.headers)
+    paths = check("paths", patterns.paths)
+    headers = check("headers", patterns.headers)
     if to is None or len(report.problems) > failed:
         return None
     return Selector(to, sources, ports, methods, paths, headers)
