@@ -595,7 +595,11 @@ def test_prejudge_sees_rate_limits() -> None:
 def test_per_peer_memo_is_keyed_by_port_and_bounded() -> None:
     doc = document("c", [allow("c", "a", "api", ["web"], port=[8080])])
     policy = CompiledPolicy.compile([doc], TD).for_service("api")
-    assert [policy.evaluate(tcp(p)).decision for p in (8080, 8081, 8080)] == ["allow", "reset", "allow"]
+    assert [policy.evaluate(tcp(p)).decision for p in (8080, 8081, 8080)] == [
+        "allow",
+        "reset",
+        "allow",
+    ]
     assert [policy.connection(WEB, p) for p in (8081, 8080)] == ["deny", "allow"]
     for port in range(1, MAX_VIEWS + 10):
         policy.connection(WEB, port)
