@@ -9,6 +9,7 @@ files arrive as text, time as an argument.
 - ``lines``: where each key of a TOML text sits (tomllib gives no positions).
 - ``validate``: text or data to a ``Document`` and every ``Problem`` (P001-P042, W001-W002).
 - ``normalize``: a request target to the path policy matches and the app receives (§2.3).
+- ``matchers``: selectors compiled into set lookups, port ranges and path shapes.
 - ``compiled``: the applied documents merged and indexed by destination service.
 - ``evaluate``: a request to a decision (§2.5); ``ratelimit``: token buckets (§2.7).
 """
