@@ -251,7 +251,7 @@ class HttpExchange(HttpObserver):
         head = RequestHead(
             self.method,
             self.target.decode("latin-1"),
-            tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in self.headers),
+            tuple([(n.decode("latin-1"), v.decode("latin-1")) for n, v in self.headers]),
         )
         edits: list[Edit] = []
         for hook in self.hooks:
