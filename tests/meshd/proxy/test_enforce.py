@@ -480,3 +480,26 @@ def test_a_push_reaches_the_next_request_of_a_kept_alive_connection(setup: Setup
     finally:
         conn.close()
     assert setup.app.seen == ["/v1/orders"]
+
+
+def test_a_connection_rate_limit_resets_opaque_tcp(setup: Setup) -> None:
+    doc = zero_trust(setup.app.port, setup.echo.port)
+    doc["allow"].append({"name": "a-to-db", "from": ["host/a"], "to": "db"})
+    doc["rate_limit"] = [{"name": "db-once", "to": "db", "limit": 1, "per": "1h"}]
+    assert setup.push(1, doc)[0] == 200
+    assert _tcp(setup) == b"hello\n"
+    assert _tcp(setup) is ConnectionResetError
+    assert len(setup.echo.peers) == 1  # the second never reached the app
+    limited = {"service": "db", "rule": "t/rate_limit/db-once"}
+    assert setup.metric("meshd_ratelimit_limited_total", **limited) == 1
+
+
+def test_a_silent_connection_is_judged_as_opaque_tcp_after_a_short_wait(setup: Setup) -> None:
+    """Server-first protocols send nothing first: after SNIFF_WAIT the connection is TCP."""
+    assert setup.push(1, zero_trust(setup.app.port, setup.echo.port))[0] == 200
+    with socket.create_connection(("127.0.0.1", setup.a.ports["upstream:db"]), timeout=10) as s:
+        started = time.monotonic()
+        with pytest.raises(ConnectionResetError):
+            s.recv(100)
+        assert 0.5 < time.monotonic() - started < 5
+    assert setup.echo.peers == []
