@@ -27,7 +27,7 @@ import pytest
 from meshd.config import MeshdConfig
 from meshd.policy.bundle import AppliedPolicy
 from meshd.policy.lang import wire
-from meshd.proxy import inbound
+from meshd.proxy import enforce, inbound
 from meshd.proxy.connect import Connector
 from meshd.runtime import Runtime
 from meshd.telemetry.events import AuthzDecided
@@ -503,3 +503,31 @@ def test_a_silent_connection_is_judged_as_opaque_tcp_after_a_short_wait(setup: S
             s.recv(100)
         assert 0.5 < time.monotonic() - started < 5
     assert setup.echo.peers == []
+
+
+def test_a_request_line_started_then_paused_is_still_judged_as_http(setup: Setup) -> None:
+    assert setup.push(1, zero_trust(setup.app.port, setup.echo.port))[0] == 200
+    with socket.create_connection(("127.0.0.1", setup.a.ports["upstream:web"]), timeout=10) as s:
+        s.sendall(b"GET")
+        time.sleep(1.5)  # past the first-bytes wait
+        s.sendall(b" /v1/admin/users HTTP/1.1\r\nHost: web\r\n\r\n")
+        received = s.recv(65536)
+    assert received.startswith(b"HTTP/1.1 403 "), received
+    assert setup.app.seen == []
+
+
+@pytest.mark.parametrize(
+    ("first", "kind"),
+    [
+        (b"GET / HTTP/1.1\r\n", "http"),
+        (b"OPTIONS * HTTP/1.1", "http"),
+        (b"", None),
+        (b"GE", None),  # could still become a request line
+        (b"PROPFINDXXXXX", "tcp"),  # 13 letters: no method is that long
+        (b"\x16\x03\x01\x02\x00", "tcp"),  # TLS
+        (b"SSH-2.0-OpenSSH", "tcp"),
+        (b"get / HTTP/1.1", "tcp"),  # not HTTP as meshd parses it: judged on L4, fail closed
+    ],
+)
+def test_first_bytes_say_http_or_tcp(first: bytes, kind: str | None) -> None:
+    assert enforce.kind_of(first) == kind
