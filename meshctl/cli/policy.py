@@ -206,9 +206,7 @@ def show(
     """
     actx = app_context(ctx)
     ws = actx.workspace()
-    path = policies.path_of(ws, name)
-    if not path.is_file():
-        policies.remove(ws, name)  # raises, naming the applied documents
+    path = policies.existing(ws, name)
     actx.out.print(path.read_text(), markup=False, highlight=False, end="")
 
 

@@ -202,7 +202,12 @@ def test_list_show_diff_and_delete(tmp_path: Path) -> None:
     ]
     shown = mesh.meshctl("policy", "show", "web-api")
     assert (shown.code, shown.out) == (0, WEB_API)
-    assert mesh.meshctl("policy", "show", "nope").code != 0
+    assert mesh.meshctl("policy", "show", "nope").code == 6
+    assert mesh.meshctl("policy", "show", "../mesh").code == 6  # no path out of policies/
+    assert "no applied policy document named '../hosts'" in (
+        mesh.meshctl("policy", "delete", "../hosts").err
+    )
+    assert (mesh.ws.root / "hosts.toml").exists()
 
     changed = WEB_API.replace('["GET"]', '["GET", "POST"]') + (
         '\n[[deny]]\nname = "no-admin"\nfrom = ["web"]\nto = "api"\npaths = ["/admin/**"]\n'
