@@ -71,7 +71,12 @@ class Buckets:
         if limit.bucket == "shared":
             return self._shared.get(key)
         peers = self._per_source.get(key)
-        return None if peers is None else peers.get(peer)
+        if peers is None:
+            return None
+        bucket = peers.get(peer)
+        if bucket is not None:  # a limited peer counts as recent: it keeps its empty bucket
+            peers.move_to_end(peer)
+        return bucket
 
     def _store(
         self,
@@ -84,8 +89,6 @@ class Buckets:
     ) -> None:
         if bucket is not None:
             bucket.tokens, bucket.at = tokens, now
-            if limit.bucket != "shared":
-                self._per_source[(limit.id, service)].move_to_end(peer)
             return
         fresh = _Bucket(tokens, now)
         if limit.bucket == "shared":

@@ -420,20 +420,22 @@ def test_deny_wins_at_every_specificity() -> None:
     )
 
 
-def test_smallest_id_is_reported() -> None:
-    doc = document(
-        "d",
-        [
-            deny("d", "zz", "api", ["web"]),
-            deny("d", "aa", "*", ["web"]),
-            allow("d", "b", "api", ["web"]),
-            allow("d", "a", "*", ["web"]),
-        ],
-    )
+@pytest.mark.parametrize("order", [1, -1])
+def test_smallest_id_is_reported(order: int) -> None:
+    denies = [
+        deny("d", "zz", "api", ["web"]),
+        deny("d", "aa", "*", ["web"]),
+        deny("d", "mm", "api", ["web"]),
+    ]
+    allows = [
+        allow("d", "b", "api", ["web"]),
+        allow("d", "a", "*", ["web"]),
+        allow("d", "c", "api", ["web"]),
+    ]
+    doc = document("d", (denies + allows)[::order])
     assert decide([doc], http()).rule == "d/deny/aa"
     assert decide([doc], http(source=API)).rule == "builtin/authz/default"
-    doc2 = document("d", [allow("d", "b", "api", ["web"]), allow("d", "a", "*", ["web"])])
-    got = decide([doc2], http())
+    got = decide([document("d", allows[::order])], http())
     assert (got.decision, got.rule, got.detail) == ("allow", "d/allow/a", "matched allow rule")
 
 
