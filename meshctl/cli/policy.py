@@ -36,6 +36,11 @@ from meshd.policy.lang.model import Document
 from meshd.policy.lang.problems import Problem, errors
 
 INVALID = ExitCode.USAGE  # invalid policy input exits 2 (POLICY.md §2.12)
+OWNED_HINT = (
+    "a setting has one owner in the applied set: change it in the document that sets it "
+    "(meshctl policy show NAME), or drop it there; a fresh mesh's policies/mesh.toml sets "
+    'authz.default, so go zero-trust by setting default = "deny" in it'
+)
 
 app = typer.Typer(
     help="Policy documents: who may call which service, how (POLICY.md).",
@@ -316,3 +321,5 @@ def show_problems(
     if problems or not quiet:
         colour = "red" if errors(problems) else "yellow" if problems else "green"
         actx.err.print(f"[{colour}]{problems_summary(problems, files)}[/]")
+    if any(p.code == "P040" for p in problems):
+        actx.err.print(f"[yellow]hint:[/] {escape(OWNED_HINT)}", soft_wrap=True)

@@ -185,6 +185,9 @@ def test_apply_refuses_a_setting_another_document_owns(tmp_path: Path) -> None:
         "authz.default",
     )
     assert "mesh" in problem["message"]
+    text = mesh.meshctl("policy", "apply", "-f", ZERO_TRUST)
+    assert 'already set by document "mesh"' in text.out
+    assert "hint: a setting has one owner in the applied set" in text.err
     assert mesh.requests == []
     assert not (mesh.ws.root / "policies" / "zero-trust.toml").exists()
 
