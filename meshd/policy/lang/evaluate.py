@@ -2,10 +2,13 @@
 
 ``ServicePolicy`` holds one destination service's compiled rules (its own and
 those for ``to = "*"``), each kind sorted by rule id, so the first matching
-deny or allow is already ``min`` of §2.5 and the scan stops there. Decisions
-that carry no would-deny are built at compile time: an allowed request
-allocates only what the audit scan finds. ``explain`` is the offline entry
-point (normalise, then evaluate) that ``meshctl policy explain`` prints.
+deny or allow is already ``min`` of §2.5 and the scan stops there. The rules
+one peer can meet on one port (their L4 fields match) are worked out once and
+remembered, with the opaque TCP decision and the L4 prejudge; a request then
+tests only HTTP fields. Decisions that carry no would-deny are built at
+compile time: an allowed request allocates only what the audit scan finds.
+``explain`` is the offline entry point (normalise, then evaluate) that
+``meshctl policy explain`` prints.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from meshd.policy.lang.model import UNAUTHENTICATED, RateLimit
@@ -61,6 +61,13 @@ class Buckets:
         for limit, bucket in held:
             self._store(limit, service, peer, bucket, _level(limit, bucket, now) - 1.0, now)
         return None
+
+    def retain(self, rule_ids: Collection[str]) -> None:
+        """Forget the buckets of rules no longer in force (call it when a policy is swapped;
+        a rule that stays keeps its tokens, so a push does not refill every bucket)."""
+        for table in (self._shared, self._per_source):
+            for key in [k for k in table if k[0] not in rule_ids]:
+                del table[key]
 
     def sources(self, limit: RateLimit, service: str) -> int:
         """How many per-source buckets ``limit`` keeps for ``service`` (for tests and stats)."""

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from meshd.policy.lang.compiled import CompiledPolicy
 from meshd.policy.lang.evaluate import Decision, Request
 from meshd.policy.lang.model import Document, RateLimit, Rule, Selector
-from meshd.policy.lang.normalize import Normalized, normalize
+from meshd.policy.lang.normalize import Normalized, normalize, normalize_target
 from tests.meshd.policy.lang.build import TD, document, limit, selector, spiffe
 
 SERVICES = ["api", "db"]
@@ -277,3 +277,10 @@ def test_normalised_paths_are_fixed_points(pieces: list[str]) -> None:
         segments = result.path.split("/")[1:]
         assert "//" not in result.path and "." not in segments and ".." not in segments
         assert result.target.startswith(result.path)
+
+
+@settings(max_examples=300)
+@given(st.text(st.characters(min_codepoint=0, max_codepoint=0x80), max_size=12), st.booleans())
+def test_fast_path_agrees_with_the_long_way(text: str, rooted: bool) -> None:
+    target = "/" + text if rooted else text
+    assert normalize("GET", target) == normalize_target(target)

@@ -99,3 +99,13 @@ def test_no_limits_no_state() -> None:
     buckets = Buckets()
     assert buckets.take([], "api", WEB, 0.0) is None
     assert buckets.sources(FIVE, "api") == 0
+
+
+def test_retain_forgets_only_rules_no_longer_in_force() -> None:
+    gone = limit("r", "gone", "api", 1, bucket="per-source")
+    buckets = Buckets()
+    for rule in (FIVE, gone):
+        assert buckets.take([rule], "api", WEB, 0.0) is None
+    buckets.retain({FIVE.id})
+    assert buckets.sources(gone, "api") == 0
+    assert takes(buckets, [0.0] * 5) == [None] * 4 + [Limited("r/rate_limit/five", 1)]  # kept its 4
