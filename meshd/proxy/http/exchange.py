@@ -24,9 +24,14 @@ empty line that ends a chunked body) itself, feeds the parser exactly up to
 there, and checks with the parser's callbacks that it agrees. Where it does
 not, or the request cannot be parsed, the connection is answered (400, 431)
 or closed: a request no hook has seen never goes on. Upgrade and CONNECT are
-followed up to their head (hooks see it), then relayed as opaque bytes. A
-forwarded HEAD ends the following of responses (their bodies cannot be
-told), not of requests.
+followed up to their head (hooks see it); what the client sends after it is
+held (up to ``max_head``) until the server answers: a switch (101, or 2xx to
+CONNECT) makes the connection opaque bytes; any other answer means the server
+reads on in HTTP, so the next request must meet the hooks: with nothing
+held, the exchange follows requests again with a new parser; with bytes held
+(a request no hook has seen), the connection closes after the response, as
+it does when bytes came before a switch. A forwarded HEAD ends the
+following of responses (their bodies cannot be told), not of requests.
 """
 
 from __future__ import annotations
@@ -41,7 +46,6 @@ from meshd.proxy.http.actions import (
     FORWARD,
     GIVE_UP,
     HOLD,
-    STOP,
     AddHeader,
     Answer,
     Close,
@@ -58,6 +62,9 @@ from meshd.telemetry.events import Event
 
 HEAD = -1  # ``left``: gathering a request head (a length >= 0: body bytes left; or CHUNKED)
 DONE = -3  # ``left``: answered, closed or stopped: the client's bytes go nowhere now
+SWITCHING = -4  # ``left``: an upgrade went on: the client's bytes held until the server answers
+EARLY = "bytes sent before the protocol switched"
+NOT_SWITCHED = "a request sent after an upgrade the server refused"
 _PARSER_ERRORS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
 
 
@@ -144,6 +151,8 @@ class HttpExchange(HttpObserver):
         super().response_complete()
         if self.answer is not None and not self.pending:
             self.due = True  # the earlier requests have their responses: the answer's turn
+        elif self.left == SWITCHING and not self.pending and not self._tunnel():
+            self._not_switched()
 
     # the exchange protocol
     def request_bytes(self, data: bytes | memoryview) -> Verdict:
@@ -155,8 +164,14 @@ class HttpExchange(HttpObserver):
             if self._feed_body(data):
                 return DROP if self.dropping else FORWARD
             return self._verdict()
-        if self.requests is None or left == DONE:  # given up (upgraded), or answered
-            return GIVE_UP if self.requests is None else DROP
+        if self.requests is None or left <= DONE:  # given up (upgraded), answered, switching
+            if self.requests is None:
+                return GIVE_UP
+            if left == SWITCHING:
+                self.changed = False
+                self._hold(data)
+                return self._verdict()
+            return DROP
         self.changed = False
         view, pos = memoryview(data), 0
         while pos < len(view) and self.left != DONE:
@@ -175,9 +190,12 @@ class HttpExchange(HttpObserver):
             return FORWARD  # responses are not followed any more; requests still are
         try:
             responses.feed_data(data)
-        except _PARSER_ERRORS:
+        except _PARSER_ERRORS as error:
+            if self.left == SWITCHING:  # a 101 (llhttp stops at an upgrade), a tunnel's bytes
+                upgraded = isinstance(error, httptools.HttpParserUpgrade)
+                return self._switched(upgraded or self._tunnel())
             return self._lose_responses()
-        if self.due:
+        if self.due:  # an answer's turn, or an upgrade's response under way
             return self._release(bytes(data))
         return FORWARD
 
@@ -268,11 +286,15 @@ class HttpExchange(HttpObserver):
         """The head went on: follow its body (or what an upgrade turns the connection into)."""
         if self.responses is not None:
             self.pending.append((self.method, self.started))
-        if self.upgrade:  # hooks saw the head; what follows is not HTTP
-            self.out.append(view[pos:])
-            self.acts.append(STOP)
-            self.left = DONE
-            self._give_up()
+        if self.upgrade:  # hooks saw the head; what follows waits for the server's answer
+            pipelined = self.method == "CONNECT" and len(self.pending) > 1
+            if self.responses is None or pipelined or self.method == "HEAD":
+                # whether it switched could not be told: closed rather than relayed unseen
+                self.out.pop()
+                self._close("an upgrade whose answer cannot be told")
+                return len(view)
+            self.left, self.due = SWITCHING, self.method == "CONNECT"
+            self._hold(view[pos:])
             return len(view)
         if self.method == "HEAD":
             self._lose_responses()
@@ -282,6 +304,38 @@ class HttpExchange(HttpObserver):
         else:
             self.left, self.tail = left, b""
         return pos
+
+    # --- upgrades ---------------------------------------------------------
+    def _hold(self, data: bytes | memoryview) -> None:
+        """Hold what the client sends after an upgrade head until the server answers it."""
+        if data:
+            self.changed = True
+            self.held += data
+            if len(self.held) > self.max_head:
+                self.held.clear()
+                self._close("too much sent before the protocol switched")
+
+    def _switched(self, told: bool = True) -> Verdict:
+        """The server switched protocols: the rest is opaque bytes (if nothing came early)."""
+        self.left, self.due = DONE, False
+        if self.held or not told:  # sent before the switch: read in the new protocol
+            self.held.clear()
+            return (Close(EARLY if told else "a response to an upgrade the parser refused"),)
+        return self._give_up()
+
+    def _tunnel(self) -> bool:
+        """A 2xx answered CONNECT (``due`` marks a CONNECT while switching): a tunnel."""
+        responses = self.responses
+        return self.due and responses is not None and 200 <= responses.get_status_code() < 300
+
+    def _not_switched(self) -> None:
+        """The server answered the upgrade and stays HTTP: its next request meets the hooks."""
+        if self.held:  # a request no hook has seen: the connection ends after this response
+            self.held.clear()
+            self.left, self.due = DONE, True
+            return
+        self.left, self.upgrade, self.due = HEAD, False, False
+        self.requests = httptools.HttpRequestParser(self)  # llhttp stays stopped at an upgrade
 
     # --- request bodies ---------------------------------------------------
     def _counted(self, view: memoryview, pos: int) -> int:
@@ -374,11 +428,19 @@ class HttpExchange(HttpObserver):
         return True
 
     def _release(self, data: bytes) -> Verdict:
-        assert self.answer is not None
+        if self.answer is None:
+            return self._after_upgrade(data)
         answer, method, started = self.answer
         self.answer, self.due = None, False
         self._completed(method, answer.status, started)
         return (Send(data), answer)
+
+    def _after_upgrade(self, data: bytes) -> Verdict:
+        """A response to an upgrade (or what the connection ends after, see _not_switched)."""
+        if self.left == DONE:
+            self.due = False
+            return (Send(data), Close(NOT_SWITCHED))
+        return self._switched() if self._tunnel() else FORWARD  # a 2xx opens the tunnel
 
     def _lose_responses(self) -> Verdict:
         self.responses = None

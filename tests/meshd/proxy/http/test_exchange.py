@@ -169,19 +169,81 @@ def test_an_answer_goes_at_once_when_nothing_is_waiting() -> None:
     assert [e.status for e in events if isinstance(e, RequestCompleted)] == [200, 403]
 
 
+UPGRADE = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+CONNECT = b"CONNECT db:5432 HTTP/1.1\r\nHost: db\r\n\r\n"
+SWITCHED = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+TUNNEL = b"HTTP/1.1 200 Connection Established\r\n\r\n"
+EARLY = "bytes sent before the protocol switched"
+NOT_SWITCHED = "a request sent after an upgrade the server refused"
+
+
 @pytest.mark.parametrize(
-    "head",
+    ("head", "response"),
     [
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-        b"CONNECT db:5432 HTTP/1.1\r\nHost: db\r\n\r\n",
+        (UPGRADE, SWITCHED),
+        (CONNECT, TUNNEL),
+        (CONNECT, TUNNEL.replace(b"\r\n\r\n", b"\r\nContent-Length: 0\r\n\r\n")),
     ],
 )
-def test_upgrade_and_connect_are_seen_then_relayed_as_they_come(head: bytes) -> None:
+def test_upgrade_and_connect_are_seen_then_relayed_once_switched(
+    head: bytes, response: bytes
+) -> None:
     exchange, _ = _exchange(tag())
-    tunnel = b"\x00\x01 not http \r\n\r\n"
-    verdict = exchange.request_bytes(head + tunnel)
-    assert verdict == (Send(head[:-2] + b"X-Mesh: 1\r\n\r\n" + tunnel), STOP)
-    assert exchange.request_bytes(b"more") is GIVE_UP  # it follows nothing more
+    assert exchange.request_bytes(head) == (Send(head[:-2] + b"X-Mesh: 1\r\n\r\n"),)
+    assert exchange.response_bytes(response + b"\x00\x01 not http") is GIVE_UP
+    assert exchange.request_bytes(b"\x00\x01 not http \r\n\r\n") is GIVE_UP  # opaque now
+
+
+@pytest.mark.parametrize("head", [UPGRADE, CONNECT])
+def test_what_follows_an_upgrade_waits_for_the_switch(head: bytes) -> None:
+    """Held until the server says: it switched (bytes sent too early end the connection)."""
+    for chunks in _splits(b"\x00\x01 not http \r\n\r\n"):
+        exchange, _ = _exchange(deny("/admin"))
+        assert exchange.request_bytes(head) is FORWARD
+        assert all(exchange.request_bytes(c) == HOLD for c in chunks)
+        assert exchange.response_bytes(SWITCHED if head == UPGRADE else TUNNEL) == (Close(EARLY),)
+
+
+def test_requests_after_a_refused_upgrade_are_not_smuggled_past_the_hooks() -> None:
+    """An app that ignores Upgrade answers 200 and reads on: the next request is held, not
+    forwarded unseen, and the connection closes after the response (review finding F1)."""
+    for chunks in _splits(UPGRADE + ADMIN):
+        exchange, _ = _exchange(deny("/admin"))
+        assert _feed(exchange, chunks) == (UPGRADE, []), chunks
+        assert exchange.response_bytes(OK[:5]) is FORWARD
+        assert exchange.response_bytes(OK[5:]) == (Send(OK[5:]), Close(NOT_SWITCHED))
+
+
+def test_after_a_refused_upgrade_the_next_request_meets_the_hooks() -> None:
+    exchange, events = _exchange(deny("/admin"))
+    assert exchange.request_bytes(UPGRADE) is FORWARD
+    assert exchange.response_bytes(OK) is FORWARD
+    assert exchange.request_bytes(GET) is FORWARD
+    assert exchange.response_bytes(OK) is FORWARD
+    assert exchange.request_bytes(ADMIN) == (Answer(403, body=b"denied"),)
+    statuses = [(e.method, e.status) for e in events if isinstance(e, RequestCompleted)]
+    assert statuses == [("GET", 200), ("GET", 200), ("GET", 403)]
+
+
+def test_what_follows_an_upgrade_is_held_within_bounds() -> None:
+    exchange, _ = _exchange(deny("/admin"), max_head=80)
+    assert exchange.request_bytes(UPGRADE) is FORWARD
+    assert exchange.request_bytes(b"x" * 80) == HOLD
+    assert exchange.request_bytes(b"x") == (Close("too much sent before the protocol switched"),)
+
+
+def test_an_inbound_upgrade_the_app_ignores_smuggles_nothing() -> None:
+    """The reviewer's case on the inbound side: the app answers 200 to Upgrade: h2c."""
+    seen: list[str] = []
+
+    def hook(head: RequestHead) -> tuple[RequestAction, ...]:
+        seen.append(head.target)
+        return (Answer(403, keep_alive=True),) if head.path.startswith("/admin") else ()
+
+    ex = InboundHttpExchange(lambda e: None, "inbound", "spiffe://t/svc/a", "api", 65536, (hook,))
+    h2c = UPGRADE.replace(b"websocket", b"h2c")
+    sent, acts = _feed(ex, [h2c + b"GET /admin/secret HTTP/1.1\r\nHost: x\r\n\r\n"])
+    assert (sent, acts, seen) == (h2c, [], ["/ws"])
 
 
 def test_an_upgrade_can_be_denied() -> None:
