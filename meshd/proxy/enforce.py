@@ -33,7 +33,16 @@ from typing import TYPE_CHECKING, Literal, cast
 from meshd.policy.guard import Guard
 from meshd.policy.lang.evaluate import Decision
 from meshd.policy.lang.ratelimit import Limited
-from meshd.proxy.http.actions import DROP, FORWARD, HOLD, Answer, RequestAction, SetTarget, Verdict
+from meshd.proxy.http.actions import (
+    DROP,
+    FORWARD,
+    HOLD,
+    Answer,
+    Close,
+    RequestAction,
+    SetTarget,
+    Verdict,
+)
 from meshd.proxy.http.observe import looks_like_http
 from meshd.proxy.http.plan import RequestHead
 from meshd.telemetry.events import AuthzDecided, Event, RateLimited
@@ -46,6 +55,7 @@ SNIFF_WAIT = 1.0  # seconds a connection may stay silent before it is judged as 
 SNIFF_BYTES = 13  # enough to tell an HTTP request line's method and its space
 _LINGER_ZERO = struct.pack("ii", 1, 0)
 _NOTHING: tuple[RequestAction, ...] = ()
+_STRICT: tuple[RequestAction, ...] = (Close("plaintext to a service whose mTLS is strict"),)
 _JSON = ("content-type", "application/json")
 _ids = itertools.count(1)
 _ID_PREFIX = os.urandom(4).hex()
@@ -176,8 +186,8 @@ class RequestJudge:
         )
         if decision.decision == "bad-request":
             return (self._answer(400, "bad-request", decision.rule, {"detail": decision.detail}),)
-        if decision.decision == "reset":  # plaintext, and its service is strict now: end it
-            return (self._denied(decision, rid).closing(),)
+        if decision.decision == "reset":  # plaintext, and its service is strict now: it sees
+            return _STRICT  # nothing, as at accept (§2.4, §2.6): no answer, the connection ends
         if decision.decision != "allow":
             return (self._denied(decision, rid),)
         if limited is not None:

@@ -2,7 +2,9 @@
 
 Two vocabularies. Request hooks (``plan.RequestHook``) look at a request head
 and return *request actions*: ``SetHeader``, ``AddHeader``, ``SetTarget``,
-``Answer`` (and, later, ``Replay``); the exchange applies the edits itself. The
+``Answer``, ``Close`` (end the connection, the client gets no answer: a
+plaintext client of a service now strict) (and, later, ``Replay``); the
+exchange applies the edits itself. The
 exchange returns a *verdict* per chunk of bytes to whoever carries the
 connection (``Stream``, ``PipeEnd``): ``FORWARD`` (the chunk goes on as it
 is, the exchange keeps following), ``GIVE_UP`` (it goes on as it is, and the
@@ -150,7 +152,7 @@ class StopFollowing:
     """Follow this connection no more: the rest of it is relayed as opaque bytes."""
 
 
-RequestAction = SetHeader | AddHeader | SetTarget | Answer | Replay
+RequestAction = SetHeader | AddHeader | SetTarget | Answer | Close | Replay
 StreamAction = Send | HoldHead | Answer | Close | StopFollowing
 Verdict = bool | tuple[StreamAction, ...]
 

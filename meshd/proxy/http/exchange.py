@@ -7,7 +7,8 @@ registers none of them. Per request: the head is held until its empty line,
 fed to the parser, shown to the hooks as a ``RequestHead``, and then
 forwarded (maybe rewritten by ``SetHeader``/``AddHeader``) or answered here
 (``Answer``: the server never sees it; the client gets the answer once the
-responses to its earlier requests are through, and the connection closes).
+responses to its earlier requests are through, and the connection closes),
+or ended at once with no answer (``Close``).
 An answer that keeps the connection alive (``Answer.keep_alive``) goes at
 once when no earlier response is outstanding: the request's body is read
 and dropped (fed to the parser, never forwarded) and the next request is
@@ -256,6 +257,9 @@ class HttpExchange(HttpObserver):
         del self.held[:]
         self.fed = 0
         answer, edits = self._ask_hooks()
+        if isinstance(answer, Close):  # no answer: the connection ends here
+            self._close(answer.reason)
+            return pos
         if answer is not None:
             self._answer_request(answer)
             return pos
@@ -266,7 +270,7 @@ class HttpExchange(HttpObserver):
         self.out.append(head)
         return self._forwarded(view, pos)
 
-    def _ask_hooks(self) -> tuple[Answer | None, list[Edit]]:
+    def _ask_hooks(self) -> tuple[Answer | Close | None, list[Edit]]:
         head = RequestHead(
             self.method,
             self.target.decode("latin-1"),
@@ -275,7 +279,7 @@ class HttpExchange(HttpObserver):
         edits: list[Edit] = []
         for hook in self.hooks:
             for action in hook(head):
-                if isinstance(action, Answer):
+                if isinstance(action, Answer | Close):
                     return action, edits
                 if not isinstance(action, SetHeader | AddHeader | SetTarget):
                     raise TypeError(f"{action!r} is not carried out on a request head")

@@ -453,6 +453,69 @@ def test_strict_plaintext_is_reset_at_accept(
     assert [(e.service, e.decision, e.rule) for e in decided] == [("web", "reset", "p/mtls/mode")]
 
 
+def _set_mode(rt: Runtime, mode: str) -> None:
+    """Push (as the admin API does) the policy of ``_plain_runtime`` with mTLS ``mode``."""
+    doc = {
+        "version": 1,
+        "name": "p",
+        "mtls": {"mode": mode},
+        "authz": {"default": "deny"},
+        "allow": [{"name": "outside", "from": ["unauthenticated"], "to": "web", "paths": ["/ok"]}],
+    }
+    pushed = wire.PolicyDocument.from_json({"version": 2, "documents": [doc]})
+    rt.policy = AppliedPolicy(2, tuple(wire.load(pushed, TD, dt.datetime.now(dt.UTC))))
+    rt.recompile()
+
+
+async def _kept_alive_then_strict(rt: Runtime) -> tuple[bytes, bytes | type[Exception]]:
+    """A plaintext keep-alive request, a push making its service strict, a second request:
+    what each got back."""
+    request = b"GET /ok HTTP/1.1\r\nHost: web\r\n\r\n"
+    connector = Connector(5.0)
+    async with anyio.create_task_group() as tg:
+        await tg.start(connector.serve)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: inbound.PlainInbound(rt, connector), "127.0.0.1")
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+        writer.write(request)
+        with anyio.fail_after(10):
+            first = await reader.readuntil(b"\r\n\r\n")
+            first += await reader.readexactly(
+                int(re.findall(rb"(?i)content-length: (\d+)", first)[0])
+            )
+        _set_mode(rt, "strict")
+        writer.write(request)
+        second: bytes | type[Exception]
+        try:
+            with anyio.fail_after(10):
+                second = await reader.read()
+        except ConnectionResetError:
+            second = ConnectionResetError
+        writer.close()
+        server.close()
+        tg.cancel_scope.cancel()
+    return first, second
+
+
+def test_plaintext_kept_alive_past_a_push_to_strict_sees_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """§2.4/§2.6: strict plaintext is reset, with no answer, mid-connection too (review F5)."""
+    app = TargetApp()
+    try:
+        rt = _plain_runtime(tmp_path, app.port, "permissive")
+        monkeypatch.setattr(inbound, "original_dst", lambda sock: ("127.0.0.1", app.port))
+        sub = rt.bus.subscribe()
+        first, second = anyio.run(_kept_alive_then_strict, rt, backend="asyncio")
+    finally:
+        app.close()
+    assert first.startswith(b"HTTP/1.1 200 ")
+    assert second in (b"", ConnectionResetError)  # closed without a byte of answer
+    assert app.seen == ["/ok"]
+    decided = [(e.decision, e.rule) for e in sub.queue if isinstance(e, AuthzDecided)]
+    assert decided[-1] == ("reset", "p/mtls/mode")
+
+
 def test_permissive_plaintext_tcp_is_reset_when_denied(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

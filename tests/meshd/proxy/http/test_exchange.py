@@ -246,6 +246,16 @@ def test_an_inbound_upgrade_the_app_ignores_smuggles_nothing() -> None:
     assert (sent, acts, seen) == (h2c, [], ["/ws"])
 
 
+def test_a_hook_can_end_the_connection_without_an_answer() -> None:
+    """A plaintext client of a service now strict: nothing forwarded, nothing answered."""
+    cut = Close("strict")
+    exchange, _ = _exchange(lambda head: (cut,) if head.path == "/admin/users" else ())
+    assert exchange.request_bytes(GET) is FORWARD
+    assert exchange.response_bytes(OK) is FORWARD
+    assert exchange.request_bytes(ADMIN + GET) == (cut,)
+    assert exchange.request_bytes(GET) == DROP
+
+
 def test_an_upgrade_can_be_denied() -> None:
     exchange, _ = _exchange(deny("/ws"))
     head = b"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
