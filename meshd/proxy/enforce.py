@@ -24,6 +24,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import socket
 import struct
 import time
@@ -43,7 +44,6 @@ from meshd.proxy.http.actions import (
     SetTarget,
     Verdict,
 )
-from meshd.proxy.http.observe import looks_like_http
 from meshd.proxy.http.plan import RequestHead
 from meshd.telemetry.events import AuthzDecided, Event, RateLimited
 from meshd.telemetry.logs import clean
@@ -53,6 +53,10 @@ if TYPE_CHECKING:
 
 SNIFF_WAIT = 1.0  # seconds a connection may stay silent before it is judged as opaque TCP
 SNIFF_BYTES = 13  # enough to tell an HTTP request line's method and its space
+SNIFF_BLANK = 1024  # empty lines before a request line held before it is judged HTTP
+# a method of any case (a lower-case one is a 400, §2.3) and its space: HTTP servers that
+# read it (or lenient ones that serve it) must not get it as opaque TCP past the request rules
+_REQUEST_START = re.compile(rb"[A-Za-z]{1,12} ")
 _LINGER_ZERO = struct.pack("ii", 1, 0)
 _NOTHING: tuple[RequestAction, ...] = ()
 _STRICT: tuple[RequestAction, ...] = (Close("plaintext to a service whose mTLS is strict"),)
@@ -79,10 +83,16 @@ def reset_hard(transport: asyncio.BaseTransport) -> None:
 
 # --- first bytes ----------------------------------------------------------------
 def kind_of(first: bytes) -> Kind | None:
-    """HTTP or TCP by a connection's first bytes; None while they could still start a request."""
-    if looks_like_http(first[:SNIFF_BYTES]):
+    """HTTP or TCP by a connection's first bytes; None while they could still start a request.
+
+    Empty lines before the request line are skipped, as llhttp (Node, httptools) does.
+    """
+    line = first.lstrip(b"\r\n")
+    if not line:  # nothing yet, or only empty lines (too many: the exchange refuses them)
+        return None if len(first) <= SNIFF_BLANK else "http"
+    if _REQUEST_START.match(line, 0, SNIFF_BYTES) is not None:
         return "http"
-    if not first or (len(first) < SNIFF_BYTES and first.isalpha() and first.isupper()):
+    if len(line) < SNIFF_BYTES and line.isalpha():
         return None
     return "tcp"
 

@@ -26,12 +26,16 @@ import pytest
 
 from meshd.config import MeshdConfig
 from meshd.policy.bundle import AppliedPolicy
+from meshd.policy.guard import Guard
 from meshd.policy.lang import wire
+from meshd.policy.lang.compiled import CompiledPolicy
+from meshd.policy.lang.ratelimit import Buckets
 from meshd.proxy import enforce, inbound
 from meshd.proxy.connect import Connector
 from meshd.runtime import Runtime
 from meshd.telemetry.events import AuthzDecided
 from tests.meshd.harness import EchoServer, Meshd, MeshNet, QuietHandler, ServedApp
+from tests.meshd.policy.lang import build
 from tests.meshd.tlsfixtures import TD, TestPki
 
 SERVICE = "web"
@@ -580,6 +584,28 @@ def test_a_request_line_started_then_paused_is_still_judged_as_http(setup: Setup
 
 
 @pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"\r\nGET /v1/admin/users HTTP/1.1\r\nHost: web\r\n\r\n", b"403"),
+        (b"\r\n\r\nPOST /v1/admin/users HTTP/1.1\r\nHost: web\r\n\r\n", b"403"),
+        (b"get /v1/admin/users HTTP/1.1\r\nHost: web\r\n\r\n", b"400"),
+        (b"\r\nget /v1/orders HTTP/1.1\r\nHost: web\r\n\r\n", b"400"),
+    ],
+    ids=["empty-line", "empty-lines", "lower-case", "both"],
+)
+def test_requests_dressed_as_opaque_tcp_still_meet_the_request_rules(
+    setup: Setup, request_bytes: bytes, status: bytes
+) -> None:
+    """An empty line before the request line, or a lower-case method, is HTTP (review F2)."""
+    assert setup.push(1, zero_trust(setup.app.port, setup.echo.port))[0] == 200
+    with socket.create_connection(("127.0.0.1", setup.a.ports["upstream:web"]), timeout=10) as s:
+        s.sendall(request_bytes)
+        received = s.recv(65536)
+    assert received.startswith(b"HTTP/1.1 " + status + b" "), received
+    assert setup.app.seen == []
+
+
+@pytest.mark.parametrize(
     ("first", "kind"),
     [
         (b"GET / HTTP/1.1\r\n", "http"),
@@ -589,8 +615,42 @@ def test_a_request_line_started_then_paused_is_still_judged_as_http(setup: Setup
         (b"PROPFINDXXXXX", "tcp"),  # 13 letters: no method is that long
         (b"\x16\x03\x01\x02\x00", "tcp"),  # TLS
         (b"SSH-2.0-OpenSSH", "tcp"),
-        (b"get / HTTP/1.1", "tcp"),  # not HTTP as meshd parses it: judged on L4, fail closed
+        (b"get /admin HTTP/1.1", "http"),  # a 400, not relayed as opaque TCP (review F2)
+        (b"Get /", "http"),
+        (b"\r\nPOST /search HTTP/1.1\r\n", "http"),  # llhttp skips empty lines before it
+        (b"\r\n\r\n\nGET / HTTP/1.1", "http"),
+        (b"\r\n", None),  # only empty lines yet
+        (b"\r\nPO", None),
+        (b"\r\n" * 513, "http"),  # too many empty lines: the exchange refuses the head
+        (b"\r\n\x16\x03\x01", "tcp"),
+        (b"ping\r\n", "tcp"),
     ],
 )
 def test_first_bytes_say_http_or_tcp(first: bytes, kind: str | None) -> None:
     assert enforce.kind_of(first) == kind
+
+
+def test_an_http_rate_limit_holds_for_a_request_after_an_empty_line() -> None:
+    """As the inbound side does: first bytes, then judged as a request or at L4 (review F2:
+    a leading empty line made the POST opaque TCP, out of reach of the method's limit)."""
+    policy = CompiledPolicy.compile(
+        [
+            build.document(
+                "d",
+                rules=[build.allow("d", "web", "api", ["web"])],
+                rate_limits=[build.limit("d", "posts", "api", 1, methods=["POST"])],
+            )
+        ],
+        build.TD,
+        1,
+    )
+    guard, buckets = Guard("api", 8080, policy.for_service("api"), None), Buckets()
+    web = build.spiffe("web")
+    first = b"\r\nPOST /search HTTP/1.1\r\nHost: x\r\n\r\n"
+    refused = 0
+    for now in (0.0, 0.01, 0.02):
+        if enforce.kind_of(first) == "http":
+            refused += guard.judge(web, 8080, "POST", "/search", (), now, buckets)[2] is not None
+        else:
+            refused += guard.tcp(web, 8080, now, buckets)[1] is not None
+    assert refused == 2  # one a second: the 2nd and 3rd POST of the same second get a 429
