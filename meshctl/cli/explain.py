@@ -43,7 +43,11 @@ def explain(
     service: Annotated[str, typer.Option("--to", help="the destination service")],
     port: Annotated[
         int | None,
-        typer.Option(help="the service port (default: its port in hosts.toml, if it has one)"),
+        typer.Option(
+            min=1,
+            max=65535,
+            help="the service port (default: its port in hosts.toml, if it has one)",
+        ),
     ] = None,
     method: Annotated[str, typer.Option(help="the HTTP method")] = "GET",
     path: Annotated[

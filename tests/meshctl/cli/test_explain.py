@@ -161,3 +161,17 @@ def test_explain_refuses_bad_options(tmp_path: Path, args: list[str], message: s
     )
     assert done.code != 0
     assert message in done.err
+
+
+@pytest.mark.parametrize("port", ["70000", "0", "-1", "65536"])
+def test_explain_refuses_a_port_out_of_range(tmp_path: Path, port: str) -> None:
+    """Review F6: a port no TCP connection can have is a bad option (exit 2), not a decision."""
+    done = meshctl(
+        "policy",
+        "explain",
+        *["--from", "web", "--to", "api", "--port", port, "-f", ZERO_TRUST],
+        env=no_workspace(tmp_path),
+    )
+    assert done.code == 2, done.out + done.err
+    assert "Invalid value for '--port'" in done.err, done.err
+    assert done.out == ""
