@@ -18,7 +18,9 @@ service (a strict one resets plaintext at accept), and a stream or plaintext
 connection the policy does not allow wholesale waits for its first bytes
 (``meshd.proxy.enforce.FirstBytes``) before the app is connected: HTTP gets
 an exchange that judges every request, opaque TCP is judged once and reset
-(RST) when denied or over a connection rate limit. With no policy in force
+(RST) when denied or over a connection rate limit. A peer allowed wholesale
+is connected at once, and its first bytes still looked at: its HTTP requests
+are normalised (§2.3), its opaque TCP relayed. With no policy in force
 none of this runs: a delivery is what it always was.
 """
 
@@ -183,14 +185,18 @@ class MeshPort:
             ConnectionOpened(INBOUND, request.source, request.service, decision.rule)
         )
         guard = decision.guard
-        if guard is not None:  # under a policy that depends on what comes: look first
+        if guard is not None:  # under a policy: look first
+            wholesale = decision.decided is not None
             stream.http = FirstBytes(
-                lambda kind, held: self._first(link, stream, request, guard, pending, kind, held),
+                lambda kind, held: self._first(
+                    link, stream, request, guard, pending, kind, held, wholesale
+                ),
                 sniff_wait(self.rt),
             )
+            if decision.decided is not None:  # allowed whatever comes: counted once
+                allowed_wholesale(self.rt, request.service, decision.decided)
+                self._connect(stream, decision.port, pending)  # server-first need not wait
             return stream
-        if decision.decided is not None:  # allowed wholesale by the policy: counted once
-            allowed_wholesale(self.rt, request.service, decision.decided)
         if decision.http is not None:  # L7 for this service (an L4 stream skips even the call)
             stream.http = self._exchange(decision.http, request)
         self._connect(stream, decision.port, pending)
@@ -224,20 +230,23 @@ class MeshPort:
         pending: list[Callable[[], None]],
         kind: Kind,
         held: bytes,
+        wholesale: bool,
     ) -> None:
-        """The stream's first bytes said what it is: judge it, then connect the app."""
+        """The stream's first bytes said what it is: judge it, then connect the app (a peer
+        allowed wholesale is connected already: only its HTTP requests are normalised)."""
         if stream.closed:
             return
         if kind == "http":
-            judge = RequestJudge(self.rt, guard, request.source, request.port)
+            judge = RequestJudge(self.rt, guard, request.source, request.port, wholesale)
             stream.http = self._exchange(judged(guard.http, judge), request)
         else:
-            why = judge_tcp(self.rt, guard, request.source, request.port)
+            why = None if wholesale else judge_tcp(self.rt, guard, request.source, request.port)
             if why is not None:  # the caller's meshd resets its app's connection (RST)
                 link.reset(stream, RST_REFUSED, why)
                 return
             stream.http = self._exchange(guard.http, request) if guard.http else None
-        self._connect(stream, guard.port, pending)
+        if not wholesale:
+            self._connect(stream, guard.port, pending)
         if held:
             stream.replay(held)
 
@@ -341,13 +350,15 @@ class PlainInbound(PipeEnd):
             ConnectionOpened(INBOUND, UNAUTHENTICATED, decision.service, decision.rule)
         )
         guard = decision.guard
-        if guard is not None:  # under a policy that depends on what comes: look first
+        if guard is not None:  # under a policy: look first
+            wholesale = decision.decided is not None
             self.http = FirstBytes(
-                lambda kind, held: self._first(guard, kind, held), sniff_wait(self.rt)
+                lambda kind, held: self._first(guard, kind, held, wholesale), sniff_wait(self.rt)
             )
+            if decision.decided is not None:  # allowed whatever comes: counted once
+                allowed_wholesale(self.rt, decision.service, decision.decided)
+                self._connect(decision.port)  # a server-first protocol need not wait
             return
-        if decision.decided is not None:  # allowed wholesale by the policy: counted once
-            allowed_wholesale(self.rt, decision.service, decision.decided)
         if decision.http is not None:  # L7 for this service; an L4 relay skips even the call
             self.http = self._exchange(decision.http)
         self._connect(decision.port)
@@ -370,20 +381,22 @@ class PlainInbound(PipeEnd):
             lambda error: self._unreachable(port, error),
         )
 
-    def _first(self, guard: Guard, kind: Kind, held: bytes) -> None:
-        """The first bytes said what the connection is: judge it, then connect the app."""
+    def _first(self, guard: Guard, kind: Kind, held: bytes, wholesale: bool) -> None:
+        """The first bytes said what the connection is: judge it, then connect the app (a
+        peer allowed wholesale is connected already: only its HTTP requests are normalised)."""
         if self.closed or self.transport is None:
             return
         if kind == "http":
-            judge = RequestJudge(self.rt, guard, None, guard.port)
+            judge = RequestJudge(self.rt, guard, None, guard.port, wholesale)
             self.http = self._exchange(judged(guard.http, judge))
         else:
-            why = judge_tcp(self.rt, guard, None, guard.port)
+            why = None if wholesale else judge_tcp(self.rt, guard, None, guard.port)
             if why is not None:
                 reset_hard(self.transport)
                 return
             self.http = self._exchange(guard.http) if guard.http else None
-        self._connect(guard.port)
+        if not wholesale:
+            self._connect(guard.port)
         if held:
             self.replay(held)
 

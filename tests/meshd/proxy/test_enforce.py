@@ -10,11 +10,13 @@ metrics and B's log lines are checked from outside.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import http.client
 import json
 import re
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -329,6 +331,59 @@ def test_the_app_receives_the_normalised_target(setup: Setup) -> None:
     assert setup.app.seen == ["/v1/orders/1", "/v1/~user?q=%2e%2e", "/v1/a/c", "/v1/x%3Ay"]
 
 
+WHOLESALE_WEB = {  # A may use web, whatever it asks: an L4 allow
+    "version": 1,
+    "name": NOW_RULES,
+    "authz": {"default": "deny"},
+    "allow": [{"name": "a-to-web", "from": ["host/a"], "to": "web"}],
+}
+DEFAULT_ALLOW = {"version": 1, "name": NOW_RULES, "authz": {"default": "allow"}}
+
+
+@pytest.mark.parametrize(
+    ("doc", "rule"), [(WHOLESALE_WEB, "t/allow/a-to-web"), (DEFAULT_ALLOW, "t/authz/default")]
+)
+def test_a_peer_allowed_wholesale_still_gets_its_requests_normalised(
+    setup: Setup, doc: dict[str, Any], rule: str
+) -> None:
+    assert setup.push(1, doc)[0] == 200
+    conn = setup.conn()
+    try:
+        assert _get(conn, "/a/%2e%2e/b?x=%2F")[0] == 200
+        status, headers, body = _get(conn, "/a%2Fb")
+        assert (status, headers["x-mesh-rule"]) == (400, "normalize/encoded-slash")
+        assert json.loads(body)["decision"] == "bad-request"
+        for target in ("/a/..;/b", "/a/%00", "/clean?q=1"):  # the same connection goes on
+            assert _get(conn, target)[0] == (200 if target == "/clean?q=1" else 400)
+    finally:
+        conn.close()
+    assert setup.app.seen == ["/b?x=%2F", "/clean?q=1"]
+    allowed = {"service": "web", "decision": "allow", "rule": rule}
+    assert setup.metric("meshd_authz_decisions_total", **allowed) == 1  # once per connection
+    bad = {"service": "web", "decision": "bad-request"}
+    assert setup.metric("meshd_authz_decisions_total", **bad) == 3
+    assert [line["rule"] for line in setup.authz_lines(3)] == [
+        "normalize/encoded-slash",
+        "normalize/dot-segment-with-params",
+        "normalize/encoded-nul",
+    ]
+    assert _tcp(setup) == (b"hello\n" if doc is DEFAULT_ALLOW else ConnectionResetError)
+
+
+def test_a_push_reaches_the_next_request_of_a_connection_allowed_wholesale(setup: Setup) -> None:
+    assert setup.push(1, WHOLESALE_WEB)[0] == 200
+    conn = setup.conn()
+    try:
+        assert _get(conn, "/elsewhere")[0] == 200
+        assert setup.push(2, zero_trust(setup.app.port, setup.echo.port))[0] == 200
+        status, headers, _ = _get(conn, "/elsewhere")  # the same connection: judged now
+        assert (status, headers["x-mesh-rule"]) == (403, "t/authz/default")
+        assert _get(conn, "/v1/orders")[0] == 200
+    finally:
+        conn.close()
+    assert setup.app.seen == ["/elsewhere", "/v1/orders"]
+
+
 def test_an_invalid_policy_is_refused_and_the_previous_one_keeps_running(setup: Setup) -> None:
     assert setup.push(1, zero_trust(setup.app.port, setup.echo.port))[0] == 200
     bad = zero_trust(setup.app.port, setup.echo.port)
@@ -465,6 +520,53 @@ def test_permissive_plaintext_tcp_is_reset_when_denied(
         echo.close()
     assert received is ConnectionResetError  # no allow for opaque TCP: the default denies
     assert echo.peers == []
+
+
+async def _banner(rt: Runtime) -> tuple[bytes, float]:
+    """Connect to a PlainInbound and say nothing: the first line that came, and when."""
+    connector = Connector(5.0)
+    async with anyio.create_task_group() as tg:
+        await tg.start(connector.serve)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: inbound.PlainInbound(rt, connector), "127.0.0.1")
+        started = time.monotonic()
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+        with anyio.fail_after(10):
+            banner = await reader.readline()
+        took = time.monotonic() - started
+        writer.close()
+        server.close()
+        tg.cancel_scope.cancel()
+    return banner, took
+
+
+def test_a_server_first_app_allowed_wholesale_speaks_before_the_first_look_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = socket.create_server(("127.0.0.1", 0))
+    port = app.getsockname()[1]
+
+    def serve() -> None:  # an SMTP-like app: its banner comes first
+        with contextlib.suppress(OSError):
+            conn, _ = app.accept()
+            conn.sendall(b"220 ready\r\n")
+            conn.recv(1)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        rt = _plain_runtime(tmp_path, port, "permissive")
+        doc = {"version": 1, "name": "p", "mtls": {"mode": "permissive"}}
+        doc["allow"] = [{"name": "outside", "from": ["unauthenticated"], "to": "web"}]
+        pushed = wire.PolicyDocument.from_json({"version": 2, "documents": [doc]})
+        rt.policy = AppliedPolicy(2, tuple(wire.load(pushed, TD, dt.datetime.now(dt.UTC))))
+        rt.recompile()
+        monkeypatch.setattr(inbound, "original_dst", lambda sock: ("127.0.0.1", port))
+        banner, took = anyio.run(_banner, rt, backend="asyncio")
+    finally:
+        app.close()
+    assert banner == b"220 ready\r\n"
+    assert took < inbound.sniff_wait(rt) / 2  # not held until the first look gives up
 
 
 def test_a_push_reaches_the_next_request_of_a_kept_alive_connection(setup: Setup) -> None:
