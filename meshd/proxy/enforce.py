@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal, cast
 
 from meshd.policy.guard import Guard
-from meshd.policy.lang.evaluate import Decision
+from meshd.policy.lang.evaluate import Decision, Request
 from meshd.policy.lang.ratelimit import Limited
 from meshd.proxy.http.actions import DROP, FORWARD, HOLD, Answer, RequestAction, SetTarget, Verdict
 from meshd.proxy.http.observe import looks_like_http
@@ -286,6 +286,31 @@ def judge_tcp(rt: Runtime, guard: Guard, source: str | None, port: int) -> str |
         rt.bus.publish(RateLimited(guard.service, limited.rule, limited.retry_after, source, port))
         return f"rate limited by {limited.rule}"
     return None
+
+
+def rejudge(rt: Runtime, service: str, source: str | None, port: int) -> str | None:
+    """A connection relayed as L4 (no request of it is judged) when a push changed the
+    policy: None (it may go on), or why to reset it, its decision published as at accept.
+    As at accept it is judged on its L4 fields; no rate limit is taken again."""
+    deliver = rt.bundle.local.get(service)
+    guard = deliver.guard if deliver is not None else None
+    if guard is None or guard.admit(source, port).decided is not None:
+        return None  # no policy in force, or still allowed wholesale
+    decision = guard.policy.evaluate(Request(service, port, source))
+    if decision.decision == "allow":
+        return None
+    rt.bus.publish(
+        AuthzDecided(
+            service,
+            decision.decision,
+            decision.rule,
+            decision.would_deny,
+            source,
+            port,
+            request_id=request_id(),
+        )
+    )
+    return f"denied by {decision.rule}"
 
 
 def allowed_wholesale(rt: Runtime, service: str, decision: Decision) -> None:

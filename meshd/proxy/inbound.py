@@ -20,7 +20,10 @@ connection the policy does not allow wholesale waits for its first bytes
 an exchange that judges every request, opaque TCP is judged once and reset
 (RST) when denied or over a connection rate limit. A peer allowed wholesale
 is connected at once, and its first bytes still looked at: its HTTP requests
-are normalised (§2.3), its opaque TCP relayed. With no policy in force
+are normalised (§2.3), its opaque TCP relayed. A push that changes the policy
+re-judges every connection relayed as L4 (opened before it, or opaque TCP)
+on its L4 fields and resets (RST) those it no longer allows; HTTP under an
+exchange meets the new policy at its next request. With no policy in force
 none of this runs: a delivery is what it always was.
 """
 
@@ -51,6 +54,7 @@ from meshd.proxy.enforce import (
     RequestJudge,
     allowed_wholesale,
     judge_tcp,
+    rejudge,
     request_id,
     reset_hard,
 )
@@ -88,6 +92,10 @@ class MeshPort:
         self.links: set[Link] = set()
         self.per_peer: Counter[str] = Counter()  # links up per peer host identity
         self.peer_streams: Counter[str] = Counter()  # streams relayed per peer host identity
+        # what a policy push re-judges: streams and plaintext relayed with no request judged
+        self.relayed: dict[Stream, tuple[Link, OpenRequest]] = {}
+        self.plain: set[PlainInbound] = set()
+        self.policy_version = rt.bundle.policy_version
         rt.swapped.append(self.after_swap)
 
     def make_link(self) -> Link:
@@ -199,6 +207,7 @@ class MeshPort:
             return stream
         if decision.http is not None:  # L7 for this service (an L4 stream skips even the call)
             stream.http = self._exchange(decision.http, request)
+        self.relayed[stream] = (link, request)  # no policy yet: a push re-judges it
         self._connect(stream, decision.port, pending)
         return stream
 
@@ -245,6 +254,7 @@ class MeshPort:
                 link.reset(stream, RST_REFUSED, why)
                 return
             stream.http = self._exchange(guard.http, request) if guard.http else None
+            self.relayed[stream] = (link, request)
         if not wholesale:
             self._connect(stream, guard.port, pending)
         if held:
@@ -269,6 +279,7 @@ class MeshPort:
     ) -> None:
         for cancel in pending:  # still connecting to the app: give its descriptor back now
             cancel()
+        self.relayed.pop(stream, None)
         self.peer_streams[peer] -= 1
         if self.peer_streams[peer] <= 0:
             del self.peer_streams[peer]
@@ -293,6 +304,22 @@ class MeshPort:
         """The running state was swapped (``Runtime.recompile``): follow what changed."""
         self.tear_down_revoked()
         self.goaway_renewed()
+        self.rejudge_relayed()
+
+    def rejudge_relayed(self) -> None:
+        """A swap that changed the policy: every stream and plaintext connection relayed
+        with no request judged meets it now, and is reset (RST) if it no longer may go on."""
+        version = self.rt.bundle.policy_version
+        if version == self.policy_version:
+            return
+        self.policy_version = version
+        rt = self.rt
+        for stream, (link, request) in list(self.relayed.items()):
+            why = rejudge(rt, request.service, request.source, request.port)
+            if why is not None and not stream.closed:  # the caller's app sees an RST
+                link.reset(stream, RST_REFUSED, why)
+        for plain in list(self.plain):
+            plain.rejudge()
 
     def goaway_renewed(self) -> None:
         """GOAWAY on every link made with TLS material other than what meshd runs now.
@@ -327,12 +354,17 @@ class PlainInbound(PipeEnd):
 
     client_side = True  # requests arrive here; the peer is the app
 
-    def __init__(self, rt: Runtime, connector: Connector) -> None:
+    def __init__(
+        self, rt: Runtime, connector: Connector, relayed: set[PlainInbound] | None = None
+    ) -> None:
         super().__init__()
         self.rt = rt
         self.connector = connector
         self.service = ""
+        self.port = 0
         self.opened_at = 0.0
+        # the open relays a policy push re-judges (``MeshPort.plain``); None: not tracked
+        self.relayed = relayed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
@@ -343,7 +375,7 @@ class PlainInbound(PipeEnd):
             self._refuse(transport, dst, decision)
             return
         self.rt.active += 1  # released in _closed
-        self.service = decision.service
+        self.service, self.port = decision.service, decision.port
         self.opened_at = time.monotonic()
         self.on_lost = self._closed
         self.rt.bus.publish(
@@ -361,6 +393,7 @@ class PlainInbound(PipeEnd):
             return
         if decision.http is not None:  # L7 for this service; an L4 relay skips even the call
             self.http = self._exchange(decision.http)
+        self._track()  # no policy yet: a push re-judges it
         self._connect(decision.port)
 
     def _exchange(self, plan: HttpPlan) -> Any:
@@ -395,6 +428,7 @@ class PlainInbound(PipeEnd):
                 reset_hard(self.transport)
                 return
             self.http = self._exchange(guard.http) if guard.http else None
+            self._track()
         if not wholesale:
             self._connect(guard.port)
         if held:
@@ -427,7 +461,20 @@ class PlainInbound(PipeEnd):
             AuthzDecided(service, "reset", refusal.rule, port=port, request_id=request_id())
         )
 
+    def _track(self) -> None:
+        if self.relayed is not None:
+            self.relayed.add(self)
+
+    def rejudge(self) -> None:
+        """The policy changed (``MeshPort.rejudge_relayed``): reset (RST) if it denies us now."""
+        if self.closed or self.transport is None:
+            return
+        if rejudge(self.rt, self.service, None, self.port) is not None:
+            reset_hard(self.transport)
+
     def _closed(self) -> None:
+        if self.relayed is not None:
+            self.relayed.discard(self)
         self.rt.release()
         received = self.peer.bytes_in if self.peer is not None else 0
         self.rt.bus.publish(

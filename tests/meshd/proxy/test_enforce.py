@@ -384,6 +384,56 @@ def test_a_push_reaches_the_next_request_of_a_connection_allowed_wholesale(setup
     assert setup.app.seen == ["/elsewhere", "/v1/orders"]
 
 
+def test_a_push_resets_open_tcp_connections_it_denies_and_keeps_the_others(
+    setup: Setup,
+) -> None:
+    def line(s: socket.socket) -> bytes | type[Exception]:
+        try:
+            s.sendall(b"hello\n")
+            return s.recv(100) or EOFError
+        except (ConnectionResetError, BrokenPipeError):
+            return ConnectionResetError
+
+    db = ("127.0.0.1", setup.a.ports["upstream:db"])
+    with (
+        socket.create_connection(db, timeout=10) as before,
+        socket.create_connection(db, timeout=10) as idle,
+    ):
+        assert line(before) == b"hello\n"  # opened before any policy: relayed as L4
+        allow_db = zero_trust(setup.app.port, setup.echo.port)
+        allow_db["allow"].append({"name": "a-to-db", "from": ["host/a"], "to": "db"})
+        assert setup.push(1, allow_db)[0] == 200
+        assert line(before) == b"hello\n"  # still allowed: it keeps flowing
+        with socket.create_connection(db, timeout=10) as during:
+            assert line(during) == b"hello\n"  # allowed wholesale, opaque TCP
+            assert line(idle) == b"hello\n"  # opened before any policy, idle at the push
+            assert setup.push(2, zero_trust(setup.app.port, setup.echo.port))[0] == 200
+            assert line(during) is ConnectionResetError
+        assert line(before) is ConnectionResetError
+        assert line(idle) is ConnectionResetError
+    reset = {"service": "db", "decision": "reset", "rule": "t/authz/default"}
+    assert setup.metric("meshd_authz_decisions_total", **reset) == 3
+    lines = [entry for entry in setup.authz_lines(3) if entry["decision"] == "reset"]
+    assert [(entry["rule"], entry["source"]) for entry in lines] == [
+        ("t/authz/default", "spiffe://t.mesh/host/a")
+    ] * 3
+
+
+def test_a_push_that_still_allows_an_open_tcp_connection_keeps_it(setup: Setup) -> None:
+    db = ("127.0.0.1", setup.a.ports["upstream:db"])
+    allow_db = zero_trust(setup.app.port, setup.echo.port)
+    allow_db["allow"].append({"name": "a-to-db", "from": ["host/a"], "to": "db"})
+    with socket.create_connection(db, timeout=10) as s:
+        s.sendall(b"one\n")
+        assert s.recv(100) == b"one\n"
+        assert setup.push(1, allow_db)[0] == 200
+        allow_db["deny"].append({"name": "no-admin-2", "to": "web", "paths": ["/admin/**"]})
+        assert setup.push(2, allow_db)[0] == 200  # a new version: re-judged, still allowed
+        s.sendall(b"two\n")
+        assert s.recv(100) == b"two\n"
+    assert setup.metric("meshd_authz_decisions_total", decision="reset") == 0
+
+
 def test_an_invalid_policy_is_refused_and_the_previous_one_keeps_running(setup: Setup) -> None:
     assert setup.push(1, zero_trust(setup.app.port, setup.echo.port))[0] == 200
     bad = zero_trust(setup.app.port, setup.echo.port)
@@ -567,6 +617,59 @@ def test_a_server_first_app_allowed_wholesale_speaks_before_the_first_look_ends(
         app.close()
     assert banner == b"220 ready\r\n"
     assert took < inbound.sniff_wait(rt) / 2  # not held until the first look gives up
+
+
+def _apply(rt: Runtime, version: int, allow: list[dict[str, Any]]) -> None:
+    """Push (in process) a permissive policy with the ``allow`` rules to ``rt``."""
+    doc = {"version": 1, "name": "p", "mtls": {"mode": "permissive"}, "allow": allow}
+    doc["authz"] = {"default": "deny"}
+    pushed = wire.PolicyDocument.from_json({"version": version, "documents": [doc]})
+    rt.policy = AppliedPolicy(version, tuple(wire.load(pushed, TD, dt.datetime.now(dt.UTC))))
+    rt.recompile()
+
+
+async def _plain_pushed(rt: Runtime) -> list[bytes | type[Exception]]:
+    """One plaintext TCP connection through a PlainInbound a MeshPort tracks: a line echoed,
+    then pushes (v2 still allowing, v3 denying), a line after each; what came back each time."""
+    connector = Connector(5.0)
+    got: list[bytes | type[Exception]] = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(connector.serve)
+        mesh = inbound.MeshPort(rt, connector)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: inbound.PlainInbound(rt, connector, mesh.plain), "127.0.0.1"
+        )
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+        outside = [{"name": "outside", "from": ["unauthenticated"], "to": "web"}]
+        for push in (None, 2, 3):
+            if push is not None:
+                _apply(rt, push, outside if push == 2 else [])
+            writer.write(b"\x00\x01binary\n")
+            try:
+                with anyio.fail_after(10):
+                    got.append(await reader.readline() or EOFError)
+            except ConnectionResetError:
+                got.append(ConnectionResetError)
+        writer.close()
+        server.close()
+        tg.cancel_scope.cancel()
+    return got
+
+
+def test_a_push_resets_open_plaintext_tcp_it_denies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    echo = EchoServer()
+    try:
+        rt = _plain_runtime(tmp_path, echo.port, "permissive")
+        _apply(rt, 1, [{"name": "outside", "from": ["unauthenticated"], "to": "web"}])
+        monkeypatch.setattr(inbound, "original_dst", lambda sock: ("127.0.0.1", echo.port))
+        got = anyio.run(_plain_pushed, rt, backend="asyncio")
+    finally:
+        echo.close()
+    line = b"\x00\x01binary\n"
+    assert got == [line, line, ConnectionResetError]  # allowed at 1 and 2, denied at 3
 
 
 def test_a_push_reaches_the_next_request_of_a_kept_alive_connection(setup: Setup) -> None:
