@@ -188,7 +188,7 @@ class Daemon:
                 up.listen,
                 self._outbound(rt.config.identity.host_id, up.service),
             )
-        inbound = lambda: PlainInbound(rt, self.connector)  # noqa: E731
+        inbound = lambda: PlainInbound(rt, self.connector, self.mesh.plain)  # noqa: E731
         await self._redirect_target(tg, "inbound", cfg.listen.inbound, inbound, ANY6)
         if self.ipv6 != SERVED:
             log.warning("IPv6 is not served: %s", self.ipv6)

@@ -60,8 +60,9 @@ class Deliver:
     ``http`` is the L7 work its requests need; None: relayed as L4. Under a
     policy (``meshd.policy.guard``): ``guard`` set means "look at the first
     bytes, then judge each request (HTTP) or the connection (TCP)"; ``decided``
-    set means the policy allowed this peer on this port wholesale (relayed as
-    L4; the decision is counted once per connection).
+    set too means the policy allowed this peer on this port wholesale (counted
+    once per connection): opaque TCP is relayed as L4, HTTP requests are only
+    normalised (§2.3).
     """
 
     service: str

@@ -3,11 +3,15 @@
 A ``Guard`` is compiled per swap (``Bundle.compile``) for every local service
 while a policy is in force, around the service's ``ServicePolicy``
 (``meshd.policy.lang``). ``admit`` is asked once per connection: a peer the
-policy allows on this port wholesale gets a compiled L4 ``Deliver`` (nothing
-more to do, nothing per request); any other gets ``inspect``, the ``Deliver``
+policy allows on this port wholesale gets a ``Deliver`` with that decision
+(no authz or rate limit to apply to it); any other gets ``inspect``, the ``Deliver``
 that tells the proxy to look at the first bytes. Then ``judge`` runs §2.11's
 HTTP steps on each request head (normalise, authz, rate limit) and ``tcp``
 the opaque-TCP ones at accept (authz on L4 fields, connection rate limit).
+A peer allowed wholesale is no exception to §2.3 (every HTTP request of a
+service under policy is normalised): its ``Deliver`` carries the guard too,
+with its decision, so the proxy still looks at the first bytes, and its
+requests go through ``normalise`` alone (no evaluation, no rate limit).
 
 Pure: the token buckets and ``now`` are passed in; nothing here reads a
 clock or touches a socket. Where no rule of the service looks at headers,
@@ -22,7 +26,7 @@ from __future__ import annotations
 from meshd.policy.decisions import LOCAL_SERVICES, Deliver
 from meshd.policy.lang.evaluate import Decision, Request, ServicePolicy, bad_request
 from meshd.policy.lang.model import RateLimit
-from meshd.policy.lang.normalize import Rejected, normalize
+from meshd.policy.lang.normalize import Rejected, normalize, unchanged
 from meshd.policy.lang.ratelimit import Buckets, Limited
 from meshd.proxy.http.plan import HttpPlan
 
@@ -74,7 +78,8 @@ class Guard:
             return found
         if self.policy.connection(source, port) == "allow":
             decided = self.policy.evaluate(Request(self.service, port, source))
-            found = Deliver(self.service, port, decided.rule, self.http, None, decided)
+            # still this guard: its HTTP requests are normalised (§2.3), nothing more
+            found = Deliver(self.service, port, decided.rule, self.http, self, decided)
         else:
             found = self.inspect
         if len(self._admitted) >= MAX_ADMITTED:
@@ -127,6 +132,16 @@ class Guard:
         if decision.decision != "allow" or not self.policy.limits:
             return decision, forward, ()
         return decision, forward, self.policy.rate_limits(request)
+
+    def normalise(self, method: str, target: str) -> Decision | str | None:
+        """§2.3 alone, for a peer allowed wholesale: None (forward the request as it came),
+        the normalised target to forward instead, or the 400 of a rejected one."""
+        if unchanged(method, target):  # the common case: nothing allocated
+            return None
+        normalized = normalize(method, target)
+        if isinstance(normalized, Rejected):
+            return self._bad_request(normalized)
+        return normalized.target if normalized.target != target else None
 
     def tcp(
         self, source: str | None, port: int, now: float, buckets: Buckets

@@ -9,12 +9,15 @@ exchange, or judges the TCP connection once (``judge_tcp``), and only then
 connects the app. ``RequestJudge`` is the request hook (``plan.RequestHook``)
 that carries out §2.11 per request: 400 on a target normalising rejects, the
 normalised target forwarded (``SetTarget``), 403 with the JSON body of §2.6,
-429 with ``retry-after``; each answer keeps the connection alive. Every
+429 with ``retry-after``; each answer keeps the connection alive. On a
+connection from a peer allowed wholesale it only normalises (``wholesale``:
+400 or the normalised target; a clean target costs a few string tests). Every
 decision is published (``AuthzDecided``, ``RateLimited``); an allowed request
 with no would-deny publishes a shared event per rule and allocates no answer.
 
 Judging reads the policy in force for each request (a push swaps the bundle:
-the next request on a kept-alive connection meets the new policy).
+the next request on a kept-alive connection meets the new policy, and a
+peer allowed wholesale before and not now gets every step again).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal, cast
 
 from meshd.policy.guard import Guard
-from meshd.policy.lang.evaluate import Decision
+from meshd.policy.lang.evaluate import Decision, Request
 from meshd.policy.lang.ratelimit import Limited
 from meshd.proxy.http.actions import (
     DROP,
@@ -147,17 +150,27 @@ class FirstBytes:
 class RequestJudge:
     """The request hook of one inspected HTTP connection (see the module docstring)."""
 
-    __slots__ = ("bundle", "guard", "port", "rt", "service", "source")
+    __slots__ = ("bundle", "guard", "port", "rt", "service", "source", "wholesale")
 
-    def __init__(self, rt: Runtime, guard: Guard, source: str | None, port: int) -> None:
+    def __init__(
+        self, rt: Runtime, guard: Guard, source: str | None, port: int, wholesale: bool = False
+    ) -> None:
         self.rt, self.bundle = rt, rt.bundle
         self.guard: Guard | None = guard
         self.service, self.source, self.port = guard.service, source, port
+        self.wholesale = wholesale  # allowed wholesale: normalise only
 
     def __call__(self, head: RequestHead) -> tuple[RequestAction, ...]:
         guard = self.guard if self.rt.bundle is self.bundle else self._swapped()
         if guard is None:  # no policy in force any more: as without one
             return _NOTHING
+        if self.wholesale:
+            found = guard.normalise(head.method, head.target)
+            if found is None:
+                return _NOTHING
+            if isinstance(found, str):
+                return (SetTarget(found),)
+            return self._noted(found, head, None, None)
         decision, target, limited = guard.judge(
             self.source,
             self.port,
@@ -221,8 +234,11 @@ class RequestJudge:
         policy any more). Plaintext meets the same one: a service now strict resets it."""
         bundle = self.rt.bundle
         deliver = bundle.local.get(self.service)
-        self.bundle, self.guard = bundle, deliver.guard if deliver is not None else None
-        return self.guard
+        guard = deliver.guard if deliver is not None else None
+        self.bundle, self.guard = bundle, guard
+        if guard is not None:  # still allowed wholesale, or judged from now on
+            self.wholesale = guard.admit(self.source, self.port).decided is not None
+        return guard
 
     def _denied(self, decision: Decision, rid: str) -> Answer:
         body: dict[str, object] = {"decision": "denied"}
@@ -290,6 +306,31 @@ def judge_tcp(rt: Runtime, guard: Guard, source: str | None, port: int) -> str |
         rt.bus.publish(RateLimited(guard.service, limited.rule, limited.retry_after, source, port))
         return f"rate limited by {limited.rule}"
     return None
+
+
+def rejudge(rt: Runtime, service: str, source: str | None, port: int) -> str | None:
+    """A connection relayed as L4 (no request of it is judged) when a push changed the
+    policy: None (it may go on), or why to reset it, its decision published as at accept.
+    As at accept it is judged on its L4 fields; no rate limit is taken again."""
+    deliver = rt.bundle.local.get(service)
+    guard = deliver.guard if deliver is not None else None
+    if guard is None or guard.admit(source, port).decided is not None:
+        return None  # no policy in force, or still allowed wholesale
+    decision = guard.policy.evaluate(Request(service, port, source))
+    if decision.decision == "allow":
+        return None
+    rt.bus.publish(
+        AuthzDecided(
+            service,
+            decision.decision,
+            decision.rule,
+            decision.would_deny,
+            source,
+            port,
+            request_id=request_id(),
+        )
+    )
+    return f"denied by {decision.rule}"
 
 
 def allowed_wholesale(rt: Runtime, service: str, decision: Decision) -> None:

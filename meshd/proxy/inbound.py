@@ -18,7 +18,12 @@ service (a strict one resets plaintext at accept), and a stream or plaintext
 connection the policy does not allow wholesale waits for its first bytes
 (``meshd.proxy.enforce.FirstBytes``) before the app is connected: HTTP gets
 an exchange that judges every request, opaque TCP is judged once and reset
-(RST) when denied or over a connection rate limit. With no policy in force
+(RST) when denied or over a connection rate limit. A peer allowed wholesale
+is connected at once, and its first bytes still looked at: its HTTP requests
+are normalised (§2.3), its opaque TCP relayed. A push that changes the policy
+re-judges every connection relayed as L4 (opened before it, or opaque TCP)
+on its L4 fields and resets (RST) those it no longer allows; HTTP under an
+exchange meets the new policy at its next request. With no policy in force
 none of this runs: a delivery is what it always was.
 """
 
@@ -49,6 +54,7 @@ from meshd.proxy.enforce import (
     RequestJudge,
     allowed_wholesale,
     judge_tcp,
+    rejudge,
     request_id,
     reset_hard,
 )
@@ -86,6 +92,10 @@ class MeshPort:
         self.links: set[Link] = set()
         self.per_peer: Counter[str] = Counter()  # links up per peer host identity
         self.peer_streams: Counter[str] = Counter()  # streams relayed per peer host identity
+        # what a policy push re-judges: streams and plaintext relayed with no request judged
+        self.relayed: dict[Stream, tuple[Link, OpenRequest]] = {}
+        self.plain: set[PlainInbound] = set()
+        self.policy_version = rt.bundle.policy_version
         rt.swapped.append(self.after_swap)
 
     def make_link(self) -> Link:
@@ -183,16 +193,21 @@ class MeshPort:
             ConnectionOpened(INBOUND, request.source, request.service, decision.rule)
         )
         guard = decision.guard
-        if guard is not None:  # under a policy that depends on what comes: look first
+        if guard is not None:  # under a policy: look first
+            wholesale = decision.decided is not None
             stream.http = FirstBytes(
-                lambda kind, held: self._first(link, stream, request, guard, pending, kind, held),
+                lambda kind, held: self._first(
+                    link, stream, request, guard, pending, kind, held, wholesale
+                ),
                 sniff_wait(self.rt),
             )
+            if decision.decided is not None:  # allowed whatever comes: counted once
+                allowed_wholesale(self.rt, request.service, decision.decided)
+                self._connect(stream, decision.port, pending)  # server-first need not wait
             return stream
-        if decision.decided is not None:  # allowed wholesale by the policy: counted once
-            allowed_wholesale(self.rt, request.service, decision.decided)
         if decision.http is not None:  # L7 for this service (an L4 stream skips even the call)
             stream.http = self._exchange(decision.http, request)
+        self.relayed[stream] = (link, request)  # no policy yet: a push re-judges it
         self._connect(stream, decision.port, pending)
         return stream
 
@@ -224,20 +239,24 @@ class MeshPort:
         pending: list[Callable[[], None]],
         kind: Kind,
         held: bytes,
+        wholesale: bool,
     ) -> None:
-        """The stream's first bytes said what it is: judge it, then connect the app."""
+        """The stream's first bytes said what it is: judge it, then connect the app (a peer
+        allowed wholesale is connected already: only its HTTP requests are normalised)."""
         if stream.closed:
             return
         if kind == "http":
-            judge = RequestJudge(self.rt, guard, request.source, request.port)
+            judge = RequestJudge(self.rt, guard, request.source, request.port, wholesale)
             stream.http = self._exchange(judged(guard.http, judge), request)
         else:
-            why = judge_tcp(self.rt, guard, request.source, request.port)
+            why = None if wholesale else judge_tcp(self.rt, guard, request.source, request.port)
             if why is not None:  # the caller's meshd resets its app's connection (RST)
                 link.reset(stream, RST_REFUSED, why)
                 return
             stream.http = self._exchange(guard.http, request) if guard.http else None
-        self._connect(stream, guard.port, pending)
+            self.relayed[stream] = (link, request)
+        if not wholesale:
+            self._connect(stream, guard.port, pending)
         if held:
             stream.replay(held)
 
@@ -260,6 +279,7 @@ class MeshPort:
     ) -> None:
         for cancel in pending:  # still connecting to the app: give its descriptor back now
             cancel()
+        self.relayed.pop(stream, None)
         self.peer_streams[peer] -= 1
         if self.peer_streams[peer] <= 0:
             del self.peer_streams[peer]
@@ -284,6 +304,22 @@ class MeshPort:
         """The running state was swapped (``Runtime.recompile``): follow what changed."""
         self.tear_down_revoked()
         self.goaway_renewed()
+        self.rejudge_relayed()
+
+    def rejudge_relayed(self) -> None:
+        """A swap that changed the policy: every stream and plaintext connection relayed
+        with no request judged meets it now, and is reset (RST) if it no longer may go on."""
+        version = self.rt.bundle.policy_version
+        if version == self.policy_version:
+            return
+        self.policy_version = version
+        rt = self.rt
+        for stream, (link, request) in list(self.relayed.items()):
+            why = rejudge(rt, request.service, request.source, request.port)
+            if why is not None and not stream.closed:  # the caller's app sees an RST
+                link.reset(stream, RST_REFUSED, why)
+        for plain in list(self.plain):
+            plain.rejudge()
 
     def goaway_renewed(self) -> None:
         """GOAWAY on every link made with TLS material other than what meshd runs now.
@@ -318,12 +354,17 @@ class PlainInbound(PipeEnd):
 
     client_side = True  # requests arrive here; the peer is the app
 
-    def __init__(self, rt: Runtime, connector: Connector) -> None:
+    def __init__(
+        self, rt: Runtime, connector: Connector, relayed: set[PlainInbound] | None = None
+    ) -> None:
         super().__init__()
         self.rt = rt
         self.connector = connector
         self.service = ""
+        self.port = 0
         self.opened_at = 0.0
+        # the open relays a policy push re-judges (``MeshPort.plain``); None: not tracked
+        self.relayed = relayed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
@@ -334,22 +375,25 @@ class PlainInbound(PipeEnd):
             self._refuse(transport, dst, decision)
             return
         self.rt.active += 1  # released in _closed
-        self.service = decision.service
+        self.service, self.port = decision.service, decision.port
         self.opened_at = time.monotonic()
         self.on_lost = self._closed
         self.rt.bus.publish(
             ConnectionOpened(INBOUND, UNAUTHENTICATED, decision.service, decision.rule)
         )
         guard = decision.guard
-        if guard is not None:  # under a policy that depends on what comes: look first
+        if guard is not None:  # under a policy: look first
+            wholesale = decision.decided is not None
             self.http = FirstBytes(
-                lambda kind, held: self._first(guard, kind, held), sniff_wait(self.rt)
+                lambda kind, held: self._first(guard, kind, held, wholesale), sniff_wait(self.rt)
             )
+            if decision.decided is not None:  # allowed whatever comes: counted once
+                allowed_wholesale(self.rt, decision.service, decision.decided)
+                self._connect(decision.port)  # a server-first protocol need not wait
             return
-        if decision.decided is not None:  # allowed wholesale by the policy: counted once
-            allowed_wholesale(self.rt, decision.service, decision.decided)
         if decision.http is not None:  # L7 for this service; an L4 relay skips even the call
             self.http = self._exchange(decision.http)
+        self._track()  # no policy yet: a push re-judges it
         self._connect(decision.port)
 
     def _exchange(self, plan: HttpPlan) -> Any:
@@ -370,20 +414,23 @@ class PlainInbound(PipeEnd):
             lambda error: self._unreachable(port, error),
         )
 
-    def _first(self, guard: Guard, kind: Kind, held: bytes) -> None:
-        """The first bytes said what the connection is: judge it, then connect the app."""
+    def _first(self, guard: Guard, kind: Kind, held: bytes, wholesale: bool) -> None:
+        """The first bytes said what the connection is: judge it, then connect the app (a
+        peer allowed wholesale is connected already: only its HTTP requests are normalised)."""
         if self.closed or self.transport is None:
             return
         if kind == "http":
-            judge = RequestJudge(self.rt, guard, None, guard.port)
+            judge = RequestJudge(self.rt, guard, None, guard.port, wholesale)
             self.http = self._exchange(judged(guard.http, judge))
         else:
-            why = judge_tcp(self.rt, guard, None, guard.port)
+            why = None if wholesale else judge_tcp(self.rt, guard, None, guard.port)
             if why is not None:
                 reset_hard(self.transport)
                 return
             self.http = self._exchange(guard.http) if guard.http else None
-        self._connect(guard.port)
+            self._track()
+        if not wholesale:
+            self._connect(guard.port)
         if held:
             self.replay(held)
 
@@ -414,7 +461,20 @@ class PlainInbound(PipeEnd):
             AuthzDecided(service, "reset", refusal.rule, port=port, request_id=request_id())
         )
 
+    def _track(self) -> None:
+        if self.relayed is not None:
+            self.relayed.add(self)
+
+    def rejudge(self) -> None:
+        """The policy changed (``MeshPort.rejudge_relayed``): reset (RST) if it denies us now."""
+        if self.closed or self.transport is None:
+            return
+        if rejudge(self.rt, self.service, None, self.port) is not None:
+            reset_hard(self.transport)
+
     def _closed(self) -> None:
+        if self.relayed is not None:
+            self.relayed.discard(self)
         self.rt.release()
         received = self.peer.bytes_in if self.peer is not None else 0
         self.rt.bus.publish(

@@ -50,6 +50,13 @@ def normalize(method: str, target: str) -> Normalized | Rejected:
     return normalize_target(target)
 
 
+def unchanged(method: str, target: str) -> bool:
+    """Whether ``normalize`` would accept ``method`` and ``target`` as they are, told
+    without allocating (no slice, no result): the whole target, query included, passes
+    the fast path's tests. False only means "ask ``normalize``"."""
+    return method.isupper() and _clean(target, target)
+
+
 def normalize_target(target: str) -> Normalized | Rejected:
     """Steps 1-6 the long way, whatever the target (the fast path must agree with it)."""
     if "#" in target:

@@ -7,6 +7,7 @@ import pytest
 from meshd.policy.decisions import LOCAL_SERVICES, Deliver
 from meshd.policy.guard import Guard
 from meshd.policy.lang.compiled import CompiledPolicy
+from meshd.policy.lang.evaluate import Decision
 from meshd.policy.lang.ratelimit import Buckets, Limited
 from tests.meshd.policy.lang.build import TD, ZERO_TRUST, ZT, allow, document, limit, spiffe
 
@@ -44,14 +45,49 @@ def test_a_connection_is_allowed_wholesale_only_when_nothing_depends_on_the_requ
     if wholesale is None:
         assert admitted is g.inspect and admitted.guard is g
     else:
-        assert admitted.guard is None and admitted.decided is not None
+        assert admitted.guard is g and admitted.decided is not None  # HTTP: normalised
         assert (admitted.rule, admitted.decided.rule, admitted.decided.decision) == (
             wholesale,
             wholesale,
             "allow",
         )
-        assert admitted == Deliver(service, port, wholesale, None, None, admitted.decided)
+        assert admitted == Deliver(service, port, wholesale, None, g, admitted.decided)
     assert g.inspect == Deliver(service, port, LOCAL_SERVICES, None, g)
+
+
+def test_a_peer_allowed_wholesale_still_gets_its_target_normalised() -> None:
+    # zero-trust: api -> db is an L4 allow; an HTTP request "GET /a/%2e%2e/b%2Fc" from api
+    # must not reach db as sent: §2.3 says every HTTP request (review finding F3)
+    g = guard("db", 5432)
+    admitted = g.admit(API, 5432)
+    assert admitted.guard is not None or (admitted.http is not None and admitted.http.hooks), (
+        admitted
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "forward"),
+    [
+        ("GET", "/v1/orders?q=1", None),  # clean: forwarded as it came
+        ("GET", "/a/%2e%2e/b?x=%2F", "/b?x=%2F"),  # the query is left alone
+        ("POST", "/a//./b/", "/a/b/"),
+        ("GET", "/a/%2Fb", "normalize/encoded-slash"),
+        ("GET", "/a/%00", "normalize/encoded-nul"),
+        ("GET", "/a/..;/b", "normalize/dot-segment-with-params"),
+        ("get", "/a", "normalize/method-not-uppercase"),
+        ("GET", "/a#b", "normalize/fragment"),
+    ],
+)
+def test_a_peer_allowed_wholesale_has_its_requests_normalised_only(
+    method: str, target: str, forward: str | None
+) -> None:
+    g = guard("db", 5432)
+    found = g.normalise(method, target)
+    if isinstance(found, Decision):
+        assert (found.decision, found.status, found.rule) == ("bad-request", 400, forward)
+        assert g.normalise(method, target) is found  # one 400 per reason and swap
+    else:
+        assert found == forward
 
 
 @pytest.mark.parametrize(

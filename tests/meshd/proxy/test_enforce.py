@@ -10,11 +10,13 @@ metrics and B's log lines are checked from outside.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import http.client
 import json
 import re
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -333,6 +335,109 @@ def test_the_app_receives_the_normalised_target(setup: Setup) -> None:
     assert setup.app.seen == ["/v1/orders/1", "/v1/~user?q=%2e%2e", "/v1/a/c", "/v1/x%3Ay"]
 
 
+WHOLESALE_WEB = {  # A may use web, whatever it asks: an L4 allow
+    "version": 1,
+    "name": NOW_RULES,
+    "authz": {"default": "deny"},
+    "allow": [{"name": "a-to-web", "from": ["host/a"], "to": "web"}],
+}
+DEFAULT_ALLOW = {"version": 1, "name": NOW_RULES, "authz": {"default": "allow"}}
+
+
+@pytest.mark.parametrize(
+    ("doc", "rule"), [(WHOLESALE_WEB, "t/allow/a-to-web"), (DEFAULT_ALLOW, "t/authz/default")]
+)
+def test_a_peer_allowed_wholesale_still_gets_its_requests_normalised(
+    setup: Setup, doc: dict[str, Any], rule: str
+) -> None:
+    assert setup.push(1, doc)[0] == 200
+    conn = setup.conn()
+    try:
+        assert _get(conn, "/a/%2e%2e/b?x=%2F")[0] == 200
+        status, headers, body = _get(conn, "/a%2Fb")
+        assert (status, headers["x-mesh-rule"]) == (400, "normalize/encoded-slash")
+        assert json.loads(body)["decision"] == "bad-request"
+        for target in ("/a/..;/b", "/a/%00", "/clean?q=1"):  # the same connection goes on
+            assert _get(conn, target)[0] == (200 if target == "/clean?q=1" else 400)
+    finally:
+        conn.close()
+    assert setup.app.seen == ["/b?x=%2F", "/clean?q=1"]
+    allowed = {"service": "web", "decision": "allow", "rule": rule}
+    assert setup.metric("meshd_authz_decisions_total", **allowed) == 1  # once per connection
+    bad = {"service": "web", "decision": "bad-request"}
+    assert setup.metric("meshd_authz_decisions_total", **bad) == 3
+    assert [line["rule"] for line in setup.authz_lines(3)] == [
+        "normalize/encoded-slash",
+        "normalize/dot-segment-with-params",
+        "normalize/encoded-nul",
+    ]
+    assert _tcp(setup) == (b"hello\n" if doc is DEFAULT_ALLOW else ConnectionResetError)
+
+
+def test_a_push_reaches_the_next_request_of_a_connection_allowed_wholesale(setup: Setup) -> None:
+    assert setup.push(1, WHOLESALE_WEB)[0] == 200
+    conn = setup.conn()
+    try:
+        assert _get(conn, "/elsewhere")[0] == 200
+        assert setup.push(2, zero_trust(setup.app.port, setup.echo.port))[0] == 200
+        status, headers, _ = _get(conn, "/elsewhere")  # the same connection: judged now
+        assert (status, headers["x-mesh-rule"]) == (403, "t/authz/default")
+        assert _get(conn, "/v1/orders")[0] == 200
+    finally:
+        conn.close()
+    assert setup.app.seen == ["/elsewhere", "/v1/orders"]
+
+
+def test_a_push_resets_open_tcp_connections_it_denies_and_keeps_the_others(
+    setup: Setup,
+) -> None:
+    def line(s: socket.socket) -> bytes | type[Exception]:
+        try:
+            s.sendall(b"hello\n")
+            return s.recv(100) or EOFError
+        except (ConnectionResetError, BrokenPipeError):
+            return ConnectionResetError
+
+    db = ("127.0.0.1", setup.a.ports["upstream:db"])
+    with (
+        socket.create_connection(db, timeout=10) as before,
+        socket.create_connection(db, timeout=10) as idle,
+    ):
+        assert line(before) == b"hello\n"  # opened before any policy: relayed as L4
+        allow_db = zero_trust(setup.app.port, setup.echo.port)
+        allow_db["allow"].append({"name": "a-to-db", "from": ["host/a"], "to": "db"})
+        assert setup.push(1, allow_db)[0] == 200
+        assert line(before) == b"hello\n"  # still allowed: it keeps flowing
+        with socket.create_connection(db, timeout=10) as during:
+            assert line(during) == b"hello\n"  # allowed wholesale, opaque TCP
+            assert line(idle) == b"hello\n"  # opened before any policy, idle at the push
+            assert setup.push(2, zero_trust(setup.app.port, setup.echo.port))[0] == 200
+            assert line(during) is ConnectionResetError
+        assert line(before) is ConnectionResetError
+        assert line(idle) is ConnectionResetError
+    reset = {"service": "db", "decision": "reset", "rule": "t/authz/default"}
+    assert setup.metric("meshd_authz_decisions_total", **reset) == 3
+    lines = [entry for entry in setup.authz_lines(3) if entry["decision"] == "reset"]
+    assert [(entry["rule"], entry["source"]) for entry in lines] == [
+        ("t/authz/default", "spiffe://t.mesh/host/a")
+    ] * 3
+
+
+def test_a_push_that_still_allows_an_open_tcp_connection_keeps_it(setup: Setup) -> None:
+    db = ("127.0.0.1", setup.a.ports["upstream:db"])
+    allow_db = zero_trust(setup.app.port, setup.echo.port)
+    allow_db["allow"].append({"name": "a-to-db", "from": ["host/a"], "to": "db"})
+    with socket.create_connection(db, timeout=10) as s:
+        s.sendall(b"one\n")
+        assert s.recv(100) == b"one\n"
+        assert setup.push(1, allow_db)[0] == 200
+        allow_db["deny"].append({"name": "no-admin-2", "to": "web", "paths": ["/admin/**"]})
+        assert setup.push(2, allow_db)[0] == 200  # a new version: re-judged, still allowed
+        s.sendall(b"two\n")
+        assert s.recv(100) == b"two\n"
+    assert setup.metric("meshd_authz_decisions_total", decision="reset") == 0
+
+
 def test_an_invalid_policy_is_refused_and_the_previous_one_keeps_running(setup: Setup) -> None:
     assert setup.push(1, zero_trust(setup.app.port, setup.echo.port))[0] == 200
     bad = zero_trust(setup.app.port, setup.echo.port)
@@ -532,6 +637,106 @@ def test_permissive_plaintext_tcp_is_reset_when_denied(
         echo.close()
     assert received is ConnectionResetError  # no allow for opaque TCP: the default denies
     assert echo.peers == []
+
+
+async def _banner(rt: Runtime) -> tuple[bytes, float]:
+    """Connect to a PlainInbound and say nothing: the first line that came, and when."""
+    connector = Connector(5.0)
+    async with anyio.create_task_group() as tg:
+        await tg.start(connector.serve)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: inbound.PlainInbound(rt, connector), "127.0.0.1")
+        started = time.monotonic()
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+        with anyio.fail_after(10):
+            banner = await reader.readline()
+        took = time.monotonic() - started
+        writer.close()
+        server.close()
+        tg.cancel_scope.cancel()
+    return banner, took
+
+
+def test_a_server_first_app_allowed_wholesale_speaks_before_the_first_look_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = socket.create_server(("127.0.0.1", 0))
+    port = app.getsockname()[1]
+
+    def serve() -> None:  # an SMTP-like app: its banner comes first
+        with contextlib.suppress(OSError):
+            conn, _ = app.accept()
+            conn.sendall(b"220 ready\r\n")
+            conn.recv(1)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        rt = _plain_runtime(tmp_path, port, "permissive")
+        doc = {"version": 1, "name": "p", "mtls": {"mode": "permissive"}}
+        doc["allow"] = [{"name": "outside", "from": ["unauthenticated"], "to": "web"}]
+        pushed = wire.PolicyDocument.from_json({"version": 2, "documents": [doc]})
+        rt.policy = AppliedPolicy(2, tuple(wire.load(pushed, TD, dt.datetime.now(dt.UTC))))
+        rt.recompile()
+        monkeypatch.setattr(inbound, "original_dst", lambda sock: ("127.0.0.1", port))
+        banner, took = anyio.run(_banner, rt, backend="asyncio")
+    finally:
+        app.close()
+    assert banner == b"220 ready\r\n"
+    assert took < inbound.sniff_wait(rt) / 2  # not held until the first look gives up
+
+
+def _apply(rt: Runtime, version: int, allow: list[dict[str, Any]]) -> None:
+    """Push (in process) a permissive policy with the ``allow`` rules to ``rt``."""
+    doc = {"version": 1, "name": "p", "mtls": {"mode": "permissive"}, "allow": allow}
+    doc["authz"] = {"default": "deny"}
+    pushed = wire.PolicyDocument.from_json({"version": version, "documents": [doc]})
+    rt.policy = AppliedPolicy(version, tuple(wire.load(pushed, TD, dt.datetime.now(dt.UTC))))
+    rt.recompile()
+
+
+async def _plain_pushed(rt: Runtime) -> list[bytes | type[Exception]]:
+    """One plaintext TCP connection through a PlainInbound a MeshPort tracks: a line echoed,
+    then pushes (v2 still allowing, v3 denying), a line after each; what came back each time."""
+    connector = Connector(5.0)
+    got: list[bytes | type[Exception]] = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(connector.serve)
+        mesh = inbound.MeshPort(rt, connector)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: inbound.PlainInbound(rt, connector, mesh.plain), "127.0.0.1"
+        )
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+        outside = [{"name": "outside", "from": ["unauthenticated"], "to": "web"}]
+        for push in (None, 2, 3):
+            if push is not None:
+                _apply(rt, push, outside if push == 2 else [])
+            writer.write(b"\x00\x01binary\n")
+            try:
+                with anyio.fail_after(10):
+                    got.append(await reader.readline() or EOFError)
+            except ConnectionResetError:
+                got.append(ConnectionResetError)
+        writer.close()
+        server.close()
+        tg.cancel_scope.cancel()
+    return got
+
+
+def test_a_push_resets_open_plaintext_tcp_it_denies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    echo = EchoServer()
+    try:
+        rt = _plain_runtime(tmp_path, echo.port, "permissive")
+        _apply(rt, 1, [{"name": "outside", "from": ["unauthenticated"], "to": "web"}])
+        monkeypatch.setattr(inbound, "original_dst", lambda sock: ("127.0.0.1", echo.port))
+        got = anyio.run(_plain_pushed, rt, backend="asyncio")
+    finally:
+        echo.close()
+    line = b"\x00\x01binary\n"
+    assert got == [line, line, ConnectionResetError]  # allowed at 1 and 2, denied at 3
 
 
 def test_a_push_reaches_the_next_request_of_a_kept_alive_connection(setup: Setup) -> None:

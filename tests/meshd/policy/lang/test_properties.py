@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from meshd.policy.lang.compiled import CompiledPolicy
 from meshd.policy.lang.evaluate import Decision, Request
 from meshd.policy.lang.model import Document, RateLimit, Rule, Selector
-from meshd.policy.lang.normalize import Normalized, normalize, normalize_target
+from meshd.policy.lang.normalize import Normalized, normalize, normalize_target, unchanged
 from tests.meshd.policy.lang.build import TD, document, limit, selector, spiffe
 
 SERVICES = ["api", "db"]
@@ -284,3 +284,18 @@ def test_normalised_paths_are_fixed_points(pieces: list[str]) -> None:
 def test_fast_path_agrees_with_the_long_way(text: str, rooted: bool) -> None:
     target = "/" + text if rooted else text
     assert normalize("GET", target) == normalize_target(target)
+
+
+@settings(max_examples=500)
+@given(
+    st.sampled_from(["GET", "POST", "M-SEARCH", "get", "Get", "GET2"]),
+    st.text(st.characters(min_codepoint=0, max_codepoint=0x80), max_size=12),
+    st.booleans(),
+)
+def test_unchanged_only_says_so_of_targets_normalize_forwards_as_they_are(
+    method: str, text: str, rooted: bool
+) -> None:
+    target = "/" + text if rooted else text
+    if unchanged(method, target):
+        result = normalize(method, target)
+        assert isinstance(result, Normalized) and result.target == target
