@@ -288,7 +288,9 @@ def explain(
         typer.Option(help="the service port (default: its port in hosts.toml, if it has one)"),
     ] = None,
     method: Annotated[str, typer.Option(help="the HTTP method")] = "GET",
-    path: Annotated[str, typer.Option(help="the raw request target, normalised as meshd would")] = "/",
+    path: Annotated[
+        str, typer.Option(help="the raw request target, normalised as meshd would")
+    ] = "/",
     headers: Annotated[
         list[str] | None, typer.Option("--header", help='"name: value" (repeat)')
     ] = None,
@@ -325,9 +327,7 @@ def explain(
     version = (policies.recorded_version(ws) or 0) if ws and not paths else 0
     policy = CompiledPolicy.compile(documents, mesh_domain, version)
     pairs = tuple(parse_header(h) for h in headers or ())
-    decision = explain_request(
-        policy, service, port, peer, None if tcp else method, path, pairs
-    )
+    decision = explain_request(policy, service, port, peer, None if tcp else method, path, pairs)
     if json_out:
         actx.print_json(decision_json(decision))
         return
@@ -375,8 +375,10 @@ def service_port(ws: Workspace | None, service: str) -> int:
             ports |= {s.port for s in host.services if s.name == service}
     if len(ports) == 1:
         return ports.pop()
-    known = f"{service} has ports {', '.join(map(str, sorted(ports)))}" if ports else (
-        f"hosts.toml has no service {service}"
+    known = (
+        f"{service} has ports {', '.join(map(str, sorted(ports)))}"
+        if ports
+        else (f"hosts.toml has no service {service}")
     )
     raise typer.BadParameter(f"--port is needed: {known}", param_hint="--port")
 

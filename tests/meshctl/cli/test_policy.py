@@ -14,19 +14,19 @@ from tests.meshctl.cli.helpers import meshctl
 EXAMPLES = Path(__file__).parents[2] / "meshd" / "policy" / "lang" / "examples"
 ZERO_TRUST = str(EXAMPLES / "zero-trust.toml")
 
+WEB_TO_API = ["--from", "web", "--to", "api", "--port", "8080"]
 # POLICY.md §3.1: request -> (decision, status, rule, would_deny)
 DECISIONS = [
     (
-        ["--from", "web", "--to", "api", "--port", "8080", "--path", "/v1/orders"],
+        [*WEB_TO_API, "--path", "/v1/orders"],
         ("allow", None, "zero-trust/allow/web-to-api", []),
     ),
     (
-        ["--from", "web", "--to", "api", "--port", "8080", "--path", "/v1/admin/users"],
+        [*WEB_TO_API, "--path", "/v1/admin/users"],
         ("deny", 403, "zero-trust/deny/no-admin-from-web", []),
     ),
     (
-        ["--from", "web", "--to", "api", "--port", "8080", "--method", "DELETE"]
-        + ["--path", "/v1/orders/1"],
+        [*WEB_TO_API, "--method", "DELETE", "--path", "/v1/orders/1"],
         ("allow", None, "zero-trust/allow/web-to-api", ["zero-trust/deny/retire-web-deletes"]),
     ),
     (
@@ -118,9 +118,8 @@ def test_validate_reports_every_problem_with_line_and_field(tmp_path: Path) -> N
     done = meshctl("policy", "validate", str(bad), str(good), "--json", env=env)
     assert done.code == 2, done.out + done.err
     problems = json.loads(done.out)["problems"]
-    assert all(
-        set(p) == {"file", "line", "code", "field", "message", "severity"} for p in problems
-    )
+    keys = {"file", "line", "code", "field", "message", "severity"}
+    assert all(set(p) == keys for p in problems)
     found = [(p["file"], p["line"], p["code"], p["field"]) for p in problems]
     assert found == [
         (str(bad), 2, "P006", "name"),
