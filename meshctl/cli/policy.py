@@ -54,7 +54,9 @@ FilesOption = Annotated[
     list[Path] | None,
     typer.Option("--file", "-f", help="a policy file (repeat, or list them after -f)", **_FILE),
 ]
-MoreFiles = Annotated[list[Path] | None, typer.Argument(hidden=True, **_FILE)]
+MoreFiles = Annotated[  # -f a.toml b.toml: the files after the first
+    list[Path] | None, typer.Argument(metavar="[FILE]...", hidden=True, **_FILE)
+]
 
 
 # -- validate

@@ -326,3 +326,54 @@ def test_explain_against_the_applied_set_takes_the_port_from_the_inventory(
     }
     unknown = mesh.meshctl("policy", "explain", "--from", "web", "--to", "nosuch")
     assert unknown.code == 2 and "--port is needed" in unknown.err
+
+
+TENANT = """\
+version = 1
+name = "tenant"
+trust_domain = "prod.example"
+
+[[allow]]
+name = "acme-only"
+from = ["*"]
+to = "api"
+headers = { "x-tenant" = "acme" }
+"""
+
+
+@pytest.mark.parametrize(
+    ("headers", "rule"),
+    [
+        (["x-tenant: acme"], "tenant/allow/acme-only"),
+        (["X-Tenant:acme"], "tenant/allow/acme-only"),  # names match in any case
+        (["x-tenant: acme", "x-tenant: acme"], "builtin/authz/default"),  # joined: "acme,acme"
+        ([], "builtin/authz/default"),
+    ],
+)
+def test_explain_passes_headers_as_received(tmp_path: Path, headers: list[str], rule: str) -> None:
+    policy = tmp_path / "tenant.toml"
+    policy.write_text(TENANT)
+    flags = [f for h in headers for f in ("--header", h)]
+    done = meshctl(
+        "policy", "explain", "--from", "host/web1", "--to", "api", "--port", "80", *flags,
+        "-f", str(policy), "--json", env=_no_workspace(tmp_path),
+    )  # fmt: skip
+    assert done.code == 0, done.out + done.err
+    assert json.loads(done.out)["rule"] == rule
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--from", "web", "--header", "no-colon"], "write it as 'name: value'"),
+        (["--from", "svc/a/b"], "use a service name, host/NAME, a SPIFFE ID"),
+        (["--from", "Web"], "invalid svc name 'Web'"),
+    ],
+)
+def test_explain_refuses_bad_options(tmp_path: Path, args: list[str], message: str) -> None:
+    env = _no_workspace(tmp_path)
+    done = meshctl(
+        "policy", "explain", "--to", "api", "--port", "80", *args, "-f", ZERO_TRUST, env=env
+    )
+    assert done.code != 0
+    assert message in done.err
