@@ -229,3 +229,40 @@ def test_list_show_diff_and_delete(tmp_path: Path) -> None:
     assert "no policy document is left" in last.out
     assert at(mesh, "api1").policy == {"version": 4, "documents": []}
     assert mesh.meshctl("policy", "list", "--json").json()["documents"] == []
+
+
+PERMISSIVE = """\
+version = 1
+name = "legacy"
+
+[mtls.services]
+db = "permissive"
+"""
+
+
+def test_apply_and_status_warn_while_a_service_is_permissive(tmp_path: Path) -> None:
+    mesh = fleet(tmp_path, "db1")
+    policy = tmp_path / "legacy.toml"
+    policy.write_text(PERMISSIVE)
+    done = mesh.meshctl("policy", "apply", "-f", str(policy))
+    assert done.code == 0, done.out + done.err
+    said = "service db runs permissive mTLS (legacy/mtls/services/db)"
+    assert f"warning: {said}" in done.err
+    assert any(said in n for n in mesh.meshctl("status", "--json").json()["policy"]["notes"])
+    assert mesh.meshctl("policy", "delete", "legacy").code == 0
+    assert not any(
+        "permissive" in n for n in mesh.meshctl("status", "--json").json()["policy"]["notes"]
+    )
+
+
+def test_join_with_a_broken_applied_set_fails_the_host_naming_the_file(tmp_path: Path) -> None:
+    mesh = fleet(tmp_path, "web1")
+    broken = mesh.ws.root / "policies" / "broken.toml"
+    broken.write_text('version = 1\nname = "broken"\n[authz]\ndefault = "permit"\n')
+    joined = mesh.meshctl("join", "api1", "--json")
+    assert joined.code != 0, joined.out + joined.err
+    row = joined.rows()["api1"]
+    assert row["status"] == "failed"
+    assert f"{broken}:4: error[P008] authz.default" in row["error"]["message"]
+    assert at(mesh, "api1").policy is None and at(mesh, "api1").active == "active"
+    assert mesh.meshctl("policy", "list").code == 6  # PolicyError, naming the file too
