@@ -69,6 +69,15 @@ class PipeEnd(asyncio.Protocol):
                 return
         self._pass(data)
 
+    def replay(self, data: bytes) -> None:
+        """Bytes the client sent that were held back (a first look) and counted then."""
+        http = self.http
+        verdict = True if http is None else http.request_bytes(data)
+        if verdict is True:
+            self._pass(data)
+        else:
+            self._http(verdict, data)
+
     def _pass(self, data: bytes) -> None:
         """Write ``data`` to the other side, or keep it (and stop reading) until it is there."""
         peer = self.peer
@@ -89,6 +98,8 @@ class PipeEnd(asyncio.Protocol):
         for action in verdict:
             if isinstance(action, Send):
                 self._pass(action.data)
+            elif isinstance(action, Answer) and action.keep_alive:
+                self._answer(action)
             elif isinstance(action, Answer | Close):
                 self._end(action)
                 return
@@ -99,6 +110,12 @@ class PipeEnd(asyncio.Protocol):
         self.http = None
         if self.peer is not None:
             self.peer.http = None
+
+    def _answer(self, answer: Answer) -> None:
+        """Answer the client and go on with its next request."""
+        client = self if self.client_side else self.peer
+        if client is not None and client.transport is not None:
+            client.transport.write(answer.encode())
 
     def _end(self, action: Answer | Close) -> None:
         """Answer the client (then close), or close both ends at once."""
