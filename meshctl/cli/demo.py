@@ -15,6 +15,7 @@ from meshctl.cli import policy as policy_cli
 from meshctl.cli.common import finish, make_rollout
 from meshctl.cli.context import AppContext, app_context
 from meshctl.cli.explain import service_port
+from meshctl.cli.join import _policy_on_the_way  # the very step of `meshctl join`
 from meshctl.control import push_registry
 from meshctl.fleet import SshOptions, parallel
 from meshctl.provision import rollout
@@ -102,7 +103,8 @@ def _up(ctx: typer.Context, actx: AppContext, root: Path, tb: Testbed) -> None:
     ro.progress = lambda host, what: say(f"    {escape(host)}: {escape(what)}")
     outcomes = rollout.join(ro, list(inventory.hosts), dry_run=False)
     pushes = [p for p in push_outcomes(push_registry(ro, state.joined(ws))) if not p.ok]
-    finish(actx, "join", outcomes + pushes, json_out=False)
+    # as `meshctl join` does: the workspace's policies/mesh.toml (default allow) goes along
+    finish(actx, "join", _policy_on_the_way(ro, outcomes + pushes), json_out=False)
     say("[bold]5/6[/] sending traffic web -> api -> db")
     _traffic(actx, ro, ws)
     files = " ".join(str(p.relative_to(demo.EXAMPLES.parent.parent)) for p in demo.POLICY_FILES)
