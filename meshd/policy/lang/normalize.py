@@ -47,8 +47,15 @@ def normalize(method: str, target: str) -> Normalized | Rejected:
     path = target if cut < 0 else target[:cut]
     if _clean(target, path):
         return Normalized(path, target)
+    return normalize_target(target)
+
+
+def normalize_target(target: str) -> Normalized | Rejected:
+    """Steps 1-6 the long way, whatever the target (the fast path must agree with it)."""
     if "#" in target:
         return Rejected("fragment")
+    cut = target.find("?")
+    path = target if cut < 0 else target[:cut]
     if not path.startswith("/"):
         return Rejected("not-origin-form")
     problem = _scan(path)
