@@ -36,6 +36,11 @@ from meshd.policy.lang.model import Document
 from meshd.policy.lang.problems import Problem, errors
 
 INVALID = ExitCode.USAGE  # invalid policy input exits 2 (POLICY.md §2.12)
+OWNED_HINT = (
+    "a setting has one owner in the applied set: change it in the document that sets it "
+    "(meshctl policy show NAME), or drop it there; a fresh mesh's policies/mesh.toml sets "
+    'authz.default, so go zero-trust by setting default = "deny" in it'
+)
 
 app = typer.Typer(
     help="Policy documents: who may call which service, how (POLICY.md).",
@@ -206,9 +211,7 @@ def show(
     """
     actx = app_context(ctx)
     ws = actx.workspace()
-    path = policies.path_of(ws, name)
-    if not path.is_file():
-        policies.remove(ws, name)  # raises, naming the applied documents
+    path = policies.existing(ws, name)
     actx.out.print(path.read_text(), markup=False, highlight=False, end="")
 
 
@@ -318,3 +321,5 @@ def show_problems(
     if problems or not quiet:
         colour = "red" if errors(problems) else "yellow" if problems else "green"
         actx.err.print(f"[{colour}]{problems_summary(problems, files)}[/]")
+    if any(p.code == "P040" for p in problems):
+        actx.err.print(f"[yellow]hint:[/] {escape(OWNED_HINT)}", soft_wrap=True)

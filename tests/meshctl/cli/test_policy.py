@@ -185,6 +185,9 @@ def test_apply_refuses_a_setting_another_document_owns(tmp_path: Path) -> None:
         "authz.default",
     )
     assert "mesh" in problem["message"]
+    text = mesh.meshctl("policy", "apply", "-f", ZERO_TRUST)
+    assert 'already set by document "mesh"' in text.out
+    assert "hint: a setting has one owner in the applied set" in text.err
     assert mesh.requests == []
     assert not (mesh.ws.root / "policies" / "zero-trust.toml").exists()
 
@@ -202,7 +205,12 @@ def test_list_show_diff_and_delete(tmp_path: Path) -> None:
     ]
     shown = mesh.meshctl("policy", "show", "web-api")
     assert (shown.code, shown.out) == (0, WEB_API)
-    assert mesh.meshctl("policy", "show", "nope").code != 0
+    assert mesh.meshctl("policy", "show", "nope").code == 6
+    assert mesh.meshctl("policy", "show", "../mesh").code == 6  # no path out of policies/
+    assert "no applied policy document named '../hosts'" in (
+        mesh.meshctl("policy", "delete", "../hosts").err
+    )
+    assert (mesh.ws.root / "hosts.toml").exists()
 
     changed = WEB_API.replace('["GET"]', '["GET", "POST"]') + (
         '\n[[deny]]\nname = "no-admin"\nfrom = ["web"]\nto = "api"\npaths = ["/admin/**"]\n'
