@@ -10,11 +10,15 @@ HTTP steps on each request head (normalise, authz, rate limit) and ``tcp``
 the opaque-TCP ones at accept (authz on L4 fields, connection rate limit).
 
 Pure: the token buckets and ``now`` are passed in; nothing here reads a
-clock or touches a socket. Where no rule of the service looks at headers,
-a judgement depends only on (source, port, method, target), and is
-remembered (bounded: short targets, at most ``MAX_JUDGED``, forgotten all at
-once when full): a keep-alive client asking for the same targets again
-costs a dictionary lookup, not a normalisation and an evaluation.
+clock or touches a socket. Where no rule that can match a peer on a port
+(its denies, audits, allows and rate limits, as the evaluator's per-peer
+view has them) looks at headers, a judgement of that peer's request depends
+only on its method and target, and is remembered per (source, port)
+(bounded: short targets, at most ``MAX_JUDGED`` over every peer, forgotten
+all at once when full; a swap compiles a new guard, so nothing outlives
+its policy): a keep-alive client asking for the same targets again costs a
+dictionary lookup, not a normalisation and an evaluation, even when the
+service has header rules for other peers.
 """
 
 from __future__ import annotations
@@ -27,11 +31,13 @@ from meshd.policy.lang.ratelimit import Buckets, Limited
 from meshd.proxy.http.plan import HttpPlan
 
 MAX_ADMITTED = 4096  # (source, port) prejudges kept per service and swap; then forgotten
-MAX_JUDGED = 4096  # judgements kept per service and swap; then forgotten
+MAX_JUDGED = 4096  # judgements kept per service and swap, over every peer; then forgotten
+MAX_PEERS = 4096  # (source, port) memos kept per service and swap; then forgotten
 MAX_JUDGED_TARGET = 256  # longer targets are judged every time (a peer could fill memory)
 
 Judged = tuple[Decision, str | None, Limited | None]  # decision, target to forward, 429
 Remembered = tuple[Decision, str | None, tuple[RateLimit, ...]]  # ..., the limits to take
+Memo = dict[tuple[str, str], Remembered]  # one peer on one port: by (method, target)
 
 
 class Guard:
@@ -40,6 +46,7 @@ class Guard:
     __slots__ = (
         "_admitted",
         "_judged",
+        "_memos",
         "_rejected",
         "events",
         "http",
@@ -57,12 +64,10 @@ class Guard:
         self.inspect = Deliver(service, port, LOCAL_SERVICES, None, self)
         self._admitted: dict[tuple[str | None, int], Deliver] = {}
         self._rejected: dict[str, Decision] = {}
-        headers = [m.headers for m in (*policy.denies, *policy.audits, *policy.allows)]
-        headers += [m.headers for m, _ in policy.limits]
-        # None: some rule looks at headers, so a judgement cannot be remembered by target
-        self._judged: dict[tuple[str | None, int, str, str], Remembered] | None = (
-            {} if all(h is None for h in headers) else None
-        )
+        # per (source, port): its judgements by (method, target), or None where a rule that
+        # can match that peer on that port reads headers (then every request is judged)
+        self._memos: dict[tuple[str | None, int], Memo | None] = {}
+        self._judged = 0  # judgements remembered over every memo
         # the proxy's values made once per rule and swap (the shared events of allows)
         self.events: dict[str, object] = {}
 
@@ -94,20 +99,46 @@ class Guard:
     ) -> Judged:
         """One HTTP request: its decision, the target to forward when normalising changed it
         (else None), and the 429 when a rate limit refuses it (authz allowed it then)."""
-        judged = self._judged
-        if judged is None or len(target) > MAX_JUDGED_TARGET:
+        memo = self._memos.get((source, port))
+        if memo is None:
+            memo = self._memo(source, port)
+        if memo is None or len(target) > MAX_JUDGED_TARGET:
             decision, forward, limits = self._judge(source, port, method, target, headers)
         else:
-            key = (source, port, method, target)
-            found = judged.get(key)
+            key = (method, target)
+            found = memo.get(key)
             if found is None:
-                if len(judged) >= MAX_JUDGED:
-                    judged.clear()
-                found = judged[key] = self._judge(source, port, method, target, headers)
+                found = self._judge(source, port, method, target, headers)
+                if self._judged >= MAX_JUDGED:
+                    self._forget()
+                    memo = self._memo(source, port)
+                if memo is not None:  # always: the peer's view did not change
+                    memo[key] = found
+                    self._judged += 1
             decision, forward, limits = found
         if not limits:
             return decision, forward, None
         return decision, forward, buckets.take(limits, self.service, source, now)
+
+    def _memo(self, source: str | None, port: int) -> Memo | None:
+        """The memo of this peer on this port, made on first use; None: not remembered."""
+        memos = self._memos
+        key = (source, port)
+        if key in memos:
+            return memos[key]
+        if len(memos) >= MAX_PEERS:
+            self._forget()
+        memo: Memo | None = None if self.policy.reads_headers(source, port) else {}
+        memos[key] = memo
+        return memo
+
+    def remembered(self) -> int:
+        """How many judgements are remembered, over every peer (for tests and stats)."""
+        return sum(len(m) for m in self._memos.values() if m is not None)
+
+    def _forget(self) -> None:
+        self._memos.clear()
+        self._judged = 0
 
     def _judge(
         self,
