@@ -27,16 +27,17 @@ from meshd.policy.decisions import LOCAL_SERVICES, Deliver
 from meshd.policy.lang.evaluate import Decision, Request, ServicePolicy, bad_request
 from meshd.policy.lang.model import RateLimit
 from meshd.policy.lang.normalize import Rejected, normalize
-from meshd.policy.lang.ratelimit import Buckets, Limited
+from meshd.policy.lang.ratelimit import Buckets, Limited, Take
 from meshd.proxy.http.plan import HttpPlan
 
 MAX_ADMITTED = 4096  # (source, port) prejudges kept per service and swap; then forgotten
 MAX_JUDGED = 4096  # judgements kept per service and swap, over every peer; then forgotten
 MAX_PEERS = 4096  # (source, port) memos kept per service and swap; then forgotten
+MAX_TAKES = 256  # distinct sets of rate limits kept per service and swap; then forgotten
 MAX_JUDGED_TARGET = 256  # longer targets are judged every time (a peer could fill memory)
 
 Judged = tuple[Decision, str | None, Limited | None]  # decision, target to forward, 429
-Remembered = tuple[Decision, str | None, tuple[RateLimit, ...]]  # ..., the limits to take
+Remembered = tuple[Decision, str | None, Take | None]  # ..., the tokens to take (None: none)
 Memo = dict[tuple[str, str], Remembered]  # one peer on one port: by (method, target)
 
 
@@ -48,6 +49,7 @@ class Guard:
         "_judged",
         "_memos",
         "_rejected",
+        "_takes",
         "events",
         "http",
         "inspect",
@@ -68,6 +70,8 @@ class Guard:
         # can match that peer on that port reads headers (then every request is judged)
         self._memos: dict[tuple[str | None, int], Memo | None] = {}
         self._judged = 0  # judgements remembered over every memo
+        # the rate limits a judgement takes from, by their ids: shared buckets resolved once
+        self._takes: dict[tuple[str, ...], Take] = {}
         # the proxy's values made once per rule and swap (the shared events of allows)
         self.events: dict[str, object] = {}
 
@@ -103,7 +107,7 @@ class Guard:
         if memo is None:
             memo = self._memo(source, port)
         if memo is None or len(target) > MAX_JUDGED_TARGET:
-            decision, forward, limits = self._judge(source, port, method, target, headers)
+            decision, forward, take = self._judge(source, port, method, target, headers)
         else:
             key = (method, target)
             found = memo.get(key)
@@ -115,10 +119,10 @@ class Guard:
                 if memo is not None:  # always: the peer's view did not change
                     memo[key] = found
                     self._judged += 1
-            decision, forward, limits = found
-        if not limits:
+            decision, forward, take = found
+        if take is None:
             return decision, forward, None
-        return decision, forward, buckets.take(limits, self.service, source, now)
+        return decision, forward, take(buckets, source, now)
 
     def _memo(self, source: str | None, port: int) -> Memo | None:
         """The memo of this peer on this port, made on first use; None: not remembered."""
@@ -151,13 +155,25 @@ class Guard:
         """Normalise and evaluate: the decision, the target to forward, the limits to take."""
         normalized = normalize(method, target)
         if isinstance(normalized, Rejected):
-            return self._bad_request(normalized), None, ()
+            return self._bad_request(normalized), None, None
         request = Request(self.service, port, source, method, normalized.path, headers)
         decision = self.policy.evaluate(request)
         forward = normalized.target if normalized.target != target else None
         if decision.decision != "allow" or not self.policy.limits:
-            return decision, forward, ()
-        return decision, forward, self.policy.rate_limits(request)
+            return decision, forward, None
+        return decision, forward, self._take(self.policy.rate_limits(request))
+
+    def _take(self, limits: tuple[RateLimit, ...]) -> Take | None:
+        """The one ``Take`` of these limits in this guard (None: no limit applies)."""
+        if not limits:
+            return None
+        key = tuple(limit.id for limit in limits)
+        take = self._takes.get(key)
+        if take is None:
+            if len(self._takes) >= MAX_TAKES:
+                self._takes.clear()
+            take = self._takes[key] = Take(limits, self.service)
+        return take
 
     def tcp(
         self, source: str | None, port: int, now: float, buckets: Buckets
