@@ -72,7 +72,7 @@ class Guard:
         self._judged = 0  # judgements remembered over every memo
         # the rate limits a judgement takes from, by their ids: shared buckets resolved once
         self._takes: dict[tuple[str, ...], Take] = {}
-        # the proxy's values made once per rule and swap (the shared events of allows)
+        # the proxy's values made once per rule and swap (the tallies of allows)
         self.events: dict[str, object] = {}
 
     def admit(self, source: str | None, port: int) -> Deliver:
