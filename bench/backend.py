@@ -10,6 +10,7 @@ from pathlib import Path
 from common import (
     ID_A,
     ID_B,
+    ID_OPERATOR,
     ID_WEB,
     LOADGEN_CPU,
     LOCAL,
@@ -32,10 +33,12 @@ class Pki:
     b_cert: Path
     b_key: Path
     b_combined: Path
+    operator_cert: Path  # the admin API's client, as meshctl's operator identity
+    operator_key: Path
 
 
 def make_pki(workdir: Path) -> Pki:
-    """A mesh CA and leaf certs for host a and host b (+ svc web), ECDSA P-256."""
+    """A mesh CA and leaf certs for host a and host b (+ svc web) and an operator, ECDSA P-256."""
     from meshctl.ca import create_ca, sign_csr  # noqa: PLC0415 - needs the project venv
     from meshd.files import write_private  # noqa: PLC0415
     from meshd.identity import SpiffeId  # noqa: PLC0415
@@ -46,17 +49,18 @@ def make_pki(workdir: Path) -> Pki:
     bundle = workdir / "bundle.pem"
     bundle.write_bytes(cert_pem(ca.root.cert))
     paths: dict[str, Path] = {}
-    for host, ids in (("a", [ID_A]), ("b", [ID_B, ID_WEB])):
+    for host, ids in (("a", [ID_A]), ("b", [ID_B, ID_WEB]), ("operator", [ID_OPERATOR])):
         spiffe = [SpiffeId.parse(i) for i in ids]
         key = generate_key()
         leaf = sign_csr(build_csr(key, spiffe), spiffe, ca.issuing, now, dt.timedelta(days=1))
         chain = cert_pem(leaf, ca.issuing.cert)
         paths[f"{host}_cert"] = workdir / f"{host}.pem"
         paths[f"{host}_key"] = workdir / f"{host}.key"
-        paths[f"{host}_combined"] = workdir / f"{host}-haproxy.pem"
         paths[f"{host}_cert"].write_bytes(chain)
         write_private(paths[f"{host}_key"], private_pem(key))
-        write_private(paths[f"{host}_combined"], chain + private_pem(key))
+        if host != "operator":
+            paths[f"{host}_combined"] = workdir / f"{host}-haproxy.pem"
+            write_private(paths[f"{host}_combined"], chain + private_pem(key))
     return Pki(bundle=bundle, **paths)
 
 

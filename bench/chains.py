@@ -24,6 +24,7 @@ from common import (
     TRUST_DOMAIN,
     ChainError,
 )
+from policy import push_policy
 from procs import Ports, Proc, Processes, find_binary, wait_port
 
 # ---------------------------------------------------------------- chains
@@ -288,11 +289,14 @@ def start_envoy(ctx: Ctx) -> Running:
     return Running(port_a, started)
 
 
-def meshd_configs(ctx: Ctx, mesh_port: int, upstream: int) -> tuple[str, str, str]:
-    """meshd A's and B's config files and the registry they share."""
+def meshd_configs(
+    ctx: Ctx, mesh_port: int, upstream: int, admin_b: int = 0
+) -> tuple[str, str, str]:
+    """meshd A's and B's config files and the registry they share; ``admin_b``: B's admin
+    port (0: any, unused)."""
     pki = ctx.pki
 
-    def head(host: str, cert: Path, key: Path, mesh: str) -> str:
+    def head(host: str, cert: Path, key: Path, mesh: str, admin: int = 0) -> str:
         return f"""\
 [identity]
 host = "{host}"
@@ -305,7 +309,7 @@ bundle = "{pki.bundle.name}"
 outbound = "{LOCAL}:0"
 inbound = "{LOCAL}:0"
 mesh = "{mesh}"
-admin = "{LOCAL}:0"
+admin = "{LOCAL}:{admin}"
 admin_socket = ""
 
 [mesh]
@@ -316,7 +320,7 @@ registry = "registry.json"
 level = "warning"
 """
 
-    config_b = head("b", pki.b_cert, pki.b_key, f"{LOCAL}:{mesh_port}") + (
+    config_b = head("b", pki.b_cert, pki.b_key, f"{LOCAL}:{mesh_port}", admin_b) + (
         f'\n[[services]]\nname = "web"\nport = {ctx.backend}\n'
     )
     config_a = head("a", pki.a_cert, pki.a_key, f"{LOCAL}:0") + (
@@ -337,21 +341,35 @@ def meshd_binary() -> Path:
     raise ChainError("meshd console script not found: install the project into .venv")
 
 
-def start_meshd(ctx: Ctx) -> Running:
+def start_meshd(ctx: Ctx, name: str = "meshd", admin_b: int = 0) -> Running:
+    """meshd A and B as chain ``name`` (its files and processes are named after it)."""
     meshd = ctx.meshd or meshd_binary()
     w = ctx.procs.workdir
     mesh_port, upstream = ctx.ports.take(), ctx.ports.take()
-    config_a, config_b, registry = meshd_configs(ctx, mesh_port, upstream)
-    (w / "meshd-a.toml").write_text(config_a)
-    (w / "meshd-b.toml").write_text(config_b)
-    (w / "registry.json").write_text(registry)
+    config_a, config_b, registry = meshd_configs(ctx, mesh_port, upstream, admin_b)
+    registry_file = "registry.json" if name == "meshd" else f"{name}-registry.json"
+    (w / f"{name}-a.toml").write_text(config_a.replace('"registry.json"', f'"{registry_file}"'))
+    (w / f"{name}-b.toml").write_text(config_b.replace('"registry.json"', f'"{registry_file}"'))
+    (w / registry_file).write_text(registry)
     started: list[Proc] = []
     for role, port in (("b", mesh_port), ("a", upstream)):
-        argv = [str(meshd), "run", "--config", str(w / f"meshd-{role}.toml")]
-        proc = ctx.procs.start(f"meshd-{role}", argv, PROXY_CPU)
+        argv = [str(meshd), "run", "--config", str(w / f"{name}-{role}.toml")]
+        proc = ctx.procs.start(f"{name}-{role}", argv, PROXY_CPU)
         started.append(proc)
         wait_port(port, started)
     return Running(upstream, started)
+
+
+def start_meshd_policy(ctx: Ctx) -> Running:
+    """The meshd chain, and bench/policy.py's policy pushed to B and seen in force."""
+    admin = ctx.ports.take()
+    running = start_meshd(ctx, "meshd-policy", admin)
+    try:
+        push_policy(ctx.pki, admin, ctx.backend, running.port)
+    except ChainError:
+        ctx.procs.stop(running.procs)
+        raise
+    return running
 
 
 def start_floor(ctx: Ctx) -> Running:
@@ -387,5 +405,9 @@ def chains() -> list[Chain]:
         ),
         Chain("envoy", "tcp_proxy, H2 CONNECT tunnel", SCENARIOS, start_envoy),
         Chain("meshd", "upstream listener, mTLS link", SCENARIOS, start_meshd),
+        Chain(
+            "meshd-policy", "meshd + 205 rules over 50 services, L7 on web", SCENARIOS,
+            start_meshd_policy,
+        ),
         Chain("python-floor", "bench/floor.py: meshd's link, no features", SCENARIOS, start_floor),
     ]  # fmt: skip

@@ -16,6 +16,7 @@ TRUST_DOMAIN = "bench.mesh"
 ID_A = f"spiffe://{TRUST_DOMAIN}/host/a"
 ID_B = f"spiffe://{TRUST_DOMAIN}/host/b"
 ID_WEB = f"spiffe://{TRUST_DOMAIN}/svc/web"
+ID_OPERATOR = f"spiffe://{TRUST_DOMAIN}/operator/bench"  # the admin API's client (meshd-policy)
 SMALL_PATH = "/small"
 SMALL_BODY = 1024  # bytes of the response body in scenarios a, b, c
 MIB = 1024 * 1024

@@ -171,6 +171,41 @@ def ratios(results: Results, subject: str = "meshd") -> dict[str, dict[str, Any]
     return out
 
 
+POLICY = "meshd-policy"  # meshd with bench/policy.py's policy in force on B
+# the issue's acceptance: (scenario, metric) -> (bound on meshd-policy / meshd, which side)
+POLICY_BOUNDS = {
+    ("keepalive", "cpu_per_unit"): (1.15, "max", "keep-alive CPU per request"),
+    ("close", "throughput"): (1 / 1.10, "min", "new connections/s"),
+}
+
+
+def policy_ratios(results: Results) -> dict[str, dict[str, float | None]]:
+    """meshd-policy / meshd per scenario and metric, same run: what enforcing the policy costs."""
+    names = {c.name for c in results.chains}
+    if not {"meshd", POLICY} <= names:
+        return {}
+    out: dict[str, dict[str, float | None]] = {}
+    for scenario in SCENARIOS:
+        mine, base = results.cells[scenario][POLICY], results.cells[scenario]["meshd"]
+        row: dict[str, float | None] = {}
+        for attr, _label in RATIO_METRICS:
+            a, b = _cell_value(mine, attr), _cell_value(base, attr)
+            row[attr] = a / b if a is not None and b else None
+        out[scenario] = row
+    return out
+
+
+def policy_verdicts(table: dict[str, dict[str, float | None]]) -> list[dict[str, Any]]:
+    """Each acceptance bound with its ratio and whether it is met (None: not measured)."""
+    out = []
+    for (scenario, attr), (bound, side, what) in POLICY_BOUNDS.items():
+        ratio = table.get(scenario, {}).get(attr)
+        met = None if ratio is None else (ratio <= bound if side == "max" else ratio >= bound)
+        out.append({"what": what, "scenario": scenario, "metric": attr, "ratio": ratio,
+                    "bound": bound, "side": side, "met": met})  # fmt: skip
+    return out
+
+
 def to_json(results: Results, head: dict[str, Any]) -> dict[str, Any]:
     scenarios: dict[str, Any] = {}
     for scenario in SCENARIOS:
@@ -203,6 +238,8 @@ def to_json(results: Results, head: dict[str, Any]) -> dict[str, Any]:
         "scenarios": scenarios,
         "ratios_meshd": ratios(results),
         "ratios_python_floor": ratios(results, FLOOR),
+        "ratios_meshd_policy": policy_ratios(results),
+        "policy_bounds": policy_verdicts(policy_ratios(results)),
     }
 
 
@@ -241,6 +278,36 @@ def _ratio_lines(results: Results, subject: str = "meshd") -> list[str]:
                 + "".join(f"| {_fmt(values[a], '.2f')} " for a, _ in RATIO_METRICS)
                 + "|"
             )
+    lines.append("")
+    return lines
+
+
+def _policy_lines(results: Results) -> list[str]:
+    table = policy_ratios(results)
+    if not table:
+        return []
+    lines = [
+        "## meshd with a policy vs meshd without (same run)",
+        "",
+        f"Ratio = {POLICY} / meshd: B enforces bench/policy.py's policy (mTLS strict, "
+        "authz default deny, 205 rules over 50 services; every request to web is judged "
+        "by L7 rules and takes a rate-limit token).",
+        "",
+        "| scenario | throughput x | p99 x | CPU/unit x | peak RSS x |",
+        "|---|--:|--:|--:|--:|",
+    ]
+    for scenario, row in table.items():
+        short = scenario_title(scenario, results.settings).split(" ", 1)[0]
+        cells = "".join(f"| {_fmt(row[a], '.3f')} " for a, _ in RATIO_METRICS)
+        lines.append(f"| {short} {cells}|")
+    lines.append("")
+    for v in policy_verdicts(table):
+        sign = "<=" if v["side"] == "max" else ">="
+        verdict = {True: "**met**", False: "**missed**", None: "not measured"}[v["met"]]
+        lines.append(
+            f"- {v['what']} ({v['scenario']}): {_fmt(v['ratio'], '.3f')}x, "
+            f"bound {sign} {v['bound']:.3f}x: {verdict}"
+        )
     lines.append("")
     return lines
 
@@ -303,6 +370,7 @@ def to_markdown(results: Results, head: dict[str, Any]) -> str:
     lines += [f"- {scenario_title(x, s)}" for x in SCENARIOS]
     lines.append("")
     lines += _ratio_lines(results)
+    lines += _policy_lines(results)
     if any(c.name == FLOOR for c in results.chains):
         lines += _ratio_lines(results, FLOOR)
     if results.idle:

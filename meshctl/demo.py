@@ -30,6 +30,9 @@ PREFIX = "demo"  # the testbed's prefix: host names demo-h1..3, bridge demo-br
 MARKER = ".meshctl-demo"  # a workspace that `demo down` may delete
 APP_DIR = "/usr/local/lib/meshctl-demo"
 EXAMPLES = Path(meshctl.__file__).resolve().parent.parent / "examples" / "apps"
+# the zero-trust policy the demo ends with: the mesh-wide document tightened (it replaces
+# the workspace's default-allow policies/mesh.toml) and the rules of the three apps
+POLICY_FILES = tuple(EXAMPLES.parent / "policies" / f for f in ("mesh.toml", "web-api-db.toml"))
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,64 @@ def drive_traffic(web: Transport, requests: int, item: str) -> dict[str, object]
     out = check(web.run(command, root=False, timeout=120), "sending demo traffic", web.name)
     result: dict[str, object] = json.loads(out.stdout)
     return result
+
+
+@dataclass(frozen=True)
+class Call:
+    """One HTTP call made on a demo host through the mesh, and what came back."""
+
+    caller: str  # the calling service (the host's single service: its source identity)
+    callee: str
+    url: str
+    status: int
+    rule: str = ""  # x-mesh-rule of a refusal ("" when the app answered)
+    body: str = ""  # the first bytes of the answer
+
+
+# (callee, URL): web -> api is what zero trust allows, web -> db directly what it denies
+POLICY_CALLS = (
+    ("api", "http://api.mesh:8081/products"),
+    ("db", "http://db.mesh:8082/items"),
+)
+
+CALLS = r"""
+import json, sys, urllib.error, urllib.request
+out = []
+for url in sys.argv[1:]:
+    try:
+        answer = urllib.request.urlopen(url, timeout=5)
+    except urllib.error.HTTPError as e:
+        answer = e
+    with answer:
+        rule = answer.headers.get("x-mesh-rule") or ""
+        body = answer.read(400).decode(errors="replace")
+        out.append({"url": url, "status": answer.status, "rule": rule, "body": body})
+print(json.dumps(out))
+"""
+
+
+def policy_calls(host: Transport, caller: str) -> list[Call]:
+    """``POLICY_CALLS`` made on ``host`` (whose one service is ``caller``), as its apps would."""
+    urls = " ".join(shlex.quote(url) for _, url in POLICY_CALLS)
+    out = check(
+        host.run(f"python3 -c {shlex.quote(CALLS)} {urls}", root=False, timeout=60),
+        "calling api and db from web",
+        host.name,
+    )
+    answers = json.loads(out.stdout)
+    return [
+        Call(caller, callee, a["url"], int(a["status"]), str(a["rule"]), str(a["body"]).strip())
+        for (callee, _), a in zip(POLICY_CALLS, answers, strict=True)
+    ]
+
+
+def call_line(call: Call, allowed_by: str) -> str:
+    """One call as the demo prints it: who called what, the answer, and the rule that decided
+    (``allowed_by``: the rule ``meshctl policy explain`` names for an answered call)."""
+    head = f"{call.caller} -> {call.callee}: GET {call.url} -> {call.status}"
+    if call.rule:
+        return f"{head} denied by {call.rule}\n    {call.body[:200]}"
+    return f"{head} allowed by {allowed_by}"
 
 
 def create_workspace(root: Path, addresses: list[str], key: Path, known_hosts: str) -> Workspace:

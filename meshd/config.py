@@ -181,6 +181,22 @@ class MeshdConfig:
         """This host's services by name (derived once; the config is frozen)."""
         return {s.name: s for s in self.services}
 
+    @functools.cached_property
+    def source_id(self) -> SpiffeId:
+        """The identity this host's connections claim when no ``run_as`` listener caught them:
+        the general outbound listener's and the upstream listeners' (POLICY.md, identity on
+        hosts). A service with ``run_as`` claims its own on its own listener.
+
+        A host running exactly one service claims that service: every connection it makes is
+        taken to be that app's. Not so when that one service has a ``run_as`` user: its
+        connections are then told apart by user, and another user's are not the service's.
+        Otherwise the host. The leaf a host is issued holds its services' IDs too, so the
+        peer's check that the certificate holds the claimed source passes.
+        """
+        if len(self.services) == 1 and self.services[0].run_as is None:
+            return make_id(self.identity.trust_domain, "svc", self.services[0].name)
+        return self.identity.host_id
+
     @classmethod
     def load(cls, path: Path) -> MeshdConfig:
         try:

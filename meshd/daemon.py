@@ -173,7 +173,7 @@ class Daemon:
         cfg, rt = self.rt.config, self.rt
         self.rt.bound["mesh"] = await tg.start(self.mesh_listener.serve, cfg.listen.mesh)
         self.ipv6 = self._ipv6_plan()
-        outbound = self._outbound(rt.config.identity.host_id, None)
+        outbound = self._outbound(rt.config.source_id, None)  # see MeshdConfig.source_id
         await self._redirect_target(tg, "outbound", cfg.listen.outbound, outbound, LOOPBACK6)
         for svc in cfg.services:
             if svc.outbound is not None:
@@ -186,7 +186,7 @@ class Daemon:
                 self._listen,
                 f"upstream:{up.service}",
                 up.listen,
-                self._outbound(rt.config.identity.host_id, up.service),
+                self._outbound(rt.config.source_id, up.service),
             )
         inbound = lambda: PlainInbound(rt, self.connector, self.mesh.plain)  # noqa: E731
         await self._redirect_target(tg, "inbound", cfg.listen.inbound, inbound, ANY6)

@@ -10,9 +10,12 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from meshctl import demo, state
+from meshctl import demo, policies, state
+from meshctl.cli import policy as policy_cli
 from meshctl.cli.common import finish, make_rollout
 from meshctl.cli.context import AppContext, app_context
+from meshctl.cli.explain import service_port
+from meshctl.cli.join import _policy_on_the_way  # the very step of `meshctl join`
 from meshctl.control import push_registry
 from meshctl.fleet import SshOptions, parallel
 from meshctl.provision import rollout
@@ -21,6 +24,9 @@ from meshctl.testbed import Testbed
 from meshctl.testbed.testbed import default_state_root
 from meshctl.workspace import Workspace
 from meshd.errors import ConfigError, ProvisionError
+from meshd.identity import make_id
+from meshd.policy.lang.compiled import CompiledPolicy
+from meshd.policy.lang.evaluate import explain
 
 app = typer.Typer(help="A local demo mesh: three hosts, three apps, one command.")
 DEFAULT_WORKSPACE = Path("mesh-demo")
@@ -37,7 +43,8 @@ PrefixOption = Annotated[
 
 @app.command("up")
 def up(ctx: typer.Context, prefix: PrefixOption = demo.PREFIX) -> None:
-    """Start 3 local hosts (systemd-nspawn), join them, run web -> api -> db, send traffic.
+    """Start 3 local hosts (systemd-nspawn), join them, run web -> api -> db, send traffic,
+    then apply a zero-trust policy and show a call it allows and one it denies.
 
     Needs root on a Debian machine (install.sh installs what it needs). The
     demo workspace is ./mesh-demo (or --workspace); meshctl demo down removes
@@ -57,12 +64,12 @@ def up(ctx: typer.Context, prefix: PrefixOption = demo.PREFIX) -> None:
             f"{root} already exists",
             hint="meshctl demo down removes a previous demo's; or pass another --workspace",
         )
-    say(f"[bold]1/5[/] starting 3 hosts (testbed {prefix})")
+    say(f"[bold]1/6[/] starting 3 hosts (testbed {prefix})")
     tb = Testbed.up(
         hosts=3, prefix=prefix, persistent=True, progress=lambda m: say(f"    {escape(m)}")
     )
     try:
-        _up(actx, root, tb)
+        _up(ctx, actx, root, tb)
     except BaseException:  # nothing half-made stays behind: the hosts and this workspace go
         say("[red]the demo failed; removing its hosts and workspace[/]")
         tb.down()
@@ -71,16 +78,16 @@ def up(ctx: typer.Context, prefix: PrefixOption = demo.PREFIX) -> None:
         raise
 
 
-def _up(actx: AppContext, root: Path, tb: Testbed) -> None:
+def _up(ctx: typer.Context, actx: AppContext, root: Path, tb: Testbed) -> None:
     say = actx.err.print
-    say(f"[bold]2/5[/] creating the demo workspace {root}")
+    say(f"[bold]2/6[/] creating the demo workspace {root}")
     ws = demo.create_workspace(
         root, [h.address for h in tb.hosts], tb.client_key, tb.known_hosts.read_text()
     )
     actx.workspace_path = ws.root
     ro = make_rollout(actx, SshOptions())
     inventory = state.load_inventory(ws)
-    say("[bold]3/5[/] installing the sample apps (examples/apps) as systemd units")
+    say("[bold]3/6[/] installing the sample apps (examples/apps) as systemd units")
 
     def install(app: demo.DemoApp) -> None:
         host = inventory.host(app.host)
@@ -92,13 +99,17 @@ def _up(actx: AppContext, root: Path, tb: Testbed) -> None:
             transport.close()
 
     parallel(install, demo.APPS)
-    say("[bold]4/5[/] meshctl join web1 api1 db1")
+    say("[bold]4/6[/] meshctl join web1 api1 db1")
     ro.progress = lambda host, what: say(f"    {escape(host)}: {escape(what)}")
     outcomes = rollout.join(ro, list(inventory.hosts), dry_run=False)
     pushes = [p for p in push_outcomes(push_registry(ro, state.joined(ws))) if not p.ok]
-    finish(actx, "join", outcomes + pushes, json_out=False)
-    say("[bold]5/5[/] sending traffic web -> api -> db")
+    # as `meshctl join` does: the workspace's policies/mesh.toml (default allow) goes along
+    finish(actx, "join", _policy_on_the_way(ro, outcomes + pushes), json_out=False)
+    say("[bold]5/6[/] sending traffic web -> api -> db")
     _traffic(actx, ro, ws)
+    files = " ".join(str(p.relative_to(demo.EXAMPLES.parent.parent)) for p in demo.POLICY_FILES)
+    say(f"[bold]6/6[/] zero trust: meshctl policy apply -f {escape(files)}")
+    _zero_trust(ctx, actx, ro, ws)
     _next_steps(actx, root, tb)
 
 
@@ -121,6 +132,43 @@ def _traffic(actx: AppContext, ro: Rollout, ws: Workspace) -> None:
     actx.out.print(str(result["page"]), markup=False)
 
 
+def _zero_trust(ctx: typer.Context, actx: AppContext, ro: Rollout, ws: Workspace) -> None:
+    """Apply the demo's policy as ``meshctl policy apply`` does (the same command), then
+    call api and db from web for real: the first is allowed, the second denied."""
+    for path in demo.POLICY_FILES:
+        if not path.is_file():
+            raise ProvisionError(
+                f"{path} not found: the demo runs from a checkout of meshctl",
+                hint="run it from the repository (./install.sh then .venv/bin/meshctl demo up)",
+            )
+    policy_cli.apply(ctx, files=list(demo.POLICY_FILES), more=None, json_out=False)
+    web = state.load_inventory(ws).host("web1")
+    assert web is not None
+    transport = ro.connect(ws, web, ro.ssh)
+    try:
+        calls = demo.policy_calls(transport, "web")
+    finally:
+        transport.close()
+    allowed, denied = calls
+    if allowed.status != 200 or denied.status != 403 or not denied.rule:
+        got = "; ".join(f"{c.url}: {c.status} {c.rule}" for c in calls)
+        raise ProvisionError(f"the zero-trust policy did not decide as expected: {got}")
+    why = _allowed_by(actx, ws, allowed)
+    actx.out.print("\nWith the zero-trust policy in force:", markup=False)
+    for call in calls:
+        actx.out.print("  " + demo.call_line(call, why), markup=False, soft_wrap=True)
+
+
+def _allowed_by(actx: AppContext, ws: Workspace, call: demo.Call) -> str:
+    """The rule that admits ``call``, by meshd's own evaluator over the applied set."""
+    documents = policies.applied(ws, actx.clock()).only()
+    policy = CompiledPolicy.compile(documents, ws.config.trust_domain)
+    source = str(make_id(ws.config.trust_domain, "svc", call.caller))
+    port = service_port(ws, call.callee)
+    target = "/" + call.url.split("/", 3)[3]
+    return explain(policy, call.callee, port, source, "GET", target, ()).rule
+
+
 def _next_steps(actx: AppContext, root: Path, tb: Testbed) -> None:
     ws_opt = f"-w {shlex.quote(str(root))}"
     web = tb.hosts[0]
@@ -128,6 +176,9 @@ def _next_steps(actx: AppContext, root: Path, tb: Testbed) -> None:
     actx.out.print(
         "\nTry next:\n"
         f"  .venv/bin/meshctl {ws_opt} status              # 3 healthy hosts\n"
+        f"  .venv/bin/meshctl {ws_opt} policy list         # the applied policy documents\n"
+        f"  .venv/bin/meshctl {ws_opt} policy explain --from web --to db --path /items"
+        "   # why web may not call db\n"
         f"  {ssh} \\\n"
         "      python3 -c 'import urllib.request as u; "
         'print(u.urlopen("http://api.mesh:8081/products").read().decode())\'\n'

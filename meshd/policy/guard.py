@@ -14,11 +14,15 @@ with its decision, so the proxy still looks at the first bytes, and its
 requests go through ``normalise`` alone (no evaluation, no rate limit).
 
 Pure: the token buckets and ``now`` are passed in; nothing here reads a
-clock or touches a socket. Where no rule of the service looks at headers,
-a judgement depends only on (source, port, method, target), and is
-remembered (bounded: short targets, at most ``MAX_JUDGED``, forgotten all at
-once when full): a keep-alive client asking for the same targets again
-costs a dictionary lookup, not a normalisation and an evaluation.
+clock or touches a socket. Where no rule that can match a peer on a port
+(its denies, audits, allows and rate limits, as the evaluator's per-peer
+view has them) looks at headers, a judgement of that peer's request depends
+only on its method and target, and is remembered per (source, port)
+(bounded: short targets, at most ``MAX_JUDGED`` over every peer, forgotten
+all at once when full; a swap compiles a new guard, so nothing outlives
+its policy): a keep-alive client asking for the same targets again costs a
+dictionary lookup, not a normalisation and an evaluation, even when the
+service has header rules for other peers.
 """
 
 from __future__ import annotations
@@ -27,15 +31,18 @@ from meshd.policy.decisions import LOCAL_SERVICES, Deliver
 from meshd.policy.lang.evaluate import Decision, Request, ServicePolicy, bad_request
 from meshd.policy.lang.model import RateLimit
 from meshd.policy.lang.normalize import Rejected, normalize, unchanged
-from meshd.policy.lang.ratelimit import Buckets, Limited
+from meshd.policy.lang.ratelimit import Buckets, Limited, Take
 from meshd.proxy.http.plan import HttpPlan
 
 MAX_ADMITTED = 4096  # (source, port) prejudges kept per service and swap; then forgotten
-MAX_JUDGED = 4096  # judgements kept per service and swap; then forgotten
+MAX_JUDGED = 4096  # judgements kept per service and swap, over every peer; then forgotten
+MAX_PEERS = 4096  # (source, port) memos kept per service and swap; then forgotten
+MAX_TAKES = 256  # distinct sets of rate limits kept per service and swap; then forgotten
 MAX_JUDGED_TARGET = 256  # longer targets are judged every time (a peer could fill memory)
 
 Judged = tuple[Decision, str | None, Limited | None]  # decision, target to forward, 429
-Remembered = tuple[Decision, str | None, tuple[RateLimit, ...]]  # ..., the limits to take
+Remembered = tuple[Decision, str | None, Take | None]  # ..., the tokens to take (None: none)
+Memo = dict[tuple[str, str], Remembered]  # one peer on one port: by (method, target)
 
 
 class Guard:
@@ -44,7 +51,9 @@ class Guard:
     __slots__ = (
         "_admitted",
         "_judged",
+        "_memos",
         "_rejected",
+        "_takes",
         "events",
         "http",
         "inspect",
@@ -61,13 +70,13 @@ class Guard:
         self.inspect = Deliver(service, port, LOCAL_SERVICES, None, self)
         self._admitted: dict[tuple[str | None, int], Deliver] = {}
         self._rejected: dict[str, Decision] = {}
-        headers = [m.headers for m in (*policy.denies, *policy.audits, *policy.allows)]
-        headers += [m.headers for m, _ in policy.limits]
-        # None: some rule looks at headers, so a judgement cannot be remembered by target
-        self._judged: dict[tuple[str | None, int, str, str], Remembered] | None = (
-            {} if all(h is None for h in headers) else None
-        )
-        # the proxy's values made once per rule and swap (the shared events of allows)
+        # per (source, port): its judgements by (method, target), or None where a rule that
+        # can match that peer on that port reads headers (then every request is judged)
+        self._memos: dict[tuple[str | None, int], Memo | None] = {}
+        self._judged = 0  # judgements remembered over every memo
+        # the rate limits a judgement takes from, by their ids: shared buckets resolved once
+        self._takes: dict[tuple[str, ...], Take] = {}
+        # the proxy's values made once per rule and swap (the tallies of allows)
         self.events: dict[str, object] = {}
 
     def admit(self, source: str | None, port: int) -> Deliver:
@@ -99,20 +108,46 @@ class Guard:
     ) -> Judged:
         """One HTTP request: its decision, the target to forward when normalising changed it
         (else None), and the 429 when a rate limit refuses it (authz allowed it then)."""
-        judged = self._judged
-        if judged is None or len(target) > MAX_JUDGED_TARGET:
-            decision, forward, limits = self._judge(source, port, method, target, headers)
+        memo = self._memos.get((source, port))
+        if memo is None:
+            memo = self._memo(source, port)
+        if memo is None or len(target) > MAX_JUDGED_TARGET:
+            decision, forward, take = self._judge(source, port, method, target, headers)
         else:
-            key = (source, port, method, target)
-            found = judged.get(key)
+            key = (method, target)
+            found = memo.get(key)
             if found is None:
-                if len(judged) >= MAX_JUDGED:
-                    judged.clear()
-                found = judged[key] = self._judge(source, port, method, target, headers)
-            decision, forward, limits = found
-        if not limits:
+                found = self._judge(source, port, method, target, headers)
+                if self._judged >= MAX_JUDGED:
+                    self._forget()
+                    memo = self._memo(source, port)
+                if memo is not None:  # always: the peer's view did not change
+                    memo[key] = found
+                    self._judged += 1
+            decision, forward, take = found
+        if take is None:
             return decision, forward, None
-        return decision, forward, buckets.take(limits, self.service, source, now)
+        return decision, forward, take(buckets, source, now)
+
+    def _memo(self, source: str | None, port: int) -> Memo | None:
+        """The memo of this peer on this port, made on first use; None: not remembered."""
+        memos = self._memos
+        key = (source, port)
+        if key in memos:
+            return memos[key]
+        if len(memos) >= MAX_PEERS:
+            self._forget()
+        memo: Memo | None = None if self.policy.reads_headers(source, port) else {}
+        memos[key] = memo
+        return memo
+
+    def remembered(self) -> int:
+        """How many judgements are remembered, over every peer (for tests and stats)."""
+        return sum(len(m) for m in self._memos.values() if m is not None)
+
+    def _forget(self) -> None:
+        self._memos.clear()
+        self._judged = 0
 
     def _judge(
         self,
@@ -125,13 +160,25 @@ class Guard:
         """Normalise and evaluate: the decision, the target to forward, the limits to take."""
         normalized = normalize(method, target)
         if isinstance(normalized, Rejected):
-            return self._bad_request(normalized), None, ()
+            return self._bad_request(normalized), None, None
         request = Request(self.service, port, source, method, normalized.path, headers)
         decision = self.policy.evaluate(request)
         forward = normalized.target if normalized.target != target else None
         if decision.decision != "allow" or not self.policy.limits:
-            return decision, forward, ()
-        return decision, forward, self.policy.rate_limits(request)
+            return decision, forward, None
+        return decision, forward, self._take(self.policy.rate_limits(request))
+
+    def _take(self, limits: tuple[RateLimit, ...]) -> Take | None:
+        """The one ``Take`` of these limits in this guard (None: no limit applies)."""
+        if not limits:
+            return None
+        key = tuple(limit.id for limit in limits)
+        take = self._takes.get(key)
+        if take is None:
+            if len(self._takes) >= MAX_TAKES:
+                self._takes.clear()
+            take = self._takes[key] = Take(limits, self.service)
+        return take
 
     def normalise(self, method: str, target: str) -> Decision | str | None:
         """§2.3 alone, for a peer allowed wholesale: None (forward the request as it came),

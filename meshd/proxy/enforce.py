@@ -12,8 +12,10 @@ normalised target forwarded (``SetTarget``), 403 with the JSON body of §2.6,
 429 with ``retry-after``; each answer keeps the connection alive. On a
 connection from a peer allowed wholesale it only normalises (``wholesale``:
 400 or the normalised target; a clean target costs a few string tests). Every
-decision is published (``AuthzDecided``, ``RateLimited``); an allowed request
-with no would-deny publishes a shared event per rule and allocates no answer.
+decision is published (``AuthzDecided``, ``RateLimited``), but an allowed
+request with no would-deny only adds one to its rule's ``AuthzTally`` (made
+once per rule and swap; queued when the metrics took its last count) and
+allocates no answer.
 
 Judging reads the policy in force for each request (a push swaps the bundle:
 the next request on a kept-alive connection meets the new policy, and a
@@ -48,7 +50,7 @@ from meshd.proxy.http.actions import (
     Verdict,
 )
 from meshd.proxy.http.plan import RequestHead
-from meshd.telemetry.events import AuthzDecided, Event, RateLimited
+from meshd.telemetry.events import TALLY_REPUBLISH, AuthzDecided, AuthzTally, RateLimited
 from meshd.telemetry.logs import clean
 
 if TYPE_CHECKING:
@@ -64,6 +66,7 @@ _LINGER_ZERO = struct.pack("ii", 1, 0)
 _NOTHING: tuple[RequestAction, ...] = ()
 _STRICT: tuple[RequestAction, ...] = (Close("plaintext to a service whose mTLS is strict"),)
 _JSON = ("content-type", "application/json")
+_REPUBLISH_MASK = TALLY_REPUBLISH - 1
 _ids = itertools.count(1)
 _ID_PREFIX = os.urandom(4).hex()
 
@@ -181,7 +184,11 @@ class RequestJudge:
             self.rt.buckets,
         )
         if decision.decision == "allow" and not decision.would_deny and limited is None:
-            self.rt.bus.publish(_allowed(guard, decision))
+            tally = _tally(guard, decision)
+            count = tally.count
+            tally.count = count + 1
+            if not count & _REPUBLISH_MASK:  # taken by the metrics (or a 1024th): queue it
+                self.rt.bus.publish(tally)
             return _NOTHING if target is None else (SetTarget(target),)
         return self._noted(decision, head, target, limited)
 
@@ -275,13 +282,13 @@ class RequestJudge:
         return Answer(status, tuple(headers), payload, keep_alive=True)
 
 
-def _allowed(guard: Guard, decision: Decision) -> Event:
-    """The shared event of an allow without would-deny (one per rule and guard)."""
+def _tally(guard: Guard, decision: Decision) -> AuthzTally:
+    """The tally of allows without would-deny by ``decision``'s rule (one per rule and guard)."""
     memo = guard.events
-    event = memo.get(decision.rule)
-    if event is None:
-        event = memo[decision.rule] = AuthzDecided(guard.service, "allow", decision.rule)
-    return cast(Event, event)
+    tally = memo.get(decision.rule)
+    if tally is None:
+        tally = memo[decision.rule] = AuthzTally(guard.service, decision.rule)
+    return cast(AuthzTally, tally)
 
 
 # --- opaque TCP ------------------------------------------------------------------

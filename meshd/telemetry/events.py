@@ -76,6 +76,26 @@ class AuthzDecided:
     request_id: str = ""
 
 
+TALLY_REPUBLISH = 1024  # a tally is published again every so many counts (see AuthzTally)
+
+
+@dataclass(slots=True)
+class AuthzTally:
+    """Allowed requests with no would-deny, by one rule: one tally per rule and guard,
+    counted in place, so such a request costs an increment and builds nothing.
+
+    The proxy adds to ``count`` and publishes the tally only when ``count`` was 0 (the
+    metrics consumer took the last count, or none was made) and every ``TALLY_REPUBLISH``
+    counts (a tally dropped from a full queue is not lost for good). The metrics consumer
+    takes ``count`` and sets it back to 0: a tally queued twice counts once, and only that
+    one consumer may take it. Allows are not logged (``AuthzDecided``), so nothing is lost.
+    """
+
+    service: str
+    rule: str
+    count: int = 0
+
+
 @dataclass(slots=True)
 class RateLimited:
     """A request (429) or an opaque TCP connection (reset) refused by a ``[[rate_limit]]``."""
@@ -146,6 +166,7 @@ Event = (
     | RenewalFailed
     | LinkRetired
     | AuthzDecided
+    | AuthzTally
     | RateLimited
 )
 

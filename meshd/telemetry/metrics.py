@@ -20,6 +20,7 @@ import psutil
 from meshd import __version__
 from meshd.telemetry.events import (
     AuthzDecided,
+    AuthzTally,
     CertificateRenewed,
     ConnectionClosed,
     ConnectionOpened,
@@ -128,6 +129,7 @@ class Metrics:
             RenewalFailed: self._renewal_failed,
             LinkRetired: self._retired,
             AuthzDecided: self._authz,
+            AuthzTally: self._tally,
             RateLimited: self._limited,
         }
         self._decisions, self._would_deny = f["authz_decisions"], f["authz_would_deny"]
@@ -246,6 +248,11 @@ class Metrics:
         self._decisions.inc((e.service, e.decision, e.rule))
         for rule in e.would_deny:
             self._would_deny.inc((e.service, rule))
+
+    def _tally(self, e: AuthzTally) -> None:
+        count, e.count = e.count, 0  # taken: the proxy publishes it again at its next count
+        if count:
+            self._decisions.inc((e.service, "allow", e.rule), count)
 
     def _limited(self, e: RateLimited) -> None:
         self._families["ratelimit_limited"].inc((e.service, e.rule))

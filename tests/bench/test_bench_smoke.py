@@ -6,6 +6,7 @@ meshd's own config and registry parsers) where they are installed.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
 import subprocess
@@ -16,11 +17,15 @@ from pathlib import Path
 import pytest
 
 from meshd.config import MeshdConfig
+from meshd.policy.lang.compiled import CompiledPolicy
+from meshd.policy.lang.evaluate import explain
+from meshd.policy.lang.wire import PolicyDocument, load
 from meshd.registry import Registry
 
 # bench/run.py imports its sibling modules by name (bench/ is sys.path[0] when it runs)
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
+import policy as bench_policy
 from backend import Pki, make_pki
 from breakdown import categorize
 from breakdown import to_markdown as breakdown_markdown
@@ -36,8 +41,9 @@ from chains import (
 from common import SCENARIOS, LoadError, Settings
 from load import parse_h2load, parse_wrk, percentile
 from measure import Cell, Results, Sample
+from policy import DENIED_PATH, DENIED_RULE
 from procs import Ports, Processes
-from report import header, to_json, to_markdown
+from report import header, policy_verdicts, to_json, to_markdown
 
 WRK_OUT = """\
 Running 3s test @ http://127.0.0.1:40000/small
@@ -169,6 +175,7 @@ def _results() -> Results:
             ("haproxy-tcp", 40.0),
             ("envoy", 50.0),
             ("meshd", 20.0),
+            ("meshd-policy", 19.0),
             ("python-floor", 32.0),
         ):
             proxied = chain != "direct"
@@ -200,6 +207,55 @@ def test_report_markdown_and_json() -> None:
     assert "## The Python floor (bench/floor.py) vs HAProxy and Envoy" in text
     assert "| (d) | haproxy-tcp | 0.80 |" in text  # the floor's 32 MiB/s vs haproxy-tcp's 40
     assert doc["scenarios"]["bulk"]["unit"] == "MiB/s"
+    # meshd-policy / meshd: 19 vs 20 req/s, the same CPU seconds over 57 vs 60 requests
+    assert doc["ratios_meshd_policy"]["close"]["throughput"] == pytest.approx(0.95)
+    assert doc["ratios_meshd_policy"]["keepalive"]["cpu_per_unit"] == pytest.approx(60 / 57)
+    assert [v["met"] for v in doc["policy_bounds"]] == [True, True]
+    assert "## meshd with a policy vs meshd without (same run)" in text
+    assert "| (a) | 0.950 | 1.000 | 1.053 | 1.000 |" in text
+    assert "- keep-alive CPU per request (keepalive): 1.053x, bound <= 1.150x: **met**" in text
+    assert "- new connections/s (close): 0.950x, bound >= 0.909x: **met**" in text
+
+
+def test_policy_bounds_are_missed_past_the_limits() -> None:
+    table = {"keepalive": {"cpu_per_unit": 1.16}, "close": {"throughput": 0.90}}
+    assert [v["met"] for v in policy_verdicts(table)] == [False, False]  # type: ignore[arg-type]
+    table = {"keepalive": {"cpu_per_unit": 1.15}, "close": {"throughput": 1 / 1.10}}
+    assert [v["met"] for v in policy_verdicts(table)] == [True, True]  # type: ignore[arg-type]
+    assert [v["met"] for v in policy_verdicts({})] == [None, None]
+
+
+A = "spiffe://bench.mesh/host/a"
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "decision", "rule", "would_deny"),
+    [
+        ("GET", "/small", "allow", "web/allow/bench-client", []),  # what the load sends
+        ("GET", "/bulk", "allow", "web/allow/bench-client", []),
+        ("GET", DENIED_PATH, "deny", DENIED_RULE, []),  # the smoke check's 403
+        ("GET", "/debug/vars", "deny", "mesh/deny/no-debug", []),
+        ("DELETE", "/small", "deny", "mesh/authz/default", ["web/deny/retire-deletes"]),
+        ("POST", "/small", "deny", "mesh/authz/default", []),
+    ],
+)
+def test_bench_policy_judges_the_bench_requests(
+    method: str, target: str, decision: str, rule: str, would_deny: list[str]
+) -> None:
+    """The pushed body, loaded as meshd loads it, gives these decisions for host a -> web."""
+    body = bench_policy.checked(40003)
+    documents = load(PolicyDocument.from_json(body.wire), "bench.mesh", dt.datetime.now(dt.UTC))
+    policy = CompiledPolicy.compile(documents, "bench.mesh", body.wire["version"])
+    got = explain(policy, "web", 40003, A, method, target, []).to_json()
+    assert (got["decision"], got["rule"], got["would_deny"]) == (decision, rule, would_deny)
+
+
+def test_bench_policy_is_as_large_as_the_issue_asks() -> None:
+    body = bench_policy.checked(40003)
+    assert body.rules >= 200 and body.services >= 50
+    assert body.wire["version"] == bench_policy.POLICY_VERSION > 0
+    modes = {c.name: c.mode for c in chains()}
+    assert f"{body.rules} rules over {body.services} services" in modes["meshd-policy"]
 
 
 PERF_REPORT = """\

@@ -1,4 +1,5 @@
-"""meshd.toml's [limits] and [timeouts]: every value finite and in its range, or refused by name.
+"""meshd.toml's [limits] and [timeouts]: every value finite and in its range, or refused by name;
+and the source identity the host's connections claim.
 
 A pushed config goes through the same parser, so what is refused here is a
 400 at the admin API (``test_documents``) and never reaches a link.
@@ -93,3 +94,25 @@ def test_a_config_file_nested_too_deeply_is_a_config_error(tmp_path: Path) -> No
     path.write_text(configs.minimal() + "[log]\nx = " + "{a = " * 3000 + "1" + "}" * 3000 + "\n")
     with pytest.raises(ConfigError, match=f"^{path}: nested too deeply to read$"):
         MeshdConfig.load(path)
+
+
+def _service(name: str, run_as: str | None = None) -> str:
+    user = f'outbound = "127.0.0.1:15101"\nrun_as = "{run_as}"\n' if run_as else ""
+    return f'[[services]]\nname = "{name}"\nport = 8080\n{user}'
+
+
+@pytest.mark.parametrize(
+    ("services", "source"),
+    [
+        ("", "spiffe://t.mesh/host/web1"),
+        (_service("web"), "spiffe://t.mesh/svc/web"),
+        (_service("web") + _service("cli").replace("8080", "8081"), "spiffe://t.mesh/host/web1"),
+        # its own connections are told apart by user: root's are not the service's
+        (_service("cli", run_as="cli"), "spiffe://t.mesh/host/web1"),
+    ],
+    ids=["no-service", "one-service", "two-services", "one-service-run-as"],
+)
+def test_the_source_identity_is_the_single_service_else_the_host(
+    services: str, source: str
+) -> None:
+    assert str(parse(services).source_id) == source

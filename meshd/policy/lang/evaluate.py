@@ -88,7 +88,16 @@ class _View:
     """What one peer on one port can meet: the service's rules whose L4 fields match,
     and what follows from L4 alone (the opaque TCP decision, the prejudge)."""
 
-    __slots__ = ("allows", "audits", "denies", "limits", "prejudge", "tcp", "tcp_limits")
+    __slots__ = (
+        "allows",
+        "audits",
+        "denies",
+        "headers",
+        "limits",
+        "prejudge",
+        "tcp",
+        "tcp_limits",
+    )
 
     def __init__(self, policy: ServicePolicy, source: str | None, port: int) -> None:
         self.denies = tuple(m for m in policy.denies if m.l4(source, port))
@@ -96,6 +105,9 @@ class _View:
         self.allows = tuple(m for m in policy.allows if m.l4(source, port))
         self.limits = tuple((m, r) for m, r in policy.limits if m.l4(source, port))
         self.tcp_limits = tuple(r for m, r in self.limits if not m.http_only)
+        # whether a request's headers can change what this peer meets on this port
+        met = (*self.denies, *self.audits, *self.allows, *(m for m, _ in self.limits))
+        self.headers = any(m.headers is not None for m in met)
         # Opaque TCP: denies fail closed (HTTP-only fields are unknown, L4 decides);
         # allows with HTTP-only fields never match.
         rule = next((m.id for m in self.denies), "")
@@ -222,6 +234,14 @@ class ServicePolicy:
         segments = path[1:].split("/") if self.segmented else ()
         headers = request.headers
         return tuple(r for m, r in view.limits if m.http(method, path, segments, headers))
+
+    def reads_headers(self, source: str | None, port: int) -> bool:
+        """Whether a rule that can match this peer on this port (a deny, audit, allow or
+        rate limit) reads headers: if not, the decision and the rate limits of a request
+        from it depend on its method and path alone."""
+        if source is None and self.mode == "strict":
+            return False  # reset whatever it sends
+        return self._view(source, port).headers
 
     def connection(self, source: str | None, port: int) -> Prejudge:
         """The L4 prejudge: "allow" (every HTTP request and TCP use from this peer on this

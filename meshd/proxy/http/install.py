@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from meshd.proxy.http.exchange import HttpExchange, InboundHttpExchange
-from meshd.proxy.http.observe import HttpObserver, InboundObserver
+from meshd.proxy.http.observe import HttpObserver, InboundObserver, discard
 from meshd.proxy.http.plan import HttpPlan
 from meshd.telemetry.events import OUTBOUND, Event
 
@@ -30,14 +30,10 @@ def exchange_for(
     if plan is None:
         return None
     if not plan.observe:
-        publish = _discard
+        publish = discard
     outbound = direction == OUTBOUND
     if not plan.hooks:
         observer = HttpObserver if outbound else InboundObserver
         return observer(publish, direction, source, destination, max_head)
     exchange = HttpExchange if outbound else InboundHttpExchange
     return exchange(publish, direction, source, destination, max_head, plan.hooks)
-
-
-def _discard(event: Event) -> None:
-    """Where a plan that does not observe sends its requests' events."""

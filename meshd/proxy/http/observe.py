@@ -38,6 +38,11 @@ _METHODS = {
 }
 
 
+def discard(event: Event) -> None:
+    """Where a plan that does not observe sends its requests' events (nowhere): an observer
+    given it builds no ``RequestCompleted`` per response."""
+
+
 class HttpObserver:
     """Follows requests (client → server) and responses (server → client) of one connection.
 
@@ -120,6 +125,8 @@ class HttpObserver:
             return  # interim response; the final one follows
         if self.pending:
             method, started = self.pending.popleft()
+            if self.publish is discard:  # not observed (a policy hook alone): nothing to build
+                return
             self.publish(
                 RequestCompleted(
                     self.direction,

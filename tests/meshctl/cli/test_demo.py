@@ -43,6 +43,19 @@ def test_demo_up_status_down(prefix: str, tmp_path: Path) -> None:
     assert "50 requests through web -> api -> db" in up.out
     assert f"web@{prefix}-h1 -> api@{prefix}-h2 -> db@{prefix}-h3" in up.out
     assert "meshctl -w" in up.out and "status" in up.out  # what to try next
+    # it ends with zero trust: applied as `meshctl policy apply` does, then judged for real
+    assert "policy apply" in up.out and "policy version 2 (a new version)" in up.out
+    assert "With the zero-trust policy in force:" in up.out
+    assert (
+        "web -> api: GET http://api.mesh:8081/products -> 200 allowed by "
+        "web-api-db/allow/web-to-api"
+    ) in up.out
+    assert "web -> db: GET http://db.mesh:8082/items -> 403 denied by mesh/authz/default" in up.out
+    listed = meshctl("policy", "list", "--json")
+    assert listed.code == 0, listed.out + listed.err
+    applied = json.loads(listed.out)
+    assert applied["version"] == 2
+    assert sorted(d["name"] for d in applied["documents"]) == ["mesh", "web-api-db"]
     status = meshctl("status", "--json")
     assert status.code == 0, status.out + status.err
     hosts = json.loads(status.out)["hosts"]

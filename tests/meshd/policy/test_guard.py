@@ -5,11 +5,22 @@ from __future__ import annotations
 import pytest
 
 from meshd.policy.decisions import LOCAL_SERVICES, Deliver
-from meshd.policy.guard import Guard
+from meshd.policy.guard import MAX_JUDGED, Guard, Remembered
 from meshd.policy.lang.compiled import CompiledPolicy
 from meshd.policy.lang.evaluate import Decision
+from meshd.policy.lang.model import RateLimit, Rule
 from meshd.policy.lang.ratelimit import Buckets, Limited
-from tests.meshd.policy.lang.build import TD, ZERO_TRUST, ZT, allow, document, limit, spiffe
+from tests.meshd.policy.lang.build import (
+    TD,
+    ZERO_TRUST,
+    ZT,
+    allow,
+    deny,
+    document,
+    limit,
+    selector,
+    spiffe,
+)
 
 WEB, API = spiffe("web"), spiffe("api")
 POLICY = CompiledPolicy.compile([ZERO_TRUST], TD, 1)
@@ -157,3 +168,89 @@ def test_a_judgement_by_target_is_remembered_only_where_no_rule_reads_headers() 
     first = plain.judge(WEB, 8080, "GET", "/v1/orders", (), 0.0, buckets)
     assert plain.judge(WEB, 8080, "GET", "/v1/orders", (), 0.0, buckets) is not None
     assert plain.judge(API, 8080, "GET", "/v1/orders", (), 0.0, buckets)[0].rule != first[0].rule
+
+
+class Counting(Guard):
+    """A guard that notes every judgement it works out (a remembered one is not noted)."""
+
+    def __init__(self, service: str, port: int, policy: CompiledPolicy) -> None:
+        super().__init__(service, port, policy.for_service(service), None)
+        self.worked: list[tuple[str | None, str]] = []
+
+    def _judge(
+        self,
+        source: str | None,
+        port: int,
+        method: str,
+        target: str,
+        headers: tuple[tuple[str, str], ...],
+    ) -> Remembered:
+        self.worked.append((source, target))
+        return super()._judge(source, port, method, target, headers)
+
+
+TENANT = {"x-tenant": True}
+FROM_API = allow("h", "tenants", "api", ["api"], headers=TENANT)  # reads headers, not WEB's
+ANY_TENANT = deny("h", "no-tenant-x", "api", ["*"], headers={"x-tenant": "x"})
+
+
+def tenant_limit(sources: list[str]) -> RateLimit:
+    sel = selector("api", sources, None, None, None, TENANT)
+    return RateLimit("h/rate_limit/t", "t", sel, 100, 1000, 100, "shared")
+
+
+@pytest.mark.parametrize(
+    ("rules", "limits", "source", "worked"),
+    [
+        ([], [], WEB, 1),  # no header rule anywhere: remembered
+        ([FROM_API], [], WEB, 1),  # a header rule WEB cannot meet: still remembered for WEB
+        ([FROM_API], [], API, 2),  # ... but API meets it: judged every time
+        ([ANY_TENANT], [], WEB, 2),  # a deny reading headers that WEB meets
+        ([deny("h", "aud", "api", ["web"], headers=TENANT, audit=True)], [], WEB, 2),
+        ([allow("h", "web-t", "api", ["web"], port=[8080], headers=TENANT)], [], WEB, 2),
+        ([allow("h", "web-t", "api", ["web"], port=[9], headers=TENANT)], [], WEB, 1),  # port
+        ([], [tenant_limit(["web"])], WEB, 2),  # a rate limit reading headers
+        ([], [tenant_limit(["api"])], WEB, 1),
+    ],
+)
+def test_a_judgement_is_remembered_per_peer_unless_a_rule_it_can_meet_reads_headers(
+    rules: list[Rule], limits: list[RateLimit], source: str, worked: int
+) -> None:
+    policy = CompiledPolicy.compile(
+        [ZERO_TRUST, document("h", rules=rules, rate_limits=limits)], TD, 1
+    )
+    g, buckets = Counting("api", 8080, policy), Buckets()
+    first = g.judge(source, 8080, "GET", "/v1/orders", (("x-tenant", "a"),), 0.0, buckets)
+    again = g.judge(source, 8080, "GET", "/v1/orders", (("x-tenant", "x"),), 0.0, buckets)
+    assert len(g.worked) == worked
+    if worked == 1:  # nothing it can meet reads the header: the same judgement
+        assert again == first
+
+
+def test_headers_still_decide_for_the_peer_whose_rules_read_them() -> None:
+    policy = CompiledPolicy.compile([ZERO_TRUST, document("h", rules=[FROM_API])], TD, 1)
+    g, buckets = guard("api", 8080, policy), Buckets()
+    outcomes = [
+        g.judge(source, 8080, "GET", "/v1/x", headers, 0.0, buckets)[0].rule
+        for source, headers in [
+            (WEB, ()),
+            (API, (("X-Tenant", "a"),)),
+            (API, ()),
+            (WEB, (("X-Tenant", "a"),)),
+            (API, (("X-Tenant", "a"),)),
+        ]
+    ]
+    allowed, tenants, default = f"{ZT}/allow/web-to-api", "h/allow/tenants", f"{ZT}/authz/default"
+    assert outcomes == [allowed, tenants, default, allowed, tenants]
+
+
+def test_remembered_judgements_are_bounded_over_every_peer() -> None:
+    g, buckets = Counting("api", 8080, POLICY), Buckets()
+    peers = [spiffe(f"web-{i}") for i in range(3)]
+    for i in range(MAX_JUDGED + 10):
+        g.judge(peers[i % 3], 8080, "GET", f"/v1/{i}", (), 0.0, buckets)
+    assert g.remembered() <= MAX_JUDGED
+    before = len(g.worked)
+    last = MAX_JUDGED + 9
+    g.judge(peers[last % 3], 8080, "GET", f"/v1/{last}", (), 0.0, buckets)
+    assert len(g.worked) == before  # the last judgement is still remembered

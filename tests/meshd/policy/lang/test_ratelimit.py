@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from meshd.policy.lang.ratelimit import Buckets, Limited
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshd.policy.lang.ratelimit import Buckets, Limited, Take
 from tests.meshd.policy.lang.build import limit
 
 FIVE = limit("r", "five", "api", 5)  # 5 per second, burst 5
@@ -109,3 +112,51 @@ def test_retain_forgets_only_rules_no_longer_in_force() -> None:
     buckets.retain({FIVE.id})
     assert buckets.sources(gone, "api") == 0
     assert takes(buckets, [0.0] * 5) == [None] * 4 + [Limited("r/rate_limit/five", 1)]  # kept its 4
+
+
+SLOW = limit("r", "slow", "api", 2, per_ms=3000, burst=3)
+PER = limit("r", "per", "api", 3, bucket="per-source")
+CHOICES = [(FIVE,), (SLOW,), (FIVE, SLOW), (SLOW, FIVE), (PER,), (FIVE, PER)]
+STEPS = st.lists(
+    st.tuples(
+        st.sampled_from(range(len(CHOICES))),
+        st.sampled_from([WEB, API, None]),
+        st.floats(min_value=-0.5, max_value=2.0, allow_nan=False),  # steps back too
+        st.booleans(),  # through Take (True) or Buckets.take (the TCP path) on the same state
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(STEPS)
+def test_take_decides_exactly_as_buckets_take(
+    steps: list[tuple[int, str | None, float, bool]],
+) -> None:
+    reference, buckets = Buckets(), Buckets()
+    takers = [Take(limits, "api") for limits in CHOICES]
+    now = 100.0
+    for choice, peer, step, through_take in steps:
+        now += step
+        limits = CHOICES[choice]
+        want = reference.take(limits, "api", peer, now)
+        if through_take:
+            got = takers[choice](buckets, peer, now)
+        else:
+            got = buckets.take(limits, "api", peer, now)
+        assert got == want
+
+
+def test_take_follows_buckets_replaced_at_a_swap() -> None:
+    take, first, second = Take((SLOW,), "api"), Buckets(), Buckets()
+    assert [take(first, WEB, 0.0) for _ in range(4)] == [None] * 3 + [
+        Limited("r/rate_limit/slow", 2)
+    ]
+    assert take(second, WEB, 0.0) is None  # new buckets (a limit changed): full again
+    assert first.take((SLOW,), "api", WEB, 0.0) == Limited("r/rate_limit/slow", 2)  # untouched
+
+
+def test_a_resolved_bucket_counts_as_never_taken_until_taken() -> None:
+    buckets = Buckets()
+    buckets.shared(FIVE, "api")
+    assert takes(buckets, [0.0] * 6) == [None] * 5 + [Limited("r/rate_limit/five", 1)]
