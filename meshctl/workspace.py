@@ -33,6 +33,25 @@ MIN_PASSPHRASE = 8
 
 HEADER = "# meshctl workspace settings: keep this directory in git, except secrets/.\n"
 HOSTS_HEADER = "# Inventory of meshed hosts; written by meshctl join/leave.\n"
+# policies/mesh.toml of a fresh workspace: a new mesh keeps working until its operator
+# tightens it (POLICY.md, "Identity on hosts")
+MESH_POLICY = """\
+# policies/mesh.toml: the mesh-wide policy document, as meshctl init wrote it.
+#
+# default = "allow" admits every authenticated peer that no [[deny]] rule stops,
+# so that a new mesh keeps working. To go zero-trust:
+#   1. write [[allow]] rules for the calls your services make (a file per team
+#      or app), check them with meshctl policy explain, apply them with
+#      meshctl policy apply -f FILE;
+#   2. set default = "audit" here and apply this file: everything still passes,
+#      and what "deny" would refuse is logged and counted as would-deny;
+#   3. once nothing shows up as would-deny, set default = "deny" and apply it.
+version = 1
+name = "mesh"
+
+[authz]
+default = "allow"
+"""
 
 
 @dataclass(frozen=True)
@@ -204,6 +223,7 @@ def _populate(ws: Workspace, passphrase: str | None, now: dt.datetime) -> None:
     _write(ws.operator_key, private_pem(key))
     _write(ws.mesh_toml, (HEADER + toml.dumps(config.to_toml_dict())).encode())
     _write(ws.root / "hosts.toml", HOSTS_HEADER.encode())
+    _write(ws.root / "policies" / "mesh.toml", MESH_POLICY.encode())
     _write(ws.root / "known_hosts", b"")
     _write(ws.root / ".gitignore", b"secrets/\n.lock\n")
 

@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 
 from meshctl import __version__
-from meshctl.cli import ca, demo, hosts, init, issuer, join, rotate, status
+from meshctl.cli import ca, demo, hosts, init, issuer, join, policy, rotate, status
 from meshctl.cli.context import AppContext, app_context
 from meshctl.cli.errors import ExitCode, exit_code_for, render_error
 from meshctl.workspace import operator_warning
@@ -38,6 +38,7 @@ ca.app.add_typer(rotate.app, name="rotate")
 app.add_typer(hosts.app, name="hosts")
 app.add_typer(demo.app, name="demo")
 app.add_typer(issuer.app, name="issuer")
+app.add_typer(policy.app, name="policy")
 
 
 def _version(value: bool) -> None:

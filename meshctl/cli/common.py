@@ -142,17 +142,19 @@ def finish(
     plans: bool = False,
     facts: bool = False,
     notes: list[str] | None = None,
+    extra: dict[str, object] | None = None,
 ) -> None:
     """Render the outcomes and exit with OK, the error's code, or PARTIAL.
 
     ``plans``: a dry run's plans first (with the facts line of each host when
     ``facts``), then the result table (or JSON), then one error per failed host.
     ``notes``: lines under the table (``"notes"`` in the JSON) when given.
+    ``extra``: more keys of the JSON document (the policy version of an apply).
     """
     if plans and not json_out:
         _show_plans(actx, outcomes, facts)
     if json_out:
-        doc: dict[str, object] = {"hosts": [outcome_json(o) for o in outcomes]}
+        doc: dict[str, object] = {"hosts": [outcome_json(o) for o in outcomes], **(extra or {})}
         actx.print_json(doc if notes is None else doc | {"notes": notes})
     else:
         actx.out.print(outcomes_table(title, outcomes))

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from meshctl import issuers, revoking, state
+from meshctl import issuers, policies, revoking, state
 from meshctl.cli.common import (
     AcceptOption,
     DryRunOption,
@@ -28,6 +28,7 @@ from meshctl.fleet import SshOptions
 from meshctl.inventory import HostOverrides, select_hosts
 from meshctl.provision import rollout
 from meshctl.provision.rollout import Outcome, Rollout
+from meshd.errors import MeshError
 
 
 def join(
@@ -76,9 +77,36 @@ def join(
         ro.passphrase = functools.cache(ro.passphrase)  # asked once for leaves and issuers
         outcomes = rollout.join_and_push(ro, hosts, dry_run)
         if not dry_run:
+            outcomes = _policy_on_the_way(ro, outcomes)
             outcomes = _issuers_on_the_way(ro, outcomes, issuer)
     title = "dry run" if dry_run else "join"
     finish(actx, title, outcomes, json_out, plans=dry_run, facts=True)
+
+
+def _policy_on_the_way(ro: Rollout, outcomes: list[Outcome]) -> list[Outcome]:
+    """The applied policy set to the hosts that joined, after the registry: a host enforces
+    the mesh's policy from its join on (a row of its own for another host it changed)."""
+    joined = [o.host for o in outcomes if o.ok and o.status in ("joined", "converged")]
+    if not joined:
+        return outcomes
+    try:
+        results = policies.push_at_join(ro, joined)
+    except MeshError as e:  # the applied set no longer validates: joined, without policy
+        for o in outcomes:
+            if o.host in joined:
+                o.status, o.error = "failed", e
+        return outcomes
+    by_host = {o.host: o for o in outcomes}
+    for host, result in results.items():
+        row = by_host.get(host.name)
+        if row is None:
+            row = Outcome(host.name, host.address, "applied")
+            outcomes.append(row)
+        if isinstance(result, MeshError):
+            row.status, row.error = "failed", result
+        else:
+            row.done.append(result)
+    return outcomes
 
 
 def _issuers_on_the_way(ro: Rollout, outcomes: list[Outcome], make: bool) -> list[Outcome]:

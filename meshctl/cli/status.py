@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.markup import escape
 
-from meshctl import state
+from meshctl import policies, state
 from meshctl.cli.common import (
     JsonOption,
     KeyOption,
@@ -21,6 +21,7 @@ from meshctl.fleet import SshOptions
 from meshctl.provision.rollout import Rollout
 from meshctl.provision.status import HostStatus, survey
 from meshctl.views.status import fleet_warnings, status_table
+from meshd.errors import MeshError
 
 
 def status(
@@ -47,7 +48,7 @@ def status(
         report("fleet", "surveying hosts")
         statuses = survey(ro)
     warnings = _warnings(ro, statuses)
-    _show(actx, statuses, current_registry(ro).version, json_out, warnings)
+    _show(actx, statuses, current_registry(ro).version, json_out, warnings, _policy(ro))
     if any(not s.healthy for s in statuses):
         raise typer.Exit(ExitCode.PARTIAL)
 
@@ -60,18 +61,35 @@ def _warnings(ro: Rollout, statuses: list[HostStatus]) -> list[str]:
     return fleet_warnings(statuses, names, lifetimes, ro.now())
 
 
+def _policy(ro: Rollout) -> dict[str, object]:
+    """The workspace's policy version, and what to know of the applied set: default allow,
+    permissive mTLS, or that it does not validate."""
+    try:
+        notes = policies.notes(policies.applied(ro.ws, ro.now()).only())
+    except MeshError as e:
+        notes = [e.message.splitlines()[0] + (f" ({e.hint})" if e.hint else "")]
+    return {"version": policies.recorded_version(ro.ws), "notes": notes}
+
+
 def _show(
     actx: AppContext,
     statuses: list[HostStatus],
     version: int,
     json_out: bool,
     warnings: list[str],
+    policy: dict[str, object],
 ) -> None:
     if json_out:
         hosts = [s.to_json() for s in statuses]
-        actx.print_json({"registry_version": version, "hosts": hosts, "warnings": warnings})
+        actx.print_json(
+            {"registry_version": version, "hosts": hosts, "warnings": warnings, "policy": policy}
+        )
     else:
         actx.out.print(status_table(statuses, version))
+        notes = policy["notes"]
+        assert isinstance(notes, list)
+        for note in notes:
+            actx.out.print(f"policy: {escape(note)}", soft_wrap=True)
     for warning in warnings:
         actx.err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     if not statuses:

@@ -13,7 +13,7 @@ from typing import Any
 
 from cryptography import x509
 
-from meshctl import state
+from meshctl import policies, state
 from meshctl.control import registry_for
 from meshctl.fleet import parallel
 from meshctl.inventory import VIP_RANGE, HostSpec
@@ -47,6 +47,8 @@ class HostStatus:
     registry_version: int | None = None
     expected_registry: int | None = None  # the workspace's current registry version
     config_version: int | None = None  # a pushed config document, None: the file
+    policy_version: int | None = None  # the policy document meshd runs (None: none)
+    expected_policy: int | None = None  # the workspace's policy version (None: never pushed)
     cert_not_after: dt.datetime | None = None
     cert_life_left: float | None = None  # share of the certificate's life still ahead
     rules: bool = False
@@ -78,7 +80,15 @@ class HostStatus:
             and not self.cert_warning
             and self.admin_error is None
             and self.registry_version == self.expected_registry
+            and not self.policy_behind
         )
+
+    @property
+    def policy_behind(self) -> bool:
+        """meshd answered, and does not run the workspace's policy version (it was down at
+        the last push, say)."""
+        known = self.expected_policy is not None and self.version is not None
+        return known and self.policy_version != self.expected_policy
 
     @property
     def ipv6_exposed(self) -> bool:
@@ -95,6 +105,7 @@ class HostStatus:
         data["cert_warning"] = self.cert_warning
         data["healthy"] = self.healthy
         data["ipv6_exposed"] = self.ipv6_exposed
+        data["policy_behind"] = self.policy_behind
         return data
 
 
@@ -104,10 +115,12 @@ def survey(ro: Rollout) -> list[HostStatus]:
     members = state.joined(ro.ws)
     registry = registry_for(ro, inventory, members)
     client = ro.admin()
+    policy = policies.recorded_version(ro.ws)
 
     def one(host: HostSpec) -> HostStatus:
         status = HostStatus(host.name, host.address, host.name in members, host.fail_mode)
         status.expected_registry = registry.version
+        status.expected_policy = policy if host.name in members else None
         try:
             _ssh_look(ro, host, status, registry)
         except MeshError as e:
@@ -174,6 +187,7 @@ def _admin_look(stats: Stats, status: HostStatus) -> None:
     status.uptime_seconds = stats.uptime_seconds
     status.registry_version = stats.registry_version
     status.config_version = stats.documents.get("config")
+    status.policy_version = stats.documents.get("policy")
     status.ipv6 = stats.ipv6
     status.renewal = stats.renewal
     status.issuer_not_after = stats.issuer.not_after if stats.issuer else ""

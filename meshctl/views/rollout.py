@@ -28,6 +28,7 @@ STYLES = {
     "trusted": "cyan",
     "renewing": "green",
     "finished": "green",
+    "applied": "green",  # meshctl policy apply, delete
     "failed": "bold red",
 }
 

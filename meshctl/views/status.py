@@ -94,6 +94,12 @@ def _problems(s: HostStatus) -> str:
             f"[yellow]registry version {s.registry_version}, the workspace's is "
             f"{s.expected_registry}: run meshctl join {escape(s.host)}[/]"
         )
+    if s.policy_behind:
+        has = "no policy" if s.policy_version is None else f"policy version {s.policy_version}"
+        notes.append(
+            f"[yellow]{has}, the workspace's is {s.expected_policy}: "
+            "run meshctl policy apply again[/]"
+        )
     if s.cert_warning:
         notes.append("[yellow]certificate past 2/3 of its life: run meshctl join[/]")
     if s.drift:
@@ -106,12 +112,17 @@ def _problems(s: HostStatus) -> str:
     return "\n".join(notes) or "[red]unhealthy[/]"
 
 
+def _policy(s: HostStatus) -> str:
+    text = "-" if s.policy_version is None else str(s.policy_version)
+    return f"[yellow]{text}[/]" if s.policy_behind else text
+
+
 def status_table(statuses: list[HostStatus], registry_version: int) -> Table:
     """One row per host: reachability, meshd, versions, certificate, rules, drift."""
     table = Table(
         title=f"mesh status (workspace registry version {registry_version})", title_justify="left"
     )
-    for column in ("host", "address", "meshd", "registry", "cert until", "rules"):
+    for column in ("host", "address", "meshd", "registry", "policy", "cert until", "rules"):
         table.add_column(column, no_wrap=column in ("host", "address"))
     table.add_column("notes", overflow="fold", ratio=1)
     for s in statuses:
@@ -123,6 +134,7 @@ def status_table(statuses: list[HostStatus], registry_version: int) -> Table:
             escape(s.address),
             _meshd(s),
             registry,
+            _policy(s),
             _cert(s),
             "[red]fallback[/]"
             if s.rules_fallback

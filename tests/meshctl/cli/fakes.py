@@ -6,9 +6,10 @@ model as each command ``meshctl.provision.apply`` sends would change the
 host, and answers the fact script from it, so that ``join`` and ``leave``
 run their real plans, apply and checks against it. ``ScriptedMeshd`` is the
 admin API of every host's meshd (PUT /registry, /stats, the issuer's
-POST /issuer/csr, GET and PUT /issuer, and a CA rotation's PUT /trust and
-POST /renew): it talks to no socket, and a pushed registry reaches the
-host's rules and names at once, as ``meshd-sync`` would. It decides mutual
+POST /issuer/csr, GET and PUT /issuer, a CA rotation's PUT /trust and
+POST /renew, PUT /policy checked with meshd's ``wire.load``): it talks to
+no socket, and a pushed registry reaches the host's rules and names at
+once, as ``meshd-sync`` would. It decides mutual
 TLS as meshd does, from the roots each side trusts, so that a step taken
 out of order in a CA rotation fails as it would on real hosts.
 ``FakeMesh`` ties hosts, workspace and a fake meshd bundle together and
@@ -47,9 +48,10 @@ from meshctl.transport import FakeTransport, Result, Transport, UnreachableError
 from meshctl.workspace import Workspace, init_workspace
 from meshd import hostsfile
 from meshd.config import MeshdConfig
-from meshd.errors import ConnectError
+from meshd.errors import ConfigError, ConnectError
 from meshd.identity import SpiffeId, make_id
 from meshd.pki import build_csr, generate_key
+from meshd.policy.lang import wire
 from meshd.registry import Registry
 from meshd.rules import apply_document, fingerprint, ruleset
 from tests.meshctl.helpers import MESH, NOW
@@ -108,6 +110,7 @@ class FakeHost(FakeTransport):
     trust: dict[str, Any] | None = None
     refuse_trust: str | None = None  # meshd answers a PUT /trust with this error
     stuck: bool = False  # POST /renew renews nothing
+    policy: dict[str, Any] | None = None  # the policy document meshd runs (PUT /policy)
 
     def run(self, command: str, *, timeout: float = 120, root: bool = True) -> Result:
         self.commands.append(command)
@@ -273,7 +276,7 @@ class FakeHost(FakeTransport):
                 del self.fs[path]
         self.versions.clear()
         self.key = self.user_created = False
-        self.pushed = self.synced = None
+        self.pushed = self.synced = self.policy = None  # meshd's state directory is gone
         return OK
 
     def _userdel(self, command: str) -> Result:
@@ -340,6 +343,8 @@ class ScriptedMeshd(AdminClient):
         self._handshake(host, endpoint)
         if (method, path) == ("PUT", "/registry"):
             return self._put(host, doc)
+        if (method, path) == ("PUT", "/policy"):
+            return self._put_policy(host, doc)
         if path.startswith("/issuer"):
             return self._issuer(host, endpoint.host, method, path, doc)
         if (method, path) != ("GET", "/stats"):
@@ -406,6 +411,22 @@ class ScriptedMeshd(AdminClient):
         status = "applied" if version > current else "unchanged"
         return self._reply(200, {"status": status, "version": version})
 
+    def _put_policy(self, host: FakeHost, doc: Any) -> AdminReply:
+        """As meshd's store and ``wire.load`` take it: every document valid, a newer version,
+        or the same version with the same content (unchanged)."""
+        try:
+            wire.load(wire.PolicyDocument.from_json(doc), self.trust_domain, NOW)
+        except ConfigError as e:
+            return self._reply(400, {"error": e.message, "hint": e.hint})
+        current = host.policy or {"version": 0}
+        if doc["version"] < current["version"] or (
+            doc["version"] == current["version"] and doc != current
+        ):
+            return self._reply(409, {"error": f"policy version {doc['version']} conflicts"})
+        status = "unchanged" if doc == current else "applied"
+        host.policy = doc
+        return self._reply(200, {"status": status, "version": doc["version"]})
+
     def _stats(self, host: FakeHost) -> dict[str, Any]:
         return {
             "ready": True,
@@ -413,7 +434,10 @@ class ScriptedMeshd(AdminClient):
             "uptime_seconds": 60.0,
             "registry_version": host.registry_version,
             "synced_registry_version": host.synced,
-            "documents": {"trust": host.trust["version"]} if host.trust else {},
+            "documents": {
+                **({"trust": host.trust["version"]} if host.trust else {}),
+                **({"policy": host.policy["version"]} if host.policy else {}),
+            },
             "certificate_serial": host.serial,
             "issuer": self._issuer_report(host),
             "renewal": host.renewal,

@@ -33,7 +33,7 @@ HEALTHY = HostStatus(
 
 
 def render(*statuses: HostStatus) -> str:
-    console = Console(record=True, width=100)
+    console = Console(record=True, width=120)
     console.print(status_table(list(statuses), registry_version=4))
     return console.export_text()
 
@@ -64,6 +64,7 @@ def test_healthy_host() -> None:
             "address": "10.0.0.11",
             "meshd": "active, ready 0.3.0, up 2h",
             "registry": "4",
+            "policy": "-",
             "cert until": "2026-11-28 08:00",
             "rules": "yes",
             "notes": "healthy",
@@ -95,6 +96,18 @@ def test_healthy_host() -> None:
             "notes",
             "registry version 3, the workspace's is 4: run meshctl join web1",
         ),
+        ({"policy_version": 2, "expected_policy": 2}, "policy", "2"),
+        ({"policy_version": 2, "expected_policy": 2}, "notes", "healthy"),
+        (
+            {"policy_version": 1, "expected_policy": 2},
+            "notes",
+            "policy version 1, the workspace's is 2: run meshctl policy apply again",
+        ),
+        (
+            {"expected_policy": 2},
+            "notes",
+            "no policy, the workspace's is 2: run meshctl policy apply again",
+        ),
         ({"admin_error": "connection refused"}, "notes", "admin API: connection refused"),
         (
             {"reachable": False, "error": "web1:22: no answer", "admin_error": "timed out"},
@@ -115,7 +128,13 @@ def test_problems_are_shown(changes: dict[str, object], column: str, shown: str)
 
 @pytest.mark.parametrize(
     "changes",
-    [{"ready": False}, {"rules": False}, {"cert_life_left": 0.2}, {"registry_version": 3}],
+    [
+        {"ready": False},
+        {"rules": False},
+        {"cert_life_left": 0.2},
+        {"registry_version": 3},
+        {"policy_version": 1, "expected_policy": 2},
+    ],
 )
 def test_only_healthy_hosts_are_called_healthy(changes: dict[str, object]) -> None:
     status = replace(HEALTHY, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,379 @@
+"""``meshctl policy`` in-process: validate, apply (fake hosts, one down), list/show/diff/delete,
+and explain giving POLICY.md §3.1's decision table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.meshctl.cli.fakes import FLEET, FakeMesh, at, fleet
+from tests.meshctl.cli.helpers import meshctl
+
+EXAMPLES = Path(__file__).parents[2] / "meshd" / "policy" / "lang" / "examples"
+ZERO_TRUST = str(EXAMPLES / "zero-trust.toml")
+
+WEB_TO_API = ["--from", "web", "--to", "api", "--port", "8080"]
+# POLICY.md §3.1: request -> (decision, status, rule, would_deny)
+DECISIONS = [
+    (
+        [*WEB_TO_API, "--path", "/v1/orders"],
+        ("allow", None, "zero-trust/allow/web-to-api", []),
+    ),
+    (
+        [*WEB_TO_API, "--path", "/v1/admin/users"],
+        ("deny", 403, "zero-trust/deny/no-admin-from-web", []),
+    ),
+    (
+        [*WEB_TO_API, "--method", "DELETE", "--path", "/v1/orders/1"],
+        ("allow", None, "zero-trust/allow/web-to-api", ["zero-trust/deny/retire-web-deletes"]),
+    ),
+    (
+        ["--from", "api", "--to", "db", "--port", "5432", "--tcp"],
+        ("allow", None, "zero-trust/allow/api-to-db", []),
+    ),
+    (
+        ["--from", "web", "--to", "db", "--port", "5432", "--tcp"],
+        ("reset", None, "zero-trust/authz/default", []),
+    ),
+    (
+        ["--from", "prometheus", "--to", "db", "--port", "9102", "--path", "/metrics"],
+        ("allow", None, "zero-trust/allow/metrics-scrape", []),
+    ),
+    (
+        ["--from", "unauthenticated", "--to", "api", "--port", "8080", "--tcp"],
+        ("reset", None, "zero-trust/mtls/mode", []),
+    ),
+]
+
+
+def _no_workspace(tmp_path: Path) -> dict[str, str]:
+    return {"MESHCTL_WORKSPACE": str(tmp_path / "no-workspace")}
+
+
+@pytest.mark.parametrize(("request_args", "expected"), DECISIONS)
+def test_explain_gives_the_zero_trust_decision_table(
+    tmp_path: Path, request_args: list[str], expected: tuple[object, ...]
+) -> None:
+    done = meshctl(
+        "policy", "explain", *request_args, "-f", ZERO_TRUST, "--json", env=_no_workspace(tmp_path)
+    )
+    assert done.code == 0, done.out + done.err
+    decision, status, rule, would_deny = expected
+    assert json.loads(done.out) == {
+        "decision": decision,
+        "status": status,
+        "rule": rule,
+        "would_deny": would_deny,
+    }
+
+
+def test_explain_text_and_spiffe_ids(tmp_path: Path) -> None:
+    env = _no_workspace(tmp_path)
+    args = ["--to", "api", "--port", "8080", "--path", "/v1/%2e%2E/v1/admin/x", "-f", ZERO_TRUST]
+    text = meshctl("policy", "explain", "--from", "spiffe://prod.example/svc/web", *args, env=env)
+    assert text.code == 0, text.out + text.err
+    assert "decision:   deny" in text.out
+    assert "rule:       zero-trust/deny/no-admin-from-web" in text.out
+    assert "would-deny: none" in text.out
+    other = meshctl("policy", "explain", "--from", "host/web1", *args, "--json", env=env)
+    assert json.loads(other.out)["rule"] == "zero-trust/authz/default"  # a host is no service
+    bad = meshctl(
+        "policy", "explain", "--from", "web", "--to", "api", "--port", "8080", "--path", "/a%2fb",
+        "-f", ZERO_TRUST, "--json", env=env,
+    )  # fmt: skip
+    assert json.loads(bad.out) == {
+        "decision": "bad-request",
+        "status": 400,
+        "rule": "normalize/encoded-slash",
+        "would_deny": [],
+    }
+
+
+MANY_ERRORS = """\
+version = 1
+name = "Bad_Name"
+[authz]
+default = "permit"
+[[allow]]
+name = "ro"
+from = "web"
+to = "api"
+methods = ["GET", "get"]
+ports = [70000]
+[[deny]]
+name = "d"
+to = "api"
+method = ["GET"]
+"""
+
+
+def test_validate_reports_every_problem_with_line_and_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(MANY_ERRORS)
+    good = tmp_path / "good.toml"
+    good.write_text('version = 1\nname = "good"\n')
+    env = _no_workspace(tmp_path)
+    done = meshctl("policy", "validate", str(bad), str(good), "--json", env=env)
+    assert done.code == 2, done.out + done.err
+    problems = json.loads(done.out)["problems"]
+    keys = {"file", "line", "code", "field", "message", "severity"}
+    assert all(set(p) == keys for p in problems)
+    found = [(p["file"], p["line"], p["code"], p["field"]) for p in problems]
+    assert found == [
+        (str(bad), 2, "P006", "name"),
+        (str(bad), 4, "P008", "authz.default"),
+        (str(bad), 7, "P003", 'allow."ro".from'),
+        (str(bad), 9, "P012", 'allow."ro".methods[1]'),
+        (str(bad), 10, "P011", 'allow."ro".ports[0]'),
+        (str(bad), 14, "P002", 'deny."d".method'),
+    ]
+    text = meshctl("policy", "validate", str(bad), env=env)
+    assert text.code == 2
+    lines = text.out.splitlines()
+    assert lines[0].startswith(f"{bad}:2: error[P006] name: ")
+    assert len(lines) == 6 and "6 errors in 1 file" in text.err
+
+
+def test_validate_runs_the_cross_document_rules_among_the_files(tmp_path: Path) -> None:
+    one, two = tmp_path / "one.toml", tmp_path / "two.toml"
+    one.write_text('version = 1\nname = "one"\n[authz]\ndefault = "deny"\n')
+    two.write_text('version = 1\nname = "two"\n\n[authz]\ndefault = "audit"\n')
+    done = meshctl("policy", "validate", str(one), str(two), env=_no_workspace(tmp_path))
+    assert done.code == 2, done.out + done.err
+    assert "error[P040] authz.default" in done.out
+    alone = meshctl("policy", "validate", str(two), env=_no_workspace(tmp_path))
+    assert alone.code == 0, alone.out + alone.err
+
+
+def test_a_fresh_workspace_holds_mesh_toml_with_default_allow(tmp_path: Path) -> None:
+    mesh = FakeMesh(tmp_path)
+    text = (mesh.ws.root / "policies" / "mesh.toml").read_text()
+    assert 'default = "allow"' in text and "zero-trust" in text
+    valid = mesh.meshctl("policy", "validate", str(mesh.ws.root / "policies" / "mesh.toml"))
+    assert valid.code == 0, valid.out + valid.err
+    assert "warning[W002]" in valid.out
+    strict = mesh.meshctl(
+        "policy", "validate", "--strict", str(mesh.ws.root / "policies" / "mesh.toml")
+    )
+    assert strict.code == 2
+
+
+def test_join_pushes_the_applied_set_and_status_says_default_allow(tmp_path: Path) -> None:
+    mesh = fleet(tmp_path, "web1", "api1")
+    for name in ("web1", "api1"):
+        policy = at(mesh, name).policy
+        assert policy is not None and policy["version"] == 1
+        assert [d["name"] for d in policy["documents"]] == ["mesh"]
+    status = mesh.meshctl("status", "--json")
+    assert status.code == 8  # db1 is not joined
+    doc = status.json()
+    assert doc["policy"]["version"] == 1
+    assert any("authz default allow (mesh/authz/default)" in n for n in doc["policy"]["notes"])
+    assert doc["hosts"][2]["policy_version"] == 1 and not doc["hosts"][2]["policy_behind"]
+    text = mesh.meshctl("status")
+    assert "policy: the mesh runs with authz default allow" in text.out
+
+
+WEB_API = """\
+# policy/web-api.toml: web may call api
+version = 1
+name = "web-api"
+
+[[allow]]
+name = "web-to-api"
+from = ["web"]
+to = "api"
+ports = [8081]
+methods = ["GET"]
+"""
+
+
+def test_apply_with_a_host_down_then_again_brings_it_in_line(tmp_path: Path) -> None:
+    mesh = fleet(tmp_path, "web1", "api1", "db1")
+    policy = tmp_path / "web-api.toml"
+    policy.write_text(WEB_API)
+    mesh.unreachable = {FLEET["db1"][0]}
+    done = mesh.meshctl("policy", "apply", "-f", str(policy), "--json")
+    assert done.code == 8, done.out + done.err  # partial
+    rows = done.rows()
+    assert {h: r["status"] for h, r in rows.items()} == {
+        "web1": "applied",
+        "api1": "applied",
+        "db1": "failed",
+    }
+    assert done.json()["version"] == 2
+    assert any(n.startswith("not applied on db1:") for n in done.json()["notes"])
+    assert "error: meshd on db1 (10.0.0.13:15000): no answer" in done.err
+    assert (mesh.ws.root / "policies" / "web-api.toml").read_text() == WEB_API
+    for name in ("web1", "api1"):
+        assert at(mesh, name).policy["version"] == 2  # type: ignore[index]
+    assert at(mesh, "db1").policy["version"] == 1  # type: ignore[index]
+    # what each host enforces: api1 the rule for api, web1 none
+    api_docs = {d["name"]: d for d in at(mesh, "api1").policy["documents"]}  # type: ignore[index]
+    web_docs = {d["name"]: d for d in at(mesh, "web1").policy["documents"]}  # type: ignore[index]
+    assert [r["name"] for r in api_docs["web-api"].get("allow", [])] == ["web-to-api"]
+    assert web_docs.get("web-api", {}).get("allow", []) == []
+
+    mesh.unreachable = set()
+    status = mesh.meshctl("status", "--json")
+    assert status.code == 8
+    db1 = status.rows()["db1"]
+    assert (db1["policy_version"], db1["expected_policy"], db1["policy_behind"]) == (1, 2, True)
+    assert not db1["healthy"] and status.rows()["web1"]["healthy"]
+    table = mesh.meshctl("status")
+    assert "policy version 1, the workspace's is 2: run meshctl policy apply again" in table.out
+
+    again = mesh.meshctl("policy", "apply", "-f", str(policy), "--json")
+    assert again.code == 0, again.out + again.err
+    assert {h: r["status"] for h, r in again.rows().items()} == {
+        "web1": "current",
+        "api1": "current",
+        "db1": "applied",
+    }
+    assert again.json()["version"] == 2
+    assert at(mesh, "db1").policy["version"] == 2  # type: ignore[index]
+    assert mesh.meshctl("status").code == 0
+
+
+def test_apply_with_errors_changes_nothing_anywhere(tmp_path: Path) -> None:
+    mesh = fleet(tmp_path, "web1", "api1")
+    bad = tmp_path / "bad.toml"
+    bad.write_text(MANY_ERRORS.replace("Bad_Name", "bad"))
+    before = mesh.workspace_files()
+    policies_before = sorted((mesh.ws.root / "policies").iterdir())
+    hosts_before = {a: h.model() for a, h in mesh.hosts.items()}
+    mesh.requests.clear()
+    done = mesh.meshctl("policy", "apply", "-f", str(bad))
+    assert done.code == 2, done.out + done.err
+    assert len(done.out.splitlines()) == 5 and "5 errors in 1 file" in done.err
+    assert mesh.requests == []
+    assert mesh.workspace_files() == before
+    assert sorted((mesh.ws.root / "policies").iterdir()) == policies_before
+    assert {a: h.model() for a, h in mesh.hosts.items()} == hosts_before
+
+
+def test_apply_refuses_a_setting_another_document_owns(tmp_path: Path) -> None:
+    mesh = fleet(tmp_path, "web1")
+    mesh.requests.clear()
+    done = mesh.meshctl("policy", "apply", "-f", ZERO_TRUST, "--json")
+    assert done.code == 2, done.out + done.err
+    [problem] = done.json()["problems"]
+    assert (problem["file"], problem["code"], problem["field"]) == (
+        ZERO_TRUST,
+        "P040",
+        "authz.default",
+    )
+    assert "mesh" in problem["message"]
+    assert mesh.requests == []
+    assert not (mesh.ws.root / "policies" / "zero-trust.toml").exists()
+
+
+def test_list_show_diff_and_delete(tmp_path: Path) -> None:
+    mesh = fleet(tmp_path, "api1")
+    policy = tmp_path / "web-api.toml"
+    policy.write_text(WEB_API)
+    assert mesh.meshctl("policy", "apply", "-f", str(policy)).code == 0
+    listed = mesh.meshctl("policy", "list", "--json").json()
+    assert listed["version"] == 2
+    assert [(d["name"], d["allow"], d["settings"]) for d in listed["documents"]] == [
+        ("mesh", 0, ["mesh/authz/default"]),
+        ("web-api", 1, []),
+    ]
+    shown = mesh.meshctl("policy", "show", "web-api")
+    assert (shown.code, shown.out) == (0, WEB_API)
+    assert mesh.meshctl("policy", "show", "nope").code != 0
+
+    changed = WEB_API.replace('["GET"]', '["GET", "POST"]') + (
+        '\n[[deny]]\nname = "no-admin"\nfrom = ["web"]\nto = "api"\npaths = ["/admin/**"]\n'
+    )
+    policy.write_text(changed)
+    diff = mesh.meshctl("policy", "diff", "-f", str(policy), "--json")
+    assert diff.code == 0, diff.out + diff.err
+    [doc] = diff.json()["documents"]
+    assert doc["status"] == "changed"
+    assert [(c["change"], c["id"]) for c in doc["changes"]] == [
+        ("changed", "web-api/allow/web-to-api"),
+        ("added", "web-api/deny/no-admin"),
+    ]
+    text = mesh.meshctl("policy", "diff", "-f", str(policy))
+    assert "~ web-api/allow/web-to-api" in text.out and "+ web-api/deny/no-admin" in text.out
+    assert at(mesh, "api1").policy["version"] == 2  # type: ignore[index]  # diff pushes nothing
+
+    deleted = mesh.meshctl("policy", "delete", "web-api", "--json")
+    assert deleted.code == 0, deleted.out + deleted.err
+    assert deleted.json()["version"] == 3
+    assert [d["name"] for d in at(mesh, "api1").policy["documents"]] == ["mesh"]  # type: ignore[index]
+    last = mesh.meshctl("policy", "delete", "mesh")
+    assert last.code == 0, last.out + last.err
+    assert "no policy document is left" in last.out
+    assert at(mesh, "api1").policy == {"version": 4, "documents": []}
+    assert mesh.meshctl("policy", "list", "--json").json()["documents"] == []
+
+
+def test_explain_against_the_applied_set_takes_the_port_from_the_inventory(
+    tmp_path: Path,
+) -> None:
+    mesh = fleet(tmp_path, "api1")
+    done = mesh.meshctl("policy", "explain", "--from", "web", "--to", "api", "--json")
+    assert done.code == 0, done.out + done.err
+    assert done.json() == {
+        "decision": "allow",
+        "status": None,
+        "rule": "mesh/authz/default",
+        "would_deny": [],
+    }
+    unknown = mesh.meshctl("policy", "explain", "--from", "web", "--to", "nosuch")
+    assert unknown.code == 2 and "--port is needed" in unknown.err
+
+
+TENANT = """\
+version = 1
+name = "tenant"
+trust_domain = "prod.example"
+
+[[allow]]
+name = "acme-only"
+from = ["*"]
+to = "api"
+headers = { "x-tenant" = "acme" }
+"""
+
+
+@pytest.mark.parametrize(
+    ("headers", "rule"),
+    [
+        (["x-tenant: acme"], "tenant/allow/acme-only"),
+        (["X-Tenant:acme"], "tenant/allow/acme-only"),  # names match in any case
+        (["x-tenant: acme", "x-tenant: acme"], "builtin/authz/default"),  # joined: "acme,acme"
+        ([], "builtin/authz/default"),
+    ],
+)
+def test_explain_passes_headers_as_received(tmp_path: Path, headers: list[str], rule: str) -> None:
+    policy = tmp_path / "tenant.toml"
+    policy.write_text(TENANT)
+    flags = [f for h in headers for f in ("--header", h)]
+    done = meshctl(
+        "policy", "explain", "--from", "host/web1", "--to", "api", "--port", "80", *flags,
+        "-f", str(policy), "--json", env=_no_workspace(tmp_path),
+    )  # fmt: skip
+    assert done.code == 0, done.out + done.err
+    assert json.loads(done.out)["rule"] == rule
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--from", "web", "--header", "no-colon"], "write it as 'name: value'"),
+        (["--from", "svc/a/b"], "use a service name, host/NAME, a SPIFFE ID"),
+        (["--from", "Web"], "invalid svc name 'Web'"),
+    ],
+)
+def test_explain_refuses_bad_options(tmp_path: Path, args: list[str], message: str) -> None:
+    env = _no_workspace(tmp_path)
+    done = meshctl(
+        "policy", "explain", "--to", "api", "--port", "80", *args, "-f", ZERO_TRUST, env=env
+    )
+    assert done.code != 0
+    assert message in done.err
