@@ -89,6 +89,8 @@ class PipeEnd(asyncio.Protocol):
         for action in verdict:
             if isinstance(action, Send):
                 self._pass(action.data)
+            elif isinstance(action, Answer) and action.keep_alive:
+                self._answer(action)
             elif isinstance(action, Answer | Close):
                 self._end(action)
                 return
@@ -99,6 +101,12 @@ class PipeEnd(asyncio.Protocol):
         self.http = None
         if self.peer is not None:
             self.peer.http = None
+
+    def _answer(self, answer: Answer) -> None:
+        """Answer the client and go on with its next request."""
+        client = self if self.client_side else self.peer
+        if client is not None and client.transport is not None:
+            client.transport.write(answer.encode())
 
     def _end(self, action: Answer | Close) -> None:
         """Answer the client (then close), or close both ends at once."""

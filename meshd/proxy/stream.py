@@ -281,9 +281,16 @@ class Stream:
 
     def _answer(self, answer: Answer) -> None:
         """Answer the client in the server's stead, then end the stream (closing is HTTP's
-        ``Connection: close``: the answer says so)."""
+        ``Connection: close``: the answer says so), unless the answer keeps it alive."""
         http, payload = self.http, answer.encode()
         transport, link = self.transport, self.link
+        if answer.keep_alive:  # the exchange goes on with the client's next request
+            if http is not None and http.client_is_app:
+                if transport is not None:
+                    transport.write(payload)
+            elif link is not None:
+                link.send_data(self, payload)
+            return
         if http is not None and http.client_is_app:  # outbound: the peer's app saw nothing
             if transport is not None:
                 transport.write(payload)

@@ -8,6 +8,14 @@ fed to the parser, shown to the hooks as a ``RequestHead``, and then
 forwarded (maybe rewritten by ``SetHeader``/``AddHeader``) or answered here
 (``Answer``: the server never sees it; the client gets the answer once the
 responses to its earlier requests are through, and the connection closes).
+An answer that keeps the connection alive (``Answer.keep_alive``) goes at
+once when no earlier response is outstanding: the request's body is read
+and dropped (fed to the parser, never forwarded) and the next request is
+followed as usual. Where it cannot keep the connection (a body of unknown
+length, an upgrade, pipelined requests whose responses are still due: the
+later ones would have to wait behind it) it closes as any answer does.
+``SetTarget`` rewrites the request line (the normalised target is what the
+app receives).
 
 httptools reports no byte offsets, so the exchange finds where a head ends
 (its first empty line) and where a body ends (its Content-Length, or the
@@ -38,10 +46,11 @@ from meshd.proxy.http.actions import (
     Close,
     Send,
     SetHeader,
+    SetTarget,
     StreamAction,
     Verdict,
 )
-from meshd.proxy.http.head import CHUNKED, framing, rewrite
+from meshd.proxy.http.head import CHUNKED, Edit, framing, rewrite
 from meshd.proxy.http.observe import _METHODS, HttpObserver
 from meshd.proxy.http.plan import RequestHead, RequestHook
 from meshd.telemetry.events import Event
@@ -58,6 +67,7 @@ class HttpExchange(HttpObserver):
         "acts",
         "answer",
         "changed",
+        "dropping",
         "due",
         "fed",
         "head_done",
@@ -95,6 +105,7 @@ class HttpExchange(HttpObserver):
         self.headers: list[tuple[bytes, bytes]] = []
         self.started = 0.0
         self.head_done = self.message_done = self.upgrade = self.stray = False
+        self.dropping = False  # the body under way belongs to a request answered here
         # an answer waiting for the responses to earlier requests: (answer, method, started)
         self.answer: tuple[Answer, str, float] | None = None
         self.due = False
@@ -140,7 +151,9 @@ class HttpExchange(HttpObserver):
         left = self.left
         if left > len(data):  # inside a body that goes on past this chunk: nothing to find
             self.left = left - len(data)
-            return FORWARD if self._feed_body(data) else self._verdict()
+            if self._feed_body(data):
+                return DROP if self.dropping else FORWARD
+            return self._verdict()
         if self.requests is None or left == DONE:  # given up (upgraded), or answered
             return GIVE_UP if self.requests is None else DROP
         self.changed = False
@@ -234,18 +247,18 @@ class HttpExchange(HttpObserver):
         self.out.append(head)
         return self._forwarded(view, pos)
 
-    def _ask_hooks(self) -> tuple[Answer | None, list[SetHeader | AddHeader]]:
+    def _ask_hooks(self) -> tuple[Answer | None, list[Edit]]:
         head = RequestHead(
             self.method,
             self.target.decode("latin-1"),
             tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in self.headers),
         )
-        edits: list[SetHeader | AddHeader] = []
+        edits: list[Edit] = []
         for hook in self.hooks:
             for action in hook(head):
                 if isinstance(action, Answer):
                     return action, edits
-                if not isinstance(action, SetHeader | AddHeader):
+                if not isinstance(action, SetHeader | AddHeader | SetTarget):
                     raise TypeError(f"{action!r} is not carried out on a request head")
                 edits.append(action)
         return None, edits
@@ -274,7 +287,10 @@ class HttpExchange(HttpObserver):
         piece = view[pos : pos + self.left]
         if not self._feed_body(piece):
             return len(view)
-        self.out.append(piece)
+        if self.dropping:
+            self.changed = True  # what goes on is no longer this chunk as it is
+        else:
+            self.out.append(piece)
         self.left -= len(piece)
         if self.left == 0:
             self._message_end()
@@ -291,12 +307,18 @@ class HttpExchange(HttpObserver):
                 return len(view)
             fed = stop
             if self.message_done:
-                self.out.append(view[pos : pos + stop])
-                self.left = HEAD
+                if self.dropping:
+                    self.changed = True
+                else:
+                    self.out.append(view[pos : pos + stop])
+                self.left, self.dropping = HEAD, False
                 return pos + stop
             found = probe.find(b"\r\n\r\n", found + 1)
         if self._feed_body(rest[fed:]):
-            self.out.append(view[pos:])
+            if self.dropping:
+                self.changed = True
+            else:
+                self.out.append(view[pos:])
             self.tail = probe[-3:]
         return len(view)
 
@@ -315,13 +337,16 @@ class HttpExchange(HttpObserver):
 
     def _message_end(self) -> None:
         if self.message_done:
-            self.left = HEAD
+            self.left, self.dropping = HEAD, False
         else:
             self._close("the body did not end where its Content-Length said")
 
     # --- answers and endings ------------------------------------------------
     def _answer_request(self, answer: Answer) -> None:
         """Answer the request being held: now, or once earlier requests have their responses."""
+        if answer.keep_alive and self._keep_alive(answer):
+            return
+        answer = answer.closing()
         self.left, self.changed = DONE, True
         method = self.method if self.head_done else ""  # unparsable: no request to report
         if self.responses is None:  # the earlier responses cannot be told apart any more
@@ -331,6 +356,19 @@ class HttpExchange(HttpObserver):
         else:
             self._completed(method, answer.status, self.started)
             self.acts.append(answer)
+
+    def _keep_alive(self, answer: Answer) -> bool:
+        """Answer now and drop the request's body, if the connection can go on after it."""
+        if not self.head_done or self.upgrade or self.pending or self.responses is None:
+            return False  # pipelined: the next requests' responses would have to wait
+        left = HEAD if self.message_done else framing(self.headers)
+        if left is None:  # a body of unknown length: where the next request starts is unknown
+            return False
+        self.left, self.tail, self.dropping = left, b"", left != HEAD
+        self.head_done, self.changed = False, True
+        self._completed(self.method, answer.status, self.started)
+        self.acts.append(answer)
+        return True
 
     def _release(self, data: bytes) -> Verdict:
         assert self.answer is not None

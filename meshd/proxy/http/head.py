@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from meshd.proxy.http.actions import AddHeader, SetHeader
+from meshd.proxy.http.actions import AddHeader, SetHeader, SetTarget
 
 CHUNKED = -2  # a body framing: chunked transfer coding (a length is >= 0)
 
@@ -30,14 +30,24 @@ def framing(headers: Sequence[tuple[bytes, bytes]]) -> int | None:
     return length
 
 
-def rewrite(head: bytes, edits: Sequence[SetHeader | AddHeader]) -> bytes:
+Edit = SetHeader | AddHeader | SetTarget
+
+
+def rewrite(head: bytes, edits: Sequence[Edit]) -> bytes:
     """``head`` (request line, header lines, empty line) with ``edits`` applied in order.
 
     SetHeader replaces the first header of that name where it stands and drops
-    the others (or adds one at the end); AddHeader adds one at the end.
+    the others (or adds one at the end); AddHeader adds one at the end;
+    SetTarget replaces the request line's target (the parser checked the line:
+    method, one space, target, one space, version).
     """
     lines = head.lstrip(b"\r\n").split(b"\r\n")[:-2]  # without the empty line that ends it
     for edit in edits:
+        if isinstance(edit, SetTarget):
+            method, _, rest = lines[0].partition(b" ")
+            version = rest.rpartition(b" ")[2]
+            lines[0] = b"%s %s %s" % (method, edit.target.encode("ascii"), version)
+            continue
         line = f"{edit.name}: {edit.value}".encode("latin-1")
         lines = _set(lines, edit.name, line) if isinstance(edit, SetHeader) else [*lines, line]
     return b"\r\n".join(lines) + b"\r\n\r\n"

@@ -4,7 +4,8 @@
 
 SPEC is JSON: ``{"inbound": {"web": [{"deny": "/admin"}]}, "outbound": {"web":
 [{"add": ["X-Mesh-Test", "a"]}]}}``: per direction and service, hooks that
-answer 403 to paths under a prefix, or add a header. Policy will
+answer 403 to paths under a prefix (``"keep": true``: keeping the connection
+alive), or add a header. Policy will
 fill ``Runtime.http_rules`` one day; until then this launcher is the only
 thing that does, in its own process (meshd itself is unchanged).
 """
@@ -25,11 +26,11 @@ from meshd.proxy.http.plan import HttpPlan, HttpRules, RequestHead, RequestHook
 DENIED = b"denied by a test hook\n"
 
 
-def deny(prefix: str) -> RequestHook:
+def deny(prefix: str, keep_alive: bool = False) -> RequestHook:
+    answer = (Answer(403, (("Content-Type", "text/plain"),), DENIED, keep_alive),)
+
     def hook(head: RequestHead) -> tuple[RequestAction, ...]:
-        if head.path.startswith(prefix):
-            return (Answer(403, (("Content-Type", "text/plain"),), DENIED),)
-        return ()
+        return answer if head.path.startswith(prefix) else ()
 
     return hook
 
@@ -43,7 +44,10 @@ def plans(spec: Mapping[str, list[Mapping[str, Any]]]) -> dict[str, HttpPlan]:
     """Per service, a plan with the hooks ``spec`` lists (``deny`` a prefix, ``add`` a header)."""
     return {
         service: HttpPlan(
-            hooks=tuple(deny(h["deny"]) if "deny" in h else add(*h["add"]) for h in hooks)
+            hooks=tuple(
+                deny(h["deny"], h.get("keep", False)) if "deny" in h else add(*h["add"])
+                for h in hooks
+            )
         )
         for service, hooks in spec.items()
     }

@@ -21,6 +21,7 @@ from meshd.proxy.http.actions import (
     RequestAction,
     Send,
     SetHeader,
+    SetTarget,
     StreamAction,
     Verdict,
 )
@@ -320,3 +321,86 @@ def test_a_plan_that_does_not_observe_publishes_nothing() -> None:
     exchange.incoming(OK)
     exchange.finished()
     assert events == []
+
+
+# --- answers that keep the connection alive, and target rewrites ------------------
+KEPT = Answer(403, body=b"denied", keep_alive=True)
+POST_ADMIN = b"POST /admin/x HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nGET /a HTTP"
+CHUNKED_ADMIN = CHUNKED.replace(b"PUT /c", b"PUT /admin")
+
+
+def deny_kept(prefix: str) -> RequestHook:
+    def hook(head: RequestHead) -> tuple[RequestAction, ...]:
+        return (KEPT,) if head.path.startswith(prefix) else ()
+
+    return hook
+
+
+def target(value: str) -> RequestHook:
+    return lambda head: (SetTarget(value),)
+
+
+@pytest.mark.parametrize(
+    "denied",
+    [ADMIN, POST_ADMIN, CHUNKED_ADMIN],
+    ids=["get", "body-looks-like-a-request", "chunked-body"],
+)
+def test_a_kept_alive_answer_drops_the_body_and_the_next_request_goes_on(denied: bytes) -> None:
+    """Split anywhere: the denied request (and its body) never goes on, the next one does."""
+    for chunks in _splits(denied + GET + POST):
+        exchange, events = _exchange(deny_kept("/admin"))
+        assert _feed(exchange, chunks) == (GET + POST, [KEPT]), chunks
+        assert exchange.response_bytes(OK) is FORWARD
+        assert exchange.response_bytes(OK) is FORWARD
+        assert exchange.request_bytes(GET) is FORWARD  # still followed, not dropped
+        statuses = [e.status for e in events if isinstance(e, RequestCompleted)]
+        assert statuses == [403, 200, 200]
+
+
+def test_a_body_chunk_of_a_denied_request_is_dropped_without_a_look() -> None:
+    exchange, _ = _exchange(deny_kept("/admin"))
+    head = b"POST /admin HTTP/1.1\r\nContent-Length: 10\r\n\r\n"
+    assert exchange.request_bytes(head + b"abc") == (KEPT,)
+    assert exchange.request_bytes(b"defg") == DROP
+    assert exchange.request_bytes(b"hij" + GET) == (Send(GET),)
+
+
+def test_a_kept_alive_answer_behind_pipelined_requests_waits_and_closes() -> None:
+    """Requests after it would have to wait behind it: the answer goes in turn and closes."""
+    exchange, _ = _exchange(deny_kept("/admin"))
+    assert exchange.request_bytes(GET + ADMIN + GET) == (Send(GET),)
+    closing = Answer(403, body=b"denied")
+    assert exchange.response_bytes(OK) == (Send(OK), closing)
+    assert b"Connection: close" in closing.encode()
+
+
+def test_an_upgrade_answered_with_keep_alive_still_closes() -> None:
+    exchange, _ = _exchange(deny_kept("/ws"))
+    head = b"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    assert exchange.request_bytes(head + GET) == (Answer(403, body=b"denied"),)
+
+
+def test_a_kept_alive_answer_says_so_on_the_wire() -> None:
+    wire = KEPT.encode()
+    assert wire == b"HTTP/1.1 403 Forbidden\r\nContent-Length: 6\r\n\r\ndenied"
+    assert Answer(403).encode().endswith(b"Connection: close\r\n\r\n")
+
+
+@pytest.mark.parametrize(
+    ("stream", "value", "expected"),
+    [
+        (GET, "/b?q=1", GET.replace(b"/a", b"/b?q=1")),
+        (POST + GET, "/n", (POST + GET).replace(b"/b", b"/n").replace(b"/a", b"/n")),
+    ],
+    ids=["get", "post-then-get"],
+)
+def test_a_target_rewrite_reaches_the_server(stream: bytes, value: str, expected: bytes) -> None:
+    for chunks in _splits(stream):
+        exchange, _ = _exchange(target(value))
+        assert _feed(exchange, chunks) == (expected, []), chunks
+
+
+@pytest.mark.parametrize("value", ["a", "/a b", "/a\r\nX: 1", "/\u00e9", ""])
+def test_a_target_rewrite_cannot_smuggle_anything(value: str) -> None:
+    with pytest.raises(ValueError):
+        SetTarget(value)

@@ -48,6 +48,21 @@ def hooked(net: MeshNet) -> Iterator[tuple[Meshd, Meshd, RecordingApp]]:
         app.close()
 
 
+@pytest.fixture
+def kept(net: MeshNet) -> Iterator[tuple[Meshd, RecordingApp]]:
+    """A to B, B answering 403 to /admin and keeping the connection alive."""
+    app = RecordingApp()
+    try:
+        inbound = _hooked({"inbound": {"web": [{"deny": "/admin", "keep": True}]}})
+        b = net.start("b", services={"web": app.port}, command=inbound)
+        net.add_service("web", app.port, "b", b.ports["mesh"])
+        a = net.start("a", upstreams={"web": 0})
+        yield a, app
+    finally:
+        net.stop_all()
+        app.close()
+
+
 def _get(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes, bool]:
     conn.request("GET", path)
     response = conn.getresponse()
@@ -136,3 +151,20 @@ def test_a_request_that_cannot_be_followed_ends_the_connection(
         except ConnectionResetError:
             received = b""
     assert received == b""  # not the app's answer to the head that went on: A cut it off
+
+
+def test_a_denial_that_keeps_the_connection_lets_the_next_request_through(
+    kept: tuple[Meshd, RecordingApp],
+) -> None:
+    a, app = kept
+    conn = http.client.HTTPConnection("127.0.0.1", a.ports["upstream:web"], timeout=10)
+    try:
+        conn.request("POST", "/admin/x", body=b"GET /smuggled HTTP/1.1\r\n\r\n")
+        response = conn.getresponse()
+        assert (response.status, response.read(), response.will_close) == (403, DENIED, False)
+        assert _get(conn, "/after") == (200, b"hello /after", False)  # the same connection
+        assert _get(conn, "/admin") == (403, DENIED, False)
+        assert _get(conn, "/last") == (200, b"hello /last", False)
+    finally:
+        conn.close()
+    assert app.paths() == ["/after", "/last"]  # neither the denied requests nor their bodies

@@ -60,22 +60,27 @@ async def _exchange_bytes(rt: Runtime, data: bytes) -> bytes:
     return received
 
 
-@pytest.mark.parametrize("hooked", [False, True])
+@pytest.mark.parametrize("hooked", [False, True, "keep-alive"])
 def test_plaintext_meets_the_hooks_of_its_service(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hooked: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hooked: bool | str
 ) -> None:
     app = RecordingApp()
     try:
         rt = _runtime(tmp_path, app.port)
         if hooked:
-            rt.http_rules = HttpRules(inbound={"web": HttpPlan(hooks=(deny("/admin"),))})
+            hook = deny("/admin", keep_alive=hooked == "keep-alive")
+            rt.http_rules = HttpRules(inbound={"web": HttpPlan(hooks=(hook,))})
             rt.recompile()
         monkeypatch.setattr(inbound, "original_dst", lambda sock: ("127.0.0.1", app.port))
-        received = anyio.run(_exchange_bytes, rt, REQUESTS, backend="asyncio")
+        # keep-alive: the denied request first, so that no response is due before its answer
+        data = REQUESTS.partition(b"\r\n\r\n")[2] if hooked == "keep-alive" else REQUESTS
+        received = anyio.run(_exchange_bytes, rt, data, backend="asyncio")
     finally:
         app.close()
     statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", received)
-    if hooked:  # answered in turn, then closed: what followed the denied request is dropped
+    if hooked == "keep-alive":  # answered in turn, and the connection goes on
+        assert (statuses, app.paths()) == ([b"403", b"200"], ["/two"])
+    elif hooked:  # answered in turn, then closed: what followed the denied request is dropped
         assert (statuses, app.paths()) == ([b"200", b"403"], ["/one"])
         assert received.endswith(DENIED)
     else:  # no plan, no exchange: relayed as it came
