@@ -494,10 +494,11 @@ def test_a_push_with_a_host_down_reaches_the_others_and_the_next_apply_catches_i
     try:
         pushed = apply(mesh, tmp_path, {"zero-trust.toml": blocked})
         assert pushed.code != 0, pushed.out + pushed.err
-        said = pushed.out + pushed.err
-        assert "db1" in said, said
-        failed = [line for line in said.splitlines() if "db1" in line]
-        assert failed and all("web1" not in line and "api1" not in line for line in failed), said
+        errors = [line for line in pushed.err.splitlines() if line.startswith("error:")]
+        assert errors and all("db1" in line for line in errors), pushed.err  # db1, only db1
+        rows = {line.split()[1]: line for line in pushed.out.splitlines() if line.startswith("│")}
+        assert "failed" in rows["db1"], pushed.out
+        assert "applied" in rows["web1"] and "applied" in rows["api1"], pushed.out
         version = policy_version(mesh, api)
         assert version > before
         assert policy_version(mesh, web) == version
