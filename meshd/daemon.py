@@ -53,7 +53,8 @@ from meshd.runtime import (
 )
 from meshd.stats import EventCounts, HandshakeCounts, HeapCounts, LinkIn, LinkOut, Stats
 from meshd.store import DocumentStore
-from meshd.telemetry.events import CertificateRenewed, IssuerAnswered
+from meshd.telemetry.authzlog import AuthzLog
+from meshd.telemetry.events import AuthzDecided, CertificateRenewed, IssuerAnswered, RateLimited
 from meshd.telemetry.logs import peer_lines
 from meshd.telemetry.metrics import Metrics
 from meshd.tls.context import TlsMaterial
@@ -118,6 +119,9 @@ class Daemon:
         self.servers: list[asyncio.AbstractServer] = []
         self.notifier = Notifier.from_env(os.environ)
         self.metrics = Metrics(self.rt.bus)
+        self.authz_log = AuthzLog()  # its lines are written as the metrics count the events
+        self.metrics.tap(AuthzDecided, self.authz_log.decided)
+        self.metrics.tap(RateLimited, self.authz_log.limited)
         self.admin = AdminServer(_Backend(self), events=self.rt.bus)
         self.ipv6 = SERVED  # or why IPv6 is not served (see _start_listeners)
         self._stop: anyio.Event | None = None

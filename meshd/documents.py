@@ -3,7 +3,7 @@
     registry  {"version": N, "services": {...}}                 (shape: meshd.registry)
     config    {"version": N, "toml": "<meshd.toml text>"}
     certs     {"version": N, "cert_pem": "...", "bundle_pem": "..."}   (the key stays here)
-    policy    {"version": N}            (until the policy engine exists: nothing else)
+    policy    {"version": N, "documents": [...]}   (shape: meshd.policy.lang.wire)
     issuer    {"version": N, "cert_pem": "<issuer CA>", "leaf_lifetime": S}  (meshd.issuer)
     trust     {"version": N, "bundle_pem": "..."}   (the roots every peer is verified with)
 
@@ -16,10 +16,12 @@ must lie in this host's vip_range; a config may change its live parts
 ``meshd sync`` read from the file (identity files, ``[[services]]``,
 ``[interception]``, the registry path) nor what needs a restart (host name,
 state directory, listeners); a certificate must carry this host's identity,
-fit its key and expire no earlier than a valid one in the files; a policy is
-a version only; a trust bundle must verify the certificate meshd runs; an
-issuer CA must fit the issuer key here and chain to the trust bundle meshd
-runs (``meshd.issuer.service``). Every field is checked at the door, so that
+fit its key and expire no earlier than a valid one in the files; a policy's
+documents must pass the validator meshctl runs (``wire.load``: every problem
+is named in the 400, and the policy in force keeps running); a trust bundle
+must verify the certificate meshd runs; an issuer CA must fit the issuer
+key here and chain to the trust bundle meshd runs
+(``meshd.issuer.service``). Every field is checked at the door, so that
 applying is swapping references.
 
 Pushed documents stay in the state directory, never written over the files
@@ -42,6 +44,7 @@ verifies is set aside.
 
 from __future__ import annotations
 
+import datetime as dt
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -51,6 +54,8 @@ from typing import Any
 from meshd.config import IdentityConfig, MeshdConfig
 from meshd.errors import CertificateError, ConfigError, MeshError
 from meshd.issuer.service import Issuer, IssuerChange
+from meshd.policy.bundle import NO_POLICY, AppliedPolicy
+from meshd.policy.lang import wire
 from meshd.registry import Registry, check_vip_range
 from meshd.renewal.stored import load_renewed
 from meshd.runtime import (
@@ -78,7 +83,7 @@ class Layered:
     tls: TlsMaterial
     certificate: CertificateSource
     registry: Registry
-    policy: Doc
+    policy: AppliedPolicy
     set_aside: dict[str, str] = field(default_factory=dict)  # kind -> why
     record: Registry | None = None  # the registry file, newer than any push: the store's now
     trust: bytes | None = None  # the trust document's bundle, when one runs
@@ -182,10 +187,10 @@ class Documents:
         rt.bus.publish(CertificateRenewed(tls.not_after.timestamp(), "trust"))
         rt.recompile()  # the swap hooks: links made under the old bundle retire
 
-    def validate_policy(self, doc: Doc) -> Doc:
-        return policy_of(doc)
+    def validate_policy(self, doc: Doc) -> AppliedPolicy:
+        return policy_of(doc, self.runtime().trust_domain)
 
-    def apply_policy(self, policy: Doc) -> None:
+    def apply_policy(self, policy: AppliedPolicy) -> None:
         rt = self.runtime()
         rt.policy = policy
         rt.recompile()
@@ -230,7 +235,7 @@ def layer(files: Files, docs: dict[str, Doc], directory: Path) -> Layered:
     if choice.set_aside is not None:
         set_aside["certs"] = choice.set_aside
     pushed = on_top("registry", None, lambda d: registry_on(config, d))
-    policy = on_top("policy", {}, policy_of)
+    policy = on_top("policy", NO_POLICY, lambda d: policy_of(d, config.identity.trust_domain))
     registry, record = _newer_registry(files.registry, pushed)
     return Layered(
         files,
@@ -454,13 +459,15 @@ def registry_on(config: MeshdConfig, doc: Doc) -> Registry:
     return check_vip_range(registry, vip_range, "registry", mesh_host=mesh_host)
 
 
-def policy_of(doc: Doc) -> Doc:
-    """Only ``{"version": N}`` until the policy engine exists: nothing enforces the rest."""
-    extra = sorted(set(doc) - {"version"})
-    if extra:
-        raise ConfigError(
-            f"policy: {extra[0]}: policy enforcement is not in this meshd yet",
-            hint='push {"version": N} only, or upgrade meshd to one that enforces policy',
-        )
-    Fields(doc, "policy").version()
-    return dict(doc)
+def policy_of(doc: Doc, trust_domain: str) -> AppliedPolicy:
+    """A pushed policy, checked by the validator meshctl runs (``wire.load``), whole.
+
+    ``{"version": N}`` without documents is "no policy": nothing is enforced.
+    ConfigError (a 400 naming every problem) when anything in it is wrong.
+    """
+    version = Fields(doc, "policy").version()
+    pushed = wire.PolicyDocument.from_json(doc)
+    if not pushed.documents:
+        return AppliedPolicy(version)
+    documents = wire.load(pushed, trust_domain, dt.datetime.now(dt.UTC))
+    return AppliedPolicy(version, tuple(documents))

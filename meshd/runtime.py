@@ -25,7 +25,9 @@ from meshd.config import MeshdConfig
 from meshd.errors import CertificateError, ConfigError, MeshError
 from meshd.host.registryfiles import load_registry
 from meshd.identity import SpiffeId, make_id
-from meshd.policy.bundle import Bundle
+from meshd.policy.bundle import NO_POLICY, AppliedPolicy, Bundle
+from meshd.policy.lang.model import RateLimit
+from meshd.policy.lang.ratelimit import Buckets
 from meshd.proxy.http.plan import HttpRules
 from meshd.registry import Registry
 from meshd.stats import CertificateSource, ReloadReport
@@ -121,7 +123,7 @@ class Runtime:
     draining: bool = False
     bound: dict[str, tuple[str, int]] = field(default_factory=dict)
     version: str = __version__
-    policy: dict[str, Any] = field(default_factory=dict)
+    policy: AppliedPolicy = NO_POLICY
     last_reload: ReloadOutcome = field(default_factory=lambda: ReloadOutcome(0, True, "started"))
     files: Files | None = None  # as last read: a pushed certificate must outlast theirs
     certificate: CertificateSource = field(
@@ -132,6 +134,9 @@ class Runtime:
     http_rules: HttpRules = field(default_factory=HttpRules)
     # config, registry and policy compiled for meshd.policy.decide: ``recompile`` after a swap
     bundle: Bundle = field(init=False)
+    # the policy's token buckets: kept across swaps while the rate limits stay as they were
+    buckets: Buckets = field(default_factory=Buckets)
+    limits: dict[str, RateLimit] = field(default_factory=dict)  # what ``buckets`` count for
     # called after every recompile: the proxy tears down revoked links, follows a new certificate
     swapped: list[Callable[[], None]] = field(default_factory=list)
     # the daemon's event loop (``Daemon.run``): swap hooks touch links and timers, so they run
@@ -161,6 +166,10 @@ class Runtime:
         """Compile the bundle admissions decide on from the state now in place (after a swap),
         then run the swap hooks on the event loop (soon, if called from another thread)."""
         self.bundle = Bundle.compile(self.config, self.registry, self.policy, self.http_rules)
+        limits = _rate_limits(self.policy)
+        if any(_changed(self.limits[i], limits[i]) for i in self.limits.keys() & limits.keys()):
+            self.buckets = Buckets()  # a limit changed under its id: count afresh
+        self.limits = limits
         if not self.swapped:
             return
         loop = self.loop
@@ -176,6 +185,15 @@ class Runtime:
     def release(self) -> None:
         """An admitted app connection ended (admitting counts it in ``active``)."""
         self.active -= 1
+
+
+def _rate_limits(policy: AppliedPolicy) -> dict[str, RateLimit]:
+    return {r.id: r for d in policy.documents for r in d.rate_limits}
+
+
+def _changed(old: RateLimit, new: RateLimit) -> bool:
+    """Whether a rate limit counts differently (where it sits in its file does not matter)."""
+    return replace(old, line=0) != replace(new, line=0)
 
 
 def _running(loop: asyncio.AbstractEventLoop) -> bool:

@@ -7,6 +7,11 @@ logs and publishes it. The checks run in the order meshd has always made
 them, which decides the code a peer sees when several rules would refuse.
 Admitting a connection or a stream returns a value compiled into the
 bundle: it allocates nothing (a refusal, or a link, builds its decision).
+Under a policy, the local service's ``Guard`` (``meshd.policy.guard``) has
+the last word on a stream or a plaintext connection: a delivery as L4 when
+the policy allows this peer on this port wholesale (remembered per peer and
+port), else its inspection (the first bytes say whether to judge requests
+or the connection).
 """
 
 from __future__ import annotations
@@ -80,7 +85,8 @@ def stream(
         return Refuse("peer_limit", why, MAX_STREAMS_PER_PEER)
     if active >= bundle.max_connections:
         return CONNECTION_LIMIT
-    return deliver
+    guard = deliver.guard
+    return deliver if guard is None else guard.admit(request.source, request.port)
 
 
 def plaintext(bundle: Bundle, dst: Address | None, active: int) -> Inbound:
@@ -92,7 +98,8 @@ def plaintext(bundle: Bundle, dst: Address | None, active: int) -> Inbound:
         return decision
     if active >= bundle.max_connections:
         return CONNECTION_LIMIT
-    return decision
+    guard = decision.guard
+    return decision if guard is None else guard.admit(None, decision.port)
 
 
 def link(

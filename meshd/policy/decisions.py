@@ -15,10 +15,15 @@ names above from being document names).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from meshd.identity import SpiffeId
 from meshd.proxy.http.plan import HttpPlan
 from meshd.registry import Endpoint, Service
+
+if TYPE_CHECKING:
+    from meshd.policy.guard import Guard
+    from meshd.policy.lang.evaluate import Decision
 
 # the rules that decide today
 MAX_CONNECTIONS = "config/limits.max_connections"
@@ -52,14 +57,19 @@ class Forward:
 class Deliver:
     """Inbound: deliver the stream (or plaintext connection) to the local app on ``port``.
 
-    ``http`` is the L7 work its requests need (an L7 rule to enforce); None:
-    relayed as L4, which every delivery is until a rule needs more.
+    ``http`` is the L7 work its requests need; None: relayed as L4. Under a
+    policy (``meshd.policy.guard``): ``guard`` set means "look at the first
+    bytes, then judge each request (HTTP) or the connection (TCP)"; ``decided``
+    set means the policy allowed this peer on this port wholesale (relayed as
+    L4; the decision is counted once per connection).
     """
 
     service: str
     port: int
     rule: str
     http: HttpPlan | None = None
+    guard: Guard | None = None
+    decided: Decision | None = None
 
 
 @dataclass(frozen=True, slots=True)

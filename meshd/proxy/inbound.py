@@ -12,6 +12,14 @@ expiry of both certificates (``meshd.proxy.link``). Connections that
 reach a meshed port from outside the mesh arrive redirected on the inbound
 listener: refused in ``strict`` mode, relayed to the app as an unauthenticated
 peer in ``permissive``.
+
+Under a policy (``meshd.policy.guard``) the mTLS mode is the policy's, per
+service (a strict one resets plaintext at accept), and a stream or plaintext
+connection the policy does not allow wholesale waits for its first bytes
+(``meshd.proxy.enforce.FirstBytes``) before the app is connected: HTTP gets
+an exchange that judges every request, opaque TCP is judged once and reset
+(RST) when denied or over a connection rate limit. With no policy in force
+none of this runs: a delivery is what it always was.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 from meshd.netfacts import fmt, original_dst
 from meshd.policy import decide
@@ -32,15 +40,28 @@ from meshd.policy.decisions import (
     Deliver,
     Refuse,
 )
+from meshd.policy.guard import Guard
 from meshd.proxy.connect import Connector
-from meshd.proxy.frames import RST_CONNECT_FAILED, OpenRequest
+from meshd.proxy.enforce import (
+    SNIFF_WAIT,
+    FirstBytes,
+    Kind,
+    RequestJudge,
+    allowed_wholesale,
+    judge_tcp,
+    request_id,
+    reset_hard,
+)
+from meshd.proxy.frames import RST_CONNECT_FAILED, RST_REFUSED, OpenRequest
 from meshd.proxy.http.install import exchange_for
+from meshd.proxy.http.plan import HttpPlan
 from meshd.proxy.link import Link
 from meshd.proxy.relay import PipeEnd
 from meshd.proxy.stream import AppProtocol, Stream
 from meshd.runtime import Runtime
 from meshd.telemetry.events import (
     INBOUND,
+    AuthzDecided,
     ConnectionClosed,
     ConnectionOpened,
     ConnectionRefused,
@@ -158,19 +179,34 @@ class MeshPort:
             self.rt.config.limits.stream_window,
             on_close=lambda s, error: self._closed(s, request, error, peer, pending),
         )
-        if decision.http is not None:  # L7 for this service (an L4 stream skips even the call)
-            stream.http = exchange_for(
-                decision.http,
-                self.rt.bus.publish,
-                INBOUND,
-                request.source,
-                request.service,
-                self.rt.config.limits.max_header_bytes,
-            )
         self.rt.bus.publish(
             ConnectionOpened(INBOUND, request.source, request.service, decision.rule)
         )
-        port = decision.port
+        guard = decision.guard
+        if guard is not None:  # under a policy that depends on what comes: look first
+            stream.http = FirstBytes(
+                lambda kind, held: self._first(link, stream, request, guard, pending, kind, held),
+                sniff_wait(self.rt),
+            )
+            return stream
+        if decision.decided is not None:  # allowed wholesale by the policy: counted once
+            allowed_wholesale(self.rt, request.service, decision.decided)
+        if decision.http is not None:  # L7 for this service (an L4 stream skips even the call)
+            stream.http = self._exchange(decision.http, request)
+        self._connect(stream, decision.port, pending)
+        return stream
+
+    def _exchange(self, plan: HttpPlan, request: OpenRequest) -> Any:
+        return exchange_for(
+            plan,
+            self.rt.bus.publish,
+            INBOUND,
+            request.source,
+            request.service,
+            self.rt.config.limits.max_header_bytes,
+        )
+
+    def _connect(self, stream: Stream, port: int, pending: list[Callable[[], None]]) -> None:
         cancel = self.connector.connect(
             LOCAL_APP_HOST,
             port,
@@ -178,7 +214,32 @@ class MeshPort:
             lambda error: self._unreachable(stream, port, error),
         )
         pending.append(cancel)
-        return stream
+
+    def _first(
+        self,
+        link: Link,
+        stream: Stream,
+        request: OpenRequest,
+        guard: Guard,
+        pending: list[Callable[[], None]],
+        kind: Kind,
+        held: bytes,
+    ) -> None:
+        """The stream's first bytes said what it is: judge it, then connect the app."""
+        if stream.closed:
+            return
+        if kind == "http":
+            judge = RequestJudge(self.rt, guard, request.source, request.port)
+            stream.http = self._exchange(judged(guard.http, judge), request)
+        else:
+            why = judge_tcp(self.rt, guard, request.source, request.port)
+            if why is not None:  # the caller's meshd resets its app's connection (RST)
+                link.reset(stream, RST_REFUSED, why)
+                return
+            stream.http = self._exchange(guard.http, request) if guard.http else None
+        self._connect(stream, guard.port, pending)
+        if held:
+            stream.replay(held)
 
     def _unreachable(self, stream: Stream, port: int, error: BaseException) -> None:
         if stream.closed:  # reset meanwhile: its connect was cancelled
@@ -274,27 +335,57 @@ class PlainInbound(PipeEnd):
             return
         self.rt.active += 1  # released in _closed
         self.service = decision.service
-        if decision.http is not None:  # L7 for this service; an L4 relay skips even the call
-            self.http = exchange_for(
-                decision.http,
-                self.rt.bus.publish,
-                INBOUND,
-                UNAUTHENTICATED,
-                decision.service,
-                self.rt.config.limits.max_header_bytes,
-            )
         self.opened_at = time.monotonic()
         self.on_lost = self._closed
         self.rt.bus.publish(
             ConnectionOpened(INBOUND, UNAUTHENTICATED, decision.service, decision.rule)
         )
-        port = decision.port
+        guard = decision.guard
+        if guard is not None:  # under a policy that depends on what comes: look first
+            self.http = FirstBytes(
+                lambda kind, held: self._first(guard, kind, held), sniff_wait(self.rt)
+            )
+            return
+        if decision.decided is not None:  # allowed wholesale by the policy: counted once
+            allowed_wholesale(self.rt, decision.service, decision.decided)
+        if decision.http is not None:  # L7 for this service; an L4 relay skips even the call
+            self.http = self._exchange(decision.http)
+        self._connect(decision.port)
+
+    def _exchange(self, plan: HttpPlan) -> Any:
+        return exchange_for(
+            plan,
+            self.rt.bus.publish,
+            INBOUND,
+            UNAUTHENTICATED,
+            self.service,
+            self.rt.config.limits.max_header_bytes,
+        )
+
+    def _connect(self, port: int) -> None:
         self.connector.connect(
             LOCAL_APP_HOST,
             port,
             lambda: _AppEnd(self),
             lambda error: self._unreachable(port, error),
         )
+
+    def _first(self, guard: Guard, kind: Kind, held: bytes) -> None:
+        """The first bytes said what the connection is: judge it, then connect the app."""
+        if self.closed or self.transport is None:
+            return
+        if kind == "http":
+            judge = RequestJudge(self.rt, guard, None, guard.port)
+            self.http = self._exchange(judged(guard.http, judge))
+        else:
+            why = judge_tcp(self.rt, guard, None, guard.port)
+            if why is not None:
+                reset_hard(self.transport)
+                return
+            self.http = self._exchange(guard.http) if guard.http else None
+        self._connect(guard.port)
+        if held:
+            self.replay(held)
 
     def _refuse(
         self, transport: asyncio.Transport, dst: tuple[str, int] | None, refusal: Refuse
@@ -311,7 +402,17 @@ class PlainInbound(PipeEnd):
                 refusal.reason,
             )
         self.rt.bus.publish(ConnectionRefused("inbound", peer, refusal.code, refusal.rule))
+        if self.rt.bundle.policy is not None and refusal.code == "plaintext" and dst is not None:
+            self._strict(dst[1], refusal)  # the policy's strict mode: RST at accept
+            reset_hard(transport)
+            return
         transport.abort()
+
+    def _strict(self, port: int, refusal: Refuse) -> None:
+        service = next((s.name for s in self.rt.config.services if s.port == port), "")
+        self.rt.bus.publish(
+            AuthzDecided(service, "reset", refusal.rule, port=port, request_id=request_id())
+        )
 
     def _closed(self) -> None:
         self.rt.release()
@@ -346,6 +447,18 @@ class _AppEnd(PipeEnd):
             cast(asyncio.Transport, transport).close()
         else:
             self.client.join(self)
+
+
+def sniff_wait(rt: Runtime) -> float:
+    """How long an inspected connection may stay silent before it is judged as opaque TCP."""
+    return min(SNIFF_WAIT, rt.config.timeouts.header_read)
+
+
+def judged(base: HttpPlan | None, judge: RequestJudge) -> HttpPlan:
+    """The plan of an inspected HTTP connection: the judge first, then any hooks it had."""
+    if base is None:
+        return HttpPlan(observe=False, hooks=(judge,))
+    return HttpPlan(observe=base.observe, hooks=(judge, *base.hooks))
 
 
 def _refused(link: Link, refusal: Refuse) -> None:

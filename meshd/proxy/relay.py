@@ -69,6 +69,15 @@ class PipeEnd(asyncio.Protocol):
                 return
         self._pass(data)
 
+    def replay(self, data: bytes) -> None:
+        """Bytes the client sent that were held back (a first look) and counted then."""
+        http = self.http
+        verdict = True if http is None else http.request_bytes(data)
+        if verdict is True:
+            self._pass(data)
+        else:
+            self._http(verdict, data)
+
     def _pass(self, data: bytes) -> None:
         """Write ``data`` to the other side, or keep it (and stop reading) until it is there."""
         peer = self.peer

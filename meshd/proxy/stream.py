@@ -19,6 +19,9 @@ sent again by its owner (``mover``); the app's connection never notices.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, cast
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
 # A sender pauses its app only after a send takes its window to zero or below, so it may
 # overshoot by one read of the app socket; more than this beyond the window is a broken peer.
 WINDOW_SLACK = 1 << 20
+_LINGER_ZERO = struct.pack("ii", 1, 0)
 
 
 class Exchange(Protocol):
@@ -188,6 +192,16 @@ class Stream:
         self.unacked += size
         if not self.app_paused and self.unacked >= self.window >> 2 and self.link is not None:
             self.link.grant(self)
+
+    def replay(self, data: bytes) -> None:
+        """Bytes from the peer an exchange held back before it was replaced (a first look):
+        counted on arrival, credited once they are delivered, like any bytes held."""
+        http = self.http
+        verdict = True if http is None else http.incoming(data)
+        if verdict is True:
+            self._deliver_on(data)
+        else:
+            self._incoming(verdict, data, 0)
 
     def _deliver_on(self, data: bytes | memoryview) -> None:
         """deliver's write, for bytes an exchange lets go of (credit is deliver's business)."""
@@ -364,8 +378,8 @@ class Stream:
         """The stream is gone (peer reset, link lost, refused): abort the app side."""
         if self.closed:
             return
-        if self.transport is not None:
-            self.transport.abort()
+        if self.transport is not None:  # a reset, not an end: the app's peer sees an RST
+            _reset_hard(self.transport)
         self._finish(reason)
 
     def _maybe_finish(self) -> None:
@@ -389,6 +403,16 @@ class Stream:
         self.mover = None
         if on_close is not None:
             on_close(self, error)
+
+
+def _reset_hard(transport: asyncio.Transport) -> None:
+    """Abort with SO_LINGER 0: the kernel sends an RST, not a FIN (a caller must not take a
+    reset connection for one that ended cleanly)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already gone: abort closes what is left
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+    transport.abort()
 
 
 class Moving:

@@ -56,6 +56,41 @@ class RequestCompleted:
 
 
 @dataclass(slots=True)
+class AuthzDecided:
+    """A policy decision on an inbound request or connection (``meshd.policy.guard``).
+
+    ``decision``: "allow", "deny", "reset" or "bad-request"; ``method`` ""
+    for opaque TCP (one decision per connection). An allowed request with no
+    would-deny is published as one shared event per rule, without request
+    details (``source`` None, ``path`` ""): allows are counted, not logged.
+    """
+
+    service: str
+    decision: str
+    rule: str
+    would_deny: tuple[str, ...] = ()
+    source: str | None = None  # the peer's verified SPIFFE ID; None: plaintext (or untold)
+    port: int = 0
+    method: str = ""
+    path: str = ""  # normalised (a rejected target: as sent, cleaned for a log line)
+    request_id: str = ""
+
+
+@dataclass(slots=True)
+class RateLimited:
+    """A request (429) or an opaque TCP connection (reset) refused by a ``[[rate_limit]]``."""
+
+    service: str
+    rule: str
+    retry_after: int
+    source: str | None
+    port: int
+    method: str = ""  # "": a TCP connection
+    path: str = ""
+    request_id: str = ""
+
+
+@dataclass(slots=True)
 class HandshakeFailed:
     listener: str  # "mesh", "admin", "link" (outbound link to a peer)
     peer: str  # address
@@ -110,6 +145,8 @@ Event = (
     | CertificateRenewed
     | RenewalFailed
     | LinkRetired
+    | AuthzDecided
+    | RateLimited
 )
 
 

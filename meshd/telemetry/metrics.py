@@ -19,6 +19,7 @@ import psutil
 
 from meshd import __version__
 from meshd.telemetry.events import (
+    AuthzDecided,
     CertificateRenewed,
     ConnectionClosed,
     ConnectionOpened,
@@ -28,6 +29,7 @@ from meshd.telemetry.events import (
     HandshakeFailed,
     IssuerAnswered,
     LinkRetired,
+    RateLimited,
     RenewalFailed,
     RequestCompleted,
     Subscription,
@@ -125,8 +127,25 @@ class Metrics:
             CertificateRenewed: self._renewed,
             RenewalFailed: self._renewal_failed,
             LinkRetired: self._retired,
+            AuthzDecided: self._authz,
+            RateLimited: self._limited,
         }
+        self._decisions, self._would_deny = f["authz_decisions"], f["authz_would_deny"]
         f["info"].set((__version__,), 1)
+
+    def tap(self, kind: type[Event], handler: Callable[[Any], None]) -> None:
+        """Hand every event of ``kind`` to ``handler`` too, after counting it.
+
+        For consumers of a few rare kinds (the authz log): a subscription of
+        their own would add an append to every event the proxy publishes.
+        """
+        counted = self._handlers[kind]
+
+        def both(event: Any) -> None:
+            counted(event)
+            handler(event)
+
+        self._handlers[kind] = both
 
     def track(self, consumer: str, subscription: Subscription) -> None:
         """Count the drops of another consumer's subscription in meshd_events_dropped_total."""
@@ -223,6 +242,14 @@ class Metrics:
     def _retired(self, e: LinkRetired) -> None:
         self._families["links_retired"].inc((e.reason,))
 
+    def _authz(self, e: AuthzDecided) -> None:
+        self._decisions.inc((e.service, e.decision, e.rule))
+        for rule in e.would_deny:
+            self._would_deny.inc((e.service, rule))
+
+    def _limited(self, e: RateLimited) -> None:
+        self._families["ratelimit_limited"].inc((e.service, e.rule))
+
 
 def _families() -> dict[str, Family]:
     return {
@@ -282,6 +309,25 @@ def _families() -> dict[str, Family]:
             "Renewal rounds of meshd's own certificate, by result (failed: no issuer signed).",
             "counter",
             ("result",),
+        ),
+        "authz_decisions": Family(
+            "meshd_authz_decisions_total",
+            "Policy decisions on inbound requests and connections (a connection allowed"
+            " wholesale at L4 counts once).",
+            "counter",
+            ("service", "decision", "rule"),
+        ),
+        "authz_would_deny": Family(
+            "meshd_authz_would_deny_total",
+            "Audit rules (and audit defaults) that would have denied, by rule.",
+            "counter",
+            ("service", "rule"),
+        ),
+        "ratelimit_limited": Family(
+            "meshd_ratelimit_limited_total",
+            "Requests (429) and connections (reset) refused by a rate limit.",
+            "counter",
+            ("service", "rule"),
         ),
         "active": Family(
             "meshd_active_connections", "Open TCP connections.", "gauge", ("direction",)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from meshd.errors import ConfigError
-from meshd.policy.bundle import Bundle
+from meshd.policy.bundle import NO_POLICY, Bundle
 from meshd.registry import MAX_IPV6, Registry
 from tests.meshd.policy.sample import config
 
@@ -35,7 +35,7 @@ def _with_ipv6(value: object) -> dict[str, Any]:
 
 def test_an_ipv6_address_routes_to_its_endpoint() -> None:
     registry = Registry.from_dict(_with_ipv6(["FD00:77:0::12"]), "registry.json")
-    routes = Bundle.compile(config(), registry, {}).routes  # what meshd decides with
+    routes = Bundle.compile(config(), registry, NO_POLICY).routes  # what meshd decides with
     route = routes.get(("fd00:77::12", 8080))  # as meshd reads it from the socket
     assert route is not None and len(route.endpoints) == 1
     endpoint = route.endpoints[0]

@@ -12,7 +12,7 @@ from meshd.config import ServiceConfig
 from meshd.daemon import Daemon
 from meshd.documents import Documents, Layered
 from meshd.policy import decide
-from meshd.policy.bundle import Bundle
+from meshd.policy.bundle import NO_POLICY, AppliedPolicy, Bundle
 from meshd.policy.decisions import MTLS_STRICT, Deliver, Forward, Refuse
 from meshd.proxy.http.actions import RequestAction
 from meshd.proxy.http.plan import OBSERVE, HttpPlan, HttpRules, RequestHead
@@ -27,7 +27,7 @@ NO_TLS = cast(TlsMaterial, None)  # the bundle is made of config, registry and p
 
 
 def test_routes_index_every_address_an_app_may_use() -> None:
-    bundle = Bundle.compile(config(), REGISTRY, {})
+    bundle = Bundle.compile(config(), REGISTRY, NO_POLICY)
     to_api = bundle.services["api"]
     assert to_api == Forward(API, (B1, B2), "registry/services", OBSERVE)  # [mesh] http
     assert bundle.routes == {
@@ -51,7 +51,9 @@ def test_plaintext_is_decided_per_port_the_first_service_on_it_wins(
     mtls: str, on_8080: object
 ) -> None:
     services = (ServiceConfig("api", 8080), ServiceConfig("shadow", 8080))
-    bundle = Bundle.compile(dataclasses.replace(config(mtls), services=services), REGISTRY, {})
+    bundle = Bundle.compile(
+        dataclasses.replace(config(mtls), services=services), REGISTRY, NO_POLICY
+    )
     assert bundle.plaintext == {8080: on_8080}
     assert bundle.local == {
         "api": Deliver("api", 8080, "config/services"),
@@ -61,10 +63,10 @@ def test_plaintext_is_decided_per_port_the_first_service_on_it_wins(
 
 @pytest.mark.parametrize(
     ("policy", "version"),
-    [({}, 0), ({"version": 3}, 3), ({"version": "3"}, 0)],
-    ids=["no-policy", "pushed", "not-a-number"],
+    [(NO_POLICY, 0), (AppliedPolicy(3), 3)],
+    ids=["no-policy", "pushed"],
 )
-def test_versions(policy: dict[str, object], version: int) -> None:
+def test_versions(policy: AppliedPolicy, version: int) -> None:
     bundle = Bundle.compile(config(), REGISTRY, policy)
     assert (bundle.registry_version, bundle.policy_version) == (7, version)
 
@@ -108,7 +110,7 @@ def test_a_reload_swaps_in_a_bundle_of_what_it_read() -> None:
     permissive = dataclasses.replace(config(), mtls="permissive")
     files = Files(permissive, NO_TLS, REGISTRY)
     layered = Layered(
-        files, permissive, NO_TLS, CertificateSource("files", None, ""), REGISTRY, {"version": 4}
+        files, permissive, NO_TLS, CertificateSource("files", None, ""), REGISTRY, AppliedPolicy(4)
     )
     Daemon._swap(layered, rt)
     assert rt.bundle.routes[("10.255.0.2", 80)].service is API
@@ -139,7 +141,7 @@ def test_each_decision_carries_the_http_plan_its_connection_needs(
 ) -> None:
     """L4 or L7 is decided once, at admission: the plan rides on the stored decision."""
     cfg = dataclasses.replace(config(), http=http)
-    bundle = Bundle.compile(cfg, REGISTRY, {}, rules)
+    bundle = Bundle.compile(cfg, REGISTRY, NO_POLICY, rules)
     assert bundle.services["api"].http == outbound
     assert bundle.routes[("10.77.0.11", 8080)].http == outbound  # an endpoint addressed directly
     assert bundle.local["api"].http == inbound

@@ -15,7 +15,7 @@ import pytest
 
 from meshd.identity import SpiffeId
 from meshd.policy import decide
-from meshd.policy.bundle import Address, Bundle
+from meshd.policy.bundle import NO_POLICY, Address, Bundle
 from meshd.policy.decisions import (
     HOST_IDENTITY,
     LOCAL_SERVICES,
@@ -48,8 +48,8 @@ from tests.meshd.policy.sample import (
     config,
 )
 
-STRICT = Bundle.compile(config("strict"), REGISTRY, {})
-PERMISSIVE = Bundle.compile(config("permissive"), REGISTRY, {})
+STRICT = Bundle.compile(config("strict"), REGISTRY, NO_POLICY)
+PERMISSIVE = Bundle.compile(config("permissive"), REGISTRY, NO_POLICY)
 Summary = tuple[object, ...]
 
 
@@ -297,7 +297,7 @@ REVOKED = Bundle.compile(
             Revocation("e", (HOST_E,), (), 1, before=REJOINED),
         ),
     ),
-    {},
+    NO_POLICY,
 )
 BY_ID = ("refuse", "revoked", f"{HOST_A} is revoked", REGISTRY_REVOKED)
 

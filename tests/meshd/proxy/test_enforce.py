@@ -1,0 +1,467 @@
+"""A pushed policy enforced by a real meshd B for calls from a real meshd A (§2.3-2.7, §2.11).
+
+B serves ``web`` (an HTTP app that records every request target exactly as
+it arrived) and ``db`` (a TCP echo app); A has an upstream listener for
+each, so its calls carry A's host identity. The policy is pushed to B over
+its admin API, as meshctl does; what the caller sees, what the app saw, B's
+metrics and B's log lines are checked from outside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import http.client
+import json
+import re
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from meshd.config import MeshdConfig
+from meshd.policy.bundle import AppliedPolicy
+from meshd.policy.lang import wire
+from meshd.proxy import inbound
+from meshd.proxy.connect import Connector
+from meshd.runtime import Runtime
+from meshd.telemetry.events import AuthzDecided
+from tests.meshd.harness import EchoServer, Meshd, MeshNet, QuietHandler, ServedApp
+from tests.meshd.tlsfixtures import TD, TestPki
+
+SERVICE = "web"
+NOW_RULES = "t"  # the document's name: rule ids are t/<kind>/<name>
+
+
+class TargetApp(ServedApp):
+    """A keep-alive HTTP/1.1 app answering any method; records each raw request target."""
+
+    def __init__(self) -> None:
+        seen: list[str] = []
+        self.seen = seen
+
+        class Handler(QuietHandler):
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                if length:
+                    self.rfile.read(length)
+                seen.append(self.path)
+                self.reply(f"app {self.command} {self.path}".encode())
+
+            do_GET = do_POST = do_PUT = do_DELETE = _any
+
+        super().__init__(Handler)
+
+
+@dataclass
+class Setup:
+    net: MeshNet
+    a: Meshd
+    b: Meshd
+    app: TargetApp
+    echo: EchoServer
+
+    def push(self, version: int, *documents: dict[str, Any]) -> tuple[int, str]:
+        body = {"version": version, "documents": list(documents)}
+        return self.net.admin(self.b, "PUT", "/policy", body)
+
+    def conn(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.a.ports["upstream:web"], timeout=10)
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.net.metric_sum(self.b, name, **labels)
+
+    def authz_lines(self, count: int = 1) -> list[dict[str, Any]]:
+        """B's authz log lines, once there are ``count`` (they follow the events closely)."""
+        deadline = time.monotonic() + 5
+        while True:
+            found = re.findall(r"meshd\.authz: (\{.*\})", self.b.log_text())
+            if len(found) >= count or time.monotonic() > deadline:
+                return [json.loads(line) for line in found]
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def setup(net: MeshNet) -> Iterator[Setup]:
+    app, echo = TargetApp(), EchoServer()
+    try:
+        b = net.start("b", services={"web": app.port, "db": echo.port})
+        net.add_service("web", app.port, "b", b.ports["mesh"])
+        net.add_service("db", echo.port, "b", b.ports["mesh"])
+        a = net.start("a", upstreams={"web": 0, "db": 0})
+        yield Setup(net, a, b, app, echo)
+    finally:
+        net.stop_all()
+        app.close()
+        echo.close()
+
+
+def zero_trust(web_port: int, db_port: int, **extra: Any) -> dict[str, Any]:
+    """web: GET/POST/DELETE under /v1 from A, never /v1/admin; db: A may use it over TCP."""
+    doc: dict[str, Any] = {
+        "version": 1,
+        "name": NOW_RULES,
+        "mtls": {"mode": "strict"},
+        "authz": {"default": "deny"},
+        "allow": [
+            {
+                "name": "a-to-web",
+                "from": ["host/a"],
+                "to": "web",
+                "ports": [web_port],
+                "methods": ["GET", "POST", "DELETE"],
+                "paths": ["/v1/**"],
+            },
+        ],
+        "deny": [
+            {"name": "no-admin", "from": ["*"], "to": "web", "paths": ["/v1/admin/**"]},
+            {
+                "name": "retire-deletes",
+                "from": ["host/a"],
+                "to": "web",
+                "methods": ["DELETE"],
+                "audit": True,
+            },
+        ],
+    }
+    doc.update(extra)
+    return doc
+
+
+def _get(
+    conn: http.client.HTTPConnection, target: str, method: str = "GET"
+) -> tuple[int, dict[str, str], bytes]:
+    conn.request(method, target)
+    response = conn.getresponse()
+    headers = {k.lower(): v for k, v in response.getheaders()}
+    return response.status, headers, response.read()
+
+
+def test_a_denied_request_gets_403_with_the_rule_and_the_connection_goes_on(
+    setup: Setup,
+) -> None:
+    assert setup.push(1, zero_trust(setup.app.port, setup.echo.port))[0] == 200
+    conn = setup.conn()
+    try:
+        status, headers, body = _get(conn, "/v1/admin/users")
+        assert status == 403
+        assert headers["x-mesh-decision"] == "denied"
+        assert headers["x-mesh-rule"] == "t/deny/no-admin"
+        assert headers["content-type"] == "application/json"
+        answer = json.loads(body)
+        assert answer["request_id"]
+        assert answer == {
+            "decision": "denied",
+            "rule": "t/deny/no-admin",
+            "detail": "matched deny rule",
+            "service": "web",
+            "source": "spiffe://t.mesh/host/a",
+            "request_id": answer["request_id"],
+        }
+        assert "connection" not in headers  # kept alive
+        assert _get(conn, "/v1/orders")[:3:2] == (200, b"app GET /v1/orders")  # same connection
+        assert _get(conn, "/elsewhere")[0] == 403  # no allow rule: the default
+    finally:
+        conn.close()
+    assert setup.app.seen == ["/v1/orders"]
+    deny = {"service": "web", "decision": "deny"}
+    assert setup.metric("meshd_authz_decisions_total", rule="t/deny/no-admin", **deny) == 1
+    assert setup.metric("meshd_authz_decisions_total", rule="t/authz/default", **deny) == 1
+    allowed = {"service": "web", "decision": "allow", "rule": "t/allow/a-to-web"}
+    assert setup.metric("meshd_authz_decisions_total", **allowed) == 1
+    lines = [line for line in setup.authz_lines(2) if line["decision"] == "deny"]
+    assert [(line["rule"], line["path"], line["method"]) for line in lines] == [
+        ("t/deny/no-admin", "/v1/admin/users", "GET"),
+        ("t/authz/default", "/elsewhere", "GET"),
+    ]
+    assert lines[0]["request_id"] == answer["request_id"]
+    assert lines[0]["source"] == "spiffe://t.mesh/host/a" and lines[0]["port"] == setup.app.port
+    assert not [line for line in setup.authz_lines() if line["decision"] == "allow"]
+
+
+def test_an_audit_rule_lets_the_request_through_and_logs_and_counts_it(setup: Setup) -> None:
+    assert setup.push(1, zero_trust(setup.app.port, setup.echo.port))[0] == 200
+    conn = setup.conn()
+    try:
+        assert _get(conn, "/v1/orders/1", "DELETE")[:3:2] == (200, b"app DELETE /v1/orders/1")
+    finally:
+        conn.close()
+    audit = {"service": "web", "rule": "t/deny/retire-deletes"}
+    assert setup.metric("meshd_authz_would_deny_total", **audit) == 1
+    [line] = setup.authz_lines()
+    assert (line["decision"], line["rule"], line["would_deny"]) == (
+        "allow",
+        "t/allow/a-to-web",
+        ["t/deny/retire-deletes"],
+    )
+
+
+def _tcp(setup: Setup) -> bytes | type[Exception]:
+    """Send a line to db through A; what came back, or the error that ended it."""
+    with socket.create_connection(("127.0.0.1", setup.a.ports["upstream:db"]), timeout=10) as s:
+        s.sendall(b"hello\n")
+        try:
+            return s.recv(100) or EOFError
+        except ConnectionResetError:
+            return ConnectionResetError
+
+
+def test_opaque_tcp_is_reset_when_denied_and_relayed_when_allowed(setup: Setup) -> None:
+    assert setup.push(1, zero_trust(setup.app.port, setup.echo.port))[0] == 200
+    assert _tcp(setup) is ConnectionResetError  # the caller's app sees an RST
+    assert setup.echo.peers == []  # the app never saw a connection
+    reset = {"service": "db", "decision": "reset", "rule": "t/authz/default"}
+    assert setup.metric("meshd_authz_decisions_total", **reset) == 1
+    allow_db = {
+        "name": "a-to-db",
+        "from": ["host/a"],
+        "to": "db",
+        "ports": [setup.echo.port],
+    }
+    doc = zero_trust(setup.app.port, setup.echo.port)
+    doc["allow"].append(allow_db)
+    assert setup.push(2, doc)[0] == 200
+    assert _tcp(setup) == b"hello\n"
+    assert _tcp(setup) == b"hello\n"
+    wholesale = {"service": "db", "decision": "allow", "rule": "t/allow/a-to-db"}
+    assert setup.metric("meshd_authz_decisions_total", **wholesale) == 2  # once per connection
+
+
+def test_a_rate_limit_answers_429_to_the_sixth_request_in_a_second_and_recovers(
+    setup: Setup,
+) -> None:
+    """Six requests in one burst (pipelined: sequential round trips on a busy machine take
+    long enough for the continuous refill to matter): the sixth gets 429, then it recovers."""
+    limit = {"name": "five", "to": "web", "paths": ["/v1/limited"], "limit": 5, "per": "1s"}
+    doc = zero_trust(setup.app.port, setup.echo.port, rate_limit=[limit])
+    assert setup.push(1, doc)[0] == 200
+    conn = setup.conn()
+    try:
+        assert _get(conn, "/v1/warm-up")[0] == 200  # the link is up
+    finally:
+        conn.close()
+    request = b"GET /v1/limited HTTP/1.1\r\nHost: web\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", setup.a.ports["upstream:web"]), timeout=10) as s:
+        s.sendall(request * 6)
+        received = b"".join(iter(lambda: s.recv(65536), b""))  # closed after the answer
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", received) == [b"200"] * 5 + [b"429"], received
+    last = received[received.rindex(b"HTTP/1.1 429") :]
+    assert b"\r\nretry-after: 1\r\n" in last
+    assert b"\r\nx-mesh-decision: rate-limited\r\n" in last
+    assert b"\r\nx-mesh-rule: t/rate_limit/five\r\n" in last
+    assert json.loads(last.partition(b"\r\n\r\n")[2])["rule"] == "t/rate_limit/five"
+    time.sleep(1.1)
+    conn = setup.conn()
+    try:
+        for _ in range(2):  # refilled; a 429 alone keeps the connection
+            assert _get(conn, "/v1/limited")[0] == 200
+    finally:
+        conn.close()
+    assert setup.app.seen.count("/v1/limited") == 7
+    limited = {"service": "web", "rule": "t/rate_limit/five"}
+    assert setup.metric("meshd_ratelimit_limited_total", **limited) == 1
+    lines = setup.authz_lines(1)
+    assert [line["rule"] for line in lines if line["event"] == "ratelimit"] == ["t/rate_limit/five"]
+
+
+def test_a_429_keeps_the_connection_alive(setup: Setup) -> None:
+    limit = {"name": "one", "to": "web", "paths": ["/v1/once"], "limit": 1, "per": "1h"}
+    assert setup.push(1, zero_trust(setup.app.port, setup.echo.port, rate_limit=[limit]))[0] == 200
+    conn = setup.conn()
+    try:
+        assert _get(conn, "/v1/once")[0] == 200
+        status, headers, _ = _get(conn, "/v1/once")
+        assert (status, headers["retry-after"], headers["x-mesh-decision"]) == (
+            429,
+            "3600",
+            "rate-limited",
+        )
+        assert _get(conn, "/v1/other")[0] == 200  # the same connection
+    finally:
+        conn.close()
+    assert setup.app.seen == ["/v1/once", "/v1/other"]
+
+
+@pytest.mark.parametrize(
+    ("target", "status", "rule"),
+    [
+        ("/v1/public/%2e%2e/admin/users", 403, "t/deny/no-admin"),
+        ("/v1/public/%2e%2E/admin/users", 403, "t/deny/no-admin"),
+        ("/v1/public/%2E%2e/admin/users", 403, "t/deny/no-admin"),
+        ("//v1//admin//users", 403, "t/deny/no-admin"),
+        ("/v1/public/../admin/users", 403, "t/deny/no-admin"),
+        ("/v1/admin%2Fusers", 400, "normalize/encoded-slash"),
+        ("/v1/admin%2fusers", 400, "normalize/encoded-slash"),
+        ("/v1/public/..;/admin/users", 400, "normalize/dot-segment-with-params"),
+        ("/v1/admin/users%00", 400, "normalize/encoded-nul"),
+        ("/v1/%5cadmin", 400, "normalize/encoded-slash"),
+    ],
+)
+def test_encoded_path_tricks_never_reach_the_app(
+    setup: Setup, target: str, status: int, rule: str
+) -> None:
+    assert setup.push(1, zero_trust(setup.app.port, setup.echo.port))[0] == 200
+    conn = setup.conn()
+    try:
+        got, headers, _ = _get(conn, target)
+        assert (got, headers["x-mesh-rule"]) == (status, rule)
+        kind = "denied" if status == 403 else "bad-request"
+        assert headers["x-mesh-decision"] == kind
+        assert _get(conn, "/v1/next")[0] == 200  # the connection goes on after a 400 too
+    finally:
+        conn.close()
+    assert setup.app.seen == ["/v1/next"]
+
+
+def test_the_app_receives_the_normalised_target(setup: Setup) -> None:
+    assert setup.push(1, zero_trust(setup.app.port, setup.echo.port))[0] == 200
+    conn = setup.conn()
+    try:
+        for target in ("/v1/./orders//1", "/v1/%7euser?q=%2e%2e", "/v1/a/b/../c", "/v1/x%3ay"):
+            assert _get(conn, target)[0] == 200
+    finally:
+        conn.close()
+    assert setup.app.seen == ["/v1/orders/1", "/v1/~user?q=%2e%2e", "/v1/a/c", "/v1/x%3Ay"]
+
+
+def test_an_invalid_policy_is_refused_and_the_previous_one_keeps_running(setup: Setup) -> None:
+    assert setup.push(1, zero_trust(setup.app.port, setup.echo.port))[0] == 200
+    bad = zero_trust(setup.app.port, setup.echo.port)
+    bad["allow"][0]["methods"] = ["get"]
+    bad["deny"][0]["paths"] = ["/v1/admin/"]
+    bad["allow"].append({"name": "open", "to": "web"})
+    status, text = setup.push(2, bad)
+    assert status == 400
+    error = json.loads(text)["error"]
+    assert "(3 problems)" in error, error
+    assert "P012" in error and "P013" in error and "P004" in error
+    assert json.loads(setup.net.admin(setup.b, "GET", "/policy")[1])["version"] == 1
+    conn = setup.conn()
+    try:
+        assert _get(conn, "/v1/admin/users")[0] == 403  # version 1 still decides
+        assert _get(conn, "/v1/orders")[0] == 200
+    finally:
+        conn.close()
+
+
+def test_a_policy_without_documents_enforces_nothing(setup: Setup) -> None:
+    assert setup.push(1)[0] == 200
+    conn = setup.conn()
+    try:
+        assert _get(conn, "/v1/admin/%2e%2e/users")[0] == 200  # relayed as it came, as L4
+    finally:
+        conn.close()
+    assert _tcp(setup) == b"hello\n"
+    assert setup.app.seen == ["/v1/admin/%2e%2e/users"]
+    assert setup.metric("meshd_authz_decisions_total") == 0
+
+
+# --- plaintext from outside the mesh (in-process: iptables' original destination stood in for)
+def _plain_runtime(tmp_path: Path, app_port: int, mode: str) -> Runtime:
+    ident = TestPki(tmp_path).issue("b", "host/b", "svc/web")
+    files = {"cert": str(ident.cert), "key": str(ident.key), "bundle": str(ident.bundle)}
+    config = MeshdConfig.from_dict(
+        {
+            "identity": {"host": "b", "trust_domain": TD, **files},
+            "mesh": {"mtls": "strict"},  # the policy's mode wins while one is in force
+            "services": [{"name": "web", "port": app_port}],
+        },
+        "test",
+    )
+    rt = Runtime.load(config)
+    doc = {
+        "version": 1,
+        "name": "p",
+        "mtls": {"mode": mode},
+        "authz": {"default": "deny"},
+        "allow": [{"name": "outside", "from": ["unauthenticated"], "to": "web", "paths": ["/ok"]}],
+    }
+    pushed = wire.PolicyDocument.from_json({"version": 1, "documents": [doc]})
+    rt.policy = AppliedPolicy(1, tuple(wire.load(pushed, TD, dt.datetime.now(dt.UTC))))
+    rt.recompile()
+    return rt
+
+
+async def _plain(rt: Runtime, data: bytes) -> bytes | type[Exception]:
+    """Send ``data`` to a PlainInbound listener, then half-close; what came back, or the error."""
+    connector = Connector(5.0)
+    async with anyio.create_task_group() as tg:
+        await tg.start(connector.serve)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: inbound.PlainInbound(rt, connector), "127.0.0.1")
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+        writer.write(data)
+        received: bytes | type[Exception]
+        try:
+            with anyio.fail_after(10):
+                received = await reader.read()
+        except ConnectionResetError:
+            received = ConnectionResetError
+        writer.close()
+        server.close()
+        tg.cancel_scope.cancel()
+    return received
+
+
+def test_permissive_plaintext_is_judged_as_unauthenticated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = TargetApp()
+    try:
+        rt = _plain_runtime(tmp_path, app.port, "permissive")
+        monkeypatch.setattr(inbound, "original_dst", lambda sock: ("127.0.0.1", app.port))
+        requests = (
+            b"GET /ok HTTP/1.1\r\nHost: web\r\n\r\n"
+            b"GET /secret HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n"
+        )
+        received = anyio.run(_plain, rt, requests, backend="asyncio")
+    finally:
+        app.close()
+    assert isinstance(received, bytes)
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", received) == [b"200", b"403"]
+    denied = received[received.index(b"HTTP/1.1 403") :]
+    head, _, body = denied.partition(b"\r\n\r\n")
+    assert b"x-mesh-decision: denied" in head
+    assert b"x-mesh-rule" not in head  # rule names only for authenticated peers
+    answer = json.loads(body)
+    assert "rule" not in answer and "source" not in answer
+    assert answer["decision"] == "denied" and answer["service"] == "web"
+    assert app.seen == ["/ok"]
+
+
+def test_strict_plaintext_is_reset_at_accept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = TargetApp()
+    try:
+        rt = _plain_runtime(tmp_path, app.port, "strict")
+        monkeypatch.setattr(inbound, "original_dst", lambda sock: ("127.0.0.1", app.port))
+        sub = rt.bus.subscribe()
+        received = anyio.run(
+            _plain, rt, b"GET /ok HTTP/1.1\r\nHost: web\r\n\r\n", backend="asyncio"
+        )
+    finally:
+        app.close()
+    assert received is ConnectionResetError
+    assert app.seen == []
+    decided = [e for e in sub.queue if isinstance(e, AuthzDecided)]
+    assert [(e.service, e.decision, e.rule) for e in decided] == [("web", "reset", "p/mtls/mode")]
+
+
+def test_permissive_plaintext_tcp_is_reset_when_denied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    echo = EchoServer()
+    try:
+        rt = _plain_runtime(tmp_path, echo.port, "permissive")
+        monkeypatch.setattr(inbound, "original_dst", lambda sock: ("127.0.0.1", echo.port))
+        received = anyio.run(_plain, rt, b"\x00\x01binary", backend="asyncio")
+    finally:
+        echo.close()
+    assert received is ConnectionResetError  # no allow for opaque TCP: the default denies
+    assert echo.peers == []
