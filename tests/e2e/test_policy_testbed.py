@@ -359,8 +359,14 @@ def test_a_permissive_service_admits_plaintext_as_unauthenticated_and_a_strict_o
 
     until(lambda: bool(logged()), 10, "the plaintext denial in meshd's journal")
     assert logged()[0]["source"] == "unauthenticated", logged()
+    mark = cursor(db, "meshd")
     strict = http_probe.tcp(db.host.address, 8082, b"GET /items HTTP/1.1\r\nHost: db\r\n\r\n")
     assert strict["reset"] and strict["received"] == "", strict
+    until(
+        lambda: any("mtls-required" in line for line in journal_after(db, "meshd", mark)),
+        10,
+        "the reset's reason (mtls-required) in db1's journal",
+    )
 
 
 # --- 3. rate limit ---------------------------------------------------------------------------------
@@ -507,19 +513,23 @@ def test_a_push_with_a_host_down_reaches_the_others_and_the_next_apply_catches_i
     finally:
         ok(db.host, "systemctl start meshd")
     until(lambda: _answers(mesh, db), 30, "meshd back on db1")
-    status = mesh.meshctl("status", "--json")
-    hosts = {h["host"]: h for h in json.loads(status.out)["hosts"]}
+    hosts = mesh_status(mesh)
     assert hosts["db1"]["policy_behind"] and hosts["db1"]["policy_version"] == before, hosts["db1"]
     assert not hosts["web1"]["policy_behind"] and not hosts["api1"]["policy_behind"], hosts
     again = apply(mesh, tmp_path, {"zero-trust.toml": blocked})
     assert again.code == 0, again.out + again.err
     assert policy_version(mesh, db) == version
-    status = mesh.meshctl("status", "--json")
-    hosts = {h["host"]: h for h in json.loads(status.out)["hosts"]}
+    hosts = mesh_status(mesh)
     assert not any(h["policy_behind"] for h in hosts.values()), hosts
     # and db1 enforces it: web still may not reach db
     from_web = raw_tcp(web, DB, "not http at all\r\n\r\n")
     assert from_web["reset"], from_web
+
+
+def mesh_status(mesh: Mesh) -> dict[str, dict[str, Any]]:
+    """``meshctl status --json``: each host's entry by name."""
+    found = mesh.meshctl("status", "--json", "-i", str(mesh.tb.client_key))
+    return {h["host"]: h for h in json.loads(found.out)["hosts"]}
 
 
 def _answers(mesh: Mesh, node: Node) -> bool:
