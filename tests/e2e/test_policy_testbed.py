@@ -278,7 +278,9 @@ def test_every_host_runs_the_applied_version(mesh: Mesh) -> None:
 def test_web_to_api_answers_200_or_403_with_the_rule_on_one_kept_alive_connection(
     mesh: Mesh,
 ) -> None:
-    web = mesh.node("web1")
+    web, api = mesh.node("web1"), mesh.node("api1")
+    decisions = "meshd_authz_decisions_total"
+    counted = metric(mesh, api, decisions, service="api", decision="deny", rule=ADMIN_RULE)
     answers = probe(
         web,
         API,
@@ -294,6 +296,14 @@ def test_web_to_api_answers_200_or_403_with_the_rule_on_one_kept_alive_connectio
     denied(answers[2], DEFAULT_RULE)  # not under /v1: no allow rule matches
     assert json.loads(answers[2]["body"])["detail"] == "no allow rule matched"
     echoed(answers[3], "/v1/orders/7")
+    until(
+        lambda: (
+            metric(mesh, api, decisions, service="api", decision="deny", rule=ADMIN_RULE)
+            == counted + 1
+        ),
+        10,
+        "meshd_authz_decisions_total counted the denial",
+    )
 
 
 def test_web_to_db_is_denied_and_its_raw_tcp_reset_while_api_to_db_passes(mesh: Mesh) -> None:
