@@ -8,7 +8,7 @@ files arrive as text, time as an argument.
 - ``model``: the frozen values a checked document becomes (rules, selectors).
 - ``lines``: where each key of a TOML text sits (tomllib gives no positions).
 - ``validate``: text or data to a ``Document`` and every ``Problem`` (P001-P042, W001-W002);
-  ``fields`` checks single fields, ``problems`` renders what they find.
+  ``fields`` and ``patterns`` check single fields, ``problems`` renders what they find.
 - ``wire``: the ``/policy`` document meshctl pushes and meshd loads back.
 - ``normalize``: a request target to the path policy matches and the app receives (§2.3).
 - ``compiled``: the applied documents merged and indexed by destination service.

@@ -26,9 +26,14 @@ _SCALAR_END = frozenset(",]}#\n\r")
 
 @dataclass(frozen=True, slots=True)
 class Lines:
-    """The line (1-based) of every path found; ``line`` falls back to the nearest parent."""
+    """The line (1-based) of every path found; ``line`` falls back to the nearest parent.
+
+    ``default`` is the line of what is nowhere in the text (a missing top-level
+    field): 1 for a scanned file, 0 for data that never was text.
+    """
 
     lines: dict[Path, int] = field(default_factory=dict)
+    default: int = 0
 
     def line(self, path: Path) -> int:
         """The line of ``path``, else of its longest known prefix, else 0 (not known)."""
@@ -36,7 +41,7 @@ class Lines:
             found = self.lines.get(path[:end])
             if found is not None:
                 return found
-        return 0
+        return self.default
 
 
 def scan(text: str) -> Lines:
@@ -45,7 +50,7 @@ def scan(text: str) -> Lines:
     # on text tomllib did not accept, keep the lines found so far
     with contextlib.suppress(IndexError, ValueError, tomllib.TOMLDecodeError):
         scanner.document()
-    return Lines(scanner.lines)
+    return Lines(scanner.lines, default=1)
 
 
 class _Scanner:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from meshd.identity import trust_domain_problem
-from meshd.policy.lang import fields
+from meshd.policy.lang import fields, patterns
 from meshd.policy.lang.fields import Report, Where
 from meshd.policy.lang.lines import Lines, scan
 from meshd.policy.lang.model import (
@@ -47,6 +47,7 @@ RULE_KEYS: Mapping[str, tuple[str, ...]] = {
 _DOCUMENT_NAME = re.compile(r"[a-z0-9-]{1,63}")
 _AT_LINE = re.compile(r"\(at line (\d+), column \d+\)")
 _TOP = Where((), "")
+T = TypeVar("T")
 
 
 def check_text(
@@ -332,27 +333,19 @@ def _selector(
             'allow rules must name their sources: add from = ["*"] for any authenticated peer',
         )
     failed = len(report.problems)
-    to = fields.to(report, where.key("to"), entry["to"]) if "to" in entry else None
-    parsed = {
-        "sources": _optional(
-            entry, "from", lambda v: fields.sources(report, where.key("from"), v, trust_domain)
-        ),
-        "ports": _optional(entry, "ports", lambda v: fields.ports(report, where.key("ports"), v)),
-        "methods": _optional(
-            entry, "methods", lambda v: fields.methods(report, where.key("methods"), v)
-        ),
-        "paths": _optional(entry, "paths", lambda v: fields.paths(report, where.key("paths"), v)),
-        "headers": _optional(
-            entry, "headers", lambda v: fields.headers(report, where.key("headers"), v)
-        ),
-    }
+
+    def check(key: str, parse: Callable[[Report, Where, object], T | None]) -> T | None:
+        return parse(report, where.key(key), entry[key]) if key in entry else None
+
+    to = check("to", fields.to)
+    sources = check("from", lambda r, w, v: fields.sources(r, w, v, trust_domain))
+    ports = check("ports", fields.ports)
+    methods = check("methods", fields.methods)
+    paths = check("paths", patterns.paths)
+    headers = check("headers", patterns.headers)
     if to is None or len(report.problems) > failed:
         return None
-    return Selector(to, **parsed)
-
-
-def _optional(entry: Mapping[str, Any], key: str, check: Any) -> Any:
-    return check(entry[key]) if key in entry else None
+    return Selector(to, sources, ports, methods, paths, headers)
 
 
 def _rate_limit(

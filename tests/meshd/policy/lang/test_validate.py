@@ -147,8 +147,8 @@ CASES: list[tuple[str, str, str, list[tuple[int, str, str]], str]] = [
         [(7, "P003", 'rate_limit."r".per')],
         "duration",
     ),
-    ("P004-version", 'name = "t"\n', "", [(0, "P004", "version")], "version = 1"),
-    ("P004-name", "version = 1\n", "", [(0, "P004", "name")], "name the document"),
+    ("P004-version", 'name = "t"\n', "", [(1, "P004", "version")], "version = 1"),
+    ("P004-name", "version = 1\n", "", [(1, "P004", "name")], "name the document"),
     (
         "P004-from",
         HEAD,
@@ -255,6 +255,13 @@ CASES: list[tuple[str, str, str, list[tuple[int, str, str]], str]] = [
         '[[deny]]\nname = "d"\nto = "api"\nfrom = ["spiffe://td/*/web"]\n',
         [(6, "P010", 'deny."d".from[0]')],
         "partial",
+    ),
+    (
+        "P010-two-stars",
+        HEAD,
+        '[[deny]]\nname = "d"\nto = "api"\nfrom = ["spiffe://td/*/*"]\n',
+        [(6, "P010", 'deny."d".from[0]')],
+        "partial wildcards are not supported ('spiffe://td/*/*')",
     ),
     (
         "P010-segment",
@@ -973,6 +980,7 @@ def test_document_data_round_trips_through_check_data(data: dict[str, Any]) -> N
     document, problems = check_data(data, "gen", MESH, NOW)
     assert errors(problems) == [], [p.render() for p in problems]
     assert document is not None
+    assert json.loads(json.dumps(document.data)) == document.data  # JSON-safe: no tuples, no dates
     again, problems = check_data(json.loads(json.dumps(document.data)), "gen", MESH, NOW)
     assert errors(problems) == []
     assert again == document
