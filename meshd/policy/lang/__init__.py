@@ -11,6 +11,7 @@ files arrive as text, time as an argument.
   ``fields`` and ``patterns`` check single fields, ``problems`` renders what they find.
 - ``wire``: the ``/policy`` document meshctl pushes and meshd loads back.
 - ``normalize``: a request target to the path policy matches and the app receives (§2.3).
+- ``matchers``: selectors compiled into set lookups, port ranges and path shapes.
 - ``compiled``: the applied documents merged and indexed by destination service.
 - ``evaluate``: a request to a decision (§2.5); ``ratelimit``: token buckets (§2.7).
 """

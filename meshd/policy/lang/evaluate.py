@@ -2,10 +2,13 @@
 
 ``ServicePolicy`` holds one destination service's compiled rules (its own and
 those for ``to = "*"``), each kind sorted by rule id, so the first matching
-deny or allow is already ``min`` of §2.5 and the scan stops there. Decisions
-that carry no would-deny are built at compile time: an allowed request
-allocates only what the audit scan finds. ``explain`` is the offline entry
-point (normalise, then evaluate) that ``meshctl policy explain`` prints.
+deny or allow is already ``min`` of §2.5 and the scan stops there. The rules
+one peer can meet on one port (their L4 fields match) are worked out once and
+remembered, with the opaque TCP decision and the L4 prejudge; a request then
+tests only HTTP fields. Decisions that carry no would-deny are built at
+compile time: an allowed request allocates only what the audit scan finds.
+``explain`` is the offline entry point (normalise, then evaluate) that
+``meshctl policy explain`` prints.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from meshd.policy.lang.matchers import Matcher
+from meshd.policy.lang.matchers import Headers, Matcher
 from meshd.policy.lang.model import RateLimit
 from meshd.policy.lang.normalize import Rejected, normalize
 
@@ -77,6 +80,40 @@ def _deny(rule: str, http: bool, detail: str) -> Decision:
     )
 
 
+MAX_VIEWS = 4096  # (peer, port) pairs remembered per service; peers are verified identities
+_MTLS = ("mtls", False)
+
+
+class _View:
+    """What one peer on one port can meet: the service's rules whose L4 fields match,
+    and what follows from L4 alone (the opaque TCP decision, the prejudge)."""
+
+    __slots__ = ("allows", "audits", "denies", "limits", "prejudge", "tcp", "tcp_limits")
+
+    def __init__(self, policy: ServicePolicy, source: str | None, port: int) -> None:
+        self.denies = tuple(m for m in policy.denies if m.l4(source, port))
+        self.audits = tuple(m for m in policy.audits if m.l4(source, port))
+        self.allows = tuple(m for m in policy.allows if m.l4(source, port))
+        self.limits = tuple((m, r) for m, r in policy.limits if m.l4(source, port))
+        self.tcp_limits = tuple(r for m, r in self.limits if not m.http_only)
+        # Opaque TCP: denies fail closed (HTTP-only fields are unknown, L4 decides);
+        # allows with HTTP-only fields never match.
+        rule = next((m.id for m in self.denies), "")
+        rule = rule or next((m.id for m in self.allows if not m.http_only), "")
+        self.tcp = policy.finish(rule, False, tuple(m.id for m in self.audits))
+        self.prejudge = self._prejudge(policy.default)
+
+    def _prejudge(self, default: str) -> Prejudge:
+        if any(not m.http_only for m in self.denies):
+            return "deny"  # every request and the TCP use match an enforced deny
+        if self.denies:
+            return "inspect"
+        if not self.allows and default == "deny":
+            return "deny"
+        always = default == "allow" or any(not m.http_only for m in self.allows)
+        return "allow" if always and not self.audits and not self.limits else "inspect"
+
+
 @dataclass(frozen=True, slots=True)
 class ServicePolicy:
     """One destination service's rules, compiled; built by ``CompiledPolicy.for_service``."""
@@ -92,6 +129,7 @@ class ServicePolicy:
     limits: tuple[tuple[Matcher, RateLimit], ...]
     segmented: bool  # some path pattern needs the request's segments
     _decisions: dict[tuple[str, bool], Decision] = field(init=False, repr=False, compare=False)
+    _views: dict[tuple[str | None, int], _View] = field(init=False, repr=False, compare=False)
 
     @classmethod
     def build(
@@ -117,14 +155,14 @@ class ServicePolicy:
             cache[(m.id, True)] = _deny(m.id, True, MATCHED_DENY)
             cache[(m.id, False)] = _deny(m.id, False, MATCHED_DENY)
         for m in self.allows:
-            cache[(m.id, True)] = cache[(m.id, False)] = Decision(
-                "allow", None, m.id, (), MATCHED_ALLOW
-            )
+            allowed = Decision("allow", None, m.id, (), MATCHED_ALLOW)
+            cache[(m.id, True)] = cache[(m.id, False)] = allowed
         detail = NO_ALLOW if self.allows else DEFAULT_ALLOW_DISABLED
         cache[("", True)] = self._default(True, detail)
         cache[("", False)] = self._default(False, detail)
-        cache[("mtls", False)] = Decision("reset", None, self.mode_rule, (), MTLS_REQUIRED)
+        cache[_MTLS] = Decision("reset", None, self.mode_rule, (), MTLS_REQUIRED)
         object.__setattr__(self, "_decisions", cache)
+        object.__setattr__(self, "_views", {})
 
     def _default(self, http: bool, deny_detail: str) -> Decision:
         if self.default == "deny":
@@ -132,75 +170,58 @@ class ServicePolicy:
         detail = DEFAULT_AUDIT if self.default == "audit" else DEFAULT_ALLOW
         return Decision("allow", None, self.default_rule, (), detail)
 
+    def finish(self, rule: str, http: bool, would: tuple[str, ...]) -> Decision:
+        """The decision for ``rule`` ("" for the default), with the would-deny list."""
+        decision = self._decisions[(rule, http)]
+        if decision.detail == DEFAULT_AUDIT:
+            would = tuple(sorted((*would, decision.rule)))
+        return decision.with_would_deny(would)
+
+    def _view(self, source: str | None, port: int) -> _View:
+        views = self._views
+        view = views.get((source, port))
+        if view is None:
+            if len(views) >= MAX_VIEWS:
+                views.clear()  # bounded; rebuilding a view is cheap
+            view = views[(source, port)] = _View(self, source, port)
+        return view
+
     # -- evaluation ---------------------------------------------------------------
 
     def evaluate(self, request: Request) -> Decision:
         """§2.5 on a normalised request: mTLS, then deny > allow > default."""
-        decisions = self._decisions
-        source, port = request.source, request.port
+        source = request.source
         if source is None and self.mode == "strict":
-            return decisions[("mtls", False)]
+            return self._decisions[_MTLS]
+        view = self._view(source, request.port)
         method = request.method
         if method is None:
-            return self._evaluate_tcp(decisions, source, port)
+            return view.tcp
         path = request.path
         if len(path) > 1 and path[-1] == "/":
             path = path[:-1]
         segments = path[1:].split("/") if self.segmented else ()
         headers = request.headers
-        would = (
-            tuple(
-                m.id
-                for m in self.audits
-                if m.l4(source, port) and m.http(method, path, segments, headers)
-            )
-            if self.audits
-            else ()
-        )
-        rule = ""
-        for m in self.denies:
-            if m.l4(source, port) and m.http(method, path, segments, headers):
-                rule = m.id
-                break
-        else:
-            for m in self.allows:
-                if m.l4(source, port) and m.http(method, path, segments, headers):
-                    rule = m.id
-                    break
-        return self._finish(decisions[(rule, True)], would)
-
-    def _evaluate_tcp(
-        self, decisions: dict[tuple[str, bool], Decision], source: str | None, port: int
-    ) -> Decision:
-        # Denies fail closed (HTTP-only fields are unknown: L4 decides); allows with
-        # HTTP-only fields never match.
-        would = tuple(m.id for m in self.audits if m.l4(source, port)) if self.audits else ()
-        rule = next((m.id for m in self.denies if m.l4(source, port)), "")
+        would = _all(view.audits, method, path, segments, headers) if view.audits else ()
+        rule = _first(view.denies, method, path, segments, headers)
         if not rule:
-            rule = next((m.id for m in self.allows if not m.http_only and m.l4(source, port)), "")
-        return self._finish(decisions[(rule, False)], would)
-
-    def _finish(self, decision: Decision, would: tuple[str, ...]) -> Decision:
-        if decision.detail == DEFAULT_AUDIT:
-            would = tuple(sorted((*would, decision.rule)))
-        return decision.with_would_deny(would)
+            rule = _first(view.allows, method, path, segments, headers)
+        return self.finish(rule, True, would)
 
     def rate_limits(self, request: Request) -> tuple[RateLimit, ...]:
         """The rate limits that apply (on TCP, those without HTTP-only fields)."""
-        if not self.limits:
+        if not self.limits or (request.source is None and self.mode == "strict"):
             return ()
-        source, port, method = request.source, request.port, request.method
-        if method is None:
-            return tuple(r for m, r in self.limits if not m.http_only and m.l4(source, port))
+        view = self._view(request.source, request.port)
+        method = request.method
+        if method is None or not view.limits:
+            return view.tcp_limits if method is None else ()
         path = request.path
         if len(path) > 1 and path[-1] == "/":
             path = path[:-1]
         segments = path[1:].split("/") if self.segmented else ()
-        return tuple(
-            r
-            for m, r in self.limits
-            if m.l4(source, port) and m.http(method, path, segments, request.headers)
-        )
+        headers = request.headers
+        return tuple(r for m, r in view.limits if m.http(method, path, segments, headers))
 
     def connection(self, source: str | None, port: int) -> Prejudge:
         """The L4 prejudge: "allow" (every HTTP request and TCP use from this peer on this
@@ -208,20 +229,23 @@ class ServicePolicy:
         denied or reset) or "inspect". Conservative: when unsure, "inspect"."""
         if source is None and self.mode == "strict":
             return "deny"
-        denies = [m for m in self.denies if m.l4(source, port)]
-        if any(not m.http_only for m in denies):
-            return "deny"
-        if denies:
-            return "inspect"
-        allows = [m for m in self.allows if m.l4(source, port)]
-        if not allows and self.default == "deny":
-            return "deny"
-        always = any(not m.http_only for m in allows) or self.default == "allow"
-        if not always or any(m.l4(source, port) for m in self.audits):
-            return "inspect"
-        if any(m.l4(source, port) for m, _ in self.limits):
-            return "inspect"
-        return "allow"
+        return self._view(source, port).prejudge
+
+
+def _first(
+    matchers: tuple[Matcher, ...], method: str, path: str, segments: Sequence[str], headers: Headers
+) -> str:
+    """The id of the first (smallest) matcher the request matches, or ""."""
+    for m in matchers:
+        if m.http(method, path, segments, headers):
+            return m.id
+    return ""
+
+
+def _all(
+    matchers: tuple[Matcher, ...], method: str, path: str, segments: Sequence[str], headers: Headers
+) -> tuple[str, ...]:
+    return tuple([m.id for m in matchers if m.http(method, path, segments, headers)])
 
 
 def bad_request(rejected: Rejected) -> Decision:

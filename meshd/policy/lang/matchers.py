@@ -159,8 +159,17 @@ class Matcher:
 
     def http(self, method: str, path: str, segments: Sequence[str], headers: Headers) -> bool:
         """Whether ``methods``, ``paths`` and ``headers`` match an HTTP request."""
+        # Plain loops: this runs per request, and generators cost an allocation each.
         if self.methods is not None and method not in self.methods:
             return False
-        if self.paths is not None and not any(p.matches(path, segments) for p in self.paths):
-            return False
-        return self.headers is None or all(header_matches(h, headers) for h in self.headers)
+        if self.paths is not None:
+            for pattern in self.paths:
+                if pattern.matches(path, segments):
+                    break
+            else:
+                return False
+        if self.headers is not None:
+            for match in self.headers:
+                if not header_matches(match, headers):
+                    return False
+        return True

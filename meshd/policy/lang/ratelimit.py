@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from meshd.policy.lang.model import UNAUTHENTICATED, RateLimit
@@ -62,6 +62,13 @@ class Buckets:
             self._store(limit, service, peer, bucket, _level(limit, bucket, now) - 1.0, now)
         return None
 
+    def retain(self, rule_ids: Collection[str]) -> None:
+        """Forget the buckets of rules no longer in force (call it when a policy is swapped;
+        a rule that stays keeps its tokens, so a push does not refill every bucket)."""
+        for table in (self._shared, self._per_source):
+            for key in [k for k in table if k[0] not in rule_ids]:
+                del table[key]
+
     def sources(self, limit: RateLimit, service: str) -> int:
         """How many per-source buckets ``limit`` keeps for ``service`` (for tests and stats)."""
         return len(self._per_source.get((limit.id, service), ()))
@@ -71,7 +78,12 @@ class Buckets:
         if limit.bucket == "shared":
             return self._shared.get(key)
         peers = self._per_source.get(key)
-        return None if peers is None else peers.get(peer)
+        if peers is None:
+            return None
+        bucket = peers.get(peer)
+        if bucket is not None:  # a limited peer counts as recent: it keeps its empty bucket
+            peers.move_to_end(peer)
+        return bucket
 
     def _store(
         self,
@@ -84,8 +96,6 @@ class Buckets:
     ) -> None:
         if bucket is not None:
             bucket.tokens, bucket.at = tokens, now
-            if limit.bucket != "shared":
-                self._per_source[(limit.id, service)].move_to_end(peer)
             return
         fresh = _Bucket(tokens, now)
         if limit.bucket == "shared":

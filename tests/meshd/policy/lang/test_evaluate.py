@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pytest
 
 from meshd.policy.lang.compiled import CompiledPolicy
-from meshd.policy.lang.evaluate import Decision, Request, explain
+from meshd.policy.lang.evaluate import MAX_VIEWS, Decision, Request, explain
 from meshd.policy.lang.model import Rule, Selector
 from tests.meshd.policy.lang.build import (
     TD,
@@ -420,20 +420,22 @@ def test_deny_wins_at_every_specificity() -> None:
     )
 
 
-def test_smallest_id_is_reported() -> None:
-    doc = document(
-        "d",
-        [
-            deny("d", "zz", "api", ["web"]),
-            deny("d", "aa", "*", ["web"]),
-            allow("d", "b", "api", ["web"]),
-            allow("d", "a", "*", ["web"]),
-        ],
-    )
+@pytest.mark.parametrize("order", [1, -1])
+def test_smallest_id_is_reported(order: int) -> None:
+    denies = [
+        deny("d", "zz", "api", ["web"]),
+        deny("d", "aa", "*", ["web"]),
+        deny("d", "mm", "api", ["web"]),
+    ]
+    allows = [
+        allow("d", "b", "api", ["web"]),
+        allow("d", "a", "*", ["web"]),
+        allow("d", "c", "api", ["web"]),
+    ]
+    doc = document("d", (denies + allows)[::order])
     assert decide([doc], http()).rule == "d/deny/aa"
     assert decide([doc], http(source=API)).rule == "builtin/authz/default"
-    doc2 = document("d", [allow("d", "b", "api", ["web"]), allow("d", "a", "*", ["web"])])
-    got = decide([doc2], http())
+    got = decide([document("d", allows[::order])], http())
     assert (got.decision, got.rule, got.detail) == ("allow", "d/allow/a", "matched allow rule")
 
 
@@ -588,3 +590,18 @@ def test_connection_prejudge(
 def test_prejudge_sees_rate_limits() -> None:
     doc = document("c", [allow("c", "a", "api", ["web"])], rate_limits=[limit("c", "l", "api", 5)])
     assert CompiledPolicy.compile([doc], TD).for_service("api").connection(WEB, 8080) == "inspect"
+
+
+def test_per_peer_memo_is_keyed_by_port_and_bounded() -> None:
+    doc = document("c", [allow("c", "a", "api", ["web"], port=[8080])])
+    policy = CompiledPolicy.compile([doc], TD).for_service("api")
+    assert [policy.evaluate(tcp(p)).decision for p in (8080, 8081, 8080)] == [
+        "allow",
+        "reset",
+        "allow",
+    ]
+    assert [policy.connection(WEB, p) for p in (8081, 8080)] == ["deny", "allow"]
+    for port in range(1, MAX_VIEWS + 10):
+        policy.connection(WEB, port)
+    assert len(policy._views) <= MAX_VIEWS
+    assert policy.evaluate(tcp(8080)).decision == "allow"

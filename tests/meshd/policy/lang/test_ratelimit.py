@@ -78,16 +78,20 @@ def test_shared_and_per_source_scopes() -> None:
 
 
 def test_per_source_buckets_are_bounded_least_recently_used_first() -> None:
-    per = limit("r", "p", "api", 1, bucket="per-source")
+    per = limit("r", "p", "api", 1, per_ms=100_000, bucket="per-source")  # no refill to speak of
     buckets = Buckets(max_sources=3)
     for peer in ("a", "b", "c"):
         assert buckets.take([per], "api", peer, 0.0) is None
-    assert buckets.take([per], "api", "a", 0.5) == Limited("r/rate_limit/p", 1)  # a is still held
-    assert buckets.take([per], "api", "a", 1.0) is None  # a used again: b is now the oldest
-    assert buckets.take([per], "api", "d", 1.0) is None
+    assert buckets.take([per], "api", "a", 1.0) == Limited(
+        "r/rate_limit/p", 99
+    )  # a is recent again
+    assert buckets.take([per], "api", "d", 1.0) is None  # b, the oldest, is dropped
     assert buckets.sources(per, "api") == 3
-    assert buckets.take([per], "api", "c", 1.0) is None  # c refilled, kept
-    assert buckets.take([per], "api", "b", 1.0) is None  # b was dropped: it comes back full
+    assert buckets.take([per], "api", "a", 2.0) == Limited(
+        "r/rate_limit/p", 98
+    )  # kept, still empty
+    assert buckets.take([per], "api", "c", 2.0) == Limited("r/rate_limit/p", 98)
+    assert buckets.take([per], "api", "b", 2.0) is None  # dropped: it came back full
     assert buckets.sources(per, "api") == 3
 
 
@@ -95,3 +99,13 @@ def test_no_limits_no_state() -> None:
     buckets = Buckets()
     assert buckets.take([], "api", WEB, 0.0) is None
     assert buckets.sources(FIVE, "api") == 0
+
+
+def test_retain_forgets_only_rules_no_longer_in_force() -> None:
+    gone = limit("r", "gone", "api", 1, bucket="per-source")
+    buckets = Buckets()
+    for rule in (FIVE, gone):
+        assert buckets.take([rule], "api", WEB, 0.0) is None
+    buckets.retain({FIVE.id})
+    assert buckets.sources(gone, "api") == 0
+    assert takes(buckets, [0.0] * 5) == [None] * 4 + [Limited("r/rate_limit/five", 1)]  # kept its 4
