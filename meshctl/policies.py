@@ -39,6 +39,7 @@ POLICIES = "policies"
 RECORD = "policy"  # applied/policy.json: the version and what each host was given
 FALLBACK_TRUST_DOMAIN = "mesh.local"  # validate without a workspace, for files that set none
 _NAME_LINE = re.compile(r"^\s*name\s*=", re.MULTILINE)
+_DOCUMENT_NAME = re.compile(r"[a-z0-9-]{1,63}")  # §2.1: also keeps a NAME inside policies/
 
 
 @dataclass(frozen=True)
@@ -165,15 +166,20 @@ def save(ws: Workspace, texts: Mapping[str, str]) -> list[str]:
     return changed
 
 
-def remove(ws: Workspace, name: str) -> None:
+def existing(ws: Workspace, name: str) -> Path:
+    """The file of the applied document ``name``; PolicyError naming those there are."""
     path = path_of(ws, name)
-    if not path.is_file():
+    if not _DOCUMENT_NAME.fullmatch(name) or not path.is_file():
         known = ", ".join(Path(s.file).stem for s in stored(ws)) or "none"
         raise PolicyError(
             f"no applied policy document named {name!r} (applied: {known})",
             hint="meshctl policy list shows the applied documents",
         )
-    path.unlink()
+    return path
+
+
+def remove(ws: Workspace, name: str) -> None:
+    existing(ws, name).unlink()
 
 
 # -- versions

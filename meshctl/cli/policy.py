@@ -1,9 +1,10 @@
-"""``meshctl policy``: validate, apply, list, show, diff, delete and explain policy documents.
+"""``meshctl policy``: validate, apply, list, show, diff and delete policy documents.
 
 Invalid policy input exits 2 (POLICY.md §2.12) after every problem of every
 file is shown, and changes nothing anywhere. ``apply`` and ``delete`` push
 the applied set to every joined host and exit non-zero when some host did
 not take it (the table names them; ``meshctl status`` shows their drift).
+``explain`` lives in ``meshctl.cli.explain`` and is mounted here by the app.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from meshctl.policydiff import diff as diff_documents
 from meshctl.provision.rollout import Outcome
 from meshctl.views.policy import (
     Listed,
-    decision_json,
-    decision_view,
     diff_view,
     documents_table,
     problems_json,
@@ -33,13 +32,15 @@ from meshctl.views.policy import (
 )
 from meshctl.workspace import Workspace
 from meshd.errors import MeshError, PolicyError
-from meshd.identity import make_id
-from meshd.policy.lang.compiled import CompiledPolicy
-from meshd.policy.lang.evaluate import explain as explain_request
 from meshd.policy.lang.model import Document
 from meshd.policy.lang.problems import Problem, errors
 
 INVALID = ExitCode.USAGE  # invalid policy input exits 2 (POLICY.md §2.12)
+OWNED_HINT = (
+    "a setting has one owner in the applied set: change it in the document that sets it "
+    "(meshctl policy show NAME), or drop it there; a fresh mesh's policies/mesh.toml sets "
+    'authz.default, so go zero-trust by setting default = "deny" in it'
+)
 
 app = typer.Typer(
     help="Policy documents: who may call which service, how (POLICY.md).",
@@ -77,8 +78,8 @@ def validate(
     Example: meshctl policy validate policy/zero-trust.toml policy/base.toml --json
     """
     actx = app_context(ctx)
-    checked = policies.check(_sources(files), _mesh_domain(actx), actx.clock())
-    _show_problems(actx, checked.problems, len(files), json_out)
+    checked = policies.check(sources(files), _mesh_domain(actx), actx.clock())
+    show_problems(actx, checked.problems, len(files), json_out)
     if checked.failed or (strict and checked.problems):
         raise typer.Exit(INVALID)
 
@@ -107,12 +108,12 @@ def apply(
     ws, now = fleet.ws, actx.clock()
     with state.locked(ws):
         current = policies.applied(ws, now)
-        new = policies.check(_sources(paths), ws.config.trust_domain, now, cross=False)
+        new = policies.check(sources(paths), ws.config.trust_domain, now, cross=False)
         problems = list(new.problems)
         if not new.failed:
             problems += policies.check_set_with(current, new)
         if errors(problems) or not json_out:
-            _show_problems(actx, problems, len(paths), json_out, quiet=not errors(problems))
+            show_problems(actx, problems, len(paths), json_out, quiet=not errors(problems))
         if errors(problems):
             raise typer.Exit(INVALID)
         saved = policies.save(ws, new.texts)
@@ -210,9 +211,7 @@ def show(
     """
     actx = app_context(ctx)
     ws = actx.workspace()
-    path = policies.path_of(ws, name)
-    if not path.is_file():
-        policies.remove(ws, name)  # raises, naming the applied documents
+    path = policies.existing(ws, name)
     actx.out.print(path.read_text(), markup=False, highlight=False, end="")
 
 
@@ -231,12 +230,12 @@ def diff(
     paths = _given(files, more)
     ws, now = actx.workspace(), actx.clock()
     current = policies.applied(ws, now)
-    new = policies.check(_sources(paths), ws.config.trust_domain, now, cross=False)
+    new = policies.check(sources(paths), ws.config.trust_domain, now, cross=False)
     problems = list(new.problems)
     if not new.failed:
         problems += policies.check_set_with(current, new)
     if errors(problems):
-        _show_problems(actx, problems, len(paths), json_out)
+        show_problems(actx, problems, len(paths), json_out)
         raise typer.Exit(INVALID)
     applied_data = {d.name: d.data for d, _ in current.documents}
     diffs = [diff_documents(d.name, applied_data.get(d.name), d.data) for d in new.only()]
@@ -274,124 +273,6 @@ def delete(
     _finish(actx, "policy delete", rel, results, documents, notes, json_out)
 
 
-# -- explain
-@app.command("explain")
-def explain(
-    ctx: typer.Context,
-    source: Annotated[
-        str,
-        typer.Option(
-            "--from", help="a service name, host/NAME, a SPIFFE ID, or unauthenticated (plaintext)"
-        ),
-    ],
-    service: Annotated[str, typer.Option("--to", help="the destination service")],
-    port: Annotated[
-        int | None,
-        typer.Option(help="the service port (default: its port in hosts.toml, if it has one)"),
-    ] = None,
-    method: Annotated[str, typer.Option(help="the HTTP method")] = "GET",
-    path: Annotated[
-        str, typer.Option(help="the raw request target, normalised as meshd would")
-    ] = "/",
-    headers: Annotated[
-        list[str] | None, typer.Option("--header", help='"name: value" (repeat)')
-    ] = None,
-    tcp: Annotated[bool, typer.Option("--tcp", help="opaque TCP, not an HTTP request")] = False,
-    files: FilesOption = None,
-    more: MoreFiles = None,
-    json_out: JsonOption = False,
-) -> None:
-    """Say what meshd would decide for one request, offline, with meshd's own evaluator.
-
-    Against the applied set, or exactly the files given with -f (checked
-    first). Short names in --from resolve in the trust domain the documents
-    all declare, else the workspace's.
-
-    Examples:
-      meshctl policy explain --from web --to api --port 8080 --method GET --path /v1/admin/x
-      meshctl policy explain --from api --to db --port 5432 --tcp -f policy/zero-trust.toml
-    """
-    actx = app_context(ctx)
-    ws = _workspace_or_none(actx)
-    mesh_domain = ws.config.trust_domain if ws else policies.FALLBACK_TRUST_DOMAIN
-    paths = (files or []) + (more or [])
-    checked = _documents(actx, ws, mesh_domain, paths, json_out)
-    documents = checked.only()
-    if not documents:  # built-in defaults apply to a set with documents only
-        raise PolicyError(
-            "no policy document is applied: meshd enforces no policy, so every "
-            "authenticated peer reaches every service",
-            hint="meshctl policy apply -f FILE applies one; or explain against files with -f",
-        )
-    domains = {d.trust_domain for d in documents}
-    peer = resolve_source(source, domains.pop() if len(domains) == 1 else mesh_domain)
-    port = port if port is not None else service_port(ws, service)
-    version = (policies.recorded_version(ws) or 0) if ws and not paths else 0
-    policy = CompiledPolicy.compile(documents, mesh_domain, version)
-    pairs = tuple(parse_header(h) for h in headers or ())
-    decision = explain_request(policy, service, port, peer, None if tcp else method, path, pairs)
-    if json_out:
-        actx.print_json(decision_json(decision))
-        return
-    what = "opaque TCP" if tcp else f"{method} {path}"
-    request = f"{source} ({peer or 'plaintext peer'}) -> {service}:{port} {what}"
-    actx.out.print(decision_view(decision, request))
-
-
-def _documents(
-    actx: AppContext, ws: Workspace | None, domain: str, paths: list[Path], json_out: bool
-) -> policies.Checked:
-    """The files given (checked; exit 2 on errors), else the workspace's applied set."""
-    if not paths:
-        if ws is None:
-            actx.workspace()  # raises: no workspace, and no -f
-        assert ws is not None
-        return policies.applied(ws, actx.clock())
-    checked = policies.check(_sources(paths), domain, actx.clock())
-    if checked.failed:
-        _show_problems(actx, checked.problems, len(paths), json_out)
-        raise typer.Exit(INVALID)
-    return checked
-
-
-def resolve_source(text: str, trust_domain: str) -> str | None:
-    """The peer identity ``--from`` names (None: a plaintext peer)."""
-    if text == "unauthenticated":
-        return None
-    if text.startswith("spiffe://"):
-        return text
-    kind, _, name = text.rpartition("/")
-    if kind not in ("", "host", "svc"):
-        raise typer.BadParameter(
-            f"{text!r}: use a service name, host/NAME, a SPIFFE ID or unauthenticated",
-            param_hint="--from",
-        )
-    return str(make_id(trust_domain, kind or "svc", name))
-
-
-def service_port(ws: Workspace | None, service: str) -> int:
-    """The port of ``service`` in hosts.toml, when it has exactly one."""
-    ports: set[int] = set()
-    if ws is not None:
-        for host in state.load_inventory(ws).hosts:
-            ports |= {s.port for s in host.services if s.name == service}
-    if len(ports) == 1:
-        return ports.pop()
-    known = (
-        f"{service} has ports {', '.join(map(str, sorted(ports)))}"
-        if ports
-        else (f"hosts.toml has no service {service}")
-    )
-    raise typer.BadParameter(f"--port is needed: {known}", param_hint="--port")
-
-
-def parse_header(text: str) -> tuple[str, str]:
-    name, colon, value = text.partition(":")
-    if not colon or not name.strip():
-        raise typer.BadParameter(f"{text!r}: write it as 'name: value'", param_hint="--header")
-    return name.strip(), value.strip()
-
-
 # -- shared
 def _given(files: list[Path] | None, more: list[Path] | None) -> list[Path]:
     paths = (files or []) + (more or [])
@@ -400,7 +281,7 @@ def _given(files: list[Path] | None, more: list[Path] | None) -> list[Path]:
     return paths
 
 
-def _sources(paths: Sequence[Path]) -> list[policies.Source]:
+def sources(paths: Sequence[Path]) -> list[policies.Source]:
     sources = []
     for path in paths:
         try:
@@ -411,7 +292,7 @@ def _sources(paths: Sequence[Path]) -> list[policies.Source]:
     return sources
 
 
-def _workspace_or_none(actx: AppContext) -> Workspace | None:
+def workspace_or_none(actx: AppContext) -> Workspace | None:
     try:
         return actx.workspace()
     except (MeshError, OSError):
@@ -419,11 +300,11 @@ def _workspace_or_none(actx: AppContext) -> Workspace | None:
 
 
 def _mesh_domain(actx: AppContext) -> str:
-    ws = _workspace_or_none(actx)
+    ws = workspace_or_none(actx)
     return ws.config.trust_domain if ws else policies.FALLBACK_TRUST_DOMAIN
 
 
-def _show_problems(
+def show_problems(
     actx: AppContext,
     problems: Sequence[Problem],
     files: int,
@@ -440,3 +321,5 @@ def _show_problems(
     if problems or not quiet:
         colour = "red" if errors(problems) else "yellow" if problems else "green"
         actx.err.print(f"[{colour}]{problems_summary(problems, files)}[/]")
+    if any(p.code == "P040" for p in problems):
+        actx.err.print(f"[yellow]hint:[/] {escape(OWNED_HINT)}", soft_wrap=True)

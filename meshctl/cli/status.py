@@ -34,8 +34,10 @@ def status(
     """Show the health of every host: meshd, versions, certificate, rules, drift.
 
     One row per host of hosts.toml: reachable, meshd state, version and
-    uptime, registry version, certificate expiry (a warning under a third of
-    its life), redirect rules installed, and drift from the workspace.
+    uptime, registry and policy versions (a host behind the workspace's is
+    not healthy), certificate expiry (a warning under a third of its life),
+    redirect rules installed, and drift from the workspace. Under the table:
+    whether the applied policy runs with default allow or permissive mTLS.
     Warnings follow: issuers past half their life, renewals failing, and
     short leaves with no issuer to renew them.
     Exits 0 when every host is healthy, 8 when some are not.

@@ -45,7 +45,7 @@ ONE = 'version = 1\nname = "one"\n\n[authz]\ndefault = "deny"\n'
         ([ONE, ONE.replace('"one"', '"two"')], True, [("b.toml", 5, "P040")]),
         ([ONE, ONE.replace('"one"', '"two"')], False, []),  # apply checks the whole set
         ([ONE, ONE], True, [("b.toml", 2, "P006")]),  # one document name, two files
-        (["version = 2\n", ONE], True, [("a.toml", 0, "P004"), ("a.toml", 1, "P007")]),
+        (["version = 2\n", ONE], True, [("a.toml", 1, "P004"), ("a.toml", 1, "P007")]),
     ],
 )
 def test_check_reports_every_file_then_the_cross_document_rules(

@@ -1,95 +1,14 @@
 """``meshctl policy`` in-process: validate, apply (fake hosts, one down), list/show/diff/delete,
-and explain giving POLICY.md §3.1's decision table."""
+and what join and status do with the applied set."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import pytest
-
 from tests.meshctl.cli.fakes import FLEET, FakeMesh, at, fleet
 from tests.meshctl.cli.helpers import meshctl
-
-EXAMPLES = Path(__file__).parents[2] / "meshd" / "policy" / "lang" / "examples"
-ZERO_TRUST = str(EXAMPLES / "zero-trust.toml")
-
-WEB_TO_API = ["--from", "web", "--to", "api", "--port", "8080"]
-# POLICY.md §3.1: request -> (decision, status, rule, would_deny)
-DECISIONS = [
-    (
-        [*WEB_TO_API, "--path", "/v1/orders"],
-        ("allow", None, "zero-trust/allow/web-to-api", []),
-    ),
-    (
-        [*WEB_TO_API, "--path", "/v1/admin/users"],
-        ("deny", 403, "zero-trust/deny/no-admin-from-web", []),
-    ),
-    (
-        [*WEB_TO_API, "--method", "DELETE", "--path", "/v1/orders/1"],
-        ("allow", None, "zero-trust/allow/web-to-api", ["zero-trust/deny/retire-web-deletes"]),
-    ),
-    (
-        ["--from", "api", "--to", "db", "--port", "5432", "--tcp"],
-        ("allow", None, "zero-trust/allow/api-to-db", []),
-    ),
-    (
-        ["--from", "web", "--to", "db", "--port", "5432", "--tcp"],
-        ("reset", None, "zero-trust/authz/default", []),
-    ),
-    (
-        ["--from", "prometheus", "--to", "db", "--port", "9102", "--path", "/metrics"],
-        ("allow", None, "zero-trust/allow/metrics-scrape", []),
-    ),
-    (
-        ["--from", "unauthenticated", "--to", "api", "--port", "8080", "--tcp"],
-        ("reset", None, "zero-trust/mtls/mode", []),
-    ),
-]
-
-
-def _no_workspace(tmp_path: Path) -> dict[str, str]:
-    return {"MESHCTL_WORKSPACE": str(tmp_path / "no-workspace")}
-
-
-@pytest.mark.parametrize(("request_args", "expected"), DECISIONS)
-def test_explain_gives_the_zero_trust_decision_table(
-    tmp_path: Path, request_args: list[str], expected: tuple[object, ...]
-) -> None:
-    done = meshctl(
-        "policy", "explain", *request_args, "-f", ZERO_TRUST, "--json", env=_no_workspace(tmp_path)
-    )
-    assert done.code == 0, done.out + done.err
-    decision, status, rule, would_deny = expected
-    assert json.loads(done.out) == {
-        "decision": decision,
-        "status": status,
-        "rule": rule,
-        "would_deny": would_deny,
-    }
-
-
-def test_explain_text_and_spiffe_ids(tmp_path: Path) -> None:
-    env = _no_workspace(tmp_path)
-    args = ["--to", "api", "--port", "8080", "--path", "/v1/%2e%2E/v1/admin/x", "-f", ZERO_TRUST]
-    text = meshctl("policy", "explain", "--from", "spiffe://prod.example/svc/web", *args, env=env)
-    assert text.code == 0, text.out + text.err
-    assert "decision:   deny" in text.out
-    assert "rule:       zero-trust/deny/no-admin-from-web" in text.out
-    assert "would-deny: none" in text.out
-    other = meshctl("policy", "explain", "--from", "host/web1", *args, "--json", env=env)
-    assert json.loads(other.out)["rule"] == "zero-trust/authz/default"  # a host is no service
-    bad = meshctl(
-        "policy", "explain", "--from", "web", "--to", "api", "--port", "8080", "--path", "/a%2fb",
-        "-f", ZERO_TRUST, "--json", env=env,
-    )  # fmt: skip
-    assert json.loads(bad.out) == {
-        "decision": "bad-request",
-        "status": 400,
-        "rule": "normalize/encoded-slash",
-        "would_deny": [],
-    }
-
+from tests.meshctl.cli.test_explain import ZERO_TRUST, no_workspace
 
 MANY_ERRORS = """\
 version = 1
@@ -114,7 +33,7 @@ def test_validate_reports_every_problem_with_line_and_field(tmp_path: Path) -> N
     bad.write_text(MANY_ERRORS)
     good = tmp_path / "good.toml"
     good.write_text('version = 1\nname = "good"\n')
-    env = _no_workspace(tmp_path)
+    env = no_workspace(tmp_path)
     done = meshctl("policy", "validate", str(bad), str(good), "--json", env=env)
     assert done.code == 2, done.out + done.err
     problems = json.loads(done.out)["problems"]
@@ -140,10 +59,10 @@ def test_validate_runs_the_cross_document_rules_among_the_files(tmp_path: Path) 
     one, two = tmp_path / "one.toml", tmp_path / "two.toml"
     one.write_text('version = 1\nname = "one"\n[authz]\ndefault = "deny"\n')
     two.write_text('version = 1\nname = "two"\n\n[authz]\ndefault = "audit"\n')
-    done = meshctl("policy", "validate", str(one), str(two), env=_no_workspace(tmp_path))
+    done = meshctl("policy", "validate", str(one), str(two), env=no_workspace(tmp_path))
     assert done.code == 2, done.out + done.err
     assert "error[P040] authz.default" in done.out
-    alone = meshctl("policy", "validate", str(two), env=_no_workspace(tmp_path))
+    alone = meshctl("policy", "validate", str(two), env=no_workspace(tmp_path))
     assert alone.code == 0, alone.out + alone.err
 
 
@@ -266,6 +185,9 @@ def test_apply_refuses_a_setting_another_document_owns(tmp_path: Path) -> None:
         "authz.default",
     )
     assert "mesh" in problem["message"]
+    text = mesh.meshctl("policy", "apply", "-f", ZERO_TRUST)
+    assert 'already set by document "mesh"' in text.out
+    assert "hint: a setting has one owner in the applied set" in text.err
     assert mesh.requests == []
     assert not (mesh.ws.root / "policies" / "zero-trust.toml").exists()
 
@@ -283,7 +205,12 @@ def test_list_show_diff_and_delete(tmp_path: Path) -> None:
     ]
     shown = mesh.meshctl("policy", "show", "web-api")
     assert (shown.code, shown.out) == (0, WEB_API)
-    assert mesh.meshctl("policy", "show", "nope").code != 0
+    assert mesh.meshctl("policy", "show", "nope").code == 6
+    assert mesh.meshctl("policy", "show", "../mesh").code == 6  # no path out of policies/
+    assert "no applied policy document named '../hosts'" in (
+        mesh.meshctl("policy", "delete", "../hosts").err
+    )
+    assert (mesh.ws.root / "hosts.toml").exists()
 
     changed = WEB_API.replace('["GET"]', '["GET", "POST"]') + (
         '\n[[deny]]\nname = "no-admin"\nfrom = ["web"]\nto = "api"\npaths = ["/admin/**"]\n'
@@ -312,68 +239,38 @@ def test_list_show_diff_and_delete(tmp_path: Path) -> None:
     assert mesh.meshctl("policy", "list", "--json").json()["documents"] == []
 
 
-def test_explain_against_the_applied_set_takes_the_port_from_the_inventory(
-    tmp_path: Path,
-) -> None:
-    mesh = fleet(tmp_path, "api1")
-    done = mesh.meshctl("policy", "explain", "--from", "web", "--to", "api", "--json")
-    assert done.code == 0, done.out + done.err
-    assert done.json() == {
-        "decision": "allow",
-        "status": None,
-        "rule": "mesh/authz/default",
-        "would_deny": [],
-    }
-    unknown = mesh.meshctl("policy", "explain", "--from", "web", "--to", "nosuch")
-    assert unknown.code == 2 and "--port is needed" in unknown.err
-
-
-TENANT = """\
+PERMISSIVE = """\
 version = 1
-name = "tenant"
-trust_domain = "prod.example"
+name = "legacy"
 
-[[allow]]
-name = "acme-only"
-from = ["*"]
-to = "api"
-headers = { "x-tenant" = "acme" }
+[mtls.services]
+db = "permissive"
 """
 
 
-@pytest.mark.parametrize(
-    ("headers", "rule"),
-    [
-        (["x-tenant: acme"], "tenant/allow/acme-only"),
-        (["X-Tenant:acme"], "tenant/allow/acme-only"),  # names match in any case
-        (["x-tenant: acme", "x-tenant: acme"], "builtin/authz/default"),  # joined: "acme,acme"
-        ([], "builtin/authz/default"),
-    ],
-)
-def test_explain_passes_headers_as_received(tmp_path: Path, headers: list[str], rule: str) -> None:
-    policy = tmp_path / "tenant.toml"
-    policy.write_text(TENANT)
-    flags = [f for h in headers for f in ("--header", h)]
-    done = meshctl(
-        "policy", "explain", "--from", "host/web1", "--to", "api", "--port", "80", *flags,
-        "-f", str(policy), "--json", env=_no_workspace(tmp_path),
-    )  # fmt: skip
+def test_apply_and_status_warn_while_a_service_is_permissive(tmp_path: Path) -> None:
+    mesh = fleet(tmp_path, "db1")
+    policy = tmp_path / "legacy.toml"
+    policy.write_text(PERMISSIVE)
+    done = mesh.meshctl("policy", "apply", "-f", str(policy))
     assert done.code == 0, done.out + done.err
-    assert json.loads(done.out)["rule"] == rule
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--from", "web", "--header", "no-colon"], "write it as 'name: value'"),
-        (["--from", "svc/a/b"], "use a service name, host/NAME, a SPIFFE ID"),
-        (["--from", "Web"], "invalid svc name 'Web'"),
-    ],
-)
-def test_explain_refuses_bad_options(tmp_path: Path, args: list[str], message: str) -> None:
-    env = _no_workspace(tmp_path)
-    done = meshctl(
-        "policy", "explain", "--to", "api", "--port", "80", *args, "-f", ZERO_TRUST, env=env
+    said = "service db runs permissive mTLS (legacy/mtls/services/db)"
+    assert f"warning: {said}" in done.err
+    assert any(said in n for n in mesh.meshctl("status", "--json").json()["policy"]["notes"])
+    assert mesh.meshctl("policy", "delete", "legacy").code == 0
+    assert not any(
+        "permissive" in n for n in mesh.meshctl("status", "--json").json()["policy"]["notes"]
     )
-    assert done.code != 0
-    assert message in done.err
+
+
+def test_join_with_a_broken_applied_set_fails_the_host_naming_the_file(tmp_path: Path) -> None:
+    mesh = fleet(tmp_path, "web1")
+    broken = mesh.ws.root / "policies" / "broken.toml"
+    broken.write_text('version = 1\nname = "broken"\n[authz]\ndefault = "permit"\n')
+    joined = mesh.meshctl("join", "api1", "--json")
+    assert joined.code != 0, joined.out + joined.err
+    row = joined.rows()["api1"]
+    assert row["status"] == "failed"
+    assert f"{broken}:4: error[P008] authz.default" in row["error"]["message"]
+    assert at(mesh, "api1").policy is None and at(mesh, "api1").active == "active"
+    assert mesh.meshctl("policy", "list").code == 6  # PolicyError, naming the file too

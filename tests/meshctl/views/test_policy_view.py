@@ -1,0 +1,88 @@
+"""Views of ``meshctl policy``: the problem summary, diffs and explained decisions."""
+
+from __future__ import annotations
+
+import pytest
+from rich.console import Console, RenderableType
+
+from meshctl.policydiff import Change, DocumentDiff
+from meshctl.views.policy import decision_json, decision_view, diff_view, problems_summary
+from meshd.policy.lang.evaluate import Decision
+from meshd.policy.lang.problems import Problem
+
+
+def text(renderable: RenderableType) -> str:
+    console = Console(record=True, width=120)
+    console.print(renderable)
+    return console.export_text()
+
+
+def problem(severity: str) -> Problem:
+    return Problem("f.toml", 1, "P001", "x", "m", severity)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("severities", "files", "expected"),
+    [
+        ([], 1, "1 file valid"),
+        ([], 3, "3 files valid"),
+        (["error"], 1, "1 error in 1 file"),
+        (["error", "error", "warning"], 2, "2 errors, 1 warning in 2 files"),
+        (["warning", "warning"], 1, "2 warnings in 1 file"),
+    ],
+)
+def test_problems_summary(severities: list[str], files: int, expected: str) -> None:
+    assert problems_summary([problem(s) for s in severities], files) == expected
+
+
+DENY = Decision("deny", 403, "zt/deny/no-admin", ("zt/deny/audit",), "matched deny rule")
+
+
+def test_decision_json_is_exactly_the_interface() -> None:
+    assert decision_json(DENY) == {
+        "decision": "deny",
+        "status": 403,
+        "rule": "zt/deny/no-admin",
+        "would_deny": ["zt/deny/audit"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("decision", "lines"),
+    [
+        (DENY, ["decision:   deny (answered 403 by meshd)", "would-deny: zt/deny/audit"]),
+        (
+            Decision("reset", None, "zt/mtls/mode"),
+            ["decision:   reset (connection reset)", "status:     -", "would-deny: none"],
+        ),
+        (Decision("allow", None, "zt/allow/a"), ["decision:   allow (forwarded to the service)"]),
+    ],
+)
+def test_decision_view(decision: Decision, lines: list[str]) -> None:
+    shown = text(decision_view(decision, "web -> api:8080 GET /")).splitlines()
+    assert shown[0] == "web -> api:8080 GET /"
+    assert f"rule:       {decision.rule}" in shown
+    for line in lines:
+        assert line in shown
+
+
+def test_diff_view_marks_each_change() -> None:
+    diffs = [
+        DocumentDiff(
+            "d",
+            "changed",
+            (
+                Change("added", "d/deny/x", None, {"to": "*"}),
+                Change("changed", "d/authz/default", "deny", "audit"),
+                Change("removed", "d/allow/a", {"to": "api"}),
+            ),
+        ),
+        DocumentDiff("e", "unchanged", ()),
+    ]
+    assert text(diff_view(diffs)).splitlines() == [
+        "d: 3 changes",
+        '  + d/deny/x  {"to": "*"}',
+        '  ~ d/authz/default  "deny" -> "audit"',
+        '  - d/allow/a  {"to": "api"}',
+        "e: unchanged",
+    ]
