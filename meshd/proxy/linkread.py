@@ -34,6 +34,7 @@ from meshd.proxy.frames import (
     PING_SIZE,
     PONG,
     RST,
+    RST_REFUSED,
     WINDOW,
     WINDOW_CREDIT,
     ProtocolError,
@@ -292,7 +293,8 @@ class LinkReader(asyncio.BufferedProtocol):
 
     def _on_reset(self, stream: Stream, payload: bytes) -> None:
         code, reason = parse_reset(payload)
-        stream.reset(f"peer reset stream (code {code}): {reason}")
+        # refused (a policy denial, an unknown service): the app gets an RST, not an end
+        stream.reset(f"peer reset stream (code {code}): {reason}", hard=code == RST_REFUSED)
 
 
 def _check_control(kind: int, length: int) -> None:

@@ -374,12 +374,19 @@ class Stream:
             self.link.send_reset(self, RST_CANCEL, "app closed")
         self._finish("app closed before the stream finished")
 
-    def reset(self, reason: str) -> None:
-        """The stream is gone (peer reset, link lost, refused): abort the app side."""
+    def reset(self, reason: str, hard: bool = False) -> None:
+        """The stream is gone (peer reset, link lost, refused): abort the app side.
+
+        ``hard``: with a TCP RST (the peer refused the stream: a policy denial
+        must not look to the caller's app like a connection that ended well).
+        """
         if self.closed:
             return
-        if self.transport is not None:  # a reset, not an end: the app's peer sees an RST
-            _reset_hard(self.transport)
+        if self.transport is not None:
+            if hard:
+                _reset_hard(self.transport)
+            else:
+                self.transport.abort()
         self._finish(reason)
 
     def _maybe_finish(self) -> None:
@@ -410,7 +417,7 @@ def _reset_hard(transport: asyncio.Transport) -> None:
     reset connection for one that ended cleanly)."""
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        with contextlib.suppress(OSError):  # already gone: abort closes what is left
+        with contextlib.suppress(OSError, AttributeError):  # gone, or not a socket
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
     transport.abort()
 

@@ -143,7 +143,7 @@ def test_a_stored_policy_with_rules_is_set_aside(net: MeshNet) -> None:
     store_as_an_older_meshd(net, "a", "policy", {"version": 4, "allow": [{"to": "api"}]})
     a = net.start("a")
     aside = stats(net, a)["documents_set_aside"]["policy"]
-    assert aside["version"] == 4 and "not in this meshd yet" in aside["reason"]
+    assert aside["version"] == 4 and "unknown fields" in aside["reason"]
 
 
 def refused(port: int) -> bool:

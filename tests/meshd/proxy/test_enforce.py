@@ -465,3 +465,18 @@ def test_permissive_plaintext_tcp_is_reset_when_denied(
         echo.close()
     assert received is ConnectionResetError  # no allow for opaque TCP: the default denies
     assert echo.peers == []
+
+
+def test_a_push_reaches_the_next_request_of_a_kept_alive_connection(setup: Setup) -> None:
+    assert setup.push(1, zero_trust(setup.app.port, setup.echo.port))[0] == 200
+    conn = setup.conn()
+    try:
+        assert _get(conn, "/v1/orders")[0] == 200
+        tighter = zero_trust(setup.app.port, setup.echo.port)
+        tighter["deny"].append({"name": "no-orders", "to": "web", "paths": ["/v1/orders"]})
+        assert setup.push(2, tighter)[0] == 200
+        status, headers, _ = _get(conn, "/v1/orders")  # the same connection, the new policy
+        assert (status, headers["x-mesh-rule"]) == (403, "t/deny/no-orders")
+    finally:
+        conn.close()
+    assert setup.app.seen == ["/v1/orders"]
