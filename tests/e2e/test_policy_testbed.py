@@ -468,6 +468,21 @@ def test_encoded_path_tricks_never_pass_a_deny_and_the_app_sees_normalised_targe
         assert "/admin" not in path, target
 
 
+@pytest.mark.parametrize(("target", "status", "expected"), TRICKS)
+def test_explain_offline_gives_what_meshd_answered_on_the_wire(
+    mesh: Mesh, target: str, status: int, expected: str
+) -> None:
+    # the statuses and rules of TRICKS are what the test above saw meshd answer
+    argv = ["policy", "explain", "--from", "web", "--to", "api", "--port", "8081"]
+    found = mesh.meshctl(*argv, "--method", "GET", "--path", target, "--json")
+    assert found.code == 0, found.out + found.err
+    decision = json.loads(found.out)
+    verdict = {403: "deny", 400: "bad-request", 200: "allow"}[status]
+    rule = "zero-trust/allow/web-to-api" if status == 200 else expected
+    assert (decision["decision"], decision["rule"]) == (verdict, rule), decision
+    assert decision["status"] == (None if status == 200 else status), decision
+
+
 # --- 5. a document pushed by hand that fails validation -------------------------------------------
 def test_an_invalid_policy_pushed_by_hand_is_refused_and_the_old_one_keeps_running(
     mesh: Mesh,
