@@ -16,9 +16,14 @@ with the mesh document turned to default deny:
 The requests are made on the hosts (``http_probe.py``, copied there: raw
 targets, keep-alive, parallel bursts, raw TCP), or from this machine for a
 client outside the mesh. api's app echoes every ``/v1/**`` target it receives
-and logs each request, which is how the tests see what reached it. The last
-tests push policy by hand (a refused document) and with a host down. The
-tests run in order on one mesh.
+and logs each request, which is how the tests see what reached it.
+``meshctl policy explain`` must give, offline, what meshd answered on the
+wire. The last tests push policy by hand (a refused document) and with a
+host down. The tests run in order on one mesh (about 40 s here, bring-up and
+reset included).
+
+The requests come from root on the hosts, so they carry the identity of the
+host's one service (``web``, ``api``): POLICY.md's "identity on hosts".
 """
 
 from __future__ import annotations
