@@ -169,6 +169,8 @@ class Runtime:
         limits = _rate_limits(self.policy)
         if any(_changed(self.limits[i], limits[i]) for i in self.limits.keys() & limits.keys()):
             self.buckets = Buckets()  # a limit changed under its id: count afresh
+        elif self.limits.keys() - limits.keys():
+            self.buckets.retain(limits.keys())  # removed rules: their buckets go
         self.limits = limits
         if not self.swapped:
             return

@@ -104,7 +104,10 @@ class FirstBytes:
     outgoing = response_bytes
 
     def _silent(self) -> None:
-        self._decided("tcp")
+        # Nothing came: a server-first protocol. What looked like the start of a request
+        # line stays HTTP (its exchange waits for the head): a client must not slip past
+        # the request rules by pausing after "GET".
+        self._decided("http" if self.held else "tcp")
 
     def _decided(self, kind: Kind) -> None:
         decide, held = self.decide, self.held

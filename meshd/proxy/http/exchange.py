@@ -12,8 +12,9 @@ An answer that keeps the connection alive (``Answer.keep_alive``) goes at
 once when no earlier response is outstanding: the request's body is read
 and dropped (fed to the parser, never forwarded) and the next request is
 followed as usual. Where it cannot keep the connection (a body of unknown
-length, an upgrade, pipelined requests whose responses are still due: the
-later ones would have to wait behind it) it closes as any answer does.
+length, a body its client waits for a 100 Continue to send, an upgrade,
+pipelined requests whose responses are still due: the later ones would have
+to wait behind it) it closes as any answer does.
 ``SetTarget`` rewrites the request line (the normalised target is what the
 app receives).
 
@@ -251,7 +252,7 @@ class HttpExchange(HttpObserver):
         head = RequestHead(
             self.method,
             self.target.decode("latin-1"),
-            tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in self.headers),
+            tuple([(n.decode("latin-1"), v.decode("latin-1")) for n, v in self.headers]),
         )
         edits: list[Edit] = []
         for hook in self.hooks:
@@ -364,6 +365,8 @@ class HttpExchange(HttpObserver):
         left = HEAD if self.message_done else framing(self.headers)
         if left is None:  # a body of unknown length: where the next request starts is unknown
             return False
+        if left != HEAD and _expects_continue(self.headers):
+            return False  # its client may never send the body: the next request would be eaten
         self.left, self.tail, self.dropping = left, b"", left != HEAD
         self.head_done, self.changed = False, True
         self._completed(self.method, answer.status, self.started)
@@ -405,6 +408,10 @@ class HttpExchange(HttpObserver):
         out.clear()
         acts.clear()
         return verdict
+
+
+def _expects_continue(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(n.lower() == b"expect" and v.strip().lower() == b"100-continue" for n, v in headers)
 
 
 class InboundHttpExchange(HttpExchange):

@@ -8,7 +8,7 @@ from meshd.policy.decisions import LOCAL_SERVICES, Deliver
 from meshd.policy.guard import Guard
 from meshd.policy.lang.compiled import CompiledPolicy
 from meshd.policy.lang.ratelimit import Buckets, Limited
-from tests.meshd.policy.lang.build import TD, ZERO_TRUST, ZT, document, limit, spiffe
+from tests.meshd.policy.lang.build import TD, ZERO_TRUST, ZT, allow, document, limit, spiffe
 
 WEB, API = spiffe("web"), spiffe("api")
 POLICY = CompiledPolicy.compile([ZERO_TRUST], TD, 1)
@@ -96,3 +96,28 @@ def test_opaque_tcp_is_judged_on_its_l4_fields(
 ) -> None:
     judged, limited = guard(service, port).tcp(source, port, 0.0, Buckets())
     assert (judged.decision, judged.rule, limited) == (decision, rule, None)
+
+
+def test_a_judgement_by_target_is_remembered_only_where_no_rule_reads_headers() -> None:
+    tenant = CompiledPolicy.compile(
+        [
+            document(
+                "h",
+                rules=[allow("h", "acme", "api", ["web"], headers={"x-tenant": "acme"})],
+                default="deny",
+            )
+        ],
+        TD,
+        1,
+    )
+    g, buckets = guard("api", 8080, tenant), Buckets()
+    acme, other = (("X-Tenant", "acme"),), (("X-Tenant", "evil"),)
+    outcomes = [
+        g.judge(WEB, 8080, "GET", "/v1/x", headers, 0.0, buckets)[0].decision
+        for headers in (acme, other, acme)
+    ]
+    assert outcomes == ["allow", "deny", "allow"]
+    plain = guard("api", 8080)
+    first = plain.judge(WEB, 8080, "GET", "/v1/orders", (), 0.0, buckets)
+    assert plain.judge(WEB, 8080, "GET", "/v1/orders", (), 0.0, buckets) is not None
+    assert plain.judge(API, 8080, "GET", "/v1/orders", (), 0.0, buckets)[0].rule != first[0].rule

@@ -27,7 +27,7 @@ import pytest
 from meshd.config import MeshdConfig
 from meshd.policy.bundle import AppliedPolicy
 from meshd.policy.lang import wire
-from meshd.proxy import inbound
+from meshd.proxy import enforce, inbound
 from meshd.proxy.connect import Connector
 from meshd.runtime import Runtime
 from meshd.telemetry.events import AuthzDecided
@@ -480,3 +480,54 @@ def test_a_push_reaches_the_next_request_of_a_kept_alive_connection(setup: Setup
     finally:
         conn.close()
     assert setup.app.seen == ["/v1/orders"]
+
+
+def test_a_connection_rate_limit_resets_opaque_tcp(setup: Setup) -> None:
+    doc = zero_trust(setup.app.port, setup.echo.port)
+    doc["allow"].append({"name": "a-to-db", "from": ["host/a"], "to": "db"})
+    doc["rate_limit"] = [{"name": "db-once", "to": "db", "limit": 1, "per": "1h"}]
+    assert setup.push(1, doc)[0] == 200
+    assert _tcp(setup) == b"hello\n"
+    assert _tcp(setup) is ConnectionResetError
+    assert len(setup.echo.peers) == 1  # the second never reached the app
+    limited = {"service": "db", "rule": "t/rate_limit/db-once"}
+    assert setup.metric("meshd_ratelimit_limited_total", **limited) == 1
+
+
+def test_a_silent_connection_is_judged_as_opaque_tcp_after_a_short_wait(setup: Setup) -> None:
+    """Server-first protocols send nothing first: after SNIFF_WAIT the connection is TCP."""
+    assert setup.push(1, zero_trust(setup.app.port, setup.echo.port))[0] == 200
+    with socket.create_connection(("127.0.0.1", setup.a.ports["upstream:db"]), timeout=10) as s:
+        started = time.monotonic()
+        with pytest.raises(ConnectionResetError):
+            s.recv(100)
+        assert 0.5 < time.monotonic() - started < 5
+    assert setup.echo.peers == []
+
+
+def test_a_request_line_started_then_paused_is_still_judged_as_http(setup: Setup) -> None:
+    assert setup.push(1, zero_trust(setup.app.port, setup.echo.port))[0] == 200
+    with socket.create_connection(("127.0.0.1", setup.a.ports["upstream:web"]), timeout=10) as s:
+        s.sendall(b"GET")
+        time.sleep(1.5)  # past the first-bytes wait
+        s.sendall(b" /v1/admin/users HTTP/1.1\r\nHost: web\r\n\r\n")
+        received = s.recv(65536)
+    assert received.startswith(b"HTTP/1.1 403 "), received
+    assert setup.app.seen == []
+
+
+@pytest.mark.parametrize(
+    ("first", "kind"),
+    [
+        (b"GET / HTTP/1.1\r\n", "http"),
+        (b"OPTIONS * HTTP/1.1", "http"),
+        (b"", None),
+        (b"GE", None),  # could still become a request line
+        (b"PROPFINDXXXXX", "tcp"),  # 13 letters: no method is that long
+        (b"\x16\x03\x01\x02\x00", "tcp"),  # TLS
+        (b"SSH-2.0-OpenSSH", "tcp"),
+        (b"get / HTTP/1.1", "tcp"),  # not HTTP as meshd parses it: judged on L4, fail closed
+    ],
+)
+def test_first_bytes_say_http_or_tcp(first: bytes, kind: str | None) -> None:
+    assert enforce.kind_of(first) == kind

@@ -374,6 +374,13 @@ def test_a_kept_alive_answer_behind_pipelined_requests_waits_and_closes() -> Non
     assert b"Connection: close" in closing.encode()
 
 
+def test_a_body_awaiting_100_continue_is_not_waited_for() -> None:
+    """Its client may send the next request instead of the body: the answer closes."""
+    exchange, _ = _exchange(deny_kept("/admin"))
+    head = b"POST /admin HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+    assert exchange.request_bytes(head) == (Answer(403, body=b"denied"),)
+
+
 def test_an_upgrade_answered_with_keep_alive_still_closes() -> None:
     exchange, _ = _exchange(deny_kept("/ws"))
     head = b"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
