@@ -169,16 +169,19 @@ class Runtime:
         limits = _rate_limits(self.policy)
         if any(_changed(self.limits[i], limits[i]) for i in self.limits.keys() & limits.keys()):
             self.buckets = Buckets()  # a limit changed under its id: count afresh
-        elif self.limits.keys() - limits.keys():
-            self.buckets.retain(limits.keys())  # removed rules: their buckets go
+        elif self.limits.keys() - limits.keys():  # removed rules: their buckets go
+            self._on_loop(lambda: self.buckets.retain(limits.keys()))  # requests take there
         self.limits = limits
-        if not self.swapped:
-            return
+        if self.swapped:
+            self._on_loop(self._run_hooks)
+
+    def _on_loop(self, work: Callable[[], object]) -> None:
+        """Run ``work`` on the event loop: now if this is its thread, else soon."""
         loop = self.loop
         if loop is None or _running(loop):
-            self._run_hooks()
+            work()
         else:
-            loop.call_soon_threadsafe(self._run_hooks)
+            loop.call_soon_threadsafe(work)
 
     def _run_hooks(self) -> None:
         for hook in self.swapped:
