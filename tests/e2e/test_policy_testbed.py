@@ -13,6 +13,8 @@ with the mesh document turned to default deny:
     web -> api       /v1/limited/**               5 per second (five-per-second)
     anything else                                 mesh/authz/default (deny)
 
+and, last, a third document making api's default "audit".
+
 The requests are made on the hosts (``http_probe.py``, copied there: raw
 targets, keep-alive, parallel bursts, raw TCP), or from this machine for a
 client outside the mesh. api's app echoes every ``/v1/**`` target it receives
@@ -567,3 +569,44 @@ def _answers(mesh: Mesh, node: Node) -> bool:
         return admin(mesh, node, "GET", "/healthz")[0] == 200
     except (OSError, ssl.SSLError):
         return False
+
+
+# --- 7. default audit for one service ----------------------------------------------------------
+AUDIT_API = """\
+# api's unmatched calls pass, logged and counted, while its rules are written
+version = 1
+name = "audit-api"
+
+[authz.services]
+api = "audit"
+"""
+
+
+def test_default_audit_for_a_service_lets_unmatched_calls_through_and_counts_them(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    web, api = mesh.node("web1"), mesh.node("api1")
+    setting = "audit-api/authz/services/api"
+    applied = apply(mesh, tmp_path, {"audit-api.toml": AUDIT_API})
+    assert applied.code == 0, applied.out + applied.err
+    counted = metric(mesh, api, "meshd_authz_would_deny_total", service="api", rule=setting)
+    mark = cursor(api, "meshd")
+    unmatched, guarded = probe(web, API, [get("/healthz"), get("/v1/admin/users")])
+    assert unmatched["status"] == 200 and json.loads(unmatched["body"])["status"] == "ok"
+    denied(guarded, ADMIN_RULE)  # audit is the default's: an enforced deny still wins
+
+    def logged() -> list[dict[str, Any]]:
+        lines = authz_lines(journal_after(api, "meshd", mark))
+        return [d for d in lines if setting in d.get("would_deny", [])]
+
+    until(lambda: bool(logged()), 10, "the default's would-deny line in meshd's journal")
+    (line,) = logged()
+    assert (line["decision"], line["rule"], line["path"]) == ("allow", setting, "/healthz"), line
+    until(
+        lambda: (
+            metric(mesh, api, "meshd_authz_would_deny_total", service="api", rule=setting)
+            == counted + 1
+        ),
+        10,
+        "meshd_authz_would_deny_total counted it",
+    )
