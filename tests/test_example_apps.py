@@ -150,6 +150,16 @@ def test_bad_requests_get_json_errors(chain: dict[str, int]) -> None:
     assert _json(chain["api"], "GET", "/nowhere")[0] == 404
 
 
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "DELETE"])
+def test_api_echoes_what_it_receives_under_v1(chain: dict[str, int], method: str) -> None:
+    # the target as it arrived, query and odd spellings included: what the mesh forwarded
+    for target in ("/v1", "/v1/orders/1?x=%2e", "/v1//a/../b%3a"):
+        status, answer = _json(chain["api"], method, target)
+        assert status == 200, (method, target, answer)
+        assert answer == {"served_by": HOST, "method": method, "target": target}
+    assert _json(chain["api"], method, "/v1x")[0] == 404
+
+
 def test_api_and_web_answer_502_json_naming_a_down_upstream(tmp_path: Path) -> None:
     # bound but not listening for the whole test: refused, and no app can be given the port
     held = socket.socket()

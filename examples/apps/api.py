@@ -10,6 +10,9 @@ that served it and nests what db said, so one request shows the whole path.
                      (on a meshed host the peer is 127.0.0.1: the local meshd)
     POST /orders     forwards the JSON body to db's POST /items:
                      {"served_by": HOST, "db": <db's answer>}
+    ANY  /v1/**      {"served_by": HOST, "method": M, "target": T}: echoes the request
+                     target as it arrived (path and query), e.g. to see what meshd
+                     forwards after normalising it; GET, POST, PUT and DELETE
 
 When db cannot be reached (or answers garbage within 3 s) the answer is a 502
 {"error": ..., "upstream": URL}, never a traceback.
@@ -37,6 +40,8 @@ class Handler(JsonHandler):
         if self.command == "POST" and path == "/orders":
             status, answer = self.db.call("POST", "/items", body)
             return status, {"served_by": HOST, "db": answer}
+        if path == "/v1" or path.startswith("/v1/"):
+            return 200, {"served_by": HOST, "method": self.command, "target": self.path}
         return super().route(path, body)
 
 

@@ -85,7 +85,8 @@ class Upstream:
 
 
 class JsonHandler(BaseHTTPRequestHandler):
-    """Answers GET and POST through ``route``; logs one line per request on stdout."""
+    """Answers GET, POST, PUT and DELETE through ``route``; logs one line per request (its
+    method, the request target as received, the status) on stdout."""
 
     protocol_version = "HTTP/1.1"  # keep-alive: every answer carries a Content-Length
 
@@ -97,6 +98,12 @@ class JsonHandler(BaseHTTPRequestHandler):
         self.respond()
 
     def do_POST(self) -> None:
+        self.respond()
+
+    def do_PUT(self) -> None:
+        self.respond()
+
+    def do_DELETE(self) -> None:
         self.respond()
 
     def respond(self) -> None:
