@@ -652,7 +652,9 @@ async def _banner(rt: Runtime) -> tuple[bytes, float]:
             banner = await reader.readline()
         took = time.monotonic() - started
         writer.close()
+        await writer.wait_closed()
         server.close()
+        await server.wait_closed()  # meshd's side has ended both its connections by then
         tg.cancel_scope.cancel()
     return banner, took
 
