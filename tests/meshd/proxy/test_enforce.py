@@ -9,9 +9,7 @@ metrics and B's log lines are checked from outside.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import datetime as dt
 import gc
 import http.client
 import json
@@ -27,19 +25,21 @@ from typing import Any
 import anyio
 import pytest
 
-from meshd.config import MeshdConfig
-from meshd.policy.bundle import AppliedPolicy
 from meshd.policy.guard import Guard
-from meshd.policy.lang import wire
 from meshd.policy.lang.compiled import CompiledPolicy
 from meshd.policy.lang.ratelimit import Buckets
 from meshd.proxy import enforce, inbound
-from meshd.proxy.connect import Connector
 from meshd.runtime import Runtime
 from meshd.telemetry.events import AuthzDecided
 from tests.meshd.harness import EchoServer, Meshd, MeshNet, QuietHandler, ServedApp
 from tests.meshd.policy.lang import build
-from tests.meshd.tlsfixtures import TD, TestPki
+from tests.meshd.proxy.plainharness import (
+    original_dst_is,
+    outcome,
+    plain_client,
+    push,
+    runtime,
+)
 
 SERVICE = "web"
 NOW_RULES = "t"  # the document's name: rule ids are t/<kind>/<name>
@@ -484,53 +484,29 @@ def test_a_policy_without_documents_enforces_nothing(setup: Setup) -> None:
 
 
 # --- plaintext from outside the mesh (in-process: iptables' original destination stood in for)
-def _plain_runtime(tmp_path: Path, app_port: int, mode: str) -> Runtime:
-    ident = TestPki(tmp_path).issue("b", "host/b", "svc/web")
-    files = {"cert": str(ident.cert), "key": str(ident.key), "bundle": str(ident.bundle)}
-    config = MeshdConfig.from_dict(
-        {
-            "identity": {"host": "b", "trust_domain": TD, **files},
-            "mesh": {"mtls": "strict"},  # the policy's mode wins while one is in force
-            "services": [{"name": "web", "port": app_port}],
-        },
-        "test",
-    )
-    rt = Runtime.load(config)
-    doc = {
+def _outside_ok(mode: str) -> dict[str, Any]:
+    """mTLS ``mode``, default deny, and plaintext from outside may GET /ok."""
+    return {
         "version": 1,
         "name": "p",
         "mtls": {"mode": mode},
         "authz": {"default": "deny"},
         "allow": [{"name": "outside", "from": ["unauthenticated"], "to": "web", "paths": ["/ok"]}],
     }
-    pushed = wire.PolicyDocument.from_json({"version": 1, "documents": [doc]})
-    rt.policy = AppliedPolicy(1, tuple(wire.load(pushed, TD, dt.datetime.now(dt.UTC))))
-    rt.recompile()
+
+
+def _plain_runtime(tmp_path: Path, app_port: int, mode: str) -> Runtime:
+    # the mesh says strict: the policy's mode wins while one is in force
+    rt = runtime(tmp_path, app_port, "strict")
+    push(rt, 1, _outside_ok(mode))
     return rt
 
 
 async def _plain(rt: Runtime, data: bytes) -> bytes | type[Exception]:
     """Send ``data`` to a PlainInbound listener, then half-close; what came back, or the error."""
-    connector = Connector(5.0)
-    async with anyio.create_task_group() as tg:
-        await tg.start(connector.serve)
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: inbound.PlainInbound(rt, connector), "127.0.0.1")
-        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
-        writer.write(data)
-        received: bytes | type[Exception]
-        try:
-            with anyio.fail_after(10):
-                received = await reader.read()
-        except ConnectionResetError:
-            received = ConnectionResetError
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
-        server.close()
-        await server.wait_closed()
-        tg.cancel_scope.cancel()
-    return received
+    async with plain_client(rt) as client:
+        client.writer.write(data)
+        return await outcome(client.reader.read())
 
 
 def test_permissive_plaintext_is_judged_as_unauthenticated(
@@ -539,7 +515,7 @@ def test_permissive_plaintext_is_judged_as_unauthenticated(
     app = TargetApp()
     try:
         rt = _plain_runtime(tmp_path, app.port, "permissive")
-        monkeypatch.setattr(inbound, "original_dst", lambda sock: ("127.0.0.1", app.port))
+        original_dst_is(monkeypatch, app.port)
         requests = (
             b"GET /ok HTTP/1.1\r\nHost: web\r\n\r\n"
             b"GET /secret HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n"
@@ -565,7 +541,7 @@ def test_strict_plaintext_is_reset_at_accept(
     app = TargetApp()
     try:
         rt = _plain_runtime(tmp_path, app.port, "strict")
-        monkeypatch.setattr(inbound, "original_dst", lambda sock: ("127.0.0.1", app.port))
+        original_dst_is(monkeypatch, app.port)
         sub = rt.bus.subscribe()
         received = anyio.run(
             _plain, rt, b"GET /ok HTTP/1.1\r\nHost: web\r\n\r\n", backend="asyncio"
@@ -578,50 +554,20 @@ def test_strict_plaintext_is_reset_at_accept(
     assert [(e.service, e.decision, e.rule) for e in decided] == [("web", "reset", "p/mtls/mode")]
 
 
-def _set_mode(rt: Runtime, mode: str) -> None:
-    """Push (as the admin API does) the policy of ``_plain_runtime`` with mTLS ``mode``."""
-    doc = {
-        "version": 1,
-        "name": "p",
-        "mtls": {"mode": mode},
-        "authz": {"default": "deny"},
-        "allow": [{"name": "outside", "from": ["unauthenticated"], "to": "web", "paths": ["/ok"]}],
-    }
-    pushed = wire.PolicyDocument.from_json({"version": 2, "documents": [doc]})
-    rt.policy = AppliedPolicy(2, tuple(wire.load(pushed, TD, dt.datetime.now(dt.UTC))))
-    rt.recompile()
-
-
 async def _kept_alive_then_strict(rt: Runtime) -> tuple[bytes, bytes | type[Exception]]:
     """A plaintext keep-alive request, a push making its service strict, a second request:
     what each got back."""
     request = b"GET /ok HTTP/1.1\r\nHost: web\r\n\r\n"
-    connector = Connector(5.0)
-    async with anyio.create_task_group() as tg:
-        await tg.start(connector.serve)
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: inbound.PlainInbound(rt, connector), "127.0.0.1")
-        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
-        writer.write(request)
+    async with plain_client(rt) as client:
+        client.writer.write(request)
         with anyio.fail_after(10):
-            first = await reader.readuntil(b"\r\n\r\n")
-            first += await reader.readexactly(
+            first = await client.reader.readuntil(b"\r\n\r\n")
+            first += await client.reader.readexactly(
                 int(re.findall(rb"(?i)content-length: (\d+)", first)[0])
             )
-        _set_mode(rt, "strict")
-        writer.write(request)
-        second: bytes | type[Exception]
-        try:
-            with anyio.fail_after(10):
-                second = await reader.read()
-        except ConnectionResetError:
-            second = ConnectionResetError
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
-        server.close()
-        await server.wait_closed()
-        tg.cancel_scope.cancel()
+        push(rt, 2, _outside_ok("strict"))
+        client.writer.write(request)
+        second = await outcome(client.reader.read())
     return first, second
 
 
@@ -632,7 +578,7 @@ def test_plaintext_kept_alive_past_a_push_to_strict_sees_nothing(
     app = TargetApp()
     try:
         rt = _plain_runtime(tmp_path, app.port, "permissive")
-        monkeypatch.setattr(inbound, "original_dst", lambda sock: ("127.0.0.1", app.port))
+        original_dst_is(monkeypatch, app.port)
         sub = rt.bus.subscribe()
         first, second = anyio.run(_kept_alive_then_strict, rt, backend="asyncio")
     finally:
@@ -650,7 +596,7 @@ def test_permissive_plaintext_tcp_is_reset_when_denied(
     echo = EchoServer()
     try:
         rt = _plain_runtime(tmp_path, echo.port, "permissive")
-        monkeypatch.setattr(inbound, "original_dst", lambda sock: ("127.0.0.1", echo.port))
+        original_dst_is(monkeypatch, echo.port)
         received = anyio.run(_plain, rt, b"\x00\x01binary", backend="asyncio")
     finally:
         echo.close()
@@ -660,21 +606,10 @@ def test_permissive_plaintext_tcp_is_reset_when_denied(
 
 async def _banner(rt: Runtime) -> tuple[bytes, float]:
     """Connect to a PlainInbound and say nothing: the first line that came, and when."""
-    connector = Connector(5.0)
-    async with anyio.create_task_group() as tg:
-        await tg.start(connector.serve)
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: inbound.PlainInbound(rt, connector), "127.0.0.1")
-        started = time.monotonic()
-        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+    async with plain_client(rt) as client:
         with anyio.fail_after(10):
-            banner = await reader.readline()
-        took = time.monotonic() - started
-        writer.close()
-        await writer.wait_closed()
-        server.close()
-        await server.wait_closed()  # meshd's side has ended both its connections by then
-        tg.cancel_scope.cancel()
+            banner = await client.reader.readline()
+        took = time.monotonic() - client.opened
     return banner, took
 
 
@@ -696,10 +631,8 @@ def test_a_server_first_app_allowed_wholesale_speaks_before_the_first_look_ends(
         rt = _plain_runtime(tmp_path, port, "permissive")
         doc = {"version": 1, "name": "p", "mtls": {"mode": "permissive"}}
         doc["allow"] = [{"name": "outside", "from": ["unauthenticated"], "to": "web"}]
-        pushed = wire.PolicyDocument.from_json({"version": 2, "documents": [doc]})
-        rt.policy = AppliedPolicy(2, tuple(wire.load(pushed, TD, dt.datetime.now(dt.UTC))))
-        rt.recompile()
-        monkeypatch.setattr(inbound, "original_dst", lambda sock: ("127.0.0.1", port))
+        push(rt, 2, doc)
+        original_dst_is(monkeypatch, port)
         banner, took = anyio.run(_banner, rt, backend="asyncio")
     finally:
         app.close()
@@ -711,40 +644,20 @@ def _apply(rt: Runtime, version: int, allow: list[dict[str, Any]]) -> None:
     """Push (in process) a permissive policy with the ``allow`` rules to ``rt``."""
     doc = {"version": 1, "name": "p", "mtls": {"mode": "permissive"}, "allow": allow}
     doc["authz"] = {"default": "deny"}
-    pushed = wire.PolicyDocument.from_json({"version": version, "documents": [doc]})
-    rt.policy = AppliedPolicy(version, tuple(wire.load(pushed, TD, dt.datetime.now(dt.UTC))))
-    rt.recompile()
+    push(rt, version, doc)
 
 
 async def _plain_pushed(rt: Runtime) -> list[bytes | type[Exception]]:
     """One plaintext TCP connection through a PlainInbound a MeshPort tracks: a line echoed,
     then pushes (v2 still allowing, v3 denying), a line after each; what came back each time."""
-    connector = Connector(5.0)
     got: list[bytes | type[Exception]] = []
-    async with anyio.create_task_group() as tg:
-        await tg.start(connector.serve)
-        mesh = inbound.MeshPort(rt, connector)
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            lambda: inbound.PlainInbound(rt, connector, mesh.plain), "127.0.0.1"
-        )
-        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+    async with plain_client(rt, tracked=True) as client:
         outside = [{"name": "outside", "from": ["unauthenticated"], "to": "web"}]
-        for push in (None, 2, 3):
-            if push is not None:
-                _apply(rt, push, outside if push == 2 else [])
-            writer.write(b"\x00\x01binary\n")
-            try:
-                with anyio.fail_after(10):
-                    got.append(await reader.readline() or EOFError)
-            except ConnectionResetError:
-                got.append(ConnectionResetError)
-        writer.close()
-        with contextlib.suppress(ConnectionError):  # reset by the last push
-            await writer.wait_closed()
-        server.close()
-        await server.wait_closed()  # meshd's side has ended both its connections by then
-        tg.cancel_scope.cancel()
+        for version in (None, 2, 3):
+            if version is not None:
+                _apply(rt, version, outside if version == 2 else [])
+            client.writer.write(b"\x00\x01binary\n")
+            got.append(await outcome(client.reader.readline()) or EOFError)
     return got
 
 
@@ -755,7 +668,7 @@ def test_a_push_resets_open_plaintext_tcp_it_denies(
     try:
         rt = _plain_runtime(tmp_path, echo.port, "permissive")
         _apply(rt, 1, [{"name": "outside", "from": ["unauthenticated"], "to": "web"}])
-        monkeypatch.setattr(inbound, "original_dst", lambda sock: ("127.0.0.1", echo.port))
+        original_dst_is(monkeypatch, echo.port)
         got = anyio.run(_plain_pushed, rt, backend="asyncio")
     finally:
         echo.close()

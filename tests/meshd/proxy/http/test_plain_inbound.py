@@ -1,26 +1,23 @@
 """Plaintext from outside the mesh (permissive mode) through the exchange, over loopback.
 
 The listener is a real ``PlainInbound`` relaying to a real app; only the
-original destination, which iptables would give, is stood in for.
+original destination, which iptables would give, is stood in for
+(tests/meshd/proxy/plainharness.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
 from pathlib import Path
 
 import anyio
 import pytest
 
-from meshd.config import MeshdConfig
-from meshd.proxy import inbound
-from meshd.proxy.connect import Connector
 from meshd.proxy.http.plan import HttpPlan, HttpRules
 from meshd.runtime import Runtime
 from tests.meshd.proxy.http.hooked_meshd import DENIED, deny
 from tests.meshd.proxy.http.recording import RecordingApp
-from tests.meshd.tlsfixtures import TD, TestPki
+from tests.meshd.proxy.plainharness import original_dst_is, plain_client, runtime
 
 REQUESTS = (
     b"GET /one HTTP/1.1\r\nHost: web\r\n\r\n"
@@ -29,35 +26,12 @@ REQUESTS = (
 )
 
 
-def _runtime(tmp_path: Path, app_port: int) -> Runtime:
-    ident = TestPki(tmp_path).issue("b", "host/b", "svc/web")
-    files = {"cert": str(ident.cert), "key": str(ident.key), "bundle": str(ident.bundle)}
-    config = MeshdConfig.from_dict(
-        {
-            "identity": {"host": "b", "trust_domain": TD, **files},
-            "mesh": {"mtls": "permissive"},
-            "services": [{"name": "web", "port": app_port}],
-        },
-        "test",
-    )
-    return Runtime.load(config)
-
-
 async def _exchange_bytes(rt: Runtime, data: bytes) -> bytes:
     """Send ``data`` to a PlainInbound listener; what came back before the connection closed."""
-    connector = Connector(5.0)
-    async with anyio.create_task_group() as tg:
-        await tg.start(connector.serve)
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: inbound.PlainInbound(rt, connector), "127.0.0.1")
-        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
-        writer.write(data)
+    async with plain_client(rt) as client:
+        client.writer.write(data)
         with anyio.fail_after(10):
-            received = await reader.read()
-        writer.close()
-        server.close()
-        tg.cancel_scope.cancel()
-    return received
+            return await client.reader.read()
 
 
 @pytest.mark.parametrize("hooked", [False, True, "keep-alive"])
@@ -66,12 +40,12 @@ def test_plaintext_meets_the_hooks_of_its_service(
 ) -> None:
     app = RecordingApp()
     try:
-        rt = _runtime(tmp_path, app.port)
+        rt = runtime(tmp_path, app.port, "permissive")
         if hooked:
             hook = deny("/admin", keep_alive=hooked == "keep-alive")
             rt.http_rules = HttpRules(inbound={"web": HttpPlan(hooks=(hook,))})
             rt.recompile()
-        monkeypatch.setattr(inbound, "original_dst", lambda sock: ("127.0.0.1", app.port))
+        original_dst_is(monkeypatch, app.port)
         # keep-alive: the denied request first, so that no response is due before its answer
         data = REQUESTS.partition(b"\r\n\r\n")[2] if hooked == "keep-alive" else REQUESTS
         received = anyio.run(_exchange_bytes, rt, data, backend="asyncio")
