@@ -5,7 +5,7 @@ start here: `joined_mesh` brings the hosts up the way an operator would (the
 CLI in this process, real SSH and host keys) with a chosen leaf lifetime, and
 `Mesh.start_load` runs `loadgen.py` on the hosts, each calling the apps on the
 two others through the mesh; `Mesh.serials` probes the certificate each mesh
-port presents. Hosts are reset when the mesh is left.
+port presents; `Mesh.admin` calls a host's admin API as the operator. Hosts are reset when the mesh is left.
 
     with joined_mesh(testbed, tmp_path, leaf_lifetime="1m") as mesh:
         loads = [mesh.start_load(node, seconds=240) for node in mesh.nodes]
@@ -22,9 +22,12 @@ connections.
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import json
 import math
 import shlex
+import socket
+import ssl
 import time
 import tomllib
 from collections.abc import Iterator
@@ -58,6 +61,7 @@ HOST_IDENTITY = (
     "[ -e $c ] || { c=/etc/meshd/cert.pem; k=/etc/meshd/key.pem; }"
 )
 MESH_PORT = DefaultsConfig().mesh_port
+ADMIN_PORT = DefaultsConfig().admin_port
 
 
 @dataclass(frozen=True)
@@ -209,6 +213,36 @@ class Mesh:
         restarts = ok(load.node.host, "systemctl show meshd -p NRestarts --value").strip()
         journal = ok(load.node.host, "journalctl -u meshd -o short-precise --no-pager -n 120")
         return f"{load.node.name}: {brief}\n{began}; meshd restarts: {restarts}\n{journal}"
+
+    def operator_context(self) -> ssl.SSLContext:
+        """TLS as the operator: the workspace's operator certificate, its trust bundle."""
+        ws = Workspace.load(self.ws)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.check_hostname = False
+        ctx.load_verify_locations(cafile=str(ws.trust_bundle))
+        ctx.load_cert_chain(str(ws.operator_cert), str(ws.operator_key))
+        return ctx
+
+    def admin(self, node: Node, method: str, path: str, body: object = None) -> tuple[int, str]:
+        """One request to ``node``'s admin API as the operator (``body``: sent as JSON): the
+        status and the text. Every socket is closed, also when meshd goes away mid-way (a
+        test may poll a restarting meshd)."""
+        address = node.host.address
+        data = None if body is None else json.dumps(body).encode()
+        headers = {} if data is None else {"Content-Type": "application/json"}
+        with (
+            socket.create_connection((address, ADMIN_PORT), timeout=10) as raw,
+            self.operator_context().wrap_socket(raw) as tls,
+        ):
+            conn = http.client.HTTPConnection(address, ADMIN_PORT, timeout=10)
+            conn.sock = tls
+            try:
+                conn.request(method, path, body=data, headers=headers)
+                response = conn.getresponse()
+                return response.status, response.read().decode()
+            finally:
+                conn.sock = None  # closed by the with above
 
     def serial(self, node: Node) -> str:
         """The serial of the certificate ``node``'s mesh port presents right now.

@@ -11,7 +11,6 @@ last a leave that must lock a copied identity out at once.
 from __future__ import annotations
 
 import datetime as dt
-import http.client
 import json
 import socket
 import ssl
@@ -30,14 +29,12 @@ from meshd.identity import make_id
 from meshd.pki import build_csr, cert_pem, generate_key, private_pem, sign_csr
 from meshd.stats import RenewalReport, Stats
 from meshd.tls.context import ALPN_LINK_2
-from tests.e2e.mesh3 import PASSPHRASE, Mesh, Node, fetch, joined_mesh
+from tests.e2e.mesh3 import MESH_PORT, PASSPHRASE, Mesh, Node, fetch, joined_mesh
 from tests.meshd.onhost import ok
 from tests.poll import until
 
 pytestmark = pytest.mark.testbed
 
-ADMIN_PORT = 15000
-MESH_PORT = 15443
 LOAD_SECONDS = 240
 RENEWED = "/var/lib/meshd/identity/renewed.pem"
 
@@ -53,36 +50,8 @@ def mesh(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 # --- talking to the hosts as the operator ---------------------------------------------------
-def operator_context(mesh: Mesh) -> ssl.SSLContext:
-    ws = Workspace.load(mesh.ws)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.check_hostname = False
-    ctx.load_verify_locations(cafile=str(ws.trust_bundle))
-    ctx.load_cert_chain(str(ws.operator_cert), str(ws.operator_key))
-    return ctx
-
-
-def admin(mesh: Mesh, node: Node, method: str, path: str) -> tuple[int, str]:
-    """One request to ``node``'s admin API as the operator; every socket closed, also when
-    meshd goes away mid-way (the kill test polls a restarting meshd)."""
-    address = node.host.address
-    with (
-        socket.create_connection((address, ADMIN_PORT), timeout=10) as raw,
-        operator_context(mesh).wrap_socket(raw) as tls,
-    ):
-        conn = http.client.HTTPConnection(address, ADMIN_PORT, timeout=10)
-        conn.sock = tls
-        try:
-            conn.request(method, path)
-            response = conn.getresponse()
-            return response.status, response.read().decode()
-        finally:
-            conn.sock = None  # closed by the with above
-
-
 def stats(mesh: Mesh, node: Node) -> Stats:
-    status, body = admin(mesh, node, "GET", "/stats")
+    status, body = mesh.admin(node, "GET", "/stats")
     assert status == 200, body
     return Stats.from_json(json.loads(body))
 
@@ -98,7 +67,7 @@ def renewals(mesh: Mesh) -> dict[str, int]:
 
 
 def metric(mesh: Mesh, node: Node, name: str) -> float:
-    status, text = admin(mesh, node, "GET", "/metrics")
+    status, text = mesh.admin(node, "GET", "/metrics")
     assert status == 200
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
@@ -173,7 +142,7 @@ def test_renewals_go_to_the_other_issuer_and_survive_both_being_down(mesh: Mesh)
 
 
 def renew_now(mesh: Mesh, node: Node) -> None:
-    status, body = admin(mesh, node, "POST", "/renew")
+    status, body = mesh.admin(node, "POST", "/renew")
     assert status == 202, body
 
 

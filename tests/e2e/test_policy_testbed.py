@@ -30,10 +30,8 @@ host's one service (``web``, ``api``): POLICY.md's "identity on hosts".
 
 from __future__ import annotations
 
-import http.client
 import json
 import shlex
-import socket
 import ssl
 import time
 from collections.abc import Iterator, Mapping
@@ -51,7 +49,6 @@ from tests.poll import until
 
 pytestmark = pytest.mark.testbed
 
-ADMIN_PORT = 15000
 PROBE = "/usr/local/bin/meshctl-http-probe.py"
 API, DB = ("api.mesh", 8081), ("db.mesh", 8082)
 
@@ -172,37 +169,8 @@ def raw_tcp(node: Node, where: tuple[str, int], payload: str) -> dict[str, Any]:
     return found
 
 
-def operator_context(mesh: Mesh) -> ssl.SSLContext:
-    ws = Workspace.load(mesh.ws)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.check_hostname = False
-    ctx.load_verify_locations(cafile=str(ws.trust_bundle))
-    ctx.load_cert_chain(str(ws.operator_cert), str(ws.operator_key))
-    return ctx
-
-
-def admin(mesh: Mesh, node: Node, method: str, path: str, body: object = None) -> tuple[int, str]:
-    """One request to ``node``'s admin API as the operator; every socket closed."""
-    address = node.host.address
-    data = None if body is None else json.dumps(body).encode()
-    headers = {} if data is None else {"Content-Type": "application/json"}
-    with (
-        socket.create_connection((address, ADMIN_PORT), timeout=10) as raw,
-        operator_context(mesh).wrap_socket(raw) as tls,
-    ):
-        conn = http.client.HTTPConnection(address, ADMIN_PORT, timeout=10)
-        conn.sock = tls
-        try:
-            conn.request(method, path, body=data, headers=headers)
-            response = conn.getresponse()
-            return response.status, response.read().decode()
-        finally:
-            conn.sock = None  # closed by the with above
-
-
 def policy_version(mesh: Mesh, node: Node) -> int:
-    status, body = admin(mesh, node, "GET", "/policy")
+    status, body = mesh.admin(node, "GET", "/policy")
     assert status == 200, body
     version: int = json.loads(body)["version"]
     return version
@@ -210,7 +178,7 @@ def policy_version(mesh: Mesh, node: Node) -> int:
 
 def metric(mesh: Mesh, node: Node, name: str, **labels: str) -> float:
     """The sum of ``name``'s samples whose labels include ``labels`` (0 if none)."""
-    status, text = admin(mesh, node, "GET", "/metrics")
+    status, text = mesh.admin(node, "GET", "/metrics")
     assert status == 200, text
     wanted = [f'{k}="{v}"' for k, v in labels.items()]
     total = 0.0
@@ -512,7 +480,7 @@ def test_an_invalid_policy_pushed_by_hand_is_refused_and_the_old_one_keeps_runni
             },
         ],
     }
-    status, body = admin(mesh, api, "PUT", "/policy", bad)
+    status, body = mesh.admin(api, "PUT", "/policy", bad)
     assert status == 400, body
     error = json.loads(body)["error"]
     assert "P004" in error and "P012" in error and "P002" in error, error  # every problem
@@ -569,7 +537,7 @@ def mesh_status(mesh: Mesh) -> dict[str, dict[str, Any]]:
 
 def _answers(mesh: Mesh, node: Node) -> bool:
     try:
-        return admin(mesh, node, "GET", "/healthz")[0] == 200
+        return mesh.admin(node, "GET", "/healthz")[0] == 200
     except (OSError, ssl.SSLError):
         return False
 
