@@ -9,6 +9,7 @@ not take it (the table names them; ``meshctl status`` shows their drift).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
@@ -107,11 +108,7 @@ def apply(
     fleet = make_rollout(actx, SshOptions())
     ws, now = fleet.ws, actx.clock()
     with state.locked(ws):
-        current = policies.applied(ws, now)
-        new = policies.check(sources(paths), ws.config.trust_domain, now, cross=False)
-        problems = list(new.problems)
-        if not new.failed:
-            problems += policies.check_set_with(current, new)
+        current, new, problems = _check_with_applied(ws, paths, now)
         if errors(problems) or not json_out:
             show_problems(actx, problems, len(paths), json_out, quiet=not errors(problems))
         if errors(problems):
@@ -228,12 +225,7 @@ def diff(
     """
     actx = app_context(ctx)
     paths = _given(files, more)
-    ws, now = actx.workspace(), actx.clock()
-    current = policies.applied(ws, now)
-    new = policies.check(sources(paths), ws.config.trust_domain, now, cross=False)
-    problems = list(new.problems)
-    if not new.failed:
-        problems += policies.check_set_with(current, new)
+    current, new, problems = _check_with_applied(actx.workspace(), paths, actx.clock())
     if errors(problems):
         show_problems(actx, problems, len(paths), json_out)
         raise typer.Exit(INVALID)
@@ -279,6 +271,19 @@ def _given(files: list[Path] | None, more: list[Path] | None) -> list[Path]:
     if not paths:
         raise typer.BadParameter("give at least one policy file", param_hint="-f")
     return paths
+
+
+def _check_with_applied(
+    ws: Workspace, paths: Sequence[Path], now: dt.datetime
+) -> tuple[policies.Checked, policies.Checked, list[Problem]]:
+    """The applied set, the files checked alone, and the files' problems, with the set's
+    cross-document rules run only when the files themselves are sound (apply and diff)."""
+    current = policies.applied(ws, now)
+    new = policies.check(sources(paths), ws.config.trust_domain, now, cross=False)
+    problems = list(new.problems)
+    if not new.failed:
+        problems += policies.check_set_with(current, new)
+    return current, new, problems
 
 
 def sources(paths: Sequence[Path]) -> list[policies.Source]:
