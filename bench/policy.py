@@ -28,6 +28,7 @@ from typing import Any
 
 from backend import Pki
 from common import LOCAL, READY_TIMEOUT, SMALL_PATH, TRUST_DOMAIN, ChainError
+from policytoml import allow, deny, document, rate_limit
 
 SERVICES = 50
 TEAM_SIZE = 7  # services per team document
@@ -39,7 +40,7 @@ POLICY_VERSION = 7  # any version > 0; /stats must show it once pushed
 @dataclass(frozen=True)
 class PolicyFile:
     name: str  # the document name, also the file's stem
-    text: str  # TOML, as an operator writes it
+    text: str  # TOML, as an operator writes it (built by policytoml)
 
 
 def others() -> list[str]:
@@ -48,137 +49,90 @@ def others() -> list[str]:
 
 
 def mesh_file() -> PolicyFile:
-    text = """\
-version = 1
-name = "mesh"
-description = "Zero trust: nothing is allowed unless a team's document allows it."
-
-[mtls]
-mode = "strict"
-
-[authz]
-default = "deny"
-
-[[allow]]
-name = "metrics-scrape"
-from = ["prometheus"]
-to = "*"
-ports = [9102]
-methods = ["GET"]
-paths = ["/metrics"]
-
-[[allow]]
-name = "health-checks"
-from = ["spiffe://bench.mesh/host/*"]
-to = "*"
-methods = ["GET", "HEAD"]
-paths = ["/healthz", "/ready"]
-
-[[deny]]
-name = "no-debug"
-from = ["*"]
-to = "*"
-paths = ["/debug/**"]
-"""
+    text = document(
+        "mesh",
+        allow(
+            "metrics-scrape",
+            "*",
+            ["prometheus"],
+            ports=[9102],
+            methods=["GET"],
+            paths=["/metrics"],
+        ),
+        allow(
+            "health-checks",
+            "*",
+            ["spiffe://bench.mesh/host/*"],
+            methods=["GET", "HEAD"],
+            paths=["/healthz", "/ready"],
+        ),
+        deny("no-debug", "*", ["*"], paths=["/debug/**"]),
+        description="Zero trust: nothing is allowed unless a team's document allows it.",
+        mtls={"mode": "strict"},
+        authz={"default": "deny"},
+    )
     return PolicyFile("mesh", text)
 
 
 def team_file(team: int, services: Sequence[str], everyone: Sequence[str]) -> PolicyFile:
     """Four rules per service: two L7 allows from its callers, an L4 allow, an admin deny."""
-    lines = [
-        "version = 1",
-        f'name = "team-{team:02d}"',
-        f'description = "Team {team}: who may call its services."',
-        "",
-    ]
+    tables = []
     for svc in services:
         index = everyone.index(svc)
         caller = everyone[(index + 1) % len(everyone)]
         reader = everyone[(index + 7) % len(everyone)]
-        lines += [
-            "[[allow]]",
-            f'name = "{svc}-from-{caller}"',
-            f'from = ["{caller}"]',
-            f'to = "{svc}"',
-            "ports = [8080]",
-            'methods = ["GET", "POST", "PUT", "DELETE"]',
-            'paths = ["/v1/**"]',
-            "",
-            "[[allow]]",
-            f'name = "{svc}-reads-{reader}"',
-            f'from = ["{reader}", "spiffe://bench.mesh/svc/reports"]',
-            f'to = "{svc}"',
-            'methods = ["GET"]',
-            'paths = ["/v1/items/*", "/v1/search/**"]',
-            'headers = { "x-tenant" = { prefix = "team-" } }',
-            "",
-            "[[allow]]",
-            f'name = "{svc}-tcp"',
-            f'from = ["{caller}"]',
-            f'to = "{svc}"',
-            'ports = [5432, "6000-6010"]',
-            "",
-            "[[deny]]",
-            f'name = "{svc}-no-admin"',
-            f'from = ["{caller}", "{reader}"]',
-            f'to = "{svc}"',
-            'paths = ["/v1/admin/**"]',
-            "",
+        tables += [
+            allow(
+                f"{svc}-from-{caller}",
+                svc,
+                [caller],
+                ports=[8080],
+                methods=["GET", "POST", "PUT", "DELETE"],
+                paths=["/v1/**"],
+            ),
+            allow(
+                f"{svc}-reads-{reader}",
+                svc,
+                [reader, "spiffe://bench.mesh/svc/reports"],
+                methods=["GET"],
+                paths=["/v1/items/*", "/v1/search/**"],
+                headers={"x-tenant": {"prefix": "team-"}},
+            ),
+            allow(f"{svc}-tcp", svc, [caller], ports=[5432, "6000-6010"]),
+            deny(f"{svc}-no-admin", svc, [caller, reader], paths=["/v1/admin/**"]),
         ]
-    return PolicyFile(f"team-{team:02d}", "\n".join(lines))
+    name = f"team-{team:02d}"
+    text = document(name, *tables, description=f"Team {team}: who may call its services.")
+    return PolicyFile(name, text)
 
 
 def web_file(port: int) -> PolicyFile:
     """web's L7 rules: what the benchmarked requests (GET /small from host a) go through."""
-    text = f"""\
-version = 1
-name = "web"
-description = "web: the bench client reads it, the admin subtree is closed."
-
-[[allow]]
-name = "bench-client"
-from = ["host/a"]
-to = "web"
-ports = [{port}]
-methods = ["GET", "HEAD"]
-paths = ["{SMALL_PATH}", "/bulk", "/v1/**", "/admin/**"]
-
-[[allow]]
-name = "frontends"
-from = ["svc-00", "svc-01", "spiffe://partner.example/svc/*"]
-to = "web"
-ports = [{port}]
-methods = ["GET", "POST"]
-paths = ["/v1/**"]
-headers = {{ "x-tenant" = {{ present = true }} }}
-
-[[allow]]
-name = "reports"
-from = ["svc-02"]
-to = "web"
-methods = ["POST"]
-paths = ["/v1/reports/*/run"]
-
-[[deny]]
-name = "no-admin"
-from = ["*"]
-to = "web"
-paths = ["/admin/**"]
-
-[[deny]]
-name = "retire-deletes"
-from = ["*"]
-to = "web"
-methods = ["DELETE"]
-audit = true
-
-[[rate_limit]]
-name = "web-total"
-to = "web"
-limit = 1000000000
-per = "1s"
-bucket = "shared"
-"""
+    text = document(
+        "web",
+        allow(
+            "bench-client",
+            "web",
+            ["host/a"],
+            ports=[port],
+            methods=["GET", "HEAD"],
+            paths=[SMALL_PATH, "/bulk", "/v1/**", "/admin/**"],
+        ),
+        allow(
+            "frontends",
+            "web",
+            ["svc-00", "svc-01", "spiffe://partner.example/svc/*"],
+            ports=[port],
+            methods=["GET", "POST"],
+            paths=["/v1/**"],
+            headers={"x-tenant": {"present": True}},
+        ),
+        allow("reports", "web", ["svc-02"], methods=["POST"], paths=["/v1/reports/*/run"]),
+        deny("no-admin", "web", ["*"], paths=["/admin/**"]),
+        deny("retire-deletes", "web", ["*"], methods=["DELETE"], audit=True),
+        rate_limit("web-total", "web", 1_000_000_000, "1s", bucket="shared"),
+        description="web: the bench client reads it, the admin subtree is closed.",
+    )
     return PolicyFile("web", text)
 
 

@@ -1,8 +1,11 @@
-"""Build checked policy values by hand (the validator is not needed to test the evaluator)."""
+"""Build checked policy values by hand (the validator is not needed to test the evaluator),
+and policy files as TOML text (``policytoml``) for the tests that hand meshctl files."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from meshd.policy.lang.model import (
     Bucket,
@@ -14,6 +17,11 @@ from meshd.policy.lang.model import (
     Setting,
     Source,
 )
+
+# the TOML builder lives in bench/, whose modules import each other by name, so that the
+# bench's policy files use it too (bench imports no tests module); tests/bench does the same
+sys.path.append(str(Path(__file__).resolve().parents[4] / "bench"))
+import policytoml as policytoml  # noqa: PLC0414 - re-exported: build.policytoml
 
 TD = "prod.example"
 
