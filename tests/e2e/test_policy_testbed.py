@@ -45,6 +45,7 @@ from meshctl.workspace import Workspace
 from tests.e2e import http_probe
 from tests.e2e.mesh3 import Mesh, Node, Result, joined_mesh
 from tests.meshd.onhost import ok, put
+from tests.meshd.policy.lang.build import policytoml
 from tests.poll import until
 
 pytestmark = pytest.mark.testbed
@@ -52,14 +53,11 @@ pytestmark = pytest.mark.testbed
 PROBE = "/usr/local/bin/meshctl-http-probe.py"
 API, DB = ("api.mesh", 8081), ("db.mesh", 8082)
 
-MESH_DENY = """\
-# the mesh document, gone zero-trust: what no rule allows is denied
-version = 1
-name = "mesh"
-
-[authz]
-default = "deny"
-"""
+MESH_DENY = policytoml.document(
+    "mesh",
+    authz={"default": "deny"},
+    comment="the mesh document, gone zero-trust: what no rule allows is denied",
+)
 
 ZERO_TRUST = """\
 # POLICY.md 3.1 on the testbed's ports: web -> api -> db, and nothing else.
@@ -496,8 +494,8 @@ def test_a_push_with_a_host_down_reaches_the_others_and_the_next_apply_catches_i
 ) -> None:
     web, api, db = (mesh.node(n) for n in ("web1", "api1", "db1"))
     before = policy_version(mesh, api)
-    blocked = ZERO_TRUST + (
-        '\n[[deny]]\nname = "no-blocked"\nfrom = ["web"]\nto = "api"\npaths = ["/v1/blocked/**"]\n'
+    blocked = (
+        ZERO_TRUST + "\n" + policytoml.deny("no-blocked", "api", ["web"], paths=["/v1/blocked/**"])
     )
     ok(db.host, "systemctl stop meshd")
     try:
@@ -543,14 +541,11 @@ def _answers(mesh: Mesh, node: Node) -> bool:
 
 
 # --- 7. default audit for one service ----------------------------------------------------------
-AUDIT_API = """\
-# api's unmatched calls pass, logged and counted, while its rules are written
-version = 1
-name = "audit-api"
-
-[authz.services]
-api = "audit"
-"""
+AUDIT_API = policytoml.document(
+    "audit-api",
+    authz={"services": {"api": "audit"}},
+    comment="api's unmatched calls pass, logged and counted, while its rules are written",
+)
 
 
 def test_default_audit_for_a_service_lets_unmatched_calls_through_and_counts_them(

@@ -9,6 +9,7 @@ from pathlib import Path
 from tests.meshctl.cli.fakes import FLEET, FakeMesh, at, fleet
 from tests.meshctl.cli.helpers import meshctl
 from tests.meshctl.cli.test_explain import ZERO_TRUST, no_workspace
+from tests.meshd.policy.lang.build import policytoml
 
 MANY_ERRORS = """\
 version = 1
@@ -32,7 +33,7 @@ def test_validate_reports_every_problem_with_line_and_field(tmp_path: Path) -> N
     bad = tmp_path / "bad.toml"
     bad.write_text(MANY_ERRORS)
     good = tmp_path / "good.toml"
-    good.write_text('version = 1\nname = "good"\n')
+    good.write_text(policytoml.document("good"))
     env = no_workspace(tmp_path)
     done = meshctl("policy", "validate", str(bad), str(good), "--json", env=env)
     assert done.code == 2, done.out + done.err
@@ -57,8 +58,8 @@ def test_validate_reports_every_problem_with_line_and_field(tmp_path: Path) -> N
 
 def test_validate_runs_the_cross_document_rules_among_the_files(tmp_path: Path) -> None:
     one, two = tmp_path / "one.toml", tmp_path / "two.toml"
-    one.write_text('version = 1\nname = "one"\n[authz]\ndefault = "deny"\n')
-    two.write_text('version = 1\nname = "two"\n\n[authz]\ndefault = "audit"\n')
+    one.write_text(policytoml.document("one", authz={"default": "deny"}))
+    two.write_text(policytoml.document("two", authz={"default": "audit"}))
     done = meshctl("policy", "validate", str(one), str(two), env=no_workspace(tmp_path))
     assert done.code == 2, done.out + done.err
     assert "error[P040] authz.default" in done.out
@@ -95,18 +96,13 @@ def test_join_pushes_the_applied_set_and_status_says_default_allow(tmp_path: Pat
     assert "policy: the mesh runs with authz default allow" in text.out
 
 
-WEB_API = """\
-# policy/web-api.toml: web may call api
-version = 1
-name = "web-api"
+def web_api(methods: list[str], *more: str) -> str:
+    """policy/web-api.toml: web may call api with ``methods``; ``more``: tables after it."""
+    allow = policytoml.allow("web-to-api", "api", ["web"], ports=[8081], methods=methods)
+    return policytoml.document("web-api", allow, *more, comment="web may call api")
 
-[[allow]]
-name = "web-to-api"
-from = ["web"]
-to = "api"
-ports = [8081]
-methods = ["GET"]
-"""
+
+WEB_API = web_api(["GET"])
 
 
 def test_apply_with_a_host_down_then_again_brings_it_in_line(tmp_path: Path) -> None:
@@ -212,10 +208,8 @@ def test_list_show_diff_and_delete(tmp_path: Path) -> None:
     )
     assert (mesh.ws.root / "hosts.toml").exists()
 
-    changed = WEB_API.replace('["GET"]', '["GET", "POST"]') + (
-        '\n[[deny]]\nname = "no-admin"\nfrom = ["web"]\nto = "api"\npaths = ["/admin/**"]\n'
-    )
-    policy.write_text(changed)
+    no_admin = policytoml.deny("no-admin", "api", ["web"], paths=["/admin/**"])
+    policy.write_text(web_api(["GET", "POST"], no_admin))
     diff = mesh.meshctl("policy", "diff", "-f", str(policy), "--json")
     assert diff.code == 0, diff.out + diff.err
     [doc] = diff.json()["documents"]
@@ -239,13 +233,7 @@ def test_list_show_diff_and_delete(tmp_path: Path) -> None:
     assert mesh.meshctl("policy", "list", "--json").json()["documents"] == []
 
 
-PERMISSIVE = """\
-version = 1
-name = "legacy"
-
-[mtls.services]
-db = "permissive"
-"""
+PERMISSIVE = policytoml.document("legacy", mtls={"services": {"db": "permissive"}})
 
 
 def test_apply_and_status_warn_while_a_service_is_permissive(tmp_path: Path) -> None:
