@@ -495,10 +495,13 @@ def _outside_ok(mode: str) -> dict[str, Any]:
     }
 
 
-def _plain_runtime(tmp_path: Path, app_port: int, mode: str) -> Runtime:
-    # the mesh says strict: the policy's mode wins while one is in force
-    rt = runtime(tmp_path, app_port, "strict")
+def _plain_runtime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, app_port: int, mode: str
+) -> Runtime:
+    """B with policy ``_outside_ok(mode)``; plaintext connections head for ``app_port``."""
+    rt = runtime(tmp_path, app_port, "strict")  # the policy's mode wins while one is in force
     push(rt, 1, _outside_ok(mode))
+    original_dst_is(monkeypatch, app_port)
     return rt
 
 
@@ -514,8 +517,7 @@ def test_permissive_plaintext_is_judged_as_unauthenticated(
 ) -> None:
     app = TargetApp()
     try:
-        rt = _plain_runtime(tmp_path, app.port, "permissive")
-        original_dst_is(monkeypatch, app.port)
+        rt = _plain_runtime(tmp_path, monkeypatch, app.port, "permissive")
         requests = (
             b"GET /ok HTTP/1.1\r\nHost: web\r\n\r\n"
             b"GET /secret HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n"
@@ -540,8 +542,7 @@ def test_strict_plaintext_is_reset_at_accept(
 ) -> None:
     app = TargetApp()
     try:
-        rt = _plain_runtime(tmp_path, app.port, "strict")
-        original_dst_is(monkeypatch, app.port)
+        rt = _plain_runtime(tmp_path, monkeypatch, app.port, "strict")
         sub = rt.bus.subscribe()
         received = anyio.run(
             _plain, rt, b"GET /ok HTTP/1.1\r\nHost: web\r\n\r\n", backend="asyncio"
@@ -577,8 +578,7 @@ def test_plaintext_kept_alive_past_a_push_to_strict_sees_nothing(
     """§2.4/§2.6: strict plaintext is reset, with no answer, mid-connection too (review F5)."""
     app = TargetApp()
     try:
-        rt = _plain_runtime(tmp_path, app.port, "permissive")
-        original_dst_is(monkeypatch, app.port)
+        rt = _plain_runtime(tmp_path, monkeypatch, app.port, "permissive")
         sub = rt.bus.subscribe()
         first, second = anyio.run(_kept_alive_then_strict, rt, backend="asyncio")
     finally:
@@ -595,8 +595,7 @@ def test_permissive_plaintext_tcp_is_reset_when_denied(
 ) -> None:
     echo = EchoServer()
     try:
-        rt = _plain_runtime(tmp_path, echo.port, "permissive")
-        original_dst_is(monkeypatch, echo.port)
+        rt = _plain_runtime(tmp_path, monkeypatch, echo.port, "permissive")
         received = anyio.run(_plain, rt, b"\x00\x01binary", backend="asyncio")
     finally:
         echo.close()
@@ -628,11 +627,10 @@ def test_a_server_first_app_allowed_wholesale_speaks_before_the_first_look_ends(
 
     threading.Thread(target=serve, daemon=True).start()
     try:
-        rt = _plain_runtime(tmp_path, port, "permissive")
+        rt = _plain_runtime(tmp_path, monkeypatch, port, "permissive")
         doc = {"version": 1, "name": "p", "mtls": {"mode": "permissive"}}
         doc["allow"] = [{"name": "outside", "from": ["unauthenticated"], "to": "web"}]
         push(rt, 2, doc)
-        original_dst_is(monkeypatch, port)
         banner, took = anyio.run(_banner, rt, backend="asyncio")
     finally:
         app.close()
@@ -666,9 +664,8 @@ def test_a_push_resets_open_plaintext_tcp_it_denies(
 ) -> None:
     echo = EchoServer()
     try:
-        rt = _plain_runtime(tmp_path, echo.port, "permissive")
+        rt = _plain_runtime(tmp_path, monkeypatch, echo.port, "permissive")
         _apply(rt, 1, [{"name": "outside", "from": ["unauthenticated"], "to": "web"}])
-        original_dst_is(monkeypatch, echo.port)
         got = anyio.run(_plain_pushed, rt, backend="asyncio")
     finally:
         echo.close()
