@@ -4,11 +4,13 @@
 It builds the requests the two sets can tell apart (every principal either set
 names, plus one identity no rule names and a plaintext peer; every service
 either set names, or the inventory's; the ports the rules name, or the
-service's; opaque TCP, one request per L7 rule and one request no L7 rule
+service's; opaque TCP, requests that use each method and each path pattern
+of each L7 rule with header values it matches, and one request no L7 rule
 matches), judges each with meshd's evaluator (``meshd.policy.lang.evaluate``,
 as ``policy explain`` does) against the applied set and the new one, and
 keeps those whose outcome changes. The probes are representatives, not every
-possible request: a rule is exercised by one request, not by all it matches.
+possible request: a rule's pattern is exercised by one path, and requests that
+combine the fields of two rules are not built.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ NO_POLICY = "(no policy)"  # the rule of an empty set: meshd enforces nothing, a
 UNNAMED_PORT = 0
 # Candidates for "a request no L7 rule matches"; the first that matches none is used.
 UNMATCHED_PATHS = ("/", "/mesh-probe", "/mesh-probe/unmatched/x")
+MAX_PAIRS = 16  # a rule's methods x paths probed in full up to this many, else covered
 SAMPLE_SEGMENT = "x"  # what a `*` or `**` segment of a path pattern becomes in a probe
 
 Headers = tuple[tuple[str, str], ...]
@@ -224,16 +227,27 @@ def service_ports(selectors: Sequence[Selector], known: Sequence[int]) -> list[i
 def representative_requests(
     selectors: Sequence[Selector],
 ) -> list[tuple[str | None, str, Headers]]:
-    """Opaque TCP, one request per selector with HTTP fields (its method, a path its first
-    pattern matches, header values that match), and one request none of them matches."""
+    """Opaque TCP, the requests of each selector with HTTP fields (``rule_requests``), and
+    one request none of them matches."""
     found: list[tuple[str | None, str, Headers]] = [(None, "/", ())]
     l7 = [s for s in selectors if s.http_only]
     for s in l7:
-        method = next((m for m in METHODS if m in s.methods), "GET") if s.methods else "GET"
-        path = sample_path(s.paths[0]) if s.paths else "/"
-        found.append((method, path, sample_headers(s)))
+        headers = sample_headers(s)
+        found += [(method, path, headers) for method, path in rule_requests(s)]
     found.append(_unmatched(l7))
     return list(dict.fromkeys(found))
+
+
+def rule_requests(selector: Selector) -> list[tuple[str, str]]:
+    """(method, path) pairs a selector matches, so that each of its methods and each of its
+    patterns is probed (an edit that drops one shows): every pair while they are few, else
+    a cover that uses each method and each pattern at least once."""
+    methods = [m for m in METHODS if m in selector.methods] if selector.methods else ["GET"]
+    paths = [sample_path(p) for p in selector.paths] if selector.paths else ["/"]
+    if len(methods) * len(paths) <= MAX_PAIRS:
+        return [(m, p) for m in methods for p in paths]
+    width = max(len(methods), len(paths))
+    return [(methods[i % len(methods)], paths[i % len(paths)]) for i in range(width)]
 
 
 def sample_path(pattern: str) -> str:

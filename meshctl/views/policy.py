@@ -121,8 +121,8 @@ def diff_view(diffs: Sequence[DocumentDiff]) -> RenderableType:
 
 PROBES_NOTE = (
     "judged with meshd's evaluator, applied set -> with these files; the probes are "
-    "representatives (each named identity, one unnamed, plaintext; each rule's method, "
-    "path and headers, one request no rule matches; opaque TCP), not every possible request"
+    "representatives (each named identity, one unnamed, plaintext; each rule's methods, "
+    "paths and headers, one request no rule matches; opaque TCP), not every possible request"
 )
 
 

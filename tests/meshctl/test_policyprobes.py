@@ -19,6 +19,7 @@ from meshctl.policyprobes import (
     label,
     principals,
     representative_requests,
+    rule_requests,
     sample_path,
 )
 from meshd.policy.lang.model import Document, Rule
@@ -30,6 +31,8 @@ NOW = dt.datetime(2026, 12, 5, tzinfo=dt.UTC)
 EXAMPLES = Path(__file__).parents[1] / "meshd" / "policy" / "lang" / "examples"
 ZERO_TRUST = (EXAMPLES / "zero-trust.toml").read_text()
 INVENTORY = {"web": [8080], "api": [8080], "db": [5432]}
+DEMO = Path(__file__).parents[2] / "examples" / "policies"
+DEMO_INVENTORY = {"web": [8080], "api": [8081], "db": [8082]}
 
 
 def doc(text: str) -> Document:
@@ -212,13 +215,40 @@ def test_removing_an_allow_names_that_callers_probes_and_no_other() -> None:
     }
 
 
+def test_dropping_a_method_from_an_allow_shows_each_pattern_with_that_method() -> None:
+    mesh = doc((DEMO / "mesh.toml").read_text())
+    text = (DEMO / "web-api-db.toml").read_text()
+    before = doc(text)
+    after = doc(
+        text.replace(
+            'ports = [8082]\nmethods = ["GET", "POST"]', 'ports = [8082]\nmethods = ["GET"]'
+        )
+    )
+    found = decision_diff([mesh, before], [mesh, after], TD, DEMO_INVENTORY)
+    assert [
+        (c.source, c.probe.destination, c.probe.method, c.probe.path) for c in found.changes
+    ] == [
+        ("api", "db", "POST", "/items"),
+        ("api", "db", "POST", "/items/x"),
+    ]
+    assert {(c.after.decision, c.after.rule) for c in found.changes} == {
+        ("deny", "mesh/authz/default")
+    }
+
+
 def test_removing_an_audit_rule_changes_only_the_would_deny_list() -> None:
     after = ZERO_TRUST.replace(RETIRE, "").replace('name = "retire-web-deletes"', 'name = "x"')
     after = without(
         after, '[[deny]]\nname = "x"\nfrom = ["web"]\nto = "api"\nmethods = ["DELETE"]\n'
     )
     found = decision_diff([doc(ZERO_TRUST)], [doc(after)], TD, INVENTORY)
-    assert found.changes, "the DELETE probe must see the would-deny go"
+    # opaque TCP (the audit deny fails closed too, §2.2), web-to-api's DELETE (allowed) and
+    # the audit rule's own probe, DELETE / (outside web-to-api's /v1/**, so denied)
+    assert [(c.source, c.probe.method, c.probe.path) for c in found.changes] == [
+        ("web", None, "/"),
+        ("web", "DELETE", "/v1/x"),
+        ("web", "DELETE", "/"),
+    ]
     for change in found.changes:
         assert (change.before.decision, change.before.rule) == (
             change.after.decision,
@@ -285,7 +315,7 @@ def test_sample_path_is_matched_by_its_pattern(pattern: str, path: str) -> None:
         ([], [(None, "/", ()), ("GET", "/", ())]),
         (
             [selector("api", ["web"], methods=["DELETE", "GET"], paths=["/v1/**"])],
-            [(None, "/", ()), ("GET", "/v1/x", ()), ("POST", "/", ())],
+            [(None, "/", ()), ("GET", "/v1/x", ()), ("DELETE", "/v1/x", ()), ("POST", "/", ())],
         ),
         (
             [selector("api", paths=["/**"]), selector("api", headers={"x-t": ("prefix", "qa-")})],
@@ -298,12 +328,39 @@ def test_sample_path_is_matched_by_its_pattern(pattern: str, path: str) -> None:
         ),
         (
             [selector("api", paths=["/", "/*"])],
-            [(None, "/", ()), ("GET", "/", ()), ("GET", "/mesh-probe/unmatched/x", ())],
+            [
+                (None, "/", ()),
+                ("GET", "/", ()),
+                ("GET", "/x", ()),
+                ("GET", "/mesh-probe/unmatched/x", ()),
+            ],
         ),
     ],
 )
 def test_representative_requests(selectors: list[object], expected: list[object]) -> None:
     assert representative_requests(selectors) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("methods", "paths", "expected"),
+    [
+        (None, None, [("GET", "/")]),
+        (
+            ["POST", "GET"],
+            ["/items", "/items/*"],
+            [("GET", "/items"), ("GET", "/items/x"), ("POST", "/items"), ("POST", "/items/x")],
+        ),
+        (  # 5 x 4 > MAX_PAIRS: a cover that uses each method and each path once
+            ["GET", "POST", "PUT", "DELETE", "PATCH"],
+            ["/a", "/b", "/c", "/d"],
+            [("GET", "/a"), ("POST", "/b"), ("PUT", "/c"), ("DELETE", "/d"), ("PATCH", "/a")],
+        ),
+    ],
+)
+def test_rule_requests_use_each_method_and_pattern(
+    methods: list[str] | None, paths: list[str] | None, expected: list[tuple[str, str]]
+) -> None:
+    assert rule_requests(selector("api", methods=methods, paths=paths)) == expected
 
 
 @pytest.mark.parametrize(
