@@ -229,9 +229,11 @@ def diff(
 
     Decisions: representative requests (every identity the rules name, one
     they do not, plaintext; every service they name or that joined, on its
-    ports; opaque TCP, one request per HTTP rule, one no rule matches) judged
-    by meshd's evaluator against the applied set and with the files in. They
-    are representatives, not every possible request.
+    ports; opaque TCP, each method and path pattern of each HTTP rule, one
+    request no rule matches) judged by meshd's evaluator against the applied
+    set and with the files in. They are representatives, not every possible
+    request. --json adds "probes" and "decisions" (each changed probe with
+    its "before" and "after") to "documents".
 
     Example: meshctl policy diff -f policy/zero-trust.toml
     """
