@@ -16,7 +16,7 @@ combine the fields of two rules are not built.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from meshd.identity import make_id
@@ -136,31 +136,71 @@ def decision_diff(
     after: Sequence[Document],
     trust_domain: str,
     inventory: Mapping[str, Iterable[int]] | None = None,
+    skip_same: bool = True,
 ) -> DecisionDiff:
     """Judge every probe against ``before`` (the applied set) and ``after`` (the set with
-    the new documents in); ``inventory``: service -> its ports, where known."""
+    the new documents in); ``inventory``: service -> its ports, where known. With
+    ``skip_same``, a service whose rules and settings are the same in both sets is not
+    probed: the same evaluator on the same input gives the same decisions."""
     ports = {s: sorted(set(p)) for s, p in (inventory or {}).items()}
-    old = CompiledPolicy.compile(before, trust_domain)
-    new = CompiledPolicy.compile(after, trust_domain)
-    domain = _label_domain([*before, *after], trust_domain)
+    documents = [*before, *after]
+    services = destinations(documents, ports)
+    old = _indexed(CompiledPolicy.compile(before, trust_domain), services)
+    new = _indexed(CompiledPolicy.compile(after, trust_domain), services)
+    if skip_same:
+        services = [s for s in services if _key(old, before, s) != _key(new, after, s)]
+    domain = _label_domain(documents, trust_domain)
     found: list[tuple[Probe, Outcome, Outcome]] = []
-    for probe in probes([*before, *after], trust_domain, ports):
+    for probe in probes(documents, trust_domain, ports, services):
         found.append((probe, judge(old, probe), judge(new, probe)))
     changes = tuple(DecisionChange(p, label(p.source, domain), b, a) for p, b, a in found if b != a)
     return DecisionDiff(len(found), changes, tuple(_lines(found, domain)))
+
+
+def _indexed(policy: CompiledPolicy, services: Sequence[str]) -> CompiledPolicy:
+    """``policy`` with every probed service compiled once (``for_service`` compiles a
+    service no rule names anew at each call)."""
+    if not policy.enforcing:
+        return policy
+    missing = {s: policy.for_service(s) for s in services if s not in policy.services}
+    return replace(policy, services={**policy.services, **missing})
+
+
+def _key(policy: CompiledPolicy, documents: Sequence[Document], service: str) -> object:
+    """All that decides a request to ``service``: its mTLS mode and authz default with where
+    they were set, and its rules and rate limits (their ``to`` is it or "*"), by id."""
+    if not policy.enforcing:
+        return NO_POLICY
+    sp = policy.for_service(service)
+    wanted = (service, ANY_SERVICE)
+    rules = [(r.id, r.kind, r.audit, r.selector) for d in documents for r in d.rules]
+    limits = [
+        (r.id, r.selector, r.limit, r.per_ms, r.burst, r.bucket)
+        for d in documents
+        for r in d.rate_limits
+    ]
+    return (
+        (sp.mode, sp.mode_rule, sp.default, sp.default_rule),
+        sorted((r for r in rules if r[3].to in wanted), key=lambda r: r[0]),
+        sorted((r for r in limits if r[1].to in wanted), key=lambda r: r[0]),
+    )
 
 
 # -- probes --------------------------------------------------------------------
 
 
 def probes(
-    documents: Sequence[Document], trust_domain: str, inventory: Mapping[str, Sequence[int]]
+    documents: Sequence[Document],
+    trust_domain: str,
+    inventory: Mapping[str, Sequence[int]],
+    services: Sequence[str] | None = None,
 ) -> list[Probe]:
-    """Every source, destination, port, request the documents can tell apart."""
+    """Every source, destination, port, request the documents can tell apart; ``services``:
+    only these destinations (default: ``destinations``)."""
     selectors = _selectors(documents)
     sources = principals(documents, trust_domain)
     found: list[Probe] = []
-    for service in destinations(documents, inventory):
+    for service in destinations(documents, inventory) if services is None else services:
         wanted = [s for s in selectors if s.to in (service, ANY_SERVICE)]
         requests = representative_requests(wanted)
         for port in service_ports(wanted, inventory.get(service, ())):

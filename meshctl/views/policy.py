@@ -126,13 +126,19 @@ PROBES_NOTE = (
 )
 
 
+MAX_LINES = 200  # a mesh-wide change can touch every probe: --json has them all
+
+
 def decisions_view(dd: DecisionDiff) -> RenderableType:
     """The decisions that change: one line per changed probe, or per (source, destination,
     port) when every request there changed alike; then what the probes were."""
     count = f"{len(dd.changes)} of {dd.probes} probe{'s' if dd.probes != 1 else ''}"
     head = f"decisions: {count} change" if dd.changes else f"decisions: none of {dd.probes} change"
     parts: list[RenderableType] = [Text(head, style="bold")]
-    parts += [_change_line(line) for line in dd.lines]
+    parts += [_change_line(line) for line in dd.lines[:MAX_LINES]]
+    if len(dd.lines) > MAX_LINES:
+        more = len(dd.lines) - MAX_LINES
+        parts.append(Text(f"  ... and {more} more (--json lists every changed probe)"))
     parts.append(Text(f"({PROBES_NOTE})", style="dim"))
     return Group(*parts)
 

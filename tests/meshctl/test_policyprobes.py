@@ -270,8 +270,10 @@ def test_a_rate_limit_shows_on_the_requests_it_counts() -> None:
 
 def test_a_changed_document_with_the_same_decisions_changes_none() -> None:
     renamed = ZERO_TRUST.replace('description = "Only', 'description = "Still only')
-    found = decision_diff([doc(ZERO_TRUST)], [doc(renamed)], TD, INVENTORY)
+    found = decision_diff([doc(ZERO_TRUST)], [doc(renamed)], TD, INVENTORY, skip_same=False)
     assert found.probes > 0 and found.changes == () and found.lines == ()
+    # every service has the same rules and settings: none needs probing
+    assert decision_diff([doc(ZERO_TRUST)], [doc(renamed)], TD, INVENTORY).probes == 0
 
 
 @settings(max_examples=60, deadline=None)
@@ -281,9 +283,28 @@ def test_the_same_set_changes_no_decision(
 ) -> None:
     documents = [policy_doc(found, mode, default)]
     same = [policy_doc(list(found), mode, default)]
-    result = decision_diff(documents, same, TD)
+    result = decision_diff(documents, same, TD, skip_same=False)  # judge every probe
     assert result.changes == () and result.lines == ()
     assert result.probes >= 2  # a plaintext peer and an unnamed identity, at least
+
+
+@settings(max_examples=60, deadline=None)
+@given(rule_lists, rule_lists, modes, modes, defaults, defaults)
+def test_skipping_services_with_the_same_rules_loses_no_change(
+    old_rules: list[Rule],
+    new_rules: list[Rule],
+    old_mode: str | None,
+    new_mode: str | None,
+    old_default: str | None,
+    new_default: str | None,
+) -> None:
+    before = [policy_doc(old_rules, old_mode, old_default)]
+    after = [policy_doc(new_rules, new_mode, new_default)]
+    inventory = {"api": [8080], "db": [9000], "web": [9102]}
+    fast = decision_diff(before, after, TD, inventory)
+    full = decision_diff(before, after, TD, inventory, skip_same=False)
+    assert fast.changes == full.changes and fast.lines == full.lines
+    assert fast.probes <= full.probes
 
 
 @settings(max_examples=60, deadline=None)

@@ -8,6 +8,7 @@ from rich.console import Console, RenderableType
 from meshctl.policydiff import Change, DocumentDiff
 from meshctl.policyprobes import OTHER_SERVICE, ChangeLine, DecisionDiff, Outcome
 from meshctl.views.policy import (
+    MAX_LINES,
     decision_json,
     decision_view,
     decisions_view,
@@ -123,3 +124,10 @@ def test_decisions_view_one_line_per_change_and_says_probes_are_representatives(
     ]
     note = " ".join(" ".join(shown[4:]).split())
     assert "the probes are representatives" in note and "not every possible request" in note
+
+
+def test_decisions_view_shows_at_most_max_lines() -> None:
+    line = ChangeLine("api", True, "db", 5432, "tcp", Outcome("allow", "d/allow/a"), DENIED)
+    shown = text(decisions_view(DecisionDiff(500, (), (line,) * (MAX_LINES + 3)))).splitlines()
+    assert shown.count(shown[1]) == MAX_LINES
+    assert "  ... and 3 more (--json lists every changed probe)" in shown
