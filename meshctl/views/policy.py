@@ -120,9 +120,10 @@ def diff_view(diffs: Sequence[DocumentDiff]) -> RenderableType:
 
 
 PROBES_NOTE = (
-    "judged with meshd's evaluator, applied set -> with these files; the probes are "
-    "representatives (each named identity, one unnamed, plaintext; each rule's methods, "
-    "paths and headers, one request no rule matches; opaque TCP), not every possible request"
+    "judged with meshd's evaluator, applied set -> with these files, for the services whose "
+    "rules or settings differ; the probes are representatives (each named identity, one "
+    "unnamed, plaintext; each rule's methods, paths and headers, one request no rule "
+    "matches; opaque TCP), not every possible request"
 )
 
 
@@ -134,6 +135,8 @@ def decisions_view(dd: DecisionDiff) -> RenderableType:
     port) when every request there changed alike; then what the probes were."""
     count = f"{len(dd.changes)} of {dd.probes} probe{'s' if dd.probes != 1 else ''}"
     head = f"decisions: {count} change" if dd.changes else f"decisions: none of {dd.probes} change"
+    if not dd.probes:
+        head = "decisions: none change (no service's rules or settings differ)"
     parts: list[RenderableType] = [Text(head, style="bold")]
     parts += [_change_line(line) for line in dd.lines[:MAX_LINES]]
     if len(dd.lines) > MAX_LINES:

@@ -131,3 +131,8 @@ def test_decisions_view_shows_at_most_max_lines() -> None:
     shown = text(decisions_view(DecisionDiff(500, (), (line,) * (MAX_LINES + 3)))).splitlines()
     assert shown.count(shown[1]) == MAX_LINES
     assert "  ... and 3 more (--json lists every changed probe)" in shown
+
+
+def test_decisions_view_when_no_service_needs_probing() -> None:
+    shown = text(decisions_view(DecisionDiff(0, (), ()))).splitlines()
+    assert shown[0] == "decisions: none change (no service's rules or settings differ)"
