@@ -23,9 +23,11 @@ from meshctl.cli.context import AppContext, app_context
 from meshctl.cli.errors import ExitCode
 from meshctl.fleet import Fleet, HostResults, SshOptions
 from meshctl.policydiff import diff as diff_documents
+from meshctl.policyprobes import decision_diff
 from meshctl.provision.rollout import Outcome
 from meshctl.views.policy import (
     Listed,
+    decisions_view,
     diff_view,
     documents_table,
     problems_json,
@@ -219,7 +221,16 @@ def diff(
     more: MoreFiles = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Show what applying policy files would change: settings and rules, by rule id.
+    """Show what applying policy files would change: settings and rules by rule id, then
+    the decisions that change.
+
+    Decisions: representative requests (every identity the rules name, one
+    they do not, plaintext; every service they name or that joined, on its
+    ports; opaque TCP, each method and path pattern of each HTTP rule, one
+    request no rule matches) judged by meshd's evaluator against the applied
+    set and with the files in. They are representatives, not every possible
+    request. --json adds "probes" and "decisions" (each changed probe with
+    its "before" and "after") to "documents".
 
     Example: meshctl policy diff -f policy/zero-trust.toml
     """
@@ -231,10 +242,28 @@ def diff(
         raise typer.Exit(INVALID)
     applied_data = {d.name: d.data for d, _ in current.documents}
     diffs = [diff_documents(d.name, applied_data.get(d.name), d.data) for d in new.only()]
+    after = [d for d, _ in policies.upserted(current, new)]
+    decisions = decision_diff(current.only(), after, ws.config.trust_domain, _ports(ws))
     if json_out:
-        actx.print_json({"documents": [d.to_json() for d in diffs]})
+        actx.print_json(
+            {
+                "documents": [d.to_json() for d in diffs],
+                "probes": decisions.probes,
+                "decisions": [c.to_json() for c in decisions.changes],
+            }
+        )
     else:
         actx.out.print(diff_view(diffs))
+        actx.out.print(decisions_view(decisions))
+
+
+def _ports(ws: Workspace) -> dict[str, set[int]]:
+    """The joined services' ports, by service (what the decision probes aim at)."""
+    ports: dict[str, set[int]] = {}
+    for host in policies.joined_hosts(ws):
+        for service in host.services:
+            ports.setdefault(service.name, set()).add(service.port)
+    return ports
 
 
 @app.command("delete")

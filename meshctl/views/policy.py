@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from meshctl.policydiff import DocumentDiff
+from meshctl.policyprobes import OTHER_SERVICE, ChangeLine, DecisionDiff, Outcome
 from meshd.policy.lang.evaluate import Decision
 from meshd.policy.lang.model import Document
 from meshd.policy.lang.problems import Problem
@@ -116,6 +117,52 @@ def diff_view(diffs: Sequence[DocumentDiff]) -> RenderableType:
                 detail = _value(c.after if c.change == "added" else c.before)
             parts.append(Text.assemble(f"  {mark} ", (c.id, style), f"  {detail}"))
     return Group(*parts)
+
+
+PROBES_NOTE = (
+    "judged with meshd's evaluator, applied set -> with these files, for the services whose "
+    "rules or settings differ; the probes are representatives (each named identity, one "
+    "unnamed, plaintext; each rule's methods, paths and headers, one request no rule "
+    "matches; opaque TCP), not every possible request"
+)
+
+
+MAX_LINES = 200  # a mesh-wide change can touch every probe: --json has them all
+
+
+def decisions_view(dd: DecisionDiff) -> RenderableType:
+    """The decisions that change: one line per changed probe, or per (source, destination,
+    port) when every request there changed alike; then what the probes were."""
+    count = f"{len(dd.changes)} of {dd.probes} probe{'s' if dd.probes != 1 else ''}"
+    head = f"decisions: {count} change" if dd.changes else f"decisions: none of {dd.probes} change"
+    if not dd.probes:
+        head = "decisions: none change (no service's rules or settings differ)"
+    parts: list[RenderableType] = [Text(head, style="bold")]
+    parts += [_change_line(line) for line in dd.lines[:MAX_LINES]]
+    if len(dd.lines) > MAX_LINES:
+        more = len(dd.lines) - MAX_LINES
+        parts.append(Text(f"  ... and {more} more (--json lists every changed probe)"))
+    parts.append(Text(f"({PROBES_NOTE})", style="dim"))
+    return Group(*parts)
+
+
+def _change_line(line: ChangeLine) -> Text:
+    source = line.source if line.named else f"{line.source} (an identity no rule names)"
+    service = "any other service" if line.destination == OTHER_SERVICE else line.destination
+    port = "<a port no rule names>" if line.port is None else str(line.port)
+    request = "every request" if line.request is None else line.request
+    return Text.assemble(
+        f"  {source} → {service}:{port} {request}: ",
+        _outcome(line.before),
+        " → ",
+        _outcome(line.after),
+    )
+
+
+def _outcome(o: Outcome) -> Text:
+    extra = f", would deny: {', '.join(o.would_deny)}" if o.would_deny else ""
+    extra += f", rate limit: {', '.join(o.rate_limits)}" if o.rate_limits else ""
+    return Text.assemble((o.decision, _STYLE[o.decision]), f" ({o.rule}{extra})")
 
 
 def decision_json(d: Decision) -> dict[str, Any]:

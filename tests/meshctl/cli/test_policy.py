@@ -218,8 +218,33 @@ def test_list_show_diff_and_delete(tmp_path: Path) -> None:
         ("changed", "web-api/allow/web-to-api"),
         ("added", "web-api/deny/no-admin"),
     ]
+    # POST is new in the allow, but the mesh's default allow let it through already: only the
+    # rule that decides changes; the deny changes the admin path, and TCP (it fails closed)
+    probes = [
+        (d["source"], d["destination"], d["port"], d["method"], d["path"], d["tcp"])
+        for d in diff.json()["decisions"]
+    ]
+    outcomes = [
+        (d["before"]["decision"], d["before"]["rule"], d["after"]["decision"], d["after"]["rule"])
+        for d in diff.json()["decisions"]
+    ]
+    assert probes == [
+        ("web", "api", 8081, None, None, True),
+        ("web", "api", 8081, "POST", "/", False),
+        ("web", "api", 8081, "GET", "/admin/x", False),
+    ]
+    assert outcomes == [
+        ("allow", "mesh/authz/default", "reset", "web-api/deny/no-admin"),
+        ("allow", "mesh/authz/default", "allow", "web-api/allow/web-to-api"),
+        ("allow", "web-api/allow/web-to-api", "deny", "web-api/deny/no-admin"),
+    ]
     text = mesh.meshctl("policy", "diff", "-f", str(policy))
     assert "~ web-api/allow/web-to-api" in text.out and "+ web-api/deny/no-admin" in text.out
+    assert (
+        "web → api:8081 GET /admin/x: allow (web-api/allow/web-to-api) → deny "
+        "(web-api/deny/no-admin)"
+    ) in text.out
+    assert "decisions: 3 of 15 probes change" in text.out
     assert at(mesh, "api1").policy["version"] == 2  # type: ignore[index]  # diff pushes nothing
 
     deleted = mesh.meshctl("policy", "delete", "web-api", "--json")

@@ -6,7 +6,15 @@ import pytest
 from rich.console import Console, RenderableType
 
 from meshctl.policydiff import Change, DocumentDiff
-from meshctl.views.policy import decision_json, decision_view, diff_view, problems_summary
+from meshctl.policyprobes import OTHER_SERVICE, ChangeLine, DecisionDiff, Outcome
+from meshctl.views.policy import (
+    MAX_LINES,
+    decision_json,
+    decision_view,
+    decisions_view,
+    diff_view,
+    problems_summary,
+)
 from meshd.policy.lang.evaluate import Decision
 from meshd.policy.lang.problems import Problem
 
@@ -86,3 +94,45 @@ def test_diff_view_marks_each_change() -> None:
         '  - d/allow/a  {"to": "api"}',
         "e: unchanged",
     ]
+
+
+DENIED = Outcome("deny", "d/authz/default")
+
+
+def test_decisions_view_one_line_per_change_and_says_probes_are_representatives() -> None:
+    lines = (
+        ChangeLine("api", True, "db", 5432, None, Outcome("allow", "d/allow/a"), DENIED),
+        ChangeLine(
+            "web",
+            True,
+            "api",
+            8080,
+            "GET /v1/x",
+            DENIED,
+            Outcome("allow", "d/allow/b", ("d/deny/w",), ("d/rate_limit/r",)),
+        ),
+        ChangeLine("other", False, OTHER_SERVICE, None, "tcp", Outcome("reset", "m"), DENIED),
+    )
+    shown = text(decisions_view(DecisionDiff(9, (), lines))).splitlines()
+    assert shown[:4] == [
+        "decisions: none of 9 change",
+        "  api → db:5432 every request: allow (d/allow/a) → deny (d/authz/default)",
+        "  web → api:8080 GET /v1/x: deny (d/authz/default) → allow (d/allow/b, would deny: "
+        "d/deny/w, rate limit: d/rate_limit/r)",
+        "  other (an identity no rule names) → any other service:<a port no rule names> tcp: "
+        "reset (m) → deny (d/authz/default)",
+    ]
+    note = " ".join(" ".join(shown[4:]).split())
+    assert "the probes are representatives" in note and "not every possible request" in note
+
+
+def test_decisions_view_shows_at_most_max_lines() -> None:
+    line = ChangeLine("api", True, "db", 5432, "tcp", Outcome("allow", "d/allow/a"), DENIED)
+    shown = text(decisions_view(DecisionDiff(500, (), (line,) * (MAX_LINES + 3)))).splitlines()
+    assert shown.count(shown[1]) == MAX_LINES
+    assert "  ... and 3 more (--json lists every changed probe)" in shown
+
+
+def test_decisions_view_when_no_service_needs_probing() -> None:
+    shown = text(decisions_view(DecisionDiff(0, (), ()))).splitlines()
+    assert shown[0] == "decisions: none change (no service's rules or settings differ)"
