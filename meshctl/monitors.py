@@ -99,10 +99,18 @@ def issue_monitor(
     identity = make_id(ws.config.trust_domain, "monitor", check_monitor_name(where.name))
     key, cert = issue_identity([identity], issuing, now, MONITOR_LIFETIME)
     _make_directory(where.directory)
+    _keep_keys_out_of_git(ws, where)
     files.write_atomic(where.key, private_pem(key), 0o600)
     files.write_atomic(where.cert, cert_pem(cert, issuing.cert), 0o644)
     files.write_atomic(where.ca, ws.trust_bundle.read_bytes(), 0o644)
     return IssuedMonitor(str(identity), where, cert.not_valid_after_utc)
+
+
+def _keep_keys_out_of_git(ws: Workspace, where: MonitorFiles) -> None:
+    """The workspace goes into git but for secrets/: monitors/ keeps its keys out too."""
+    ignore = ws.root / "monitors" / ".gitignore"
+    if where.directory.parent == ignore.parent and not ignore.exists():
+        files.write_atomic(ignore, b"*.key\n", 0o644)
 
 
 def _make_directory(directory: Path) -> None:

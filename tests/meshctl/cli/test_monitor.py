@@ -43,6 +43,7 @@ def test_issue_monitor_writes_key_chain_and_bundle(tmp_path: Path) -> None:
         "expires": (NOW + dt.timedelta(days=90)).isoformat(),
     }
     assert (where / "prom.key").stat().st_mode & 0o777 == 0o600
+    assert (where.parent / ".gitignore").read_text() == "*.key\n"  # the workspace is in git
     assert where.stat().st_mode & 0o777 == 0o700
     leaf, issuing = load_certs(where / "prom.crt")
     assert [str(i) for i in spiffe_ids(leaf)] == [f"spiffe://{TD}/monitor/prom"]
@@ -64,6 +65,7 @@ def test_issue_monitor_again_renews_into_out(tmp_path: Path) -> None:
     again = mesh.meshctl("ca", "issue-monitor", "prom", "--out", str(out))
     assert again.code == 0, again.err
     assert (out / "prom.key").read_bytes() != key
+    assert not (mesh.ws.root / "monitors").exists()
 
 
 @pytest.mark.parametrize(
