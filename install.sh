@@ -20,9 +20,10 @@ say() { printf '==> %s\n' "$*"; }
 PYTHON=${PYTHON:-python3}
 
 # Debian packages `meshctl demo` uses on this machine (local hosts with systemd-nspawn),
-# and those the tests add (captures, certificates, load).
+# and those the tests add (captures, certificates, load, a real Prometheus and promtool
+# scraping meshd: tests/meshd/admin/test_prometheus.py).
 DEMO_PACKAGES="systemd-container debootstrap iproute2 util-linux iptables openssh-client ca-certificates"
-TEST_PACKAGES="openssl tcpdump wrk"
+TEST_PACKAGES="openssl tcpdump wrk prometheus"
 
 apt_install() {
     missing=""

@@ -37,6 +37,15 @@ ALLOWED_CURVES = ("secp256r1", "secp384r1")
 MIN_RSA_BITS = 3072
 
 
+def admin_server_name(trust_domain: str) -> str:
+    """The DNS name every meshd's certificate carries besides its SPIFFE IDs: ``meshd.<td>``.
+
+    Scrapers that check a host name and not a SPIFFE ID (Prometheus) verify meshd's
+    admin API with it; meshctl goes further and checks the host's SPIFFE ID.
+    """
+    return f"meshd.{trust_domain}"
+
+
 @dataclass(frozen=True)
 class Authority:
     """A CA certificate and its private key."""
@@ -150,7 +159,9 @@ def sign_csr(
     with a service the registry no longer assigns), any other SAN, IDs outside
     the issuer's trust domain, a lifetime beyond the maximum. The leaf never
     outlives ``issuer``'s certificate, and never starts before ``not_before``
-    (a revoked host name that joined again: ``Registry.not_before_floor``).
+    (a revoked host name that joined again: ``Registry.not_before_floor``). A leaf
+    holding a host ID also gets the DNS name ``admin_server_name`` (signer-made, never asked
+    for), so that a scraper that knows no SPIFFE can verify meshd's admin API.
     """
     wanted = sorted(set(ids))
     check_csr(csr, wanted, subset=subset)
@@ -183,16 +194,19 @@ def sign_csr(
             ),
             critical=False,
         )
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(i)) for i in wanted]),
-            critical=False,
-        )
+        .add_extension(x509.SubjectAlternativeName(_leaf_names(wanted)), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
             critical=False,
         )
     )
     return builder.sign(issuer.key, hashes.SHA256())
+
+
+def _leaf_names(ids: Sequence[SpiffeId]) -> list[x509.GeneralName]:
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(i)) for i in ids]
+    domains = sorted({i.trust_domain for i in ids if i.kind == "host"})
+    return names + [x509.DNSName(admin_server_name(d)) for d in domains]
 
 
 def _leaf_key_usage() -> x509.KeyUsage:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ from meshd.policy.lang.compiled import CompiledPolicy
 from meshd.policy.lang.evaluate import explain
 from meshd.policy.lang.validate import check_set, check_text
 from meshd.registry import Registry
+from meshd.telemetry.events import EventBus
+from meshd.telemetry.metrics import Metrics
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -77,3 +80,63 @@ def test_the_demo_zero_trust_policy_decides(
         peer = f"spiffe://demo.mesh/{kind or 'svc'}/{name}"
     got = explain(_zero_trust(), service, port, peer, method, target, ())
     assert (got.decision, got.rule) == (decision, rule)
+
+
+# --- examples/grafana/meshctl.json: every query names only what meshd exports ----------------
+TARGET_LABELS = {"host", "instance", "job"}  # what Prometheus adds (host: prometheus-config)
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+
+
+def _exported() -> dict[str, set[str]]:
+    """Each series name meshd's /metrics can hold, with its labels (histograms' parts too)."""
+    metrics = Metrics(EventBus(), process_metrics=True)
+    families: dict[str, set[str]] = {"up": set()}  # Prometheus' own, per target
+    for family in metrics._families.values():
+        if family.kind == "histogram":
+            for suffix in HISTOGRAM_SUFFIXES:
+                extra = {"le"} if suffix == "_bucket" else set()
+                families[family.name + suffix] = set(family.labels) | extra
+        else:
+            families[family.name] = set(family.labels)
+    return families
+
+
+def _queries(dashboard: dict[str, object]) -> list[str]:
+    panels = dashboard["panels"]
+    assert isinstance(panels, list)
+    return [t["expr"] for p in panels for t in p.get("targets", [])]
+
+
+def test_grafana_dashboard_queries_only_metrics_meshd_exports() -> None:
+    dashboard = json.loads((EXAMPLES / "grafana" / "meshctl.json").read_text())
+    exported = _exported()
+    queries = _queries(dashboard)
+    assert len(queries) >= 10
+    used: set[str] = set()
+    for expr in queries:
+        selectors = re.findall(r"\b([a-z_:]+)\{([^}]*)\}|\b(meshd_[a-z_]+|up)\b", expr)
+        names = {s[0] or s[2] for s in selectors}
+        assert names, expr
+        assert names <= set(exported), (expr, names - set(exported))
+        for name, matchers, _ in selectors:
+            if not name:
+                continue  # a bare series name: no matchers
+            labels = set(re.findall(r"([a-z_]+)\s*[!=]~?", matchers))
+            assert labels <= exported[name] | TARGET_LABELS, (expr, name, labels)
+        known = set().union(*(exported[n] for n in names)) | TARGET_LABELS
+        for grouping in re.findall(r"\bby \(([^)]*)\)", expr):
+            assert {g.strip() for g in grouping.split(",")} <= known, (expr, grouping)
+        used |= names
+    golden = {"meshd_requests_total", "meshd_request_duration_seconds_bucket",
+              "meshd_connection_bytes_total", "meshd_connections_total", "meshd_active_connections"}  # fmt: skip
+    assert golden <= used
+
+
+def test_grafana_dashboard_shows_services_and_edges() -> None:
+    dashboard = json.loads((EXAMPLES / "grafana" / "meshctl.json").read_text())
+    queries = _queries(dashboard)
+    assert any('direction="inbound"' in q and "by (destination" in q for q in queries)
+    assert any('direction="outbound"' in q and "by (source, destination" in q for q in queries)
+    for quantile in ("0.5", "0.95", "0.99"):
+        assert any(f"histogram_quantile({quantile}," in q for q in queries), quantile
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])

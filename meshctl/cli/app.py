@@ -15,7 +15,19 @@ import typer
 from rich.markup import escape
 
 from meshctl import __version__
-from meshctl.cli import ca, demo, explain, hosts, init, issuer, join, policy, rotate, status
+from meshctl.cli import (
+    ca,
+    demo,
+    explain,
+    hosts,
+    init,
+    issuer,
+    join,
+    monitor,
+    policy,
+    rotate,
+    status,
+)
 from meshctl.cli.context import AppContext, app_context
 from meshctl.cli.errors import ExitCode, exit_code_for, render_error
 from meshctl.workspace import operator_warning
@@ -39,6 +51,7 @@ app.add_typer(hosts.app, name="hosts")
 app.add_typer(demo.app, name="demo")
 app.add_typer(issuer.app, name="issuer")
 app.add_typer(policy.app, name="policy")
+app.add_typer(monitor.app, name="monitor")
 policy.app.command("explain")(explain.explain)
 
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from cryptography import x509
 
-from meshctl import issuers, state
+from meshctl import issuers, monitors, state
 from meshctl.ca import DEFAULT_LEAF_LIFETIME, MAX_LEAF_LIFETIME, sign_csr
 from meshctl.cli.common import finish, make_rollout, rollout_progress
 from meshctl.cli.context import app_context
@@ -138,3 +138,37 @@ def renew_operator_cert(ctx: typer.Context, json_out: JsonOption = False) -> Non
         actx.print_json({"path": str(ws.operator_cert), **summary.to_json()})
         return
     actx.out.print(f"[green]renewed[/] {ws.operator_cert} (expires {summary.not_after})")
+
+
+@app.command("issue-monitor")
+def issue_monitor(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="the monitor's name, e.g. prometheus")],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="directory for the files [default: <workspace>/monitors/NAME]"
+        ),
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Issue spiffe://<trust domain>/monitor/NAME for a scraper: it may GET /metrics, no more.
+
+    Writes NAME.key (0600), NAME.crt (with its chain) and ca.crt (the trust
+    bundle to verify meshd with); run it again to renew (90 days). Then:
+    meshctl monitor prometheus-config --identity NAME.
+
+    Example: meshctl ca issue-monitor prometheus --out /etc/prometheus/meshctl
+    """
+    actx = app_context(ctx)
+    ws = actx.workspace()
+    where = monitors.monitor_files(ws, monitors.check_monitor_name(name), out)
+    issuing = ws.issuer(actx.passphrase() if ws.config.ca_key_encrypted else None)
+    issued = monitors.issue_monitor(ws, issuing, where, actx.clock())
+    if json_out:
+        actx.print_json(issued.to_json())
+        return
+    actx.out.print(
+        f"[green]issued[/] {issued.identity} → {where.cert}, {where.key}, {where.ca}"
+        f" (expires {issued.expires:%Y-%m-%d %H:%M} UTC)"
+    )

@@ -15,7 +15,9 @@ socket serves only /healthz, /ready and /stats. Errors are JSON
 
 A host identity may ask one thing, on a connection of its own: ``issue``
 answers its POST /issue (200 with the signed chain, 403 refused, 503 when
-this host is no issuer).
+this host is no issuer). A monitor identity (``spiffe://<td>/monitor/NAME``,
+a scraper such as Prometheus) may ``GET /metrics`` on a kept-alive session and
+nothing else (``monitor_forbidden``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ READ_PATHS = frozenset({"/healthz", "/ready", "/metrics", "/stats"})
 DOCUMENT_PATHS = {f"/{kind}": kind for kind in KINDS}
 ISSUER_CSR = "/issuer/csr"
 ISSUE = "/issue"  # the one path a host identity may use
+METRICS = "/metrics"  # the one path a monitor identity may use (GET)
 POSTS = frozenset({ISSUER_CSR, ISSUE})
 RENEW_PATH = "/renew"
 TEXT = "text/plain; charset=utf-8"
@@ -95,6 +98,7 @@ class AdminLimits:
     max_handshakes: int = 32  # TLS handshakes in flight
     max_handshakes_per_source: int = 8
     max_lingering: int = 64  # answered connections whose late bytes are being dropped
+    max_monitor_sessions: int = 8  # monitor identities' sessions at once (scrapers keep one)
     max_issue_sessions: int = 8  # host identities' POST /issue connections at once
     max_issue_sessions_per_host: int = 2  # ... of one host: a renewal needs one
     max_issue_body_bytes: int = 16 * 1024  # a CSR is about 500 bytes
@@ -122,6 +126,17 @@ def host_forbidden(trust_domain: str, path: str) -> Response:
         403,
         f"only operator identities of {trust_domain} may use {path}; a host may only POST {ISSUE}",
         "connect with an operator certificate (meshctl uses the workspace's)",
+        close=True,
+    )
+
+
+def monitor_forbidden(trust_domain: str, method: str, path: str) -> Response:
+    """The answer to a monitor identity asking for anything but GET /metrics (body unread)."""
+    return error_response(
+        403,
+        f"a monitor identity may only GET {METRICS}, not {method} {path}; only operator"
+        f" identities of {trust_domain} may use the rest of the admin API",
+        f"scrape GET {METRICS}; for anything else connect with an operator certificate",
         close=True,
     )
 

@@ -3,7 +3,8 @@
 Content-Length bodies only, keep-alive, size limits, a deadline on every read
 and write (``AdminLimits``). A session serves requests until either side
 closes, or until the peer's certificate expires: no request is answered past
-``expires``. A host identity gets ``one`` request instead, whose head is
+``expires``; a session's ``admit`` may refuse a request on its head (a monitor's
+anything but GET /metrics). A host identity gets ``one`` request instead, whose head is
 seen (and may be answered) before its body is read, under a body limit of
 its own. The last answer on a connection is followed by a *linger*: we
 half-close and drop, unread, what the peer still sends, for a moment, so that
@@ -45,16 +46,22 @@ class Exchange:
         self.bad_requests = 0
         self.lingering = 0  # connections dropping what their peer still sends
 
-    async def session(self, conn: Conn, answer: Answer, expires: float) -> bool:
+    async def session(
+        self, conn: Conn, answer: Answer, expires: float, admit: Admit | None = None
+    ) -> bool:
         """Serve requests until either side closes; True when it ended because the
-        peer's certificate expired (``expires``, in epoch seconds)."""
+        peer's certificate expired (``expires``, in epoch seconds). ``admit`` sees each
+        request's head: its answer, sent before the body is read, ends the session."""
         reader = BufferedByteReceiveStream(conn.http)
         while True:
             try:
-                request = await self._read(reader, expires)
+                request = await self._read(reader, expires, admit)
             except HttpError as e:
                 self.bad_requests += 1
                 await self.finish(conn, e.response)
+                return False
+            if isinstance(request, Response):
+                await self.finish(conn, request)
                 return False
             if time.time() >= expires:
                 return True  # whatever it asked, it asked too late
@@ -109,8 +116,11 @@ class Exchange:
                 finally:
                     self.lingering -= 1
 
-    async def _read(self, reader: BufferedByteReceiveStream, expires: float) -> Request | None:
-        """The next request, or None when the peer closed or idled out between requests."""
+    async def _read(
+        self, reader: BufferedByteReceiveStream, expires: float, admit: Admit | None
+    ) -> Request | Response | None:
+        """The next request (or ``admit``'s answer to its head), or None when the peer closed
+        or idled out between requests."""
         if not reader.buffer:
             with anyio.move_on_after(min(self.limits.idle_timeout, expires - time.time())):
                 try:
@@ -119,11 +129,9 @@ class Exchange:
                     return None
             if not reader.buffer:
                 return None
-        request = await self._receive(
-            reader, self.limits.max_body_bytes, None, self.limits.read_timeout
+        return await self._receive(
+            reader, self.limits.max_body_bytes, admit, self.limits.read_timeout
         )
-        assert not isinstance(request, Response)  # only ``admit`` answers early
-        return request
 
     async def _receive(
         self, reader: BufferedByteReceiveStream, max_body: int, admit: Admit | None, timeout: float

@@ -25,7 +25,11 @@ Nothing is spent on a peer before it is known:
   that request and at most ``max_issue_body_bytes``, with room for
   ``max_issue_sessions`` of them at once and ``max_issue_sessions_per_host``
   of one host; anything else it asks is a 403 before its body is read. A
-  revoked host gets its 403 before it takes a slot (``Issuer.admit``). Any other
+  revoked host gets its 403 before it takes a slot (``Issuer.admit``). A monitor
+  identity of our trust domain (a scraper) gets a kept-alive session, one of
+  ``max_monitor_sessions``, in which it may ``GET /metrics`` and nothing else:
+  any other request gets a 403 on its head, unread body, and the session ends.
+  Monitor IDs count only from meshctl's CA, as operator IDs do. Any other
   identity gets its 403 at once, before its request is read; what it still
   sends is dropped unread for ``linger`` seconds, so that closing does not
   reset the answer away.
@@ -92,6 +96,7 @@ NETWORK_ERRORS = (
 )
 COUNTERS = (
     "connections",  # operator sessions opened
+    "monitor_sessions",  # monitor identities' sessions opened
     "issue_sessions",  # host identities' POST /issue connections admitted
     "requests",
     "handshake_failures",
@@ -115,7 +120,7 @@ class Issuing:
     host: str
 
 
-Role = Literal["operator"] | Issuing  # who gets more than a refusal
+Role = Literal["operator", "monitor"] | Issuing  # who gets more than a refusal
 
 
 class AdminServer:
@@ -137,6 +142,7 @@ class AdminServer:
         )
         self.http = Exchange(lim)
         self.sessions = 0  # operator sessions open
+        self.monitors = 0  # monitor sessions open
         self.issuing = 0  # host identities' POST /issue connections open
         self.issuing_by: dict[str, int] = {}  # ... of each host
         self.local = 0  # unix socket connections open
@@ -205,6 +211,9 @@ class AdminServer:
         if verdict == "operator":
             await self._operator(Conn(tls, stream, peer), _expiry(tls))
             return
+        if verdict == "monitor":
+            await self._monitor(Conn(tls, stream, peer), _expiry(tls))
+            return
         if isinstance(verdict, Issuing):
             await self._host(Conn(tls, stream, peer), verdict, _expiry(tls))
             return
@@ -244,7 +253,8 @@ class AdminServer:
             self._handshake_failed(peer, HandshakeFailure.TIMEOUT, None)
 
     def _admit(self, peer: str, ssl_object: ssl.SSLObject) -> Response | Role:
-        """Who an authenticated peer is (operator or host), or the answer that turns it away."""
+        """Who an authenticated peer is (operator, monitor or host), or the answer that turns
+        it away."""
         domain = self.backend.trust_domain
         ids = vouched_ids(ssl_object)  # an issuer CA vouches for no operator
         problem = peer_problem(ssl_object)  # a leaf that is a CA, or may not sign
@@ -253,6 +263,8 @@ class AdminServer:
             peer_lines.log(log, logging.INFO, REFUSALS, "admin: refused %s: %s", peer, problem)
             return adminapi.forbidden(domain)
         if not any(i.kind == "operator" and i.trust_domain == domain for i in ids):
+            if any(i.kind == "monitor" and i.trust_domain == domain for i in ids):
+                return self._monitor_room(peer)
             if any(i.kind == "host" and i.trust_domain == domain for i in ids):
                 return self._host_room(peer, _caller(ssl_object))
             self._refused(peer, "not_operator", "forbidden")
@@ -272,6 +284,12 @@ class AdminServer:
             self._refused(peer, "over_capacity", "over_capacity")
             return adminapi.busy(self.limits.max_connections, "the admin API")
         return "operator"
+
+    def _monitor_room(self, peer: str) -> Response | Role:
+        if self.monitors >= self.limits.max_monitor_sessions:
+            self._refused(peer, "over_capacity", "over_capacity")
+            return adminapi.busy(self.limits.max_monitor_sessions, "monitor sessions")
+        return "monitor"
 
     def _host_room(self, peer: str, caller: Caller) -> Response | Issuing:
         """A host's issue session, unless it is refused or out of room: a revoked host, or
@@ -301,6 +319,34 @@ class AdminServer:
         if expired:
             self._refused(conn.peer, "expired", "expired")
             log.info("admin: closed the session of %s: its certificate expired", conn.peer)
+
+    async def _monitor(self, conn: Conn, expires: float) -> None:
+        """A monitor identity's session: GET /metrics, again and again; anything else ends it
+        with a 403 before its body is read."""
+
+        def admit(request: Request) -> Response | None:
+            if (request.method, request.path) == ("GET", adminapi.METRICS):
+                return None
+            self._refused(conn.peer, "not_operator", "forbidden")
+            peer_lines.log(
+                log,
+                logging.INFO,
+                REFUSALS,
+                "admin: refused %s: a monitor may only GET /metrics",
+                conn.peer,
+            )
+            return adminapi.monitor_forbidden(
+                self.backend.trust_domain, request.method, request.path
+            )
+
+        self.monitors += 1
+        self.counters["monitor_sessions"] += 1
+        try:
+            answer = self._answerer(local=False)
+            if await self.http.session(conn, answer, expires, admit):
+                self._refused(conn.peer, "expired", "expired")
+        finally:
+            self.monitors -= 1
 
     async def _host(self, conn: Conn, issuing: Issuing, expires: float) -> None:
         """A host identity's one request: POST /issue, or a 403 before its body is read."""

@@ -104,10 +104,12 @@ class MeshNet:
         extra: str = "",
         mtls: str = "strict",
         command: Sequence[str] = (MESHD,),
+        admin: str = "127.0.0.1:0",
     ) -> Meshd:
         """Start meshd ``name``; upstreams map a service to a local listen port (0: any).
 
-        ``command``: what runs ``meshd`` (a test's launcher may wrap it).
+        ``command``: what runs ``meshd`` (a test's launcher may wrap it); ``admin``: where
+        its admin API listens.
         """
         services = services or {}
         ident = identity or self.pki.issue(name, f"host/{name}", *(f"svc/{s}" for s in services))
@@ -122,7 +124,7 @@ class MeshNet:
             'outbound = "127.0.0.1:0"',
             'inbound = "127.0.0.1:0"',
             'mesh = "127.0.0.1:0"',
-            'admin = "127.0.0.1:0"',
+            f'admin = "{admin}"',
             f'admin_socket = "{self.dir / name}.sock"',
             "[mesh]",
             f'mtls = "{mtls}"',

@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from meshctl.ca import sign_csr as meshctl_sign_csr
@@ -14,6 +15,7 @@ from meshd.errors import CertificateError
 from meshd.files import write_private
 from meshd.identity import SpiffeId
 from meshd.pki import (
+    admin_server_name,
     backdate,
     build_csr,
     fingerprint,
@@ -152,3 +154,23 @@ def test_a_subset_of_the_csrs_ids_only_when_asked(
     else:
         leaf = sign_csr(csr, signed, ca.issuing, NOW, DAY, subset=subset)
         assert spiffe_ids(leaf) == sorted(signed)
+
+
+@pytest.mark.parametrize(
+    ("paths", "dns"),
+    [
+        (["host/h1"], ["meshd.t.mesh"]),  # what Prometheus' tls_config.server_name checks
+        (["host/h1", "svc/a"], ["meshd.t.mesh"]),
+        (["svc/a"], []),
+        (["operator/alice"], []),
+        (["monitor/prom"], []),
+    ],
+)
+def test_a_leaf_with_a_host_id_names_the_admin_server(paths: list[str], dns: list[str]) -> None:
+    ids = [SpiffeId("t.mesh", "/" + p) for p in paths]
+    key = generate_key()
+    cert = sign_csr(build_csr(key, ids), ids, make_ca().issuing, dt.datetime.now(dt.UTC))
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == dns
+    assert spiffe_ids(cert) == sorted(ids)
+    assert admin_server_name("t.mesh") == "meshd.t.mesh"

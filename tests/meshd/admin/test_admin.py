@@ -70,7 +70,9 @@ class Pki:
     alice: Identity  # operator/alice of our trust domain
     host: Identity
     service: Identity
+    monitor: Identity  # monitor/prom of our trust domain: GET /metrics, nothing else
     foreign: Identity  # operator/eve of other.mesh: trusted CA, not our operator
+    foreign_monitor: Identity  # monitor/prom of other.mesh: not our monitor
     stranger: Identity  # operator/mallory of our trust domain, from a CA nobody trusts
     ca_leaf: Identity  # operator/eve of our domain on a leaf marked as a CA
     no_usage: Identity  # operator/eve of our domain on a leaf without key usage
@@ -89,7 +91,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         alice=mesh.issue("alice", "operator/alice"),
         host=mesh.issue("h1", "host/h1"),
         service=mesh.issue("api", "svc/api"),
+        monitor=mesh.issue("prom", "monitor/prom"),
         foreign=other.issue("eve", "operator/eve"),
+        foreign_monitor=other.issue("prom", "monitor/prom"),
         stranger=untrusted.issue("mallory", "operator/mallory"),
         ca_leaf=mesh.issue_odd("eve-ca", "operator/eve", ca=True, key_usage=True),
         no_usage=mesh.issue_odd("eve-nku", "operator/eve", ca=False, key_usage=False),
@@ -500,7 +504,7 @@ async def test_a_kind_the_backend_does_not_take_is_404(pki: Pki, tmp_path: Path)
 
 
 # --- who may do what -------------------------------------------------------------------------
-FORBIDDEN = ["host", "service", "foreign"]
+FORBIDDEN = ["host", "service", "foreign", "foreign_monitor"]
 
 
 @pytest.mark.parametrize("who", FORBIDDEN)
@@ -523,6 +527,82 @@ async def test_other_identities_get_403_on_everything(
         assert await call(server, pki.alice, "GET", "/healthz") == (200, "ok\n")
     assert subject.store.versions() == {"registry": 1}
     assert {e.reason for e in subject.events(ConnectionRefused)} == {"not_operator"}
+
+
+def _every_request_but_get_metrics() -> list[tuple[str, str, Doc | None]]:
+    requests: list[tuple[str, str, Doc | None]] = [
+        ("GET", p, None)
+        for p in [*DOCUMENT_PATHS, *READ_PATHS, "/nowhere", "/traffic"]
+        if p != "/metrics"
+    ]
+    requests += [("PUT", p, {"version": 9}) for p in DOCUMENT_PATHS]
+    requests += [(m, "/metrics", None) for m in ("POST", "PUT", "DELETE", "HEAD")]
+    requests += [("POST", p, None) for p in ("/registry", "/renew", "/issue", "/issuer/csr")]
+    return [*requests, ("GET", "/metrics/", None), ("GET", "/Metrics", None)]
+
+
+async def test_a_monitor_may_get_metrics_again_and_again_on_one_connection(
+    subject: Subject, pki: Pki, tmp_path: Path
+) -> None:
+    async with running(subject, tmp_path) as server, await connect(server, pki.monitor) as s:
+        for _ in range(3):
+            await s.send(build("GET", "/metrics"))
+            status, headers, data = await read_response(s)
+            assert status == 200, data
+            assert headers["content-type"].startswith("text/plain; version=0.0.4")
+            assert parse_exposition(data.decode())
+        assert server.counter("monitor_sessions") == 1
+        assert server.counter("forbidden") == 0
+
+
+async def test_a_monitor_gets_403_on_everything_else(
+    subject: Subject, pki: Pki, tmp_path: Path
+) -> None:
+    requests = _every_request_but_get_metrics()
+    async with running(subject, tmp_path) as server:
+        for method, path, body in requests:
+            status, answer = await call(server, pki.monitor, method, path, body)
+            assert status == 403, (method, path, answer)
+            assert_error_shape(answer)
+            assert "a monitor identity may only GET /metrics" in answer["error"], answer
+            assert "GET /metrics" in answer["hint"]
+        assert server.counter("forbidden") == len(requests)
+        assert await call(server, pki.alice, "GET", "/healthz") == (200, "ok\n")
+    assert subject.store.versions() == {"registry": 1}
+    assert {e.reason for e in subject.events(ConnectionRefused)} == {"not_operator"}
+
+
+async def test_a_refused_monitor_request_ends_the_session_unread(
+    subject: Subject, pki: Pki, tmp_path: Path
+) -> None:
+    """After its scrapes, a monitor's PUT gets its 403 on the head, without its body, and the
+    connection closes."""
+    async with running(subject, tmp_path) as server, await connect(server, pki.monitor) as s:
+        await s.send(build("GET", "/metrics"))
+        assert (await read_response(s))[0] == 200
+        await s.send(b"PUT /registry HTTP/1.1\r\nContent-Length: 4194304\r\n\r\n{")
+        status, headers, _ = await read_response(s, within=1)
+        assert (status, headers["connection"]) == (403, "close")
+        with anyio.fail_after(3), pytest.raises(NETWORK_ERRORS):
+            while await s.receive():
+                pass
+    assert subject.store.versions() == {"registry": 1}
+
+
+async def test_monitors_have_room_of_their_own(subject: Subject, pki: Pki, tmp_path: Path) -> None:
+    async with (
+        running(subject, tmp_path, max_monitor_sessions=1, max_connections=1) as server,
+        await connect(server, pki.monitor) as first,
+    ):
+        await first.send(build("GET", "/metrics"))
+        assert (await read_response(first))[0] == 200
+        status, body = await call(server, pki.monitor, "GET", "/metrics")
+        assert status == 503 and "monitor sessions" in body["error"], body
+        with anyio.fail_after(2):
+            assert await call(server, pki.alice, "GET", "/healthz") == (200, "ok\n")
+        await first.send(build("GET", "/metrics"))  # the first one is still served
+        assert (await read_response(first))[0] == 200
+        assert server.counter("over_capacity") == 1
 
 
 @pytest.mark.parametrize("who", ["ca_leaf", "no_usage"])

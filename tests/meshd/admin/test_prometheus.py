@@ -1,0 +1,241 @@
+"""The user's own Prometheus scrapes real meshd processes with a monitor identity.
+
+Everything is real: a workspace made by ``init_workspace``, two ``meshd run``
+processes with certificates from its CA (their admin APIs on 127.0.0.2 and
+127.0.0.3, one port, as ``admin_port`` in mesh.toml has it), the monitor's
+files from ``meshctl ca issue-monitor``, the configuration from ``meshctl
+monitor prometheus-config``, and the Debian package's ``prometheus`` (loopback,
+a temporary directory, stopped by PID) and ``promtool``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshctl import castore, state
+from meshctl.config import DefaultsConfig, MeshConfig
+from meshctl.inventory import HostSpec, Inventory
+from meshctl.workspace import Workspace, init_workspace
+from tests.meshd.harness import HttpApp, Meshd, MeshNet, admin_call, client_context, free_port
+from tests.meshd.pairs import get_web
+from tests.meshd.tlsfixtures import Identity, TestPki
+
+MESHCTL = str(Path(sys.executable).with_name("meshctl"))
+HOSTS = {"a": "127.0.0.2", "b": "127.0.0.3"}  # one admin port, as on real hosts
+TD = "t.mesh"
+
+
+def _port_free_on_all(addresses: list[str]) -> int:
+    """A port that none of ``addresses`` has bound (tried, not guessed)."""
+    for _ in range(50):
+        port = free_port()
+        try:
+            for address in addresses:
+                with socket.socket() as s:
+                    s.bind((address, port))
+        except OSError:
+            continue
+        return port
+    raise AssertionError("no port free on every address")
+
+
+@dataclasses.dataclass
+class Scraped:
+    ws: Workspace
+    net: MeshNet
+    meshds: dict[str, Meshd]
+    monitor: Identity
+    config: Path
+
+
+@pytest.fixture
+def scraped(tmp_path: Path) -> Iterator[Scraped]:
+    port = _port_free_on_all(list(HOSTS.values()))
+    defaults = dataclasses.replace(DefaultsConfig(), admin_port=port)
+    config = MeshConfig("t", TD, "alice", False, defaults)
+    ws = init_workspace(tmp_path / "ws", config, None, dt.datetime.now(dt.UTC))
+    net = MeshNet(tmp_path, TestPki(tmp_path / "pki", TD, castore.load(ws, "", None)))
+    web = HttpApp("web")
+    try:
+        b = net.start("b", services={"web": web.port}, admin=f"{HOSTS['b']}:{port}")
+        net.add_service("web", web.port, "b", b.ports["mesh"])
+        a = net.start("a", upstreams={"web": 0}, admin=f"{HOSTS['a']}:{port}")
+        for _ in range(5):
+            get_web(a)  # traffic, so that the families have samples
+        state.save_inventory(ws, Inventory(tuple(HostSpec(n, h) for n, h in HOSTS.items())))
+        for name, address in HOSTS.items():
+            state.record_join(ws, name, {"address": address})
+        issued = _meshctl(ws, "ca", "issue-monitor", "prom", "--json")
+        monitor = Identity(Path(issued["certificate"]), Path(issued["key"]), Path(issued["ca"]), ())
+        out = tmp_path / "prometheus.yml"
+        _meshctl(ws, "monitor", "prometheus-config", "--identity", "prom", "--interval", "1s",
+                 "-o", str(out))  # fmt: skip
+        yield Scraped(ws, net, {"a": a, "b": b}, monitor, out)
+    finally:
+        net.stop_all()
+        web.close()
+
+
+def _meshctl(ws: Workspace, *argv: str) -> Any:
+    done = subprocess.run(
+        [MESHCTL, "--workspace", str(ws.root), *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout) if "--json" in argv else done.stdout
+
+
+@pytest.fixture
+def prometheus(scraped: Scraped, tmp_path: Path) -> Iterator[str]:
+    """A real Prometheus with the generated configuration; its base URL."""
+    binary = shutil.which("prometheus")
+    assert binary, "prometheus not installed: run ./install.sh --dev as root"
+    check = subprocess.run(
+        ["promtool", "check", "config", str(scraped.config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    port = free_port()
+    log = tmp_path / "prometheus.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={scraped.config}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _api(base: str, path: str, **params: str) -> Any:
+    url = f"{base}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        body = json.load(reply)
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def _eventually(what: str, probe: Any, timeout: float = 60.0) -> Any:
+    """``probe()`` returns (done, value): the value once done within ``timeout``, else a
+    failure showing the last value."""
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        try:
+            done, last = probe()
+        except OSError as e:  # Prometheus still starting
+            done, last = False, e
+        if done:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"{what}: not within {timeout:g}s; last: {last!r}")
+
+
+def _all_up(base: str) -> tuple[bool, Any]:
+    targets = _api(base, "targets", state="active")["activeTargets"]
+    if len(targets) == len(HOSTS) and all(t["health"] == "up" for t in targets):
+        return True, targets
+    return False, [(t["labels"].get("host"), t["health"], t["lastError"]) for t in targets]
+
+
+def _per_host(base: str, query: str) -> dict[str, float]:
+    result = _api(base, "query", query=query)["result"]
+    return {r["metric"]["host"]: float(r["value"][1]) for r in result}
+
+
+def _on_every_host(base: str, query: str) -> tuple[bool, Any]:
+    found = _per_host(base, query)
+    return sorted(found) == sorted(HOSTS), found
+
+
+def test_prometheus_scrapes_every_meshd_over_mtls(scraped: Scraped, prometheus: str) -> None:
+    targets = _eventually("every target up", lambda: _all_up(prometheus))
+    port = scraped.ws.config.defaults.admin_port
+    assert sorted((t["labels"]["host"], t["scrapeUrl"]) for t in targets) == [
+        (name, f"https://{address}:{port}/metrics") for name, address in sorted(HOSTS.items())
+    ]
+    for query in ("meshd_info", "process_resident_memory_bytes"):
+        _eventually(query, lambda q=query: _on_every_host(prometheus, q))
+    relayed = _per_host(prometheus, 'meshd_connections_total{direction="inbound"}')
+    assert relayed.get("b", 0) >= 1, relayed  # what b relayed for a's calls reached Prometheus
+
+
+def test_promtool_passes_every_meshd_metrics(scraped: Scraped) -> None:
+    ctx = client_context(scraped.monitor)
+    port = scraped.ws.config.defaults.admin_port
+    for name, address in HOSTS.items():
+        status, text = admin_call((address, port), ctx, "GET", "/metrics")
+        assert status == 200, text
+        assert "meshd_request_duration_seconds_bucket" in text or name == "b"
+        check = subprocess.run(
+            ["promtool", "check", "metrics"],
+            input=text,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert check.returncode == 0, f"{name}: {check.stdout}{check.stderr}"
+        status, text = admin_call((address, port), ctx, "GET", "/stats")
+        assert status == 403 and "a monitor identity may only GET /metrics" in text, text
+
+
+def test_meshd_certificates_name_the_admin_server_for_prometheus(scraped: Scraped) -> None:
+    """What tls_config.server_name checks: a certificate without it fails the scrape."""
+    status, text = admin_call(
+        (HOSTS["a"], scraped.ws.config.defaults.admin_port),
+        _verifying(scraped.monitor, f"meshd.{TD}"),
+        "GET",
+        "/metrics",
+    )
+    assert status == 200, text
+
+
+def _verifying(identity: Identity, server_name: str) -> Any:
+    ctx = client_context(identity)
+    ctx.check_hostname = True
+    return _NamedContext(ctx, server_name)
+
+
+class _NamedContext:
+    """An SSLContext whose connections verify ``server_name`` whatever host they dial."""
+
+    def __init__(self, ctx: Any, server_name: str) -> None:
+        self._ctx, self._name = ctx, server_name
+
+    def wrap_socket(self, sock: socket.socket, server_hostname: str | None = None) -> Any:
+        return self._ctx.wrap_socket(sock, server_hostname=self._name)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ctx, name)
