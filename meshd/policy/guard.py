@@ -32,7 +32,7 @@ from meshd.policy.lang.evaluate import Decision, Request, ServicePolicy, bad_req
 from meshd.policy.lang.model import RateLimit
 from meshd.policy.lang.normalize import Rejected, normalize, unchanged
 from meshd.policy.lang.ratelimit import Buckets, Limited, Take
-from meshd.proxy.http.plan import HttpPlan
+from meshd.proxy.http.plan import HttpPlan, RequestHead
 
 MAX_ADMITTED = 4096  # (source, port) prejudges kept per service and swap; then forgotten
 MAX_JUDGED = 4096  # judgements kept per service and swap, over every peer; then forgotten
@@ -100,24 +100,28 @@ class Guard:
         self,
         source: str | None,
         port: int,
-        method: str,
-        target: str,
-        headers: tuple[tuple[str, str], ...],
+        head: RequestHead,
         now: float,
         buckets: Buckets,
     ) -> Judged:
         """One HTTP request: its decision, the target to forward when normalising changed it
-        (else None), and the 429 when a rate limit refuses it (authz allowed it then)."""
+        (else None), and the 429 when a rate limit refuses it (authz allowed it then).
+
+        The head's headers are read only where a rule that can match this peer reads one.
+        """
         memo = self._memos.get((source, port))
         if memo is None:
             memo = self._memo(source, port)
-        if memo is None or len(target) > MAX_JUDGED_TARGET:
-            decision, forward, take = self._judge(source, port, method, target, headers)
+        method, target = head.method, head.target
+        if memo is None:
+            decision, forward, take = self._judge(source, port, method, target, head.headers)
+        elif len(target) > MAX_JUDGED_TARGET:
+            decision, forward, take = self._judge(source, port, method, target, ())
         else:
             key = (method, target)
             found = memo.get(key)
             if found is None:
-                found = self._judge(source, port, method, target, headers)
+                found = self._judge(source, port, method, target, ())
                 if self._judged >= MAX_JUDGED:
                     self._forget()
                     memo = self._memo(source, port)

@@ -177,9 +177,7 @@ class RequestJudge:
         decision, target, limited = guard.judge(
             self.source,
             self.port,
-            head.method,
-            head.target,
-            head.headers,
+            head,
             time.monotonic(),
             self.rt.buckets,
         )

@@ -1,9 +1,13 @@
 """HTTP/1.1 with request hooks: each request head is held until hooks have looked at it.
 
 ``HttpExchange`` grows ``HttpObserver`` for connections whose plan has hooks
-(``plan.HttpPlan.hooks``). The request parser gets the callbacks a hook needs
-(``on_url``, ``on_header``) and ``on_message_complete``; the observer alone
-registers none of them. Per request: the head is held until its empty line,
+(``plan.HttpPlan.hooks``). The parser (llhttp) checks each head and reports
+where messages end, but no URL or header callbacks: once it has accepted a
+head, the target is cut out of its request line and the header lines are
+handed to the hooks as raw bytes (``head.split_head``), split into headers
+only if a hook asks (most requests meet no rule that reads one). Per
+request: the head is held until its empty line (a head that arrives whole
+in one chunk, the common case, is not copied into a buffer first),
 fed to the parser, shown to the hooks as a ``RequestHead``, and then
 forwarded (maybe rewritten by ``SetHeader``/``AddHeader``) or answered here
 (``Answer``: the server never sees it; the client gets the answer once the
@@ -38,7 +42,7 @@ following of responses (their bodies cannot be told), not of requests.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import httptools
 
@@ -50,13 +54,14 @@ from meshd.proxy.http.actions import (
     AddHeader,
     Answer,
     Close,
+    RequestAction,
     Send,
     SetHeader,
     SetTarget,
     StreamAction,
     Verdict,
 )
-from meshd.proxy.http.head import CHUNKED, Edit, framing, rewrite
+from meshd.proxy.http.head import CHUNKED, Edit, expects_continue, framing, rewrite, split_head
 from meshd.proxy.http.observe import _METHODS, HttpObserver
 from meshd.proxy.http.plan import RequestHead, RequestHook
 from meshd.telemetry.events import Event
@@ -79,8 +84,8 @@ class HttpExchange(HttpObserver):
         "dropping",
         "due",
         "fed",
+        "fields",
         "head_done",
-        "headers",
         "held",
         "hooks",
         "left",
@@ -90,7 +95,6 @@ class HttpExchange(HttpObserver):
         "started",
         "stray",
         "tail",
-        "target",
         "upgrade",
     )
 
@@ -110,8 +114,7 @@ class HttpExchange(HttpObserver):
         self.fed = 0  # how much of ``held`` the parser has seen
         self.tail = b""  # a chunked body's last 3 bytes: its end may straddle two chunks
         self.method = ""
-        self.target = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.fields = b""  # the header lines of the head under way (see head.split_head)
         self.started = 0.0
         self.head_done = self.message_done = self.upgrade = self.stray = False
         self.dropping = False  # the body under way belongs to a request answered here
@@ -129,14 +132,7 @@ class HttpExchange(HttpObserver):
         # thought, and a request would go on unseen (see _feed_body)
         self.stray = self.left != HEAD
         self.started = self.chunk_time
-        self.target, self.headers = b"", []
         self.head_done = self.message_done = False
-
-    def on_url(self, url: bytes) -> None:
-        self.target += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         requests = self.requests
@@ -174,6 +170,15 @@ class HttpExchange(HttpObserver):
                 return self._verdict()
             return DROP
         self.changed = False
+        if left == HEAD and not self.held and len(data) <= self.max_head:
+            head = bytes(data)
+            found = head.find(b"\r\n\r\n")
+            if found > 0 and found == len(head) - 4 and head[0] > 32:
+                # the common chunk: one whole head and nothing else (no body, no empty
+                # lines before it): no view, no gathering
+                if self._feed_head(head):
+                    self._head_done(head, head, 0, len(head))
+                return self._verdict()
         view, pos = memoryview(data), 0
         while pos < len(view) and self.left != DONE:
             if self.left == HEAD:
@@ -222,15 +227,33 @@ class HttpExchange(HttpObserver):
     # --- request heads ----------------------------------------------------
     def _head(self, view: memoryview, pos: int) -> int:
         """Gather a head from ``view[pos:]``; once whole, act on it. Where the caller goes on."""
+        if not self.held:  # the head starts in this chunk: usually it is all there
+            probe = bytes(view[pos : pos + self.max_head])
+            found = probe.find(b"\r\n\r\n")
+            if found > 0 and probe[0] != 13:  # (empty lines before it: the long way)
+                stop = found + 4
+                head = probe[:stop] if stop < len(probe) else probe
+                if not self._feed_head(head):
+                    return len(view)
+                return self._head_done(head, view, pos, pos + stop)
+        return self._gather(view, pos)
+
+    def _gather(self, view: memoryview, pos: int) -> int:
+        """The long way: hold what came until an empty line ends the head (over chunks)."""
         held, end = self.held, len(view)
         start = max(0, len(held) - 3)  # an empty line may straddle what was held and this chunk
         self.changed |= bool(held)  # what goes on is no longer this chunk as it is
         held += view[pos:]
         while (found := held.find(b"\r\n\r\n", start)) >= 0 and found + 4 <= self.max_head:
-            if not self._feed_head(found + 4):
+            if not self._feed_head(held[self.fed : found + 4]):
                 return end
+            self.fed = found + 4
             if self.head_done:
-                return self._head_done(view, end - (len(held) - self.fed))
+                head, rest = bytes(held[: self.fed]), len(held) - self.fed
+                del held[:]  # what followed the head is the end of this chunk: read on there
+                self.fed = 0
+                self.changed = True
+                return self._head_done(head, view, -1, end - rest)
             start = found + 1  # blank lines before a request line: not its end
         if len(held) > self.max_head:
             self._answer_request(Answer(431))
@@ -238,25 +261,32 @@ class HttpExchange(HttpObserver):
             self.changed = True  # held here, not forwarded
         return end
 
-    def _feed_head(self, stop: int) -> bool:
+    def _feed_head(self, head: bytes | bytearray) -> bool:
         requests = self.requests
         assert requests is not None
         try:
-            requests.feed_data(self.held[self.fed : stop])
+            requests.feed_data(head)
         except httptools.HttpParserUpgrade:
             self.upgrade = True
         except httptools.HttpParserError:
             self._answer_request(Answer(400))
             return False
-        self.fed = stop
         return True
 
-    def _head_done(self, view: memoryview, pos: int) -> int:
-        """The head is whole and parsed: let the hooks act; where its chunk goes on."""
-        head = bytes(self.held[: self.fed])
-        del self.held[:]
-        self.fed = 0
-        answer, edits = self._ask_hooks()
+    def _head_done(self, head: bytes, view: memoryview | bytes, start: int, pos: int) -> int:
+        """The head is whole and parsed: let the hooks act; where its chunk goes on.
+
+        ``start``: where the head began in ``view`` (-1: it was gathered over chunks).
+        """
+        if not self.head_done:  # cannot be: a request line, header lines, an empty line
+            self._close("a head the parser did not finish")
+            return len(view)
+        parts = split_head(head)
+        if parts is None:
+            self._answer_request(Answer(400))
+            return pos
+        target, self.fields = parts
+        answer, edits = self._ask_hooks(target)
         if isinstance(answer, Close):  # no answer: the connection ends here
             self._close(answer.reason)
             return pos
@@ -265,20 +295,25 @@ class HttpExchange(HttpObserver):
             return pos
         self.head_done = False  # the next head is not done before the parser says so
         if edits:
-            head = rewrite(head, edits)
+            self.out.append(rewrite(head, edits))
             self.changed = True
-        self.out.append(head)
+        else:
+            self.out.append(view[start:pos] if start >= 0 else head)
         return self._forwarded(view, pos)
 
-    def _ask_hooks(self) -> tuple[Answer | Close | None, list[Edit]]:
-        head = RequestHead(
-            self.method,
-            self.target.decode("latin-1"),
-            tuple([(n.decode("latin-1"), v.decode("latin-1")) for n, v in self.headers]),
-        )
+    def _ask_hooks(self, target: bytes) -> tuple[Answer | Close | None, list[Edit]]:
+        head = RequestHead(self.method, target.decode("latin-1"), (), self.fields)
         edits: list[Edit] = []
-        for hook in self.hooks:
-            for action in hook(head):
+        hooks = self.hooks
+        if len(hooks) == 1:  # the usual plan: one hook (policy), most often with nothing to do
+            actions = hooks[0](head)
+            if not actions:
+                return None, edits
+            asked: Iterable[tuple[RequestAction, ...]] = (actions,)
+        else:
+            asked = (hook(head) for hook in hooks)  # in order; none asked after an answer
+        for actions in asked:
+            for action in actions:
                 if isinstance(action, Answer | Close):
                     return action, edits
                 if not isinstance(action, SetHeader | AddHeader | SetTarget):
@@ -286,7 +321,7 @@ class HttpExchange(HttpObserver):
                 edits.append(action)
         return None, edits
 
-    def _forwarded(self, view: memoryview, pos: int) -> int:
+    def _forwarded(self, view: memoryview | bytes, pos: int) -> int:
         """The head went on: follow its body (or what an upgrade turns the connection into)."""
         if self.responses is not None:
             self.pending.append((self.method, self.started))
@@ -302,7 +337,7 @@ class HttpExchange(HttpObserver):
             return len(view)
         if self.method == "HEAD":
             self._lose_responses()
-        left = HEAD if self.message_done else framing(self.headers)
+        left = HEAD if self.message_done else framing(self.fields)
         if left is None:
             self._close("a request body of unknown length")
         else:
@@ -420,10 +455,10 @@ class HttpExchange(HttpObserver):
         """Answer now and drop the request's body, if the connection can go on after it."""
         if not self.head_done or self.upgrade or self.pending or self.responses is None:
             return False  # pipelined: the next requests' responses would have to wait
-        left = HEAD if self.message_done else framing(self.headers)
+        left = HEAD if self.message_done else framing(self.fields)
         if left is None:  # a body of unknown length: where the next request starts is unknown
             return False
-        if left != HEAD and _expects_continue(self.headers):
+        if left != HEAD and expects_continue(self.fields):
             return False  # its client may never send the body: the next request would be eaten
         self.left, self.tail, self.dropping = left, b"", left != HEAD
         self.head_done, self.changed = False, True
@@ -474,10 +509,6 @@ class HttpExchange(HttpObserver):
         out.clear()
         acts.clear()
         return verdict
-
-
-def _expects_continue(headers: list[tuple[bytes, bytes]]) -> bool:
-    return any(n.lower() == b"expect" and v.strip().lower() == b"100-continue" for n, v in headers)
 
 
 class InboundHttpExchange(HttpExchange):

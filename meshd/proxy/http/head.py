@@ -1,33 +1,65 @@
-"""Request heads as bytes: how a body is framed, and the head rewritten by header edits.
+"""Request heads as bytes: their parts, how a body is framed, the head rewritten by edits.
 
-Pure functions over what the exchange gathered (the head's raw bytes, its
-headers as the parser reported them); no parsing of the request line here.
+Pure functions over a head the exchange gathered and the parser accepted
+(so its syntax is checked: these only split it where the parser found it
+well formed): its target and header lines, each header's name and value,
+the body's framing, and the head rewritten by ``SetHeader``/``AddHeader``/
+``SetTarget``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from meshd.proxy.http.actions import AddHeader, SetHeader, SetTarget
 
 CHUNKED = -2  # a body framing: chunked transfer coding (a length is >= 0)
 
 
-def framing(headers: Sequence[tuple[bytes, bytes]]) -> int | None:
-    """A request body's length, CHUNKED, or None when the headers do not say.
+def header_lines(fields: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """Each header line of a head's ``fields`` (the lines between its request line and its
+    empty line, as the parser checked them: ``name ":" value``, no folded lines), split
+    into name and value, the value without the blanks around it."""
+    for line in fields.split(b"\r\n"):
+        if line:
+            name, _, value = line.partition(b":")
+            yield name, value.strip(b" \t")
+
+
+def split_head(head: bytes) -> tuple[bytes, bytes] | None:
+    """A parsed head's target and header lines (``fields``), or None when its request
+    line is not ``method SP target SP version`` (the parser lets extra blanks by)."""
+    start = len(head) - len(head.lstrip(b"\r\n"))  # empty lines before it, as llhttp skips
+    end = head.find(b"\r\n", start)
+    parts = head[start:end].split()
+    if len(parts) != 3:
+        return None
+    return parts[1], head[end + 2 : -2]
+
+
+def framing(fields: bytes) -> int | None:
+    """A request body's length, CHUNKED, or None when the header lines do not say.
 
     Only called for a request whose head did not end it (the parser said so):
     the parser checked the headers' syntax; the exchange checks that the body
     ends where this says.
     """
     length = None
-    for name, value in headers:
+    for name, value in header_lines(fields):
         lowered = name.lower()
         if lowered == b"transfer-encoding":
             return CHUNKED if value.rsplit(b",", 1)[-1].strip().lower() == b"chunked" else None
-        if lowered == b"content-length" and value.strip().isdigit():
+        if lowered == b"content-length" and value.isdigit():
             length = int(value)
     return length
+
+
+def expects_continue(fields: bytes) -> bool:
+    """Does the head ask for a 100 Continue before its body is sent?"""
+    return any(
+        name.lower() == b"expect" and value.lower() == b"100-continue"
+        for name, value in header_lines(fields)
+    )
 
 
 Edit = SetHeader | AddHeader | SetTarget

@@ -16,15 +16,41 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from meshd.proxy.http.actions import RequestAction
+from meshd.proxy.http.head import header_lines
 
 
-@dataclass(frozen=True, slots=True)
 class RequestHead:
-    """A request's method, target and headers (as sent), for hooks to look at."""
+    """A request's method, target and headers (as sent), for hooks to look at.
 
-    method: str
-    target: str
-    headers: tuple[tuple[str, str], ...]
+    The exchange hands over the head's header lines as raw bytes (``fields``,
+    which the parser has checked): they are split and decoded only when a hook
+    asks for ``headers``, because most requests meet no rule that reads one.
+    """
+
+    __slots__ = ("_fields", "_headers", "method", "target")
+
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        headers: tuple[tuple[str, str], ...] = (),
+        fields: bytes = b"",
+    ) -> None:
+        self.method = method
+        self.target = target
+        self._fields = fields
+        self._headers: tuple[tuple[str, str], ...] | None = None if fields else headers
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """Each header's name and value (any case, values without surrounding blanks)."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = tuple(
+                (name.decode("latin-1"), value.decode("latin-1"))
+                for name, value in header_lines(self._fields)
+            )
+        return headers
 
     @property
     def path(self) -> str:
@@ -35,6 +61,20 @@ class RequestHead:
         """The first value of header ``name`` (any case), or None."""
         wanted = name.lower()
         return next((v for n, v in self.headers if n.lower() == wanted), None)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RequestHead):
+            return NotImplemented
+        return (self.method, self.target, self.headers) == (
+            other.method,
+            other.target,
+            other.headers,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"RequestHead({self.method!r}, {self.target!r}, {self.headers!r})"
 
 
 class RequestHook(Protocol):

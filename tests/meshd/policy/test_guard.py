@@ -10,6 +10,7 @@ from meshd.policy.lang.compiled import CompiledPolicy
 from meshd.policy.lang.evaluate import Decision
 from meshd.policy.lang.model import RateLimit, Rule
 from meshd.policy.lang.ratelimit import Buckets, Limited
+from meshd.proxy.http.plan import RequestHead
 from tests.meshd.policy.lang.build import (
     TD,
     ZERO_TRUST,
@@ -116,18 +117,22 @@ def test_a_request_is_normalised_then_judged(
     method: str, target: str, decision: str, rule: str, forward: str | None
 ) -> None:
     judged, target_out, limited = guard("api", 8080).judge(
-        WEB, 8080, method, target, (), 0.0, Buckets()
+        WEB, 8080, RequestHead(method, target), 0.0, Buckets()
     )
     assert (judged.decision, judged.rule, target_out, limited) == (decision, rule, forward, None)
 
 
 def test_a_rate_limit_applies_to_allowed_requests_only() -> None:
     g, buckets = guard("api", 8080, LIMITED), Buckets()
-    outcomes = [g.judge(WEB, 8080, "GET", "/v1/orders", (), 10.0, buckets)[2] for _ in range(3)]
+    outcomes = [
+        g.judge(WEB, 8080, RequestHead("GET", "/v1/orders", ()), 10.0, buckets)[2] for _ in range(3)
+    ]
     assert outcomes == [None, None, Limited("lim/rate_limit/two", 1)]
-    denied = g.judge(WEB, 8080, "GET", "/v1/admin/x", (), 10.0, buckets)
+    denied = g.judge(WEB, 8080, RequestHead("GET", "/v1/admin/x", ()), 10.0, buckets)
     assert (denied[0].decision, denied[2]) == ("deny", None)  # judged before any bucket
-    assert g.judge(WEB, 8080, "GET", "/v1/orders", (), 10.6, buckets)[2] is None  # refilled
+    assert (
+        g.judge(WEB, 8080, RequestHead("GET", "/v1/orders", ()), 10.6, buckets)[2] is None
+    )  # refilled
 
 
 @pytest.mark.parametrize(
@@ -160,14 +165,17 @@ def test_a_judgement_by_target_is_remembered_only_where_no_rule_reads_headers() 
     g, buckets = guard("api", 8080, tenant), Buckets()
     acme, other = (("X-Tenant", "acme"),), (("X-Tenant", "evil"),)
     outcomes = [
-        g.judge(WEB, 8080, "GET", "/v1/x", headers, 0.0, buckets)[0].decision
+        g.judge(WEB, 8080, RequestHead("GET", "/v1/x", headers), 0.0, buckets)[0].decision
         for headers in (acme, other, acme)
     ]
     assert outcomes == ["allow", "deny", "allow"]
     plain = guard("api", 8080)
-    first = plain.judge(WEB, 8080, "GET", "/v1/orders", (), 0.0, buckets)
-    assert plain.judge(WEB, 8080, "GET", "/v1/orders", (), 0.0, buckets) is not None
-    assert plain.judge(API, 8080, "GET", "/v1/orders", (), 0.0, buckets)[0].rule != first[0].rule
+    first = plain.judge(WEB, 8080, RequestHead("GET", "/v1/orders", ()), 0.0, buckets)
+    assert plain.judge(WEB, 8080, RequestHead("GET", "/v1/orders", ()), 0.0, buckets) is not None
+    assert (
+        plain.judge(API, 8080, RequestHead("GET", "/v1/orders", ()), 0.0, buckets)[0].rule
+        != first[0].rule
+    )
 
 
 class Counting(Guard):
@@ -220,8 +228,12 @@ def test_a_judgement_is_remembered_per_peer_unless_a_rule_it_can_meet_reads_head
         [ZERO_TRUST, document("h", rules=rules, rate_limits=limits)], TD, 1
     )
     g, buckets = Counting("api", 8080, policy), Buckets()
-    first = g.judge(source, 8080, "GET", "/v1/orders", (("x-tenant", "a"),), 0.0, buckets)
-    again = g.judge(source, 8080, "GET", "/v1/orders", (("x-tenant", "x"),), 0.0, buckets)
+    first = g.judge(
+        source, 8080, RequestHead("GET", "/v1/orders", (("x-tenant", "a"),)), 0.0, buckets
+    )
+    again = g.judge(
+        source, 8080, RequestHead("GET", "/v1/orders", (("x-tenant", "x"),)), 0.0, buckets
+    )
     assert len(g.worked) == worked
     if worked == 1:  # nothing it can meet reads the header: the same judgement
         assert again == first
@@ -231,7 +243,7 @@ def test_headers_still_decide_for_the_peer_whose_rules_read_them() -> None:
     policy = CompiledPolicy.compile([ZERO_TRUST, document("h", rules=[FROM_API])], TD, 1)
     g, buckets = guard("api", 8080, policy), Buckets()
     outcomes = [
-        g.judge(source, 8080, "GET", "/v1/x", headers, 0.0, buckets)[0].rule
+        g.judge(source, 8080, RequestHead("GET", "/v1/x", headers), 0.0, buckets)[0].rule
         for source, headers in [
             (WEB, ()),
             (API, (("X-Tenant", "a"),)),
@@ -248,9 +260,9 @@ def test_remembered_judgements_are_bounded_over_every_peer() -> None:
     g, buckets = Counting("api", 8080, POLICY), Buckets()
     peers = [spiffe(f"web-{i}") for i in range(3)]
     for i in range(MAX_JUDGED + 10):
-        g.judge(peers[i % 3], 8080, "GET", f"/v1/{i}", (), 0.0, buckets)
+        g.judge(peers[i % 3], 8080, RequestHead("GET", f"/v1/{i}", ()), 0.0, buckets)
     assert g.remembered() <= MAX_JUDGED
     before = len(g.worked)
     last = MAX_JUDGED + 9
-    g.judge(peers[last % 3], 8080, "GET", f"/v1/{last}", (), 0.0, buckets)
+    g.judge(peers[last % 3], 8080, RequestHead("GET", f"/v1/{last}", ()), 0.0, buckets)
     assert len(g.worked) == before  # the last judgement is still remembered

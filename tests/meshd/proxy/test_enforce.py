@@ -29,6 +29,7 @@ from meshd.policy.guard import Guard
 from meshd.policy.lang.compiled import CompiledPolicy
 from meshd.policy.lang.ratelimit import Buckets
 from meshd.proxy import enforce, inbound
+from meshd.proxy.http.plan import RequestHead
 from meshd.runtime import Runtime
 from meshd.telemetry.events import AuthzDecided
 from tests.meshd.harness import EchoServer, Meshd, MeshNet, QuietHandler, ServedApp
@@ -789,7 +790,9 @@ def test_an_http_rate_limit_holds_for_a_request_after_an_empty_line() -> None:
     refused = 0
     for now in (0.0, 0.01, 0.02):
         if enforce.kind_of(first) == "http":
-            refused += guard.judge(web, 8080, "POST", "/search", (), now, buckets)[2] is not None
+            refused += (
+                guard.judge(web, 8080, RequestHead("POST", "/search"), now, buckets)[2] is not None
+            )
         else:
             refused += guard.tcp(web, 8080, now, buckets)[1] is not None
     assert refused == 2  # one a second: the 2nd and 3rd POST of the same second get a 429

@@ -483,3 +483,40 @@ def test_a_target_rewrite_reaches_the_server(stream: bytes, value: str, expected
 def test_a_target_rewrite_cannot_smuggle_anything(value: str) -> None:
     with pytest.raises(ValueError):
         SetTarget(value)
+
+
+@pytest.mark.parametrize(
+    ("stream", "seen"),
+    [
+        (
+            b"GET /a HTTP/1.1\r\nHost: x\r\nX-A: \t1 2 \r\n\r\n",
+            ("/a", (("Host", "x"), ("X-A", "1 2"))),
+        ),
+        (b"GET  /a?q=1   HTTP/1.1\r\n\r\n", ("/a?q=1", ())),
+        (b"\r\n\r\nGET /b HTTP/1.1\r\nX-B: y\r\n\r\n", ("/b", (("X-B", "y"),))),
+        (POST, ("/b", (("Host", "x"), ("Content-Length", "5")))),
+    ],
+    ids=["blanks-around-values", "extra-spaces-in-line", "empty-lines-first", "with-body"],
+)
+def test_hooks_see_the_target_and_headers_the_parser_accepted(
+    stream: bytes, seen: tuple[str, tuple[tuple[str, str], ...]]
+) -> None:
+    """The exchange cuts the target and the header lines out of the raw head itself (no
+    parser callbacks): whole or split anywhere, hooks see what the parser accepted."""
+    for chunks in [[stream], *_splits(stream)]:
+        heads: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+
+        def look(head: RequestHead) -> tuple[RequestAction, ...]:
+            heads.append((head.target, head.headers))
+            return ()
+
+        exchange, _ = _exchange(look)
+        assert _feed(exchange, chunks) == (stream, []), chunks
+        assert heads == [seen], chunks
+
+
+def test_a_request_line_with_a_blank_inside_its_target_is_a_400() -> None:
+    exchange, _ = _exchange(tag())
+    sent, acts = _feed(exchange, [b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n"])
+    assert sent == b""
+    assert [a.status for a in acts if isinstance(a, Answer)] == [400]

@@ -5,25 +5,70 @@ from __future__ import annotations
 import pytest
 
 from meshd.proxy.http.actions import AddHeader, Answer, SetHeader
-from meshd.proxy.http.head import CHUNKED, framing, rewrite
+from meshd.proxy.http.head import (
+    CHUNKED,
+    expects_continue,
+    framing,
+    header_lines,
+    rewrite,
+    split_head,
+)
 
 HEAD = b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nAccept: */*\r\nx-a: 2\r\n\r\n"
 
 
 @pytest.mark.parametrize(
-    ("headers", "expected"),
+    ("fields", "expected"),
     [
-        ([(b"Content-Length", b"12")], 12),
-        ([(b"content-length", b" 0 ")], 0),
-        ([(b"Transfer-Encoding", b"chunked")], CHUNKED),
-        ([(b"Transfer-Encoding", b"gzip, Chunked")], CHUNKED),
-        ([(b"Transfer-Encoding", b"chunked, gzip")], None),
-        ([(b"Content-Length", b"-1")], None),
-        ([(b"Host", b"x")], None),
+        (b"Content-Length: 12\r\n", 12),
+        (b"content-length:  0 \r\n", 0),
+        (b"Host: x\r\nTransfer-Encoding: chunked\r\n", CHUNKED),
+        (b"Transfer-Encoding: gzip, Chunked\r\n", CHUNKED),
+        (b"Transfer-Encoding: chunked, gzip\r\n", None),
+        (b"Content-Length: -1\r\n", None),
+        (b"Host: x\r\n", None),
+        (b"", None),
     ],
 )
-def test_framing(headers: list[tuple[bytes, bytes]], expected: int | None) -> None:
-    assert framing(headers) == expected
+def test_framing(fields: bytes, expected: int | None) -> None:
+    assert framing(fields) == expected
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        (b"Expect: 100-continue\r\n", True),
+        (b"host: x\r\nexpect:\t100-Continue \r\n", True),
+        (b"Expect: 100-continue-ish\r\n", False),
+        (b"X-Expect: 100-continue\r\n", False),
+    ],
+)
+def test_expects_continue(fields: bytes, expected: bool) -> None:
+    assert expects_continue(fields) is expected
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (HEAD, (b"/", HEAD[16:-2])),
+        (b"GET  /a?b=1   HTTP/1.1\r\n\r\n", (b"/a?b=1", b"")),
+        (b"\r\n\r\nPOST /x HTTP/1.1\r\nA: 1\r\n\r\n", (b"/x", b"A: 1\r\n")),
+        (b"GET /a b HTTP/1.1\r\n\r\n", None),
+        (b"GET HTTP/1.1\r\n\r\n", None),
+    ],
+)
+def test_split_head(head: bytes, expected: tuple[bytes, bytes] | None) -> None:
+    assert split_head(head) == expected
+
+
+def test_header_lines_strip_blanks_around_values_only() -> None:
+    fields = b"Host: x\r\nX-A:\t 1 2 \t\r\nEmpty:\r\nColon: a:b\r\n"
+    assert list(header_lines(fields)) == [
+        (b"Host", b"x"),
+        (b"X-A", b"1 2"),
+        (b"Empty", b""),
+        (b"Colon", b"a:b"),
+    ]
 
 
 @pytest.mark.parametrize(
