@@ -236,7 +236,8 @@ def diff(
     """
     actx = app_context(ctx)
     paths = _given(files, more)
-    current, new, problems = _check_with_applied(actx.workspace(), paths, actx.clock())
+    ws = actx.workspace()
+    current, new, problems = _check_with_applied(ws, paths, actx.clock())
     if errors(problems):
         show_problems(actx, problems, len(paths), json_out)
         raise typer.Exit(INVALID)

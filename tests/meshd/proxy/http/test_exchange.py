@@ -505,14 +505,17 @@ def test_hooks_see_the_target_and_headers_the_parser_accepted(
     parser callbacks): whole or split anywhere, hooks see what the parser accepted."""
     for chunks in [[stream], *_splits(stream)]:
         heads: list[tuple[str, tuple[tuple[str, str], ...]]] = []
-
-        def look(head: RequestHead) -> tuple[RequestAction, ...]:
-            heads.append((head.target, head.headers))
-            return ()
-
-        exchange, _ = _exchange(look)
+        exchange, _ = _exchange(_looking(heads))
         assert _feed(exchange, chunks) == (stream, []), chunks
         assert heads == [seen], chunks
+
+
+def _looking(heads: list[tuple[str, tuple[tuple[str, str], ...]]]) -> RequestHook:
+    def look(head: RequestHead) -> tuple[RequestAction, ...]:
+        heads.append((head.target, head.headers))
+        return ()
+
+    return look
 
 
 def test_a_request_line_with_a_blank_inside_its_target_is_a_400() -> None:
