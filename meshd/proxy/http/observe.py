@@ -26,8 +26,9 @@ from meshd.telemetry.events import Event, RequestCompleted
 _REQUEST_START = re.compile(rb"^[A-Z]{3,12} ")
 
 
-def looks_like_http(first_bytes: bytes) -> bool:
-    """Does a connection's first chunk start an HTTP/1.x request?"""
+def looks_like_http(first_bytes: bytes | memoryview) -> bool:
+    """Does a connection's first chunk start an HTTP/1.x request? (A view is matched in
+    place: an inbound stream's first chunk may be one of its link's read buffer.)"""
     return _REQUEST_START.match(first_bytes) is not None
 
 
