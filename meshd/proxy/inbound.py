@@ -24,7 +24,11 @@ are normalised (§2.3), its opaque TCP relayed. A push that changes the policy
 re-judges every connection relayed as L4 (opened before it, or opaque TCP)
 on its L4 fields and resets (RST) those it no longer allows; HTTP under an
 exchange meets the new policy at its next request. With no policy in force
-none of this runs: a delivery is what it always was.
+none of this runs: a delivery is what it always was, its HTTP observed for
+the metrics as the outbound side observes it (``[mesh] http``: the
+observer is installed when the client's first bytes start a request,
+``install.FirstRequest``); under a policy the exchange that judges the
+requests reports them too.
 """
 
 from __future__ import annotations
@@ -59,8 +63,8 @@ from meshd.proxy.enforce import (
     reset_hard,
 )
 from meshd.proxy.frames import RST_CONNECT_FAILED, RST_REFUSED, OpenRequest
-from meshd.proxy.http.install import exchange_for
-from meshd.proxy.http.plan import HttpPlan
+from meshd.proxy.http.install import Carrier, FirstRequest, exchange_for
+from meshd.proxy.http.plan import OBSERVE, HttpPlan
 from meshd.proxy.link import Link
 from meshd.proxy.relay import PipeEnd
 from meshd.proxy.stream import AppProtocol, Stream
@@ -207,6 +211,8 @@ class MeshPort:
             return stream
         if decision.http is not None:  # L7 for this service (an L4 stream skips even the call)
             stream.http = self._exchange(decision.http, request)
+        elif rt_observes(self.rt):  # HTTP is observed once its first bytes say it is HTTP
+            stream.http = first_request(self.rt, stream, request.source, request.service)
         self.relayed[stream] = (link, request)  # no policy yet: a push re-judges it
         self._connect(stream, decision.port, pending)
         return stream
@@ -247,7 +253,7 @@ class MeshPort:
             return
         if kind == "http":
             judge = RequestJudge(self.rt, guard, request.source, request.port, wholesale)
-            stream.http = self._exchange(judged(guard.http, judge), request)
+            stream.http = self._exchange(judged(guard.http, judge, rt_observes(self.rt)), request)
         else:
             why = None if wholesale else judge_tcp(self.rt, guard, request.source, request.port)
             if why is not None:  # the caller's meshd resets its app's connection (RST)
@@ -393,6 +399,8 @@ class PlainInbound(PipeEnd):
             return
         if decision.http is not None:  # L7 for this service; an L4 relay skips even the call
             self.http = self._exchange(decision.http)
+        elif rt_observes(self.rt):  # HTTP is observed once its first bytes say it is HTTP
+            self.http = first_request(self.rt, self, UNAUTHENTICATED, self.service)
         self._track()  # no policy yet: a push re-judges it
         self._connect(decision.port)
 
@@ -421,7 +429,7 @@ class PlainInbound(PipeEnd):
             return
         if kind == "http":
             judge = RequestJudge(self.rt, guard, None, guard.port, wholesale)
-            self.http = self._exchange(judged(guard.http, judge))
+            self.http = self._exchange(judged(guard.http, judge, rt_observes(self.rt)))
         else:
             why = None if wholesale else judge_tcp(self.rt, guard, None, guard.port)
             if why is not None:
@@ -514,11 +522,27 @@ def sniff_wait(rt: Runtime) -> float:
     return min(SNIFF_WAIT, rt.config.timeouts.header_read)
 
 
-def judged(base: HttpPlan | None, judge: RequestJudge) -> HttpPlan:
-    """The plan of an inspected HTTP connection: the judge first, then any hooks it had."""
+def judged(base: HttpPlan | None, judge: RequestJudge, observe: bool) -> HttpPlan:
+    """The plan of an inspected HTTP connection: the judge first, then any hooks it had.
+
+    Its exchange parses every request anyway: where meshd observes HTTP (``observe``),
+    it reports them too (no second parser), the ones it answers itself (403, 429)
+    included; a plan of the service's own keeps its say.
+    """
     if base is None:
-        return HttpPlan(observe=False, hooks=(judge,))
+        return HttpPlan(observe=observe, hooks=(judge,))
     return HttpPlan(observe=base.observe, hooks=(judge, *base.hooks))
+
+
+def rt_observes(rt: Runtime) -> bool:
+    """Does this meshd observe HTTP (``[mesh] http``, as its outbound side does)?"""
+    return rt.config.http
+
+
+def first_request(rt: Runtime, carrier: Carrier, source: str, service: str) -> FirstRequest:
+    """The exchange of an inbound connection to ``service`` until its first bytes."""
+    limit = rt.config.limits.max_header_bytes
+    return FirstRequest(carrier, OBSERVE, rt.bus.publish, source, service, limit)
 
 
 def _refused(link: Link, refusal: Refuse) -> None:

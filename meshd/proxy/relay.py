@@ -106,6 +106,12 @@ class PipeEnd(asyncio.Protocol):
             elif isinstance(action, StopFollowing):
                 self._drop_http()
 
+    def use_http(self, exchange: Exchange | None) -> None:
+        """Both ends follow the connection with ``exchange`` from now on."""
+        self.http = exchange
+        if self.peer is not None:
+            self.peer.http = exchange
+
     def _drop_http(self) -> None:
         self.http = None
         if self.peer is not None:

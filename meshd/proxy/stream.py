@@ -104,6 +104,10 @@ class Stream:
         # sends this stream again over a fresh link (outbound HTTP); given the old link
         self.mover: Callable[[Stream, Link], None] | None = None
 
+    def use_http(self, exchange: Exchange | None) -> None:
+        """Follow this stream with ``exchange`` from now on (``install.FirstRequest``)."""
+        self.http = exchange
+
     # --- app side -> link -------------------------------------------------
     def send(self, data: bytes) -> None:
         """Bytes the app sent: forward them, or hold them until the link is attached."""

@@ -1,9 +1,10 @@
 """HTTP/1.1 observation: watch a relayed connection's bytes and report each request.
 
 ``HttpObserver`` is the exchange of a connection that only needs metrics
-(the common case, outbound HTTP): it never changes or holds bytes, feeds
-them to httptools' C parsers (llhttp) and publishes a ``RequestCompleted``
-per response. Its verdict per chunk is a bool (``actions.FORWARD``, or
+(the common case: HTTP to or from a service without request hooks;
+``InboundObserver`` where the app is the server): it never changes or holds
+bytes, feeds them to httptools' C parsers (llhttp) and publishes a
+``RequestCompleted`` per response. Its verdict per chunk is a bool (``actions.FORWARD``, or
 ``actions.GIVE_UP``). It gives up (the connection goes on as opaque TCP) on
 anything it cannot follow: parse errors, Upgrade/CONNECT, HEAD (whose
 responses carry no body that the parser could know of), or a request head
@@ -26,8 +27,9 @@ from meshd.telemetry.events import Event, RequestCompleted
 _REQUEST_START = re.compile(rb"^[A-Z]{3,12} ")
 
 
-def looks_like_http(first_bytes: bytes) -> bool:
-    """Does a connection's first chunk start an HTTP/1.x request?"""
+def looks_like_http(first_bytes: bytes | memoryview) -> bool:
+    """Does a connection's first chunk start an HTTP/1.x request? (A view is matched in
+    place: an inbound stream's first chunk may be one of its link's read buffer.)"""
     return _REQUEST_START.match(first_bytes) is not None
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from meshd.proxy.http.plan import HttpPlan, HttpRules
 from meshd.runtime import Runtime
+from meshd.telemetry.events import RequestCompleted
 from tests.meshd.proxy.http.hooked_meshd import DENIED, deny
 from tests.meshd.proxy.http.recording import RecordingApp
 from tests.meshd.proxy.plainharness import original_dst_is, plain_client, runtime
@@ -59,3 +60,28 @@ def test_plaintext_meets_the_hooks_of_its_service(
         assert received.endswith(DENIED)
     else:  # no plan, no exchange: relayed as it came
         assert (statuses, app.paths()) == ([b"200"] * 3, ["/one", "/admin", "/two"])
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (REQUESTS, [("GET", 200)] * 3),  # HTTP: observed as the outbound side observes
+        (b"\x00\x01binary, no request line\r\n\r\n", []),  # opaque: a plain relay
+    ],
+)
+def test_plaintext_without_policy_is_observed_when_it_speaks_http(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data: bytes, expected: list[tuple[str, int]]
+) -> None:
+    app = RecordingApp()
+    try:
+        rt = _runtime(tmp_path, app.port)
+        seen = rt.bus.subscribe(1000)
+        monkeypatch.setattr(inbound, "original_dst", lambda sock: ("127.0.0.1", app.port))
+        anyio.run(_exchange_bytes, rt, data, backend="asyncio")
+    finally:
+        app.close()
+    requests = [e for e in seen.queue if isinstance(e, RequestCompleted)]
+    assert [(e.method, e.status) for e in requests] == expected
+    assert {(e.direction, e.source, e.destination) for e in requests} <= {
+        ("inbound", inbound.UNAUTHENTICATED, "web")
+    }
