@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 
 from meshctl import __version__
-from meshctl.cli import ca, demo, explain, hosts, init, issuer, join, policy, rotate, status
+from meshctl.cli import ca, demo, explain, hosts, init, issuer, join, policy, rotate, status, top
 from meshctl.cli.context import AppContext, app_context
 from meshctl.cli.errors import ExitCode, exit_code_for, render_error
 from meshctl.workspace import operator_warning
@@ -33,6 +33,7 @@ app.command("join")(join.join)
 app.command("leave")(join.leave)
 app.command("revoke")(join.revoke)
 app.command("status")(status.status)
+app.command("top")(top.top)
 app.add_typer(ca.app, name="ca")
 ca.app.add_typer(rotate.app, name="rotate")
 app.add_typer(hosts.app, name="hosts")
