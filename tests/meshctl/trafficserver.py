@@ -6,7 +6,8 @@ host certificate of the test mesh, requires a client certificate from the
 mesh CA, and answers snapshots of the contract's shape whose counters grow
 at the rates of a ``Model``, from ``started`` = when it started. Each host
 listens on its own loopback address (127.0.0.x) at the mesh's one admin port,
-as meshd does on its host. ``hang`` hosts accept and never answer.
+as meshd does on its host, and keeps connections alive as meshd does for
+operators. ``hang`` hosts accept and never answer.
 
 In-process (``TrafficServer(...).start()``) or as a process of its own::
 
@@ -15,6 +16,7 @@ In-process (``TrafficServer(...).start()``) or as a process of its own::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import socket
@@ -90,7 +92,7 @@ class TrafficServer:
         self.hosts, self.port, self.bundle = hosts, port, bundle
         self.started = time.time()
         self.socks: list[socket.socket] = []
-        self.held: list[socket.socket] = []  # what hanging hosts accepted
+        self.held: list[socket.socket] = []  # every connection accepted, closed at stop
         self.requests = 0
 
     def start(self) -> TrafficServer:
@@ -107,6 +109,8 @@ class TrafficServer:
 
     def stop(self) -> None:
         for sock in self.socks + self.held:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a session thread waiting in recv
             sock.close()
 
     def snapshot(self, host: HostModel, now: float) -> dict[str, Any]:
@@ -126,35 +130,44 @@ class TrafficServer:
             if host.hang:
                 self.held.append(conn)
                 continue
-            try:
-                self._answer(conn, context, host)
-            except (OSError, ValueError):
-                pass
-            finally:
-                conn.close()
+            threading.Thread(target=self._session, args=(conn, context, host), daemon=True).start()
 
-    def _answer(self, conn: socket.socket, context: ssl.SSLContext, host: HostModel) -> None:
-        conn.settimeout(2.0)
-        with context.wrap_socket(conn, server_side=True) as tls:
-            head = b""
-            while b"\r\n\r\n" not in head and len(head) < 65536:
-                chunk = tls.recv(4096)
-                if not chunk:
-                    return
-                head += chunk
-            path = head.split(b" ", 2)[1]
-            self.requests += 1
-            if path != b"/traffic":
-                tls.sendall(_reply(404, {"error": "not found"}))
-                return
-            tls.sendall(_reply(200, self.snapshot(host, time.time())))
+    def _session(self, conn: socket.socket, context: ssl.SSLContext, host: HostModel) -> None:
+        """Requests on one connection, kept alive as meshd does, until the peer closes or
+        idles for 10 s."""
+        conn.settimeout(10.0)
+        try:
+            with context.wrap_socket(conn, server_side=True) as tls:
+                self.held.append(tls)  # wrapping took over conn's descriptor
+                buffer = b""
+                while True:
+                    while b"\r\n\r\n" not in buffer and len(buffer) < 65536:
+                        chunk = tls.recv(4096)
+                        if not chunk:
+                            return
+                        buffer += chunk
+                    head, _, buffer = buffer.partition(b"\r\n\r\n")
+                    keep = b"connection: close" not in head.lower()
+                    tls.sendall(self._answer(head.split(b" ", 2)[1], host, keep))
+                    if not keep:
+                        return
+        except (OSError, ValueError, IndexError):
+            pass
+        finally:
+            conn.close()
+
+    def _answer(self, path: bytes, host: HostModel, keep: bool) -> bytes:
+        self.requests += 1
+        if path != b"/traffic":
+            return _reply(404, {"error": "not found"}, keep)
+        return _reply(200, self.snapshot(host, time.time()), keep)
 
 
-def _reply(status: int, doc: dict[str, Any]) -> bytes:
+def _reply(status: int, doc: dict[str, Any], keep: bool) -> bytes:
     body = json.dumps(doc).encode()
     head = (
         f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: {'keep-alive' if keep else 'close'}\r\n\r\n"
     )
     return head.encode() + body
 
