@@ -1,12 +1,13 @@
 """``meshctl top``'s I/O: polling ``GET /traffic`` of many meshd at once, never waiting long.
 
 Each poll asks every watched host concurrently (one worker thread per host,
-kept across polls) through the operator's ``AdminClient``, whose deadline
-(``timeout``, below the refresh interval) covers connect, handshake and
-answer. A poll returns after ``timeout`` at the latest: a host still owing
-its previous answer is reported as not answering and is not asked again
-until that answer arrives, so one stuck host costs one thread, never the
-others' refresh.
+kept across polls) over a kept-alive ``AdminSession`` of the operator's
+``AdminClient`` (a TLS handshake per host and poll would cost more CPU than
+everything else), whose deadline (``timeout``, below the refresh interval)
+covers connect, handshake and answer. A poll returns after ``timeout`` at
+the latest: a host still owing its previous answer is reported as not
+answering and is not asked again until that answer arrives, so one stuck
+host costs one thread, never the others' refresh.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Poller:
         workers = max(1, min(MAX_WORKERS, len(self.endpoints)))
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="meshctl-top")
         self.pending: dict[str, Future[Snapshot | str]] = {}
+        self.sessions = {e.host: client.session(e) for e in self.endpoints}
 
     def poll(self) -> dict[str, Snapshot | str]:
         deadline = time.monotonic() + self.timeout
@@ -53,7 +55,7 @@ class Poller:
     def fetch(self, endpoint: AdminEndpoint) -> Snapshot | str:
         """One host's snapshot, or one line saying why not (never raises)."""
         try:
-            doc = self.client.call(endpoint, "GET", PATH)
+            doc = self.sessions[endpoint.host].get(PATH)
         except MeshError as e:
             return e.message
         except Exception as e:  # a bug or an odd answer: still only this host's problem
@@ -71,3 +73,6 @@ class Poller:
     def close(self) -> None:
         """Stop asking; answers in flight end within ``timeout`` on their own."""
         self.pool.shutdown(wait=False, cancel_futures=True)
+        for host, session in self.sessions.items():
+            if host not in self.pending:  # a session in use is its thread's to close
+                session.close()

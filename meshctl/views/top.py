@@ -1,8 +1,8 @@
 """The views of ``meshctl top``: the screen (services, edges, paths, hosts) and its JSON line.
 
 Pure: a ``meshctl.traffic.Top`` in, a rich renderable or a JSON-ready dict
-out. Names come from meshd's counters, so they pass through ``clean`` and
-``escape`` before they reach the terminal.
+out. Names come from meshd's counters, so they pass through ``clean`` before
+they reach the terminal (no markup is parsed: cells are plain text and a style).
 """
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ import datetime as dt
 from typing import Any
 
 from rich.console import Group, RenderableType
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
+from rich.text import Span, Text
 
 from meshctl.traffic import EdgeRow, HostRow, PathRow, ServiceRow, Signals, Top
 from meshd.telemetry.logs import clean
@@ -21,78 +19,103 @@ from meshd.telemetry.logs import clean
 NO_PATHS = "request paths: not shown (needs meshd's live tap, which these hosts do not serve)"
 
 
-def _name(text: str) -> str:
-    return escape(clean(text))
+Cell = tuple[str, str]  # text, style ("": none)
 
 
-def _rate(value: float) -> str:
-    return f"{value:.1f}"
+def _name(text: str) -> Cell:
+    return clean(text), ""
 
 
-def _success(value: float | None) -> str:
+def _rate(value: float) -> Cell:
+    return f"{value:.1f}", ""
+
+
+def _success(value: float | None) -> Cell:
     if value is None:
-        return "-"
-    text = f"{value * 100:.2f}%"
-    return text if value >= 0.99 else f"[yellow]{text}[/]" if value >= 0.95 else f"[red]{text}[/]"
+        return "-", ""
+    style = "" if value >= 0.99 else "yellow" if value >= 0.95 else "red"
+    return f"{value * 100:.2f}%", style
 
 
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.1f}"
+def _ms(seconds: float | None) -> Cell:
+    return ("-" if seconds is None else f"{seconds * 1000:.1f}"), ""
 
 
-def _bytes(per_s: float) -> str:
+def _bytes(per_s: float) -> Cell:
     for unit in ("B", "KiB", "MiB"):
         if per_s < 1024:
-            return f"{per_s:.0f} {unit}/s" if unit == "B" else f"{per_s:.1f} {unit}/s"
+            return (f"{per_s:.0f} {unit}/s" if unit == "B" else f"{per_s:.1f} {unit}/s"), ""
         per_s /= 1024
-    return f"{per_s:.1f} GiB/s"
+    return f"{per_s:.1f} GiB/s", ""
 
 
-def _signal_cells(s: Signals) -> list[str]:
+def _signal_cells(s: Signals) -> list[Cell]:
     return [_rate(s.rps), _success(s.success), _ms(s.p50), _ms(s.p95), _ms(s.p99)]
 
 
-def _table(title: str, first: list[str], rest: list[str]) -> Table:
-    table = Table(title=title, title_justify="left", expand=True)
-    for column in first:
-        table.add_column(column, no_wrap=True)
-    for column in rest:
-        table.add_column(column, justify="right", no_wrap=True)
-    return table
+SEPARATOR = " │ "
+
+
+def grid(title: str, headers: list[str], align: str, rows: list[list[Cell]]) -> Text:
+    """A table as one Text: a title, a header, a line per row, columns apart by SEPARATOR,
+    each aligned as ``align`` says ("l" or "r" a column: "llrr").
+    Laid out by hand, as one string and the spans of its styled cells: a rich Table
+    measures and renders every cell on its own, which for 30 services a second cost more
+    CPU than all the polling."""
+    widths = [max([len(h)] + [len(r[i][0]) for r in rows]) for i, h in enumerate(headers)]
+    parts, spans, at = [title], [Span(0, len(title), "bold")], len(title)
+    for cells in [[(h, "bold") for h in headers], *rows]:
+        for i, (value, style) in enumerate(cells):
+            glue = SEPARATOR if i else "\n"
+            if align[i] == "r":
+                cell = value.rjust(widths[i])
+            else:  # the last column is not padded: no trailing blanks
+                cell = value if i == len(cells) - 1 else value.ljust(widths[i])
+            if style:
+                spans.append(Span(at + len(glue), at + len(glue) + len(cell), style))
+            parts += [glue, cell]
+            at += len(glue) + len(cell)
+    return Text("".join(parts), no_wrap=True, overflow="ellipsis", spans=spans)
+
+
+def _row(*cells: Cell | list[Cell]) -> list[Cell]:
+    return [c for cell in cells for c in (cell if isinstance(cell, list) else [cell])]
 
 
 SIGNALS = ["rps", "success", "p50 ms", "p95 ms", "p99 ms"]
 
 
-def services_table(rows: tuple[ServiceRow, ...]) -> Table:
+def services_table(rows: tuple[ServiceRow, ...]) -> Text:
     """Per service, the server side summed over its hosts."""
-    table = _table("services (server side)", ["service"], [*SIGNALS, "bytes/s", "open"])
-    table.add_column("hosts", overflow="fold", ratio=1)
-    for r in rows:
-        hosts = ", ".join(_name(h) for h in r.hosts)
-        table.add_row(
-            _name(r.service), *_signal_cells(r.signals), _bytes(r.bytes_per_s), str(r.open), hosts
+    headers = ["service", *SIGNALS, "bytes/s", "open", "hosts"]
+    cells = [
+        _row(
+            _name(r.service),
+            _signal_cells(r.signals),
+            _bytes(r.bytes_per_s),
+            (str(r.open), ""),
+            (clean(", ".join(r.hosts)), ""),
         )
-    return table
+        for r in rows
+    ]
+    return grid("services (server side)", headers, "lrrrrrrrl", cells)
 
 
-def edges_table(rows: tuple[EdgeRow, ...]) -> Table:
+def edges_table(rows: tuple[EdgeRow, ...]) -> Text:
     """Per edge, the client side."""
-    table = _table("edges (client side)", ["source", "destination"], SIGNALS)
-    for r in rows:
-        table.add_row(_name(r.source), _name(r.destination), *_signal_cells(r.signals))
-    return table
+    cells = [[_name(r.source), _name(r.destination), *_signal_cells(r.signals)] for r in rows]
+    return grid("edges (client side)", ["source", "destination", *SIGNALS], "llrrrrr", cells)
 
 
-def paths_table(rows: tuple[PathRow, ...]) -> Table:
+def paths_table(rows: tuple[PathRow, ...]) -> Text:
     """The busiest request paths, from the tap."""
-    table = _table(
-        "busiest paths", ["method", "path"], ["count", "success", "best ms", "worst ms", "last ms"]
-    )
-    for r in rows:
-        cells = [str(r.count), _success(r.success), _ms(r.best), _ms(r.worst), _ms(r.last)]
-        table.add_row(_name(r.method), _name(r.path), *cells)
-    return table
+    headers = ["method", "path", "count", "success", "best ms", "worst ms", "last ms"]
+    cells = [
+        _row(_name(r.method), _name(r.path), (str(r.count), ""), _success(r.success))
+        + _row(_ms(r.best), _ms(r.worst), _ms(r.last))
+        for r in rows
+    ]
+    return grid("busiest paths", headers, "llrrrrr", cells)
 
 
 def hosts_line(hosts: tuple[HostRow, ...]) -> Text:
@@ -110,23 +133,26 @@ def hosts_line(hosts: tuple[HostRow, ...]) -> Text:
     return line
 
 
-def host_errors(hosts: tuple[HostRow, ...]) -> list[str]:
-    """One line per unreachable host: why."""
-    return [f"{clean(h.host)}: {clean(h.error)}" for h in hosts if h.error is not None]
+def host_errors(hosts: tuple[HostRow, ...], most: int = 5) -> list[str]:
+    """One line per unreachable host saying why, the first ``most`` of them."""
+    lines = [f"{clean(h.host)}: {clean(h.error)}" for h in hosts if h.error is not None]
+    more = len(lines) - most
+    return lines[:most] + ([f"... and {more} more unreachable"] if more > 0 else [])
 
 
 def top_view(top: Top, time: dt.datetime, window: float, interval: float) -> RenderableType:
-    """The whole screen: a header, services, edges, paths (or why not), hosts, errors."""
+    """The whole screen: a header, the hosts (first: a full screen cuts off the bottom),
+    why hosts are unreachable, then services, edges and paths (or why there are none)."""
     reachable = sum(h.reachable for h in top.hosts)
     header = Text(
         f"meshctl top  {time:%H:%M:%S} UTC  window {window:g}s, every {interval:g}s  "
         f"{reachable}/{len(top.hosts)} hosts answering  (Ctrl-C quits)",
         style="bold",
     )
-    parts: list[RenderableType] = [header, services_table(top.services), edges_table(top.edges)]
-    parts.append(paths_table(top.paths) if top.paths is not None else Text(NO_PATHS, style="dim"))
-    parts.append(hosts_line(top.hosts))
+    parts: list[RenderableType] = [header, hosts_line(top.hosts)]
     parts.extend(Text(line, style="red") for line in host_errors(top.hosts))
+    parts += [Text(), services_table(top.services), Text(), edges_table(top.edges), Text()]
+    parts.append(paths_table(top.paths) if top.paths is not None else Text(NO_PATHS, style="dim"))
     return Group(*parts)
 
 

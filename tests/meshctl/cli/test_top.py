@@ -102,10 +102,15 @@ def test_once_table_with_filter_and_sort(tmp_path: Path) -> None:
     with serving(mesh, traffic(mesh)):
         code, out, err = meshctl(mesh, "top", "--once", "--service", "db", "--sort", "p99")
     assert code == 0, out + err
-    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in out.splitlines() if "│" in line]
-    assert [r[:2] for r in rows] == [["db", rows[0][1]], ["api", "db"]]  # the service, its edge
-    assert float(rows[0][1]) == pytest.approx(500, rel=0.05)
-    assert rows[0][-1] == "db1"
+    rows = [[c.strip() for c in line.split("│")] for line in out.splitlines() if "│" in line]
+    assert [r[:2] for r in rows] == [  # the service, its edge
+        ["service", "rps"],
+        ["db", rows[1][1]],
+        ["source", "destination"],
+        ["api", "db"],
+    ]
+    assert float(rows[1][1]) == pytest.approx(500, rel=0.05)
+    assert rows[1][-1] == "db1"
     assert "request paths: not shown" in out
     assert "hosts: api1  api2  db1  web1" in out
 

@@ -6,7 +6,7 @@ import pytest
 from rich.console import Console
 
 from meshctl.traffic import EdgeRow, HostRow, PathRow, ServiceRow, Signals, Top
-from meshctl.views.top import NO_PATHS, top_json, top_view
+from meshctl.views.top import NO_PATHS, host_errors, top_json, top_view
 from tests.meshctl.helpers import NOW
 
 API = ServiceRow("api", Signals(100.0, 0.9, 0.0155, 0.035, 0.047), 3072.0, 7, ("api1", "api2"))
@@ -25,7 +25,7 @@ def render(top: Top) -> str:
 def row(text: str, first: str) -> list[str]:
     """The cells of the table row that starts with ``first``."""
     for line in text.splitlines():
-        cells = [c.strip() for c in line.split("│")[1:-1]]
+        cells = [c.strip() for c in line.split("│")]
         if cells and cells[0] == first:
             return cells
     raise AssertionError(f"no row {first!r} in\n{text}")
@@ -45,6 +45,16 @@ def test_screen_shows_services_edges_and_hosts() -> None:
     assert "hosts: api1  db1 unreachable" in text
     assert "db1: meshd on db1: refused" in text
     assert "\x1b" not in text
+    # a full screen cuts off the bottom: the hosts and their errors come first
+    assert text.index("db1: meshd on db1: refused") < text.index("services (server side)")
+
+
+@pytest.mark.parametrize("count", [0, 1, 5, 6, 30])
+def test_at_most_five_reasons(count: int) -> None:
+    hosts = tuple(HostRow(f"h{i}", False, "refused") for i in range(count))
+    shown = [f"h{i}: refused" for i in range(min(count, 5))]
+    more = [f"... and {count - 5} more unreachable"] if count > 5 else []
+    assert host_errors(hosts) == shown + more
 
 
 def test_paths_table_when_the_source_has_paths() -> None:
