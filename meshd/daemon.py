@@ -60,6 +60,7 @@ from meshd.telemetry.metrics import Metrics
 from meshd.tls.context import TlsMaterial
 from meshd.tls.gate import HANDSHAKE_GRACE, HandshakeGate
 from meshd.tls.handshake import TlsListener
+from meshd.traffic import Traffic
 
 log = logging.getLogger("meshd")
 
@@ -417,6 +418,11 @@ class _Backend:
         d.metrics.set_last_reload(d.rt.last_reload.ok, d.rt.last_reload.at)
         d.metrics.collect()
         return d.metrics.render()
+
+    def traffic(self) -> Traffic:
+        d = self.daemon
+        d.metrics.collect()
+        return d.metrics.traffic(d.rt.config.identity.host)
 
     def stats(self) -> Stats:
         d, rt = self.daemon, self.daemon.rt

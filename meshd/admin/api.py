@@ -4,7 +4,7 @@ No sockets here: ``meshd.admin.server.AdminServer`` decides who is calling,
 ``meshd.admin.http`` reads the requests, ``answer`` serves one of them. The
 backend it serves from and the limits it keeps are declared here too.
 
-Routes: GET /healthz, /ready, /metrics, /stats; GET and PUT /registry,
+Routes: GET /healthz, /ready, /metrics, /stats, /traffic (``meshd.traffic``); GET and PUT /registry,
 /config, /policy, /certs, /trust, /issuer (PUT goes through
 ``DocumentStore.put``: 200 ``{"status", "version"}``, 400 invalid, 409 older
 or conflicting, 500 not applied); POST /renew (202: meshd renews its
@@ -35,11 +35,12 @@ from meshd.stats import KINDS, Stats
 from meshd.store import ApplyError, DocumentStore, VersionConflictError
 from meshd.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from meshd.tls.context import TlsMaterial
+from meshd.traffic import Traffic
 
 log = logging.getLogger("meshd.admin")
 
 LOCAL_PATHS = frozenset({"/healthz", "/ready", "/stats"})
-READ_PATHS = frozenset({"/healthz", "/ready", "/metrics", "/stats"})
+READ_PATHS = frozenset({"/healthz", "/ready", "/metrics", "/stats", "/traffic"})
 DOCUMENT_PATHS = {f"/{kind}": kind for kind in KINDS}
 ISSUER_CSR = "/issuer/csr"
 ISSUE = "/issue"  # the one path a host identity may use
@@ -56,7 +57,9 @@ class AdminBackend(Protocol):
     ``issuer``: this host's issuer component (idle unless it is an issuer).
     ``is_ready()``: for /ready. ``stats()``: the /stats payload (``meshd.stats``).
     ``metrics_text()``: the Prometheus exposition for /metrics (e.g.
-    ``metrics.collect(); return metrics.render()``). ``current_tls()``: the TLS
+    ``metrics.collect(); return metrics.render()``). ``traffic()``: the /traffic
+    snapshot of the same counters (``metrics.collect(); return
+    metrics.traffic(host)``). ``current_tls()``: the TLS
     material to use for the next accepted connection. ``renew_now()``: start a
     renewal round of meshd's certificate (POST /renew). All but ``store.put``
     are called on the event loop and must not block.
@@ -76,6 +79,8 @@ class AdminBackend(Protocol):
     def stats(self) -> Stats: ...
 
     def metrics_text(self) -> str: ...
+
+    def traffic(self) -> Traffic: ...
 
     def current_tls(self) -> TlsMaterial: ...
 
@@ -236,6 +241,9 @@ def _read_only(backend: AdminBackend, path: str) -> Response:
         return Response(200 if ready else 503, b"ready\n" if ready else b"not ready\n", TEXT)
     if path == "/metrics":
         return Response(200, backend.metrics_text().encode(), METRICS_CONTENT_TYPE)
+    if path == "/traffic":  # compact: top reads it from every host every second
+        body = json.dumps(backend.traffic().to_json(), separators=(",", ":")).encode()
+        return Response(200, body + b"\n")
     return json_response(200, backend.stats().to_json())
 
 

@@ -4,12 +4,15 @@
 and updates counters and histograms kept in dicts keyed by label tuples, so
 one event costs a few dict operations. The daemon sets the gauges that are
 not events (certificate expiry, document versions). ``render()`` writes the
-Prometheus text exposition format 0.0.4 served at the admin API's /metrics.
+Prometheus text exposition format 0.0.4 served at the admin API's /metrics,
+``traffic()`` the snapshot of the same counters served at /traffic
+(``meshd.traffic``, built by ``meshd.telemetry.snapshot``).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -35,9 +38,16 @@ from meshd.telemetry.events import (
     RequestCompleted,
     Subscription,
 )
+from meshd.telemetry.snapshot import snapshot
+from meshd.traffic import Traffic
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# 24 bounds from 1 ms to 10 s, about 1.5x apart: a p99 read from them (by ``top`` or
+# PromQL's histogram_quantile) is off by at most one such step
+REQUEST_BUCKETS = (
+    0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
+    0.15, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10,
+)  # fmt: skip
 CONNECTION_BUCKETS = (0.01, 0.1, 1, 10, 60, 300, 1800, 3600, 14400)
 EDGE = ("direction", "source", "destination")
 
@@ -117,7 +127,8 @@ class Metrics:
         self._conn, self._bytes, self._req = f["connections"], f["bytes"], f["requests"]
         self._req_duration = _histogram(f["request_duration"])
         self._conn_duration = _histogram(f["connection_duration"])
-        self._active = f["active"]
+        self._active, self._opened_total = f["active"], f["opened"]
+        self.started = time.time()  # when these counters began (a restart starts them over)
         self._handlers: dict[type[Event], Callable[[Any], None]] = {
             ConnectionOpened: self._opened,
             ConnectionClosed: self._closed,
@@ -182,6 +193,19 @@ class Metrics:
         self._families["reload_ok"].set((), 1 if ok else 0)
         self._families["reload_at"].set((), timestamp)
 
+    def traffic(self, host: str) -> Traffic:
+        """The snapshot of the traffic counters (GET /traffic), as /metrics has them now."""
+        return snapshot(
+            host,
+            time.time(),
+            self.started,
+            self._req.values,
+            self._req_duration,
+            self._opened_total.values,
+            self._active.values,
+            self._bytes.values,
+        )
+
     def dropped(self) -> dict[str, int]:
         """Dropped events per tracked consumer."""
         return {name: sub.dropped for name, sub in self._tracked.items()}
@@ -210,11 +234,13 @@ class Metrics:
             return
 
     def _opened(self, e: ConnectionOpened) -> None:
-        self._active.inc((e.direction,))
+        edge = (e.direction, e.source, e.destination)
+        self._opened_total.inc(edge)
+        self._active.inc(edge)
 
     def _closed(self, e: ConnectionClosed) -> None:
         edge = (e.direction, e.source, e.destination)
-        self._active.inc((e.direction,), -1)
+        self._active.inc(edge, -1)
         self._conn.inc((*edge, "error" if e.error else "ok"))
         self._bytes.inc((*edge, "sent"), e.bytes_sent)
         self._bytes.inc((*edge, "received"), e.bytes_received)
@@ -268,7 +294,8 @@ def _families() -> dict[str, Family]:
         ),
         "bytes": Family(
             "meshd_connection_bytes_total",
-            "Bytes relayed on closed connections.",
+            "Bytes relayed on closed connections (flow sent: from the client side,"
+            " received: to it).",
             "counter",
             (*EDGE, "flow"),
         ),
@@ -336,8 +363,14 @@ def _families() -> dict[str, Family]:
             "counter",
             ("service", "rule"),
         ),
+        "opened": Family(
+            "meshd_connections_opened_total", "TCP connections opened.", "counter", EDGE
+        ),
         "active": Family(
-            "meshd_active_connections", "Open TCP connections.", "gauge", ("direction",)
+            "meshd_active_connections",
+            "Open TCP connections (opened minus closed).",
+            "gauge",
+            EDGE,
         ),
         "dropped": Family(
             "meshd_events_dropped_total", "Telemetry events dropped by slow consumers.", "counter"

@@ -37,11 +37,19 @@ from meshd.issuer.service import Issuer
 from meshd.registry import Registry
 from meshd.stats import KINDS, Stats
 from meshd.store import DocumentStore
-from meshd.telemetry.events import ConnectionRefused, EventBus, HandshakeFailed, Subscription
+from meshd.telemetry.events import (
+    ConnectionOpened,
+    ConnectionRefused,
+    EventBus,
+    HandshakeFailed,
+    RequestCompleted,
+    Subscription,
+)
 from meshd.telemetry.logs import peer_lines
 from meshd.telemetry.metrics import Metrics
 from meshd.tls.context import TlsMaterial
 from meshd.tls.gate import HANDSHAKE_GRACE
+from meshd.traffic import Traffic
 from tests.meshd.telemetry.test_metrics import parse_exposition
 from tests.meshd.tlsfixtures import TD, Identity, TestPki, joint_bundle, not_after
 
@@ -177,6 +185,10 @@ class FakeBackend:
     def metrics_text(self) -> str:
         self.metrics.collect()
         return self.metrics.render()
+
+    def traffic(self) -> Traffic:
+        self.metrics.collect()
+        return self.metrics.traffic("fake")
 
     def current_tls(self) -> TlsMaterial:
         return self.tls
@@ -456,7 +468,7 @@ async def test_invalid_registry_is_400_naming_the_field(
 
 
 DOCUMENT_PATHS = [f"/{kind}" for kind in KINDS]
-READ_PATHS = ["/healthz", "/ready", "/metrics", "/stats"]
+READ_PATHS = ["/healthz", "/ready", "/metrics", "/stats", "/traffic"]
 
 
 @pytest.mark.parametrize("method", ["POST", "DELETE", "PATCH", "OPTIONS"])
@@ -844,6 +856,24 @@ async def test_metrics_stats_ready(subject: Subject, pki: Pki, tmp_path: Path) -
         assert (await read_response(s))[::2] == (503, b"not ready\n")
 
 
+async def test_traffic_is_the_metrics_counters_as_json(
+    subject: Subject, pki: Pki, tmp_path: Path
+) -> None:
+    subject.bus.publish(ConnectionOpened("inbound", "spiffe://x/svc/web", "api"))
+    subject.bus.publish(RequestCompleted("inbound", "spiffe://x/svc/web", "api", "GET", 502, 0.02))
+    async with running(subject, tmp_path) as server, await connect(server, pki.alice) as s:
+        await s.send(build("GET", "/traffic"))
+        status, headers, data = await read_response(s)
+    assert (status, headers["content-type"]) == (200, "application/json")
+    traffic = Traffic.from_json(json.loads(data))
+    assert traffic.to_json() == json.loads(data)  # every field read back as it was sent
+    assert [(e.source, e.destination, e.classes) for e in traffic.http] == [
+        ("spiffe://x/svc/web", "api", {"5xx": 1})
+    ]
+    assert [(e.direction, e.opened, e.open) for e in traffic.tcp] == [("inbound", 1, 1)]
+    assert traffic.started <= traffic.taken
+
+
 async def test_oversized_header_is_431_and_server_keeps_serving(
     subject: Subject, pki: Pki, tmp_path: Path
 ) -> None:
@@ -927,7 +957,7 @@ async def test_unix_socket_serves_health_only(subject: Subject, tmp_path: Path) 
         assert (status, json.loads(body)["registry_version"]) == (200, 1)
         assert (await unix_call(server.socket, build("GET", "/ready")))[0] == 200
         for method in ("GET", "PUT", "POST", "DELETE"):
-            for path in [*DOCUMENT_PATHS, "/metrics"]:
+            for path in [*DOCUMENT_PATHS, "/metrics", "/traffic"]:
                 status, _, body = await unix_call(
                     server.socket, build(method, path, registry_doc(7))
                 )

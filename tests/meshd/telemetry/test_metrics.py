@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 
@@ -17,7 +18,7 @@ from meshd.telemetry.events import (
     IssuerAnswered,
     RequestCompleted,
 )
-from meshd.telemetry.metrics import Metrics, escape_label, status_class
+from meshd.telemetry.metrics import REQUEST_BUCKETS, Metrics, escape_label, status_class
 from meshd.tls.failures import HandshakeFailure
 
 WEB, API = "spiffe://t.mesh/svc/web", "spiffe://t.mesh/svc/api"
@@ -75,8 +76,11 @@ def test_connection_events() -> None:
     assert samples[f'meshd_connections_total{{{EDGE},result="error"}}'] == 1
     assert samples[f'meshd_connection_bytes_total{{{EDGE},flow="sent"}}'] == 101
     assert samples[f'meshd_connection_bytes_total{{{EDGE},flow="received"}}'] == 2002
-    assert samples['meshd_active_connections{direction="outbound"}'] == 0
-    assert samples['meshd_active_connections{direction="inbound"}'] == 1
+    inbound = f'direction="inbound",source="{API}",destination="{WEB}"'
+    assert samples[f"meshd_active_connections{{{EDGE}}}"] == 0
+    assert samples[f"meshd_active_connections{{{inbound}}}"] == 1
+    assert samples[f"meshd_connections_opened_total{{{EDGE}}}"] == 2
+    assert samples[f"meshd_connections_opened_total{{{inbound}}}"] == 1
     assert samples[f"meshd_connection_duration_seconds_count{{{EDGE}}}"] == 2
     assert samples[f"meshd_connection_duration_seconds_sum{{{EDGE}}}"] == pytest.approx(0.52)
     assert samples[f'meshd_connection_duration_seconds_bucket{{{EDGE},le="0.1"}}'] == 1
@@ -86,7 +90,7 @@ def test_connection_events() -> None:
 def test_request_histogram_exact_lines() -> None:
     metrics = fed(
         RequestCompleted("outbound", WEB, API, "GET", 200, 0.0005),
-        RequestCompleted("outbound", WEB, API, "GET", 503, 0.003),
+        RequestCompleted("outbound", WEB, API, "GET", 503, 0.0031),
         RequestCompleted("outbound", WEB, API, "POST", 0, 12.0),
     )
     lines = [line for line in metrics.render().splitlines() if "meshd_request" in line]
@@ -101,14 +105,50 @@ def test_request_histogram_exact_lines() -> None:
         *(
             f'meshd_request_duration_seconds_bucket{{{EDGE},le="{le}"}} {count}'
             for le, count in [
-                ("0.0005", 1), ("0.001", 1), ("0.0025", 1), ("0.005", 2), ("0.01", 2),
-                ("0.025", 2), ("0.05", 2), ("0.1", 2), ("0.25", 2), ("0.5", 2), ("1", 2),
-                ("2.5", 2), ("5", 2), ("10", 2), ("+Inf", 3),
+                ("0.001", 1), ("0.002", 1), ("0.003", 1), ("0.005", 2), ("0.0075", 2),
+                ("0.01", 2), ("0.015", 2), ("0.02", 2), ("0.03", 2), ("0.05", 2),
+                ("0.075", 2), ("0.1", 2), ("0.15", 2), ("0.2", 2), ("0.3", 2), ("0.5", 2),
+                ("0.75", 2), ("1", 2), ("1.5", 2), ("2", 2), ("3", 2), ("5", 2),
+                ("7.5", 2), ("10", 2), ("+Inf", 3),
             ]
         ),
-        f"meshd_request_duration_seconds_sum{{{EDGE}}} 12.0035",
+        f"meshd_request_duration_seconds_sum{{{EDGE}}} 12.0036",
         f"meshd_request_duration_seconds_count{{{EDGE}}} 3",
     ]  # fmt: skip
+
+
+def test_request_buckets_are_fine_enough_for_a_p99() -> None:
+    assert len(REQUEST_BUCKETS) >= 20
+    assert (REQUEST_BUCKETS[0], REQUEST_BUCKETS[-1]) == (0.001, 10)
+    assert list(REQUEST_BUCKETS) == sorted(set(REQUEST_BUCKETS))
+    assert max(b / a for a, b in itertools.pairwise(REQUEST_BUCKETS)) <= 2
+
+
+def test_traffic_is_built_from_the_rendered_counters() -> None:
+    """The snapshot and /metrics read the same counters: every number of one is in the other."""
+    metrics = fed(
+        ConnectionOpened("inbound", WEB, API),
+        ConnectionOpened("inbound", WEB, API),
+        ConnectionClosed("inbound", WEB, API, 10, 20, 0.5),
+        RequestCompleted("inbound", WEB, API, "GET", 200, 0.004),
+        RequestCompleted("inbound", WEB, API, "GET", 500, 20.0),
+    )
+    samples = parse_exposition(metrics.render())
+    traffic = metrics.traffic("web1")
+    edge = f'direction="inbound",source="{WEB}",destination="{API}"'
+    (http,) = traffic.http
+    for cls, count in http.classes.items():
+        assert samples[f'meshd_requests_total{{{edge},status_class="{cls}"}}'] == count
+    assert http.classes == {"2xx": 1, "5xx": 1}
+    cumulative = list(itertools.accumulate(http.latency))
+    bounds = [*(str(b).removesuffix(".0") for b in traffic.buckets), "+Inf"]
+    for le, count in zip(bounds, cumulative, strict=True):
+        assert samples[f'meshd_request_duration_seconds_bucket{{{edge},le="{le}"}}'] == count
+    assert http.latency_sum == samples[f"meshd_request_duration_seconds_sum{{{edge}}}"]
+    (tcp,) = traffic.tcp
+    assert (tcp.opened, tcp.open, tcp.bytes_in, tcp.bytes_out) == (2, 1, 10, 20)
+    assert traffic.host == "web1"
+    assert traffic.started <= traffic.taken
 
 
 def test_issuer_answers_are_counted_by_result() -> None:
