@@ -2,9 +2,10 @@
 
 Pure: no sockets, no clock (each snapshot carries the time meshd took it).
 
-- ``Snapshot.from_json`` reads one host's snapshot (the contract of issue 14:
-  cumulative counters since ``started``), bounded, refusing anything
-  malformed with ValueError.
+- ``Snapshot.from_json`` reads one host's snapshot (``meshd.traffic``, the
+  contract: cumulative counters since ``started``), bounded, refusing with
+  ValueError what the arithmetic cannot use. Callers' SPIFFE IDs become names
+  (``short_name``: a service's ID is the service).
 - ``advance`` keeps a sliding window of snapshots per host: the oldest one
   kept is the newest that is at least ``span`` seconds old, so the deltas
   between its ends cover the window. A restart of meshd (another
@@ -31,10 +32,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from meshd.errors import MeshError
+from meshd.identity import SpiffeId
+from meshd.traffic import VERSION, HttpEdge, TcpEdge, Traffic
+
 Key = tuple[str, str, str]  # direction, source service, destination service
 SortKey = Literal["rps", "success", "p99", "name"]
 SORTS: tuple[SortKey, ...] = ("rps", "success", "p99", "name")
-CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "none")
 FAILED = ("5xx", "none")  # what a caller sees as a failure
 MAX_ENTRIES = 10_000  # series in one snapshot: a bound on what one host may make us hold
 MAX_BUCKETS = 200
@@ -83,79 +87,70 @@ class Snapshot:
 
     @classmethod
     def from_json(cls, doc: object, host: str) -> Snapshot:
-        """The snapshot in ``doc``; ValueError saying what is wrong with it."""
-        top = _mapping(doc, "the snapshot")
-        if top.get("version") != 1:
-            raise ValueError(f"unknown snapshot version {top.get('version')!r}")
-        buckets = tuple(_number(b, "buckets[]") for b in _list(top, "buckets", MAX_BUCKETS))
+        """The snapshot in ``doc`` (read by ``meshd.traffic``, the contract's module, after
+        its sizes are checked); ValueError saying what is wrong with it for ``top``."""
+        if not isinstance(doc, Mapping):
+            raise ValueError("the snapshot is not a JSON object")  # noqa: TRY004 - bad input
+        for name, limit in (("buckets", MAX_BUCKETS), ("http", MAX_ENTRIES), ("tcp", MAX_ENTRIES)):
+            value = doc.get(name)
+            if isinstance(value, list) and len(value) > limit:
+                raise ValueError(f"{name} has {len(value)} entries, more than {limit}")
+        return cls.of(Traffic.from_json(doc), host)
+
+    @classmethod
+    def of(cls, traffic: Traffic, host: str) -> Snapshot:
+        """``traffic`` checked for what the arithmetic needs: ValueError if it falls short."""
+        if traffic.version != VERSION:
+            raise ValueError(f"unknown snapshot version {traffic.version}")
+        buckets = traffic.buckets
         if not buckets or any(b <= a for a, b in itertools.pairwise(buckets)):
             raise ValueError("buckets must be a non-empty increasing list")
-        http = tuple(_http(e, len(buckets) + 1) for e in _list(top, "http", MAX_ENTRIES))
-        tcp = tuple(_tcp(e) for e in _list(top, "tcp", MAX_ENTRIES))
-        taken = _number(top.get("taken"), "taken")
-        return cls(host, taken, _number(top.get("started"), "started"), buckets, http, tcp)
+        for name, value in (("taken", traffic.taken), ("started", traffic.started)):
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} is missing or not a time: {value}")
+        http = tuple(_http(e, len(buckets) + 1) for e in traffic.http)
+        return cls(
+            host, traffic.taken, traffic.started, buckets, http, tuple(map(_tcp, traffic.tcp))
+        )
 
 
-def _mapping(value: object, what: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ValueError(f"{what} is not a JSON object")  # noqa: TRY004 - one error for bad input
+def _count(value: int, what: str) -> int:
+    if value < 0:
+        raise ValueError(f"{what} is negative: {value}")
     return value
 
 
-def _list(doc: Mapping[str, Any], name: str, limit: int) -> list[Any]:
-    value = doc.get(name, [])
-    if not isinstance(value, list):
-        raise ValueError(f"{name} is not a list")  # noqa: TRY004 - one error for bad input
-    if len(value) > limit:
-        raise ValueError(f"{name} has {len(value)} entries, more than {limit}")
-    return value
+def short_name(text: str) -> str:
+    """A service's ID as its name ("spiffe://td/svc/web": "web"), another mesh ID as its
+    kind and name ("host/web1"): the metric labels carry the caller's full ID."""
+    try:
+        spiffe = SpiffeId.parse(text) if text.startswith("spiffe://") else None
+    except MeshError:
+        return text
+    if spiffe is None or spiffe.kind is None:
+        return text
+    return spiffe.name if spiffe.kind == "svc" else f"{spiffe.kind}/{spiffe.name}"
 
 
-def _number(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{what} is not a number: {str(value)[:40]!r}")
-    return float(value)
-
-
-def _count(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{what} is not a count: {str(value)[:40]!r}")
-    return value
-
-
-def _name(value: object, what: str) -> str:
-    if not isinstance(value, str) or len(value) > MAX_NAME:
-        raise ValueError(f"{what} is not a name")
-    return value
-
-
-def _key(entry: Mapping[str, Any]) -> Key:
-    direction = entry.get("direction")
+def _key(direction: str, source: str, destination: str) -> Key:
     if direction not in ("inbound", "outbound"):
-        raise ValueError(f"direction is {str(direction)[:40]!r}, not inbound or outbound")
-    return (
-        direction,
-        _name(entry.get("source"), "source"),
-        _name(entry.get("destination"), "destination"),
-    )
+        raise ValueError(f"direction is {direction[:40]!r}, not inbound or outbound")
+    if not source or not destination or max(len(source), len(destination)) > MAX_NAME:
+        raise ValueError("source and destination must be names")
+    return (direction, short_name(source), short_name(destination))
 
 
-def _http(value: object, slots: int) -> HttpCounters:
-    entry = _mapping(value, "an http entry")
-    classes = _mapping(entry.get("classes", {}), "classes")
-    if len(classes) > len(CLASSES):
-        raise ValueError("classes has more entries than status classes")
-    counted = tuple(sorted((str(c)[:8], _count(n, f"classes[{c}]")) for c, n in classes.items()))
-    latency = entry.get("latency")
-    if not isinstance(latency, list) or len(latency) != slots:
+def _http(edge: HttpEdge, slots: int) -> HttpCounters:
+    if len(edge.latency) != slots:
         raise ValueError(f"latency must have {slots} entries (one more than buckets)")
-    return HttpCounters(_key(entry), counted, tuple(_count(n, "latency[]") for n in latency))
+    classes = tuple(sorted((c, _count(n, f"classes[{c}]")) for c, n in edge.classes.items()))
+    latency = tuple(_count(n, "latency[]") for n in edge.latency)
+    return HttpCounters(_key(edge.direction, edge.source, edge.destination), classes, latency)
 
 
-def _tcp(value: object) -> TcpCounters:
-    entry = _mapping(value, "a tcp entry")
-    counts = [_count(entry.get(k, 0), k) for k in ("opened", "open", "bytes_in", "bytes_out")]
-    return TcpCounters(_key(entry), *counts)
+def _tcp(edge: TcpEdge) -> TcpCounters:
+    counts = [_count(getattr(edge, k), k) for k in ("opened", "open", "bytes_in", "bytes_out")]
+    return TcpCounters(_key(edge.direction, edge.source, edge.destination), *counts)
 
 
 # the sliding window
