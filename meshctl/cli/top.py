@@ -173,7 +173,7 @@ class _Session:
         wait = self.ticks()
         console = self.actx.out
         with Live(
-            self.view(self.refresh()),
+            self.view(self.refresh(), live=True),
             console=console,
             screen=True,
             auto_refresh=False,  # redrawn after each poll only: a refresh costs CPU
@@ -182,10 +182,10 @@ class _Session:
         ) as live:
             while True:
                 wait()
-                live.update(self.view(self.refresh()), refresh=True)
+                live.update(self.view(self.refresh(), live=True), refresh=True)
 
-    def view(self, shown: Top) -> RenderableType:
-        return top_view(shown, self.actx.clock(), self.watch.span, self.interval)
+    def view(self, shown: Top, live: bool = False) -> RenderableType:
+        return top_view(shown, self.actx.clock(), self.watch.span, self.interval, live)
 
     def show(self, shown: Top, json_out: bool) -> None:
         now = self.actx.clock()

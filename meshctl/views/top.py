@@ -140,13 +140,15 @@ def host_errors(hosts: tuple[HostRow, ...], most: int = 5) -> list[str]:
     return lines[:most] + ([f"... and {more} more unreachable"] if more > 0 else [])
 
 
-def top_view(top: Top, time: dt.datetime, window: float, interval: float) -> RenderableType:
+def top_view(
+    top: Top, time: dt.datetime, window: float, interval: float, live: bool = False
+) -> RenderableType:
     """The whole screen: a header, the hosts (first: a full screen cuts off the bottom),
     why hosts are unreachable, then services, edges and paths (or why there are none)."""
     reachable = sum(h.reachable for h in top.hosts)
     header = Text(
         f"meshctl top  {time:%H:%M:%S} UTC  window {window:g}s, every {interval:g}s  "
-        f"{reachable}/{len(top.hosts)} hosts answering  (Ctrl-C quits)",
+        f"{reachable}/{len(top.hosts)} hosts answering" + ("  (Ctrl-C quits)" if live else ""),
         style="bold",
     )
     parts: list[RenderableType] = [header, hosts_line(top.hosts)]

@@ -122,6 +122,39 @@ def test_thirty_hosts_one_killed_under_a_fifth_of_a_core(tmp_path: Path) -> None
                     stream.close()
 
 
+def test_without_a_terminal_it_prints_snapshots_and_stops_when_the_reader_does(
+    tmp_path: Path,
+) -> None:
+    addresses = {"web1": "127.0.0.91", "api1": "127.0.0.92"}
+    mesh = top_mesh(tmp_path, addresses)
+    hosts = [
+        model(mesh, "web1", addresses["web1"], Series("outbound", "web", "api", 200, 0.1, MIX)),
+        model(mesh, "api1", addresses["api1"], Series("inbound", "web", "api", 200, 0.1, MIX)),
+    ]
+    command = [str(MESHCTL), "--workspace", str(mesh.ws.root), "top", "--interval", "0.5"]
+    with serving(tmp_path, "two", mesh, hosts):
+        top = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert top.stdout is not None and top.stderr is not None
+            seen: list[str] = []
+            while sum(line.startswith("services (server side)") for line in seen) < 2:
+                seen.append(top.stdout.readline())
+            assert "\x1b" not in "".join(seen)  # plain text: no redrawing, no colours
+            headers = [line for line in seen if line.startswith("meshctl top ")]
+            assert len(headers) == 2 and all("2/2 hosts answering" in h for h in headers)
+            api = next(line for line in seen if line.startswith("api "))
+            assert float(api.split("│")[1]) == pytest.approx(200, rel=0.1)
+            top.stdout.close()  # as head does when it has its lines
+            # rich's console ends a command whose reader went away: quietly, status 1
+            assert (top.wait(timeout=10), top.stderr.read()) == (1, "")
+        finally:
+            if top.poll() is None:
+                top.kill()
+                top.wait()
+            if top.stderr:
+                top.stderr.close()
+
+
 def tmux(socket_name: str, *args: str) -> str:
     done = subprocess.run(
         ["tmux", "-L", socket_name, *args], capture_output=True, text=True, check=True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from rich.console import Console
 
@@ -16,9 +18,9 @@ HOSTS = (HostRow("api1", True, None), HostRow("db1", False, "meshd on db1: refus
 TOP = Top((API, IDLE), (EDGE,), HOSTS)
 
 
-def render(top: Top) -> str:
-    console = Console(record=True, width=160)
-    console.print(top_view(top, NOW, 10.0, 1.0))
+def render(top: Top, live: bool = True) -> str:
+    console = Console(record=True, width=160, file=io.StringIO())
+    console.print(top_view(top, NOW, 10.0, 1.0, live))
     return console.export_text()
 
 
@@ -55,6 +57,11 @@ def test_at_most_five_reasons(count: int) -> None:
     shown = [f"h{i}: refused" for i in range(min(count, 5))]
     more = [f"... and {count - 5} more unreachable"] if count > 5 else []
     assert host_errors(hosts) == shown + more
+
+
+def test_ctrl_c_hint_only_live() -> None:
+    first = render(TOP, live=False).splitlines()[0]
+    assert first == "meshctl top  12:00:00 UTC  window 10s, every 1s  1/2 hosts answering"
 
 
 def test_paths_table_when_the_source_has_paths() -> None:
