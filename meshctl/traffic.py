@@ -399,6 +399,11 @@ def _order(signals: Signals, name: tuple[str, ...], by: SortKey) -> tuple[Any, .
     return (name,)
 
 
+def sort_key(text: str) -> SortKey | None:
+    """``text`` as a way to sort rows, None if it is none of SORTS."""
+    return next((key for key in SORTS if key == text), None)
+
+
 def select(top: Top, service: str | None, by: SortKey) -> Top:
     """``top`` with only ``service`` (and the edges into or out of it), sorted ``by``."""
     services = [s for s in top.services if service is None or s.service == service]

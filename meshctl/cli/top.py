@@ -23,7 +23,7 @@ from meshctl.admin_client import AdminEndpoint
 from meshctl.cli.common import JsonOption
 from meshctl.cli.context import AppContext, app_context
 from meshctl.cli.errors import ExitCode
-from meshctl.traffic import SORTS, SortKey, Top, Watch, select, summarize
+from meshctl.traffic import SORTS, SortKey, Top, Watch, select, sort_key, summarize
 from meshctl.trafficpoll import Poller
 from meshctl.views.top import top_json, top_view
 from meshctl.workspace import Workspace
@@ -76,7 +76,8 @@ def top(
     Example: meshctl top --service api --sort p99
     """
     actx = app_context(ctx)
-    if sort not in SORTS:
+    by = sort_key(sort)
+    if by is None:
         raise ConfigError(
             f"--sort {sort!r} is not one of {', '.join(SORTS)}", hint="e.g. --sort p99"
         )
@@ -85,7 +86,7 @@ def top(
     timeout = min(interval * TIMEOUT_SHARE, MAX_TIMEOUT)
     poller = Poller(actx.connect_admin(ws, timeout), endpoints, timeout)
     watch = Watch.of([e.host for e in endpoints], window)
-    session = _Session(actx, poller, watch, (service, sort), interval)
+    session = _Session(actx, poller, watch, (service, by), interval)
     try:
         if once:
             code = session.once(json_out)
@@ -129,7 +130,7 @@ class _Session:
         actx: AppContext,
         poller: Poller,
         watch: Watch,
-        rows: tuple[str | None, str],
+        rows: tuple[str | None, SortKey],
         interval: float,
     ) -> None:
         self.actx, self.poller, self.watch = actx, poller, watch
@@ -139,8 +140,7 @@ class _Session:
 
     def refresh(self) -> Top:
         self.watch = self.watch.observe(self.poller.poll())
-        by: SortKey = self.sort  # type: ignore[assignment]  # checked against SORTS
-        return select(summarize(self.watch), self.service, by)
+        return select(summarize(self.watch), self.service, self.sort)
 
     def ticks(self) -> Callable[[], None]:
         """A wait until the next refresh, an interval after the previous one started."""

@@ -25,6 +25,7 @@ from meshctl.traffic import (
     restarted,
     select,
     short_name,
+    sort_key,
     summarize,
 )
 
@@ -283,6 +284,21 @@ TOP = Top(
     ),
     (),
 )
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("rps", "rps"),
+        ("success", "success"),
+        ("p99", "p99"),
+        ("name", "name"),
+        ("RPS", None),
+        ("", None),
+    ],
+)
+def test_sort_key(text: str, key: str | None) -> None:
+    assert sort_key(text) == key
 
 
 @pytest.mark.parametrize(

@@ -134,6 +134,17 @@ def test_unreachable_and_stuck_hosts_are_marked_without_stalling(tmp_path: Path)
     assert by(doc["services"], "service")["api"]["rps"] == pytest.approx(1000, rel=0.1)
 
 
+def test_host_chooses_the_hosts_polled(tmp_path: Path) -> None:
+    mesh = top_mesh(tmp_path, HOSTS)
+    with serving(mesh, traffic(mesh)) as server:
+        code, out, err = meshctl(mesh, "top", "--once", "--json", "--host", "db1", "--host", "web1")
+    assert code == 0, out + err
+    doc = json.loads(out)
+    assert [h["host"] for h in doc["hosts"]] == ["db1", "web1"]  # inventory order
+    assert [s["service"] for s in doc["services"]] == ["db"]
+    assert server.requests == 4  # two polls of two hosts
+
+
 @pytest.mark.parametrize(
     ("argv", "code", "message"),
     [
