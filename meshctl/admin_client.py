@@ -134,6 +134,10 @@ class AdminClient:
             return None
         return _object(_checked(reply, endpoint, f"{method} {path}"), endpoint, path)
 
+    def session(self, endpoint: AdminEndpoint) -> AdminSession:
+        """A kept-alive connection to ``endpoint`` for requests repeated often."""
+        return AdminSession(self, endpoint)
+
     def trusting(self, bundle: Path) -> AdminClient:
         """This operator, verifying meshd against ``bundle`` alone (a new root, say)."""
         clone = copy.copy(self)
@@ -217,6 +221,58 @@ class AdminClient:
             hint="meshd's admin API speaks only TLS 1.3 with client certificates; "
             "see journalctl -u meshd on the host",
         )
+
+
+class AdminSession:
+    """One meshd, asked again and again over one kept-alive connection (``meshctl top``
+    polls every host each second: a handshake per poll would cost more CPU than the rest).
+
+    Checked like ``AdminClient.request`` (the peer's host ID before anything is sent, one
+    deadline per request), errors alike. A connection meshd closed in between (idle, or
+    restarted) is replaced once within the same deadline. One caller at a time.
+    """
+
+    def __init__(self, client: AdminClient, endpoint: AdminEndpoint) -> None:
+        self.client, self.endpoint = client, endpoint
+        self.expected = str(make_id(client.trust_domain, "host", endpoint.host))
+        self.tls: ssl.SSLSocket | None = None
+        self.peer_not_after = dt.datetime.max.replace(tzinfo=dt.UTC)  # of the connection's peer
+
+    def get(self, path: str) -> dict[str, Any] | None:
+        """GET ``path``: meshd's JSON object, None for 404, ProvisionError if refused."""
+        if not _PATH.fullmatch(path):
+            raise ValueError(f"invalid path {path!r}")
+        deadline = time.monotonic() + self.client.timeout
+        payload = _encode(self.endpoint, "GET", path, None, keep_alive=True)
+        try:
+            status, content_type, body = self._exchange(payload, deadline)
+        except OSError as e:
+            self.close()
+            raise self.client._connect_error(self.endpoint, e) from e
+        except BaseException:
+            self.close()
+            raise
+        reply = AdminReply(status, _decode(content_type, body, self.endpoint), self.peer_not_after)
+        if status == 404:
+            return None
+        return _object(_checked(reply, self.endpoint, f"GET {path}"), self.endpoint, path)
+
+    def _exchange(self, payload: bytes, deadline: float) -> tuple[int, str, bytes]:
+        if self.tls is not None:
+            try:
+                _send(self.tls, payload, deadline)
+                return _read_reply(self.tls, deadline, self.endpoint)
+            except (ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
+                self.close()  # closed by meshd since the last request: once more, afresh
+        self.tls = self.client._connect(self.endpoint, deadline)
+        self.peer_not_after = _check_peer(self.tls, self.expected, self.endpoint)
+        _send(self.tls, payload, deadline)
+        return _read_reply(self.tls, deadline, self.endpoint)
+
+    def close(self) -> None:
+        if self.tls is not None:
+            self.tls.close()
+            self.tls = None
 
 
 def _client_context(cert: Path, key: Path, bundle: Path) -> ssl.SSLContext:
@@ -321,14 +377,16 @@ def _broken(endpoint: AdminEndpoint, what: str) -> ConnectError:
     )
 
 
-def _encode(endpoint: AdminEndpoint, method: str, path: str, doc: Any | None) -> bytes:
+def _encode(
+    endpoint: AdminEndpoint, method: str, path: str, doc: Any | None, keep_alive: bool = False
+) -> bytes:
     body = b"" if doc is None else json.dumps(doc).encode()
     lines = [
         f"{method} {path} HTTP/1.1",
         f"Host: {endpoint.host}",
         "Accept: application/json",
         f"Content-Length: {len(body)}",
-        "Connection: close",
+        f"Connection: {'keep-alive' if keep_alive else 'close'}",
     ]
     if doc is not None:
         lines.append("Content-Type: application/json")

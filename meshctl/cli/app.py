@@ -27,6 +27,7 @@ from meshctl.cli import (
     policy,
     rotate,
     status,
+    top,
 )
 from meshctl.cli.context import AppContext, app_context
 from meshctl.cli.errors import ExitCode, exit_code_for, render_error
@@ -45,6 +46,7 @@ app.command("join")(join.join)
 app.command("leave")(join.leave)
 app.command("revoke")(join.revoke)
 app.command("status")(status.status)
+app.command("top")(top.top)
 app.add_typer(ca.app, name="ca")
 ca.app.add_typer(rotate.app, name="rotate")
 app.add_typer(hosts.app, name="hosts")

@@ -26,6 +26,8 @@ from meshctl.config import MeshConfig
 from meshctl.workspace import init_workspace
 from meshd.errors import ConnectError, ProvisionError
 from meshd.stats import Stats
+from tests.meshctl.topmesh import model, top_mesh
+from tests.meshctl.trafficserver import TrafficServer
 from tests.meshd.harness import HttpApp, Meshd, MeshNet
 from tests.meshd.test_stats import WIRE
 from tests.meshd.tlsfixtures import TD, Identity, TestPki
@@ -309,3 +311,55 @@ def test_call_reaches_any_route_and_reports_refusals(net: MeshNet) -> None:
     assert client.call(web1, "GET", "/nothing-here") is None
     with pytest.raises(ProvisionError, match=r"web1: POST /nothing-here failed \(404\)"):
         client.call(web1, "POST", "/nothing-here", {})
+
+
+def test_session_keeps_one_connection_to_a_real_meshd(net: MeshNet) -> None:
+    web1 = endpoint(net.start("web1"))
+    session = client_for(net.operator).session(web1)
+    try:
+        stats = session.get("/stats")
+        first = session.tls
+        assert stats is not None and stats["host"] == "web1"
+        assert session.get("/nosuch") is None  # 404: still the same connection
+        again = session.get("/stats")
+        assert again is not None and again["host"] == "web1"
+        assert session.tls is first and first is not None
+    finally:
+        session.close()
+    assert session.tls is None
+
+
+def test_session_checks_the_host_identity_first(net: MeshNet) -> None:
+    web1 = net.start("web1")
+    session = client_for(net.operator).session(endpoint(web1, host="web2"))
+    with pytest.raises(ConnectError) as info:
+        session.get("/stats")
+    assert info.value.message == (
+        f"meshd on web2 (127.0.0.1:{web1.ports['admin']}) presented "
+        f"spiffe://{TD}/host/web1, expected spiffe://{TD}/host/web2"
+    )
+    assert session.tls is None
+
+
+def test_session_replaces_a_connection_closed_in_between(tmp_path: Path) -> None:
+    mesh = top_mesh(tmp_path, {"web1": "127.0.0.61"})
+    web1 = model(mesh, "web1", "127.0.0.61")
+    session = AdminClient.for_workspace(mesh.ws, 2.0).session(
+        AdminEndpoint("web1", "127.0.0.61", mesh.port)
+    )
+    server = TrafficServer([web1], mesh.port, mesh.pki.bundle).start()
+    try:
+        assert (session.get("/traffic") or {})["host"] == "web1"
+        first = session.tls
+        server.stop()  # closes what it accepted: the session's connection too
+        server = TrafficServer([web1], mesh.port, mesh.pki.bundle).start()
+        assert (session.get("/traffic") or {})["host"] == "web1"
+        assert session.tls is not first and server.requests == 1
+        server.stop()
+        with pytest.raises(
+            ConnectError, match=r"meshd on web1 \(127\.0\.0\.61:\d+\): connection refused"
+        ):
+            session.get("/traffic")
+    finally:
+        server.stop()
+        session.close()

@@ -1,0 +1,190 @@
+"""A stand-in for meshd's admin API that serves ``GET /traffic`` of known, steady traffic.
+
+Until meshd serves ``/traffic`` (issue 14, helper D) the tests of ``meshctl
+top`` talk to this: a real HTTPS server with mutual TLS 1.3 that presents a
+host certificate of the test mesh, requires a client certificate from the
+mesh CA, and answers snapshots of the contract's shape whose counters grow
+at the rates of a ``Model``, from ``started`` = when it started. Each host
+listens on its own loopback address (127.0.0.x) at the mesh's one admin port,
+as meshd does on its host, and keeps connections alive as meshd does for
+operators. ``hang`` hosts accept and never answer.
+
+In-process (``TrafficServer(...).start()``) or as a process of its own::
+
+    python -m tests.meshctl.trafficserver spec.json   # prints "ready" when listening
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import socket
+import ssl
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+@dataclass(frozen=True)
+class Series:
+    """Steady HTTP traffic of one (direction, source, destination): ``rps`` requests a
+    second, ``errors`` of them 5xx, latencies spread over the buckets by ``shares``."""
+
+    direction: str
+    source: str
+    destination: str
+    rps: float
+    errors: float = 0.0
+    shares: dict[int, float] = field(default_factory=lambda: {3: 1.0})  # bucket index: share
+    open: int = 1
+    bytes_per_s: float = 0.0
+
+    def http(self, elapsed: float) -> dict[str, Any]:
+        n = math.floor(self.rps * elapsed)
+        failed = math.floor(n * self.errors)
+        latency = [math.floor(n * self.shares.get(i, 0.0)) for i in range(len(BUCKETS) + 1)]
+        classes = {"2xx": n - failed} | ({"5xx": failed} if failed else {})
+        return {**self.key(), "classes": classes, "latency": latency, "latency_sum": 0.0}
+
+    def tcp(self, elapsed: float) -> dict[str, Any]:
+        moved = math.floor(self.bytes_per_s * elapsed)
+        return {**self.key(), "opened": self.open, "open": self.open, "bytes_in": moved // 2,
+                "bytes_out": moved - moved // 2}  # fmt: skip
+
+    def key(self) -> dict[str, str]:
+        return {"direction": self.direction, "source": self.source, "destination": self.destination}
+
+
+@dataclass(frozen=True)
+class HostModel:
+    name: str
+    address: str
+    cert: str
+    key: str
+    series: tuple[Series, ...] = ()
+    hang: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "address": self.address, "cert": self.cert, "key": self.key,
+            "hang": self.hang, "series": [s.__dict__ for s in self.series],
+        }  # fmt: skip
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> HostModel:
+        series = tuple(
+            Series(**{**s, "shares": {int(k): v for k, v in s["shares"].items()}})
+            for s in doc["series"]
+        )
+        return cls(doc["name"], doc["address"], doc["cert"], doc["key"], series, doc["hang"])
+
+
+class TrafficServer:
+    """Every host of ``hosts`` listening at ``port`` on its address (see the docstring)."""
+
+    def __init__(self, hosts: list[HostModel], port: int, bundle: Path) -> None:
+        self.hosts, self.port, self.bundle = hosts, port, bundle
+        self.started = time.time()
+        self.socks: list[socket.socket] = []
+        self.held: list[socket.socket] = []  # every connection accepted, closed at stop
+        self.requests = 0
+
+    def start(self) -> TrafficServer:
+        for host in self.hosts:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.minimum_version = ssl.TLSVersion.TLSv1_3
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(self.bundle)
+            context.load_cert_chain(host.cert, host.key)
+            sock = socket.create_server((host.address, self.port))
+            self.socks.append(sock)
+            threading.Thread(target=self._serve, args=(sock, context, host), daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        for sock in self.socks + self.held:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a session thread waiting in recv
+            sock.close()
+
+    def snapshot(self, host: HostModel, now: float) -> dict[str, Any]:
+        elapsed = now - self.started
+        return {
+            "version": 1, "host": host.name, "taken": now, "started": self.started,
+            "buckets": list(BUCKETS), "http": [s.http(elapsed) for s in host.series],
+            "tcp": [s.tcp(elapsed) for s in host.series if s.direction == "inbound"],
+        }  # fmt: skip
+
+    def _serve(self, sock: socket.socket, context: ssl.SSLContext, host: HostModel) -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            if host.hang:
+                self.held.append(conn)
+                continue
+            threading.Thread(target=self._session, args=(conn, context, host), daemon=True).start()
+
+    def _session(self, conn: socket.socket, context: ssl.SSLContext, host: HostModel) -> None:
+        """Requests on one connection, kept alive as meshd does, until the peer closes or
+        idles for 10 s."""
+        conn.settimeout(10.0)
+        try:
+            with context.wrap_socket(conn, server_side=True) as tls:
+                self.held.append(tls)  # wrapping took over conn's descriptor
+                buffer = b""
+                while True:
+                    while b"\r\n\r\n" not in buffer and len(buffer) < 65536:
+                        chunk = tls.recv(4096)
+                        if not chunk:
+                            return
+                        buffer += chunk
+                    head, _, buffer = buffer.partition(b"\r\n\r\n")
+                    keep = b"connection: close" not in head.lower()
+                    tls.sendall(self._answer(head.split(b" ", 2)[1], host, keep))
+                    if not keep:
+                        return
+        except (OSError, ValueError, IndexError):
+            pass
+        finally:
+            conn.close()
+
+    def _answer(self, path: bytes, host: HostModel, keep: bool) -> bytes:
+        self.requests += 1
+        if path != b"/traffic":
+            return _reply(404, {"error": "not found"}, keep)
+        return _reply(200, self.snapshot(host, time.time()), keep)
+
+
+def _reply(status: int, doc: dict[str, Any], keep: bool) -> bytes:
+    body = json.dumps(doc).encode()
+    head = (
+        f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: {'keep-alive' if keep else 'close'}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def write_spec(path: Path, hosts: list[HostModel], port: int, bundle: Path) -> Path:
+    doc = {"port": port, "bundle": str(bundle), "hosts": [h.to_json() for h in hosts]}
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def main(spec: str) -> None:
+    doc = json.loads(Path(spec).read_text())
+    hosts = [HostModel.from_json(h) for h in doc["hosts"]]
+    TrafficServer(hosts, doc["port"], Path(doc["bundle"])).start()
+    print("ready", flush=True)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
