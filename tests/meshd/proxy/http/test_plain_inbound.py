@@ -14,6 +14,7 @@ import anyio
 import pytest
 
 from meshd.proxy.http.plan import HttpPlan, HttpRules
+from meshd.proxy.inbound import UNAUTHENTICATED
 from meshd.runtime import Runtime
 from meshd.telemetry.events import RequestCompleted
 from tests.meshd.proxy.http.hooked_meshd import DENIED, deny
@@ -74,14 +75,14 @@ def test_plaintext_without_policy_is_observed_when_it_speaks_http(
 ) -> None:
     app = RecordingApp()
     try:
-        rt = _runtime(tmp_path, app.port)
+        rt = runtime(tmp_path, app.port, "permissive")
         seen = rt.bus.subscribe(1000)
-        monkeypatch.setattr(inbound, "original_dst", lambda sock: ("127.0.0.1", app.port))
+        original_dst_is(monkeypatch, app.port)
         anyio.run(_exchange_bytes, rt, data, backend="asyncio")
     finally:
         app.close()
     requests = [e for e in seen.queue if isinstance(e, RequestCompleted)]
     assert [(e.method, e.status) for e in requests] == expected
     assert {(e.direction, e.source, e.destination) for e in requests} <= {
-        ("inbound", inbound.UNAUTHENTICATED, "web")
+        ("inbound", UNAUTHENTICATED, "web")
     }
