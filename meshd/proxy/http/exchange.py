@@ -42,7 +42,7 @@ following of responses (their bodies cannot be told), not of requests.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import httptools
 
@@ -174,11 +174,7 @@ class HttpExchange(HttpObserver):
             head = bytes(data)
             found = head.find(b"\r\n\r\n")
             if found > 0 and found == len(head) - 4 and head[0] > 32:
-                # the common chunk: one whole head and nothing else (no body, no empty
-                # lines before it): no view, no gathering
-                if self._feed_head(head):
-                    self._head_done(head, head, 0, len(head))
-                return self._verdict()
+                return self._alone(head)
         view, pos = memoryview(data), 0
         while pos < len(view) and self.left != DONE:
             if self.left == HEAD:
@@ -273,6 +269,38 @@ class HttpExchange(HttpObserver):
             return False
         return True
 
+    def _alone(self, head: bytes) -> Verdict:
+        """A chunk that holds one whole head and nothing else (no body, no empty lines
+        before it): the most common request of all, the short way when one hook lets it
+        go on as it is; anything else the usual way from where it stands."""
+        requests = self.requests
+        assert requests is not None  # request_bytes gave up before this otherwise
+        try:
+            requests.feed_data(head)
+        except httptools.HttpParserUpgrade:
+            self.upgrade = True
+        except httptools.HttpParserError:
+            self._answer_request(Answer(400))
+            return self._verdict()
+        hooks = self.hooks
+        if self.head_done and self.message_done and not self.upgrade and len(hooks) == 1:
+            end = head.find(b"\r\n")
+            first = head.find(b" ", 0, end) + 1  # the target: between the line's two blanks
+            last = head.rfind(b" ", first, end)
+            method = self.method
+            if 0 < first < last and head[first] != 32 and head[last - 1] != 32 and method != "HEAD":
+                self.fields = fields = head[end + 2 : -2]
+                request = RequestHead(method, head[first:last].decode("latin-1"), (), fields)
+                actions = hooks[0](request)
+                if not actions and self.responses is not None:
+                    self.head_done = False
+                    self.pending.append((method, self.started))
+                    return FORWARD
+                self._hooked(self._ask(request, actions), head, head, 0, len(head))
+                return self._verdict()
+        self._head_done(head, head, 0, len(head))
+        return self._verdict()
+
     def _head_done(self, head: bytes, view: memoryview | bytes, start: int, pos: int) -> int:
         """The head is whole and parsed: let the hooks act; where its chunk goes on.
 
@@ -286,7 +314,20 @@ class HttpExchange(HttpObserver):
             self._answer_request(Answer(400))
             return pos
         target, self.fields = parts
-        answer, edits = self._ask_hooks(target)
+        request = RequestHead(self.method, target.decode("latin-1"), (), self.fields)
+        return self._hooked(self._ask(request), head, view, start, pos)
+
+    def _hooked(
+        self,
+        asked: tuple[Answer | Close | None, list[Edit]],
+        head: bytes,
+        view: memoryview | bytes,
+        start: int,
+        pos: int,
+    ) -> int:
+        """Carry out what the hooks said of a head: the connection closed, the request
+        answered here, or the head forwarded (edited); where its chunk goes on."""
+        answer, edits = asked
         if isinstance(answer, Close):  # no answer: the connection ends here
             self._close(answer.reason)
             return pos
@@ -301,18 +342,13 @@ class HttpExchange(HttpObserver):
             self.out.append(view[start:pos] if start >= 0 else head)
         return self._forwarded(view, pos)
 
-    def _ask_hooks(self, target: bytes) -> tuple[Answer | Close | None, list[Edit]]:
-        head = RequestHead(self.method, target.decode("latin-1"), (), self.fields)
+    def _ask(
+        self, request: RequestHead, first: tuple[RequestAction, ...] | None = None
+    ) -> tuple[Answer | Close | None, list[Edit]]:
+        """Ask each hook in turn (none after an answer); ``first``: what the first said."""
         edits: list[Edit] = []
-        hooks = self.hooks
-        if len(hooks) == 1:  # the usual plan: one hook (policy), most often with nothing to do
-            actions = hooks[0](head)
-            if not actions:
-                return None, edits
-            asked: Iterable[tuple[RequestAction, ...]] = (actions,)
-        else:
-            asked = (hook(head) for hook in hooks)  # in order; none asked after an answer
-        for actions in asked:
+        for i, hook in enumerate(self.hooks):
+            actions = first if i == 0 and first is not None else hook(request)
             for action in actions:
                 if isinstance(action, Answer | Close):
                     return action, edits
