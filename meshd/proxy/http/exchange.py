@@ -226,7 +226,7 @@ class HttpExchange(HttpObserver):
         if not self.held:  # the head starts in this chunk: usually it is all there
             probe = bytes(view[pos : pos + self.max_head])
             found = probe.find(b"\r\n\r\n")
-            if found > 0 and probe[0] != 13:  # (empty lines before it: the long way)
+            if found > 0 and probe[0] > 32:  # (empty lines before it: the long way)
                 stop = found + 4
                 head = probe[:stop] if stop < len(probe) else probe
                 if not self._feed_head(head):
@@ -284,11 +284,17 @@ class HttpExchange(HttpObserver):
             return self._verdict()
         hooks = self.hooks
         if self.head_done and self.message_done and not self.upgrade and len(hooks) == 1:
-            end = head.find(b"\r\n")
+            end = head.find(b"\n") - 1  # where the request line ends: its CR (else a bare LF)
             first = head.find(b" ", 0, end) + 1  # the target: between the line's two blanks
             last = head.rfind(b" ", first, end)
             method = self.method
-            if 0 < first < last and head[first] != 32 and head[last - 1] != 32 and method != "HEAD":
+            if (
+                head[end] == 13
+                and 0 < first < last
+                and head[first] != 32
+                and head[last - 1] != 32
+                and method != "HEAD"
+            ):
                 self.fields = fields = head[end + 2 : -2]
                 request = RequestHead(method, head[first:last].decode("latin-1"), (), fields)
                 actions = hooks[0](request)
@@ -306,7 +312,7 @@ class HttpExchange(HttpObserver):
 
         ``start``: where the head began in ``view`` (-1: it was gathered over chunks).
         """
-        if not self.head_done:  # cannot be: a request line, header lines, an empty line
+        if not self.head_done:  # a head that begins with a method always ends here
             self._close("a head the parser did not finish")
             return len(view)
         parts = split_head(head)

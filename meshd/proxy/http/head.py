@@ -28,13 +28,17 @@ def header_lines(fields: bytes) -> Iterator[tuple[bytes, bytes]]:
 
 def split_head(head: bytes) -> tuple[bytes, bytes] | None:
     """A parsed head's target and header lines (``fields``), or None when its request
-    line is not ``method SP target SP version`` (the parser lets extra blanks by)."""
+    line is not ``method SP target SP version CRLF`` (the parser lets extra blanks by,
+    and a versionless line ended by a bare LF, after which it reads headers: cut at
+    the first CRLF, such a head would hide its first header from the hooks)."""
     start = len(head) - len(head.lstrip(b"\r\n"))  # empty lines before it, as llhttp skips
-    end = head.find(b"\r\n", start)
-    parts = head[start:end].split()
+    end = head.find(b"\n", start)
+    if head[end - 1] != 13:  # a bare LF: llhttp reads header lines after a versionless one
+        return None
+    parts = head[start : end - 1].split()
     if len(parts) != 3:
         return None
-    return parts[1], head[end + 2 : -2]
+    return parts[1], head[end + 1 : -2]
 
 
 def framing(fields: bytes) -> int | None:

@@ -55,6 +55,8 @@ def test_expects_continue(fields: bytes, expected: bool) -> None:
         (b"\r\n\r\nPOST /x HTTP/1.1\r\nA: 1\r\n\r\n", (b"/x", b"A: 1\r\n")),
         (b"GET /a b HTTP/1.1\r\n\r\n", None),
         (b"GET HTTP/1.1\r\n\r\n", None),
+        (b"GET /a\nX-A:1\r\n\r\n", None),  # versionless, a bare LF: llhttp reads X-A on
+        (b"GET /a\r\n\r\n", None),  # versionless (HTTP/0.9)
     ],
 )
 def test_split_head(head: bytes, expected: tuple[bytes, bytes] | None) -> None:
