@@ -4,7 +4,8 @@ meshd builds a ``Stats`` (``meshd.daemon``) and serves ``to_json()`` on
 /stats; meshctl (``AdminClient.stats``: ``meshctl status``, the wait after a
 registry push) and ``meshd reload`` (``meshd.host.reloading``) read it back
 with ``Stats.from_json``. Nothing else reads /stats by its keys. The document
-kinds the admin API takes (``KINDS``) live here too, and /top's payload will.
+kinds the admin API takes (``KINDS``) live here too; /traffic's payload, which
+``meshctl top`` reads, lives in ``meshd.traffic``.
 
 A fleet runs several meshd versions, so ``from_json`` is lenient both ways:
 a field it does not know (a newer meshd) is ignored, and a field that is

@@ -24,7 +24,11 @@ are normalised (§2.3), its opaque TCP relayed. A push that changes the policy
 re-judges every connection relayed as L4 (opened before it, or opaque TCP)
 on its L4 fields and resets (RST) those it no longer allows; HTTP under an
 exchange meets the new policy at its next request. With no policy in force
-none of this runs: a delivery is what it always was.
+none of this runs: a delivery is what it always was, its HTTP observed for
+the metrics as the outbound side observes it (``[mesh] http``: the
+observer is installed when the client's first bytes start a request,
+``install.FirstRequest``); under a policy the exchange that judges the
+requests reports them too.
 """
 
 from __future__ import annotations

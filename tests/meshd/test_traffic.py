@@ -75,8 +75,8 @@ def test_to_json_is_the_contract() -> None:
             Traffic("", 0.0, 0.0, ()),
         ),
         (
-            {"tcp": [{"direction": "outbound", "opened": 2, "open": False}]},
-            Traffic("", 0.0, 0.0, (), tcp=(TcpEdge("outbound", "", "", 2, 0, 0, 0),)),
+            {"tcp": [{"direction": "outbound", "opened": True, "open": 2, "bytes_in": 1.5}]},
+            Traffic("", 0.0, 0.0, (), tcp=(TcpEdge("outbound", "", "", 0, 2, 0, 0),)),
         ),
     ],
 )

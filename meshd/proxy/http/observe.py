@@ -1,9 +1,10 @@
 """HTTP/1.1 observation: watch a relayed connection's bytes and report each request.
 
 ``HttpObserver`` is the exchange of a connection that only needs metrics
-(the common case, outbound HTTP): it never changes or holds bytes, feeds
-them to httptools' C parsers (llhttp) and publishes a ``RequestCompleted``
-per response. Its verdict per chunk is a bool (``actions.FORWARD``, or
+(the common case: HTTP to or from a service without request hooks;
+``InboundObserver`` where the app is the server): it never changes or holds
+bytes, feeds them to httptools' C parsers (llhttp) and publishes a
+``RequestCompleted`` per response. Its verdict per chunk is a bool (``actions.FORWARD``, or
 ``actions.GIVE_UP``). It gives up (the connection goes on as opaque TCP) on
 anything it cannot follow: parse errors, Upgrade/CONNECT, HEAD (whose
 responses carry no body that the parser could know of), or a request head
