@@ -37,6 +37,11 @@ Example (every table but ``[identity]`` is optional)::
     service = "db"
 
     [limits]                          # and [timeouts], in seconds; see the dataclasses
+
+    [access_log]                      # one JSON line per request or connection, to the log
+    sample = 0.0                      # 0: off (the default), 1.0: all, 0.1: one in ten
+    [access_log.services]             # per service (destination, else source), over sample
+    api = 1.0
 """
 
 from __future__ import annotations
@@ -162,6 +167,28 @@ class TimeoutsConfig:
 
 
 @dataclass(frozen=True)
+class AccessLogConfig:
+    """The access log's sample ratio for this host, and per service."""
+
+    sample: float = 0.0
+    services: tuple[tuple[str, float], ...] = ()
+
+    @functools.cached_property
+    def per_service(self) -> dict[str, float]:
+        return dict(self.services)
+
+    def ratio(self, source: str, destination: str) -> float:
+        """The ratio for a request or connection between these services (names)."""
+        per = self.per_service
+        return per.get(destination, per.get(source, self.sample))
+
+    @property
+    def on(self) -> bool:
+        """Does anything get logged at all?"""
+        return self.sample > 0 or any(r > 0 for _, r in self.services)
+
+
+@dataclass(frozen=True)
 class MeshdConfig:
     identity: IdentityConfig
     listen: ListenConfig = field(default_factory=ListenConfig)
@@ -175,6 +202,7 @@ class MeshdConfig:
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
     log_level: str = "info"
     http: bool = True
+    access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
 
     @functools.cached_property
     def local_services(self) -> dict[str, ServiceConfig]:
@@ -219,6 +247,7 @@ class MeshdConfig:
                 "limits",
                 "timeouts",
                 "log",
+                "access_log",
             }
         )
         mesh = top.table("mesh", required=False)
@@ -240,9 +269,23 @@ class MeshdConfig:
             timeouts=_timeouts(top.table("timeouts", required=False)),
             log_level=log.choice("level", LOG_LEVELS, "info"),
             http=mesh.get("http", bool, True),
+            access_log=_access_log(top.table("access_log", required=False)),
         )
         check_across_tables(top.source, config)
         return config
+
+
+def _access_log(f: Fields) -> AccessLogConfig:
+    f.unknown({"sample", "services"})
+    services = f.table("services", required=False)
+    for name in services.data:
+        services.checked(name, name, lambda n: check_name("service", n))
+    return AccessLogConfig(
+        sample=f.bounded("sample", float, 0.0, 0.0, 1.0),
+        services=tuple(
+            (name, services.bounded(name, float, 0.0, 0.0, 1.0)) for name in sorted(services.data)
+        ),
+    )
 
 
 def _identity(f: Fields, base: Path) -> IdentityConfig:

@@ -53,10 +53,19 @@ from meshd.runtime import (
 )
 from meshd.stats import EventCounts, HandshakeCounts, HeapCounts, LinkIn, LinkOut, Stats
 from meshd.store import DocumentStore
+from meshd.telemetry.accesslog import AccessLog
 from meshd.telemetry.authzlog import AuthzLog
-from meshd.telemetry.events import AuthzDecided, CertificateRenewed, IssuerAnswered, RateLimited
+from meshd.telemetry.events import (
+    AuthzDecided,
+    CertificateRenewed,
+    ConnectionClosed,
+    IssuerAnswered,
+    RateLimited,
+    RequestObserved,
+)
 from meshd.telemetry.logs import peer_lines
 from meshd.telemetry.metrics import Metrics
+from meshd.telemetry.tap import TapHub
 from meshd.tls.context import TlsMaterial
 from meshd.tls.gate import HANDSHAKE_GRACE, HandshakeGate
 from meshd.tls.handshake import TlsListener
@@ -123,9 +132,23 @@ class Daemon:
         self.authz_log = AuthzLog()  # its lines are written as the metrics count the events
         self.metrics.tap(AuthzDecided, self.authz_log.decided)
         self.metrics.tap(RateLimited, self.authz_log.limited)
+        # the live tap and the access log: fed by the metrics consumer, like the authz log
+        self.tap = TapHub(self.rt.listening)
+        self.access_log = AccessLog(config.access_log, config.identity.trust_domain)
+        self.metrics.tap(RequestObserved, self.tap.request)
+        self.metrics.tap(ConnectionClosed, self.access_log.closed)
+        self._access_changed()
+        self.rt.swapped.append(self._access_changed)
         self.admin = AdminServer(_Backend(self), events=self.rt.bus)
         self.ipv6 = SERVED  # or why IPv6 is not served (see _start_listeners)
         self._stop: anyio.Event | None = None
+
+    def _access_changed(self) -> None:
+        """Follow ``[access_log]`` of the config now in place (at start, after a reload)."""
+        config = self.rt.config
+        self.access_log.configure(config.access_log, config.identity.trust_domain)
+        self.tap.sink = self.access_log.request if config.access_log.on else None
+        self.tap.want_requests(config.access_log.on)
 
     def _publish(self, event: IssuerAnswered) -> None:
         self.rt.bus.publish(event)  # the bus of the runtime made after the issuer
@@ -417,7 +440,12 @@ class _Backend:
             d.metrics.set_document_set_aside(kind, kind in aside)
         d.metrics.set_last_reload(d.rt.last_reload.ok, d.rt.last_reload.at)
         d.metrics.collect()
+        d.metrics.set_tap_dropped(d.tap.dropped())
         return d.metrics.render()
+
+    @property
+    def tap(self) -> TapHub:
+        return self.daemon.tap
 
     def traffic(self) -> Traffic:
         d = self.daemon

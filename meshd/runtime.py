@@ -28,6 +28,7 @@ from meshd.identity import SpiffeId, make_id
 from meshd.policy.bundle import NO_POLICY, AppliedPolicy, Bundle
 from meshd.policy.lang.model import RateLimit
 from meshd.policy.lang.ratelimit import Buckets
+from meshd.proxy.http.observe import Listening
 from meshd.proxy.http.plan import HttpRules
 from meshd.registry import Registry
 from meshd.stats import CertificateSource, ReloadReport
@@ -142,6 +143,8 @@ class Runtime:
     # the daemon's event loop (``Daemon.run``): swap hooks touch links and timers, so they run
     # there even when a push is applied in the document store's worker thread
     loop: asyncio.AbstractEventLoop | None = None
+    # on while a tap client or the access log wants requests' paths (meshd.telemetry.tap)
+    listening: Listening = field(default_factory=Listening)
 
     def __post_init__(self) -> None:
         self.recompile()

@@ -4,7 +4,8 @@ No sockets here: ``meshd.admin.server.AdminServer`` decides who is calling,
 ``meshd.admin.http`` reads the requests, ``answer`` serves one of them. The
 backend it serves from and the limits it keeps are declared here too.
 
-Routes: GET /healthz, /ready, /metrics, /stats, /traffic (``meshd.traffic``); GET and PUT /registry,
+Routes: GET /healthz, /ready, /metrics, /stats, /traffic (``meshd.traffic``), /tap
+(a stream: ``meshd.admin.tapstream``); GET and PUT /registry,
 /config, /policy, /certs, /trust, /issuer (PUT goes through
 ``DocumentStore.put``: 200 ``{"status", "version"}``, 400 invalid, 409 older
 or conflicting, 500 not applied); POST /renew (202: meshd renews its
@@ -29,6 +30,7 @@ from typing import Protocol
 
 import anyio
 
+from meshd.admin.tapstream import tap_answer
 from meshd.admin.wire import Request, Response, error_response, json_response
 from meshd.errors import MeshError
 from meshd.issuer.decide import Caller, Refusal
@@ -36,13 +38,15 @@ from meshd.issuer.service import Issuer
 from meshd.stats import KINDS, Stats
 from meshd.store import ApplyError, DocumentStore, VersionConflictError
 from meshd.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from meshd.telemetry.tap import TapHub
 from meshd.tls.context import TlsMaterial
 from meshd.traffic import Traffic
 
 log = logging.getLogger("meshd.admin")
 
 LOCAL_PATHS = frozenset({"/healthz", "/ready", "/stats"})
-READ_PATHS = frozenset({"/healthz", "/ready", "/metrics", "/stats", "/traffic"})
+TAP = "/tap"
+READ_PATHS = frozenset({"/healthz", "/ready", "/metrics", "/stats", "/traffic", TAP})
 DOCUMENT_PATHS = {f"/{kind}": kind for kind in KINDS}
 ISSUER_CSR = "/issuer/csr"
 ISSUE = "/issue"  # the one path a host identity may use
@@ -62,7 +66,7 @@ class AdminBackend(Protocol):
     ``metrics_text()``: the Prometheus exposition for /metrics (e.g.
     ``metrics.collect(); return metrics.render()``). ``traffic()``: the /traffic
     snapshot of the same counters (``metrics.collect(); return
-    metrics.traffic(host)``). ``current_tls()``: the TLS
+    metrics.traffic(host)``). ``tap``: the hub GET /tap clients join. ``current_tls()``: the TLS
     material to use for the next accepted connection. ``renew_now()``: start a
     renewal round of meshd's certificate (POST /renew). All but ``store.put``
     are called on the event loop and must not block.
@@ -84,6 +88,9 @@ class AdminBackend(Protocol):
     def metrics_text(self) -> str: ...
 
     def traffic(self) -> Traffic: ...
+
+    @property
+    def tap(self) -> TapHub: ...
 
     def current_tls(self) -> TlsMaterial: ...
 
@@ -179,6 +186,8 @@ async def answer(backend: AdminBackend, request: Request, local: bool) -> Respon
         return error_response(405, message, headers=(("Allow", ", ".join(allowed)),))
     if request.path in POSTS:
         return await _post(backend, request.path)
+    if request.path == TAP:
+        return tap_answer(backend.tap, request.query)
     if kind is None:
         return _read_only(backend, request.path)
     if request.method == "GET":

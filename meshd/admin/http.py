@@ -23,7 +23,14 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from meshd.admin.api import AdminLimits
 from meshd.admin.rawstream import RawSocketStream
-from meshd.admin.wire import HttpError, Request, Response, content_length, parse_head
+from meshd.admin.wire import (
+    HttpError,
+    Request,
+    Response,
+    content_length,
+    parse_head,
+    query_of,
+)
 
 Answer = Callable[[Request], Awaitable[Response]]
 Admit = Callable[[Request], Response | None]  # sees a request's head; an answer refuses it
@@ -68,6 +75,9 @@ class Exchange:
             if request is None:
                 return False
             response = await answer(request)
+            if response.stream is not None:  # it writes the rest of this connection's life
+                await response.stream(conn.http, expires)
+                return time.time() >= expires
             if not request.keep_alive or response.close:
                 await self.finish(conn, response)
                 return False
@@ -141,7 +151,7 @@ class Exchange:
         try:
             with anyio.fail_after(timeout):
                 head = await reader.receive_until(b"\r\n\r\n", self.limits.max_header_bytes)
-                request = Request(*parse_head(head))
+                request = Request(*parse_head(head), query=query_of(head))
                 early = admit(request) if admit is not None else None
                 if early is not None:
                     return early

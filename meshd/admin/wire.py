@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
+
+from anyio.abc import ByteStream
 
 JSON = "application/json"
 _REQUEST_LINE = re.compile(r"([A-Z]{1,16}) (/[!-~]*) HTTP/(1\.[01])")
@@ -24,6 +27,7 @@ class Request:
     version: str
     headers: dict[str, str]
     body: bytes = b""
+    query: str = ""  # the target's query, as sent (GET /tap reads it)
 
     @property
     def keep_alive(self) -> bool:
@@ -38,6 +42,9 @@ class Response:
     content_type: str = JSON
     headers: tuple[tuple[str, str], ...] = ()
     close: bool = False
+    # a streaming answer (GET /tap): writes its own head and body on the connection, until
+    # the peer's certificate expires (the epoch seconds given), then the connection closes
+    stream: Callable[[ByteStream, float], Awaitable[None]] | None = None
 
     def encode(self, keep_alive: bool) -> bytes:
         lines = [
@@ -93,6 +100,13 @@ def parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
         headers[key] = value.strip(" \t")
     method, target, version = match.groups()
     return method, target.split("?", 1)[0], version, headers
+
+
+def query_of(head: bytes) -> str:
+    """The query of a request head's target ("" without one); call after ``parse_head``."""
+    line = head.lstrip(b"\r\n").split(b"\r\n", 1)[0]
+    target = line.split(b" ", 2)[1] if line.count(b" ") >= 2 else b""
+    return target.partition(b"?")[2].decode("latin-1")
 
 
 def content_length(headers: dict[str, str], limit: int) -> int:

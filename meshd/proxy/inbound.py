@@ -225,6 +225,7 @@ class MeshPort:
             request.source,
             request.service,
             self.rt.config.limits.max_header_bytes,
+            self.rt.listening,
         )
 
     def _connect(self, stream: Stream, port: int, pending: list[Callable[[], None]]) -> None:
@@ -412,6 +413,7 @@ class PlainInbound(PipeEnd):
             UNAUTHENTICATED,
             self.service,
             self.rt.config.limits.max_header_bytes,
+            self.rt.listening,
         )
 
     def _connect(self, port: int) -> None:
@@ -542,7 +544,7 @@ def rt_observes(rt: Runtime) -> bool:
 def first_request(rt: Runtime, carrier: Carrier, source: str, service: str) -> FirstRequest:
     """The exchange of an inbound connection to ``service`` until its first bytes."""
     limit = rt.config.limits.max_header_bytes
-    return FirstRequest(carrier, OBSERVE, rt.bus.publish, source, service, limit)
+    return FirstRequest(carrier, OBSERVE, rt.bus.publish, source, service, limit, rt.listening)
 
 
 def _refused(link: Link, refusal: Refuse) -> None:

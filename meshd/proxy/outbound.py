@@ -104,6 +104,7 @@ class OutboundConn(AppProtocol):
                     self.source,
                     self.service,
                     self.rt.config.limits.max_header_bytes,
+                    self.rt.listening,
                 )
                 if self.stream.http is not None:  # it may move to a fresh link between requests
                     self.stream.mover = self._move

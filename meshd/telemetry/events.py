@@ -56,6 +56,16 @@ class RequestCompleted:
 
 
 @dataclass(slots=True)
+class RequestObserved(RequestCompleted):
+    """A ``RequestCompleted`` with what the tap and the access log show: published instead
+    of it only while someone listens (``meshd.telemetry.tap.Listening``)."""
+
+    path: str = ""  # the target without its query, as sent (raw: consumers escape it)
+    request_id: str = ""  # its x-request-id header, if the chunk that began it had one
+    bytes_in: int = 0  # request bytes (head and body) seen from the client
+
+
+@dataclass(slots=True)
 class AuthzDecided:
     """A policy decision on an inbound request or connection (``meshd.policy.guard``).
 
@@ -159,6 +169,7 @@ Event = (
     ConnectionOpened
     | ConnectionClosed
     | RequestCompleted
+    | RequestObserved
     | HandshakeFailed
     | ConnectionRefused
     | IssuerAnswered

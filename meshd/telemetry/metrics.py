@@ -36,6 +36,7 @@ from meshd.telemetry.events import (
     RateLimited,
     RenewalFailed,
     RequestCompleted,
+    RequestObserved,
     Subscription,
 )
 from meshd.telemetry.snapshot import snapshot
@@ -133,6 +134,7 @@ class Metrics:
             ConnectionOpened: self._opened,
             ConnectionClosed: self._closed,
             RequestCompleted: self._request,
+            RequestObserved: self._request,  # the same, noted for the tap and access log
             HandshakeFailed: self._handshake,
             ConnectionRefused: self._refused,
             IssuerAnswered: self._issuer,
@@ -179,6 +181,9 @@ class Metrics:
         while True:
             done = self.collect(batch)
             await anyio.sleep(0 if done == batch else interval)
+
+    def set_tap_dropped(self, dropped: int) -> None:
+        self._families["tap_dropped"].set((), dropped)
 
     def set_certificate_expiry(self, timestamp: float) -> None:
         self._families["cert_expiry"].set((), timestamp)
@@ -374,6 +379,11 @@ def _families() -> dict[str, Family]:
         ),
         "dropped": Family(
             "meshd_events_dropped_total", "Telemetry events dropped by slow consumers.", "counter"
+        ),
+        "tap_dropped": Family(
+            "meshd_tap_dropped_total",
+            "Requests not sent to tap clients that read too slowly (GET /tap).",
+            "counter",
         ),
         "published": Family(
             "meshd_events_published_total", "Telemetry events published.", "counter"

@@ -22,7 +22,14 @@ from typing import Protocol
 
 from meshd.proxy.http.actions import GIVE_UP, Verdict
 from meshd.proxy.http.exchange import HttpExchange, InboundHttpExchange
-from meshd.proxy.http.observe import HttpObserver, InboundObserver, discard, looks_like_http
+from meshd.proxy.http.observe import (
+    NOBODY,
+    HttpObserver,
+    InboundObserver,
+    Listening,
+    discard,
+    looks_like_http,
+)
 from meshd.proxy.http.plan import HttpPlan
 from meshd.telemetry.events import INBOUND, OUTBOUND, Event
 
@@ -34,8 +41,10 @@ def exchange_for(
     source: str,
     destination: str,
     max_head: int,
+    listening: Listening = NOBODY,
 ) -> HttpObserver | None:
-    """The exchange for one connection (``direction`` says which end its app is), or None."""
+    """The exchange for one connection (``direction`` says which end its app is), or None;
+    ``listening``: the runtime's, which says when its requests' paths are wanted."""
     if plan is None:
         return None
     if not plan.observe:
@@ -43,9 +52,12 @@ def exchange_for(
     outbound = direction == OUTBOUND
     if not plan.hooks:
         observer = HttpObserver if outbound else InboundObserver
-        return observer(publish, direction, source, destination, max_head)
-    exchange = HttpExchange if outbound else InboundHttpExchange
-    return exchange(publish, direction, source, destination, max_head, plan.hooks)
+        made = observer(publish, direction, source, destination, max_head)
+    else:
+        exchange = HttpExchange if outbound else InboundHttpExchange
+        made = exchange(publish, direction, source, destination, max_head, plan.hooks)
+    made.listening = listening
+    return made
 
 
 class Carrier(Protocol):
@@ -57,7 +69,7 @@ class Carrier(Protocol):
 class FirstRequest:
     """An inbound connection's exchange until its first bytes say whether it speaks HTTP."""
 
-    __slots__ = ("carrier", "destination", "max_head", "plan", "publish", "source")
+    __slots__ = ("carrier", "destination", "listening", "max_head", "plan", "publish", "source")
     client_is_app = False  # inbound: the requests come from the peer
 
     def __init__(
@@ -68,16 +80,24 @@ class FirstRequest:
         source: str,
         destination: str,
         max_head: int,
+        listening: Listening = NOBODY,
     ) -> None:
         self.carrier, self.plan, self.publish = carrier, plan, publish
         self.source, self.destination, self.max_head = source, destination, max_head
+        self.listening = listening
 
     def request_bytes(self, data: bytes | memoryview) -> Verdict:
         """The client's first bytes: the observer follows them from here, or nobody does."""
         if not looks_like_http(data):
             return GIVE_UP
         exchange = exchange_for(
-            self.plan, self.publish, INBOUND, self.source, self.destination, self.max_head
+            self.plan,
+            self.publish,
+            INBOUND,
+            self.source,
+            self.destination,
+            self.max_head,
+            self.listening,
         )
         self.carrier.use_http(exchange)
         return GIVE_UP if exchange is None else exchange.request_bytes(data)

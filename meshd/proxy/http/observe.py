@@ -9,6 +9,13 @@ bytes, feeds them to httptools' C parsers (llhttp) and publishes a
 anything it cannot follow: parse errors, Upgrade/CONNECT, HEAD (whose
 responses carry no body that the parser could know of), or a request head
 larger than the limit. ``exchange.HttpExchange`` grows it for request hooks.
+
+While someone listens (a tap client, an access log: ``Listening.on``, checked
+once per chunk the client sends), the observer also notes each request's
+path and ``x-request-id`` from the request line and head of the chunk that
+starts it, and the request bytes it sees, in a ``Stamp`` (its start time,
+carrying the notes), and publishes ``RequestObserved`` instead of
+``RequestCompleted``. Nobody listening: none of that runs.
 """
 
 from __future__ import annotations
@@ -22,9 +29,15 @@ from types import SimpleNamespace
 import httptools
 
 from meshd.proxy.http.actions import Verdict
-from meshd.telemetry.events import Event, RequestCompleted
+from meshd.telemetry.events import Event, RequestCompleted, RequestObserved
 
 _REQUEST_START = re.compile(rb"^[A-Z]{3,12} ")
+# a request line, its target's path (up to the query) captured; bounded, so that a
+# hostile head costs little
+_REQUEST_LINE = re.compile(rb"[A-Z]{3,12} ([^ ?\r\n]{0,256})[^ \r\n]* HTTP/1\.[01]\r\n")
+_REQUEST_ID = b"\nx-request-id:"
+_BODY = re.compile(rb"\n(?:content-length:[ \t]*0*[1-9]|transfer-encoding:)")
+NOTED = 16384  # bytes of a chunk looked at for request lines
 
 
 def looks_like_http(first_bytes: bytes | memoryview) -> bool:
@@ -38,6 +51,55 @@ _METHODS = {
     m.encode(): m
     for m in ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE")
 }
+
+
+class Listening:
+    """Whether anyone wants requests' paths (one per runtime, shared by its observers)."""
+
+    __slots__ = ("on",)
+
+    def __init__(self, on: bool = False) -> None:
+        self.on = on
+
+
+NOBODY = Listening()  # an observer's until its connection's runtime gives it its own
+
+
+class Stamp(float):
+    """When a request began (a monotonic time, as the plain float it stands in for), with
+    what a listener is shown of it."""
+
+    __slots__ = ("bytes_in", "path", "request_id")
+    bytes_in: int
+    path: str
+    request_id: str
+
+
+def request_notes(chunk: bytes | memoryview) -> list[tuple[str, str]]:
+    """(path, request id) of the requests whose heads ``chunk`` starts with, in order: the
+    one it begins with and those pipelined right after a head without a body (what follows
+    a body is not looked at).
+    """
+    data = bytes(chunk[:NOTED])
+    notes: list[tuple[str, str]] = []
+    start = 0
+    while (line := _REQUEST_LINE.match(data, start)) is not None:
+        end = data.find(b"\r\n\r\n", line.end() - 2)
+        head = data[line.end() - 1 : end + 2 if end >= 0 else len(data)].lower()
+        notes.append((line.group(1).decode("latin-1"), _request_id(head)))
+        if end < 0 or _BODY.search(head):
+            break
+        start = end + 4
+    return notes
+
+
+def _request_id(head: bytes) -> str:
+    """The x-request-id header's value in ``head`` (lower-cased, from a line end), or ""."""
+    at = head.find(_REQUEST_ID)
+    if at < 0:
+        return ""
+    value = head[at + len(_REQUEST_ID) : head.find(b"\n", at + 1)]
+    return value.strip(b" \t\r")[:128].decode("latin-1")
 
 
 def discard(event: Event) -> None:
@@ -59,6 +121,7 @@ class HttpObserver:
         "direction",
         "gave_up",
         "head_bytes",
+        "listening",
         "max_head",
         "pending",
         "publish",
@@ -81,6 +144,7 @@ class HttpObserver:
         self.source = source
         self.destination = destination
         self.max_head = max_head
+        self.listening = NOBODY  # set by install.exchange_for
         self.head_bytes = 0
         self.chunk_time = 0.0
         self.pending: deque[tuple[str, float]] = deque()
@@ -129,6 +193,9 @@ class HttpObserver:
             method, started = self.pending.popleft()
             if self.publish is discard:  # not observed (a policy hook alone): nothing to build
                 return
+            if started.__class__ is Stamp:  # noted while someone listened
+                self._observed(method, status, started)
+                return
             self.publish(
                 RequestCompleted(
                     self.direction,
@@ -144,6 +211,8 @@ class HttpObserver:
     def request_bytes(self, data: bytes | memoryview) -> Verdict:
         """Bytes the client sent: FORWARD, or GIVE_UP."""
         self.chunk_time = time.monotonic()
+        if self.listening.on:
+            return self._noted(data)
         if self.head_bytes >= 0:
             self.head_bytes += len(data)
             if self.head_bytes > self.max_head:
@@ -156,6 +225,56 @@ class HttpObserver:
         except (httptools.HttpParserUpgrade, httptools.HttpParserError):
             return self._give_up()
         return not self.gave_up or self._give_up()
+
+    def _noted(self, data: bytes | memoryview) -> Verdict:
+        """``request_bytes`` while someone listens: the same, and the requests that began in
+        this chunk get a ``Stamp`` with their notes (the chunk's bytes count for the request
+        under way when it came, else for the first that began in it)."""
+        pending = self.pending
+        before = len(pending)
+        going = pending[-1][1] if self.sending and pending else None
+        if self.head_bytes >= 0:
+            self.head_bytes += len(data)
+            if self.head_bytes > self.max_head:
+                return self._give_up()
+        requests = self.requests
+        if requests is None:
+            return False
+        try:
+            requests.feed_data(data)
+        except (httptools.HttpParserUpgrade, httptools.HttpParserError):
+            return self._give_up()
+        if going.__class__ is Stamp:
+            going.bytes_in += len(data)
+        if len(pending) > before:
+            self._stamp(data, before, 0 if going is not None else len(data))
+        return not self.gave_up or self._give_up()
+
+    def _stamp(self, data: bytes | memoryview, first: int, size: int) -> None:
+        notes = request_notes(data)
+        pending = self.pending
+        for i in range(first, len(pending)):
+            method, started = pending[i]
+            path, request_id = notes[i - first] if i - first < len(notes) else ("", "")
+            stamp = Stamp(started)
+            stamp.path, stamp.request_id = path, request_id
+            stamp.bytes_in = size if i == first else 0
+            pending[i] = (method, stamp)
+
+    def _observed(self, method: str, status: int, started: Stamp) -> None:
+        self.publish(
+            RequestObserved(
+                self.direction,
+                self.source,
+                self.destination,
+                method,
+                status,
+                time.monotonic() - started,
+                started.path,
+                started.request_id,
+                started.bytes_in,
+            )
+        )
 
     def response_bytes(self, data: bytes | memoryview) -> Verdict:
         """Bytes the server sent: FORWARD, or GIVE_UP."""
@@ -179,6 +298,9 @@ class HttpObserver:
         """Publish one request's end (off the per-request path: ``response_complete``
         publishes its own, without this call)."""
         if not method:
+            return
+        if started.__class__ is Stamp:
+            self._observed(method, status, started)
             return
         self.publish(
             RequestCompleted(

@@ -34,6 +34,7 @@ from meshd.config import MeshdConfig
 from meshd.daemon import Daemon
 from meshd.errors import ConfigError, ConnectError
 from meshd.issuer.service import Issuer
+from meshd.proxy.http.observe import Listening
 from meshd.registry import Registry
 from meshd.stats import KINDS, Stats
 from meshd.store import DocumentStore
@@ -47,6 +48,7 @@ from meshd.telemetry.events import (
 )
 from meshd.telemetry.logs import peer_lines
 from meshd.telemetry.metrics import Metrics
+from meshd.telemetry.tap import TapHub
 from meshd.tls.context import TlsMaterial
 from meshd.tls.gate import HANDSHAKE_GRACE
 from meshd.traffic import Traffic
@@ -168,6 +170,7 @@ class FakeBackend:
     live: dict[str, Any] = field(default_factory=dict)
     issuer: Issuer | None = None  # the daemon's own is tested in test_issuer.py
     renewals_asked: int = 0
+    tap: TapHub = field(default_factory=lambda: TapHub(Listening()))
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(self.bus, process_metrics=False)

@@ -1,0 +1,104 @@
+"""The observer while someone listens: each request's path, request id and bytes, noted
+from the chunk that starts it; with nobody listening, the plain event as before."""
+
+from __future__ import annotations
+
+import pytest
+
+from meshd.proxy.http.observe import HttpObserver, Listening, request_notes
+from meshd.telemetry.events import Event, RequestCompleted, RequestObserved
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+@pytest.mark.parametrize(
+    ("chunk", "notes"),
+    [
+        (b"GET /a?q=1 HTTP/1.1\r\nHost: x\r\n\r\n", [("/a", "")]),
+        (b"GET / HTTP/1.1\r\n\r\n", [("/", "")]),
+        (b"GET /a HTTP/1.1\r\nX-Request-ID:  r-7 \r\n\r\n", [("/a", "r-7")]),
+        (
+            b"GET /a HTTP/1.1\r\nx-request-id: r\r\n\r\nGET /b?x HTTP/1.1\r\n\r\n",
+            [("/a", "r"), ("/b", "")],
+        ),
+        (b"POST /p HTTP/1.1\r\nContent-Length: 5\r\n\r\nGET /x HTTP/1.1\r\n", [("/p", "")]),
+        (b"GET /partial HTTP/1.1\r\nHost: x", [("/partial", "")]),
+        (b"body bytes GET /b HTTP/1.1\r\n", []),  # not at a request's start
+        (b"GET /" + b"a" * 3000 + b" HTTP/1.1\r\n\r\n", [("/" + "a" * 255, "")]),  # cut
+        (b"GET /\xff\x00x HTTP/1.1\r\n\r\n", [("/\xff\x00x", "")]),  # raw: consumers escape
+    ],
+)
+def test_request_notes(chunk: bytes, notes: list[tuple[str, str]]) -> None:
+    assert request_notes(chunk) == notes
+
+
+def observe(listening: bool, chunks: list[bytes], responses: int) -> list[Event]:
+    events: list[Event] = []
+    observer = HttpObserver(events.append, "outbound", "web", "api", 16384)
+    observer.listening = Listening(listening)
+    for chunk in chunks:
+        assert observer.request_bytes(chunk)
+    for _ in range(responses):
+        assert observer.response_bytes(OK)
+    return events
+
+
+GET_A = b"GET /a?x=1 HTTP/1.1\r\nHost: h\r\n\r\n"
+TWO = b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n"
+POST = b"POST /p HTTP/1.1\r\nContent-Length: 4\r\n\r\nab"
+SPLIT = b"GET /s HTTP/1.1\r\nHo"
+
+
+@pytest.mark.parametrize(
+    ("chunks", "paths", "sizes"),
+    [
+        ([GET_A], ["/a"], [len(GET_A)]),
+        ([TWO], ["/a", "/b"], [len(TWO), 0]),  # a chunk's bytes count for its first request
+        # a body in two chunks: the second counts for the request under way
+        ([POST, b"cd"], ["/p"], [len(POST) + 2]),
+        # a head split over two chunks: noted from the first
+        ([SPLIT, b"st: h\r\n\r\n"], ["/s"], [len(SPLIT) + 9]),
+    ],
+)
+def test_listening_notes_each_request(
+    chunks: list[bytes], paths: list[str], sizes: list[int]
+) -> None:
+    events = observe(True, chunks, len(paths))
+    assert all(type(e) is RequestObserved for e in events)
+    observed = [e for e in events if isinstance(e, RequestObserved)]
+    assert [(e.path, e.bytes_in, e.status) for e in observed] == [
+        (p, s, 200) for p, s in zip(paths, sizes, strict=True)
+    ]
+
+
+def test_nobody_listening_publishes_the_plain_event() -> None:
+    events = observe(False, [b"GET /a HTTP/1.1\r\n\r\n"], 1)
+    assert [type(e) for e in events] == [RequestCompleted]
+
+
+def test_listening_from_the_middle_of_a_connection() -> None:
+    """A tap that connects while a kept-alive connection is open sees its next requests."""
+    events: list[Event] = []
+    listening = Listening()
+    observer = HttpObserver(events.append, "outbound", "web", "api", 16384)
+    observer.listening = listening
+    observer.request_bytes(b"GET /before HTTP/1.1\r\n\r\n")
+    listening.on = True
+    observer.request_bytes(b"GET /after HTTP/1.1\r\n\r\n")
+    observer.response_bytes(OK + OK)
+    observer.finished()
+    assert [type(e) for e in events] == [RequestCompleted, RequestObserved]
+    assert isinstance(events[1], RequestObserved) and events[1].path == "/after"
+
+
+def test_a_request_without_response_is_observed_at_the_end() -> None:
+    events: list[Event] = []
+    observer = HttpObserver(events.append, "outbound", "web", "api", 16384)
+    observer.listening = Listening(True)
+    observer.request_bytes(b"GET /lost HTTP/1.1\r\n\r\n")
+    observer.finished()
+    assert [
+        (type(e), getattr(e, "path", None), e.status)
+        for e in events
+        if isinstance(e, RequestCompleted)
+    ] == [(RequestObserved, "/lost", 0)]
