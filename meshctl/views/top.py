@@ -16,7 +16,7 @@ from rich.text import Span, Text
 from meshctl.traffic import EdgeRow, HostRow, PathRow, ServiceRow, Signals, Top
 from meshd.telemetry.logs import clean
 
-NO_PATHS = "request paths: not shown yet (meshctl top does not read meshd's live tap, GET /tap, yet)"
+NO_PATHS = "request paths: not shown yet (meshctl top does not read meshd's live tap yet)"
 
 
 Cell = tuple[str, str]  # text, style ("": none)
