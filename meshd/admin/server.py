@@ -320,25 +320,42 @@ class AdminServer:
             self._refused(conn.peer, "expired", "expired")
             log.info("admin: closed the session of %s: its certificate expired", conn.peer)
 
-    async def _monitor(self, conn: Conn, expires: float) -> None:
-        """A monitor identity's session: GET /metrics, again and again; anything else ends it
-        with a 403 before its body is read."""
+    def _only(
+        self,
+        conn: Conn,
+        method: str,
+        path: str,
+        who: str,
+        forbidden: Callable[[Request], Response],
+    ) -> Callable[[Request], Response | None]:
+        """A session's admission of each request head: ``method path`` and nothing else;
+        anything else is counted, logged and answered with ``forbidden`` (before its body)."""
 
         def admit(request: Request) -> Response | None:
-            if (request.method, request.path) == ("GET", adminapi.METRICS):
+            if (request.method, request.path) == (method, path):
                 return None
             self._refused(conn.peer, "not_operator", "forbidden")
             peer_lines.log(
                 log,
                 logging.INFO,
                 REFUSALS,
-                "admin: refused %s: a monitor may only GET /metrics",
+                f"admin: refused %s: {who} may only {method} {path}",
                 conn.peer,
             )
+            return forbidden(request)
+
+        return admit
+
+    async def _monitor(self, conn: Conn, expires: float) -> None:
+        """A monitor identity's session: GET /metrics, again and again; anything else ends it
+        with a 403 before its body is read."""
+
+        def forbidden(request: Request) -> Response:
             return adminapi.monitor_forbidden(
                 self.backend.trust_domain, request.method, request.path
             )
 
+        admit = self._only(conn, "GET", adminapi.METRICS, "a monitor", forbidden)
         self.monitors += 1
         self.counters["monitor_sessions"] += 1
         try:
@@ -351,18 +368,10 @@ class AdminServer:
     async def _host(self, conn: Conn, issuing: Issuing, expires: float) -> None:
         """A host identity's one request: POST /issue, or a 403 before its body is read."""
 
-        def admit(request: Request) -> Response | None:
-            if (request.method, request.path) == ("POST", adminapi.ISSUE):
-                return None
-            self._refused(conn.peer, "not_operator", "forbidden")
-            peer_lines.log(
-                log,
-                logging.INFO,
-                REFUSALS,
-                "admin: refused %s: a host may only POST /issue",
-                conn.peer,
-            )
+        def forbidden(request: Request) -> Response:
             return adminapi.host_forbidden(self.backend.trust_domain, request.path)
+
+        admit = self._only(conn, "POST", adminapi.ISSUE, "a host", forbidden)
 
         async def answer(request: Request) -> Response:
             self.counters["requests"] += 1
