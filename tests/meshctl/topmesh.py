@@ -10,7 +10,6 @@ as on a real mesh: a port free on 127.0.0.1, tried on every address.
 from __future__ import annotations
 
 import datetime as dt
-import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,23 +23,8 @@ from meshctl.config import DefaultsConfig, MeshConfig
 from meshctl.inventory import HostSpec, Inventory, ServiceSpec
 from meshctl.workspace import Workspace, init_workspace
 from tests.meshctl.trafficserver import HostModel, Series
+from tests.meshd.harness import free_port_on
 from tests.meshd.tlsfixtures import TD, TestPki
-
-
-def free_port(addresses: list[str]) -> int:
-    """A port nothing listens on at any of ``addresses`` (checked, then released)."""
-    for _ in range(20):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port: int = probe.getsockname()[1]
-        try:
-            for address in addresses:
-                with socket.socket() as s:
-                    s.bind((address, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no port free on every address")
 
 
 @dataclass
@@ -52,7 +36,7 @@ class TopMesh:
 
 def top_mesh(root: Path, hosts: dict[str, str]) -> TopMesh:
     """A workspace whose joined hosts are ``hosts`` (name -> loopback address)."""
-    port = free_port(list(hosts.values()))
+    port = free_port_on(list(hosts.values()))
     config = MeshConfig("t", TD, "alice", False, DefaultsConfig(admin_port=port))
     ws = init_workspace(root / "ws", config, None, dt.datetime.now(dt.UTC))
     root_key = serialization.load_pem_private_key(ws.root_ca_key.read_bytes(), None)

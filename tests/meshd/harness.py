@@ -311,5 +311,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_on(addresses: list[str]) -> int:
+    """A port nothing listens on at any of ``addresses`` (tried, then released)."""
+    for _ in range(50):
+        port = free_port()
+        try:
+            for address in addresses:
+                with socket.socket() as s:
+                    s.bind((address, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no port free on every address")
+
+
 def env_without_notify() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}

@@ -31,27 +31,21 @@ from meshctl import castore, state
 from meshctl.config import DefaultsConfig, MeshConfig
 from meshctl.inventory import HostSpec, Inventory
 from meshctl.workspace import Workspace, init_workspace
-from tests.meshd.harness import HttpApp, Meshd, MeshNet, admin_call, client_context, free_port
+from tests.meshd.harness import (
+    HttpApp,
+    Meshd,
+    MeshNet,
+    admin_call,
+    client_context,
+    free_port,
+    free_port_on,
+)
 from tests.meshd.pairs import get_web
 from tests.meshd.tlsfixtures import Identity, TestPki
 
 MESHCTL = str(Path(sys.executable).with_name("meshctl"))
 HOSTS = {"a": "127.0.0.2", "b": "127.0.0.3"}  # one admin port, as on real hosts
 TD = "t.mesh"
-
-
-def _port_free_on_all(addresses: list[str]) -> int:
-    """A port that none of ``addresses`` has bound (tried, not guessed)."""
-    for _ in range(50):
-        port = free_port()
-        try:
-            for address in addresses:
-                with socket.socket() as s:
-                    s.bind((address, port))
-        except OSError:
-            continue
-        return port
-    raise AssertionError("no port free on every address")
 
 
 @dataclasses.dataclass
@@ -65,7 +59,7 @@ class Scraped:
 
 @pytest.fixture
 def scraped(tmp_path: Path) -> Iterator[Scraped]:
-    port = _port_free_on_all(list(HOSTS.values()))
+    port = free_port_on(list(HOSTS.values()))
     defaults = dataclasses.replace(DefaultsConfig(), admin_port=port)
     config = MeshConfig("t", TD, "alice", False, defaults)
     ws = init_workspace(tmp_path / "ws", config, None, dt.datetime.now(dt.UTC))
