@@ -85,17 +85,19 @@ def request_notes(chunk: bytes | memoryview) -> list[tuple[str, str]]:
     start = 0
     while (line := _REQUEST_LINE.match(data, start)) is not None:
         end = data.find(b"\r\n\r\n", line.end() - 2)
-        head = data[line.end() - 1 : end + 2 if end >= 0 else len(data)].lower()
-        notes.append((line.group(1).decode("latin-1"), _request_id(head)))
-        if end < 0 or _BODY.search(head):
+        head = data[line.end() - 1 : end + 2 if end >= 0 else len(data)]
+        lowered = head.lower()  # header names in any case; values as sent
+        notes.append((line.group(1).decode("latin-1"), _request_id(head, lowered)))
+        if end < 0 or _BODY.search(lowered):
             break
         start = end + 4
     return notes
 
 
-def _request_id(head: bytes) -> str:
-    """The x-request-id header's value in ``head`` (lower-cased, from a line end), or ""."""
-    at = head.find(_REQUEST_ID)
+def _request_id(head: bytes, lowered: bytes) -> str:
+    """The x-request-id header's value in ``head`` as sent (found in ``lowered``, its
+    lower-cased copy, from a line end), or ""."""
+    at = lowered.find(_REQUEST_ID)
     if at < 0:
         return ""
     value = head[at + len(_REQUEST_ID) : head.find(b"\n", at + 1)]

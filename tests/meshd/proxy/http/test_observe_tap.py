@@ -17,6 +17,7 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
         (b"GET /a?q=1 HTTP/1.1\r\nHost: x\r\n\r\n", [("/a", "")]),
         (b"GET / HTTP/1.1\r\n\r\n", [("/", "")]),
         (b"GET /a HTTP/1.1\r\nX-Request-ID:  r-7 \r\n\r\n", [("/a", "r-7")]),
+        (b"GET /a HTTP/1.1\r\nx-request-id: Ab-9F\r\n\r\n", [("/a", "Ab-9F")]),  # as sent
         (
             b"GET /a HTTP/1.1\r\nx-request-id: r\r\n\r\nGET /b?x HTTP/1.1\r\n\r\n",
             [("/a", "r"), ("/b", "")],
