@@ -93,6 +93,7 @@ class TrafficServer:
         self.started = time.time()
         self.socks: list[socket.socket] = []
         self.held: list[socket.socket] = []  # every connection accepted, closed at stop
+        self.threads: list[threading.Thread] = []
         self.requests = 0
 
     def start(self) -> TrafficServer:
@@ -104,14 +105,25 @@ class TrafficServer:
             context.load_cert_chain(host.cert, host.key)
             sock = socket.create_server((host.address, self.port))
             self.socks.append(sock)
-            threading.Thread(target=self._serve, args=(sock, context, host), daemon=True).start()
+            self._spawn(self._serve, sock, context, host)
         return self
 
     def stop(self) -> None:
+        """Wake every thread, wait for it, then close. Closing a socket under a thread
+        still reading it would free its descriptor for the next server's connection while
+        OpenSSL still reads that number: the old session ate the new one's handshake."""
         for sock in self.socks + self.held:
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)  # wakes a session thread waiting in recv
+                sock.shutdown(socket.SHUT_RDWR)  # wakes accept and recv
+        for thread in self.threads:
+            thread.join(5.0)
+        for sock in self.socks + self.held:
             sock.close()
+
+    def _spawn(self, target: Any, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self.threads.append(thread)
+        thread.start()
 
     def snapshot(self, host: HostModel, now: float) -> dict[str, Any]:
         elapsed = now - self.started
@@ -127,10 +139,10 @@ class TrafficServer:
                 conn, _ = sock.accept()
             except OSError:
                 return
+            self.held.append(conn)  # for stop to wake its handshake (wrapping empties it)
             if host.hang:
-                self.held.append(conn)
                 continue
-            threading.Thread(target=self._session, args=(conn, context, host), daemon=True).start()
+            self._spawn(self._session, conn, context, host)
 
     def _session(self, conn: socket.socket, context: ssl.SSLContext, host: HostModel) -> None:
         """Requests on one connection, kept alive as meshd does, until the peer closes or
