@@ -62,6 +62,14 @@ class Meshd:
                 self.proc.wait()
         return self.proc.returncode
 
+    def wait_ready(self, timeout: float = 10.0) -> Meshd:
+        """Once its "meshd ready" line is logged: the bound ports, read from that line."""
+        line = self.wait_log(r"meshd ready: .*", timeout=timeout)
+        for part in READY.search(line).group(1).split(", "):  # type: ignore[union-attr]
+            key, _, address = part.partition("=")
+            self.ports[key] = int(address.rsplit(":", 1)[1])
+        return self
+
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -90,8 +98,9 @@ class MeshNet:
         )
 
     def write_registry(self) -> Path:
-        path = self.dir / "registry.json"
-        path.write_text(json.dumps(self.registry))
+        path, fresh = self.dir / "registry.json", self.dir / "registry.json.new"
+        fresh.write_text(json.dumps(self.registry))
+        fresh.replace(path)  # whole, for a meshd starting meanwhile
         return path
 
     def start(
@@ -105,11 +114,13 @@ class MeshNet:
         mtls: str = "strict",
         command: Sequence[str] = (MESHD,),
         admin: str = "127.0.0.1:0",
+        wait: bool = True,
     ) -> Meshd:
         """Start meshd ``name``; upstreams map a service to a local listen port (0: any).
 
         ``command``: what runs ``meshd`` (a test's launcher may wrap it); ``admin``: where
-        its admin API listens.
+        its admin API listens; ``wait=False``: return once launched (many start at once),
+        its ports known after ``wait_ready``.
         """
         services = services or {}
         ident = identity or self.pki.issue(name, f"host/{name}", *(f"svc/{s}" for s in services))
@@ -146,11 +157,7 @@ class MeshNet:
             )
         meshd = Meshd(name, config, log, proc)
         self.procs.append(meshd)
-        line = meshd.wait_log(r"meshd ready: .*", timeout=10)
-        for part in READY.search(line).group(1).split(", "):  # type: ignore[union-attr]
-            key, _, address = part.partition("=")
-            meshd.ports[key] = int(address.rsplit(":", 1)[1])
-        return meshd
+        return meshd.wait_ready() if wait else meshd
 
     def stop_all(self) -> None:
         for meshd in self.procs:
