@@ -30,6 +30,7 @@ import pytest
 from meshctl import castore, state
 from meshctl.config import DefaultsConfig, MeshConfig
 from meshctl.inventory import HostSpec, Inventory
+from meshctl.traffic import short_name
 from meshctl.workspace import Workspace, init_workspace
 from tests.meshd.harness import (
     HttpApp,
@@ -40,12 +41,15 @@ from tests.meshd.harness import (
     free_port,
     free_port_on,
 )
+from tests.meshd.paced import Paced
 from tests.meshd.pairs import get_web
 from tests.meshd.tlsfixtures import Identity, TestPki
 
 MESHCTL = str(Path(sys.executable).with_name("meshctl"))
 HOSTS = {"a": "127.0.0.2", "b": "127.0.0.3"}  # one admin port, as on real hosts
 TD = "t.mesh"
+RATE = 20.0  # requests per second a -> b, the known load of the rate comparison
+WINDOW = 8  # seconds: top's --window and --interval, PromQL's range
 
 
 @dataclasses.dataclass
@@ -233,3 +237,51 @@ class _NamedContext:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ctx, name)
+
+
+def test_promql_rate_agrees_with_top_over_the_same_window(
+    scraped: Scraped, prometheus: str
+) -> None:
+    """Steady load a -> web on b; Prometheus scrapes every second. At the time ``top
+    --once`` shows its snapshot (its two polls WINDOW seconds apart, so its rates cover
+    the window), rate() over the same window, per service (inbound) and edge (outbound)."""
+    _eventually("every target up", lambda: _all_up(prometheus))
+    with Paced(scraped.meshds["a"].ports["upstream:web"], RATE) as load:
+        time.sleep(2.0)  # steady, and scraped since
+        since = time.monotonic()
+        span = ("--window", str(WINDOW), "--interval", str(WINDOW))
+        top = _meshctl(scraped.ws, "top", "--once", "--json", *span)
+        sent = load.between(since, time.monotonic()) / (time.monotonic() - since)
+        at = str(dt.datetime.fromisoformat(top["time"]).timestamp())
+        time.sleep(1.5)  # the scrapes up to ``at`` are in Prometheus
+    assert load.failed == 0
+    promql = {
+        **{("service", row): rps for row, rps in _rates(prometheus, at, "inbound").items()},
+        **{("edge", row): rps for row, rps in _rates(prometheus, at, "outbound").items()},
+    }
+    shown = {
+        **{("service", s["service"]): s["rps"] for s in top["services"]},
+        **{("edge", f"{e['source']} -> {e['destination']}"): e["rps"] for e in top["edges"]},
+    }
+    print(f"load {sent:.1f} rps; top {shown}; PromQL {promql}")
+    assert sorted(shown) == sorted(promql) == [("edge", "host/a -> web"), ("service", "web")]
+    assert shown[("service", "web")] == pytest.approx(sent, rel=0.25)  # not nothing
+    for row, rps in shown.items():
+        assert rps == pytest.approx(promql[row], rel=0.1), f"{row}: top {rps}, PromQL {promql[row]}"
+
+
+def _rates(base: str, at: str, direction: str) -> dict[str, float]:
+    """rate() of ``direction``'s requests over WINDOW at time ``at``: inbound by
+    destination (a service, as top's services), outbound by "source -> destination" with
+    the source as top names it (its edges)."""
+    by = "destination" if direction == "inbound" else "source, destination"
+    query = f'sum by ({by}) (rate(meshd_requests_total{{direction="{direction}"}}[{WINDOW}s]))'
+    result = _api(base, "query", query=query, time=at)["result"]
+    return {_row(r["metric"]): float(r["value"][1]) for r in result}
+
+
+def _row(labels: dict[str, str]) -> str:
+    """A result's row as top names it: the service, or "source -> destination"."""
+    if "source" not in labels:
+        return labels["destination"]
+    return f"{short_name(labels['source'])} -> {labels['destination']}"
