@@ -88,11 +88,9 @@ class _Reader:
         """One stream, from connecting to its end: why it ended (or never began)."""
         try:
             tls = self.connect()
-        except MeshError as e:
-            return _short(e.message, self.endpoint)
         except OSError as e:
             with self.lock:
-                self.tls = None
+                self.tls = None  # closed by _connect already
             return _short(self.taps.client._connect_error(self.endpoint, e).message, self.endpoint)
         try:
             return self.stream(tls)

@@ -208,7 +208,7 @@ class TrafficServer:
             conn.close()
 
     def _tap(self, tls: ssl.SSLSocket, host: HostModel, query: str) -> None:
-        """Tap lines of the host's inbound series until the client goes (a send fails)."""
+        """Tap lines of the host's inbound series until the client goes (or stop() wakes it)."""
         wanted = set(urllib.parse.parse_qs(query).get("service", []))
         tls.sendall(
             b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
@@ -220,8 +220,13 @@ class TrafficServer:
             if s.direction == "inbound" and (not wanted or {s.source, s.destination} & wanted)
         ]
         started, sent = time.time(), [0] * len(series)
+        tls.settimeout(TAP_EVERY)
         while True:
-            time.sleep(TAP_EVERY)
+            try:  # the wait between chunks sees the client go, or stop() shut the socket down
+                if not tls.recv(4096):
+                    return
+            except TimeoutError:
+                pass
             now = time.time()
             lines = []
             for k, s in enumerate(series):

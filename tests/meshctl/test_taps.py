@@ -1,0 +1,71 @@
+"""``meshctl top``'s tap readers against the stand-in admin server: stream, refusals, retry, close."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from meshctl.admin_client import AdminClient, AdminEndpoint
+from meshctl.taps import RETRY, Taps, refusal, tap_path
+from tests.meshctl.topmesh import model, top_mesh
+from tests.meshctl.trafficserver import Series, TrafficServer
+
+HOSTS = {"api1": "127.0.0.31", "old1": "127.0.0.32", "gone1": "127.0.0.33", "idle1": "127.0.0.34"}
+
+
+@pytest.mark.parametrize(
+    ("service", "path"),
+    [(None, "/tap"), ("api", "/tap?service=api"), ("a b&c", "/tap?service=a+b%26c")],
+)
+def test_tap_path(service: str | None, path: str) -> None:
+    assert tap_path(service) == path
+
+
+@pytest.mark.parametrize(
+    ("status", "head", "why"),
+    [
+        (404, b"HTTP/1.1 404 Not Found", "no /tap (meshd older than meshctl)"),
+        (503, b"HTTP/1.1 503 Busy", "tap busy (meshd serves 4 taps at most)"),
+        (403, b"HTTP/1.1 403 Forbidden", "tap refused (403): operator certificate not accepted"),
+        (500, b"HTTP/1.1 500 Oops\r\nX: y", "tap refused: HTTP/1.1 500 Oops"),
+    ],
+)
+def test_refusal(status: int, head: bytes, why: str) -> None:
+    assert refusal(status, head) == why
+
+
+def test_streams_names_refusals_retries_and_closes(tmp_path: Path) -> None:
+    mesh = top_mesh(tmp_path, HOSTS)
+    api = Series("inbound", "web", "api", 10, paths=("/a",))
+    hosts = [
+        model(mesh, "api1", HOSTS["api1"], api),
+        replace(model(mesh, "old1", HOSTS["old1"], api), no_tap=True),  # a meshd before /tap
+        model(mesh, "idle1", HOSTS["idle1"], Series("inbound", "web", "db", 0)),  # a silent tap
+    ]  # nothing listens for gone1
+    client = AdminClient.for_workspace(mesh.ws, 5.0)
+    endpoints = [AdminEndpoint(name, address, mesh.port) for name, address in HOSTS.items()]
+    server = TrafficServer(hosts, mesh.port, mesh.pki.bundle).start()
+    try:
+        before = threading.active_count()
+        taps = Taps(client, endpoints, None).start()
+        time.sleep(RETRY + 0.5)
+        events = taps.take()
+        missing = taps.missing()
+        started = time.monotonic()
+        taps.close()
+        closing = time.monotonic() - started
+    finally:
+        server.stop()
+    assert {e.path for e in events} == {"/a"} and len(events) == pytest.approx(35, abs=5)
+    assert missing == (
+        ("old1", "no /tap (meshd older than meshctl)"),
+        ("gone1", "connection refused"),
+    )
+    assert server.requests == 2  # old1 asked at 0 s and at RETRY s: no more often
+    # idle1's reader was blocked in a read that only close's shutdown of its socket ends
+    assert closing < 0.5 and not any(r.thread.is_alive() for r in taps.readers)
+    assert threading.active_count() <= before
