@@ -7,13 +7,15 @@ Pure: no sockets, no clock (the caller passes ``now``, Unix time).
   size past ``MAX_CHUNK`` or a malformed size line ends the stream; a line
   past ``MAX_LINE`` is skipped whole).
 - ``read_event`` reads one line into a ``TapEvent``, or None for anything
-  that is not a well-formed request line (``{"dropped": N}`` is read by
-  ``read_dropped``): every field checked for type and bounded (method up to
-  16 characters, path up to ``MAX_PATH``, status 0..999, latency 0..1 h, a
-  finite time), so a hostile or broken meshd costs a skipped line at most.
+  that is not a well-formed request line (``{"dropped": N}`` among them:
+  what meshd lost for us is not shown): every field checked for type and
+  bounded (method up to 16 characters, path up to ``MAX_PATH``, status
+  0..999, latency 0..1 h, a finite time), so a hostile or broken meshd
+  costs a skipped line at most.
 - ``PathWindow`` keeps the events of the last ``window`` seconds (by each
   event's ``time``, meshd's clock: the hosts' clocks and the operator's are
-  taken to agree, as NTP keeps them) and yields the rows. Only server-side
+  taken to agree, as NTP keeps them; an event stamped more than a window
+  ahead of ``now`` is not counted) and yields the rows. Only server-side
   events (direction ``inbound``) are counted, as services are: a request
   through two meshd shows on both taps (``outbound`` on the caller's,
   ``inbound`` on the server's) and is counted once. Memory is bounded:
@@ -174,15 +176,6 @@ def _number(value: object, low: float, high: float) -> bool:
         and math.isfinite(value)
         and low <= value <= high
     )
-
-
-def read_dropped(line: bytes) -> int | None:
-    """N of a ``{"dropped": N}`` line (meshd lost N events for us), None for other lines."""
-    doc = _json(line)
-    if not isinstance(doc, dict) or "dropped" not in doc:
-        return None
-    n = doc["dropped"]
-    return n if type(n) is int and 0 <= n < 2**53 else None
 
 
 @dataclass(slots=True)

@@ -34,7 +34,6 @@ from meshctl.tappaths import (
     FramingError,
     Lines,
     TapEvent,
-    read_dropped,
     read_event,
 )
 from meshd.errors import MeshError
@@ -70,7 +69,6 @@ class _Reader:
     def __init__(self, taps: Taps, endpoint: AdminEndpoint) -> None:
         self.taps, self.endpoint = taps, endpoint
         self.error: str | None = WAITING
-        self.dropped = 0  # events meshd told us it lost
         self.tls: ssl.SSLSocket | None = None
         self.lock = threading.Lock()  # over self.tls: close() may wake it meanwhile
         self.thread = threading.Thread(
@@ -152,13 +150,10 @@ class _Reader:
                 return
 
     def take(self, line: bytes) -> None:
+        """Queue the request ``line`` tells of; other lines (``{"dropped": N}``) are skipped."""
         event = read_event(line)
         if event is not None:
             self.taps.queue.append(event)  # a deque with maxlen: thread-safe, bounded
-            return
-        dropped = read_dropped(line)
-        if dropped is not None:
-            self.dropped += dropped
 
     def wake(self) -> None:
         """Make a blocked read return: shut the socket down (the thread still closes it)."""

@@ -17,7 +17,6 @@ from meshctl.tappaths import (
     Lines,
     PathWindow,
     TapEvent,
-    read_dropped,
     read_event,
 )
 from meshctl.traffic import PathRow
@@ -74,15 +73,6 @@ def test_read_event(fields: dict[str, object], expected: TapEvent | None) -> Non
 )
 def test_read_event_ignores_what_is_no_request(raw: bytes) -> None:
     assert read_event(raw) is None
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [(b'{"dropped": 3}', 3), (b'{"dropped": -1}', None), (b'{"dropped": "3"}', None),
-     (b'{"dropped": 1e300}', None), (line(), None), (b"[1]", None)],
-)  # fmt: skip
-def test_read_dropped(raw: bytes, expected: int | None) -> None:
-    assert read_dropped(raw) == expected
 
 
 @pytest.mark.parametrize(
