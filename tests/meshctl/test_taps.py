@@ -69,3 +69,45 @@ def test_streams_names_refusals_retries_and_closes(tmp_path: Path) -> None:
     # idle1's reader was blocked in a read that only close's shutdown of its socket ends
     assert closing < 0.5 and not any(r.thread.is_alive() for r in taps.readers)
     assert threading.active_count() <= before
+
+
+LINE = (  # any time: Taps passes events on, the window judges their times
+    '{"time": 1.5, "direction": "inbound", "method": "GET", "path": "/ok", "status": 200, '
+    '"latency_ms": 1.5}\n'
+)
+LONG = "x" * 100_000 + "\n"
+
+
+def chunks(*parts: str) -> str:
+    return "".join(f"{len(p):x}\r\n{p}\r\n" for p in parts)
+
+
+@pytest.mark.parametrize(
+    ("body", "paths", "why"),
+    [
+        ("zz\r\n", [], "tap ended: FramingError"),  # not a chunk size
+        ("7fffffff\r\n", [], "tap ended: FramingError"),  # a chunk too large to hold
+        (chunks(LONG, "[" * 4_000 + "\n", "{}\n", "null\n", LINE) + "0\r\n\r\n", ["/ok"],
+         "tap closed by meshd"),  # lines past the bound, nested too deep, not requests
+        (chunks(LINE[:30], LINE[30:] + LINE[:5]), ["/ok"], None),  # a line cut by chunks
+    ],
+)  # fmt: skip
+def test_a_broken_or_hostile_tap_costs_its_lines_never_top(
+    tmp_path: Path, body: str, paths: list[str], why: str | None
+) -> None:
+    mesh = top_mesh(tmp_path, {"bad1": "127.0.0.35"})
+    host = replace(model(mesh, "bad1", "127.0.0.35"), tap_body=body)
+    client = AdminClient.for_workspace(mesh.ws, 5.0)
+    server = TrafficServer([host], mesh.port, mesh.pki.bundle).start()
+    taps = Taps(client, [AdminEndpoint("bad1", "127.0.0.35", mesh.port)], None).start()
+    try:
+        deadline = time.monotonic() + 5
+        while taps.readers[0].error == "connecting" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        events, missing = taps.take(), taps.missing()
+    finally:
+        taps.close()
+        server.stop()
+    assert [e.path for e in events] == paths
+    assert missing == ((("bad1", why),) if why else ())

@@ -15,7 +15,9 @@ a second per series (a sampled tap), over the series' ``paths`` in turn
 (``GET``), every ``1 / errors``-th answered 500, latencies the midpoints of
 the buckets in ``shares``' proportions; with ``service=S`` only the series
 from or to S.
-``no_tap`` hosts answer 404 there, as a meshd older than the tap does.
+``no_tap`` hosts answer 404 there, as a meshd older than the tap does;
+``tap_body`` hosts send that text (latin-1) after their answer's head instead,
+then nothing more (a broken or hostile meshd).
 
 In-process (``TrafficServer(...).start()``) or as a process of its own::
 
@@ -99,11 +101,13 @@ class HostModel:
     series: tuple[Series, ...] = ()
     hang: bool = False
     no_tap: bool = False
+    tap_body: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name, "address": self.address, "cert": self.cert, "key": self.key,
-            "hang": self.hang, "no_tap": self.no_tap, "series": [s.__dict__ for s in self.series],
+            "hang": self.hang, "no_tap": self.no_tap, "tap_body": self.tap_body,
+            "series": [s.__dict__ for s in self.series],
         }  # fmt: skip
 
     @classmethod
@@ -114,8 +118,9 @@ class HostModel:
             for s in doc["series"]
         )  # fmt: skip
         return cls(
-            doc["name"], doc["address"], doc["cert"], doc["key"], series, doc["hang"], doc["no_tap"]
-        )
+            doc["name"], doc["address"], doc["cert"], doc["key"], series, doc["hang"],
+            doc["no_tap"], doc["tap_body"],
+        )  # fmt: skip
 
 
 class TrafficServer:
@@ -213,6 +218,7 @@ class TrafficServer:
         tls.sendall(
             b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
             b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            + host.tap_body.encode("latin-1")
         )
         series = [
             s
@@ -227,6 +233,8 @@ class TrafficServer:
                     return
             except TimeoutError:
                 pass
+            if host.tap_body:
+                continue
             now = time.time()
             lines = []
             for k, s in enumerate(series):
