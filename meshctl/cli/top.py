@@ -37,7 +37,12 @@ TIMEOUT_SHARE = 0.8  # of the interval: a host's answer must come before the nex
 MAX_TIMEOUT = 5.0
 
 ServiceFilter = Annotated[
-    str | None, typer.Option("--service", "-s", help="only this service and its edges")
+    str | None,
+    typer.Option(
+        "--service",
+        "-s",
+        help="only this service, its edges and the paths of requests to or from it",
+    ),
 ]
 HostFilter = Annotated[
     list[str] | None, typer.Option("--host", help="poll only this joined host (repeat)")
@@ -46,7 +51,8 @@ SortOption = Annotated[
     str, typer.Option("--sort", help="order rows by rps, success (worst first), p99 or name")
 ]
 WindowOption = Annotated[
-    float, typer.Option("--window", min=1.0, help="seconds of history rates and percentiles cover")
+    float,
+    typer.Option("--window", min=1.0, help="seconds of history rates, percentiles and paths cover"),
 ]
 IntervalOption = Annotated[
     float, typer.Option("--interval", min=0.2, help="seconds between refreshes")
