@@ -2,7 +2,9 @@
 
 b serves ``web`` (the harness's HttpApp), a has an upstream listener for it;
 a load thread sends GET requests through a (to /orders/1, /orders/1 and
-/health in turn) and counts what it got; top reads both meshd's real taps. The
+/health in turn) at a steady RATE and counts what it got (paced, so top's
+one-interval window and the load's longer one see the same rate even when
+meshctl's start slows the machine); top reads both meshd's real taps. The
 workspace's CA signs the meshd certificates, and each meshd's admin API
 listens on its own loopback address at the workspace's admin port (a
 launcher rewrites the harness's admin line), so ``meshctl top`` reaches them
@@ -26,8 +28,11 @@ from tests.meshd.harness import MESHD, HttpApp, MeshNet
 ADDRESSES = {"a": "127.0.0.81", "b": "127.0.0.82"}
 
 
+RATE = 40.0  # requests per second the load sends
+
+
 class Load:
-    """GET / through a's upstream for web, one request after another, until stopped."""
+    """GET requests through a's upstream for web, RATE a second, until stopped."""
 
     PATHS = ("/orders/1", "/orders/1", "/health")
 
@@ -39,7 +44,9 @@ class Load:
 
     def _run(self) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-        while not self.stopping.is_set():
+        next_at = time.monotonic()
+        while not self.stopping.wait(max(0.0, next_at - time.monotonic())):
+            next_at = max(next_at + 1 / RATE, time.monotonic() - 1 / RATE)  # no catch-up bursts
             path = self.PATHS[(self.done + self.failed) % len(self.PATHS)]
             self.sent[path] = self.sent.get(path, 0) + 1
             conn.request("GET", path + "?q=1")  # the tap shows paths without their query
@@ -91,7 +98,8 @@ def test_once_json_against_real_meshd(tmp_path: Path) -> None:
     ]
     (edge,) = doc["edges"]
     assert (edge["source"], edge["destination"]) == ("host/a", "web")  # a runs no service
-    assert edge["rps"] == pytest.approx(rate, rel=0.25)  # top's window is not the load's
+    assert rate == pytest.approx(RATE, rel=0.1)  # the load kept its pace
+    assert edge["rps"] == pytest.approx(rate, rel=0.15)  # top's window is not the load's
     assert edge["success"] == 1.0
     assert 0 < edge["p50_ms"] <= edge["p95_ms"] <= edge["p99_ms"] < 1000
     (service,) = doc["services"]
