@@ -26,6 +26,7 @@ import re
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,7 +152,15 @@ class AdminClient:
             _object(_checked(reply, endpoint, "reading stats"), endpoint, "stats")
         )
 
-    def _connect(self, endpoint: AdminEndpoint, deadline: float) -> ssl.SSLSocket:
+    def _connect(
+        self,
+        endpoint: AdminEndpoint,
+        deadline: float,
+        wrapped: Callable[[ssl.SSLSocket], None] | None = None,
+    ) -> ssl.SSLSocket:
+        """A TLS connection to ``endpoint``, handshake done (its peer not checked yet).
+        ``wrapped`` is told the socket before the handshake (so that another thread may
+        shut it down to wake it: ``meshctl.taps``)."""
         raw = socket.create_connection((endpoint.address, endpoint.port), _remaining(deadline))
         try:
             tls = self.context.wrap_socket(raw, do_handshake_on_connect=False)
@@ -159,6 +168,8 @@ class AdminClient:
             raw.close()
             raise
         try:
+            if wrapped is not None:
+                wrapped(tls)
             tls.settimeout(_remaining(deadline))
             tls.do_handshake()
         except BaseException:

@@ -282,12 +282,14 @@ class HostRow:
 
 @dataclass(frozen=True, slots=True)
 class Top:
-    """One refresh of ``meshctl top``. ``paths`` is None when no source provides them."""
+    """One refresh of ``meshctl top``. ``paths`` is None when no tap was read;
+    ``paths_missing`` names the hosts whose tap is not streaming, and why."""
 
     services: tuple[ServiceRow, ...]
     edges: tuple[EdgeRow, ...]
     hosts: tuple[HostRow, ...]
     paths: tuple[PathRow, ...] | None = None
+    paths_missing: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(slots=True)

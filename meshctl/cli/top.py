@@ -1,7 +1,8 @@
 """``meshctl top``: live golden signals of every joined host's meshd.
 
 The command polls (``meshctl.trafficpoll``), folds each poll into the
-sliding windows (``meshctl.traffic``) and shows the result
+sliding windows (``meshctl.traffic``), reads every host's live tap for the
+busiest paths (``meshctl.taps`` into ``meshctl.tappaths``) and shows the result
 (``meshctl.views.top``): redrawn full screen in a terminal, printed as one
 snapshot after another when stdout is not a terminal, as JSON lines with
 ``--json``, or once with ``--once``.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Annotated
 
 import typer
@@ -23,6 +25,8 @@ from meshctl.admin_client import AdminEndpoint
 from meshctl.cli.common import JsonOption
 from meshctl.cli.context import AppContext, app_context
 from meshctl.cli.errors import ExitCode
+from meshctl.tappaths import JSON_ROWS, SCREEN_ROWS, PathWindow
+from meshctl.taps import CONNECT_TIMEOUT, Taps
 from meshctl.traffic import SORTS, SortKey, Top, Watch, select, sort_key, summarize
 from meshctl.trafficpoll import Poller
 from meshctl.views.top import top_json, top_view
@@ -33,7 +37,12 @@ TIMEOUT_SHARE = 0.8  # of the interval: a host's answer must come before the nex
 MAX_TIMEOUT = 5.0
 
 ServiceFilter = Annotated[
-    str | None, typer.Option("--service", "-s", help="only this service and its edges")
+    str | None,
+    typer.Option(
+        "--service",
+        "-s",
+        help="only this service, its edges and the paths of requests to or from it",
+    ),
 ]
 HostFilter = Annotated[
     list[str] | None, typer.Option("--host", help="poll only this joined host (repeat)")
@@ -42,13 +51,19 @@ SortOption = Annotated[
     str, typer.Option("--sort", help="order rows by rps, success (worst first), p99 or name")
 ]
 WindowOption = Annotated[
-    float, typer.Option("--window", min=1.0, help="seconds of history rates and percentiles cover")
+    float,
+    typer.Option("--window", min=1.0, help="seconds of history rates, percentiles and paths cover"),
 ]
 IntervalOption = Annotated[
     float, typer.Option("--interval", min=0.2, help="seconds between refreshes")
 ]
 OnceOption = Annotated[
-    bool, typer.Option("--once", help="poll twice, one interval apart, print one snapshot, exit")
+    bool,
+    typer.Option(
+        "--once",
+        help="poll twice, one interval apart (reading the taps in between), print one "
+        "snapshot, exit",
+    ),
 ]
 
 
@@ -68,6 +83,13 @@ def top(
     summed over the hosts serving them), edges (source -> destination) on the
     client side: rps, success rate (neither a 5xx nor no answer), p50/p95/p99
     latency over the last --window seconds, bytes/s and open connections.
+    The busiest request paths come from every host's live tap (GET /tap,
+    with --service only requests from or to that service), counted on the
+    server side as services are (a request through two meshd counts once):
+    method, path, count, success rate, best/worst/last latency over the
+    window; the top 10 on screen, 50 in --json. A host whose tap is refused
+    (an older meshd, 4 taps open on it already) is tried again every few
+    seconds and named under the paths meanwhile.
     A host that does not answer within the interval is marked unreachable.
     Without a terminal, or with --json (one JSON object per line), it prints
     one snapshot per refresh. Ctrl-C quits. --once exits 8 when a host did
@@ -86,7 +108,10 @@ def top(
     timeout = min(interval * TIMEOUT_SHARE, MAX_TIMEOUT)
     poller = Poller(actx.connect_admin(ws, timeout), endpoints, timeout)
     watch = Watch.of([e.host for e in endpoints], window)
+    taps = Taps(actx.connect_admin(ws, CONNECT_TIMEOUT), endpoints, service).start()
     session = _Session(actx, poller, watch, (service, by), interval)
+    session.taps, session.paths = taps, PathWindow(window)
+    session.path_rows = JSON_ROWS if json_out else SCREEN_ROWS
     try:
         if once:
             code = session.once(json_out)
@@ -99,6 +124,7 @@ def top(
     except KeyboardInterrupt:  # the way out of a live view: no message, no traceback
         raise typer.Exit(ExitCode.OK) from None
     finally:
+        taps.close()
         poller.close()
 
 
@@ -137,10 +163,18 @@ class _Session:
         self.service, self.sort = rows  # which service, and the order of rows
         self.interval = interval
         self.sleep: Callable[[float], None] = time.sleep
+        self.taps: Taps | None = None  # no tap read: no paths
+        self.paths = PathWindow(0.0)
+        self.path_rows = SCREEN_ROWS
 
     def refresh(self) -> Top:
         self.watch = self.watch.observe(self.poller.poll())
-        return select(summarize(self.watch), self.service, self.sort)
+        shown = select(summarize(self.watch), self.service, self.sort)
+        if self.taps is None:
+            return shown
+        self.paths.add(self.taps.take())
+        rows = self.paths.rows(self.actx.clock().timestamp(), self.path_rows)
+        return replace(shown, paths=rows, paths_missing=self.taps.missing())
 
     def ticks(self) -> Callable[[], None]:
         """A wait until the next refresh, an interval after the previous one started."""

@@ -16,7 +16,8 @@ from rich.text import Span, Text
 from meshctl.traffic import EdgeRow, HostRow, PathRow, ServiceRow, Signals, Top
 from meshd.telemetry.logs import clean
 
-NO_PATHS = "request paths: not shown yet (meshctl top does not read meshd's live tap yet)"
+NO_TAP = "busiest paths: no tap read"
+NO_REQUESTS = "(no requests on the taps in the window)"
 
 
 Cell = tuple[str, str]  # text, style ("": none)
@@ -108,14 +109,36 @@ def edges_table(rows: tuple[EdgeRow, ...]) -> Text:
 
 
 def paths_table(rows: tuple[PathRow, ...]) -> Text:
-    """The busiest request paths, from the tap."""
+    """The busiest request paths, from the tap (server side, over the window)."""
     headers = ["method", "path", "count", "success", "best ms", "worst ms", "last ms"]
     cells = [
         _row(_name(r.method), _name(r.path), (str(r.count), ""), _success(r.success))
         + _row(_ms(r.best), _ms(r.worst), _ms(r.last))
         for r in rows
     ]
-    return grid("busiest paths", headers, "llrrrrr", cells)
+    return grid("busiest paths (server side, from the tap)", headers, "llrrrrr", cells)
+
+
+def paths_missing(missing: tuple[tuple[str, str], ...], most: int = 5) -> str | None:
+    """One line naming the hosts whose paths are missing and why (the first ``most``)."""
+    if not missing:
+        return None
+    shown = ", ".join(f"{clean(h)} ({clean(why, 80)})" for h, why in missing[:most])
+    more = f" and {len(missing) - most} more" if len(missing) > most else ""
+    return f"paths missing from {shown}{more}"
+
+
+def paths_part(top: Top) -> list[Text]:
+    """The paths table (or why there is none), then which hosts' paths are missing."""
+    if top.paths is None:
+        return [Text(NO_TAP, style="dim")]
+    parts = [paths_table(top.paths)]
+    if not top.paths:
+        parts.append(Text(NO_REQUESTS, style="dim"))
+    missing = paths_missing(top.paths_missing)
+    if missing is not None:
+        parts.append(Text(missing, style="yellow"))
+    return parts
 
 
 def hosts_line(hosts: tuple[HostRow, ...]) -> Text:
@@ -154,7 +177,7 @@ def top_view(
     parts: list[RenderableType] = [header, hosts_line(top.hosts)]
     parts.extend(Text(line, style="red") for line in host_errors(top.hosts))
     parts += [Text(), services_table(top.services), Text(), edges_table(top.edges), Text()]
-    parts.append(paths_table(top.paths) if top.paths is not None else Text(NO_PATHS, style="dim"))
+    parts.extend(paths_part(top))
     return Group(*parts)
 
 
@@ -174,7 +197,8 @@ def _signals_json(s: Signals) -> dict[str, Any]:
 
 
 def top_json(top: Top, time: dt.datetime) -> dict[str, Any]:
-    """One JSON line of ``--json``: success is a share (0..1), latencies in milliseconds."""
+    """One JSON line of ``--json``: success is a share (0..1), latencies in milliseconds;
+    ``paths_missing`` lists the hosts whose tap is not streaming (``host``, ``error``)."""
     services = [
         {
             "service": r.service,
@@ -202,10 +226,12 @@ def top_json(top: Top, time: dt.datetime) -> dict[str, Any]:
         for p in top.paths or ()
     ]
     hosts = [{"host": h.host, "reachable": h.reachable, "error": h.error} for h in top.hosts]
+    missing = [{"host": h, "error": why} for h, why in top.paths_missing]
     return {
         "time": time.isoformat(),
         "services": services,
         "edges": edges,
         "paths": paths,
+        "paths_missing": missing,
         "hosts": hosts,
     }

@@ -9,6 +9,16 @@ listens on its own loopback address (127.0.0.x) at the mesh's one admin port,
 as meshd does on its host, and keeps connections alive as meshd does for
 operators. ``hang`` hosts accept and never answer.
 
+``GET /tap`` streams a chunked ndjson body of tap lines (``docs/tap.md``) for
+each inbound series of the host, until the client goes: at most ``TAP_RPS``
+a second per series (a sampled tap), over the series' ``paths`` in turn
+(``GET``), every ``1 / errors``-th answered 500, latencies the midpoints of
+the buckets in ``shares``' proportions; with ``service=S`` only the series
+from or to S.
+``no_tap`` hosts answer 404 there, as a meshd older than the tap does;
+``tap_body`` hosts send that text (latin-1) after their answer's head instead,
+then nothing more (a broken or hostile meshd).
+
 In-process (``TrafficServer(...).start()``) or as a process of its own::
 
     python -m tests.meshctl.trafficserver spec.json   # prints "ready" when listening
@@ -24,11 +34,14 @@ import ssl
 import sys
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+TAP_RPS = 20.0  # tap lines a second per series, at most
+TAP_EVERY = 0.1  # seconds between two chunks of tap lines
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,7 @@ class Series:
     shares: dict[int, float] = field(default_factory=lambda: {3: 1.0})  # bucket index: share
     open: int = 1
     bytes_per_s: float = 0.0
+    paths: tuple[str, ...] = ("/",)  # what the tap shows, in turn
 
     def http(self, elapsed: float) -> dict[str, Any]:
         n = math.floor(self.rps * elapsed)
@@ -60,6 +74,23 @@ class Series:
     def key(self) -> dict[str, str]:
         return {"direction": self.direction, "source": self.source, "destination": self.destination}
 
+    def tap_line(self, i: int, now: float) -> bytes:
+        """The ``i``-th request's tap line (see the module docstring)."""
+        failed = self.errors > 0 and i % max(1, round(1 / self.errors)) == 0
+        at, bucket = (i % 100) / 100, 0
+        for index, share in sorted(self.shares.items()):
+            bucket = index
+            at -= share
+            if at < 0:
+                break
+        low = BUCKETS[bucket - 1] if bucket else 0.0
+        high = BUCKETS[bucket] if bucket < len(BUCKETS) else low * 2
+        record = {**self.key(), "time": now, "method": "GET",
+                  "path": self.paths[i % len(self.paths)], "status": 500 if failed else 200,
+                  "latency_ms": round((low + high) / 2 * 1000, 3), "bytes_in": 100,
+                  "bytes_out": 0}  # fmt: skip
+        return json.dumps(record).encode() + b"\n"
+
 
 @dataclass(frozen=True)
 class HostModel:
@@ -69,20 +100,27 @@ class HostModel:
     key: str
     series: tuple[Series, ...] = ()
     hang: bool = False
+    no_tap: bool = False
+    tap_body: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name, "address": self.address, "cert": self.cert, "key": self.key,
-            "hang": self.hang, "series": [s.__dict__ for s in self.series],
+            "hang": self.hang, "no_tap": self.no_tap, "tap_body": self.tap_body,
+            "series": [s.__dict__ for s in self.series],
         }  # fmt: skip
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> HostModel:
         series = tuple(
-            Series(**{**s, "shares": {int(k): v for k, v in s["shares"].items()}})
+            Series(**{**s, "shares": {int(k): v for k, v in s["shares"].items()},
+                      "paths": tuple(s["paths"])})
             for s in doc["series"]
-        )
-        return cls(doc["name"], doc["address"], doc["cert"], doc["key"], series, doc["hang"])
+        )  # fmt: skip
+        return cls(
+            doc["name"], doc["address"], doc["cert"], doc["key"], series, doc["hang"],
+            doc["no_tap"], doc["tap_body"],
+        )  # fmt: skip
 
 
 class TrafficServer:
@@ -95,6 +133,7 @@ class TrafficServer:
         self.held: list[socket.socket] = []  # every connection accepted, closed at stop
         self.threads: list[threading.Thread] = []
         self.requests = 0
+        self.taps = 0  # tap streams served
 
     def start(self) -> TrafficServer:
         for host in self.hosts:
@@ -160,13 +199,51 @@ class TrafficServer:
                         buffer += chunk
                     head, _, buffer = buffer.partition(b"\r\n\r\n")
                     keep = b"connection: close" not in head.lower()
-                    tls.sendall(self._answer(head.split(b" ", 2)[1], host, keep))
+                    path = head.split(b" ", 2)[1]
+                    if path.partition(b"?")[0] == b"/tap" and not host.no_tap:
+                        self.taps += 1
+                        self._tap(tls, host, path.partition(b"?")[2].decode())
+                        return
+                    tls.sendall(self._answer(path, host, keep))
                     if not keep:
                         return
         except (OSError, ValueError, IndexError):
             pass
         finally:
             conn.close()
+
+    def _tap(self, tls: ssl.SSLSocket, host: HostModel, query: str) -> None:
+        """Tap lines of the host's inbound series until the client goes (or stop() wakes it)."""
+        wanted = set(urllib.parse.parse_qs(query).get("service", []))
+        tls.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            + host.tap_body.encode("latin-1")
+        )
+        series = [
+            s
+            for s in host.series
+            if s.direction == "inbound" and (not wanted or {s.source, s.destination} & wanted)
+        ]
+        started, sent = time.time(), [0] * len(series)
+        tls.settimeout(TAP_EVERY)
+        while True:
+            try:  # the wait between chunks sees the client go, or stop() shut the socket down
+                if not tls.recv(4096):
+                    return
+            except TimeoutError:
+                pass
+            if host.tap_body:
+                continue
+            now = time.time()
+            lines = []
+            for k, s in enumerate(series):
+                due = math.floor(min(s.rps, TAP_RPS) * (now - started))
+                lines += [s.tap_line(i, now) for i in range(sent[k], due)]
+                sent[k] = due
+            if lines:
+                body = b"".join(lines)
+                tls.sendall(b"%x\r\n%s\r\n" % (len(body), body))
 
     def _answer(self, path: bytes, host: HostModel, keep: bool) -> bytes:
         self.requests += 1

@@ -6,6 +6,9 @@ web -> api at 1000 rps (10% 5xx, 90% of latencies in (5, 10] ms, 10% in
 (20, 50] ms), served half by api1, half by api2; api -> db at 500 rps.
 (High rates: the stand-in's whole-request counters round by one request per
 series and poll, which must stay well under the 1 point of success checked.)
+Their taps send 20 lines a second per inbound series: api1's and api2's
+GET /orders, /orders, /users in turn (every 10th a 500, 7.5 ms), db1's
+GET /items (0.5 ms).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,8 @@ from tests.meshctl.trafficserver import HostModel, Series, TrafficServer
 
 HOSTS = {"web1": "127.0.0.21", "api1": "127.0.0.22", "api2": "127.0.0.23", "db1": "127.0.0.24"}
 MIX = {3: 0.9, 5: 0.1}  # bucket (5, 10] ms and (20, 50] ms
+API = ("/orders", "/orders", "/users")
+DB = ("/items",)
 
 
 def traffic(mesh: TopMesh) -> list[HostModel]:
@@ -37,11 +43,15 @@ def traffic(mesh: TopMesh) -> list[HostModel]:
             mesh,
             "api1",
             HOSTS["api1"],
-            Series("inbound", "web", "api", 500, 0.1, MIX, open=2, bytes_per_s=10_000),
+            Series("inbound", "web", "api", 500, 0.1, MIX, 2, 10_000, API),
             Series("outbound", "api", "db", 500, 0.0, {0: 1.0}),
         ),
-        model(mesh, "api2", HOSTS["api2"], Series("inbound", "web", "api", 500, 0.1, MIX, open=3)),
-        model(mesh, "db1", HOSTS["db1"], Series("inbound", "api", "db", 500, 0.0, {0: 1.0})),
+        model(
+            mesh, "api2", HOSTS["api2"], Series("inbound", "web", "api", 500, 0.1, MIX, 3, 0, API)
+        ),
+        model(
+            mesh, "db1", HOSTS["db1"], Series("inbound", "api", "db", 500, 0.0, {0: 1.0}, paths=DB)
+        ),
     ]
 
 
@@ -91,7 +101,15 @@ def test_once_json_reports_known_traffic(tmp_path: Path) -> None:
     assert edges["web->api"]["rps"] == pytest.approx(1000, rel=0.05)
     assert edges["web->api"]["success"] == pytest.approx(0.9, abs=0.01)
     assert edges["api->db"]["rps"] == pytest.approx(500, rel=0.05)
-    assert doc["paths"] == []
+    paths = by(doc["paths"], "method", "path")
+    assert next(iter(paths)) == "GET->/orders"  # busiest first: 2 hosts x 2/3 of 20 a second
+    assert sorted(paths) == ["GET->/items", "GET->/orders", "GET->/users"]
+    orders, items, users = paths["GET->/orders"], paths["GET->/items"], paths["GET->/users"]
+    assert orders["count"] / users["count"] == pytest.approx(2, abs=0.5)  # two in three
+    assert 0.75 <= orders["success"] < 1 and items["success"] == 1.0
+    assert (users["best_ms"], users["worst_ms"], users["last_ms"]) == (7.5, 7.5, 7.5)
+    assert (items["best_ms"], items["worst_ms"], items["last_ms"]) == (0.5, 0.5, 0.5)
+    assert doc["paths_missing"] == []
     assert doc["hosts"] == [
         {"host": h, "reachable": True, "error": None} for h in ("api1", "api2", "db1", "web1")
     ]
@@ -103,7 +121,7 @@ def test_once_table_with_filter_and_sort(tmp_path: Path) -> None:
         code, out, err = meshctl(mesh, "top", "--once", "--service", "db", "--sort", "p99")
     assert code == 0, out + err
     rows = [[c.strip() for c in line.split("│")] for line in out.splitlines() if "│" in line]
-    assert [r[:2] for r in rows] == [  # the service, its edge
+    assert [r[:2] for r in rows[:4]] == [  # the service, its edge
         ["service", "rps"],
         ["db", rows[1][1]],
         ["source", "destination"],
@@ -111,7 +129,9 @@ def test_once_table_with_filter_and_sort(tmp_path: Path) -> None:
     ]
     assert float(rows[1][1]) == pytest.approx(500, rel=0.05)
     assert rows[1][-1] == "db1"
-    assert "request paths: not shown" in out
+    assert rows[4][:3] == ["method", "path", "count"]  # the tap asked for db only
+    assert [r[:2] for r in rows[5:]] == [["GET", "/items"]]
+    assert "paths missing" not in out
     assert "hosts: api1  api2  db1  web1" in out
 
 
@@ -132,6 +152,24 @@ def test_unreachable_and_stuck_hosts_are_marked_without_stalling(tmp_path: Path)
     assert hosts_seen["db1"]["error"] == f"meshd on db1 (127.0.0.24:{port}): no answer within 0.4s"
     assert hosts_seen["gone1"]["error"] == f"meshd on gone1 (127.0.0.25:{port}): connection refused"
     assert by(doc["services"], "service")["api"]["rps"] == pytest.approx(1000, rel=0.1)
+    assert doc["paths_missing"] == [  # db1's tap is still in its handshake
+        {"host": "db1", "error": "connecting"},
+        {"host": "gone1", "error": "connection refused"},
+    ]
+    assert [p["path"] for p in doc["paths"]] == ["/orders", "/users"]
+
+
+def test_a_host_without_a_tap_is_named_and_the_others_still_show_paths(tmp_path: Path) -> None:
+    mesh = top_mesh(tmp_path, HOSTS)
+    hosts = traffic(mesh)
+    hosts[1] = replace(hosts[1], no_tap=True)  # api1: a meshd older than the tap
+    with serving(mesh, hosts) as server:
+        code, out, err = meshctl(mesh, "top", "--once")
+    assert code == 0, out + err
+    assert server.taps == 3
+    assert "paths missing from api1 (no /tap (meshd older than meshctl))" in out
+    rows = [[c.strip() for c in line.split("│")] for line in out.splitlines() if "│" in line]
+    assert [r[1] for r in rows if r[0] == "GET"] == ["/items", "/orders", "/users"]
 
 
 def test_host_chooses_the_hosts_polled(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 The admin endpoints are ``tests.meshctl.trafficserver`` processes on
 127.0.0.x (meshd does not serve /traffic on this branch yet): one process
 serves 29 hosts, another the host that gets killed, so that killing it is a
-real SIGKILL of what answered for that host.
+real SIGKILL of what answered for that host. Their taps stream too (20
+lines a second a host), so meshctl's CPU is measured reading 30 taps.
 """
 
 from __future__ import annotations
@@ -68,9 +69,12 @@ def next_doc(lines: queue.Queue[str], timeout: float = 5.0) -> dict[str, Any]:
     return doc
 
 
+PATHS = ("/p0", "/p1", "/p2", "/p3")
+
+
 def thirty(mesh: TopMesh, addresses: dict[str, str]) -> list[HostModel]:
     return [
-        model(mesh, name, address, Series("inbound", "web", f"svc{i}", 20, 0.0, MIX, open=1))
+        model(mesh, name, address, Series("inbound", "web", f"svc{i}", 20, 0.0, MIX, paths=PATHS))
         for i, (name, address) in enumerate(addresses.items())
     ]
 
@@ -102,6 +106,12 @@ def test_thirty_hosts_one_killed_under_a_fifth_of_a_core(tmp_path: Path) -> None
             assert all(
                 len(d["hosts"]) == 30 and all(h["reachable"] for h in d["hosts"]) for d in refreshes
             )
+            last = refreshes[-1]  # 30 taps streaming, 5 lines a second a path and host
+            assert (last["paths_missing"], sorted(p["path"] for p in last["paths"])) == (
+                [],
+                list(PATHS),
+            )
+            assert all(p["count"] == pytest.approx(5 * 30 * 10, rel=0.2) for p in last["paths"])
             times = [d["time"] for d in refreshes]
             assert len(set(times)) == 10
             h30.kill()
@@ -231,9 +241,15 @@ NO_TMUX = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 def test_full_screen_in_a_terminal_and_ctrl_c_leaves_it_clean(tmp_path: Path) -> None:
     addresses = {"web1": "127.0.0.41", "api1": "127.0.0.42", "gone1": "127.0.0.43"}
     mesh = top_mesh(tmp_path, addresses)
+    paths = ("/orders", "/orders", "/orders", "/users/7")
     hosts = [
         model(mesh, "web1", addresses["web1"], Series("outbound", "web", "api", 200, 0.1, MIX)),
-        model(mesh, "api1", addresses["api1"], Series("inbound", "web", "api", 200, 0.1, MIX)),
+        model(
+            mesh,
+            "api1",
+            addresses["api1"],
+            Series("inbound", "web", "api", 200, 0.1, MIX, paths=paths),
+        ),
     ]  # nothing answers for gone1
     with serving(tmp_path, "two", mesh, hosts), terminal(tmp_path) as term:
         start_top(term, mesh, "--interval", "0.5")
@@ -247,6 +263,20 @@ def test_full_screen_in_a_terminal_and_ctrl_c_leaves_it_clean(tmp_path: Path) ->
         assert float(api[2].rstrip("%")) == pytest.approx(90, abs=1)
         assert edge[1] == "api" and float(edge[2]) == pytest.approx(200, rel=0.1)
         assert "gone1: meshd on gone1" in screen and "connection refused" in screen
+        screen = screen_until(term, lambda screen: int(cells(screen, "GET")[2] or 0) >= 10)
+        assert "busiest paths (server side, from the tap)" in screen
+        orders, users = (
+            cells(screen, "GET"),
+            next(  # 20 lines a second: 15 /orders, 5 /users
+                [c.strip() for c in line.split("│")]
+                for line in screen.splitlines()
+                if "/users/7" in line
+            ),
+        )
+        assert orders[1] == "/orders" and users[:2] == ["GET", "/users/7"]
+        assert int(orders[2]) == pytest.approx(3 * int(users[2]), abs=3)
+        assert orders[4:] == ["7.5", "7.5", "7.5"] and users[4:] == ["7.5", "7.5", "7.5"]
+        assert "paths missing from gone1 (connection refused)" in screen
         screen = quit_top(term)
         assert "rc=0" in screen.splitlines()
         assert "Traceback" not in screen and "services (server side)" not in screen

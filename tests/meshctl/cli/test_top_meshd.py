@@ -1,7 +1,8 @@
 """``meshctl top`` against real meshd processes: a pair a -> b on loopback with real traffic.
 
 b serves ``web`` (the harness's HttpApp), a has an upstream listener for it;
-a load thread sends GET requests through a and counts what it got. The
+a load thread sends GET requests through a (to /orders/1, /orders/1 and
+/health in turn) and counts what it got; top reads both meshd's real taps. The
 workspace's CA signs the meshd certificates, and each meshd's admin API
 listens on its own loopback address at the workspace's admin port (a
 launcher rewrites the harness's admin line), so ``meshctl top`` reaches them
@@ -28,15 +29,20 @@ ADDRESSES = {"a": "127.0.0.81", "b": "127.0.0.82"}
 class Load:
     """GET / through a's upstream for web, one request after another, until stopped."""
 
+    PATHS = ("/orders/1", "/orders/1", "/health")
+
     def __init__(self, port: int) -> None:
         self.port, self.done, self.failed = port, 0, 0
+        self.sent: dict[str, int] = {}
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
         while not self.stopping.is_set():
-            conn.request("GET", "/")
+            path = self.PATHS[(self.done + self.failed) % len(self.PATHS)]
+            self.sent[path] = self.sent.get(path, 0) + 1
+            conn.request("GET", path + "?q=1")  # the tap shows paths without their query
             response = conn.getresponse()
             response.read()
             self.done += response.status == 200
@@ -91,3 +97,10 @@ def test_once_json_against_real_meshd(tmp_path: Path) -> None:
     (service,) = doc["services"]
     assert (service["service"], service["hosts"]) == ("web", ["b"])
     assert service["open"] == 1  # the load's one kept-alive connection
+    orders, health = doc["paths"]  # counted once (on b), though a's tap saw them too
+    assert (orders["method"], orders["path"], health["path"]) == ("GET", "/orders/1", "/health")
+    assert 0 < health["count"] < orders["count"] <= load.sent["/orders/1"]
+    assert orders["count"] == pytest.approx(2 * health["count"], abs=2)
+    assert orders["success"] == health["success"] == 1.0
+    assert 0 < orders["best_ms"] <= orders["last_ms"] <= orders["worst_ms"] < 1000
+    assert doc["paths_missing"] == []

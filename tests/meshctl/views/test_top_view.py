@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from meshctl.traffic import EdgeRow, HostRow, PathRow, ServiceRow, Signals, Top
-from meshctl.views.top import NO_PATHS, host_errors, top_json, top_view
+from meshctl.views.top import NO_REQUESTS, NO_TAP, host_errors, top_json, top_view
 from tests.meshctl.helpers import NOW
 
 API = ServiceRow("api", Signals(100.0, 0.9, 0.0155, 0.035, 0.047), 3072.0, 7, ("api1", "api2"))
@@ -43,7 +43,7 @@ def test_screen_shows_services_edges_and_hosts() -> None:
     ]  # fmt: skip
     assert row(text, "db\\x1b[2J") == ["db\\x1b[2J", "0.0", "-", "-", "-", "-", "0 B/s", "0", "db1"]
     assert row(text, "web") == ["web", "api", "50.5", "100.00%", "1.0", "2.0", "3.1"]
-    assert NO_PATHS in text
+    assert NO_TAP in text  # a Top that read no tap
     assert "hosts: api1  db1 unreachable" in text
     assert "db1: meshd on db1: refused" in text
     assert "\x1b" not in text
@@ -67,8 +67,35 @@ def test_ctrl_c_hint_only_live() -> None:
 def test_paths_table_when_the_source_has_paths() -> None:
     path = PathRow("GET", "/users", 120, 0.99, 0.001, 0.25, 0.004)
     text = render(Top((), (), (), (path,)))
+    assert "busiest paths (server side, from the tap)" in text
     assert row(text, "GET") == ["GET", "/users", "120", "99.00%", "1.0", "250.0", "4.0"]
-    assert NO_PATHS not in text
+    assert NO_TAP not in text and NO_REQUESTS not in text and "missing" not in text
+
+
+@pytest.mark.parametrize(
+    ("paths", "missing", "shown"),
+    [
+        ((), (), [NO_REQUESTS]),
+        ((), (("a", "tap busy"),), [NO_REQUESTS, "paths missing from a (tap busy)"]),
+        (
+            (PathRow("GET", "/\x1b[2J", 1, 1.0, 0.0, 0.0, 0.0),),
+            (("a", "no /tap"), ("b\x1b", "x\ny")),
+            ["GET    │ /\\x1b[2J", "paths missing from a (no /tap), b\\x1b (x\\ny)"],
+        ),
+        (
+            (),
+            tuple((f"h{i}", "connecting") for i in range(7)),
+            ["paths missing from h0 (connecting), h1 (connecting), h2 (connecting), "
+             "h3 (connecting), h4 (connecting) and 2 more"],
+        ),
+    ],
+)  # fmt: skip
+def test_paths_empty_and_missing(
+    paths: tuple[PathRow, ...], missing: tuple[tuple[str, str], ...], shown: list[str]
+) -> None:
+    text = render(Top((), (), (), paths, missing))
+    assert all(line in text for line in shown), text
+    assert "\x1b" not in text
 
 
 @pytest.mark.parametrize(
@@ -122,8 +149,19 @@ def test_json_line() -> None:
             }
         ],
         "paths": [],
+        "paths_missing": [],
         "hosts": [
             {"host": "api1", "reachable": True, "error": None},
             {"host": "db1", "reachable": False, "error": "meshd on db1: refused"},
         ],
     }
+
+
+def test_json_paths() -> None:
+    path = PathRow("GET", "/users", 120, 0.99, 0.001, 0.25, 0.0041234)
+    doc = top_json(Top((), (), (), (path,), (("db1", "tap busy"),)), NOW)
+    assert doc["paths"] == [
+        {"method": "GET", "path": "/users", "count": 120, "success": 0.99, "best_ms": 1.0,
+         "worst_ms": 250.0, "last_ms": 4.123},
+    ]  # fmt: skip
+    assert doc["paths_missing"] == [{"host": "db1", "error": "tap busy"}]
