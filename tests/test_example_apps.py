@@ -262,3 +262,78 @@ def test_sigterm_waits_for_a_request_being_answered(tmp_path: Path) -> None:
     assert re.search(
         r"^GET /healthz 200 \d+\.\dms\nPOST /items 201 \d+\.\dms\ndb stopped\n$", output, re.M
     ), output
+
+
+# --- /work: a known latency and status, shared by the three apps ---------------------------------
+@pytest.mark.parametrize("name", ["web", "api", "db"])
+@pytest.mark.parametrize(
+    ("target", "status", "delay"),
+    [
+        ("/work", 200, 0),
+        ("/work/slow?delay_ms=250", 200, 250),
+        ("/work/fail?status=500", 500, 0),
+        ("/work/a/b?status=503&delay_ms=120", 503, 120),
+        ("/work/x?status=299&status=404", 404, 0),  # the last value counts
+    ],
+)
+def test_work_waits_and_answers_as_asked(
+    chain: dict[str, int], name: str, target: str, status: int, delay: int
+) -> None:
+    started = time.monotonic()
+    found, answer = _json(chain[name], "GET", target)
+    took = (time.monotonic() - started) * 1000
+    assert found == status, answer
+    assert answer == {
+        "served_by": HOST,
+        "method": "GET",
+        "target": target,
+        "delay_ms": delay,
+        "status": status,
+    }
+    assert delay <= took < delay + 1000, took
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "delay_ms=5001",
+        "delay_ms=-1",
+        "delay_ms=1e3",
+        "delay_ms=",
+        "delay_ms=%D9%A1",  # an Arabic-Indic one: a digit to str.isdigit, not a number here
+        "status=199",
+        "status=600",
+        "status=2OO",
+        "status=99999999999999999999",
+    ],
+)
+def test_work_refuses_values_out_of_range(chain: dict[str, int], query: str) -> None:
+    started = time.monotonic()
+    status, answer = _json(chain["api"], "POST", f"/work/x?{query}")
+    assert status == 400, answer
+    assert "must be a whole number" in answer["error"], answer
+    assert time.monotonic() - started < 1  # refused before any wait
+
+
+def test_work_answers_204_without_a_body_and_keeps_the_connection(chain: dict[str, int]) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", chain["db"], timeout=10)
+    try:
+        conn.request("DELETE", "/work/gone?status=204")
+        response = conn.getresponse()
+        assert response.status == 204 and response.read() == b""
+        assert response.getheader("Content-Length") is None
+        sock = conn.sock
+        conn.request("GET", "/work/next")
+        response = conn.getresponse()
+        assert response.status == 200 and json.loads(response.read())["target"] == "/work/next"
+        assert conn.sock is sock is not None  # the same connection: the 204 left nothing behind
+    finally:
+        conn.close()
+
+
+def test_work_does_not_hide_an_apps_own_routes(chain: dict[str, int]) -> None:
+    assert _json(chain["api"], "GET", "/v1/work?status=500") == (
+        200,
+        {"served_by": HOST, "method": "GET", "target": "/v1/work?status=500"},
+    )
+    assert _json(chain["db"], "GET", "/workers")[0] == 404  # /work's prefix is a whole segment

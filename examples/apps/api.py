@@ -13,6 +13,8 @@ that served it and nests what db said, so one request shows the whole path.
     ANY  /v1/**      {"served_by": HOST, "method": M, "target": T}: echoes the request
                      target as it arrived (path and query), e.g. to see what meshd
                      forwards after normalising it; GET, POST, PUT and DELETE
+    ANY  /work/**    waits ?delay_ms=N (0-5000), answers ?status=S (200-599): a known
+                     latency and status for load tests (meshapp.py, shared by the apps)
 
 When db cannot be reached (or answers garbage within 3 s) the answer is a 502
 {"error": ..., "upstream": URL}, never a traceback.

@@ -9,6 +9,8 @@ item POSTed through web and api shows a request body crossing every hop.
     GET  /items        {"served_by": HOST, "items": [...]}
     GET  /items/<id>   {"served_by": HOST, "item": {...}}   (404 if unknown)
     POST /items        stores the JSON object in the body, answers 201 with its id
+    ANY  /work/**      waits ?delay_ms=N (0-5000), answers ?status=S (200-599): a
+                       known latency and status for load tests (meshapp.py, shared)
 
 Standard library only: runs on a stock `python3` (3.11+).
     python3 db.py --port 8082

@@ -3,6 +3,18 @@
 Each app (web.py, api.py, db.py) only says which routes it answers. Standard
 library only, so it runs on a stock `python3` (3.11+); it sits next to the
 apps and is imported by them (Python puts a script's directory on sys.path).
+
+Every app also answers the shared route ``/work`` and ``/work/**`` (any method
+it takes), made for load tests that need a known mix of latencies and
+statuses, e.g. ``GET /work/slow?delay_ms=350`` or ``GET /work/fail?status=500``:
+
+    delay_ms  wait this long before answering: 0 to MAX_DELAY_MS (5000), default 0
+    status    answer with this status: 200 to 599, default 200
+
+The answer is {"served_by": HOST, "method": M, "target": T, "delay_ms": D,
+"status": S} (no body for 204 and 304); a value out of range or not a
+number is a 400. The delay adds to the app's own time to answer (a few ms
+behind meshd; more on a busy machine), so choose delays well above it.
 """
 
 from __future__ import annotations
@@ -17,11 +29,13 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 HOST = socket.gethostname()
 MAX_BODY = 1 << 20  # 1 MiB
 TIMEOUT = 3.0  # seconds, for connecting to and for each read from an upstream
+MAX_DELAY_MS = 5000  # /work's longest delay: a handler thread sleeps that long
+NO_BODY = (204, 304)  # statuses whose answers never carry a body
 
 
 class HTTPError(Exception):
@@ -84,6 +98,18 @@ class Upstream:
             conn.close()
 
 
+def _bounded(query: dict[str, list[str]], name: str, default: int, low: int, high: int) -> int:
+    """The query's integer ``name`` (its last value), ``default`` if absent; 400 unless it
+    is a plain number from ``low`` to ``high``."""
+    values = query.get(name)
+    if not values:
+        return default
+    text = values[-1]
+    if not (text.isascii() and text.isdigit() and len(text) <= 6 and low <= int(text) <= high):
+        raise HTTPError(400, f"{name} must be a whole number from {low} to {high}")
+    return int(text)
+
+
 class JsonHandler(BaseHTTPRequestHandler):
     """Answers GET, POST, PUT and DELETE through ``route``; logs one line per request (its
     method, the request target as received, the status) on stdout."""
@@ -91,8 +117,27 @@ class JsonHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: every answer carries a Content-Length
 
     def route(self, path: str, body: bytes) -> tuple[int, Any]:
-        """Answer one request: (status, payload); a str payload is sent as text/plain."""
+        """Answer one request: (status, payload); a str payload is sent as text/plain.
+
+        An app's own routes come first; what they leave comes here: ``/work``
+        (see the module docstring) or a 404."""
+        if path == "/work" or path.startswith("/work/"):
+            return self.work()
         raise HTTPError(404, f"no route for {self.command} {path}")
+
+    def work(self) -> tuple[int, Any]:
+        """``/work``: wait ``delay_ms``, answer ``status`` (both from the query, bounded)."""
+        query = parse_qs(urlsplit(self.path).query, keep_blank_values=True)
+        delay = _bounded(query, "delay_ms", 0, 0, MAX_DELAY_MS)
+        status = _bounded(query, "status", 200, 200, 599)
+        time.sleep(delay / 1000)
+        return status, {
+            "served_by": HOST,
+            "method": self.command,
+            "target": self.path,
+            "delay_ms": delay,
+            "status": status,
+        }
 
     def do_GET(self) -> None:
         self.respond()
@@ -125,8 +170,11 @@ class JsonHandler(BaseHTTPRequestHandler):
             body, content_type = json.dumps(payload).encode() + b"\n", "application/json"
         try:
             self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
+            if status in NO_BODY:  # /work may answer them: a body would break keep-alive
+                body = b""
+            else:
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
             if STOPPING.is_set():  # no next request on this connection: we are going away
                 self.send_header("Connection", "close")
                 self.close_connection = True

@@ -11,6 +11,8 @@ db@db1`, and POST /order carries a request body through all three hops.
     POST /order         forwards the JSON body to api's POST /orders (which
                         stores it in db) and returns api's answer
     GET  /healthz       {"status": "ok", "served_by": HOST}
+    ANY  /work/**       waits ?delay_ms=N (0-5000), answers ?status=S (200-599):
+                        a known latency and status for load tests (meshapp.py)
 
 When api cannot be reached (or answers garbage within 3 s) the answer is a 502
 {"error": ..., "upstream": URL}, never a traceback.

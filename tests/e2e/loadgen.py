@@ -5,15 +5,25 @@ host (which has python3 but no pip) and run it there, so the load passes
 through that host's iptables and meshd like an app's own traffic.
 
     python3 loadgen.py --url http://api.mesh:8081/healthz --connections 16 \
-        --duration 60 [--rate 500] [--timeout 5] [--output /tmp/load.json]
+        --duration 60 [--rate 500] [--timeout 5] [--output /tmp/load.json] \
+        [--rotate] [--log-requests]
 
 Each connection sends one request at a time and keeps the connection open
 (HTTP/1.1 keep-alive); a connection that failed is replaced by a new one. With
 ``--rate`` the requests are paced to that total rate (shared by the
-connections), else they go as fast as the answers come. At the end one JSON
-summary is printed (and written to ``--output``, atomically): requests, ok,
-failures by kind, latencies, statuses, a per-second timeline and the first
-failures in detail.
+connections), else they go as fast as the answers come. Several ``--url``
+are spread over the connections (connection i keeps URL i mod n); with
+``--rotate`` every connection takes them in turn instead (starting at its own
+one), so each URL gets its exact share of the requests whatever their
+latencies: a mix of paths, statuses and delays at a known proportion (the
+URLs must then share one host and port). At the end one JSON summary is
+printed (and written to ``--output``, atomically): requests, ok, failures by
+kind, latencies, statuses, a per-second timeline and the first failures in
+detail. ``--log-requests`` adds ``log``: one ``[end, latency_ms, status,
+url]`` per request (``end`` in epoch seconds, comparable with other
+processes' clocks; ``status`` 0 when no answer came; ``url`` the index of its
+``--url``), the first MAX_LOGGED of them, so a caller can compute any window's
+rate, success and percentiles itself.
 
 Failure kinds (a request counts once, under the first that applies):
 ``connect_refused``, ``connect_failed`` (any other connect error, its timeout
@@ -50,6 +60,7 @@ KINDS = (
 )
 MAX_HEAD = 64 * 1024
 DETAILS_KEPT = 20
+MAX_LOGGED = 500_000  # requests in ``log``: a bound on memory and on the summary's size
 AFTER_FAILURE = 0.01  # seconds: a peer that is down is not hammered in a tight loop
 
 
@@ -92,6 +103,13 @@ class Tally:
     latencies: array[float] = field(default_factory=lambda: array("d"))
     timeline: dict[int, list[int]] = field(default_factory=dict)
     details: list[dict[str, object]] = field(default_factory=list)
+    log: list[tuple[float, float, int, int]] | None = None  # with --log-requests
+
+    def logged(self, sent: float, now: float, status: int, url: int) -> None:
+        """One request in ``log``; ``now`` (monotonic) turned into epoch seconds."""
+        if self.log is not None and len(self.log) < MAX_LOGGED:
+            end = time.time() - (time.monotonic() - now)
+            self.log.append((round(end, 4), round((now - sent) * 1000, 3), status, url))
 
     def second(self, now: float) -> list[int]:
         return self.timeline.setdefault(int(now - self.started), [0, 0])
@@ -130,6 +148,7 @@ def summary(tally: Tally, seconds: float) -> dict[str, object]:
     ms["max"] = round(ordered[-1] * 1000, 3) if ordered else 0.0
     ms["mean"] = round(sum(ordered) / len(ordered) * 1000, 3) if ordered else 0.0
     last = max(tally.timeline, default=-1)
+    extra: dict[str, object] = {} if tally.log is None else {"log": tally.log}
     return {
         "requests": requests,
         "ok": tally.ok,
@@ -142,6 +161,7 @@ def summary(tally: Tally, seconds: float) -> dict[str, object]:
         "latency_ms": ms,
         "timeline": [tally.timeline.get(s, [0, 0]) for s in range(last + 1)],
         "first_failures": tally.details,
+        **extra,
     }
 
 
@@ -237,6 +257,8 @@ class Plan:
     duration: float
     rate: float  # total requests per second; 0: as fast as answers come
     timeout: float
+    rotate: bool = False  # each connection takes the targets in turn
+    log_requests: bool = False
 
 
 async def _connect(
@@ -265,10 +287,14 @@ async def _exchange(
 
 
 class Connection:
-    """One client connection, re-opened after a failure or a ``Connection: close``."""
+    """One client connection, re-opened after a failure or a ``Connection: close``.
 
-    def __init__(self, target: Target, plan: Plan, tally: Tally) -> None:
-        self.target, self.plan, self.tally = target, plan, tally
+    It sends to target ``first`` of the plan's, or to each in turn from there
+    (``plan.rotate``: the targets then share host and port)."""
+
+    def __init__(self, first: int, plan: Plan, tally: Tally) -> None:
+        self.index, self.plan, self.tally = first % len(plan.targets), plan, tally
+        self.target = plan.targets[self.index]
         self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
     async def run(self, start: float, every: float, end: float) -> None:
@@ -278,6 +304,9 @@ class Connection:
                 await asyncio.sleep(min(due - now, end - now))
                 continue
             await self.one()
+            if self.plan.rotate:
+                self.index = (self.index + 1) % len(self.plan.targets)
+                self.target = self.plan.targets[self.index]
             due = max(due + every, time.monotonic() - 1.0) if every else due
         self.close()
 
@@ -290,12 +319,15 @@ class Connection:
             )
         except (TimeoutError, Failure) as e:
             failure = e if isinstance(e, Failure) else Failure("timeout", f"{self.plan.timeout}s")
-            self.tally.failed(failure, time.monotonic())
+            now = time.monotonic()
+            self.tally.failed(failure, now)
+            self.tally.logged(sent, now, 0, self.index)
             self.close()
             await asyncio.sleep(AFTER_FAILURE)
             return
         now = time.monotonic()
         self.tally.answered(status, now - sent, now)
+        self.tally.logged(sent, now, status, self.index)
         if not keep:
             self.close()
 
@@ -313,13 +345,10 @@ class Connection:
 
 async def run(plan: Plan) -> dict[str, object]:
     start = time.monotonic()
-    tally = Tally(started=start)
+    tally = Tally(started=start, log=[] if plan.log_requests else None)
     end = start + plan.duration
     every = plan.connections / plan.rate if plan.rate else 0.0
-    conns = [
-        Connection(plan.targets[i % len(plan.targets)], plan, tally)
-        for i in range(plan.connections)
-    ]
+    conns = [Connection(i, plan, tally) for i in range(plan.connections)]
     offsets = [every * i / plan.connections for i in range(plan.connections)]
     await asyncio.gather(
         *(c.run(start + o, every, end) for c, o in zip(conns, offsets, strict=True))
@@ -337,9 +366,14 @@ def parse_args(argv: list[str]) -> tuple[Plan, str | None]:
     p.add_argument("--method", default="GET")
     p.add_argument("--body", default="", help="request body (POST, PUT)")
     p.add_argument("--output", help="also write the summary to this file")
+    p.add_argument("--rotate", action="store_true", help="each connection takes every URL")
+    p.add_argument("--log-requests", action="store_true", help="add each request to the summary")
     a = p.parse_args(argv)
     targets = [Target.of(u, a.method, a.body.encode()) for u in a.url]
-    return Plan(targets, a.connections, a.duration, a.rate, a.timeout), a.output
+    if a.rotate and len({(t.host, t.port) for t in targets}) > 1:
+        p.error("--rotate takes URLs of one host and port (a connection goes to one)")
+    plan = Plan(targets, a.connections, a.duration, a.rate, a.timeout, a.rotate, a.log_requests)
+    return plan, a.output
 
 
 def main(argv: list[str]) -> int:

@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,3 +280,63 @@ def test_targets_from_urls(url: str, host: str, port: int, request_line: bytes) 
 def test_only_plain_http_urls(url: str) -> None:
     with pytest.raises(ValueError, match="only http://"):
         loadgen.Target.of(url)
+
+
+def test_the_log_has_every_request_with_its_end_latency_status_and_url() -> None:
+    before = time.time()
+    with server(error_every_other) as (port, served):
+        summary = load(
+            f"--url=http://127.0.0.1:{port}/a",
+            f"--url=http://127.0.0.1:{port}/b",
+            "--connections=2",
+            "--rate=100",
+            "--duration=0.5",
+            "--log-requests",
+        )
+    after = time.time()
+    log = summary["log"]
+    assert isinstance(log, list) and len(log) == summary["requests"] == sum(served.counts.values())
+    assert all(before < end < after and 0 < ms < 1000 for end, ms, _, _ in log), log
+    statuses = [status for _, _, status, _ in log]
+    assert statuses.count(503) == served.counts["non_2xx"] and statuses.count(200) == summary["ok"]
+    assert {url for *_, url in log} == {0, 1}  # connection i keeps URL i
+    assert "log" not in load(f"--url=http://127.0.0.1:{port}/", "--duration=0.1", "--rate=10")
+
+
+def test_a_request_without_an_answer_is_logged_with_status_zero() -> None:
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))  # bound, never listening: refused
+    try:
+        url = f"--url=http://127.0.0.1:{held.getsockname()[1]}/"
+        summary = load(url, "--connections=1", "--duration=0.2", "--log-requests")
+    finally:
+        held.close()
+    log = summary["log"]
+    assert isinstance(log, list) and log and len(log) == summary["failed"]
+    assert {status for _, _, status, _ in log} == {0}
+
+
+@pytest.mark.parametrize("rotate", [True, False])
+def test_rotate_gives_each_url_its_share_on_every_connection(rotate: bool) -> None:
+    with server(keep_alive) as (port, _):
+        urls = [f"--url=http://127.0.0.1:{port}/{name}" for name in ("a", "b", "c")]
+        flags = ["--rotate"] if rotate else []
+        summary = load(*urls, *flags, "--connections=2", "--duration=0.5", "--log-requests")
+    log = summary["log"]
+    assert isinstance(log, list)
+    counts = [sum(1 for *_, url in log if url == i) for i in range(3)]
+    if rotate:  # in turn on each of the 2 connections: at most one apart on each
+        assert max(counts) - min(counts) <= 2 and min(counts) > 10, counts
+    else:  # connection i keeps URL i: the third gets none
+        assert counts[2] == 0 and counts[0] and counts[1], counts
+
+
+def test_rotate_refuses_urls_of_several_hosts() -> None:
+    done = subprocess.run(
+        [sys.executable, str(LOADGEN), "--url=http://a:1/", "--url=http://b:1/", "--rotate"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2 and "one host and port" in done.stderr, done.stderr
