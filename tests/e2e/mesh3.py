@@ -13,10 +13,10 @@ port presents; `Mesh.admin` calls a host's admin API as the operator. Hosts are 
         assert all(load.result()["failed"] == 0 for load in loads)
 
 Bringing the three up takes 15-22 s here (init, apps, one join), the reset
-after 8-12 s; mind pytest's 300 s per-test timeout around long loads. The
-sample apps answer in ~45 ms each (they write head and body apart: Nagle and
-delayed ACKs), so a connection carries ~20 requests/s: more load wants more
-connections.
+after 8-12 s; mind pytest's 300 s per-test timeout around long loads. Loads are
+paced: ``start_load`` sends PER_CONNECTION requests a second on each
+connection unless told a rate (the apps answer in a few ms; an unpaced load
+would take both cores from the meshd under test).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from tests.poll import until
 PASSPHRASE = "an end-to-end passphrase"
 NAMES = ("web1", "api1", "db1")  # the inventory names of testbed hosts 1-3
 LOADGEN = "/usr/local/bin/meshctl-loadgen.py"
+PER_CONNECTION = 20  # requests/s: what a connection carried while the apps waited on Nagle
 PROBE = "/usr/local/bin/meshctl-serial-probe.py"
 # the identity a host probes with: meshd's renewed pair once it has one (key and chain in
 # one file, issue 12), else what join installed
@@ -177,8 +178,13 @@ class Mesh:
     def others(self, node: Node) -> tuple[Node, ...]:
         return tuple(n for n in self.nodes if n is not node)
 
-    def start_load(self, node: Node, seconds: float, connections: int = 8, rate: float = 0) -> Load:
-        """loadgen.py on ``node`` against the other two apps, connections spread over both."""
+    def start_load(
+        self, node: Node, seconds: float, connections: int = 8, rate: float | None = None
+    ) -> Load:
+        """loadgen.py on ``node`` against the other two apps, connections spread over both,
+        ``rate`` requests a second in all (default PER_CONNECTION each)."""
+        if rate is None:
+            rate = PER_CONNECTION * connections
         unit = f"meshctl-load-{time.monotonic_ns()}"
         urls = " ".join(f"--url={o.url}" for o in self.others(node))
         command = (
