@@ -13,10 +13,10 @@ port presents; `Mesh.admin` calls a host's admin API as the operator. Hosts are 
         assert all(load.result()["failed"] == 0 for load in loads)
 
 Bringing the three up takes 15-22 s here (init, apps, one join), the reset
-after 8-12 s; mind pytest's 300 s per-test timeout around long loads. Loads are
-paced: ``start_load`` sends PER_CONNECTION requests a second on each
-connection unless told a rate (the apps answer in a few ms; an unpaced load
-would take both cores from the meshd under test).
+after (the three at once) 3-5 s; mind pytest's 300 s per-test timeout around long
+loads. Loads are paced: ``start_load`` sends PER_CONNECTION requests a second
+on each connection unless told a rate (the apps answer in a few ms; an
+unpaced load would take both cores from the meshd under test).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import ssl
 import time
 import tomllib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,7 @@ from meshctl.transport import SshTransport, Target
 from meshctl.workspace import Workspace
 from meshd.schema import parse_duration
 from tests.e2e import loadgen, serial_probe, wrk
-from tests.meshd.onhost import ok, put
+from tests.meshd.onhost import ok, put, reset
 from tests.poll import until
 
 PASSPHRASE = "an end-to-end passphrase"
@@ -305,8 +306,11 @@ def bring_up(
     nodes = tuple(Node(*n) for n in zip(NAMES, tb.hosts[:3], demo.APPS, strict=True))
     _check(in_process(["init", str(ws), "--name", "e2e"], ws), "meshctl init")
     set_leaf_lifetime(ws, leaf_lifetime)
+    with ThreadPoolExecutor() as pool:  # SSH round trips, host by host: all three at once
+        installs = [pool.submit(_install_app, tb, node) for node in nodes]
+    for install in installs:
+        install.result()
     for node in nodes:
-        _install_app(tb, node)
         service = f"{node.app.name}:{node.app.port}"
         added = in_process(["hosts", "add", node.name, node.host.address, "-s", service], ws)
         _check(added, f"hosts add {node.name}")
@@ -323,8 +327,7 @@ def joined_mesh(
     try:
         yield bring_up(tb, root, leaf_lifetime, join_args)
     finally:
-        for host in tb.hosts[:3]:
-            host.reset()
+        reset(tb.hosts[:3])
 
 
 def fetch(host: TestbedHost, url: str) -> str:

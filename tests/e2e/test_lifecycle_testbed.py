@@ -11,6 +11,7 @@ last a leave that must lock a copied identity out at once.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import socket
 import ssl
@@ -29,13 +30,17 @@ from meshd.identity import make_id
 from meshd.pki import build_csr, cert_pem, generate_key, private_pem, sign_csr
 from meshd.stats import RenewalReport, Stats
 from meshd.tls.context import ALPN_LINK_2
-from tests.e2e.mesh3 import MESH_PORT, PASSPHRASE, Mesh, Node, fetch, joined_mesh
+from tests.e2e.mesh3 import MESH_PORT, PASSPHRASE, Load, Mesh, Node, fetch, joined_mesh
 from tests.meshd.onhost import ok
 from tests.poll import until
 
 pytestmark = pytest.mark.testbed
 
-LOAD_SECONDS = 240
+# A 1-minute leaf is renewed every 32-38 s (60-70 % of the 54 s it has left once backdated,
+# meshd.renewal.schedule), plus the round itself: the 3 renewals a host must show (and the 3
+# new serials the watch must see) take at most ~120 s, so 160 s leaves one interval to spare
+# (a run here saw 3-4 renewals a host) and outlives each certificate twice over.
+LOAD_SECONDS = 160
 RENEWED = "/var/lib/meshd/identity/renewed.pem"
 
 
@@ -102,6 +107,8 @@ def test_every_host_renews_under_load_with_no_failed_request(mesh: Mesh) -> None
         mode, owner = ok(node.host, f"stat -c '%a %U' {RENEWED}").split()
         assert (mode, owner) == ("600", "meshd"), node.name
     no_link_outlived_its_certificates(mesh)
+    counts = {n: (after[n] - before[n], len(serials[n])) for n in before}
+    sys.stderr.write(f"\n[lifecycle] renewals, serials seen under load: {counts}\n")
 
 
 def no_link_outlived_its_certificates(mesh: Mesh) -> None:
@@ -176,19 +183,79 @@ def _serving(mesh: Mesh, node: Node) -> bool:
 
 
 # --- 4. CA rollover under load -------------------------------------------------------------------
+LEG_SECONDS = 60.0  # the rollover's load runs in legs (loadgen runs a set time) ...
+LEG_OVERLAP = 25.0  # ... each started this long before the last one ends: no second without load
+AFTER_FINISH = 60.0  # load after finish: past one leaf lifetime, so every host renews from the
+# new root alone (every 32-38 s) with requests in flight
+
+
 @pytest.mark.timeout(420)
 def test_a_ca_rollover_under_load_fails_no_request(mesh: Mesh, tmp_path: Path) -> None:
     old_leaf = leaf_of_current_ca(mesh, tmp_path)
     assert link_stays_up(mesh.node("api1"), old_leaf)  # the control: accepted before
-    loads = [mesh.start_load(n, seconds=200, connections=4) for n in mesh.nodes]
+    load = RollingLoad(mesh)
+    time.sleep(2)  # the loadgens get going (python3 starts slowly on a loaded machine)
+    began_at = time.time()
     began = mesh.meshctl("ca", "rotate", "begin")
     assert began.code == 0, began.out + began.err
-    until(lambda: mesh.meshctl("ca", "rotate", "finish").code == 0, 150, "rotate finish", 5.0)
-    results = [load.result() for load in loads]
-    for load, result in zip(loads, results, strict=True):
-        assert result["failed"] == 0, mesh.failed_load(load, result)
-    for node in mesh.nodes:  # a leaf of the old root is refused everywhere
-        assert not link_stays_up(node, old_leaf), node.name
+
+    def finished() -> bool:
+        load.keep_up()
+        return mesh.meshctl("ca", "rotate", "finish").code == 0
+
+    took = until(finished, 150, "rotate finish", 5.0)
+    finished_at = time.time()
+    renewed = renewals(mesh)
+    sys.stderr.write(f"\n[lifecycle] rotate begin to finish in {took:.1f} s\n")
+    load.extend_to(time.monotonic() + AFTER_FINISH)
+    spans = load.results()
+    for node in mesh.nodes:  # the load ran, without a gap, from before begin to past the end
+        assert spans[node.name][0][0] < began_at, (node.name, began_at, spans[node.name])
+        assert spans[node.name][-1][1] > finished_at + AFTER_FINISH - 1, (node.name, spans)
+        for (_, end), (start, _) in itertools.pairwise(spans[node.name]):
+            assert start < end, (node.name, spans[node.name])
+    after = renewals(mesh)
+    for node in mesh.nodes:  # ... while it renewed under the new root alone
+        assert after[node.name] > renewed[node.name], (node.name, renewed, after)
+        assert not link_stays_up(node, old_leaf), node.name  # a leaf of the old root is refused
+
+
+class RollingLoad:
+    """Load on every host in overlapping legs, for as long as the test needs (a loadgen runs
+    a set time). `results` checks each leg had no failed request, and gives each host's legs
+    as they really ran: (start, end), wall clock (the hosts share this machine's clock)."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        self.mesh = mesh
+        self.legs: list[Load] = []
+        self._start(LEG_SECONDS)
+
+    def _start(self, seconds: float) -> None:
+        self.legs += [
+            self.mesh.start_load(n, seconds=seconds, connections=4) for n in self.mesh.nodes
+        ]
+
+    def _ends(self) -> float:
+        return min(leg.started + leg.seconds for leg in self.legs[-len(self.mesh.nodes) :])
+
+    def keep_up(self) -> None:
+        """The next leg, if the running one is about to end."""
+        if self._ends() - time.monotonic() < LEG_OVERLAP:
+            self._start(LEG_SECONDS)
+
+    def extend_to(self, end: float) -> None:
+        """A last leg, if the running one ends before ``end`` (monotonic)."""
+        if self._ends() < end:
+            self._start(end - time.monotonic())
+
+    def results(self) -> dict[str, list[tuple[float, float]]]:
+        spans: dict[str, list[tuple[float, float]]] = {n.name: [] for n in self.mesh.nodes}
+        for leg in self.legs:
+            result = leg.result()
+            assert result["failed"] == 0, self.mesh.failed_load(leg, result)
+            ended = float(ok(leg.node.host, f"stat -c %.3Y {leg.output}"))  # written at its end
+            spans[leg.node.name].append((ended - float(str(result["seconds"])), ended))
+        return spans
 
 
 def leaf_of_current_ca(mesh: Mesh, tmp_path: Path) -> tuple[Path, Path, Path]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shlex
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,15 @@ def ok(host: TestbedHost, cmd: str, timeout: float = 60) -> str:
     status, out, err = host.run(cmd, timeout=timeout)
     assert status == 0, f"{host.name}: {cmd}\n{out}\n{err}"
     return out
+
+
+def reset(hosts: Iterable[TestbedHost]) -> None:
+    """Reset ``hosts`` to their seeded state all at once (each ``reset`` is a poweroff and a
+    boot of 3-4 s, mostly waiting); the first failure is raised once all are done."""
+    with ThreadPoolExecutor() as pool:
+        futures = [pool.submit(host.reset) for host in hosts]
+    for future in futures:
+        future.result()
 
 
 def put(host: TestbedHost, path: str, data: bytes, mode: int = 0o644) -> None:

@@ -92,8 +92,7 @@ def mesh(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         operator = client_context(pki.issue("operator", "operator/ops"))
         yield Mesh(testbed, pki, client, server, outsider, operator)
     finally:
-        for host in (client, server, outsider):
-            host.reset()
+        onhost.reset((client, server, outsider))
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ from meshctl.transport import SshTransport, Target
 from meshctl.workspace import Workspace
 from meshd.errors import ProvisionError
 from tests import wire
-from tests.meshd.onhost import ok
+from tests.meshd.onhost import ok, reset
 from tests.poll import until
 
 pytestmark = pytest.mark.testbed
@@ -129,8 +129,7 @@ def fleet(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         f.pristine_api = snapshot(api)
         yield f
     finally:
-        for host in (web, api, db):
-            host.reset()
+        reset((web, api, db))
 
 
 def with_transport(f: Fleet, host: TestbedHost, fn: Callable[[SshTransport], None]) -> None:
