@@ -61,18 +61,26 @@ class Scraped:
     config: Path
 
 
-@pytest.fixture
-def scraped(tmp_path: Path) -> Iterator[Scraped]:
+@pytest.fixture(scope="module")
+def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
+    """The pair a -> b, a serving ``front`` (so its calls come from a service's ID, as an
+    app's do) and calling ``web`` on b; one for the module (each start costs seconds)."""
+    tmp_path = tmp_path_factory.mktemp("scraped")
     port = free_port_on(list(HOSTS.values()))
     defaults = dataclasses.replace(DefaultsConfig(), admin_port=port)
     config = MeshConfig("t", TD, "alice", False, defaults)
     ws = init_workspace(tmp_path / "ws", config, None, dt.datetime.now(dt.UTC))
     net = MeshNet(tmp_path, TestPki(tmp_path / "pki", TD, castore.load(ws, "", None)))
-    web = HttpApp("web")
+    web, front = HttpApp("web"), HttpApp("front")
     try:
         b = net.start("b", services={"web": web.port}, admin=f"{HOSTS['b']}:{port}")
         net.add_service("web", web.port, "b", b.ports["mesh"])
-        a = net.start("a", upstreams={"web": 0}, admin=f"{HOSTS['a']}:{port}")
+        a = net.start(
+            "a",
+            services={"front": front.port},
+            upstreams={"web": 0},
+            admin=f"{HOSTS['a']}:{port}",
+        )
         for _ in range(5):
             get_web(a)  # traffic, so that the families have samples
         state.save_inventory(ws, Inventory(tuple(HostSpec(n, h) for n, h in HOSTS.items())))
@@ -87,6 +95,7 @@ def scraped(tmp_path: Path) -> Iterator[Scraped]:
     finally:
         net.stop_all()
         web.close()
+        front.close()
 
 
 def _meshctl(ws: Workspace, *argv: str) -> Any:
@@ -101,9 +110,10 @@ def _meshctl(ws: Workspace, *argv: str) -> Any:
     return json.loads(done.stdout) if "--json" in argv else done.stdout
 
 
-@pytest.fixture
-def prometheus(scraped: Scraped, tmp_path: Path) -> Iterator[str]:
+@pytest.fixture(scope="module")
+def prometheus(scraped: Scraped, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prometheus with the generated configuration; its base URL."""
+    tmp_path = tmp_path_factory.mktemp("prometheus")
     binary = shutil.which("prometheus")
     assert binary, "prometheus not installed: run ./install.sh --dev as root"
     check = subprocess.run(
@@ -264,7 +274,7 @@ def test_promql_rate_agrees_with_top_over_the_same_window(
         **{("edge", f"{e['source']} -> {e['destination']}"): e["rps"] for e in top["edges"]},
     }
     print(f"load {sent:.1f} rps; top {shown}; PromQL {promql}")
-    assert sorted(shown) == sorted(promql) == [("edge", "host/a -> web"), ("service", "web")]
+    assert sorted(shown) == sorted(promql) == [("edge", "front -> web"), ("service", "web")]
     assert shown[("service", "web")] == pytest.approx(sent, rel=0.25)  # not nothing
     for row, rps in shown.items():
         assert rps == pytest.approx(promql[row], rel=0.1), f"{row}: top {rps}, PromQL {promql[row]}"
@@ -285,3 +295,52 @@ def _row(labels: dict[str, str]) -> str:
     if "source" not in labels:
         return labels["destination"]
     return f"{short_name(labels['source'])} -> {labels['destination']}"
+
+
+DASHBOARD = Path(__file__).resolve().parents[3] / "examples" / "grafana" / "meshctl.json"
+RATE_INTERVAL = "5s"  # what Grafana makes of $__rate_interval at a 1 s scrape interval
+ALL = ".*"  # the dashboard's allValue for $service
+
+
+def test_the_grafana_dashboard_answers_in_prometheus(scraped: Scraped, prometheus: str) -> None:
+    """Every panel query of examples/grafana/meshctl.json, as Grafana sends it to this
+    Prometheus (variables filled in: every service, then one chosen from the variable's
+    own query), is valid PromQL and shows the traffic going on: all of it with every
+    service, and exactly that service's rows with one (its calls as well as its
+    requests). Grafana itself is not packaged for Debian; the queries are what it runs."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    _eventually("every target up", lambda: _all_up(prometheus))
+    with Paced(scraped.meshds["a"].ports["upstream:web"], RATE) as load:
+        time.sleep(6.0)  # a few scrapes with traffic in the rate interval
+        offered = _api(
+            prometheus, "label/destination/values", **{"match[]": "meshd_requests_total"}
+        )
+        shown = {value: _panels(prometheus, dashboard, value) for value in (ALL, "web", "front")}
+    assert load.failed == 0
+    assert "web" in offered, offered  # the variable offers the service that is called
+    for (title, expr), rows in shown[ALL].items():
+        if "4xx|5xx|none" not in expr:  # no errors go on: that panel is rightly empty
+            assert rows, f"{title}: nothing with every service: {expr}"
+    for value, expected in (("web", "web"), ("front", "front")):
+        for (title, expr), rows in shown[value].items():
+            named = {r.get("destination") if "inbound" in expr else r.get("source") for r in rows}
+            named.discard(None)
+            if 'direction="inbound"' in expr and "4xx" not in expr:
+                wanted = {"web"} if expected == "web" else set()  # front is not called here
+                assert {str(n) for n in named} == wanted, (value, title, rows)
+            if 'direction="outbound"' in expr:
+                sources = {short_name(str(n)) for n in named}
+                wanted = {"front"} if expected == "front" else set()  # web calls nobody
+                assert sources == wanted, (value, title, rows)
+
+
+def _panels(base: str, dashboard: dict[str, Any], service: str) -> dict[tuple[str, str], list[Any]]:
+    """Each panel query's result labels with $service = ``service``."""
+    shown = {}
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            query = expr.replace("$__rate_interval", RATE_INTERVAL).replace("$service", service)
+            result = _api(base, "query", query=query)["result"]  # an error fails in _api
+            shown[(panel["title"], expr)] = [r["metric"] for r in result]
+    return shown
