@@ -63,6 +63,7 @@ class RequestObserved(RequestCompleted):
     path: str = ""  # the target without its query, as sent (raw: consumers escape it)
     request_id: str = ""  # its x-request-id header, if the chunk that began it had one
     bytes_in: int = 0  # request bytes (head and body) seen from the client
+    bytes_out: int = 0  # response bytes (head and body) relayed to the client
 
 
 @dataclass(slots=True)
