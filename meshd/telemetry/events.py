@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from meshd.telemetry.live import OpenConnections
 from meshd.tls.failures import HandshakeFailure
 
 # direction of a connection or request as seen by this meshd
@@ -43,6 +44,10 @@ class ConnectionClosed:
     bytes_received: int  # from the destination
     duration: float
     error: str = ""  # empty when closed cleanly
+    # of bytes_sent/bytes_received, what the byte counters took in while it was open
+    # (``meshd.telemetry.live``): the metrics consumer adds the rest
+    counted_sent: int = 0
+    counted_received: int = 0
 
 
 @dataclass(slots=True)
@@ -200,6 +205,8 @@ class EventBus:
     def __init__(self) -> None:
         self._subscriptions: tuple[Subscription, ...] = ()
         self.published = 0
+        # the open connections whose bytes the metrics take in before they close
+        self.open = OpenConnections()
 
     def subscribe(self, capacity: int = 65536) -> Subscription:
         sub = Subscription(capacity)
