@@ -12,8 +12,8 @@ holds the request count per histogram bucket (not cumulative across
 buckets): ``len(buckets) + 1`` entries, the last for slower than the last
 bound. ``classes`` holds the request count per status class ("1xx".."5xx",
 "none": no response), only the classes seen. ``bytes_in`` is what the client
-side of the edge sent, ``bytes_out`` what it was sent (counted when a
-connection closes). ``source``/``destination`` are the metric labels' names.
+side of the edge sent, ``bytes_out`` what it was sent (open connections
+included, as their bytes pass). ``source``/``destination`` are the metric labels' names.
 
 ``from_json`` is lenient, as ``Stats.from_json`` is: an unknown field is
 ignored, a missing or mistyped one takes its default, and an entry that is

@@ -196,6 +196,8 @@ class MeshPort:
         self.rt.bus.publish(
             ConnectionOpened(INBOUND, request.source, request.service, decision.rule)
         )
+        # its bytes, while open; the peer is the client: what it sent, the stream received
+        self.rt.bus.open.add(stream, (INBOUND, request.source, request.service), flipped=True)
         guard = decision.guard
         if guard is not None:  # under a policy: look first
             wholesale = decision.decided is not None
@@ -291,6 +293,7 @@ class MeshPort:
         if self.peer_streams[peer] <= 0:
             del self.peer_streams[peer]
         self.rt.release()
+        counted_sent, counted_received = self.rt.bus.open.remove(stream)
         self.rt.bus.publish(
             ConnectionClosed(
                 INBOUND,
@@ -300,6 +303,8 @@ class MeshPort:
                 stream.sent,
                 time.monotonic() - stream.opened_at,
                 error,
+                counted_sent,
+                counted_received,
             )
         )
 
@@ -388,6 +393,7 @@ class PlainInbound(PipeEnd):
         self.rt.bus.publish(
             ConnectionOpened(INBOUND, UNAUTHENTICATED, decision.service, decision.rule)
         )
+        self.rt.bus.open.add(self, (INBOUND, UNAUTHENTICATED, decision.service))
         guard = decision.guard
         if guard is not None:  # under a policy: look first
             wholesale = decision.decided is not None
@@ -486,17 +492,31 @@ class PlainInbound(PipeEnd):
         if self.relayed is not None:
             self.relayed.discard(self)
         self.rt.release()
-        received = self.peer.bytes_in if self.peer is not None else 0
+        counted_sent, counted_received = self.rt.bus.open.remove(self)
         self.rt.bus.publish(
             ConnectionClosed(
                 INBOUND,
                 UNAUTHENTICATED,
                 self.service,
                 self.bytes_in,
-                received,
+                self.received,
                 time.monotonic() - self.opened_at,
+                "",
+                counted_sent,
+                counted_received,
             )
         )
+
+    # what the byte counters read while it is open (``meshd.telemetry.live``)
+    @property
+    def sent(self) -> int:
+        """Bytes from the client."""
+        return self.bytes_in
+
+    @property
+    def received(self) -> int:
+        """Bytes from the app."""
+        return self.peer.bytes_in if self.peer is not None else 0
 
     def _unreachable(self, port: int, error: BaseException) -> None:
         log.warning("cannot reach the app on port %d: %s", port, error)

@@ -68,6 +68,7 @@ class OutboundConn(AppProtocol):
         if decision.http is not None:
             self.http, self.sniffed = decision.http, False
         rt.bus.publish(ConnectionOpened(OUTBOUND, self.source, service, decision.rule))
+        rt.bus.open.add(stream, (OUTBOUND, self.source, service))  # its bytes, while open
         # "now" is when the connection was accepted, a moment ago: no clock read for it
         endpoint = self.pool.balancer.pick(
             service, decision.endpoints, NOTHING_TRIED, stream.opened_at
@@ -120,6 +121,7 @@ class OutboundConn(AppProtocol):
             self.admitted = False
             self.rt.release()
         if self.service:
+            counted_sent, counted_received = self.rt.bus.open.remove(stream)
             self.rt.bus.publish(
                 ConnectionClosed(
                     OUTBOUND,
@@ -129,6 +131,8 @@ class OutboundConn(AppProtocol):
                     stream.received,
                     time.monotonic() - stream.opened_at,
                     error,
+                    counted_sent,
+                    counted_received,
                 )
             )
         if error:  # may quote the peer's reset reason

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from meshd.telemetry.live import OpenConnections
 from meshd.tls.failures import HandshakeFailure
 
 # direction of a connection or request as seen by this meshd
@@ -43,6 +44,10 @@ class ConnectionClosed:
     bytes_received: int  # from the destination
     duration: float
     error: str = ""  # empty when closed cleanly
+    # of bytes_sent/bytes_received, what the byte counters took in while it was open
+    # (``meshd.telemetry.live``): the metrics consumer adds the rest
+    counted_sent: int = 0
+    counted_received: int = 0
 
 
 @dataclass(slots=True)
@@ -63,6 +68,7 @@ class RequestObserved(RequestCompleted):
     path: str = ""  # the target without its query, as sent (raw: consumers escape it)
     request_id: str = ""  # its x-request-id header, if the chunk that began it had one
     bytes_in: int = 0  # request bytes (head and body) seen from the client
+    bytes_out: int = 0  # response bytes (head and body) relayed to the client
 
 
 @dataclass(slots=True)
@@ -199,6 +205,8 @@ class EventBus:
     def __init__(self) -> None:
         self._subscriptions: tuple[Subscription, ...] = ()
         self.published = 0
+        # the open connections whose bytes the metrics take in before they close
+        self.open = OpenConnections()
 
     def subscribe(self, capacity: int = 65536) -> Subscription:
         sub = Subscription(capacity)

@@ -200,6 +200,7 @@ class Metrics:
 
     def traffic(self, host: str) -> Traffic:
         """The snapshot of the traffic counters (GET /traffic), as /metrics has them now."""
+        self._fold_open()
         return snapshot(
             host,
             time.time(),
@@ -218,6 +219,7 @@ class Metrics:
     def render(self) -> str:
         """The Prometheus text exposition of every family."""
         self._refresh()
+        self._fold_open()
         lines: list[str] = []
         for family in self._families.values():
             lines.append(f"# HELP {family.name} {_escape_help(family.help)}")
@@ -247,9 +249,21 @@ class Metrics:
         edge = (e.direction, e.source, e.destination)
         self._active.inc(edge, -1)
         self._conn.inc((*edge, "error" if e.error else "ok"))
-        self._bytes.inc((*edge, "sent"), e.bytes_sent)
-        self._bytes.inc((*edge, "received"), e.bytes_received)
+        # what the counters took in while it was open is counted already (``_fold_open``)
+        self._bytes.inc((*edge, "sent"), e.bytes_sent - e.counted_sent)
+        self._bytes.inc((*edge, "received"), e.bytes_received - e.counted_received)
         self._conn_duration.observe(edge, e.duration)
+
+    def _add_bytes(self, edge: Labels, sent: int, received: int) -> None:
+        if sent:
+            self._bytes.inc((*edge, "sent"), sent)
+        if received:
+            self._bytes.inc((*edge, "received"), received)
+
+    def _fold_open(self) -> None:
+        """Take in the bytes open connections moved since the last read (``live``)."""
+        for edge, sent, received in self.bus.open.fold():
+            self._add_bytes(edge, sent, received)
 
     def _request(self, e: RequestCompleted) -> None:
         edge = (e.direction, e.source, e.destination)
@@ -299,8 +313,8 @@ def _families() -> dict[str, Family]:
         ),
         "bytes": Family(
             "meshd_connection_bytes_total",
-            "Bytes relayed on closed connections (flow sent: from the client side,"
-            " received: to it).",
+            "Bytes relayed (flow sent: from the client side, received: to it), open"
+            " connections included.",
             "counter",
             (*EDGE, "flow"),
         ),

@@ -75,7 +75,7 @@ def tap_record(event: RequestObserved, now: float) -> dict[str, object]:
         "status": event.status,
         "latency_ms": round(event.duration * 1000.0, 3),
         "bytes_in": event.bytes_in,
-        "bytes_out": 0,  # response sizes are not followed (docs/admin-api.md)
+        "bytes_out": event.bytes_out,
     }
 
 

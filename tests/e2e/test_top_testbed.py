@@ -29,11 +29,9 @@ seconds (the window ending at top's ``time``) are the truth:
   against ~230 ms): a top that answered p50 for p99 fails.
 - the busiest paths (top's ``paths``, from meshd's tap) are the five sent
   (method and path), in the shares sent to their service, /work/fail failing.
-  A strict xfail for now (NO_INBOUND_TAP): top counts the tap's server-side
-  events only, and meshd's tap has none for a service under a policy, which
-  every joined mesh is (join installs the "mesh" document, default allow):
-  the policy's exchange (meshd/proxy/http/exchange.py) publishes no
-  RequestObserved (docs/tap.md, "Not shown"). It must pass once it does.
+  Every joined mesh runs under a policy (join installs the "mesh" document,
+  default allow), so these are requests of the policy's exchange, which notes
+  them for the tap as the observer does.
 
 One load and one top run serve every test of the module (about 60 s here,
 bring-up and reset included); the hosts are reset afterwards whatever
@@ -64,10 +62,6 @@ pytestmark = pytest.mark.testbed
 WARMUP = 3.0  # seconds of load before top's first poll: connections open, meshd warm
 WINDOW = 8.0  # top's --window and --interval: its two polls are this far apart
 LOAD_SECONDS = WARMUP + WINDOW + 3.0  # ends after top's second poll, with a margin
-NO_INBOUND_TAP = (
-    "meshd's tap shows no inbound request of a service under a policy (join installs the "
-    "default 'mesh' document) and top counts server-side tap events only"
-)
 
 
 @dataclass(frozen=True)
@@ -289,6 +283,5 @@ def check_paths(rows: Sequence[dict[str, Any]]) -> None:
             assert r["success"] is not None and abs(r["success"] - success) <= 0.01, r
 
 
-@pytest.mark.xfail(strict=True, reason=NO_INBOUND_TAP)
 def test_the_busiest_paths_are_the_paths_sent(measured: Measured) -> None:
     check_paths(measured.top["paths"])

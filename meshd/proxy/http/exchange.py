@@ -37,6 +37,12 @@ held, the exchange follows requests again with a new parser; with bytes held
 (a request no hook has seen), the connection closes after the response, as
 it does when bytes came before a switch. A forwarded HEAD ends the
 following of responses (their bodies cannot be told), not of requests.
+
+While someone listens (``Listening.on``, checked once per request head and
+per response chunk), each request's start becomes a ``Stamp`` noted from the
+head the hooks were shown (its target's path, its ``x-request-id``, its size
+with its body's), and its response's bytes are counted, as the observer does:
+its requests reach the tap and the access log, answered ones included.
 """
 
 from __future__ import annotations
@@ -61,8 +67,17 @@ from meshd.proxy.http.actions import (
     StreamAction,
     Verdict,
 )
-from meshd.proxy.http.head import CHUNKED, Edit, expects_continue, framing, rewrite, split_head
-from meshd.proxy.http.observe import _METHODS, HttpObserver
+from meshd.proxy.http.head import (
+    CHUNKED,
+    Edit,
+    expects_continue,
+    framing,
+    request_id,
+    rewrite,
+    split_head,
+    target_path,
+)
+from meshd.proxy.http.observe import _METHODS, HttpObserver, Stamp
 from meshd.proxy.http.plan import RequestHead, RequestHook
 from meshd.telemetry.events import Event
 
@@ -190,6 +205,8 @@ class HttpExchange(HttpObserver):
         responses = self.responses
         if responses is None:
             return FORWARD  # responses are not followed any more; requests still are
+        if self.listening.on:
+            self._count_out(data)
         try:
             responses.feed_data(data)
         except _PARSER_ERRORS as error:
@@ -296,7 +313,10 @@ class HttpExchange(HttpObserver):
                 and method != "HEAD"
             ):
                 self.fields = fields = head[end + 2 : -2]
-                request = RequestHead(method, head[first:last].decode("latin-1"), (), fields)
+                target = head[first:last]
+                if self.listening.on:
+                    self._note(head, target, fields)
+                request = RequestHead(method, target.decode("latin-1"), (), fields)
                 actions = hooks[0](request)
                 if not actions and self.responses is not None:
                     self.head_done = False
@@ -320,6 +340,8 @@ class HttpExchange(HttpObserver):
             self._answer_request(Answer(400))
             return pos
         target, self.fields = parts
+        if self.listening.on:
+            self._note(head, target, self.fields)
         request = RequestHead(self.method, target.decode("latin-1"), (), self.fields)
         return self._hooked(self._ask(request), head, view, start, pos)
 
@@ -347,6 +369,24 @@ class HttpExchange(HttpObserver):
         else:
             self.out.append(view[start:pos] if start >= 0 else head)
         return self._forwarded(view, pos)
+
+    def _note(self, head: bytes, target: bytes, fields: bytes) -> None:
+        """While someone listens: the request's start becomes a ``Stamp`` with its path and
+        request id, read from the head as the hooks got it, and its size (the head, and a
+        body whose length it gives; a chunked body's bytes are added as they pass)."""
+        stamp = Stamp(self.started)
+        stamp.path, stamp.request_id = target_path(target), request_id(fields)
+        stamp.bytes_in, stamp.bytes_out = len(head), 0
+        if not self.message_done:
+            length = framing(fields)
+            if length is not None and length > 0:
+                stamp.bytes_in += length
+        self.started = stamp
+
+    def _answered(self, started: float, answer: Answer) -> None:
+        """A request answered here: what the client is sent is its response's size."""
+        if started.__class__ is Stamp:
+            started.bytes_out = len(answer.encode())
 
     def _ask(
         self, request: RequestHead, first: tuple[RequestAction, ...] | None = None
@@ -448,6 +488,7 @@ class HttpExchange(HttpObserver):
                 else:
                     self.out.append(view[pos : pos + stop])
                 self.left, self.dropping = HEAD, False
+                self._body_bytes(stop)
                 return pos + stop
             found = probe.find(b"\r\n\r\n", found + 1)
         if self._feed_body(rest[fed:]):
@@ -456,7 +497,14 @@ class HttpExchange(HttpObserver):
             else:
                 self.out.append(view[pos:])
             self.tail = probe[-3:]
+            self._body_bytes(len(rest))
         return len(view)
+
+    def _body_bytes(self, size: int) -> None:
+        """A chunked body's bytes that passed: they count for its request, if noted."""
+        started = self.started
+        if started.__class__ is Stamp:
+            started.bytes_in += size
 
     def _feed_body(self, piece: bytes | memoryview) -> bool:
         requests = self.requests
@@ -490,6 +538,7 @@ class HttpExchange(HttpObserver):
         elif self.pending:
             self.answer = (answer, method, self.started)
         else:
+            self._answered(self.started, answer)
             self._completed(method, answer.status, self.started)
             self.acts.append(answer)
 
@@ -504,6 +553,7 @@ class HttpExchange(HttpObserver):
             return False  # its client may never send the body: the next request would be eaten
         self.left, self.tail, self.dropping = left, b"", left != HEAD
         self.head_done, self.changed = False, True
+        self._answered(self.started, answer)
         self._completed(self.method, answer.status, self.started)
         self.acts.append(answer)
         return True
@@ -513,6 +563,7 @@ class HttpExchange(HttpObserver):
             return self._after_upgrade(data)
         answer, method, started = self.answer
         self.answer, self.due = None, False
+        self._answered(started, answer)
         self._completed(method, answer.status, started)
         return (Send(data), answer)
 

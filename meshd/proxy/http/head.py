@@ -14,6 +14,9 @@ from collections.abc import Iterator, Sequence
 from meshd.proxy.http.actions import AddHeader, SetHeader, SetTarget
 
 CHUNKED = -2  # a body framing: chunked transfer coding (a length is >= 0)
+NOTED_PATH = 256  # bytes of a target's path a listener is shown (the tap cuts it further)
+NOTED_ID = 128  # bytes of an x-request-id a listener is shown
+_REQUEST_ID = b"\nx-request-id:"
 
 
 def header_lines(fields: bytes) -> Iterator[tuple[bytes, bytes]]:
@@ -39,6 +42,27 @@ def split_head(head: bytes) -> tuple[bytes, bytes] | None:
     if len(parts) != 3:
         return None
     return parts[1], head[end + 1 : -2]
+
+
+def target_path(target: bytes) -> str:
+    """A target's path (up to its query), at most ``NOTED_PATH`` bytes, as sent."""
+    return target.partition(b"?")[0][:NOTED_PATH].decode("latin-1")
+
+
+def request_id(fields: bytes, lowered: bytes = b"") -> str:
+    """The value of the first x-request-id header among ``fields`` (name in any case,
+    value as sent, at most ``NOTED_ID`` bytes), or ""; ``lowered``: ``fields.lower()``,
+    where the caller has it already."""
+    lowered = lowered or fields.lower()
+    if lowered.startswith(_REQUEST_ID[1:]):  # the first line
+        at = 0
+    else:
+        at = lowered.find(_REQUEST_ID) + 1  # after a line's end
+        if at == 0:
+            return ""
+    end = fields.find(b"\n", at)
+    value = fields[at + len(_REQUEST_ID) - 1 : end if end >= 0 else len(fields)]
+    return value.strip(b" \t\r")[:NOTED_ID].decode("latin-1")
 
 
 def framing(fields: bytes) -> int | None:

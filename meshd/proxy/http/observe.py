@@ -11,11 +11,13 @@ responses carry no body that the parser could know of), or a request head
 larger than the limit. ``exchange.HttpExchange`` grows it for request hooks.
 
 While someone listens (a tap client, an access log: ``Listening.on``, checked
-once per chunk the client sends), the observer also notes each request's
-path and ``x-request-id`` from the request line and head of the chunk that
-starts it, and the request bytes it sees, in a ``Stamp`` (its start time,
-carrying the notes), and publishes ``RequestObserved`` instead of
-``RequestCompleted``. Nobody listening: none of that runs.
+once per chunk the client sends and per chunk of a response), the observer
+also notes each request's path and ``x-request-id`` from the request line and
+head of the chunk that starts it (cut by ``head.split_head``, as the
+exchange's heads are), the request bytes it sees and the bytes of its
+response, in a ``Stamp`` (its start time, carrying the notes), and publishes
+``RequestObserved`` instead of ``RequestCompleted``. Nobody listening: none
+of that runs.
 """
 
 from __future__ import annotations
@@ -29,14 +31,12 @@ from types import SimpleNamespace
 import httptools
 
 from meshd.proxy.http.actions import Verdict
+from meshd.proxy.http.head import request_id, split_head, target_path
 from meshd.telemetry.events import Event, RequestCompleted, RequestObserved
 
 _REQUEST_START = re.compile(rb"^[A-Z]{3,12} ")
-# a request line, its target's path (up to the query) captured; bounded, so that a
-# hostile head costs little
-_REQUEST_LINE = re.compile(rb"[A-Z]{3,12} ([^ ?\r\n]{0,256})[^ \r\n]* HTTP/1\.[01]\r\n")
-_REQUEST_ID = b"\nx-request-id:"
-_BODY = re.compile(rb"\n(?:content-length:[ \t]*0*[1-9]|transfer-encoding:)")
+# a header line of a lower-cased head that says a body follows
+_BODY = re.compile(rb"^(?:content-length:[ \t]*0*[1-9]|transfer-encoding:)", re.MULTILINE)
 NOTED = 16384  # bytes of a chunk looked at for request lines
 
 
@@ -69,8 +69,9 @@ class Stamp(float):
     """When a request began (a monotonic time, as the plain float it stands in for), with
     what a listener is shown of it."""
 
-    __slots__ = ("bytes_in", "path", "request_id")
+    __slots__ = ("bytes_in", "bytes_out", "path", "request_id")
     bytes_in: int
+    bytes_out: int
     path: str
     request_id: str
 
@@ -78,30 +79,24 @@ class Stamp(float):
 def request_notes(chunk: bytes | memoryview) -> list[tuple[str, str]]:
     """(path, request id) of the requests whose heads ``chunk`` starts with, in order: the
     one it begins with and those pipelined right after a head without a body (what follows
-    a body is not looked at).
+    a body is not looked at). The parser accepted these bytes; ``head.split_head`` cuts each
+    head as the exchange's are cut (a head the chunk ends inside of: what came of it).
     """
     data = bytes(chunk[:NOTED])
     notes: list[tuple[str, str]] = []
     start = 0
-    while (line := _REQUEST_LINE.match(data, start)) is not None:
-        end = data.find(b"\r\n\r\n", line.end() - 2)
-        head = data[line.end() - 1 : end + 2 if end >= 0 else len(data)]
-        lowered = head.lower()  # header names in any case; values as sent
-        notes.append((line.group(1).decode("latin-1"), _request_id(head, lowered)))
+    while start < len(data):
+        end = data.find(b"\r\n\r\n", start)
+        parts = split_head(data[start : end + 4] if end >= 0 else data[start:] + b"\r\n\r\n")
+        if parts is None:
+            break
+        target, fields = parts
+        lowered = fields.lower()  # header names in any case; values as sent
+        notes.append((target_path(target), request_id(fields, lowered)))
         if end < 0 or _BODY.search(lowered):
             break
         start = end + 4
     return notes
-
-
-def _request_id(head: bytes, lowered: bytes) -> str:
-    """The x-request-id header's value in ``head`` as sent (found in ``lowered``, its
-    lower-cased copy, from a line end), or ""."""
-    at = lowered.find(_REQUEST_ID)
-    if at < 0:
-        return ""
-    value = head[at + len(_REQUEST_ID) : head.find(b"\n", at + 1)]
-    return value.strip(b" \t\r")[:128].decode("latin-1")
 
 
 def discard(event: Event) -> None:
@@ -261,6 +256,7 @@ class HttpObserver:
             stamp = Stamp(started)
             stamp.path, stamp.request_id = path, request_id
             stamp.bytes_in = size if i == first else 0
+            stamp.bytes_out = 0
             pending[i] = (method, stamp)
 
     def _observed(self, method: str, status: int, started: Stamp) -> None:
@@ -275,6 +271,7 @@ class HttpObserver:
                 started.path,
                 started.request_id,
                 started.bytes_in,
+                started.bytes_out,
             )
         )
 
@@ -283,11 +280,23 @@ class HttpObserver:
         responses = self.responses
         if responses is None:
             return False
+        if self.listening.on:
+            self._count_out(data)
         try:
             responses.feed_data(data)
         except (httptools.HttpParserUpgrade, httptools.HttpParserError):
             return self._give_up()
         return True
+
+    def _count_out(self, data: bytes | memoryview) -> None:
+        """Response bytes, while someone listens: they count for the oldest request waiting
+        for its response (before the parser sees them: it may complete that response), so
+        a chunk that ends one response and starts the next counts for the first."""
+        pending = self.pending
+        if pending:
+            started = pending[0][1]
+            if started.__class__ is Stamp:
+                started.bytes_out += len(data)
 
     def finished(self) -> None:
         """The connection ended: requests still waiting got no response."""

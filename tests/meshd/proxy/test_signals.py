@@ -220,3 +220,34 @@ def test_requests_are_counted_as_they_complete(setup: Setup) -> None:
     assert before.taken < middle.taken < after.taken <= time.time()
     assert http_edge(middle, "inbound", "api").classes == {"2xx": 2}
     assert http_edge(after, "inbound", "api").classes == {"2xx": 2, "5xx": 1}
+
+
+def bytes_flows(setup: Setup, meshd: Meshd, direction: str) -> tuple[int, int, int, int]:
+    """db's bytes on ``meshd``: /traffic's bytes_in and bytes_out, /metrics' sent, received."""
+    tcp = tcp_edge(setup.traffic(meshd), direction, "db")
+    samples = setup.metrics(meshd)
+    labels = f'direction="{direction}",source="{SOURCE}",destination="db"'
+    name = "meshd_connection_bytes_total"
+    sent = samples.get(f'{name}{{{labels},flow="sent"}}', 0)
+    received = samples.get(f'{name}{{{labels},flow="received"}}', 0)
+    return tcp.bytes_in, tcp.bytes_out, int(sent), int(received)
+
+
+def test_bytes_of_a_connection_are_counted_while_it_stays_open(setup: Setup) -> None:
+    """A long connection's bytes show as they pass (``top``'s bytes/s), not when it closes;
+    once closed, each byte is still counted once."""
+    sides = ((setup.a, "outbound"), (setup.b, "inbound"))
+    with socket.create_connection(("127.0.0.1", setup.a.ports["upstream:db"]), timeout=10) as s:
+        total = 0
+        for size in (len(OPAQUE), 3 * len(OPAQUE)):
+            s.sendall(OPAQUE * (size // len(OPAQUE)))
+            got = 0
+            while got < size:
+                got += len(s.recv(65536))
+            total += size
+            for meshd, direction in sides:  # the echo came back: both sides moved it all
+                assert bytes_flows(setup, meshd, direction) == (total,) * 4, meshd.name
+                assert tcp_edge(setup.traffic(meshd), direction, "db").open == 1
+    for meshd, direction in sides:
+        closed(setup, meshd, direction, "db")
+        assert bytes_flows(setup, meshd, direction) == (total,) * 4, meshd.name

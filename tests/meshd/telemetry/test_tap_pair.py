@@ -217,3 +217,103 @@ def test_the_access_log_samples_requests_and_connections(
     db = [x for x in logged() if x["kind"] == "connection" and x["destination"] == "db"]
     assert len(db) == 1 and db[0]["bytes_in"] == len(b"opaque\x00bytes")
     assert access_lines(pair.a) == []  # sample 0: not a line
+
+
+BODY = b"b" * 3000  # a response body in more than one read on the way
+
+
+def fixed_response(status: int) -> bytes:
+    """What ``SizedApp`` sends for ``status``: its exact bytes, head and body."""
+    return b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (status, len(BODY), BODY)
+
+
+class SizedApp(ServedApp):
+    """Keep-alive HTTP/1.1 answering ``GET /.../NNN?...`` with ``fixed_response(NNN)``."""
+
+    def __init__(self) -> None:
+        class Handler(QuietHandler):
+            def do_GET(self) -> None:
+                self.wfile.write(fixed_response(int(self.path.split("?")[0].rsplit("/", 1)[1])))
+
+        super().__init__(Handler)
+
+
+def judged_policy(app_port: int) -> dict[str, Any]:
+    """api on B: A may GET /status/** (an L7 rule: B's exchange judges each request)."""
+    return {
+        "version": 1,
+        "name": "t",
+        "mtls": {"mode": "strict"},
+        "authz": {"default": "deny"},
+        "allow": [
+            {"name": "a-to-api", "from": ["host/a"], "to": "api", "ports": [app_port],
+             "methods": ["GET"], "paths": ["/status/**"]},
+        ],
+    }  # fmt: skip
+
+
+def test_bytes_out_is_the_size_of_each_response(net: MeshNet) -> None:
+    """The observer (A outbound, B inbound): each request's response bytes, head and body."""
+    app, echo = SizedApp(), EchoServer()
+    try:
+        b = net.start("b", services={"api": app.port}, extra="[access_log]\nsample = 1.0")
+        net.add_service("api", app.port, "b", b.ports["mesh"])
+        a = net.start("a", upstreams={"api": 0})
+        on_a, on_b = Tap(net, a), Tap(net, b)
+        try:
+            send(a, ["/status/200?q", "/status/404"])
+            sizes = [len(fixed_response(200)), len(fixed_response(404))]
+            for tap in (on_a, on_b):
+                seen = tap.read(2)
+                assert [(e["path"], e["bytes_out"]) for e in seen] == [
+                    ("/status/200", sizes[0]),
+                    ("/status/404", sizes[1]),
+                ]
+        finally:
+            on_a.close()
+            on_b.close()
+        until(lambda: len(access_lines(b)) >= 2, 10, "B's request lines")
+        assert [x["bytes_out"] for x in access_lines(b) if x["kind"] == "request"] == sizes
+    finally:
+        app.close()
+        echo.close()
+
+
+def test_requests_judged_by_a_policy_reach_the_tap_and_the_access_log(net: MeshNet) -> None:
+    """B's api has an L7 rule: its exchange (not the observer) follows the requests, and
+    they show as observed ones do, the 403s it answers itself included."""
+    app = SizedApp()
+    try:
+        b = net.start("b", services={"api": app.port}, extra="[access_log]\nsample = 1.0")
+        net.add_service("api", app.port, "b", b.ports["mesh"])
+        a = net.start("a", upstreams={"api": 0})
+        body = {"version": 1, "documents": [judged_policy(app.port)]}
+        assert net.admin(b, "PUT", "/policy", body)[0] == 200
+        tap = Tap(net, b, "?service=api")
+        try:
+            headers = {"X-Request-Id": "Judged-1"}
+            send(a, ["/status/200?secret=1", "/status/503"], headers=headers)
+            send(a, ["/denied/403?x=1"], headers=headers)
+            seen = tap.read(3)
+        finally:
+            tap.close()
+        expected = [
+            ("GET", "/status/200", 200, "inbound", len(fixed_response(200))),
+            ("GET", "/status/503", 503, "inbound", len(fixed_response(503))),
+            ("GET", "/denied/403", 403, "inbound"),
+        ]
+        got = [(e["method"], e["path"], e["status"], e["direction"], e["bytes_out"]) for e in seen]
+        assert got[:2] == expected[:2]
+        assert got[2][:4] == expected[2] and got[2][4] > 0  # the answer B sent
+        assert all(e["latency_ms"] > 0 for e in seen)
+        head = len(b"GET /status/200?secret=1 HTTP/1.1\r\n")
+        assert all(e["bytes_in"] > head for e in seen)
+        until(lambda: len([x for x in access_lines(b) if x["kind"] == "request"]) >= 3, 10, "lines")
+        requests = [x for x in access_lines(b) if x["kind"] == "request"]
+        assert [(r["path"], r["status"], r["request_id"]) for r in requests] == [
+            ("/status/200", 200, "Judged-1"),
+            ("/status/503", 503, "Judged-1"),
+            ("/denied/403", 403, "Judged-1"),
+        ]
+    finally:
+        app.close()

@@ -10,8 +10,10 @@ from meshd.proxy.http.head import (
     expects_continue,
     framing,
     header_lines,
+    request_id,
     rewrite,
     split_head,
+    target_path,
 )
 
 HEAD = b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nAccept: */*\r\nx-a: 2\r\n\r\n"
@@ -131,3 +133,34 @@ def test_an_answer_must_be_final_and_well_formed(
 ) -> None:
     with pytest.raises(ValueError):
         Answer(status, headers)
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        (b"X-Request-Id: r-1\r\nHost: x\r\n", "r-1"),  # the first line
+        (b"Host: x\r\nx-request-id:  Ab-9 \r\n", "Ab-9"),  # any case; the value as sent
+        (b"Host: x\r\nX-REQUEST-ID:a\r\nx-request-id: b\r\n", "a"),  # the first
+        (b"X-Request-Idx: no\r\n", ""),
+        (b"Host: x\r\n", ""),
+        (b"", ""),
+        (b"x-request-id: " + b"7" * 300 + b"\r\n", "7" * 128),  # cut
+        (b"x-request-id: \xe9\r\n", "\xe9"),  # raw: consumers escape
+    ],
+)
+def test_request_id(fields: bytes, expected: str) -> None:
+    assert request_id(fields) == expected
+    assert request_id(fields, fields.lower()) == expected
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        (b"/a/b?x=1", "/a/b"),
+        (b"/", "/"),
+        (b"http://h/p?q", "http://h/p"),
+        (b"/" + b"a" * 300, "/" + "a" * 255),
+    ],
+)
+def test_target_path(target: bytes, expected: str) -> None:
+    assert target_path(target) == expected

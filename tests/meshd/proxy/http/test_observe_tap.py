@@ -1,11 +1,15 @@
-"""The observer while someone listens: each request's path, request id and bytes, noted
-from the chunk that starts it; with nobody listening, the plain event as before."""
+"""The observer and the judging exchange while someone listens: each request's path,
+request id and bytes (both ways), noted from the chunk that starts it (the exchange: from
+the head it cut for its hooks); with nobody listening, the plain event as before."""
 
 from __future__ import annotations
 
 import pytest
 
+from meshd.proxy.http.actions import Answer, RequestAction
+from meshd.proxy.http.exchange import HttpExchange
 from meshd.proxy.http.observe import HttpObserver, Listening, request_notes
+from meshd.proxy.http.plan import RequestHead
 from meshd.telemetry.events import Event, RequestCompleted, RequestObserved
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -103,3 +107,78 @@ def test_a_request_without_response_is_observed_at_the_end() -> None:
         for e in events
         if isinstance(e, RequestCompleted)
     ] == [(RequestObserved, "/lost", 0)]
+
+
+def test_bytes_out_is_each_responses_size() -> None:
+    events: list[Event] = []
+    observer = HttpObserver(events.append, "outbound", "web", "api", 16384)
+    observer.listening = Listening(True)
+    observer.request_bytes(TWO)
+    observer.response_bytes(OK[:10])  # one response over two chunks
+    assert events == []
+    observer.response_bytes(OK[10:] + OK)  # a chunk ending one and holding the next
+    assert [e.bytes_out for e in events if isinstance(e, RequestObserved)] == [
+        2 * len(OK),  # the chunk that ended the first counts for it
+        0,
+    ]
+
+
+def let_through(head: RequestHead) -> tuple[RequestAction, ...]:
+    return ()
+
+
+def deny_denied(head: RequestHead) -> tuple[RequestAction, ...]:
+    return (Answer(403),) if head.path.startswith("/denied") else ()
+
+
+TAGGED = b"GET /r HTTP/1.1\r\nX-Request-Id: Q-1\r\n\r\n"
+CHUNKED_POST = b"POST /c?q HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+CHUNKED_BODY = b"3\r\nabc\r\n0\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("chunks", "notes"),
+    [
+        ([GET_A], [("GET", "/a", "", len(GET_A))]),  # the short way (one hook, one head)
+        ([TAGGED], [("GET", "/r", "Q-1", len(TAGGED))]),
+        ([SPLIT, b"st: h\r\n\r\n"], [("GET", "/s", "", len(SPLIT) + 9)]),  # gathered
+        ([TWO], [("GET", "/a", "", 19), ("GET", "/b", "", 19)]),  # each its own head
+        ([POST, b"cd"], [("POST", "/p", "", len(POST) + 2)]),  # head and Content-Length
+        ([CHUNKED_POST, CHUNKED_BODY[:4], CHUNKED_BODY[4:]],
+         [("POST", "/c", "", len(CHUNKED_POST) + len(CHUNKED_BODY))]),
+    ],
+)  # fmt: skip
+def test_the_exchange_notes_each_request_while_someone_listens(
+    chunks: list[bytes], notes: list[tuple[str, str, str, int]]
+) -> None:
+    events: list[Event] = []
+    exchange = HttpExchange(events.append, "inbound", "web", "api", 16384, (let_through,))
+    exchange.listening = Listening(True)
+    for chunk in chunks:
+        exchange.request_bytes(chunk)
+    for _ in notes:
+        exchange.response_bytes(OK)
+    assert all(type(e) is RequestObserved for e in events)
+    observed = [e for e in events if isinstance(e, RequestObserved)]
+    assert [(e.method, e.path, e.request_id, e.bytes_in) for e in observed] == notes
+    assert [(e.status, e.bytes_out) for e in observed] == [(200, len(OK))] * len(notes)
+
+
+def test_the_exchange_notes_the_requests_it_answers() -> None:
+    events: list[Event] = []
+    exchange = HttpExchange(events.append, "inbound", "web", "api", 16384, (deny_denied,))
+    exchange.listening = Listening(True)
+    exchange.request_bytes(b"GET /denied?x HTTP/1.1\r\nX-Request-Id: d\r\n\r\n")
+    assert [
+        (type(e), e.path, e.request_id, e.status, e.bytes_out)
+        for e in events
+        if isinstance(e, RequestObserved)
+    ] == [(RequestObserved, "/denied", "d", 403, len(Answer(403).closing().encode()))]
+
+
+def test_the_exchange_with_nobody_listening_publishes_the_plain_event() -> None:
+    events: list[Event] = []
+    exchange = HttpExchange(events.append, "inbound", "web", "api", 16384, (let_through,))
+    exchange.request_bytes(GET_A)
+    exchange.response_bytes(OK)
+    assert [type(e) for e in events] == [RequestCompleted]

@@ -16,7 +16,7 @@ import pytest
 from meshd.proxy.http.plan import HttpPlan, HttpRules
 from meshd.proxy.inbound import UNAUTHENTICATED
 from meshd.runtime import Runtime
-from meshd.telemetry.events import RequestCompleted
+from meshd.telemetry.events import ConnectionClosed, RequestCompleted
 from tests.meshd.proxy.http.hooked_meshd import DENIED, deny
 from tests.meshd.proxy.http.recording import RecordingApp
 from tests.meshd.proxy.plainharness import original_dst_is, plain_client, runtime
@@ -86,3 +86,45 @@ def test_plaintext_without_policy_is_observed_when_it_speaks_http(
     assert {(e.direction, e.source, e.destination) for e in requests} <= {
         ("inbound", UNAUTHENTICATED, "web")
     }
+
+
+GET_ONE = b"GET /one HTTP/1.1\r\nHost: web\r\n\r\n"
+
+
+async def _folds_while_open(rt: Runtime) -> tuple[list[object], int]:
+    """One request and its response on a connection that stays open: the byte counters'
+    reads (folds) meanwhile, and the size of the response."""
+    async with plain_client(rt) as client:
+        folds: list[object] = []
+        size = 0
+        for _ in range(2):
+            client.writer.write(GET_ONE)
+            with anyio.fail_after(10):
+                head = await client.reader.readuntil(b"\r\n\r\n")
+                length = int(re.findall(rb"Content-Length: (\d+)", head)[0])
+                size = len(head) + len(await client.reader.readexactly(length))
+            folds.append(list(rt.bus.open.fold()))
+        client.writer.close()
+        with anyio.fail_after(10):
+            while rt.bus.open.entries:  # until meshd saw it close
+                await anyio.sleep(0.01)
+        return folds, size
+
+
+def test_plaintext_bytes_are_counted_while_the_connection_is_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = RecordingApp()
+    try:
+        rt = runtime(tmp_path, app.port, "permissive")
+        seen = rt.bus.subscribe(1000)
+        original_dst_is(monkeypatch, app.port)
+        folds, size = anyio.run(_folds_while_open, rt, backend="asyncio")
+    finally:
+        app.close()
+    edge = ("inbound", UNAUTHENTICATED, "web")
+    assert folds == [[(edge, len(GET_ONE), size)]] * 2  # each read: what moved since the last
+    closed = [e for e in seen.queue if isinstance(e, ConnectionClosed)]
+    assert [(c.bytes_sent, c.counted_sent, c.bytes_received) for c in closed] == [
+        (2 * len(GET_ONE), 2 * len(GET_ONE), 2 * size)
+    ]
