@@ -78,7 +78,9 @@ def framing(fields: bytes) -> int | None:
         if lowered == b"transfer-encoding":
             return CHUNKED if value.rsplit(b",", 1)[-1].strip().lower() == b"chunked" else None
         if lowered == b"content-length" and value.isdigit():
-            length = int(value)
+            # llhttp takes any number of leading zeros (and refuses more than 64 bits);
+            # int() refuses over 4300 digits: a peer must not make it raise
+            length = int(value.lstrip(b"0") or b"0")
     return length
 
 

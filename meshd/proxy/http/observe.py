@@ -76,16 +76,18 @@ class Stamp(float):
     request_id: str
 
 
-def request_notes(chunk: bytes | memoryview) -> list[tuple[str, str]]:
-    """(path, request id) of the requests whose heads ``chunk`` starts with, in order: the
-    one it begins with and those pipelined right after a head without a body (what follows
-    a body is not looked at). The parser accepted these bytes; ``head.split_head`` cuts each
-    head as the exchange's are cut (a head the chunk ends inside of: what came of it).
+def request_notes(chunk: bytes | memoryview, most: int) -> list[tuple[str, str]]:
+    """(path, request id) of the requests whose heads ``chunk`` starts with, in order, at
+    most ``most`` (the requests the parser saw begin in it: a peer's bytes are read no
+    further than that): the one it begins with and those pipelined right after a head
+    without a body (what follows a body is not looked at). The parser accepted these bytes;
+    ``head.split_head`` cuts each head as the exchange's are cut (a head the chunk ends
+    inside of: what came of it). Only for a chunk that starts a request.
     """
     data = bytes(chunk[:NOTED])
     notes: list[tuple[str, str]] = []
     start = 0
-    while start < len(data):
+    while start < len(data) and len(notes) < most:
         end = data.find(b"\r\n\r\n", start)
         parts = split_head(data[start : end + 4] if end >= 0 else data[start:] + b"\r\n\r\n")
         if parts is None:
@@ -244,12 +246,18 @@ class HttpObserver:
         if going.__class__ is Stamp:
             going.bytes_in += len(data)
         if len(pending) > before:
-            self._stamp(data, before, 0 if going is not None else len(data))
+            self._stamp(data, before, going is None)
         return not self.gave_up or self._give_up()
 
-    def _stamp(self, data: bytes | memoryview, first: int, size: int) -> None:
-        notes = request_notes(data)
+    def _stamp(self, data: bytes | memoryview, first: int, starts: bool) -> None:
+        """The requests from ``first`` on began in ``data``; ``starts``: it begins with the
+        first one's head. A chunk that began inside a body (the request under way) is not
+        read for notes: its lines are the body's, whatever they look like (a client could
+        forge the next request's path and id with them, or make each of many short lines
+        cost a head's reading)."""
         pending = self.pending
+        notes = request_notes(data, len(pending) - first) if starts else []
+        size = len(data) if starts else 0
         for i in range(first, len(pending)):
             method, started = pending[i]
             path, request_id = notes[i - first] if i - first < len(notes) else ("", "")

@@ -28,6 +28,8 @@ HEAD = b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nAccept: */*\r\nx-a: 2\r\n\r\n"
         (b"Transfer-Encoding: gzip, Chunked\r\n", CHUNKED),
         (b"Transfer-Encoding: chunked, gzip\r\n", None),
         (b"Content-Length: -1\r\n", None),
+        # llhttp accepts leading zeros without end; int() refuses over 4300 digits
+        (b"Content-Length: " + b"0" * 5000 + b"7\r\n", 7),
         (b"Host: x\r\n", None),
         (b"", None),
     ],

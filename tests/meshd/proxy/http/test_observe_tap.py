@@ -9,7 +9,7 @@ import pytest
 from meshd.proxy.http.actions import Answer, RequestAction
 from meshd.proxy.http.exchange import HttpExchange
 from meshd.proxy.http.observe import HttpObserver, Listening, request_notes
-from meshd.proxy.http.plan import RequestHead
+from meshd.proxy.http.plan import RequestHead, RequestHook
 from meshd.telemetry.events import Event, RequestCompleted, RequestObserved
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -34,7 +34,7 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
     ],
 )
 def test_request_notes(chunk: bytes, notes: list[tuple[str, str]]) -> None:
-    assert request_notes(chunk) == notes
+    assert request_notes(chunk, 16) == notes
 
 
 def observe(listening: bool, chunks: list[bytes], responses: int) -> list[Event]:
@@ -74,6 +74,25 @@ def test_listening_notes_each_request(
     assert [(e.path, e.bytes_in, e.status) for e in observed] == [
         (p, s, 200) for p, s in zip(paths, sizes, strict=True)
     ]
+
+
+def test_a_body_that_looks_like_heads_is_not_read_as_the_next_request() -> None:
+    """A chunk that starts inside a body is not a head: what the body says is neither the
+    path nor the request id of the request that begins after it (the client could forge
+    both), and its lines are not read as heads at all (a body of many short lines cost
+    one head-reading each, while only the request that began there needed a note)."""
+    body = b"name=Some one else\r\nx-request-id: forged\r\n\r\n" + b"a b c\r\n\r\n" * 500
+    head = b"POST /upload HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body)
+    real = b"GET /real HTTP/1.1\r\nx-request-id: real-id\r\n\r\n"
+    events = observe(True, [head + body[:5], body[5:] + real], 2)
+    observed = [(e.path, e.request_id) for e in events if isinstance(e, RequestObserved)]
+    assert observed == [("/upload", ""), ("", "")]
+
+
+@pytest.mark.parametrize("most", [0, 1, 2])
+def test_request_notes_reads_no_more_heads_than_asked(most: int) -> None:
+    three = b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\n\r\n"
+    assert request_notes(three, most) == [("/a", ""), ("/b", "")][:most]
 
 
 def test_nobody_listening_publishes_the_plain_event() -> None:
@@ -174,6 +193,22 @@ def test_the_exchange_notes_the_requests_it_answers() -> None:
         for e in events
         if isinstance(e, RequestObserved)
     ] == [(RequestObserved, "/denied", "d", 403, len(Answer(403).closing().encode()))]
+
+
+@pytest.mark.parametrize("listening", [False, True])
+@pytest.mark.parametrize("hook", [let_through, deny_denied])
+def test_a_content_length_of_many_zeros_is_read_not_raised(
+    listening: bool, hook: RequestHook
+) -> None:
+    """llhttp accepts a Content-Length of thousands of leading zeros; Python's int() raised
+    on it, out of request_bytes: on the inbound side that dropped the whole link."""
+    events: list[Event] = []
+    exchange = HttpExchange(events.append, "inbound", "web", "api", 16384, (hook,))
+    exchange.listening = Listening(listening)
+    zeros = b"0" * 5000
+    exchange.request_bytes(b"POST /denied HTTP/1.1\r\nContent-Length: " + zeros + b"2\r\n\r\nab")
+    exchange.response_bytes(OK)
+    assert [getattr(e, "status", None) for e in events] == [403 if hook is deny_denied else 200]
 
 
 def test_the_exchange_with_nobody_listening_publishes_the_plain_event() -> None:
