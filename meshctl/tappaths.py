@@ -67,38 +67,45 @@ class Dechunker:
         self.done = False
 
     def feed(self, data: bytes) -> bytes:
-        self.buffer += data
-        out: list[bytes] = []
-        while self.buffer and not self.done:
+        buffer = self.buffer + data
+        pos, out = 0, []  # read by index: slicing what is left per chunk was quadratic
+        while pos < len(buffer) and not self.done:
             if self.left:
-                taken, self.buffer = self.buffer[: self.left], self.buffer[self.left :]
+                taken = buffer[pos : pos + self.left]
+                pos += len(taken)
                 self.left -= len(taken)
                 out.append(taken)
                 self.crlf = self.left == 0
             elif self.crlf:
-                if len(self.buffer) < 2:
+                if len(buffer) - pos < 2:
                     break
-                if self.buffer[:2] != b"\r\n":
+                if buffer[pos : pos + 2] != b"\r\n":
                     raise FramingError("a chunk does not end with CRLF")
-                self.buffer, self.crlf = self.buffer[2:], False
-            elif not self._size_line():
-                break
+                pos, self.crlf = pos + 2, False
+            else:
+                read = self._size_line(buffer, pos)
+                if read < 0:
+                    break
+                pos = read
+        self.buffer = buffer[pos:]
         return b"".join(out)
 
-    def _size_line(self) -> bool:
-        line, found, rest = self.buffer.partition(b"\r\n")
-        if not found:
-            if len(self.buffer) > 64:
+    def _size_line(self, buffer: bytes, pos: int) -> int:
+        """Where the chunk size line at ``pos`` ends (its size read), or -1 if it is not
+        all here yet."""
+        end = buffer.find(b"\r\n", pos, pos + 66)
+        if end < 0:
+            if len(buffer) - pos > 64:
                 raise FramingError("a chunk size line is too long")
-            return False
-        size = line.partition(b";")[0].strip()
+            return -1
+        size = buffer[pos:end].partition(b";")[0].strip()
         if not size or len(size) > 8 or any(c not in b"0123456789abcdefABCDEF" for c in size):
             raise FramingError(f"bad chunk size {size[:16]!r}")
-        self.left, self.buffer = int(size, 16), rest
+        self.left = int(size, 16)
         if self.left > MAX_CHUNK:
             raise FramingError(f"a chunk of {self.left} bytes, more than {MAX_CHUNK}")
         self.done = self.left == 0
-        return True
+        return end + 2
 
 
 class Lines:
@@ -148,6 +155,8 @@ def _json(line: bytes) -> object:
 
 def read_event(line: bytes) -> TapEvent | None:
     """The request ``line`` tells of, or None if it is not a well-formed request line."""
+    if not line.startswith(b'{"'):  # an empty line, or not an object: no parsing for it
+        return None
     doc = _json(line)
     if not isinstance(doc, dict):
         return None
