@@ -272,15 +272,16 @@ def _check_not_ca(csr: x509.CertificateSigningRequest) -> None:
 
 
 def _check_sans(csr: x509.CertificateSigningRequest, wanted: list[SpiffeId], subset: bool) -> None:
+    names: list[x509.GeneralName]
     try:
-        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = list(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
     except x509.ExtensionNotFound:
-        san = x509.SubjectAlternativeName([])
-    others = [n for n in san if not isinstance(n, x509.UniformResourceIdentifier)]
+        names = []  # (cryptography 51 refuses an empty SubjectAlternativeName)
+    others = [n for n in names if not isinstance(n, x509.UniformResourceIdentifier)]
     if others:
         raise CertificateError(f"CSR asks for names other than SPIFFE IDs: {others[0].value}")
     requested = sorted(set(spiffe_ids(csr)))
-    if len(requested) != len(san):
+    if len(requested) != len(names):
         raise CertificateError("CSR asks for a URI that is not a SPIFFE ID")
     if requested != wanted and not (subset and set(wanted) <= set(requested)):
         raise CertificateError(
