@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.meshctl.cli.test_top_live import MESHCTL, lines_of, next_doc
+from tests.meshctl.cli.test_top_live import MESHCTL, lines_of, next_doc, reap
 from tests.meshctl.meshdfleet import SERVICES, meshd_fleet, rss_mib
 from tests.meshd.paced import Paced
 
@@ -72,12 +72,7 @@ def test_top_of_thirty_meshd_marks_the_killed_one_under_a_fifth_of_a_core(
         finally:
             for load in loads:
                 load.stop()
-            if top.poll() is None:
-                top.kill()
-                top.wait()
-            for stream in (top.stdout, top.stderr):
-                if stream:
-                    stream.close()
+            reap(top)
     hosts = list(fleet.meshds)
     assert all(reachable(d) == dict.fromkeys(hosts, True) for d in [first, *refreshes]), [
         {h: e for h, e in reachable(d).items() if not e} for d in refreshes

@@ -72,6 +72,16 @@ def next_doc(lines: queue.Queue[str], timeout: float = 5.0) -> dict[str, Any]:
 PATHS = ("/p0", "/p1", "/p2", "/p3")
 
 
+def reap(proc: subprocess.Popen[str]) -> None:
+    """``proc`` (a top the test started) gone, however the test ended, its pipes closed."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for stream in (proc.stdout, proc.stderr):
+        if stream:
+            stream.close()
+
+
 def thirty(mesh: TopMesh, addresses: dict[str, str]) -> list[HostModel]:
     return [
         model(mesh, name, address, Series("inbound", "web", f"svc{i}", 20, 0.0, MIX, paths=PATHS))
@@ -124,12 +134,7 @@ def test_thirty_hosts_one_killed_under_a_fifth_of_a_core(tmp_path: Path) -> None
             assert top.wait(timeout=5) == 0
             assert top.stderr.read() == ""
         finally:
-            if top.poll() is None:
-                top.kill()
-                top.wait()
-            for stream in (top.stdout, top.stderr):
-                if stream:
-                    stream.close()
+            reap(top)
 
 
 def test_without_a_terminal_it_prints_snapshots_and_stops_when_the_reader_does(

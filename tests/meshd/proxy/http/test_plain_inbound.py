@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -73,19 +74,27 @@ def test_plaintext_meets_the_hooks_of_its_service(
 def test_plaintext_without_policy_is_observed_when_it_speaks_http(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data: bytes, expected: list[tuple[str, int]]
 ) -> None:
-    app = RecordingApp()
-    try:
-        rt = runtime(tmp_path, app.port, "permissive")
-        seen = rt.bus.subscribe(1000)
-        original_dst_is(monkeypatch, app.port)
-        anyio.run(_exchange_bytes, rt, data, backend="asyncio")
-    finally:
-        app.close()
+    _, seen = _permissive(tmp_path, monkeypatch, _exchange_bytes, data)
     requests = [e for e in seen.queue if isinstance(e, RequestCompleted)]
     assert [(e.method, e.status) for e in requests] == expected
     assert {(e.direction, e.source, e.destination) for e in requests} <= {
         ("inbound", UNAUTHENTICATED, "web")
     }
+
+
+def _permissive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run: Any, *args: object
+) -> tuple[Any, Any]:
+    """``run(rt, *args)`` against a permissive meshd in front of a recording app: its
+    result, and the subscription that saw the runtime's events."""
+    app = RecordingApp()
+    try:
+        rt = runtime(tmp_path, app.port, "permissive")
+        seen = rt.bus.subscribe(1000)
+        original_dst_is(monkeypatch, app.port)
+        return anyio.run(run, rt, *args, backend="asyncio"), seen
+    finally:
+        app.close()
 
 
 GET_ONE = b"GET /one HTTP/1.1\r\nHost: web\r\n\r\n"
@@ -114,14 +123,7 @@ async def _folds_while_open(rt: Runtime) -> tuple[list[object], int]:
 def test_plaintext_bytes_are_counted_while_the_connection_is_open(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    app = RecordingApp()
-    try:
-        rt = runtime(tmp_path, app.port, "permissive")
-        seen = rt.bus.subscribe(1000)
-        original_dst_is(monkeypatch, app.port)
-        folds, size = anyio.run(_folds_while_open, rt, backend="asyncio")
-    finally:
-        app.close()
+    (folds, size), seen = _permissive(tmp_path, monkeypatch, _folds_while_open)
     edge = ("inbound", UNAUTHENTICATED, "web")
     assert folds == [[(edge, len(GET_ONE), size)]] * 2  # each read: what moved since the last
     closed = [e for e in seen.queue if isinstance(e, ConnectionClosed)]
