@@ -22,10 +22,15 @@ only on its method and target, and is remembered per (source, port)
 all at once when full; a swap compiles a new guard, so nothing outlives
 its policy): a keep-alive client asking for the same targets again costs a
 dictionary lookup, not a normalisation and an evaluation, even when the
-service has header rules for other peers.
+service has header rules for other peers. Where that is so, the proxy also
+keeps, per peer and port, the request lines it let go on as they were
+(``lines``, ``learn``; bounded the same way): the next request with the same
+line, on any of that peer's connections, costs less than a ``RequestHead``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from meshd.policy.decisions import LOCAL_SERVICES, Deliver
 from meshd.policy.lang.evaluate import Decision, Request, ServicePolicy, bad_request
@@ -39,10 +44,13 @@ MAX_JUDGED = 4096  # judgements kept per service and swap, over every peer; then
 MAX_PEERS = 4096  # (source, port) memos kept per service and swap; then forgotten
 MAX_TAKES = 256  # distinct sets of rate limits kept per service and swap; then forgotten
 MAX_JUDGED_TARGET = 256  # longer targets are judged every time (a peer could fill memory)
+MAX_KNOWN = 4096  # request lines the proxy knows per service and swap, over every peer
+MAX_KNOWN_LINE = 320  # bytes of a request line it may know (a method, 256 of target, ...)
 
 Judged = tuple[Decision, str | None, Limited | None]  # decision, target to forward, 429
 Remembered = tuple[Decision, str | None, Take | None]  # ..., the tokens to take (None: none)
 Memo = dict[tuple[str, str], Remembered]  # one peer on one port: by (method, target)
+Known = dict[bytes, tuple[Take | None, Any]]  # request lines the proxy knows, its values
 
 
 class Guard:
@@ -51,6 +59,8 @@ class Guard:
     __slots__ = (
         "_admitted",
         "_judged",
+        "_known",
+        "_lines",
         "_memos",
         "_rejected",
         "_takes",
@@ -78,6 +88,9 @@ class Guard:
         self._takes: dict[tuple[str, ...], Take] = {}
         # the proxy's values made once per rule and swap (the tallies of allows)
         self.events: dict[str, object] = {}
+        # the request lines the proxy knows per (source, port) (see lines), and how many
+        self._lines: dict[tuple[str | None, int], Known] = {}
+        self._known = 0
 
     def admit(self, source: str | None, port: int) -> Deliver:
         """What to do with a connection from ``source`` (None: plaintext) on ``port``."""
@@ -109,29 +122,38 @@ class Guard:
 
         The head's headers are read only where a rule that can match this peer reads one.
         """
+        decision, forward, take = self.judgement(source, port, head)
+        if take is None:
+            return decision, forward, None
+        return decision, forward, take(buckets, source, now)
+
+    def by_target(self, source: str | None, port: int) -> bool:
+        """Does a judgement of this peer's requests on this port depend on their method
+        and target alone (no rule that can match it reads a header)?"""
+        return self._memo(source, port) is not None
+
+    def judgement(self, source: str | None, port: int, head: RequestHead) -> Remembered:
+        """``judge`` before the rate limits: the decision, the target to forward, and the
+        tokens the request takes when its decision is allow (None: none)."""
         memo = self._memos.get((source, port))
         if memo is None:
             memo = self._memo(source, port)
         method, target = head.method, head.target
         if memo is None:
-            decision, forward, take = self._judge(source, port, method, target, head.headers)
-        elif len(target) > MAX_JUDGED_TARGET:
-            decision, forward, take = self._judge(source, port, method, target, ())
-        else:
-            key = (method, target)
-            found = memo.get(key)
-            if found is None:
-                found = self._judge(source, port, method, target, ())
-                if self._judged >= MAX_JUDGED:
-                    self._forget()
-                    memo = self._memo(source, port)
-                if memo is not None:  # always: the peer's view did not change
-                    memo[key] = found
-                    self._judged += 1
-            decision, forward, take = found
-        if take is None:
-            return decision, forward, None
-        return decision, forward, take(buckets, source, now)
+            return self._judge(source, port, method, target, head.headers)
+        if len(target) > MAX_JUDGED_TARGET:
+            return self._judge(source, port, method, target, ())
+        key = (method, target)
+        found = memo.get(key)
+        if found is None:
+            found = self._judge(source, port, method, target, ())
+            if self._judged >= MAX_JUDGED:
+                self._forget()
+                memo = self._memo(source, port)
+            if memo is not None:  # always: the peer's view did not change
+                memo[key] = found
+                self._judged += 1
+        return found
 
     def _memo(self, source: str | None, port: int) -> Memo | None:
         """The memo of this peer on this port, made on first use; None: not remembered."""
@@ -144,6 +166,47 @@ class Guard:
         memo: Memo | None = None if self.policy.reads_headers(source, port) else {}
         memos[key] = memo
         return memo
+
+    def lines(self, source: str | None, port: int) -> Known | None:
+        """The request lines the proxy knows for this peer on this port (``learn``), shared
+        by its connections; None where its judgements read headers (a line says too little).
+
+        The proxy keeps, per line it let go on as it was, what it needs to do that again
+        without a judgement (``meshd.proxy.enforce.RequestJudge.by_line``). Forgetting
+        empties the dictionaries in place, so a connection holding one reads nothing stale.
+        """
+        key = (source, port)
+        found = self._lines.get(key)
+        if found is None:
+            if not self.by_target(source, port):
+                return None
+            if len(self._lines) >= MAX_PEERS:
+                self._forget_lines()
+            found = self._lines[key] = {}
+        return found
+
+    def learn(
+        self, source: str | None, port: int, line: bytes, entry: tuple[Take | None, Any]
+    ) -> Known | None:
+        """Know ``line`` for this peer on this port from now on (at most ``MAX_KNOWN`` lines
+        of at most ``MAX_KNOWN_LINE`` bytes over every peer; then all are forgotten and
+        learnt again); returns the peer's lines, as ``lines`` does."""
+        known = self.lines(source, port)
+        if known is None or len(line) > MAX_KNOWN_LINE or line in known:
+            return known
+        if self._known >= MAX_KNOWN:
+            self._forget_lines()
+            known = self.lines(source, port)
+            assert known is not None  # the peer's view did not change
+        known[line] = entry
+        self._known += 1
+        return known
+
+    def _forget_lines(self) -> None:
+        for known in self._lines.values():
+            known.clear()
+        self._lines.clear()
+        self._known = 0
 
     def remembered(self) -> int:
         """How many judgements are remembered, over every peer (for tests and stats)."""

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Literal, cast
 
 from meshd.policy.guard import Guard
 from meshd.policy.lang.evaluate import Decision, Request
-from meshd.policy.lang.ratelimit import Limited
+from meshd.policy.lang.ratelimit import Limited, Take
 from meshd.proxy.http.actions import (
     DROP,
     FORWARD,
@@ -151,9 +151,28 @@ class FirstBytes:
 
 # --- requests --------------------------------------------------------------------
 class RequestJudge:
-    """The request hook of one inspected HTTP connection (see the module docstring)."""
+    """The request hook of one inspected HTTP connection (see the module docstring).
 
-    __slots__ = ("bundle", "guard", "port", "rt", "service", "source", "wholesale")
+    A ``plan.LineHook``: a request line this peer sent before on this port, and
+    that was let go on as it was (allowed with no would-deny, its target
+    already normal), is known by those bytes (``Guard.lines``, shared by the
+    peer's connections): the next request with the same line takes its tokens
+    and adds to its tally without a ``RequestHead``, a normalisation or an
+    evaluation. Only where the peer's judgements depend on method and target
+    alone (``Guard.by_target``); bounded by the guard; gone with it at a swap
+    (the new policy judges them again).
+    """
+
+    __slots__ = (
+        "bundle",
+        "guard",
+        "known",
+        "port",
+        "rt",
+        "service",
+        "source",
+        "wholesale",
+    )
 
     def __init__(
         self, rt: Runtime, guard: Guard, source: str | None, port: int, wholesale: bool = False
@@ -162,6 +181,26 @@ class RequestJudge:
         self.guard: Guard | None = guard
         self.service, self.source, self.port = guard.service, source, port
         self.wholesale = wholesale  # allowed wholesale: normalise only
+        self.known = guard.lines(source, port)
+
+    def by_line(self, line: bytes) -> bool:
+        """True: the request with this line goes on as it is, taken and tallied (see the
+        class docstring); False: judge its head (unknown line, swap, empty bucket)."""
+        known = self.known
+        if known is None or self.rt.bundle is not self.bundle:
+            return False
+        found = known.get(line)
+        if found is None:
+            return False
+        take, tally = found  # (Take | None, AuthzTally | None): see _learn
+        if take is not None and take(self.rt.buckets, self.source, time.monotonic()) is not None:
+            return False  # nothing taken: judged as usual, which answers the 429
+        if tally is not None:
+            count = tally.count
+            tally.count = count + 1
+            if not count & _REPUBLISH_MASK:  # taken by the metrics (or a 1024th): queue it
+                self.rt.bus.publish(tally)
+        return True
 
     def __call__(self, head: RequestHead) -> tuple[RequestAction, ...]:
         guard = self.guard if self.rt.bundle is self.bundle else self._swapped()
@@ -170,25 +209,29 @@ class RequestJudge:
         if self.wholesale:
             found = guard.normalise(head.method, head.target)
             if found is None:
+                self._learn(head.line, None, None)
                 return _NOTHING
             if isinstance(found, str):
                 return (SetTarget(found),)
             return self._noted(found, head, None, None)
-        decision, target, limited = guard.judge(
-            self.source,
-            self.port,
-            head,
-            time.monotonic(),
-            self.rt.buckets,
-        )
+        decision, target, take = guard.judgement(self.source, self.port, head)
+        limited = None if take is None else take(self.rt.buckets, self.source, time.monotonic())
         if decision.decision == "allow" and not decision.would_deny and limited is None:
             tally = _tally(guard, decision)
             count = tally.count
             tally.count = count + 1
             if not count & _REPUBLISH_MASK:  # taken by the metrics (or a 1024th): queue it
                 self.rt.bus.publish(tally)
-            return _NOTHING if target is None else (SetTarget(target),)
+            if target is None:
+                self._learn(head.line, take, tally)
+                return _NOTHING
+            return (SetTarget(target),)
         return self._noted(decision, head, target, limited)
+
+    def _learn(self, line: bytes, take: Take | None, tally: AuthzTally | None) -> None:
+        """Know ``line`` from now on (see the class docstring), if it may be known."""
+        if line and self.known is not None and self.guard is not None:
+            self.known = self.guard.learn(self.source, self.port, line, (take, tally))
 
     def _noted(
         self, decision: Decision, head: RequestHead, target: str | None, limited: Limited | None
@@ -240,9 +283,10 @@ class RequestJudge:
         bundle = self.rt.bundle
         deliver = bundle.local.get(self.service)
         guard = deliver.guard if deliver is not None else None
-        self.bundle, self.guard = bundle, guard
+        self.bundle, self.guard, self.known = bundle, guard, None
         if guard is not None:  # still allowed wholesale, or judged from now on
             self.wholesale = guard.admit(self.source, self.port).decided is not None
+            self.known = guard.lines(self.source, self.port)
         return guard
 
     def _denied(self, decision: Decision, rid: str) -> Answer:

@@ -8,7 +8,9 @@ handed to the hooks as raw bytes (``head.split_head``), split into headers
 only if a hook asks (most requests meet no rule that reads one). Per
 request: the head is held until its empty line (a head that arrives whole
 in one chunk, the common case, is not copied into a buffer first),
-fed to the parser, shown to the hooks as a ``RequestHead``, and then
+fed to the parser, shown to the hooks as a ``RequestHead`` (or, where a lone
+hook knows its request line from an earlier request, only that line:
+``plan.LineHook``), and then
 forwarded (maybe rewritten by ``SetHeader``/``AddHeader``) or answered here
 (``Answer``: the server never sees it; the client gets the answer once the
 responses to its earlier requests are through, and the connection closes),
@@ -95,6 +97,7 @@ class HttpExchange(HttpObserver):
     __slots__ = (
         "acts",
         "answer",
+        "by_line",
         "changed",
         "dropping",
         "due",
@@ -124,6 +127,10 @@ class HttpExchange(HttpObserver):
     ) -> None:
         super().__init__(publish, direction, source, destination, max_head)
         self.hooks = hooks
+        # a lone hook that may know a request by its line (plan.LineHook): asked first
+        self.by_line: Callable[[bytes], bool] | None = (
+            getattr(hooks[0], "by_line", None) if len(hooks) == 1 else None
+        )
         self.left = HEAD
         self.held = bytearray()  # the head being gathered (and what followed it in its chunk)
         self.fed = 0  # how much of ``held`` the parser has seen
@@ -159,11 +166,14 @@ class HttpExchange(HttpObserver):
     def on_message_complete(self) -> None:
         self.message_done = True
 
-    def response_complete(self) -> None:
-        super().response_complete()
-        if self.answer is not None and not self.pending:
+    def _responded(self) -> None:
+        """After the parser read the server's bytes, where an answer waits or an upgrade
+        is under way (checked per chunk, not per response: only these states need it)."""
+        if self.pending:
+            return
+        if self.answer is not None:
             self.due = True  # the earlier requests have their responses: the answer's turn
-        elif self.left == SWITCHING and not self.pending and not self._tunnel():
+        elif self.left == SWITCHING and not self._tunnel():
             self._not_switched()
 
     # the exchange protocol
@@ -210,10 +220,14 @@ class HttpExchange(HttpObserver):
         try:
             responses.feed_data(data)
         except _PARSER_ERRORS as error:
+            if self.answer is not None or self.left == SWITCHING:
+                self._responded()
             if self.left == SWITCHING:  # a 101 (llhttp stops at an upgrade), a tunnel's bytes
                 upgraded = isinstance(error, httptools.HttpParserUpgrade)
                 return self._switched(upgraded or self._tunnel())
             return self._lose_responses()
+        if self.answer is not None or self.left == SWITCHING:
+            self._responded()
         if self.due:  # an answer's turn, or an upgrade's response under way
             return self._release(bytes(data))
         return FORWARD
@@ -301,6 +315,16 @@ class HttpExchange(HttpObserver):
             return self._verdict()
         hooks = self.hooks
         if self.head_done and self.message_done and not self.upgrade and len(hooks) == 1:
+            by_line = self.by_line
+            if (
+                by_line is not None
+                and self.responses is not None
+                and not self.listening.on
+                and by_line(head[: head.find(b"\r\n")])
+            ):  # a line its hook knows (a bare LF before it: no line it was shown)
+                self.head_done = False
+                self.pending.append((self.method, self.started))
+                return FORWARD
             end = head.find(b"\n") - 1  # where the request line ends: its CR (else a bare LF)
             first = head.find(b" ", 0, end) + 1  # the target: between the line's two blanks
             last = head.rfind(b" ", first, end)
@@ -316,7 +340,7 @@ class HttpExchange(HttpObserver):
                 target = head[first:last]
                 if self.listening.on:
                     self._note(head, target, fields)
-                request = RequestHead(method, target.decode("latin-1"), (), fields)
+                request = RequestHead(method, target.decode("latin-1"), (), fields, head[:end])
                 actions = hooks[0](request)
                 if not actions and self.responses is not None:
                     self.head_done = False

@@ -27,7 +27,7 @@ class RequestHead:
     asks for ``headers``, because most requests meet no rule that reads one.
     """
 
-    __slots__ = ("_fields", "_headers", "method", "target")
+    __slots__ = ("_fields", "_headers", "line", "method", "target")
 
     def __init__(
         self,
@@ -35,10 +35,14 @@ class RequestHead:
         target: str,
         headers: tuple[tuple[str, str], ...] = (),
         fields: bytes = b"",
+        line: bytes = b"",
     ) -> None:
         self.method = method
         self.target = target
         self._fields = fields
+        # the request line as sent, where the exchange checked it is ``method SP target SP
+        # version`` (else b""): what a ``LineHook`` may know the next such request by
+        self.line = line
         self._headers: tuple[tuple[str, str], ...] | None = None if fields else headers
 
     @property
@@ -81,6 +85,22 @@ class RequestHook(Protocol):
     """Looks at a request head; returns what to do with the request (``()``: nothing)."""
 
     def __call__(self, head: RequestHead) -> tuple[RequestAction, ...]: ...
+
+
+class LineHook(RequestHook, Protocol):
+    """A request hook that may know a request by its request line alone.
+
+    ``by_line`` is asked first, with the request line as sent (method, one
+    space, target, one space, version; no CRLF), for a head that the parser
+    accepted whole in one chunk with no body: True means "let it go on as it
+    is" and the hook has done what it does for such a request (``__call__`` is
+    not asked); False means "show me the head" (it is then asked as usual,
+    with ``RequestHead.line`` set). A hook answers True only for a line it
+    was shown before in a ``RequestHead.line``, so that line met the
+    exchange's checks then, and the same bytes meet them again.
+    """
+
+    def by_line(self, line: bytes) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -689,6 +689,27 @@ def test_a_push_reaches_the_next_request_of_a_kept_alive_connection(setup: Setup
     assert setup.app.seen == ["/v1/orders"]
 
 
+def test_requests_known_by_their_line_are_counted_and_limited(setup: Setup) -> None:
+    """The same request line again and again on one connection (known by its line after
+    the first, ``RequestJudge.by_line``): every one is counted, and the limit holds."""
+    limit = {"name": "ten", "to": "web", "paths": ["/v1/same"], "limit": 10, "per": "1h"}
+    doc = zero_trust(setup.app.port, setup.echo.port, rate_limit=[limit])
+    assert setup.push(1, doc)[0] == 200
+    conn = setup.conn()
+    try:
+        statuses = [_get(conn, "/v1/same")[0] for _ in range(12)]
+        assert statuses == [200] * 10 + [429] * 2
+        assert [_get(conn, "/v1/orders")[0] for _ in range(5)] == [200] * 5
+    finally:
+        conn.close()
+    assert setup.app.seen == ["/v1/same"] * 10 + ["/v1/orders"] * 5
+    allowed = {"service": "web", "decision": "allow", "rule": "t/allow/a-to-web"}
+    # authz allowed all 17; the rate limit then refused two of them (§2.11's order)
+    assert setup.metric("meshd_authz_decisions_total", **allowed) == 17
+    limited = {"service": "web", "rule": "t/rate_limit/ten"}
+    assert setup.metric("meshd_ratelimit_limited_total", **limited) == 2
+
+
 def test_a_connection_rate_limit_resets_opaque_tcp(setup: Setup) -> None:
     doc = zero_trust(setup.app.port, setup.echo.port)
     doc["allow"].append({"name": "a-to-db", "from": ["host/a"], "to": "db"})
@@ -796,3 +817,4 @@ def test_an_http_rate_limit_holds_for_a_request_after_an_empty_line() -> None:
         else:
             refused += guard.tcp(web, 8080, now, buckets)[1] is not None
     assert refused == 2  # one a second: the 2nd and 3rd POST of the same second get a 429
+
