@@ -33,6 +33,8 @@ import re
 import socket
 import struct
 import time
+import weakref
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal, cast
 
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
     from meshd.runtime import Runtime
 
 SNIFF_WAIT = 1.0  # seconds a connection may stay silent before it is judged as opaque TCP
+SILENCE_TICK = 0.05  # seconds between two looks at the connections still silent (Silence)
 SNIFF_BYTES = 13  # enough to tell an HTTP request line's method and its space
 SNIFF_BLANK = 1024  # empty lines before a request line held before it is judged HTTP
 # a method of any case (a lower-case one is a 400, §2.3) and its space: HTTP servers that
@@ -103,16 +106,60 @@ def kind_of(first: bytes) -> Kind | None:
     return "tcp"
 
 
+class Silence:
+    """When inspected connections have waited ``wait`` for their first bytes, on one loop.
+
+    One timer for all of them, ticking every ``SILENCE_TICK`` while any waits: a
+    timer made and cancelled per connection cost more than the rest of its first
+    look. A connection is told at most ``SILENCE_TICK`` late; one that was
+    decided before is skipped (its ``FirstBytes`` has nobody to tell). The
+    waits are in arrival order: after a reload that shortens the wait, the
+    connections behind one that came before it wait as long as that one.
+    """
+
+    __slots__ = ("loop", "timer", "waiting")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.waiting: deque[tuple[float, FirstBytes]] = deque()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def watch(self, first: FirstBytes, wait: float) -> None:
+        self.waiting.append((time.monotonic() + wait, first))
+        if self.timer is None:
+            self.timer = self.loop.call_later(SILENCE_TICK, self._tick)
+
+    def _tick(self) -> None:
+        waiting, now = self.waiting, time.monotonic()
+        while waiting and waiting[0][0] <= now:
+            waiting.popleft()[1].silent()
+        self.timer = self.loop.call_later(SILENCE_TICK, self._tick) if waiting else None
+
+
+_silences: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Silence] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def silence() -> Silence:
+    """The running loop's ``Silence``."""
+    loop = asyncio.get_running_loop()
+    found = _silences.get(loop)
+    if found is None:
+        found = _silences[loop] = Silence(loop)
+    return found
+
+
 class FirstBytes:
     """The exchange of an inspected connection until it is classified (streams and pipes)."""
 
-    __slots__ = ("decide", "held", "timer")
+    __slots__ = ("decide", "held")
     client_is_app = False  # inbound: the requests come from the peer
 
     def __init__(self, decide: Callable[[Kind, bytes], None], wait: float) -> None:
         self.held = b""
         self.decide: Callable[[Kind, bytes], None] | None = decide
-        self.timer = asyncio.get_running_loop().call_later(wait, self._silent)
+        silence().watch(self, wait)
 
     def request_bytes(self, data: bytes | memoryview) -> Verdict:
         """The peer's bytes: held until they say what the connection is."""
@@ -129,7 +176,8 @@ class FirstBytes:
     incoming = request_bytes
     outgoing = response_bytes
 
-    def _silent(self) -> None:
+    def silent(self) -> None:
+        """Called by ``Silence`` once the wait is over (a no-op when decided before)."""
         # Nothing came: a server-first protocol. What looked like the start of a request
         # line stays HTTP (its exchange waits for the head): a client must not slip past
         # the request rules by pausing after "GET".
@@ -142,7 +190,6 @@ class FirstBytes:
             decide(kind, held)
 
     def finished(self) -> None:
-        self.timer.cancel()
         self.decide, self.held = None, b""
 
     def at_rest(self) -> bool:

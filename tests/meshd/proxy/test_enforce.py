@@ -9,6 +9,7 @@ metrics and B's log lines are checked from outside.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import http.client
@@ -29,6 +30,7 @@ from meshd.policy.guard import Guard
 from meshd.policy.lang.compiled import CompiledPolicy
 from meshd.policy.lang.ratelimit import Buckets
 from meshd.proxy import enforce, inbound
+from meshd.proxy.http.actions import DROP, HOLD
 from meshd.proxy.http.plan import RequestHead
 from meshd.runtime import Runtime
 from meshd.telemetry.events import AuthzDecided
@@ -818,3 +820,32 @@ def test_an_http_rate_limit_holds_for_a_request_after_an_empty_line() -> None:
             refused += guard.tcp(web, 8080, now, buckets)[1] is not None
     assert refused == 2  # one a second: the 2nd and 3rd POST of the same second get a 429
 
+
+def test_one_timer_tells_every_silent_connection_and_stops_when_none_waits() -> None:
+    """``Silence``: the silent ones are told (HTTP if they began a request line, else TCP)
+    after their wait, within a tick; one decided before is not told again; the timer stops."""
+
+    async def main() -> tuple[list[tuple[str, str, bytes]], float, enforce.Silence]:
+        told: list[tuple[str, str, bytes]] = []
+        start = time.monotonic()
+
+        def first(name: str) -> enforce.FirstBytes:
+            return enforce.FirstBytes(lambda kind, held: told.append((name, kind, held)), 0.2)
+
+        quiet, paused, talker = first("quiet"), first("paused"), first("talker")
+        assert paused.request_bytes(b"GE") == HOLD
+        assert talker.request_bytes(b"GET / HTTP/1.1\r\n") == DROP
+        watch = enforce.silence()
+        while watch.timer is not None and time.monotonic() - start < 5:
+            await asyncio.sleep(0.01)
+        assert quiet.decide is None
+        return told, time.monotonic() - start, watch
+
+    told, took, watch = asyncio.run(main())
+    assert told == [
+        ("talker", "http", b"GET / HTTP/1.1\r\n"),
+        ("quiet", "tcp", b""),
+        ("paused", "http", b"GE"),
+    ]
+    assert 0.2 <= took < 0.2 + enforce.SILENCE_TICK + 0.2
+    assert not watch.waiting and watch.timer is None
