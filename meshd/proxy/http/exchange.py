@@ -157,9 +157,8 @@ class HttpExchange(HttpObserver):
         self.head_done = self.message_done = False
 
     def on_headers_complete(self) -> None:
-        requests = self.requests
-        assert requests is not None  # called back from inside requests.feed_data
-        raw = requests.get_method()
+        # called back from inside requests.feed_data: requests is the parser
+        raw = self.requests.get_method()  # type: ignore[union-attr]
         self.method = _METHODS.get(raw) or raw.decode()
         self.head_done = True
 
@@ -194,12 +193,12 @@ class HttpExchange(HttpObserver):
                 self._hold(data)
                 return self._verdict()
             return DROP
-        self.changed = False
         if left == HEAD and not self.held and len(data) <= self.max_head:
             head = bytes(data)
             found = head.find(b"\r\n\r\n")
             if found > 0 and found == len(head) - 4 and head[0] > 32:
                 return self._alone(head)
+        self.changed = False
         view, pos = memoryview(data), 0
         while pos < len(view) and self.left != DONE:
             if self.left == HEAD:
@@ -313,18 +312,21 @@ class HttpExchange(HttpObserver):
         except httptools.HttpParserError:
             self._answer_request(Answer(400))
             return self._verdict()
+        by_line = self.by_line  # (only where there is one hook)
+        if (
+            by_line is not None
+            and self.message_done  # (so its head is done too)
+            and not self.upgrade
+            and self.responses is not None
+            and not self.listening.on
+            and by_line(head[: head.find(b"\r\n")])
+        ):  # a line its hook knows (a bare LF before it: no line it was shown)
+            self.head_done = False
+            self.pending.append((self.method, self.started))
+            return FORWARD
+        self.changed = False
         hooks = self.hooks
         if self.head_done and self.message_done and not self.upgrade and len(hooks) == 1:
-            by_line = self.by_line
-            if (
-                by_line is not None
-                and self.responses is not None
-                and not self.listening.on
-                and by_line(head[: head.find(b"\r\n")])
-            ):  # a line its hook knows (a bare LF before it: no line it was shown)
-                self.head_done = False
-                self.pending.append((self.method, self.started))
-                return FORWARD
             end = head.find(b"\n") - 1  # where the request line ends: its CR (else a bare LF)
             first = head.find(b" ", 0, end) + 1  # the target: between the line's two blanks
             last = head.rfind(b" ", first, end)
