@@ -111,29 +111,34 @@ class Silence:
 
     One timer for all of them, ticking every ``SILENCE_TICK`` while any waits: a
     timer made and cancelled per connection cost more than the rest of its first
-    look. A connection is told at most ``SILENCE_TICK`` late; one that was
-    decided before is skipped (its ``FirstBytes`` has nobody to tell). The
-    waits are in arrival order: after a reload that shortens the wait, the
-    connections behind one that came before it wait as long as that one.
+    look. A connection is told at most ``SILENCE_TICK`` late while the wait
+    stays as configured; one that was decided before is skipped (its
+    ``FirstBytes`` has nobody to tell). The waits are in arrival order: after
+    a reload that shortens the wait, the connections behind one that came
+    before it wait as long as that one (at most the longer wait).
     """
 
-    __slots__ = ("loop", "timer", "waiting")
+    __slots__ = ("timer", "waiting")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+    def __init__(self) -> None:
         self.waiting: deque[tuple[float, FirstBytes]] = deque()
         self.timer: asyncio.TimerHandle | None = None
 
     def watch(self, first: FirstBytes, wait: float) -> None:
+        """Tell ``first`` when ``wait`` is over (called in the loop's thread)."""
         self.waiting.append((time.monotonic() + wait, first))
         if self.timer is None:
-            self.timer = self.loop.call_later(SILENCE_TICK, self._tick)
+            self.timer = asyncio.get_running_loop().call_later(SILENCE_TICK, self._tick)
 
     def _tick(self) -> None:
         waiting, now = self.waiting, time.monotonic()
-        while waiting and waiting[0][0] <= now:
-            waiting.popleft()[1].silent()
-        self.timer = self.loop.call_later(SILENCE_TICK, self._tick) if waiting else None
+        self.timer = None
+        try:
+            while waiting and waiting[0][0] <= now:
+                waiting.popleft()[1].silent()
+        finally:  # one connection's failure must not leave the others untold
+            if waiting and self.timer is None:
+                self.timer = asyncio.get_running_loop().call_later(SILENCE_TICK, self._tick)
 
 
 _silences: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Silence] = (
@@ -142,11 +147,12 @@ _silences: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Silence] = (
 
 
 def silence() -> Silence:
-    """The running loop's ``Silence``."""
+    """The running loop's ``Silence`` (it holds no reference to its loop: a loop that ends
+    takes its entry with it)."""
     loop = asyncio.get_running_loop()
     found = _silences.get(loop)
     if found is None:
-        found = _silences[loop] = Silence(loop)
+        found = _silences[loop] = Silence()
     return found
 
 

@@ -849,3 +849,25 @@ def test_one_timer_tells_every_silent_connection_and_stops_when_none_waits() -> 
     ]
     assert 0.2 <= took < 0.2 + enforce.SILENCE_TICK + 0.2
     assert not watch.waiting and watch.timer is None
+
+
+def test_a_connection_whose_first_look_fails_leaves_the_others_told() -> None:
+    """One ``decide`` raising in ``Silence``'s tick (the loop logs it) must not stop the
+    timer: the connections after it, and later ones, are still told."""
+
+    async def main() -> list[str]:
+        told: list[str] = []
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, _context: None)
+
+        def fail(kind: str, held: bytes) -> None:
+            raise RuntimeError("a first look that fails")
+
+        enforce.FirstBytes(fail, 0.05)
+        enforce.FirstBytes(lambda kind, held: told.append("second"), 0.05)
+        await asyncio.sleep(0.3)
+        enforce.FirstBytes(lambda kind, held: told.append("later"), 0.05)
+        await asyncio.sleep(0.3)
+        return told
+
+    assert asyncio.run(main()) == ["second", "later"]
