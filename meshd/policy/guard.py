@@ -45,7 +45,7 @@ MAX_PEERS = 4096  # (source, port) memos kept per service and swap; then forgott
 MAX_TAKES = 256  # distinct sets of rate limits kept per service and swap; then forgotten
 MAX_JUDGED_TARGET = 256  # longer targets are judged every time (a peer could fill memory)
 MAX_KNOWN = 4096  # request lines the proxy knows per service and swap, over every peer
-MAX_KNOWN_LINE = 320  # bytes of a request line it may know (a method, 256 of target, ...)
+MAX_KNOWN_LINE = 320  # bytes of a request line it may know (method, target, version)
 
 Judged = tuple[Decision, str | None, Limited | None]  # decision, target to forward, 429
 Remembered = tuple[Decision, str | None, Take | None]  # ..., the tokens to take (None: none)

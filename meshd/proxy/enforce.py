@@ -38,6 +38,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal, cast
 
+from meshd.policy.decisions import Deliver
 from meshd.policy.guard import Guard
 from meshd.policy.lang.evaluate import Decision, Request
 from meshd.policy.lang.ratelimit import Limited, Take
@@ -56,6 +57,7 @@ from meshd.telemetry.events import TALLY_REPUBLISH, AuthzDecided, AuthzTally, Ra
 from meshd.telemetry.logs import clean
 
 if TYPE_CHECKING:
+    from meshd.policy.bundle import Bundle
     from meshd.runtime import Runtime
 
 SNIFF_WAIT = 1.0  # seconds a connection may stay silent before it is judged as opaque TCP
@@ -235,6 +237,8 @@ class RequestJudge:
         self.service, self.source, self.port = guard.service, source, port
         self.wholesale = wholesale  # allowed wholesale: normalise only
         self.known = guard.lines(source, port)
+        if not judges_with(rt.bundle, guard):  # a push since the connection was admitted
+            self._swapped()
 
     def by_line(self, line: bytes) -> bool:
         """True: the request with this line goes on as it is, taken and tallied (see the
@@ -386,10 +390,23 @@ def _tally(guard: Guard, decision: Decision) -> AuthzTally:
     return cast(AuthzTally, tally)
 
 
+def judges_with(bundle: Bundle, guard: Guard) -> bool:
+    """Is ``guard`` one that ``bundle`` judges with? Not when a push swapped the bundle
+    after a connection was admitted with it (before its first bytes came, say)."""
+    local = bundle.local.get(guard.service)
+    if local is not None and local.guard is guard:
+        return True
+    plain = bundle.plaintext.get(guard.port)
+    return isinstance(plain, Deliver) and plain.guard is guard
+
+
 # --- opaque TCP ------------------------------------------------------------------
 def judge_tcp(rt: Runtime, guard: Guard, source: str | None, port: int) -> str | None:
     """Judge an opaque TCP connection at accept and publish it: None (relay it), or why to
-    reset it."""
+    reset it. A guard a push has replaced since (``judges_with``) is not asked: the policy
+    in force now judges it, as a push judges the connections it finds relayed."""
+    if not judges_with(rt.bundle, guard):
+        return rejudge(rt, guard.service, source, port)
     decision, limited = guard.tcp(source, port, time.monotonic(), rt.buckets)
     rt.bus.publish(
         AuthzDecided(

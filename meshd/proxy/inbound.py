@@ -58,6 +58,7 @@ from meshd.proxy.enforce import (
     RequestJudge,
     allowed_wholesale,
     judge_tcp,
+    judges_with,
     rejudge,
     request_id,
     reset_hard,
@@ -258,7 +259,12 @@ class MeshPort:
             judge = RequestJudge(self.rt, guard, request.source, request.port, wholesale)
             stream.http = self._exchange(judged(guard.http, judge, rt_observes(self.rt)), request)
         else:
-            why = None if wholesale else judge_tcp(self.rt, guard, request.source, request.port)
+            stale = not judges_with(self.rt.bundle, guard)  # a push came: judged anew
+            why = (
+                None
+                if wholesale and not stale
+                else judge_tcp(self.rt, guard, request.source, request.port)
+            )
             if why is not None:  # the caller's meshd resets its app's connection (RST)
                 link.reset(stream, RST_REFUSED, why)
                 return
@@ -439,7 +445,8 @@ class PlainInbound(PipeEnd):
             judge = RequestJudge(self.rt, guard, None, guard.port, wholesale)
             self.http = self._exchange(judged(guard.http, judge, rt_observes(self.rt)))
         else:
-            why = None if wholesale else judge_tcp(self.rt, guard, None, guard.port)
+            stale = not judges_with(self.rt.bundle, guard)  # a push came: judged anew
+            why = None if wholesale and not stale else judge_tcp(self.rt, guard, None, guard.port)
             if why is not None:
                 reset_hard(self.transport)
                 return

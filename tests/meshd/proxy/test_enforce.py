@@ -851,6 +851,37 @@ def test_one_timer_tells_every_silent_connection_and_stops_when_none_waits() -> 
     assert not watch.waiting and watch.timer is None
 
 
+def test_a_push_before_a_connections_first_bytes_judges_them(setup: Setup) -> None:
+    """A push that lands while B waits for a connection's first bytes (after it admitted
+    the stream with the old policy): its requests, and its opaque TCP, meet the new one."""
+    doc = zero_trust(setup.app.port, setup.echo.port)
+    doc["allow"].append({"name": "a-to-db", "from": ["host/a"], "to": "db"})
+    assert setup.push(1, doc)[0] == 200
+    assert _tcp(setup) == b"hello\n"  # the link is up; db allowed (wholesale: no L7 field)
+    tighter = zero_trust(setup.app.port, setup.echo.port)  # no db; no /v1/orders
+    tighter["deny"].append({"name": "no-orders", "to": "web", "paths": ["/v1/orders"]})
+    web = socket.create_connection(("127.0.0.1", setup.a.ports["upstream:web"]), timeout=10)
+    db = socket.create_connection(("127.0.0.1", setup.a.ports["upstream:db"]), timeout=10)
+    with web, db:
+        web.sendall(b"GE")  # held by B: not yet a request line
+        time.sleep(0.2)  # both streams admitted at B under version 1
+        started = time.monotonic()
+        assert setup.push(2, tighter)[0] == 200
+        pushed = time.monotonic() - started
+        web.sendall(b"T /v1/orders HTTP/1.1\r\nHost: web\r\n\r\n")
+        db.sendall(b"hello\n")
+        head = web.recv(65536)
+        try:
+            echoed: bytes | type[Exception] = db.recv(100) or EOFError
+        except ConnectionResetError:
+            echoed = ConnectionResetError
+    assert pushed < 0.7, f"the push took {pushed:.2f}s: it did not land before the first bytes"
+    assert head.startswith(b"HTTP/1.1 403 "), head
+    assert b"\r\nx-mesh-rule: t/deny/no-orders\r\n" in head
+    assert echoed is ConnectionResetError
+    assert setup.app.seen == []
+
+
 def test_a_connection_whose_first_look_fails_leaves_the_others_told() -> None:
     """One ``decide`` raising in ``Silence``'s tick (the loop logs it) must not stop the
     timer: the connections after it, and later ones, are still told."""
@@ -871,3 +902,26 @@ def test_a_connection_whose_first_look_fails_leaves_the_others_told() -> None:
         return told
 
     assert asyncio.run(main()) == ["second", "later"]
+
+
+async def _plain_pushed_before_first_bytes(rt: Runtime) -> bytes | type[Exception]:
+    """A plaintext connection accepted under v1, a push (v2: nothing allowed) before its
+    first bytes, then a line: what came back."""
+    async with plain_client(rt, tracked=True) as client:
+        await anyio.sleep(0.1)  # accepted: its first look waits
+        _apply(rt, 2, [])
+        client.writer.write(b"\x00\x01binary\n")
+        return await outcome(client.reader.readline()) or EOFError
+
+
+def test_a_push_before_plaintext_first_bytes_judges_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    echo = EchoServer()
+    try:
+        rt = _plain_runtime(tmp_path, monkeypatch, echo.port, "permissive")
+        _apply(rt, 1, [{"name": "outside", "from": ["unauthenticated"], "to": "web"}])
+        got = anyio.run(_plain_pushed_before_first_bytes, rt, backend="asyncio")
+    finally:
+        echo.close()
+    assert got is ConnectionResetError  # judged by v2, not by the v1 it was admitted under

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import cast
 
 import pytest
@@ -34,7 +35,8 @@ class FakeRuntime:
 def judge(bus: EventBus) -> RequestJudge:
     policy = CompiledPolicy.compile([ZERO_TRUST], TD, 1)
     guard = Guard("api", 8080, policy.for_service("api"), None)
-    return RequestJudge(cast(Runtime, FakeRuntime(bus)), guard, WEB, 8080)
+    bundle = SimpleNamespace(local={"api": SimpleNamespace(guard=guard)}, plaintext={})
+    return RequestJudge(cast(Runtime, FakeRuntime(bus, bundle)), guard, WEB, 8080)
 
 
 def allowed(metrics: Metrics) -> float:
