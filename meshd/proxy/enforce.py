@@ -148,13 +148,22 @@ _silences: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Silence] = (
 )
 
 
+_recent: list[tuple[weakref.ref[asyncio.AbstractEventLoop], Silence]] = []  # see silence
+
+
 def silence() -> Silence:
     """The running loop's ``Silence`` (it holds no reference to its loop: a loop that ends
-    takes its entry with it)."""
+    takes its entry with it). The last one found is kept aside: meshd runs one loop, and a
+    ``WeakKeyDictionary`` lookup costs a Python call per connection."""
     loop = asyncio.get_running_loop()
+    if _recent:
+        ref, recent = _recent[0]
+        if ref() is loop:
+            return recent
     found = _silences.get(loop)
     if found is None:
         found = _silences[loop] = Silence()
+    _recent[:] = [(weakref.ref(loop), found)]
     return found
 
 
