@@ -137,7 +137,9 @@ class Silence:
         self.timer = None
         try:
             while waiting and waiting[0][0] <= now:
-                waiting.popleft()[1].silent()
+                first = waiting.popleft()[1]
+                if first.decide is not None:  # (most were decided long before)
+                    first.silent()
         finally:  # one connection's failure must not leave the others untold
             if waiting and self.timer is None:
                 self.timer = asyncio.get_running_loop().call_later(SILENCE_TICK, self._tick)
