@@ -18,10 +18,10 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import pytest
@@ -46,6 +46,7 @@ from tests.meshd.proxy.plainharness import (
 
 SERVICE = "web"
 NOW_RULES = "t"  # the document's name: rule ids are t/<kind>/<name>
+T = TypeVar("T")
 
 
 # In-process PlainInbound tests end their event loop soon after the client: an aborted
@@ -662,16 +663,26 @@ async def _plain_pushed(rt: Runtime) -> list[bytes | type[Exception]]:
     return got
 
 
-def test_a_push_resets_open_plaintext_tcp_it_denies(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _echo_outside(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    scenario: Callable[[Runtime], Awaitable[T]],
+) -> T:
+    """``scenario`` on a permissive plaintext listener in front of an echo app, under a
+    policy (v1) that lets unauthenticated callers in."""
     echo = EchoServer()
     try:
         rt = _plain_runtime(tmp_path, monkeypatch, echo.port, "permissive")
         _apply(rt, 1, [{"name": "outside", "from": ["unauthenticated"], "to": "web"}])
-        got = anyio.run(_plain_pushed, rt, backend="asyncio")
+        return anyio.run(scenario, rt, backend="asyncio")
     finally:
         echo.close()
+
+
+def test_a_push_resets_open_plaintext_tcp_it_denies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    got = _echo_outside(tmp_path, monkeypatch, _plain_pushed)
     line = b"\x00\x01binary\n"
     assert got == [line, line, ConnectionResetError]  # allowed at 1 and 2, denied at 3
 
@@ -917,11 +928,5 @@ async def _plain_pushed_before_first_bytes(rt: Runtime) -> bytes | type[Exceptio
 def test_a_push_before_plaintext_first_bytes_judges_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    echo = EchoServer()
-    try:
-        rt = _plain_runtime(tmp_path, monkeypatch, echo.port, "permissive")
-        _apply(rt, 1, [{"name": "outside", "from": ["unauthenticated"], "to": "web"}])
-        got = anyio.run(_plain_pushed_before_first_bytes, rt, backend="asyncio")
-    finally:
-        echo.close()
+    got = _echo_outside(tmp_path, monkeypatch, _plain_pushed_before_first_bytes)
     assert got is ConnectionResetError  # judged by v2, not by the v1 it was admitted under
