@@ -145,26 +145,20 @@ class Silence:
                 self.timer = asyncio.get_running_loop().call_later(SILENCE_TICK, self._tick)
 
 
-_silences: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Silence] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 _recent: list[tuple[weakref.ref[asyncio.AbstractEventLoop], Silence]] = []  # see silence
 
 
 def silence() -> Silence:
-    """The running loop's ``Silence`` (it holds no reference to its loop: a loop that ends
-    takes its entry with it). The last one found is kept aside: meshd runs one loop, and a
-    ``WeakKeyDictionary`` lookup costs a Python call per connection."""
+    """The running loop's ``Silence``: the one made for the last loop asked about, or a new
+    one when the loop changed (tests run many loops one after another). It is held with a
+    weak reference to its loop, so that a loop that ends is not kept; a ``Silence`` left
+    behind keeps its own timer until every connection it watches is told."""
     loop = asyncio.get_running_loop()
     if _recent:
         ref, recent = _recent[0]
         if ref() is loop:
             return recent
-    found = _silences.get(loop)
-    if found is None:
-        found = _silences[loop] = Silence()
+    found = Silence()
     _recent[:] = [(weakref.ref(loop), found)]
     return found
 
@@ -412,12 +406,17 @@ def judges_with(bundle: Bundle, guard: Guard) -> bool:
 
 
 # --- opaque TCP ------------------------------------------------------------------
-def judge_tcp(rt: Runtime, guard: Guard, source: str | None, port: int) -> str | None:
+def judge_tcp(
+    rt: Runtime, guard: Guard, source: str | None, port: int, wholesale: bool = False
+) -> str | None:
     """Judge an opaque TCP connection at accept and publish it: None (relay it), or why to
-    reset it. A guard a push has replaced since (``judges_with``) is not asked: the policy
-    in force now judges it, as a push judges the connections it finds relayed."""
+    reset it; ``wholesale``: the guard allowed it at L4 already (counted then). A guard a
+    push has replaced since (``judges_with``) is not asked: the policy in force now judges
+    it, as a push judges the connections it finds relayed."""
     if not judges_with(rt.bundle, guard):
         return rejudge(rt, guard.service, source, port)
+    if wholesale:
+        return None
     decision, limited = guard.tcp(source, port, time.monotonic(), rt.buckets)
     rt.bus.publish(
         AuthzDecided(

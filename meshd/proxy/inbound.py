@@ -58,7 +58,6 @@ from meshd.proxy.enforce import (
     RequestJudge,
     allowed_wholesale,
     judge_tcp,
-    judges_with,
     rejudge,
     request_id,
     reset_hard,
@@ -259,12 +258,7 @@ class MeshPort:
             judge = RequestJudge(self.rt, guard, request.source, request.port, wholesale)
             stream.http = self._exchange(judged(guard.http, judge, rt_observes(self.rt)), request)
         else:
-            stale = not judges_with(self.rt.bundle, guard)  # a push came: judged anew
-            why = (
-                None
-                if wholesale and not stale
-                else judge_tcp(self.rt, guard, request.source, request.port)
-            )
+            why = judge_tcp(self.rt, guard, request.source, request.port, wholesale)
             if why is not None:  # the caller's meshd resets its app's connection (RST)
                 link.reset(stream, RST_REFUSED, why)
                 return
@@ -445,8 +439,7 @@ class PlainInbound(PipeEnd):
             judge = RequestJudge(self.rt, guard, None, guard.port, wholesale)
             self.http = self._exchange(judged(guard.http, judge, rt_observes(self.rt)))
         else:
-            stale = not judges_with(self.rt.bundle, guard)  # a push came: judged anew
-            why = None if wholesale and not stale else judge_tcp(self.rt, guard, None, guard.port)
+            why = judge_tcp(self.rt, guard, None, guard.port, wholesale)
             if why is not None:
                 reset_hard(self.transport)
                 return
