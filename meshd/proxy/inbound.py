@@ -432,18 +432,20 @@ class PlainInbound(PipeEnd):
 
     def _first(self, guard: Guard, kind: Kind, held: bytes, wholesale: bool) -> None:
         """The first bytes said what the connection is: judge it, then connect the app (a
-        peer allowed wholesale is connected already: only its HTTP requests are normalised)."""
+        peer allowed wholesale is connected already: only its HTTP requests are normalised).
+        Both ends follow the connection with what is installed: the app's end may have
+        joined already."""
         if self.closed or self.transport is None:
             return
         if kind == "http":
             judge = RequestJudge(self.rt, guard, None, guard.port, wholesale)
-            self.http = self._exchange(judged(guard.http, judge, rt_observes(self.rt)))
+            self.use_http(self._exchange(judged(guard.http, judge, rt_observes(self.rt))))
         else:
             why = judge_tcp(self.rt, guard, None, guard.port, wholesale)
             if why is not None:
                 reset_hard(self.transport)
                 return
-            self.http = self._exchange(guard.http) if guard.http else None
+            self.use_http(self._exchange(guard.http) if guard.http else None)
             self._track()
         if not wholesale:
             self._connect(guard.port)

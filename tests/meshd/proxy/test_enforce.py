@@ -33,7 +33,7 @@ from meshd.proxy import enforce, inbound
 from meshd.proxy.http.actions import DROP, HOLD
 from meshd.proxy.http.plan import RequestHead
 from meshd.runtime import Runtime
-from meshd.telemetry.events import AuthzDecided
+from meshd.telemetry.events import AuthzDecided, RequestCompleted
 from tests.meshd.harness import EchoServer, Meshd, MeshNet, QuietHandler, ServedApp
 from tests.meshd.policy.lang import build
 from tests.meshd.proxy.plainharness import (
@@ -640,6 +640,36 @@ def test_a_server_first_app_allowed_wholesale_speaks_before_the_first_look_ends(
         app.close()
     assert banner == b"220 ready\r\n"
     assert took < inbound.sniff_wait(rt) / 2  # not held until the first look gives up
+
+
+async def _asked_after_the_app_joined(rt: Runtime) -> bytes:
+    """One plaintext request, sent once the app is connected (allowed wholesale, it is
+    connected at accept): its response, whole."""
+    async with plain_client(rt) as client:
+        await anyio.sleep(0.3)  # the app end has joined the client end by now
+        client.writer.write(b"GET /ok HTTP/1.1\r\nHost: web\r\n\r\n")
+        with anyio.fail_after(10):
+            head = await client.reader.readuntil(b"\r\n\r\n")
+            size = int(re.findall(rb"(?i)content-length: (\d+)", head)[0])
+            return head + await client.reader.readexactly(size)
+
+
+def test_plaintext_allowed_wholesale_has_its_responses_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both ends of a plaintext relay share its exchange: the one its first bytes installed
+    follows the app's responses too, also when the app joined before those bytes came."""
+    app = TargetApp()
+    try:
+        rt = _plain_runtime(tmp_path, monkeypatch, app.port, "permissive")
+        _apply(rt, 2, [{"name": "outside", "from": ["unauthenticated"], "to": "web"}])
+        sub = rt.bus.subscribe()
+        head = anyio.run(_asked_after_the_app_joined, rt, backend="asyncio")
+    finally:
+        app.close()
+    assert head.startswith(b"HTTP/1.1 200 ")
+    done = [(e.method, e.status) for e in sub.queue if isinstance(e, RequestCompleted)]
+    assert done == [("GET", 200)]
 
 
 def _apply(rt: Runtime, version: int, allow: list[dict[str, Any]]) -> None:
