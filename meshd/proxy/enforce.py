@@ -164,27 +164,42 @@ def silence() -> Silence:
 
 
 class FirstBytes:
-    """The exchange of an inspected connection until it is classified (streams and pipes)."""
+    """The exchange of an inspected connection until it is classified (streams and pipes).
+
+    ``decide(kind, first, replay)`` is its owner's first look: it installs what
+    the connection gets from now on and answers for ``first``, the bytes that
+    decided it. Usually they are the chunk in hand (``replay`` False): the
+    owner hands back the verdict of what it installed on them, and they go on
+    from there, with no copy held and no second pass. When earlier chunks were
+    held (a request line split over reads) or nothing came in time
+    (``silent``), ``replay`` is True: the owner replays ``first`` through what
+    it installed, and the verdict is DROP (they were counted on arrival).
+    """
 
     __slots__ = ("decide", "held")
     client_is_app = False  # inbound: the requests come from the peer
 
-    def __init__(self, decide: Callable[[Kind, bytes], None], wait: float) -> None:
+    def __init__(self, decide: Callable[[Kind, bytes, bool], Verdict], wait: float) -> None:
         self.held = b""
-        self.decide: Callable[[Kind, bytes], None] | None = decide
+        self.decide: Callable[[Kind, bytes, bool], Verdict] | None = decide
         silence().watch(self, wait)
 
     def request_bytes(self, data: bytes | memoryview) -> Verdict:
-        """The peer's bytes: held until they say what the connection is."""
-        self.held += data
-        kind = kind_of(self.held)
+        """The peer's bytes: held until they say what the connection is, then its owner's."""
+        held = self.held
+        first = held + data if held else bytes(data)
+        kind = kind_of(first)
         if kind is None:
+            self.held = first
             return HOLD
-        self._decided(kind)
-        return DROP  # handed on to the exchange the owner installed (or dropped with a reset)
+        decide = self.decide
+        self.finished()
+        return DROP if decide is None else decide(kind, first, bool(held))
 
     def response_bytes(self, data: bytes | memoryview) -> Verdict:
-        return FORWARD  # the app is not connected before the decision
+        # nothing to follow yet: the app is connected only after the decision, except for
+        # a peer allowed wholesale, whose server-first app may speak before its peer does
+        return FORWARD
 
     incoming = request_bytes
     outgoing = response_bytes
@@ -194,13 +209,10 @@ class FirstBytes:
         # Nothing came: a server-first protocol. What looked like the start of a request
         # line stays HTTP (its exchange waits for the head): a client must not slip past
         # the request rules by pausing after "GET".
-        self._decided("http" if self.held else "tcp")
-
-    def _decided(self, kind: Kind) -> None:
         decide, held = self.decide, self.held
         self.finished()
         if decide is not None:
-            decide(kind, held)
+            decide("http" if held else "tcp", held, True)
 
     def finished(self) -> None:
         self.decide, self.held = None, b""

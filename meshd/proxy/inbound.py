@@ -38,6 +38,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from typing import Any, cast
 
 from meshd.netfacts import fmt, original_dst
@@ -63,7 +64,10 @@ from meshd.proxy.enforce import (
     reset_hard,
 )
 from meshd.proxy.frames import RST_CONNECT_FAILED, RST_REFUSED, OpenRequest
+from meshd.proxy.http.actions import DROP, FORWARD, Verdict
+from meshd.proxy.http.exchange import InboundHttpExchange
 from meshd.proxy.http.install import Carrier, FirstRequest, exchange_for
+from meshd.proxy.http.observe import HttpObserver, discard
 from meshd.proxy.http.plan import OBSERVE, HttpPlan
 from meshd.proxy.link import Link
 from meshd.proxy.relay import PipeEnd
@@ -202,9 +206,7 @@ class MeshPort:
         if guard is not None:  # under a policy: look first
             wholesale = decision.decided is not None
             stream.http = FirstBytes(
-                lambda kind, held: self._first(
-                    link, stream, request, guard, pending, kind, held, wholesale
-                ),
+                partial(self._first, link, stream, request, guard, pending, wholesale),
                 sniff_wait(self.rt),
             )
             if decision.decided is not None:  # allowed whatever comes: counted once
@@ -246,28 +248,34 @@ class MeshPort:
         request: OpenRequest,
         guard: Guard,
         pending: list[Callable[[], None]],
-        kind: Kind,
-        held: bytes,
         wholesale: bool,
-    ) -> None:
-        """The stream's first bytes said what it is: judge it, then connect the app (a peer
-        allowed wholesale is connected already: only its HTTP requests are normalised)."""
+        kind: Kind,
+        first: bytes,
+        replay: bool,
+    ) -> Verdict:
+        """The stream's first bytes said what it is (``FirstBytes``): judge it, connect the
+        app (a peer allowed wholesale is connected already: only its HTTP requests are
+        normalised), and answer for ``first`` as what is installed now does."""
         if stream.closed:
-            return
+            return DROP
         if kind == "http":
             judge = RequestJudge(self.rt, guard, request.source, request.port, wholesale)
-            stream.http = self._exchange(judged(guard.http, judge, rt_observes(self.rt)), request)
+            stream.http = judging(self.rt, guard, judge, request.source, request.service)
         else:
             why = judge_tcp(self.rt, guard, request.source, request.port, wholesale)
             if why is not None:  # the caller's meshd resets its app's connection (RST)
                 link.reset(stream, RST_REFUSED, why)
-                return
+                return DROP
             stream.http = self._exchange(guard.http, request) if guard.http else None
             self.relayed[stream] = (link, request)
         if not wholesale:
             self._connect(stream, guard.port, pending)
-        if held:
-            stream.replay(held)
+        if replay:
+            if first:
+                stream.replay(first)
+            return DROP
+        http = stream.http
+        return FORWARD if http is None else http.incoming(first)
 
     def _unreachable(self, stream: Stream, port: int, error: BaseException) -> None:
         if stream.closed:  # reset meanwhile: its connect was cancelled
@@ -397,9 +405,7 @@ class PlainInbound(PipeEnd):
         guard = decision.guard
         if guard is not None:  # under a policy: look first
             wholesale = decision.decided is not None
-            self.http = FirstBytes(
-                lambda kind, held: self._first(guard, kind, held, wholesale), sniff_wait(self.rt)
-            )
+            self.http = FirstBytes(partial(self._first, guard, wholesale), sniff_wait(self.rt))
             if decision.decided is not None:  # allowed whatever comes: counted once
                 allowed_wholesale(self.rt, decision.service, decision.decided)
                 self._connect(decision.port)  # a server-first protocol need not wait
@@ -430,27 +436,33 @@ class PlainInbound(PipeEnd):
             lambda error: self._unreachable(port, error),
         )
 
-    def _first(self, guard: Guard, kind: Kind, held: bytes, wholesale: bool) -> None:
-        """The first bytes said what the connection is: judge it, then connect the app (a
-        peer allowed wholesale is connected already: only its HTTP requests are normalised).
-        Both ends follow the connection with what is installed: the app's end may have
-        joined already."""
+    def _first(
+        self, guard: Guard, wholesale: bool, kind: Kind, first: bytes, replay: bool
+    ) -> Verdict:
+        """The first bytes said what the connection is (``FirstBytes``): judge it, connect
+        the app (a peer allowed wholesale is connected already: only its HTTP requests are
+        normalised), and answer for ``first`` as what is installed now does. Both ends
+        follow the connection with it (the app's end may have joined already)."""
         if self.closed or self.transport is None:
-            return
+            return DROP
         if kind == "http":
             judge = RequestJudge(self.rt, guard, None, guard.port, wholesale)
-            self.use_http(self._exchange(judged(guard.http, judge, rt_observes(self.rt))))
+            self.use_http(judging(self.rt, guard, judge, UNAUTHENTICATED, self.service))
         else:
             why = judge_tcp(self.rt, guard, None, guard.port, wholesale)
             if why is not None:
                 reset_hard(self.transport)
-                return
+                return DROP
             self.use_http(self._exchange(guard.http) if guard.http else None)
             self._track()
         if not wholesale:
             self._connect(guard.port)
-        if held:
-            self.replay(held)
+        if replay:
+            if first:
+                self.replay(first)
+            return DROP
+        http = self.http
+        return FORWARD if http is None else http.request_bytes(first)
 
     def _refuse(
         self, transport: asyncio.Transport, dst: tuple[str, int] | None, refusal: Refuse
@@ -546,16 +558,27 @@ def sniff_wait(rt: Runtime) -> float:
     return min(SNIFF_WAIT, rt.config.timeouts.header_read)
 
 
-def judged(base: HttpPlan | None, judge: RequestJudge, observe: bool) -> HttpPlan:
-    """The plan of an inspected HTTP connection: the judge first, then any hooks it had.
+def judging(
+    rt: Runtime, guard: Guard, judge: RequestJudge, source: str, service: str
+) -> HttpObserver:
+    """The exchange of an inspected HTTP connection: the judge first, then any hooks its
+    service had (``guard.http``), made straight away for the common case of none.
 
-    Its exchange parses every request anyway: where meshd observes HTTP (``observe``),
-    it reports them too (no second parser), the ones it answers itself (403, 429)
+    It parses every request anyway: where meshd observes HTTP (``[mesh] http``), it
+    reports them too (no second parser), the ones it answers itself (403, 429)
     included; a plan of the service's own keeps its say.
     """
-    if base is None:
-        return HttpPlan(observe=observe, hooks=(judge,))
-    return HttpPlan(observe=base.observe, hooks=(judge, *base.hooks))
+    base = guard.http
+    limit = rt.config.limits.max_header_bytes
+    if base is not None:
+        plan = HttpPlan(observe=base.observe, hooks=(judge, *base.hooks))
+        made = exchange_for(plan, rt.bus.publish, INBOUND, source, service, limit, rt.listening)
+        assert made is not None  # a plan with hooks always gets its exchange
+        return made
+    publish = rt.bus.publish if rt.config.http else discard
+    exchange = InboundHttpExchange(publish, INBOUND, source, service, limit, (judge,))
+    exchange.listening = rt.listening
+    return exchange
 
 
 def rt_observes(rt: Runtime) -> bool:

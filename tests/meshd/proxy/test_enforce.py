@@ -30,7 +30,7 @@ from meshd.policy.guard import Guard
 from meshd.policy.lang.compiled import CompiledPolicy
 from meshd.policy.lang.ratelimit import Buckets
 from meshd.proxy import enforce, inbound
-from meshd.proxy.http.actions import DROP, HOLD
+from meshd.proxy.http.actions import DROP, HOLD, Send, Verdict
 from meshd.proxy.http.plan import RequestHead
 from meshd.runtime import Runtime
 from meshd.telemetry.events import AuthzDecided, RequestCompleted
@@ -866,16 +866,21 @@ def test_one_timer_tells_every_silent_connection_and_stops_when_none_waits() -> 
     """``Silence``: the silent ones are told (HTTP if they began a request line, else TCP)
     after their wait, within a tick; one decided before is not told again; the timer stops."""
 
-    async def main() -> tuple[list[tuple[str, str, bytes]], float, enforce.Silence]:
-        told: list[tuple[str, str, bytes]] = []
+    async def main() -> tuple[list[tuple[str, str, bytes, bool]], float, enforce.Silence]:
+        told: list[tuple[str, str, bytes, bool]] = []
         start = time.monotonic()
 
         def first(name: str) -> enforce.FirstBytes:
-            return enforce.FirstBytes(lambda kind, held: told.append((name, kind, held)), 0.2)
+            def decide(kind: str, first: bytes, replay: bool) -> Verdict:
+                told.append((name, kind, first, replay))
+                return (Send(name.encode()),)  # what the owner installed said of them
+
+            return enforce.FirstBytes(decide, 0.2)
 
         quiet, paused, talker = first("quiet"), first("paused"), first("talker")
         assert paused.request_bytes(b"GE") == HOLD
-        assert talker.request_bytes(b"GET / HTTP/1.1\r\n") == DROP
+        # the chunk that decides: its verdict is the owner's
+        assert talker.request_bytes(memoryview(b"GET / HTTP/1.1\r\n")) == (Send(b"talker"),)
         watch = enforce.silence()
         while watch.timer is not None and time.monotonic() - start < 5:
             await asyncio.sleep(0.01)
@@ -884,9 +889,9 @@ def test_one_timer_tells_every_silent_connection_and_stops_when_none_waits() -> 
 
     told, took, watch = asyncio.run(main())
     assert told == [
-        ("talker", "http", b"GET / HTTP/1.1\r\n"),
-        ("quiet", "tcp", b""),
-        ("paused", "http", b"GE"),
+        ("talker", "http", b"GET / HTTP/1.1\r\n", False),  # the chunk in hand: no replay
+        ("quiet", "tcp", b"", True),
+        ("paused", "http", b"GE", True),
     ]
     assert 0.2 <= took < 0.2 + enforce.SILENCE_TICK + 0.2
     assert not watch.waiting and watch.timer is None
@@ -932,13 +937,20 @@ def test_a_connection_whose_first_look_fails_leaves_the_others_told() -> None:
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(lambda _loop, _context: None)
 
-        def fail(kind: str, held: bytes) -> None:
+        def fail(kind: str, first: bytes, replay: bool) -> Verdict:
             raise RuntimeError("a first look that fails")
 
+        def tell(name: str) -> Callable[[str, bytes, bool], Verdict]:
+            def decide(kind: str, first: bytes, replay: bool) -> Verdict:
+                told.append(name)
+                return DROP
+
+            return decide
+
         enforce.FirstBytes(fail, 0.05)
-        enforce.FirstBytes(lambda kind, held: told.append("second"), 0.05)
+        enforce.FirstBytes(tell("second"), 0.05)
         await asyncio.sleep(0.3)
-        enforce.FirstBytes(lambda kind, held: told.append("later"), 0.05)
+        enforce.FirstBytes(tell("later"), 0.05)
         await asyncio.sleep(0.3)
         return told
 
