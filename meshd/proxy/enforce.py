@@ -221,6 +221,23 @@ class FirstBytes:
         return False
 
 
+def answer_for(
+    first: bytes,
+    replay: bool,
+    again: Callable[[bytes], None],
+    installed: Callable[[bytes | memoryview], Verdict] | None,
+) -> Verdict:
+    """The last step of an owner's first look (see ``FirstBytes``), once it installed what
+    the connection gets: ``first`` replayed through it (``again``: the carrier's replay)
+    when they were held before, else the verdict of ``installed`` (its request side; None:
+    none, relayed as they are) on them."""
+    if replay:
+        if first:
+            again(first)
+        return DROP
+    return FORWARD if installed is None else installed(first)
+
+
 # --- requests --------------------------------------------------------------------
 class RequestJudge:
     """The request hook of one inspected HTTP connection (see the module docstring).

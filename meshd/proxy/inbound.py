@@ -58,13 +58,14 @@ from meshd.proxy.enforce import (
     Kind,
     RequestJudge,
     allowed_wholesale,
+    answer_for,
     judge_tcp,
     rejudge,
     request_id,
     reset_hard,
 )
 from meshd.proxy.frames import RST_CONNECT_FAILED, RST_REFUSED, OpenRequest
-from meshd.proxy.http.actions import DROP, FORWARD, Verdict
+from meshd.proxy.http.actions import DROP, Verdict
 from meshd.proxy.http.exchange import InboundHttpExchange
 from meshd.proxy.http.install import Carrier, FirstRequest, exchange_for
 from meshd.proxy.http.observe import HttpObserver, discard
@@ -270,12 +271,8 @@ class MeshPort:
             self.relayed[stream] = (link, request)
         if not wholesale:
             self._connect(stream, guard.port, pending)
-        if replay:
-            if first:
-                stream.replay(first)
-            return DROP
         http = stream.http
-        return FORWARD if http is None else http.incoming(first)
+        return answer_for(first, replay, stream.replay, None if http is None else http.incoming)
 
     def _unreachable(self, stream: Stream, port: int, error: BaseException) -> None:
         if stream.closed:  # reset meanwhile: its connect was cancelled
@@ -457,12 +454,8 @@ class PlainInbound(PipeEnd):
             self._track()
         if not wholesale:
             self._connect(guard.port)
-        if replay:
-            if first:
-                self.replay(first)
-            return DROP
         http = self.http
-        return FORWARD if http is None else http.request_bytes(first)
+        return answer_for(first, replay, self.replay, None if http is None else http.request_bytes)
 
     def _refuse(
         self, transport: asyncio.Transport, dst: tuple[str, int] | None, refusal: Refuse
