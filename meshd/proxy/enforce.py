@@ -170,7 +170,7 @@ class FirstBytes:
     the connection gets from now on and answers for ``first``, the bytes that
     decided it. Usually they are the chunk in hand (``replay`` False): the
     owner hands back the verdict of what it installed on them, and they go on
-    from there, with no copy held and no second pass. When earlier chunks were
+    from there: nothing is held and nothing passes twice. When earlier chunks were
     held (a request line split over reads) or nothing came in time
     (``silent``), ``replay`` is True: the owner replays ``first`` through what
     it installed, and the verdict is DROP (they were counted on arrival).
