@@ -11,6 +11,8 @@ snapshot after another when stdout is not a terminal, as JSON lines with
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -112,6 +114,7 @@ def top(
     session = _Session(actx, poller, watch, (service, by), interval)
     session.taps, session.paths = taps, PathWindow(window)
     session.path_rows = JSON_ROWS if json_out else SCREEN_ROWS
+    before = ending_on_first_ctrl_c()
     try:
         if once:
             code = session.once(json_out)
@@ -126,6 +129,31 @@ def top(
     finally:
         taps.close()
         poller.close()
+        if before is not None and signal.getsignal(signal.SIGINT) is _first_ctrl_c:
+            signal.signal(signal.SIGINT, before)  # ended otherwise: SIGINT as it was
+
+
+def ending_on_first_ctrl_c() -> signal.Handlers | Callable[..., object] | int | None:
+    """Make the first Ctrl-C end top and any later one do nothing; the handler it replaced
+    (None: not in the main thread, the one Python handles signals in, so nothing done).
+
+    Ctrl-C is how an operator leaves the live view, and it is often pressed twice.
+    The second used to land wherever top was on its way out: restoring the terminal,
+    closing the taps, joining the threads of answers in flight, or, once Python
+    finalises (it gives SIGINT back to the default action then, unless SIGINT is
+    ignored), killing the process by the signal with no exit status. So the first
+    SIGINT ignores SIGINT from then on, for the rest of the process, before it raises
+    ``KeyboardInterrupt``. What is left is bounded: the taps are closed (2 s at most)
+    and answers in flight end within their timeout (5 s at most).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, _first_ctrl_c)
+
+
+def _first_ctrl_c(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def watched(ws: Workspace, names: list[str] | None) -> list[AdminEndpoint]:

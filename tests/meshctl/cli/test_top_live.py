@@ -26,7 +26,7 @@ from typing import IO, Any
 import psutil
 import pytest
 
-from tests.meshctl.topmesh import TopMesh, model, top_mesh
+from tests.meshctl.topmesh import TopMesh, hung, model, top_mesh
 from tests.meshctl.trafficserver import HostModel, Series, write_spec
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -313,3 +313,34 @@ def test_thirty_hosts_full_screen(tmp_path: Path) -> None:
         assert time.monotonic() - killed < 2.5  # two refreshes, and the time to look
         assert "29/30 hosts answering" in screen
         assert "rc=0" in quit_top(term).splitlines()
+
+
+@NO_TMUX
+def test_ctrl_c_twice_leaves_as_quietly_as_once(tmp_path: Path) -> None:
+    """An impatient operator presses Ctrl-C again while top winds down: the prompt comes
+    back with no traceback, and top says it was ended as asked. (stuck1 accepts and never
+    answers: its tap and its poll are in flight, so the wind-down lasts a while.)"""
+    addresses = {"api1": "127.0.0.44", "gone1": "127.0.0.45", "stuck1": "127.0.0.46"}
+    mesh = top_mesh(tmp_path, addresses)
+    series = Series("inbound", "web", "api", 200, 0.1, MIX, paths=("/orders",))
+    hosts = [model(mesh, "api1", addresses["api1"], series)]
+    stuck = [hung(model(mesh, "stuck1", addresses["stuck1"]))]
+    with (
+        serving(tmp_path, "twice", mesh, hosts),
+        serving(tmp_path, "stuck", mesh, stuck),
+        terminal(tmp_path) as term,
+    ):
+        start_top(term, mesh, "--interval", "1")
+        screen_until(term, "gone1unreachable")
+        screen_until(term, "stuck1unreachable")
+        tmux(term, "send-keys", "-t", "top", "C-c")
+        time.sleep(0.05)
+        tmux(term, "send-keys", "-t", "top", "C-c")
+        # the shell echoes the second ^C; it says no rc= at all when top died by the signal
+        screen = screen_until(term, lambda screen: screen.rstrip().endswith("ready$"))
+        time.sleep(0.5)  # anything top or the shell would still print
+        screen = tmux(term, "capture-pane", "-p", "-t", "top")
+    assert "Traceback" not in screen, screen
+    said = [line.lstrip("^C") for line in screen.splitlines()[1:]]
+    assert "rc=0" in said, screen
+    assert screen.rstrip().splitlines()[-1] == "ready$"
