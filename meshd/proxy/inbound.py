@@ -66,10 +66,9 @@ from meshd.proxy.enforce import (
 )
 from meshd.proxy.frames import RST_CONNECT_FAILED, RST_REFUSED, OpenRequest
 from meshd.proxy.http.actions import DROP, Verdict
-from meshd.proxy.http.exchange import InboundHttpExchange
-from meshd.proxy.http.install import Carrier, FirstRequest, exchange_for
-from meshd.proxy.http.observe import HttpObserver, discard
-from meshd.proxy.http.plan import OBSERVE, HttpPlan
+from meshd.proxy.http.install import Carrier, FirstRequest, exchange_for, exchange_with
+from meshd.proxy.http.observe import HttpObserver
+from meshd.proxy.http.plan import OBSERVE, HttpPlan, RequestHook
 from meshd.proxy.link import Link
 from meshd.proxy.relay import PipeEnd
 from meshd.proxy.stream import AppProtocol, Stream
@@ -555,23 +554,23 @@ def judging(
     rt: Runtime, guard: Guard, judge: RequestJudge, source: str, service: str
 ) -> HttpObserver:
     """The exchange of an inspected HTTP connection: the judge first, then any hooks its
-    service had (``guard.http``), made straight away for the common case of none.
+    service had (``guard.http``); made by ``install.exchange_with``, with no ``HttpPlan``
+    per connection.
 
     It parses every request anyway: where meshd observes HTTP (``[mesh] http``), it
     reports them too (no second parser), the ones it answers itself (403, 429)
     included; a plan of the service's own keeps its say.
     """
     base = guard.http
+    hooks: tuple[RequestHook, ...]
+    if base is None:
+        observe, hooks = rt_observes(rt), (judge,)
+    else:
+        observe, hooks = base.observe, (judge, *base.hooks)
     limit = rt.config.limits.max_header_bytes
-    if base is not None:
-        plan = HttpPlan(observe=base.observe, hooks=(judge, *base.hooks))
-        made = exchange_for(plan, rt.bus.publish, INBOUND, source, service, limit, rt.listening)
-        assert made is not None  # a plan with hooks always gets its exchange
-        return made
-    publish = rt.bus.publish if rt.config.http else discard
-    exchange = InboundHttpExchange(publish, INBOUND, source, service, limit, (judge,))
-    exchange.listening = rt.listening
-    return exchange
+    return exchange_with(
+        observe, hooks, rt.bus.publish, INBOUND, source, service, limit, rt.listening
+    )
 
 
 def rt_observes(rt: Runtime) -> bool:

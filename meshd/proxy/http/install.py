@@ -30,7 +30,7 @@ from meshd.proxy.http.observe import (
     discard,
     looks_like_http,
 )
-from meshd.proxy.http.plan import HttpPlan
+from meshd.proxy.http.plan import HttpPlan, RequestHook
 from meshd.telemetry.events import INBOUND, OUTBOUND, Event
 
 
@@ -47,15 +47,31 @@ def exchange_for(
     ``listening``: the runtime's, which says when its requests' paths are wanted."""
     if plan is None:
         return None
-    if not plan.observe:
+    return exchange_with(
+        plan.observe, plan.hooks, publish, direction, source, destination, max_head, listening
+    )
+
+
+def exchange_with(
+    observe: bool,
+    hooks: tuple[RequestHook, ...],
+    publish: Callable[[Event], None],
+    direction: str,
+    source: str,
+    destination: str,
+    max_head: int,
+    listening: Listening = NOBODY,
+) -> HttpObserver:
+    """``exchange_for`` a plan's two fields, for a caller whose hooks are its connection's
+    own (no ``HttpPlan`` made per connection for them)."""
+    if not observe:
         publish = discard
-    outbound = direction == OUTBOUND
-    if not plan.hooks:
-        observer = HttpObserver if outbound else InboundObserver
+    if not hooks:
+        observer = HttpObserver if direction == OUTBOUND else InboundObserver
         made = observer(publish, direction, source, destination, max_head)
     else:
-        exchange = HttpExchange if outbound else InboundHttpExchange
-        made = exchange(publish, direction, source, destination, max_head, plan.hooks)
+        exchange = HttpExchange if direction == OUTBOUND else InboundHttpExchange
+        made = exchange(publish, direction, source, destination, max_head, hooks)
     made.listening = listening
     return made
 
